@@ -1,0 +1,99 @@
+# Edge suite: one non-recursive GNU Makefile. Each folder adds its targets in
+# its own build.mk fragment, so the roles build independently.
+#
+#   make            build build/libcommon.a and every daemon into build/bin/
+#   make test       unit + integration tests; ends with "N passed, N failed"
+#   make fuzz       libFuzzer targets (clang) into build/fuzz/
+#   make fuzz-run   run each fuzz target for SECS seconds (default 60)
+#   make bench      every benchmark (bench-tls, bench-av, bench-sip, ...)
+#   make run        the whole suite on loopback with deploy/config/*.yaml
+#   SAN=1           AddressSanitizer + UndefinedBehaviorSanitizer
+#   DEBUG=1         -O0 -g
+
+.DEFAULT_GOAL := all
+SHELL := /bin/bash
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
+
+BUILD ?= build
+ifeq ($(SAN),1)
+BUILD := build-san
+endif
+
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1)
+PKGS := libuv yaml-0.1 libprotobuf-c libcares
+DEPS_OK := $(shell deploy/install-deps.sh >&2 && echo ok)
+ifneq ($(DEPS_OK),ok)
+$(error deploy/install-deps.sh failed: see the messages above)
+endif
+
+CC ?= cc
+OPT := $(if $(filter 1,$(DEBUG)),-O0,-O2)
+SAN_ON := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS := $(if $(filter 1,$(SAN)),$(SAN_ON))
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter -Werror
+CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SANFLAGS) -MMD -MP \
+          -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
+          -DSUITE_VERSION='"$(VERSION)"'
+LDLIBS := $(shell pkg-config --libs $(PKGS)) -lmbedtls -lmbedx509 -lmbedcrypto \
+          -losipparser2 -losip2 -lhttp_parser -lpthread -lm
+LDFLAGS := $(SANFLAGS)
+
+BIN := $(BUILD)/bin
+OBJ := $(BUILD)/obj
+DAEMONS :=
+UNIT_TESTS :=
+FUZZ_TARGETS :=
+BENCHES :=
+
+$(OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC  $<")
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
+# $(call daemon,name,objs): link rule for build/bin/<name> against libcommon.a.
+define daemon
+DAEMONS += $(BIN)/$(1)
+$(BIN)/$(1): $(2) $(BUILD)/libcommon.a
+	@mkdir -p $$(dir $$@)
+	@$$(if $$(Q),echo "  LD  $$@")
+	$$(Q)$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+
+# $(call unit_test,name,objs): tests/unit/<name>.c linked with objs and libcommon.a.
+define unit_test
+UNIT_TESTS += $(BUILD)/tests/$(1)
+$(BUILD)/tests/$(1): $(OBJ)/tests/unit/$(1).o $(2) $(BUILD)/libcommon.a
+	@mkdir -p $$(dir $$@)
+	$$(Q)$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -lcmocka -o $$@
+endef
+
+include proto/build.mk
+include common/build.mk
+-include director/build.mk
+-include access-edge/build.mk
+-include conf-edge/build.mk
+-include av-edge/build.mk
+-include revproxy/build.mk
+include tests/build.mk
+
+all: $(BUILD)/libcommon.a $(DAEMONS)
+units: $(UNIT_TESTS)
+
+test: all units
+	$(Q)python3 tests/run_tests.py --build $(BUILD)
+
+run: all
+	$(Q)deploy/run.sh $(BUILD)
+
+bench: all $(BENCHES)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-san
+
+.PHONY: all units test run bench format clean fuzz fuzz-run $(BENCHES)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,41 @@
+/* Admin listener: a small HTTP/1.1 server (http-parser) on the internal side serving
+ * /metrics and /healthz, plus JSON endpoints a daemon registers (GET /edges, ...). */
+#ifndef COMMON_ADMIN_H
+#define COMMON_ADMIN_H
+
+#include <uv.h>
+#include "common/addr.h"
+#include "common/log.h"
+#include "common/metrics.h"
+
+struct admin;
+
+/* A handler's answer. body is malloc'd and taken by the admin server. */
+struct admin_reply {
+    int status;               /* 200, 404, ... */
+    const char *content_type; /* static string */
+    char *body;
+    size_t body_len;
+};
+
+/* method "GET"/"POST", path without query, query string (may be ""), request body. */
+typedef void (*admin_handler_cb)(const char *method, const char *path, const char *query,
+                                 const char *body, size_t body_len, struct admin_reply *reply,
+                                 void *arg);
+/* Health: return 0 if healthy, else fill why (shown with 503). */
+typedef int (*admin_health_cb)(char *why, size_t cap, void *arg);
+
+int admin_start(uv_loop_t *loop, const struct addr *listen, struct metrics *m,
+                const struct logger *lg, struct admin **out);
+/* Routes requests whose path starts with prefix to cb. */
+int admin_route(struct admin *a, const char *prefix, admin_handler_cb cb, void *arg);
+void admin_set_health(struct admin *a, admin_health_cb cb, void *arg);
+/* Sets the logger after a reload. */
+void admin_set_logger(struct admin *a, const struct logger *lg);
+void admin_stop(struct admin *a); /* closes the listener and connections; frees asynchronously */
+
+/* Helper for handlers: reply with a printf-formatted body. */
+void admin_reply_printf(struct admin_reply *r, int status, const char *ctype, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif

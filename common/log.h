@@ -1,0 +1,45 @@
+/* Logging: one line per event to stderr, text or JSON lines, with the peer's address. */
+#ifndef COMMON_LOG_H
+#define COMMON_LOG_H
+
+#include <stdarg.h>
+#include "common/addr.h"
+
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+enum log_format { LOG_TEXT, LOG_JSON };
+
+/* A logger is a value owned by the daemon (or a test); it is read-only while the
+ * loop runs and swapped whole on reload, like the config. Thread-safe: each event is
+ * one write(2). A NULL logger drops everything (tests, fuzzers). */
+struct logger {
+    enum log_level level;
+    enum log_format format;
+    const char *component; /* "av-edge", "director", ... */
+    int fd;                /* 2 unless a test captures it */
+};
+
+void log_init(struct logger *lg, const char *component);
+int log_level_parse(const char *s, enum log_level *out);
+int log_format_parse(const char *s, enum log_format *out);
+
+/* Writes one event. peer may be NULL. msg is printf-style. */
+void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
+              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void log_vemit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
+               const char *fmt, va_list ap);
+
+static inline int log_enabled(const struct logger *lg, enum log_level lvl)
+{
+    return lg && lvl <= lg->level;
+}
+
+#define LOGE(lg, peer, ...) log_emit((lg), LOG_ERROR, (peer), __VA_ARGS__)
+#define LOGW(lg, peer, ...) log_emit((lg), LOG_WARN, (peer), __VA_ARGS__)
+#define LOGI(lg, peer, ...) log_emit((lg), LOG_INFO, (peer), __VA_ARGS__)
+#define LOGD(lg, peer, ...)                                                                        \
+    do {                                                                                           \
+        if (log_enabled((lg), LOG_DEBUG))                                                          \
+            log_emit((lg), LOG_DEBUG, (peer), __VA_ARGS__);                                        \
+    } while (0)
+
+#endif

@@ -1,0 +1,67 @@
+/* A TCP connection on libuv with optional TLS: the one place sockets meet tls_conn.
+ *
+ * Owns a uv_tcp_t, read and write buffers with caps, an idle timer and a handshake
+ * timer. The user sees plaintext only: on_data with bytes, on_close once with the reason.
+ * Backpressure: stream_write() queues up to write_cap bytes; when the queue passes it,
+ * stream_write returns -ENOBUFS and on_drain is called once it falls below half. */
+#ifndef COMMON_STREAM_H
+#define COMMON_STREAM_H
+
+#include <uv.h>
+#include "common/addr.h"
+#include "common/tls.h"
+#include "common/util.h"
+
+struct stream;
+
+struct stream_cbs {
+    /* Plaintext arrived. Return 0 to go on, or a negative errno to close the stream.
+     * The data is only valid during the call; consume it or copy it. */
+    int (*on_data)(struct stream *s, const uint8_t *data, size_t len, void *arg);
+    /* The TLS handshake finished (or immediately after connect/accept for plain TCP). */
+    void (*on_open)(struct stream *s, void *arg);
+    /* Write queue fell below half of write_cap after -ENOBUFS. */
+    void (*on_drain)(struct stream *s, void *arg);
+    /* The stream is closed: err 0 = peer closed cleanly, else a negative errno.
+     * The stream is freed right after this returns. */
+    void (*on_close)(struct stream *s, int err, const char *why, void *arg);
+};
+
+struct stream_opts {
+    struct tls_ctx *tls;        /* NULL = plain TCP; the stream takes a reference */
+    const char *server_name;    /* client: SNI and name to verify */
+    size_t read_chunk;          /* bytes per read (default 16 KiB) */
+    size_t write_cap;           /* queued bytes before -ENOBUFS (default 256 KiB) */
+    uint32_t handshake_timeout_ms; /* 0 = none */
+    uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
+};
+
+/* Takes an accepted connection from server (uv_accept inside). */
+int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
+                  void *arg, struct stream **out);
+/* Connects out to addr; on_open fires when connected (and handshaken), on_close on failure. */
+int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bind_from,
+                   const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
+                   struct stream **out);
+
+/* Copies data into the write queue (encrypting if TLS). */
+int stream_write(struct stream *s, const void *data, size_t len);
+size_t stream_queued(const struct stream *s);
+void stream_read_stop(struct stream *s);  /* backpressure: stop reading */
+void stream_read_start(struct stream *s);
+/* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */
+void stream_shutdown(struct stream *s);
+/* Closes (idempotent); on_close runs later from the loop with err. */
+void stream_close(struct stream *s, int err, const char *why);
+
+const struct addr *stream_peer(const struct stream *s);
+const struct addr *stream_local(const struct stream *s);
+struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */
+void stream_set_arg(struct stream *s, void *arg);
+uv_loop_t *stream_loop(const struct stream *s);
+
+/* Binds and listens on addr (SO_REUSEADDR; reuseport if asked). */
+int stream_listen(uv_loop_t *loop, uv_tcp_t *server, const struct addr *addr, int backlog,
+                  bool reuseport, uv_connection_cb on_conn);
+
+#endif

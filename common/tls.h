@@ -1,0 +1,82 @@
+/* TLS on byte buffers (mbedTLS 2.28 behind this interface; no mbedTLS type leaves tls.c).
+ *
+ * A tls_ctx holds certificates, the CA bundle, ALPN list, session cache and ticket keys;
+ * it is built from options once and replaced whole on reload (connections keep the ctx
+ * they started with: it is reference counted). A tls_conn never touches a socket: the
+ * caller feeds ciphertext in and takes ciphertext out (see common/stream.h for the
+ * libuv binding). TLS 1.2+ only; ChaCha20-Poly1305 first in the server's preference. */
+#ifndef COMMON_TLS_H
+#define COMMON_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct tls_ctx;
+struct tls_conn;
+
+struct tls_cert_opts {
+    const char *cert_file; /* PEM chain */
+    const char *key_file;  /* PEM key */
+};
+
+struct tls_opts {
+    bool server;
+    /* Certificates: the first is the default; others are picked by SNI against their names.
+     * With none on a server, a self-signed ECDSA P-256 certificate for self_signed_name is
+     * generated at start and its SHA-256 fingerprint logged. */
+    const struct tls_cert_opts *certs;
+    size_t ncerts;
+    const char *self_signed_name;
+    const char *ca_file;   /* CA bundle to verify the peer */
+    bool verify_peer;      /* server: require a client certificate (mutual TLS); client: verify server */
+    const char *const *alpn; /* NULL-terminated protocol list, or NULL */
+    uint32_t handshake_timeout_ms; /* informational for stream.c */
+    bool session_tickets;  /* server: issue tickets (default on) */
+    size_t session_cache_size; /* server: entries; 0 = default */
+};
+
+/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */
+int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
+void tls_ctx_ref(struct tls_ctx *c);
+void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
+/* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
+const char *tls_ctx_fingerprint(const struct tls_ctx *c);
+
+/* server_name: client side SNI and name to verify (NULL = none). */
+int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name);
+void tls_conn_destroy(struct tls_conn *c);
+
+/* Feeds received ciphertext. Returns 0 or -ENOSPC if the input buffer is full. */
+int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
+/* Advances the handshake / decrypts. Returns plaintext bytes written to out (>0),
+ * -EAGAIN when more input is needed, 0 on clean close_notify, or -EPROTO / -ECONNRESET
+ * on failure (tls_conn_error tells why). Call until -EAGAIN after each feed. */
+ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap);
+/* Encrypts plaintext into the outgoing ciphertext buffer. Returns len or a negative errno.
+ * Before the handshake completes, data is queued and sent when it does. */
+ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len);
+/* Queues close_notify. */
+void tls_conn_close_notify(struct tls_conn *c);
+/* Ciphertext waiting to be sent: take a view, send it, then consume what was sent. */
+size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p);
+void tls_conn_consume(struct tls_conn *c, size_t n);
+
+bool tls_conn_handshake_done(const struct tls_conn *c);
+bool tls_conn_resumed(const struct tls_conn *c);
+const char *tls_conn_error(const struct tls_conn *c);      /* last failure, human-readable */
+const char *tls_conn_sni(const struct tls_conn *c);        /* server: name the client asked for */
+const char *tls_conn_alpn(const struct tls_conn *c);       /* negotiated protocol or NULL */
+const char *tls_conn_cipher(const struct tls_conn *c);
+/* Peer certificate (after a verified handshake): subject CN and DNS SANs. */
+const char *tls_conn_peer_cn(const struct tls_conn *c);
+/* i-th DNS subjectAltName of the peer, or NULL past the end. */
+const char *tls_conn_peer_san(const struct tls_conn *c, size_t i);
+bool tls_conn_peer_verified(const struct tls_conn *c);
+
+/* Quick check on the first bytes of a connection: true if they can start a TLS
+ * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */
+bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
+
+#endif

@@ -1,0 +1,104 @@
+/* Slices, fixed-capacity buffers and clocks. */
+#include "common/util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+bool slice_eq(struct slice a, struct slice b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.p, b.p, a.len) == 0);
+}
+
+bool slice_eq_str(struct slice a, const char *s)
+{
+    return slice_eq(a, slice_str(s));
+}
+
+bool slice_caseeq_str(struct slice a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && (n == 0 || strncasecmp((const char *)a.p, s, n) == 0);
+}
+
+int slice_to_cstr(struct slice s, char *out, size_t cap)
+{
+    if (cap == 0)
+        return -ENOSPC;
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    if (n)
+        memcpy(out, s.p, n);
+    out[n] = '\0';
+    return n == s.len ? 0 : -ENOSPC;
+}
+
+int buf_init(struct buf *b, size_t cap)
+{
+    b->data = cap ? malloc(cap) : NULL;
+    if (cap && !b->data)
+        return -ENOMEM;
+    b->cap = cap;
+    b->rd = b->wr = 0;
+    return 0;
+}
+
+void buf_fini(struct buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->cap = b->rd = b->wr = 0;
+}
+
+void buf_compact(struct buf *b)
+{
+    if (b->rd == 0)
+        return;
+    size_t n = b->wr - b->rd;
+    if (n)
+        memmove(b->data, b->data + b->rd, n);
+    b->rd = 0;
+    b->wr = n;
+}
+
+int buf_reserve(struct buf *b, size_t min, struct slice *room_out)
+{
+    if (buf_room(b) < min)
+        buf_compact(b);
+    if (buf_room(b) < min)
+        return -ENOSPC;
+    if (room_out)
+        *room_out = slice_make(b->data + b->wr, b->cap - b->wr);
+    return 0;
+}
+
+int buf_append(struct buf *b, const void *p, size_t len)
+{
+    int rc = buf_reserve(b, len, NULL);
+    if (rc)
+        return rc;
+    memcpy(b->data + b->wr, p, len);
+    b->wr += len;
+    return 0;
+}
+
+void buf_consume(struct buf *b, size_t n)
+{
+    if (n > b->wr - b->rd)
+        n = b->wr - b->rd;
+    b->rd += n;
+    if (b->rd == b->wr)
+        b->rd = b->wr = 0; /* empty: start over so reserve rarely moves bytes */
+}
+
+uint64_t time_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int64_t time_wall_s(void)
+{
+    return (int64_t)time(NULL);
+}

@@ -1,0 +1,67 @@
+/* Small value types and helpers shared by every module: slices, owned buffers, clocks. */
+#ifndef COMMON_UTIL_H
+#define COMMON_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/types.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define UNUSED(x) ((void)(x))
+
+/* A borrowed view of bytes; valid as long as whatever it points into. */
+struct slice {
+    const uint8_t *p;
+    size_t len;
+};
+
+#define SLICE_NULL ((struct slice){NULL, 0})
+static inline struct slice slice_make(const void *p, size_t len)
+{
+    return (struct slice){(const uint8_t *)p, len};
+}
+static inline struct slice slice_str(const char *s)
+{
+    return slice_make(s, s ? strlen(s) : 0);
+}
+bool slice_eq(struct slice a, struct slice b);
+bool slice_eq_str(struct slice a, const char *s);
+bool slice_caseeq_str(struct slice a, const char *s);
+/* Copies into a NUL-terminated string of at most cap-1 bytes; returns -ENOSPC if cut. */
+int slice_to_cstr(struct slice s, char *out, size_t cap);
+
+/* An owned byte buffer: data[rd..wr) is readable, data[wr..cap) is free. cap is fixed
+ * at init (from config): writers that do not fit get -ENOSPC, never a silent grow. */
+struct buf {
+    uint8_t *data;
+    size_t cap, rd, wr;
+};
+
+int buf_init(struct buf *b, size_t cap);
+void buf_fini(struct buf *b);
+static inline size_t buf_len(const struct buf *b)
+{
+    return b->wr - b->rd;
+}
+static inline size_t buf_room(const struct buf *b)
+{
+    return b->cap - b->wr;
+}
+static inline struct slice buf_slice(const struct buf *b)
+{
+    return slice_make(b->data + b->rd, b->wr - b->rd);
+}
+/* Makes at least min bytes free at the tail (compacting if needed); -ENOSPC if cap is too small. */
+int buf_reserve(struct buf *b, size_t min, struct slice *room_out);
+int buf_append(struct buf *b, const void *p, size_t len);
+void buf_consume(struct buf *b, size_t n);
+void buf_compact(struct buf *b);
+
+/* Monotonic milliseconds and wall-clock seconds. */
+uint64_t time_mono_ms(void);
+int64_t time_wall_s(void);
+
+#endif

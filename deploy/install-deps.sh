@@ -1,0 +1,40 @@
+#!/bin/sh
+# Installs every Debian package the suite needs to build, test and benchmark.
+# Idempotent: installs only what is missing. Usage: deploy/install-deps.sh [--check]
+set -eu
+
+# Build: compiler, libraries (-dev), code generator, unit tests, fuzzing.
+BUILD="build-essential pkg-config clang libclang-rt-14-dev
+  libuv1-dev libmbedtls-dev libsrtp2-dev libosip2-dev libyaml-dev
+  libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libc-ares-dev
+  libhttp-parser-dev"
+# Integration tests: real clients nobody here wrote.
+TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
+  dnsmasq-base iproute2 nftables procps"
+# Benchmarks: the programs a user would pick instead, and load generators.
+BENCH="wrk nginx-light haproxy kamailio kamailio-tls-modules stunnel4"
+
+PKGS="$BUILD $TEST $BENCH"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then
+    exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+    echo "missing packages:$missing" >&2
+    exit 1
+fi
+echo "install-deps: installing$missing" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# Daemons from packages (coturn, nginx, haproxy, kamailio) must not start as services.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO apt-get install -y -qq --no-install-recommends $missing >&2

@@ -1,0 +1,22 @@
+# Fuzz targets: tests/fuzz/fuzz_<parser>.c, built with clang -fsanitize=fuzzer.
+FUZZ_CC := clang
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
+               -fsanitize=fuzzer,address,undefined -DFUZZING
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+# Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".
+build/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c) $(wildcard */*.c)
+	@mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $<) \
+	    $(LDLIBS) -o $@
+
+fuzz: $(FUZZ_BINS)
+
+SECS ?= 60
+fuzz-run: fuzz
+	$(Q)set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); \
+	    mkdir -p build/fuzz/corpus/$$n; \
+	    dict=tests/fuzz/$${n#fuzz_}.dict; \
+	    echo "== $$n ($(SECS)s)"; \
+	    $$f -max_total_time=$(SECS) -print_final_stats=1 $$( [ -f $$dict ] && echo -dict=$$dict ) \
+	        build/fuzz/corpus/$$n tests/fuzz/corpus/$${n#fuzz_} 2>&1 | tail -3; done

@@ -1,0 +1,194 @@
+"""Integration-test harness: start real daemons on loopback, talk to them, stop them.
+
+Every daemon runs in the foreground with a YAML config written to a temp dir; its stderr
+is kept in a file so a test can assert on log lines, and sanitizer reports fail the test.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
+
+
+def binary(name):
+    return os.path.join(BUILD, "bin", name)
+
+
+def have_binary(name):
+    return os.access(binary(name), os.X_OK)
+
+
+def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
+    """A port free for both TCP and UDP on host right now."""
+    for _ in range(50):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, kind)
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+        s.close()
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            o = socket.socket(fam, other)
+            o.bind((host, port))
+            o.close()
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def wait_for(pred, timeout=5.0, interval=0.05, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # the daemon may not be up yet
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def http_request(hostport, path, method="GET", body=None, timeout=3.0, headers=None):
+    host, port = hostport.rsplit(":", 1)
+    c = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def http_json(hostport, path, method="GET", body=None):
+    st, text = http_request(hostport, path, method, body)
+    return st, (json.loads(text) if text.strip().startswith(("{", "[")) else text)
+
+
+class Daemon:
+    """One running daemon. Use as a context manager or call stop()."""
+
+    def __init__(self, name, config_text, workdir, args=(), admin=None, env=None):
+        self.name = name
+        self.workdir = workdir
+        self.config = os.path.join(workdir, f"{name}-{id(self)}.yaml")
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        self.logpath = self.config + ".log"
+        self.admin = admin
+        self.args = list(args)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+
+    def start(self, wait_healthy=True):
+        self.logf = open(self.logpath, "ab")
+        self.proc = subprocess.Popen([binary(self.name), "-c", self.config] + self.args,
+                                     stdout=self.logf, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=ROOT)
+        if wait_healthy and self.admin:
+            wait_for(lambda: self.alive() and http_request(self.admin, "/healthz")[0] == 200,
+                     timeout=10, what=f"{self.name} /healthz on {self.admin}")
+        return self
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return True
+
+    def log(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, needle, timeout=5.0):
+        return wait_for(lambda: needle in self.log(), timeout, what=f"log line {needle!r} from {self.name}")
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def metrics(self):
+        st, text = http_request(self.admin, "/metrics")
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                out[k] = float(v)
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        rc = self.proc.returncode
+        self.check_sanitizers()
+        return rc
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+
+    def check_sanitizers(self):
+        text = self.log()
+        for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if bad in text:
+                raise AssertionError(f"{self.name}: sanitizer report:\n{text[-4000:]}")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class SuiteTest(unittest.TestCase):
+    """Base class: a temp dir per test and daemons stopped at the end."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="edgetest-")
+        self.daemons = []
+
+    def tearDown(self):
+        errors = []
+        for d in reversed(self.daemons):
+            try:
+                d.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+    def daemon(self, name, config_text, admin=None, args=(), start=True, env=None):
+        if not have_binary(name):
+            self.skipTest(f"{name} is not built")
+        d = Daemon(name, config_text, self.tmp, args=args, admin=admin, env=env)
+        self.daemons.append(d)
+        return d.start() if start else d
+
+    def run_tool(self, argv, timeout=30, input=None, check=False):
+        if not shutil.which(argv[0]):
+            self.skipTest(f"{argv[0]} is not installed")
+        p = subprocess.run(argv, capture_output=True, timeout=timeout, input=input)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{argv} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')}\n{p.stderr.decode(errors='replace')}")
+        return p
