@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import signal as _signal  # Daemon.signal() shadows the module inside the class body
 import socket
 import subprocess
 import tempfile
@@ -127,7 +128,7 @@ class Daemon:
                 out[k] = float(v)
         return out
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
+    def stop(self, sig=_signal.SIGTERM, timeout=10):
         if not self.proc:
             return None
         if self.proc.poll() is None:
