@@ -40,6 +40,9 @@ struct tls_opts {
      * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
      * ECDHE-ECDSA and ECDHE-RSA only. */
     const char *ciphers;
+    /* ECDHE groups in preference order, ':'-separated ("x25519:secp256r1:secp384r1");
+     * NULL = that default. */
+    const char *groups;
 };
 
 /* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */
