@@ -353,8 +353,11 @@ static void stream_process(struct stream *s)
     s->in_process = true;
     while (!s->closing) {
         bool was_done = tls_conn_handshake_done(s->tls);
-        if (was_done && !s->reading)
+        if (was_done && !s->reading) {
+            /* Paused during the handshake: stop the socket too, now that it is done. */
+            uv_read_stop((uv_stream_t *)&s->tcp);
             break;
+        }
         ssize_t n = tls_conn_read(s->tls, pt, sizeof pt);
         if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
             stream_flush(s); /* Finished goes out before any reply the user writes */

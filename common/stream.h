@@ -3,7 +3,12 @@
  * Owns a uv_tcp_t, read and write buffers with caps, an idle timer and a handshake
  * timer. The user sees plaintext only: on_data with bytes, on_close once with the reason.
  * Backpressure: stream_write() queues up to write_cap bytes; when the queue passes it,
- * stream_write returns -ENOBUFS and on_drain is called once it falls below half. */
+ * stream_write returns -ENOBUFS and on_drain is called once it falls below half.
+ * -ENOBUFS means nothing was queued: keep the data and write it again from on_drain. A
+ * write into an empty queue is always taken, however large. With TLS the queue counts
+ * ciphertext, and writes before the handshake finishes wait in the TLS layer.
+ * The peer's end of stream (FIN, or TLS close_notify) closes the stream with err 0 once
+ * the write queue has drained. */
 #ifndef COMMON_STREAM_H
 #define COMMON_STREAM_H
 

@@ -324,6 +324,53 @@ static void test_backpressure_tls(void **state)
     backpressure(true);
 }
 
+/* The server pauses reading before the TLS handshake is over: the handshake still
+ * completes, data waits, and arrives once reading resumes. */
+static void pause_resume(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    assert_int_equal(w->srv_got, 0);
+    stream_read_start(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static uv_timer_t pause_timer;
+
+static void pause_srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    uv_timer_init(&w->loop, &pause_timer);
+    pause_timer.data = w;
+    uv_timer_start(&pause_timer, pause_resume, 50, 0);
+}
+
+static void test_read_stop_before_handshake(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    w.scbs.on_open = pause_srv_open;
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    /* Run until the server stream exists, then pause it before its handshake is done. */
+    while (!w.srv)
+        uv_run(&w.loop, UV_RUN_ONCE);
+    stream_read_stop(w.srv);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.srv_open, 1);
+    assert_int_equal(w.got_len, 5);
+    assert_memory_equal(w.got, "hello", 5);
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.cli_err, 0);
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -415,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_backpressure_plain),
         cmocka_unit_test(test_backpressure_tls),
+        cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_close_is_idempotent),
