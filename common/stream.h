@@ -59,6 +59,14 @@ void stream_shutdown(struct stream *s);
 /* Closes (idempotent); on_close runs later from the loop with err. */
 void stream_close(struct stream *s, int err, const char *why);
 
+/* Turns an open plain stream into a TLS one (server ctx: accept; client ctx: connect with
+ * server_name). prefix holds bytes already received that belong to TLS (e.g. the data
+ * passed to on_data that tls_looks_like_client_hello() recognised); they are copied.
+ * Callable from on_data (processing resumes when it returns). on_open fires again once
+ * the handshake is done. -EBUSY if writes are still queued, -EALREADY if already TLS. */
+int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
+                     const uint8_t *prefix, size_t len);
+
 const struct addr *stream_peer(const struct stream *s);
 const struct addr *stream_local(const struct stream *s);
 struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */

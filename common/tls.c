@@ -77,6 +77,7 @@ struct tls_ctx {
     int *suites;       /* 0-terminated */
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
+    uint32_t handshake_timeout_ms;
     /* Client: the last session, offered again on reconnect to the same name. */
     pthread_mutex_t lock;
     mbedtls_ssl_session session;
@@ -103,7 +104,7 @@ struct tls_conn {
     char *peer_cn;
     char *vinfo; /* issuer and subject of the peer certificate during the handshake */
     char **peer_sans; /* NULL-terminated; strings in the same block */
-    char err[TLS_ERR_LEN];
+    char *err; /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -165,9 +166,11 @@ static void bq_consume(struct bq *q, size_t n)
 static void set_err(struct tls_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_err(struct tls_conn *c, const char *fmt, ...)
 {
+    if (!c->err && !(c->err = malloc(TLS_ERR_LEN)))
+        return; /* tls_conn_error then says "out of memory" */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    vsnprintf(c->err, TLS_ERR_LEN, fmt, ap);
     va_end(ap);
 }
 
@@ -772,6 +775,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     c->refs = 1;
     c->server = o->server;
     c->verify_peer = o->verify_peer;
+    c->handshake_timeout_ms = o->handshake_timeout_ms;
     mbedtls_entropy_init(&c->entropy);
     mbedtls_ctr_drbg_init(&c->drbg);
     mbedtls_ssl_config_init(&c->conf);
@@ -947,6 +951,16 @@ void tls_ctx_unref(struct tls_ctx *c)
         ctx_free(c);
 }
 
+uint32_t tls_ctx_handshake_timeout(const struct tls_ctx *c)
+{
+    return c ? c->handshake_timeout_ms : 0;
+}
+
+bool tls_ctx_is_server(const struct tls_ctx *c)
+{
+    return c && c->server;
+}
+
 const char *tls_ctx_fingerprint(const struct tls_ctx *c)
 {
     return c && c->fingerprint[0] ? c->fingerprint : NULL;
@@ -1106,6 +1120,7 @@ void tls_conn_destroy(struct tls_conn *c)
         mbedtls_platform_zeroize(c->early.data, c->early.cap);
     bq_free(&c->early);
     free(c->sni);
+    free(c->err);
     free(c->vinfo);
     conn_free_peer(c);
     tls_ctx_unref(c->ctx);
@@ -1290,7 +1305,9 @@ bool tls_conn_resumed(const struct tls_conn *c)
 
 const char *tls_conn_error(const struct tls_conn *c)
 {
-    return c && c->err[0] ? c->err : NULL;
+    if (!c || (!c->err && !c->failed))
+        return NULL;
+    return c->err ? c->err : "out of memory";
 }
 
 const char *tls_conn_sni(const struct tls_conn *c)

@@ -49,6 +49,9 @@ struct tls_opts {
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
+/* The handshake timeout given in the options (stream.c uses it when its own is 0). */
+uint32_t tls_ctx_handshake_timeout(const struct tls_ctx *c);
+bool tls_ctx_is_server(const struct tls_ctx *c);
 /* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
 const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 

@@ -34,6 +34,7 @@ struct world {
     bool srv_pause;
     bool saw_enobufs;
     int accept_rc;
+    struct tls_ctx *sniff; /* server: start TLS when the first bytes look like a ClientHello */
 };
 
 static int certs_setup(void **state)
@@ -59,6 +60,11 @@ static void maybe_done(struct world *w)
 static int srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
 {
     struct world *w = arg;
+    if (w->sniff && !stream_tls(s) && tls_looks_like_client_hello(p, n)) {
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), 0);
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), -EALREADY);
+        return 0;
+    }
     w->srv_got += n;
     if (w->echo)
         assert_int_equal(stream_write(s, p, n), 0);
@@ -371,6 +377,30 @@ static void test_read_stop_before_handshake(void **state)
     assert_int_equal(w.cli_err, 0);
 }
 
+/* One port for plain and TLS: the server looks at the first bytes and starts TLS. */
+static void test_start_tls_after_sniffing(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.echo = true;
+        w.sniff = mk_ctx(true);
+        if (tls) {
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        world_run(&w);
+        tls_ctx_unref(w.sniff);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.got_len, 5);
+        assert_memory_equal(w.got, "hello", 5);
+        assert_int_equal(w.srv_open, tls ? 2 : 1); /* plain open, then TLS open */
+        assert_int_equal(w.srv_got, 5);
+        assert_int_equal(w.srv_err, 0);
+    }
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -463,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_backpressure_plain),
         cmocka_unit_test(test_backpressure_tls),
         cmocka_unit_test(test_read_stop_before_handshake),
+        cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_close_is_idempotent),
