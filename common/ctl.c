@@ -1268,6 +1268,15 @@ void ctl_server_stop(struct ctl_server *s)
         peer_close(p, 0, "Director stopping");
 }
 
+void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls)
+{
+    if (!s || !tls || s->stopping)
+        return;
+    tls_ctx_ref(tls);
+    tls_ctx_unref(s->tls);
+    s->tls = tls;
+}
+
 size_t ctl_server_peer_count(const struct ctl_server *s)
 {
     return s ? s->nhello : 0;

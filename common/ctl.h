@@ -199,6 +199,8 @@ int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
                      const struct ctl_server_cbs *cb, void *arg, struct ctl_server **out);
 /* Closes the listener and every peer; frees asynchronously. NULL is a no-op. */
 void ctl_server_stop(struct ctl_server *s);
+/* Uses tls for connections accepted from now on (certificate reload); peers keep theirs. */
+void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls);
 /* Connected peers that said Hello. */
 size_t ctl_server_peer_count(const struct ctl_server *s);
 /* Calls fn for each connected peer that said Hello. fn may send to p, not close it. */
