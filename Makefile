@@ -31,7 +31,7 @@ CC ?= cc
 OPT := $(if $(filter 1,$(DEBUG)),-O0,-O2)
 SAN_ON := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SANFLAGS := $(if $(filter 1,$(SAN)),$(SAN_ON))
-WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter -Werror
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter -Wno-format-truncation -Wno-missing-field-initializers -Werror
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SANFLAGS) -MMD -MP \
           -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
           -DSUITE_VERSION='"$(VERSION)"'

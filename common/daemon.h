@@ -32,18 +32,45 @@ struct daemon_ops {
     void (*stop)(struct daemon *d, void *state);
 };
 
-/* Keys every daemon shares; embed first in the role's struct as `struct daemon_config base;`. */
+/* Keys every daemon shares; embed first in the role's struct as `struct daemon_config base;`.
+ * YAML:   instance_id: av1
+ *         log: { level: info, format: text }
+ *         admin: { listen: 127.0.0.23:8080 }
+ *         drain_timeout: 30s                                                              */
 struct daemon_config {
     char *instance_id;
-    int log_level;  /* enum log_level */
-    int log_format; /* enum log_format */
-    struct addr admin_listen;
+    struct {
+        int level;  /* enum log_level */
+        int format; /* enum log_format */
+    } log;
+    struct {
+        struct addr listen;
+    } admin;
     uint64_t drain_timeout_ms;
 };
 extern const struct cfg_key daemon_config_keys[];
-/* Use in the role's key table: { "daemon-keys", ... } expands the shared ones. */
+/* First entry of the role's key table: flattens the shared keys into the top level. */
 #define DAEMON_CONFIG_KEYS                                                                         \
     {.name = "", .type = CFG_SECTION, .offset = 0, .sub = daemon_config_keys}
+
+/* Certificate files of one TLS endpoint. YAML: { cert: x.crt, key: x.key, ca: ca.crt }.
+ * With no cert on a server, a self-signed one is generated (labs). */
+struct tls_files_config {
+    char *cert, *key, *ca;
+};
+extern const struct cfg_key tls_files_keys[];
+
+/* The link every edge keeps to the Director. YAML section `director:`
+ *   { enabled: true, address: 127.0.0.10:7400, server_name: director,
+ *     tls: { cert: build/certs/av-edge.crt, key: ..., ca: build/certs/ca.crt }, report_interval: 1s } */
+struct director_link_config {
+    bool enabled;
+    struct addr address;
+    char *server_name;
+    struct tls_files_config tls;
+    uint64_t report_interval_ms;
+};
+extern const struct cfg_key director_link_keys[];
 
 /* Runs the whole program: parses argv, loads config, starts, runs the loop, exits. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);

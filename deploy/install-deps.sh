@@ -15,9 +15,11 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
 BENCH="wrk nginx-light haproxy kamailio kamailio-tls-modules stunnel4"
 
 PKGS="$BUILD $TEST $BENCH"
+# One dpkg-query for all: the Makefile runs this on every build.
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '/ ok installed$/ {print $1}')
 missing=""
 for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+    case " $(echo $installed) " in *" $p "*) ;; *) missing="$missing $p" ;; esac
 done
 if [ -z "$missing" ]; then
     exit 0

@@ -1,7 +1,7 @@
 # Fuzz targets: tests/fuzz/fuzz_<parser>.c, built with clang -fsanitize=fuzzer.
 FUZZ_CC := clang
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
-               -fsanitize=fuzzer,address,undefined -DFUZZING
+               -fsanitize=fuzzer,address,undefined -DFUZZING -DSUITE_VERSION="\"fuzz\""
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".

@@ -1,0 +1,133 @@
+/* Buffers, addresses, prefixes, metrics rendering and log lines. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/addr.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/util.h"
+
+static void buf_is_capped_and_compacts(void **st)
+{
+    struct buf b;
+    assert_int_equal(buf_init(&b, 8), 0);
+    assert_int_equal(buf_append(&b, "abcdef", 6), 0);
+    assert_int_equal(buf_append(&b, "ghi", 3), -ENOSPC);
+    buf_consume(&b, 4);
+    assert_int_equal(buf_append(&b, "ghijkl", 6), 0); /* compacts "ef" to the front */
+    assert_int_equal(buf_len(&b), 8);
+    assert_memory_equal(buf_slice(&b).p, "efghijkl", 8);
+    buf_consume(&b, 100);
+    assert_int_equal(buf_len(&b), 0);
+    buf_fini(&b);
+}
+
+static void addr_parse_and_format(void **st)
+{
+    struct addr a;
+    char s[ADDR_STRLEN];
+    assert_int_equal(addr_parse(&a, "127.0.0.11:5061", 0), 0);
+    assert_string_equal(addr_format(&a, s), "127.0.0.11:5061");
+    assert_true(addr_is_loopback(&a));
+    assert_int_equal(addr_parse(&a, "[2001:db8::1]:443", 0), 0);
+    assert_string_equal(addr_format(&a, s), "[2001:db8::1]:443");
+    assert_int_equal(addr_parse(&a, "::1", 3478), 0);
+    assert_int_equal(addr_port(&a), 3478);
+    assert_int_equal(addr_parse(&a, "10.0.0.1", 80), 0);
+    assert_string_equal(addr_format(&a, s), "10.0.0.1:80");
+    assert_int_equal(addr_parse(&a, "host.example:80", 0), -EINVAL);
+    assert_int_equal(addr_parse(&a, "1.2.3.4:99999", 0), -EINVAL);
+    assert_int_equal(addr_parse(&a, "[::1:80", 0), -EINVAL);
+}
+
+static void cidr_matches_v4_v6_and_mapped(void **st)
+{
+    struct cidr c;
+    struct addr a;
+    assert_int_equal(cidr_parse(&c, "10.0.0.0/8"), 0);
+    addr_parse(&a, "10.200.3.4", 0);
+    assert_true(cidr_contains(&c, &a));
+    addr_parse(&a, "11.0.0.1", 0);
+    assert_false(cidr_contains(&c, &a));
+    addr_parse(&a, "::ffff:10.1.1.1", 0);
+    assert_true(cidr_contains(&c, &a));
+    assert_int_equal(cidr_parse(&c, "fe80::/10"), 0);
+    addr_parse(&a, "fe80::1", 0);
+    assert_true(cidr_contains(&c, &a));
+    assert_int_equal(cidr_parse(&c, "172.16.0.0/12"), 0);
+    addr_parse(&a, "172.31.255.255", 0);
+    assert_true(cidr_contains(&c, &a));
+    addr_parse(&a, "172.32.0.0", 0);
+    assert_false(cidr_contains(&c, &a));
+    assert_int_equal(cidr_parse(&c, "1.2.3.4/40"), -EINVAL);
+}
+
+static void metrics_render_prometheus_text(void **st)
+{
+    struct metrics *m;
+    assert_int_equal(metrics_create(&m, "av_edge"), 0);
+    struct metric *a = metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"stale_nonce\"");
+    struct metric *b = metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"bad_mac\"");
+    struct metric *g = metrics_gauge(m, "allocations", "Live allocations", NULL);
+    assert_ptr_equal(a, metrics_counter(m, "auth_failures_total", "x", "reason=\"stale_nonce\""));
+    metric_inc(a);
+    metric_add(b, 5);
+    metric_set(g, 42);
+    size_t len;
+    char *text = metrics_render(m, &len);
+    assert_string_equal(text,
+                        "# HELP av_edge_auth_failures_total Auth failures\n"
+                        "# TYPE av_edge_auth_failures_total counter\n"
+                        "av_edge_auth_failures_total{reason=\"stale_nonce\"} 1\n"
+                        "av_edge_auth_failures_total{reason=\"bad_mac\"} 5\n"
+                        "# HELP av_edge_allocations Live allocations\n"
+                        "# TYPE av_edge_allocations gauge\n"
+                        "av_edge_allocations 42\n");
+    assert_int_equal(len, strlen(text));
+    free(text);
+    metrics_destroy(m);
+}
+
+static void log_lines_carry_peer_in_text_and_json(void **st)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    struct logger lg;
+    log_init(&lg, "test");
+    lg.fd = fds[1];
+    struct addr peer;
+    addr_parse(&peer, "198.18.0.5:4000", 0);
+    LOGW(&lg, &peer, "refused: %s", "stale \"nonce\"");
+    LOGD(&lg, NULL, "not shown at info");
+    lg.format = LOG_JSON;
+    LOGI(&lg, &peer, "allocated %d", 7);
+    close(fds[1]);
+    char out[2048] = "";
+    ssize_t n = read(fds[0], out, sizeof out - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    out[n] = '\0';
+    assert_non_null(strstr(out, "warn  test: [198.18.0.5:4000] refused: stale \"nonce\"\n"));
+    assert_null(strstr(out, "not shown"));
+    assert_non_null(strstr(out, "\"level\":\"info\",\"component\":\"test\",\"peer\":\"198.18.0.5:4000\",\"msg\":\"allocated 7\"}\n"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(buf_is_capped_and_compacts),
+        cmocka_unit_test(addr_parse_and_format),
+        cmocka_unit_test(cidr_matches_v4_v6_and_mapped),
+        cmocka_unit_test(metrics_render_prometheus_text),
+        cmocka_unit_test(log_lines_carry_peer_in_text_and_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
