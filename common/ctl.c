@@ -1228,27 +1228,26 @@ int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
     s->log = o->log;
     s->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
     snprintf(s->director_id, sizeof s->director_id, "%s", o->director_id ? o->director_id : "");
+    s->tls = o->tls;
+    tls_ctx_ref(s->tls);
     int rc = stream_listen(loop, &s->listener, &o->listen, 128, false, server_on_conn);
     if (rc < 0) {
         char a[ADDR_STRLEN];
         LOGE(o->log, NULL, "ctl: cannot listen on %s: %s", addr_format(&o->listen, a),
              uv_strerror(rc));
-        if (uv_is_active((uv_handle_t *)&s->listener) || s->listener.loop == loop) {
-            /* stream_listen initialised the handle: it must be closed before the free. */
-            s->stopping = true;
+        s->stopping = true;
+        if (uv_is_closing((uv_handle_t *)&s->listener)) {
+            /* stream_listen got as far as libuv and closed the handle itself (with no
+             * callback): s must outlive that close, so free it from the close callback. */
             s->listener.data = s;
+            s->listener.close_cb = server_on_handle_closed;
             s->open_handles = 1;
-            s->tls = o->tls;
-            tls_ctx_ref(s->tls);
-            uv_close((uv_handle_t *)&s->listener, server_on_handle_closed);
         } else {
-            free(s);
+            server_maybe_free(s);
         }
         return rc;
     }
     s->listener.data = s;
-    s->tls = o->tls;
-    tls_ctx_ref(s->tls);
     uv_timer_init(loop, &s->hb);
     s->hb.data = s;
     s->open_handles = 2;

@@ -15,24 +15,24 @@ static const struct cfg_key ctl_keys[] = {
 };
 
 static const struct cfg_key tls_keys[] = {
-    {.name = "cert", .type = CFG_FILE, .offset = offsetof(struct director_tls_config, cert),
+    {.name = "cert", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, cert),
      .def = "build/certs/director.crt", .help = "the Director's certificate (PEM)"},
-    {.name = "key", .type = CFG_FILE, .offset = offsetof(struct director_tls_config, key),
+    {.name = "key", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, key),
      .def = "build/certs/director.key", .help = "its private key (PEM)"},
-    {.name = "ca", .type = CFG_FILE, .offset = offsetof(struct director_tls_config, ca),
+    {.name = "ca", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, ca),
      .def = "build/certs/ca.crt", .help = "CA bundle that signs the edges' certificates"},
     CFG_END,
 };
 
 static const struct cfg_key secrets_keys[] = {
-    {.name = "rotate-interval", .type = CFG_DURATION,
+    {.name = "rotate_interval", .type = CFG_DURATION,
      .offset = offsetof(struct director_secrets_config, rotate_interval_ms), .def = "1h",
      .min = 1000, .max = 30LL * 24 * 3600 * 1000,
      .help = "how often a new relay and conference secret is issued"},
     {.name = "lifetime", .type = CFG_DURATION,
      .offset = offsetof(struct director_secrets_config, lifetime_ms), .def = "2h", .min = 2000,
      .max = 60LL * 24 * 3600 * 1000,
-     .help = "how long a secret stays valid (not-after); at least twice rotate-interval"},
+     .help = "how long a secret stays valid (not-after); at least twice rotate_interval"},
     {.name = "length", .type = CFG_UINT,
      .offset = offsetof(struct director_secrets_config, length), .def = "32", .min = 16,
      .max = TOKEN_SECRET_MAX, .help = "random bytes per secret"},
@@ -57,7 +57,7 @@ int director_config_validate(const void *cfg, struct cfg_err *err)
      * until the next one, so a key has to live through two intervals. */
     if (c->secrets.lifetime_ms < 2 * c->secrets.rotate_interval_ms) {
         cfg_errorf(cfg, err, "secrets.lifetime",
-                   "lifetime (%llu ms) must be at least twice rotate-interval (%llu ms)",
+                   "lifetime (%llu ms) must be at least twice rotate_interval (%llu ms)",
                    (unsigned long long)c->secrets.lifetime_ms,
                    (unsigned long long)c->secrets.rotate_interval_ms);
         return -EINVAL;

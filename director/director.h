@@ -25,15 +25,9 @@ struct director_ctl_config {
     uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
 };
 
-struct director_tls_config {
-    char *cert; /* the Director's certificate (PEM) */
-    char *key;
-    char *ca;   /* CA that signs every edge's certificate */
-};
-
 struct director_secrets_config {
     uint64_t rotate_interval_ms; /* a new secret of each kind this often */
-    uint64_t lifetime_ms;        /* not-after = issue time + this; >= 2 x rotate-interval */
+    uint64_t lifetime_ms;        /* not-after = issue time + this; >= 2 x rotate_interval */
     uint32_t length;             /* bytes of randomness per secret */
 };
 
@@ -41,7 +35,7 @@ struct director_secrets_config {
 struct director_config {
     struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
     struct director_ctl_config ctl;
-    struct director_tls_config tls;
+    struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
 };
 

@@ -434,7 +434,7 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
     int64_t now = wall_ms();
     struct jbuf j = {0};
     jb_printf(&j, "{\"director\":");
-    jb_str(&j, d->cfg->base.instance_id ? d->cfg->base.instance_id : "");
+    jb_str(&j, d->cfg->base.instance_id ? d->cfg->base.instance_id : "director");
     jb_printf(&j, ",\"connected\":%zu,\"edges\":[", ctl_server_peer_count(d->ctl));
     bool first = true;
     for (size_t i = 0; i < h->nedges; i++) {

@@ -159,9 +159,9 @@ class CtlTest(SuiteTest):
 
     def director_config(self):
         c = self.certs
-        return f"""instance-id: director-test
-admin-listen: {self.admin}
-log-level: debug
+        return f"""instance_id: director-test
+admin: {{listen: "{self.admin}"}}
+log: {{level: debug}}
 ctl:
   listen: 127.0.0.1:{self.ctl_port}
   heartbeat: 300ms
@@ -170,7 +170,7 @@ tls:
   key: {c}/director.key
   ca: {c}/ca.crt
 secrets:
-  rotate-interval: 1h
+  rotate_interval: 1h
   lifetime: 2h
 """
 
