@@ -523,6 +523,7 @@ struct ctl_client {
     uint32_t backoff_ms, heartbeat_ms;
     uint64_t attempt_start, last_rx, ping_seq, rng;
     char director_id[CTL_ID_MAX];
+    char last_fail[160]; /* last reason a connection attempt failed, logged once */
 };
 
 static void client_connect(struct ctl_client *c);
@@ -639,6 +640,7 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
         const struct ctl_welcome *w = &m->u.welcome;
         c->state = CL_ESTABLISHED;
         c->backoff_ms = c->o.backoff_min_ms;
+        c->last_fail[0] = '\0';
         c->heartbeat_ms = w->heartbeat_ms ? w->heartbeat_ms : 1000;
         snprintf(c->director_id, sizeof c->director_id, "%s", w->director_id);
         LOGI(c->o.log, &c->o.director, "ctl: registered with Director %s as %s/%s (%zu secrets)",
@@ -697,6 +699,7 @@ static int client_on_data(struct stream *s, const uint8_t *data, size_t len, voi
         char why[160];
         frame_error_text(rc, &c->fr, why, sizeof why);
         LOGW(c->o.log, &c->o.director, "ctl: closing the connection to the Director: %s", why);
+        c->fr.in.rd = c->fr.in.wr = 0;
     }
     return c->stopping ? -ECANCELED : rc;
 }
@@ -737,6 +740,11 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
              *left ? "; " : "", left);
         if (c->cb.on_disconnected)
             c->cb.on_disconnected(reason, c->arg);
+    } else if (strcmp(reason, c->last_fail) != 0) {
+        /* Say why once (a refused certificate, a Director that is down); repeats of the
+         * same failure while retrying go to debug. */
+        LOGW(c->o.log, &c->o.director, "ctl: cannot reach the Director: %s (retrying)", reason);
+        snprintf(c->last_fail, sizeof c->last_fail, "%s", reason);
     } else {
         LOGD(c->o.log, &c->o.director, "ctl: cannot reach the Director: %s", reason);
     }
@@ -778,19 +786,35 @@ static void client_connect(struct ctl_client *c)
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out)
 {
-    if (!loop || !o || !out || !o->tls || o->hello.role == CTL_ROLE_UNKNOWN ||
+    if (!loop || !o || !out || (!o->tls && (!o->cert_file || !o->key_file || !o->ca_file)) ||
+        o->hello.role == CTL_ROLE_UNKNOWN || !o->hello.instance_id[0] ||
         o->hello.n_external > CTL_ADDRS_MAX || o->hello.n_internal > CTL_ADDRS_MAX ||
         o->hello.n_subscribe > CTL_SUBSCRIBE_MAX)
         return -EINVAL;
+    struct tls_ctx *tls = o->tls;
+    if (tls) {
+        tls_ctx_ref(tls);
+    } else {
+        struct tls_cert_opts co = {.cert_file = o->cert_file, .key_file = o->key_file};
+        struct tls_opts to = {.certs = &co, .ncerts = 1, .ca_file = o->ca_file,
+                              .verify_peer = true};
+        char err[256] = "";
+        int rc = tls_ctx_create(&tls, &to, err, sizeof err);
+        if (rc) {
+            LOGE(o->log, NULL, "ctl: client TLS: %s", err[0] ? err : strerror(-rc));
+            return rc;
+        }
+    }
     struct ctl_client *c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    if (framer_init(&c->fr)) {
+    if (!c || framer_init(&c->fr)) {
         free(c);
+        tls_ctx_unref(tls);
         return -ENOMEM;
     }
     c->loop = loop;
     c->o = *o;
+    c->o.tls = tls;
+    c->o.cert_file = c->o.key_file = c->o.ca_file = NULL;
     if (o->director_name)
         snprintf(c->director_name, sizeof c->director_name, "%s", o->director_name);
     c->o.director_name = NULL;
@@ -812,7 +836,6 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
     c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c ^ 0x9E3779B97F4A7C15ULL;
     if (!c->rng)
         c->rng = 1;
-    tls_ctx_ref(c->o.tls);
     uv_timer_t *timers[] = {&c->retry, &c->report, &c->hb};
     for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
         uv_timer_init(loop, timers[i]);
@@ -846,6 +869,15 @@ int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r)
     int rc = client_send(c, m);
     free(m);
     return rc;
+}
+
+void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls)
+{
+    if (!c || !tls || c->stopping)
+        return;
+    tls_ctx_ref(tls);
+    tls_ctx_unref(c->o.tls);
+    c->o.tls = tls;
 }
 
 bool ctl_client_connected(const struct ctl_client *c)
@@ -1081,6 +1113,7 @@ static int peer_on_data(struct stream *st, const uint8_t *data, size_t len, void
                  ctl_role_name(p->hello.role), p->hello.instance_id, why);
         else
             LOGW(p->srv->log, &p->addr, "ctl: closing control connection: %s", why);
+        p->fr.in.rd = p->fr.in.wr = 0;
         peer_close(p, rc, why);
     }
     return 0;

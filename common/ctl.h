@@ -150,7 +150,10 @@ struct ctl_client_cbs {
 
 struct ctl_client_opts {
     struct addr director;
-    struct tls_ctx *tls;       /* client ctx with cert, key and CA (mutual TLS); referenced */
+    /* Either a client TLS context (referenced) ... */
+    struct tls_ctx *tls;
+    /* ... or, when tls is NULL, the files to build one from (mutual TLS: all three). */
+    const char *cert_file, *key_file, *ca_file;
     const char *director_name; /* name to verify on the Director's certificate (copied) */
     struct ctl_hello hello;
     uint32_t report_interval_ms;             /* 0 = 1000 */
@@ -159,7 +162,22 @@ struct ctl_client_opts {
     const struct logger *log;                /* must outlive the client */
 };
 
-/* Starts connecting at once; returns 0 or a negative errno (bad options, no memory). */
+/* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
+ * certificates: logged, no memory). An edge typically fills the options from its
+ * `director:` config section (struct director_link_config in common/daemon.h):
+ *
+ *     struct ctl_client_opts o = {
+ *         .director = cfg->director.address, .director_name = cfg->director.server_name,
+ *         .cert_file = cfg->director.tls.cert, .key_file = cfg->director.tls.key,
+ *         .ca_file = cfg->director.tls.ca,
+ *         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
+ *         .log = daemon_logger(d),
+ *         .hello = {.role = CTL_ROLE_AV_EDGE, .version = SUITE_VERSION, ...},
+ *     };
+ *     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", cfg->base.instance_id);
+ *     rc = ctl_client_start(loop, &o, &my_cbs, state, &state->ctl);
+ *     ctl_client_set_report_source(state->ctl, my_fill_report, state);
+ */
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out);
 /* The client calls fill before each periodic report (and right after each Welcome). */
@@ -168,6 +186,8 @@ void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill,
 /* Sends a report now (e.g. a watch-list change); -ENOTCONN until the next Welcome. */
 int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r);
 bool ctl_client_connected(const struct ctl_client *c);
+/* Uses tls from the next connection on (certificate reload on SIGHUP); referenced. */
+void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls);
 /* Closes the connection and every handle; frees asynchronously. NULL is a no-op. */
 void ctl_client_stop(struct ctl_client *c);
 

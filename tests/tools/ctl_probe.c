@@ -18,7 +18,6 @@
 struct probe {
     uv_loop_t *loop;
     struct ctl_client *client;
-    struct tls_ctx *tls;
     struct logger log;
     uv_pipe_t in;
     uv_signal_t sigint, sigterm;
@@ -327,18 +326,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "ctl-probe: bad --director address %s\n", director);
         return 2;
     }
-    struct tls_cert_opts co = {.cert_file = cert, .key_file = key};
-    struct tls_opts to = {.server = false, .certs = &co, .ncerts = 1, .ca_file = ca,
-                          .verify_peer = true};
-    char err[256] = "";
-    if (tls_ctx_create(&p.tls, &to, err, sizeof err)) {
-        fprintf(stderr, "ctl-probe: TLS: %s\n", err);
-        return 1;
-    }
     signal(SIGPIPE, SIG_IGN);
     p.loop = uv_default_loop();
     p.report.healthy = true;
-    o.tls = p.tls;
+    o.cert_file = cert;
+    o.key_file = key;
+    o.ca_file = ca;
     o.director_name = name;
     o.log = &p.log;
     static const struct ctl_client_cbs cbs = {
@@ -350,7 +343,6 @@ int main(int argc, char **argv)
         .on_drain = on_drain,
     };
     int rc = ctl_client_start(p.loop, &o, &cbs, &p, &p.client);
-    tls_ctx_unref(p.tls); /* the client holds its own reference */
     if (rc) {
         fprintf(stderr, "ctl-probe: %s\n", strerror(-rc));
         return 1;
