@@ -409,6 +409,26 @@ secrets:
         self.assertFalse(e["connected"])
         self.assertIn("heartbeat", e["gone"])
 
+    def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
+        d = self.start_director()
+        a = self.probe("av-edge", "av1")
+        a.wait(lambda e: e["event"] == "secret", what="first relay secret")
+        good = self.director_config()
+        # lifetime shorter than two intervals: validated and refused; the old config stays.
+        with open(d.config, "w") as f:
+            f.write(good.replace("lifetime: 2h", "lifetime: 90m"))
+        d.signal(signal.SIGHUP)
+        d.wait_log("reload refused")
+        self.assertIn("secrets.lifetime", d.log())
+        # A one-second interval: rotations now reach the edge without any admin call.
+        with open(d.config, "w") as f:
+            f.write(good.replace("rotate_interval: 1h", "rotate_interval: 1s"))
+        d.signal(signal.SIGHUP)
+        d.wait_log("reloaded")
+        a.wait(lambda e: len(a.all("secret")) >= 3, timeout=4.0, what="two timed rotations")
+        self.assertTrue(self.connected("av1"))
+        self.assertEqual(a.all("disconnected"), [])
+
 
 if __name__ == "__main__":
     unittest.main()
