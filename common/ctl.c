@@ -189,6 +189,9 @@ static int msg_from_pb(struct ctl_msg *m, const Edgectl__Envelope *env)
         m->type = CTL_MSG_PONG;
         m->u.seq = env->pong->seq;
         return 0;
+    case EDGECTL__ENVELOPE__MSG_GOODBYE:
+        m->type = CTL_MSG_GOODBYE;
+        return copy_str(m->u.reason, sizeof m->u.reason, env->goodbye->reason);
     default:
         return -EBADMSG; /* an empty Envelope or a message this build does not know */
     }
@@ -227,6 +230,7 @@ struct pb_scratch {
         Edgectl__Revoke revoke;
         Edgectl__Drain drain;
         Edgectl__Heartbeat hb;
+        Edgectl__Goodbye bye;
     } m;
     Edgectl__Secret secrets[CTL_SECRETS_MAX];
     Edgectl__Secret *secret_ptrs[CTL_SECRETS_MAX];
@@ -346,6 +350,12 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
             x->env.msg_case = EDGECTL__ENVELOPE__MSG_PONG;
             x->env.pong = &x->m.hb;
         }
+        return 0;
+    case CTL_MSG_GOODBYE:
+        edgectl__goodbye__init(&x->m.bye);
+        x->m.bye.reason = (char *)m->u.reason;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_GOODBYE;
+        x->env.goodbye = &x->m.bye;
         return 0;
     }
     return -EINVAL;
@@ -524,6 +534,7 @@ struct ctl_client {
     uint64_t attempt_start, last_rx, ping_seq, rng;
     char director_id[CTL_ID_MAX];
     char last_fail[160]; /* last reason a connection attempt failed, logged once */
+    char goodbye[CTL_NOTE_MAX + 48]; /* the Director's reason for closing this connection */
 };
 
 static void client_connect(struct ctl_client *c);
@@ -630,6 +641,12 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
 {
     struct ctl_client *c = arg;
     c->last_rx = uv_now(c->loop);
+    if (m->type == CTL_MSG_GOODBYE) {
+        snprintf(c->goodbye, sizeof c->goodbye, "the Director closed the connection: %s",
+                 m->u.reason);
+        client_close_stream(c, -ECONNABORTED, c->goodbye);
+        return 0;
+    }
     if (c->state != CL_ESTABLISHED && m->type != CTL_MSG_WELCOME) {
         LOGW(c->o.log, &c->o.director, "ctl: message type %d from the Director before Welcome",
              (int)m->type);
@@ -734,7 +751,10 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
     }
     char left[96];
     framer_leftover(&c->fr, left, sizeof left);
-    const char *reason = why && *why ? why : (err ? strerror(-err) : "closed by the Director");
+    const char *reason = c->goodbye[0] ? c->goodbye
+                         : why && *why ? why
+                         : err ? strerror(-err)
+                               : "closed by the Director";
     if (was_established) {
         LOGW(c->o.log, &c->o.director, "ctl: lost the Director: %s%s%s", reason,
              *left ? "; " : "", left);
@@ -769,6 +789,7 @@ static void client_connect(struct ctl_client *c)
         return;
     c->fr.in.rd = c->fr.in.wr = 0;
     c->fr.frames = 0;
+    c->goodbye[0] = '\0';
     c->state = CL_CONNECTING;
     c->attempt_start = uv_now(c->loop);
     int rc = stream_connect(c->loop, &c->o.director, NULL, &so, &cbs, c, &c->st);
@@ -906,11 +927,17 @@ struct ctl_peer {
     struct addr addr;
     struct framer fr;
     struct ctl_hello hello;
-    bool opened, said_hello, closing;
+    bool opened, said_hello;
+    bool closing;       /* no more frames in or out */
+    bool stream_closed; /* stream_close called; on_close follows */
+    int close_err;
     char close_why[160];
     char cert_name[128];
-    uint64_t accepted_at, last_rx, ping_seq;
+    uint64_t accepted_at, last_rx, ping_seq, goodbye_at;
 };
+
+/* How long a peer that got a Goodbye has to close its side before we cut it off. */
+#define CTL_GOODBYE_GRACE_MS 1000
 
 struct ctl_server {
     uv_loop_t *loop;
@@ -943,14 +970,41 @@ static void server_on_handle_closed(uv_handle_t *h)
     server_maybe_free(s);
 }
 
-/* Closes p with a reason that on_close will log (the first reason wins). */
+/* Closes p now, with a reason that on_close will log (the first reason wins). */
 static void peer_close(struct ctl_peer *p, int err, const char *why)
+{
+    if (p->stream_closed)
+        return;
+    if (!p->closing) {
+        p->closing = true;
+        p->close_err = err;
+        snprintf(p->close_why, sizeof p->close_why, "%s", why);
+    }
+    p->stream_closed = true;
+    stream_close(p->st, p->close_err, p->close_why);
+}
+
+/* Tells p why we close (a Goodbye), then half-closes so the edge reads it before EOF;
+ * the heartbeat timer cuts the connection if the edge does not close within the grace. */
+static void peer_goodbye(struct ctl_peer *p, int err, const char *why)
 {
     if (p->closing)
         return;
+    if (!p->opened) {
+        peer_close(p, err, why);
+        return;
+    }
+    struct ctl_msg m = {.type = CTL_MSG_GOODBYE};
+    snprintf(m.u.reason, sizeof m.u.reason, "%s", why);
     p->closing = true;
+    p->close_err = err;
     snprintf(p->close_why, sizeof p->close_why, "%s", why);
-    stream_close(p->st, err, why);
+    p->goodbye_at = uv_now(p->srv->loop);
+    if (stream_send_msg(p->st, &m) < 0) {
+        peer_close(p, err, why);
+        return;
+    }
+    stream_shutdown(p->st);
 }
 
 static int peer_send(struct ctl_peer *p, const struct ctl_msg *m)
@@ -991,15 +1045,22 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
     if (h->role == CTL_ROLE_UNKNOWN || h->role == CTL_ROLE_DIRECTOR || !h->instance_id[0]) {
         LOGW(s->log, &p->addr, "ctl: refusing Hello with role %s and instance \"%s\"",
              ctl_role_name(h->role), h->instance_id);
-        peer_close(p, -EPROTO, "invalid Hello");
+        peer_goodbye(p, -EPROTO, "invalid Hello: an edge role and an instance id are required");
         return -EPROTO;
     }
-    /* An edge that reconnects before we noticed its old connection died replaces it. */
+    /* Two live connections for one instance are a misconfiguration (or an impostor): keep
+     * the first. An edge that restarted gets in once its old connection is gone (at once
+     * when the old process closed it, else after three silent heartbeats), so replacing
+     * the old one would only make two edges with the same id take turns kicking each
+     * other out. */
     struct ctl_peer *old = server_find(s, h->role, h->instance_id, p);
     if (old) {
-        LOGI(s->log, &old->addr, "ctl: %s/%s reconnected from another connection; closing this one",
-             ctl_role_name(h->role), h->instance_id);
-        peer_close(old, -ECONNABORTED, "replaced by a newer connection");
+        char a[ADDR_STRLEN], why[160];
+        snprintf(why, sizeof why, "%s/%s is already connected from %s", ctl_role_name(h->role),
+                 h->instance_id, addr_format(&old->addr, a));
+        LOGW(s->log, &p->addr, "ctl: refusing Hello: %s", why);
+        peer_goodbye(p, -EEXIST, why);
+        return -EEXIST;
     }
     p->hello = *h;
     struct ctl_msg *m = calloc(1, sizeof *m);
@@ -1014,7 +1075,9 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
         LOGW(s->log, &p->addr, "ctl: %s/%s refused: %s", ctl_role_name(h->role), h->instance_id,
              strerror(-n));
         free(m);
-        peer_close(p, n, "refused by the Director");
+        char why[96];
+        snprintf(why, sizeof why, "refused by the Director: %s", strerror(-n));
+        peer_goodbye(p, n, why);
         return n;
     }
     p->said_hello = true;
@@ -1070,7 +1133,7 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
     p->last_rx = uv_now(s->loop);
     if (!p->said_hello && m->type != CTL_MSG_HELLO) {
         LOGW(s->log, &p->addr, "ctl: closing: message type %d before Hello", (int)m->type);
-        peer_close(p, -EPROTO, "message before Hello");
+        peer_goodbye(p, -EPROTO, "protocol error: a message before Hello");
         return 0;
     }
     switch (m->type) {
@@ -1078,7 +1141,7 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
         if (p->said_hello) {
             LOGW(s->log, &p->addr, "ctl: closing: second Hello from %s/%s",
                  ctl_role_name(p->hello.role), p->hello.instance_id);
-            peer_close(p, -EPROTO, "second Hello");
+            peer_goodbye(p, -EPROTO, "protocol error: a second Hello");
             return 0;
         }
         peer_on_hello(p, &m->u.hello);
@@ -1096,7 +1159,7 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
     default:
         LOGW(s->log, &p->addr, "ctl: closing: an edge may not send message type %d",
              (int)m->type);
-        peer_close(p, -EPROTO, "unexpected message type");
+        peer_goodbye(p, -EPROTO, "protocol error: a message an edge may not send");
         return 0;
     }
 }
@@ -1114,7 +1177,7 @@ static int peer_on_data(struct stream *st, const uint8_t *data, size_t len, void
         else
             LOGW(p->srv->log, &p->addr, "ctl: closing control connection: %s", why);
         p->fr.in.rd = p->fr.in.wr = 0;
-        peer_close(p, rc, why);
+        peer_goodbye(p, rc, why);
     }
     return 0;
 }
@@ -1230,7 +1293,12 @@ static void server_on_hb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     uint64_t limit = 3ull * s->heartbeat_ms;
     for (struct ctl_peer *p = s->peers; p; p = p->next) {
-        if (p->closing || !p->opened)
+        if (p->closing) {
+            if (!p->stream_closed && now - p->goodbye_at > CTL_GOODBYE_GRACE_MS)
+                peer_close(p, p->close_err, p->close_why);
+            continue;
+        }
+        if (!p->opened)
             continue;
         if (now - p->last_rx > limit) {
             char why[96];
@@ -1296,8 +1364,13 @@ void ctl_server_stop(struct ctl_server *s)
     s->stopping = true;
     uv_close((uv_handle_t *)&s->listener, server_on_handle_closed);
     uv_close((uv_handle_t *)&s->hb, server_on_handle_closed);
-    for (struct ctl_peer *p = s->peers; p; p = p->next)
+    struct ctl_msg bye = {.type = CTL_MSG_GOODBYE, .u.reason = "the Director is stopping"};
+    for (struct ctl_peer *p = s->peers; p; p = p->next) {
+        /* Best effort: stream_close gives queued bytes one non-blocking write. */
+        if (p->opened && !p->closing)
+            stream_send_msg(p->st, &bye);
         peer_close(p, 0, "Director stopping");
+    }
 }
 
 void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls)

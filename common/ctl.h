@@ -6,6 +6,9 @@
  * re-sending its Hello. Server (Director): accepts edges, tracks them, relays Reports to
  * subscribers, pushes SecretUpdate/Revoke/Drain.
  *
+ * A Director that closes a connection on purpose (refused Hello, duplicate instance,
+ * protocol error, shutdown) first sends a Goodbye with the reason, which the edge logs.
+ *
  * Heartbeats: both sides send a Ping every heartbeat interval (the Director's, announced
  * in Welcome) and answer a Ping with a Pong; any frame counts as a sign of life. A side
  * that hears nothing for three intervals closes the connection. */
@@ -107,6 +110,7 @@ enum ctl_msg_type {
     CTL_MSG_DRAIN,
     CTL_MSG_PING,
     CTL_MSG_PONG,
+    CTL_MSG_GOODBYE, /* Director -> edge: why it is about to close the connection */
 };
 
 /* One decoded control message, a plain value (no pointers, nothing to free). */
@@ -120,6 +124,7 @@ struct ctl_msg {
         struct ctl_revoke revoke;
         uint32_t drain_deadline_ms;
         uint64_t seq; /* ping, pong */
+        char reason[CTL_NOTE_MAX]; /* goodbye */
     } u;
 };
 

@@ -409,6 +409,24 @@ secrets:
         self.assertFalse(e["connected"])
         self.assertIn("heartbeat", e["gone"])
 
+    def test_second_connection_for_a_connected_instance_is_refused_with_a_reason(self):
+        a, b = self.two_av_edges()
+        wait_for(lambda: self.connected("av1", "av2"), timeout=2.0, what="both registered")
+        d = self.daemons[-1]
+        dup = self.probe("av-edge", "av1")
+        d.wait_log("refusing Hello: av-edge/av1 is already connected from 127.0.0.1:")
+        wait_for(lambda: "the Director closed the connection: av-edge/av1 is already connected"
+                 in dup.log(), timeout=3.0, what="the refused edge logging the Director's reason")
+        self.assertEqual(dup.all("welcome"), [])
+        self.assertEqual(a.all("disconnected"), [])
+        # The first av1 stays the registered one; once it leaves, the other gets in.
+        first_peer = self.edges()["av1"]["peer"]
+        a.stop()
+        self.probes.remove(a)
+        dup.wait(lambda e: e["event"] == "welcome", timeout=8.0, what="welcome after av1 left")
+        wait_for(lambda: self.connected("av1") and self.edges()["av1"]["peer"] != first_peer,
+                 timeout=2.0, what="av1 registered from the second connection")
+
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()
         a = self.probe("av-edge", "av1")

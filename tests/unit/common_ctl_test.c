@@ -156,6 +156,13 @@ static void small_messages_round_trip(void **state)
     out = roundtrip(&in);
     assert_int_equal(out->u.seq, 77);
     free(out);
+
+    memset(&in, 0, sizeof in);
+    in.type = CTL_MSG_GOODBYE;
+    strcpy(in.u.reason, "av-edge/av1 is already connected from 127.0.0.1:5000");
+    out = roundtrip(&in);
+    assert_string_equal(out->u.reason, in.u.reason);
+    free(out);
 }
 
 /* The wire format is pinned: a Ping with seq 1 is Envelope field 7 holding field 1 = 1. */
