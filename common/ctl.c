@@ -1382,6 +1382,16 @@ void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls)
     s->tls = tls;
 }
 
+int ctl_server_local_addr(const struct ctl_server *s, struct addr *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    int rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len);
+    return rc < 0 ? rc : addr_from_sockaddr(out, (struct sockaddr *)&ss);
+}
+
 size_t ctl_server_peer_count(const struct ctl_server *s)
 {
     return s ? s->nhello : 0;

@@ -226,6 +226,8 @@ int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
 void ctl_server_stop(struct ctl_server *s);
 /* Uses tls for connections accepted from now on (certificate reload); peers keep theirs. */
 void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls);
+/* The address the listener is bound to (useful when listening on port 0). */
+int ctl_server_local_addr(const struct ctl_server *s, struct addr *out);
 /* Connected peers that said Hello. */
 size_t ctl_server_peer_count(const struct ctl_server *s);
 /* Calls fn for each connected peer that said Hello. fn may send to p, not close it. */
