@@ -56,6 +56,7 @@ struct stream {
     bool shut_sent;
     bool eof;          /* peer finished: close once the write queue is empty */
     bool in_process;
+    bool in_read;      /* inside on_read: a TLS start waits for the user's on_data to return */
     int close_err;
     char close_why[160];
 };
@@ -353,8 +354,11 @@ static void stream_process(struct stream *s)
     s->in_process = true;
     while (!s->closing) {
         bool was_done = tls_conn_handshake_done(s->tls);
-        if (was_done && !s->reading)
+        if (was_done && !s->reading) {
+            /* Paused during the handshake: stop the socket too, now that it is done. */
+            uv_read_stop((uv_stream_t *)&s->tcp);
             break;
+        }
         ssize_t n = tls_conn_read(s->tls, pt, sizeof pt);
         if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
             stream_flush(s); /* Finished goes out before any reply the user writes */
@@ -415,9 +419,13 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     }
     touch(s);
     if (!s->tls) {
+        s->in_read = true;
         int rc = s->cb.on_data ? s->cb.on_data(s, s->rbuf, (size_t)n, s->arg) : 0;
+        s->in_read = false;
         if (rc < 0)
             stream_close(s, rc, "closed by handler");
+        else if (s->tls) /* stream_start_tls() was called from on_data */
+            stream_process(s);
         goto out;
     }
     int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
@@ -488,6 +496,8 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
             free(s);
             return rc;
         }
+        if (!s->hs_timeout_ms)
+            s->hs_timeout_ms = tls_ctx_handshake_timeout(o->tls);
     }
     uv_tcp_init(loop, &s->tcp);
     uv_timer_init(loop, &s->idle);
@@ -601,6 +611,37 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
     s->peer = *to;
     start_timers(s);
     *out = s;
+    return 0;
+}
+
+int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
+                     const uint8_t *prefix, size_t len)
+{
+    if (!s || !ctx || (!prefix && len))
+        return -EINVAL;
+    if (s->closing)
+        return -EPIPE;
+    if (s->tls || !s->opened)
+        return -EALREADY;
+    if (stream_queued(s) > 0 || s->want_shutdown || s->eof)
+        return -EBUSY;
+    struct tls_conn *t;
+    int rc = tls_conn_create(&t, ctx, server_name);
+    if (rc < 0)
+        return rc;
+    if (len && (rc = tls_conn_feed(t, prefix, len)) < 0) {
+        tls_conn_destroy(t);
+        return rc;
+    }
+    q_free(&s->plain);
+    s->tls = t;
+    s->opened = false; /* on_open fires again when the handshake is done */
+    uint32_t to = s->hs_timeout_ms ? s->hs_timeout_ms : tls_ctx_handshake_timeout(ctx);
+    if (to)
+        uv_timer_start(&s->kick, on_kick, to, 0);
+    /* From on_data, the bytes are processed once it returns; otherwise now. */
+    if (!s->in_read)
+        stream_process(s);
     return 0;
 }
 
