@@ -417,10 +417,12 @@ struct framer {
     size_t frames; /* decoded so far, for the "closed mid-frame" log */
 };
 
-static int framer_init(struct framer *f)
+/* The buffer is allocated on the first byte, so connections that never get past the TLS
+ * handshake cost no frame buffer. */
+static void framer_init(struct framer *f)
 {
     f->frames = 0;
-    return buf_init(&f->in, CTL_PREFIX + CTL_FRAME_MAX);
+    memset(&f->in, 0, sizeof f->in);
 }
 
 /* Feeds bytes; calls fn for each complete frame while it returns 0. Returns 0, a decode
@@ -430,6 +432,8 @@ static int framer_feed(struct framer *f, const uint8_t *data, size_t len, frame_
                        const bool *stop)
 {
     /* ctl_msg is a few KiB; keep it off the stack of deep libuv callbacks. */
+    if (!f->in.data && buf_init(&f->in, CTL_PREFIX + CTL_FRAME_MAX))
+        return -ENOMEM;
     struct ctl_msg *m = malloc(sizeof *m);
     if (!m)
         return -ENOMEM;
@@ -658,7 +662,10 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
         c->state = CL_ESTABLISHED;
         c->backoff_ms = c->o.backoff_min_ms;
         c->last_fail[0] = '\0';
-        c->heartbeat_ms = w->heartbeat_ms ? w->heartbeat_ms : 1000;
+        /* Bounded whatever the Director says: no busy loop, no week-long silence. */
+        c->heartbeat_ms = w->heartbeat_ms < 100 ? (w->heartbeat_ms ? 100 : 1000)
+                          : w->heartbeat_ms > 60000 ? 60000
+                                                    : w->heartbeat_ms;
         snprintf(c->director_id, sizeof c->director_id, "%s", w->director_id);
         LOGI(c->o.log, &c->o.director, "ctl: registered with Director %s as %s/%s (%zu secrets)",
              w->director_id, ctl_role_name(c->o.hello.role), c->o.hello.instance_id,
@@ -827,11 +834,11 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
         }
     }
     struct ctl_client *c = calloc(1, sizeof *c);
-    if (!c || framer_init(&c->fr)) {
-        free(c);
+    if (!c) {
         tls_ctx_unref(tls);
         return -ENOMEM;
     }
+    framer_init(&c->fr);
     c->loop = loop;
     c->o = *o;
     c->o.tls = tls;
@@ -950,7 +957,8 @@ struct ctl_server {
     uint32_t heartbeat_ms;
     char director_id[CTL_ID_MAX];
     struct ctl_peer *peers;
-    size_t npeers, nhello;
+    size_t npeers, nhello, max_peers;
+    uint64_t last_reject_log;
     int open_handles;
     bool stopping;
 };
@@ -1242,6 +1250,28 @@ static void peer_on_close(struct stream *st, int err, const char *why, void *arg
     server_maybe_free(s);
 }
 
+static void server_on_rejected_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Accepts and closes at once: libuv stops watching a listener whose connection is not
+ * taken. Logged at most once a second, as this is what a connection flood looks like. */
+static void server_reject(struct ctl_server *s, uv_stream_t *l, const char *why)
+{
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (t) {
+        uv_tcp_init(s->loop, t);
+        uv_accept(l, (uv_stream_t *)t);
+        uv_close((uv_handle_t *)t, server_on_rejected_closed);
+    }
+    uint64_t now = uv_now(s->loop);
+    if (now - s->last_reject_log >= 1000 || !s->last_reject_log) {
+        s->last_reject_log = now;
+        LOGW(s->log, NULL, "ctl: refusing a control connection: %s (%zu open)", why, s->npeers);
+    }
+}
+
 static void server_on_conn(uv_stream_t *l, int status)
 {
     static const struct stream_cbs cbs = {
@@ -1254,17 +1284,12 @@ static void server_on_conn(uv_stream_t *l, int status)
         LOGW(s->log, NULL, "ctl: accept failed: %s", uv_strerror(status));
         return;
     }
-    struct ctl_peer *p = calloc(1, sizeof *p);
-    if (!p || framer_init(&p->fr)) {
-        free(p);
-        /* Take the connection off the backlog so libuv stops reporting it. */
-        uv_tcp_t tmp;
-        uv_tcp_init(s->loop, &tmp);
-        if (uv_accept(l, (uv_stream_t *)&tmp) == 0)
-            uv_close((uv_handle_t *)&tmp, NULL);
-        LOGE(s->log, NULL, "ctl: out of memory accepting a connection");
+    struct ctl_peer *p = NULL;
+    if (s->npeers >= s->max_peers || !(p = calloc(1, sizeof *p))) {
+        server_reject(s, l, p ? "out of memory" : "too many control connections");
         return;
     }
+    framer_init(&p->fr);
     p->srv = s;
     struct stream_opts so = {
         .tls = s->tls,
@@ -1328,6 +1353,7 @@ int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
     s->arg = arg;
     s->log = o->log;
     s->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
+    s->max_peers = o->max_peers ? o->max_peers : 1024;
     snprintf(s->director_id, sizeof s->director_id, "%s", o->director_id ? o->director_id : "");
     s->tls = o->tls;
     tls_ctx_ref(s->tls);

@@ -217,6 +217,7 @@ struct ctl_server_opts {
     struct tls_ctx *tls;   /* server ctx requiring client certificates; referenced */
     uint32_t heartbeat_ms; /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
     const char *director_id; /* copied */
+    size_t max_peers;        /* open connections at most (0 = 1024); more are refused */
     const struct logger *log; /* must outlive the server */
 };
 
