@@ -33,8 +33,13 @@ struct tls_opts {
     bool verify_peer;      /* server: require a client certificate (mutual TLS); client: verify server */
     const char *const *alpn; /* NULL-terminated protocol list, or NULL */
     uint32_t handshake_timeout_ms; /* informational for stream.c */
-    bool session_tickets;  /* server: issue tickets (default on) */
-    size_t session_cache_size; /* server: entries; 0 = default */
+    bool session_tickets;  /* server: issue tickets; client: offer/accept them. Configs
+                            * default it to on; a zeroed struct leaves it off. */
+    size_t session_cache_size; /* server: entries; 0 = default (4096) */
+    /* Cipher suites in preference order, ':'-separated mbedTLS/IANA names
+     * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
+     * ECDHE-ECDSA and ECDHE-RSA only. */
+    const char *ciphers;
 };
 
 /* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */

@@ -1,0 +1,669 @@
+/* A TCP connection on libuv with optional TLS: reads feed tls_conn, plaintext goes to
+ * on_data, writes are encrypted and batched into uv_write with a capped queue. */
+#include "common/stream.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#define STREAM_READ_CHUNK 16384
+#define STREAM_READ_MAX 65536
+#define STREAM_WRITE_CAP (256 * 1024)
+#define STREAM_PLAIN_CHUNK 16384
+
+/* One uv_write in flight: the bytes stay here until write_cb. */
+struct stream_wreq {
+    uv_write_t req;
+    size_t len;
+    uint8_t data[];
+};
+
+/* Plain TCP bytes not yet handed to libuv; freed whenever it empties. */
+struct stream_q {
+    uint8_t *data;
+    size_t cap, rd, wr;
+};
+
+struct stream {
+    uv_tcp_t tcp;
+    uv_timer_t idle;
+    /* Before on_open: handshake/connect timeout. After: a zero-delay kick that resumes
+     * delivery of plaintext left in the TLS buffers when reading was stopped. */
+    uv_timer_t kick;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+    uv_loop_t *loop;
+    struct tls_conn *tls;
+    struct stream_cbs cb;
+    void *arg;
+    size_t read_chunk, write_cap;
+    uint32_t hs_timeout_ms, idle_timeout_ms;
+    uint8_t *rbuf; /* held only between alloc_cb and read_cb */
+    struct stream_q plain;
+    struct stream_wreq *inflight;
+    struct addr peer, local;
+    int open_handles;
+    bool connected;    /* the socket can be written */
+    bool opened;
+    bool closing;
+    bool silent;       /* constructor failed: free without on_close */
+    bool reading;      /* the user wants data */
+    bool want_drain;
+    bool want_shutdown;
+    bool shut_sent;
+    bool eof;          /* peer finished: close once the write queue is empty */
+    bool in_process;
+    int close_err;
+    char close_why[160];
+};
+
+static void stream_process(struct stream *s);
+static void stream_flush(struct stream *s);
+
+/* ---- plain queue ---- */
+
+static size_t q_len(const struct stream_q *q)
+{
+    return q->wr - q->rd;
+}
+
+static void q_free(struct stream_q *q)
+{
+    free(q->data);
+    memset(q, 0, sizeof *q);
+}
+
+static int q_append(struct stream_q *q, const uint8_t *p, size_t len)
+{
+    if (q->rd == q->wr)
+        q->rd = q->wr = 0;
+    if (q->cap - q->wr < len && q->rd) {
+        memmove(q->data, q->data + q->rd, q->wr - q->rd);
+        q->wr -= q->rd;
+        q->rd = 0;
+    }
+    if (q->cap - q->wr < len) {
+        size_t ncap = q->cap ? q->cap : 4096;
+        while (ncap < q->wr + len)
+            ncap *= 2;
+        uint8_t *n = realloc(q->data, ncap);
+        if (!n)
+            return -ENOMEM;
+        q->data = n;
+        q->cap = ncap;
+    }
+    memcpy(q->data + q->wr, p, len);
+    q->wr += len;
+    return 0;
+}
+
+static void q_consume(struct stream_q *q, size_t n)
+{
+    q->rd += n;
+    if (q->rd >= q->wr)
+        q_free(q);
+}
+
+/* Bytes waiting to go to the socket, from the TLS buffer or the plain queue. */
+static size_t out_pending(const struct stream *s, const uint8_t **p)
+{
+    if (s->tls)
+        return tls_conn_pending(s->tls, p);
+    *p = s->plain.data + s->plain.rd;
+    return q_len(&s->plain);
+}
+
+static void out_consume(struct stream *s, size_t n)
+{
+    if (s->tls)
+        tls_conn_consume(s->tls, n);
+    else
+        q_consume(&s->plain, n);
+}
+
+/* ---- close ---- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct stream *s = h->data;
+    if (--s->open_handles > 0)
+        return;
+    if (!s->silent && s->cb.on_close)
+        s->cb.on_close(s, s->close_err, s->close_why[0] ? s->close_why : NULL, s->arg);
+    tls_conn_destroy(s->tls);
+    q_free(&s->plain);
+    free(s->rbuf);
+    free(s);
+}
+
+void stream_close(struct stream *s, int err, const char *why)
+{
+    if (!s || s->closing)
+        return;
+    s->closing = true;
+    s->close_err = err;
+    if (why)
+        snprintf(s->close_why, sizeof s->close_why, "%s", why);
+    else if (err)
+        snprintf(s->close_why, sizeof s->close_why, "%s", uv_strerror(err));
+    /* A TLS alert explaining a failure is worth one non-blocking attempt. */
+    if (s->tls && !s->inflight && s->connected) {
+        const uint8_t *p;
+        size_t n = tls_conn_pending(s->tls, &p);
+        if (n && uv_is_writable((uv_stream_t *)&s->tcp)) {
+            uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+            uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+        }
+    }
+    uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&s->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+}
+
+/* ---- timers ---- */
+
+static void on_idle_timeout(uv_timer_t *t)
+{
+    struct stream *s = t->data;
+    stream_close(s, -ETIMEDOUT, "idle timeout");
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    struct stream *s = t->data;
+    if (!s->opened) {
+        stream_close(s, -ETIMEDOUT, s->tls ? "TLS handshake timeout" : "connect timeout");
+        return;
+    }
+    if (s->reading)
+        stream_process(s);
+}
+
+static void touch(struct stream *s)
+{
+    if (s->idle_timeout_ms && !s->closing)
+        uv_timer_start(&s->idle, on_idle_timeout, s->idle_timeout_ms, 0);
+}
+
+/* ---- writing ---- */
+
+static void maybe_drain(struct stream *s)
+{
+    if (s->want_drain && !s->closing && stream_queued(s) < s->write_cap / 2) {
+        s->want_drain = false;
+        if (s->cb.on_drain)
+            s->cb.on_drain(s, s->arg);
+    }
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct stream *s = req->data;
+    if (status < 0 && status != UV_ECANCELED)
+        stream_close(s, status, "shutdown failed");
+}
+
+static void maybe_finish(struct stream *s)
+{
+    if (s->closing || s->inflight)
+        return;
+    const uint8_t *p;
+    if (out_pending(s, &p))
+        return;
+    if (s->want_shutdown && !s->shut_sent && s->opened) {
+        s->shut_sent = true;
+        s->shutdown_req.data = s;
+        int rc = uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown);
+        if (rc < 0)
+            stream_close(s, rc, "shutdown failed");
+    }
+    if (s->eof && !s->closing)
+        stream_close(s, 0, "peer closed");
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct stream_wreq *w = container_of(req, struct stream_wreq, req);
+    struct stream *s = req->data;
+    s->inflight = NULL;
+    free(w);
+    if (s->closing)
+        return;
+    if (status < 0) {
+        stream_close(s, status, "write failed");
+        return;
+    }
+    stream_flush(s);
+    maybe_drain(s);
+}
+
+/* Sends what is pending: straight to the socket if it takes it, the rest in one uv_write.
+ * While a write is in flight, new ciphertext collects in the TLS buffer and goes out as
+ * one batch when it completes. */
+static void stream_flush(struct stream *s)
+{
+    if (s->closing || s->inflight || !s->connected)
+        return;
+    const uint8_t *p;
+    size_t n = out_pending(s, &p);
+    if (n == 0) {
+        maybe_finish(s);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+    if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
+        stream_close(s, w, "write failed");
+        return;
+    }
+    if (w > 0) {
+        out_consume(s, (size_t)w);
+        touch(s);
+        n = out_pending(s, &p);
+        if (n == 0) {
+            maybe_finish(s);
+            return;
+        }
+    }
+    struct stream_wreq *wr = malloc(sizeof *wr + n);
+    if (!wr) {
+        stream_close(s, -ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(wr->data, p, n);
+    wr->len = n;
+    wr->req.data = s;
+    out_consume(s, n);
+    b = uv_buf_init((char *)wr->data, (unsigned)n);
+    int rc = uv_write(&wr->req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(wr);
+        stream_close(s, rc, "write failed");
+        return;
+    }
+    s->inflight = wr;
+    touch(s);
+}
+
+size_t stream_queued(const struct stream *s)
+{
+    if (!s)
+        return 0;
+    const uint8_t *p;
+    return (s->inflight ? s->inflight->len : 0) + out_pending(s, &p);
+}
+
+int stream_write(struct stream *s, const void *data, size_t len)
+{
+    if (!s || (!data && len))
+        return -EINVAL;
+    if (s->closing || s->want_shutdown)
+        return -EPIPE;
+    if (len == 0)
+        return 0;
+    size_t q = stream_queued(s);
+    if (q > 0 && q + len > s->write_cap) {
+        s->want_drain = true;
+        return -ENOBUFS;
+    }
+    if (s->tls) {
+        ssize_t w = tls_conn_write(s->tls, data, len);
+        if (w < 0) {
+            stream_close(s, (int)w, tls_conn_error(s->tls));
+            return (int)w;
+        }
+    } else if (q_append(&s->plain, data, len) < 0) {
+        return -ENOMEM;
+    }
+    stream_flush(s);
+    return 0;
+}
+
+void stream_shutdown(struct stream *s)
+{
+    if (!s || s->closing || s->want_shutdown)
+        return;
+    s->want_shutdown = true;
+    if (s->tls)
+        tls_conn_close_notify(s->tls);
+    stream_flush(s);
+}
+
+/* ---- reading ---- */
+
+static void open_now(struct stream *s)
+{
+    s->opened = true;
+    uv_timer_stop(&s->kick);
+    if (s->want_shutdown && s->tls)
+        tls_conn_close_notify(s->tls);
+    if (s->cb.on_open)
+        s->cb.on_open(s, s->arg);
+}
+
+/* Runs the TLS engine over buffered input and delivers plaintext while the user reads. */
+static void stream_process(struct stream *s)
+{
+    uint8_t pt[16384];
+    if (s->in_process)
+        return;
+    s->in_process = true;
+    while (!s->closing) {
+        bool was_done = tls_conn_handshake_done(s->tls);
+        if (was_done && !s->reading)
+            break;
+        ssize_t n = tls_conn_read(s->tls, pt, sizeof pt);
+        if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
+            stream_flush(s); /* Finished goes out before any reply the user writes */
+            open_now(s);
+            if (s->closing)
+                break;
+        }
+        if (n > 0) {
+            int rc = s->cb.on_data ? s->cb.on_data(s, pt, (size_t)n, s->arg) : 0;
+            if (rc < 0)
+                stream_close(s, rc, "closed by handler");
+            continue;
+        }
+        if (n == -EAGAIN)
+            break;
+        if (n == 0) {
+            s->eof = true;
+            uv_read_stop((uv_stream_t *)&s->tcp);
+            break;
+        }
+        const char *e = tls_conn_error(s->tls);
+        stream_flush(s); /* the alert that tells the peer why */
+        stream_close(s, (int)n, e ? e : "TLS failure");
+        break;
+    }
+    s->in_process = false;
+    if (!s->closing) {
+        stream_flush(s);
+        maybe_finish(s);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
+{
+    struct stream *s = h->data;
+    if (!s->rbuf)
+        s->rbuf = malloc(s->read_chunk);
+    *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->read_chunk : 0);
+}
+
+static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
+{
+    struct stream *s = h->data;
+    if (n == 0 || s->closing)
+        goto out;
+    if (n < 0) {
+        if (n == UV_EOF) {
+            s->eof = true;
+            uv_read_stop(h);
+            if (!s->opened)
+                stream_close(s, -ECONNRESET, "peer closed during the handshake");
+            else
+                maybe_finish(s);
+        } else {
+            stream_close(s, (int)n, NULL);
+        }
+        goto out;
+    }
+    touch(s);
+    if (!s->tls) {
+        int rc = s->cb.on_data ? s->cb.on_data(s, s->rbuf, (size_t)n, s->arg) : 0;
+        if (rc < 0)
+            stream_close(s, rc, "closed by handler");
+        goto out;
+    }
+    int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
+    if (rc < 0) {
+        stream_close(s, -ENOBUFS, "TLS input buffer overflow");
+        goto out;
+    }
+    stream_process(s);
+out:
+    /* Idle connections hold no read buffer. */
+    free(s->rbuf);
+    s->rbuf = NULL;
+}
+
+static int start_reading(struct stream *s)
+{
+    int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
+    return rc == UV_EALREADY ? 0 : rc;
+}
+
+void stream_read_stop(struct stream *s)
+{
+    if (!s || s->closing || !s->reading)
+        return;
+    s->reading = false;
+    /* During the handshake the TLS engine must keep reading; data waits in its buffers. */
+    if (!s->tls || s->opened)
+        uv_read_stop((uv_stream_t *)&s->tcp);
+}
+
+void stream_read_start(struct stream *s)
+{
+    if (!s || s->closing || s->reading)
+        return;
+    s->reading = true;
+    if (!s->eof && start_reading(s) < 0) {
+        stream_close(s, -EIO, "cannot read");
+        return;
+    }
+    /* Plaintext may be waiting in the TLS buffers: deliver it from the loop, not from
+     * inside the caller. */
+    if (s->tls && s->opened)
+        uv_timer_start(&s->kick, on_kick, 0, 0);
+}
+
+/* ---- setup ---- */
+
+static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct stream_cbs *cb,
+                      void *arg, struct stream **out, const char *server_name)
+{
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->loop = loop;
+    if (cb)
+        s->cb = *cb;
+    s->arg = arg;
+    s->read_chunk = o && o->read_chunk ? o->read_chunk : STREAM_READ_CHUNK;
+    if (s->read_chunk > STREAM_READ_MAX)
+        s->read_chunk = STREAM_READ_MAX;
+    s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
+    s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
+    s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
+    s->reading = true;
+    if (o && o->tls) {
+        int rc = tls_conn_create(&s->tls, o->tls, server_name);
+        if (rc < 0) {
+            free(s);
+            return rc;
+        }
+    }
+    uv_tcp_init(loop, &s->tcp);
+    uv_timer_init(loop, &s->idle);
+    uv_timer_init(loop, &s->kick);
+    s->tcp.data = s->idle.data = s->kick.data = s;
+    s->open_handles = 3;
+    *out = s;
+    return 0;
+}
+
+/* Frees a stream whose constructor failed, without calling on_close. */
+static void stream_abort(struct stream *s, int err)
+{
+    s->silent = true;
+    stream_close(s, err, NULL);
+}
+
+static void start_timers(struct stream *s)
+{
+    if (s->hs_timeout_ms)
+        uv_timer_start(&s->kick, on_kick, s->hs_timeout_ms, 0);
+    touch(s);
+}
+
+static void fill_addrs(struct stream *s)
+{
+    int len = sizeof s->peer.u.ss;
+    uv_tcp_getpeername(&s->tcp, &s->peer.u.sa, &len);
+    len = sizeof s->local.u.ss;
+    uv_tcp_getsockname(&s->tcp, &s->local.u.sa, &len);
+}
+
+int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
+                  void *arg, struct stream **out)
+{
+    if (!server || !out)
+        return -EINVAL;
+    struct stream *s;
+    int rc = stream_new(server->loop, o, cb, arg, &s, NULL);
+    if (rc < 0)
+        return rc;
+    rc = uv_accept(server, (uv_stream_t *)&s->tcp);
+    if (rc == 0)
+        rc = start_reading(s);
+    if (rc < 0) {
+        stream_abort(s, rc);
+        return rc;
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    fill_addrs(s);
+    s->connected = true;
+    *out = s;
+    if (!s->tls) {
+        touch(s);
+        open_now(s);
+    } else {
+        start_timers(s);
+    }
+    return 0;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct stream *s = req->data;
+    if (s->closing)
+        return;
+    if (status < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "connect failed: %s", uv_strerror(status));
+        stream_close(s, status, why);
+        return;
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    fill_addrs(s);
+    s->connected = true;
+    int rc = start_reading(s);
+    if (rc < 0) {
+        stream_close(s, rc, "cannot read");
+        return;
+    }
+    touch(s);
+    if (!s->tls) {
+        open_now(s);
+        if (!s->closing)
+            stream_flush(s);
+        return;
+    }
+    /* The ClientHello is already in the TLS buffer; send it. */
+    stream_flush(s);
+}
+
+int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bind_from,
+                   const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
+                   struct stream **out)
+{
+    if (!loop || !to || !out)
+        return -EINVAL;
+    struct stream *s;
+    int rc = stream_new(loop, o, cb, arg, &s, o ? o->server_name : NULL);
+    if (rc < 0)
+        return rc;
+    if (bind_from)
+        rc = uv_tcp_bind(&s->tcp, &bind_from->u.sa, 0);
+    s->connect_req.data = s;
+    if (rc == 0)
+        rc = uv_tcp_connect(&s->connect_req, &s->tcp, &to->u.sa, on_connect);
+    if (rc < 0) {
+        stream_abort(s, rc);
+        return rc;
+    }
+    s->peer = *to;
+    start_timers(s);
+    *out = s;
+    return 0;
+}
+
+const struct addr *stream_peer(const struct stream *s)
+{
+    return s ? &s->peer : NULL;
+}
+
+const struct addr *stream_local(const struct stream *s)
+{
+    return s ? &s->local : NULL;
+}
+
+struct tls_conn *stream_tls(struct stream *s)
+{
+    return s ? s->tls : NULL;
+}
+
+void stream_set_arg(struct stream *s, void *arg)
+{
+    if (s)
+        s->arg = arg;
+}
+
+uv_loop_t *stream_loop(const struct stream *s)
+{
+    return s ? s->loop : NULL;
+}
+
+int stream_listen(uv_loop_t *loop, uv_tcp_t *server, const struct addr *addr, int backlog,
+                  bool reuseport, uv_connection_cb on_conn)
+{
+    if (!loop || !server || !addr || !on_conn)
+        return -EINVAL;
+    int fam = addr->u.sa.sa_family;
+    /* The socket is bound and listening before libuv sees it, so a failure leaves no
+     * handle to close. */
+    int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1, rc = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+        rc = -errno;
+    if (rc == 0 && reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        rc = -errno;
+    if (rc == 0 && fam == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one))
+        rc = -errno;
+    if (rc == 0 && bind(fd, &addr->u.sa, addr_len(addr)) < 0)
+        rc = -errno;
+    if (rc == 0 && listen(fd, backlog > 0 ? backlog : 511) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    uv_tcp_init(loop, server);
+    rc = uv_tcp_open(server, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)server, backlog > 0 ? backlog : 511, on_conn);
+    if (rc < 0) {
+        /* The handle must stay valid until this close completes (documented). */
+        uv_close((uv_handle_t *)server, NULL);
+        return rc;
+    }
+    return 0;
+}

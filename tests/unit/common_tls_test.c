@@ -1,0 +1,616 @@
+/* tls: a client and a server tls_conn pumped into each other in memory. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/tls.h"
+
+#define CERTS "build/test-certs"
+
+struct side {
+    struct tls_conn *c;
+    uint8_t *got;
+    size_t len, cap;
+    ssize_t last; /* last tls_conn_read result that ended a pump round */
+    bool closed;
+};
+
+struct pair {
+    struct side cli, srv;
+};
+
+static int certs_setup(void **state)
+{
+    (void)state;
+    return system("deploy/certs.sh " CERTS " >/dev/null 2>&1") == 0 ? 0 : -1;
+}
+
+static struct tls_ctx *ctx_new(const struct tls_opts *o)
+{
+    char err[256] = "";
+    struct tls_ctx *c = NULL;
+    int rc = tls_ctx_create(&c, o, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "tls_ctx_create: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_non_null(c);
+    return c;
+}
+
+static struct tls_ctx *server_ctx(const char *role, const char *ca, bool verify, bool tickets)
+{
+    char crt[128], key[128];
+    snprintf(crt, sizeof crt, CERTS "/%s.crt", role);
+    snprintf(key, sizeof key, CERTS "/%s.key", role);
+    struct tls_cert_opts co = {crt, key};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .ca_file = ca,
+                         .verify_peer = verify, .session_tickets = tickets};
+    return ctx_new(&o);
+}
+
+static struct tls_ctx *client_ctx(const char *role, bool tickets)
+{
+    char crt[128], key[128];
+    snprintf(crt, sizeof crt, CERTS "/%s.crt", role ? role : "");
+    snprintf(key, sizeof key, CERTS "/%s.key", role ? role : "");
+    struct tls_cert_opts co = {crt, key};
+    struct tls_opts o = {.server = false, .certs = role ? &co : NULL, .ncerts = role ? 1 : 0,
+                         .ca_file = CERTS "/ca.crt", .verify_peer = true,
+                         .session_tickets = tickets};
+    return ctx_new(&o);
+}
+
+static void side_take(struct side *s, const uint8_t *p, size_t n)
+{
+    if (s->len + n > s->cap) {
+        s->cap = (s->len + n) * 2;
+        s->got = realloc(s->got, s->cap);
+        assert_non_null(s->got);
+    }
+    memcpy(s->got + s->len, p, n);
+    s->len += n;
+}
+
+/* Moves ciphertext from one side to the other and reads; returns true if anything moved. */
+static bool step(struct side *from, struct side *to)
+{
+    bool moved = false;
+    const uint8_t *p;
+    size_t n;
+    while ((n = tls_conn_pending(from->c, &p)) > 0) {
+        size_t chunk = n > 7000 ? 7000 : n; /* split records across feeds */
+        assert_int_equal(tls_conn_feed(to->c, p, chunk), 0);
+        tls_conn_consume(from->c, chunk);
+        moved = true;
+        uint8_t buf[4096];
+        ssize_t r;
+        while ((r = tls_conn_read(to->c, buf, sizeof buf)) > 0)
+            side_take(to, buf, (size_t)r);
+        to->last = r;
+        if (r == 0)
+            to->closed = true;
+        if (r != -EAGAIN && r != 0)
+            return moved; /* failure: stop feeding this side */
+    }
+    return moved;
+}
+
+static void pump(struct pair *p)
+{
+    for (int i = 0; i < 10000; i++) {
+        bool a = step(&p->cli, &p->srv);
+        bool b = step(&p->srv, &p->cli);
+        if (!a && !b)
+            return;
+    }
+    fail_msg("pump did not settle");
+}
+
+static void pair_open(struct pair *p, struct tls_ctx *cctx, struct tls_ctx *sctx, const char *name)
+{
+    memset(p, 0, sizeof *p);
+    p->cli.last = p->srv.last = -EAGAIN;
+    assert_int_equal(tls_conn_create(&p->cli.c, cctx, name), 0);
+    assert_int_equal(tls_conn_create(&p->srv.c, sctx, NULL), 0);
+    pump(p);
+}
+
+static void pair_close(struct pair *p)
+{
+    tls_conn_destroy(p->cli.c);
+    tls_conn_destroy(p->srv.c);
+    free(p->cli.got);
+    free(p->srv.got);
+}
+
+static void test_handshake_and_data(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, true);
+    struct tls_ctx *c = client_ctx(NULL, true);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_false(tls_conn_resumed(p.cli.c));
+    assert_string_equal(tls_conn_cipher(p.srv.c), "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256");
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
+    assert_string_equal(tls_conn_peer_san(p.cli.c, 0), "director");
+    assert_string_equal(tls_conn_peer_san(p.cli.c, 1), "director.lab");
+    assert_string_equal(tls_conn_peer_san(p.cli.c, 2), "localhost");
+    assert_null(tls_conn_peer_san(p.cli.c, 3));
+    assert_string_equal(tls_conn_sni(p.srv.c), "director");
+    assert_false(tls_conn_peer_verified(p.srv.c)); /* no client certificate asked */
+    assert_null(tls_conn_error(p.cli.c));
+
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"ping", 4), 4);
+    pump(&p);
+    assert_int_equal(p.srv.len, 4);
+    assert_memory_equal(p.srv.got, "ping", 4);
+    assert_int_equal(tls_conn_write(p.srv.c, (const uint8_t *)"pong!", 5), 5);
+    pump(&p);
+    assert_int_equal(p.cli.len, 5);
+    assert_memory_equal(p.cli.got, "pong!", 5);
+
+    /* close_notify reads as a clean end of stream. */
+    tls_conn_close_notify(p.cli.c);
+    pump(&p);
+    assert_true(p.srv.closed);
+    assert_int_equal(p.srv.last, 0);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_large_data_both_ways(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    size_t n = 1 << 20;
+    uint8_t *big = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (uint8_t)(i * 31 + (i >> 8));
+    assert_int_equal(tls_conn_write(p.cli.c, big, n), (ssize_t)n);
+    assert_int_equal(tls_conn_write(p.srv.c, big, n / 2), (ssize_t)(n / 2));
+    pump(&p);
+    assert_int_equal(p.srv.len, n);
+    assert_memory_equal(p.srv.got, big, n);
+    assert_int_equal(p.cli.len, n / 2);
+    assert_memory_equal(p.cli.got, big, n / 2);
+    free(big);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_write_before_handshake_is_sent_after(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    memset(&p, 0, sizeof p);
+    assert_int_equal(tls_conn_create(&p.cli.c, c, "director"), 0);
+    assert_int_equal(tls_conn_create(&p.srv.c, s, NULL), 0);
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"early", 5), 5);
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    pump(&p);
+    assert_int_equal(p.srv.len, 5);
+    assert_memory_equal(p.srv.got, "early", 5);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_mutual_tls_accepts_lab_ca(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, false);
+    struct tls_ctx *c = client_ctx("access-edge", false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_true(tls_conn_peer_verified(p.srv.c));
+    assert_string_equal(tls_conn_peer_cn(p.srv.c), "access-edge");
+    assert_string_equal(tls_conn_peer_san(p.srv.c, 0), "access-edge");
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_mutual_tls_refuses_rogue_cert(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, false);
+    struct tls_ctx *c = client_ctx("rogue", false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_int_equal(p.srv.last, -EPROTO);
+    const char *e = tls_conn_error(p.srv.c);
+    assert_non_null(e);
+    assert_non_null(strstr(e, "peer certificate not trusted"));
+    assert_non_null(strstr(e, "rogue CA"));
+    /* The client hears why from the alert. */
+    assert_int_equal(p.cli.last, -ECONNRESET);
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "alert"));
+    assert_false(tls_conn_peer_verified(p.srv.c));
+    /* A failed connection stays failed. */
+    uint8_t b[16];
+    assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EPROTO);
+    assert_true(tls_conn_write(p.srv.c, b, 1) < 0);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_mutual_tls_refuses_no_cert(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_int_equal(p.srv.last, -EPROTO);
+    assert_non_null(strstr(tls_conn_error(p.srv.c), "no certificate"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_client_refuses_untrusted_server(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("rogue", NULL, false, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    pair_open(&p, c, s, "av-edge");
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_int_equal(p.cli.last, -EPROTO);
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "not trusted (issuer: CN=rogue CA"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_client_checks_server_name(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    pair_open(&p, c, s, "wrong.example");
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "name mismatch"));
+    pair_close(&p);
+    /* IP literals are checked against iPAddress SANs (and not sent as SNI). */
+    pair_open(&p, c, s, "127.0.0.10");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    assert_null(tls_conn_sni(p.srv.c));
+    pair_close(&p);
+    pair_open(&p, c, s, "127.0.0.99");
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "name mismatch"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_sni_picks_certificate(void **state)
+{
+    (void)state;
+    struct tls_cert_opts certs[] = {
+        {CERTS "/director.crt", CERTS "/director.key"},
+        {CERTS "/web.crt", CERTS "/web.key"},
+        {CERTS "/revproxy.crt", CERTS "/revproxy.key"},
+    };
+    struct tls_opts o = {.server = true, .certs = certs, .ncerts = 3};
+    struct tls_ctx *s = ctx_new(&o);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct tls_opts lax = {.server = false};
+    struct tls_ctx *cl = ctx_new(&lax);
+    struct pair p;
+    const char *names[] = {"web", "revproxy.lab", "director"};
+    const char *cns[] = {"web", "revproxy", "director"};
+    for (size_t i = 0; i < 3; i++) {
+        pair_open(&p, c, s, names[i]);
+        assert_true(tls_conn_handshake_done(p.cli.c));
+        assert_string_equal(tls_conn_peer_cn(p.cli.c), cns[i]);
+        assert_string_equal(tls_conn_sni(p.srv.c), names[i]);
+        pair_close(&p);
+    }
+    /* An unknown name gets the default (first) certificate. */
+    pair_open(&p, cl, s, "unknown.example");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
+    assert_false(tls_conn_peer_verified(p.cli.c));
+    pair_close(&p);
+    tls_ctx_unref(cl);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_alpn_negotiated(void **state)
+{
+    (void)state;
+    const char *sp[] = {"h2", "http/1.1", NULL};
+    const char *cp[] = {"sip", "http/1.1", NULL};
+    struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
+    struct tls_opts so = {.server = true, .certs = &co, .ncerts = 1, .alpn = sp};
+    struct tls_opts cop = {.server = false, .ca_file = CERTS "/ca.crt", .verify_peer = true,
+                           .alpn = cp};
+    struct tls_ctx *s = ctx_new(&so);
+    struct tls_ctx *c = ctx_new(&cop);
+    struct pair p;
+    pair_open(&p, c, s, "revproxy");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_string_equal(tls_conn_alpn(p.cli.c), "http/1.1");
+    assert_string_equal(tls_conn_alpn(p.srv.c), "http/1.1");
+    pair_close(&p);
+    tls_ctx_unref(c);
+    /* A client without ALPN gets none. */
+    c = client_ctx(NULL, false);
+    pair_open(&p, c, s, "revproxy");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_null(tls_conn_alpn(p.srv.c));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void resumption(bool tickets)
+{
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, tickets);
+    struct tls_ctx *c = client_ctx("conf-edge", tickets);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_false(tls_conn_resumed(p.srv.c));
+    assert_false(tls_conn_resumed(p.cli.c));
+    pair_close(&p);
+    for (int i = 0; i < 2; i++) {
+        pair_open(&p, c, s, "director");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_true(tls_conn_resumed(p.srv.c));
+        assert_true(tls_conn_resumed(p.cli.c));
+        /* The peer identity survives resumption. */
+        assert_string_equal(tls_conn_peer_cn(p.srv.c), "conf-edge");
+        assert_true(tls_conn_peer_verified(p.srv.c));
+        assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"x", 1), 1);
+        pump(&p);
+        assert_int_equal(p.srv.len, 1);
+        pair_close(&p);
+    }
+    /* Another name does not reuse the session. */
+    pair_open(&p, c, s, "localhost");
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_false(tls_conn_resumed(p.srv.c));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_resumption_via_ticket(void **state)
+{
+    (void)state;
+    resumption(true);
+}
+
+static void test_resumption_via_cache(void **state)
+{
+    (void)state;
+    resumption(false);
+}
+
+static void test_garbage_is_eproto(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_conn *c;
+    assert_int_equal(tls_conn_create(&c, s, NULL), 0);
+    const char *req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(tls_conn_feed(c, (const uint8_t *)req, strlen(req)), 0);
+    uint8_t b[64];
+    assert_int_equal(tls_conn_read(c, b, sizeof b), -EPROTO);
+    assert_non_null(tls_conn_error(c));
+    assert_true(strlen(tls_conn_error(c)) > 5);
+    tls_conn_destroy(c);
+
+    /* A handshake record with a nonsense body. */
+    assert_int_equal(tls_conn_create(&c, s, NULL), 0);
+    uint8_t bad[64] = {0x16, 0x03, 0x01, 0x00, 59, 0x01, 0x00, 0x00, 55, 0x03, 0x03};
+    memset(bad + 11, 0xee, sizeof bad - 11);
+    assert_int_equal(tls_conn_feed(c, bad, sizeof bad), 0);
+    assert_int_equal(tls_conn_read(c, b, sizeof b), -EPROTO);
+    assert_non_null(tls_conn_error(c));
+    tls_conn_destroy(c);
+
+    /* Too much input before anything is read. */
+    assert_int_equal(tls_conn_create(&c, s, NULL), 0);
+    uint8_t *junk = calloc(1, 1 << 20);
+    assert_int_equal(tls_conn_feed(c, junk, 1 << 20), -ENOSPC);
+    free(junk);
+    tls_conn_destroy(c);
+    tls_ctx_unref(s);
+}
+
+static void test_self_signed_and_fingerprint(void **state)
+{
+    (void)state;
+    struct tls_opts so = {.server = true, .self_signed_name = "lab.test", .session_tickets = true};
+    struct tls_ctx *s = ctx_new(&so);
+    const char *fp = tls_ctx_fingerprint(s);
+    assert_non_null(fp);
+    assert_int_equal(strlen(fp), 95);
+    for (size_t i = 0; i < 95; i++) {
+        if (i % 3 == 2)
+            assert_int_equal(fp[i], ':');
+        else
+            assert_non_null(strchr("0123456789ABCDEF", fp[i]));
+    }
+    /* Two generations give two different certificates. */
+    struct tls_ctx *s2 = ctx_new(&so);
+    assert_string_not_equal(tls_ctx_fingerprint(s2), fp);
+    tls_ctx_unref(s2);
+
+    struct tls_opts co = {.server = false};
+    struct tls_ctx *c = ctx_new(&co);
+    struct pair p;
+    pair_open(&p, c, s, "lab.test");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "lab.test");
+    assert_string_equal(tls_conn_peer_san(p.cli.c, 0), "lab.test");
+    pair_close(&p);
+    tls_ctx_unref(c);
+
+    /* A verifying client refuses it. */
+    c = client_ctx(NULL, false);
+    pair_open(&p, c, s, "lab.test");
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "not trusted (issuer: CN=lab.test"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_ctx_errors_are_clear(void **state)
+{
+    (void)state;
+    char err[256];
+    struct tls_ctx *c = (struct tls_ctx *)0x1;
+    struct tls_cert_opts co = {"/nonexistent/x.pem", CERTS "/director.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1};
+    assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), -ENOENT);
+    assert_string_equal(err, "cannot read /nonexistent/x.pem: No such file or directory");
+    assert_ptr_equal(c, (struct tls_ctx *)0x1); /* untouched on failure */
+
+    struct tls_cert_opts mism = {CERTS "/director.crt", CERTS "/web.key"};
+    o.certs = &mism;
+    assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "does not match"));
+
+    struct tls_cert_opts notpem = {CERTS "/ca.key", CERTS "/director.key"};
+    o.certs = &notpem;
+    assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "not a valid certificate"));
+
+    struct tls_opts v = {.server = false, .verify_peer = true};
+    assert_int_equal(tls_ctx_create(&c, &v, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "ca_file"));
+
+    struct tls_opts bad = {.server = false, .ciphers = "TLS-NOPE"};
+    assert_int_equal(tls_ctx_create(&c, &bad, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "TLS-NOPE"));
+}
+
+static void test_ctx_outlives_unref_while_conns_use_it(void **state)
+{
+    (void)state;
+    /* A reload drops the daemon's reference; connections still hold theirs. */
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct pair p;
+    memset(&p, 0, sizeof p);
+    assert_int_equal(tls_conn_create(&p.cli.c, c, "director"), 0);
+    assert_int_equal(tls_conn_create(&p.srv.c, s, NULL), 0);
+    tls_ctx_unref(s);
+    tls_ctx_unref(c);
+    pump(&p);
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    pair_close(&p);
+}
+
+static void test_cipher_choice(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    const char *want[] = {"TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256",
+                          "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384"};
+    for (size_t i = 0; i < 2; i++) {
+        struct tls_opts o = {.server = false, .ciphers = want[i]};
+        struct tls_ctx *c = ctx_new(&o);
+        struct pair p;
+        pair_open(&p, c, s, "director");
+        assert_string_equal(tls_conn_cipher(p.cli.c), want[i]);
+        pair_close(&p);
+        tls_ctx_unref(c);
+    }
+    /* A client preferring AES still gets ChaCha20 first: server preference. */
+    struct tls_opts o = {.server = false,
+                         .ciphers = "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256:"
+                                    "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256"};
+    struct tls_ctx *c = ctx_new(&o);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_string_equal(tls_conn_cipher(p.cli.c), "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256");
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+static void test_looks_like_client_hello(void **state)
+{
+    (void)state;
+    struct tls_ctx *c = client_ctx(NULL, false);
+    struct tls_conn *cc;
+    assert_int_equal(tls_conn_create(&cc, c, "director"), 0);
+    const uint8_t *p;
+    size_t n = tls_conn_pending(cc, &p);
+    assert_true(n > 50);
+    for (size_t i = 0; i <= 8; i++)
+        assert_true(tls_looks_like_client_hello(p, i));
+    assert_true(tls_looks_like_client_hello(p, n));
+    tls_conn_destroy(cc);
+    tls_ctx_unref(c);
+
+    const uint8_t sip[] = "OPTIONS sip:x SIP/2.0\r\n";
+    assert_false(tls_looks_like_client_hello(sip, sizeof sip - 1));
+    const uint8_t stun[] = {0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42};
+    assert_false(tls_looks_like_client_hello(stun, sizeof stun));
+    const uint8_t badver[] = {0x16, 0x02, 0x00, 0x00, 0x40, 0x01};
+    assert_false(tls_looks_like_client_hello(badver, sizeof badver));
+    const uint8_t zerolen[] = {0x16, 0x03, 0x01, 0x00, 0x00, 0x01};
+    assert_false(tls_looks_like_client_hello(zerolen, sizeof zerolen));
+    const uint8_t huge[] = {0x16, 0x03, 0x01, 0xff, 0xff, 0x01};
+    assert_false(tls_looks_like_client_hello(huge, sizeof huge));
+    const uint8_t notch[] = {0x16, 0x03, 0x03, 0x00, 0x40, 0x02};
+    assert_false(tls_looks_like_client_hello(notch, sizeof notch));
+    assert_false(tls_looks_like_client_hello(NULL, 0));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_handshake_and_data),
+        cmocka_unit_test(test_large_data_both_ways),
+        cmocka_unit_test(test_write_before_handshake_is_sent_after),
+        cmocka_unit_test(test_mutual_tls_accepts_lab_ca),
+        cmocka_unit_test(test_mutual_tls_refuses_rogue_cert),
+        cmocka_unit_test(test_mutual_tls_refuses_no_cert),
+        cmocka_unit_test(test_client_refuses_untrusted_server),
+        cmocka_unit_test(test_client_checks_server_name),
+        cmocka_unit_test(test_sni_picks_certificate),
+        cmocka_unit_test(test_alpn_negotiated),
+        cmocka_unit_test(test_resumption_via_ticket),
+        cmocka_unit_test(test_resumption_via_cache),
+        cmocka_unit_test(test_garbage_is_eproto),
+        cmocka_unit_test(test_self_signed_and_fingerprint),
+        cmocka_unit_test(test_ctx_errors_are_clear),
+        cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
+        cmocka_unit_test(test_cipher_choice),
+        cmocka_unit_test(test_looks_like_client_hello),
+    };
+    return cmocka_run_group_tests(tests, certs_setup, NULL);
+}
