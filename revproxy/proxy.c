@@ -103,6 +103,7 @@ struct rp_upconn {
     struct http_reader *resp;
     struct buf in;
     uv_timer_t timer; /* read timeout while bound; idle timeout in the pool */
+    uint64_t deadline; /* loop ms; 0 = none */
     struct dlist link; /* server's list of all, or the backend's idle list */
     struct dlist all;
     int handles;
@@ -123,11 +124,13 @@ struct rp_client {
     struct http_reader *req;
     struct buf in;
     uv_timer_t timer;
+    uint64_t deadline; /* loop ms; 0 = none */
     struct dlist link;
     int handles;
     int state;
     bool closing;
     bool tls;
+    char ip[ADDR_STRLEN];
     /* The current exchange. */
     struct rp_upconn *up;
     int route;
@@ -163,6 +166,7 @@ struct rp_server {
     bool draining, stopping;
     int access_fd;
     int access_format;
+    struct buf out; /* response bytes collected during one upstream read */
     struct {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
         struct metric *status[6];
@@ -199,6 +203,31 @@ static void arm_drain(struct stream *s)
     static const uint8_t none;
     if (stream_queued(s))
         (void)stream_write(s, &none, RP_WCAP + 1);
+}
+
+/* ---- lazy deadline timers ---- */
+
+/* Moving a deadline later only stores it; a timer that fires early re-arms itself for
+ * the rest. This saves several timer-heap updates per proxied request. */
+static void lazy_set(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb, uint64_t ms)
+{
+    *deadline = uv_now(t->loop) + ms;
+    if (!uv_is_active((uv_handle_t *)t) || uv_timer_get_due_in(t) > ms)
+        uv_timer_start(t, cb, ms, 0);
+}
+
+/* In a timer callback: true if the deadline has really passed (and clears it). */
+static bool lazy_due(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb)
+{
+    if (*deadline == 0)
+        return false;
+    uint64_t now = uv_now(t->loop);
+    if (now < *deadline) {
+        uv_timer_start(t, cb, *deadline - now, 0);
+        return false;
+    }
+    *deadline = 0;
+    return true;
 }
 
 /* ---- generations ---- */
@@ -487,6 +516,8 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
 static void on_up_timer(uv_timer_t *t)
 {
     struct rp_upconn *u = t->data;
+    if (!lazy_due(t, &u->deadline, on_up_timer))
+        return;
     if (u->state == UP_IDLE) {
         up_close(u, 0, "idle timeout");
         return;
@@ -645,7 +676,7 @@ static int pool_get(struct rp_pool *p, struct rp_upconn **out)
         dl_del(&u->link);
         be->nidle--;
         u->state = UP_OPEN;
-        uv_timer_stop(&u->timer);
+        u->deadline = 0;
         stream_read_start(u->s);
         u->reused = true;
         metric_inc(srv->m.up_reused);
@@ -661,7 +692,7 @@ static void up_release(struct rp_upconn *u)
 {
     struct rp_backend *be = u->be;
     u->c = NULL;
-    uv_timer_stop(&u->timer);
+    u->deadline = 0;
     if (!u->reusable || u->closing || u->gen->retired || be->nidle >= u->pool->cfg->keepalive ||
         buf_len(&u->in)) {
         up_close(u, 0, "not reusable");
@@ -671,7 +702,7 @@ static void up_release(struct rp_upconn *u)
     dl_add(&be->idle, &u->link);
     be->nidle++;
     stream_read_start(u->s); /* to notice the server closing it */
-    uv_timer_start(&u->timer, on_up_timer, u->pool->cfg->idle_timeout_ms, 0);
+    lazy_set(&u->timer, &u->deadline, on_up_timer, u->pool->cfg->idle_timeout_ms);
 }
 
 static void health_probe_open(struct stream *s, void *arg)
@@ -695,7 +726,7 @@ static void health_run(uv_timer_t *t)
         struct rp_upconn *u;
         if (up_connect(p, &p->be[i], true, &u) == 0) {
             /* Probes share up_cbs and are told apart by u->probe. */
-            uv_timer_start(&u->timer, on_up_timer, p->cfg->connect_timeout_ms + p->cfg->read_timeout_ms, 0);
+            lazy_set(&u->timer, &u->deadline, on_up_timer, p->cfg->connect_timeout_ms + p->cfg->read_timeout_ms);
         } else {
             p->be[i].check_down = true;
         }
@@ -763,6 +794,8 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
 static void on_client_timer(uv_timer_t *t)
 {
     struct rp_client *c = t->data;
+    if (!lazy_due(t, &c->deadline, on_client_timer))
+        return;
     switch (c->state) {
     case C_HEAD:
         if (http_reader_in_head(c->req)) {
@@ -813,13 +846,13 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
     if (keep) {
         c->state = C_HEAD;
         c->method[0] = '\0';
-        uv_timer_start(&c->timer, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms, 0);
+        lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms);
         return;
     }
     c->state = C_CLOSING;
     stream_shutdown(c->s);
     /* Bounded: a client that neither reads nor closes goes after RP_LINGER_MS. */
-    uv_timer_start(&c->timer, on_client_timer, RP_LINGER_MS, 0);
+    lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
 }
 
 static void client_upstream_failed(struct rp_client *c, int err, const char *why)
@@ -834,7 +867,7 @@ static void client_upstream_failed(struct rp_client *c, int err, const char *why
              why, c->path);
         c->state = C_CLOSING;
         stream_shutdown(c->s);
-        uv_timer_start(&c->timer, on_client_timer, RP_LINGER_MS, 0);
+        lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         return;
     }
     /* A kept-alive connection the server closed just as we reused it: try once more
@@ -874,7 +907,7 @@ static void exchange_finish(struct rp_client *c)
     access_log(c);
     count_status(c->srv, c->status);
     if (u) {
-        uv_timer_stop(&u->timer);
+        u->deadline = 0;
         if (c->affinity && u->reusable && !c->close_after) {
             u->c = c; /* stays bound to this client for its next request */
         } else {
@@ -890,12 +923,12 @@ static void exchange_finish(struct rp_client *c)
         }
         c->state = C_CLOSING;
         stream_shutdown(c->s);
-        uv_timer_start(&c->timer, on_client_timer, RP_LINGER_MS, 0);
+        lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         return;
     }
     exchange_reset(c);
     c->state = C_HEAD;
-    uv_timer_start(&c->timer, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms, 0);
+    lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms);
     client_resume(c);
 }
 
@@ -931,7 +964,7 @@ static void exchange_start_upstream(struct rp_client *c)
                      false);
         return;
     }
-    uv_timer_start(&u->timer, on_up_timer, c->read_timeout_ms, 0);
+    lazy_set(&u->timer, &u->deadline, on_up_timer, c->read_timeout_ms);
 }
 
 static bool peer_trusted(const struct rp_config *cfg, const struct addr *a)
@@ -968,7 +1001,7 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
     access_log(c);
     c->state = C_CLOSING;
     stream_shutdown(c->s);
-    uv_timer_start(&c->timer, on_client_timer, RP_LINGER_MS, 0);
+    lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
 }
 
 /* A request head arrived: check it, route it, start the upstream side. */
@@ -1052,9 +1085,9 @@ static void on_request_head(struct rp_client *c)
     }
     c->state = h->has_body ? C_BODY : C_WAIT;
     if (c->state == C_BODY)
-        uv_timer_start(&c->timer, on_client_timer, cfg->client.body_timeout_ms, 0);
+        lazy_set(&c->timer, &c->deadline, on_client_timer, cfg->client.body_timeout_ms);
     else
-        uv_timer_stop(&c->timer);
+        c->deadline = 0;
     exchange_start_upstream(c);
 }
 
@@ -1103,8 +1136,7 @@ static size_t client_consume(struct rp_client *c, const uint8_t *p, size_t len)
             }
             used += (size_t)r;
             if (was_idle && !(ev & HTTP_EV_HEAD))
-                uv_timer_start(&c->timer, on_client_timer,
-                               c->gen->cfg->client.header_timeout_ms, 0);
+                lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.header_timeout_ms);
             if (ev & HTTP_EV_HEAD) {
                 c->req_done = (ev & HTTP_EV_DONE) != 0;
                 on_request_head(c);
@@ -1128,11 +1160,11 @@ static size_t client_consume(struct rp_client *c, const uint8_t *p, size_t len)
             if (r > 0 && stream_write(u->s, q, (size_t)r) < 0)
                 return len; /* the upstream is closing: its on_close answers */
             used += (size_t)r;
-            uv_timer_start(&c->timer, on_client_timer, c->gen->cfg->client.body_timeout_ms, 0);
-            uv_timer_start(&u->timer, on_up_timer, c->read_timeout_ms, 0);
+            lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.body_timeout_ms);
+            lazy_set(&u->timer, &u->deadline, on_up_timer, c->read_timeout_ms);
             if (ev & HTTP_EV_DONE) {
                 c->req_done = true;
-                uv_timer_stop(&c->timer);
+                c->deadline = 0;
                 c->state = C_WAIT;
             }
             break;
@@ -1217,7 +1249,7 @@ static void client_on_open(struct stream *s, void *arg)
     (void)s;
     if (!c->handles)
         return; /* plain TCP opens inside stream_accept; on_connection arms the timer */
-    uv_timer_start(&c->timer, on_client_timer, c->gen->cfg->client.header_timeout_ms, 0);
+    lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.header_timeout_ms);
 }
 
 static const struct stream_cbs client_cbs = {
@@ -1229,18 +1261,40 @@ static const struct stream_cbs client_cbs = {
 
 /* ---- upstream -> client ---- */
 
+/* Response bytes for the client collect in the server's scratch buffer while one upstream
+ * read is handled, so a head and the body bytes that came with it leave in one write. */
+static void out_flush(struct rp_client *c)
+{
+    struct buf *o = &c->srv->out;
+    if (o->wr) {
+        stream_write(c->s, o->data, o->wr);
+        o->rd = o->wr = 0;
+    }
+}
+
+static void out_put(struct rp_client *c, const uint8_t *p, size_t n)
+{
+    struct buf *o = &c->srv->out;
+    if (buf_room(o) < n) {
+        out_flush(c);
+        stream_write(c->s, p, n);
+        return;
+    }
+    memcpy(o->data + o->wr, p, n);
+    o->wr += n;
+}
+
 static void on_response_head(struct rp_client *c, struct rp_upconn *u)
 {
     const struct http_head *h = http_reader_head(u->resp);
     const struct http_head *rq = http_reader_head(c->req);
+    struct buf *b = &c->srv->out;
     u->be->fails = 0;
     u->be->down_until = 0;
-    uint8_t tmp[RP_HEAD_ROOM];
-    struct buf b = {tmp, sizeof tmp, 0, 0};
     if (h->status / 100 == 1 && h->status != 101) {
         /* 100 Continue and friends go to HTTP/1.1 clients; the final response follows. */
         if (rq->minor >= 1)
-            stream_write(c->s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            out_put(c, (const uint8_t *)"HTTP/1.1 100 Continue\r\n\r\n", 25);
         return;
     }
     c->resp_started = true;
@@ -1261,19 +1315,21 @@ static void on_response_head(struct rp_client *c, struct rp_upconn *u)
         .upgrade = up101,
         .http10_client = rq->minor == 0,
     };
-    if (http_response_build(h, &back, &b) < 0) {
+    size_t mark = b->wr;
+    if (http_response_build(h, &back, b) < 0) {
+        b->wr = mark;
+        out_flush(c);
         client_upstream_failed(c, -EPROTO, "response head too large");
         return;
     }
-    stream_write(c->s, b.data, b.wr);
     if (up101) {
         c->state = C_TUNNEL;
-        uv_timer_stop(&u->timer);
-        uv_timer_stop(&c->timer);
+        u->deadline = 0;
+        c->deadline = 0;
     }
 }
 
-static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
+static size_t up_consume_inner(struct rp_upconn *u, const uint8_t *p, size_t len)
 {
     size_t used = 0;
     while (used < len && !u->closing) {
@@ -1285,7 +1341,10 @@ static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
         const uint8_t *q = p + used;
         size_t n = len - used;
         size_t room = room_of(c->s);
+        size_t pend = c->srv->out.wr;
+        room = room > pend ? room - pend : 0;
         if (c->state == C_TUNNEL) {
+            out_flush(c);
             if (room == 0) {
                 arm_drain(c->s);
                 return used;
@@ -1302,24 +1361,27 @@ static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
         ssize_t r;
         if (in_head) {
             if (room < RP_HEAD_ROOM) {
+                out_flush(c);
                 arm_drain(c->s);
                 return used;
             }
             r = http_reader_feed(u->resp, q, n, &ev);
         } else {
             if (room == 0) {
+                out_flush(c);
                 arm_drain(c->s);
                 return used;
             }
             r = http_reader_feed(u->resp, q, n < room ? n : room, &ev);
             if (r > 0 && !c->is_head) {
-                stream_write(c->s, q, (size_t)r);
+                out_put(c, q, (size_t)r);
                 c->bytes_out += (size_t)r;
             }
         }
         if (r < 0) {
             LOGW(c->srv->log, &u->be->addr, "invalid response from upstream: %s",
                  http_reader_error(u->resp));
+            out_flush(c);
             c->up = NULL;
             u->c = NULL;
             up_close(u, -EPROTO, "invalid response");
@@ -1327,7 +1389,7 @@ static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
             return len;
         }
         used += (size_t)r;
-        uv_timer_start(&u->timer, on_up_timer, c->read_timeout_ms, 0);
+        lazy_set(&u->timer, &u->deadline, on_up_timer, c->read_timeout_ms);
         if (ev & HTTP_EV_HEAD) {
             on_response_head(c, u);
             if (u->closing || c->closing || c->up != u)
@@ -1336,20 +1398,34 @@ static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
                 continue;
         }
         if ((ev & HTTP_EV_DONE) && c->resp_started) {
+            out_flush(c);
             if (used < len)
                 u->reusable = false; /* bytes after a response: never reuse */
-            if (c->req_done) {
-                exchange_finish(c);
-            } else {
+            if (!c->req_done) {
                 /* Early answer while the body still comes: finish now and close both. */
                 c->close_after = true;
                 u->reusable = false;
-                exchange_finish(c);
             }
+            exchange_finish(c);
             return len;
         }
     }
+    if (u->c)
+        out_flush(u->c);
     return used;
+}
+
+static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
+{
+    struct rp_client *c = u->c;
+    size_t n = up_consume_inner(u, p, len);
+    /* Whatever path ended the call, nothing stays in the scratch buffer. */
+    if (c->srv->out.wr) {
+        if (!c->closing)
+            out_flush(c);
+        c->srv->out.wr = 0;
+    }
+    return n;
 }
 
 static void up_resume(struct rp_upconn *u)
@@ -1417,7 +1493,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     if (!c->tls)
-        uv_timer_start(&c->timer, on_client_timer, g->cfg->client.header_timeout_ms, 0);
+        lazy_set(&c->timer, &c->deadline, on_client_timer, g->cfg->client.header_timeout_ms);
 }
 
 static void on_listen_closed(uv_handle_t *h)
@@ -1442,6 +1518,7 @@ static void server_free(struct rp_server *srv)
     if (srv->access_fd > 2)
         close(srv->access_fd);
     free(srv->lsn);
+    buf_fini(&srv->out);
     cfg_free(srv->listen_cfg);
     free(srv);
 }
@@ -1542,11 +1619,17 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     dl_init(&srv->upconns);
     register_metrics(srv);
     struct rp_config *own = NULL, *lcfg = NULL;
-    int rc = load_own(srv, &own);
+    int rc = buf_init(&srv->out, RP_HEAD_ROOM + RP_READ_CHUNK);
+    if (rc) {
+        free(srv);
+        return rc;
+    }
+    rc = load_own(srv, &own);
     if (rc == 0)
         rc = load_own(srv, &lcfg);
     if (rc) {
         cfg_free(own);
+        buf_fini(&srv->out);
         free(srv);
         return rc;
     }
@@ -1557,6 +1640,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
         LOGE(srv->log, NULL, "cannot start: %s", err);
         cfg_free(own);
         cfg_free(lcfg);
+        buf_fini(&srv->out);
         free(srv);
         return rc;
     }
