@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define STREAM_READ_CHUNK 16384
 #define STREAM_READ_MAX 65536
@@ -44,17 +44,17 @@ struct stream {
     struct stream_wreq *inflight;
     struct addr peer, local;
     int open_handles;
-    bool connected;    /* the socket can be written */
+    bool connected; /* the socket can be written */
     bool opened;
     bool closing;
-    bool silent;       /* constructor failed: free without on_close */
-    bool reading;      /* the user wants data */
+    bool silent;  /* constructor failed: free without on_close */
+    bool reading; /* the user wants data */
     bool want_drain;
     bool want_shutdown;
     bool shut_sent;
-    bool eof;          /* peer finished: close once the write queue is empty */
+    bool eof; /* peer finished: close once the write queue is empty */
     bool in_process;
-    bool in_read;      /* inside on_read: a TLS start waits for the user's on_data to return */
+    bool in_read; /* inside on_read: a TLS start waits for the user's on_data to return */
     int close_err;
     char *close_why; /* allocated when closing */
 };

@@ -2,15 +2,15 @@
  * SSL headers. */
 #include "common/tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <arpa/inet.h>
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
@@ -73,8 +73,8 @@ struct tls_ctx {
     bool has_ca;
     mbedtls_ssl_ticket_context ticket;
     mbedtls_ssl_cache_context cache;
-    const char **alpn; /* owned, NULL-terminated, strings in the same block */
-    int *suites;       /* 0-terminated */
+    const char **alpn;            /* owned, NULL-terminated, strings in the same block */
+    int *suites;                  /* 0-terminated */
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
@@ -88,23 +88,23 @@ struct tls_ctx {
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
-    struct bq in;      /* ciphertext fed, not yet consumed by mbedTLS */
-    struct bq out;     /* ciphertext produced, not yet taken by the caller */
-    struct bq early;   /* plaintext written before the handshake finished */
-    bool done;         /* handshake finished */
+    struct bq in;    /* ciphertext fed, not yet consumed by mbedTLS */
+    struct bq out;   /* ciphertext produced, not yet taken by the caller */
+    struct bq early; /* plaintext written before the handshake finished */
+    bool done;       /* handshake finished */
     bool resumed;
     bool failed;
     bool verified;
-    bool asleep;       /* record buffers freed while idle */
+    bool asleep;                   /* record buffers freed while idle */
     uint8_t ctr_in[8], ctr_out[8]; /* record sequence numbers while asleep */
-    bool ip_name;      /* client: server_name is an IP literal, checked against IP SANs */
+    bool ip_name; /* client: server_name is an IP literal, checked against IP SANs */
     uint8_t ip[16];
     size_t iplen;
     char *sni;
     char *peer_cn;
-    char *vinfo; /* issuer and subject of the peer certificate during the handshake */
+    char *vinfo;      /* issuer and subject of the peer certificate during the handshake */
     char **peer_sans; /* NULL-terminated; strings in the same block */
-    char *err; /* allocated on the first failure: most connections never have one */
+    char *err;        /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -194,27 +194,48 @@ static const char *mbed_str(int rc, char *out, size_t cap)
 static const char *alert_name(unsigned a)
 {
     switch (a) {
-    case 0: return "close_notify";
-    case 10: return "unexpected_message";
-    case 20: return "bad_record_mac";
-    case 40: return "handshake_failure";
-    case 42: return "bad_certificate";
-    case 43: return "unsupported_certificate";
-    case 44: return "certificate_revoked";
-    case 45: return "certificate_expired";
-    case 46: return "certificate_unknown";
-    case 47: return "illegal_parameter";
-    case 48: return "unknown_ca";
-    case 50: return "decode_error";
-    case 51: return "decrypt_error";
-    case 70: return "protocol_version";
-    case 71: return "insufficient_security";
-    case 80: return "internal_error";
-    case 86: return "inappropriate_fallback";
-    case 112: return "unrecognized_name";
-    case 116: return "certificate_required";
-    case 120: return "no_application_protocol";
-    default: return "unknown alert";
+    case 0:
+        return "close_notify";
+    case 10:
+        return "unexpected_message";
+    case 20:
+        return "bad_record_mac";
+    case 40:
+        return "handshake_failure";
+    case 42:
+        return "bad_certificate";
+    case 43:
+        return "unsupported_certificate";
+    case 44:
+        return "certificate_revoked";
+    case 45:
+        return "certificate_expired";
+    case 46:
+        return "certificate_unknown";
+    case 47:
+        return "illegal_parameter";
+    case 48:
+        return "unknown_ca";
+    case 50:
+        return "decode_error";
+    case 51:
+        return "decrypt_error";
+    case 70:
+        return "protocol_version";
+    case 71:
+        return "insufficient_security";
+    case 80:
+        return "internal_error";
+    case 86:
+        return "inappropriate_fallback";
+    case 112:
+        return "unrecognized_name";
+    case 116:
+        return "certificate_required";
+    case 120:
+        return "no_application_protocol";
+    default:
+        return "unknown alert";
     }
 }
 
@@ -522,8 +543,8 @@ static size_t der_len(uint8_t *p, size_t n)
 
 /* Generates an ECDSA P-256 key and a self-signed certificate for name, valid for a year,
  * with name as CN and dNSName. */
-static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const char *name,
-                            char *err, size_t cap)
+static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const char *name, char *err,
+                            size_t cap)
 {
     char e[128], subj[300], nb[16], na[16];
     unsigned char der[1024], san[300];
@@ -808,9 +829,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         c->ncerts++;
     }
     if (self) {
-        rc = make_self_signed(c, &c->certs[0], o->self_signed_name ? o->self_signed_name
-                                                                   : "localhost",
-                              err, errcap);
+        rc = make_self_signed(c, &c->certs[0],
+                              o->self_signed_name ? o->self_signed_name : "localhost", err, errcap);
         if (rc)
             goto fail;
     }
@@ -906,9 +926,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     if (c->server) {
         /* Also with one certificate: it records the name the client asked for. */
         mbedtls_ssl_conf_sni(&c->conf, on_sni, c);
-        mbedtls_ssl_cache_set_max_entries(&c->cache, o->session_cache_size
-                                                         ? (int)o->session_cache_size
-                                                         : TLS_CACHE_DEFAULT);
+        mbedtls_ssl_cache_set_max_entries(
+            &c->cache, o->session_cache_size ? (int)o->session_cache_size : TLS_CACHE_DEFAULT);
         mbedtls_ssl_cache_set_timeout(&c->cache, TLS_CACHE_TIMEOUT_S);
         mbedtls_ssl_conf_session_cache(&c->conf, &c->cache, mbedtls_ssl_cache_get,
                                        mbedtls_ssl_cache_set);

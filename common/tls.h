@@ -8,9 +8,9 @@
 #ifndef COMMON_TLS_H
 #define COMMON_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
 #include <sys/types.h>
 
 struct tls_ctx;
@@ -31,17 +31,17 @@ struct tls_opts {
     const struct tls_cert_opts *certs;
     size_t ncerts;
     const char *self_signed_name;
-    const char *ca_file;   /* CA bundle to verify the peer */
+    const char *ca_file; /* CA bundle to verify the peer */
     /* Server: require a client certificate signed by ca_file (mutual TLS). Client: refuse a
      * server whose certificate ca_file did not sign or whose name is not server_name.
      * With ca_file but without verify_peer, the peer is checked but not refused: see
      * tls_conn_peer_verified() (a server then asks browsers for a certificate: avoid). */
     bool verify_peer;
-    const char *const *alpn; /* NULL-terminated protocol list, or NULL; copied */
+    const char *const *alpn;       /* NULL-terminated protocol list, or NULL; copied */
     uint32_t handshake_timeout_ms; /* for stream.c, when its own option is 0 */
-    bool session_tickets;  /* server: issue tickets; client: offer/accept them. Configs
-                            * default it to on; a zeroed struct leaves it off. */
-    size_t session_cache_size; /* server: entries; 0 = default (4096) */
+    bool session_tickets;          /* server: issue tickets; client: offer/accept them. Configs
+                                    * default it to on; a zeroed struct leaves it off. */
+    size_t session_cache_size;     /* server: entries; 0 = default (4096) */
     /* Cipher suites in preference order, ':'-separated mbedTLS/IANA names
      * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
      * ECDHE-ECDSA and ECDHE-RSA only. */
@@ -51,7 +51,8 @@ struct tls_opts {
     const char *groups;
 };
 
-/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */
+/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file").
+ */
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
@@ -88,9 +89,9 @@ void tls_conn_consume(struct tls_conn *c, size_t n);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
 bool tls_conn_resumed(const struct tls_conn *c);
-const char *tls_conn_error(const struct tls_conn *c);      /* last failure, human-readable */
-const char *tls_conn_sni(const struct tls_conn *c);        /* server: name the client asked for */
-const char *tls_conn_alpn(const struct tls_conn *c);       /* negotiated protocol or NULL */
+const char *tls_conn_error(const struct tls_conn *c); /* last failure, human-readable */
+const char *tls_conn_sni(const struct tls_conn *c);   /* server: name the client asked for */
+const char *tls_conn_alpn(const struct tls_conn *c);  /* negotiated protocol or NULL */
 const char *tls_conn_cipher(const struct tls_conn *c);
 /* Peer certificate, after the handshake: subject CN and DNS SANs (copied; the parsed
  * certificate itself is dropped to save memory). Trust them only if

@@ -134,8 +134,7 @@ static void bench_handshakes(const char *label, struct tls_ctx *sctx, const char
         fprintf(stderr, "tls_bench: only %zu of %zu handshakes resumed\n", resumed, n);
         exit(1);
     }
-    printf("  %-44s %9.0f %9.0f %9.3f\n", label, n / m.srv, n / (m.srv + m.cli),
-           1e3 * m.srv / n);
+    printf("  %-44s %9.0f %9.0f %9.3f\n", label, n / m.srv, n / (m.srv + m.cli), 1e3 * m.srv / n);
 }
 
 /* Bulk: 16 KiB records client -> server. */
@@ -239,8 +238,8 @@ static void mem_close(struct stream *s, int err, const char *why, void *arg)
         fprintf(stderr, "tls_bench: stream closed: %s\n", why ? why : "?");
 }
 
-static const struct stream_cbs mem_cbs = {.on_data = mem_data, .on_open = mem_open,
-                                          .on_close = mem_close};
+static const struct stream_cbs mem_cbs = {
+    .on_data = mem_data, .on_open = mem_open, .on_close = mem_close};
 
 static void mem_conn(uv_stream_t *l, int status)
 {

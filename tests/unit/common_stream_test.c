@@ -162,8 +162,11 @@ static void world_run(struct world *w)
 static struct tls_ctx *mk_ctx(bool server)
 {
     struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
-    struct tls_opts o = {.server = server, .certs = server ? &co : NULL, .ncerts = server,
-                         .ca_file = CERTS "/ca.crt", .verify_peer = !server};
+    struct tls_opts o = {.server = server,
+                         .certs = server ? &co : NULL,
+                         .ncerts = server,
+                         .ca_file = CERTS "/ca.crt",
+                         .verify_peer = !server};
     char err[256];
     struct tls_ctx *c = NULL;
     assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), 0);
@@ -496,8 +499,10 @@ static void test_many_tls_streams_echo(void **state)
     w.copts.server_name = "director";
     w.copts.read_chunk = 3000; /* records arrive in pieces */
     w.scbs.on_close = stress_srv_close;
-    struct stream_cbs cbs = {.on_data = stress_data, .on_open = stress_open,
-                             .on_drain = stress_drain, .on_close = stress_close};
+    struct stream_cbs cbs = {.on_data = stress_data,
+                             .on_open = stress_open,
+                             .on_drain = stress_drain,
+                             .on_close = stress_close};
     memset(stress, 0, sizeof stress);
     stress_done = 0;
     uv_timer_start(&w.guard, on_guard, 20000, 0);

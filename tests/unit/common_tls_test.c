@@ -49,8 +49,12 @@ static struct tls_ctx *server_ctx(const char *role, const char *ca, bool verify,
     snprintf(crt, sizeof crt, CERTS "/%s.crt", role);
     snprintf(key, sizeof key, CERTS "/%s.key", role);
     struct tls_cert_opts co = {crt, key};
-    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .ca_file = ca,
-                         .verify_peer = verify, .session_tickets = tickets};
+    struct tls_opts o = {.server = true,
+                         .certs = &co,
+                         .ncerts = 1,
+                         .ca_file = ca,
+                         .verify_peer = verify,
+                         .session_tickets = tickets};
     return ctx_new(&o);
 }
 
@@ -60,8 +64,11 @@ static struct tls_ctx *client_ctx(const char *role, bool tickets)
     snprintf(crt, sizeof crt, CERTS "/%s.crt", role ? role : "");
     snprintf(key, sizeof key, CERTS "/%s.key", role ? role : "");
     struct tls_cert_opts co = {crt, key};
-    struct tls_opts o = {.server = false, .certs = role ? &co : NULL, .ncerts = role ? 1 : 0,
-                         .ca_file = CERTS "/ca.crt", .verify_peer = true,
+    struct tls_opts o = {.server = false,
+                         .certs = role ? &co : NULL,
+                         .ncerts = role ? 1 : 0,
+                         .ca_file = CERTS "/ca.crt",
+                         .verify_peer = true,
                          .session_tickets = tickets};
     return ctx_new(&o);
 }
@@ -384,8 +391,8 @@ static void test_alpn_negotiated(void **state)
     const char *cp[] = {"sip", "http/1.1", NULL};
     struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
     struct tls_opts so = {.server = true, .certs = &co, .ncerts = 1, .alpn = sp};
-    struct tls_opts cop = {.server = false, .ca_file = CERTS "/ca.crt", .verify_peer = true,
-                           .alpn = cp};
+    struct tls_opts cop = {
+        .server = false, .ca_file = CERTS "/ca.crt", .verify_peer = true, .alpn = cp};
     struct tls_ctx *s = ctx_new(&so);
     struct tls_ctx *c = ctx_new(&cop);
     struct pair p;
