@@ -1,6 +1,7 @@
 /* stream: a real libuv loop on 127.0.0.1, plain TCP and TLS. */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -625,6 +626,7 @@ static void test_listen_reuseport_and_errors(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_plain),
         cmocka_unit_test(test_echo_tls),
