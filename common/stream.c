@@ -468,7 +468,8 @@ void stream_read_start(struct stream *s)
     if (!s || s->closing || s->reading)
         return;
     s->reading = true;
-    if (!s->eof && start_reading(s) < 0) {
+    /* Before connect completes there is no socket to read yet: on_connect starts it. */
+    if (s->connected && !s->eof && start_reading(s) < 0) {
         stream_close(s, -EIO, "cannot read");
         return;
     }
@@ -581,7 +582,8 @@ static void on_connect(uv_connect_t *req, int status)
     uv_tcp_nodelay(&s->tcp, 1);
     fill_addrs(s);
     s->connected = true;
-    int rc = start_reading(s);
+    /* TLS reads for its handshake even if the user paused; plain TCP honours the pause. */
+    int rc = s->reading || s->tls ? start_reading(s) : 0;
     if (rc < 0) {
         stream_close(s, rc, "cannot read");
         return;

@@ -524,6 +524,32 @@ static void test_many_tls_streams_echo(void **state)
     assert_int_equal(w.srv_err, 0);
 }
 
+/* Pausing and resuming a client before its connect completes is harmless. */
+static void test_read_pause_before_connect(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.echo = true;
+        if (tls) {
+            w.sopts.tls = mk_ctx(true);
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+        stream_read_stop(w.cli);
+        stream_read_start(w.cli);
+        uv_run(&w.loop, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&w.loop), 0);
+        tls_ctx_unref(w.sopts.tls);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.got_len, 5);
+        assert_int_equal(w.cli_err, 0);
+        assert_string_equal(w.cli_why, "done");
+    }
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -637,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_many_tls_streams_echo),
+        cmocka_unit_test(test_read_pause_before_connect),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
