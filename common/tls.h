@@ -106,4 +106,11 @@ bool tls_conn_peer_verified(const struct tls_conn *c);
  * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */
 bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
 
+/* Reads the SNI host name from a ClientHello at the start of p without any TLS state
+ * (routing before a certificate is chosen, logs). The hello may span several records.
+ * Returns the name's length (name NUL-terminated), 0 if the hello has no host name,
+ * -EAGAIN if more bytes are needed, -EBADMSG if p does not start with a ClientHello,
+ * -ENOSPC if the name does not fit cap. */
+ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap);
+
 #endif

@@ -1,6 +1,6 @@
 // fuzz-sources: common/tls.c common/util.c
-/* Fuzzes a server tls_conn with arbitrary bytes as the first flight (ClientHello, SNI, ALPN,
- * session ticket and cache lookups), plus the ClientHello sniffer. */
+/* Fuzzes the ClientHello peek (tls_peek_sni, tls_looks_like_client_hello) and a server
+ * tls_conn fed the same bytes as its first flight (SNI, ALPN, ticket and cache lookups). */
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(copy, data, size);
     (void)tls_looks_like_client_hello(copy, size);
+    char name[256];
+    ssize_t sn = tls_peek_sni(copy, size, name, sizeof name);
+    if (sn > 0 && strlen(name) != (size_t)sn)
+        abort();
 
     struct tls_conn *c;
     if (tls_conn_create(&c, server(), NULL) != 0) {

@@ -632,6 +632,57 @@ static void test_looks_like_client_hello(void **state)
     assert_false(tls_looks_like_client_hello(NULL, 0));
 }
 
+static void test_peek_sni(void **state)
+{
+    (void)state;
+    struct tls_ctx *c = client_ctx(NULL, true);
+    struct tls_conn *cc;
+    const uint8_t *p;
+    char name[256];
+    assert_int_equal(tls_conn_create(&cc, c, "access-edge.lab"), 0);
+    size_t n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_peek_sni(p, n, name, sizeof name), 15);
+    assert_string_equal(name, "access-edge.lab");
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(tls_peek_sni(p, i, name, sizeof name), -EAGAIN);
+    assert_int_equal(tls_peek_sni(p, n, name, 10), -ENOSPC);
+
+    /* The same hello cut into two records. */
+    size_t body = n - 5, cut = body / 3;
+    uint8_t *two = malloc(n + 5);
+    memcpy(two, p, 5 + cut);
+    two[3] = (uint8_t)(cut >> 8);
+    two[4] = (uint8_t)cut;
+    memcpy(two + 5 + cut, p, 3);
+    two[5 + cut + 3] = (uint8_t)((body - cut) >> 8);
+    two[5 + cut + 4] = (uint8_t)(body - cut);
+    memcpy(two + 10 + cut, p + 5 + cut, body - cut);
+    assert_int_equal(tls_peek_sni(two, n + 5, name, sizeof name), 15);
+    assert_string_equal(name, "access-edge.lab");
+    assert_int_equal(tls_peek_sni(two, n + 4, name, sizeof name), -EAGAIN);
+    free(two);
+    tls_conn_destroy(cc);
+
+    /* An IP literal sends no SNI. */
+    assert_int_equal(tls_conn_create(&cc, c, "127.0.0.1"), 0);
+    n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_peek_sni(p, n, name, sizeof name), 0);
+    assert_string_equal(name, "");
+    tls_conn_destroy(cc);
+    tls_ctx_unref(c);
+
+    const uint8_t http[] = "GET / HTTP/1.1\r\n\r\n";
+    assert_int_equal(tls_peek_sni(http, sizeof http - 1, name, sizeof name), -EBADMSG);
+    const uint8_t sh[] = {0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00};
+    assert_int_equal(tls_peek_sni(sh, sizeof sh, name, sizeof name), -EBADMSG);
+    /* A hello whose lengths point past its end. */
+    const uint8_t bad[] = {0x16, 0x03, 0x01, 0x00, 0x29, 0x01, 0x00, 0x00, 0x25, 0x03, 0x03, 1,
+                           2,    3,    4,    5,    6,    7,    8,    9,    10,   11,   12,   13,
+                           14,   15,   16,   17,   18,   19,   20,   21,   22,   23,   24,   25,
+                           26,   27,   28,   29,   30,   31,   32,   0xff, 0,    0};
+    assert_int_equal(tls_peek_sni(bad, sizeof bad, name, sizeof name), -EBADMSG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -654,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
         cmocka_unit_test(test_cipher_choice),
         cmocka_unit_test(test_looks_like_client_hello),
+        cmocka_unit_test(test_peek_sni),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
