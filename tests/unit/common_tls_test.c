@@ -1,5 +1,6 @@
 /* tls: a client and a server tls_conn pumped into each other in memory. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -683,6 +684,51 @@ static void test_peek_sni(void **state)
     assert_int_equal(tls_peek_sni(bad, sizeof bad, name, sizeof name), -EBADMSG);
 }
 
+/* Worker threads (the relay runs one loop per core) share one server and one client ctx:
+ * the random generator, session cache, ticket keys and saved session are locked inside. */
+struct thread_arg {
+    struct tls_ctx *s, *c;
+    int ok, resumed;
+};
+
+static void *handshake_thread(void *p)
+{
+    struct thread_arg *a = p;
+    for (int i = 0; i < 12; i++) {
+        struct pair pr;
+        pair_open(&pr, a->c, a->s, "director");
+        if (tls_conn_handshake_done(pr.srv.c) && tls_conn_handshake_done(pr.cli.c)) {
+            a->ok++;
+            a->resumed += tls_conn_resumed(pr.srv.c);
+        }
+        pair_close(&pr);
+    }
+    return NULL;
+}
+
+static void test_ctx_shared_by_threads(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, true);
+    struct tls_ctx *c = client_ctx("av-edge", true);
+    struct thread_arg args[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        args[i] = (struct thread_arg){.s = s, .c = c};
+        assert_int_equal(pthread_create(&th[i], NULL, handshake_thread, &args[i]), 0);
+    }
+    int ok = 0, resumed = 0;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        ok += args[i].ok;
+        resumed += args[i].resumed;
+    }
+    assert_int_equal(ok, 36);
+    assert_true(resumed >= 30); /* all but the first few, which race for the first session */
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -706,6 +752,7 @@ int main(void)
         cmocka_unit_test(test_cipher_choice),
         cmocka_unit_test(test_looks_like_client_hello),
         cmocka_unit_test(test_peek_sni),
+        cmocka_unit_test(test_ctx_shared_by_threads),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
