@@ -73,7 +73,11 @@ struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */
 void stream_set_arg(struct stream *s, void *arg);
 uv_loop_t *stream_loop(const struct stream *s);
 
-/* Binds and listens on addr (SO_REUSEADDR; reuseport if asked). */
+/* Binds and listens on addr (SO_REUSEADDR; SO_REUSEPORT if asked, so N worker loops can
+ * each own a listener on the same port; IPv6 addresses are v6-only). backlog <= 0 means
+ * 511. On failure (negative errno, e.g. -EADDRINUSE) server was not initialised, except if
+ * uv_listen itself fails: then it is being closed and must stay valid for one loop turn.
+ * The caller owns server and uv_close()s it. */
 int stream_listen(uv_loop_t *loop, uv_tcp_t *server, const struct addr *addr, int backlog,
                   bool reuseport, uv_connection_cb on_conn);
 
