@@ -30,14 +30,20 @@
 /* mbedTLS 2.28 allocates two 16 KiB record buffers per connection for its whole life
  * (MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH is off in the packaged build). An idle connection
  * does not need them: between records nothing lives there but the two 8-byte sequence
- * numbers, so we keep those and free the buffers, and allocate them again when a record
- * comes or goes. This reaches into mbedTLS 2.x internals (ssl_internal.h), hence the
- * version guard; elsewhere connections simply keep their buffers. */
-#if MBEDTLS_VERSION_MAJOR == 2 && !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH)
+ * numbers, so we keep those and give the buffers back, and take a pair again when a record
+ * comes or goes. A small pool per ctx keeps busy connections from paying malloc, free and
+ * heap trimming on every record. This reaches into mbedTLS 2.x internals (ssl_internal.h),
+ * hence the version guard; elsewhere connections simply keep their buffers. */
+#if MBEDTLS_VERSION_MAJOR == 2 && !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH) &&                  \
+    !defined(TLS_NO_SLEEP)
 #define TLS_CAN_SLEEP 1
 #else
 #define TLS_CAN_SLEEP 0
 #endif
+
+#define TLS_BUF_IN MBEDTLS_SSL_IN_BUFFER_LEN
+#define TLS_BUF_PAIR (MBEDTLS_SSL_IN_BUFFER_LEN + MBEDTLS_SSL_OUT_BUFFER_LEN)
+#define TLS_POOL_MAX 32 /* spare buffer pairs per ctx: at most ~1 MiB */
 
 /* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
 #define TLS_IN_CAP (4 * (16384 + 2048))
@@ -79,7 +85,9 @@ struct tls_ctx {
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
     /* Client: the last session, offered again on reconnect to the same name. */
-    pthread_mutex_t lock;
+    pthread_mutex_t lock; /* the saved session and the buffer pool */
+    unsigned char *pool[TLS_POOL_MAX];
+    size_t npool;
     mbedtls_ssl_session session;
     bool has_session;
     char session_name[256];
@@ -95,7 +103,9 @@ struct tls_conn {
     bool resumed;
     bool failed;
     bool verified;
-    bool asleep;                   /* record buffers freed while idle */
+    bool asleep;    /* record buffers given back while idle */
+    bool pooled;    /* the record buffers are one block from the ctx pool */
+    size_t in_used; /* bytes of in_buf written since it was taken: wiped on release */
     uint8_t ctr_in[8], ctr_out[8]; /* record sequence numbers while asleep */
     bool ip_name; /* client: server_name is an IP literal, checked against IP SANs */
     uint8_t ip[16];
@@ -334,6 +344,11 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
     if (n > len)
         n = len;
     memcpy(data, c->in.data + c->in.rd, n);
+    if (c->ssl.in_buf && data >= c->ssl.in_buf) {
+        size_t end = (size_t)(data - c->ssl.in_buf) + n;
+        if (end > c->in_used)
+            c->in_used = end;
+    }
     bq_consume(&c->in, n);
     return (int)n;
 }
@@ -769,6 +784,8 @@ static void ctx_free(struct tls_ctx *c)
     free(c->certs);
     mbedtls_x509_crt_free(&c->ca);
     mbedtls_ssl_session_free(&c->session);
+    for (size_t i = 0; i < c->npool; i++)
+        free(c->pool[i]);
     pthread_mutex_destroy(&c->lock);
     mbedtls_ctr_drbg_free(&c->drbg);
     mbedtls_entropy_free(&c->entropy);
@@ -987,7 +1004,35 @@ const char *tls_ctx_fingerprint(const struct tls_ctx *c)
 
 /* ---- connection ---- */
 
-/* Frees the record buffers of an established, idle connection. */
+#if TLS_CAN_SLEEP
+/* Wipes what records may have left in plaintext (they are decrypted in place in in_buf;
+ * out_buf holds ciphertext once a record is written, encryption being in place too) and
+ * hands the buffers back: a pooled block to the pool, mbedTLS's own pair to free(). */
+static void conn_release_bufs(struct tls_conn *c)
+{
+    mbedtls_ssl_context *s = &c->ssl;
+    mbedtls_platform_zeroize(s->in_buf, c->in_used < TLS_BUF_IN ? c->in_used : TLS_BUF_IN);
+    if (c->pooled) {
+        struct tls_ctx *ctx = c->ctx;
+        unsigned char *blk = s->in_buf;
+        pthread_mutex_lock(&ctx->lock);
+        if (ctx->npool < TLS_POOL_MAX) {
+            ctx->pool[ctx->npool++] = blk;
+            blk = NULL;
+        }
+        pthread_mutex_unlock(&ctx->lock);
+        free(blk);
+    } else {
+        free(s->in_buf);
+        free(s->out_buf);
+    }
+    s->in_buf = s->out_buf = NULL;
+    c->pooled = false;
+    c->in_used = 0;
+}
+#endif
+
+/* Gives back the record buffers of an established, idle connection. */
 static void conn_sleep(struct tls_conn *c)
 {
 #if TLS_CAN_SLEEP
@@ -997,38 +1042,37 @@ static void conn_sleep(struct tls_conn *c)
         return;
     memcpy(c->ctr_in, s->in_ctr, 8);
     memcpy(c->ctr_out, s->out_ctr, 8);
-    /* Records are decrypted in place, so in_buf may hold plaintext; out_buf holds only
-     * ciphertext once a record is written (encryption is in place too). */
-    mbedtls_platform_zeroize(s->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
-    free(s->in_buf);
-    free(s->out_buf);
-    s->in_buf = s->in_ctr = s->in_hdr = s->in_len = s->in_iv = s->in_msg = NULL;
-    s->out_buf = s->out_ctr = s->out_hdr = s->out_len = s->out_iv = s->out_msg = NULL;
+    conn_release_bufs(c);
+    s->in_ctr = s->in_hdr = s->in_len = s->in_iv = s->in_msg = NULL;
+    s->out_ctr = s->out_hdr = s->out_len = s->out_iv = s->out_msg = NULL;
     c->asleep = true;
 #else
     (void)c;
 #endif
 }
 
-/* Gives a sleeping connection its record buffers back. */
+/* Gives a sleeping connection a pair of record buffers again. */
 static int conn_wake(struct tls_conn *c)
 {
 #if TLS_CAN_SLEEP
     if (!c->asleep)
         return 0;
     mbedtls_ssl_context *s = &c->ssl;
-    /* mbedTLS allocates these with calloc and frees them with free (no platform memory
-     * hooks in this build); their content before use does not matter. */
-    unsigned char *in = malloc(MBEDTLS_SSL_IN_BUFFER_LEN);
-    unsigned char *out = malloc(MBEDTLS_SSL_OUT_BUFFER_LEN);
-    if (!in || !out) {
-        free(in);
-        free(out);
+    struct tls_ctx *ctx = c->ctx;
+    unsigned char *blk = NULL;
+    pthread_mutex_lock(&ctx->lock);
+    if (ctx->npool)
+        blk = ctx->pool[--ctx->npool];
+    pthread_mutex_unlock(&ctx->lock);
+    /* The content before use does not matter to mbedTLS. */
+    if (!blk && !(blk = malloc(TLS_BUF_PAIR))) {
         set_err(c, "out of memory");
         return -ENOMEM;
     }
-    s->in_buf = in;
-    s->out_buf = out;
+    s->in_buf = blk;
+    s->out_buf = blk + TLS_BUF_IN;
+    c->pooled = true;
+    c->in_used = 0;
     mbedtls_ssl_reset_in_out_pointers(s);
     mbedtls_ssl_update_out_pointers(s, s->transform_out); /* room for the explicit IV */
     memcpy(s->in_ctr, c->ctr_in, 8);
@@ -1132,6 +1176,11 @@ void tls_conn_destroy(struct tls_conn *c)
 {
     if (!c)
         return;
+#if TLS_CAN_SLEEP
+    /* A pooled block is one allocation that mbedTLS would free as two. */
+    if (c->pooled)
+        conn_release_bufs(c);
+#endif
     mbedtls_ssl_free(&c->ssl);
     bq_free(&c->in);
     bq_free(&c->out);

@@ -231,6 +231,13 @@ static void test_idle_buffers_survive_many_cycles(void **state)
     tls_conn_close_notify(p.srv.c);
     pump(&p);
     assert_true(p.cli.closed);
+    /* Destroyed halfway through a record, holding a pooled pair of buffers. */
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"half a record", 13), 13);
+    const uint8_t *q;
+    size_t n = tls_conn_pending(p.cli.c, &q);
+    assert_int_equal(tls_conn_feed(p.srv.c, q, n / 2), 0);
+    uint8_t b[64];
+    assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EAGAIN);
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
