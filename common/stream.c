@@ -54,7 +54,9 @@ struct stream {
     bool shut_sent;
     bool eof; /* peer finished: close once the write queue is empty */
     bool in_process;
-    bool in_read; /* inside on_read: a TLS start waits for the user's on_data to return */
+    bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
+    bool accepted; /* server side: the first bytes must start a TLS ClientHello */
+    bool seen_bytes;
     int close_err;
     char *close_why; /* allocated when closing */
 };
@@ -435,6 +437,16 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
             stream_process(s);
         goto out;
     }
+    /* A server checks the very first bytes itself: a plaintext client (HTTP, a PSOM
+     * preamble sent in clear) is closed at once and reported as "not TLS", where mbedTLS
+     * would wait for a whole record header or report a bad ClientHello. */
+    if (s->accepted && !s->seen_bytes) {
+        s->seen_bytes = true;
+        if (!tls_looks_like_client_hello(s->rbuf, (size_t)n)) {
+            stream_close(s, -EPROTO, "not TLS: the first bytes are not a ClientHello");
+            goto out;
+        }
+    }
     int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
     if (rc < 0) {
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");
@@ -557,6 +569,7 @@ int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct
     uv_tcp_nodelay(&s->tcp, 1);
     fill_addrs(s);
     s->connected = true;
+    s->accepted = true;
     *out = s;
     if (!s->tls) {
         touch(s);
@@ -651,7 +664,8 @@ int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_n
     }
     q_free(&s->plain);
     s->tls = t;
-    s->opened = false; /* on_open fires again when the handshake is done */
+    s->seen_bytes = true; /* the caller sniffed the first bytes and chose TLS */
+    s->opened = false;    /* on_open fires again when the handshake is done */
     uint32_t to = s->hs_timeout_ms ? s->hs_timeout_ms : tls_ctx_handshake_timeout(ctx);
     if (to)
         uv_timer_start(&s->kick, on_kick, to, 0);

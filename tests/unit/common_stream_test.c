@@ -550,6 +550,23 @@ static void test_read_pause_before_connect(void **state)
     }
 }
 
+/* A plaintext client on a TLS port is closed at its first bytes, with a clear reason. */
+static void test_plaintext_on_tls_port_is_refused(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.sopts.handshake_timeout_ms = 3000;
+    world_run(&w); /* the plain client writes "hello" */
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -EPROTO);
+    assert_non_null(strstr(w.srv_why, "not TLS"));
+    assert_int_equal(w.cli_closed, 1);
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -664,6 +681,7 @@ int main(void)
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_many_tls_streams_echo),
         cmocka_unit_test(test_read_pause_before_connect),
+        cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
