@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -500,22 +501,37 @@ static int read_file(const char *path, unsigned char **out, size_t *len, char *e
     return 0;
 }
 
-static int load_crt(mbedtls_x509_crt *crt, const char *path, char *err, size_t cap)
+/* Loads a PEM (or DER) certificate file. A CA bundle (bundle = true) may also be a
+ * directory of certificates, and may hold a few certificates mbedTLS cannot parse (system
+ * bundles do): it is accepted if at least one certificate loads. */
+static int load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char *err, size_t cap)
 {
+    char e[128];
+    struct stat st;
+    int rc;
+    if (bundle && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        rc = mbedtls_x509_crt_parse_path(crt, path);
+        if (rc < 0 || crt->raw.p == NULL) {
+            errf(err, cap, "%s: no certificate could be loaded from this directory", path);
+            return -EINVAL;
+        }
+        return 0;
+    }
     unsigned char *b;
     size_t n;
-    int rc = read_file(path, &b, &n, err, cap);
+    rc = read_file(path, &b, &n, err, cap);
     if (rc)
         return rc;
     rc = mbedtls_x509_crt_parse(crt, b, n);
     free(b);
-    if (rc != 0) {
-        char e[128];
+    if (rc == 0 || (rc > 0 && bundle && crt->raw.p != NULL))
+        return 0;
+    if (rc > 0 || (rc < 0 && crt->raw.p == NULL && n <= 1))
         errf(err, cap, "%s: not a valid certificate (%s)", path,
-             rc > 0 ? "some certificates failed to parse" : mbed_str(rc, e, sizeof e));
-        return -EINVAL;
-    }
-    return 0;
+             rc > 0 ? "some certificates failed to parse" : "empty file");
+    else
+        errf(err, cap, "%s: not a valid certificate (%s)", path, mbed_str(rc, e, sizeof e));
+    return -EINVAL;
 }
 
 static int load_key(mbedtls_pk_context *pk, const char *path, char *err, size_t cap)
@@ -858,7 +874,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
             rc = -EINVAL;
             goto fail;
         }
-        rc = load_crt(&c->certs[i].crt, co->cert_file, err, errcap);
+        rc = load_crt(&c->certs[i].crt, co->cert_file, false, err, errcap);
         if (rc == 0)
             rc = load_key(&c->certs[i].key, co->key_file, err, errcap);
         if (rc)
@@ -873,7 +889,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         fingerprint(&c->certs[0].crt, c->fingerprint);
 
     if (o->ca_file) {
-        rc = load_crt(&c->ca, o->ca_file, err, errcap);
+        rc = load_crt(&c->ca, o->ca_file, true, err, errcap);
         if (rc)
             goto fail;
         c->has_ca = true;

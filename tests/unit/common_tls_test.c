@@ -556,6 +556,12 @@ static void test_ctx_errors_are_clear(void **state)
     assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "not a valid certificate"));
 
+    FILE *f = fopen(CERTS "/empty.pem", "w");
+    fclose(f);
+    struct tls_opts empty = {.server = false, .ca_file = CERTS "/empty.pem"};
+    assert_int_equal(tls_ctx_create(&c, &empty, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "empty.pem: not a valid certificate"));
+
     struct tls_opts v = {.server = false, .verify_peer = true};
     assert_int_equal(tls_ctx_create(&c, &v, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "ca_file"));
@@ -563,6 +569,29 @@ static void test_ctx_errors_are_clear(void **state)
     struct tls_opts bad = {.server = false, .ciphers = "TLS-NOPE"};
     assert_int_equal(tls_ctx_create(&c, &bad, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "TLS-NOPE"));
+}
+
+/* Upstream clients trust the system CA bundle, as a file or as a directory. */
+static void test_ca_bundle_file_or_directory(void **state)
+{
+    (void)state;
+    const char *paths[] = {"/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs", CERTS};
+    for (size_t i = 0; i < 3; i++) {
+        struct tls_opts o = {.server = false, .ca_file = paths[i], .verify_peer = true};
+        struct tls_ctx *c = ctx_new(&o);
+        tls_ctx_unref(c);
+    }
+    /* The test-certs directory holds the lab CA: a server of the lab is trusted. */
+    struct tls_opts o = {.server = false, .ca_file = CERTS, .verify_peer = true};
+    struct tls_ctx *c = ctx_new(&o);
+    struct tls_ctx *s = server_ctx("web", NULL, false, false);
+    struct pair p;
+    pair_open(&p, c, s, "web");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    pair_close(&p);
+    tls_ctx_unref(s);
+    tls_ctx_unref(c);
 }
 
 static void test_ctx_outlives_unref_while_conns_use_it(void **state)
@@ -755,6 +784,7 @@ int main(void)
         cmocka_unit_test(test_garbage_is_eproto),
         cmocka_unit_test(test_self_signed_and_fingerprint),
         cmocka_unit_test(test_ctx_errors_are_clear),
+        cmocka_unit_test(test_ca_bundle_file_or_directory),
         cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
         cmocka_unit_test(test_cipher_choice),
         cmocka_unit_test(test_looks_like_client_hello),
