@@ -31,7 +31,9 @@ struct tls_opts {
     const struct tls_cert_opts *certs;
     size_t ncerts;
     const char *self_signed_name;
-    const char *ca_file; /* CA bundle to verify the peer */
+    /* CA bundle to verify the peer: a PEM file or a directory of them (a system bundle
+     * such as /etc/ssl/certs/ca-certificates.crt is fine). */
+    const char *ca_file;
     /* Server: require a client certificate signed by ca_file (mutual TLS). Client: refuse a
      * server whose certificate ca_file did not sign or whose name is not server_name.
      * With ca_file but without verify_peer, the peer is checked but not refused: see
