@@ -530,7 +530,7 @@ struct ctl_client {
 
     struct stream *st;
     enum client_state state;
-    bool stopping, welcomed_this_conn, closing_stream;
+    bool stopping, closing_stream;
     struct framer fr;
     uv_timer_t retry, report, hb;
     int open_handles;
