@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "proto/control.pb-c.h"
 
@@ -1443,6 +1444,31 @@ const struct addr *ctl_peer_addr(const struct ctl_peer *p)
 const char *ctl_peer_cert_name(const struct ctl_peer *p)
 {
     return p->cert_name;
+}
+
+static bool name_matches(const char *have, const char *want)
+{
+    size_t n = strlen(want);
+    return have && strncasecmp(have, want, n) == 0 && (have[n] == '\0' || have[n] == '.');
+}
+
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name)
+{
+    if (!p || !name || !*name || p->stream_closed)
+        return false;
+    struct tls_conn *t = stream_tls(p->st);
+    if (!t || !tls_conn_peer_verified(t))
+        return false;
+    if (name_matches(tls_conn_peer_cn(t), name))
+        return true;
+    for (size_t i = 0; i < 64; i++) {
+        const char *san = tls_conn_peer_san(t, i);
+        if (!san)
+            break;
+        if (name_matches(san, name))
+            return true;
+    }
+    return false;
 }
 
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *sec)

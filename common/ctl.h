@@ -238,6 +238,9 @@ const struct ctl_hello *ctl_peer_hello(const struct ctl_peer *p);
 const struct addr *ctl_peer_addr(const struct ctl_peer *p);
 /* Subject CN of the peer's (verified) certificate, or "". */
 const char *ctl_peer_cert_name(const struct ctl_peer *p);
+/* True if the peer's certificate names `name` (its CN or a DNS subjectAltName), exactly or
+ * as the first label ("av-edge" matches "av-edge" and "av-edge.example.net"). */
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
 /* Each returns 0, -ENOTCONN if the peer is closing, or -ENOBUFS (then the peer is closed:
  * an edge that does not read its control channel is dropped). */
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);

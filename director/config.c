@@ -18,6 +18,12 @@ static const struct cfg_key ctl_keys[] = {
      .min = 100,
      .max = 60000,
      .help = "heartbeat interval; a peer silent for three is dropped"},
+    {.name = "require_cert_role",
+     .type = CFG_BOOL,
+     .offset = offsetof(struct director_ctl_config, require_cert_role),
+     .def = "true",
+     .help = "an edge's certificate must name the role it claims (CN or DNS SAN av-edge or "
+             "av-edge.<domain>), so one edge cannot ask for another role's secrets"},
     CFG_END,
 };
 

@@ -123,6 +123,15 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
 {
     struct director *d = arg;
     struct hub *h = d->hub;
+    /* Secrets go by role, so the role must be one the CA vouched for, not only one the
+     * edge claims. */
+    if (d->cfg->ctl.require_cert_role && !ctl_peer_cert_names(p, ctl_role_name(hello->role))) {
+        LOGW(d->log, ctl_peer_addr(p),
+             "hub: refusing %s/%s: its certificate (CN \"%s\") does not name the role %s",
+             ctl_role_name(hello->role), hello->instance_id, ctl_peer_cert_name(p),
+             ctl_role_name(hello->role));
+        return -EACCES;
+    }
     struct hub_edge *e = hub_slot(h, hello);
     if (!e) {
         LOGW(d->log, ctl_peer_addr(p), "hub: registry full (%d edges connected); refusing %s/%s",
