@@ -1160,7 +1160,6 @@ static void handshake_finished(struct tls_conn *c)
                   mbedtls_ssl_get_verify_result(&c->ssl) == 0;
     struct tls_ctx *ctx = c->ctx;
     const char *host = c->ssl.hostname;
-    bool drop_peer = true;
     if (!ctx->server) {
         char ipname[64] = "";
         if (c->ip_name)
@@ -1178,7 +1177,7 @@ static void handshake_finished(struct tls_conn *c)
     /* The names are copied, the session is cached or saved: the parsed peer certificate
      * (1-2 KiB) has no further use, renegotiation being off. */
     mbedtls_ssl_session *sess = c->ssl.session;
-    if (drop_peer && sess && sess->peer_cert) {
+    if (sess && sess->peer_cert) {
         mbedtls_x509_crt_free(sess->peer_cert);
         free(sess->peer_cert);
         sess->peer_cert = NULL;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/stream.h"
 #include "common/tls.h"
 
 #define RECORD 16384
@@ -206,6 +207,86 @@ static void bench_idle_memory(struct tls_ctx *sctx, bool mtls, const char *label
         tls_conn_destroy(srv[i]);
 }
 
+/* Heap per idle TLS stream (libuv handles + stream + TLS) over real loopback sockets:
+ * N client/server pairs connect, handshake and exchange one message; the heap delta is
+ * divided by 2N (client and server ends cost about the same). */
+struct mem_world {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    struct stream_opts so;
+    struct stream *ends[2 * 200];
+    int nends, opened, got;
+};
+
+static int mem_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct mem_world *w = stream_loop(s)->data;
+    w->got++;
+    if (w->got == 200)
+        uv_stop(&w->loop);
+    return 0;
+}
+
+static void mem_open(struct stream *s, void *arg)
+{
+    if (arg) /* client end */
+        stream_write(s, "OPTIONS sip:x SIP/2.0\r\n\r\n", 25);
+}
+
+static void mem_close(struct stream *s, int err, const char *why, void *arg)
+{
+    if (err)
+        fprintf(stderr, "tls_bench: stream closed: %s\n", why ? why : "?");
+}
+
+static const struct stream_cbs mem_cbs = {.on_data = mem_data, .on_open = mem_open,
+                                          .on_close = mem_close};
+
+static void mem_conn(uv_stream_t *l, int status)
+{
+    struct mem_world *w = l->loop->data;
+    if (status == 0 && stream_accept(l, &w->so, &mem_cbs, NULL, &w->ends[w->nends]) == 0)
+        w->nends++;
+}
+
+static void bench_idle_streams(struct tls_ctx *sctx)
+{
+    enum { N = 200 };
+    struct mem_world *w = calloc(1, sizeof *w);
+    struct tls_opts co = {.server = false};
+    struct tls_ctx *cctx = ctx_or_die(&co);
+    struct addr a;
+    uv_loop_init(&w->loop);
+    w->loop.data = w;
+    addr_parse(&a, "127.0.0.1:0", 0);
+    if (stream_listen(&w->loop, &w->listener, &a, 256, false, mem_conn) != 0)
+        exit(1);
+    int len = sizeof a.u.ss;
+    uv_tcp_getsockname(&w->listener, &a.u.sa, &len);
+    w->so.tls = sctx;
+    struct stream_opts cso = {.tls = cctx, .server_name = "bench.lab"};
+    malloc_trim(0);
+    size_t before = mallinfo2().uordblks;
+    for (int i = 0; i < N; i++)
+        if (stream_connect(&w->loop, &a, NULL, &cso, &mem_cbs, w, &w->ends[w->nends++]) != 0)
+            exit(1);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    size_t after = mallinfo2().uordblks;
+    if (w->got != N) {
+        fprintf(stderr, "tls_bench: only %d of %d streams delivered\n", w->got, N);
+        exit(1);
+    }
+    printf("  %-44s %9zu bytes\n", "TLS stream (libuv + stream + TLS), one end",
+           (after - before) / (2 * N));
+    for (int i = 0; i < w->nends; i++)
+        stream_close(w->ends[i], 0, NULL);
+    uv_close((uv_handle_t *)&w->listener, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    tls_ctx_unref(cctx);
+    free(w);
+}
+
 int main(int argc, char **argv)
 {
     double secs = argc > 1 ? atof(argv[1]) : 1.2;
@@ -246,6 +327,7 @@ int main(int argc, char **argv)
     bench_idle_memory(srv, false, "server, tickets");
     bench_idle_memory(srv_cache, false, "server, session cache (entry included)");
     bench_idle_memory(srv_mtls, true, "server, mutual TLS");
+    bench_idle_streams(srv);
 
     tls_ctx_unref(srv);
     tls_ctx_unref(srv_cache);

@@ -3,6 +3,7 @@
  * schedule, and stopping at any point without leaks (run with SAN=1). */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -331,6 +332,7 @@ static void bad_options_are_refused(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(edges_register_relay_and_come_back_after_a_restart),
         cmocka_unit_test(backoff_doubles_with_jitter_up_to_the_cap),

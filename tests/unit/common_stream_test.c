@@ -1,6 +1,7 @@
 /* stream: a real libuv loop on 127.0.0.1, plain TCP and TLS. */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -442,6 +443,24 @@ static void test_handshake_timeout_closes_silent_client(void **state)
     assert_int_equal(w.cli_closed, 1);
 }
 
+/* With no timeout in the stream options, the one in the TLS options applies. */
+static void test_handshake_timeout_from_tls_opts(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .handshake_timeout_ms = 80};
+    char err[256];
+    assert_int_equal(tls_ctx_create(&w.sopts.tls, &o, err, sizeof err), 0);
+    w.ccbs.on_open = silent_open;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "TLS handshake timeout");
+}
+
 static void test_close_is_idempotent(void **state)
 {
     (void)state;
@@ -485,6 +504,7 @@ static void test_listen_reuseport_and_errors(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_plain),
         cmocka_unit_test(test_echo_tls),
@@ -496,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
+        cmocka_unit_test(test_handshake_timeout_from_tls_opts),
         cmocka_unit_test(test_close_is_idempotent),
         cmocka_unit_test(test_listen_reuseport_and_errors),
     };
