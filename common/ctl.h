@@ -17,6 +17,7 @@
 
 #include "common/addr.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "common/util.h"
 #include <uv.h>
@@ -165,6 +166,9 @@ struct ctl_client_opts {
     uint32_t backoff_min_ms, backoff_max_ms; /* 0 = 100 / 5000 */
     uint32_t welcome_timeout_ms;             /* TLS handshake + Welcome; 0 = 5000 */
     const struct logger *log;                /* must outlive the client */
+    /* Optional: registers ctl_connected (gauge), ctl_connection_failures_total and
+     * ctl_reports_sent_total; must outlive the client. */
+    struct metrics *metrics;
 };
 
 /* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
@@ -219,6 +223,9 @@ struct ctl_server_opts {
     const char *director_id;  /* copied */
     size_t max_peers;         /* open connections at most (0 = 1024); more are refused */
     const struct logger *log; /* must outlive the server */
+    /* Optional: registers ctl_refused_total{reason="tls|frame|hello|overload"} and
+     * ctl_heartbeat_timeouts_total; must outlive the server. */
+    struct metrics *metrics;
 };
 
 int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,

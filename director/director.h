@@ -21,8 +21,8 @@
 #include <uv.h>
 
 struct director_ctl_config {
-    struct addr listen;    /* control channel, mutual TLS */
-    uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
+    struct addr listen;     /* control channel, mutual TLS */
+    uint64_t heartbeat_ms;  /* a peer silent for three of these is dropped */
     bool require_cert_role; /* an edge's certificate must name the role it claims */
 };
 

@@ -655,6 +655,7 @@ int hub_start(struct director *d)
         .heartbeat_ms = (uint32_t)d->cfg->ctl.heartbeat_ms,
         .director_id = d->cfg->base.instance_id,
         .log = d->log,
+        .metrics = d->metrics,
     };
     rc = ctl_server_start(d->loop, &so, &cbs, d, &d->ctl);
     if (rc)

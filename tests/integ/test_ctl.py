@@ -325,6 +325,7 @@ secrets:
         time.sleep(0.5)
         self.assertEqual(rogue.all("welcome"), [])
         self.assertNotIn("rogue1", self.edges())
+        self.assertGreaterEqual(d.metrics()['director_ctl_refused_total{reason="tls"}'], 1)
         self.assertTrue(self.connected("av1", "av2"))
         a.send("connections=3")
         b.wait(lambda e: e["event"] == "report" and e["instance"] == "av1"
@@ -372,6 +373,11 @@ secrets:
         # The good edges never noticed.
         self.assertTrue(self.connected("av1", "av2"))
         self.assertEqual(a.all("disconnected") + b.all("disconnected"), [])
+        m = d.metrics()
+        self.assertEqual(m['director_ctl_refused_total{reason="frame"}'], 2)
+        self.assertGreaterEqual(m['director_ctl_refused_total{reason="tls"}'], 1)
+        self.assertEqual(m['director_ctl_heartbeat_timeouts_total'], 1)
+        self.assertEqual(m['director_ctl_edges_connected{role="av-edge"}'], 2)
         a.send("connections=11")
         b.wait(lambda e: e["event"] == "report" and e["connections"] == 11,
                what="report after the bad peers")
