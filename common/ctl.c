@@ -385,6 +385,7 @@ ssize_t ctl_frame_encode(const struct ctl_msg *m, uint8_t *out, size_t cap)
 
 #ifndef FUZZING
 /* The fuzz target needs only the codec above; everything below binds it to libuv. */
+#include "common/daemon.h"
 #include "common/stream.h"
 
 /* Encodes m into a malloc'd frame; the caller frees *out. */
@@ -884,6 +885,36 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
     *out = c;
     client_connect(c);
     return 0;
+}
+
+int ctl_client_start_link(uv_loop_t *loop, const struct director_link_config *link,
+                          const struct ctl_hello *hello, const struct logger *log,
+                          struct metrics *metrics, const struct ctl_client_cbs *cb, void *arg,
+                          struct ctl_client **out)
+{
+    if (!link || !hello || !out)
+        return -EINVAL;
+    if (!link->enabled) {
+        *out = NULL;
+        return 0;
+    }
+    struct ctl_client_opts o;
+    memset(&o, 0, sizeof o);
+    o.director = link->address;
+    o.director_name = link->server_name;
+    o.cert_file = link->tls.cert;
+    o.key_file = link->tls.key;
+    o.ca_file = link->tls.ca;
+    o.hello = *hello;
+    o.report_interval_ms =
+        link->report_interval_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)link->report_interval_ms;
+    o.log = log;
+    o.metrics = metrics;
+    if (!o.cert_file || !o.key_file || !o.ca_file) {
+        LOGE(log, NULL, "ctl: director.tls needs cert, key and ca (mutual TLS)");
+        return -EINVAL;
+    }
+    return ctl_client_start(loop, &o, cb, arg, out);
 }
 
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg)

@@ -172,23 +172,28 @@ struct ctl_client_opts {
 };
 
 /* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
- * certificates: logged, no memory). An edge typically fills the options from its
- * `director:` config section (struct director_link_config in common/daemon.h):
- *
- *     struct ctl_client_opts o = {
- *         .director = cfg->director.address, .director_name = cfg->director.server_name,
- *         .cert_file = cfg->director.tls.cert, .key_file = cfg->director.tls.key,
- *         .ca_file = cfg->director.tls.ca,
- *         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
- *         .log = daemon_logger(d),
- *         .hello = {.role = CTL_ROLE_AV_EDGE, .version = SUITE_VERSION, ...},
- *     };
- *     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", cfg->base.instance_id);
- *     rc = ctl_client_start(loop, &o, &my_cbs, state, &state->ctl);
- *     ctl_client_set_report_source(state->ctl, my_fill_report, state);
- */
+ * certificates: logged, no memory). Edges usually call ctl_client_start_link below with
+ * their `director:` config section instead, then ctl_client_set_report_source. */
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out);
+/* The same from an edge's `director:` config section (struct director_link_config in
+ * common/daemon.h): address, server_name, tls files and report_interval come from link,
+ * the rest from hello. With `enabled: false` it starts nothing: *out = NULL, returns 0.
+ *
+ *     struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .subscribe = {CTL_ROLE_AV_EDGE},
+ *                           .n_subscribe = 1};
+ *     snprintf(h.instance_id, sizeof h.instance_id, "%s", cfg->base.instance_id);
+ *     snprintf(h.version, sizeof h.version, "%s", SUITE_VERSION);
+ *     rc = ctl_client_start_link(daemon_loop(d), &cfg->director, &h, daemon_logger(d),
+ *                                daemon_metrics(d), &av_ctl_cbs, av, &av->ctl);
+ *     if (rc == 0 && av->ctl)
+ *         ctl_client_set_report_source(av->ctl, av_fill_report, av);
+ */
+struct director_link_config;
+int ctl_client_start_link(uv_loop_t *loop, const struct director_link_config *link,
+                          const struct ctl_hello *hello, const struct logger *log,
+                          struct metrics *metrics, const struct ctl_client_cbs *cb, void *arg,
+                          struct ctl_client **out);
 /* The client calls fill before each periodic report (and right after each Welcome). */
 typedef void (*ctl_report_fill_cb)(struct ctl_report *r, void *arg);
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg);
