@@ -148,7 +148,9 @@ struct ctl_client;
 struct ctl_client_cbs {
     void (*on_connected)(const char *director_id, void *arg); /* Welcome received */
     void (*on_disconnected)(const char *why, void *arg);      /* after a Welcome only */
-    void (*on_secret)(const struct ctl_secret *s, void *arg); /* from Welcome and updates */
+    /* From Welcome (oldest first) and each SecretUpdate (a new current key): installing each
+     * with keyring_rotate() in arrival order keeps the edge's keyring equal to the Director's. */
+    void (*on_secret)(const struct ctl_secret *s, void *arg);
     void (*on_report)(const struct ctl_report *r, void *arg); /* another edge's report */
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);

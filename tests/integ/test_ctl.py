@@ -275,6 +275,10 @@ secrets:
         self.assertEqual(got[0]["secret"], got[1]["secret"])
         self.assertNotEqual(got[0]["secret"], first[0]["secret"])
         self.assertGreater(got[0]["not_after"], time.time() + 3600)
+        # An edge arriving now gets both, oldest first, so its keyring ends as the Director's.
+        c = self.probe("av-edge", "av3")
+        c.wait(lambda e: len(c.all("secret")) == 2, what="previous and current secrets")
+        self.assertEqual([e["key_id"] for e in c.all("secret")], [first[0]["key_id"], new_id])
 
     def test_each_role_gets_only_the_secrets_it_needs(self):
         self.start_director()
