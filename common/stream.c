@@ -662,6 +662,7 @@ int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_n
     }
     q_free(&s->plain);
     s->tls = t;
+    s->seen_bytes = true; /* the caller sniffed the first bytes and chose TLS */
     s->opened = false; /* on_open fires again when the handshake is done */
     uint32_t to = s->hs_timeout_ms ? s->hs_timeout_ms : tls_ctx_handshake_timeout(ctx);
     if (to)
