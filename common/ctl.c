@@ -401,13 +401,13 @@ static ssize_t frame_alloc(const struct ctl_msg *m, uint8_t **out)
     uint8_t *p = malloc(CTL_PREFIX + n);
     if (!p)
         return -ENOMEM;
-    ssize_t w = ctl_frame_encode(m, p, CTL_PREFIX + n);
-    if (w < 0) {
-        free(p);
-        return w;
-    }
+    p[0] = (uint8_t)(n >> 24);
+    p[1] = (uint8_t)(n >> 16);
+    p[2] = (uint8_t)(n >> 8);
+    p[3] = (uint8_t)n;
+    edgectl__envelope__pack(&x.env, p + CTL_PREFIX);
     *out = p;
-    return w;
+    return (ssize_t)(CTL_PREFIX + n);
 }
 
 /* Reassembly shared by both ends: bytes arrive in any split; whole frames come out.
