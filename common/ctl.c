@@ -1571,7 +1571,7 @@ int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms)
 void ctl_peer_close(struct ctl_peer *p, const char *why)
 {
     if (p)
-        peer_close(p, -ECONNABORTED, why ? why : "closed by the Director");
+        peer_goodbye(p, -ECONNABORTED, why ? why : "closed by the Director");
 }
 
 #endif /* !FUZZING */

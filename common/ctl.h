@@ -260,7 +260,7 @@ bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);
 int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
-/* Closes p; on_gone follows from the loop. */
+/* Says Goodbye with why and closes p; on_gone follows from the loop. */
 void ctl_peer_close(struct ctl_peer *p, const char *why);
 
 #endif
