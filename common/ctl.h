@@ -185,7 +185,7 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
  *     struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .subscribe = {CTL_ROLE_AV_EDGE},
  *                           .n_subscribe = 1};
  *     snprintf(h.instance_id, sizeof h.instance_id, "%s", cfg->base.instance_id);
- *     snprintf(h.version, sizeof h.version, "%s", SUITE_VERSION); /* "version.h" */
+ *     snprintf(h.version, sizeof h.version, "%s", SUITE_VERSION); // from version.h
  *     rc = ctl_client_start_link(daemon_loop(d), &cfg->director, &h, daemon_logger(d),
  *                                daemon_metrics(d), &av_ctl_cbs, av, &av->ctl);
  *     if (rc == 0 && av->ctl)
