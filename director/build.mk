@@ -9,4 +9,5 @@ $(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 all: $(BIN)/ctl-probe
