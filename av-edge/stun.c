@@ -445,7 +445,7 @@ ssize_t stun_chandata_parse(const uint8_t *p, size_t len, bool stream, uint16_t 
     if (len < 4)
         return stream ? -EAGAIN : -EBADMSG;
     uint16_t ch = rd16(p);
-    if (ch < 0x4000 || ch > 0x4FFF)
+    if (ch < STUN_CHANNEL_MIN || ch > STUN_CHANNEL_MAX)
         return -EBADMSG;
     size_t dlen = rd16(p + 2);
     size_t need = 4 + dlen;
@@ -472,7 +472,7 @@ ssize_t stun_frame_len(const uint8_t *p, size_t len)
             return -EBADMSG;
         return (ssize_t)(STUN_HDR_LEN + blen);
     }
-    if ((p[0] & 0xF0) == 0x40)
+    if ((p[0] & 0xC0) == 0x40)
         return (ssize_t)((4 + (size_t)rd16(p + 2) + 3) & ~(size_t)3);
     return -EBADMSG;
 }

@@ -310,6 +310,7 @@ static int reply_error(struct req *r, int code)
     r->out->code = code;
     if (code != 401 && code != 438)
         t->st.errors++;
+    LOGD(t->log, r->in->client, "error %d to method 0x%03x", code, r->m->method);
     return 0;
 }
 
@@ -720,7 +721,7 @@ static int do_channel_bind(struct req *r)
     if (!cn || stun_attr_u32(r->m, cn, &v) || !pa || stun_attr_xaddr(r->m, pa, &peer))
         return reply_error(r, 400);
     uint16_t num = (uint16_t)(v >> 16);
-    if (num < 0x4000 || num > 0x4FFF)
+    if (num < STUN_CHANNEL_MIN || num > STUN_CHANNEL_MAX)
         return reply_error(r, 400);
     if (!peer_ok(r, a, &peer))
         return 0;
