@@ -168,6 +168,13 @@ ssize_t stun_build_finish(struct stun_builder *b);
 /* Standard reason phrase for an error code ("Bad Request", ...). */
 const char *stun_reason(int code);
 
+/* RFC 3489 (classic STUN, no magic cookie) Binding request: writes a Binding response with
+ * MAPPED-ADDRESS (plain) for client into out. Returns its length, -EBADMSG if req is not
+ * a classic Binding request, or -EPERM if it asks for a changed IP or port (CHANGE-REQUEST
+ * flags), which a single-address server cannot honour (no answer is the RFC 3489 way). */
+ssize_t stun_classic_binding_reply(const uint8_t *req, size_t len, const struct addr *client,
+                                   uint8_t *out, size_t cap);
+
 /* ChannelData (RFC 8656 12.4). Parses one frame: channel number and a slice of the data.
  * stream: the frame is padded to a multiple of 4 (TCP/TLS), and the return value counts
  * the padding. Returns bytes used, -EAGAIN (incomplete) or -EBADMSG. Over UDP, trailing

@@ -881,8 +881,23 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
     if (stun_is_chandata(p, len))
         return do_chandata(t, in, p, len, out);
     struct stun_msg m;
-    if (stun_msg_parse(&m, p, len) < 0)
-        return -EBADMSG;
+    if (stun_msg_parse(&m, p, len) < 0) {
+        /* RFC 3489 clients (no magic cookie) still get their mapped address. */
+        ssize_t n = stun_classic_binding_reply(p, len, in->client, out->reply, out->reply_cap);
+        if (n < 0)
+            return -EBADMSG;
+        if (t->unauth) {
+            size_t ipn;
+            const uint8_t *ip = ip_bytes(in->client, &ipn);
+            if (!ratelimit_take(t->unauth, ip, ipn, 1, in->now_ms, NULL)) {
+                t->st.unauth_limited++;
+                return -EAGAIN;
+            }
+        }
+        out->reply_len = (size_t)n;
+        t->st.bindings++;
+        return 0;
+    }
     if (m.fp_off && stun_msg_check_fingerprint(&m) != 0)
         return -EBADMSG;
     if (m.cls == STUN_INDICATION)
