@@ -1,10 +1,12 @@
 /* av-edge: the STUN/TURN media relay of the edge suite (daemon wiring: config, workers,
  * TLS, metrics, reload, drain). */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "av-edge/av.h"
+#include "common/crypto.h"
 
 struct av_thread {
     uv_thread_t th;
@@ -24,6 +26,17 @@ struct av_edge {
     struct av_thread *threads;
     unsigned n_threads;
 };
+
+/* Installs the config's static secret under an id derived from its value, so a reload that
+ * changes it rotates (the old one stays valid as the previous key). */
+static void set_config_secret(struct av_edge *e, const char *secret)
+{
+    uint8_t h[SHA1_LEN];
+    char id[TOKEN_KEYID_MAX];
+    crypto_hmac_sha1("av-edge", 7, secret, strlen(secret), h);
+    snprintf(id, sizeof(id), "config-%02x%02x%02x%02x", h[0], h[1], h[2], h[3]);
+    av_shared_set_secret(&e->sh, id, secret, strlen(secret), 0);
+}
 
 static void thread_main(void *arg)
 {
@@ -98,7 +111,7 @@ static int av_start(struct daemon *d, const void *cfgp, void **state)
     if (rc)
         goto fail;
     if (c->auth.secret)
-        av_shared_set_secret(&e->sh, "config", c->auth.secret, strlen(c->auth.secret), 0);
+        set_config_secret(e, c->auth.secret);
     rc = tls_setup(e, c);
     if (rc)
         goto fail;
@@ -159,7 +172,7 @@ static int av_reload(struct daemon *d, void *state, const void *new_cfg)
     e->rt = rt;
     e->cfg = n;
     if (n->auth.secret && (!o->auth.secret || strcmp(n->auth.secret, o->auth.secret) != 0))
-        av_shared_set_secret(&e->sh, "config", n->auth.secret, strlen(n->auth.secret), 0);
+        set_config_secret(e, n->auth.secret);
     av_worker_set_runtime(e->w0, rt);
     for (unsigned i = 0; i < e->n_threads; i++)
         av_worker_set_runtime(e->threads[i].w, rt);

@@ -740,7 +740,7 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
     w->check.data = w->tick.data = w->async.data = w;
     w->open_handles += 3;
     uv_check_start(&w->check, on_check);
-    uv_timer_start(&w->tick, on_tick, 1000, 1000);
+    uv_timer_start(&w->tick, on_tick, 250, 250);
     rc = open_listeners(w, o);
     if (rc) {
         worker_close_all(w);
