@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "proto/control.pb-c.h"
 
@@ -530,14 +531,14 @@ struct ctl_client {
 
     struct stream *st;
     enum client_state state;
-    bool stopping, welcomed_this_conn, closing_stream;
+    bool stopping, closing_stream;
     struct framer fr;
     uv_timer_t retry, report, hb;
     int open_handles;
     uint32_t backoff_ms, heartbeat_ms;
     uint64_t attempt_start, last_rx, ping_seq, rng;
     char director_id[CTL_ID_MAX];
-    char last_fail[160]; /* last reason a connection attempt failed, logged once */
+    char last_fail[160];             /* last reason a connection attempt failed, logged once */
     char goodbye[CTL_NOTE_MAX + 48]; /* the Director's reason for closing this connection */
 };
 
@@ -663,13 +664,12 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
         c->backoff_ms = c->o.backoff_min_ms;
         c->last_fail[0] = '\0';
         /* Bounded whatever the Director says: no busy loop, no week-long silence. */
-        c->heartbeat_ms = w->heartbeat_ms < 100 ? (w->heartbeat_ms ? 100 : 1000)
+        c->heartbeat_ms = w->heartbeat_ms < 100     ? (w->heartbeat_ms ? 100 : 1000)
                           : w->heartbeat_ms > 60000 ? 60000
                                                     : w->heartbeat_ms;
         snprintf(c->director_id, sizeof c->director_id, "%s", w->director_id);
         LOGI(c->o.log, &c->o.director, "ctl: registered with Director %s as %s/%s (%zu secrets)",
-             w->director_id, ctl_role_name(c->o.hello.role), c->o.hello.instance_id,
-             w->n_secrets);
+             w->director_id, ctl_role_name(c->o.hello.role), c->o.hello.instance_id, w->n_secrets);
         uv_timer_start(&c->hb, client_on_hb_timer, c->heartbeat_ms, c->heartbeat_ms);
         if (c->cb.on_connected)
             c->cb.on_connected(w->director_id, c->arg);
@@ -760,11 +760,11 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
     framer_leftover(&c->fr, left, sizeof left);
     const char *reason = c->goodbye[0] ? c->goodbye
                          : why && *why ? why
-                         : err ? strerror(-err)
-                               : "closed by the Director";
+                         : err         ? strerror(-err)
+                                       : "closed by the Director";
     if (was_established) {
-        LOGW(c->o.log, &c->o.director, "ctl: lost the Director: %s%s%s", reason,
-             *left ? "; " : "", left);
+        LOGW(c->o.log, &c->o.director, "ctl: lost the Director: %s%s%s", reason, *left ? "; " : "",
+             left);
         if (c->cb.on_disconnected)
             c->cb.on_disconnected(reason, c->arg);
     } else if (strcmp(reason, c->last_fail) != 0) {
@@ -824,8 +824,8 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
         tls_ctx_ref(tls);
     } else {
         struct tls_cert_opts co = {.cert_file = o->cert_file, .key_file = o->key_file};
-        struct tls_opts to = {.certs = &co, .ncerts = 1, .ca_file = o->ca_file,
-                              .verify_peer = true};
+        struct tls_opts to = {
+            .certs = &co, .ncerts = 1, .ca_file = o->ca_file, .verify_peer = true};
         char err[256] = "";
         int rc = tls_ctx_create(&tls, &to, err, sizeof err);
         if (rc) {
@@ -1077,8 +1077,8 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
         return -ENOMEM;
     }
     m->type = CTL_MSG_WELCOME;
-    int n = s->cb.on_hello ? s->cb.on_hello(p, h, m->u.welcome.secrets, CTL_SECRETS_MAX, s->arg)
-                           : 0;
+    int n =
+        s->cb.on_hello ? s->cb.on_hello(p, h, m->u.welcome.secrets, CTL_SECRETS_MAX, s->arg) : 0;
     if (n < 0) {
         LOGW(s->log, &p->addr, "ctl: %s/%s refused: %s", ctl_role_name(h->role), h->instance_id,
              strerror(-n));
@@ -1165,8 +1165,7 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
     case CTL_MSG_PONG:
         return 0;
     default:
-        LOGW(s->log, &p->addr, "ctl: closing: an edge may not send message type %d",
-             (int)m->type);
+        LOGW(s->log, &p->addr, "ctl: closing: an edge may not send message type %d", (int)m->type);
         peer_goodbye(p, -EPROTO, "protocol error: a message an edge may not send");
         return 0;
     }
@@ -1224,9 +1223,9 @@ static void peer_on_close(struct stream *st, int err, const char *why, void *arg
     if (p->said_hello)
         s->nhello--;
     const char *reason = p->close_why[0] ? p->close_why
-                         : why && *why ? why
-                         : err ? strerror(-err)
-                               : "closed by the edge";
+                         : why && *why   ? why
+                         : err           ? strerror(-err)
+                                         : "closed by the edge";
     if (!s->stopping) {
         char left[96];
         framer_leftover(&p->fr, left, sizeof left);
@@ -1445,6 +1444,31 @@ const struct addr *ctl_peer_addr(const struct ctl_peer *p)
 const char *ctl_peer_cert_name(const struct ctl_peer *p)
 {
     return p->cert_name;
+}
+
+static bool name_matches(const char *have, const char *want)
+{
+    size_t n = strlen(want);
+    return have && strncasecmp(have, want, n) == 0 && (have[n] == '\0' || have[n] == '.');
+}
+
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name)
+{
+    if (!p || !name || !*name || p->stream_closed)
+        return false;
+    struct tls_conn *t = stream_tls(p->st);
+    if (!t || !tls_conn_peer_verified(t))
+        return false;
+    if (name_matches(tls_conn_peer_cn(t), name))
+        return true;
+    for (size_t i = 0; i < 64; i++) {
+        const char *san = tls_conn_peer_san(t, i);
+        if (!san)
+            break;
+        if (name_matches(san, name))
+            return true;
+    }
+    return false;
 }
 
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *sec)

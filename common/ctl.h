@@ -15,11 +15,11 @@
 #ifndef COMMON_CTL_H
 #define COMMON_CTL_H
 
-#include <uv.h>
 #include "common/addr.h"
 #include "common/log.h"
 #include "common/tls.h"
 #include "common/util.h"
+#include <uv.h>
 
 /* Largest Envelope accepted or sent (the 4-byte length prefix is not counted). */
 #define CTL_FRAME_MAX (64 * 1024)
@@ -123,7 +123,7 @@ struct ctl_msg {
         struct ctl_secret secret;
         struct ctl_revoke revoke;
         uint32_t drain_deadline_ms;
-        uint64_t seq; /* ping, pong */
+        uint64_t seq;              /* ping, pong */
         char reason[CTL_NOTE_MAX]; /* goodbye */
     } u;
 };
@@ -145,10 +145,10 @@ struct ctl_client;
 
 /* Every callback is optional. None runs after ctl_client_stop. */
 struct ctl_client_cbs {
-    void (*on_connected)(const char *director_id, void *arg);    /* Welcome received */
-    void (*on_disconnected)(const char *why, void *arg);         /* after a Welcome only */
-    void (*on_secret)(const struct ctl_secret *s, void *arg);    /* from Welcome and updates */
-    void (*on_report)(const struct ctl_report *r, void *arg);    /* another edge's report */
+    void (*on_connected)(const char *director_id, void *arg); /* Welcome received */
+    void (*on_disconnected)(const char *why, void *arg);      /* after a Welcome only */
+    void (*on_secret)(const struct ctl_secret *s, void *arg); /* from Welcome and updates */
+    void (*on_report)(const struct ctl_report *r, void *arg); /* another edge's report */
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);
 };
@@ -214,10 +214,10 @@ struct ctl_server_cbs {
 
 struct ctl_server_opts {
     struct addr listen;
-    struct tls_ctx *tls;   /* server ctx requiring client certificates; referenced */
-    uint32_t heartbeat_ms; /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
-    const char *director_id; /* copied */
-    size_t max_peers;        /* open connections at most (0 = 1024); more are refused */
+    struct tls_ctx *tls;      /* server ctx requiring client certificates; referenced */
+    uint32_t heartbeat_ms;    /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
+    const char *director_id;  /* copied */
+    size_t max_peers;         /* open connections at most (0 = 1024); more are refused */
     const struct logger *log; /* must outlive the server */
 };
 
@@ -238,6 +238,9 @@ const struct ctl_hello *ctl_peer_hello(const struct ctl_peer *p);
 const struct addr *ctl_peer_addr(const struct ctl_peer *p);
 /* Subject CN of the peer's (verified) certificate, or "". */
 const char *ctl_peer_cert_name(const struct ctl_peer *p);
+/* True if the peer's certificate names `name` (its CN or a DNS subjectAltName), exactly or
+ * as the first label ("av-edge" matches "av-edge" and "av-edge.example.net"). */
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
 /* Each returns 0, -ENOTCONN if the peer is closing, or -ENOBUFS (then the peer is closed:
  * an edge that does not read its control channel is dropped). */
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);

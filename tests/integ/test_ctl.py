@@ -428,6 +428,16 @@ secrets:
         wait_for(lambda: self.connected("av1") and self.edges()["av1"]["peer"] != first_peer,
                  timeout=2.0, what="av1 registered from the second connection")
 
+    def test_an_edge_cannot_claim_a_role_its_certificate_does_not_name(self):
+        d = self.start_director()
+        impostor = self.probe("av-edge", "av9", cert="conf-edge")  # wants the relay secret
+        d.wait_log('refusing av-edge/av9: its certificate (CN "conf-edge") does not name the role av-edge')
+        wait_for(lambda: "the Director closed the connection: refused by the Director" in impostor.log(),
+                 timeout=3.0, what="the impostor logging its refusal")
+        self.assertEqual(impostor.all("secret"), [])
+        self.assertEqual(impostor.all("welcome"), [])
+        self.assertNotIn("av9", self.edges())
+
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()
         a = self.probe("av-edge", "av1")

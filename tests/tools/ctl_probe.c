@@ -133,7 +133,8 @@ static bool parse_line(struct probe *p, char *line)
 {
     struct ctl_report *r = &p->report;
     bool notes_reset = false;
-    for (char *save = NULL, *w = strtok_r(line, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+    for (char *save = NULL, *w = strtok_r(line, " \t", &save); w;
+         w = strtok_r(NULL, " \t", &save)) {
         char *eq = strchr(w, '=');
         if (!eq)
             return false;
@@ -235,14 +236,20 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"director", required_argument, NULL, 'd'}, {"role", required_argument, NULL, 'r'},
-        {"instance", required_argument, NULL, 'i'}, {"cert", required_argument, NULL, 'c'},
-        {"key", required_argument, NULL, 'k'},      {"ca", required_argument, NULL, 'a'},
-        {"name", required_argument, NULL, 'n'},     {"subscribe", required_argument, NULL, 's'},
+        {"director", required_argument, NULL, 'd'},
+        {"role", required_argument, NULL, 'r'},
+        {"instance", required_argument, NULL, 'i'},
+        {"cert", required_argument, NULL, 'c'},
+        {"key", required_argument, NULL, 'k'},
+        {"ca", required_argument, NULL, 'a'},
+        {"name", required_argument, NULL, 'n'},
+        {"subscribe", required_argument, NULL, 's'},
         {"report-interval", required_argument, NULL, 'R'},
         {"backoff-max", required_argument, NULL, 'B'},
-        {"external", required_argument, NULL, 'E'}, {"internal", required_argument, NULL, 'I'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"external", required_argument, NULL, 'E'},
+        {"internal", required_argument, NULL, 'I'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     struct probe p;
     memset(&p, 0, sizeof p);
@@ -355,7 +362,8 @@ int main(int argc, char **argv)
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
     if (uv_guess_handle(0) == UV_NAMED_PIPE && uv_pipe_init(p.loop, &p.in, 0) == 0) {
         p.in.data = &p;
-        if (uv_pipe_open(&p.in, 0) == 0 && uv_read_start((uv_stream_t *)&p.in, on_alloc, on_stdin) == 0)
+        if (uv_pipe_open(&p.in, 0) == 0 &&
+            uv_read_start((uv_stream_t *)&p.in, on_alloc, on_stdin) == 0)
             p.in_open = true;
         else
             uv_close((uv_handle_t *)&p.in, probe_handle_closed);
