@@ -10,3 +10,4 @@ $(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 all: $(BIN)/ctl-probe
+$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
