@@ -517,7 +517,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     }
     if (n >= sizeof(ins))
         return;
-    struct sip_fwd_opts fo = {slice_make(ins, n), r->pop, o->peer, true};
+    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop, .src = o->peer, .strip_trust = true};
     ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
         struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
@@ -888,7 +888,15 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
         conn_free(c);
         return -ENOTSUP;
     }
-    int rc = stream_connect(ae->loop, to, NULL, &so, &conn_cbs, c, &c->s);
+    /* Connect from this side's own address, so the peer sees the interface it expects. */
+    struct addr from;
+    const struct addr *bind_from = NULL;
+    if (la && addr_family(la) == addr_family(to)) {
+        from = *la;
+        addr_set_port(&from, 0);
+        bind_from = &from;
+    }
+    int rc = stream_connect(ae->loop, to, bind_from, &so, &conn_cbs, c, &c->s);
     if (rc < 0) {
         conn_free(c);
         return rc;

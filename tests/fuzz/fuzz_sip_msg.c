@@ -41,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
         if (rc == 0 && m.is_request) {
             static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
-            struct sip_fwd_opts o = {slice_make(ins, sizeof(ins) - 1), r.pop, &src, true};
+            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .strip_trust = true};
             sip_fwd_request(&m, &o, out, sizeof(out));
             struct sip_flow f;
             sip_flow_decode(key, r.flow, &f);
