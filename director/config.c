@@ -88,6 +88,11 @@ const struct cfg_key director_config_keys[] = {
      .offset = offsetof(struct director_config, secrets),
      .sub = secrets_keys,
      .help = "shared secrets issued to the edges"},
+    {.name = "sip",
+     .type = CFG_SECTION,
+     .offset = offsetof(struct director_config, sip),
+     .sub = registrar_config_keys,
+     .help = "SIP registrar (Digest) and proxy"},
     CFG_END,
 };
 

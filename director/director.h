@@ -18,6 +18,7 @@
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "common/token.h"
+#include "director/registrar.h"
 #include <uv.h>
 
 struct director_ctl_config {
@@ -38,6 +39,7 @@ struct director_config {
     struct director_ctl_config ctl;
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
+    struct director_sip_config sip; /* registrar.c */
 };
 
 /* Key table for cfg_load (director/config.c). */
