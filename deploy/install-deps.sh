@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs every Debian package the suite needs to build, test and benchmark.
 # Idempotent: installs only what is missing. Usage: deploy/install-deps.sh [--check]
+# EDGE_DEPS_GROUPS picks the groups (default "build test bench"); the container images' build
+# stage uses EDGE_DEPS_GROUPS=build, so `make` inside it installs nothing else.
 set -eu
 
 # Build: compiler, libraries (-dev), code generator, unit tests, fuzzing.
@@ -8,13 +10,29 @@ BUILD="build-essential pkg-config clang libclang-rt-14-dev
   libuv1-dev libmbedtls-dev libsrtp2-dev libosip2-dev libyaml-dev
   libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libc-ares-dev
   libhttp-parser-dev"
-# Integration tests: real clients nobody here wrote.
+# Integration tests: real clients nobody here wrote; docker-compose (validates the compose
+# file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests.
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
-  dnsmasq-base iproute2 nftables procps"
+  dnsmasq-base iproute2 nftables procps
+  docker-compose python3-yaml systemd"
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light haproxy kamailio kamailio-tls-modules stunnel4"
 
-PKGS="$BUILD $TEST $BENCH"
+# Runtime: the shared libraries the daemons link (what the -dev packages above pull in); the
+# container images' slim stage installs exactly these.
+RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1
+  libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1"
+
+PKGS=""
+for g in ${EDGE_DEPS_GROUPS:-build test bench}; do
+    case $g in
+    build) PKGS="$PKGS $BUILD" ;;
+    test) PKGS="$PKGS $TEST" ;;
+    bench) PKGS="$PKGS $BENCH" ;;
+    runtime) PKGS="$PKGS $RUNTIME" ;;
+    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime)" >&2; exit 2 ;;
+    esac
+done
 # One dpkg-query for all: the Makefile runs this on every build.
 installed=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '/ ok installed$/ {print $1}')
 missing=""

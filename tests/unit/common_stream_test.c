@@ -1,0 +1,524 @@
+/* stream: a real libuv loop on 127.0.0.1, plain TCP and TLS. */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/stream.h"
+
+#define CERTS "build/test-certs"
+
+/* One test's world: a listener, the server-side stream and a client stream. */
+struct world {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_timer_t guard;
+    struct addr addr;
+    struct stream_opts sopts, copts;
+    struct stream_cbs scbs, ccbs;
+    struct stream *srv, *cli;
+    /* what happened */
+    int srv_open, cli_open, srv_closed, cli_closed, drains;
+    int srv_err, cli_err;
+    char srv_why[160], cli_why[160];
+    uint8_t got[1 << 16];
+    size_t got_len;
+    size_t srv_got;
+    size_t written;
+    bool echo;
+    bool srv_pause;
+    bool saw_enobufs;
+    int accept_rc;
+    struct tls_ctx *sniff; /* server: start TLS when the first bytes look like a ClientHello */
+};
+
+static int certs_setup(void **state)
+{
+    (void)state;
+    return system("deploy/certs.sh " CERTS " >/dev/null 2>&1") == 0 ? 0 : -1;
+}
+
+static void stop_all(struct world *w)
+{
+    if (!uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->guard))
+        uv_close((uv_handle_t *)&w->guard, NULL);
+}
+
+static void maybe_done(struct world *w)
+{
+    if (w->srv_closed && w->cli_closed)
+        stop_all(w);
+}
+
+static int srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    if (w->sniff && !stream_tls(s) && tls_looks_like_client_hello(p, n)) {
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), 0);
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), -EALREADY);
+        return 0;
+    }
+    w->srv_got += n;
+    if (w->echo)
+        assert_int_equal(stream_write(s, p, n), 0);
+    return 0;
+}
+
+static void srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    if (w->srv_pause)
+        stream_read_stop(s);
+}
+
+static void srv_close(struct stream *s, int err, const char *why, void *arg)
+{
+    struct world *w = arg;
+    w->srv_closed++;
+    w->srv_err = err;
+    snprintf(w->srv_why, sizeof w->srv_why, "%s", why ? why : "");
+    w->srv = NULL;
+    maybe_done(w);
+}
+
+static int cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    assert_true(w->got_len + n <= sizeof w->got);
+    memcpy(w->got + w->got_len, p, n);
+    w->got_len += n;
+    if (w->got_len == 5 && !w->saw_enobufs)
+        stream_close(s, 0, "done");
+    return 0;
+}
+
+static void cli_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    assert_int_equal(stream_write(s, "hello", 5), 0);
+}
+
+static void cli_close(struct stream *s, int err, const char *why, void *arg)
+{
+    struct world *w = arg;
+    w->cli_closed++;
+    w->cli_err = err;
+    snprintf(w->cli_why, sizeof w->cli_why, "%s", why ? why : "");
+    w->cli = NULL;
+    maybe_done(w);
+}
+
+static void on_conn(uv_stream_t *l, int status)
+{
+    struct world *w = l->data;
+    assert_int_equal(status, 0);
+    w->accept_rc = stream_accept(l, &w->sopts, &w->scbs, w, &w->srv);
+    assert_int_equal(w->accept_rc, 0);
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    if (w->cli)
+        stream_close(w->cli, -ETIMEDOUT, "test guard");
+    if (w->srv)
+        stream_close(w->srv, -ETIMEDOUT, "test guard");
+    stop_all(w);
+}
+
+static void world_init(struct world *w)
+{
+    memset(w, 0, sizeof *w);
+    assert_int_equal(uv_loop_init(&w->loop), 0);
+    assert_int_equal(addr_parse(&w->addr, "127.0.0.1:0", 0), 0);
+    assert_int_equal(stream_listen(&w->loop, &w->listener, &w->addr, 16, false, on_conn), 0);
+    w->listener.data = w;
+    int len = sizeof w->addr.u.ss;
+    assert_int_equal(uv_tcp_getsockname(&w->listener, &w->addr.u.sa, &len), 0);
+    assert_true(addr_port(&w->addr) != 0);
+    uv_timer_init(&w->loop, &w->guard);
+    w->guard.data = w;
+    uv_timer_start(&w->guard, on_guard, 5000, 0);
+    w->scbs = (struct stream_cbs){.on_data = srv_data, .on_open = srv_open, .on_close = srv_close};
+    w->ccbs = (struct stream_cbs){.on_data = cli_data, .on_open = cli_open, .on_close = cli_close};
+}
+
+static void world_run(struct world *w)
+{
+    assert_int_equal(stream_connect(&w->loop, &w->addr, NULL, &w->copts, &w->ccbs, w, &w->cli), 0);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w->loop), 0);
+}
+
+static struct tls_ctx *mk_ctx(bool server)
+{
+    struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
+    struct tls_opts o = {.server = server, .certs = server ? &co : NULL, .ncerts = server,
+                         .ca_file = CERTS "/ca.crt", .verify_peer = !server};
+    char err[256];
+    struct tls_ctx *c = NULL;
+    assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), 0);
+    return c;
+}
+
+static void test_echo_plain(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    world_run(&w);
+    assert_int_equal(w.cli_open, 1);
+    assert_int_equal(w.srv_open, 1);
+    assert_int_equal(w.got_len, 5);
+    assert_memory_equal(w.got, "hello", 5);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, 0);
+    assert_string_equal(w.cli_why, "done");
+    /* The server sees the client's FIN as a clean close. */
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, 0);
+}
+
+static void test_echo_tls(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    w.sopts.handshake_timeout_ms = 2000;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.cli_open, 1);
+    assert_int_equal(w.srv_open, 1);
+    assert_int_equal(w.got_len, 5);
+    assert_memory_equal(w.got, "hello", 5);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.cli_closed, 1);
+}
+
+static void test_tls_failure_closes_with_reason(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "not-the-director";
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.cli_open, 0);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, -EPROTO);
+    assert_non_null(strstr(w.cli_why, "name mismatch"));
+    assert_int_equal(w.srv_closed, 1);
+    assert_true(w.srv_err < 0);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    struct addr to = w.addr;
+    uv_close((uv_handle_t *)&w.listener, NULL);
+    w.srv_closed = 1; /* there will be no server stream */
+    assert_int_equal(stream_connect(&w.loop, &to, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, UV_ECONNREFUSED);
+    assert_non_null(strstr(w.cli_why, "connect failed"));
+}
+
+/* Backpressure: the server stops reading, the client writes until -ENOBUFS, then the
+ * server resumes and the client hears on_drain. */
+static void bp_resume(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    stream_read_start(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void bp_fill(struct world *w, struct stream *s)
+{
+    static uint8_t chunk[16384];
+    for (int i = 0; i < 100000; i++) {
+        int rc = stream_write(s, chunk, sizeof chunk);
+        if (rc == -ENOBUFS) {
+            w->saw_enobufs = true;
+            return;
+        }
+        assert_int_equal(rc, 0);
+        w->written += sizeof chunk;
+    }
+    fail_msg("never saw -ENOBUFS");
+}
+
+static uv_timer_t bp_timer;
+
+static void bp_cli_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    bp_fill(w, s);
+    assert_true(stream_queued(s) > 0);
+    uv_timer_init(&w->loop, &bp_timer);
+    bp_timer.data = w;
+    uv_timer_start(&bp_timer, bp_resume, 50, 0);
+}
+
+static void bp_cli_drain(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->drains++;
+    assert_true(stream_queued(s) < 64 * 1024 / 2);
+    stream_shutdown(s);
+}
+
+static void backpressure(bool tls)
+{
+    struct world w;
+    world_init(&w);
+    w.srv_pause = true;
+    w.copts.write_cap = 64 * 1024;
+    w.ccbs.on_open = bp_cli_open;
+    w.ccbs.on_drain = bp_cli_drain;
+    if (tls) {
+        w.sopts.tls = mk_ctx(true);
+        w.copts.tls = mk_ctx(false);
+        w.copts.server_name = "director";
+    }
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_true(w.saw_enobufs);
+    assert_int_equal(w.drains, 1);
+    /* Everything accepted was delivered, then the half-close ended both sides cleanly. */
+    assert_int_equal(w.srv_got, w.written);
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.cli_err, 0);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.cli_closed, 1);
+}
+
+static void test_backpressure_plain(void **state)
+{
+    (void)state;
+    backpressure(false);
+}
+
+static void test_backpressure_tls(void **state)
+{
+    (void)state;
+    backpressure(true);
+}
+
+/* The server pauses reading before the TLS handshake is over: the handshake still
+ * completes, data waits, and arrives once reading resumes. */
+static void pause_resume(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    assert_int_equal(w->srv_got, 0);
+    stream_read_start(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static uv_timer_t pause_timer;
+
+static void pause_srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    uv_timer_init(&w->loop, &pause_timer);
+    pause_timer.data = w;
+    uv_timer_start(&pause_timer, pause_resume, 50, 0);
+}
+
+static void test_read_stop_before_handshake(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    w.scbs.on_open = pause_srv_open;
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    /* Run until the server stream exists, then pause it before its handshake is done. */
+    while (!w.srv)
+        uv_run(&w.loop, UV_RUN_ONCE);
+    stream_read_stop(w.srv);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.srv_open, 1);
+    assert_int_equal(w.got_len, 5);
+    assert_memory_equal(w.got, "hello", 5);
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.cli_err, 0);
+}
+
+/* One port for plain and TLS: the server looks at the first bytes and starts TLS. */
+static void test_start_tls_after_sniffing(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.echo = true;
+        w.sniff = mk_ctx(true);
+        if (tls) {
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        world_run(&w);
+        tls_ctx_unref(w.sniff);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.got_len, 5);
+        assert_memory_equal(w.got, "hello", 5);
+        assert_int_equal(w.srv_open, tls ? 2 : 1); /* plain open, then TLS open */
+        assert_int_equal(w.srv_got, 5);
+        assert_int_equal(w.srv_err, 0);
+    }
+}
+
+static void silent_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+}
+
+static void test_idle_timeout_closes(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.idle_timeout_ms = 100;
+    w.ccbs.on_open = silent_open;
+    uint64_t t0 = uv_hrtime();
+    world_run(&w);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "idle timeout");
+    assert_true(ms >= 90 && ms < 2000);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, 0); /* the client just sees the server go */
+}
+
+static void test_handshake_timeout_closes_silent_client(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.sopts.handshake_timeout_ms = 100;
+    w.ccbs.on_open = silent_open; /* plain TCP client that never says hello */
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "TLS handshake timeout");
+    assert_int_equal(w.cli_closed, 1);
+}
+
+/* With no timeout in the stream options, the one in the TLS options applies. */
+static void test_handshake_timeout_from_tls_opts(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .handshake_timeout_ms = 80};
+    char err[256];
+    assert_int_equal(tls_ctx_create(&w.sopts.tls, &o, err, sizeof err), 0);
+    w.ccbs.on_open = silent_open;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "TLS handshake timeout");
+}
+
+static void test_close_is_idempotent(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.srv_closed = 1;
+    uv_close((uv_handle_t *)&w.listener, NULL);
+    struct addr to;
+    assert_int_equal(addr_parse(&to, "127.0.0.1:9", 0), 0);
+    assert_int_equal(stream_connect(&w.loop, &to, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    stream_close(w.cli, -ECANCELED, "first");
+    stream_close(w.cli, -EIO, "second");
+    assert_int_equal(stream_write(w.cli, "x", 1), -EPIPE);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, -ECANCELED);
+    assert_string_equal(w.cli_why, "first");
+}
+
+static void test_listen_reuseport_and_errors(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_tcp_t a, b, c;
+    struct addr ad;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(addr_parse(&ad, "127.0.0.1:0", 0), 0);
+    assert_int_equal(stream_listen(&loop, &a, &ad, 8, true, on_conn), 0);
+    int len = sizeof ad.u.ss;
+    uv_tcp_getsockname(&a, &ad.u.sa, &len);
+    /* A second listener on the same port works with SO_REUSEPORT ... */
+    assert_int_equal(stream_listen(&loop, &b, &ad, 8, true, on_conn), 0);
+    /* ... and fails without, leaving no handle behind. */
+    assert_int_equal(stream_listen(&loop, &c, &ad, 8, false, on_conn), -EADDRINUSE);
+    uv_close((uv_handle_t *)&a, NULL);
+    uv_close((uv_handle_t *)&b, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_echo_plain),
+        cmocka_unit_test(test_echo_tls),
+        cmocka_unit_test(test_tls_failure_closes_with_reason),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_backpressure_plain),
+        cmocka_unit_test(test_backpressure_tls),
+        cmocka_unit_test(test_read_stop_before_handshake),
+        cmocka_unit_test(test_start_tls_after_sniffing),
+        cmocka_unit_test(test_idle_timeout_closes),
+        cmocka_unit_test(test_handshake_timeout_closes_silent_client),
+        cmocka_unit_test(test_handshake_timeout_from_tls_opts),
+        cmocka_unit_test(test_close_is_idempotent),
+        cmocka_unit_test(test_listen_reuseport_and_errors),
+    };
+    return cmocka_run_group_tests(tests, certs_setup, NULL);
+}
