@@ -379,7 +379,10 @@ class RevproxyTest(SuiteTest):
             stop.set()
             t.join()
         grown = (peak[0] - base) / 1024
-        self.assertLess(grown, 8, f"proxy RSS grew {grown:.1f} MiB for {size >> 20} MiB each way")
+        print(f"[proxy RSS {base >> 10} MiB at start, +{grown:.1f} MiB at peak] ", end="", flush=True)
+        if "san" not in os.path.basename(os.environ.get("SUITE_BUILD", "")):
+            # (ASan's quarantine keeps freed blocks, so only the plain build is measured.)
+            self.assertLess(grown, 8, f"proxy RSS grew {grown:.1f} MiB for {size >> 20} MiB each way")
 
     def test_large_download_and_chunked_upload_stream_with_flat_memory(self):
         self._streams_flat(256 << 20)
