@@ -76,6 +76,7 @@ include common/build.mk
 -include av-edge/build.mk
 -include revproxy/build.mk
 include tests/build.mk
+-include deploy/build.mk
 
 all: $(BUILD)/libcommon.a $(DAEMONS)
 units: $(UNIT_TESTS)
