@@ -4,7 +4,14 @@
  * Client (edges): connects, sends Hello, receives Welcome and updates, sends periodic
  * Reports, answers heartbeats, and reconnects with exponential backoff and jitter,
  * re-sending its Hello. Server (Director): accepts edges, tracks them, relays Reports to
- * subscribers, pushes SecretUpdate/Revoke/Drain. */
+ * subscribers, pushes SecretUpdate/Revoke/Drain.
+ *
+ * A Director that closes a connection on purpose (refused Hello, duplicate instance,
+ * protocol error, shutdown) first sends a Goodbye with the reason, which the edge logs.
+ *
+ * Heartbeats: both sides send a Ping every heartbeat interval (the Director's, announced
+ * in Welcome) and answer a Ping with a Pong; any frame counts as a sign of life. A side
+ * that hears nothing for three intervals closes the connection. */
 #ifndef COMMON_CTL_H
 #define COMMON_CTL_H
 
@@ -14,6 +21,7 @@
 #include "common/tls.h"
 #include "common/util.h"
 
+/* Largest Envelope accepted or sent (the 4-byte length prefix is not counted). */
 #define CTL_FRAME_MAX (64 * 1024)
 
 enum ctl_role {
@@ -24,123 +32,218 @@ enum ctl_role {
     CTL_ROLE_AV_EDGE,
     CTL_ROLE_REVPROXY,
 };
+#define CTL_ROLE_COUNT 6
+/* "director", "access-edge", "conf-edge", "av-edge", "revproxy", or "unknown". */
 const char *ctl_role_name(enum ctl_role r);
+/* Parses one of the names above (not "unknown"); -EINVAL otherwise. */
 int ctl_role_parse(const char *s, enum ctl_role *out);
 
 enum ctl_secret_kind {
+    CTL_SECRET_UNKNOWN = 0,
     CTL_SECRET_RELAY = 1,      /* TURN REST shared secret */
     CTL_SECRET_CONFERENCE = 2, /* conference key signing secret */
 };
+/* "relay", "conference" or "unknown". */
+const char *ctl_secret_kind_name(enum ctl_secret_kind k);
 
 #define CTL_ID_MAX 64
+#define CTL_VERSION_MAX 32
 #define CTL_ADDRS_MAX 8
+#define CTL_SUBSCRIBE_MAX 8
 #define CTL_NOTES_MAX 8
+#define CTL_NOTE_MAX 128
+#define CTL_USER_MAX 128
+#define CTL_SECRET_MAX 64
+#define CTL_SECRETS_MAX 8
 
 struct ctl_secret {
     enum ctl_secret_kind kind;
     char key_id[CTL_ID_MAX];
-    uint8_t secret[64];
+    uint8_t secret[CTL_SECRET_MAX];
     size_t secret_len;
-    int64_t not_after;
+    int64_t not_after; /* unix seconds; 0 = none */
 };
 
 struct ctl_hello {
     enum ctl_role role;
     char instance_id[CTL_ID_MAX];
-    char version[32];
+    char version[CTL_VERSION_MAX];
     char external_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
     size_t n_external;
     char internal_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
     size_t n_internal;
-    enum ctl_role subscribe[6];
+    enum ctl_role subscribe[CTL_SUBSCRIBE_MAX]; /* roles whose reports this edge wants */
     size_t n_subscribe;
 };
 
+struct ctl_welcome {
+    char director_id[CTL_ID_MAX];
+    uint32_t heartbeat_ms;
+    struct ctl_secret secrets[CTL_SECRETS_MAX];
+    size_t n_secrets;
+};
+
 struct ctl_report {
-    enum ctl_role role;            /* set by the Director when relaying */
-    char instance_id[CTL_ID_MAX];  /* set by the Director when relaying */
+    enum ctl_role role;           /* set by the Director when relaying */
+    char instance_id[CTL_ID_MAX]; /* set by the Director when relaying */
     uint64_t connections, allocations, bytes_in, bytes_out, errors;
     uint32_t load_permille;
     bool healthy, draining;
-    char notes[CTL_NOTES_MAX][128];
+    char notes[CTL_NOTES_MAX][CTL_NOTE_MAX];
     size_t n_notes;
 };
 
 struct ctl_revoke {
     char conference_key_id[CTL_ID_MAX];
-    char user[128];
+    char user[CTL_USER_MAX];
     int64_t until;
 };
+
+/* ---- frame codec (pure: no I/O; fuzzed) ---- */
+
+enum ctl_msg_type {
+    CTL_MSG_HELLO = 1,
+    CTL_MSG_WELCOME,
+    CTL_MSG_REPORT,
+    CTL_MSG_SECRET, /* SecretUpdate */
+    CTL_MSG_REVOKE,
+    CTL_MSG_DRAIN,
+    CTL_MSG_PING,
+    CTL_MSG_PONG,
+    CTL_MSG_GOODBYE, /* Director -> edge: why it is about to close the connection */
+};
+
+/* One decoded control message, a plain value (no pointers, nothing to free). */
+struct ctl_msg {
+    enum ctl_msg_type type;
+    union {
+        struct ctl_hello hello;
+        struct ctl_welcome welcome;
+        struct ctl_report report;
+        struct ctl_secret secret;
+        struct ctl_revoke revoke;
+        uint32_t drain_deadline_ms;
+        uint64_t seq; /* ping, pong */
+        char reason[CTL_NOTE_MAX]; /* goodbye */
+    } u;
+};
+
+/* Splits one frame off the front of data into *msg: returns bytes used (>0), -EAGAIN if
+ * the frame is incomplete, -EMSGSIZE if its length prefix exceeds CTL_FRAME_MAX, or
+ * -EBADMSG if the body is not a valid Envelope (undecodable, no message, a string or
+ * list longer than the limits above). */
+ssize_t ctl_frame_decode(const uint8_t *data, size_t len, struct ctl_msg *msg);
+/* Writes m as one frame (prefix + Envelope) into out: returns the frame's length,
+ * -ENOSPC if cap is too small, -EMSGSIZE if the Envelope exceeds CTL_FRAME_MAX, or
+ * -EINVAL for an unknown type. */
+ssize_t ctl_frame_encode(const struct ctl_msg *m, uint8_t *out, size_t cap);
+/* Describes a negative result of ctl_frame_decode for logs ("oversized frame", ...). */
+const char *ctl_frame_strerror(ssize_t err);
 
 /* ---- client (edges) ---- */
 struct ctl_client;
 
+/* Every callback is optional. None runs after ctl_client_stop. */
 struct ctl_client_cbs {
-    void (*on_connected)(void *arg);                       /* Welcome received */
-    void (*on_disconnected)(const char *why, void *arg);
-    void (*on_secret)(const struct ctl_secret *s, void *arg); /* from Welcome and updates */
-    void (*on_report)(const struct ctl_report *r, void *arg); /* another edge's report */
+    void (*on_connected)(const char *director_id, void *arg);    /* Welcome received */
+    void (*on_disconnected)(const char *why, void *arg);         /* after a Welcome only */
+    void (*on_secret)(const struct ctl_secret *s, void *arg);    /* from Welcome and updates */
+    void (*on_report)(const struct ctl_report *r, void *arg);    /* another edge's report */
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);
 };
 
 struct ctl_client_opts {
     struct addr director;
-    struct tls_ctx *tls;            /* client ctx with cert, key and CA (mutual TLS) */
-    const char *director_name;      /* name to verify on the Director's certificate */
+    /* Either a client TLS context (referenced) ... */
+    struct tls_ctx *tls;
+    /* ... or, when tls is NULL, the files to build one from (mutual TLS: all three). */
+    const char *cert_file, *key_file, *ca_file;
+    const char *director_name; /* name to verify on the Director's certificate (copied) */
     struct ctl_hello hello;
-    uint32_t report_interval_ms;    /* 0 = 1000 */
+    uint32_t report_interval_ms;             /* 0 = 1000 */
     uint32_t backoff_min_ms, backoff_max_ms; /* 0 = 100 / 5000 */
-    const struct logger *log;
+    uint32_t welcome_timeout_ms;             /* TLS handshake + Welcome; 0 = 5000 */
+    const struct logger *log;                /* must outlive the client */
 };
 
+/* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
+ * certificates: logged, no memory). An edge typically fills the options from its
+ * `director:` config section (struct director_link_config in common/daemon.h):
+ *
+ *     struct ctl_client_opts o = {
+ *         .director = cfg->director.address, .director_name = cfg->director.server_name,
+ *         .cert_file = cfg->director.tls.cert, .key_file = cfg->director.tls.key,
+ *         .ca_file = cfg->director.tls.ca,
+ *         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
+ *         .log = daemon_logger(d),
+ *         .hello = {.role = CTL_ROLE_AV_EDGE, .version = SUITE_VERSION, ...},
+ *     };
+ *     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", cfg->base.instance_id);
+ *     rc = ctl_client_start(loop, &o, &my_cbs, state, &state->ctl);
+ *     ctl_client_set_report_source(state->ctl, my_fill_report, state);
+ */
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out);
-/* The client calls this before each periodic report to fill in the numbers. */
+/* The client calls fill before each periodic report (and right after each Welcome). */
 typedef void (*ctl_report_fill_cb)(struct ctl_report *r, void *arg);
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg);
-/* Sends a report now (e.g. a watch-list change); -ENOTCONN while disconnected. */
+/* Sends a report now (e.g. a watch-list change); -ENOTCONN until the next Welcome. */
 int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r);
 bool ctl_client_connected(const struct ctl_client *c);
-void ctl_client_stop(struct ctl_client *c); /* frees asynchronously */
+/* Uses tls from the next connection on (certificate reload on SIGHUP); referenced. */
+void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls);
+/* Closes the connection and every handle; frees asynchronously. NULL is a no-op. */
+void ctl_client_stop(struct ctl_client *c);
 
 /* ---- server (Director) ---- */
 struct ctl_server;
-struct ctl_peer; /* one connected edge */
+struct ctl_peer; /* one connected edge; valid until on_gone for it returns */
 
+/* None runs after ctl_server_stop. */
 struct ctl_server_cbs {
-    /* An edge said Hello; fill the secrets to send in Welcome (up to max). Return count. */
-    size_t (*on_hello)(struct ctl_peer *p, const struct ctl_hello *h, struct ctl_secret *secrets,
-                       size_t max, void *arg);
+    /* An edge said Hello: fill up to max secrets for its Welcome and return how many,
+     * or a negative errno to refuse the edge (the connection is closed). */
+    int (*on_hello)(struct ctl_peer *p, const struct ctl_hello *h, struct ctl_secret *secrets,
+                    size_t max, void *arg);
+    /* A report from p (role and instance_id already filled in from its Hello). */
     void (*on_report)(struct ctl_peer *p, const struct ctl_report *r, void *arg);
+    /* p, which had said Hello, is gone; p is freed after this returns. */
     void (*on_gone)(struct ctl_peer *p, const char *why, void *arg);
 };
 
 struct ctl_server_opts {
     struct addr listen;
-    struct tls_ctx *tls;            /* server ctx requiring client certificates */
-    uint32_t heartbeat_ms;          /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
-    const char *director_id;
-    const struct logger *log;
+    struct tls_ctx *tls;   /* server ctx requiring client certificates; referenced */
+    uint32_t heartbeat_ms; /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
+    const char *director_id; /* copied */
+    size_t max_peers;        /* open connections at most (0 = 1024); more are refused */
+    const struct logger *log; /* must outlive the server */
 };
 
 int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
                      const struct ctl_server_cbs *cb, void *arg, struct ctl_server **out);
+/* Closes the listener and every peer; frees asynchronously. NULL is a no-op. */
 void ctl_server_stop(struct ctl_server *s);
+/* Uses tls for connections accepted from now on (certificate reload); peers keep theirs. */
+void ctl_server_set_tls(struct ctl_server *s, struct tls_ctx *tls);
+/* The address the listener is bound to (useful when listening on port 0). */
+int ctl_server_local_addr(const struct ctl_server *s, struct addr *out);
+/* Connected peers that said Hello. */
+size_t ctl_server_peer_count(const struct ctl_server *s);
+/* Calls fn for each connected peer that said Hello. fn may send to p, not close it. */
+void ctl_server_foreach(struct ctl_server *s, void (*fn)(struct ctl_peer *p, void *arg), void *arg);
+
 const struct ctl_hello *ctl_peer_hello(const struct ctl_peer *p);
 const struct addr *ctl_peer_addr(const struct ctl_peer *p);
+/* Subject CN of the peer's (verified) certificate, or "". */
+const char *ctl_peer_cert_name(const struct ctl_peer *p);
+/* Each returns 0, -ENOTCONN if the peer is closing, or -ENOBUFS (then the peer is closed:
+ * an edge that does not read its control channel is dropped). */
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);
 int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
-/* Calls fn for each connected peer that said Hello. */
-void ctl_server_foreach(struct ctl_server *s, void (*fn)(struct ctl_peer *p, void *arg), void *arg);
-
-/* ---- frame codec (pure; fuzzed) ----
- * Splits one frame off the front of data: returns bytes used (>0), -EAGAIN if incomplete,
- * -EMSGSIZE if the length prefix exceeds CTL_FRAME_MAX, -EBADMSG if the body does not decode.
- * On success *msg is a decoded message to free with ctl_msg_free. */
-struct ctl_msg;
-ssize_t ctl_frame_decode(const uint8_t *data, size_t len, struct ctl_msg **msg);
-void ctl_msg_free(struct ctl_msg *m);
+/* Closes p; on_gone follows from the loop. */
+void ctl_peer_close(struct ctl_peer *p, const char *why);
 
 #endif

@@ -33,8 +33,6 @@ struct stream {
     /* Before on_open: handshake/connect timeout. After: a zero-delay kick that resumes
      * delivery of plaintext left in the TLS buffers when reading was stopped. */
     uv_timer_t kick;
-    uv_connect_t connect_req;
-    uv_shutdown_t shutdown_req;
     uv_loop_t *loop;
     struct tls_conn *tls;
     struct stream_cbs cb;
@@ -56,8 +54,11 @@ struct stream {
     bool shut_sent;
     bool eof;          /* peer finished: close once the write queue is empty */
     bool in_process;
+    bool in_read;      /* inside on_read: a TLS start waits for the user's on_data to return */
+    bool accepted;     /* server side: the first bytes must start a TLS ClientHello */
+    bool seen_bytes;
     int close_err;
-    char close_why[160];
+    char *close_why; /* allocated when closing */
 };
 
 static void stream_process(struct stream *s);
@@ -132,10 +133,11 @@ static void on_handle_closed(uv_handle_t *h)
     if (--s->open_handles > 0)
         return;
     if (!s->silent && s->cb.on_close)
-        s->cb.on_close(s, s->close_err, s->close_why[0] ? s->close_why : NULL, s->arg);
+        s->cb.on_close(s, s->close_err, s->close_why, s->arg);
     tls_conn_destroy(s->tls);
     q_free(&s->plain);
     free(s->rbuf);
+    free(s->close_why);
     free(s);
 }
 
@@ -145,10 +147,11 @@ void stream_close(struct stream *s, int err, const char *why)
         return;
     s->closing = true;
     s->close_err = err;
-    if (why)
-        snprintf(s->close_why, sizeof s->close_why, "%s", why);
-    else if (err)
-        snprintf(s->close_why, sizeof s->close_why, "%s", uv_strerror(err));
+    if (why || err)
+        s->close_why = strdup(why ? why : uv_strerror(err));
+    /* A clean close of an established TLS stream says so (close_notify). */
+    if (s->tls && s->opened && err == 0)
+        tls_conn_close_notify(s->tls);
     /* A TLS alert explaining a failure is worth one non-blocking attempt. */
     if (s->tls && !s->inflight && s->connected) {
         const uint8_t *p;
@@ -202,6 +205,7 @@ static void maybe_drain(struct stream *s)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct stream *s = req->data;
+    free(req);
     if (status < 0 && status != UV_ECANCELED)
         stream_close(s, status, "shutdown failed");
 }
@@ -215,8 +219,14 @@ static void maybe_finish(struct stream *s)
         return;
     if (s->want_shutdown && !s->shut_sent && s->opened) {
         s->shut_sent = true;
-        s->shutdown_req.data = s;
-        int rc = uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, on_shutdown);
+        uv_shutdown_t *req = malloc(sizeof *req);
+        int rc = req ? 0 : -ENOMEM;
+        if (req) {
+            req->data = s;
+            rc = uv_shutdown(req, (uv_stream_t *)&s->tcp, on_shutdown);
+            if (rc < 0)
+                free(req);
+        }
         if (rc < 0)
             stream_close(s, rc, "shutdown failed");
     }
@@ -353,8 +363,11 @@ static void stream_process(struct stream *s)
     s->in_process = true;
     while (!s->closing) {
         bool was_done = tls_conn_handshake_done(s->tls);
-        if (was_done && !s->reading)
+        if (was_done && !s->reading) {
+            /* Paused during the handshake: stop the socket too, now that it is done. */
+            uv_read_stop((uv_stream_t *)&s->tcp);
             break;
+        }
         ssize_t n = tls_conn_read(s->tls, pt, sizeof pt);
         if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
             stream_flush(s); /* Finished goes out before any reply the user writes */
@@ -415,10 +428,24 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     }
     touch(s);
     if (!s->tls) {
+        s->in_read = true;
         int rc = s->cb.on_data ? s->cb.on_data(s, s->rbuf, (size_t)n, s->arg) : 0;
+        s->in_read = false;
         if (rc < 0)
             stream_close(s, rc, "closed by handler");
+        else if (s->tls) /* stream_start_tls() was called from on_data */
+            stream_process(s);
         goto out;
+    }
+    /* A server checks the very first bytes itself: a plaintext client (HTTP, a PSOM
+     * preamble sent in clear) is closed at once and reported as "not TLS", where mbedTLS
+     * would wait for a whole record header or report a bad ClientHello. */
+    if (s->accepted && !s->seen_bytes) {
+        s->seen_bytes = true;
+        if (!tls_looks_like_client_hello(s->rbuf, (size_t)n)) {
+            stream_close(s, -EPROTO, "not TLS: the first bytes are not a ClientHello");
+            goto out;
+        }
     }
     int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
     if (rc < 0) {
@@ -488,6 +515,8 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
             free(s);
             return rc;
         }
+        if (!s->hs_timeout_ms)
+            s->hs_timeout_ms = tls_ctx_handshake_timeout(o->tls);
     }
     uv_tcp_init(loop, &s->tcp);
     uv_timer_init(loop, &s->idle);
@@ -539,6 +568,7 @@ int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct
     uv_tcp_nodelay(&s->tcp, 1);
     fill_addrs(s);
     s->connected = true;
+    s->accepted = true;
     *out = s;
     if (!s->tls) {
         touch(s);
@@ -552,6 +582,7 @@ int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct
 static void on_connect(uv_connect_t *req, int status)
 {
     struct stream *s = req->data;
+    free(req);
     if (s->closing)
         return;
     if (status < 0) {
@@ -591,9 +622,15 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
         return rc;
     if (bind_from)
         rc = uv_tcp_bind(&s->tcp, &bind_from->u.sa, 0);
-    s->connect_req.data = s;
-    if (rc == 0)
-        rc = uv_tcp_connect(&s->connect_req, &s->tcp, &to->u.sa, on_connect);
+    uv_connect_t *req = NULL;
+    if (rc == 0 && !(req = malloc(sizeof *req)))
+        rc = -ENOMEM;
+    if (rc == 0) {
+        req->data = s;
+        rc = uv_tcp_connect(req, &s->tcp, &to->u.sa, on_connect);
+        if (rc < 0)
+            free(req);
+    }
     if (rc < 0) {
         stream_abort(s, rc);
         return rc;
@@ -601,6 +638,38 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
     s->peer = *to;
     start_timers(s);
     *out = s;
+    return 0;
+}
+
+int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
+                     const uint8_t *prefix, size_t len)
+{
+    if (!s || !ctx || (!prefix && len))
+        return -EINVAL;
+    if (s->closing)
+        return -EPIPE;
+    if (s->tls || !s->opened)
+        return -EALREADY;
+    if (stream_queued(s) > 0 || s->want_shutdown || s->eof)
+        return -EBUSY;
+    struct tls_conn *t;
+    int rc = tls_conn_create(&t, ctx, server_name);
+    if (rc < 0)
+        return rc;
+    if (len && (rc = tls_conn_feed(t, prefix, len)) < 0) {
+        tls_conn_destroy(t);
+        return rc;
+    }
+    q_free(&s->plain);
+    s->tls = t;
+    s->seen_bytes = true; /* the caller sniffed the first bytes and chose TLS */
+    s->opened = false; /* on_open fires again when the handshake is done */
+    uint32_t to = s->hs_timeout_ms ? s->hs_timeout_ms : tls_ctx_handshake_timeout(ctx);
+    if (to)
+        uv_timer_start(&s->kick, on_kick, to, 0);
+    /* From on_data, the bytes are processed once it returns; otherwise now. */
+    if (!s->in_read)
+        stream_process(s);
     return 0;
 }
 

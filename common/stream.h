@@ -3,7 +3,12 @@
  * Owns a uv_tcp_t, read and write buffers with caps, an idle timer and a handshake
  * timer. The user sees plaintext only: on_data with bytes, on_close once with the reason.
  * Backpressure: stream_write() queues up to write_cap bytes; when the queue passes it,
- * stream_write returns -ENOBUFS and on_drain is called once it falls below half. */
+ * stream_write returns -ENOBUFS and on_drain is called once it falls below half.
+ * -ENOBUFS means nothing was queued: keep the data and write it again from on_drain. A
+ * write into an empty queue is always taken, however large. With TLS the queue counts
+ * ciphertext, and writes before the handshake finishes wait in the TLS layer.
+ * The peer's end of stream (FIN, or TLS close_notify) closes the stream with err 0 once
+ * the write queue has drained. */
 #ifndef COMMON_STREAM_H
 #define COMMON_STREAM_H
 
@@ -53,6 +58,14 @@ void stream_read_start(struct stream *s);
 void stream_shutdown(struct stream *s);
 /* Closes (idempotent); on_close runs later from the loop with err. */
 void stream_close(struct stream *s, int err, const char *why);
+
+/* Turns an open plain stream into a TLS one (server ctx: accept; client ctx: connect with
+ * server_name). prefix holds bytes already received that belong to TLS (e.g. the data
+ * passed to on_data that tls_looks_like_client_hello() recognised); they are copied.
+ * Callable from on_data (processing resumes when it returns). on_open fires again once
+ * the handshake is done. -EBUSY if writes are still queued, -EALREADY if already TLS. */
+int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
+                     const uint8_t *prefix, size_t len);
 
 const struct addr *stream_peer(const struct stream *s);
 const struct addr *stream_local(const struct stream *s);

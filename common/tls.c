@@ -24,7 +24,20 @@
 #include <mbedtls/ssl_ciphersuites.h>
 #include <mbedtls/ssl_internal.h>
 #include <mbedtls/ssl_ticket.h>
+#include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
+
+/* mbedTLS 2.28 allocates two 16 KiB record buffers per connection for its whole life
+ * (MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH is off in the packaged build). An idle connection
+ * does not need them: between records nothing lives there but the two 8-byte sequence
+ * numbers, so we keep those and free the buffers, and allocate them again when a record
+ * comes or goes. This reaches into mbedTLS 2.x internals (ssl_internal.h), hence the
+ * version guard; elsewhere connections simply keep their buffers. */
+#if MBEDTLS_VERSION_MAJOR == 2 && !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH)
+#define TLS_CAN_SLEEP 1
+#else
+#define TLS_CAN_SLEEP 0
+#endif
 
 /* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
 #define TLS_IN_CAP (4 * (16384 + 2048))
@@ -62,7 +75,9 @@ struct tls_ctx {
     mbedtls_ssl_cache_context cache;
     const char **alpn; /* owned, NULL-terminated, strings in the same block */
     int *suites;       /* 0-terminated */
+    mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
+    uint32_t handshake_timeout_ms;
     /* Client: the last session, offered again on reconnect to the same name. */
     pthread_mutex_t lock;
     mbedtls_ssl_session session;
@@ -80,6 +95,8 @@ struct tls_conn {
     bool resumed;
     bool failed;
     bool verified;
+    bool asleep;       /* record buffers freed while idle */
+    uint8_t ctr_in[8], ctr_out[8]; /* record sequence numbers while asleep */
     bool ip_name;      /* client: server_name is an IP literal, checked against IP SANs */
     uint8_t ip[16];
     size_t iplen;
@@ -87,7 +104,7 @@ struct tls_conn {
     char *peer_cn;
     char *vinfo; /* issuer and subject of the peer certificate during the handshake */
     char **peer_sans; /* NULL-terminated; strings in the same block */
-    char err[TLS_ERR_LEN];
+    char *err; /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -149,9 +166,11 @@ static void bq_consume(struct bq *q, size_t n)
 static void set_err(struct tls_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_err(struct tls_conn *c, const char *fmt, ...)
 {
+    if (!c->err && !(c->err = malloc(TLS_ERR_LEN)))
+        return; /* tls_conn_error then says "out of memory" */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err, sizeof c->err, fmt, ap);
+    vsnprintf(c->err, TLS_ERR_LEN, fmt, ap);
     va_end(ap);
 }
 
@@ -599,9 +618,10 @@ static const int default_suites[] = {
     0,
 };
 
+/* secp256r1 first: mbedTLS 2.28 does it faster than x25519 (see make bench-tls). */
 static const mbedtls_ecp_group_id curves[] = {
-    MBEDTLS_ECP_DP_CURVE25519,
     MBEDTLS_ECP_DP_SECP256R1,
+    MBEDTLS_ECP_DP_CURVE25519,
     MBEDTLS_ECP_DP_SECP384R1,
     MBEDTLS_ECP_DP_NONE,
 };
@@ -651,6 +671,44 @@ bad:
     return -EINVAL;
 }
 
+/* Parses "x25519:secp256r1" into a NONE-terminated group list. */
+static int parse_groups(const char *spec, mbedtls_ecp_group_id **out, char *err, size_t cap)
+{
+    size_t n = 1;
+    for (const char *p = spec; *p; p++)
+        n += *p == ':' || *p == ',';
+    mbedtls_ecp_group_id *g = calloc(n + 1, sizeof *g);
+    if (!g)
+        return -ENOMEM;
+    size_t k = 0;
+    for (const char *p = spec; *p;) {
+        size_t l = strcspn(p, ":,");
+        char name[32];
+        if (l == 0 || l >= sizeof name) {
+            errf(err, cap, "bad group list \"%s\"", spec);
+            free(g);
+            return -EINVAL;
+        }
+        memcpy(name, p, l);
+        name[l] = '\0';
+        const mbedtls_ecp_curve_info *ci = mbedtls_ecp_curve_info_from_name(name);
+        if (!ci && strcasecmp(name, "p-256") == 0)
+            ci = mbedtls_ecp_curve_info_from_grp_id(MBEDTLS_ECP_DP_SECP256R1);
+        if (!ci) {
+            errf(err, cap, "unknown ECDHE group \"%s\"", name);
+            free(g);
+            return -EINVAL;
+        }
+        g[k++] = ci->grp_id;
+        p += l;
+        if (*p)
+            p++;
+    }
+    g[k] = MBEDTLS_ECP_DP_NONE;
+    *out = g;
+    return 0;
+}
+
 static int copy_alpn(const char *const *alpn, const char ***out)
 {
     size_t n = 0, bytes = 0;
@@ -695,6 +753,7 @@ static void ctx_free(struct tls_ctx *c)
     mbedtls_entropy_free(&c->entropy);
     free(c->alpn);
     free(c->suites);
+    free(c->groups);
     free(c);
 }
 
@@ -716,6 +775,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     c->refs = 1;
     c->server = o->server;
     c->verify_peer = o->verify_peer;
+    c->handshake_timeout_ms = o->handshake_timeout_ms;
     mbedtls_entropy_init(&c->entropy);
     mbedtls_ctr_drbg_init(&c->drbg);
     mbedtls_ssl_config_init(&c->conf);
@@ -806,7 +866,14 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     } else {
         mbedtls_ssl_conf_ciphersuites(&c->conf, default_suites);
     }
-    mbedtls_ssl_conf_curves(&c->conf, curves);
+    if (o->groups) {
+        rc = parse_groups(o->groups, &c->groups, err, errcap);
+        if (rc)
+            goto fail;
+        mbedtls_ssl_conf_curves(&c->conf, c->groups);
+    } else {
+        mbedtls_ssl_conf_curves(&c->conf, curves);
+    }
     mbedtls_ssl_conf_sig_hashes(&c->conf, sig_hashes);
     mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
 
@@ -884,12 +951,75 @@ void tls_ctx_unref(struct tls_ctx *c)
         ctx_free(c);
 }
 
+uint32_t tls_ctx_handshake_timeout(const struct tls_ctx *c)
+{
+    return c ? c->handshake_timeout_ms : 0;
+}
+
+bool tls_ctx_is_server(const struct tls_ctx *c)
+{
+    return c && c->server;
+}
+
 const char *tls_ctx_fingerprint(const struct tls_ctx *c)
 {
     return c && c->fingerprint[0] ? c->fingerprint : NULL;
 }
 
 /* ---- connection ---- */
+
+/* Frees the record buffers of an established, idle connection. */
+static void conn_sleep(struct tls_conn *c)
+{
+#if TLS_CAN_SLEEP
+    mbedtls_ssl_context *s = &c->ssl;
+    if (!c->done || c->failed || c->asleep || s->in_left || s->in_msglen || s->in_offt ||
+        s->in_hslen || s->out_left || s->keep_current_message || !s->in_buf || !s->out_buf)
+        return;
+    memcpy(c->ctr_in, s->in_ctr, 8);
+    memcpy(c->ctr_out, s->out_ctr, 8);
+    /* Records are decrypted in place, so in_buf may hold plaintext; out_buf holds only
+     * ciphertext once a record is written (encryption is in place too). */
+    mbedtls_platform_zeroize(s->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
+    free(s->in_buf);
+    free(s->out_buf);
+    s->in_buf = s->in_ctr = s->in_hdr = s->in_len = s->in_iv = s->in_msg = NULL;
+    s->out_buf = s->out_ctr = s->out_hdr = s->out_len = s->out_iv = s->out_msg = NULL;
+    c->asleep = true;
+#else
+    (void)c;
+#endif
+}
+
+/* Gives a sleeping connection its record buffers back. */
+static int conn_wake(struct tls_conn *c)
+{
+#if TLS_CAN_SLEEP
+    if (!c->asleep)
+        return 0;
+    mbedtls_ssl_context *s = &c->ssl;
+    /* mbedTLS allocates these with calloc and frees them with free (no platform memory
+     * hooks in this build); their content before use does not matter. */
+    unsigned char *in = malloc(MBEDTLS_SSL_IN_BUFFER_LEN);
+    unsigned char *out = malloc(MBEDTLS_SSL_OUT_BUFFER_LEN);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        set_err(c, "out of memory");
+        return -ENOMEM;
+    }
+    s->in_buf = in;
+    s->out_buf = out;
+    mbedtls_ssl_reset_in_out_pointers(s);
+    mbedtls_ssl_update_out_pointers(s, s->transform_out); /* room for the explicit IV */
+    memcpy(s->in_ctr, c->ctr_in, 8);
+    memcpy(s->out_ctr, c->ctr_out, 8);
+    c->asleep = false;
+#else
+    (void)c;
+#endif
+    return 0;
+}
 
 static void conn_free_peer(struct tls_conn *c)
 {
@@ -990,6 +1120,7 @@ void tls_conn_destroy(struct tls_conn *c)
         mbedtls_platform_zeroize(c->early.data, c->early.cap);
     bq_free(&c->early);
     free(c->sni);
+    free(c->err);
     free(c->vinfo);
     conn_free_peer(c);
     tls_ctx_unref(c->ctx);
@@ -1043,6 +1174,14 @@ static void handshake_finished(struct tls_conn *c)
             pthread_mutex_unlock(&ctx->lock);
         }
     }
+    /* The names are copied, the session is cached or saved: the parsed peer certificate
+     * (1-2 KiB) has no further use, renegotiation being off. */
+    mbedtls_ssl_session *sess = c->ssl.session;
+    if (sess && sess->peer_cert) {
+        mbedtls_x509_crt_free(sess->peer_cert);
+        free(sess->peer_cert);
+        sess->peer_cert = NULL;
+    }
 }
 
 /* Drives the handshake as far as the buffered input allows. */
@@ -1077,6 +1216,13 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
         return -EINVAL;
     if (c->failed)
         return -EPROTO;
+    if (c->asleep) {
+        if (bq_len(&c->in) == 0 || cap == 0)
+            return -EAGAIN;
+        int rc = conn_wake(c);
+        if (rc)
+            return rc;
+    }
     if (!c->done) {
         int rc = conn_handshake(c);
         if (rc)
@@ -1088,8 +1234,10 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
         int rc = mbedtls_ssl_read(&c->ssl, out, cap);
         if (rc > 0)
             return rc;
-        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+            conn_sleep(c);
             return -EAGAIN;
+        }
         if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || rc == 0)
             return 0;
         if (rc == MBEDTLS_ERR_SSL_CLIENT_RECONNECT)
@@ -1110,13 +1258,20 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
         int rc = bq_append(&c->early, data, len, 0);
         return rc ? rc : (ssize_t)len;
     }
-    return write_records(c, data, len);
+    int rc = conn_wake(c);
+    if (rc)
+        return rc;
+    ssize_t w = write_records(c, data, len);
+    conn_sleep(c);
+    return w;
 }
 
 void tls_conn_close_notify(struct tls_conn *c)
 {
-    if (c && c->done && !c->failed)
+    if (c && c->done && !c->failed && conn_wake(c) == 0) {
         mbedtls_ssl_close_notify(&c->ssl);
+        conn_sleep(c);
+    }
 }
 
 size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
@@ -1149,7 +1304,9 @@ bool tls_conn_resumed(const struct tls_conn *c)
 
 const char *tls_conn_error(const struct tls_conn *c)
 {
-    return c && c->err[0] ? c->err : NULL;
+    if (!c || (!c->err && !c->failed))
+        return NULL;
+    return c->err ? c->err : "out of memory";
 }
 
 const char *tls_conn_sni(const struct tls_conn *c)

@@ -40,12 +40,18 @@ struct tls_opts {
      * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
      * ECDHE-ECDSA and ECDHE-RSA only. */
     const char *ciphers;
+    /* ECDHE groups in preference order, ':'-separated ("x25519:secp256r1:secp384r1");
+     * NULL = that default. */
+    const char *groups;
 };
 
 /* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
+/* The handshake timeout given in the options (stream.c uses it when its own is 0). */
+uint32_t tls_ctx_handshake_timeout(const struct tls_ctx *c);
+bool tls_ctx_is_server(const struct tls_ctx *c);
 /* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
 const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 

@@ -127,7 +127,9 @@ class Daemon:
                 out[k] = float(v)
         return out
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
+    def stop(self, sig=None, timeout=10):
+        # (A default of signal.SIGTERM would name the method above, not the module.)
+        sig = signal.SIGTERM if sig is None else sig
         if not self.proc:
             return None
         if self.proc.poll() is None:

@@ -74,6 +74,8 @@ class DaemonCli(SuiteTest):
 
     # Where each daemon keeps a certificate path, and the column of its value.
     CERT_KEYS = {
+        "director": ("tls:\n  cert: /nonexistent/x.crt\n", r":3:9: tls.cert: cannot read '/nonexistent/x.crt': No such file"),
+        "director": ("tls:\n  cert: /nonexistent/x.crt\n", r":3:9: tls.cert: cannot read '/nonexistent/x.crt': No such file"),
         "access-edge": ("director:\n  tls:\n    cert: /nonexistent/x.crt\n", r":4:11: director.tls.cert: cannot read '/nonexistent/x.crt': No such file"),
         "conf-edge": ("director:\n  tls:\n    cert: /nonexistent/x.crt\n", r":4:11: director.tls.cert: cannot read '/nonexistent/x.crt': No such file"),
         "av-edge": ("director:\n  tls:\n    cert: /nonexistent/x.crt\n", r":4:11: director.tls.cert: cannot read '/nonexistent/x.crt': No such file"),

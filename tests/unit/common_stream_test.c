@@ -1,6 +1,7 @@
 /* stream: a real libuv loop on 127.0.0.1, plain TCP and TLS. */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@ struct world {
     bool srv_pause;
     bool saw_enobufs;
     int accept_rc;
+    struct tls_ctx *sniff; /* server: start TLS when the first bytes look like a ClientHello */
 };
 
 static int certs_setup(void **state)
@@ -59,6 +61,11 @@ static void maybe_done(struct world *w)
 static int srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
 {
     struct world *w = arg;
+    if (w->sniff && !stream_tls(s) && tls_looks_like_client_hello(p, n)) {
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), 0);
+        assert_int_equal(stream_start_tls(s, w->sniff, NULL, p, n), -EALREADY);
+        return 0;
+    }
     w->srv_got += n;
     if (w->echo)
         assert_int_equal(stream_write(s, p, n), 0);
@@ -324,6 +331,77 @@ static void test_backpressure_tls(void **state)
     backpressure(true);
 }
 
+/* The server pauses reading before the TLS handshake is over: the handshake still
+ * completes, data waits, and arrives once reading resumes. */
+static void pause_resume(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    assert_int_equal(w->srv_got, 0);
+    stream_read_start(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static uv_timer_t pause_timer;
+
+static void pause_srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    uv_timer_init(&w->loop, &pause_timer);
+    pause_timer.data = w;
+    uv_timer_start(&pause_timer, pause_resume, 50, 0);
+}
+
+static void test_read_stop_before_handshake(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    w.scbs.on_open = pause_srv_open;
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    /* Run until the server stream exists, then pause it before its handshake is done. */
+    while (!w.srv)
+        uv_run(&w.loop, UV_RUN_ONCE);
+    stream_read_stop(w.srv);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.srv_open, 1);
+    assert_int_equal(w.got_len, 5);
+    assert_memory_equal(w.got, "hello", 5);
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.cli_err, 0);
+}
+
+/* One port for plain and TLS: the server looks at the first bytes and starts TLS. */
+static void test_start_tls_after_sniffing(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.echo = true;
+        w.sniff = mk_ctx(true);
+        if (tls) {
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        world_run(&w);
+        tls_ctx_unref(w.sniff);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.got_len, 5);
+        assert_memory_equal(w.got, "hello", 5);
+        assert_int_equal(w.srv_open, tls ? 2 : 1); /* plain open, then TLS open */
+        assert_int_equal(w.srv_got, 5);
+        assert_int_equal(w.srv_err, 0);
+    }
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -363,6 +441,24 @@ static void test_handshake_timeout_closes_silent_client(void **state)
     assert_int_equal(w.srv_err, -ETIMEDOUT);
     assert_string_equal(w.srv_why, "TLS handshake timeout");
     assert_int_equal(w.cli_closed, 1);
+}
+
+/* With no timeout in the stream options, the one in the TLS options applies. */
+static void test_handshake_timeout_from_tls_opts(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .handshake_timeout_ms = 80};
+    char err[256];
+    assert_int_equal(tls_ctx_create(&w.sopts.tls, &o, err, sizeof err), 0);
+    w.ccbs.on_open = silent_open;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "TLS handshake timeout");
 }
 
 static void test_close_is_idempotent(void **state)
@@ -408,6 +504,7 @@ static void test_listen_reuseport_and_errors(void **state)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_plain),
         cmocka_unit_test(test_echo_tls),
@@ -415,8 +512,11 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_backpressure_plain),
         cmocka_unit_test(test_backpressure_tls),
+        cmocka_unit_test(test_read_stop_before_handshake),
+        cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
+        cmocka_unit_test(test_handshake_timeout_from_tls_opts),
         cmocka_unit_test(test_close_is_idempotent),
         cmocka_unit_test(test_listen_reuseport_and_errors),
     };

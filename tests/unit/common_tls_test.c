@@ -193,6 +193,41 @@ static void test_large_data_both_ways(void **state)
     tls_ctx_unref(s);
 }
 
+/* Idle connections free their record buffers and get them back on the next record: the
+ * sequence numbers must survive every cycle, in both directions. */
+static void test_idle_buffers_survive_many_cycles(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, true);
+    struct tls_ctx *c = client_ctx("av-edge", true);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    size_t want_srv = 0, want_cli = 0;
+    for (int i = 0; i < 300; i++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof msg, "message %d", i);
+        struct side *from = i % 3 ? &p.cli : &p.srv;
+        assert_int_equal(tls_conn_write(from->c, (const uint8_t *)msg, (size_t)n), n);
+        if (i % 7 == 0) /* two records in one flight */
+            assert_int_equal(tls_conn_write(from->c, (const uint8_t *)msg, (size_t)n), n);
+        size_t k = (size_t)n * (i % 7 == 0 ? 2 : 1);
+        if (from == &p.cli)
+            want_srv += k;
+        else
+            want_cli += k;
+        pump(&p);
+        assert_int_equal(p.srv.len, want_srv);
+        assert_int_equal(p.cli.len, want_cli);
+    }
+    assert_memory_equal(p.srv.got + want_srv - 11, "message 299", 11);
+    tls_conn_close_notify(p.srv.c);
+    pump(&p);
+    assert_true(p.cli.closed);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
 static void test_write_before_handshake_is_sent_after(void **state)
 {
     (void)state;
@@ -595,6 +630,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handshake_and_data),
         cmocka_unit_test(test_large_data_both_ways),
+        cmocka_unit_test(test_idle_buffers_survive_many_cycles),
         cmocka_unit_test(test_write_before_handshake_is_sent_after),
         cmocka_unit_test(test_mutual_tls_accepts_lab_ca),
         cmocka_unit_test(test_mutual_tls_refuses_rogue_cert),

@@ -1,0 +1,350 @@
+/* SIP message framing and header index (see sip_msg.h): a single bounded pass, no allocation. */
+#include "access-edge/sip_msg.h"
+
+#include <errno.h>
+#include <strings.h>
+
+static const char *const hdr_names[SIP_H_COUNT] = {
+    [SIP_H_OTHER] = "",
+    [SIP_H_VIA] = "Via",
+    [SIP_H_FROM] = "From",
+    [SIP_H_TO] = "To",
+    [SIP_H_CALL_ID] = "Call-ID",
+    [SIP_H_CSEQ] = "CSeq",
+    [SIP_H_MAX_FORWARDS] = "Max-Forwards",
+    [SIP_H_CONTENT_LENGTH] = "Content-Length",
+    [SIP_H_ROUTE] = "Route",
+    [SIP_H_RECORD_ROUTE] = "Record-Route",
+    [SIP_H_CONTACT] = "Contact",
+    [SIP_H_PATH] = "Path",
+    [SIP_H_TRUST] = "ms-edge-proxy-message-trust",
+};
+
+const char *sip_hdr_name(enum sip_hdr_id id)
+{
+    return (unsigned)id < SIP_H_COUNT ? hdr_names[id] : "";
+}
+
+static bool name_is(const uint8_t *p, size_t n, const char *s)
+{
+    return strlen(s) == n && strncasecmp((const char *)p, s, n) == 0;
+}
+
+/* Full and compact names (RFC 3261 §7.3.3). */
+static enum sip_hdr_id hdr_lookup(const uint8_t *p, size_t n)
+{
+    if (n == 1) {
+        switch (p[0] | 0x20) {
+        case 'v': return SIP_H_VIA;
+        case 'f': return SIP_H_FROM;
+        case 't': return SIP_H_TO;
+        case 'i': return SIP_H_CALL_ID;
+        case 'l': return SIP_H_CONTENT_LENGTH;
+        case 'm': return SIP_H_CONTACT;
+        default: return SIP_H_OTHER;
+        }
+    }
+    for (int id = SIP_H_VIA; id < SIP_H_COUNT; id++)
+        if (name_is(p, n, hdr_names[id]))
+            return (enum sip_hdr_id)id;
+    return SIP_H_OTHER;
+}
+
+static bool is_token_char(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("-.!%*_+`'~", c) != NULL;
+}
+
+/* Offset of the next CRLF at or after i, or len. */
+static size_t find_crlf(const uint8_t *p, size_t i, size_t len)
+{
+    while (i + 1 < len) {
+        const uint8_t *q = memchr(p + i, '\r', len - i - 1);
+        if (!q)
+            return len;
+        i = (size_t)(q - p);
+        if (p[i + 1] == '\n')
+            return i;
+        i++;
+    }
+    return len;
+}
+
+static int parse_start_line(struct sip_msg *m, const uint8_t *p, size_t n)
+{
+    static const char ver[] = "SIP/2.0";
+    if (n > 8 && memcmp(p, ver, 7) == 0 && p[7] == ' ') {
+        /* Status-Line: SIP/2.0 SP 3DIGIT SP Reason */
+        if (n < 11 || p[8] < '1' || p[8] > '6' || p[9] < '0' || p[9] > '9' || p[10] < '0' ||
+            p[10] > '9' || (n > 11 && p[11] != ' '))
+            return -EBADMSG;
+        m->is_request = false;
+        m->status = (p[8] - '0') * 100 + (p[9] - '0') * 10 + (p[10] - '0');
+        return 0;
+    }
+    /* Request-Line: Method SP Request-URI SP SIP-Version */
+    size_t i = 0;
+    while (i < n && is_token_char(p[i]))
+        i++;
+    if (i == 0 || i >= n || p[i] != ' ')
+        return -EBADMSG;
+    m->method = slice_make(p, i);
+    size_t u = ++i;
+    while (i < n && p[i] != ' ')
+        i++;
+    if (i == u || i >= n || n - i - 1 != 7 || memcmp(p + i + 1, ver, 7) != 0)
+        return -EBADMSG;
+    m->ruri = slice_make(p + u, i - u);
+    m->is_request = true;
+    return 0;
+}
+
+static int parse_content_length(struct slice v, long *out)
+{
+    if (v.len == 0 || v.len > 9)
+        return -EBADMSG;
+    long n = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        if (v.p[i] < '0' || v.p[i] > '9')
+            return -EBADMSG;
+        n = n * 10 + (v.p[i] - '0');
+    }
+    *out = n;
+    return 0;
+}
+
+ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool datagram,
+                     size_t max_hdr_bytes)
+{
+    m->buf = data;
+    m->len = 0;
+    m->is_request = false;
+    m->method = m->ruri = SLICE_NULL;
+    m->status = 0;
+    m->content_length = -1;
+    m->max_line = 0;
+    m->too_many_headers = false;
+    m->nhdr = 0;
+    m->body_len = 0;
+    memset(m->count, 0, sizeof(m->count));
+    memset(m->first, 0xff, sizeof(m->first));
+
+    /* Find the end of the header section first, so that a stream knows whether to wait. */
+    size_t scan_len = len;
+    if (scan_len > max_hdr_bytes && max_hdr_bytes)
+        scan_len = max_hdr_bytes;
+    size_t e = find_crlf(data, 0, scan_len);
+    if (e == scan_len)
+        return (!datagram && len < max_hdr_bytes) ? -EAGAIN : (datagram ? -EBADMSG : -EMSGSIZE);
+    if (parse_start_line(m, data, e) < 0)
+        return -EBADMSG;
+    m->start_end = (uint32_t)(e + 2);
+
+    size_t i = m->start_end;
+    for (;;) {
+        e = find_crlf(data, i, scan_len);
+        if (e == scan_len)
+            return (!datagram && len < max_hdr_bytes) ? -EAGAIN
+                                                      : (datagram ? -EBADMSG : -EMSGSIZE);
+        if (e == i) { /* the empty line */
+            i = e + 2;
+            break;
+        }
+        /* A header line plus its continuation lines (RFC 3261 §7.3.1 folding). */
+        size_t line_end = e + 2;
+        while (line_end < scan_len && (data[line_end] == ' ' || data[line_end] == '\t')) {
+            e = find_crlf(data, line_end, scan_len);
+            if (e == scan_len)
+                return (!datagram && len < max_hdr_bytes) ? -EAGAIN
+                                                          : (datagram ? -EBADMSG : -EMSGSIZE);
+            line_end = e + 2;
+        }
+        size_t ll = line_end - 2 - i;
+        if (ll > m->max_line)
+            m->max_line = (uint32_t)ll;
+        size_t c = i;
+        while (c < e && is_token_char(data[c]))
+            c++;
+        size_t name_len = c - i;
+        while (c < e && (data[c] == ' ' || data[c] == '\t'))
+            c++;
+        if (name_len == 0 || c >= line_end - 2 || data[c] != ':')
+            return -EBADMSG;
+        c++;
+        size_t vend = line_end - 2;
+        while (c < vend && (data[c] == ' ' || data[c] == '\t' || data[c] == '\r' || data[c] == '\n'))
+            c++;
+        while (vend > c && (data[vend - 1] == ' ' || data[vend - 1] == '\t'))
+            vend--;
+        enum sip_hdr_id id = hdr_lookup(data + i, name_len);
+        if (m->nhdr < SIP_MSG_MAX_HEADERS) {
+            struct sip_hdr *h = &m->hdr[m->nhdr];
+            h->id = (uint8_t)id;
+            h->line_off = (uint32_t)i;
+            h->line_end = (uint32_t)line_end;
+            h->name_len = (uint32_t)name_len;
+            h->val_off = (uint32_t)c;
+            h->val_len = (uint32_t)(vend - c);
+            if (m->first[id] < 0)
+                m->first[id] = (int16_t)m->nhdr;
+            m->nhdr++;
+        } else {
+            m->too_many_headers = true;
+        }
+        if (m->count[id] < UINT16_MAX)
+            m->count[id]++;
+        if (id == SIP_H_CONTENT_LENGTH && m->count[id] == 1 &&
+            parse_content_length(slice_make(data + c, vend - c), &m->content_length) < 0)
+            return -EBADMSG;
+        i = line_end;
+    }
+    m->hdr_end = (uint32_t)i;
+    if (datagram) {
+        m->body_len = (uint32_t)(len - i);
+        m->len = len;
+        return (ssize_t)len;
+    }
+    /* Streams need Content-Length to frame the body (RFC 3261 §18.3). */
+    if (m->content_length < 0)
+        return -EBADMSG;
+    if (len - i < (size_t)m->content_length)
+        return -EAGAIN;
+    m->body_len = (uint32_t)m->content_length;
+    m->len = i + (size_t)m->content_length;
+    return (ssize_t)m->len;
+}
+
+const struct sip_hdr *sip_msg_find(const struct sip_msg *m, enum sip_hdr_id id)
+{
+    int16_t k = m->first[id];
+    return k < 0 ? NULL : &m->hdr[k];
+}
+
+size_t sip_value_first_len(struct slice v)
+{
+    bool quoted = false;
+    int angle = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        uint8_t c = v.p[i];
+        if (quoted) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                quoted = false;
+        } else if (c == '"') {
+            quoted = true;
+        } else if (c == '<') {
+            angle++;
+        } else if (c == '>') {
+            if (angle)
+                angle--;
+        } else if (c == ',' && !angle) {
+            return i;
+        }
+    }
+    return v.len;
+}
+
+bool sip_param_find(struct slice v, const char *name, struct slice *val)
+{
+    size_t nl = strlen(name);
+    size_t end = sip_value_first_len(v);
+    size_t i = 0;
+    int angle = 0;
+    /* Parameters of the header (not of a URI inside <>). */
+    while (i < end) {
+        uint8_t c = v.p[i];
+        if (c == '<')
+            angle++;
+        else if (c == '>' && angle)
+            angle--;
+        if (c != ';' || angle) {
+            i++;
+            continue;
+        }
+        i++;
+        while (i < end && (v.p[i] == ' ' || v.p[i] == '\t'))
+            i++;
+        size_t s = i;
+        while (i < end && v.p[i] != '=' && v.p[i] != ';' && v.p[i] != ' ')
+            i++;
+        bool match = (i - s == nl) && strncasecmp((const char *)v.p + s, name, nl) == 0;
+        while (i < end && v.p[i] == ' ')
+            i++;
+        size_t vs = i, ve = i;
+        if (i < end && v.p[i] == '=') {
+            i++;
+            while (i < end && v.p[i] == ' ')
+                i++;
+            vs = i;
+            while (i < end && v.p[i] != ';')
+                i++;
+            ve = i;
+            while (ve > vs && (v.p[ve - 1] == ' ' || v.p[ve - 1] == '\t'))
+                ve--;
+        }
+        if (match) {
+            if (val)
+                *val = slice_make(v.p + vs, ve - vs);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool sip_via_sent_by(struct slice via, struct slice *host, uint16_t *port)
+{
+    /* "SIP/2.0/UDP host:port;params" */
+    size_t i = 0, end = sip_value_first_len(via);
+    while (i < end && via.p[i] != ' ' && via.p[i] != '\t')
+        i++;
+    while (i < end && (via.p[i] == ' ' || via.p[i] == '\t'))
+        i++;
+    if (i >= end)
+        return false;
+    size_t hs = i, he;
+    if (via.p[i] == '[') {
+        while (i < end && via.p[i] != ']')
+            i++;
+        if (i >= end)
+            return false;
+        hs++;
+        he = i++;
+    } else {
+        while (i < end && via.p[i] != ':' && via.p[i] != ';' && via.p[i] != ' ')
+            i++;
+        he = i;
+    }
+    if (he == hs)
+        return false;
+    *host = slice_make(via.p + hs, he - hs);
+    *port = 0;
+    if (i < end && via.p[i] == ':') {
+        unsigned n = 0;
+        size_t d = ++i;
+        while (i < end && via.p[i] >= '0' && via.p[i] <= '9' && i - d < 6)
+            n = n * 10 + (via.p[i++] - '0');
+        if (i == d || n == 0 || n > 65535)
+            return false;
+        *port = (uint16_t)n;
+    }
+    return true;
+}
+
+struct slice sip_cseq_method(const struct sip_msg *m)
+{
+    const struct sip_hdr *h = sip_msg_find(m, SIP_H_CSEQ);
+    if (!h)
+        return SLICE_NULL;
+    struct slice v = sip_hdr_value(m, h);
+    size_t i = 0;
+    while (i < v.len && v.p[i] >= '0' && v.p[i] <= '9')
+        i++;
+    while (i < v.len && (v.p[i] == ' ' || v.p[i] == '\t'))
+        i++;
+    size_t s = i;
+    while (i < v.len && is_token_char(v.p[i]))
+        i++;
+    return slice_make(v.p + s, i - s);
+}

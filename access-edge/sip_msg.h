@@ -1,0 +1,95 @@
+/* SIP message framing and header index: one pass over the raw bytes that finds the start
+ * line, every header line (with its well-known name resolved, compact forms included) and
+ * the body, so validation can count headers and the proxy can splice lines without
+ * re-serializing. Pure: no I/O, no allocation; osip2 does the deep parse (sip_validate.c). */
+#ifndef AE_SIP_MSG_H
+#define AE_SIP_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/util.h"
+
+/* Headers the edge looks at; everything else is SIP_H_OTHER and passes through. */
+enum sip_hdr_id {
+    SIP_H_OTHER = 0,
+    SIP_H_VIA,
+    SIP_H_FROM,
+    SIP_H_TO,
+    SIP_H_CALL_ID,
+    SIP_H_CSEQ,
+    SIP_H_MAX_FORWARDS,
+    SIP_H_CONTENT_LENGTH,
+    SIP_H_ROUTE,
+    SIP_H_RECORD_ROUTE,
+    SIP_H_CONTACT,
+    SIP_H_PATH,
+    SIP_H_TRUST, /* ms-edge-proxy-message-trust: only this edge may add it */
+    SIP_H_COUNT
+};
+
+/* Hard bound on header lines per message; the configured cap is at most this. */
+#define SIP_MSG_MAX_HEADERS 256
+
+struct sip_hdr {
+    uint8_t id;        /* enum sip_hdr_id */
+    uint32_t line_off; /* start of the header line */
+    uint32_t line_end; /* one past its CRLF (continuation lines included) */
+    uint32_t name_len;
+    uint32_t val_off, val_len; /* value, trimmed */
+};
+
+/* The index of one message. Slices point into the caller's bytes. */
+struct sip_msg {
+    const uint8_t *buf;
+    size_t len;         /* whole message: headers + body */
+    bool is_request;
+    struct slice method; /* request: "INVITE" */
+    struct slice ruri;   /* request: the Request-URI text */
+    int status;          /* response: 100..699 */
+    uint32_t start_end;  /* one past the start line's CRLF */
+    uint32_t hdr_end;    /* offset of the body (after the empty line) */
+    uint32_t body_len;
+    long content_length; /* -1 when absent */
+    uint32_t max_line;   /* longest header line seen, without CRLF */
+    bool too_many_headers; /* more lines than SIP_MSG_MAX_HEADERS (the rest are not indexed) */
+    uint16_t nhdr;
+    uint16_t count[SIP_H_COUNT];
+    int16_t first[SIP_H_COUNT]; /* index in hdr[] of the first line of each kind, -1 if none */
+    struct sip_hdr hdr[SIP_MSG_MAX_HEADERS];
+};
+
+/* Frames and indexes one message at the front of data.
+ * datagram: the message is all of data (body = rest, checked against Content-Length by
+ * the validator); stream: the message ends at hdr_end + Content-Length (RFC 3261 §18.3).
+ * Returns the bytes the message takes, -EAGAIN if a stream needs more (with max_hdr_bytes
+ * the longest header section tolerated before -EMSGSIZE), or -EBADMSG. */
+ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool datagram,
+                     size_t max_hdr_bytes);
+
+static inline struct slice sip_hdr_value(const struct sip_msg *m, const struct sip_hdr *h)
+{
+    return slice_make(m->buf + h->val_off, h->val_len);
+}
+static inline struct slice sip_hdr_line(const struct sip_msg *m, const struct sip_hdr *h)
+{
+    return slice_make(m->buf + h->line_off, h->line_end - h->line_off);
+}
+/* First header of a kind, or NULL. */
+const struct sip_hdr *sip_msg_find(const struct sip_msg *m, enum sip_hdr_id id);
+/* Canonical name of a header kind ("Call-ID"). */
+const char *sip_hdr_name(enum sip_hdr_id id);
+
+/* Finds param `name` in a header value's ";a=b;c" tail (case-insensitive names). Returns
+ * true if present; *val is its value (len 0 for a bare flag). Stops at a comma. */
+bool sip_param_find(struct slice v, const char *name, struct slice *val);
+/* The sent-by of the first Via value: host (without brackets) and port (0 if absent). */
+bool sip_via_sent_by(struct slice via, struct slice *host, uint16_t *port);
+/* Length of the first comma-separated element of a header value (quotes and <> honoured). */
+size_t sip_value_first_len(struct slice v);
+/* The CSeq method, or an empty slice. */
+struct slice sip_cseq_method(const struct sip_msg *m);
+
+#endif

@@ -1,0 +1,359 @@
+/* Validation of messages crossing the access edge, and the route decision (see sip_validate.h). */
+#include "access-edge/sip_validate.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+#include <osipparser2/osip_parser.h>
+
+struct sip_parsed {
+    osip_message_t *msg;
+};
+
+static pthread_once_t parser_once = PTHREAD_ONCE_INIT;
+static void parser_setup(void)
+{
+    /* osip2 keeps its header dispatch table in library state set up once. */
+    parser_init();
+}
+
+const char *sip_source_name(enum sip_source s)
+{
+    switch (s) {
+    case SIP_SRC_INTERNAL: return "AuthorizedServer";
+    case SIP_SRC_REMOTE_USER: return "InternetUser";
+    case SIP_SRC_PARTNER: return "DirectPartner";
+    case SIP_SRC_DISCOVERED: return "AutoFederation";
+    }
+    return "InternetUser";
+}
+
+/* PROTOCOLS.md §1.3: the full set for remote users, federation without REGISTER/SERVICE. */
+static const char *const methods_remote[] = {
+    "REGISTER", "SUBSCRIBE", "NOTIFY", "BENOTIFY", "SERVICE", "INVITE", "ACK", "BYE",
+    "CANCEL", "MESSAGE", "INFO", "OPTIONS", "REFER", "PRACK", "UPDATE", "PUBLISH", NULL,
+};
+
+bool sip_method_allowed(enum sip_source src, struct slice method)
+{
+    if (src == SIP_SRC_INTERNAL)
+        return true;
+    for (size_t i = 0; methods_remote[i]; i++) {
+        if (!slice_eq_str(method, methods_remote[i]))
+            continue;
+        if (src != SIP_SRC_REMOTE_USER &&
+            (slice_eq_str(method, "REGISTER") || slice_eq_str(method, "SERVICE")))
+            return false;
+        return true;
+    }
+    return false;
+}
+
+const char *sip_allow_list(enum sip_source src)
+{
+    if (src == SIP_SRC_REMOTE_USER || src == SIP_SRC_INTERNAL)
+        return "REGISTER, SUBSCRIBE, NOTIFY, BENOTIFY, SERVICE, INVITE, ACK, BYE, CANCEL, "
+               "MESSAGE, INFO, OPTIONS, REFER, PRACK, UPDATE, PUBLISH";
+    return "SUBSCRIBE, NOTIFY, BENOTIFY, INVITE, ACK, BYE, CANCEL, MESSAGE, INFO, OPTIONS, "
+           "REFER, PRACK, UPDATE, PUBLISH";
+}
+
+bool sip_policy_has_domain(const struct sip_policy *p, const char *domain, size_t len)
+{
+    for (size_t i = 0; i < p->ndomains; i++)
+        if (strlen(p->domains[i]) == len && strncasecmp(p->domains[i], domain, len) == 0)
+            return true;
+    return false;
+}
+
+bool sip_policy_is_own(const struct sip_policy *p, const char *host, uint16_t port)
+{
+    struct addr a;
+    if (!host || addr_parse(&a, host, port ? port : 5060) < 0)
+        return false;
+    if (port)
+        addr_set_port(&a, port);
+    for (size_t i = 0; i < p->nown; i++)
+        if (addr_eq(&p->own[i], &a))
+            return true;
+    return false;
+}
+
+bool sip_cert_matches_domain(const char *const *names, size_t n, const char *domain)
+{
+    size_t dl = strlen(domain);
+    /* A bare top-level label never counts: every certificate would be "inside" it. */
+    if (dl == 0 || !strchr(domain, '.'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = names[i];
+        if (!c)
+            continue;
+        size_t cl = strlen(c);
+        if (cl == dl && strcasecmp(c, domain) == 0)
+            return true;
+        if (cl > dl + 1 && c[cl - dl - 1] == '.' && strcasecmp(c + cl - dl, domain) == 0 &&
+            c[0] != '*')
+            return true;
+    }
+    return false;
+}
+
+/* Warning text is prefix followed by arg (a header name, a domain) when there is one. */
+static int reject(struct sip_verdict *v, int status, const char *phrase, const char *reason,
+                  const char *prefix, const char *arg)
+{
+    v->status = status;
+    v->phrase = phrase;
+    v->reason = reason;
+    snprintf(v->text, sizeof(v->text), "%s%s", prefix, arg ? arg : "");
+    return 1;
+}
+
+static uint16_t port_of(const char *s)
+{
+    if (!s || !*s)
+        return 0;
+    char *end;
+    long n = strtol(s, &end, 10);
+    return (*end || n <= 0 || n > 65535) ? 0 : (uint16_t)n;
+}
+
+/* Checks that need only the raw index: sizes, header counts, mandatory headers, length. */
+static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
+                     const struct sip_msg *m, struct sip_verdict *v)
+{
+    size_t cap = peer->src == SIP_SRC_REMOTE_USER ? p->max_client_msg : p->max_server_msg;
+    if (cap && m->len > cap)
+        return reject(v, 513, "Message Too Large", "too_large", "Message larger than ",
+                      peer->src == SIP_SRC_REMOTE_USER ? "the client limit" : "the server limit");
+    if (m->too_many_headers || (p->max_headers && m->nhdr > p->max_headers))
+        return reject(v, 400, "Bad Request", "too_many_headers", "Too many header fields",
+                      NULL);
+    if (p->max_line && m->max_line > p->max_line)
+        return reject(v, 400, "Bad Request", "line_too_long", "Header line too long", NULL);
+    static const enum sip_hdr_id single[] = {SIP_H_FROM, SIP_H_TO, SIP_H_CALL_ID, SIP_H_CSEQ,
+                                             SIP_H_MAX_FORWARDS};
+    if (m->count[SIP_H_VIA] == 0)
+        return reject(v, 400, "Bad Request", "missing_header", "Missing header: ", "Via");
+    for (size_t i = 0; i < ARRAY_SIZE(single); i++) {
+        enum sip_hdr_id id = single[i];
+        /* Max-Forwards is a request header; responses need not carry it. */
+        if (id == SIP_H_MAX_FORWARDS && !m->is_request)
+            continue;
+        if (m->count[id] == 0)
+            return reject(v, 400, "Bad Request", "missing_header", "Missing header: ",
+                          sip_hdr_name(id));
+        if (m->count[id] > 1)
+            return reject(v, 400, "Bad Request", "duplicate_header", "Duplicate header: ",
+                          sip_hdr_name(id));
+    }
+    if (m->count[SIP_H_CONTENT_LENGTH] > 1)
+        return reject(v, 400, "Bad Request", "duplicate_header", "Duplicate header: ",
+                      "Content-Length");
+    if (m->content_length >= 0 && (size_t)m->content_length != m->body_len)
+        return reject(v, 400, "Bad Request", "content_length",
+                      "Content-Length does not match the body", NULL);
+    if (m->is_request && m->count[SIP_H_TRUST] && peer->src == SIP_SRC_INTERNAL)
+        return 0; /* the inside may carry our own marking back; it is stripped on the way out */
+    return 0;
+}
+
+/* Counts our own Route entries at the top (loose routes we put there, RFC 3261 §16.4) and
+ * picks up a flow token from their user part. */
+static void own_routes(const struct sip_policy *p, osip_message_t *msg, struct sip_route *r)
+{
+    int n = osip_list_size(&msg->routes);
+    for (int i = 0; i < n && i < 4; i++) {
+        osip_route_t *rt = osip_list_get(&msg->routes, i);
+        if (!rt || !rt->url || !rt->url->host ||
+            !sip_policy_is_own(p, rt->url->host, port_of(rt->url->port)))
+            break;
+        r->pop++;
+        if (rt->url->username && *rt->url->username)
+            r->flow = slice_str(rt->url->username);
+    }
+}
+
+static void target_from_uri(struct sip_route *r, const osip_uri_t *u)
+{
+    if (!u || !u->host)
+        return;
+    snprintf(r->host, sizeof(r->host), "%s", u->host);
+    r->port = port_of(u->port);
+    if (u->scheme && strcasecmp(u->scheme, "sips") == 0)
+        r->tls = true;
+    osip_uri_param_t *t = NULL;
+    osip_uri_param_get_byname((osip_list_t *)&u->url_params, "transport", &t);
+    if (t && t->gvalue) {
+        if (strcasecmp(t->gvalue, "tcp") == 0)
+            r->tcp = true;
+        else if (strcasecmp(t->gvalue, "tls") == 0)
+            r->tls = true;
+    }
+}
+
+int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
+                 const struct sip_msg *m, struct sip_verdict *v, struct sip_route *r,
+                 struct sip_parsed **parsed)
+{
+    memset(v, 0, sizeof(*v));
+    memset(r, 0, sizeof(*r));
+    int rc = check_raw(p, peer, m, v);
+    if (rc)
+        return rc;
+
+    pthread_once(&parser_once, parser_setup);
+    osip_message_t *msg = NULL;
+    if (osip_message_init(&msg) != 0)
+        return -ENOMEM;
+    if (osip_message_parse(msg, (const char *)m->buf, m->len) != 0 || !msg->cseq ||
+        !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
+        osip_list_size(&msg->vias) == 0) {
+        osip_message_free(msg);
+        return -EBADMSG;
+    }
+    osip_generic_param_t *tag = NULL;
+    osip_to_get_tag(msg->to, &tag);
+    r->in_dialog = tag != NULL;
+
+    bool external = peer->src != SIP_SRC_INTERNAL;
+    /* Loop detection (RFC 3261 §16.3 step 4, simplified for a two-sided edge): a request
+     * from outside never carries our Via; from inside it may once (a hairpin through the
+     * Director), never twice. */
+    if (m->is_request) {
+        int own = 0, nv = osip_list_size(&msg->vias);
+        for (int i = 0; i < nv && i < 64; i++) {
+            osip_via_t *via = osip_list_get(&msg->vias, i);
+            if (via && sip_policy_is_own(p, via->host, port_of(via->port)))
+                own++;
+        }
+        if (own > (external ? 0 : 1)) {
+            rc = reject(v, 482, "Loop Detected", "loop", "Loop detected", NULL);
+            goto out;
+        }
+    }
+
+    if (!m->is_request) {
+        /* Responses are routed by Via; nothing else to decide here. */
+        goto out;
+    }
+
+    if (!sip_method_allowed(peer->src, m->method)) {
+        char meth[32];
+        slice_to_cstr(m->method, meth, sizeof(meth));
+        rc = reject(v, 405, "Method Not Allowed", "method", "Method not allowed here: ", meth);
+        goto out;
+    }
+    if (!slice_eq_str(sip_cseq_method(m), msg->sip_method) &&
+        !(slice_eq_str(m->method, "ACK") || slice_eq_str(m->method, "CANCEL"))) {
+        rc = reject(v, 400, "Bad Request", "cseq", "CSeq method does not match", NULL);
+        goto out;
+    }
+    osip_header_t *mf = NULL;
+    osip_message_get_max_forwards(msg, 0, &mf);
+    if (!mf || !mf->hvalue) {
+        rc = reject(v, 400, "Bad Request", "missing_header", "Missing header: ", "Max-Forwards");
+        goto out;
+    }
+    char *end;
+    long hops = strtol(mf->hvalue, &end, 10);
+    if (end == mf->hvalue || *end || hops < 0 || hops > 255) {
+        rc = reject(v, 400, "Bad Request", "max_forwards", "Invalid Max-Forwards", NULL);
+        goto out;
+    }
+    if (hops == 0) {
+        rc = reject(v, 483, "Too Many Hops", "max_forwards", "Max-Forwards reached zero", NULL);
+        goto out;
+    }
+    if (!msg->req_uri || !msg->req_uri->scheme || !msg->req_uri->host ||
+        (strcasecmp(msg->req_uri->scheme, "sip") != 0 &&
+         strcasecmp(msg->req_uri->scheme, "sips") != 0)) {
+        rc = reject(v, 416, "Unsupported URI Scheme", "uri_scheme", "Unsupported URI scheme",
+                    NULL);
+        goto out;
+    }
+
+    own_routes(p, msg, r);
+    if (external) {
+        /* No open relay: an initial request from outside must be for one of our domains.
+         * In-dialog requests come back through the Record-Route we inserted, so they carry
+         * our own Route entry instead, and their Request-URI is the peer's Contact. */
+        bool ours = sip_policy_has_domain(p, msg->req_uri->host, strlen(msg->req_uri->host)) ||
+                    sip_policy_is_own(p, msg->req_uri->host, port_of(msg->req_uri->port));
+        if (!ours && !(r->in_dialog && r->pop > 0)) {
+            rc = reject(v, 403, "Forbidden", "relay", "Relaying denied for domain ",
+                        msg->req_uri->host);
+            goto out;
+        }
+        if (peer->src == SIP_SRC_PARTNER || peer->src == SIP_SRC_DISCOVERED) {
+            const char *fd = msg->from->url ? msg->from->url->host : NULL;
+            if (!fd || !sip_cert_matches_domain(peer->cert_names, peer->ncert_names, fd)) {
+                rc = reject(v, 403, "Forbidden", "from_domain",
+                            "From domain does not match the peer certificate: ", fd);
+                goto out;
+            }
+        }
+        r->kind = SIP_ROUTE_DIRECTOR;
+        goto out;
+    }
+
+    /* From the inside: our own Route entries name the flow; then the next Route or the
+     * Request-URI decide (RFC 3261 §16.5, §16.12). */
+    if (r->flow.len) {
+        r->kind = SIP_ROUTE_FLOW;
+        goto out;
+    }
+    osip_route_t *next = osip_list_get(&msg->routes, (int)r->pop);
+    r->kind = SIP_ROUTE_URI;
+    target_from_uri(r, next ? next->url : msg->req_uri);
+    if (!r->host[0]) {
+        rc = reject(v, 400, "Bad Request", "no_target", "No usable target", NULL);
+        goto out;
+    }
+    if (sip_policy_is_own(p, r->host, r->port)) {
+        rc = reject(v, 482, "Loop Detected", "loop", "Request addressed to the edge itself",
+                    NULL);
+        goto out;
+    }
+
+out:
+    if (rc == 0 && parsed) {
+        struct sip_parsed *sp = malloc(sizeof(*sp));
+        if (!sp) {
+            osip_message_free(msg);
+            return -ENOMEM;
+        }
+        sp->msg = msg;
+        *parsed = sp;
+        /* The flow slice points into the parse tree, which the caller now owns. */
+    } else {
+        osip_message_free(msg);
+        r->flow = SLICE_NULL;
+    }
+    return rc;
+}
+
+void sip_parsed_free(struct sip_parsed *p)
+{
+    if (!p)
+        return;
+    osip_message_free(p->msg);
+    free(p);
+}
+
+int sip_check_bytes(const struct sip_policy *policy, const struct sip_peer *peer,
+                    const uint8_t *data, size_t len, bool datagram, struct sip_msg *scratch,
+                    struct sip_verdict *v, struct sip_route *route)
+{
+    ssize_t n = sip_msg_scan(scratch, data, len, datagram, 65536);
+    if (n < 0)
+        return (int)n;
+    struct sip_parsed *sp = NULL;
+    int rc = sip_validate(policy, peer, scratch, v, route, &sp);
+    sip_parsed_free(sp);
+    return rc;
+}

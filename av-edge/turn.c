@@ -1,0 +1,921 @@
+/* TURN server state machine: authentication, Allocate/Refresh/CreatePermission/ChannelBind,
+ * Send/Data indications, ChannelData, the peer policy; no sockets, no event loop. */
+#include "av-edge/turn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/crypto.h"
+#include "common/ratelimit.h"
+
+#define NONCE_RAW 12
+#define NONCE_LEN 16 /* base64url of NONCE_RAW */
+#define RESERVATION_MS 30000
+
+struct av_turn {
+    const struct av_turn_cfg *cfg;
+    struct av_shared *sh;
+    struct av_relay_io io;
+    const struct logger *log;
+    struct av_alloc_table *tab;
+    struct keyring kr; /* local copy of sh->kr at generation kr_gen */
+    uint64_t kr_gen;
+    struct ratelimit *unauth;
+    struct av_turn_stats st;
+    uint64_t rnd; /* xorshift state for Data indication transaction ids */
+};
+
+/* One request being answered. */
+struct req {
+    struct av_turn *t;
+    const struct av_turn_in *in;
+    const struct stun_msg *m;
+    struct av_turn_out *out;
+    bool authed, sha256, fp;
+    uint8_t key[16];
+    char user[AV_USERNAME_MAX];
+};
+
+static inline void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+const char *av_auth_fail_name(enum av_auth_fail r)
+{
+    static const char *const n[] = {"missing", "bad_request", "stale_nonce", "unknown_user",
+                                    "expired", "bad_integrity", "wrong_credentials"};
+    return (unsigned)r < ARRAY_SIZE(n) ? n[r] : "other";
+}
+
+const char *av_deny_name(enum av_deny d)
+{
+    static const char *const n[] = {"none", "internal_network", "own_address", "loopback",
+                                    "link_local", "multicast", "unspecified"};
+    return (unsigned)d < ARRAY_SIZE(n) ? n[d] : "other";
+}
+
+/* ---- shared state ---- */
+
+int av_shared_init(struct av_shared *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (pthread_mutex_init(&s->mu, NULL))
+        return -ENOMEM;
+    return crypto_random(s->nonce_key, sizeof(s->nonce_key));
+}
+
+void av_shared_fini(struct av_shared *s)
+{
+    pthread_mutex_destroy(&s->mu);
+}
+
+int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
+                         int64_t not_after)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = keyring_rotate(&s->kr, id, secret, len, not_after);
+    if (rc == 0)
+        __atomic_add_fetch(&s->kr_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- peer policy ---- */
+
+/* IPv4-mapped IPv6 peers are judged as the IPv4 address they stand for. */
+static void unmap_v4(const struct addr *in, struct addr *out)
+{
+    *out = *in;
+    if (in->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&in->u.in6.sin6_addr)) {
+        memset(out, 0, sizeof(*out));
+        out->u.in4.sin_family = AF_INET;
+        out->u.in4.sin_port = in->u.in6.sin6_port;
+        memcpy(&out->u.in4.sin_addr, in->u.in6.sin6_addr.s6_addr + 12, 4);
+    }
+}
+
+enum av_deny av_turn_peer_policy(const struct av_turn_cfg *c, enum av_side side,
+                                 const struct addr *peer_in)
+{
+    struct addr peer;
+    unmap_v4(peer_in, &peer);
+    bool v4 = peer.u.sa.sa_family == AF_INET;
+    uint32_t ip4 = v4 ? ntohl(peer.u.in4.sin_addr.s_addr) : 0;
+    const struct in6_addr *ip6 = &peer.u.in6.sin6_addr;
+
+    if (addr_is_any(&peer) || (v4 && ip4 == 0xFFFFFFFFu))
+        return AV_DENY_UNSPECIFIED;
+    if ((v4 && (ip4 >> 28) == 0xE) || (!v4 && IN6_IS_ADDR_MULTICAST(ip6)))
+        return AV_DENY_MULTICAST;
+    if (side == AV_SIDE_INTERNAL)
+        return AV_DENY_NONE; /* inside, only the owner's own permissions decide */
+    for (size_t i = 0; i < c->n_own; i++)
+        if (addr_host_eq(&c->own[i], &peer))
+            return AV_DENY_OWN_ADDRESS;
+    for (size_t i = 0; i < c->n_internal_nets; i++)
+        if (cidr_contains(&c->internal_nets[i], &peer))
+            return AV_DENY_INTERNAL_NET;
+    for (size_t i = 0; i < c->n_allow_peers; i++)
+        if (cidr_contains(&c->allow_peers[i], &peer))
+            return AV_DENY_NONE;
+    if (addr_is_loopback(&peer))
+        return AV_DENY_LOOPBACK;
+    if ((v4 && (ip4 >> 16) == 0xA9FE) || (!v4 && IN6_IS_ADDR_LINKLOCAL(ip6)))
+        return AV_DENY_LINK_LOCAL;
+    return AV_DENY_NONE;
+}
+
+/* ---- lifecycle ---- */
+
+static void hook_free(struct av_alloc *a, void *arg)
+{
+    struct av_turn *t = arg;
+    if (t->io.close)
+        t->io.close(t->io.arg, a);
+    __atomic_sub_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
+}
+
+static void hook_resv_free(void *handle, void *arg)
+{
+    struct av_turn *t = arg;
+    if (t->io.release)
+        t->io.release(t->io.arg, handle);
+}
+
+int av_turn_create(struct av_turn **out, const struct av_turn_cfg *cfg, struct av_shared *shared,
+                   const struct av_relay_io *io, const struct logger *log)
+{
+    if (!out || !cfg || !shared || !io)
+        return -EINVAL;
+    struct av_turn *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->cfg = cfg;
+    t->sh = shared;
+    t->io = *io;
+    t->log = log;
+    t->kr_gen = (uint64_t)-1;
+    struct av_alloc_hooks hooks = {hook_free, hook_resv_free, t};
+    int rc = av_alloc_table_create(&t->tab, &hooks);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    if (crypto_random(&t->rnd, sizeof(t->rnd)) || !t->rnd)
+        t->rnd = 0x9E3779B97F4A7C15ull;
+    *out = t;
+    return 0;
+}
+
+void av_turn_destroy(struct av_turn *t)
+{
+    if (!t)
+        return;
+    av_alloc_table_destroy(t->tab);
+    ratelimit_destroy(t->unauth);
+    free(t);
+}
+
+void av_turn_set_cfg(struct av_turn *t, const struct av_turn_cfg *cfg)
+{
+    t->cfg = cfg;
+}
+
+void av_turn_set_logger(struct av_turn *t, const struct logger *log)
+{
+    t->log = log;
+}
+
+int av_turn_set_unauth_limit(struct av_turn *t, double rate, double burst)
+{
+    ratelimit_destroy(t->unauth);
+    t->unauth = NULL;
+    if (rate <= 0)
+        return 0;
+    return ratelimit_create(&t->unauth, rate, burst, 65536);
+}
+
+struct av_alloc_table *av_turn_table(struct av_turn *t)
+{
+    return t->tab;
+}
+
+struct av_turn_stats *av_turn_stats(struct av_turn *t)
+{
+    return &t->st;
+}
+
+size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms)
+{
+    return av_alloc_sweep(t->tab, now_ms);
+}
+
+/* ---- nonces: base64url(expiry(4) | HMAC-SHA1(key, expiry | client IP)[0..8)) ---- */
+
+static const uint8_t *ip_bytes(const struct addr *a, size_t *n)
+{
+    if (a->u.sa.sa_family == AF_INET6) {
+        *n = 16;
+        return a->u.in6.sin6_addr.s6_addr;
+    }
+    *n = 4;
+    return (const uint8_t *)&a->u.in4.sin_addr;
+}
+
+static void nonce_mac(const struct av_turn *t, const uint8_t exp[4], const struct addr *client,
+                      uint8_t out[8])
+{
+    uint8_t msg[20], mac[SHA1_LEN];
+    size_t n;
+    const uint8_t *ip = ip_bytes(client, &n);
+    memcpy(msg, exp, 4);
+    memcpy(msg + 4, ip, n);
+    crypto_hmac_sha1(t->sh->nonce_key, sizeof(t->sh->nonce_key), msg, 4 + n, mac);
+    memcpy(out, mac, 8);
+}
+
+static void nonce_make(const struct av_turn *t, const struct addr *client, int64_t now_s,
+                       char out[NONCE_LEN + 1])
+{
+    uint8_t raw[NONCE_RAW];
+    wr32(raw, (uint32_t)(now_s + t->cfg->nonce_lifetime_s));
+    nonce_mac(t, raw, client, raw + 4);
+    base64url_encode(raw, sizeof(raw), out, NONCE_LEN + 1);
+}
+
+static bool nonce_valid(const struct av_turn *t, const struct addr *client, int64_t now_s,
+                        struct slice nonce)
+{
+    uint8_t raw[NONCE_RAW + 4], mac[8];
+    if (nonce.len != NONCE_LEN ||
+        base64url_decode((const char *)nonce.p, nonce.len, raw, sizeof(raw)) != NONCE_RAW)
+        return false;
+    nonce_mac(t, raw, client, mac);
+    if (!crypto_ct_eq(mac, raw + 4, 8))
+        return false;
+    return (int64_t)rd32(raw) > now_s;
+}
+
+/* ---- replies ---- */
+
+static void begin(struct req *r, struct stun_builder *b, enum stun_class cls)
+{
+    stun_build_init(b, r->out->reply, r->out->reply_cap, r->m->method, cls, r->m->tid);
+}
+
+static void finish(struct req *r, struct stun_builder *b)
+{
+    if (r->authed) {
+        if (r->t->cfg->software)
+            stun_build_attr(b, STUN_A_SOFTWARE, r->t->cfg->software, strlen(r->t->cfg->software));
+        if (r->sha256)
+            stun_build_integrity_sha256(b, r->key, sizeof(r->key));
+        else
+            stun_build_integrity(b, r->key, sizeof(r->key));
+    }
+    if (r->fp)
+        stun_build_fingerprint(b);
+    ssize_t n = stun_build_finish(b);
+    r->out->reply_len = n > 0 ? (size_t)n : 0;
+}
+
+/* An error response. Unauthenticated ones carry no reason phrase and no SOFTWARE, to keep
+ * them as small as the protocol allows (amplification). */
+static int reply_error(struct req *r, int code)
+{
+    struct av_turn *t = r->t;
+    struct stun_builder b;
+    begin(r, &b, STUN_ERROR);
+    stun_build_error(&b, code, r->authed ? NULL : "");
+    if (code == 420)
+        stun_build_unknown(&b, r->m->unknown, r->m->n_unknown);
+    if (code == 401 || code == 438) {
+        char nonce[NONCE_LEN + 1];
+        nonce_make(t, r->in->client, r->in->now_s, nonce);
+        stun_build_attr(&b, STUN_A_REALM, t->cfg->realm, strlen(t->cfg->realm));
+        stun_build_attr(&b, STUN_A_NONCE, nonce, NONCE_LEN);
+        r->authed = false; /* these are never integrity-protected */
+    }
+    finish(r, &b);
+    r->out->code = code;
+    if (code != 401 && code != 438)
+        t->st.errors++;
+    return 0;
+}
+
+static void log_refusal(struct req *r, struct av_alloc *a, int code, const char *why,
+                        const struct addr *peer, unsigned bit)
+{
+    if (a) {
+        if (a->denied_logged & (1u << bit))
+            return;
+        a->denied_logged |= 1u << bit;
+    }
+    char ps[ADDR_STRLEN] = "-";
+    if (peer)
+        addr_format(peer, ps);
+    LOGW(r->t->log, r->in->client, "refused %s from user %s: %s (peer %s, error %d)",
+         r->m ? (r->m->method == STUN_ALLOCATE ? "Allocate"
+                 : r->m->method == STUN_CREATE_PERMISSION ? "CreatePermission"
+                 : r->m->method == STUN_CHANNEL_BIND ? "ChannelBind"
+                 : r->m->method == STUN_REFRESH ? "Refresh" : "request")
+              : "request",
+         r->user[0] ? r->user : "-", why, ps, code);
+}
+
+/* ---- authentication ---- */
+
+static void refresh_keyring(struct av_turn *t)
+{
+    uint64_t gen = __atomic_load_n(&t->sh->kr_gen, __ATOMIC_ACQUIRE);
+    if (gen == t->kr_gen)
+        return;
+    pthread_mutex_lock(&t->sh->mu);
+    t->kr = t->sh->kr;
+    t->kr_gen = t->sh->kr_gen;
+    pthread_mutex_unlock(&t->sh->mu);
+}
+
+static bool check_key(struct req *r, const uint8_t key[16])
+{
+    int rc = r->m->mi256_off ? stun_msg_check_integrity_sha256(r->m, key, 16)
+                             : stun_msg_check_integrity(r->m, key, 16);
+    if (rc == 0)
+        memcpy(r->key, key, 16);
+    return rc == 0;
+}
+
+static int auth_fail(struct req *r, enum av_auth_fail why, int code)
+{
+    r->t->st.auth_fail[why]++;
+    if (why != AV_AUTH_MISSING)
+        LOGI(r->t->log, r->in->client, "authentication failed for user %s: %s (error %d)",
+             r->user[0] ? r->user : "-", av_auth_fail_name(why), code);
+    reply_error(r, code);
+    return 1;
+}
+
+/* 0 when the request is authenticated (r->key, r->user set); 1 when an error reply was
+ * produced; negative to drop it (rate limit). */
+static int authenticate(struct req *r)
+{
+    struct av_turn *t = r->t;
+    const struct stun_msg *m = r->m;
+    if (!m->mi_off && !m->mi256_off) {
+        if (t->unauth) {
+            size_t n;
+            const uint8_t *ip = ip_bytes(r->in->client, &n);
+            if (!ratelimit_take(t->unauth, ip, n, 1, r->in->now_ms, NULL)) {
+                t->st.unauth_limited++;
+                return -EAGAIN;
+            }
+        }
+        return auth_fail(r, AV_AUTH_MISSING, 401);
+    }
+    const struct stun_attr *u = stun_msg_find(m, STUN_A_USERNAME);
+    const struct stun_attr *realm = stun_msg_find(m, STUN_A_REALM);
+    const struct stun_attr *nonce = stun_msg_find(m, STUN_A_NONCE);
+    if (!u || !realm || !nonce || u->len == 0 || u->len >= AV_USERNAME_MAX)
+        return auth_fail(r, AV_AUTH_BAD_REQUEST, u && u->len >= AV_USERNAME_MAX ? 401 : 400);
+    memcpy(r->user, m->buf + u->off, u->len);
+    r->user[u->len] = 0;
+    if (memchr(r->user, 0, u->len))
+        return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
+    if (!nonce_valid(t, r->in->client, r->in->now_s, stun_attr_value(m, nonce)))
+        return auth_fail(r, AV_AUTH_STALE_NONCE, 438);
+    r->sha256 = m->mi256_off != 0;
+
+    struct slice us = slice_make(r->user, u->len), rs = slice_str(t->cfg->realm);
+    for (size_t i = 0; i < t->cfg->n_users; i++) {
+        if (strcmp(t->cfg->users[i].name, r->user) == 0) {
+            if (check_key(r, t->cfg->users[i].key))
+                goto ok;
+            return auth_fail(r, AV_AUTH_BAD_INTEGRITY, 401);
+        }
+    }
+    int64_t expiry;
+    if (turn_rest_expiry(r->user, u->len, &expiry) == 0) {
+        if (expiry < r->in->now_s)
+            return auth_fail(r, AV_AUTH_EXPIRED, 401);
+        refresh_keyring(t);
+        const struct token_key *keys[2] = {&t->kr.cur, &t->kr.prev};
+        bool any = false;
+        for (int k = 0; k < 2; k++) {
+            const struct token_key *tk = keys[k];
+            if (!tk->secret_len || (tk->not_after && tk->not_after < r->in->now_s))
+                continue;
+            any = true;
+            char pass[64];
+            uint8_t key[16];
+            if (turn_rest_password(tk->secret, tk->secret_len, r->user, pass, sizeof(pass)))
+                continue;
+            stun_key_long_term(us, rs, slice_str(pass), key);
+            if (check_key(r, key))
+                goto ok;
+        }
+        return auth_fail(r, any ? AV_AUTH_BAD_INTEGRITY : AV_AUTH_UNKNOWN_USER, 401);
+    }
+    return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
+ok:
+    r->authed = true;
+    return 0;
+}
+
+/* ---- methods ---- */
+
+static uint32_t desired_lifetime(const struct av_turn_cfg *c, const struct stun_msg *m,
+                                 bool *zero)
+{
+    const struct stun_attr *l = stun_msg_find(m, STUN_A_LIFETIME);
+    uint32_t v;
+    *zero = false;
+    if (!l || stun_attr_u32(m, l, &v))
+        return c->default_lifetime_s;
+    if (v == 0) {
+        *zero = true;
+        return 0;
+    }
+    if (v > c->max_lifetime_s)
+        v = c->max_lifetime_s;
+    return v > c->default_lifetime_s ? v : c->default_lifetime_s;
+}
+
+static void alloc_success(struct req *r, struct av_alloc *a, int addr_err_family, int addr_err)
+{
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    for (int i = 0; i < 2; i++)
+        if (a->relay[i].addr.u.sa.sa_family)
+            stun_build_xaddr(&b, STUN_A_XOR_RELAYED_ADDRESS, &a->relay[i].addr);
+    stun_build_u32(&b, STUN_A_LIFETIME, a->lifetime_s);
+    if (a->token) {
+        uint8_t tok[8];
+        for (int i = 0; i < 8; i++)
+            tok[i] = (uint8_t)(a->token >> (56 - 8 * i));
+        stun_build_attr(&b, STUN_A_RESERVATION_TOKEN, tok, 8);
+    }
+    stun_build_xaddr(&b, STUN_A_XOR_MAPPED_ADDRESS, r->in->client);
+    if (addr_err) {
+        const char *reason = stun_reason(addr_err);
+        uint8_t v[4 + 64];
+        size_t rl = strlen(reason);
+        v[0] = addr_err_family == AF_INET6 ? 2 : 1;
+        v[1] = 0;
+        v[2] = (uint8_t)(addr_err / 100);
+        v[3] = (uint8_t)(addr_err % 100);
+        memcpy(v + 4, reason, rl);
+        stun_build_attr(&b, STUN_A_ADDRESS_ERROR_CODE, v, 4 + rl);
+    }
+    finish(r, &b);
+}
+
+static int do_allocate(struct req *r)
+{
+    struct av_turn *t = r->t;
+    const struct av_turn_cfg *c = t->cfg;
+    const struct stun_msg *m = r->m;
+    const struct av_turn_in *in = r->in;
+
+    struct av_alloc *a = av_alloc_find(t->tab, in->client, in->listener, in->transport);
+    if (a) {
+        if (memcmp(a->tid, m->tid, STUN_TID_LEN) == 0 && strcmp(a->user->name, r->user) == 0) {
+            alloc_success(r, a, 0, 0); /* a retransmission */
+            return 0;
+        }
+        log_refusal(r, NULL, 437, "allocation exists for this 5-tuple", NULL, 0);
+        return reply_error(r, 437);
+    }
+    const struct stun_attr *rt = stun_msg_find(m, STUN_A_REQUESTED_TRANSPORT);
+    uint8_t proto;
+    if (!rt || stun_attr_u8(m, rt, &proto))
+        return reply_error(r, 400);
+    if (proto != AV_TRANSPORT_UDP) {
+        log_refusal(r, NULL, 442, "unsupported relay transport", NULL, 0);
+        return reply_error(r, 442);
+    }
+    const struct stun_attr *raf = stun_msg_find(m, STUN_A_REQUESTED_ADDRESS_FAMILY);
+    const struct stun_attr *aaf = stun_msg_find(m, STUN_A_ADDITIONAL_ADDRESS_FAMILY);
+    const struct stun_attr *tok = stun_msg_find(m, STUN_A_RESERVATION_TOKEN);
+    const struct stun_attr *ev = stun_msg_find(m, STUN_A_EVEN_PORT);
+    bool df = stun_msg_find(m, STUN_A_DONT_FRAGMENT) != NULL;
+    if ((tok && (ev || raf || aaf)) || (raf && aaf) || (tok && tok->len != 8) ||
+        (ev && ev->len < 1))
+        return reply_error(r, 400);
+    int family = AF_INET;
+    if (raf) {
+        uint8_t f;
+        if (stun_attr_u8(m, raf, &f) || (f != 1 && f != 2))
+            return reply_error(r, 440);
+        family = f == 2 ? AF_INET6 : AF_INET;
+    }
+    bool dual = false;
+    int addr_err = 0;
+    if (aaf) {
+        uint8_t f;
+        if (stun_attr_u8(m, aaf, &f) || f != 2)
+            return reply_error(r, 400);
+        if (c->have_v6)
+            dual = true;
+        else
+            addr_err = 440;
+    }
+    if ((family == AF_INET && !c->have_v4) || (family == AF_INET6 && !c->have_v6)) {
+        log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
+        return reply_error(r, 440);
+    }
+    struct av_user *u = av_user_find(t->tab, r->user);
+    if (c->user_quota && u && u->n_allocs >= c->user_quota) {
+        t->st.quota_user++;
+        log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
+        return reply_error(r, 486);
+    }
+    if (c->total_quota &&
+        __atomic_load_n(&t->sh->allocs, __ATOMIC_RELAXED) >= (int64_t)c->total_quota) {
+        t->st.quota_total++;
+        log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
+        return reply_error(r, 508);
+    }
+    void *reserved = NULL;
+    if (tok) {
+        const uint8_t *v = m->buf + tok->off;
+        uint64_t token = 0;
+        for (int i = 0; i < 8; i++)
+            token = token << 8 | v[i];
+        reserved = av_reservation_take(t->tab, token, in->now_ms);
+        if (!reserved) {
+            log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
+            return reply_error(r, 508);
+        }
+    }
+    bool zero;
+    uint32_t life = desired_lifetime(c, m, &zero);
+    if (zero)
+        life = c->default_lifetime_s;
+
+    a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
+    if (!a) {
+        if (reserved && t->io.release)
+            t->io.release(t->io.arg, reserved);
+        return reply_error(r, 508);
+    }
+    __atomic_add_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
+    a->side = in->side;
+    a->conn = in->conn;
+    a->lifetime_s = life;
+    a->expires_ms = in->now_ms + (uint64_t)life * 1000;
+    memcpy(a->key, r->key, 16);
+    memcpy(a->tid, m->tid, STUN_TID_LEN);
+    a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
+                               in->now_ms};
+    if (a->user->n_allocs == 1)
+        a->user->bw = (struct av_bucket){c->bps_per_user, c->bps_per_user,
+                                         (double)c->bps_per_user, in->now_ms};
+
+    bool reserve = ev && (m->buf[ev->off] & 0x80);
+    void *resv_out = NULL;
+    int rc = t->io.open(t->io.arg, a, reserved ? AF_INET : family, ev != NULL, df,
+                        reserve ? &resv_out : NULL, reserved);
+    if (rc) {
+        av_alloc_remove(t->tab, a);
+        log_refusal(r, NULL, 508, "no relay port available", NULL, 0);
+        return reply_error(r, 508);
+    }
+    if (reserve && resv_out) {
+        uint64_t token;
+        crypto_random(&token, sizeof(token));
+        if (!token)
+            token = 1;
+        if (av_reservation_add(t->tab, token, resv_out, in->now_ms + RESERVATION_MS) == 0)
+            a->token = token;
+        else if (t->io.release)
+            t->io.release(t->io.arg, resv_out);
+    }
+    int err_family = AF_INET6;
+    if (dual && t->io.open(t->io.arg, a, AF_INET6, false, df, NULL, NULL))
+        addr_err = 508;
+    t->st.allocs_ok++;
+    char ra[ADDR_STRLEN];
+    LOGI(t->log, in->client, "allocation for %s on the %s side: relay %s, lifetime %us", r->user,
+         in->side == AV_SIDE_EXTERNAL ? "external" : "internal",
+         addr_format(a->relay[0].addr.u.sa.sa_family ? &a->relay[0].addr : &a->relay[1].addr, ra),
+         life);
+    alloc_success(r, a, err_family, addr_err);
+    return 0;
+}
+
+/* The allocation a later request refers to: 437 when none, 441 when another user's. */
+static struct av_alloc *owned_alloc(struct req *r)
+{
+    struct av_alloc *a =
+        av_alloc_find(r->t->tab, r->in->client, r->in->listener, r->in->transport);
+    if (!a) {
+        log_refusal(r, NULL, 437, "no allocation for this 5-tuple", NULL, 0);
+        reply_error(r, 437);
+        return NULL;
+    }
+    if (strcmp(a->user->name, r->user) != 0) {
+        log_refusal(r, NULL, 441, "username differs from the allocation's", NULL, 0);
+        reply_error(r, 441);
+        return NULL;
+    }
+    return a;
+}
+
+static int do_refresh(struct req *r)
+{
+    struct av_alloc *a = owned_alloc(r);
+    if (!a)
+        return 0;
+    bool zero;
+    uint32_t life = desired_lifetime(r->t->cfg, r->m, &zero);
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    stun_build_u32(&b, STUN_A_LIFETIME, life);
+    finish(r, &b);
+    if (zero) {
+        LOGI(r->t->log, r->in->client, "allocation of %s deleted by the client", r->user);
+        av_alloc_remove(r->t->tab, a);
+    } else {
+        a->expires_ms = r->in->now_ms + (uint64_t)life * 1000;
+    }
+    return 0;
+}
+
+/* Checks the family and the enterprise rule for a peer; replies 443/403 when refused. */
+static bool peer_ok(struct req *r, struct av_alloc *a, const struct addr *peer)
+{
+    int fi = peer->u.sa.sa_family == AF_INET6 ? 1 : 0;
+    if (!a->relay[fi].addr.u.sa.sa_family) {
+        log_refusal(r, a, 443, "peer address family differs from the relay's", peer, 8);
+        reply_error(r, 443);
+        return false;
+    }
+    enum av_deny d = av_turn_peer_policy(r->t->cfg, (enum av_side)a->side, peer);
+    if (d != AV_DENY_NONE) {
+        r->t->st.denied[d]++;
+        log_refusal(r, a, 403, av_deny_name(d), peer, 9 + d);
+        reply_error(r, 403);
+        return false;
+    }
+    return true;
+}
+
+static int do_create_permission(struct req *r)
+{
+    struct av_alloc *a = owned_alloc(r);
+    if (!a)
+        return 0;
+    struct addr peers[STUN_MAX_ATTRS];
+    size_t n = 0;
+    for (unsigned i = 0; i < r->m->n_attrs; i++) {
+        if (r->m->attrs[i].type != STUN_A_XOR_PEER_ADDRESS)
+            continue;
+        if (stun_attr_xaddr(r->m, &r->m->attrs[i], &peers[n]))
+            return reply_error(r, 400);
+        if (!peer_ok(r, a, &peers[n]))
+            return 0;
+        n++;
+    }
+    if (n == 0)
+        return reply_error(r, 400);
+    const struct av_turn_cfg *c = r->t->cfg;
+    if (c->max_perms && a->n_perms + n > c->max_perms) {
+        size_t fresh = 0;
+        for (size_t i = 0; i < n; i++)
+            fresh += av_perm_find(r->t->tab, a, &peers[i], r->in->now_ms) == NULL;
+        if (a->n_perms + fresh > c->max_perms) {
+            log_refusal(r, a, 508, "too many permissions", NULL, 7);
+            return reply_error(r, 508);
+        }
+    }
+    uint64_t exp = r->in->now_ms + (uint64_t)c->perm_lifetime_s * 1000;
+    for (size_t i = 0; i < n; i++)
+        if (!av_perm_set(r->t->tab, a, &peers[i], exp))
+            return reply_error(r, 508);
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    finish(r, &b);
+    return 0;
+}
+
+static int do_channel_bind(struct req *r)
+{
+    struct av_alloc *a = owned_alloc(r);
+    if (!a)
+        return 0;
+    const struct stun_attr *cn = stun_msg_find(r->m, STUN_A_CHANNEL_NUMBER);
+    const struct stun_attr *pa = stun_msg_find(r->m, STUN_A_XOR_PEER_ADDRESS);
+    uint32_t v;
+    struct addr peer;
+    if (!cn || stun_attr_u32(r->m, cn, &v) || !pa || stun_attr_xaddr(r->m, pa, &peer))
+        return reply_error(r, 400);
+    uint16_t num = (uint16_t)(v >> 16);
+    if (num < 0x4000 || num > 0x4FFF)
+        return reply_error(r, 400);
+    if (!peer_ok(r, a, &peer))
+        return 0;
+    struct av_alloc_table *tab = r->t->tab;
+    uint64_t now = r->in->now_ms;
+    struct av_chan *c1 = av_chan_by_num(tab, a, num, now);
+    struct av_chan *c2 = av_chan_by_peer(tab, a, &peer, now);
+    if ((c1 && !addr_eq(&c1->peer, &peer)) || (c2 && c2->num != num)) {
+        log_refusal(r, a, 400, "channel or peer already bound otherwise", &peer, 6);
+        return reply_error(r, 400);
+    }
+    const struct av_turn_cfg *c = r->t->cfg;
+    if (!c1 && c->max_perms && a->n_chans >= c->max_perms)
+        return reply_error(r, 508);
+    if (!av_chan_set(tab, a, num, &peer, now + (uint64_t)c->chan_lifetime_s * 1000) ||
+        !av_perm_set(tab, a, &peer, now + (uint64_t)c->perm_lifetime_s * 1000))
+        return reply_error(r, 508);
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    finish(r, &b);
+    return 0;
+}
+
+/* ---- relay paths ---- */
+
+static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
+                         struct slice data, uint64_t now_ms, struct av_turn_out *out)
+{
+    if (!av_perm_find(t->tab, a, peer, now_ms)) {
+        t->st.dropped_no_perm++;
+        return -EPERM;
+    }
+    if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_bucket_take(&a->user->bw, now_ms, data.len)) {
+        t->st.dropped_bandwidth++;
+        return -ENOBUFS;
+    }
+    out->relay_alloc = a;
+    out->relay_peer = *peer;
+    out->relay_data = data;
+    a->pkts_out++;
+    a->bytes_out += data.len;
+    t->st.pkts_to_peer++;
+    t->st.bytes_to_peer += data.len;
+    return 0;
+}
+
+static int do_send(struct av_turn *t, const struct av_turn_in *in, const struct stun_msg *m,
+                   struct av_turn_out *out)
+{
+    struct av_alloc *a = av_alloc_find(t->tab, in->client, in->listener, in->transport);
+    const struct stun_attr *pa = stun_msg_find(m, STUN_A_XOR_PEER_ADDRESS);
+    const struct stun_attr *d = stun_msg_find(m, STUN_A_DATA);
+    struct addr peer;
+    if (!a || !pa || !d || stun_attr_xaddr(m, pa, &peer))
+        return -ENOENT;
+    return relay_to_peer(t, a, &peer, stun_attr_value(m, d), in->now_ms, out);
+}
+
+static int do_chandata(struct av_turn *t, const struct av_turn_in *in, const uint8_t *p,
+                       size_t len, struct av_turn_out *out)
+{
+    uint16_t ch;
+    struct slice data;
+    if (stun_chandata_parse(p, len, in->transport != AV_TRANSPORT_UDP, &ch, &data) < 0)
+        return -EBADMSG;
+    struct av_alloc *a = av_alloc_find(t->tab, in->client, in->listener, in->transport);
+    if (!a)
+        return -ENOENT;
+    struct av_chan *c = av_chan_by_num(t->tab, a, ch, in->now_ms);
+    if (!c)
+        return -ENOENT;
+    return relay_to_peer(t, a, &c->peer, data, in->now_ms, out);
+}
+
+int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
+                       uint8_t *data, size_t len, bool stream, uint64_t now_ms,
+                       struct slice *frame)
+{
+    if (!av_perm_find(t->tab, a, peer, now_ms)) {
+        t->st.dropped_no_perm++;
+        return -EPERM;
+    }
+    if (!av_bucket_take(&a->bw, now_ms, len) || !av_bucket_take(&a->user->bw, now_ms, len)) {
+        t->st.dropped_bandwidth++;
+        return -ENOBUFS;
+    }
+    size_t pad = (4 - (len & 3)) & 3;
+    struct av_chan *c = av_chan_by_peer(t->tab, a, peer, now_ms);
+    if (c) {
+        uint8_t *h = data - 4;
+        stun_chandata_header(h, c->num, len);
+        if (stream && pad)
+            memset(data + len, 0, pad);
+        *frame = slice_make(h, 4 + len + (stream ? pad : 0));
+    } else {
+        if (len > 0xFFFF - 64)
+            return -EMSGSIZE;
+        size_t hsz = STUN_HDR_LEN + (peer->u.sa.sa_family == AF_INET6 ? 24 : 12) + 4;
+        uint8_t *h = data - hsz;
+        uint8_t tid[STUN_TID_LEN];
+        for (int i = 0; i < STUN_TID_LEN; i += 4) {
+            t->rnd ^= t->rnd << 13;
+            t->rnd ^= t->rnd >> 7;
+            t->rnd ^= t->rnd << 17;
+            wr32(tid + i, (uint32_t)t->rnd);
+        }
+        struct stun_builder b;
+        stun_build_init(&b, h, hsz, STUN_DATA, STUN_INDICATION, tid);
+        stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
+        uint8_t *dh = h + b.len;
+        dh[0] = (uint8_t)(STUN_A_DATA >> 8);
+        dh[1] = (uint8_t)STUN_A_DATA;
+        dh[2] = (uint8_t)(len >> 8);
+        dh[3] = (uint8_t)len;
+        memset(data + len, 0, pad);
+        size_t total = hsz + len + pad;
+        h[2] = (uint8_t)((total - STUN_HDR_LEN) >> 8);
+        h[3] = (uint8_t)(total - STUN_HDR_LEN);
+        *frame = slice_make(h, total);
+    }
+    a->pkts_in++;
+    a->bytes_in += len;
+    t->st.pkts_to_client++;
+    t->st.bytes_to_client += len;
+    return 0;
+}
+
+/* ---- dispatch ---- */
+
+static int do_binding(struct req *r)
+{
+    struct av_turn *t = r->t;
+    if (t->unauth) {
+        size_t n;
+        const uint8_t *ip = ip_bytes(r->in->client, &n);
+        if (!ratelimit_take(t->unauth, ip, n, 1, r->in->now_ms, NULL)) {
+            t->st.unauth_limited++;
+            return -EAGAIN;
+        }
+    }
+    if (r->m->n_unknown)
+        return reply_error(r, 420);
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    stun_build_xaddr(&b, STUN_A_XOR_MAPPED_ADDRESS, r->in->client);
+    finish(r, &b);
+    t->st.bindings++;
+    return 0;
+}
+
+int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t *p, size_t len,
+                  struct av_turn_out *out)
+{
+    out->reply_len = 0;
+    out->code = 0;
+    out->relay_alloc = NULL;
+    if (stun_is_chandata(p, len))
+        return do_chandata(t, in, p, len, out);
+    struct stun_msg m;
+    if (stun_msg_parse(&m, p, len) < 0)
+        return -EBADMSG;
+    if (m.fp_off && stun_msg_check_fingerprint(&m) != 0)
+        return -EBADMSG;
+    if (m.cls == STUN_INDICATION)
+        return m.method == STUN_SEND && !m.n_unknown ? do_send(t, in, &m, out) : -ENOTSUP;
+    if (m.cls != STUN_REQUEST)
+        return -ENOTSUP;
+
+    struct req r = {.t = t, .in = in, .m = &m, .out = out, .fp = m.fp_off != 0};
+    switch (m.method) {
+    case STUN_BINDING:
+        return do_binding(&r);
+    case STUN_ALLOCATE:
+    case STUN_REFRESH:
+    case STUN_CREATE_PERMISSION:
+    case STUN_CHANNEL_BIND:
+        break;
+    default:
+        return reply_error(&r, 400);
+    }
+    int rc = authenticate(&r);
+    if (rc)
+        return rc < 0 ? rc : 0;
+    if (m.n_unknown) {
+        log_refusal(&r, NULL, 420, "unknown comprehension-required attribute", NULL, 0);
+        return reply_error(&r, 420);
+    }
+    switch (m.method) {
+    case STUN_ALLOCATE:
+        return do_allocate(&r);
+    case STUN_REFRESH:
+        return do_refresh(&r);
+    case STUN_CREATE_PERMISSION:
+        return do_create_permission(&r);
+    default:
+        return do_channel_bind(&r);
+    }
+}

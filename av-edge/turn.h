@@ -1,0 +1,167 @@
+/* TURN server logic (RFC 8656, RFC 8489 long-term credentials, TURN REST credentials) as a
+ * state machine without I/O: a message and where it came from go in; a reply, a relay
+ * action or nothing come out. Relay sockets are opened through a small I/O interface. */
+#ifndef AV_TURN_H
+#define AV_TURN_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "av-edge/alloc.h"
+#include "av-edge/stun.h"
+#include "common/addr.h"
+#include "common/log.h"
+#include "common/token.h"
+
+/* Bytes the caller leaves writable before relayed data (for the Data indication or
+ * ChannelData header) and after it (padding). */
+#define AV_HEADROOM 64
+#define AV_TAILROOM 4
+
+struct av_static_user {
+    const char *name;
+    uint8_t key[16]; /* MD5(name:realm:password) */
+};
+
+/* Read-only settings, built from the config; swapped whole on reload. */
+struct av_turn_cfg {
+    const char *realm;
+    const char *software; /* NULL: no SOFTWARE attribute */
+    uint32_t default_lifetime_s, max_lifetime_s, perm_lifetime_s, chan_lifetime_s;
+    uint32_t nonce_lifetime_s;
+    uint32_t user_quota, total_quota, max_perms;
+    uint64_t bps_per_alloc, bps_per_user; /* bytes per second, 0 = unlimited */
+    const struct cidr *internal_nets;
+    size_t n_internal_nets;
+    const struct cidr *allow_peers; /* external-side exceptions (labs); never own/internal */
+    size_t n_allow_peers;
+    const struct addr *own; /* the edge's own addresses (ports ignored) */
+    size_t n_own;
+    const struct av_static_user *users;
+    size_t n_users;
+    bool have_v4, have_v6; /* relay address families configured */
+    bool tcp_relay;        /* RFC 6062 allowed */
+};
+
+/* Shared between workers: relay secrets (current + previous) that the control channel
+ * rotates, and the total allocation count for the global quota. */
+struct av_shared {
+    pthread_mutex_t mu;
+    struct keyring kr;   /* under mu */
+    uint64_t kr_gen;     /* bumped under mu, read atomically */
+    int64_t allocs;      /* atomic */
+    uint8_t nonce_key[20];
+};
+int av_shared_init(struct av_shared *s);
+void av_shared_fini(struct av_shared *s);
+/* Installs a relay secret (the previous current one stays valid). */
+int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
+                         int64_t not_after);
+
+/* The I/O layer's side of relay sockets. */
+struct av_relay_io {
+    /* Opens a relay socket of family for a and fills a->relay[family == AF_INET6].
+     * even: the port must be even; reserve_out non-NULL: also hold the next port and return
+     * its handle there; reserved_in: use this previously reserved socket instead.
+     * Returns 0, -EADDRNOTAVAIL when the port range is exhausted, or a negative errno. */
+    int (*open)(void *arg, struct av_alloc *a, int family, bool even, bool dont_fragment,
+                void **reserve_out, void *reserved_in);
+    /* Closes a's relay sockets (the allocation is going away). */
+    void (*close)(void *arg, struct av_alloc *a);
+    /* Drops an unused reservation. */
+    void (*release)(void *arg, void *reserved);
+    void *arg;
+};
+
+enum av_auth_fail {
+    AV_AUTH_MISSING, /* no MESSAGE-INTEGRITY: the normal first challenge */
+    AV_AUTH_BAD_REQUEST,
+    AV_AUTH_STALE_NONCE,
+    AV_AUTH_UNKNOWN_USER,
+    AV_AUTH_EXPIRED,
+    AV_AUTH_BAD_INTEGRITY,
+    AV_AUTH_WRONG_CREDENTIALS,
+    AV_AUTH_NREASONS
+};
+const char *av_auth_fail_name(enum av_auth_fail r);
+
+enum av_deny {
+    AV_DENY_NONE = 0,
+    AV_DENY_INTERNAL_NET,
+    AV_DENY_OWN_ADDRESS,
+    AV_DENY_LOOPBACK,
+    AV_DENY_LINK_LOCAL,
+    AV_DENY_MULTICAST,
+    AV_DENY_UNSPECIFIED,
+    AV_DENY_NREASONS
+};
+const char *av_deny_name(enum av_deny d);
+/* The enterprise rule: may an allocation made on side name peer? */
+enum av_deny av_turn_peer_policy(const struct av_turn_cfg *c, enum av_side side,
+                                 const struct addr *peer);
+
+/* Per-worker counters, plain integers bumped on the worker's thread and folded into the
+ * metrics registry periodically (no atomics on the relay path). */
+struct av_turn_stats {
+    uint64_t pkts_to_peer, bytes_to_peer, pkts_to_client, bytes_to_client;
+    uint64_t dropped_no_perm, dropped_bandwidth;
+    uint64_t auth_fail[AV_AUTH_NREASONS];
+    uint64_t denied[AV_DENY_NREASONS];
+    uint64_t quota_user, quota_total;
+    uint64_t bindings, allocs_ok, errors;
+    uint64_t unauth_limited;
+};
+
+struct av_turn;
+
+/* Creates a worker's TURN state over cfg (borrowed; see av_turn_set_cfg), shared and io. */
+int av_turn_create(struct av_turn **out, const struct av_turn_cfg *cfg, struct av_shared *shared,
+                   const struct av_relay_io *io, const struct logger *log);
+void av_turn_destroy(struct av_turn *t);
+void av_turn_set_cfg(struct av_turn *t, const struct av_turn_cfg *cfg);
+void av_turn_set_logger(struct av_turn *t, const struct logger *log);
+/* Optional rate limit on unauthenticated requests per source IP: rate per second, burst. */
+int av_turn_set_unauth_limit(struct av_turn *t, double rate, double burst);
+struct av_alloc_table *av_turn_table(struct av_turn *t);
+struct av_turn_stats *av_turn_stats(struct av_turn *t);
+
+/* Where a message came from. */
+struct av_turn_in {
+    const struct addr *client; /* source address */
+    uint16_t listener;         /* index of the listening socket (server side of the 5-tuple) */
+    uint8_t transport;         /* AV_TRANSPORT_UDP or AV_TRANSPORT_TCP */
+    uint8_t side;              /* enum av_side */
+    void *conn;                /* the stream for TCP/TLS clients */
+    uint64_t now_ms;           /* monotonic */
+    int64_t now_s;             /* wall clock (REST expiry) */
+};
+
+/* What to do. reply/reply_cap are the caller's; relay_alloc non-NULL means "send
+ * relay_data from relay_alloc's relay socket to relay_peer". */
+struct av_turn_out {
+    uint8_t *reply;
+    size_t reply_cap;
+    size_t reply_len;
+    int code; /* the error code sent, 0 for success or nothing */
+    struct av_alloc *relay_alloc;
+    struct addr relay_peer;
+    struct slice relay_data;
+};
+
+/* Handles one STUN message or ChannelData frame from a client (p/len is exactly one frame).
+ * Returns 0 (see out), or a negative errno when the input was dropped. */
+int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t *p, size_t len,
+                  struct av_turn_out *out);
+
+/* A datagram from peer arrived on a's relay socket. data has AV_HEADROOM writable bytes
+ * before it and AV_TAILROOM after. On 0, *frame is the ChannelData or Data indication to
+ * send to the client (padded to 4 bytes when stream); negative errno when dropped. */
+int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
+                       uint8_t *data, size_t len, bool stream, uint64_t now_ms,
+                       struct slice *frame);
+
+/* Removes expired state; returns allocations removed. */
+size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms);
+
+#endif

@@ -1,0 +1,50 @@
+/* conf-edge's configuration: one read-only struct loaded from YAML through a key table and
+ * swapped whole on reload. */
+#ifndef CONF_EDGE_CONFIG_H
+#define CONF_EDGE_CONFIG_H
+
+#include <stdint.h>
+#include "common/cfg.h"
+#include "common/daemon.h"
+
+struct ce_config {
+    struct daemon_config base;
+    struct {
+        struct addr listen;
+        struct tls_files_config tls; /* no cert: a self-signed one (labs) */
+        uint64_t handshake_timeout_ms;
+    } external;
+    struct {
+        struct addr listen;
+        struct tls_files_config tls; /* cert, key and the CA that signs conferencing servers */
+        char **allowed_names;        /* certificate names accepted as conferencing servers */
+        size_t n_allowed_names;
+        uint64_t handshake_timeout_ms;
+        uint64_t ping_interval_ms;
+    } internal;
+    uint64_t preamble_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t server_wait_ms;
+    struct {
+        uint32_t per_address;
+        uint32_t per_conference;
+        uint32_t clients;
+    } limits;
+    struct {
+        uint64_t client_write; /* bytes queued towards one client before it counts as slow */
+        uint64_t window;       /* per-stream flow-control window, each direction */
+        uint64_t server_write; /* bytes queued towards one conferencing server */
+    } buffers;
+    struct {
+        char *id;
+        char *secret;
+    } conference_key; /* labs: a signing secret without the Director */
+    uint32_t revocations_max;
+    struct director_link_config director;
+};
+
+extern const struct cfg_key ce_config_keys[];
+/* Cross-field rules (cert needs key, internal side needs a CA). */
+int ce_config_validate(const void *cfg, struct cfg_err *err);
+
+#endif

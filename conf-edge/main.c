@@ -1,0 +1,145 @@
+/* conf-edge: the conferencing data edge daemon (TLS-only PSOM relay that admits only
+ * holders of a valid conference session key). Wiring of config, edge and control channel. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/admin.h"
+#include "common/daemon.h"
+#include "conf-edge/config.h"
+#include "conf-edge/edge.h"
+
+struct ce_main {
+    struct daemon *d;
+    struct ce_edge *edge;
+};
+
+static int health(char *why, size_t cap, void *arg)
+{
+    struct ce_main *m = arg;
+    return m->edge ? ce_edge_health(m->edge, why, cap) : 0;
+}
+
+/* Copies the value of name from a query string "a=1&b=2" (no percent-decoding: key ids and
+ * user names are URL-safe by the token format). */
+static void query_get(const char *q, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    out[0] = '\0';
+    for (const char *p = q; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (!strncmp(p, name, nl) && p[nl] == '=') {
+            const char *v = p + nl + 1;
+            size_t n = strcspn(v, "&");
+            n = n < cap - 1 ? n : cap - 1;
+            memcpy(out, v, n);
+            out[n] = '\0';
+            return;
+        }
+    }
+}
+
+/* POST /revoke?jti=<key id>&user=<participant>[&until=<unix>]: the same as a Revoke from
+ * the Director, for labs and operators on the internal admin listener. */
+static void on_revoke_route(const char *method, const char *path, const char *query,
+                            const char *body, size_t body_len, struct admin_reply *r, void *arg)
+{
+    struct ce_main *m = arg;
+    if (strcmp(method, "POST")) {
+        admin_reply_printf(r, 405, "text/plain", "use POST\n");
+        return;
+    }
+    char jti[64], user[128], until[24];
+    query_get(query, "jti", jti, sizeof jti);
+    query_get(query, "user", user, sizeof user);
+    query_get(query, "until", until, sizeof until);
+    if (!jti[0] && !user[0]) {
+        admin_reply_printf(r, 400, "text/plain", "need jti= or user=\n");
+        return;
+    }
+    ce_edge_revoke(m->edge, jti, user, strtoll(until, NULL, 10));
+    admin_reply_printf(r, 200, "application/json", "{\"revoked\": {\"jti\": \"%s\", \"user\": \"%s\"}}\n",
+                       jti, user);
+}
+
+/* GET /stats: the edge's counters as JSON. */
+static void on_stats_route(const char *method, const char *path, const char *query,
+                           const char *body, size_t body_len, struct admin_reply *r, void *arg)
+{
+    struct ce_main *m = arg;
+    struct ce_edge_stats st;
+    ce_edge_get_stats(m->edge, &st);
+    admin_reply_printf(r, 200, "application/json",
+                       "{\"clients\": %llu, \"relaying\": %llu, \"servers\": %llu, "
+                       "\"conferences\": %llu, \"bytes_to_server\": %llu, \"bytes_to_client\": %llu, "
+                       "\"refused\": %llu}\n",
+                       (unsigned long long)st.clients, (unsigned long long)st.relaying,
+                       (unsigned long long)st.servers, (unsigned long long)st.conferences,
+                       (unsigned long long)st.bytes_up, (unsigned long long)st.bytes_down,
+                       (unsigned long long)st.refused);
+}
+
+static int ce_start(struct daemon *d, const void *cfgp, void **state)
+{
+    const struct ce_config *cfg = cfgp;
+    struct ce_main *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->d = d;
+    char err[512] = "";
+    int rc = ce_edge_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), &m->edge, err,
+                           sizeof err);
+    if (rc) {
+        LOGE(daemon_logger(d), NULL, "%s", err[0] ? err : strerror(-rc));
+        free(m);
+        return rc;
+    }
+    admin_set_health(daemon_admin(d), health, m);
+    admin_route(daemon_admin(d), "/revoke", on_revoke_route, m);
+    admin_route(daemon_admin(d), "/stats", on_stats_route, m);
+    *state = m;
+    return 0;
+}
+
+static int ce_reload(struct daemon *d, void *state, const void *cfg)
+{
+    struct ce_main *m = state;
+    return ce_edge_reload(m->edge, cfg);
+}
+
+static void on_drained(void *arg)
+{
+    struct ce_main *m = arg;
+    daemon_drained(m->d);
+}
+
+static void ce_drain(struct daemon *d, void *state)
+{
+    struct ce_main *m = state;
+    ce_edge_drain(m->edge, on_drained, m);
+}
+
+static void ce_stop(struct daemon *d, void *state)
+{
+    struct ce_main *m = state;
+    if (!m)
+        return;
+    ce_edge_stop(m->edge);
+    free(m);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct daemon_ops ops = {
+        .name = "conf-edge",
+        .summary = "conferencing data edge: TLS-only relay that admits holders of a conference key",
+        .default_config = "deploy/config/conf-edge.yaml",
+        .keys = ce_config_keys,
+        .config_size = sizeof(struct ce_config),
+        .validate = ce_config_validate,
+        .start = ce_start,
+        .reload = ce_reload,
+        .drain = ce_drain,
+        .stop = ce_stop,
+    };
+    return daemon_main(argc, argv, &ops);
+}

@@ -1,0 +1,12 @@
+# director/: the control-plane hub daemon, its unit tests, and the ctl-probe edge stand-in.
+DIR_SRCS := $(filter-out director/main.c,$(wildcard director/*.c))
+DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o)
+$(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))
+$(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/director_*_test.c)),$(eval $(call unit_test,$(t),$(DIR_OBJS))))
+
+# ctl-probe: connects to the Director like an edge would and prints what it receives.
+$(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD  $@")
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+all: $(BIN)/ctl-probe

@@ -1,0 +1,66 @@
+/* The Director's configuration keys (YAML), defaults following the lab address plan. */
+#include <errno.h>
+#include <stddef.h>
+
+#include "director/director.h"
+
+static const struct cfg_key ctl_keys[] = {
+    {.name = "listen", .type = CFG_ADDR, .offset = offsetof(struct director_ctl_config, listen),
+     .def = "127.0.0.10:7400", .min = 7400,
+     .help = "control channel listener (mutual TLS) the edges connect to"},
+    {.name = "heartbeat", .type = CFG_DURATION,
+     .offset = offsetof(struct director_ctl_config, heartbeat_ms), .def = "1s", .min = 100,
+     .max = 60000, .help = "heartbeat interval; a peer silent for three is dropped"},
+    CFG_END,
+};
+
+static const struct cfg_key tls_keys[] = {
+    {.name = "cert", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, cert),
+     .def = "build/certs/director.crt", .help = "the Director's certificate (PEM)"},
+    {.name = "key", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, key),
+     .def = "build/certs/director.key", .help = "its private key (PEM)"},
+    {.name = "ca", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, ca),
+     .def = "build/certs/ca.crt", .help = "CA bundle that signs the edges' certificates"},
+    CFG_END,
+};
+
+static const struct cfg_key secrets_keys[] = {
+    {.name = "rotate_interval", .type = CFG_DURATION,
+     .offset = offsetof(struct director_secrets_config, rotate_interval_ms), .def = "1h",
+     .min = 1000, .max = 30LL * 24 * 3600 * 1000,
+     .help = "how often a new relay and conference secret is issued"},
+    {.name = "lifetime", .type = CFG_DURATION,
+     .offset = offsetof(struct director_secrets_config, lifetime_ms), .def = "2h", .min = 2000,
+     .max = 60LL * 24 * 3600 * 1000,
+     .help = "how long a secret stays valid (not-after); at least twice rotate_interval"},
+    {.name = "length", .type = CFG_UINT,
+     .offset = offsetof(struct director_secrets_config, length), .def = "32", .min = 16,
+     .max = TOKEN_SECRET_MAX, .help = "random bytes per secret"},
+    CFG_END,
+};
+
+const struct cfg_key director_config_keys[] = {
+    DAEMON_CONFIG_KEYS,
+    {.name = "ctl", .type = CFG_SECTION, .offset = offsetof(struct director_config, ctl),
+     .sub = ctl_keys, .help = "control channel to the edges"},
+    {.name = "tls", .type = CFG_SECTION, .offset = offsetof(struct director_config, tls),
+     .sub = tls_keys, .help = "certificates for the control channel"},
+    {.name = "secrets", .type = CFG_SECTION, .offset = offsetof(struct director_config, secrets),
+     .sub = secrets_keys, .help = "shared secrets issued to the edges"},
+    CFG_END,
+};
+
+int director_config_validate(const void *cfg, struct cfg_err *err)
+{
+    const struct director_config *c = cfg;
+    /* A credential minted just before a rotation must still verify (as the previous key)
+     * until the next one, so a key has to live through two intervals. */
+    if (c->secrets.lifetime_ms < 2 * c->secrets.rotate_interval_ms) {
+        cfg_errorf(cfg, err, "secrets.lifetime",
+                   "lifetime (%llu ms) must be at least twice rotate_interval (%llu ms)",
+                   (unsigned long long)c->secrets.lifetime_ms,
+                   (unsigned long long)c->secrets.rotate_interval_ms);
+        return -EINVAL;
+    }
+    return 0;
+}

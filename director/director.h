@@ -1,0 +1,88 @@
+/* The Director: the internal-side hub every edge reports to. This header is the context
+ * its modules share (hub.c today; registrar.c, credentials.c, confserver.c later).
+ *
+ * Adding a module: give it a section in struct director_config (and a key table entry in
+ * director/config.c), a pointer in struct director, and a line in the module table in
+ * director/main.c with its `<module>_start(struct director *)` / `<module>_stop` hooks.
+ * Modules run on d->loop, log through d->log, register metrics on d->metrics and JSON
+ * endpoints with admin_route(d->admin, ...). They read secrets from d->relay_keys and
+ * d->conf_keys, which the hub rotates (see hub_rotate). */
+#ifndef DIRECTOR_DIRECTOR_H
+#define DIRECTOR_DIRECTOR_H
+
+#include <uv.h>
+#include "common/admin.h"
+#include "common/cfg.h"
+#include "common/ctl.h"
+#include "common/daemon.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/tls.h"
+#include "common/token.h"
+
+struct director_ctl_config {
+    struct addr listen;    /* control channel, mutual TLS */
+    uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
+};
+
+struct director_secrets_config {
+    uint64_t rotate_interval_ms; /* a new secret of each kind this often */
+    uint64_t lifetime_ms;        /* not-after = issue time + this; >= 2 x rotate_interval */
+    uint32_t length;             /* bytes of randomness per secret */
+};
+
+/* The whole configuration; read-only once loaded (a reload builds a new one). */
+struct director_config {
+    struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
+    struct director_ctl_config ctl;
+    struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
+    struct director_secrets_config secrets;
+};
+
+/* Key table for cfg_load (director/config.c). */
+extern const struct cfg_key director_config_keys[];
+/* Cross-field checks after the key table passed. */
+int director_config_validate(const void *cfg, struct cfg_err *err);
+
+struct hub;
+struct registrar;   /* director/registrar.c (SIP), later */
+struct credentials; /* director/credentials.c (TURN credential endpoint), later */
+struct confserver;  /* director/confserver.c (conferencing server stub), later */
+
+struct director {
+    struct daemon *daemon;
+    uv_loop_t *loop;
+    const struct logger *log;
+    struct metrics *metrics;
+    struct admin *admin;
+    const struct director_config *cfg; /* swapped on reload */
+
+    struct tls_ctx *ctl_tls;  /* server context for the control channel (mutual TLS) */
+    struct ctl_server *ctl;
+    struct hub *hub;
+
+    /* Shared secrets the Director issues: current + previous of each kind. */
+    struct keyring relay_keys; /* TURN REST credentials (av-edge) */
+    struct keyring conf_keys;  /* conference session keys (conf-edge) */
+
+    struct registrar *registrar;
+    struct credentials *credentials;
+    struct confserver *confserver;
+};
+
+/* ---- hub.c: registry of edges, secret issuance, admin endpoints ---- */
+
+/* Creates the hub, issues the first secrets, starts the rotation timer and the control
+ * server on d->cfg->ctl.listen with d->ctl_tls, and registers GET /edges, POST /revoke,
+ * POST /drain and POST /rotate on d->admin. Returns 0 or a negative errno (logged). */
+int hub_start(struct director *d);
+/* Applies a new config (rotation interval). */
+void hub_reload(struct director *d);
+/* Stops the control server and the timer; done(arg) runs once every handle is closed. */
+void hub_stop(struct director *d, void (*done)(void *arg), void *arg);
+/* Issues a new secret of kind now and pushes it to every connected edge that needs it. */
+int hub_rotate(struct director *d, enum ctl_secret_kind kind);
+/* Which secret kinds an edge of role needs (bit 1 << kind). */
+unsigned hub_role_secret_kinds(enum ctl_role role);
+
+#endif

@@ -1,0 +1,270 @@
+/* Builds the heads the proxy sends: upstream requests with forwarding headers, client
+ * responses with internal names rewritten, and the proxy's own small responses. */
+#include "revproxy/headers.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+static int put(struct buf *b, const void *p, size_t n)
+{
+    return buf_append(b, p, n);
+}
+
+static int puts_(struct buf *b, const char *s)
+{
+    return buf_append(b, s, strlen(s));
+}
+
+static int put_slice(struct buf *b, struct slice s)
+{
+    return s.len ? buf_append(b, s.p, s.len) : 0;
+}
+
+static int put_header(struct buf *b, struct slice name, struct slice value)
+{
+    int rc = put_slice(b, name);
+    rc = rc ? rc : put(b, ": ", 2);
+    rc = rc ? rc : put_slice(b, value);
+    return rc ? rc : put(b, "\r\n", 2);
+}
+
+bool http_is_hop_by_hop(struct slice name, struct slice connection)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                      "trailer", "upgrade", "proxy-authorization",
+                                      "proxy-authenticate"};
+    for (size_t i = 0; i < ARRAY_SIZE(hop); i++)
+        if (slice_caseeq_str(name, hop[i]))
+            return true;
+    if (connection.len == 0 || name.len >= 64)
+        return false;
+    char n[64];
+    memcpy(n, name.p, name.len);
+    n[name.len] = '\0';
+    /* Framing headers are ours to keep even if a peer lists them in Connection. */
+    if (!strcasecmp(n, "transfer-encoding") || !strcasecmp(n, "content-length") ||
+        !strcasecmp(n, "host"))
+        return false;
+    return http_list_has(connection, n);
+}
+
+static struct slice connection_of(const struct http_head *h)
+{
+    struct slice c = http_head_get(h, "connection");
+    return c.p ? c : SLICE_NULL;
+}
+
+static bool is_forwarding(struct slice name)
+{
+    return slice_caseeq_str(name, "x-forwarded-for") || slice_caseeq_str(name, "forwarded") ||
+           slice_caseeq_str(name, "x-forwarded-proto") ||
+           slice_caseeq_str(name, "x-forwarded-host");
+}
+
+int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out)
+{
+    char ip[ADDR_STRLEN];
+    addr_format_host(f->client, ip);
+    bool v6 = addr_family(f->client) == AF_INET6;
+    struct slice conn = connection_of(h);
+    struct slice prev_xff = SLICE_NULL, prev_fwd = SLICE_NULL;
+    bool have_proto = false, have_host = false;
+    int rc = put_slice(out, h->method_name);
+    rc = rc ? rc : put(out, " ", 1);
+    rc = rc ? rc : puts_(out, f->target);
+    rc = rc ? rc : puts_(out, h->minor == 0 ? " HTTP/1.0\r\nHost: " : " HTTP/1.1\r\nHost: ");
+    rc = rc ? rc : (f->host_header ? puts_(out, f->host_header) : put_slice(out, f->host));
+    rc = rc ? rc : put(out, "\r\n", 2);
+    for (size_t i = 0; i < h->nhdr && !rc; i++) {
+        struct slice n = h->hdr[i].name;
+        if (slice_caseeq_str(n, "host") || http_is_hop_by_hop(n, conn))
+            continue;
+        if (is_forwarding(n)) {
+            /* A client's own forwarding headers are not believed (USERS.md: only from
+             * trusted proxies); a trusted proxy's are extended. */
+            if (!f->trusted)
+                continue;
+            if (slice_caseeq_str(n, "x-forwarded-for")) {
+                prev_xff = h->hdr[i].value;
+                continue;
+            }
+            if (slice_caseeq_str(n, "forwarded")) {
+                prev_fwd = h->hdr[i].value;
+                continue;
+            }
+            have_proto |= slice_caseeq_str(n, "x-forwarded-proto");
+            have_host |= slice_caseeq_str(n, "x-forwarded-host");
+        }
+        rc = put_header(out, n, h->hdr[i].value);
+    }
+    rc = rc ? rc : puts_(out, "X-Forwarded-For: ");
+    if (!rc && prev_xff.len) {
+        rc = put_slice(out, prev_xff);
+        rc = rc ? rc : put(out, ", ", 2);
+    }
+    rc = rc ? rc : puts_(out, ip);
+    if (!rc && !have_proto)
+        rc = puts_(out, f->tls ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
+    if (!rc && !have_host && f->host.len) {
+        rc = puts_(out, "\r\nX-Forwarded-Host: ");
+        rc = rc ? rc : put_slice(out, f->host);
+    }
+    rc = rc ? rc : puts_(out, "\r\nForwarded: ");
+    if (!rc && prev_fwd.len) {
+        rc = put_slice(out, prev_fwd);
+        rc = rc ? rc : put(out, ", ", 2);
+    }
+    /* RFC 7239 section 6: an IPv6 node is quoted and bracketed. */
+    rc = rc ? rc : puts_(out, v6 ? "for=\"[" : "for=");
+    rc = rc ? rc : puts_(out, ip);
+    rc = rc ? rc : puts_(out, v6 ? "]\";proto=" : ";proto=");
+    rc = rc ? rc : puts_(out, f->tls ? "https" : "http");
+    if (!rc && f->host.len) {
+        bool quote_ok = true;
+        for (size_t i = 0; i < f->host.len; i++)
+            if (f->host.p[i] == '"' || f->host.p[i] == '\\' || f->host.p[i] < 0x20)
+                quote_ok = false;
+        if (quote_ok) {
+            rc = puts_(out, ";host=\"");
+            rc = rc ? rc : put_slice(out, f->host);
+            rc = rc ? rc : put(out, "\"", 1);
+        }
+    }
+    if (!rc && f->upgrade) {
+        rc = puts_(out, "\r\nConnection: upgrade\r\nUpgrade: ");
+        rc = rc ? rc : put_slice(out, http_head_get(h, "upgrade"));
+        rc = rc ? rc : puts_(out, "\r\n\r\n");
+    } else if (!rc) {
+        rc = puts_(out, f->close ? "\r\nConnection: close\r\n\r\n"
+                                 : "\r\nConnection: keep-alive\r\n\r\n");
+    }
+    return rc;
+}
+
+static bool is_internal(const struct http_back *b, struct slice host)
+{
+    for (size_t i = 0; b->internal && b->internal[i]; i++)
+        if (slice_caseeq_str(host, b->internal[i]))
+            return true;
+    return false;
+}
+
+ssize_t http_location_rewrite(struct slice v, const struct http_back *b, char *out, size_t cap)
+{
+    struct slice path = v;
+    bool absolute = false;
+    size_t skip = 0;
+    if (v.len > 7 && strncasecmp((const char *)v.p, "http://", 7) == 0)
+        skip = 7;
+    else if (v.len > 8 && strncasecmp((const char *)v.p, "https://", 8) == 0)
+        skip = 8;
+    if (skip) {
+        const uint8_t *a = v.p + skip, *e = v.p + v.len, *q = a;
+        while (q < e && *q != '/' && *q != '?' && *q != '#')
+            q++;
+        struct slice host = rp_host_strip_port(slice_make(a, (size_t)(q - a)));
+        if (!is_internal(b, host))
+            return 0;
+        absolute = true;
+        path = slice_make(q, (size_t)(e - q));
+    } else if (v.len == 0 || v.p[0] != '/') {
+        return 0; /* relative references keep working as they are */
+    }
+    char p2[2048];
+    ssize_t pl = b->route ? rp_route_unrewrite(b->route, path, p2, sizeof p2) : 0;
+    if (pl < 0)
+        return 0;
+    if (pl == 0 && !absolute)
+        return 0;
+    struct slice np = pl ? slice_make(p2, (size_t)pl) : path;
+    int n;
+    if (absolute)
+        n = snprintf(out, cap, "%s://%.*s%.*s", b->tls ? "https" : "http",
+                     (int)b->client_host.len, (const char *)b->client_host.p, (int)np.len,
+                     (const char *)np.p);
+    else
+        n = snprintf(out, cap, "%.*s", (int)np.len, (const char *)np.p);
+    if (n <= 0 || (size_t)n >= cap)
+        return 0;
+    return n;
+}
+
+int http_response_build(const struct http_head *h, const struct http_back *b, struct buf *out)
+{
+    char line[64];
+    struct slice conn = connection_of(h);
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", h->status);
+    int rc = put(out, line, (size_t)n);
+    rc = rc ? rc : put_slice(out, h->reason);
+    rc = rc ? rc : put(out, "\r\n", 2);
+    for (size_t i = 0; i < h->nhdr && !rc; i++) {
+        struct slice nm = h->hdr[i].name, v = h->hdr[i].value;
+        if (http_is_hop_by_hop(nm, conn))
+            continue;
+        if (slice_caseeq_str(nm, "location") || slice_caseeq_str(nm, "content-location")) {
+            char buf[2048];
+            ssize_t l = http_location_rewrite(v, b, buf, sizeof buf);
+            if (l > 0)
+                v = slice_make(buf, (size_t)l);
+            rc = put_header(out, nm, v);
+            continue;
+        }
+        rc = put_header(out, nm, v);
+    }
+    if (rc)
+        return rc;
+    if (b->upgrade) {
+        rc = puts_(out, "Connection: upgrade\r\nUpgrade: ");
+        rc = rc ? rc : put_slice(out, http_head_get(h, "upgrade"));
+        return rc ? rc : puts_(out, "\r\n\r\n");
+    }
+    if (b->close)
+        return puts_(out, "Connection: close\r\n\r\n");
+    if (b->http10_client)
+        return puts_(out, "Connection: keep-alive\r\n\r\n");
+    return puts_(out, "\r\n");
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+int http_simple_response(struct buf *out, int status, const char *extra, const char *body,
+                         bool close, bool head_only)
+{
+    char line[256];
+    size_t bl = body ? strlen(body) : 0;
+    int n = snprintf(line, sizeof line,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\n%s",
+                     status, http_reason(status), bl, close ? "Connection: close\r\n" : "");
+    int rc = put(out, line, (size_t)n);
+    rc = rc ? rc : (extra ? puts_(out, extra) : 0);
+    rc = rc ? rc : put(out, "\r\n", 2);
+    return rc ? rc : (head_only || !bl ? 0 : put(out, body, bl));
+}

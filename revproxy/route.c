@@ -1,0 +1,165 @@
+/* Route matching and path rewriting for the reverse proxy. */
+#include "revproxy/route.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <strings.h>
+
+static bool is_dot_segment(const uint8_t *p, size_t n)
+{
+    /* ".", "..", "%2e", ".%2e", "%2e.", "%2e%2e" (any case) */
+    size_t dots = 0, i = 0;
+    while (i < n) {
+        if (p[i] == '.') {
+            i++;
+        } else if (i + 3 <= n && p[i] == '%' && p[i + 1] == '2' &&
+                   (p[i + 2] == 'e' || p[i + 2] == 'E')) {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots++;
+    }
+    return dots == 1 || dots == 2;
+}
+
+int rp_target_parse(struct slice url, struct rp_target *t)
+{
+    *t = (struct rp_target){SLICE_NULL, SLICE_NULL, SLICE_NULL};
+    const uint8_t *p = url.p, *end = url.p + url.len;
+    if (url.len == 0)
+        return -EBADMSG;
+    if (p[0] != '/') {
+        size_t skip;
+        if (url.len > 7 && strncasecmp((const char *)p, "http://", 7) == 0)
+            skip = 7;
+        else if (url.len > 8 && strncasecmp((const char *)p, "https://", 8) == 0)
+            skip = 8;
+        else
+            return -EBADMSG; /* "*", authority-form, other schemes */
+        const uint8_t *h = p + skip, *q = h;
+        while (q < end && *q != '/' && *q != '?')
+            q++;
+        if (q == h)
+            return -EBADMSG;
+        t->host = slice_make(h, (size_t)(q - h));
+        p = q;
+        if (p == end || *p == '?') {
+            t->path = slice_str("/");
+            t->query = slice_make(p, (size_t)(end - p));
+            return 0;
+        }
+    }
+    const uint8_t *q = p;
+    while (q < end && *q != '?' && *q != '#')
+        q++;
+    t->path = slice_make(p, (size_t)(q - p));
+    const uint8_t *f = q;
+    while (f < end && *f != '#')
+        f++;
+    t->query = slice_make(q, (size_t)(f - q));
+    /* Segment checks: no "." or ".." (also %2e-encoded), no encoded '/' or NUL. */
+    const uint8_t *s = t->path.p + 1, *pe = t->path.p + t->path.len;
+    while (s <= pe) {
+        const uint8_t *e = s;
+        while (e < pe && *e != '/')
+            e++;
+        if (is_dot_segment(s, (size_t)(e - s)))
+            return -EBADMSG;
+        s = e + 1;
+    }
+    for (const uint8_t *c = t->path.p; c + 2 < pe; c++)
+        if (c[0] == '%' && ((c[1] == '0' && c[2] == '0') ||
+                            (c[1] == '2' && (c[2] == 'f' || c[2] == 'F')) ||
+                            (c[1] == '5' && (c[2] == 'c' || c[2] == 'C'))))
+            return -EBADMSG;
+    return 0;
+}
+
+struct slice rp_host_strip_port(struct slice host)
+{
+    if (host.len && host.p[0] == '[') {
+        for (size_t i = 0; i < host.len; i++)
+            if (host.p[i] == ']')
+                return slice_make(host.p, i + 1);
+        return host;
+    }
+    for (size_t i = 0; i < host.len; i++)
+        if (host.p[i] == ':')
+            return slice_make(host.p, i);
+    return host;
+}
+
+static bool host_matches(const char *pattern, struct slice host)
+{
+    if (!pattern || !pattern[0] || (pattern[0] == '*' && !pattern[1]))
+        return true;
+    size_t pl = strlen(pattern);
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        /* "*.example.com" matches "a.example.com", not "example.com". */
+        size_t sl = pl - 1;
+        return host.len > sl &&
+               strncasecmp((const char *)host.p + host.len - sl, pattern + 1, sl) == 0;
+    }
+    return host.len == pl && strncasecmp((const char *)host.p, pattern, pl) == 0;
+}
+
+/* Prefix match on a segment boundary: "/ABS/ext" takes "/ABS/ext" and "/ABS/ext/x",
+ * not "/ABS/extra". IIS paths are case-insensitive, and the published URLs vary in case. */
+static bool prefix_matches(const char *prefix, struct slice path)
+{
+    size_t pl = strlen(prefix);
+    if (path.len < pl || strncasecmp((const char *)path.p, prefix, pl) != 0)
+        return false;
+    return path.len == pl || prefix[pl - 1] == '/' || path.p[pl] == '/' || path.p[pl] == '?';
+}
+
+int rp_route_match(const struct rp_route *routes, size_t n, struct slice host, struct slice path)
+{
+    struct slice h = rp_host_strip_port(host);
+    int best = -1;
+    size_t best_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rp_route *r = &routes[i];
+        if (!r->prefix || !host_matches(r->host, h) || !prefix_matches(r->prefix, path))
+            continue;
+        size_t l = strlen(r->prefix);
+        if (best < 0 || l > best_len) {
+            best = (int)i;
+            best_len = l;
+        }
+    }
+    return best;
+}
+
+ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query,
+                         char *out, size_t cap)
+{
+    size_t pl = strlen(r->prefix);
+    const char *head = r->rewrite ? r->rewrite : r->prefix;
+    const uint8_t *rest = path.p + (path.len < pl ? path.len : pl);
+    size_t restlen = path.len < pl ? 0 : path.len - pl;
+    if (!r->rewrite) {
+        /* Unchanged: keep the client's case too. */
+        head = "";
+        rest = path.p;
+        restlen = path.len;
+    }
+    int n = snprintf(out, cap, "%s%.*s%.*s", head, (int)restlen, (const char *)rest,
+                     (int)query.len, (const char *)query.p);
+    if (n < 0 || (size_t)n >= cap)
+        return -ENOSPC;
+    return n;
+}
+
+ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *out, size_t cap)
+{
+    if (!r->rewrite || !prefix_matches(r->rewrite, path))
+        return 0;
+    size_t rl = strlen(r->rewrite);
+    int n = snprintf(out, cap, "%s%.*s", r->prefix, (int)(path.len - rl),
+                     (const char *)path.p + rl);
+    if (n < 0 || (size_t)n >= cap)
+        return -ENOSPC;
+    return n;
+}

@@ -1,0 +1,758 @@
+/* TURN state machine and allocation table: every error code a client can see, the
+ * relay paths, the enterprise peer rule, REST credentials with rotation, expiry. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <errno.h>
+#include <cmocka.h>
+
+#include "av-edge/turn.h"
+#include "common/crypto.h"
+#include "common/token.h"
+
+#define NOW_S 1700000000
+
+/* A fake I/O layer: relay ports counted up from 50000, with a cap to test exhaustion. */
+struct fake_io {
+    int next_port, max_port, open, reserved;
+};
+
+static int fake_open(void *arg, struct av_alloc *a, int family, bool even, bool df,
+                     void **reserve_out, void *reserved_in)
+{
+    struct fake_io *io = arg;
+    int port;
+    if (reserved_in) {
+        port = (int)(intptr_t)reserved_in;
+        io->reserved--;
+    } else {
+        if (even && (io->next_port & 1))
+            io->next_port++;
+        if (io->next_port > io->max_port)
+            return -EADDRNOTAVAIL;
+        port = io->next_port++;
+        if (reserve_out) {
+            *reserve_out = (void *)(intptr_t)io->next_port++;
+            io->reserved++;
+        }
+    }
+    int i = family == AF_INET6;
+    addr_parse(&a->relay[i].addr, i ? "[::1]:0" : "127.0.0.13:0", 0);
+    addr_set_port(&a->relay[i].addr, (uint16_t)port);
+    a->relay[i].handle = (void *)1;
+    io->open++;
+    return 0;
+}
+static void fake_close(void *arg, struct av_alloc *a)
+{
+    struct fake_io *io = arg;
+    for (int i = 0; i < 2; i++)
+        if (a->relay[i].handle)
+            io->open--;
+}
+static void fake_release(void *arg, void *h)
+{
+    ((struct fake_io *)arg)->reserved--;
+}
+
+struct fx {
+    struct av_shared sh;
+    struct av_turn_cfg cfg;
+    struct av_static_user users[1];
+    struct cidr internal[1], allow[1];
+    struct addr own[2];
+    struct fake_io io;
+    struct av_turn *t;
+    uint64_t now_ms;
+    int64_t now_s;
+    /* the current client */
+    struct addr client;
+    uint8_t side;
+    char user[128];
+    uint8_t key[16];
+    char nonce[64];
+    uint8_t tid[12];
+    /* the last reply */
+    uint8_t reply[1500];
+    struct av_turn_out out;
+    struct stun_msg resp;
+};
+
+static int setup(void **st)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    assert_int_equal(av_shared_init(&f->sh), 0);
+    assert_int_equal(av_shared_set_secret(&f->sh, "k1", "secret1", 7, 0), 0);
+    f->cfg = (struct av_turn_cfg){.realm = "lab", .software = "av-edge test",
+                                  .default_lifetime_s = 600, .max_lifetime_s = 3600,
+                                  .perm_lifetime_s = 300, .chan_lifetime_s = 600,
+                                  .nonce_lifetime_s = 600, .user_quota = 3, .total_quota = 5,
+                                  .max_perms = 8, .have_v4 = true};
+    f->users[0].name = "alice";
+    stun_key_long_term(slice_str("alice"), slice_str("lab"), slice_str("wonder"), f->users[0].key);
+    f->cfg.users = f->users;
+    f->cfg.n_users = 1;
+    cidr_parse(&f->internal[0], "10.0.0.0/8");
+    f->cfg.internal_nets = f->internal;
+    f->cfg.n_internal_nets = 1;
+    addr_parse(&f->own[0], "127.0.0.13:0", 0);
+    addr_parse(&f->own[1], "203.0.113.13:0", 0);
+    f->cfg.own = f->own;
+    f->cfg.n_own = 2;
+    f->io = (struct fake_io){50000, 50009, 0, 0};
+    struct av_relay_io io = {fake_open, fake_close, fake_release, &f->io};
+    assert_int_equal(av_turn_create(&f->t, &f->cfg, &f->sh, &io, NULL), 0);
+    f->now_ms = 1000000;
+    f->now_s = NOW_S;
+    addr_parse(&f->client, "198.51.100.7:40000", 0);
+    *st = f;
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    struct fx *f = *st;
+    av_turn_destroy(f->t);
+    assert_int_equal(f->io.open, 0);
+    assert_int_equal(f->io.reserved, 0);
+    assert_int_equal(f->sh.allocs, 0);
+    av_shared_fini(&f->sh);
+    free(f);
+    return 0;
+}
+
+static void use_static(struct fx *f, const char *user, const char *pass)
+{
+    snprintf(f->user, sizeof(f->user), "%s", user);
+    stun_key_long_term(slice_str(user), slice_str("lab"), slice_str(pass), f->key);
+}
+
+static void use_rest(struct fx *f, int64_t expiry, const char *who, const char *secret)
+{
+    char pass[64];
+    turn_rest_username(f->user, sizeof(f->user), expiry, who);
+    turn_rest_password(secret, strlen(secret), f->user, pass, sizeof(pass));
+    stun_key_long_term(slice_str(f->user), slice_str("lab"), slice_str(pass), f->key);
+}
+
+typedef void (*add_fn)(struct stun_builder *b, void *arg);
+
+/* Feeds one message; returns the reply's error code, 0 for success, -1 for no reply. */
+static int feed(struct fx *f, const uint8_t *p, size_t len)
+{
+    struct av_turn_in in = {&f->client, 0, AV_TRANSPORT_UDP, f->side, NULL, f->now_ms, f->now_s};
+    f->out = (struct av_turn_out){.reply = f->reply, .reply_cap = sizeof(f->reply)};
+    int rc = av_turn_input(f->t, &in, p, len, &f->out);
+    if (rc < 0 || f->out.reply_len == 0)
+        return -1;
+    assert_true(stun_msg_parse(&f->resp, f->reply, f->out.reply_len) > 0);
+    assert_memory_equal(f->resp.tid, p + 8, 12);
+    if (f->resp.cls == STUN_SUCCESS)
+        return 0;
+    const struct stun_attr *n = stun_msg_find(&f->resp, STUN_A_NONCE);
+    if (n)
+        snprintf(f->nonce, sizeof(f->nonce), "%.*s", n->len, (const char *)f->reply + n->off);
+    int code = -1;
+    assert_int_equal(stun_attr_error(&f->resp, stun_msg_find(&f->resp, STUN_A_ERROR_CODE), &code, NULL), 0);
+    return code;
+}
+
+static int request(struct fx *f, uint16_t method, add_fn add, void *arg, bool auth)
+{
+    uint8_t buf[1024];
+    struct stun_builder b;
+    for (int i = 0; i < 12; i++)
+        f->tid[i] = (uint8_t)rand();
+    stun_build_init(&b, buf, sizeof(buf), method, STUN_REQUEST, f->tid);
+    if (add)
+        add(&b, arg);
+    if (auth) {
+        stun_build_attr(&b, STUN_A_USERNAME, f->user, strlen(f->user));
+        stun_build_attr(&b, STUN_A_REALM, "lab", 3);
+        stun_build_attr(&b, STUN_A_NONCE, f->nonce, strlen(f->nonce));
+        stun_build_integrity(&b, f->key, 16);
+    }
+    stun_build_fingerprint(&b);
+    ssize_t n = stun_build_finish(&b);
+    assert_true(n > 0);
+    int code = feed(f, buf, (size_t)n);
+    if (code >= 0 && auth && code != 401 && code != 438) {
+        /* Authenticated answers carry MESSAGE-INTEGRITY with the same key. */
+        assert_int_equal(stun_msg_check_integrity(&f->resp, f->key, 16), 0);
+    }
+    if (code >= 0)
+        assert_int_equal(stun_msg_check_fingerprint(&f->resp), 0);
+    return code;
+}
+
+/* Gets a nonce the way a client does: an unauthenticated request and its 401. */
+static void challenge(struct fx *f)
+{
+    assert_int_equal(request(f, STUN_ALLOCATE, NULL, NULL, false), 401);
+    assert_non_null(stun_msg_find(&f->resp, STUN_A_REALM));
+    assert_int_equal(strlen(f->nonce), 16);
+}
+
+static void add_udp(struct stun_builder *b, void *arg)
+{
+    stun_build_u32(b, STUN_A_REQUESTED_TRANSPORT, (uint32_t)(arg ? (intptr_t)arg : 17) << 24);
+}
+
+static int allocate(struct fx *f)
+{
+    return request(f, STUN_ALLOCATE, add_udp, NULL, true);
+}
+
+static void add_peer(struct stun_builder *b, void *arg)
+{
+    struct addr a;
+    assert_int_equal(addr_parse(&a, arg, 0), 0);
+    stun_build_xaddr(b, STUN_A_XOR_PEER_ADDRESS, &a);
+}
+
+static int permit(struct fx *f, const char *peer)
+{
+    return request(f, STUN_CREATE_PERMISSION, add_peer, (void *)peer, true);
+}
+
+struct bind_arg {
+    uint32_t ch;
+    const char *peer;
+};
+static void add_bind(struct stun_builder *b, void *arg)
+{
+    struct bind_arg *ba = arg;
+    stun_build_u32(b, STUN_A_CHANNEL_NUMBER, ba->ch << 16);
+    add_peer(b, (void *)ba->peer);
+}
+
+static void binding_answers_mapped_address(void **st)
+{
+    struct fx *f = *st;
+    assert_int_equal(request(f, STUN_BINDING, NULL, NULL, false), 0);
+    struct addr a;
+    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_MAPPED_ADDRESS), &a), 0);
+    assert_true(addr_eq(&a, &f->client));
+    /* 420 for an unknown comprehension-required attribute, with UNKNOWN-ATTRIBUTES. */
+    uint8_t buf[64];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_BINDING, STUN_REQUEST, f->tid);
+    stun_build_attr(&b, 0x0003, "\0\0\0\0", 4); /* CHANGE-REQUEST: not supported */
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 420);
+    const struct stun_attr *u = stun_msg_find(&f->resp, STUN_A_UNKNOWN_ATTRIBUTES);
+    assert_non_null(u);
+    assert_memory_equal(f->reply + u->off, "\x00\x03", 2);
+}
+
+static void error_401_challenge_is_small(void **st)
+{
+    struct fx *f = *st;
+    uint8_t buf[64];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_ALLOCATE, STUN_REQUEST, f->tid);
+    add_udp(&b, NULL);
+    ssize_t n = stun_build_finish(&b);
+    assert_int_equal(feed(f, buf, (size_t)n), 401);
+    assert_null(stun_msg_find(&f->resp, STUN_A_MESSAGE_INTEGRITY));
+    assert_null(stun_msg_find(&f->resp, STUN_A_SOFTWARE));
+    /* header, ERROR-CODE without a phrase, REALM "lab", a 16-byte NONCE */
+    assert_int_equal(f->out.reply_len, 20 + 8 + 8 + 20);
+    /* wrong password */
+    use_static(f, "alice", "nope");
+    assert_int_equal(allocate(f), 401);
+    /* unknown user */
+    use_static(f, "mallory", "x");
+    assert_int_equal(allocate(f), 401);
+    assert_int_equal(av_turn_stats(f->t)->auth_fail[AV_AUTH_BAD_INTEGRITY], 1);
+    assert_int_equal(av_turn_stats(f->t)->auth_fail[AV_AUTH_UNKNOWN_USER], 1);
+}
+
+static void allocate_static_user_and_relay(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(allocate(f), 0);
+    struct addr relay;
+    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &relay), 0);
+    assert_int_equal(addr_port(&relay), 50000);
+    uint32_t life;
+    assert_int_equal(stun_attr_u32(&f->resp, stun_msg_find(&f->resp, STUN_A_LIFETIME), &life), 0);
+    assert_int_equal(life, 600);
+    assert_non_null(stun_msg_find(&f->resp, STUN_A_XOR_MAPPED_ADDRESS));
+
+    /* A retransmitted Allocate (same transaction) gets the same answer; a new one 437. */
+    uint8_t tid[12];
+    memcpy(tid, f->tid, 12);
+    uint8_t buf[256];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_ALLOCATE, STUN_REQUEST, tid);
+    add_udp(&b, NULL);
+    stun_build_attr(&b, STUN_A_USERNAME, f->user, strlen(f->user));
+    stun_build_attr(&b, STUN_A_REALM, "lab", 3);
+    stun_build_attr(&b, STUN_A_NONCE, f->nonce, strlen(f->nonce));
+    stun_build_integrity(&b, f->key, 16);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 0);
+    assert_int_equal(allocate(f), 437);
+
+    /* Permission, then Send indication goes out, and peer data comes back as Data. */
+    assert_int_equal(permit(f, "192.0.2.50:7000"), 0);
+    stun_build_init(&b, buf, sizeof(buf), STUN_SEND, STUN_INDICATION, tid);
+    add_peer(&b, "192.0.2.50:7000");
+    stun_build_attr(&b, STUN_A_DATA, "hello", 5);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), -1);
+    assert_non_null(f->out.relay_alloc);
+    assert_int_equal(f->out.relay_data.len, 5);
+    assert_memory_equal(f->out.relay_data.p, "hello", 5);
+    struct av_alloc *a = f->out.relay_alloc;
+
+    /* No permission for another peer: dropped. */
+    stun_build_init(&b, buf, sizeof(buf), STUN_SEND, STUN_INDICATION, tid);
+    add_peer(&b, "192.0.2.51:7000");
+    stun_build_attr(&b, STUN_A_DATA, "hello", 5);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), -1);
+    assert_null(f->out.relay_alloc);
+
+    uint8_t pkt[AV_HEADROOM + 16 + AV_TAILROOM];
+    memcpy(pkt + AV_HEADROOM, "world", 5);
+    struct addr peer;
+    addr_parse(&peer, "192.0.2.50:7000", 0);
+    struct slice frame;
+    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), 0);
+    struct stun_msg m;
+    assert_int_equal(stun_msg_parse(&m, frame.p, frame.len), (ssize_t)frame.len);
+    assert_int_equal(m.method, STUN_DATA);
+    assert_int_equal(m.cls, STUN_INDICATION);
+    struct addr got;
+    assert_int_equal(stun_attr_xaddr(&m, stun_msg_find(&m, STUN_A_XOR_PEER_ADDRESS), &got), 0);
+    assert_true(addr_eq(&got, &peer));
+    assert_true(slice_eq_str(stun_attr_value(&m, stun_msg_find(&m, STUN_A_DATA)), "world"));
+    /* From an unpermitted peer: dropped. */
+    addr_parse(&peer, "192.0.2.99:7000", 0);
+    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), -EPERM);
+
+    /* ChannelBind, then ChannelData both ways. */
+    struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
+    uint8_t cd[12] = {0x40, 0x01, 0x00, 0x03, 'a', 'b', 'c', 0};
+    assert_int_equal(feed(f, cd, 8), -1);
+    assert_ptr_equal(f->out.relay_alloc, a);
+    assert_int_equal(f->out.relay_data.len, 3);
+    addr_parse(&peer, "192.0.2.50:7000", 0);
+    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, true, f->now_ms, &frame), 0);
+    assert_int_equal(frame.len, 12); /* 4 + 5, padded to 12 on a stream */
+    assert_memory_equal(frame.p, "\x40\x01\x00\x05world\0\0\0", 12);
+    cd[1] = 0x02; /* unbound channel: dropped */
+    assert_int_equal(feed(f, cd, 8), -1);
+    assert_null(f->out.relay_alloc);
+
+    /* 400: the same channel for another peer, the same peer on another channel, bad number. */
+    struct bind_arg b2 = {0x4001, "192.0.2.60:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &b2, true), 400);
+    struct bind_arg b3 = {0x4002, "192.0.2.50:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &b3, true), 400);
+    struct bind_arg b4 = {0x3FFF, "192.0.2.61:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &b4, true), 400);
+    /* 400: CreatePermission without a peer. */
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, NULL, NULL, true), 400);
+
+    /* 441: another user on the same 5-tuple. */
+    char keep_user[128];
+    uint8_t keep_key[16];
+    strcpy(keep_user, f->user);
+    memcpy(keep_key, f->key, 16);
+    use_rest(f, NOW_S + 3600, "bob", "secret1");
+    assert_int_equal(permit(f, "192.0.2.50:7000"), 441);
+    strcpy(f->user, keep_user);
+    memcpy(f->key, keep_key, 16);
+
+    /* A Refresh without LIFETIME gets the default. */
+    size_t n_alloc, n_perm, n_chan;
+    av_alloc_counts(av_turn_table(f->t), &n_alloc, &n_perm, &n_chan);
+    assert_int_equal(n_alloc, 1);
+    assert_int_equal(n_perm, 1);
+    assert_int_equal(n_chan, 1);
+    assert_int_equal(request(f, STUN_REFRESH, NULL, NULL, true), 0);
+    assert_int_equal(stun_attr_u32(&f->resp, stun_msg_find(&f->resp, STUN_A_LIFETIME), &life), 0);
+    assert_int_equal(life, 600);
+}
+
+static void add_lifetime(struct stun_builder *b, void *arg)
+{
+    stun_build_u32(b, STUN_A_LIFETIME, (uint32_t)(uintptr_t)arg);
+}
+
+static void refresh_zero_deletes_then_437(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)(uintptr_t)100000, true), 0);
+    uint32_t life;
+    assert_int_equal(stun_attr_u32(&f->resp, stun_msg_find(&f->resp, STUN_A_LIFETIME), &life), 0);
+    assert_int_equal(life, 3600);
+    assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
+    assert_int_equal(av_alloc_count(av_turn_table(f->t)), 0);
+    assert_int_equal(f->io.open, 0);
+    assert_int_equal(request(f, STUN_REFRESH, NULL, NULL, true), 437);
+    assert_int_equal(permit(f, "192.0.2.50:1"), 437);
+}
+
+static void error_438_stale_nonce(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    f->now_s += 601;
+    assert_int_equal(allocate(f), 438);
+    /* The 438 brings a fresh nonce that works. */
+    assert_int_equal(allocate(f), 0);
+    /* A nonce made for another client IP is stale for this one. */
+    addr_parse(&f->client, "198.51.100.8:40000", 0);
+    assert_int_equal(allocate(f), 438);
+    assert_int_equal(allocate(f), 0);
+    /* A forged nonce. */
+    strcpy(f->nonce, "AAAAAAAAAAAAAAAA");
+    assert_int_equal(request(f, STUN_REFRESH, NULL, NULL, true), 438);
+}
+
+static void error_400_malformed_requests(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    /* Allocate without REQUESTED-TRANSPORT. */
+    assert_int_equal(request(f, STUN_ALLOCATE, NULL, NULL, true), 400);
+    /* MESSAGE-INTEGRITY without USERNAME. */
+    uint8_t buf[128];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_ALLOCATE, STUN_REQUEST, f->tid);
+    add_udp(&b, NULL);
+    stun_build_integrity(&b, f->key, 16);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 400);
+    /* An unknown method. */
+    stun_build_init(&b, buf, sizeof(buf), 0x0055, STUN_REQUEST, f->tid);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 400);
+}
+
+static void error_420_after_auth(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    uint8_t buf[256];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_ALLOCATE, STUN_REQUEST, f->tid);
+    add_udp(&b, NULL);
+    stun_build_attr(&b, 0x0031, "zz", 2);
+    stun_build_attr(&b, STUN_A_USERNAME, f->user, strlen(f->user));
+    stun_build_attr(&b, STUN_A_REALM, "lab", 3);
+    stun_build_attr(&b, STUN_A_NONCE, f->nonce, strlen(f->nonce));
+    stun_build_integrity(&b, f->key, 16);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 420);
+    assert_int_equal(stun_msg_check_integrity(&f->resp, f->key, 16), 0);
+    const struct stun_attr *u = stun_msg_find(&f->resp, STUN_A_UNKNOWN_ATTRIBUTES);
+    assert_non_null(u);
+    assert_memory_equal(f->reply + u->off, "\x00\x31", 2);
+}
+
+static void add_family(struct stun_builder *b, void *arg)
+{
+    add_udp(b, NULL);
+    stun_build_u32(b, STUN_A_REQUESTED_ADDRESS_FAMILY, (uint32_t)(uintptr_t)arg << 24);
+}
+static void add_additional(struct stun_builder *b, void *arg)
+{
+    add_udp(b, NULL);
+    stun_build_u32(b, STUN_A_ADDITIONAL_ADDRESS_FAMILY, 2u << 24);
+}
+
+static void error_440_442_families_and_transport(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)2, true), 440); /* no v6 relay */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)7, true), 440);
+    /* ADDITIONAL-ADDRESS-FAMILY without a v6 relay: IPv4 only, ADDRESS-ERROR-CODE 440. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_additional, NULL, true), 0);
+    const struct stun_attr *ae = stun_msg_find(&f->resp, STUN_A_ADDRESS_ERROR_CODE);
+    assert_non_null(ae);
+    assert_memory_equal(f->reply + ae->off, "\x02\x00\x04\x28", 4);
+    /* 443 for an IPv6 peer on an IPv4-only allocation. */
+    assert_int_equal(permit(f, "[2001:db8::1]:5"), 443);
+}
+
+static void dual_stack_allocation(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.have_v6 = true;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_ALLOCATE, add_additional, NULL, true), 0);
+    int n = 0;
+    for (unsigned i = 0; i < f->resp.n_attrs; i++)
+        n += f->resp.attrs[i].type == STUN_A_XOR_RELAYED_ADDRESS;
+    assert_int_equal(n, 2);
+    assert_int_equal(permit(f, "[2001:db8::1]:5"), 0);
+    f->client.u.in4.sin_port = htons(40001);
+    challenge(f);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)2, true), 0);
+    struct addr r;
+    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(addr_family(&r), AF_INET6);
+}
+
+static void error_403_enterprise_rule(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    f->side = AV_SIDE_EXTERNAL;
+    assert_int_equal(allocate(f), 0);
+    static const char *const denied[] = {"127.0.0.1:80",   "10.1.2.3:5000",  "127.0.0.13:50001",
+                                         "203.0.113.13:1", "169.254.1.1:9",  "224.0.0.1:9",
+                                         "0.0.0.0:9",      "[::1]:9",        "[::ffff:127.0.0.1]:9",
+                                         "[ff02::1]:9",    "[fe80::1]:9",    "255.255.255.255:9"};
+    f->cfg.have_v6 = true;
+    for (size_t i = 0; i < ARRAY_SIZE(denied); i++) {
+        int code = permit(f, denied[i]);
+        if (strchr(denied[i], 0x5b))
+            assert_true(code == 403 || code == 443);
+        else
+            assert_int_equal(code, 403);
+    }
+    struct bind_arg ba = {0x4000, "10.9.9.9:1"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 403);
+    assert_int_equal(av_alloc_count(av_turn_table(f->t)), 1);
+    assert_true(av_turn_stats(f->t)->denied[AV_DENY_LOOPBACK] >= 1);
+    assert_true(av_turn_stats(f->t)->denied[AV_DENY_INTERNAL_NET] >= 2);
+    /* A public peer is fine, and the allocation keeps serving after the refusals. */
+    assert_int_equal(permit(f, "192.0.2.1:9"), 0);
+
+    /* Lab exception: allow_peers lets loopback through, never own addresses or internal nets. */
+    struct cidr allow;
+    cidr_parse(&allow, "127.0.0.0/8");
+    f->cfg.allow_peers = &allow;
+    f->cfg.n_allow_peers = 1;
+    assert_int_equal(permit(f, "127.0.0.1:80"), 0);
+    assert_int_equal(permit(f, "127.0.0.13:50001"), 403);
+    f->cfg.n_allow_peers = 0;
+
+    /* An internal user's allocation may admit anyone, including the external relay. */
+    f->side = AV_SIDE_INTERNAL;
+    f->client.u.in4.sin_port = htons(40002);
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(permit(f, "127.0.0.13:50000"), 0);
+    assert_int_equal(permit(f, "10.1.2.3:5000"), 0);
+    assert_int_equal(permit(f, "224.0.0.1:9"), 403);
+}
+
+static void error_486_508_quotas(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    for (int i = 0; i < 3; i++) {
+        f->client.u.in4.sin_port = htons((uint16_t)(41000 + i));
+        assert_int_equal(allocate(f), 0);
+    }
+    f->client.u.in4.sin_port = htons(41010);
+    assert_int_equal(allocate(f), 486);
+    assert_int_equal(av_turn_stats(f->t)->quota_user, 1);
+    /* Other users still get allocations until the total quota (5). */
+    use_rest(f, NOW_S + 60, "bob", "secret1");
+    assert_int_equal(allocate(f), 0);
+    f->client.u.in4.sin_port = htons(41011);
+    assert_int_equal(allocate(f), 0);
+    f->client.u.in4.sin_port = htons(41012);
+    assert_int_equal(allocate(f), 508);
+    assert_int_equal(av_turn_stats(f->t)->quota_total, 1);
+    /* After one is deleted, there is room again. */
+    f->client.u.in4.sin_port = htons(41011);
+    assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
+    f->client.u.in4.sin_port = htons(41012);
+    assert_int_equal(allocate(f), 0);
+}
+
+static void error_508_port_range_exhausted(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.user_quota = 0;
+    f->cfg.total_quota = 0;
+    f->io.max_port = 50001;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    for (int i = 0; i < 2; i++) {
+        f->client.u.in4.sin_port = htons((uint16_t)(42000 + i));
+        assert_int_equal(allocate(f), 0);
+    }
+    f->client.u.in4.sin_port = htons(42002);
+    assert_int_equal(allocate(f), 508);
+    assert_int_equal(av_alloc_count(av_turn_table(f->t)), 2);
+    assert_int_equal(f->sh.allocs, 2);
+}
+
+static void add_even_port(struct stun_builder *b, void *arg)
+{
+    add_udp(b, NULL);
+    uint8_t r = arg ? 0x80 : 0;
+    stun_build_attr(b, STUN_A_EVEN_PORT, &r, 1);
+}
+static void add_token(struct stun_builder *b, void *arg)
+{
+    add_udp(b, NULL);
+    stun_build_attr(b, STUN_A_RESERVATION_TOKEN, arg, 8);
+}
+static void add_token_and_even(struct stun_builder *b, void *arg)
+{
+    add_token(b, arg);
+    uint8_t r = 0;
+    stun_build_attr(b, STUN_A_EVEN_PORT, &r, 1);
+}
+
+static void even_port_and_reservation_token(void **st)
+{
+    struct fx *f = *st;
+    f->io.next_port = 50001;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_ALLOCATE, add_even_port, (void *)1, true), 0);
+    struct addr r;
+    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(addr_port(&r), 50002);
+    const struct stun_attr *t = stun_msg_find(&f->resp, STUN_A_RESERVATION_TOKEN);
+    assert_non_null(t);
+    uint8_t token[8];
+    memcpy(token, f->reply + t->off, 8);
+    assert_int_equal(f->io.reserved, 1);
+    /* A token together with EVEN-PORT is a bad request. */
+    f->client.u.in4.sin_port = htons(40001);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_token_and_even, token, true), 400);
+    /* Another client redeems it and gets port + 1. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_token, token, true), 0);
+    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(addr_port(&r), 50003);
+    /* A token used twice (or unknown): 508. */
+    f->client.u.in4.sin_port = htons(40002);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_token, token, true), 508);
+    /* An unredeemed reservation is released after 30 s. */
+    f->client.u.in4.sin_port = htons(40003);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_even_port, (void *)1, true), 0);
+    assert_int_equal(f->io.reserved, 1);
+    f->now_ms += 31000;
+    av_turn_sweep(f->t, f->now_ms);
+    assert_int_equal(f->io.reserved, 0);
+}
+
+static void rest_credentials_rotate_and_expire(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_rest(f, NOW_S + 600, "carol", "secret1");
+    assert_int_equal(allocate(f), 0);
+    /* Rotation: secret1 becomes previous and still verifies; secret2 verifies too. */
+    assert_int_equal(av_shared_set_secret(&f->sh, "k2", "secret2", 7, 0), 0);
+    assert_int_equal(permit(f, "192.0.2.1:1"), 0);
+    f->client.u.in4.sin_port = htons(40001);
+    use_rest(f, NOW_S + 600, "carol", "secret2");
+    assert_int_equal(allocate(f), 0);
+    /* After a second rotation, secret1 is gone. */
+    assert_int_equal(av_shared_set_secret(&f->sh, "k3", "secret3", 7, 0), 0);
+    f->client.u.in4.sin_port = htons(40002);
+    use_rest(f, NOW_S + 600, "carol", "secret1");
+    assert_int_equal(allocate(f), 401);
+    /* An expired REST username: 401. */
+    use_rest(f, NOW_S - 1, "carol", "secret3");
+    assert_int_equal(allocate(f), 401);
+    assert_int_equal(av_turn_stats(f->t)->auth_fail[AV_AUTH_EXPIRED], 1);
+}
+
+static void expiry_of_permissions_channels_allocations(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(allocate(f), 0);
+    struct bind_arg ba = {0x4005, "192.0.2.50:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
+    size_t na, np, nc;
+    /* Permissions last 300 s: the channel stays but relays nothing without one. */
+    f->now_ms += 301000;
+    av_turn_sweep(f->t, f->now_ms);
+    av_alloc_counts(av_turn_table(f->t), &na, &np, &nc);
+    assert_int_equal(na, 1);
+    assert_int_equal(np, 0);
+    assert_int_equal(nc, 1);
+    uint8_t cd[8] = {0x40, 0x05, 0x00, 0x03, 'a', 'b', 'c', 0};
+    assert_int_equal(feed(f, cd, 8), -1);
+    assert_null(f->out.relay_alloc);
+    /* Channels last 600 s, allocations 600 s by default. */
+    f->now_ms += 300000;
+    av_turn_sweep(f->t, f->now_ms);
+    av_alloc_counts(av_turn_table(f->t), &na, &np, &nc);
+    assert_int_equal(na, 0);
+    assert_int_equal(nc, 0);
+    assert_int_equal(f->io.open, 0);
+}
+
+static void unauthenticated_rate_limit(void **st)
+{
+    struct fx *f = *st;
+    assert_int_equal(av_turn_set_unauth_limit(f->t, 1, 3), 0);
+    int answered = 0;
+    for (int i = 0; i < 10; i++)
+        answered += request(f, STUN_BINDING, NULL, NULL, false) == 0;
+    assert_int_equal(answered, 3);
+    assert_int_equal(av_turn_stats(f->t)->unauth_limited, 7);
+}
+
+static void bandwidth_cap_per_allocation(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.bps_per_alloc = 1000;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(allocate(f), 0);
+    struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
+    uint8_t cd[4 + 400] = {0x40, 0x01, 0x01, 0x90};
+    int sent = 0;
+    for (int i = 0; i < 5; i++) {
+        feed(f, cd, sizeof(cd));
+        sent += f->out.relay_alloc != NULL;
+    }
+    assert_int_equal(sent, 2);
+    f->now_ms += 1000;
+    feed(f, cd, sizeof(cd));
+    assert_non_null(f->out.relay_alloc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(binding_answers_mapped_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_401_challenge_is_small, setup, teardown),
+        cmocka_unit_test_setup_teardown(allocate_static_user_and_relay, setup, teardown),
+        cmocka_unit_test_setup_teardown(refresh_zero_deletes_then_437, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_438_stale_nonce, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_400_malformed_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_420_after_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_440_442_families_and_transport, setup, teardown),
+        cmocka_unit_test_setup_teardown(dual_stack_allocation, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_403_enterprise_rule, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_486_508_quotas, setup, teardown),
+        cmocka_unit_test_setup_teardown(error_508_port_range_exhausted, setup, teardown),
+        cmocka_unit_test_setup_teardown(even_port_and_reservation_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(rest_credentials_rotate_and_expire, setup, teardown),
+        cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup, teardown),
+        cmocka_unit_test_setup_teardown(unauthenticated_rate_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(bandwidth_cap_per_allocation, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

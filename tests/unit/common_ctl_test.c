@@ -1,0 +1,321 @@
+/* Unit tests for the control-channel frame codec (common/ctl.c): round trips, the wire
+ * format, and what happens to truncated, oversized and garbage frames. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/ctl.h"
+
+static struct ctl_msg *roundtrip(const struct ctl_msg *in)
+{
+    static uint8_t frame[CTL_FRAME_MAX + 4];
+    ssize_t n = ctl_frame_encode(in, frame, sizeof frame);
+    assert_true(n > 4);
+    struct ctl_msg *out = malloc(sizeof *out);
+    assert_non_null(out);
+    assert_int_equal(ctl_frame_decode(frame, (size_t)n, out), n);
+    assert_int_equal(out->type, in->type);
+    return out;
+}
+
+static void role_names_round_trip(void **state)
+{
+    (void)state;
+    for (int r = CTL_ROLE_DIRECTOR; r < CTL_ROLE_COUNT; r++) {
+        enum ctl_role back;
+        assert_int_equal(ctl_role_parse(ctl_role_name((enum ctl_role)r), &back), 0);
+        assert_int_equal(back, r);
+    }
+    enum ctl_role x;
+    assert_int_equal(ctl_role_parse("av-edge", &x), 0);
+    assert_int_equal(x, CTL_ROLE_AV_EDGE);
+    assert_int_equal(ctl_role_parse("unknown", &x), -EINVAL);
+    assert_int_equal(ctl_role_parse("AV-EDGE", &x), -EINVAL);
+    assert_string_equal(ctl_role_name((enum ctl_role)99), "unknown");
+    assert_string_equal(ctl_secret_kind_name(CTL_SECRET_RELAY), "relay");
+    assert_string_equal(ctl_secret_kind_name(CTL_SECRET_CONFERENCE), "conference");
+}
+
+static void hello_round_trips(void **state)
+{
+    (void)state;
+    struct ctl_msg *in = calloc(1, sizeof *in);
+    in->type = CTL_MSG_HELLO;
+    struct ctl_hello *h = &in->u.hello;
+    h->role = CTL_ROLE_AV_EDGE;
+    strcpy(h->instance_id, "av-1");
+    strcpy(h->version, "1.2.3");
+    strcpy(h->external_addrs[0], "127.0.0.13:3478");
+    strcpy(h->external_addrs[1], "[::1]:3478");
+    h->n_external = 2;
+    strcpy(h->internal_addrs[0], "127.0.0.23:3478");
+    h->n_internal = 1;
+    h->subscribe[0] = CTL_ROLE_AV_EDGE;
+    h->subscribe[1] = CTL_ROLE_CONF_EDGE;
+    h->n_subscribe = 2;
+    struct ctl_msg *out = roundtrip(in);
+    assert_memory_equal(&out->u.hello, h, sizeof *h);
+    free(out);
+    free(in);
+}
+
+static void welcome_with_secrets_round_trips(void **state)
+{
+    (void)state;
+    struct ctl_msg *in = calloc(1, sizeof *in);
+    in->type = CTL_MSG_WELCOME;
+    struct ctl_welcome *w = &in->u.welcome;
+    strcpy(w->director_id, "director-1");
+    w->heartbeat_ms = 1500;
+    for (int i = 0; i < 4; i++) {
+        struct ctl_secret *s = &w->secrets[i];
+        s->kind = i < 2 ? CTL_SECRET_RELAY : CTL_SECRET_CONFERENCE;
+        snprintf(s->key_id, sizeof s->key_id, "k%d", i);
+        s->secret_len = 32;
+        memset(s->secret, 0xa0 + i, 32);
+        s->not_after = 1700000000 + i;
+    }
+    w->n_secrets = 4;
+    struct ctl_msg *out = roundtrip(in);
+    assert_string_equal(out->u.welcome.director_id, "director-1");
+    assert_int_equal(out->u.welcome.heartbeat_ms, 1500);
+    assert_int_equal(out->u.welcome.n_secrets, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(out->u.welcome.secrets[i].kind, w->secrets[i].kind);
+        assert_string_equal(out->u.welcome.secrets[i].key_id, w->secrets[i].key_id);
+        assert_int_equal(out->u.welcome.secrets[i].secret_len, 32);
+        assert_memory_equal(out->u.welcome.secrets[i].secret, w->secrets[i].secret, 32);
+        assert_int_equal(out->u.welcome.secrets[i].not_after, w->secrets[i].not_after);
+    }
+    free(out);
+    free(in);
+}
+
+static void report_round_trips(void **state)
+{
+    (void)state;
+    struct ctl_msg *in = calloc(1, sizeof *in);
+    in->type = CTL_MSG_REPORT;
+    struct ctl_report *r = &in->u.report;
+    r->role = CTL_ROLE_CONF_EDGE;
+    strcpy(r->instance_id, "conf-7");
+    r->connections = 12;
+    r->allocations = 3;
+    r->bytes_in = 1ull << 40;
+    r->bytes_out = 99;
+    r->errors = 1;
+    r->load_permille = 250;
+    r->healthy = true;
+    r->draining = true;
+    strcpy(r->notes[0], "watch:partner.example");
+    strcpy(r->notes[1], "unwatch:old.example");
+    r->n_notes = 2;
+    struct ctl_msg *out = roundtrip(in);
+    assert_memory_equal(&out->u.report, r, sizeof *r);
+    free(out);
+    free(in);
+}
+
+static void small_messages_round_trip(void **state)
+{
+    (void)state;
+    struct ctl_msg in;
+    memset(&in, 0, sizeof in);
+    in.type = CTL_MSG_SECRET;
+    in.u.secret.kind = CTL_SECRET_CONFERENCE;
+    strcpy(in.u.secret.key_id, "c-42");
+    in.u.secret.secret_len = 64;
+    memset(in.u.secret.secret, 7, 64);
+    struct ctl_msg *out = roundtrip(&in);
+    assert_memory_equal(&out->u.secret, &in.u.secret, sizeof in.u.secret);
+    free(out);
+
+    memset(&in, 0, sizeof in);
+    in.type = CTL_MSG_REVOKE;
+    strcpy(in.u.revoke.conference_key_id, "jti-1");
+    strcpy(in.u.revoke.user, "alice@example.com");
+    in.u.revoke.until = 123;
+    out = roundtrip(&in);
+    assert_memory_equal(&out->u.revoke, &in.u.revoke, sizeof in.u.revoke);
+    free(out);
+
+    memset(&in, 0, sizeof in);
+    in.type = CTL_MSG_DRAIN;
+    in.u.drain_deadline_ms = 30000;
+    out = roundtrip(&in);
+    assert_int_equal(out->u.drain_deadline_ms, 30000);
+    free(out);
+
+    in.type = CTL_MSG_PONG;
+    in.u.seq = 77;
+    out = roundtrip(&in);
+    assert_int_equal(out->u.seq, 77);
+    free(out);
+
+    memset(&in, 0, sizeof in);
+    in.type = CTL_MSG_GOODBYE;
+    strcpy(in.u.reason, "av-edge/av1 is already connected from 127.0.0.1:5000");
+    out = roundtrip(&in);
+    assert_string_equal(out->u.reason, in.u.reason);
+    free(out);
+}
+
+/* The wire format is pinned: a Ping with seq 1 is Envelope field 7 holding field 1 = 1. */
+static void ping_has_the_documented_wire_form(void **state)
+{
+    (void)state;
+    static const uint8_t want[] = {0, 0, 0, 4, 0x3a, 0x02, 0x08, 0x01};
+    struct ctl_msg m = {.type = CTL_MSG_PING, .u.seq = 1};
+    uint8_t out[64];
+    assert_int_equal(ctl_frame_encode(&m, out, sizeof out), sizeof want);
+    assert_memory_equal(out, want, sizeof want);
+    struct ctl_msg back;
+    assert_int_equal(ctl_frame_decode(want, sizeof want, &back), sizeof want);
+    assert_int_equal(back.type, CTL_MSG_PING);
+    assert_int_equal(back.u.seq, 1);
+}
+
+static void every_truncation_needs_more(void **state)
+{
+    (void)state;
+    struct ctl_msg *in = calloc(1, sizeof *in), *out = malloc(sizeof *out);
+    in->type = CTL_MSG_REPORT;
+    strcpy(in->u.report.notes[0], "a note");
+    in->u.report.n_notes = 1;
+    in->u.report.connections = 5;
+    uint8_t frame[512];
+    ssize_t n = ctl_frame_encode(in, frame, sizeof frame);
+    assert_true(n > 8);
+    for (ssize_t cut = 0; cut < n; cut++)
+        assert_int_equal(ctl_frame_decode(frame, (size_t)cut, out), -EAGAIN);
+    assert_int_equal(ctl_frame_decode(frame, (size_t)n, out), n);
+    free(in);
+    free(out);
+}
+
+static void back_to_back_frames_split_one_at_a_time(void **state)
+{
+    (void)state;
+    uint8_t buf[256];
+    struct ctl_msg a = {.type = CTL_MSG_PING, .u.seq = 5};
+    struct ctl_msg b = {.type = CTL_MSG_DRAIN, .u.drain_deadline_ms = 9};
+    ssize_t na = ctl_frame_encode(&a, buf, sizeof buf);
+    ssize_t nb = ctl_frame_encode(&b, buf + na, sizeof buf - (size_t)na);
+    assert_true(na > 0 && nb > 0);
+    struct ctl_msg m;
+    assert_int_equal(ctl_frame_decode(buf, (size_t)(na + nb), &m), na);
+    assert_int_equal(m.type, CTL_MSG_PING);
+    assert_int_equal(ctl_frame_decode(buf + na, (size_t)nb, &m), nb);
+    assert_int_equal(m.type, CTL_MSG_DRAIN);
+    assert_int_equal(m.u.drain_deadline_ms, 9);
+}
+
+static void oversized_length_is_refused_from_the_prefix_alone(void **state)
+{
+    (void)state;
+    struct ctl_msg m;
+    uint32_t n = CTL_FRAME_MAX + 1;
+    uint8_t p[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+    assert_int_equal(ctl_frame_decode(p, 4, &m), -EMSGSIZE);
+    uint8_t huge[4] = {0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(ctl_frame_decode(huge, 4, &m), -EMSGSIZE);
+    /* Exactly the maximum is allowed: it is only incomplete. */
+    n = CTL_FRAME_MAX;
+    uint8_t max[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+    assert_int_equal(ctl_frame_decode(max, 4, &m), -EAGAIN);
+    /* An HTTP request or a TLS record sent in clear reads as a huge length. */
+    assert_int_equal(ctl_frame_decode((const uint8_t *)"GET / HTTP/1.1\r\n", 16, &m), -EMSGSIZE);
+}
+
+static void garbage_body_is_badmsg(void **state)
+{
+    (void)state;
+    struct ctl_msg m;
+    static const uint8_t junk[] = {0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(ctl_frame_decode(junk, sizeof junk, &m), -EBADMSG);
+    /* A frame that decodes as an empty Envelope carries no message. */
+    static const uint8_t empty[] = {0, 0, 0, 0};
+    assert_int_equal(ctl_frame_decode(empty, sizeof empty, &m), -EBADMSG);
+    /* A field number this build does not know (Envelope field 15). */
+    static const uint8_t unknown[] = {0, 0, 0, 2, 0x78, 0x01};
+    assert_int_equal(ctl_frame_decode(unknown, sizeof unknown, &m), -EBADMSG);
+    /* A length that runs past the frame's end. */
+    static const uint8_t cut[] = {0, 0, 0, 3, 0x0a, 0x10, 0x08};
+    assert_int_equal(ctl_frame_decode(cut, sizeof cut, &m), -EBADMSG);
+}
+
+static void too_long_string_is_badmsg(void **state)
+{
+    (void)state;
+    /* Hello (Envelope field 1) whose instance_id (field 2) is 100 bytes: over CTL_ID_MAX. */
+    uint8_t f[4 + 2 + 2 + 100];
+    f[0] = 0, f[1] = 0, f[2] = 0, f[3] = 104;
+    f[4] = 0x0a, f[5] = 102, f[6] = 0x12, f[7] = 100;
+    memset(f + 8, 'a', 100);
+    struct ctl_msg *m = malloc(sizeof *m);
+    assert_int_equal(ctl_frame_decode(f, sizeof f, m), -EBADMSG);
+    /* The same with 63 bytes fits. */
+    f[3] = 67, f[5] = 65, f[7] = 63;
+    assert_int_equal(ctl_frame_decode(f, 4 + 67, m), 4 + 67);
+    assert_int_equal(m->type, CTL_MSG_HELLO);
+    assert_int_equal(strlen(m->u.hello.instance_id), 63);
+    free(m);
+}
+
+static void too_many_secrets_is_badmsg(void **state)
+{
+    (void)state;
+    /* Welcome (field 2) with CTL_SECRETS_MAX + 1 empty secrets (field 3, length 0). */
+    uint8_t f[64];
+    size_t k = CTL_SECRETS_MAX + 1, body = 2 * k;
+    f[0] = 0, f[1] = 0, f[2] = 0, f[3] = (uint8_t)(2 + body);
+    f[4] = 0x12, f[5] = (uint8_t)body;
+    for (size_t i = 0; i < k; i++)
+        f[6 + 2 * i] = 0x1a, f[7 + 2 * i] = 0;
+    struct ctl_msg *m = malloc(sizeof *m);
+    assert_int_equal(ctl_frame_decode(f, 6 + body, m), -EBADMSG);
+    free(m);
+}
+
+static void encode_checks_space_and_limits(void **state)
+{
+    (void)state;
+    struct ctl_msg m = {.type = CTL_MSG_PING, .u.seq = 1};
+    uint8_t out[8];
+    assert_int_equal(ctl_frame_encode(&m, out, 7), -ENOSPC);
+    assert_int_equal(ctl_frame_encode(&m, out, 8), 8);
+    struct ctl_msg bad = {.type = (enum ctl_msg_type)99};
+    assert_int_equal(ctl_frame_encode(&bad, out, sizeof out), -EINVAL);
+    struct ctl_msg *r = calloc(1, sizeof *r);
+    r->type = CTL_MSG_REPORT;
+    r->u.report.n_notes = CTL_NOTES_MAX + 1;
+    uint8_t big[4096];
+    assert_int_equal(ctl_frame_encode(r, big, sizeof big), -EINVAL);
+    free(r);
+    assert_int_equal(ctl_frame_decode(NULL, 4, &m), -EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(role_names_round_trip),
+        cmocka_unit_test(hello_round_trips),
+        cmocka_unit_test(welcome_with_secrets_round_trips),
+        cmocka_unit_test(report_round_trips),
+        cmocka_unit_test(small_messages_round_trip),
+        cmocka_unit_test(ping_has_the_documented_wire_form),
+        cmocka_unit_test(every_truncation_needs_more),
+        cmocka_unit_test(back_to_back_frames_split_one_at_a_time),
+        cmocka_unit_test(oversized_length_is_refused_from_the_prefix_alone),
+        cmocka_unit_test(garbage_body_is_badmsg),
+        cmocka_unit_test(too_long_string_is_badmsg),
+        cmocka_unit_test(too_many_secrets_is_badmsg),
+        cmocka_unit_test(encode_checks_space_and_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
