@@ -15,7 +15,7 @@ import threading
 import unittest
 
 from deployutil import (DEPLOY, ROLES, ROOT, default_config, install_deps_packages, listen_addresses,
-                        load_yaml, load_yaml_all, plan, port_of, port_table, role_ports, which)
+                        load_yaml, plan, port_of, port_table, which)
 
 COMPOSE_DIR = os.path.join(DEPLOY, "compose")
 COMPOSE = os.path.join(COMPOSE_DIR, "docker-compose.yml")
