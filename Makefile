@@ -20,7 +20,9 @@ ifeq ($(SAN),1)
 BUILD := build-san
 endif
 
-VERSION := $(shell git describe --always --dirty 2>/dev/null || echo 0.1)
+# Release number plus the commit, e.g. 0.1.0+g1a2b3c4; regenerated into version.h only
+# when it changes, so a new commit relinks without rebuilding everything.
+VERSION := 0.1.0$(shell git rev-parse --short HEAD 2>/dev/null | sed 's/^/+g/')
 PKGS := libuv yaml-0.1 libprotobuf-c libcares
 DEPS_OK := $(shell deploy/install-deps.sh >&2 && echo ok)
 ifneq ($(DEPS_OK),ok)
@@ -33,8 +35,7 @@ SAN_ON := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-rec
 SANFLAGS := $(if $(filter 1,$(SAN)),$(SAN_ON))
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter -Wno-format-truncation -Wno-missing-field-initializers -Werror
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SANFLAGS) -MMD -MP \
-          -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
-          -DSUITE_VERSION='"$(VERSION)"'
+          -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS))
 LDLIBS := $(shell pkg-config --libs $(PKGS)) -lmbedtls -lmbedx509 -lmbedcrypto \
           -losipparser2 -losip2 -lhttp_parser -lpthread -lm
 LDFLAGS := $(SANFLAGS)
@@ -68,6 +69,13 @@ $(BUILD)/tests/$(1): $(OBJ)/tests/unit/$(1).o $(2) $(BUILD)/libcommon.a
 	$$(Q)$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -lcmocka -o $$@
 endef
 
+$(BUILD)/gen/version.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define SUITE_VERSION "$(VERSION)"' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+FORCE:
+$(OBJ)/common/daemon.o: $(BUILD)/gen/version.h
+
 include proto/build.mk
 include common/build.mk
 -include director/build.mk
@@ -77,6 +85,7 @@ include common/build.mk
 -include revproxy/build.mk
 include tests/build.mk
 -include tests/bench/build.mk
+-include deploy/build.mk
 
 all: $(BUILD)/libcommon.a $(DAEMONS)
 units: $(UNIT_TESTS)

@@ -68,8 +68,9 @@ static int start_ctl(struct ce_main *m, const struct ce_config *cfg)
         .ca_file = cfg->director.tls.ca,
         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
         .log = daemon_logger(m->d),
-        .hello = {.role = CTL_ROLE_CONF_EDGE, .version = SUITE_VERSION},
+        .hello = {.role = CTL_ROLE_CONF_EDGE},
     };
+    snprintf(o.hello.version, sizeof o.hello.version, "%s", daemon_version());
     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s",
              cfg->base.instance_id ? cfg->base.instance_id : "conf-edge");
     addr_format(&cfg->external.listen, o.hello.external_addrs[o.hello.n_external++]);

@@ -10,7 +10,6 @@
 #ifndef DIRECTOR_DIRECTOR_H
 #define DIRECTOR_DIRECTOR_H
 
-#include <uv.h>
 #include "common/admin.h"
 #include "common/cfg.h"
 #include "common/ctl.h"
@@ -19,10 +18,13 @@
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "common/token.h"
+#include "director/registrar.h"
+#include <uv.h>
 
 struct director_ctl_config {
-    struct addr listen;    /* control channel, mutual TLS */
-    uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
+    struct addr listen;     /* control channel, mutual TLS */
+    uint64_t heartbeat_ms;  /* a peer silent for three of these is dropped */
+    bool require_cert_role; /* an edge's certificate must name the role it claims */
 };
 
 struct director_secrets_config {
@@ -49,6 +51,7 @@ struct director_config {
     struct director_ctl_config ctl;
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
+    struct director_sip_config sip; /* registrar.c */
     struct director_confserver_config confserver;
 };
 
@@ -70,7 +73,7 @@ struct director {
     struct admin *admin;
     const struct director_config *cfg; /* swapped on reload */
 
-    struct tls_ctx *ctl_tls;  /* server context for the control channel (mutual TLS) */
+    struct tls_ctx *ctl_tls; /* server context for the control channel (mutual TLS) */
     struct ctl_server *ctl;
     struct hub *hub;
 
