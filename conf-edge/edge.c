@@ -32,9 +32,6 @@
 #define CE_CTLQ_CAP (256 * 1024)
 #define CE_LINGER_MS 2000 /* after our close_notify, how long the peer has to close */
 #define CE_LINK_IN_CAP (2 * CE_MUX_FRAME_MAX)
-/* Bytes per read(2): several TLS records per system call under bulk load; the buffer is
- * held only during the read callback, so idle connections do not pay for it. */
-#define CE_READ_CHUNK 65536
 
 enum sess_state { S_HANDSHAKE, S_PREAMBLE, S_WAITING, S_RELAY, S_ENDING };
 
@@ -704,6 +701,8 @@ static void sess_on_close(struct stream *cs, int err, const char *why, void *arg
             sess_pump_up(s);
         return;
     }
+    if (err && err != -ETIMEDOUT)
+        LOGD(e->log, &s->peer, "client connection failed: %s", why ? why : strerror(-err));
     sess_end(s, err == -ETIMEDOUT ? "idle timeout" : err ? "client connection failed"
                                                           : "client closed",
              true);
@@ -725,7 +724,6 @@ static void on_client(uv_stream_t *server, int status)
     const struct ce_config *c = e->cfg;
     struct stream_opts o = {
         .tls = e->ext_tls,
-        .read_chunk = CE_READ_CHUNK,
         .write_cap = c->buffers.client_write,
         .handshake_timeout_ms = (uint32_t)c->external.handshake_timeout_ms,
         .idle_timeout_ms = (uint32_t)c->idle_timeout_ms,
@@ -992,7 +990,6 @@ static void on_server(uv_stream_t *server, int status)
     const struct ce_config *c = e->cfg;
     struct stream_opts o = {
         .tls = e->int_tls,
-        .read_chunk = CE_READ_CHUNK,
         .write_cap = c->buffers.server_write,
         .handshake_timeout_ms = (uint32_t)c->internal.handshake_timeout_ms,
     };

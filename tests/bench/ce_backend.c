@@ -78,6 +78,7 @@ static void on_source(uv_stream_t *srv, int status)
 struct mstream {
     uint32_t id;
     uint64_t credit;
+    uint64_t owed; /* window not yet returned: sent in batches of a quarter window */
     bool source;
 };
 
@@ -147,8 +148,14 @@ static int m_frame(struct mlink *l, const struct ce_mux_frame *f)
         return 0;
     }
     case CE_MUX_DATA:
-        if (m && ce_mux_encode_window(w, sizeof w, f->stream, (uint32_t)f->payload.len) > 0)
+        if (!m)
+            return 0;
+        m->owed += f->payload.len;
+        if (m->owed >= (1u << 20) / 4 &&
+            ce_mux_encode_window(w, sizeof w, f->stream, (uint32_t)m->owed) > 0) {
             m_send(l, w, CE_MUX_HDR + 4);
+            m->owed = 0;
+        }
         return 0;
     case CE_MUX_WINDOW:
         if (m) {
@@ -241,8 +248,7 @@ int main(int argc, char **argv)
         buf_init(&l.in, 2 * CE_MUX_FRAME_MAX);
         ce_map_create(&l.streams);
         static const struct stream_cbs cbs = {m_data, m_open, m_drain, m_close};
-        struct stream_opts so = {.tls = tls, .server_name = "conf-edge", .write_cap = 4 << 20,
-                                 .read_chunk = 65536};
+        struct stream_opts so = {.tls = tls, .server_name = "conf-edge", .write_cap = 4 << 20};
         if (stream_connect(loop, &a, NULL, &so, &cbs, &l, &l.s) < 0)
             return 1;
     } else {
