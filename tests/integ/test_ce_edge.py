@@ -425,3 +425,19 @@ class ConfEdgeTest(SuiteTest):
         self.assertEqual(c.line(), "PSOM-EDGE/1 503 draining\r\n")
         self.edge.proc.wait(5)
         self.assertEqual(self.edge.proc.returncode, 0)
+
+    def test_sighup_applies_new_limits_to_new_clients(self):
+        self.start_edge(extra="limits: {per_conference: 1}\n")
+        self.mock(mode="echo")
+        a = Client(self.ext, key=mint("grow", "a"))
+        self.assertEqual(a.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        b = Client(self.ext, key=mint("grow", "b"))
+        self.assertEqual(b.line(), "PSOM-EDGE/1 429 too-many-connections\r\n")
+        with open(self.edge.config, "w") as f:
+            f.write(edge_config(self.ext, self.int, self.admin, "limits: {per_conference: 2}\n"))
+        self.edge.signal(__import__("signal").SIGHUP)
+        self.edge.wait_log("reloaded")
+        c = Client(self.ext, key=mint("grow", "c"))
+        self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        a.send(b"a still relayed\n")
+        self.assertEqual(a.read_exact(16), b"a still relayed\n")
