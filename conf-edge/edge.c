@@ -468,6 +468,10 @@ static void sess_pump_up(struct ce_sess *s)
             stream_read_stop(s->cs);
         return;
     }
+    if (s->up.data) {
+        buf_fini(&s->up); /* idle sessions hold no read buffer */
+        memset(&s->up, 0, sizeof s->up);
+    }
     if (s->client_eof) {
         sess_send_shut_close(s);
         return;

@@ -98,7 +98,7 @@ point() {
     flock "$LOCK" bash -c '
         px=$1 be=$2 hz=$3 out=$4; shift 4
         p0=$(awk "{print \$14+\$15}" /proc/$px/stat); b0=$(awk "{print \$14+\$15}" /proc/$be/stat)
-        r=$("$@" 2>&1 | tail -1)
+        r=$(timeout 60 "$@" 2>&1 | tail -1)
         p1=$(awk "{print \$14+\$15}" /proc/$px/stat); b1=$(awk "{print \$14+\$15}" /proc/$be/stat)
         echo "$r proxy_cpu_s=$(echo "($p1-$p0)/$hz" | bc -l | xargs printf %.2f) backend_cpu_s=$(echo "($b1-$b0)/$hz" | bc -l | xargs printf %.2f)" > "$out"
     ' _ "$px" "$be" "$HZ" "$WORK/$name.txt" "$@"
