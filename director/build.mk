@@ -2,6 +2,8 @@
 DIR_SRCS := $(filter-out director/main.c,$(wildcard director/*.c))
 # The SIP registrar reuses the access edge's message framing and splicing modules.
 DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/access-edge/sip_msg.o $(OBJ)/access-edge/sip_proxy.o
+# confserver.c speaks conf-edge's mux framing and uses its small hash map.
+DIR_OBJS += $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o
 $(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/director_*_test.c)),$(eval $(call unit_test,$(t),$(DIR_OBJS))))
 
