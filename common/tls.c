@@ -627,17 +627,26 @@ static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const cha
     if (rc == 0)
         rc = mbedtls_x509write_crt_set_basic_constraints(&w, 0, -1);
     if (rc == 0) {
-        /* subjectAltName ::= SEQUENCE { [2] dNSName } (no writer for it in mbedTLS 2.28) */
-        uint8_t inner[4];
-        size_t il = der_len(inner, nlen);
-        size_t seq = 1 + il + nlen, o = 0;
+        /* subjectAltName ::= SEQUENCE { [2] dNSName } or { [7] iPAddress } for an IP
+         * literal (no writer for it in mbedTLS 2.28). */
+        uint8_t ip[16], inner[4];
+        const uint8_t *val = (const uint8_t *)name;
+        size_t vlen = nlen;
+        uint8_t tag = 0x82;
+        if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1) {
+            val = ip;
+            vlen = strchr(name, ':') ? 16 : 4;
+            tag = 0x87;
+        }
+        size_t il = der_len(inner, vlen);
+        size_t seq = 1 + il + vlen, o = 0;
         san[o++] = 0x30;
         o += der_len(san + o, seq);
-        san[o++] = 0x82;
+        san[o++] = tag;
         memcpy(san + o, inner, il);
         o += il;
-        memcpy(san + o, name, nlen);
-        o += nlen;
+        memcpy(san + o, val, vlen);
+        o += vlen;
         rc = mbedtls_x509write_crt_set_extension(&w, MBEDTLS_OID_SUBJECT_ALT_NAME,
                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
                                                  san, o);

@@ -525,6 +525,19 @@ static void test_self_signed_and_fingerprint(void **state)
     pair_close(&p);
     tls_ctx_unref(c);
 
+    /* A self-signed certificate for an IP literal carries it as an iPAddress. */
+    struct tls_opts ipo = {.server = true, .self_signed_name = "127.0.0.13"};
+    struct tls_ctx *sip = ctx_new(&ipo);
+    struct tls_opts lax = {.server = false};
+    struct tls_ctx *cl = ctx_new(&lax);
+    pair_open(&p, cl, sip, "127.0.0.13");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "127.0.0.13");
+    assert_null(tls_conn_peer_san(p.cli.c, 0)); /* no DNS name */
+    pair_close(&p);
+    tls_ctx_unref(cl);
+    tls_ctx_unref(sip);
+
     /* A verifying client refuses it. */
     c = client_ctx(NULL, false);
     pair_open(&p, c, s, "lab.test");
