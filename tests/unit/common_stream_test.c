@@ -567,6 +567,98 @@ static void test_plaintext_on_tls_port_is_refused(void **state)
     assert_int_equal(w.cli_closed, 1);
 }
 
+/* SIGHUP: the daemon swaps in a new ctx (new certificate) and drops its reference to the
+ * old one. A connection made before keeps working on the old ctx; a new one gets the new
+ * certificate. */
+struct swap {
+    struct world *w;
+    struct tls_ctx *next;
+    struct stream *first;
+    int phase;
+    char cn[2][32];
+    size_t got[2];
+};
+
+static void swap_second_open(struct stream *s, void *arg);
+static int swap_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg);
+static void swap_cli_close(struct stream *s, int err, const char *why, void *arg) {}
+
+static void swap_cli_open(struct stream *s, void *arg)
+{
+    struct swap *sw = arg;
+    snprintf(sw->cn[0], sizeof sw->cn[0], "%s", tls_conn_peer_cn(stream_tls(s)));
+    sw->first = s;
+    assert_int_equal(stream_write(s, "one", 3), 0);
+}
+
+static int swap_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct swap *sw = arg;
+    struct world *w = sw->w;
+    if (s == sw->first) {
+        sw->got[0] += n;
+        if (sw->phase == 0 && sw->got[0] == 3) {
+            /* Reload: new certificate for new connections; the old ctx goes. */
+            sw->phase = 1;
+            tls_ctx_unref(w->sopts.tls);
+            w->sopts.tls = sw->next;
+            static const struct stream_cbs cbs = {
+                .on_data = swap_cli_data, .on_open = swap_second_open, .on_close = swap_cli_close};
+            struct stream *s2;
+            assert_int_equal(stream_connect(&w->loop, &w->addr, NULL, &w->copts, &cbs, sw, &s2), 0);
+        } else if (sw->phase == 2 && sw->got[0] == 6) {
+            stream_close(s, 0, "done");
+            stop_all(w);
+        }
+    } else {
+        sw->got[1] += n;
+        if (sw->got[1] == 3) {
+            /* The old connection still echoes, on the old ctx. */
+            sw->phase = 2;
+            assert_int_equal(stream_write(sw->first, "two", 3), 0);
+            stream_close(s, 0, "done");
+        }
+    }
+    return 0;
+}
+
+static void swap_second_open(struct stream *s, void *arg)
+{
+    struct swap *sw = arg;
+    snprintf(sw->cn[1], sizeof sw->cn[1], "%s", tls_conn_peer_cn(stream_tls(s)));
+    assert_int_equal(stream_write(s, "new", 3), 0);
+}
+
+static void test_ctx_swap_keeps_old_connections(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    struct tls_cert_opts co = {CERTS "/web.crt", CERTS "/web.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1};
+    char err[256];
+    struct swap sw = {.w = &w};
+    assert_int_equal(tls_ctx_create(&sw.next, &o, err, sizeof err), 0);
+    struct tls_opts lax = {.server = false};
+    assert_int_equal(tls_ctx_create(&w.copts.tls, &lax, err, sizeof err), 0);
+    w.scbs.on_close = stress_srv_close; /* counts, no stop */
+    struct stream_cbs cbs = {
+        .on_data = swap_cli_data, .on_open = swap_cli_open, .on_close = swap_cli_close};
+    struct stream *s1;
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &cbs, &sw, &s1), 0);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_string_equal(sw.cn[0], "director");
+    assert_string_equal(sw.cn[1], "web");
+    assert_int_equal(sw.got[0], 6);
+    assert_int_equal(sw.got[1], 3);
+    assert_int_equal(w.srv_closed, 2);
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -682,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_many_tls_streams_echo),
         cmocka_unit_test(test_read_pause_before_connect),
         cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
+        cmocka_unit_test(test_ctx_swap_keeps_old_connections),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
