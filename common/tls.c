@@ -94,6 +94,15 @@ struct tls_ctx {
     char session_name[256];
 };
 
+/* What the API tells of the peer certificate: one allocation, strings after the array. */
+struct tls_peer {
+    const char *cn; /* NULL if none */
+    const char *subject;
+    char fingerprint[3 * 32];
+    size_t nsans;
+    const char *sans[]; /* nsans DNS names, then NULL */
+};
+
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
@@ -112,10 +121,9 @@ struct tls_conn {
     uint8_t ip[16];
     size_t iplen;
     char *sni;
-    char *peer_cn;
-    char *vinfo;      /* issuer and subject of the peer certificate during the handshake */
-    char **peer_sans; /* NULL-terminated; strings in the same block */
-    char *err;        /* allocated on the first failure: most connections never have one */
+    struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
+    char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
+    char *err;             /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -1111,41 +1119,51 @@ static int conn_wake(struct tls_conn *c)
 
 static void conn_free_peer(struct tls_conn *c)
 {
-    free(c->peer_cn);
-    c->peer_cn = NULL;
-    free(c->peer_sans);
-    c->peer_sans = NULL;
+    free(c->peer);
+    c->peer = NULL;
 }
 
-/* Copies the names of the peer certificate so the API can hand out C strings. */
+/* Copies the names of the peer certificate so the API can hand out C strings after the
+ * parsed certificate is dropped. */
 static void conn_take_peer(struct tls_conn *c)
 {
     const mbedtls_x509_crt *p = mbedtls_ssl_get_peer_cert(&c->ssl);
     if (!p)
         return;
+    char subject[256];
+    if (mbedtls_x509_dn_gets(subject, sizeof subject, &p->subject) < 0)
+        subject[0] = '\0';
     const mbedtls_x509_buf *cn = crt_cn(p);
-    if (cn)
-        c->peer_cn = strndup((const char *)cn->p, cn->len);
-    size_t n = 0, bytes = 0;
+    size_t n = 0, bytes = strlen(subject) + 1 + (cn ? cn->len + 1 : 0);
     for (const mbedtls_x509_sequence *s = &p->subject_alt_names; s && s->buf.p; s = s->next)
         if (s->buf.tag == SAN_DNS) {
             n++;
             bytes += s->buf.len + 1;
         }
-    char **v = malloc((n + 1) * sizeof *v + bytes);
-    if (!v)
+    struct tls_peer *pe = malloc(sizeof *pe + (n + 1) * sizeof pe->sans[0] + bytes);
+    if (!pe)
         return;
-    char *d = (char *)(v + n + 1);
-    size_t i = 0;
+    char *d = (char *)&pe->sans[n + 1];
+    pe->subject = strcpy(d, subject);
+    d += strlen(subject) + 1;
+    pe->cn = NULL;
+    if (cn) {
+        memcpy(d, cn->p, cn->len);
+        d[cn->len] = '\0';
+        pe->cn = d;
+        d += cn->len + 1;
+    }
+    pe->nsans = 0;
     for (const mbedtls_x509_sequence *s = &p->subject_alt_names; s && s->buf.p; s = s->next)
         if (s->buf.tag == SAN_DNS) {
             memcpy(d, s->buf.p, s->buf.len);
             d[s->buf.len] = '\0';
-            v[i++] = d;
+            pe->sans[pe->nsans++] = d;
             d += s->buf.len + 1;
         }
-    v[i] = NULL;
-    c->peer_sans = v;
+    pe->sans[pe->nsans] = NULL;
+    fingerprint(p, pe->fingerprint);
+    c->peer = pe;
 }
 
 int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name)
@@ -1419,17 +1437,35 @@ const char *tls_conn_cipher(const struct tls_conn *c)
 
 const char *tls_conn_peer_cn(const struct tls_conn *c)
 {
-    return c ? c->peer_cn : NULL;
+    return c && c->peer ? c->peer->cn : NULL;
 }
 
 const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
 {
-    if (!c || !c->peer_sans)
-        return NULL;
-    for (size_t k = 0; k < i; k++)
-        if (!c->peer_sans[k])
-            return NULL;
-    return c->peer_sans[i];
+    return c && c->peer && i < c->peer->nsans ? c->peer->sans[i] : NULL;
+}
+
+const char *tls_conn_peer_subject(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->subject : NULL;
+}
+
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->fingerprint : NULL;
+}
+
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
+{
+    if (!c || !c->verified || !c->peer || !name || !*name)
+        return false;
+    size_t len = strlen(name);
+    for (size_t i = 0; i < c->peer->nsans; i++)
+        if (name_match(c->peer->sans[i], strlen(c->peer->sans[i]), name, len))
+            return true;
+    /* RFC 6125 6.4.4: the CN counts only when there is no DNS name. */
+    return c->peer->nsans == 0 && c->peer->cn &&
+           name_match(c->peer->cn, strlen(c->peer->cn), name, len);
 }
 
 bool tls_conn_peer_verified(const struct tls_conn *c)

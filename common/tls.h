@@ -103,6 +103,14 @@ const char *tls_conn_peer_cn(const struct tls_conn *c);
 /* i-th DNS subjectAltName of the peer, or NULL past the end. */
 const char *tls_conn_peer_san(const struct tls_conn *c, size_t i);
 bool tls_conn_peer_verified(const struct tls_conn *c);
+/* Subject DN ("CN=partner,O=Example") and SHA-256 fingerprint (hex with colons) of the
+ * peer certificate, for logs and for forwarding a verified client certificate. */
+const char *tls_conn_peer_subject(const struct tls_conn *c);
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c);
+/* Federation: true if the peer was verified and its certificate names this domain (DNS
+ * SANs with RFC 6125 wildcards "*.example.com"; the CN only when there is no DNS SAN).
+ * Use it to match a partner's certificate to the SIP From domain. */
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
 /* Quick check on the first bytes of a connection: true if they can start a TLS
  * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */

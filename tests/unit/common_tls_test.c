@@ -273,6 +273,14 @@ static void test_mutual_tls_accepts_lab_ca(void **state)
     assert_true(tls_conn_peer_verified(p.srv.c));
     assert_string_equal(tls_conn_peer_cn(p.srv.c), "access-edge");
     assert_string_equal(tls_conn_peer_san(p.srv.c, 0), "access-edge");
+    assert_string_equal(tls_conn_peer_subject(p.srv.c), "CN=access-edge");
+    assert_true(tls_conn_peer_has_name(p.srv.c, "access-edge"));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "ACCESS-EDGE.lab"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "director"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "x.access-edge.lab"));
+    assert_int_equal(strlen(tls_conn_peer_fingerprint(p.srv.c)), 95);
+    /* The client's view of the server matches the server's own fingerprint. */
+    assert_string_equal(tls_conn_peer_fingerprint(p.cli.c), tls_ctx_fingerprint(s));
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
@@ -299,6 +307,45 @@ static void test_mutual_tls_refuses_rogue_cert(void **state)
     uint8_t b[16];
     assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EPROTO);
     assert_true(tls_conn_write(p.srv.c, b, 1) < 0);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+/* Federation: a partner's wildcard certificate names the domains under it, one label deep;
+ * an unverified certificate names nothing. */
+static void test_peer_has_name_wildcard(void **state)
+{
+    (void)state;
+    int rc = system(
+        "cd " CERTS " && [ -f wild.crt ] || ("
+        "openssl ecparam -name prime256v1 -genkey -noout -out wild.key && "
+        "openssl req -new -key wild.key -subj /CN=partner.example -out wild.csr && "
+        "printf 'subjectAltName=DNS:*.partner.example,DNS:partner.example\\n' > wild.ext && "
+        "openssl x509 -req -in wild.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
+        "-sha256 -extfile wild.ext -out wild.crt && rm -f wild.csr wild.ext) >/dev/null 2>&1");
+    assert_int_equal(rc, 0);
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, false);
+    struct tls_ctx *c = client_ctx("wild", false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_peer_verified(p.srv.c));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "partner.example"));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "sip.partner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "a.b.partner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "evilpartner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, ".partner.example"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
+    /* Not verified: no name counts, even the right one. */
+    struct tls_opts lax = {.server = false};
+    c = ctx_new(&lax);
+    s = server_ctx("director", NULL, false, false);
+    pair_open(&p, c, s, "director");
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
+    assert_false(tls_conn_peer_has_name(p.cli.c, "director"));
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
@@ -787,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_write_before_handshake_is_sent_after),
         cmocka_unit_test(test_mutual_tls_accepts_lab_ca),
         cmocka_unit_test(test_mutual_tls_refuses_rogue_cert),
+        cmocka_unit_test(test_peer_has_name_wildcard),
         cmocka_unit_test(test_mutual_tls_refuses_no_cert),
         cmocka_unit_test(test_client_refuses_untrusted_server),
         cmocka_unit_test(test_client_checks_server_name),
