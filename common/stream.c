@@ -690,6 +690,17 @@ struct tls_conn *stream_tls(struct stream *s)
     return s ? s->tls : NULL;
 }
 
+void stream_set_idle_timeout(struct stream *s, uint32_t ms)
+{
+    if (!s || s->closing)
+        return;
+    s->idle_timeout_ms = ms;
+    if (ms)
+        touch(s);
+    else
+        uv_timer_stop(&s->idle);
+}
+
 void stream_set_arg(struct stream *s, void *arg)
 {
     if (s)

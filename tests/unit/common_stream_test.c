@@ -683,6 +683,26 @@ static void test_idle_timeout_closes(void **state)
     assert_int_equal(w.cli_err, 0); /* the client just sees the server go */
 }
 
+static void shorten_idle(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    stream_set_idle_timeout(s, 60); /* from "none" to 60 ms */
+}
+
+static void test_idle_timeout_can_be_changed(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.scbs.on_open = shorten_idle;
+    w.ccbs.on_open = silent_open;
+    world_run(&w);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "idle timeout");
+}
+
 static void test_handshake_timeout_closes_silent_client(void **state)
 {
     (void)state;
@@ -776,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
         cmocka_unit_test(test_ctx_swap_keeps_old_connections),
         cmocka_unit_test(test_idle_timeout_closes),
+        cmocka_unit_test(test_idle_timeout_can_be_changed),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
         cmocka_unit_test(test_close_is_idempotent),
