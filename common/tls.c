@@ -85,10 +85,10 @@ struct tls_ctx {
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
-    /* Client: the last session, offered again on reconnect to the same name. */
-    pthread_mutex_t lock; /* the saved session and the buffer pool */
-    unsigned char *pool[TLS_POOL_MAX];
+    pthread_mutex_t lock;              /* the buffer pool and the saved session */
+    unsigned char *pool[TLS_POOL_MAX]; /* spare record buffer pairs (see TLS_CAN_SLEEP) */
     size_t npool;
+    /* Client: the last session, offered again on reconnect to the same name. */
     mbedtls_ssl_session session;
     bool has_session;
     char session_name[256];
