@@ -1435,6 +1435,11 @@ const char *tls_conn_cipher(const struct tls_conn *c)
     return c && c->done ? mbedtls_ssl_get_ciphersuite(&c->ssl) : NULL;
 }
 
+const char *tls_conn_version(const struct tls_conn *c)
+{
+    return c && c->done ? mbedtls_ssl_get_version(&c->ssl) : NULL;
+}
+
 const char *tls_conn_peer_cn(const struct tls_conn *c)
 {
     return c && c->peer ? c->peer->cn : NULL;

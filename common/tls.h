@@ -95,6 +95,7 @@ const char *tls_conn_error(const struct tls_conn *c); /* last failure, human-rea
 const char *tls_conn_sni(const struct tls_conn *c);   /* server: name the client asked for */
 const char *tls_conn_alpn(const struct tls_conn *c);  /* negotiated protocol or NULL */
 const char *tls_conn_cipher(const struct tls_conn *c);
+const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.2" once established */
 /* Peer certificate, after the handshake: subject CN and DNS SANs (copied; the parsed
  * certificate itself is dropped to save memory). Trust them only if
  * tls_conn_peer_verified(): true when the peer showed a certificate that the CA bundle

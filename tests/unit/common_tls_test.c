@@ -148,6 +148,7 @@ static void test_handshake_and_data(void **state)
     assert_true(tls_conn_handshake_done(p.srv.c));
     assert_false(tls_conn_resumed(p.cli.c));
     assert_string_equal(tls_conn_cipher(p.srv.c), "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256");
+    assert_string_equal(tls_conn_version(p.cli.c), "TLSv1.2");
     assert_true(tls_conn_peer_verified(p.cli.c));
     assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
     assert_string_equal(tls_conn_peer_san(p.cli.c, 0), "director");
