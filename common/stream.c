@@ -553,7 +553,7 @@ static void fill_addrs(struct stream *s)
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out)
 {
-    if (!server || !out)
+    if (!server || !out || (o && o->tls && !tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(server->loop, o, cb, arg, &s, NULL);
@@ -616,7 +616,7 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
                    const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
                    struct stream **out)
 {
-    if (!loop || !to || !out)
+    if (!loop || !to || !out || (o && o->tls && tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(loop, o, cb, arg, &s, o ? o->server_name : NULL);

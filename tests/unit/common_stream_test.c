@@ -747,6 +747,12 @@ static void test_close_is_idempotent(void **state)
     uv_close((uv_handle_t *)&w.listener, NULL);
     struct addr to;
     assert_int_equal(addr_parse(&to, "127.0.0.1:9", 0), 0);
+    /* A server ctx cannot connect out. */
+    struct stream_opts bad = {.tls = mk_ctx(true)};
+    struct stream *never = NULL;
+    assert_int_equal(stream_connect(&w.loop, &to, NULL, &bad, &w.ccbs, &w, &never), -EINVAL);
+    assert_null(never);
+    tls_ctx_unref(bad.tls);
     assert_int_equal(stream_connect(&w.loop, &to, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
     stream_close(w.cli, -ECANCELED, "first");
     stream_close(w.cli, -EIO, "second");
