@@ -659,6 +659,115 @@ static void test_ctx_swap_keeps_old_connections(void **state)
     assert_int_equal(w.srv_closed, 2);
 }
 
+/* on_data returning an error closes the stream with it. */
+static int refuse_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    w->srv_got += n;
+    return -EBADMSG;
+}
+
+static void test_handler_error_closes(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.scbs.on_data = refuse_data;
+        if (tls) {
+            w.sopts.tls = mk_ctx(true);
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        world_run(&w);
+        tls_ctx_unref(w.sopts.tls);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.srv_got, 5);
+        assert_int_equal(w.srv_err, -EBADMSG);
+        assert_string_equal(w.srv_why, "closed by handler");
+        assert_int_equal(w.cli_closed, 1);
+    }
+}
+
+/* A client that starts a ClientHello and hangs up. */
+static void half_hello_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    const uint8_t part[] = {0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00};
+    assert_int_equal(stream_write(s, part, sizeof part), 0);
+    stream_shutdown(s);
+}
+
+static void test_eof_during_handshake(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.ccbs.on_open = half_hello_open;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.srv_err, -ECONNRESET);
+    assert_string_equal(w.srv_why, "peer closed during the handshake");
+    assert_int_equal(stream_write(NULL, "x", 1), -EINVAL);
+}
+
+/* Connecting from a chosen local address; both ends agree on who is who. */
+static struct addr seen_local, seen_peer;
+
+static void addr_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    seen_local = *stream_local(s);
+    assert_int_equal(stream_write(s, "hello", 5), 0);
+}
+
+static void addr_srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    seen_peer = *stream_peer(s);
+}
+
+static void test_bind_from_and_addresses(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.ccbs.on_open = addr_open;
+    w.scbs.on_open = addr_srv_open;
+    struct addr from;
+    assert_int_equal(addr_parse(&from, "127.0.0.2:0", 0), 0);
+    assert_int_equal(stream_connect(&w.loop, &w.addr, &from, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    assert_true(addr_eq(stream_peer(w.cli), &w.addr));
+    assert_ptr_equal(stream_loop(w.cli), &w.loop);
+    assert_null(stream_tls(w.cli));
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    char a[ADDR_STRLEN];
+    assert_string_equal(addr_format_host(&seen_local, a), "127.0.0.2");
+    assert_true(addr_eq(&seen_local, &seen_peer));
+    assert_int_equal(w.got_len, 5);
+
+    /* A local address that is not ours fails at once, with no callback. */
+    world_init(&w);
+    w.srv_closed = 1;
+    uv_close((uv_handle_t *)&w.listener, NULL);
+    assert_int_equal(addr_parse(&from, "192.0.2.1:0", 0), 0);
+    struct stream *never = NULL;
+    int rc = stream_connect(&w.loop, &w.addr, &from, &w.copts, &w.ccbs, &w, &never);
+    assert_int_equal(rc, -EADDRNOTAVAIL);
+    assert_null(never);
+    uv_close((uv_handle_t *)&w.guard, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    assert_int_equal(w.cli_closed, 0);
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -801,6 +910,9 @@ int main(void)
         cmocka_unit_test(test_read_pause_before_connect),
         cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
         cmocka_unit_test(test_ctx_swap_keeps_old_connections),
+        cmocka_unit_test(test_handler_error_closes),
+        cmocka_unit_test(test_eof_during_handshake),
+        cmocka_unit_test(test_bind_from_and_addresses),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_idle_timeout_can_be_changed),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
