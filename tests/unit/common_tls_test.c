@@ -700,6 +700,88 @@ static void test_cipher_choice(void **state)
     tls_ctx_unref(s);
 }
 
+/* A server with a CA bundle but without verify_peer asks for a certificate and checks it,
+ * but lets clients without one (or with a foreign one) in, unverified: optional client
+ * certificates, as a reverse proxy forwarding them wants. */
+static void test_optional_client_certificate(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("revproxy", CERTS "/ca.crt", false, false);
+    const char *roles[] = {"partner", NULL, "rogue"};
+    for (size_t i = 0; i < 3; i++) {
+        struct tls_ctx *c = client_ctx(roles[i], false);
+        struct pair p;
+        pair_open(&p, c, s, "revproxy");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_int_equal(tls_conn_peer_verified(p.srv.c), i == 0);
+        if (i == 0)
+            assert_string_equal(tls_conn_peer_subject(p.srv.c), "CN=partner");
+        if (i == 1)
+            assert_null(tls_conn_peer_cn(p.srv.c));
+        if (i == 2) /* names of an unverified certificate are there, but name nothing */
+            assert_false(tls_conn_peer_has_name(p.srv.c, "av-edge"));
+        pair_close(&p);
+        tls_ctx_unref(c);
+    }
+    tls_ctx_unref(s);
+}
+
+/* ECDHE groups can be chosen; a client with no suite the server accepts is refused with a
+ * sentence, and so is a record tampered with in transit. */
+static void test_groups_suites_and_tampering(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_opts go = {.server = false, .groups = "x25519,secp256r1"};
+    struct tls_ctx *c = ctx_new(&go);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+
+    /* Flip one bit of an application record: the MAC check fails. */
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"secret", 6), 6);
+    const uint8_t *q;
+    size_t n = tls_conn_pending(p.cli.c, &q);
+    uint8_t *bad = malloc(n);
+    memcpy(bad, q, n);
+    bad[n - 3] ^= 0x01;
+    tls_conn_consume(p.cli.c, n);
+    assert_int_equal(tls_conn_feed(p.srv.c, bad, n), 0);
+    uint8_t b[64];
+    assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EPROTO);
+    assert_non_null(strstr(tls_conn_error(p.srv.c), "bad MAC"));
+    free(bad);
+    pair_close(&p);
+    tls_ctx_unref(c);
+
+    struct tls_opts cbc = {.server = false, .ciphers = "TLS-ECDHE-ECDSA-WITH-AES-128-CBC-SHA256"};
+    c = ctx_new(&cbc);
+    pair_open(&p, c, s, "director");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_non_null(strstr(tls_conn_error(p.srv.c), "no common cipher suite"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
+    char err[256];
+    struct tls_opts bg = {.server = false, .groups = "x25519:curve9"};
+    assert_int_equal(tls_ctx_create(&c, &bg, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "curve9"));
+    const char *empty_alpn[] = {"", NULL};
+    struct tls_opts ba = {.server = false, .alpn = empty_alpn};
+    assert_int_equal(tls_ctx_create(&c, &ba, err, sizeof err), -EINVAL);
+    struct tls_opts bs = {.server = true, .self_signed_name = "a,b=c"};
+    assert_int_equal(tls_ctx_create(&c, &bs, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "self_signed_name"));
+    struct tls_cert_opts nokey = {CERTS "/director.crt", NULL};
+    struct tls_opts bk = {.server = true, .certs = &nokey, .ncerts = 1};
+    assert_int_equal(tls_ctx_create(&c, &bk, err, sizeof err), -EINVAL);
+    struct tls_cert_opts badkey = {CERTS "/director.crt", CERTS "/director.crt"};
+    bk.certs = &badkey;
+    assert_int_equal(tls_ctx_create(&c, &bk, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "not a valid private key"));
+}
+
 static void test_looks_like_client_hello(void **state)
 {
     (void)state;
@@ -849,6 +931,8 @@ int main(void)
         cmocka_unit_test(test_ca_bundle_file_or_directory),
         cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
         cmocka_unit_test(test_cipher_choice),
+        cmocka_unit_test(test_optional_client_certificate),
+        cmocka_unit_test(test_groups_suites_and_tampering),
         cmocka_unit_test(test_looks_like_client_hello),
         cmocka_unit_test(test_peek_sni),
         cmocka_unit_test(test_ctx_shared_by_threads),
