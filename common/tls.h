@@ -64,7 +64,8 @@ bool tls_ctx_is_server(const struct tls_ctx *c);
 /* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
 const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 
-/* server_name: client side SNI and name to verify (NULL = none). An IP literal is checked
+/* A connection holds a reference on ctx until tls_conn_destroy.
+ * server_name: client side SNI and name to verify (NULL = none). An IP literal is checked
  * against the certificate's iPAddress SANs and not sent as SNI. A client resumes the last
  * session its ctx made with the same server_name. The client's ClientHello is pending
  * (tls_conn_pending) as soon as this returns. */
@@ -114,7 +115,8 @@ const char *tls_conn_peer_fingerprint(const struct tls_conn *c);
 bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
 /* Quick check on the first bytes of a connection: true if they can start a TLS
- * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */
+ * ClientHello (record type 22, version 3.0-3.4, record length 4..18432, handshake type 1).
+ * len may be short (then: true if a prefix of one). */
 bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
 
 /* Reads the SNI host name from a ClientHello at the start of p without any TLS state
