@@ -22,7 +22,19 @@ SRV=""
 cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null && wait "$SRV" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A port free for both UDP and TCP on 127.0.0.1 and 127.0.0.13.
+free_port() { python3 -c '
+import socket
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    try:
+        for h in ("127.0.0.1", "127.0.0.13"):
+            for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                t = socket.socket(socket.AF_INET, k); t.bind((h, p)); t.close()
+        print(p); break
+    except OSError:
+        continue
+'; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 gen() { timeout $((SECS + 60)) taskset -c 1 "$BIN/turnload" "$@"; }
 
