@@ -31,12 +31,21 @@ struct director_secrets_config {
     uint32_t length;             /* bytes of randomness per secret */
 };
 
+/* The TURN credential endpoint (director/credentials.c). */
+struct director_credentials_config {
+    uint64_t ttl_ms;     /* default lifetime of issued credentials */
+    uint64_t max_ttl_ms; /* cap on a requested ttl */
+    char **uris;         /* TURN URIs to hand out; empty: those of the connected av-edges */
+    size_t n_uris;
+};
+
 /* The whole configuration; read-only once loaded (a reload builds a new one). */
 struct director_config {
     struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
     struct director_ctl_config ctl;
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
+    struct director_credentials_config credentials;
 };
 
 /* Key table for cfg_load (director/config.c). */
@@ -84,5 +93,9 @@ void hub_stop(struct director *d, void (*done)(void *arg), void *arg);
 int hub_rotate(struct director *d, enum ctl_secret_kind kind);
 /* Which secret kinds an edge of role needs (bit 1 << kind). */
 unsigned hub_role_secret_kinds(enum ctl_role role);
+
+/* ---- credentials.c: GET /credentials (TURN REST credentials for a user) ---- */
+int credentials_start(struct director *d);
+void credentials_stop(struct director *d);
 
 #endif

@@ -13,7 +13,7 @@ struct director_module {
     void (*stop)(struct director *d);
 };
 static const struct director_module director_modules[] = {
-    {NULL, NULL, NULL},
+    {"credentials", credentials_start, credentials_stop},
 };
 
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,
