@@ -13,6 +13,8 @@ struct director_module {
     void (*stop)(struct director *d);
 };
 static const struct director_module director_modules[] = {
+    {"registrar", registrar_start, registrar_stop},
+    {"confserver", confserver_start, confserver_stop},
     {"credentials", credentials_start, credentials_stop},
 };
 
@@ -80,8 +82,8 @@ static int director_start(struct daemon *dm, const void *cfg, void **state)
             continue;
         rc = director_modules[i].start(d);
         if (rc) {
-            LOGE(d->log, NULL, "director: module %s failed to start: %s",
-                 director_modules[i].name, strerror(-rc));
+            LOGE(d->log, NULL, "director: module %s failed to start: %s", director_modules[i].name,
+                 strerror(-rc));
             while (i-- > 0)
                 if (director_modules[i].stop)
                     director_modules[i].stop(d);
