@@ -73,8 +73,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
              struct metrics *m, struct ae **out);
 /* Takes a new config for policy, limits and the next hop (listeners stay as they are). */
 int ae_reload(struct ae *ae, const struct ae_config *cfg);
-/* Stops accepting new connections and INVITEs. */
-void ae_drain(struct ae *ae);
+/* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction
+ * is left (checked every second), or at once if none is. */
+void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg);
 /* Closes everything; frees once the handles are closed. */
 void ae_stop(struct ae *ae);
 

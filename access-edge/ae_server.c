@@ -92,6 +92,8 @@ struct ae {
     uint64_t salt;
     uint8_t flow_key[SIP_FLOW_KEY_LEN];
     bool draining, stopping;
+    void (*drained)(void *arg);
+    void *drained_arg;
     int open_handles;
 
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
@@ -907,13 +909,16 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
 
 /* ---- lifecycle ---- */
 
+static void check_drained(struct ae *ae);
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ae *ae = t->data;
     /* Timer C (RFC 3261 §16.8) is 3 min; our entries only absorb retransmissions, so a
      * final response ends them after 32 s at most (64*T1). */
-    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, 32000);
+    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, ae->draining ? 0 : 32000);
     metric_set(ae->m_txns, (int64_t)ae_txn_count(ae->txns));
+    check_drained(ae);
 }
 
 static int build_policy(struct ae *ae, const struct ae_config *cfg)
@@ -1158,9 +1163,23 @@ int ae_reload(struct ae *ae, const struct ae_config *cfg)
     return rc;
 }
 
-void ae_drain(struct ae *ae)
+static void check_drained(struct ae *ae)
+{
+    if (ae->draining && ae->drained && ae_txn_count(ae->txns) == 0) {
+        void (*cb)(void *) = ae->drained;
+        ae->drained = NULL;
+        cb(ae->drained_arg);
+    }
+}
+
+void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg)
 {
     ae->draining = true;
+    ae->drained = done;
+    ae->drained_arg = arg;
+    /* Finished INVITE transactions only absorb retransmissions: let them go now. */
+    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, 0);
+    check_drained(ae);
 }
 
 void ae_stop(struct ae *ae)

@@ -18,9 +18,14 @@ static int ae_op_reload(struct daemon *d, void *state, const void *cfg)
     return ae_reload(state, cfg);
 }
 
+static void ae_on_drained(void *arg)
+{
+    daemon_drained(arg);
+}
+
 static void ae_op_drain(struct daemon *d, void *state)
 {
-    ae_drain(state);
+    ae_drain(state, ae_on_drained, d);
 }
 
 static void ae_op_stop(struct daemon *d, void *state)
