@@ -85,6 +85,7 @@ include common/build.mk
 -include revproxy/build.mk
 include tests/build.mk
 -include tests/bench/build.mk
+-include deploy/build.mk
 
 all: $(BUILD)/libcommon.a $(DAEMONS)
 units: $(UNIT_TESTS)

@@ -17,6 +17,7 @@
 
 #include "common/addr.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "common/util.h"
 #include <uv.h>
@@ -147,7 +148,9 @@ struct ctl_client;
 struct ctl_client_cbs {
     void (*on_connected)(const char *director_id, void *arg); /* Welcome received */
     void (*on_disconnected)(const char *why, void *arg);      /* after a Welcome only */
-    void (*on_secret)(const struct ctl_secret *s, void *arg); /* from Welcome and updates */
+    /* From Welcome (oldest first) and each SecretUpdate (a new current key): installing each
+     * with keyring_rotate() in arrival order keeps the edge's keyring equal to the Director's. */
+    void (*on_secret)(const struct ctl_secret *s, void *arg);
     void (*on_report)(const struct ctl_report *r, void *arg); /* another edge's report */
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);
@@ -165,26 +168,34 @@ struct ctl_client_opts {
     uint32_t backoff_min_ms, backoff_max_ms; /* 0 = 100 / 5000 */
     uint32_t welcome_timeout_ms;             /* TLS handshake + Welcome; 0 = 5000 */
     const struct logger *log;                /* must outlive the client */
+    /* Optional: registers ctl_connected (gauge), ctl_connection_failures_total and
+     * ctl_reports_sent_total; must outlive the client. */
+    struct metrics *metrics;
 };
 
 /* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
- * certificates: logged, no memory). An edge typically fills the options from its
- * `director:` config section (struct director_link_config in common/daemon.h):
- *
- *     struct ctl_client_opts o = {
- *         .director = cfg->director.address, .director_name = cfg->director.server_name,
- *         .cert_file = cfg->director.tls.cert, .key_file = cfg->director.tls.key,
- *         .ca_file = cfg->director.tls.ca,
- *         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
- *         .log = daemon_logger(d),
- *         .hello = {.role = CTL_ROLE_AV_EDGE, .version = SUITE_VERSION, ...},
- *     };
- *     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", cfg->base.instance_id);
- *     rc = ctl_client_start(loop, &o, &my_cbs, state, &state->ctl);
- *     ctl_client_set_report_source(state->ctl, my_fill_report, state);
- */
+ * certificates: logged, no memory). Edges usually call ctl_client_start_link below with
+ * their `director:` config section instead, then ctl_client_set_report_source. */
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out);
+/* The same from an edge's `director:` config section (struct director_link_config in
+ * common/daemon.h): address, server_name, tls files and report_interval come from link,
+ * the rest from hello. With `enabled: false` it starts nothing: *out = NULL, returns 0.
+ *
+ *     struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .subscribe = {CTL_ROLE_AV_EDGE},
+ *                           .n_subscribe = 1};
+ *     snprintf(h.instance_id, sizeof h.instance_id, "%s", cfg->base.instance_id);
+ *     snprintf(h.version, sizeof h.version, "%s", SUITE_VERSION); // from version.h
+ *     rc = ctl_client_start_link(daemon_loop(d), &cfg->director, &h, daemon_logger(d),
+ *                                daemon_metrics(d), &av_ctl_cbs, av, &av->ctl);
+ *     if (rc == 0 && av->ctl)
+ *         ctl_client_set_report_source(av->ctl, av_fill_report, av);
+ */
+struct director_link_config;
+int ctl_client_start_link(uv_loop_t *loop, const struct director_link_config *link,
+                          const struct ctl_hello *hello, const struct logger *log,
+                          struct metrics *metrics, const struct ctl_client_cbs *cb, void *arg,
+                          struct ctl_client **out);
 /* The client calls fill before each periodic report (and right after each Welcome). */
 typedef void (*ctl_report_fill_cb)(struct ctl_report *r, void *arg);
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg);
@@ -219,6 +230,9 @@ struct ctl_server_opts {
     const char *director_id;  /* copied */
     size_t max_peers;         /* open connections at most (0 = 1024); more are refused */
     const struct logger *log; /* must outlive the server */
+    /* Optional: registers ctl_refused_total{reason="tls|frame|hello|overload"} and
+     * ctl_heartbeat_timeouts_total; must outlive the server. */
+    struct metrics *metrics;
 };
 
 int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
@@ -246,7 +260,7 @@ bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);
 int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
-/* Closes p; on_gone follows from the loop. */
+/* Says Goodbye with why and closes p; on_gone follows from the loop. */
 void ctl_peer_close(struct ctl_peer *p, const char *why);
 
 #endif

@@ -71,6 +71,37 @@ static const struct cfg_key secrets_keys[] = {
     CFG_END,
 };
 
+#define CS_OFF(f) offsetof(struct director_confserver_config, f)
+static const struct cfg_key confserver_tls_keys[] = {
+    {.name = "cert", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, cert),
+     .def = "build/certs/confserver.crt", .help = "certificate shown to conf-edge (PEM)"},
+    {.name = "key", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, key),
+     .def = "build/certs/confserver.key", .help = "its private key (PEM)"},
+    {.name = "ca", .type = CFG_FILE, .offset = offsetof(struct tls_files_config, ca),
+     .def = "build/certs/ca.crt", .help = "CA bundle that signs conf-edge's certificate"},
+    CFG_END,
+};
+
+static const struct cfg_key confserver_keys[] = {
+    {.name = "enabled", .type = CFG_BOOL, .offset = CS_OFF(enabled), .def = "true",
+     .help = "run the conferencing-server stub"},
+    {.name = "edges", .type = CFG_ADDRLIST, .offset = CS_OFF(edges), .min = 8057,
+     .count_offset = CS_OFF(n_edges),
+     .help = "conf-edge internal listeners to dial (default 127.0.0.22:8057)"},
+    {.name = "edge_name", .type = CFG_STR, .offset = CS_OFF(edge_name), .def = "conf-edge",
+     .help = "name verified on conf-edge's certificate"},
+    {.name = "tls", .type = CFG_SECTION, .offset = CS_OFF(tls), .sub = confserver_tls_keys,
+     .help = "the conferencing server's client certificate"},
+    {.name = "key_ttl", .type = CFG_DURATION, .offset = CS_OFF(key_ttl_ms), .def = "1h",
+     .min = 1000, .max = 7LL * 24 * 3600 * 1000, .help = "lifetime of a minted conference key"},
+    {.name = "window", .type = CFG_SIZE, .offset = CS_OFF(window), .def = "256k", .min = 16384,
+     .max = 64 << 20, .help = "per-stream flow-control window granted to the edge"},
+    {.name = "max_buffer", .type = CFG_SIZE, .offset = CS_OFF(max_buffer), .def = "1M",
+     .min = 65536, .max = 256 << 20,
+     .help = "bytes queued for one participant before it is closed as too slow"},
+    CFG_END,
+};
+
 const struct cfg_key director_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {.name = "ctl",
@@ -93,6 +124,11 @@ const struct cfg_key director_config_keys[] = {
      .offset = offsetof(struct director_config, sip),
      .sub = registrar_config_keys,
      .help = "SIP registrar (Digest) and proxy"},
+    {.name = "confserver",
+     .type = CFG_SECTION,
+     .offset = offsetof(struct director_config, confserver),
+     .sub = confserver_keys,
+     .help = "conferencing-server stub: conference keys and the relay behind conf-edge"},
     CFG_END,
 };
 

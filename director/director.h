@@ -22,8 +22,8 @@
 #include <uv.h>
 
 struct director_ctl_config {
-    struct addr listen;    /* control channel, mutual TLS */
-    uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
+    struct addr listen;     /* control channel, mutual TLS */
+    uint64_t heartbeat_ms;  /* a peer silent for three of these is dropped */
     bool require_cert_role; /* an edge's certificate must name the role it claims */
 };
 
@@ -33,6 +33,18 @@ struct director_secrets_config {
     uint32_t length;             /* bytes of randomness per secret */
 };
 
+/* The conferencing-server stub (director/confserver.c): dials conf-edge internal ports. */
+struct director_confserver_config {
+    bool enabled;
+    struct addr *edges; /* conf-edge internal listeners; none: 127.0.0.22:8057 */
+    size_t n_edges;
+    char *edge_name;    /* name verified on the edges' certificates */
+    struct tls_files_config tls;
+    uint64_t key_ttl_ms; /* lifetime of a minted conference key */
+    uint64_t window;     /* per-stream window granted to the edge */
+    uint64_t max_buffer; /* bytes queued for one participant before it is closed as slow */
+};
+
 /* The whole configuration; read-only once loaded (a reload builds a new one). */
 struct director_config {
     struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
@@ -40,6 +52,7 @@ struct director_config {
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
     struct director_sip_config sip; /* registrar.c */
+    struct director_confserver_config confserver;
 };
 
 /* Key table for cfg_load (director/config.c). */
@@ -87,5 +100,12 @@ void hub_stop(struct director *d, void (*done)(void *arg), void *arg);
 int hub_rotate(struct director *d, enum ctl_secret_kind kind);
 /* Which secret kinds an edge of role needs (bit 1 << kind). */
 unsigned hub_role_secret_kinds(enum ctl_role role);
+
+/* ---- confserver.c: conferencing-server stub (conference keys, relay between participants) ---- */
+
+/* Registers POST /conference-keys and dials every configured conf-edge (reconnecting with
+ * backoff). 0 when disabled. */
+int confserver_start(struct director *d);
+void confserver_stop(struct director *d);
 
 #endif

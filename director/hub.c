@@ -153,11 +153,13 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
     for (int k = CTL_SECRET_RELAY; k <= CTL_SECRET_CONFERENCE; k++) {
         if (!(kinds & (1u << k)))
             continue;
+        /* Oldest first: an edge that rotates each into its keyring in order ends with the
+         * Director's current key as its current one. */
         const struct keyring *kr = hub_keyring(d, (enum ctl_secret_kind)k);
-        if (kr->cur.secret_len && n < max)
-            key_to_secret(&kr->cur, (enum ctl_secret_kind)k, &secrets[n++]);
         if (kr->prev.secret_len && (!kr->prev.not_after || kr->prev.not_after > now) && n < max)
             key_to_secret(&kr->prev, (enum ctl_secret_kind)k, &secrets[n++]);
+        if (kr->cur.secret_len && n < max)
+            key_to_secret(&kr->cur, (enum ctl_secret_kind)k, &secrets[n++]);
     }
     return (int)n;
 }
@@ -655,6 +657,7 @@ int hub_start(struct director *d)
         .heartbeat_ms = (uint32_t)d->cfg->ctl.heartbeat_ms,
         .director_id = d->cfg->base.instance_id,
         .log = d->log,
+        .metrics = d->metrics,
     };
     rc = ctl_server_start(d->loop, &so, &cbs, d, &d->ctl);
     if (rc)

@@ -60,18 +60,18 @@ EDGES="access conf$AV_HOSTS revproxy"
 HOSTS="inet homertr user $EDGES isw director web iuser"
 
 ns() { echo "$P-$1"; }
-nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
+nsx() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
 
 # A veth pair created directly inside its two namespaces, so no end ever sits in the host's
 # namespace (nothing to leak there if the run dies half way). Interface names live inside the
 # namespaces and disappear with them.
 link() { # link NS_A IF_A NS_B IF_B
-    ip link add "$2" netns "$(ns "$1")" type veth peer name "$4" netns "$(ns "$3")"
-    ip -n "$(ns "$1")" link set "$2" up
-    ip -n "$(ns "$3")" link set "$4" up
+    ip link add "$2" netns "$P-$1" type veth peer name "$4" netns "$P-$3"
+    ip -n "$P-$1" link set "$2" up
+    ip -n "$P-$3" link set "$4" up
 }
-addr() { ip -n "$(ns "$1")" addr add "$3" dev "$2"; }
-bridge_port() { ip -n "$(ns "$1")" link set "$2" master "$3"; }
+addr() { ip -n "$P-$1" addr add "$3" dev "$2"; }
+bridge_port() { ip -n "$P-$1" link set "$2" master "$3"; }
 upper() { echo "$1" | tr '[:lower:]' '[:upper:]'; }
 # The plan.env addresses of an edge host: ext and int.
 ext_of() { local v; v="$(upper "$1")_EXT"; echo "${!v}"; }
@@ -82,12 +82,11 @@ mkdir -p "$LABDIR"
 
 # --- hosts -----------------------------------------------------------------------------------
 for h in $HOSTS; do
-    ip netns add "$(ns "$h")"
-    ip -n "$(ns "$h")" link set lo up
+    ip netns add "$P-$h"
+    ip -n "$P-$h" link set lo up
     # Routers forward; every other host (the edges above all) must not.
     case $h in inet | homertr) fwd=1 ;; *) fwd=0 ;; esac
-    nsx "$h" sysctl -qw net.ipv4.ip_forward=$fwd
-    nsx "$h" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    nsx "$h" sysctl -qw net.ipv4.ip_forward=$fwd net.ipv6.conf.all.disable_ipv6=1
 done
 fail_at hosts
 
@@ -101,12 +100,12 @@ link homertr lan user eth0
 addr homertr lan "$HOMERTR_LAN/24"
 addr user eth0 "$USER/24"
 # Perimeter, external side 198.18.10.0/24: a bridge in the internet router, one port per edge.
-ip -n "$(ns inet)" link add perim type bridge
-ip -n "$(ns inet)" link set perim up
+ip -n "$P-inet" link add perim type bridge
+ip -n "$P-inet" link set perim up
 addr inet perim "$INET_PERIM/24"
 # Internal network 198.19.10.0/24: a switch (bridge in its own namespace, no address).
-ip -n "$(ns isw)" link add lan type bridge
-ip -n "$(ns isw)" link set lan up
+ip -n "$P-isw" link add lan type bridge
+ip -n "$P-isw" link set lan up
 for e in $EDGES; do
     link inet "p-$e" "$e" ext
     bridge_port inet "p-$e" perim
@@ -127,11 +126,11 @@ fail_at links
 # --- routes ----------------------------------------------------------------------------------
 # The internet host knows only the internet segment and the perimeter's external segment: the
 # home LAN is reached through the NAT's public address, the internal network not at all.
-ip -n "$(ns homertr)" route add default via "$INET"
-ip -n "$(ns user)" route add default via "$HOMERTR_LAN"
+ip -n "$P-homertr" route add default via "$INET"
+ip -n "$P-user" route add default via "$HOMERTR_LAN"
 for e in $EDGES; do
     # Edges answer the internet through the perimeter router; the internal side is on-link.
-    ip -n "$(ns "$e")" route add default via "$INET_PERIM"
+    ip -n "$P-$e" route add default via "$INET_PERIM"
 done
 
 # --- firewall --------------------------------------------------------------------------------
@@ -193,7 +192,7 @@ start_role() {
         sed 's/^/    /' "$LABDIR/$inst.check"
         return 0
     fi
-    (cd "$ROOT" && exec ip netns exec "$(ns "$host")" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 &
+    (cd "$ROOT" && exec ip netns exec "$P-$host" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 &
     echo "$! $inst $host" >>"$LABDIR/pids"
     echo "lab: $inst started in $(ns "$host") (pid $!, log $LABDIR/$inst.log)"
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "common/ctl.h"
+#include "common/daemon.h"
 
 #define CERTS "build/test-certs"
 
@@ -304,6 +305,44 @@ static void stop_while_connecting_frees_everything(void **state)
     free(w);
 }
 
+static void until_welcomed(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    if (w->e[0].welcomes == 1 && w->e[0].secrets == 1)
+        uv_stop(&w->loop);
+}
+
+static void starts_from_an_edge_director_section(void **state)
+{
+    (void)state;
+    struct world *w = malloc(sizeof *w);
+    world_init(w);
+    assert_int_equal(server_start(w), 0);
+    struct director_link_config link = {
+        .enabled = false,
+        .address = w->addr,
+        .server_name = "director",
+        .tls = {.cert = CERTS "/av-edge.crt", .key = CERTS "/av-edge.key", .ca = CERTS "/ca.crt"},
+        .report_interval_ms = 100,
+    };
+    struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .instance_id = "linked"};
+    struct ctl_client *c = (struct ctl_client *)&link; /* must be overwritten */
+    assert_int_equal(
+        ctl_client_start_link(&w->loop, &link, &h, &w->log, NULL, &edge_cbs, &w->e[0], &c), 0);
+    assert_null(c); /* enabled: false starts nothing */
+    link.enabled = true;
+    w->e[0].w = w;
+    assert_int_equal(
+        ctl_client_start_link(&w->loop, &link, &h, &w->log, NULL, &edge_cbs, &w->e[0], &w->e[0].c),
+        0);
+    uv_timer_start(&w->step, until_welcomed, 10, 10);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_false(w->timed_out);
+    assert_int_equal(w->hellos, 1);
+    world_fini(w);
+    free(w);
+}
+
 static void bad_options_are_refused(void **state)
 {
     (void)state;
@@ -337,6 +376,7 @@ int main(void)
         cmocka_unit_test(edges_register_relay_and_come_back_after_a_restart),
         cmocka_unit_test(backoff_doubles_with_jitter_up_to_the_cap),
         cmocka_unit_test(stop_while_connecting_frees_everything),
+        cmocka_unit_test(starts_from_an_edge_director_section),
         cmocka_unit_test(bad_options_are_refused),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);

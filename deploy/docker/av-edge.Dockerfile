@@ -1,0 +1,41 @@
+# av-edge image. Build stage: Debian 12 with the build group of deploy/install-deps.sh (nothing
+# else); runtime stage: Debian 12 slim with only the shared libraries the daemon links (the
+# runtime group of deploy/install-deps.sh), a non-root user and a health check on /healthz.
+# Build from the repository root:
+#   docker build -f deploy/docker/av-edge.Dockerfile -t edge-suite/av-edge:0.1 .
+# Run with the config mounted at /etc/edge/av-edge.yaml (certificates under /etc/edge/certs).
+# Media relay. The relay ports (50000-59999 UDP/TCP) are not in EXPOSE: publishing thousands of
+# ports makes Docker start a proxy per port and hang (coturn #1681, #1257). Run the relay with
+# host networking (deploy/compose/docker-compose.host-relay.yml, the Kubernetes DaemonSet).
+FROM debian:12 AS build
+WORKDIR /src
+# The Makefile runs install-deps.sh on every build: this keeps it to the build group.
+ENV EDGE_DEPS_GROUPS=build
+COPY deploy/install-deps.sh deploy/install-deps.sh
+RUN deploy/install-deps.sh && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN rm -rf build build-san && make -j"$(nproc)" build/bin/av-edge \
+ && (make -n build/bin/av-probe >/dev/null 2>&1 && make build/bin/av-probe || true)
+
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1 \
+      libosip2-15 libhttp-parser2.9 libc-ares2 \
+      libsrtp2-1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin edge
+COPY --from=build /src/build/bin/av-edge /usr/local/bin/av-edge
+# av-probe (SRTP test client, links libsrtp2) when the tree builds it.
+COPY --from=build /src/build/bin/ /tmp/bin/
+RUN if [ -x /tmp/bin/av-probe ]; then cp /tmp/bin/av-probe /usr/local/bin/; fi; rm -rf /tmp/bin
+COPY deploy/docker/healthcheck.sh /usr/local/bin/edge-healthcheck
+USER edge
+# Ports below 1024 as a non-root user: Docker (20.10+) sets net.ipv4.ip_unprivileged_port_start=0
+# in a container's own network namespace; the compose file sets it explicitly.
+EXPOSE 3478/udp 3478/tcp 443/tcp 5349/tcp 8080/tcp
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/edge-healthcheck", "/etc/edge/av-edge.yaml"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/av-edge", "-c", "/etc/edge/av-edge.yaml"]

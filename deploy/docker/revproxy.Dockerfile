@@ -1,0 +1,34 @@
+# revproxy image. Build stage: Debian 12 with the build group of deploy/install-deps.sh (nothing
+# else); runtime stage: Debian 12 slim with only the shared libraries the daemon links (the
+# runtime group of deploy/install-deps.sh), a non-root user and a health check on /healthz.
+# Build from the repository root:
+#   docker build -f deploy/docker/revproxy.Dockerfile -t edge-suite/revproxy:0.1 .
+# Run with the config mounted at /etc/edge/revproxy.yaml (certificates under /etc/edge/certs).
+# HTTP reverse proxy: external 443 (HTTPS) and 80 (redirect only); upstreams on the inside.
+FROM debian:12 AS build
+WORKDIR /src
+# The Makefile runs install-deps.sh on every build: this keeps it to the build group.
+ENV EDGE_DEPS_GROUPS=build
+COPY deploy/install-deps.sh deploy/install-deps.sh
+RUN deploy/install-deps.sh && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN rm -rf build build-san && make -j"$(nproc)" build/bin/revproxy
+
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1 \
+      libosip2-15 libhttp-parser2.9 libc-ares2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin edge
+COPY --from=build /src/build/bin/revproxy /usr/local/bin/revproxy
+COPY deploy/docker/healthcheck.sh /usr/local/bin/edge-healthcheck
+USER edge
+# Ports below 1024 as a non-root user: Docker (20.10+) sets net.ipv4.ip_unprivileged_port_start=0
+# in a container's own network namespace; the compose file sets it explicitly.
+EXPOSE 443/tcp 80/tcp 8080/tcp
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/edge-healthcheck", "/etc/edge/revproxy.yaml"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/revproxy", "-c", "/etc/edge/revproxy.yaml"]

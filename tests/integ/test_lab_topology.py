@@ -1,0 +1,361 @@
+"""The network-namespace lab (deploy/lab/): a user behind a NAT reaches the edges' external
+addresses and is seen as the NAT's public address; the internet side reaches nothing inside,
+not directly, not by routing through an edge, not on ports outside the firewall table; and
+tear-down leaves no namespace, link or process, after a failed run too. Root only."""
+import fcntl
+import os
+import select
+import subprocess
+import sys
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(ROOT, "deploy", "lab")
+LOCK = "/run/lock/edgelab.lock"  # one lab per machine: the names are fixed (edgelab-*)
+
+
+def load_plan():
+    plan = {}
+    with open(os.path.join(LAB, "plan.env")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if "=" in line:
+                k, v = line.split("=", 1)
+                plan[k] = v
+    return plan
+
+
+PLAN = load_plan()
+P = PLAN["LAB_PREFIX"]
+
+# A listener run inside a namespace: binds, prints "ready", then prints the peer address of each
+# TCP connection or UDP datagram it gets, for at most LIFETIME seconds (default 6).
+LISTENER = r"""
+import socket, sys, time
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lifetime = float(sys.argv[4]) if len(sys.argv) > 4 else 6
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+if proto == "tcp":
+    s.listen(8)
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + lifetime
+while time.time() < end:
+    try:
+        if proto == "tcp":
+            c, peer = s.accept()
+            c.close()
+        else:
+            _, peer = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    print(peer[0], flush=True)
+"""
+
+# A client run inside a namespace: tries every HOST:PORT target at once (threads, so a run
+# costs one timeout, not one per target) and prints "HOST:PORT connected" or the error for each.
+# For UDP "connected" means sent: the listener tells whether it arrived.
+CLIENT = r"""
+import socket, sys, threading
+proto, timeout, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+out = {}
+def one(t):
+    host, port = t.rsplit(":", 1)
+    try:
+        if proto == "tcp":
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        else:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(3):
+                u.sendto(b"probe", (host, int(port)))
+        out[t] = "connected"
+    except OSError as e:
+        out[t] = f"{type(e).__name__} {e}"
+ths = [threading.Thread(target=one, args=(t,)) for t in targets]
+for th in ths: th.start()
+for th in ths: th.join(timeout + 2)
+for t in targets:
+    print(t, out.get(t, "no answer"))
+"""
+
+
+def sh(*args, timeout=30, env=None):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def lab_leftovers():
+    """Namespaces and host links named edgelab-* that are still there."""
+    spaces = [l.split()[0] for l in sh("ip", "netns", "list").stdout.splitlines()
+              if l.startswith(P + "-")]
+    links = [l.split(": ")[1].split("@")[0] for l in sh("ip", "-o", "link", "show").stdout.splitlines()
+             if l.split(": ")[1].startswith(P + "-")]
+    return spaces, links
+
+
+def skip_reason():
+    if os.geteuid() != 0:
+        return "the namespace lab needs root (ip netns, veth, nftables); run make lab-test as root"
+    for tool in ("ip", "nft"):
+        if sh("sh", "-c", f"command -v {tool}").returncode != 0:
+            return f"{tool} is missing (deploy/install-deps.sh installs it)"
+    return None
+
+
+class LabCase(unittest.TestCase):
+    """Holds the machine-wide lab lock for the class, since the namespace names are fixed."""
+
+    @classmethod
+    def setUpClass(cls):
+        reason = skip_reason()
+        if reason:
+            print(f"\nskip: {reason}", flush=True)
+            raise unittest.SkipTest(reason)
+        os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+        cls.lockf = open(LOCK, "w")
+        for _ in range(120):  # at most 60 s for another run's lab to finish
+            try:
+                fcntl.flock(cls.lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.5)
+        else:
+            cls.lockf.close()
+            reason = f"another lab run holds {LOCK} for over 60 s"
+            print(f"\nskip: {reason}", flush=True)
+            raise unittest.SkipTest(reason)
+        cls.procs = []
+        down = sh(os.path.join(LAB, "down.sh"))  # a lab left by a killed run
+        if down.returncode != 0:
+            cls.release()
+            raise AssertionError("down.sh could not clean up an old lab:\n" + down.stderr)
+
+    @classmethod
+    def release(cls):
+        fcntl.flock(cls.lockf, fcntl.LOCK_UN)
+        cls.lockf.close()
+
+    @classmethod
+    def down(cls):
+        r = sh(os.path.join(LAB, "down.sh"))
+        for p in cls.procs:
+            try:
+                p.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
+        return r
+
+    @classmethod
+    def up(cls, *args, env=None):
+        return sh(os.path.join(LAB, "up.sh"), *args, timeout=120, env=env)
+
+    def setUp(self):
+        self.mine = []
+
+    def tearDown(self):
+        for p in self.mine:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+
+    def ns(self, host):
+        return f"{P}-{host}"
+
+    def listen_many(self, specs, lifetime=6):
+        """Starts a listener for each (host, proto, addr, port) at once; waits until all are ready."""
+        procs = []
+        for host, proto, addr, port in specs:
+            p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), sys.executable, "-c",
+                                  LISTENER, proto, addr, str(port), str(lifetime)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.mine.append(p)
+            procs.append(p)
+        for p, (host, proto, addr, port) in zip(procs, specs):
+            ready, _, _ = select.select([p.stdout], [], [], 10)
+            line = p.stdout.readline().strip() if ready else ""
+            if line != "ready":
+                p.kill()
+                raise AssertionError(f"listener {proto} {addr}:{port} in {self.ns(host)} did not "
+                                     f"start: {p.stderr.read() if p.poll() is not None else 'no answer in 10 s'}")
+        return procs
+
+    def listen(self, host, proto, addr, port):
+        return self.listen_many([(host, proto, addr, port)])[0]
+
+    def peers(self, listener, want=1, timeout=3.0):
+        """The peer addresses the listener printed, waiting at most timeout for want of them."""
+        out = []
+        end = time.time() + timeout
+        while len(out) < want and time.time() < end:
+            ready, _, _ = select.select([listener.stdout], [], [], max(0.0, end - time.time()))
+            if not ready:
+                break
+            line = listener.stdout.readline()
+            if not line:
+                break
+            out.append(line.strip())
+        return out
+
+    def connect_many(self, host, proto, targets, timeout=1.0):
+        """{(addr, port): result line} for connections from host's namespace, all at once."""
+        r = subprocess.run(["ip", "netns", "exec", self.ns(host), sys.executable, "-c", CLIENT,
+                            proto, str(timeout)] + [f"{a}:{p}" for a, p in targets],
+                           capture_output=True, text=True, timeout=timeout + 15)
+        res = {}
+        for line in r.stdout.splitlines():
+            t, _, what = line.partition(" ")
+            a, _, p = t.rpartition(":")
+            res[(a, int(p))] = what
+        for t in targets:
+            res.setdefault(tuple(t), f"client failed: {r.stderr.strip()}")
+        return res
+
+    def connect(self, host, proto, addr, port, timeout=1.0):
+        what = self.connect_many(host, proto, [(addr, port)], timeout)[(addr, port)]
+        return what == "connected", what
+
+
+class LabTopology(LabCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        t0 = time.time()
+        r = cls.up("--no-daemons")
+        if r.returncode != 0:
+            cls.down()
+            cls.release()
+            raise AssertionError(f"deploy/lab/up.sh failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        print(f"\nlab up in {time.time() - t0:.1f}s", flush=True)
+        # A process in the lab that somebody started and forgot: down.sh must end it.
+        cls.sleeper = subprocess.Popen(["ip", "netns", "exec", f"{P}-director", "sleep", "60"])
+        cls.procs.append(cls.sleeper)
+        try:
+            cls.start_internal_listeners()
+        except Exception:
+            cls.down()
+            cls.release()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        # Tear-down is part of what is tested: nothing may be left, and a second run is harmless.
+        r = cls.down()
+        spaces, links = lab_leftovers()
+        again = cls.down()
+        cls.release()
+        problems = []
+        if r.returncode != 0:
+            problems.append(f"down.sh failed: {r.stderr}")
+        if spaces or links:
+            problems.append(f"down.sh left namespaces {spaces} and host links {links}")
+        if cls.sleeper.poll() is None:
+            problems.append("a process started in the lab outlived down.sh")
+        if again.returncode != 0:
+            problems.append(f"a second down.sh failed: {again.stderr}")
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+    def test_user_behind_nat_reaches_access_edge_over_tcp_seen_as_the_nat_address(self):
+        lst = self.listen("access", "tcp", PLAN["ACCESS_EXT"], 5061)
+        ok, why = self.connect("user", "tcp", PLAN["ACCESS_EXT"], 5061)
+        self.assertTrue(ok, f"user could not reach access-edge {PLAN['ACCESS_EXT']}:5061: {why}")
+        self.assertEqual(self.peers(lst), [PLAN["HOMERTR_WAN"]],
+                         "access-edge should see the NAT router's public address (masquerade)")
+
+    def test_user_behind_nat_reaches_av_edge_over_udp_seen_as_the_nat_address(self):
+        lst = self.listen("av1", "udp", PLAN["AV1_EXT"], 3478)
+        ok, why = self.connect("user", "udp", PLAN["AV1_EXT"], 3478)
+        self.assertTrue(ok, why)
+        self.assertEqual(self.peers(lst)[:1], [PLAN["HOMERTR_WAN"]],
+                         "av-edge should get the datagram from the NAT router's public address")
+
+    def test_user_reaches_every_edge_on_its_external_ports(self):
+        specs = [("conf", "tcp", PLAN["CONF_EXT"], 443),
+                 ("revproxy", "tcp", PLAN["REVPROXY_EXT"], 443),
+                 ("av1", "tcp", PLAN["AV1_EXT"], 5349),
+                 ("access", "udp", PLAN["ACCESS_EXT"], 5060)]
+        listeners = self.listen_many(specs)
+        for lst, (host, proto, addr, port) in zip(listeners, specs):
+            with self.subTest(edge=host, port=f"{proto}/{port}"):
+                ok, why = self.connect("user", proto, addr, port)
+                self.assertTrue(ok, why)
+                self.assertEqual(self.peers(lst)[:1], [PLAN["HOMERTR_WAN"]],
+                                 f"{host} should see the NAT router's public address")
+
+    @classmethod
+    def start_internal_listeners(cls):
+        """Listeners on every internal address for the whole class, each proved reachable from
+        inside, so a failure from outside is the network's doing and not a closed port."""
+        targets = [("director", PLAN["DIRECTOR"], 7400), ("web", PLAN["WEB"], 443),
+                   ("iuser", PLAN["IUSER"], 5061), ("access", PLAN["ACCESS_INT"], 8080),
+                   ("av1", PLAN["AV1_INT"], 3478), ("revproxy", PLAN["REVPROXY_INT"], 8080)]
+        helper = cls()  # an instance just for its helpers; its listeners are the class's
+        helper.mine = cls.procs
+        helper.listen_many([(h, "tcp", a, p) for h, a, p in targets], lifetime=120)
+        inside = helper.connect_many("iuser", "tcp", [(a, p) for _, a, p in targets])
+        bad = {t: w for t, w in inside.items() if w != "connected"}
+        if bad:
+            raise AssertionError(f"internal listeners not reachable from the internal network: {bad}")
+        cls.internal = [(a, p) for _, a, p in targets]
+
+    def assert_unreachable(self, src, targets):
+        t0 = time.time()
+        res = self.connect_many(src, "tcp", targets, timeout=1.0)
+        for t, what in res.items():
+            self.assertNotEqual(what, "connected", f"{self.ns(src)} reached internal {t[0]}:{t[1]}")
+        self.assertLess(time.time() - t0, 8.0)
+
+    def test_internet_host_cannot_reach_internal_addresses(self):
+        self.assert_unreachable("inet", self.internal)
+        self.assert_unreachable("user", self.internal)
+
+    def test_internet_host_cannot_route_through_an_edge_to_the_inside(self):
+        # An attacker on the perimeter's external segment points a route at an edge's external
+        # address. Edges do not forward, and take packets only for the address of the interface
+        # they arrive on, so neither the internal network nor the edge's own internal side answers.
+        net = PLAN["DIRECTOR"].rsplit(".", 1)[0] + ".0/24"
+        for edge in ("ACCESS_EXT", "AV1_EXT"):
+            with self.subTest(via=edge):
+                r = sh("ip", "-n", self.ns("inet"), "route", "add", net, "via", PLAN[edge])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                try:
+                    self.assert_unreachable("inet", self.internal)
+                finally:
+                    sh("ip", "-n", self.ns("inet"), "route", "del", net)
+
+    def test_perimeter_firewall_drops_ports_outside_the_port_table(self):
+        self.listen("access", "tcp", PLAN["ACCESS_EXT"], 2222)
+        ok, why = self.connect("access", "tcp", PLAN["ACCESS_EXT"], 2222)
+        self.assertTrue(ok, f"the listener itself should answer locally: {why}")
+        ok, why = self.connect("user", "tcp", PLAN["ACCESS_EXT"], 2222, timeout=1.0)
+        self.assertFalse(ok, "tcp/2222 is not in the port table but the firewall let it through")
+        self.assertIn("timeout", why.lower(), "a dropped port times out (no RST from the firewall)")
+
+
+class LabLifecycle(LabCase):
+    @classmethod
+    def tearDownClass(cls):
+        cls.down()
+        cls.release()
+
+    def test_failed_run_leaves_nothing_behind(self):
+        r = self.up("--no-daemons", env={"EDGELAB_FAIL_AT": "links"})
+        self.assertNotEqual(r.returncode, 0, "up.sh should fail when told to")
+        self.assertIn("tearing down", r.stderr)
+        spaces, links = lab_leftovers()
+        self.assertEqual(spaces, [], "namespaces left after a failed up.sh")
+        self.assertEqual(links, [], "host links left after a failed up.sh")
+
+
+if __name__ == "__main__":
+    unittest.main()
