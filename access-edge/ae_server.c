@@ -50,6 +50,7 @@ struct ae_conn {
     uint8_t side, tp;
     bool mtls, open, outbound;
     enum sip_source src;
+    int partner; /* index in ae->partners for a discovered partner, -1 before its first request */
     struct addr peer;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
@@ -62,7 +63,21 @@ struct ae_conn {
 static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
-    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable", NULL,
+    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
+    "watchlist", NULL,
+};
+
+#define AE_PARTNERS_MAX 1024
+
+/* A discovered federation partner (RFC-less OCS policy, PROTOCOLS.md §1.2): the distinct
+ * users it addressed, its success/failure counts, and whether it is on the watch list. */
+struct ae_partner {
+    char domain[128];
+    uint64_t *users; /* hashes of distinct Request-URIs, up to max_contacts + 1 */
+    uint32_t nusers, cap;
+    uint32_t ok, fail;
+    bool suspicious, watched;
+    int64_t watched_at;
 };
 
 struct ae {
@@ -89,6 +104,10 @@ struct ae {
     struct ae_txn_table *txns;
     uv_timer_t sweep;
     struct ratelimit *rl;
+    struct ratelimit *fed_rl; /* per discovered partner domain */
+    struct ae_partner *partners;
+    size_t npartners;
+    struct admin *admin;
     uint64_t salt;
     uint8_t flow_key[SIP_FLOW_KEY_LEN];
     bool draining, stopping;
@@ -96,6 +115,7 @@ struct ae {
     void *drained_arg;
     int open_handles;
 
+    struct metric *m_watch;
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
@@ -536,6 +556,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     }
 }
 
+static void partner_account(struct ae *ae, struct ae_conn *c, int status);
+
 static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
 {
     /* RFC 3261 §16.7: the top Via must be ours; it is removed and the response follows
@@ -575,6 +597,7 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
             metric_inc(ae->m_dropped);
             return;
         }
+        partner_account(ae, c, m->status);
         dest.tp = c->tp;
         dest.conn_id = cid;
         dest.addr = c->peer;
@@ -591,6 +614,155 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
     ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
     if (len > 0)
         ae_send(ae, &dest, ae->out, (size_t)len);
+}
+
+static bool domain_listed(char *const *list, size_t n, const char *domain)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(list[i], domain) == 0)
+            return true;
+    return false;
+}
+
+static struct ae_partner *partner_get(struct ae *ae, const char *domain, int *index)
+{
+    for (size_t i = 0; i < ae->npartners; i++)
+        if (strcasecmp(ae->partners[i].domain, domain) == 0) {
+            *index = (int)i;
+            return &ae->partners[i];
+        }
+    if (ae->npartners >= AE_PARTNERS_MAX)
+        return NULL;
+    struct ae_partner *p = &ae->partners[ae->npartners];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->domain, sizeof(p->domain), "%s", domain);
+    *index = (int)ae->npartners++;
+    return p;
+}
+
+static uint64_t ruri_hash(const struct sip_msg *m)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < m->ruri.len && m->ruri.p[i] != ';'; i++) {
+        h ^= (uint8_t)(m->ruri.p[i] | 0x20);
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Federation policy on a validated request: Block list, watch list, discovered-partner
+ * rate. Returns 0 to go on, 1 when the request was answered. */
+static int ae_policy(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                     const struct sip_route *r, enum sip_source src)
+{
+    const struct ae_federation_config *fc = &ae->cfg->federation;
+    const char *peer_domain = o->side == AE_EXT ? r->from_domain : r->ruri_domain;
+    if (fc->nblock && domain_listed(fc->block, fc->nblock, peer_domain)) {
+        struct sip_verdict v = {403, "Forbidden", "blocked", ""};
+        snprintf(v.text, sizeof(v.text), "Domain blocked: %s", peer_domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    if (src != SIP_SRC_DISCOVERED || !o->conn)
+        return 0;
+    int idx;
+    struct ae_partner *p = partner_get(ae, r->from_domain, &idx);
+    if (!p) {
+        struct sip_verdict v = {503, "Service Unavailable", "overload", "Too many partners"};
+        ae_reject(ae, o, m, &v, "Retry-After: 60\r\n");
+        return 1;
+    }
+    o->conn->partner = idx;
+    if (!p->watched && !r->in_dialog) {
+        uint64_t h = ruri_hash(m);
+        bool seen = false;
+        for (uint32_t i = 0; i < p->nusers && !seen; i++)
+            seen = p->users[i] == h;
+        if (!seen) {
+            if (p->nusers == p->cap) {
+                uint32_t ncap = p->cap ? p->cap * 2 : 16;
+                uint64_t *n = realloc(p->users, ncap * sizeof(*n));
+                if (n) {
+                    p->users = n;
+                    p->cap = ncap;
+                }
+            }
+            if (p->nusers < p->cap)
+                p->users[p->nusers++] = h;
+            if (p->nusers > fc->max_contacts) {
+                /* PROTOCOLS.md §1.2: more distinct users than allowed: watch list. */
+                p->watched = true;
+                p->watched_at = time_wall_s();
+                metric_inc(ae->m_watch);
+                LOGW(ae->log, o->peer, "sip: partner %s addressed %u distinct users: watch list",
+                     p->domain, p->nusers);
+            }
+        }
+    }
+    if (p->watched) {
+        struct sip_verdict v = {403, "Forbidden", "watchlist", ""};
+        snprintf(v.text, sizeof(v.text), "Partner on the watch list: %s", p->domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    uint32_t retry = 1;
+    if (!ratelimit_take(ae->fed_rl, p->domain, strlen(p->domain), 1, uv_now(ae->loop), &retry)) {
+        char ra[40];
+        snprintf(ra, sizeof(ra), "Retry-After: %u\r\n", retry ? retry : 1);
+        struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
+                                "Partner rate limit exceeded"};
+        ae_reject(ae, o, m, &v, ra);
+        return 1;
+    }
+    return 0;
+}
+
+/* A final response going back to a discovered partner: judge its failure ratio. */
+static void partner_account(struct ae *ae, struct ae_conn *c, int status)
+{
+    if (!c || c->src != SIP_SRC_DISCOVERED || c->partner < 0 ||
+        (size_t)c->partner >= ae->npartners || status < 200)
+        return;
+    struct ae_partner *p = &ae->partners[c->partner];
+    if (status < 300)
+        p->ok++;
+    else
+        p->fail++;
+    if (!p->suspicious && p->fail >= 10 && p->fail > 2 * p->ok) {
+        p->suspicious = true;
+        ratelimit_set_rate(ae->fed_rl, p->domain, strlen(p->domain),
+                           ae->cfg->federation.suspicious_rate, uv_now(ae->loop));
+        LOGW(ae->log, &c->peer, "sip: partner %s looks suspicious (%u failed, %u ok): %u/s",
+             p->domain, p->fail, p->ok, ae->cfg->federation.suspicious_rate);
+    }
+}
+
+static void on_admin_watchlist(const char *method, const char *path, const char *query,
+                               const char *body, size_t body_len, struct admin_reply *reply,
+                               void *arg)
+{
+    struct ae *ae = arg;
+    size_t cap = 64 + ae->npartners * 256, n = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        admin_reply_printf(reply, 500, "text/plain", "out of memory\n");
+        return;
+    }
+    n += (size_t)snprintf(out + n, cap - n, "{\"partners\":[");
+    for (size_t i = 0; i < ae->npartners; i++) {
+        const struct ae_partner *p = &ae->partners[i];
+        n += (size_t)snprintf(out + n, cap - n,
+                              "%s{\"domain\":\"%s\",\"distinct_users\":%u,\"ok\":%u,"
+                              "\"failed\":%u,\"suspicious\":%s,\"watched\":%s,\"since\":%lld}",
+                              i ? "," : "", p->domain, p->nusers, p->ok, p->fail,
+                              p->suspicious ? "true" : "false", p->watched ? "true" : "false",
+                              (long long)p->watched_at);
+    }
+    n += (size_t)snprintf(out + n, cap - n, "]}\n");
+    reply->status = 200;
+    reply->content_type = "application/json";
+    reply->body = out;
+    reply->body_len = n;
 }
 
 /* One framed message from origin o (m already scanned). Returns -EBADMSG when the sender
@@ -644,6 +816,10 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
         } else {
             ae_count_reject(ae, v.reason);
         }
+        return 0;
+    }
+    if (m->is_request && ae_policy(ae, o, m, &r, src) != 0) {
+        sip_parsed_free(sp);
         return 0;
     }
     if (m->is_request)
@@ -765,13 +941,7 @@ static void on_conn_open(struct stream *s, void *arg)
     if (c->side == AE_EXT) {
         const struct ae_federation_config *fc = &c->ae->cfg->federation;
         bool allowed = false;
-        for (size_t i = 0; i < fc->nblock; i++)
-            if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->block[i])) {
-                LOGI(c->ae->log, &c->peer, "sip: blocked partner %s", fc->block[i]);
-                ae_count_reject(c->ae, "blocked");
-                stream_close(s, -EACCES, "blocked partner");
-                return;
-            }
+        /* A blocked partner keeps its connection: each request gets 403 (ae_policy). */
         for (size_t i = 0; i < fc->nallow; i++)
             if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->allow[i]))
                 allowed = true;
@@ -818,6 +988,7 @@ static struct ae_conn *conn_new(struct ae *ae, uint8_t side, uint8_t tp, bool mt
     c->tp = tp;
     c->mtls = mtls;
     c->src = side == AE_INT ? SIP_SRC_INTERNAL : SIP_SRC_REMOTE_USER;
+    c->partner = -1;
     if (conn_register(ae, c) < 0) {
         buf_fini(&c->rb);
         free(c);
@@ -996,6 +1167,10 @@ static void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_int_client);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->fed_rl);
+        for (size_t i = 0; i < ae->npartners; i++)
+            free(ae->partners[i].users);
+        free(ae->partners);
         free(ae->conns);
         free(ae->own);
         free(ae->domains);
@@ -1060,7 +1235,7 @@ static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const 
 }
 
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct ae **out)
+             struct metrics *m, struct admin *admin, struct ae **out)
 {
     struct ae *ae = calloc(1, sizeof(*ae));
     if (!ae)
@@ -1081,11 +1256,20 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         rc = ae_txn_table_create(&ae->txns, cfg->limits.max_transactions);
     if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
+    if (rc == 0)
+        rc = ratelimit_create(&ae->fed_rl, cfg->federation.discovered_rate,
+                              cfg->federation.discovered_rate, AE_PARTNERS_MAX);
+    ae->partners = calloc(AE_PARTNERS_MAX, sizeof(*ae->partners));
+    if (rc == 0 && !ae->partners)
+        rc = -ENOMEM;
     if (rc == 0 && (crypto_random(&ae->salt, sizeof(ae->salt)) < 0 ||
                     crypto_random(ae->flow_key, sizeof(ae->flow_key)) < 0))
         rc = -EIO;
     if (rc < 0) {
         ae_txn_table_destroy(ae->txns);
+        ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->fed_rl);
+        free(ae->partners);
         free(ae->conns);
         free(ae->own);
         free(ae->domains);
@@ -1106,6 +1290,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->m_dropped = metrics_counter(m, "sip_dropped_total",
                                     "messages dropped (stray responses, full queues)", NULL);
     ae->m_conns = metrics_gauge(m, "sip_connections", "open TCP/TLS connections", NULL);
+    ae->m_watch = metrics_counter(m, "sip_watchlist_additions_total",
+                                  "discovered partners put on the watch list", NULL);
+    ae->admin = admin;
+    if (admin)
+        admin_route(admin, "/watchlist", on_admin_watchlist, ae);
     ae->m_txns = metrics_gauge(m, "sip_invite_transactions", "INVITE transactions in flight",
                                NULL);
     for (size_t i = 0; reject_reasons[i]; i++) {

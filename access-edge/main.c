@@ -7,7 +7,8 @@
 static int ae_op_start(struct daemon *d, const void *cfg, void **state)
 {
     struct ae *ae;
-    int rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), &ae);
+    int rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d),
+                      &ae);
     if (rc == 0)
         *state = ae;
     return rc;

@@ -101,3 +101,44 @@ class EdgeFlows(SuiteTest):
         p.request("MESSAGE", "sip:bob@example.com", to_uri="sip:bob@example.com", body="x")
         self.assertIsNone(p.recv(timeout=2))
         self.assertEqual(lab.dir_metric("director_sip_messages_in_total"), 0)
+
+    def test_blocked_domain_gets_403(self):
+        lab = Lab(self, extra_edge="federation: {block: [partner.lab], discovery: true}")
+        p = self.partner(lab)
+        p.request("MESSAGE", "sip:bob@example.com", to_uri="sip:bob@example.com", body="x")
+        r = p.recv()
+        self.assertEqual(parse_status(r), 403, r)
+        self.assertIn("Domain blocked: partner.lab", header(r, "Warning")[0])
+        self.assertEqual(lab.dir_metric("director_sip_messages_in_total"), 0)
+        self.assertEqual(lab.edge_metric('access_edge_sip_rejected_total{reason="blocked"}'), 1)
+
+    def test_discovered_partner_over_rate_limit_gets_503(self):
+        lab = Lab(self, extra_edge="federation: {discovery: true, discovered_rate: 5}")
+        p = self.partner(lab)
+        for i in range(15):
+            p.request("MESSAGE", "sip:bob@example.com", to_uri="sip:bob@example.com", body="x")
+        statuses = []
+        for i in range(15):
+            r = p.recv(timeout=3)
+            if r is None:
+                break
+            statuses.append(parse_status(r))
+            if parse_status(r) == 503:
+                self.assertTrue(header(r, "Retry-After"), r)
+        self.assertIn(503, statuses)
+        self.assertIn(480, statuses)  # the first few reached the Director (bob not registered)
+
+    def test_partner_addressing_too_many_users_goes_on_watch_list(self):
+        lab = Lab(self, extra_edge="federation: {discovery: true, max_contacts: 3}")
+        p = self.partner(lab)
+        got = []
+        for u in ("u1", "u2", "u3", "u4", "u5"):
+            p.request("MESSAGE", f"sip:{u}@example.com", to_uri=f"sip:{u}@example.com", body="x")
+            got.append(parse_status(p.recv()))
+        self.assertEqual(got, [404, 404, 404, 403, 403])
+        from harness import http_json
+        st, j = http_json(lab.edge_admin, "/watchlist")
+        self.assertEqual(st, 200)
+        self.assertEqual(j["partners"][0]["domain"], "partner.lab")
+        self.assertTrue(j["partners"][0]["watched"])
+        self.assertEqual(lab.edge_metric("access_edge_sip_watchlist_additions_total"), 1)
