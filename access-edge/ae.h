@@ -53,6 +53,7 @@ struct ae_federation_config {
     uint32_t discovered_rate;  /* messages/s per discovered partner */
     uint32_t suspicious_rate;  /* when its failure ratio is suspicious */
     uint32_t max_contacts;     /* distinct users before the watch list */
+    char *dns_servers;         /* "127.0.0.1:5353" for c-ares, or NULL: system resolver */
 };
 
 struct ae_config {

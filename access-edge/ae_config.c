@@ -90,6 +90,9 @@ static const struct cfg_key fed_keys[] = {
     {"max_contacts", CFG_UINT, offsetof(struct ae_federation_config, max_contacts), "1000",
      .min = 1, .max = 1000000,
      .help = "distinct users a discovered partner may address before it goes on the watch list"},
+    {"dns_servers", CFG_STR, offsetof(struct ae_federation_config, dns_servers), NULL,
+     .help = "DNS servers for _sipfederationtls._tcp SRV lookups (host:port,...); "
+             "default: the system resolver"},
     CFG_END,
 };
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "access-edge/ae_dns.h"
 #include "access-edge/ae_txn.h"
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
@@ -94,7 +95,8 @@ struct ae {
     size_t nudp;
     struct ae_listener lst[AE_LST_MAX];
     size_t nlst;
-    struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client;
+    struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client, *tls_ext_client;
+    struct ae_dns *dns;
 
     struct ae_conn **conns; /* by id & (conn_cap - 1) */
     size_t conn_cap, nconns;
@@ -378,6 +380,79 @@ static void trust_line(struct ae *ae, const struct ae_origin *o, char *out, size
              fed && o->conn->nnames ? o->conn->names[0] : "");
 }
 
+static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
+
+/* A request parked while DNS finds its partner; replayed from the bytes when it answers. */
+struct ae_parked {
+    struct ae *ae;
+    uint8_t side, tp;
+    uint32_t conn_id;
+    int udp;
+    struct addr peer;
+    size_t len;
+    uint8_t data[];
+};
+
+static void on_partner_found(int status, const struct addr *to, const char *target, void *arg)
+{
+    struct ae_parked *pk = arg;
+    struct ae *ae = pk->ae;
+    if (status == -ECANCELED || ae->stopping) {
+        free(pk);
+        return;
+    }
+    LOGI(ae->log, to, "sip: federation lookup: %s", status == 0 ? target : strerror(-status));
+    struct ae_conn *c = pk->conn_id ? conn_get(ae, pk->conn_id) : NULL;
+    if (!pk->conn_id || c) {
+        struct ae_origin o = {pk->side, pk->tp, pk->udp >= 0 ? &ae->udp[pk->udp] : NULL, c,
+                              c ? &c->peer : &pk->peer};
+        if (sip_msg_scan(&ae->msg, pk->data, pk->len, !c, pk->len + 1) > 0)
+            ae_handle(ae, &o, &ae->msg);
+    }
+    free(pk);
+}
+
+/* Federation target for domain: 0 with *to set (cached), 1 if the request was answered or
+ * parked for a DNS lookup. */
+static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                                const char *domain, struct addr *to)
+{
+    const struct ae_federation_config *fc = &ae->cfg->federation;
+    bool allowed = false;
+    for (size_t i = 0; i < fc->nallow; i++)
+        if (strcasecmp(fc->allow[i], domain) == 0)
+            allowed = true;
+    if (!allowed && !fc->discovery) {
+        struct sip_verdict v = {403, "Forbidden", "blocked", ""};
+        snprintf(v.text, sizeof(v.text), "Federation not allowed with %s", domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    int c = ae->dns ? ae_dns_cached(ae->dns, domain, 60000, to) : -ENOENT;
+    if (c == 1)
+        return 0;
+    if (c < 0) {
+        struct sip_verdict v = {404, "Not Found", "unroutable", ""};
+        snprintf(v.text, sizeof(v.text), "No federation route to %s", domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    struct ae_parked *pk = malloc(sizeof(*pk) + m->len);
+    if (!pk)
+        return 1;
+    pk->ae = ae;
+    pk->side = o->side;
+    pk->tp = o->tp;
+    pk->conn_id = o->conn ? o->conn->id : 0;
+    pk->udp = o->udp ? (int)(o->udp - ae->udp) : -1;
+    pk->peer = *o->peer;
+    pk->len = m->len;
+    memcpy(pk->data, m->buf, m->len);
+    if (ae_dns_partner(ae->dns, domain, on_partner_found, pk) < 0)
+        free(pk);
+    return 1;
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
@@ -416,15 +491,15 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     } else {
         char port[8];
         snprintf(port, sizeof(port), "%u", r->port);
-        if (addr_parse(&dest.addr, r->host, r->port ? r->port : (r->tls ? 5061 : 5060)) < 0) {
-            /* A name: federation by DNS SRV is not wired yet. */
-            struct sip_verdict v = {404, "Not Found", "unroutable", "No route to "};
-            snprintf(v.text, sizeof(v.text), "No route to %s", r->host);
-            ae_reject(ae, o, m, &v, NULL);
-            return;
-        }
         dest.side = AE_EXT;
         dest.tp = r->tls ? AE_TP_TLS : r->tcp ? AE_TP_TCP : AE_TP_UDP;
+        if (addr_parse(&dest.addr, r->host, r->port ? r->port : (r->tls ? 5061 : 5060)) < 0) {
+            /* A domain: federation, found by DNS SRV over mutual TLS. */
+            int fr = ae_federation_target(ae, o, m, r->host, &dest.addr);
+            if (fr != 0)
+                return; /* answered, or parked until DNS answers */
+            dest.tp = AE_TP_TLS;
+        }
         /* Reuse a connection the peer opened to us (RFC 5923 spirit) before dialing. */
         if (dest.tp != AE_TP_UDP) {
             for (size_t i = 0; i < ae->conn_cap; i++) {
@@ -1052,7 +1127,7 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
     if (la)
         c->local = *la;
     struct stream_opts so = {
-        .tls = tp == AE_TP_TLS ? ae->tls_int_client : NULL,
+        .tls = tp == AE_TP_TLS ? (side == AE_INT ? ae->tls_int_client : ae->tls_ext_client) : NULL,
         .server_name = server_name,
         .write_cap = 4 * 1024 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
@@ -1165,6 +1240,7 @@ static void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_ext_mtls);
         tls_ctx_unref(ae->tls_int_server);
         tls_ctx_unref(ae->tls_int_client);
+        tls_ctx_unref(ae->tls_ext_client);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
         ratelimit_destroy(ae->fed_rl);
@@ -1314,6 +1390,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         rc = make_tls(ae, &in->certs, true, in->nmtls > 0, &ae->tls_int_server);
     if (rc == 0 && cfg->next_hop.transport == AE_TP_TLS)
         rc = make_tls(ae, &in->certs, false, true, &ae->tls_int_client);
+    if (rc == 0 && ex->certs.cert && ex->certs.ca)
+        rc = make_tls(ae, &ex->certs, false, true, &ae->tls_ext_client);
+    if (rc == 0 && (rc = ae_dns_create(loop, cfg->federation.dns_servers, &ae->dns)) < 0)
+        LOGE(log, NULL, "sip: DNS resolver setup failed (dns_servers %s)",
+             cfg->federation.dns_servers ? cfg->federation.dns_servers : "system");
 
     const struct ae_side_config *sides[2] = {ex, in};
     for (uint8_t s = 0; s < 2 && rc == 0; s++) {
@@ -1387,4 +1468,6 @@ void ae_stop(struct ae *ae)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);
     close_handle(ae, (uv_handle_t *)&ae->sweep);
+    ae_dns_destroy(ae->dns);
+    ae->dns = NULL;
 }

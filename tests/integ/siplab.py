@@ -26,15 +26,20 @@ def ensure_certs():
 class Lab:
     """Director + access edge. edge_to_director: 'udp' or 'tls'."""
 
-    def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge=""):
+    def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge="",
+                 domain="example.com", ips=(DIR_IP, EXT_IP, INT_IP), cert="access-edge",
+                 mtls_port=None):
         ensure_certs()
+        DIR_IP, EXT_IP, INT_IP = ips
+        self.ips = ips
+        self.domain = domain
         self.t = test
         self.dir_admin = f"{DIR_IP}:{free_port(DIR_IP)}"
         self.dir_sip = free_port(DIR_IP, socket.SOCK_DGRAM)
         self.dir_mtls = free_port(DIR_IP)
         self.ext_port = free_port(EXT_IP)
         self.ext_tls = free_port(EXT_IP)
-        self.ext_mtls = free_port(EXT_IP)
+        self.ext_mtls = mtls_port or free_port(EXT_IP)
         self.int_port = free_port(INT_IP)
         self.int_mtls = free_port(INT_IP)
         self.edge_admin = f"{INT_IP}:{free_port(INT_IP)}"
@@ -48,8 +53,8 @@ sip:
   enabled: true
   udp: [{DIR_IP}:{self.dir_sip}]
   mtls: [{DIR_IP}:{self.dir_mtls}]
-  domains: [example.com]
-  realm: example.com
+  domains: [{domain}]
+  realm: {domain}
   algorithms: [{algs}]
   users:
 {users}
@@ -59,11 +64,11 @@ sip:
             nh = f"{{address: {DIR_IP}:{self.dir_mtls}, transport: tls, server_name: director}}"
         else:
             nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp}}"
-        ae = f"{CERTS}/access-edge"
+        ae = f"{CERTS}/{cert}"
         self.edge = test.daemon("access-edge", f"""
 admin: {{listen: {self.edge_admin}}}
 director: {{enabled: false}}
-domains: [example.com]
+domains: [{domain}]
 fqdn: edge.example.com
 external:
   udp: [{EXT_IP}:{self.ext_port}]
@@ -125,7 +130,8 @@ def header(msg, name):
 class UdpUA:
     """A minimal SIP user agent on a UDP socket: sends raw requests, reads replies."""
 
-    def __init__(self, ip="127.0.0.3", port=0):
+    def __init__(self, ip="127.0.0.3", port=0, domain="example.com"):
+        self.domain = domain
         self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.s.bind((ip, port))
         self.s.settimeout(2.0)
@@ -155,10 +161,10 @@ class UdpUA:
     def request(self, method, ruri, to, headers="", body="", via_extra=";rport", user="alice",
                 cseq=1, call_id=None, to_uri=None, max_forwards=70, contact=True):
         call_id = call_id or uuid.uuid4().hex
-        to_uri = to_uri or f"sip:{user}@example.com"
+        to_uri = to_uri or f"sip:{user}@{self.domain}"
         lines = [f"{method} {ruri} SIP/2.0",
                  f"Via: SIP/2.0/UDP {self.ip}:{self.port};branch=z9hG4bK{uuid.uuid4().hex[:16]}{via_extra}",
-                 f"From: <sip:{user}@example.com>;tag={uuid.uuid4().hex[:8]}",
+                 f"From: <sip:{user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
                  f"To: <{to_uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} {method}"]
         if max_forwards is not None:
             lines.append(f"Max-Forwards: {max_forwards}")
@@ -171,7 +177,7 @@ class UdpUA:
     def register(self, to, user, password, alg_pref=None, expires=300):
         """REGISTER, answer the Digest challenge (alg_pref or the first offered)."""
         cid = uuid.uuid4().hex
-        self.request("REGISTER", "sip:example.com", to, user=user, call_id=cid,
+        self.request("REGISTER", f"sip:{self.domain}", to, user=user, call_id=cid,
                      headers=f"Expires: {expires}\r\n")
         r = self.recv()
         if parse_status(r) != 401:
@@ -186,12 +192,12 @@ class UdpUA:
         alg = re.search(r"algorithm=([\w-]+)", chal).group(1)
         realm = re.search(r'realm="([^"]+)"', chal).group(1)
         nonce = re.search(r'nonce="([^"]+)"', chal).group(1)
-        resp = digest(alg, user, realm, password, "REGISTER", "sip:example.com", nonce, "00000001",
+        resp = digest(alg, user, realm, password, "REGISTER", f"sip:{self.domain}", nonce, "00000001",
                       "c0ffee", "auth")
         auth = (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
-                f'uri="sip:example.com", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
+                f'uri=f"sip:{self.domain}", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
                 f'qop=auth, nc=00000001\r\n')
-        self.request("REGISTER", "sip:example.com", to, user=user, call_id=cid, cseq=2,
+        self.request("REGISTER", f"sip:{self.domain}", to, user=user, call_id=cid, cseq=2,
                      headers=auth + f"Expires: {expires}\r\n")
         return self.recv(), chals
 
