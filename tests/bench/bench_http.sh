@@ -95,10 +95,10 @@ run_pair() { # NAME RP_URL NX_URL WRK/STIME ARGS...
 }
 ONLY=${ONLY:-http_1k,https_1k,https_1k_close,https_full_hs,https_4m}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
-want http_1k        && run_pair http_1k        http://127.0.0.1:19180/meet/1k.bin  http://127.0.0.1:19080/meet/1k.bin  wrk -t2 -c50
-want https_1k       && run_pair https_1k       https://127.0.0.1:19543/meet/1k.bin https://127.0.0.1:19443/meet/1k.bin wrk -t2 -c50
-want https_1k_close && run_pair https_1k_close https://127.0.0.1:19543/meet/1k.bin https://127.0.0.1:19443/meet/1k.bin wrk -t2 -c50 -H 'Connection: close'
-want https_full_hs  && run_pair https_full_hs  https://127.0.0.1:19543 https://127.0.0.1:19443 stime
-want https_4m       && run_pair https_4m       https://127.0.0.1:19543/dlx/4m.bin  https://127.0.0.1:19443/dlx/4m.bin  wrk -t2 -c8
+want http_1k        && run_pair http_1k        http://127.0.0.1:26180/meet/1k.bin  http://127.0.0.1:26080/meet/1k.bin  wrk -t2 -c50
+want https_1k       && run_pair https_1k       https://127.0.0.1:26543/meet/1k.bin https://127.0.0.1:26443/meet/1k.bin wrk -t2 -c50
+want https_1k_close && run_pair https_1k_close https://127.0.0.1:26543/meet/1k.bin https://127.0.0.1:26443/meet/1k.bin wrk -t2 -c50 -H 'Connection: close'
+want https_full_hs  && run_pair https_full_hs  https://127.0.0.1:26543 https://127.0.0.1:26443 stime
+want https_4m       && run_pair https_4m       https://127.0.0.1:26543/dlx/4m.bin  https://127.0.0.1:26443/dlx/4m.bin  wrk -t2 -c8
 grep -iE 'error|sanitizer' "$WORK/logs/revproxy.log" | head -5
 exit 0
