@@ -4,9 +4,12 @@ not directly, not by routing through an edge, not on ports outside the firewall 
 tear-down leaves no namespace, link or process, after a failed run too. Root only."""
 import fcntl
 import os
+import re
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -355,6 +358,95 @@ class LabLifecycle(LabCase):
         spaces, links = lab_leftovers()
         self.assertEqual(spaces, [], "namespaces left after a failed up.sh")
         self.assertEqual(links, [], "host links left after a failed up.sh")
+
+
+class LabDaemons(LabCase):
+    """up.sh starts every role whose binary and default config exist, in its own namespace with a
+    config generated for the lab addresses; each answers /healthz on its internal address, which
+    the internet side cannot reach; down.sh stops them. Roles not built yet are skipped by up.sh
+    with the reason printed (and so here)."""
+
+    ADMIN_HOSTS = {"director": "director", "access-edge": "access", "conf-edge": "conf",
+                   "av-edge-1": "av1", "revproxy": "revproxy"}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="edgelab-")
+        build = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
+        r = cls.up(env={"EDGELAB_BUILD": build, "EDGELAB_DIR": cls.tmp})
+        cls.up_out = r.stdout + r.stderr
+        if r.returncode != 0:
+            cls.down()
+            cls.release()
+            shutil.rmtree(cls.tmp)
+            raise AssertionError(f"deploy/lab/up.sh failed ({r.returncode}):\n{cls.up_out}")
+        print("\n" + "\n".join(l for l in cls.up_out.splitlines() if "skipped" in l), flush=True)
+        cls.started = {}
+        with open(os.path.join(cls.tmp, "pids")) as f:
+            for line in f:
+                pid, inst, host = line.split()
+                cls.started[inst] = (int(pid), host)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.down()
+        cls.release()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def down(cls):
+        r = subprocess.run([os.path.join(LAB, "down.sh")], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, EDGELAB_DIR=getattr(cls, "tmp", "")))
+        return r
+
+    def admin_of(self, inst):
+        with open(os.path.join(self.tmp, inst + ".yaml")) as f:
+            text = f.read()
+        m = re.search(r"^admin:\s*(?:\{\s*listen:\s*|\n\s+listen:\s*)([0-9.]+):(\d+)", text, re.M)
+        self.assertIsNotNone(m, f"no admin listen address in the lab config of {inst}")
+        return m.group(1), int(m.group(2))
+
+    def healthz(self, host, addr, port):
+        code = ("import http.client, sys; c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=1);"
+                "c.request('GET', '/healthz'); print(c.getresponse().status)")
+        r = subprocess.run(["ip", "netns", "exec", self.ns(host), sys.executable, "-c", code, addr, str(port)],
+                           capture_output=True, text=True, timeout=15)
+        return r.stdout.strip() or r.stderr.strip().splitlines()[-1]
+
+    def test_daemons_started_are_healthy_inside_and_unreachable_from_outside(self):
+        if not self.started:
+            reason = "no role is built with a default config yet: up.sh started nothing"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        for inst, (pid, host) in self.started.items():
+            addr, port = self.admin_of(inst)
+            with self.subTest(daemon=inst):
+                status = None
+                for _ in range(50):  # at most ~10 s for the daemon to come up
+                    status = self.healthz("iuser", addr, port)
+                    if status == "200":
+                        break
+                    time.sleep(0.2)
+                self.assertEqual(status, "200", f"{inst} /healthz on {addr}:{port} from the internal "
+                                                f"network; its log:\n{self.log_tail(inst)}")
+                ok, why = self.connect("inet", "tcp", addr, port)
+                self.assertFalse(ok, f"the internet host reached {inst}'s admin listener {addr}:{port}")
+
+    def log_tail(self, inst):
+        try:
+            with open(os.path.join(self.tmp, inst + ".log")) as f:
+                return "".join(f.readlines()[-20:])
+        except OSError as e:
+            return str(e)
+
+    def test_down_stops_the_daemons(self):
+        r = self.down()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for inst, (pid, host) in self.started.items():
+            self.assertFalse(os.path.exists(f"/proc/{pid}"), f"{inst} (pid {pid}) outlived down.sh")
+        spaces, links = lab_leftovers()
+        self.assertEqual((spaces, links), ([], []))
 
 
 if __name__ == "__main__":
