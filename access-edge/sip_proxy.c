@@ -292,7 +292,14 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
                         size_t cap)
 {
     struct w w = {out, 0, cap, false};
-    put(&w, m->buf, m->start_end);
+    if (o->ruri.len) {
+        put_slice(&w, m->method);
+        puts_(&w, " ");
+        put_slice(&w, o->ruri);
+        puts_(&w, " SIP/2.0\r\n");
+    } else {
+        put(&w, m->buf, m->start_end);
+    }
     put_slice(&w, o->insert);
     unsigned pop = o->pop_routes;
     bool first_via = true;

@@ -44,6 +44,7 @@ struct sip_fwd_opts {
     unsigned pop_routes;      /* our own Route entries to remove from the top */
     const struct addr *src;   /* non-NULL: add received (and rport if asked) to the top Via */
     bool strip_trust;         /* drop any ms-edge-proxy-message-trust header */
+    struct slice ruri;        /* non-empty: the new Request-URI (a registrar's retarget) */
 };
 
 /* Forwarded request into out; Max-Forwards is decremented. Returns the length or -ENOSPC. */

@@ -460,10 +460,8 @@ void av_alloc_foreach(struct av_alloc_table *t, void (*fn)(struct av_alloc *a, v
             fn(container_of(e, struct av_alloc, node), arg);
 }
 
-void av_alloc_table_destroy(struct av_alloc_table *t)
+void av_alloc_clear(struct av_alloc_table *t)
 {
-    if (!t)
-        return;
     for (size_t i = 0; i <= t->allocs.mask; i++)
         while (t->allocs.b[i])
             av_alloc_remove(t, container_of(t->allocs.b[i], struct av_alloc, node));
@@ -475,6 +473,13 @@ void av_alloc_table_destroy(struct av_alloc_table *t)
         if (t->hooks.on_reservation_free)
             t->hooks.on_reservation_free(h, t->hooks.arg);
     }
+}
+
+void av_alloc_table_destroy(struct av_alloc_table *t)
+{
+    if (!t)
+        return;
+    av_alloc_clear(t);
     htab_fini(&t->allocs);
     htab_fini(&t->perms);
     htab_fini(&t->chans_num);

@@ -97,6 +97,8 @@ struct av_alloc_hooks {
 int av_alloc_table_create(struct av_alloc_table **out, const struct av_alloc_hooks *hooks);
 /* Frees every allocation (through on_free) and the table. NULL is a no-op. */
 void av_alloc_table_destroy(struct av_alloc_table *t);
+/* Removes every allocation and reservation (through the hooks). */
+void av_alloc_clear(struct av_alloc_table *t);
 
 struct av_alloc *av_alloc_find(struct av_alloc_table *t, const struct addr *client,
                                uint16_t listener, uint8_t transport);

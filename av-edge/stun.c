@@ -445,7 +445,7 @@ ssize_t stun_chandata_parse(const uint8_t *p, size_t len, bool stream, uint16_t 
     if (len < 4)
         return stream ? -EAGAIN : -EBADMSG;
     uint16_t ch = rd16(p);
-    if (ch < 0x4000 || ch > 0x4FFF)
+    if (ch < STUN_CHANNEL_MIN || ch > STUN_CHANNEL_MAX)
         return -EBADMSG;
     size_t dlen = rd16(p + 2);
     size_t need = 4 + dlen;
@@ -472,7 +472,37 @@ ssize_t stun_frame_len(const uint8_t *p, size_t len)
             return -EBADMSG;
         return (ssize_t)(STUN_HDR_LEN + blen);
     }
-    if ((p[0] & 0xF0) == 0x40)
+    if ((p[0] & 0xC0) == 0x40)
         return (ssize_t)((4 + (size_t)rd16(p + 2) + 3) & ~(size_t)3);
     return -EBADMSG;
+}
+
+ssize_t stun_classic_binding_reply(const uint8_t *req, size_t len, const struct addr *client,
+                                   uint8_t *out, size_t cap)
+{
+    if (len < STUN_HDR_LEN || rd16(req) != 0x0001 || rd32(req + 4) == STUN_MAGIC)
+        return -EBADMSG;
+    size_t blen = rd16(req + 2);
+    if ((blen & 3) || STUN_HDR_LEN + blen != len)
+        return -EBADMSG;
+    for (size_t off = STUN_HDR_LEN; off + 4 <= len;) {
+        uint16_t at = rd16(req + off), al = rd16(req + off + 2);
+        if (off + 4 + al > len)
+            return -EBADMSG;
+        if (at == 0x0003 && al == 4 && (rd32(req + off + 4) & 0x6))
+            return -EPERM;
+        off += 4 + (((size_t)al + 3) & ~(size_t)3);
+    }
+    if (client->u.sa.sa_family != AF_INET || cap < STUN_HDR_LEN + 12)
+        return -EBADMSG;
+    wr16(out, 0x0101);
+    wr16(out + 2, 12);
+    memcpy(out + 4, req + 4, 16);
+    wr16(out + 20, STUN_A_MAPPED_ADDRESS);
+    wr16(out + 22, 8);
+    out[24] = 0;
+    out[25] = 1;
+    wr16(out + 26, ntohs(client->u.in4.sin_port));
+    memcpy(out + 28, &client->u.in4.sin_addr, 4);
+    return STUN_HDR_LEN + 12;
 }

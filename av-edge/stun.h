@@ -17,6 +17,10 @@
 #define STUN_MAX_ATTRS 40
 #define STUN_MAX_UNKNOWN 8
 #define STUN_FP_XOR 0x5354554Eu
+/* Channel numbers: RFC 8656 uses 0x4000-0x4FFF; RFC 5766 allowed up to 0x7FFF and
+ * deployed clients still pick from there, so both are accepted. */
+#define STUN_CHANNEL_MIN 0x4000
+#define STUN_CHANNEL_MAX 0x7FFF
 
 /* Classes (the C1 C0 bits). */
 enum stun_class {
@@ -98,7 +102,8 @@ struct stun_msg {
     uint16_t unknown[STUN_MAX_UNKNOWN];
 };
 
-/* Quick test for the first byte demultiplex (RFC 7983): 0..3 STUN, 64..79 ChannelData. */
+/* Quick test for the first byte demultiplex (RFC 7983): 0..3 STUN, 64..79 ChannelData
+ * (64..127 accepted: RFC 5766 clients such as coturn's use channels up to 0x7FFF). */
 static inline bool stun_is_stun(const uint8_t *p, size_t len)
 {
     return len >= STUN_HDR_LEN && (p[0] & 0xC0) == 0 && p[4] == 0x21 && p[5] == 0x12 &&
@@ -106,7 +111,7 @@ static inline bool stun_is_stun(const uint8_t *p, size_t len)
 }
 static inline bool stun_is_chandata(const uint8_t *p, size_t len)
 {
-    return len >= 4 && (p[0] & 0xF0) == 0x40;
+    return len >= 4 && (p[0] & 0xC0) == 0x40;
 }
 
 /* Parses one message at p. Returns the message length (bytes used), -EAGAIN when the
@@ -162,6 +167,13 @@ ssize_t stun_build_finish(struct stun_builder *b);
 
 /* Standard reason phrase for an error code ("Bad Request", ...). */
 const char *stun_reason(int code);
+
+/* RFC 3489 (classic STUN, no magic cookie) Binding request: writes a Binding response with
+ * MAPPED-ADDRESS (plain) for client into out. Returns its length, -EBADMSG if req is not
+ * a classic Binding request, or -EPERM if it asks for a changed IP or port (CHANGE-REQUEST
+ * flags), which a single-address server cannot honour (no answer is the RFC 3489 way). */
+ssize_t stun_classic_binding_reply(const uint8_t *req, size_t len, const struct addr *client,
+                                   uint8_t *out, size_t cap);
 
 /* ChannelData (RFC 8656 12.4). Parses one frame: channel number and a slice of the data.
  * stream: the frame is padded to a multiple of 4 (TCP/TLS), and the return value counts

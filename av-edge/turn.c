@@ -310,6 +310,7 @@ static int reply_error(struct req *r, int code)
     r->out->code = code;
     if (code != 401 && code != 438)
         t->st.errors++;
+    LOGD(t->log, r->in->client, "error %d to method 0x%03x", code, r->m->method);
     return 0;
 }
 
@@ -720,7 +721,7 @@ static int do_channel_bind(struct req *r)
     if (!cn || stun_attr_u32(r->m, cn, &v) || !pa || stun_attr_xaddr(r->m, pa, &peer))
         return reply_error(r, 400);
     uint16_t num = (uint16_t)(v >> 16);
-    if (num < 0x4000 || num > 0x4FFF)
+    if (num < STUN_CHANNEL_MIN || num > STUN_CHANNEL_MAX)
         return reply_error(r, 400);
     if (!peer_ok(r, a, &peer))
         return 0;
@@ -880,8 +881,23 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
     if (stun_is_chandata(p, len))
         return do_chandata(t, in, p, len, out);
     struct stun_msg m;
-    if (stun_msg_parse(&m, p, len) < 0)
-        return -EBADMSG;
+    if (stun_msg_parse(&m, p, len) < 0) {
+        /* RFC 3489 clients (no magic cookie) still get their mapped address. */
+        ssize_t n = stun_classic_binding_reply(p, len, in->client, out->reply, out->reply_cap);
+        if (n < 0)
+            return -EBADMSG;
+        if (t->unauth) {
+            size_t ipn;
+            const uint8_t *ip = ip_bytes(in->client, &ipn);
+            if (!ratelimit_take(t->unauth, ip, ipn, 1, in->now_ms, NULL)) {
+                t->st.unauth_limited++;
+                return -EAGAIN;
+            }
+        }
+        out->reply_len = (size_t)n;
+        t->st.bindings++;
+        return 0;
+    }
     if (m.fp_off && stun_msg_check_fingerprint(&m) != 0)
         return -EBADMSG;
     if (m.cls == STUN_INDICATION)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "proto/control.pb-c.h"
 
@@ -384,6 +385,7 @@ ssize_t ctl_frame_encode(const struct ctl_msg *m, uint8_t *out, size_t cap)
 
 #ifndef FUZZING
 /* The fuzz target needs only the codec above; everything below binds it to libuv. */
+#include "common/daemon.h"
 #include "common/stream.h"
 
 /* Encodes m into a malloc'd frame; the caller frees *out. */
@@ -399,13 +401,13 @@ static ssize_t frame_alloc(const struct ctl_msg *m, uint8_t **out)
     uint8_t *p = malloc(CTL_PREFIX + n);
     if (!p)
         return -ENOMEM;
-    ssize_t w = ctl_frame_encode(m, p, CTL_PREFIX + n);
-    if (w < 0) {
-        free(p);
-        return w;
-    }
+    p[0] = (uint8_t)(n >> 24);
+    p[1] = (uint8_t)(n >> 16);
+    p[2] = (uint8_t)(n >> 8);
+    p[3] = (uint8_t)n;
+    edgectl__envelope__pack(&x.env, p + CTL_PREFIX);
     *out = p;
-    return w;
+    return (ssize_t)(CTL_PREFIX + n);
 }
 
 /* Reassembly shared by both ends: bytes arrive in any split; whole frames come out.
@@ -530,15 +532,16 @@ struct ctl_client {
 
     struct stream *st;
     enum client_state state;
-    bool stopping, welcomed_this_conn, closing_stream;
+    bool stopping, closing_stream;
     struct framer fr;
     uv_timer_t retry, report, hb;
     int open_handles;
     uint32_t backoff_ms, heartbeat_ms;
     uint64_t attempt_start, last_rx, ping_seq, rng;
     char director_id[CTL_ID_MAX];
-    char last_fail[160]; /* last reason a connection attempt failed, logged once */
+    char last_fail[160];             /* last reason a connection attempt failed, logged once */
     char goodbye[CTL_NOTE_MAX + 48]; /* the Director's reason for closing this connection */
+    struct metric *m_connected, *m_failures, *m_reports;
 };
 
 static void client_connect(struct ctl_client *c);
@@ -590,7 +593,8 @@ static void client_send_periodic_report(struct ctl_client *c)
         return;
     m->type = CTL_MSG_REPORT;
     c->fill(&m->u.report, c->fill_arg);
-    client_send(c, m);
+    if (client_send(c, m) == 0)
+        metric_inc(c->m_reports);
     free(m);
 }
 
@@ -662,14 +666,14 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
         c->state = CL_ESTABLISHED;
         c->backoff_ms = c->o.backoff_min_ms;
         c->last_fail[0] = '\0';
+        metric_set(c->m_connected, 1);
         /* Bounded whatever the Director says: no busy loop, no week-long silence. */
-        c->heartbeat_ms = w->heartbeat_ms < 100 ? (w->heartbeat_ms ? 100 : 1000)
+        c->heartbeat_ms = w->heartbeat_ms < 100     ? (w->heartbeat_ms ? 100 : 1000)
                           : w->heartbeat_ms > 60000 ? 60000
                                                     : w->heartbeat_ms;
         snprintf(c->director_id, sizeof c->director_id, "%s", w->director_id);
         LOGI(c->o.log, &c->o.director, "ctl: registered with Director %s as %s/%s (%zu secrets)",
-             w->director_id, ctl_role_name(c->o.hello.role), c->o.hello.instance_id,
-             w->n_secrets);
+             w->director_id, ctl_role_name(c->o.hello.role), c->o.hello.instance_id, w->n_secrets);
         uv_timer_start(&c->hb, client_on_hb_timer, c->heartbeat_ms, c->heartbeat_ms);
         if (c->cb.on_connected)
             c->cb.on_connected(w->director_id, c->arg);
@@ -750,6 +754,7 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
     c->st = NULL;
     c->closing_stream = false;
     c->state = CL_IDLE;
+    metric_set(c->m_connected, 0);
     uv_timer_stop(&c->report);
     uv_timer_stop(&c->hb);
     if (c->stopping) {
@@ -760,11 +765,11 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
     framer_leftover(&c->fr, left, sizeof left);
     const char *reason = c->goodbye[0] ? c->goodbye
                          : why && *why ? why
-                         : err ? strerror(-err)
-                               : "closed by the Director";
+                         : err         ? strerror(-err)
+                                       : "closed by the Director";
     if (was_established) {
-        LOGW(c->o.log, &c->o.director, "ctl: lost the Director: %s%s%s", reason,
-             *left ? "; " : "", left);
+        LOGW(c->o.log, &c->o.director, "ctl: lost the Director: %s%s%s", reason, *left ? "; " : "",
+             left);
         if (c->cb.on_disconnected)
             c->cb.on_disconnected(reason, c->arg);
     } else if (strcmp(reason, c->last_fail) != 0) {
@@ -775,6 +780,7 @@ static void client_on_close(struct stream *s, int err, const char *why, void *ar
     } else {
         LOGD(c->o.log, &c->o.director, "ctl: cannot reach the Director: %s", reason);
     }
+    metric_inc(c->m_failures);
     if (!c->stopping)
         client_schedule_retry(c);
 }
@@ -824,8 +830,8 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
         tls_ctx_ref(tls);
     } else {
         struct tls_cert_opts co = {.cert_file = o->cert_file, .key_file = o->key_file};
-        struct tls_opts to = {.certs = &co, .ncerts = 1, .ca_file = o->ca_file,
-                              .verify_peer = true};
+        struct tls_opts to = {
+            .certs = &co, .ncerts = 1, .ca_file = o->ca_file, .verify_peer = true};
         char err[256] = "";
         int rc = tls_ctx_create(&tls, &to, err, sizeof err);
         if (rc) {
@@ -861,6 +867,12 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
     c->arg = arg;
     c->backoff_ms = c->o.backoff_min_ms;
     c->heartbeat_ms = 1000;
+    c->m_connected =
+        metrics_gauge(o->metrics, "ctl_connected", "1 while registered with the Director", NULL);
+    c->m_failures = metrics_counter(o->metrics, "ctl_connection_failures_total",
+                                    "control connections that failed or were lost", NULL);
+    c->m_reports = metrics_counter(o->metrics, "ctl_reports_sent_total",
+                                   "load reports sent to the Director", NULL);
     c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c ^ 0x9E3779B97F4A7C15ULL;
     if (!c->rng)
         c->rng = 1;
@@ -873,6 +885,36 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
     *out = c;
     client_connect(c);
     return 0;
+}
+
+int ctl_client_start_link(uv_loop_t *loop, const struct director_link_config *link,
+                          const struct ctl_hello *hello, const struct logger *log,
+                          struct metrics *metrics, const struct ctl_client_cbs *cb, void *arg,
+                          struct ctl_client **out)
+{
+    if (!link || !hello || !out)
+        return -EINVAL;
+    if (!link->enabled) {
+        *out = NULL;
+        return 0;
+    }
+    struct ctl_client_opts o;
+    memset(&o, 0, sizeof o);
+    o.director = link->address;
+    o.director_name = link->server_name;
+    o.cert_file = link->tls.cert;
+    o.key_file = link->tls.key;
+    o.ca_file = link->tls.ca;
+    o.hello = *hello;
+    o.report_interval_ms =
+        link->report_interval_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)link->report_interval_ms;
+    o.log = log;
+    o.metrics = metrics;
+    if (!o.cert_file || !o.key_file || !o.ca_file) {
+        LOGE(log, NULL, "ctl: director.tls needs cert, key and ca (mutual TLS)");
+        return -EINVAL;
+    }
+    return ctl_client_start(loop, &o, cb, arg, out);
 }
 
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg)
@@ -896,6 +938,8 @@ int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r)
     m->u.report = *r;
     int rc = client_send(c, m);
     free(m);
+    if (rc == 0)
+        metric_inc(c->m_reports);
     return rc;
 }
 
@@ -959,6 +1003,8 @@ struct ctl_server {
     struct ctl_peer *peers;
     size_t npeers, nhello, max_peers;
     uint64_t last_reject_log;
+    struct metric *m_refused_tls, *m_refused_frame, *m_refused_hello, *m_refused_overload;
+    struct metric *m_hb_timeouts;
     int open_handles;
     bool stopping;
 };
@@ -1053,6 +1099,7 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
     if (h->role == CTL_ROLE_UNKNOWN || h->role == CTL_ROLE_DIRECTOR || !h->instance_id[0]) {
         LOGW(s->log, &p->addr, "ctl: refusing Hello with role %s and instance \"%s\"",
              ctl_role_name(h->role), h->instance_id);
+        metric_inc(s->m_refused_hello);
         peer_goodbye(p, -EPROTO, "invalid Hello: an edge role and an instance id are required");
         return -EPROTO;
     }
@@ -1067,6 +1114,7 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
         snprintf(why, sizeof why, "%s/%s is already connected from %s", ctl_role_name(h->role),
                  h->instance_id, addr_format(&old->addr, a));
         LOGW(s->log, &p->addr, "ctl: refusing Hello: %s", why);
+        metric_inc(s->m_refused_hello);
         peer_goodbye(p, -EEXIST, why);
         return -EEXIST;
     }
@@ -1077,14 +1125,15 @@ static int peer_on_hello(struct ctl_peer *p, const struct ctl_hello *h)
         return -ENOMEM;
     }
     m->type = CTL_MSG_WELCOME;
-    int n = s->cb.on_hello ? s->cb.on_hello(p, h, m->u.welcome.secrets, CTL_SECRETS_MAX, s->arg)
-                           : 0;
+    int n =
+        s->cb.on_hello ? s->cb.on_hello(p, h, m->u.welcome.secrets, CTL_SECRETS_MAX, s->arg) : 0;
     if (n < 0) {
         LOGW(s->log, &p->addr, "ctl: %s/%s refused: %s", ctl_role_name(h->role), h->instance_id,
              strerror(-n));
         free(m);
         char why[96];
         snprintf(why, sizeof why, "refused by the Director: %s", strerror(-n));
+        metric_inc(s->m_refused_hello);
         peer_goodbye(p, n, why);
         return n;
     }
@@ -1165,8 +1214,7 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
     case CTL_MSG_PONG:
         return 0;
     default:
-        LOGW(s->log, &p->addr, "ctl: closing: an edge may not send message type %d",
-             (int)m->type);
+        LOGW(s->log, &p->addr, "ctl: closing: an edge may not send message type %d", (int)m->type);
         peer_goodbye(p, -EPROTO, "protocol error: a message an edge may not send");
         return 0;
     }
@@ -1185,6 +1233,7 @@ static int peer_on_data(struct stream *st, const uint8_t *data, size_t len, void
         else
             LOGW(p->srv->log, &p->addr, "ctl: closing control connection: %s", why);
         p->fr.in.rd = p->fr.in.wr = 0;
+        metric_inc(p->srv->m_refused_frame);
         peer_goodbye(p, rc, why);
     }
     return 0;
@@ -1224,15 +1273,16 @@ static void peer_on_close(struct stream *st, int err, const char *why, void *arg
     if (p->said_hello)
         s->nhello--;
     const char *reason = p->close_why[0] ? p->close_why
-                         : why && *why ? why
-                         : err ? strerror(-err)
-                               : "closed by the edge";
+                         : why && *why   ? why
+                         : err           ? strerror(-err)
+                                         : "closed by the edge";
     if (!s->stopping) {
         char left[96];
         framer_leftover(&p->fr, left, sizeof left);
         if (!p->opened && err == 0) {
             LOGI(s->log, &p->addr, "ctl: connection closed before the TLS handshake finished");
         } else if (!p->opened) {
+            metric_inc(s->m_refused_tls);
             LOGW(s->log, &p->addr, "ctl: refused control connection: TLS handshake failed: %s",
                  reason);
         } else if (p->said_hello) {
@@ -1266,6 +1316,7 @@ static void server_reject(struct ctl_server *s, uv_stream_t *l, const char *why)
         uv_close((uv_handle_t *)t, server_on_rejected_closed);
     }
     uint64_t now = uv_now(s->loop);
+    metric_inc(s->m_refused_overload);
     if (now - s->last_reject_log >= 1000 || !s->last_reject_log) {
         s->last_reject_log = now;
         LOGW(s->log, NULL, "ctl: refusing a control connection: %s (%zu open)", why, s->npeers);
@@ -1329,6 +1380,7 @@ static void server_on_hb(uv_timer_t *t)
             char why[96];
             snprintf(why, sizeof why, "heartbeat timeout: silent for %llu ms",
                      (unsigned long long)(now - p->last_rx));
+            metric_inc(s->m_hb_timeouts);
             peer_close(p, -ETIMEDOUT, p->said_hello ? why : "no Hello in time");
             continue;
         }
@@ -1354,6 +1406,14 @@ int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
     s->log = o->log;
     s->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
     s->max_peers = o->max_peers ? o->max_peers : 1024;
+    static const char *const help = "control connections refused, by reason";
+    s->m_refused_tls = metrics_counter(o->metrics, "ctl_refused_total", help, "reason=\"tls\"");
+    s->m_refused_frame = metrics_counter(o->metrics, "ctl_refused_total", help, "reason=\"frame\"");
+    s->m_refused_hello = metrics_counter(o->metrics, "ctl_refused_total", help, "reason=\"hello\"");
+    s->m_refused_overload =
+        metrics_counter(o->metrics, "ctl_refused_total", help, "reason=\"overload\"");
+    s->m_hb_timeouts = metrics_counter(o->metrics, "ctl_heartbeat_timeouts_total",
+                                       "peers dropped after three silent heartbeats", NULL);
     snprintf(s->director_id, sizeof s->director_id, "%s", o->director_id ? o->director_id : "");
     s->tls = o->tls;
     tls_ctx_ref(s->tls);
@@ -1447,6 +1507,31 @@ const char *ctl_peer_cert_name(const struct ctl_peer *p)
     return p->cert_name;
 }
 
+static bool name_matches(const char *have, const char *want)
+{
+    size_t n = strlen(want);
+    return have && strncasecmp(have, want, n) == 0 && (have[n] == '\0' || have[n] == '.');
+}
+
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name)
+{
+    if (!p || !name || !*name || p->stream_closed)
+        return false;
+    struct tls_conn *t = stream_tls(p->st);
+    if (!t || !tls_conn_peer_verified(t))
+        return false;
+    if (name_matches(tls_conn_peer_cn(t), name))
+        return true;
+    for (size_t i = 0; i < 64; i++) {
+        const char *san = tls_conn_peer_san(t, i);
+        if (!san)
+            break;
+        if (name_matches(san, name))
+            return true;
+    }
+    return false;
+}
+
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *sec)
 {
     if (!p || !sec)
@@ -1486,7 +1571,7 @@ int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms)
 void ctl_peer_close(struct ctl_peer *p, const char *why)
 {
     if (p)
-        peer_close(p, -ECONNABORTED, why ? why : "closed by the Director");
+        peer_goodbye(p, -ECONNABORTED, why ? why : "closed by the Director");
 }
 
 #endif /* !FUZZING */

@@ -15,11 +15,12 @@
 #ifndef COMMON_CTL_H
 #define COMMON_CTL_H
 
-#include <uv.h>
 #include "common/addr.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "common/util.h"
+#include <uv.h>
 
 /* Largest Envelope accepted or sent (the 4-byte length prefix is not counted). */
 #define CTL_FRAME_MAX (64 * 1024)
@@ -123,7 +124,7 @@ struct ctl_msg {
         struct ctl_secret secret;
         struct ctl_revoke revoke;
         uint32_t drain_deadline_ms;
-        uint64_t seq; /* ping, pong */
+        uint64_t seq;              /* ping, pong */
         char reason[CTL_NOTE_MAX]; /* goodbye */
     } u;
 };
@@ -145,10 +146,12 @@ struct ctl_client;
 
 /* Every callback is optional. None runs after ctl_client_stop. */
 struct ctl_client_cbs {
-    void (*on_connected)(const char *director_id, void *arg);    /* Welcome received */
-    void (*on_disconnected)(const char *why, void *arg);         /* after a Welcome only */
-    void (*on_secret)(const struct ctl_secret *s, void *arg);    /* from Welcome and updates */
-    void (*on_report)(const struct ctl_report *r, void *arg);    /* another edge's report */
+    void (*on_connected)(const char *director_id, void *arg); /* Welcome received */
+    void (*on_disconnected)(const char *why, void *arg);      /* after a Welcome only */
+    /* From Welcome (oldest first) and each SecretUpdate (a new current key): installing each
+     * with keyring_rotate() in arrival order keeps the edge's keyring equal to the Director's. */
+    void (*on_secret)(const struct ctl_secret *s, void *arg);
+    void (*on_report)(const struct ctl_report *r, void *arg); /* another edge's report */
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);
 };
@@ -165,26 +168,34 @@ struct ctl_client_opts {
     uint32_t backoff_min_ms, backoff_max_ms; /* 0 = 100 / 5000 */
     uint32_t welcome_timeout_ms;             /* TLS handshake + Welcome; 0 = 5000 */
     const struct logger *log;                /* must outlive the client */
+    /* Optional: registers ctl_connected (gauge), ctl_connection_failures_total and
+     * ctl_reports_sent_total; must outlive the client. */
+    struct metrics *metrics;
 };
 
 /* Starts connecting at once; returns 0 or a negative errno (bad options, unreadable
- * certificates: logged, no memory). An edge typically fills the options from its
- * `director:` config section (struct director_link_config in common/daemon.h):
- *
- *     struct ctl_client_opts o = {
- *         .director = cfg->director.address, .director_name = cfg->director.server_name,
- *         .cert_file = cfg->director.tls.cert, .key_file = cfg->director.tls.key,
- *         .ca_file = cfg->director.tls.ca,
- *         .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
- *         .log = daemon_logger(d),
- *         .hello = {.role = CTL_ROLE_AV_EDGE, .version = SUITE_VERSION, ...},
- *     };
- *     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", cfg->base.instance_id);
- *     rc = ctl_client_start(loop, &o, &my_cbs, state, &state->ctl);
- *     ctl_client_set_report_source(state->ctl, my_fill_report, state);
- */
+ * certificates: logged, no memory). Edges usually call ctl_client_start_link below with
+ * their `director:` config section instead, then ctl_client_set_report_source. */
 int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
                      const struct ctl_client_cbs *cb, void *arg, struct ctl_client **out);
+/* The same from an edge's `director:` config section (struct director_link_config in
+ * common/daemon.h): address, server_name, tls files and report_interval come from link,
+ * the rest from hello. With `enabled: false` it starts nothing: *out = NULL, returns 0.
+ *
+ *     struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .subscribe = {CTL_ROLE_AV_EDGE},
+ *                           .n_subscribe = 1};
+ *     snprintf(h.instance_id, sizeof h.instance_id, "%s", cfg->base.instance_id);
+ *     snprintf(h.version, sizeof h.version, "%s", SUITE_VERSION); // from version.h
+ *     rc = ctl_client_start_link(daemon_loop(d), &cfg->director, &h, daemon_logger(d),
+ *                                daemon_metrics(d), &av_ctl_cbs, av, &av->ctl);
+ *     if (rc == 0 && av->ctl)
+ *         ctl_client_set_report_source(av->ctl, av_fill_report, av);
+ */
+struct director_link_config;
+int ctl_client_start_link(uv_loop_t *loop, const struct director_link_config *link,
+                          const struct ctl_hello *hello, const struct logger *log,
+                          struct metrics *metrics, const struct ctl_client_cbs *cb, void *arg,
+                          struct ctl_client **out);
 /* The client calls fill before each periodic report (and right after each Welcome). */
 typedef void (*ctl_report_fill_cb)(struct ctl_report *r, void *arg);
 void ctl_client_set_report_source(struct ctl_client *c, ctl_report_fill_cb fill, void *arg);
@@ -214,11 +225,14 @@ struct ctl_server_cbs {
 
 struct ctl_server_opts {
     struct addr listen;
-    struct tls_ctx *tls;   /* server ctx requiring client certificates; referenced */
-    uint32_t heartbeat_ms; /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
-    const char *director_id; /* copied */
-    size_t max_peers;        /* open connections at most (0 = 1024); more are refused */
+    struct tls_ctx *tls;      /* server ctx requiring client certificates; referenced */
+    uint32_t heartbeat_ms;    /* 0 = 1000; a peer silent for 3 heartbeats is dropped */
+    const char *director_id;  /* copied */
+    size_t max_peers;         /* open connections at most (0 = 1024); more are refused */
     const struct logger *log; /* must outlive the server */
+    /* Optional: registers ctl_refused_total{reason="tls|frame|hello|overload"} and
+     * ctl_heartbeat_timeouts_total; must outlive the server. */
+    struct metrics *metrics;
 };
 
 int ctl_server_start(uv_loop_t *loop, const struct ctl_server_opts *o,
@@ -238,12 +252,15 @@ const struct ctl_hello *ctl_peer_hello(const struct ctl_peer *p);
 const struct addr *ctl_peer_addr(const struct ctl_peer *p);
 /* Subject CN of the peer's (verified) certificate, or "". */
 const char *ctl_peer_cert_name(const struct ctl_peer *p);
+/* True if the peer's certificate names `name` (its CN or a DNS subjectAltName), exactly or
+ * as the first label ("av-edge" matches "av-edge" and "av-edge.example.net"). */
+bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
 /* Each returns 0, -ENOTCONN if the peer is closing, or -ENOBUFS (then the peer is closed:
  * an edge that does not read its control channel is dropped). */
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);
 int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
-/* Closes p; on_gone follows from the loop. */
+/* Says Goodbye with why and closes p; on_gone follows from the loop. */
 void ctl_peer_close(struct ctl_peer *p, const char *why);
 
 #endif

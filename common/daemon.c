@@ -80,6 +80,11 @@ struct daemon {
     struct metric *m_reload_ok, *m_reload_fail;
 };
 
+const char *daemon_version(void)
+{
+    return SUITE_VERSION;
+}
+
 uv_loop_t *daemon_loop(struct daemon *d)
 {
     return &d->loop;

@@ -75,6 +75,8 @@ extern const struct cfg_key director_link_keys[];
 /* Runs the whole program: parses argv, loads config, starts, runs the loop, exits. */
 int daemon_main(int argc, char **argv, const struct daemon_ops *ops);
 
+/* "0.1.0+g<commit>": for Hello messages and banners. */
+const char *daemon_version(void);
 uv_loop_t *daemon_loop(struct daemon *d);
 const struct logger *daemon_logger(struct daemon *d);
 struct metrics *daemon_metrics(struct daemon *d);

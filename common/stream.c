@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define STREAM_READ_CHUNK 16384
 #define STREAM_READ_MAX 65536
@@ -44,18 +44,18 @@ struct stream {
     struct stream_wreq *inflight;
     struct addr peer, local;
     int open_handles;
-    bool connected;    /* the socket can be written */
+    bool connected; /* the socket can be written */
     bool opened;
     bool closing;
-    bool silent;       /* constructor failed: free without on_close */
-    bool reading;      /* the user wants data */
+    bool silent;  /* constructor failed: free without on_close */
+    bool reading; /* the user wants data */
     bool want_drain;
     bool want_shutdown;
     bool shut_sent;
-    bool eof;          /* peer finished: close once the write queue is empty */
+    bool eof; /* peer finished: close once the write queue is empty */
     bool in_process;
-    bool in_read;      /* inside on_read: a TLS start waits for the user's on_data to return */
-    bool accepted;     /* server side: the first bytes must start a TLS ClientHello */
+    bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
+    bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
     int close_err;
     char *close_why; /* allocated when closing */
@@ -480,7 +480,8 @@ void stream_read_start(struct stream *s)
     if (!s || s->closing || s->reading)
         return;
     s->reading = true;
-    if (!s->eof && start_reading(s) < 0) {
+    /* Before connect completes there is no socket to read yet: on_connect starts it. */
+    if (s->connected && !s->eof && start_reading(s) < 0) {
         stream_close(s, -EIO, "cannot read");
         return;
     }
@@ -594,7 +595,8 @@ static void on_connect(uv_connect_t *req, int status)
     uv_tcp_nodelay(&s->tcp, 1);
     fill_addrs(s);
     s->connected = true;
-    int rc = start_reading(s);
+    /* TLS reads for its handshake even if the user paused; plain TCP honours the pause. */
+    int rc = s->reading || s->tls ? start_reading(s) : 0;
     if (rc < 0) {
         stream_close(s, rc, "cannot read");
         return;
@@ -663,7 +665,7 @@ int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_n
     q_free(&s->plain);
     s->tls = t;
     s->seen_bytes = true; /* the caller sniffed the first bytes and chose TLS */
-    s->opened = false; /* on_open fires again when the handshake is done */
+    s->opened = false;    /* on_open fires again when the handshake is done */
     uint32_t to = s->hs_timeout_ms ? s->hs_timeout_ms : tls_ctx_handshake_timeout(ctx);
     if (to)
         uv_timer_start(&s->kick, on_kick, to, 0);

@@ -12,10 +12,10 @@
 #ifndef COMMON_STREAM_H
 #define COMMON_STREAM_H
 
-#include <uv.h>
 #include "common/addr.h"
 #include "common/tls.h"
 #include "common/util.h"
+#include <uv.h>
 
 struct stream;
 
@@ -33,10 +33,10 @@ struct stream_cbs {
 };
 
 struct stream_opts {
-    struct tls_ctx *tls;        /* NULL = plain TCP; the stream takes a reference */
-    const char *server_name;    /* client: SNI and name to verify */
-    size_t read_chunk;          /* bytes per read (default 16 KiB) */
-    size_t write_cap;           /* queued bytes before -ENOBUFS (default 256 KiB) */
+    struct tls_ctx *tls;           /* NULL = plain TCP; the stream takes a reference */
+    const char *server_name;       /* client: SNI and name to verify */
+    size_t read_chunk;             /* bytes per read (default 16 KiB) */
+    size_t write_cap;              /* queued bytes before -ENOBUFS (default 256 KiB) */
     uint32_t handshake_timeout_ms; /* 0 = none */
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
 };
@@ -52,7 +52,7 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
 /* Copies data into the write queue (encrypting if TLS). */
 int stream_write(struct stream *s, const void *data, size_t len);
 size_t stream_queued(const struct stream *s);
-void stream_read_stop(struct stream *s);  /* backpressure: stop reading */
+void stream_read_stop(struct stream *s); /* backpressure: stop reading */
 void stream_read_start(struct stream *s);
 /* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */
 void stream_shutdown(struct stream *s);
@@ -73,7 +73,11 @@ struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */
 void stream_set_arg(struct stream *s, void *arg);
 uv_loop_t *stream_loop(const struct stream *s);
 
-/* Binds and listens on addr (SO_REUSEADDR; reuseport if asked). */
+/* Binds and listens on addr (SO_REUSEADDR; SO_REUSEPORT if asked, so N worker loops can
+ * each own a listener on the same port; IPv6 addresses are v6-only). backlog <= 0 means
+ * 511. On failure (negative errno, e.g. -EADDRINUSE) server was not initialised, except if
+ * uv_listen itself fails: then it is being closed and must stay valid for one loop turn.
+ * The caller owns server and uv_close()s it. */
 int stream_listen(uv_loop_t *loop, uv_tcp_t *server, const struct addr *addr, int backlog,
                   bool reuseport, uv_connection_cb on_conn);
 

@@ -2,15 +2,16 @@
  * SSL headers. */
 #include "common/tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
-#include <arpa/inet.h>
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
@@ -30,14 +31,20 @@
 /* mbedTLS 2.28 allocates two 16 KiB record buffers per connection for its whole life
  * (MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH is off in the packaged build). An idle connection
  * does not need them: between records nothing lives there but the two 8-byte sequence
- * numbers, so we keep those and free the buffers, and allocate them again when a record
- * comes or goes. This reaches into mbedTLS 2.x internals (ssl_internal.h), hence the
- * version guard; elsewhere connections simply keep their buffers. */
-#if MBEDTLS_VERSION_MAJOR == 2 && !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH)
+ * numbers, so we keep those and give the buffers back, and take a pair again when a record
+ * comes or goes. A small pool per ctx keeps busy connections from paying malloc, free and
+ * heap trimming on every record. This reaches into mbedTLS 2.x internals (ssl_internal.h),
+ * hence the version guard; elsewhere connections simply keep their buffers. */
+#if MBEDTLS_VERSION_MAJOR == 2 && !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH) &&                  \
+    !defined(TLS_NO_SLEEP)
 #define TLS_CAN_SLEEP 1
 #else
 #define TLS_CAN_SLEEP 0
 #endif
+
+#define TLS_BUF_IN MBEDTLS_SSL_IN_BUFFER_LEN
+#define TLS_BUF_PAIR (MBEDTLS_SSL_IN_BUFFER_LEN + MBEDTLS_SSL_OUT_BUFFER_LEN)
+#define TLS_POOL_MAX 32 /* spare buffer pairs per ctx: at most ~1 MiB */
 
 /* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
 #define TLS_IN_CAP (4 * (16384 + 2048))
@@ -73,13 +80,15 @@ struct tls_ctx {
     bool has_ca;
     mbedtls_ssl_ticket_context ticket;
     mbedtls_ssl_cache_context cache;
-    const char **alpn; /* owned, NULL-terminated, strings in the same block */
-    int *suites;       /* 0-terminated */
+    const char **alpn;            /* owned, NULL-terminated, strings in the same block */
+    int *suites;                  /* 0-terminated */
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
     /* Client: the last session, offered again on reconnect to the same name. */
-    pthread_mutex_t lock;
+    pthread_mutex_t lock; /* the saved session and the buffer pool */
+    unsigned char *pool[TLS_POOL_MAX];
+    size_t npool;
     mbedtls_ssl_session session;
     bool has_session;
     char session_name[256];
@@ -88,23 +97,25 @@ struct tls_ctx {
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
-    struct bq in;      /* ciphertext fed, not yet consumed by mbedTLS */
-    struct bq out;     /* ciphertext produced, not yet taken by the caller */
-    struct bq early;   /* plaintext written before the handshake finished */
-    bool done;         /* handshake finished */
+    struct bq in;    /* ciphertext fed, not yet consumed by mbedTLS */
+    struct bq out;   /* ciphertext produced, not yet taken by the caller */
+    struct bq early; /* plaintext written before the handshake finished */
+    bool done;       /* handshake finished */
     bool resumed;
     bool failed;
     bool verified;
-    bool asleep;       /* record buffers freed while idle */
+    bool asleep;    /* record buffers given back while idle */
+    bool pooled;    /* the record buffers are one block from the ctx pool */
+    size_t in_used; /* bytes of in_buf written since it was taken: wiped on release */
     uint8_t ctr_in[8], ctr_out[8]; /* record sequence numbers while asleep */
-    bool ip_name;      /* client: server_name is an IP literal, checked against IP SANs */
+    bool ip_name; /* client: server_name is an IP literal, checked against IP SANs */
     uint8_t ip[16];
     size_t iplen;
     char *sni;
     char *peer_cn;
-    char *vinfo; /* issuer and subject of the peer certificate during the handshake */
+    char *vinfo;      /* issuer and subject of the peer certificate during the handshake */
     char **peer_sans; /* NULL-terminated; strings in the same block */
-    char *err; /* allocated on the first failure: most connections never have one */
+    char *err;        /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -194,27 +205,48 @@ static const char *mbed_str(int rc, char *out, size_t cap)
 static const char *alert_name(unsigned a)
 {
     switch (a) {
-    case 0: return "close_notify";
-    case 10: return "unexpected_message";
-    case 20: return "bad_record_mac";
-    case 40: return "handshake_failure";
-    case 42: return "bad_certificate";
-    case 43: return "unsupported_certificate";
-    case 44: return "certificate_revoked";
-    case 45: return "certificate_expired";
-    case 46: return "certificate_unknown";
-    case 47: return "illegal_parameter";
-    case 48: return "unknown_ca";
-    case 50: return "decode_error";
-    case 51: return "decrypt_error";
-    case 70: return "protocol_version";
-    case 71: return "insufficient_security";
-    case 80: return "internal_error";
-    case 86: return "inappropriate_fallback";
-    case 112: return "unrecognized_name";
-    case 116: return "certificate_required";
-    case 120: return "no_application_protocol";
-    default: return "unknown alert";
+    case 0:
+        return "close_notify";
+    case 10:
+        return "unexpected_message";
+    case 20:
+        return "bad_record_mac";
+    case 40:
+        return "handshake_failure";
+    case 42:
+        return "bad_certificate";
+    case 43:
+        return "unsupported_certificate";
+    case 44:
+        return "certificate_revoked";
+    case 45:
+        return "certificate_expired";
+    case 46:
+        return "certificate_unknown";
+    case 47:
+        return "illegal_parameter";
+    case 48:
+        return "unknown_ca";
+    case 50:
+        return "decode_error";
+    case 51:
+        return "decrypt_error";
+    case 70:
+        return "protocol_version";
+    case 71:
+        return "insufficient_security";
+    case 80:
+        return "internal_error";
+    case 86:
+        return "inappropriate_fallback";
+    case 112:
+        return "unrecognized_name";
+    case 116:
+        return "certificate_required";
+    case 120:
+        return "no_application_protocol";
+    default:
+        return "unknown alert";
     }
 }
 
@@ -313,6 +345,11 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
     if (n > len)
         n = len;
     memcpy(data, c->in.data + c->in.rd, n);
+    if (c->ssl.in_buf && data >= c->ssl.in_buf) {
+        size_t end = (size_t)(data - c->ssl.in_buf) + n;
+        if (end > c->in_used)
+            c->in_used = end;
+    }
     bq_consume(&c->in, n);
     return (int)n;
 }
@@ -464,22 +501,37 @@ static int read_file(const char *path, unsigned char **out, size_t *len, char *e
     return 0;
 }
 
-static int load_crt(mbedtls_x509_crt *crt, const char *path, char *err, size_t cap)
+/* Loads a PEM (or DER) certificate file. A CA bundle (bundle = true) may also be a
+ * directory of certificates, and may hold a few certificates mbedTLS cannot parse (system
+ * bundles do): it is accepted if at least one certificate loads. */
+static int load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char *err, size_t cap)
 {
+    char e[128];
+    struct stat st;
+    int rc;
+    if (bundle && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        rc = mbedtls_x509_crt_parse_path(crt, path);
+        if (rc < 0 || crt->raw.p == NULL) {
+            errf(err, cap, "%s: no certificate could be loaded from this directory", path);
+            return -EINVAL;
+        }
+        return 0;
+    }
     unsigned char *b;
     size_t n;
-    int rc = read_file(path, &b, &n, err, cap);
+    rc = read_file(path, &b, &n, err, cap);
     if (rc)
         return rc;
     rc = mbedtls_x509_crt_parse(crt, b, n);
     free(b);
-    if (rc != 0) {
-        char e[128];
+    if (rc == 0 || (rc > 0 && bundle && crt->raw.p != NULL))
+        return 0;
+    if (rc > 0 || (rc < 0 && crt->raw.p == NULL && n <= 1))
         errf(err, cap, "%s: not a valid certificate (%s)", path,
-             rc > 0 ? "some certificates failed to parse" : mbed_str(rc, e, sizeof e));
-        return -EINVAL;
-    }
-    return 0;
+             rc > 0 ? "some certificates failed to parse" : "empty file");
+    else
+        errf(err, cap, "%s: not a valid certificate (%s)", path, mbed_str(rc, e, sizeof e));
+    return -EINVAL;
 }
 
 static int load_key(mbedtls_pk_context *pk, const char *path, char *err, size_t cap)
@@ -522,8 +574,8 @@ static size_t der_len(uint8_t *p, size_t n)
 
 /* Generates an ECDSA P-256 key and a self-signed certificate for name, valid for a year,
  * with name as CN and dNSName. */
-static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const char *name,
-                            char *err, size_t cap)
+static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const char *name, char *err,
+                            size_t cap)
 {
     char e[128], subj[300], nb[16], na[16];
     unsigned char der[1024], san[300];
@@ -748,6 +800,8 @@ static void ctx_free(struct tls_ctx *c)
     free(c->certs);
     mbedtls_x509_crt_free(&c->ca);
     mbedtls_ssl_session_free(&c->session);
+    for (size_t i = 0; i < c->npool; i++)
+        free(c->pool[i]);
     pthread_mutex_destroy(&c->lock);
     mbedtls_ctr_drbg_free(&c->drbg);
     mbedtls_entropy_free(&c->entropy);
@@ -808,9 +862,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         c->ncerts++;
     }
     if (self) {
-        rc = make_self_signed(c, &c->certs[0], o->self_signed_name ? o->self_signed_name
-                                                                   : "localhost",
-                              err, errcap);
+        rc = make_self_signed(c, &c->certs[0],
+                              o->self_signed_name ? o->self_signed_name : "localhost", err, errcap);
         if (rc)
             goto fail;
     }
@@ -821,7 +874,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
             rc = -EINVAL;
             goto fail;
         }
-        rc = load_crt(&c->certs[i].crt, co->cert_file, err, errcap);
+        rc = load_crt(&c->certs[i].crt, co->cert_file, false, err, errcap);
         if (rc == 0)
             rc = load_key(&c->certs[i].key, co->key_file, err, errcap);
         if (rc)
@@ -836,7 +889,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         fingerprint(&c->certs[0].crt, c->fingerprint);
 
     if (o->ca_file) {
-        rc = load_crt(&c->ca, o->ca_file, err, errcap);
+        rc = load_crt(&c->ca, o->ca_file, true, err, errcap);
         if (rc)
             goto fail;
         c->has_ca = true;
@@ -906,9 +959,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     if (c->server) {
         /* Also with one certificate: it records the name the client asked for. */
         mbedtls_ssl_conf_sni(&c->conf, on_sni, c);
-        mbedtls_ssl_cache_set_max_entries(&c->cache, o->session_cache_size
-                                                         ? (int)o->session_cache_size
-                                                         : TLS_CACHE_DEFAULT);
+        mbedtls_ssl_cache_set_max_entries(
+            &c->cache, o->session_cache_size ? (int)o->session_cache_size : TLS_CACHE_DEFAULT);
         mbedtls_ssl_cache_set_timeout(&c->cache, TLS_CACHE_TIMEOUT_S);
         mbedtls_ssl_conf_session_cache(&c->conf, &c->cache, mbedtls_ssl_cache_get,
                                        mbedtls_ssl_cache_set);
@@ -968,7 +1020,35 @@ const char *tls_ctx_fingerprint(const struct tls_ctx *c)
 
 /* ---- connection ---- */
 
-/* Frees the record buffers of an established, idle connection. */
+#if TLS_CAN_SLEEP
+/* Wipes what records may have left in plaintext (they are decrypted in place in in_buf;
+ * out_buf holds ciphertext once a record is written, encryption being in place too) and
+ * hands the buffers back: a pooled block to the pool, mbedTLS's own pair to free(). */
+static void conn_release_bufs(struct tls_conn *c)
+{
+    mbedtls_ssl_context *s = &c->ssl;
+    mbedtls_platform_zeroize(s->in_buf, c->in_used < TLS_BUF_IN ? c->in_used : TLS_BUF_IN);
+    if (c->pooled) {
+        struct tls_ctx *ctx = c->ctx;
+        unsigned char *blk = s->in_buf;
+        pthread_mutex_lock(&ctx->lock);
+        if (ctx->npool < TLS_POOL_MAX) {
+            ctx->pool[ctx->npool++] = blk;
+            blk = NULL;
+        }
+        pthread_mutex_unlock(&ctx->lock);
+        free(blk);
+    } else {
+        free(s->in_buf);
+        free(s->out_buf);
+    }
+    s->in_buf = s->out_buf = NULL;
+    c->pooled = false;
+    c->in_used = 0;
+}
+#endif
+
+/* Gives back the record buffers of an established, idle connection. */
 static void conn_sleep(struct tls_conn *c)
 {
 #if TLS_CAN_SLEEP
@@ -978,38 +1058,37 @@ static void conn_sleep(struct tls_conn *c)
         return;
     memcpy(c->ctr_in, s->in_ctr, 8);
     memcpy(c->ctr_out, s->out_ctr, 8);
-    /* Records are decrypted in place, so in_buf may hold plaintext; out_buf holds only
-     * ciphertext once a record is written (encryption is in place too). */
-    mbedtls_platform_zeroize(s->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
-    free(s->in_buf);
-    free(s->out_buf);
-    s->in_buf = s->in_ctr = s->in_hdr = s->in_len = s->in_iv = s->in_msg = NULL;
-    s->out_buf = s->out_ctr = s->out_hdr = s->out_len = s->out_iv = s->out_msg = NULL;
+    conn_release_bufs(c);
+    s->in_ctr = s->in_hdr = s->in_len = s->in_iv = s->in_msg = NULL;
+    s->out_ctr = s->out_hdr = s->out_len = s->out_iv = s->out_msg = NULL;
     c->asleep = true;
 #else
     (void)c;
 #endif
 }
 
-/* Gives a sleeping connection its record buffers back. */
+/* Gives a sleeping connection a pair of record buffers again. */
 static int conn_wake(struct tls_conn *c)
 {
 #if TLS_CAN_SLEEP
     if (!c->asleep)
         return 0;
     mbedtls_ssl_context *s = &c->ssl;
-    /* mbedTLS allocates these with calloc and frees them with free (no platform memory
-     * hooks in this build); their content before use does not matter. */
-    unsigned char *in = malloc(MBEDTLS_SSL_IN_BUFFER_LEN);
-    unsigned char *out = malloc(MBEDTLS_SSL_OUT_BUFFER_LEN);
-    if (!in || !out) {
-        free(in);
-        free(out);
+    struct tls_ctx *ctx = c->ctx;
+    unsigned char *blk = NULL;
+    pthread_mutex_lock(&ctx->lock);
+    if (ctx->npool)
+        blk = ctx->pool[--ctx->npool];
+    pthread_mutex_unlock(&ctx->lock);
+    /* The content before use does not matter to mbedTLS. */
+    if (!blk && !(blk = malloc(TLS_BUF_PAIR))) {
         set_err(c, "out of memory");
         return -ENOMEM;
     }
-    s->in_buf = in;
-    s->out_buf = out;
+    s->in_buf = blk;
+    s->out_buf = blk + TLS_BUF_IN;
+    c->pooled = true;
+    c->in_used = 0;
     mbedtls_ssl_reset_in_out_pointers(s);
     mbedtls_ssl_update_out_pointers(s, s->transform_out); /* room for the explicit IV */
     memcpy(s->in_ctr, c->ctr_in, 8);
@@ -1113,6 +1192,11 @@ void tls_conn_destroy(struct tls_conn *c)
 {
     if (!c)
         return;
+#if TLS_CAN_SLEEP
+    /* A pooled block is one allocation that mbedTLS would free as two. */
+    if (c->pooled)
+        conn_release_bufs(c);
+#endif
     mbedtls_ssl_free(&c->ssl);
     bq_free(&c->in);
     bq_free(&c->out);
@@ -1364,4 +1448,102 @@ bool tls_looks_like_client_hello(const uint8_t *p, size_t len)
     if (len >= 6 && p[5] != 0x01)
         return false;
     return true;
+}
+
+/* ---- ClientHello peek (no TLS library) ---- */
+
+static uint32_t be(const uint8_t *p, size_t n)
+{
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Walks the body of a ClientHello for the host_name in server_name (RFC 6066 3). */
+static ssize_t hello_sni(const uint8_t *b, size_t n, char *name, size_t cap)
+{
+    size_t o = 2 + 32; /* client_version, random */
+    if (n < o + 1)
+        return -EBADMSG;
+    o += 1 + b[o]; /* session_id */
+    if (n < o + 2)
+        return -EBADMSG;
+    o += 2 + be(b + o, 2); /* cipher_suites */
+    if (n < o + 1)
+        return -EBADMSG;
+    o += 1 + b[o]; /* compression_methods */
+    if (n == o)
+        return 0; /* no extensions */
+    if (n < o + 2)
+        return -EBADMSG;
+    size_t end = o + 2 + be(b + o, 2);
+    if (end > n)
+        return -EBADMSG;
+    for (o += 2; o + 4 <= end;) {
+        size_t type = be(b + o, 2), len = be(b + o + 2, 2);
+        o += 4;
+        if (o + len > end)
+            return -EBADMSG;
+        if (type == 0) {
+            if (len < 2 || be(b + o, 2) != len - 2)
+                return -EBADMSG;
+            for (size_t e = o + 2; e + 3 <= o + len;) {
+                size_t nl = be(b + e + 1, 2);
+                if (e + 3 + nl > o + len)
+                    return -EBADMSG;
+                if (b[e] == 0) { /* host_name */
+                    if (nl == 0 || nl > 255)
+                        return -EBADMSG;
+                    for (size_t i = 0; i < nl; i++)
+                        if (b[e + 3 + i] <= 0x20 || b[e + 3 + i] >= 0x7f)
+                            return -EBADMSG;
+                    if (nl >= cap)
+                        return -ENOSPC;
+                    memcpy(name, b + e + 3, nl);
+                    name[nl] = '\0';
+                    return (ssize_t)nl;
+                }
+                e += 3 + nl;
+            }
+            return 0;
+        }
+        o += len;
+    }
+    return o == end ? 0 : -EBADMSG;
+}
+
+ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
+{
+    uint8_t hs[4 + 16384];
+    size_t have = 0, need = 0, off = 0;
+    if (!p || !name || cap == 0)
+        return -EINVAL;
+    name[0] = '\0';
+    /* The ClientHello may span several handshake records; gather its bytes. */
+    for (;;) {
+        if (len - off < 5)
+            return tls_looks_like_client_hello(p + off, len - off) || off ? -EAGAIN : -EBADMSG;
+        const uint8_t *r = p + off;
+        size_t rl = be(r + 3, 2);
+        if (r[0] != 0x16 || r[1] != 0x03 || rl == 0 || rl > 16384)
+            return -EBADMSG;
+        if (len - off < 5 + rl)
+            return -EAGAIN;
+        size_t take = rl;
+        if (have + take > sizeof hs)
+            take = sizeof hs - have;
+        memcpy(hs + have, r + 5, take);
+        have += take;
+        off += 5 + rl;
+        if (have >= 4 && need == 0) {
+            if (hs[0] != 0x01)
+                return -EBADMSG;
+            need = 4 + be(hs + 1, 3);
+            if (need > sizeof hs)
+                return -EBADMSG;
+        }
+        if (need && have >= need)
+            return hello_sni(hs + 4, need - 4, name, cap);
+    }
 }

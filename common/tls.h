@@ -8,9 +8,9 @@
 #ifndef COMMON_TLS_H
 #define COMMON_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
 #include <sys/types.h>
 
 struct tls_ctx;
@@ -23,19 +23,27 @@ struct tls_cert_opts {
 
 struct tls_opts {
     bool server;
-    /* Certificates: the first is the default; others are picked by SNI against their names.
-     * With none on a server, a self-signed ECDSA P-256 certificate for self_signed_name is
-     * generated at start and its SHA-256 fingerprint logged. */
+    /* Certificates: the first is the default; others are picked by SNI against their DNS
+     * SANs (CN if none; "*.x" wildcards), the default answering unknown names. With none on
+     * a server, a self-signed ECDSA P-256 certificate for self_signed_name ("localhost" if
+     * NULL) is generated at start: log tls_ctx_fingerprint(). A client uses certs[0] as its
+     * certificate for mutual TLS. */
     const struct tls_cert_opts *certs;
     size_t ncerts;
     const char *self_signed_name;
-    const char *ca_file;   /* CA bundle to verify the peer */
-    bool verify_peer;      /* server: require a client certificate (mutual TLS); client: verify server */
-    const char *const *alpn; /* NULL-terminated protocol list, or NULL */
-    uint32_t handshake_timeout_ms; /* informational for stream.c */
-    bool session_tickets;  /* server: issue tickets; client: offer/accept them. Configs
-                            * default it to on; a zeroed struct leaves it off. */
-    size_t session_cache_size; /* server: entries; 0 = default (4096) */
+    /* CA bundle to verify the peer: a PEM file or a directory of them (a system bundle
+     * such as /etc/ssl/certs/ca-certificates.crt is fine). */
+    const char *ca_file;
+    /* Server: require a client certificate signed by ca_file (mutual TLS). Client: refuse a
+     * server whose certificate ca_file did not sign or whose name is not server_name.
+     * With ca_file but without verify_peer, the peer is checked but not refused: see
+     * tls_conn_peer_verified() (a server then asks browsers for a certificate: avoid). */
+    bool verify_peer;
+    const char *const *alpn;       /* NULL-terminated protocol list, or NULL; copied */
+    uint32_t handshake_timeout_ms; /* for stream.c, when its own option is 0 */
+    bool session_tickets;          /* server: issue tickets; client: offer/accept them. Configs
+                                    * default it to on; a zeroed struct leaves it off. */
+    size_t session_cache_size;     /* server: entries; 0 = default (4096) */
     /* Cipher suites in preference order, ':'-separated mbedTLS/IANA names
      * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
      * ECDHE-ECDSA and ECDHE-RSA only. */
@@ -45,7 +53,8 @@ struct tls_opts {
     const char *groups;
 };
 
-/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file"). */
+/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file").
+ */
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
@@ -55,11 +64,17 @@ bool tls_ctx_is_server(const struct tls_ctx *c);
 /* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
 const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 
-/* server_name: client side SNI and name to verify (NULL = none). */
+/* server_name: client side SNI and name to verify (NULL = none). An IP literal is checked
+ * against the certificate's iPAddress SANs and not sent as SNI. A client resumes the last
+ * session its ctx made with the same server_name. The client's ClientHello is pending
+ * (tls_conn_pending) as soon as this returns. */
 int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name);
 void tls_conn_destroy(struct tls_conn *c);
 
-/* Feeds received ciphertext. Returns 0 or -ENOSPC if the input buffer is full. */
+/* Memory: an established connection with nothing buffered gives back mbedTLS's two 16 KiB
+ * record buffers until the next record (about 2 KB stays); see make bench-tls. */
+
+/* Feeds received ciphertext (copied). Returns 0 or -ENOSPC past 72 KiB unread. */
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
 /* Advances the handshake / decrypts. Returns plaintext bytes written to out (>0),
  * -EAGAIN when more input is needed, 0 on clean close_notify, or -EPROTO / -ECONNRESET
@@ -68,7 +83,7 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap);
 /* Encrypts plaintext into the outgoing ciphertext buffer. Returns len or a negative errno.
  * Before the handshake completes, data is queued and sent when it does. */
 ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len);
-/* Queues close_notify. */
+/* Queues close_notify (after the handshake only). */
 void tls_conn_close_notify(struct tls_conn *c);
 /* Ciphertext waiting to be sent: take a view, send it, then consume what was sent. */
 size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p);
@@ -76,11 +91,14 @@ void tls_conn_consume(struct tls_conn *c, size_t n);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
 bool tls_conn_resumed(const struct tls_conn *c);
-const char *tls_conn_error(const struct tls_conn *c);      /* last failure, human-readable */
-const char *tls_conn_sni(const struct tls_conn *c);        /* server: name the client asked for */
-const char *tls_conn_alpn(const struct tls_conn *c);       /* negotiated protocol or NULL */
+const char *tls_conn_error(const struct tls_conn *c); /* last failure, human-readable */
+const char *tls_conn_sni(const struct tls_conn *c);   /* server: name the client asked for */
+const char *tls_conn_alpn(const struct tls_conn *c);  /* negotiated protocol or NULL */
 const char *tls_conn_cipher(const struct tls_conn *c);
-/* Peer certificate (after a verified handshake): subject CN and DNS SANs. */
+/* Peer certificate, after the handshake: subject CN and DNS SANs (copied; the parsed
+ * certificate itself is dropped to save memory). Trust them only if
+ * tls_conn_peer_verified(): true when the peer showed a certificate that the CA bundle
+ * signed (and, on a client, that matches server_name). */
 const char *tls_conn_peer_cn(const struct tls_conn *c);
 /* i-th DNS subjectAltName of the peer, or NULL past the end. */
 const char *tls_conn_peer_san(const struct tls_conn *c, size_t i);
@@ -89,5 +107,12 @@ bool tls_conn_peer_verified(const struct tls_conn *c);
 /* Quick check on the first bytes of a connection: true if they can start a TLS
  * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */
 bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
+
+/* Reads the SNI host name from a ClientHello at the start of p without any TLS state
+ * (routing before a certificate is chosen, logs). The hello may span several records.
+ * Returns the name's length (name NUL-terminated), 0 if the hello has no host name,
+ * -EAGAIN if more bytes are needed, -EBADMSG if p does not start with a ClientHello,
+ * -ENOSPC if the name does not fit cap. */
+ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap);
 
 #endif

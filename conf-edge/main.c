@@ -1,10 +1,12 @@
 /* conf-edge: the conferencing data edge daemon (TLS-only PSOM relay that admits only
  * holders of a valid conference session key). Wiring of config, edge and control channel. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/admin.h"
+#include "common/ctl.h"
 #include "common/daemon.h"
 #include "conf-edge/config.h"
 #include "conf-edge/edge.h"
@@ -12,7 +14,72 @@
 struct ce_main {
     struct daemon *d;
     struct ce_edge *edge;
+    struct ctl_client *ctl;
 };
+
+/* ---- control channel: signing secrets in, revocations in, load reports out ---- */
+
+static void on_ctl_secret(const struct ctl_secret *s, void *arg)
+{
+    struct ce_main *m = arg;
+    if (s->kind == CTL_SECRET_CONFERENCE)
+        ce_edge_set_key(m->edge, s->key_id, s->secret, s->secret_len, s->not_after);
+}
+
+static void on_ctl_revoke(const struct ctl_revoke *r, void *arg)
+{
+    struct ce_main *m = arg;
+    ce_edge_revoke(m->edge, r->conference_key_id, r->user, r->until);
+}
+
+static void on_ctl_drain(uint32_t deadline_ms, void *arg)
+{
+    struct ce_main *m = arg;
+    LOGI(daemon_logger(m->d), NULL, "the Director asks to drain (deadline %u ms)", deadline_ms);
+    ce_edge_drain(m->edge, NULL, NULL);
+}
+
+static void fill_report(struct ctl_report *r, void *arg)
+{
+    struct ce_main *m = arg;
+    struct ce_edge_stats st;
+    ce_edge_get_stats(m->edge, &st);
+    r->connections = st.clients;
+    r->allocations = st.relaying;
+    r->bytes_in = st.bytes_up;
+    r->bytes_out = st.bytes_down;
+    r->errors = st.refused;
+    r->healthy = st.servers > 0;
+    r->draining = daemon_draining(m->d);
+    r->n_notes = 0;
+    snprintf(r->notes[r->n_notes++], CTL_NOTE_MAX, "servers:%llu conferences:%llu",
+             (unsigned long long)st.servers, (unsigned long long)st.conferences);
+}
+
+static int start_ctl(struct ce_main *m, const struct ce_config *cfg)
+{
+    static const struct ctl_client_cbs cbs = {
+        .on_secret = on_ctl_secret, .on_revoke = on_ctl_revoke, .on_drain = on_ctl_drain};
+    struct ctl_client_opts o = {
+        .director = cfg->director.address,
+        .director_name = cfg->director.server_name,
+        .cert_file = cfg->director.tls.cert,
+        .key_file = cfg->director.tls.key,
+        .ca_file = cfg->director.tls.ca,
+        .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
+        .log = daemon_logger(m->d),
+        .hello = {.role = CTL_ROLE_CONF_EDGE},
+    };
+    snprintf(o.hello.version, sizeof o.hello.version, "%s", daemon_version());
+    snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s",
+             cfg->base.instance_id ? cfg->base.instance_id : "conf-edge");
+    addr_format(&cfg->external.listen, o.hello.external_addrs[o.hello.n_external++]);
+    addr_format(&cfg->internal.listen, o.hello.internal_addrs[o.hello.n_internal++]);
+    int rc = ctl_client_start(daemon_loop(m->d), &o, &cbs, m, &m->ctl);
+    if (rc == 0)
+        ctl_client_set_report_source(m->ctl, fill_report, m);
+    return rc;
+}
 
 static int health(char *why, size_t cap, void *arg)
 {
@@ -38,7 +105,7 @@ static void query_get(const char *q, const char *name, char *out, size_t cap)
     }
 }
 
-/* POST /revoke?jti=<key id>&user=<participant>[&until=<unix>]: the same as a Revoke from
+/* POST /revoke?jti=<key id> (or conference_key=)&user=<participant>[&until=<unix>]: as a Revoke from
  * the Director, for labs and operators on the internal admin listener. */
 static void on_revoke_route(const char *method, const char *path, const char *query,
                             const char *body, size_t body_len, struct admin_reply *r, void *arg)
@@ -50,6 +117,8 @@ static void on_revoke_route(const char *method, const char *path, const char *qu
     }
     char jti[64], user[128], until[24];
     query_get(query, "jti", jti, sizeof jti);
+    if (!jti[0]) /* the Director's name for it */
+        query_get(query, "conference_key", jti, sizeof jti);
     query_get(query, "user", user, sizeof user);
     query_get(query, "until", until, sizeof until);
     if (!jti[0] && !user[0]) {
@@ -93,6 +162,12 @@ static int ce_start(struct daemon *d, const void *cfgp, void **state)
         free(m);
         return rc;
     }
+    if (cfg->director.enabled && (rc = start_ctl(m, cfg)) < 0) {
+        LOGE(daemon_logger(d), NULL, "control channel: %s", strerror(-rc));
+        ce_edge_stop(m->edge);
+        free(m);
+        return rc;
+    }
     admin_set_health(daemon_admin(d), health, m);
     admin_route(daemon_admin(d), "/revoke", on_revoke_route, m);
     admin_route(daemon_admin(d), "/stats", on_stats_route, m);
@@ -123,6 +198,7 @@ static void ce_stop(struct daemon *d, void *state)
     struct ce_main *m = state;
     if (!m)
         return;
+    ctl_client_stop(m->ctl);
     ce_edge_stop(m->edge);
     free(m);
 }

@@ -1,12 +1,18 @@
 # director/: the control-plane hub daemon, its unit tests, and the ctl-probe edge stand-in.
 DIR_SRCS := $(filter-out director/main.c,$(wildcard director/*.c))
-DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o)
+# The SIP registrar reuses the access edge's message framing and splicing modules.
+DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/access-edge/sip_msg.o $(OBJ)/access-edge/sip_proxy.o
+# confserver.c speaks conf-edge's mux framing and uses its small hash map.
+DIR_OBJS += $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o
 $(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/director_*_test.c)),$(eval $(call unit_test,$(t),$(DIR_OBJS))))
 
 # ctl-probe: connects to the Director like an edge would and prints what it receives.
+$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 $(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 all: $(BIN)/ctl-probe
+$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h

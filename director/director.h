@@ -10,7 +10,6 @@
 #ifndef DIRECTOR_DIRECTOR_H
 #define DIRECTOR_DIRECTOR_H
 
-#include <uv.h>
 #include "common/admin.h"
 #include "common/cfg.h"
 #include "common/ctl.h"
@@ -19,10 +18,13 @@
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "common/token.h"
+#include "director/registrar.h"
+#include <uv.h>
 
 struct director_ctl_config {
-    struct addr listen;    /* control channel, mutual TLS */
-    uint64_t heartbeat_ms; /* a peer silent for three of these is dropped */
+    struct addr listen;     /* control channel, mutual TLS */
+    uint64_t heartbeat_ms;  /* a peer silent for three of these is dropped */
+    bool require_cert_role; /* an edge's certificate must name the role it claims */
 };
 
 struct director_secrets_config {
@@ -31,12 +33,26 @@ struct director_secrets_config {
     uint32_t length;             /* bytes of randomness per secret */
 };
 
+/* The conferencing-server stub (director/confserver.c): dials conf-edge internal ports. */
+struct director_confserver_config {
+    bool enabled;
+    struct addr *edges; /* conf-edge internal listeners; none: 127.0.0.22:8057 */
+    size_t n_edges;
+    char *edge_name;    /* name verified on the edges' certificates */
+    struct tls_files_config tls;
+    uint64_t key_ttl_ms; /* lifetime of a minted conference key */
+    uint64_t window;     /* per-stream window granted to the edge */
+    uint64_t max_buffer; /* bytes queued for one participant before it is closed as slow */
+};
+
 /* The whole configuration; read-only once loaded (a reload builds a new one). */
 struct director_config {
     struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
     struct director_ctl_config ctl;
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
+    struct director_sip_config sip; /* registrar.c */
+    struct director_confserver_config confserver;
 };
 
 /* Key table for cfg_load (director/config.c). */
@@ -57,7 +73,7 @@ struct director {
     struct admin *admin;
     const struct director_config *cfg; /* swapped on reload */
 
-    struct tls_ctx *ctl_tls;  /* server context for the control channel (mutual TLS) */
+    struct tls_ctx *ctl_tls; /* server context for the control channel (mutual TLS) */
     struct ctl_server *ctl;
     struct hub *hub;
 
@@ -84,5 +100,12 @@ void hub_stop(struct director *d, void (*done)(void *arg), void *arg);
 int hub_rotate(struct director *d, enum ctl_secret_kind kind);
 /* Which secret kinds an edge of role needs (bit 1 << kind). */
 unsigned hub_role_secret_kinds(enum ctl_role role);
+
+/* ---- confserver.c: conferencing-server stub (conference keys, relay between participants) ---- */
+
+/* Registers POST /conference-keys and dials every configured conf-edge (reconnecting with
+ * backoff). 0 when disabled. */
+int confserver_start(struct director *d);
+void confserver_stop(struct director *d);
 
 #endif

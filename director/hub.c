@@ -123,6 +123,15 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
 {
     struct director *d = arg;
     struct hub *h = d->hub;
+    /* Secrets go by role, so the role must be one the CA vouched for, not only one the
+     * edge claims. */
+    if (d->cfg->ctl.require_cert_role && !ctl_peer_cert_names(p, ctl_role_name(hello->role))) {
+        LOGW(d->log, ctl_peer_addr(p),
+             "hub: refusing %s/%s: its certificate (CN \"%s\") does not name the role %s",
+             ctl_role_name(hello->role), hello->instance_id, ctl_peer_cert_name(p),
+             ctl_role_name(hello->role));
+        return -EACCES;
+    }
     struct hub_edge *e = hub_slot(h, hello);
     if (!e) {
         LOGW(d->log, ctl_peer_addr(p), "hub: registry full (%d edges connected); refusing %s/%s",
@@ -144,11 +153,13 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
     for (int k = CTL_SECRET_RELAY; k <= CTL_SECRET_CONFERENCE; k++) {
         if (!(kinds & (1u << k)))
             continue;
+        /* Oldest first: an edge that rotates each into its keyring in order ends with the
+         * Director's current key as its current one. */
         const struct keyring *kr = hub_keyring(d, (enum ctl_secret_kind)k);
-        if (kr->cur.secret_len && n < max)
-            key_to_secret(&kr->cur, (enum ctl_secret_kind)k, &secrets[n++]);
         if (kr->prev.secret_len && (!kr->prev.not_after || kr->prev.not_after > now) && n < max)
             key_to_secret(&kr->prev, (enum ctl_secret_kind)k, &secrets[n++]);
+        if (kr->cur.secret_len && n < max)
+            key_to_secret(&kr->cur, (enum ctl_secret_kind)k, &secrets[n++]);
     }
     return (int)n;
 }
@@ -193,21 +204,21 @@ int hub_rotate(struct director *d, enum ctl_secret_kind kind)
     if (rc == 0)
         rc = crypto_random(rnd, sizeof rnd);
     if (rc) {
-        LOGE(d->log, NULL, "hub: no randomness for a new %s secret: %s",
-             ctl_secret_kind_name(kind), strerror(-rc));
+        LOGE(d->log, NULL, "hub: no randomness for a new %s secret: %s", ctl_secret_kind_name(kind),
+             strerror(-rc));
         return rc;
     }
     char id[TOKEN_KEYID_MAX], hex[9];
     hex_encode(rnd, sizeof rnd, hex);
-    snprintf(id, sizeof id, "%c%" PRId64 "-%s", kind == CTL_SECRET_RELAY ? 'r' : 'c',
-             time_wall_s(), hex);
+    snprintf(id, sizeof id, "%c%" PRId64 "-%s", kind == CTL_SECRET_RELAY ? 'r' : 'c', time_wall_s(),
+             hex);
     int64_t not_after = time_wall_s() + (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
     struct keyring *kr = hub_keyring(d, kind);
     rc = keyring_rotate(kr, id, secret, len, not_after);
     memset(secret, 0, sizeof secret);
     if (rc) {
-        LOGE(d->log, NULL, "hub: cannot install the new %s secret: %s",
-             ctl_secret_kind_name(kind), strerror(-rc));
+        LOGE(d->log, NULL, "hub: cannot install the new %s secret: %s", ctl_secret_kind_name(kind),
+             strerror(-rc));
         return rc;
     }
     metric_inc(h->m_rotations[kind]);
@@ -339,8 +350,9 @@ static void jb_edge(struct jbuf *j, const struct hub_edge *e, int64_t now_ms)
             jb_printf(j, ",");
         jb_str(j, ctl_role_name(e->hello.subscribe[i]));
     }
-    jb_printf(j, "],\"registered\":%.3f,\"last_seen\":%.3f,\"last_seen_ago_ms\":%" PRId64
-                 ",\"reports\":%" PRIu64 ",\"report\":",
+    jb_printf(j,
+              "],\"registered\":%.3f,\"last_seen\":%.3f,\"last_seen_ago_ms\":%" PRId64
+              ",\"reports\":%" PRIu64 ",\"report\":",
               (double)e->registered_ms / 1000.0, (double)e->last_seen_ms / 1000.0,
               now_ms - e->last_seen_ms, e->reports);
     if (e->has_report)
@@ -477,7 +489,8 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     int b = param_get(query, body, body_len, "user", r.user, sizeof r.user);
     int c = param_get(query, body, body_len, "until", until_s, sizeof until_s);
     if (a < 0 || b < 0 || c < 0 || (a == 0 && b == 0)) {
-        reply_error(reply, 400, "need conference_key=ID and/or user=NAME (and optionally until=UNIX)");
+        reply_error(reply, 400,
+                    "need conference_key=ID and/or user=NAME (and optionally until=UNIX)");
         return;
     }
     char *end = NULL;
@@ -501,8 +514,8 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     reply_json(reply, 200, &j);
 }
 
-static void hub_post_drain(struct director *d, const char *query, const char *body,
-                           size_t body_len, struct admin_reply *reply)
+static void hub_post_drain(struct director *d, const char *query, const char *body, size_t body_len,
+                           struct admin_reply *reply)
 {
     char inst[CTL_ID_MAX], role_s[32], dl[16];
     enum ctl_role role = CTL_ROLE_UNKNOWN;
@@ -606,16 +619,16 @@ static void hub_register_metrics(struct hub *h, struct metrics *m)
     for (int r = CTL_ROLE_ACCESS_EDGE; r < CTL_ROLE_COUNT; r++) {
         char labels[48];
         snprintf(labels, sizeof labels, "role=\"%s\"", ctl_role_name((enum ctl_role)r));
-        h->m_connected[r] =
-            metrics_gauge(m, "ctl_edges_connected", "edges connected on the control channel", labels);
+        h->m_connected[r] = metrics_gauge(m, "ctl_edges_connected",
+                                          "edges connected on the control channel", labels);
     }
     h->m_reports = metrics_counter(m, "ctl_reports_total", "load reports received", NULL);
     h->m_registrations =
         metrics_counter(m, "ctl_registrations_total", "Hellos accepted from edges", NULL);
-    h->m_rotations[CTL_SECRET_RELAY] = metrics_counter(m, "secret_rotations_total",
-                                                       "secrets issued", "kind=\"relay\"");
-    h->m_rotations[CTL_SECRET_CONFERENCE] = metrics_counter(
-        m, "secret_rotations_total", "secrets issued", "kind=\"conference\"");
+    h->m_rotations[CTL_SECRET_RELAY] =
+        metrics_counter(m, "secret_rotations_total", "secrets issued", "kind=\"relay\"");
+    h->m_rotations[CTL_SECRET_CONFERENCE] =
+        metrics_counter(m, "secret_rotations_total", "secrets issued", "kind=\"conference\"");
     h->m_pushes = metrics_counter(m, "secret_pushes_total", "SecretUpdates sent to edges", NULL);
 }
 
@@ -644,6 +657,7 @@ int hub_start(struct director *d)
         .heartbeat_ms = (uint32_t)d->cfg->ctl.heartbeat_ms,
         .director_id = d->cfg->base.instance_id,
         .log = d->log,
+        .metrics = d->metrics,
     };
     rc = ctl_server_start(d->loop, &so, &cbs, d, &d->ctl);
     if (rc)

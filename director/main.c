@@ -13,7 +13,8 @@ struct director_module {
     void (*stop)(struct director *d);
 };
 static const struct director_module director_modules[] = {
-    {NULL, NULL, NULL},
+    {"registrar", registrar_start, registrar_stop},
+    {"confserver", confserver_start, confserver_stop},
 };
 
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,
@@ -80,8 +81,8 @@ static int director_start(struct daemon *dm, const void *cfg, void **state)
             continue;
         rc = director_modules[i].start(d);
         if (rc) {
-            LOGE(d->log, NULL, "director: module %s failed to start: %s",
-                 director_modules[i].name, strerror(-rc));
+            LOGE(d->log, NULL, "director: module %s failed to start: %s", director_modules[i].name,
+                 strerror(-rc));
             while (i-- > 0)
                 if (director_modules[i].stop)
                     director_modules[i].stop(d);

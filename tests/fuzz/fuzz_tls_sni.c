@@ -1,11 +1,11 @@
 // fuzz-sources: common/tls.c common/util.c
-/* Fuzzes a server tls_conn with arbitrary bytes as the first flight (ClientHello, SNI, ALPN,
- * session ticket and cache lookups), plus the ClientHello sniffer. */
+/* Fuzzes the ClientHello peek (tls_peek_sni, tls_looks_like_client_hello) and a server
+ * tls_conn fed the same bytes as its first flight (SNI, ALPN, ticket and cache lookups). */
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 
 #include "common/tls.h"
 
@@ -15,8 +15,11 @@ static struct tls_ctx *server(void)
     static struct tls_ctx *ctx;
     if (!ctx) {
         static const char *alpn[] = {"h2", "http/1.1", "sip", NULL};
-        struct tls_opts o = {.server = true, .self_signed_name = "fuzz.lab", .alpn = alpn,
-                             .session_tickets = true, .session_cache_size = 64};
+        struct tls_opts o = {.server = true,
+                             .self_signed_name = "fuzz.lab",
+                             .alpn = alpn,
+                             .session_tickets = true,
+                             .session_cache_size = 64};
         char err[256];
         if (tls_ctx_create(&ctx, &o, err, sizeof err) != 0)
             abort();
@@ -31,6 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(copy, data, size);
     (void)tls_looks_like_client_hello(copy, size);
+    char name[256];
+    ssize_t sn = tls_peek_sni(copy, size, name, sizeof name);
+    if (sn > 0 && strlen(name) != (size_t)sn)
+        abort();
 
     struct tls_conn *c;
     if (tls_conn_create(&c, server(), NULL) != 0) {

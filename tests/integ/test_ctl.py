@@ -275,6 +275,10 @@ secrets:
         self.assertEqual(got[0]["secret"], got[1]["secret"])
         self.assertNotEqual(got[0]["secret"], first[0]["secret"])
         self.assertGreater(got[0]["not_after"], time.time() + 3600)
+        # An edge arriving now gets both, oldest first, so its keyring ends as the Director's.
+        c = self.probe("av-edge", "av3")
+        c.wait(lambda e: len(c.all("secret")) == 2, what="previous and current secrets")
+        self.assertEqual([e["key_id"] for e in c.all("secret")], [first[0]["key_id"], new_id])
 
     def test_each_role_gets_only_the_secrets_it_needs(self):
         self.start_director()
@@ -325,6 +329,7 @@ secrets:
         time.sleep(0.5)
         self.assertEqual(rogue.all("welcome"), [])
         self.assertNotIn("rogue1", self.edges())
+        self.assertGreaterEqual(d.metrics()['director_ctl_refused_total{reason="tls"}'], 1)
         self.assertTrue(self.connected("av1", "av2"))
         a.send("connections=3")
         b.wait(lambda e: e["event"] == "report" and e["instance"] == "av1"
@@ -372,6 +377,11 @@ secrets:
         # The good edges never noticed.
         self.assertTrue(self.connected("av1", "av2"))
         self.assertEqual(a.all("disconnected") + b.all("disconnected"), [])
+        m = d.metrics()
+        self.assertEqual(m['director_ctl_refused_total{reason="frame"}'], 2)
+        self.assertGreaterEqual(m['director_ctl_refused_total{reason="tls"}'], 1)
+        self.assertEqual(m['director_ctl_heartbeat_timeouts_total'], 1)
+        self.assertEqual(m['director_ctl_edges_connected{role="av-edge"}'], 2)
         a.send("connections=11")
         b.wait(lambda e: e["event"] == "report" and e["connections"] == 11,
                what="report after the bad peers")
@@ -427,6 +437,16 @@ secrets:
         dup.wait(lambda e: e["event"] == "welcome", timeout=8.0, what="welcome after av1 left")
         wait_for(lambda: self.connected("av1") and self.edges()["av1"]["peer"] != first_peer,
                  timeout=2.0, what="av1 registered from the second connection")
+
+    def test_an_edge_cannot_claim_a_role_its_certificate_does_not_name(self):
+        d = self.start_director()
+        impostor = self.probe("av-edge", "av9", cert="conf-edge")  # wants the relay secret
+        d.wait_log('refusing av-edge/av9: its certificate (CN "conf-edge") does not name the role av-edge')
+        wait_for(lambda: "the Director closed the connection: refused by the Director" in impostor.log(),
+                 timeout=3.0, what="the impostor logging its refusal")
+        self.assertEqual(impostor.all("secret"), [])
+        self.assertEqual(impostor.all("welcome"), [])
+        self.assertNotIn("av9", self.edges())
 
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()

@@ -237,7 +237,7 @@ static void chandata_framing(void **st)
     assert_int_equal(stun_frame_len(f, 12), 12);
     assert_int_equal(stun_frame_len(f, 3), -EAGAIN);
     assert_int_equal(stun_frame_len(req_2_1, sizeof(req_2_1)), sizeof(req_2_1));
-    f[0] = 0x50;
+    f[0] = 0x80;
     assert_int_equal(stun_chandata_parse(f, 12, false, &ch, &d), -EBADMSG);
     assert_int_equal(stun_frame_len(f, 12), -EBADMSG);
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "common/ctl.h"
+#include "common/daemon.h"
 
 #define CERTS "build/test-certs"
 
@@ -44,8 +45,8 @@ struct world {
     bool timed_out;
 };
 
-static int on_hello(struct ctl_peer *p, const struct ctl_hello *h, struct ctl_secret *s,
-                    size_t max, void *arg)
+static int on_hello(struct ctl_peer *p, const struct ctl_hello *h, struct ctl_secret *s, size_t max,
+                    void *arg)
 {
     struct world *w = arg;
     w->hellos++;
@@ -117,9 +118,11 @@ static int server_start(struct world *w)
 {
     static const struct ctl_server_cbs cbs = {
         .on_hello = on_hello, .on_report = on_srv_report, .on_gone = on_gone};
-    struct ctl_server_opts o = {
-        .listen = w->addr, .tls = w->srv_tls, .heartbeat_ms = 100, .director_id = "dir-test",
-        .log = &w->log};
+    struct ctl_server_opts o = {.listen = w->addr,
+                                .tls = w->srv_tls,
+                                .heartbeat_ms = 100,
+                                .director_id = "dir-test",
+                                .log = &w->log};
     int rc = ctl_server_start(&w->loop, &o, &cbs, w, &w->srv);
     if (rc == 0)
         ctl_server_local_addr(w->srv, &w->addr);
@@ -128,10 +131,15 @@ static int server_start(struct world *w)
 
 static void edge_start(struct world *w, int i, const char *instance, bool subscribe)
 {
-    struct ctl_client_opts o = {
-        .director = w->addr, .cert_file = CERTS "/av-edge.crt", .key_file = CERTS "/av-edge.key",
-        .ca_file = CERTS "/ca.crt", .director_name = "director", .report_interval_ms = 100,
-        .backoff_min_ms = 20, .backoff_max_ms = 100, .log = &w->log};
+    struct ctl_client_opts o = {.director = w->addr,
+                                .cert_file = CERTS "/av-edge.crt",
+                                .key_file = CERTS "/av-edge.key",
+                                .ca_file = CERTS "/ca.crt",
+                                .director_name = "director",
+                                .report_interval_ms = 100,
+                                .backoff_min_ms = 20,
+                                .backoff_max_ms = 100,
+                                .log = &w->log};
     o.hello.role = CTL_ROLE_AV_EDGE;
     snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s", instance);
     if (subscribe) {
@@ -156,9 +164,10 @@ static void world_init(struct world *w)
     assert_int_equal(uv_loop_init(&w->loop), 0);
     log_init(&w->log, "ctl-test");
     w->log.level = LOG_ERROR;
-    struct tls_cert_opts co = {.cert_file = CERTS "/director.crt", .key_file = CERTS "/director.key"};
-    struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1, .ca_file = CERTS "/ca.crt",
-                          .verify_peer = true};
+    struct tls_cert_opts co = {.cert_file = CERTS "/director.crt",
+                               .key_file = CERTS "/director.key"};
+    struct tls_opts to = {
+        .server = true, .certs = &co, .ncerts = 1, .ca_file = CERTS "/ca.crt", .verify_peer = true};
     char err[256];
     assert_int_equal(tls_ctx_create(&w->srv_tls, &to, err, sizeof err), 0);
     assert_int_equal(addr_parse(&w->addr, "127.0.0.1:0", 0), 0);
@@ -198,7 +207,7 @@ static void scenario_step(uv_timer_t *t)
             assert_string_equal(a->last_report.instance_id, "b");
             assert_int_equal(a->last_report.connections, 101);
             assert_int_equal(b->reports, 0); /* b subscribed to nothing */
-            ctl_server_stop(w->srv);          /* the Director goes away */
+            ctl_server_stop(w->srv);         /* the Director goes away */
             w->srv = NULL;
             w->phase = 1;
         }
@@ -296,6 +305,44 @@ static void stop_while_connecting_frees_everything(void **state)
     free(w);
 }
 
+static void until_welcomed(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    if (w->e[0].welcomes == 1 && w->e[0].secrets == 1)
+        uv_stop(&w->loop);
+}
+
+static void starts_from_an_edge_director_section(void **state)
+{
+    (void)state;
+    struct world *w = malloc(sizeof *w);
+    world_init(w);
+    assert_int_equal(server_start(w), 0);
+    struct director_link_config link = {
+        .enabled = false,
+        .address = w->addr,
+        .server_name = "director",
+        .tls = {.cert = CERTS "/av-edge.crt", .key = CERTS "/av-edge.key", .ca = CERTS "/ca.crt"},
+        .report_interval_ms = 100,
+    };
+    struct ctl_hello h = {.role = CTL_ROLE_AV_EDGE, .instance_id = "linked"};
+    struct ctl_client *c = (struct ctl_client *)&link; /* must be overwritten */
+    assert_int_equal(
+        ctl_client_start_link(&w->loop, &link, &h, &w->log, NULL, &edge_cbs, &w->e[0], &c), 0);
+    assert_null(c); /* enabled: false starts nothing */
+    link.enabled = true;
+    w->e[0].w = w;
+    assert_int_equal(
+        ctl_client_start_link(&w->loop, &link, &h, &w->log, NULL, &edge_cbs, &w->e[0], &w->e[0].c),
+        0);
+    uv_timer_start(&w->step, until_welcomed, 10, 10);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_false(w->timed_out);
+    assert_int_equal(w->hellos, 1);
+    world_fini(w);
+    free(w);
+}
+
 static void bad_options_are_refused(void **state)
 {
     (void)state;
@@ -329,6 +376,7 @@ int main(void)
         cmocka_unit_test(edges_register_relay_and_come_back_after_a_restart),
         cmocka_unit_test(backoff_doubles_with_jitter_up_to_the_cap),
         cmocka_unit_test(stop_while_connecting_frees_everything),
+        cmocka_unit_test(starts_from_an_edge_director_section),
         cmocka_unit_test(bad_options_are_refused),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);

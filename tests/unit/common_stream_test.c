@@ -163,8 +163,11 @@ static void world_run(struct world *w)
 static struct tls_ctx *mk_ctx(bool server)
 {
     struct tls_cert_opts co = {CERTS "/director.crt", CERTS "/director.key"};
-    struct tls_opts o = {.server = server, .certs = server ? &co : NULL, .ncerts = server,
-                         .ca_file = CERTS "/ca.crt", .verify_peer = !server};
+    struct tls_opts o = {.server = server,
+                         .certs = server ? &co : NULL,
+                         .ncerts = server,
+                         .ca_file = CERTS "/ca.crt",
+                         .verify_peer = !server};
     char err[256];
     struct tls_ctx *c = NULL;
     assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), 0);
@@ -402,6 +405,168 @@ static void test_start_tls_after_sniffing(void **state)
     }
 }
 
+/* Many TLS clients at once, each sending 256 KiB of a known pattern in odd-sized writes;
+ * the server echoes; every client checks every byte. Records get split across reads, and
+ * idle connections give back and take again their record buffers all the time. */
+#define STRESS_CLIENTS 12
+#define STRESS_BYTES (256 * 1024)
+
+struct stress_cli {
+    struct world *w;
+    size_t sent, got;
+    bool bad;
+};
+
+static uint8_t stress_byte(size_t i, int who)
+{
+    return (uint8_t)(i * 7 + (i >> 9) + (size_t)who * 13);
+}
+
+static int stress_who(const struct stress_cli *c);
+static struct stress_cli stress[STRESS_CLIENTS];
+static int stress_done;
+
+static int stress_who(const struct stress_cli *c)
+{
+    return (int)(c - stress);
+}
+
+static void stress_send(struct stream *s, struct stress_cli *c)
+{
+    uint8_t buf[5000];
+    while (c->sent < STRESS_BYTES) {
+        size_t n = 1 + (c->sent * 31 + 17) % sizeof buf;
+        if (n > STRESS_BYTES - c->sent)
+            n = STRESS_BYTES - c->sent;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = stress_byte(c->sent + i, stress_who(c));
+        int rc = stream_write(s, buf, n);
+        if (rc == -ENOBUFS)
+            return; /* on_drain resumes */
+        assert_int_equal(rc, 0);
+        c->sent += n;
+    }
+}
+
+static void stress_open(struct stream *s, void *arg)
+{
+    stress_send(s, arg);
+}
+
+static void stress_drain(struct stream *s, void *arg)
+{
+    stress_send(s, arg);
+}
+
+static int stress_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct stress_cli *c = arg;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != stress_byte(c->got + i, stress_who(c)))
+            c->bad = true;
+    c->got += n;
+    if (c->got == STRESS_BYTES)
+        stream_close(s, 0, "done");
+    return 0;
+}
+
+static void stress_close(struct stream *s, int err, const char *why, void *arg)
+{
+    struct stress_cli *c = arg;
+    if (err)
+        fprintf(stderr, "stress client closed: %s\n", why ? why : "?");
+    if (++stress_done == STRESS_CLIENTS)
+        stop_all(c->w);
+}
+
+static void stress_srv_close(struct stream *s, int err, const char *why, void *arg)
+{
+    struct world *w = arg;
+    if (err)
+        fprintf(stderr, "stress server end closed: %s\n", why ? why : "?");
+    w->srv_closed++;
+    w->srv_err |= err;
+}
+
+static void test_many_tls_streams_echo(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    w.sopts.write_cap = 8 << 20; /* the echo never has to wait */
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    w.copts.read_chunk = 3000; /* records arrive in pieces */
+    w.scbs.on_close = stress_srv_close;
+    struct stream_cbs cbs = {.on_data = stress_data,
+                             .on_open = stress_open,
+                             .on_drain = stress_drain,
+                             .on_close = stress_close};
+    memset(stress, 0, sizeof stress);
+    stress_done = 0;
+    uv_timer_start(&w.guard, on_guard, 20000, 0);
+    for (int i = 0; i < STRESS_CLIENTS; i++) {
+        struct stream *s;
+        stress[i].w = &w;
+        assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &cbs, &stress[i], &s), 0);
+    }
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    for (int i = 0; i < STRESS_CLIENTS; i++) {
+        assert_int_equal(stress[i].got, STRESS_BYTES);
+        assert_false(stress[i].bad);
+    }
+    assert_int_equal(w.srv_closed, STRESS_CLIENTS);
+    assert_int_equal(w.srv_err, 0);
+}
+
+/* Pausing and resuming a client before its connect completes is harmless. */
+static void test_read_pause_before_connect(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.echo = true;
+        if (tls) {
+            w.sopts.tls = mk_ctx(true);
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+        stream_read_stop(w.cli);
+        stream_read_start(w.cli);
+        uv_run(&w.loop, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&w.loop), 0);
+        tls_ctx_unref(w.sopts.tls);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.got_len, 5);
+        assert_int_equal(w.cli_err, 0);
+        assert_string_equal(w.cli_why, "done");
+    }
+}
+
+/* A plaintext client on a TLS port is closed at its first bytes, with a clear reason. */
+static void test_plaintext_on_tls_port_is_refused(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.sopts.handshake_timeout_ms = 3000;
+    world_run(&w); /* the plain client writes "hello" */
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -EPROTO);
+    assert_non_null(strstr(w.srv_why, "not TLS"));
+    assert_int_equal(w.cli_closed, 1);
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -514,6 +679,9 @@ int main(void)
         cmocka_unit_test(test_backpressure_tls),
         cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_start_tls_after_sniffing),
+        cmocka_unit_test(test_many_tls_streams_echo),
+        cmocka_unit_test(test_read_pause_before_connect),
+        cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),

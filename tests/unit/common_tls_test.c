@@ -1,5 +1,6 @@
 /* tls: a client and a server tls_conn pumped into each other in memory. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,8 +50,12 @@ static struct tls_ctx *server_ctx(const char *role, const char *ca, bool verify,
     snprintf(crt, sizeof crt, CERTS "/%s.crt", role);
     snprintf(key, sizeof key, CERTS "/%s.key", role);
     struct tls_cert_opts co = {crt, key};
-    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1, .ca_file = ca,
-                         .verify_peer = verify, .session_tickets = tickets};
+    struct tls_opts o = {.server = true,
+                         .certs = &co,
+                         .ncerts = 1,
+                         .ca_file = ca,
+                         .verify_peer = verify,
+                         .session_tickets = tickets};
     return ctx_new(&o);
 }
 
@@ -60,8 +65,11 @@ static struct tls_ctx *client_ctx(const char *role, bool tickets)
     snprintf(crt, sizeof crt, CERTS "/%s.crt", role ? role : "");
     snprintf(key, sizeof key, CERTS "/%s.key", role ? role : "");
     struct tls_cert_opts co = {crt, key};
-    struct tls_opts o = {.server = false, .certs = role ? &co : NULL, .ncerts = role ? 1 : 0,
-                         .ca_file = CERTS "/ca.crt", .verify_peer = true,
+    struct tls_opts o = {.server = false,
+                         .certs = role ? &co : NULL,
+                         .ncerts = role ? 1 : 0,
+                         .ca_file = CERTS "/ca.crt",
+                         .verify_peer = true,
                          .session_tickets = tickets};
     return ctx_new(&o);
 }
@@ -223,6 +231,13 @@ static void test_idle_buffers_survive_many_cycles(void **state)
     tls_conn_close_notify(p.srv.c);
     pump(&p);
     assert_true(p.cli.closed);
+    /* Destroyed halfway through a record, holding a pooled pair of buffers. */
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"half a record", 13), 13);
+    const uint8_t *q;
+    size_t n = tls_conn_pending(p.cli.c, &q);
+    assert_int_equal(tls_conn_feed(p.srv.c, q, n / 2), 0);
+    uint8_t b[64];
+    assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EAGAIN);
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
@@ -384,8 +399,8 @@ static void test_alpn_negotiated(void **state)
     const char *cp[] = {"sip", "http/1.1", NULL};
     struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
     struct tls_opts so = {.server = true, .certs = &co, .ncerts = 1, .alpn = sp};
-    struct tls_opts cop = {.server = false, .ca_file = CERTS "/ca.crt", .verify_peer = true,
-                           .alpn = cp};
+    struct tls_opts cop = {
+        .server = false, .ca_file = CERTS "/ca.crt", .verify_peer = true, .alpn = cp};
     struct tls_ctx *s = ctx_new(&so);
     struct tls_ctx *c = ctx_new(&cop);
     struct pair p;
@@ -541,6 +556,12 @@ static void test_ctx_errors_are_clear(void **state)
     assert_int_equal(tls_ctx_create(&c, &o, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "not a valid certificate"));
 
+    FILE *f = fopen(CERTS "/empty.pem", "w");
+    fclose(f);
+    struct tls_opts empty = {.server = false, .ca_file = CERTS "/empty.pem"};
+    assert_int_equal(tls_ctx_create(&c, &empty, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "empty.pem: not a valid certificate"));
+
     struct tls_opts v = {.server = false, .verify_peer = true};
     assert_int_equal(tls_ctx_create(&c, &v, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "ca_file"));
@@ -548,6 +569,29 @@ static void test_ctx_errors_are_clear(void **state)
     struct tls_opts bad = {.server = false, .ciphers = "TLS-NOPE"};
     assert_int_equal(tls_ctx_create(&c, &bad, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "TLS-NOPE"));
+}
+
+/* Upstream clients trust the system CA bundle, as a file or as a directory. */
+static void test_ca_bundle_file_or_directory(void **state)
+{
+    (void)state;
+    const char *paths[] = {"/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs", CERTS};
+    for (size_t i = 0; i < 3; i++) {
+        struct tls_opts o = {.server = false, .ca_file = paths[i], .verify_peer = true};
+        struct tls_ctx *c = ctx_new(&o);
+        tls_ctx_unref(c);
+    }
+    /* The test-certs directory holds the lab CA: a server of the lab is trusted. */
+    struct tls_opts o = {.server = false, .ca_file = CERTS, .verify_peer = true};
+    struct tls_ctx *c = ctx_new(&o);
+    struct tls_ctx *s = server_ctx("web", NULL, false, false);
+    struct pair p;
+    pair_open(&p, c, s, "web");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    pair_close(&p);
+    tls_ctx_unref(s);
+    tls_ctx_unref(c);
 }
 
 static void test_ctx_outlives_unref_while_conns_use_it(void **state)
@@ -625,6 +669,102 @@ static void test_looks_like_client_hello(void **state)
     assert_false(tls_looks_like_client_hello(NULL, 0));
 }
 
+static void test_peek_sni(void **state)
+{
+    (void)state;
+    struct tls_ctx *c = client_ctx(NULL, true);
+    struct tls_conn *cc;
+    const uint8_t *p;
+    char name[256];
+    assert_int_equal(tls_conn_create(&cc, c, "access-edge.lab"), 0);
+    size_t n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_peek_sni(p, n, name, sizeof name), 15);
+    assert_string_equal(name, "access-edge.lab");
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(tls_peek_sni(p, i, name, sizeof name), -EAGAIN);
+    assert_int_equal(tls_peek_sni(p, n, name, 10), -ENOSPC);
+
+    /* The same hello cut into two records. */
+    size_t body = n - 5, cut = body / 3;
+    uint8_t *two = malloc(n + 5);
+    memcpy(two, p, 5 + cut);
+    two[3] = (uint8_t)(cut >> 8);
+    two[4] = (uint8_t)cut;
+    memcpy(two + 5 + cut, p, 3);
+    two[5 + cut + 3] = (uint8_t)((body - cut) >> 8);
+    two[5 + cut + 4] = (uint8_t)(body - cut);
+    memcpy(two + 10 + cut, p + 5 + cut, body - cut);
+    assert_int_equal(tls_peek_sni(two, n + 5, name, sizeof name), 15);
+    assert_string_equal(name, "access-edge.lab");
+    assert_int_equal(tls_peek_sni(two, n + 4, name, sizeof name), -EAGAIN);
+    free(two);
+    tls_conn_destroy(cc);
+
+    /* An IP literal sends no SNI. */
+    assert_int_equal(tls_conn_create(&cc, c, "127.0.0.1"), 0);
+    n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_peek_sni(p, n, name, sizeof name), 0);
+    assert_string_equal(name, "");
+    tls_conn_destroy(cc);
+    tls_ctx_unref(c);
+
+    const uint8_t http[] = "GET / HTTP/1.1\r\n\r\n";
+    assert_int_equal(tls_peek_sni(http, sizeof http - 1, name, sizeof name), -EBADMSG);
+    const uint8_t sh[] = {0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00};
+    assert_int_equal(tls_peek_sni(sh, sizeof sh, name, sizeof name), -EBADMSG);
+    /* A hello whose lengths point past its end. */
+    const uint8_t bad[] = {0x16, 0x03, 0x01, 0x00, 0x29, 0x01, 0x00, 0x00, 0x25, 0x03, 0x03, 1,
+                           2,    3,    4,    5,    6,    7,    8,    9,    10,   11,   12,   13,
+                           14,   15,   16,   17,   18,   19,   20,   21,   22,   23,   24,   25,
+                           26,   27,   28,   29,   30,   31,   32,   0xff, 0,    0};
+    assert_int_equal(tls_peek_sni(bad, sizeof bad, name, sizeof name), -EBADMSG);
+}
+
+/* Worker threads (the relay runs one loop per core) share one server and one client ctx:
+ * the random generator, session cache, ticket keys and saved session are locked inside. */
+struct thread_arg {
+    struct tls_ctx *s, *c;
+    int ok, resumed;
+};
+
+static void *handshake_thread(void *p)
+{
+    struct thread_arg *a = p;
+    for (int i = 0; i < 12; i++) {
+        struct pair pr;
+        pair_open(&pr, a->c, a->s, "director");
+        if (tls_conn_handshake_done(pr.srv.c) && tls_conn_handshake_done(pr.cli.c)) {
+            a->ok++;
+            a->resumed += tls_conn_resumed(pr.srv.c);
+        }
+        pair_close(&pr);
+    }
+    return NULL;
+}
+
+static void test_ctx_shared_by_threads(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, true);
+    struct tls_ctx *c = client_ctx("av-edge", true);
+    struct thread_arg args[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        args[i] = (struct thread_arg){.s = s, .c = c};
+        assert_int_equal(pthread_create(&th[i], NULL, handshake_thread, &args[i]), 0);
+    }
+    int ok = 0, resumed = 0;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        ok += args[i].ok;
+        resumed += args[i].resumed;
+    }
+    assert_int_equal(ok, 36);
+    assert_true(resumed >= 30); /* all but the first few, which race for the first session */
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -644,9 +784,12 @@ int main(void)
         cmocka_unit_test(test_garbage_is_eproto),
         cmocka_unit_test(test_self_signed_and_fingerprint),
         cmocka_unit_test(test_ctx_errors_are_clear),
+        cmocka_unit_test(test_ca_bundle_file_or_directory),
         cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
         cmocka_unit_test(test_cipher_choice),
         cmocka_unit_test(test_looks_like_client_hello),
+        cmocka_unit_test(test_peek_sni),
+        cmocka_unit_test(test_ctx_shared_by_threads),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }

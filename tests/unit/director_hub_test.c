@@ -21,9 +21,9 @@ static int certs_setup(void **state)
     return system("deploy/certs.sh " CERTS " >/dev/null 2>&1") == 0 ? 0 : -1;
 }
 
-static const char *const base_yaml = "admin: {listen: 127.0.0.1:1}\n"
-                                     "tls: {cert: " CERTS "/director.crt, key: " CERTS
-                                     "/director.key, ca: " CERTS "/ca.crt}\n";
+static const char *const base_yaml =
+    "admin: {listen: 127.0.0.1:1}\n"
+    "tls: {cert: " CERTS "/director.crt, key: " CERTS "/director.key, ca: " CERTS "/ca.crt}\n";
 
 static struct director_config *load(const char *extra, struct cfg_err *err, int *rc)
 {
@@ -58,7 +58,8 @@ static void lifetime_shorter_than_two_intervals_is_an_error(void **state)
     (void)state;
     struct cfg_err err = {{0}};
     int rc;
-    struct director_config *c = load("secrets:\n  rotate_interval: 1h\n  lifetime: 90m\n", &err, &rc);
+    struct director_config *c =
+        load("secrets:\n  rotate_interval: 1h\n  lifetime: 90m\n", &err, &rc);
     assert_int_equal(rc, -EINVAL);
     assert_non_null(strstr(err.msg, "secrets.lifetime"));
     assert_non_null(strstr(err.msg, "twice"));
@@ -104,8 +105,8 @@ static void secrets_are_issued_at_start_and_rotate_into_previous(void **state)
     d->log = &lg;
     d->cfg = cfg;
     struct tls_cert_opts co = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key};
-    struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1, .ca_file = cfg->tls.ca,
-                          .verify_peer = true};
+    struct tls_opts to = {
+        .server = true, .certs = &co, .ncerts = 1, .ca_file = cfg->tls.ca, .verify_peer = true};
     char msg[256];
     assert_int_equal(tls_ctx_create(&d->ctl_tls, &to, msg, sizeof msg), 0);
 
@@ -167,8 +168,8 @@ static void a_busy_port_fails_the_start_cleanly(void **state)
     d->log = &lg;
     d->cfg = cfg;
     struct tls_cert_opts co = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key};
-    struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1, .ca_file = cfg->tls.ca,
-                          .verify_peer = true};
+    struct tls_opts to = {
+        .server = true, .certs = &co, .ncerts = 1, .ca_file = cfg->tls.ca, .verify_peer = true};
     char msg[256];
     assert_int_equal(tls_ctx_create(&d->ctl_tls, &to, msg, sizeof msg), 0);
     assert_int_equal(hub_start(d), -EADDRINUSE);

@@ -1,0 +1,81 @@
+/* The access edge daemon: configuration and the SIP server that carries traffic across
+ * the perimeter (ae_server.c). */
+#ifndef AE_AE_H
+#define AE_AE_H
+
+#include <uv.h>
+
+#include "common/cfg.h"
+#include "common/daemon.h"
+
+/* One side's listeners. Empty lists disable a transport. */
+struct ae_side_config {
+    struct addr *udp;
+    size_t nudp;
+    struct addr *tcp;
+    size_t ntcp;
+    struct addr *tls; /* server-authenticated TLS (remote users: 443, 5061) */
+    size_t ntls;
+    struct addr *mtls; /* mutual TLS (federation outside; the Director inside) */
+    size_t nmtls;
+    struct tls_files_config certs;
+};
+
+enum ae_transport { AE_TP_UDP = 0, AE_TP_TCP = 1, AE_TP_TLS = 2 };
+
+struct ae_next_hop_config {
+    struct addr address;
+    int transport; /* enum ae_transport */
+    char *server_name;
+};
+
+struct ae_limits_config {
+    uint64_t max_client_message;
+    uint64_t max_server_message;
+    uint32_t max_headers;
+    uint32_t max_line;
+    uint32_t max_connections;
+    uint32_t max_connections_per_address;
+    uint64_t idle_timeout_ms;
+    uint64_t handshake_timeout_ms;
+    uint32_t rate;  /* requests per second per external address */
+    uint32_t burst;
+    uint32_t max_transactions;
+};
+
+struct ae_federation_config {
+    char **allow;
+    size_t nallow;
+    char **block;
+    size_t nblock;
+    bool discovery;
+};
+
+struct ae_config {
+    struct daemon_config base;
+    struct director_link_config director;
+    char **domains;
+    size_t ndomains;
+    char *fqdn;
+    struct ae_side_config external;
+    struct ae_side_config internal;
+    struct ae_next_hop_config next_hop;
+    struct ae_limits_config limits;
+    struct ae_federation_config federation;
+};
+
+extern const struct cfg_key ae_config_keys[];
+int ae_config_validate(const void *cfg, struct cfg_err *err);
+
+struct ae;
+/* Starts every listener of cfg on loop. */
+int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
+             struct metrics *m, struct ae **out);
+/* Takes a new config for policy, limits and the next hop (listeners stay as they are). */
+int ae_reload(struct ae *ae, const struct ae_config *cfg);
+/* Stops accepting new connections and INVITEs. */
+void ae_drain(struct ae *ae);
+/* Closes everything; frees once the handles are closed. */
+void ae_stop(struct ae *ae);
+
+#endif

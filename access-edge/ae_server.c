@@ -1,0 +1,1182 @@
+/* The access edge's SIP server: UDP sockets and TCP/TLS connections on both sides, and
+ * the proxy core that validates, marks and forwards each message (RFC 3261 §16). One
+ * libuv loop; every message is parsed once and forwarded by splicing its bytes. */
+#include "access-edge/ae.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "access-edge/ae_txn.h"
+#include "access-edge/sip_msg.h"
+#include "access-edge/sip_proxy.h"
+#include "access-edge/sip_validate.h"
+#include "common/crypto.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/ratelimit.h"
+#include "common/stream.h"
+#include "common/tls.h"
+
+enum { AE_EXT = 0, AE_INT = 1 };
+
+#define AE_UDP_MAX 8
+#define AE_LST_MAX 16
+#define AE_NAMES_MAX 6
+#define AE_OUT_CAP (1024 * 1024 + 8192)
+#define AE_MMSG_BUF (16 * 65536)
+
+struct ae_udp {
+    uv_udp_t h;
+    struct ae *ae;
+    uint8_t side;
+    struct addr local;
+};
+
+struct ae_listener {
+    uv_tcp_t h;
+    struct ae *ae;
+    uint8_t side, tp;
+    bool mtls;
+    struct addr local;
+};
+
+struct ae_conn {
+    struct ae *ae;
+    struct stream *s;
+    uint32_t id;
+    uint8_t side, tp;
+    bool mtls, open, outbound;
+    enum sip_source src;
+    struct addr peer;
+    struct addr local; /* the listener (or our address) the peer talks to */
+    struct buf rb;
+    char names[AE_NAMES_MAX][128];
+    const char *name_ptrs[AE_NAMES_MAX];
+    size_t nnames;
+};
+
+/* Metric labels for each rejection reason (fixed set: bounded cardinality). */
+static const char *const reject_reasons[] = {
+    "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
+    "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
+    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable", NULL,
+};
+
+struct ae {
+    uv_loop_t *loop;
+    const struct ae_config *cfg;
+    const struct logger *log;
+    struct metrics *metrics;
+    struct sip_policy policy;
+    struct addr *own;
+    size_t nown;
+    const char **domains;
+
+    struct ae_udp udp[AE_UDP_MAX];
+    size_t nudp;
+    struct ae_listener lst[AE_LST_MAX];
+    size_t nlst;
+    struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client;
+
+    struct ae_conn **conns; /* by id & (conn_cap - 1) */
+    size_t conn_cap, nconns;
+    uint32_t next_id;
+    uint32_t director_conn;
+
+    struct ae_txn_table *txns;
+    uv_timer_t sweep;
+    struct ratelimit *rl;
+    uint64_t salt;
+    uint8_t flow_key[SIP_FLOW_KEY_LEN];
+    bool draining, stopping;
+    int open_handles;
+
+    struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
+    struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
+
+    struct sip_msg msg;
+    uint8_t out[AE_OUT_CAP];
+    uint8_t mmsg[AE_MMSG_BUF];
+};
+
+/* Where a message came from. */
+struct ae_origin {
+    uint8_t side, tp;
+    struct ae_udp *udp;    /* UDP: the socket it arrived on */
+    struct ae_conn *conn;  /* stream: its connection */
+    const struct addr *peer;
+};
+
+static void ae_count_reject(struct ae *ae, const char *reason)
+{
+    for (size_t i = 0; reject_reasons[i]; i++)
+        if (strcmp(reject_reasons[i], reason) == 0) {
+            metric_inc(ae->m_reject[i]);
+            return;
+        }
+}
+
+/* ---- connection table ---- */
+
+static struct ae_conn *conn_get(struct ae *ae, uint32_t id)
+{
+    if (id == 0)
+        return NULL;
+    struct ae_conn *c = ae->conns[id & (ae->conn_cap - 1)];
+    return (c && c->id == id) ? c : NULL;
+}
+
+static int conn_register(struct ae *ae, struct ae_conn *c)
+{
+    if (ae->nconns >= ae->cfg->limits.max_connections)
+        return -EMFILE;
+    for (size_t i = 0; i < ae->conn_cap; i++) {
+        uint32_t id = ++ae->next_id;
+        if (id == 0)
+            id = ++ae->next_id;
+        size_t k = id & (ae->conn_cap - 1);
+        if (!ae->conns[k]) {
+            c->id = id;
+            ae->conns[k] = c;
+            ae->nconns++;
+            metric_set(ae->m_conns, (int64_t)ae->nconns);
+            return 0;
+        }
+    }
+    return -EMFILE;
+}
+
+static void conn_unregister(struct ae *ae, struct ae_conn *c)
+{
+    size_t k = c->id & (ae->conn_cap - 1);
+    if (ae->conns[k] == c) {
+        ae->conns[k] = NULL;
+        ae->nconns--;
+        metric_set(ae->m_conns, (int64_t)ae->nconns);
+    }
+    if (ae->director_conn == c->id)
+        ae->director_conn = 0;
+}
+
+static size_t conns_from(struct ae *ae, const struct addr *a)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < ae->conn_cap; i++)
+        if (ae->conns[i] && !ae->conns[i]->outbound && addr_host_eq(&ae->conns[i]->peer, a))
+            n++;
+    return n;
+}
+
+/* ---- sending ---- */
+
+struct udp_send_req {
+    uv_udp_send_t req;
+    size_t len;
+    uint8_t data[];
+};
+
+static void on_udp_sent(uv_udp_send_t *req, int status)
+{
+    free(container_of(req, struct udp_send_req, req));
+}
+
+static struct ae_udp *udp_for(struct ae *ae, uint8_t side, int family)
+{
+    struct ae_udp *any = NULL;
+    for (size_t i = 0; i < ae->nudp; i++) {
+        if (ae->udp[i].side != side)
+            continue;
+        if (addr_family(&ae->udp[i].local) == family)
+            return &ae->udp[i];
+        if (!any)
+            any = &ae->udp[i];
+    }
+    return any;
+}
+
+static int udp_send(struct ae_udp *u, const struct addr *to, const uint8_t *p, size_t n)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    int rc = uv_udp_try_send(&u->h, &b, 1, &to->u.sa);
+    if (rc >= 0)
+        return 0;
+    if (rc != UV_EAGAIN && rc != UV_ENOSYS)
+        return rc;
+    /* The socket buffer is full: queue a copy. */
+    struct udp_send_req *r = malloc(sizeof(*r) + n);
+    if (!r)
+        return -ENOMEM;
+    memcpy(r->data, p, n);
+    r->len = n;
+    b = uv_buf_init((char *)r->data, (unsigned)n);
+    rc = uv_udp_send(&r->req, &u->h, &b, 1, &to->u.sa, on_udp_sent);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
+static int conn_send(struct ae_conn *c, const uint8_t *p, size_t n)
+{
+    int rc = stream_write(c->s, p, n);
+    if (rc == -ENOBUFS) {
+        /* The peer does not read: shed this message, keep the connection (a slow
+         * client must not take the edge's memory). */
+        metric_inc(c->ae->m_dropped);
+        return rc;
+    }
+    return rc;
+}
+
+static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
+                      const char *server_name, struct ae_conn **out);
+static void ae_unref(struct ae *ae);
+
+/* Sends to a destination: a UDP address from the side's socket, or a stream connection
+ * (opened on demand for the Director and static targets). */
+static int ae_send(struct ae *ae, struct ae_dest *d, const uint8_t *p, size_t n)
+{
+    metric_inc(ae->m_out[d->side]);
+    if (d->tp == AE_TP_UDP) {
+        struct ae_udp *u = udp_for(ae, d->side, addr_family(&d->addr));
+        return u ? udp_send(u, &d->addr, p, n) : -ENETUNREACH;
+    }
+    struct ae_conn *c = conn_get(ae, d->conn_id);
+    if (!c) {
+        if (d->conn_id)
+            return -ENOTCONN; /* the flow is gone */
+        int rc = ae_connect(ae, d->side, d->tp, &d->addr, NULL, &c);
+        if (rc < 0)
+            return rc;
+        d->conn_id = c->id;
+    }
+    return conn_send(c, p, n);
+}
+
+/* The address this side advertises for a transport (Via sent-by, Record-Route). */
+static const struct addr *side_addr(const struct ae *ae, uint8_t side, uint8_t tp)
+{
+    const struct ae_side_config *s = side == AE_EXT ? &ae->cfg->external : &ae->cfg->internal;
+    if (tp == AE_TP_UDP && s->nudp)
+        return &s->udp[0];
+    if (tp == AE_TP_TCP && s->ntcp)
+        return &s->tcp[0];
+    if (tp == AE_TP_TLS && side == AE_INT && s->nmtls)
+        return &s->mtls[0];
+    if (tp == AE_TP_TLS && s->ntls)
+        return &s->tls[0];
+    if (tp == AE_TP_TLS && s->nmtls)
+        return &s->mtls[0];
+    if (s->nudp)
+        return &s->udp[0];
+    return s->ntcp ? &s->tcp[0] : NULL;
+}
+
+static const char *tp_name(uint8_t tp)
+{
+    return tp == AE_TP_UDP ? "UDP" : tp == AE_TP_TCP ? "TCP" : "TLS";
+}
+
+/* ---- replies ---- */
+
+static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                     int status, const char *phrase, const char *warning, const char *extra)
+{
+    if (!m->is_request || slice_eq_str(m->method, "ACK"))
+        return; /* never answer an ACK or a response */
+    char lines[768] = "";
+    size_t n = 0;
+    if (warning && *warning) {
+        /* RFC 3261 §20.43 Warning, and the diagnostics header OCS clients look for. */
+        n = (size_t)snprintf(lines, sizeof(lines),
+                             "Warning: 399 %s \"%s\"\r\nms-diagnostics: %d;reason=\"%s\";"
+                             "source=\"%s\"\r\n",
+                             ae->cfg->fqdn, warning, 1000 + status, warning, ae->cfg->fqdn);
+    }
+    if (extra && n < sizeof(lines))
+        snprintf(lines + n, sizeof(lines) - n, "%s", extra);
+    char tag[24];
+    snprintf(tag, sizeof(tag), "ae%08x", (unsigned)(sip_branch_hash(ae->salt, m) & 0xffffffffu));
+    ssize_t len = sip_reply_make(m, status, phrase, tag, slice_str(lines), ae->out, AE_OUT_CAP);
+    if (len < 0)
+        return;
+    if (o->conn)
+        conn_send(o->conn, ae->out, (size_t)len);
+    else if (o->udp)
+        udp_send(o->udp, o->peer, ae->out, (size_t)len);
+}
+
+static void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                      const struct sip_verdict *v, const char *extra)
+{
+    ae_count_reject(ae, v->reason);
+    LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
+    ae_reply(ae, o, m, v->status, v->phrase, v->text, extra);
+}
+
+/* ---- the proxy core ---- */
+
+static bool method_is(const struct sip_msg *m, const char *s)
+{
+    return slice_eq_str(m->method, s);
+}
+
+static bool creates_dialog(const struct sip_msg *m)
+{
+    return method_is(m, "INVITE") || method_is(m, "SUBSCRIBE") || method_is(m, "REFER");
+}
+
+static void fmt_uri_host(const struct addr *a, uint8_t tp, char *out, size_t cap, bool ob)
+{
+    char h[ADDR_STRLEN];
+    addr_format(a, h);
+    snprintf(out, cap, "%s;lr%s%s", h,
+             tp == AE_TP_TCP ? ";transport=tcp" : tp == AE_TP_TLS ? ";transport=tls" : "",
+             ob ? ";ob" : "");
+}
+
+/* The flow of an external peer: its connection, or its UDP address. */
+static int flow_token(struct ae *ae, const struct ae_dest *d, char *out, size_t cap)
+{
+    struct sip_flow f = {.stream = d->tp != AE_TP_UDP, .conn_id = d->conn_id, .addr = d->addr};
+    return sip_flow_encode(ae->flow_key, &f, out, cap);
+}
+
+static void trust_line(struct ae *ae, const struct ae_origin *o, char *out, size_t cap)
+{
+    enum sip_source src = o->conn ? o->conn->src : SIP_SRC_REMOTE_USER;
+    bool fed = src == SIP_SRC_PARTNER || src == SIP_SRC_DISCOVERED;
+    snprintf(out, cap,
+             "ms-edge-proxy-message-trust: ms-source-type=%s;ms-ep-fqdn=%s;"
+             "ms-source-verified-user=%s;ms-source-network=%s%s%s\r\n",
+             sip_source_name(src), ae->cfg->fqdn, fed ? "verified" : "unverified",
+             fed ? "federation" : "publiccloud", fed && o->conn->nnames ? ";ms-remote-fqdn=" : "",
+             fed && o->conn->nnames ? o->conn->names[0] : "");
+}
+
+static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                               const struct sip_route *r)
+{
+    struct ae_dest dest = {0};
+    const struct ae_config *cfg = ae->cfg;
+    /* Where it goes. */
+    if (r->kind == SIP_ROUTE_DIRECTOR) {
+        dest.side = AE_INT;
+        dest.tp = (uint8_t)cfg->next_hop.transport;
+        dest.addr = cfg->next_hop.address;
+        dest.conn_id = dest.tp == AE_TP_UDP ? 0 : ae->director_conn;
+        if (dest.tp != AE_TP_UDP && !conn_get(ae, dest.conn_id)) {
+            struct ae_conn *c;
+            if (ae_connect(ae, AE_INT, dest.tp, &dest.addr, cfg->next_hop.server_name, &c) < 0) {
+                struct sip_verdict v = {503, "Service Unavailable", "unroutable",
+                                        "Next hop unreachable"};
+                ae_reject(ae, o, m, &v, "Retry-After: 5\r\n");
+                return;
+            }
+            ae->director_conn = dest.conn_id = c->id;
+        }
+    } else if (r->kind == SIP_ROUTE_FLOW) {
+        struct sip_flow f;
+        struct ae_conn *c = NULL;
+        if (sip_flow_decode(ae->flow_key, r->flow, &f) < 0 ||
+            (f.stream && (!(c = conn_get(ae, f.conn_id)) || !addr_eq(&c->peer, &f.addr)))) {
+            /* RFC 5626 §5.3: the flow is gone. */
+            struct sip_verdict v = {430, "Flow Failed", "no_flow", "Flow failed"};
+            ae_reject(ae, o, m, &v, NULL);
+            return;
+        }
+        dest.side = AE_EXT;
+        dest.tp = c ? c->tp : AE_TP_UDP;
+        dest.conn_id = c ? c->id : 0;
+        dest.addr = f.addr;
+    } else {
+        char port[8];
+        snprintf(port, sizeof(port), "%u", r->port);
+        if (addr_parse(&dest.addr, r->host, r->port ? r->port : (r->tls ? 5061 : 5060)) < 0) {
+            /* A name: federation by DNS SRV is not wired yet. */
+            struct sip_verdict v = {404, "Not Found", "unroutable", "No route to "};
+            snprintf(v.text, sizeof(v.text), "No route to %s", r->host);
+            ae_reject(ae, o, m, &v, NULL);
+            return;
+        }
+        dest.side = AE_EXT;
+        dest.tp = r->tls ? AE_TP_TLS : r->tcp ? AE_TP_TCP : AE_TP_UDP;
+        /* Reuse a connection the peer opened to us (RFC 5923 spirit) before dialing. */
+        if (dest.tp != AE_TP_UDP) {
+            for (size_t i = 0; i < ae->conn_cap; i++) {
+                struct ae_conn *c = ae->conns[i];
+                if (c && c->side == AE_EXT && addr_eq(&c->peer, &dest.addr)) {
+                    dest.conn_id = c->id;
+                    dest.tp = c->tp;
+                    break;
+                }
+            }
+        }
+    }
+
+    uint64_t now = uv_now(ae->loop);
+    uint64_t h = sip_branch_hash(ae->salt, m);
+    uint32_t cid = o->conn ? o->conn->id : 0;
+    bool is_invite = method_is(m, "INVITE");
+    if (is_invite || method_is(m, "CANCEL")) {
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (is_invite && t) {
+            /* A retransmission: the 100 we sent was lost, or is on its way. */
+            ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
+            return;
+        }
+        if (!is_invite) {
+            if (!t) {
+                struct sip_verdict v = {481, "Call/Transaction Does Not Exist", "no_target",
+                                        "No matching INVITE"};
+                ae_reject(ae, o, m, &v, NULL);
+                return;
+            }
+            /* RFC 3261 §16.10: answer the CANCEL here, then cancel the branch we opened. */
+            ae_reply(ae, o, m, 200, "OK", NULL, NULL);
+            if (t->final || t->cancelled)
+                return;
+            t->cancelled = true;
+            dest = t->dest;
+        } else {
+            if (ae->draining) {
+                struct sip_verdict v = {503, "Service Unavailable", "overload", "Draining"};
+                ae_reject(ae, o, m, &v, "Retry-After: 30\r\n");
+                return;
+            }
+            t = ae_txn_add(ae->txns, h, now);
+            if (!t) {
+                struct sip_verdict v = {503, "Service Unavailable", "overload",
+                                        "Too many calls in progress"};
+                ae_reject(ae, o, m, &v, "Retry-After: 2\r\n");
+                return;
+            }
+            t->dest = dest;
+            ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
+        }
+    }
+
+    /* The lines we add: our Via, Record-Route on both interfaces (RFC 5658), Path for a
+     * REGISTER from outside (RFC 3327), the trust marking for the inside. */
+    char ins[2048];
+    size_t n = 0;
+    const struct addr *via_a = side_addr(ae, dest.side, dest.tp);
+    if (!via_a)
+        return;
+    char hs[ADDR_STRLEN], br[SIP_BRANCH_MAX];
+    addr_format(via_a, hs);
+    sip_branch_format(h, cid, br);
+    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s\r\n",
+                          tp_name(dest.tp), hs, br);
+    bool from_ext = o->side == AE_EXT;
+    struct ae_dest ext_peer = {0};
+    if (from_ext) {
+        ext_peer.tp = o->tp;
+        ext_peer.conn_id = cid;
+        ext_peer.addr = *o->peer;
+    } else {
+        ext_peer = dest;
+    }
+    char tok[SIP_FLOW_TOKEN_MAX] = "";
+    if ((creates_dialog(m) && !r->in_dialog) || (from_ext && method_is(m, "REGISTER")))
+        if (flow_token(ae, &ext_peer, tok, sizeof(tok)) < 0)
+            tok[0] = 0;
+    if (creates_dialog(m) && !r->in_dialog) {
+        char ext_u[160], int_u[160];
+        const struct addr *ea = from_ext ? (o->conn ? &o->conn->local : &o->udp->local)
+                                         : side_addr(ae, AE_EXT, dest.tp);
+        uint8_t itp = from_ext ? dest.tp : o->tp;
+        const struct addr *ia = side_addr(ae, AE_INT, itp);
+        if (ea && ia) {
+            fmt_uri_host(ea, from_ext ? o->tp : dest.tp, ext_u, sizeof(ext_u), false);
+            fmt_uri_host(ia, itp, int_u, sizeof(int_u), false);
+            /* The interface facing the next hop goes on top. */
+            if (from_ext)
+                n += (size_t)snprintf(ins + n, sizeof(ins) - n,
+                                      "Record-Route: <sip:%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
+                                      int_u, tok, *tok ? "@" : "", ext_u);
+            else
+                n += (size_t)snprintf(ins + n, sizeof(ins) - n,
+                                      "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s>\r\n",
+                                      tok, *tok ? "@" : "", ext_u, int_u);
+        }
+    }
+    if (from_ext && method_is(m, "REGISTER") && *tok && n < sizeof(ins)) {
+        char int_u[160];
+        const struct addr *ia = side_addr(ae, AE_INT, dest.tp);
+        if (ia) {
+            fmt_uri_host(ia, dest.tp, int_u, sizeof(int_u), true);
+            n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Path: <sip:%s@%s>\r\n", tok, int_u);
+        }
+    }
+    if (from_ext && n < sizeof(ins)) {
+        trust_line(ae, o, ins + n, sizeof(ins) - n);
+        n += strlen(ins + n);
+    }
+    if (n >= sizeof(ins))
+        return;
+    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop, .src = o->peer, .strip_trust = true};
+    ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
+    if (len < 0) {
+        struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+        ae_reject(ae, o, m, &v, NULL);
+        return;
+    }
+    int rc = ae_send(ae, &dest, ae->out, (size_t)len);
+    if (rc < 0 && rc != -ENOBUFS) {
+        LOGD(ae->log, &dest.addr, "sip: send failed: %s", uv_strerror(rc));
+        if (r->kind == SIP_ROUTE_FLOW || rc == -ENOTCONN) {
+            struct sip_verdict v = {430, "Flow Failed", "no_flow", "Flow failed"};
+            ae_reject(ae, o, m, &v, NULL);
+        }
+    }
+}
+
+static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
+{
+    /* RFC 3261 §16.7: the top Via must be ours; it is removed and the response follows
+     * the next one. Our branch names the connection the request came on. */
+    const struct sip_hdr *vh = sip_msg_find(m, SIP_H_VIA);
+    struct slice host;
+    uint16_t port;
+    uint64_t h;
+    uint32_t cid;
+    char hb[ADDR_STRLEN];
+    if (!sip_via_sent_by(sip_hdr_value(m, vh), &host, &port) ||
+        slice_to_cstr(host, hb, sizeof(hb)) < 0 || !sip_policy_is_own(&ae->policy, hb, port) ||
+        !sip_branch_parse(sip_top_branch(m), &h, &cid)) {
+        metric_inc(ae->m_dropped);
+        LOGD(ae->log, o->peer, "sip: response not for us, dropped");
+        return;
+    }
+    struct slice cm = sip_cseq_method(m);
+    if (slice_eq_str(cm, "INVITE")) {
+        if (m->status == 100)
+            return; /* hop by hop: we sent our own */
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (t && m->status >= 200 && !t->final) {
+            t->final = true;
+            t->t_ms = uv_now(ae->loop);
+        }
+    } else if (slice_eq_str(cm, "CANCEL")) {
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (t && t->cancelled)
+            return; /* we answered the CANCEL ourselves */
+    }
+    struct ae_dest dest = {0};
+    dest.side = o->side == AE_EXT ? AE_INT : AE_EXT;
+    if (cid) {
+        struct ae_conn *c = conn_get(ae, cid);
+        if (!c) {
+            metric_inc(ae->m_dropped);
+            return;
+        }
+        dest.tp = c->tp;
+        dest.conn_id = cid;
+        dest.addr = c->peer;
+    } else {
+        dest.tp = AE_TP_UDP;
+        if (sip_response_next_hop(m, &dest.addr) < 0) {
+            metric_inc(ae->m_dropped);
+            return;
+        }
+    }
+    char ins[512] = "";
+    if (o->side == AE_EXT)
+        trust_line(ae, o, ins, sizeof(ins));
+    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
+    if (len > 0)
+        ae_send(ae, &dest, ae->out, (size_t)len);
+}
+
+/* One framed message from origin o (m already scanned). Returns -EBADMSG when the sender
+ * must be cut off (stream) or ignored (UDP). */
+static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
+{
+    metric_inc(ae->m_in[o->side]);
+    enum sip_source src = o->conn ? o->conn->src : (o->side == AE_EXT ? SIP_SRC_REMOTE_USER
+                                                                       : SIP_SRC_INTERNAL);
+    if (o->side == AE_EXT && m->is_request && !method_is(m, "ACK")) {
+        uint32_t retry = 1;
+        const void *key;
+        size_t klen;
+        if (addr_family(o->peer) == AF_INET6) {
+            key = &o->peer->u.in6.sin6_addr;
+            klen = 16;
+        } else {
+            key = &o->peer->u.in4.sin_addr;
+            klen = 4;
+        }
+        if (!ratelimit_take(ae->rl, key, klen, 1, uv_now(ae->loop), &retry)) {
+            char ra[40];
+            snprintf(ra, sizeof(ra), "Retry-After: %u\r\n", retry ? retry : 1);
+            struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
+                                    "Rate limit exceeded"};
+            ae_count_reject(ae, v.reason);
+            ae_reply(ae, o, m, 503, v.phrase, v.text, ra);
+            return 0;
+        }
+    }
+    struct sip_peer peer = {src, o->peer, o->conn ? o->conn->name_ptrs : NULL,
+                            o->conn ? o->conn->nnames : 0};
+    struct sip_verdict v;
+    struct sip_route r;
+    struct sip_parsed *sp = NULL;
+    int rc = sip_validate(&ae->policy, &peer, m, &v, &r, &sp);
+    if (rc < 0) {
+        metric_inc(ae->m_unparseable);
+        LOGI(ae->log, o->peer, "sip: unparseable %s dropped", m->is_request ? "request" : "response");
+        return -EBADMSG;
+    }
+    if (rc == 1) {
+        if (m->is_request) {
+            const char *extra = v.status == 405 ? NULL : NULL;
+            char allow[300];
+            if (v.status == 405) {
+                snprintf(allow, sizeof(allow), "Allow: %s\r\n", sip_allow_list(src));
+                extra = allow;
+            }
+            ae_reject(ae, o, m, &v, extra);
+        } else {
+            ae_count_reject(ae, v.reason);
+        }
+        return 0;
+    }
+    if (m->is_request)
+        ae_forward_request(ae, o, m, &r);
+    else
+        ae_forward_response(ae, o, m);
+    sip_parsed_free(sp);
+    return 0;
+}
+
+/* ---- UDP ---- */
+
+static void on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    struct ae_udp *u = h->data;
+    /* One static buffer: recvmmsg fills it in 64 KiB slots, each processed before the next
+     * read (libuv calls back synchronously for every slot). */
+    *b = uv_buf_init((char *)u->ae->mmsg, sizeof(u->ae->mmsg));
+}
+
+static void on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sockaddr *from,
+                        unsigned flags)
+{
+    struct ae_udp *u = h->data;
+    struct ae *ae = u->ae;
+    if (n <= 0 || !from)
+        return;
+    struct addr peer;
+    if (addr_from_sockaddr(&peer, from) < 0)
+        return;
+    const uint8_t *p = (const uint8_t *)b->base;
+    size_t len = (size_t)n;
+    /* A keep-alive (RFC 5626 §4.4.1 uses STUN on UDP; CRLF is common): ignore it. */
+    size_t k = 0;
+    while (k < len && (p[k] == '\r' || p[k] == '\n'))
+        k++;
+    if (k == len)
+        return;
+    size_t cap = u->side == AE_EXT ? ae->cfg->limits.max_client_message
+                                   : ae->cfg->limits.max_server_message;
+    ssize_t r = sip_msg_scan(&ae->msg, p + k, len - k, true, cap);
+    struct ae_origin o = {u->side, AE_TP_UDP, u, NULL, &peer};
+    if (r < 0) {
+        metric_inc(ae->m_unparseable);
+        LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
+        return;
+    }
+    ae_handle(ae, &o, &ae->msg);
+}
+
+/* ---- streams ---- */
+
+static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
+{
+    struct ae_conn *c = arg;
+    struct ae *ae = c->ae;
+    if (buf_append(&c->rb, data, len) < 0) {
+        LOGI(ae->log, &c->peer, "sip: message over the size limit, closing");
+        return -EMSGSIZE;
+    }
+    size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
+                                               : ae->cfg->limits.max_server_message;
+    for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
+        struct slice in = buf_slice(&c->rb);
+        /* RFC 5626 §4.4.1: a double CRLF is a ping; answer with a single CRLF (pong). */
+        size_t k = 0;
+        while (k < in.len && (in.p[k] == '\r' || in.p[k] == '\n'))
+            k++;
+        if (k) {
+            if (k >= 4 && memcmp(in.p, "\r\n\r\n", 4) == 0)
+                stream_write(s, "\r\n", 2);
+            buf_consume(&c->rb, k);
+            continue;
+        }
+        ssize_t r = sip_msg_scan(&ae->msg, in.p, in.len, false, cap);
+        if (r == -EAGAIN)
+            break;
+        if (r < 0) {
+            metric_inc(ae->m_unparseable);
+            LOGI(ae->log, &c->peer, "sip: unparseable stream data, closing");
+            return -EBADMSG;
+        }
+        if ((size_t)r > cap) {
+            struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+            ae_reject(ae, &o, &ae->msg, &v, NULL);
+            return -EMSGSIZE;
+        }
+        struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+        int rc = ae_handle(ae, &o, &ae->msg);
+        buf_consume(&c->rb, (size_t)r);
+        if (rc < 0)
+            return rc;
+        if (!conn_get(ae, c->id))
+            break;
+    }
+    return 0;
+}
+
+static void on_conn_open(struct stream *s, void *arg)
+{
+    struct ae_conn *c = arg;
+    c->open = true;
+    struct tls_conn *t = stream_tls(s);
+    if (!t || !c->mtls)
+        return;
+    /* Names the peer's verified certificate vouches for (federation From check). */
+    const char *cn = tls_conn_peer_cn(t);
+    if (cn && c->nnames < AE_NAMES_MAX)
+        snprintf(c->names[c->nnames++], sizeof(c->names[0]), "%s", cn);
+    for (size_t i = 0; c->nnames < AE_NAMES_MAX; i++) {
+        const char *san = tls_conn_peer_san(t, i);
+        if (!san)
+            break;
+        snprintf(c->names[c->nnames++], sizeof(c->names[0]), "%s", san);
+    }
+    for (size_t i = 0; i < c->nnames; i++)
+        c->name_ptrs[i] = c->names[i];
+    if (c->side == AE_EXT) {
+        const struct ae_federation_config *fc = &c->ae->cfg->federation;
+        bool allowed = false;
+        for (size_t i = 0; i < fc->nblock; i++)
+            if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->block[i])) {
+                LOGI(c->ae->log, &c->peer, "sip: blocked partner %s", fc->block[i]);
+                ae_count_reject(c->ae, "blocked");
+                stream_close(s, -EACCES, "blocked partner");
+                return;
+            }
+        for (size_t i = 0; i < fc->nallow; i++)
+            if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->allow[i]))
+                allowed = true;
+        c->src = allowed ? SIP_SRC_PARTNER : SIP_SRC_DISCOVERED;
+        if (!allowed && !fc->discovery) {
+            LOGI(c->ae->log, &c->peer, "sip: partner %s not on the allow list",
+                 c->nnames ? c->names[0] : "?");
+            stream_close(s, -EACCES, "partner not allowed");
+        }
+    }
+}
+
+static void conn_free(struct ae_conn *c)
+{
+    struct ae *ae = c->ae;
+    conn_unregister(ae, c);
+    buf_fini(&c->rb);
+    free(c);
+    ae_unref(ae);
+}
+
+static void on_conn_close(struct stream *s, int err, const char *why, void *arg)
+{
+    struct ae_conn *c = arg;
+    LOGD(c->ae->log, &c->peer, "sip: connection closed (%s)", why ? why : "");
+    conn_free(c);
+}
+
+static const struct stream_cbs conn_cbs = {on_conn_data, on_conn_open, NULL, on_conn_close};
+
+static struct ae_conn *conn_new(struct ae *ae, uint8_t side, uint8_t tp, bool mtls)
+{
+    struct ae_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    size_t cap = side == AE_EXT ? ae->cfg->limits.max_client_message
+                                : ae->cfg->limits.max_server_message;
+    if (buf_init(&c->rb, cap + 4096) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->ae = ae;
+    c->side = side;
+    c->tp = tp;
+    c->mtls = mtls;
+    c->src = side == AE_INT ? SIP_SRC_INTERNAL : SIP_SRC_REMOTE_USER;
+    if (conn_register(ae, c) < 0) {
+        buf_fini(&c->rb);
+        free(c);
+        return NULL;
+    }
+    ae->open_handles++;
+    return c;
+}
+
+static void on_accept(uv_stream_t *server, int status)
+{
+    struct ae_listener *l = server->data;
+    struct ae *ae = l->ae;
+    if (status < 0)
+        return;
+    struct ae_conn *c = ae->draining ? NULL : conn_new(ae, l->side, l->tp, l->mtls);
+    struct stream_opts so = {
+        .tls = l->tp == AE_TP_TLS
+                   ? (l->side == AE_EXT ? (l->mtls ? ae->tls_ext_mtls : ae->tls_ext)
+                                        : ae->tls_int_server)
+                   : NULL,
+        .write_cap = 256 * 1024,
+        .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
+        .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
+    };
+    if (!c) {
+        /* Over the connection cap (or draining): accept and drop, so the backlog empties. */
+        uv_tcp_t *t = malloc(sizeof(*t));
+        if (t && uv_tcp_init(ae->loop, t) == 0) {
+            if (uv_accept(server, (uv_stream_t *)t) == 0)
+                LOGI(ae->log, NULL, "sip: connection refused (limit)");
+            uv_close((uv_handle_t *)t, (uv_close_cb)free);
+        } else {
+            free(t);
+        }
+        ae_count_reject(ae, "overload");
+        return;
+    }
+    c->local = l->local;
+    if (stream_accept(server, &so, &conn_cbs, c, &c->s) < 0) {
+        conn_free(c);
+        return;
+    }
+    c->peer = *stream_peer(c->s);
+    if (l->side == AE_EXT && conns_from(ae, &c->peer) > ae->cfg->limits.max_connections_per_address) {
+        LOGI(ae->log, &c->peer, "sip: too many connections from this address");
+        ae_count_reject(ae, "overload");
+        stream_close(c->s, -EMFILE, "per-address connection limit");
+    }
+}
+
+static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
+                      const char *server_name, struct ae_conn **out)
+{
+    struct ae_conn *c = conn_new(ae, side, tp, tp == AE_TP_TLS);
+    if (!c)
+        return -EMFILE;
+    c->outbound = true;
+    c->peer = *to;
+    const struct addr *la = side_addr(ae, side, tp);
+    if (la)
+        c->local = *la;
+    struct stream_opts so = {
+        .tls = tp == AE_TP_TLS ? ae->tls_int_client : NULL,
+        .server_name = server_name,
+        .write_cap = 4 * 1024 * 1024,
+        .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
+    };
+    if (tp == AE_TP_TLS && !so.tls) {
+        conn_free(c);
+        return -ENOTSUP;
+    }
+    /* Connect from this side's own address, so the peer sees the interface it expects. */
+    struct addr from;
+    const struct addr *bind_from = NULL;
+    if (la && addr_family(la) == addr_family(to)) {
+        from = *la;
+        addr_set_port(&from, 0);
+        bind_from = &from;
+    }
+    int rc = stream_connect(ae->loop, to, bind_from, &so, &conn_cbs, c, &c->s);
+    if (rc < 0) {
+        conn_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* ---- lifecycle ---- */
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct ae *ae = t->data;
+    /* Timer C (RFC 3261 §16.8) is 3 min; our entries only absorb retransmissions, so a
+     * final response ends them after 32 s at most (64*T1). */
+    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, 32000);
+    metric_set(ae->m_txns, (int64_t)ae_txn_count(ae->txns));
+}
+
+static int build_policy(struct ae *ae, const struct ae_config *cfg)
+{
+    const struct ae_side_config *sides[2] = {&cfg->external, &cfg->internal};
+    size_t n = 0;
+    for (int s = 0; s < 2; s++)
+        n += sides[s]->nudp + sides[s]->ntcp + sides[s]->ntls + sides[s]->nmtls;
+    struct addr *own = calloc(n ? n : 1, sizeof(*own));
+    const char **doms = calloc(cfg->ndomains, sizeof(*doms));
+    if (!own || !doms) {
+        free(own);
+        free(doms);
+        return -ENOMEM;
+    }
+    size_t k = 0;
+    for (int s = 0; s < 2; s++) {
+        const struct ae_side_config *sc = sides[s];
+        for (size_t i = 0; i < sc->nudp; i++)
+            own[k++] = sc->udp[i];
+        for (size_t i = 0; i < sc->ntcp; i++)
+            own[k++] = sc->tcp[i];
+        for (size_t i = 0; i < sc->ntls; i++)
+            own[k++] = sc->tls[i];
+        for (size_t i = 0; i < sc->nmtls; i++)
+            own[k++] = sc->mtls[i];
+    }
+    for (size_t i = 0; i < cfg->ndomains; i++)
+        doms[i] = cfg->domains[i];
+    free(ae->own);
+    free(ae->domains);
+    ae->own = own;
+    ae->nown = k;
+    ae->domains = doms;
+    ae->policy = (struct sip_policy){
+        .domains = doms,
+        .ndomains = cfg->ndomains,
+        .own = own,
+        .nown = k,
+        .max_client_msg = cfg->limits.max_client_message,
+        .max_server_msg = cfg->limits.max_server_message,
+        .max_headers = cfg->limits.max_headers,
+        .max_line = cfg->limits.max_line,
+    };
+    return 0;
+}
+
+static int make_tls(struct ae *ae, const struct tls_files_config *f, bool server, bool verify,
+                    struct tls_ctx **out)
+{
+    struct tls_cert_opts co = {f->cert, f->key};
+    struct tls_opts o = {
+        .server = server,
+        .certs = f->cert ? &co : NULL,
+        .ncerts = f->cert ? 1 : 0,
+        .self_signed_name = ae->cfg->fqdn,
+        .ca_file = f->ca,
+        .verify_peer = verify,
+        .session_tickets = true,
+    };
+    char err[256];
+    int rc = tls_ctx_create(out, &o, err, sizeof(err));
+    if (rc < 0)
+        LOGE(ae->log, NULL, "sip: TLS setup failed: %s", err);
+    return rc;
+}
+
+/* Drops one reference of the edge's handles and connections; the last frees it. */
+static void ae_unref(struct ae *ae)
+{
+    if (--ae->open_handles == 0) {
+        tls_ctx_unref(ae->tls_ext);
+        tls_ctx_unref(ae->tls_ext_mtls);
+        tls_ctx_unref(ae->tls_int_server);
+        tls_ctx_unref(ae->tls_int_client);
+        ae_txn_table_destroy(ae->txns);
+        ratelimit_destroy(ae->rl);
+        free(ae->conns);
+        free(ae->own);
+        free(ae->domains);
+        free(ae);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    ae_unref(h->data);
+}
+
+static void close_handle(struct ae *ae, uv_handle_t *h)
+{
+    h->data = ae;
+    uv_close(h, on_handle_closed);
+}
+
+static int listen_udp(struct ae *ae, uint8_t side, const struct addr *a)
+{
+    if (ae->nudp >= AE_UDP_MAX)
+        return -ENOSPC;
+    struct ae_udp *u = &ae->udp[ae->nudp];
+    u->ae = ae;
+    u->side = side;
+    u->local = *a;
+    int rc = uv_udp_init_ex(ae->loop, &u->h, (unsigned)addr_family(a) | UV_UDP_RECVMMSG);
+    if (rc < 0)
+        return rc;
+    ae->nudp++;
+    ae->open_handles++;
+    u->h.data = u;
+    rc = uv_udp_bind(&u->h, &a->u.sa, UV_UDP_REUSEADDR);
+    if (rc == 0) {
+        int sz = 4 * 1024 * 1024;
+        uv_recv_buffer_size((uv_handle_t *)&u->h, &sz);
+        sz = 4 * 1024 * 1024;
+        uv_send_buffer_size((uv_handle_t *)&u->h, &sz);
+        rc = uv_udp_recv_start(&u->h, on_udp_alloc, on_udp_recv);
+    }
+    return rc;
+}
+
+static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const struct addr *a)
+{
+    if (ae->nlst >= AE_LST_MAX)
+        return -ENOSPC;
+    struct ae_listener *l = &ae->lst[ae->nlst];
+    l->ae = ae;
+    l->side = side;
+    l->tp = tp;
+    l->mtls = mtls;
+    l->local = *a;
+    l->h.data = l;
+    int rc = stream_listen(ae->loop, &l->h, a, 1024, false, on_accept);
+    if (rc < 0)
+        return rc;
+    l->h.data = l;
+    ae->nlst++;
+    ae->open_handles++;
+    return 0;
+}
+
+int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
+             struct metrics *m, struct ae **out)
+{
+    struct ae *ae = calloc(1, sizeof(*ae));
+    if (!ae)
+        return -ENOMEM;
+    ae->loop = loop;
+    ae->cfg = cfg;
+    ae->log = log;
+    ae->metrics = m;
+    int rc = build_policy(ae, cfg);
+    size_t cap = 64;
+    while (cap < 2 * (size_t)cfg->limits.max_connections)
+        cap <<= 1;
+    ae->conn_cap = cap;
+    ae->conns = calloc(cap, sizeof(*ae->conns));
+    if (rc == 0 && !ae->conns)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = ae_txn_table_create(&ae->txns, cfg->limits.max_transactions);
+    if (rc == 0)
+        rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
+    if (rc == 0 && (crypto_random(&ae->salt, sizeof(ae->salt)) < 0 ||
+                    crypto_random(ae->flow_key, sizeof(ae->flow_key)) < 0))
+        rc = -EIO;
+    if (rc < 0) {
+        ae_txn_table_destroy(ae->txns);
+        free(ae->conns);
+        free(ae->own);
+        free(ae->domains);
+        free(ae);
+        return rc;
+    }
+
+    static const char *const side_l[2] = {"side=\"external\"", "side=\"internal\""};
+    for (int s = 0; s < 2; s++) {
+        ae->m_in[s] = metrics_counter(m, "sip_messages_in_total", "SIP messages received",
+                                      side_l[s]);
+        ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent",
+                                       side_l[s]);
+    }
+    ae->m_unparseable = metrics_counter(m, "sip_unparseable_total",
+                                        "messages dropped (UDP) or connections closed because "
+                                        "they did not parse", NULL);
+    ae->m_dropped = metrics_counter(m, "sip_dropped_total",
+                                    "messages dropped (stray responses, full queues)", NULL);
+    ae->m_conns = metrics_gauge(m, "sip_connections", "open TCP/TLS connections", NULL);
+    ae->m_txns = metrics_gauge(m, "sip_invite_transactions", "INVITE transactions in flight",
+                               NULL);
+    for (size_t i = 0; reject_reasons[i]; i++) {
+        char l[64];
+        snprintf(l, sizeof(l), "reason=\"%s\"", reject_reasons[i]);
+        ae->m_reject[i] = metrics_counter(m, "sip_rejected_total",
+                                          "messages refused by the edge, by reason", l);
+    }
+
+    /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
+    const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
+    if (ex->ntls)
+        rc = make_tls(ae, &ex->certs, true, false, &ae->tls_ext);
+    if (rc == 0 && ex->nmtls)
+        rc = make_tls(ae, &ex->certs, true, true, &ae->tls_ext_mtls);
+    if (rc == 0 && (in->ntls || in->nmtls))
+        rc = make_tls(ae, &in->certs, true, in->nmtls > 0, &ae->tls_int_server);
+    if (rc == 0 && cfg->next_hop.transport == AE_TP_TLS)
+        rc = make_tls(ae, &in->certs, false, true, &ae->tls_int_client);
+
+    const struct ae_side_config *sides[2] = {ex, in};
+    for (uint8_t s = 0; s < 2 && rc == 0; s++) {
+        const struct ae_side_config *sc = sides[s];
+        for (size_t i = 0; i < sc->nudp && rc == 0; i++)
+            if ((rc = listen_udp(ae, s, &sc->udp[i])) < 0)
+                LOGE(log, &sc->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->ntcp && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->tcp[i])) < 0)
+                LOGE(log, &sc->tcp[i], "sip: cannot listen (TCP): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->ntls && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->tls[i])) < 0)
+                LOGE(log, &sc->tls[i], "sip: cannot listen (TLS): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->nmtls && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i])) < 0)
+                LOGE(log, &sc->mtls[i], "sip: cannot listen (mTLS): %s", uv_strerror(rc));
+    }
+    uv_timer_init(loop, &ae->sweep);
+    ae->open_handles++;
+    ae->sweep.data = ae;
+    uv_timer_start(&ae->sweep, on_sweep, 1000, 1000);
+    if (rc < 0) {
+        ae_stop(ae);
+        return rc;
+    }
+    LOGI(log, NULL, "sip: access edge up (%zu UDP, %zu stream listeners)", ae->nudp, ae->nlst);
+    *out = ae;
+    return 0;
+}
+
+int ae_reload(struct ae *ae, const struct ae_config *cfg)
+{
+    int rc = build_policy(ae, cfg);
+    if (rc == 0)
+        ae->cfg = cfg;
+    return rc;
+}
+
+void ae_drain(struct ae *ae)
+{
+    ae->draining = true;
+}
+
+void ae_stop(struct ae *ae)
+{
+    if (!ae || ae->stopping)
+        return;
+    ae->stopping = true;
+    for (size_t i = 0; i < ae->conn_cap; i++)
+        if (ae->conns[i])
+            stream_close(ae->conns[i]->s, 0, "shutdown");
+    for (size_t i = 0; i < ae->nudp; i++) {
+        uv_udp_recv_stop(&ae->udp[i].h);
+        close_handle(ae, (uv_handle_t *)&ae->udp[i].h);
+    }
+    for (size_t i = 0; i < ae->nlst; i++)
+        close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
+    uv_timer_stop(&ae->sweep);
+    close_handle(ae, (uv_handle_t *)&ae->sweep);
+}

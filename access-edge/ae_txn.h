@@ -1,0 +1,45 @@
+/* INVITE server-transaction table of the access edge: absorbs retransmissions, matches
+ * CANCELs to the INVITE they cancel, and bounds the work in flight (a full table sheds
+ * new INVITEs with 503). Keyed by the 64-bit branch hash (sip_branch_hash). Pure: the
+ * caller passes the clock. Open addressing with tombstones; fixed capacity. */
+#ifndef AE_TXN_H
+#define AE_TXN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/addr.h"
+
+/* Where the INVITE went: a CANCEL follows the same way (RFC 3261 §16.10). */
+struct ae_dest {
+    uint8_t side;     /* 0 external, 1 internal */
+    uint8_t tp;       /* 0 UDP, 1 TCP, 2 TLS */
+    uint32_t conn_id; /* stream connection, 0 for UDP or not yet connected */
+    struct addr addr;
+};
+
+struct ae_txn {
+    uint64_t key;
+    uint64_t t_ms;   /* created, then time of the final response */
+    uint8_t state;   /* internal: 0 empty, 1 used, 2 deleted */
+    bool final;      /* a final response went upstream */
+    bool cancelled;  /* a CANCEL was answered by us */
+    struct ae_dest dest;
+};
+
+struct ae_txn_table;
+
+int ae_txn_table_create(struct ae_txn_table **out, size_t cap);
+void ae_txn_table_destroy(struct ae_txn_table *t);
+struct ae_txn *ae_txn_find(struct ae_txn_table *t, uint64_t key);
+/* A new entry for key (zeroed except key and t_ms), or NULL when the table is full. */
+struct ae_txn *ae_txn_add(struct ae_txn_table *t, uint64_t key, uint64_t now_ms);
+void ae_txn_del(struct ae_txn_table *t, struct ae_txn *x);
+/* Removes transactions older than max_ms, or final for longer than linger_ms. Returns how
+ * many went. */
+size_t ae_txn_expire(struct ae_txn_table *t, uint64_t now_ms, uint64_t max_ms,
+                     uint64_t linger_ms);
+size_t ae_txn_count(const struct ae_txn_table *t);
+
+#endif

@@ -1,0 +1,64 @@
+// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+/* Fuzzes the access edge's message path: framing, osip2 parse, validation, the route
+ * decision, and the splicing of the forwarded request/response, for each source type. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "access-edge/sip_msg.h"
+#include "access-edge/sip_proxy.h"
+#include "access-edge/sip_validate.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const char *const domains[] = {"example.com"};
+    static const char *const names[] = {"sip.partner.example"};
+    static struct sip_msg m;
+    static uint8_t out[70000];
+    static const uint8_t key[SIP_FLOW_KEY_LEN];
+    if (size < 1)
+        return 0;
+    struct addr own[2];
+    addr_parse(&own[0], "127.0.0.11:5060", 5060);
+    addr_parse(&own[1], "127.0.0.21:5060", 5060);
+    struct sip_policy pol = {domains, 1, own, 2, 4096, 65536, 64, 1024};
+    struct addr src;
+    addr_parse(&src, "192.0.2.7:5062", 0);
+    /* Owned copy so that reads past the end are caught. */
+    uint8_t *buf = malloc(size - 1);
+    if (!buf)
+        return 0;
+    memcpy(buf, data + 1, size - 1);
+    struct sip_peer peer = {.src = (enum sip_source)(data[0] % 4), .addr = &src,
+                            .cert_names = names, .ncert_names = 1};
+    bool datagram = data[0] & 0x10;
+    ssize_t n = sip_msg_scan(&m, buf, size - 1, datagram, 65536);
+    if (n > 0) {
+        struct sip_verdict v;
+        struct sip_route r;
+        struct sip_parsed *sp = NULL;
+        int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
+        if (rc == 0 && m.is_request) {
+            static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
+            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .strip_trust = true};
+            sip_fwd_request(&m, &o, out, sizeof(out));
+            struct sip_flow f;
+            sip_flow_decode(key, r.flow, &f);
+        } else if (rc == 0) {
+            sip_fwd_response(&m, SLICE_NULL, true, out, sizeof(out));
+            struct addr to;
+            sip_response_next_hop(&m, &to);
+            uint64_t h;
+            uint32_t c;
+            sip_branch_parse(sip_top_branch(&m), &h, &c);
+        } else if (rc == 1 && m.is_request) {
+            sip_reply_make(&m, v.status, v.phrase, "abc", slice_str("Warning: 399 x \"y\"\r\n"),
+                           out, sizeof(out));
+        }
+        sip_branch_hash(1, &m);
+        sip_parsed_free(sp);
+    }
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,363 @@
+"""av-edge end to end: stock clients (coturn's turnutils_*, stun-client) over UDP, TCP and TLS,
+every error code a client can see (and the daemon serving others afterwards), the enterprise
+rule, metrics, reload."""
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+import unittest
+
+from harness import SuiteTest, free_port, wait_for, http_request
+import avturn as T
+
+EXT = "127.0.0.113"   # external listener and relay address
+INT = "127.0.0.123"   # internal listener
+SECRET = "integ-secret"
+
+
+class AvEdgeTest(SuiteTest):
+    def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False):
+        self.ext_port = free_port(EXT)
+        self.int_port = free_port(INT)
+        self.tls_port = free_port(EXT) if tls else None
+        self.admin = f"127.0.0.1:{free_port()}"
+        base = random.randrange(20000, 29000, 100)
+        self.relay_range = (base, base + 99)
+        limits_text = limits or "  user_quota: 50\n"
+        allow = "  allow_peers: [127.0.0.1/32]\n" if allow_loopback else ""
+        tls_line = f"  tls_listen: [{EXT}:{self.tls_port}]\n" if tls else "  tls_listen: []\n"
+        cfg = f"""admin: {{ listen: {self.admin} }}
+log: {{ level: debug }}
+external:
+  listen: [{EXT}:{self.ext_port}]
+  tcp_listen: []
+{tls_line}{allow}internal:
+  listen: [{INT}:{self.int_port}]
+relay: {{ addresses: [{EXT}], port_min: {base}, port_max: {base + 99} }}
+auth:
+  realm: edge.lab
+  secret: {SECRET}
+  users: [{{name: alice, password: wonder}}, {{name: bob, password: builder}}]
+{auth}limits:
+{limits_text}director: {{ enabled: false }}
+{extra}"""
+        self.edge = self.daemon("av-edge", cfg, admin=self.admin)
+        return self.edge
+
+    def ext(self, user="alice", password="wonder", **kw):
+        c = T.Client((EXT, self.ext_port), user, password, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def int_(self, user="bob", password="builder", **kw):
+        c = T.Client((INT, self.int_port), user, password, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def wait_metric(self, name, at_least):
+        wait_for(lambda: self.edge.metrics().get(name, 0) >= at_least, timeout=5,
+                 what=f"{name} >= {at_least}")
+
+    def assert_serving(self):
+        """Another client still gets an allocation and a Binding answer."""
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(c.request(T.BINDING, auth=False).code, 0)
+        self.assertEqual(c.refresh(0).code, 0)
+        self.edge.alive()
+
+
+class TestStockClients(AvEdgeTest):
+    def test_turnutils_stunclient_binding(self):
+        self.start_edge()
+        p = self.run_tool(["turnutils_stunclient", "-p", str(self.ext_port), EXT], timeout=20)
+        out = p.stdout.decode() + p.stderr.decode()
+        self.assertIn("UDP reflexive addr: 127.0.0.1:", out)
+
+    def test_stun_client_gets_mapped_address(self):
+        """stun-client speaks RFC 3489 (no magic cookie): it still gets MAPPED-ADDRESS."""
+        self.start_edge()
+        p = self.run_tool(["stun", f"{EXT}:{self.ext_port}", "-v"], timeout=30)
+        out = p.stdout.decode() + p.stderr.decode()
+        self.assertRegex(out, r"MappedAddress = 127\.0\.0\.1:\d+")
+        self.assertIn("test I = 1", out)
+
+    def uclient(self, args, host, port, n=50, m=4):
+        p = self.run_tool(["turnutils_uclient"] + args + ["-p", str(port), "-n", str(n), "-m", str(m),
+                                                          "-l", "172", host], timeout=60)
+        out = p.stdout.decode() + p.stderr.decode()
+        self.assertIn("Total lost packets 0 (0.000000%)", out, out[-2000:])
+        sent = re.findall(r"tot_send_msgs=(\d+)", out)
+        self.assertTrue(sent and int(sent[-1]) == n * m, out[-1000:])
+        return out
+
+    def test_uclient_udp_rest_credentials(self):
+        """-W: TURN REST credentials from the shared secret, client-to-client through the
+        internal side (the external side would refuse the edge's own relay address)."""
+        self.start_edge()
+        self.uclient(["-W", SECRET, "-y"], INT, self.int_port)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_peer"}', 200)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_client"}', 200)
+
+    def test_uclient_udp_static_user_with_peer(self):
+        """-u/-w over the external side to a peer (turnutils_peer) allowed for labs."""
+        self.start_edge(allow_loopback=True)
+        peer_port = free_port("127.0.0.1", socket.SOCK_DGRAM)
+        if not __import__("shutil").which("turnutils_peer"):
+            self.skipTest("turnutils_peer is not installed")
+        peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (peer.kill(), peer.wait()))
+        time.sleep(0.3)
+        self.uclient(["-u", "alice", "-w", "wonder", "-e", "127.0.0.1", "-r", str(peer_port)],
+                     EXT, self.ext_port)
+
+    def test_uclient_tcp(self):
+        self.start_edge()
+        self.uclient(["-t", "-W", SECRET, "-y"], INT, self.int_port)
+
+    def test_uclient_tls(self):
+        self.start_edge(tls=True, allow_loopback=True)
+        peer_port = free_port("127.0.0.1", socket.SOCK_DGRAM)
+        peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(peer_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (peer.kill(), peer.wait()))
+        time.sleep(0.3)
+        self.uclient(["-t", "-S", "-W", SECRET, "-e", "127.0.0.1", "-r", str(peer_port)],
+                     EXT, self.tls_port)
+
+
+class TestErrorCodes(AvEdgeTest):
+    def test_401_unauthenticated_wrong_password_unknown_user(self):
+        self.start_edge()
+        c = self.ext()
+        m = c.request(T.ALLOCATE, [(T.A_TRANSPORT, bytes([17, 0, 0, 0]))], auth=False)
+        self.assertEqual(m.code, 401)
+        self.assertIsNotNone(m.get(T.A_NONCE))
+        self.assertIsNotNone(m.get(T.A_REALM))
+        self.assertEqual(self.ext("alice", "wrong").allocate().code, 401)
+        self.assertEqual(self.ext("nobody", "x").allocate().code, 401)
+        user, _ = T.rest_credentials(SECRET, "carol", ttl=-10)  # expired REST username
+        _, pw = T.rest_credentials(SECRET, "carol")
+        self.assertEqual(self.ext(user, pw).allocate().code, 401)
+        self.assert_serving()
+        self.wait_metric('av_edge_auth_failures_total{reason="bad_integrity"}', 1)
+        self.wait_metric('av_edge_auth_failures_total{reason="unknown_user"}', 1)
+        self.wait_metric('av_edge_auth_failures_total{reason="expired"}', 1)
+
+    def test_401_is_not_larger_than_needed(self):
+        """The challenge to an unauthenticated request carries only ERROR-CODE (no phrase),
+        REALM and NONCE: no SOFTWARE, no reason text."""
+        self.start_edge()
+        c = self.ext()
+        raw, tid = T.build(T.ALLOCATE, T.REQUEST, [(T.A_TRANSPORT, bytes([17, 0, 0, 0]))],
+                           fingerprint=False)
+        m = c.transact(raw, tid)
+        self.assertEqual(m.code, 401)
+        self.assertEqual(len(m.raw), 20 + 8 + (4 + 8) + (4 + 16))
+
+    def test_400_bad_request(self):
+        self.start_edge()
+        c = self.ext()
+        self.assertEqual(c.request(T.ALLOCATE, []).code, 400)  # no REQUESTED-TRANSPORT
+        self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(c.request(T.CHANNEL_BIND, lambda tid: [
+            (T.A_CHANNEL, struct.pack("!HH", 0x3000, 0)),
+            (T.A_PEER, T.xaddr("192.0.2.1", 9, tid))]).code, 400)
+        self.assertEqual(c.request(T.CREATE_PERMISSION, []).code, 400)
+        self.assert_serving()
+
+    def test_420_unknown_comprehension_required(self):
+        self.start_edge()
+        c = self.ext()
+        m = c.request(T.ALLOCATE, [(T.A_TRANSPORT, bytes([17, 0, 0, 0])), (0x0031, b"zz")])
+        self.assertEqual(m.code, 420)
+        self.assertEqual(m.get(T.A_UNKNOWN), b"\x00\x31")
+        m = c.request(T.BINDING, [(0x0003, b"\0\0\0\0")], auth=False)
+        self.assertEqual(m.code, 420)
+        self.assert_serving()
+
+    def test_437_allocation_mismatch(self):
+        self.start_edge()
+        c = self.ext()
+        self.assertEqual(c.refresh().code, 437)
+        self.assertEqual(c.permit("192.0.2.1").code, 437)
+        self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(c.allocate().code, 437)  # a second Allocate on the same 5-tuple
+        self.assertEqual(c.refresh(0).code, 0)
+        self.assertEqual(c.refresh().code, 437)
+        self.assert_serving()
+
+    def test_438_stale_nonce(self):
+        self.start_edge(auth="")
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 0)
+        c.nonce = b"AAAAAAAAAAAAAAAA"
+        raw, tid = T.build(T.REFRESH, T.REQUEST, [
+            (T.A_USERNAME, b"alice"), (T.A_REALM, b"edge.lab"), (T.A_NONCE, c.nonce)],
+            key=T.long_term_key("alice", "edge.lab", "wonder"))
+        m = c.transact(raw, tid)
+        self.assertEqual(m.code, 438)
+        self.assertIsNotNone(m.get(T.A_NONCE))
+        self.assertEqual(c.refresh().code, 0)  # the new nonce works
+        self.assert_serving()
+
+    def test_438_nonce_expires(self):
+        self.start_edge(auth="  nonce_lifetime: 1s\n".replace("  ", "", 0))
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 0)
+        time.sleep(2.1)
+        nonce = c.nonce
+        raw, tid = T.build(T.REFRESH, T.REQUEST, [
+            (T.A_USERNAME, b"alice"), (T.A_REALM, b"edge.lab"), (T.A_NONCE, nonce)],
+            key=T.long_term_key("alice", "edge.lab", "wonder"))
+        self.assertEqual(c.transact(raw, tid).code, 438)
+        self.assert_serving()
+
+    def test_440_442_family_and_transport(self):
+        self.start_edge()
+        c = self.ext()
+        m = c.allocate([(T.A_RAF, bytes([2, 0, 0, 0]))])  # IPv6: no IPv6 relay address
+        self.assertEqual(m.code, 440)
+        self.assertEqual(c.allocate(transport=6).code, 442)  # TCP relay over UDP
+        self.assertEqual(c.allocate().code, 0)
+        self.assert_serving()
+
+    def test_441_wrong_credentials(self):
+        self.start_edge()
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 0)
+        m = c.request(T.REFRESH, [], user="bob", password="builder")
+        self.assertEqual(m.code, 441)
+        self.assertEqual(c.refresh().code, 0)
+        self.assert_serving()
+
+    def test_486_user_quota(self):
+        self.start_edge(limits="  user_quota: 5\n")
+        clients = [self.ext() for _ in range(5)]
+        for c in clients:
+            self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(self.ext().allocate().code, 486)
+        self.assertEqual(self.ext("bob", "builder").allocate().code, 0)  # others unaffected
+        self.wait_metric('av_edge_quota_refusals_total{quota="user"}', 1)
+
+    def test_508_total_quota(self):
+        self.start_edge(limits="  total_quota: 2\n")
+        a, b = self.ext(), self.ext("bob", "builder")
+        self.assertEqual(a.allocate().code, 0)
+        self.assertEqual(b.allocate().code, 0)
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 508)
+        self.assertEqual(a.refresh(0).code, 0)
+        self.assertEqual(c.allocate().code, 0)
+
+    def test_403_external_cannot_reach_inside(self):
+        """The enterprise rule: loopback, internal networks, the edge's own addresses,
+        link-local and multicast are refused to external allocations."""
+        self.start_edge()
+        c = self.ext()
+        self.assertEqual(c.allocate().code, 0)
+        for host in ("127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.9", EXT, INT,
+                     "169.254.0.1", "224.0.0.5", "0.0.0.0"):
+            self.assertEqual(c.permit(host).code, 403, host)
+        self.assertEqual(c.channel_bind(0x4000, "127.0.0.1", 9).code, 403)
+        self.assertEqual(c.permit("192.0.2.10").code, 0)  # public addresses are fine
+        self.edge.wait_log("refused CreatePermission from user alice: loopback")
+        self.wait_metric('av_edge_denied_peers_total{reason="loopback"}', 1)
+        self.wait_metric('av_edge_denied_peers_total{reason="internal_network"}', 3)
+        self.wait_metric('av_edge_denied_peers_total{reason="own_address"}', 2)
+        self.assert_serving()
+
+
+class TestEnterpriseFlow(AvEdgeTest):
+    def test_internal_user_admits_external_party_both_ways(self):
+        """An internal user's allocation with a permission for the external party relays both
+        ways; an unpermitted sender gets nothing through; the external party's own
+        allocation cannot name the internal relay."""
+        self.start_edge()
+        inside = self.int_()
+        self.assertEqual(inside.allocate().code, 0)
+        relay = inside.relay
+        self.assertEqual(relay[0], EXT)  # relayed addresses live on the external side
+        party = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        party.bind(("127.0.0.1", 0))
+        party.settimeout(2)
+        self.addCleanup(party.close)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.2", 0))
+        self.addCleanup(stranger.close)
+        self.assertEqual(inside.permit("127.0.0.1").code, 0)
+        # external party -> relay -> internal user (Data indication)
+        stranger.sendto(b"not-admitted", relay)
+        party.sendto(b"hello-inside", relay)
+        kind, peer, data = inside.recv_data()
+        self.assertEqual((kind, data), ("data", b"hello-inside"))
+        self.assertEqual(peer, party.getsockname())
+        # internal user -> relay -> external party (Send indication)
+        inside.send_indication(*party.getsockname(), b"hello-outside")
+        data, src = party.recvfrom(2000)
+        self.assertEqual((data, src), (b"hello-outside", relay))
+        # with a channel both ways
+        self.assertEqual(inside.channel_bind(0x4001, *party.getsockname()).code, 0)
+        for i in range(20):
+            inside.send_channel(0x4001, b"c%d" % i)
+            self.assertEqual(party.recvfrom(2000)[0], b"c%d" % i)
+            party.sendto(b"p%d" % i, relay)
+            self.assertEqual(inside.recv_data(), ("channel", 0x4001, b"p%d" % i))
+        # the stranger's datagram never arrived
+        self.wait_metric('av_edge_dropped_packets_total{reason="no_permission"}', 1)
+        # the external party's own allocation may not name the internal user's relay
+        outside = self.ext()
+        self.assertEqual(outside.allocate().code, 0)
+        self.assertEqual(outside.permit(relay[0], relay[1]).code, 403)
+
+    def test_tcp_client_allocation_ends_with_connection(self):
+        self.start_edge()
+        c = self.int_(tcp=True)
+        self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(c.permit("127.0.0.1").code, 0)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        self.addCleanup(peer.close)
+        self.assertEqual(c.channel_bind(0x4002, *peer.getsockname()).code, 0)
+        peer.sendto(b"abcde", c.relay)  # 5 bytes: padded to 12 on the stream
+        self.assertEqual(c.recv_data(), ("channel", 0x4002, b"abcde"))
+        wait_for(lambda: self.edge.metrics()["av_edge_allocations"] == 1, what="gauge at 1")
+        c.close()
+        wait_for(lambda: self.edge.metrics()["av_edge_allocations"] == 0, what="gauge at 0")
+
+
+class TestOperations(AvEdgeTest):
+    def test_reload_changes_secret_and_keeps_allocations(self):
+        self.start_edge()
+        a = self.ext()
+        self.assertEqual(a.allocate().code, 0)
+        with open(self.edge.config) as f:
+            text = f.read()
+        with open(self.edge.config, "w") as f:
+            f.write(text.replace(SECRET, "rotated-secret"))
+        self.edge.signal(signal.SIGHUP)
+        wait_for(lambda: self.edge.metrics().get('av_edge_config_reloads_total{result="ok"}') == 1,
+                 what="reload")
+        user, pw = T.rest_credentials("rotated-secret", "dave")
+        self.assertEqual(self.ext(user, pw).allocate().code, 0)
+        user, pw = T.rest_credentials(SECRET, "erin")  # previous secret still accepted
+        self.assertEqual(self.ext(user, pw).allocate().code, 0)
+        self.assertEqual(a.refresh().code, 0)
+
+    def test_bad_config_is_refused_with_position(self):
+        d = self.daemon("av-edge", "admin: { listen: 127.0.0.1:1 }\n"
+                        "relay: { port_min: 60000, port_max: 50000 }\n"
+                        "director: { enabled: false }\n", start=False)
+        p = subprocess.run([d.name and os.path.join(os.environ.get("SUITE_BUILD", "build"), "bin", "av-edge"),
+                            "--check", "-c", d.config], capture_output=True, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("port_min", p.stderr.decode() + p.stdout.decode())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,244 @@
+/* revproxy/http1.c: heads, limits, framing, pipelining and refusals of non-HTTP input. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <cmocka.h>
+#include <http_parser.h>
+
+#include "revproxy/http1.h"
+
+static struct http_reader *req(size_t max_head)
+{
+    struct http_reader *r;
+    assert_int_equal(http_reader_create(&r, true, max_head), 0);
+    return r;
+}
+
+/* Feeds all of s in one go, returning bytes used and the events. */
+static ssize_t feed(struct http_reader *r, const char *s, unsigned *ev)
+{
+    return http_reader_feed(r, (const uint8_t *)s, strlen(s), ev);
+}
+
+static void request_head_parsed_and_stops_at_head(void **st)
+{
+    struct http_reader *r = req(4096);
+    const char *m = "GET /ABS/ext/x?y=1 HTTP/1.1\r\nHost: edge.example.com\r\nX-Empty:\r\n"
+                    "Accept: */*\r\n\r\n";
+    unsigned ev;
+    assert_int_equal(feed(r, m, &ev), (ssize_t)strlen(m));
+    assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
+    const struct http_head *h = http_reader_head(r);
+    assert_int_equal(h->method, HTTP_GET);
+    assert_true(slice_eq_str(h->url, "/ABS/ext/x?y=1"));
+    assert_int_equal(h->nhdr, 3);
+    assert_true(slice_eq_str(http_head_get(h, "HOST"), "edge.example.com"));
+    assert_true(slice_eq_str(h->hdr[1].name, "X-Empty"));
+    assert_true(slice_eq_str(h->hdr[2].name, "Accept"));
+    assert_true(h->keep_alive);
+    assert_false(h->has_body);
+    assert_int_equal(h->head_len, strlen(m));
+    http_reader_destroy(r);
+}
+
+static void head_split_byte_by_byte(void **st)
+{
+    struct http_reader *r = req(4096);
+    const char *m = "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    size_t hl = strlen(m) - 5, i = 0;
+    unsigned ev = 0;
+    for (; i < hl; i++) {
+        ssize_t n = http_reader_feed(r, (const uint8_t *)m + i, 1, &ev);
+        assert_int_equal(n, 1);
+        if (ev)
+            break;
+    }
+    assert_int_equal(i, hl - 1);
+    assert_int_equal(ev, HTTP_EV_HEAD);
+    const struct http_head *h = http_reader_head(r);
+    assert_true(slice_eq_str(http_head_get(h, "host"), "a"));
+    assert_true(slice_eq_str(h->url, "/p"));
+    assert_int_equal(h->content_length, 5);
+    assert_true(h->has_body);
+    ssize_t n = http_reader_feed(r, (const uint8_t *)m + hl, 5, &ev);
+    assert_int_equal(n, 5);
+    assert_int_equal(ev, HTTP_EV_DONE);
+    http_reader_destroy(r);
+}
+
+static void pipelined_requests_one_at_a_time(void **st)
+{
+    struct http_reader *r = req(4096);
+    const char *m = "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    unsigned ev;
+    ssize_t n = feed(r, m, &ev);
+    assert_int_equal(n, strlen(m) / 2);
+    assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
+    assert_true(slice_eq_str(http_reader_head(r)->url, "/a"));
+    n = http_reader_feed(r, (const uint8_t *)m + n, strlen(m) / 2, &ev);
+    assert_int_equal(n, strlen(m) / 2);
+    assert_true(slice_eq_str(http_reader_head(r)->url, "/b"));
+    http_reader_destroy(r);
+}
+
+static void chunked_body_framed_raw_and_counted(void **st)
+{
+    struct http_reader *r = req(4096);
+    const char *h = "POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const char *b = "5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: t\r\n\r\n";
+    unsigned ev;
+    assert_int_equal(feed(r, h, &ev), (ssize_t)strlen(h));
+    assert_true(http_reader_head(r)->chunked);
+    ssize_t n = feed(r, b, &ev);
+    assert_int_equal(n, (ssize_t)strlen(b)); /* raw bytes, chunk framing included */
+    assert_int_equal(ev, HTTP_EV_DONE);
+    assert_int_equal(http_reader_body_bytes(r), 8);
+    http_reader_destroy(r);
+}
+
+static void bad_chunk_encoding_is_400(void **st)
+{
+    struct http_reader *r = req(4096);
+    unsigned ev;
+    feed(r, "POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", &ev);
+    assert_int_equal(feed(r, "zz\r\nhello\r\n", &ev), -EBADMSG);
+    http_reader_destroy(r);
+}
+
+static void oversized_head_is_431(void **st)
+{
+    struct http_reader *r = req(1024);
+    char big[2048];
+    memset(big, 'a', sizeof big);
+    memcpy(big, "GET /", 5);
+    unsigned ev;
+    ssize_t n = http_reader_feed(r, (const uint8_t *)big, sizeof big, &ev);
+    assert_int_equal(n, -EMSGSIZE);
+    http_reader_destroy(r);
+    /* The same over many small feeds. */
+    r = req(1024);
+    n = http_reader_feed(r, (const uint8_t *)"GET / HTTP/1.1\r\n", 16, &ev);
+    for (int i = 0; i < 200 && n >= 0; i++)
+        n = feed(r, "X-Filler: 0123456789\r\n", &ev);
+    assert_int_equal(n, -EMSGSIZE);
+    http_reader_destroy(r);
+}
+
+static void too_many_headers_is_431(void **st)
+{
+    struct http_reader *r = req(65536);
+    unsigned ev;
+    ssize_t n = feed(r, "GET / HTTP/1.1\r\n", &ev);
+    for (int i = 0; i < HTTP_MAX_HEADERS + 1 && n >= 0; i++)
+        n = feed(r, "A: b\r\n", &ev);
+    if (n >= 0)
+        n = feed(r, "\r\n", &ev);
+    assert_int_equal(n, -EMSGSIZE);
+    http_reader_destroy(r);
+}
+
+static void body_over_limit_is_413(void **st)
+{
+    struct http_reader *r = req(4096);
+    unsigned ev;
+    http_reader_set_max_body(r, 4);
+    assert_int_equal(feed(r, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", &ev), -EFBIG);
+    http_reader_destroy(r);
+    r = req(4096);
+    http_reader_set_max_body(r, 4);
+    feed(r, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", &ev);
+    assert_int_equal(feed(r, "5\r\nhello\r\n", &ev), -EFBIG);
+    http_reader_destroy(r);
+}
+
+static void sip_and_tls_are_400(void **st)
+{
+    static const char *bad[] = {
+        "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS x\r\n\r\n",
+        "OPTIONS sip:x SIP/2.0\r\n\r\n",
+        "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct http_reader *r = req(4096);
+        unsigned ev;
+        ssize_t n = http_reader_feed(r, (const uint8_t *)bad[i], strlen(bad[i]), &ev);
+        assert_int_equal(n, -EBADMSG);
+        http_reader_destroy(r);
+    }
+}
+
+static void expect_continue_and_upgrade_flags(void **st)
+{
+    struct http_reader *r = req(4096);
+    unsigned ev;
+    feed(r, "PUT /x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", &ev);
+    assert_true(http_reader_head(r)->expect_continue);
+    http_reader_destroy(r);
+    r = req(4096);
+    feed(r, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", &ev);
+    assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
+    assert_true(http_reader_head(r)->upgrade);
+    http_reader_destroy(r);
+}
+
+static void response_framings(void **st)
+{
+    struct http_reader *r;
+    unsigned ev;
+    assert_int_equal(http_reader_create(&r, false, 4096), 0);
+    const char *c100 = "HTTP/1.1 100 Continue\r\n\r\n";
+    assert_int_equal(feed(r, c100, &ev), (ssize_t)strlen(c100));
+    assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
+    assert_int_equal(http_reader_head(r)->status, 100);
+    /* HEAD answer with a length but no body. */
+    http_reader_set_no_body(r, true);
+    const char *hd = "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+    assert_int_equal(feed(r, hd, &ev), (ssize_t)strlen(hd));
+    assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
+    http_reader_set_no_body(r, false);
+    /* Body until close. */
+    const char *eof = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc";
+    assert_int_equal(feed(r, eof, &ev), (ssize_t)strlen(eof) - 3); /* stops after the head */
+    assert_int_equal(ev, HTTP_EV_HEAD);
+    assert_int_equal(feed(r, "abc", &ev), 3);
+    assert_int_equal(http_reader_eof(r), HTTP_EV_DONE);
+    http_reader_destroy(r);
+    /* A truncated length-delimited body is not complete at EOF. */
+    assert_int_equal(http_reader_create(&r, false, 4096), 0);
+    feed(r, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", &ev);
+    assert_int_not_equal(http_reader_eof(r), HTTP_EV_DONE);
+    http_reader_destroy(r);
+}
+
+static void list_tokens(void **st)
+{
+    assert_true(http_list_has(slice_str("keep-alive, Upgrade"), "upgrade"));
+    assert_false(http_list_has(slice_str("upgrades"), "upgrade"));
+    assert_true(http_list_has(slice_str(" close "), "close"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(request_head_parsed_and_stops_at_head),
+        cmocka_unit_test(head_split_byte_by_byte),
+        cmocka_unit_test(pipelined_requests_one_at_a_time),
+        cmocka_unit_test(chunked_body_framed_raw_and_counted),
+        cmocka_unit_test(bad_chunk_encoding_is_400),
+        cmocka_unit_test(oversized_head_is_431),
+        cmocka_unit_test(too_many_headers_is_431),
+        cmocka_unit_test(body_over_limit_is_413),
+        cmocka_unit_test(sip_and_tls_are_400),
+        cmocka_unit_test(expect_continue_and_upgrade_flags),
+        cmocka_unit_test(response_framings),
+        cmocka_unit_test(list_tokens),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
