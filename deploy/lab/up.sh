@@ -10,6 +10,10 @@
 #   EDGELAB_AV       number of av-edge hosts, 1..3 (default 1)
 #   EDGELAB_FAIL_AT  fail on purpose after this step (tests prove the tear-down): links, hosts,
 #                    firewall, daemons
+#   EDGELAB_OWNER    who the lab belongs to, kept in /run/edgelab.owner (default "manual"; the
+#                    tests put "test PID" there, so a test never tears down a lab made by hand)
+# One lab per machine (the names are fixed): up.sh and down.sh serialize on /run/lock/edgelab.lock
+# unless the caller holds it already (EDGELAB_LOCK_HELD=1, as the tests do).
 set -eEuo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +35,11 @@ fi
 for tool in ip nft; do
     command -v $tool >/dev/null || { echo "lab: $tool is missing (deploy/install-deps.sh)" >&2; exit 2; }
 done
+if [ "${EDGELAB_LOCK_HELD:-0}" != 1 ]; then
+    mkdir -p /run/lock
+    exec 9>/run/lock/edgelab.lock
+    flock -w 60 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
+fi
 if ip netns list | grep -q "^$P-"; then
     echo "lab: a lab is already up (ip netns list shows $P-*); run deploy/lab/down.sh first" >&2
     exit 2
@@ -79,6 +88,7 @@ int_of() { local v; v="$(upper "$1")_INT"; echo "${!v}"; }
 
 mkdir -p "$LABDIR"
 : >"$LABDIR/pids"
+echo "${EDGELAB_OWNER:-manual} $LABDIR" >/run/edgelab.owner
 
 # --- hosts -----------------------------------------------------------------------------------
 for h in $HOSTS; do

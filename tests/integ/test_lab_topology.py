@@ -16,6 +16,9 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "deploy", "lab")
 LOCK = "/run/lock/edgelab.lock"  # one lab per machine: the names are fixed (edgelab-*)
+OWNER = "/run/edgelab.owner"     # who brought the lab up: "manual DIR" or "test PID DIR"
+# up.sh/down.sh run under our lock and mark the lab as this test process's.
+LAB_ENV = {"EDGELAB_LOCK_HELD": "1", "EDGELAB_OWNER": f"test {os.getpid()}"}
 
 
 def load_plan():
@@ -132,10 +135,25 @@ class LabCase(unittest.TestCase):
             print(f"\nskip: {reason}", flush=True)
             raise unittest.SkipTest(reason)
         cls.procs = []
-        down = sh(os.path.join(LAB, "down.sh"))  # a lab left by a killed run
-        if down.returncode != 0:
-            cls.release()
-            raise AssertionError("down.sh could not clean up an old lab:\n" + down.stderr)
+        spaces, _ = lab_leftovers()
+        if spaces:
+            owner = ""
+            try:
+                with open(OWNER) as f:
+                    owner = f.read().split()
+            except OSError:
+                pass
+            stale = not owner or (owner[0] == "test" and not os.path.exists(f"/proc/{owner[1]}"))
+            if not stale:
+                cls.release()
+                reason = (f"a lab is up ({' '.join(owner)}), not left by a dead test run: "
+                          "deploy/lab/down.sh (make lab-down) first")
+                print(f"\nskip: {reason}", flush=True)
+                raise unittest.SkipTest(reason)
+            down = sh(os.path.join(LAB, "down.sh"), env=LAB_ENV)  # left by a killed test run
+            if down.returncode != 0:
+                cls.release()
+                raise AssertionError("down.sh could not clean up an old lab:\n" + down.stderr)
 
     @classmethod
     def release(cls):
@@ -144,7 +162,7 @@ class LabCase(unittest.TestCase):
 
     @classmethod
     def down(cls):
-        r = sh(os.path.join(LAB, "down.sh"))
+        r = sh(os.path.join(LAB, "down.sh"), env=LAB_ENV)
         for p in cls.procs:
             try:
                 p.wait(timeout=2)
@@ -158,7 +176,7 @@ class LabCase(unittest.TestCase):
 
     @classmethod
     def up(cls, *args, env=None):
-        return sh(os.path.join(LAB, "up.sh"), *args, timeout=120, env=env)
+        return sh(os.path.join(LAB, "up.sh"), *args, timeout=120, env=dict(LAB_ENV, **(env or {})))
 
     def setUp(self):
         self.mine = []
@@ -397,7 +415,7 @@ class LabDaemons(LabCase):
     @classmethod
     def down(cls):
         r = subprocess.run([os.path.join(LAB, "down.sh")], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, EDGELAB_DIR=getattr(cls, "tmp", "")))
+                           env=dict(os.environ, EDGELAB_DIR=getattr(cls, "tmp", ""), **LAB_ENV))
         return r
 
     def admin_of(self, inst):
