@@ -202,7 +202,8 @@ start_role() {
         sed 's/^/    /' "$LABDIR/$inst.check"
         return 0
     fi
-    (cd "$ROOT" && exec ip netns exec "$P-$host" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 &
+    # 9>&-: the daemon must not inherit the lab lock, or the lock lives as long as the daemon.
+    (cd "$ROOT" && exec ip netns exec "$P-$host" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 9>&- &
     echo "$! $inst $host" >>"$LABDIR/pids"
     echo "lab: $inst started in $(ns "$host") (pid $!, log $LABDIR/$inst.log)"
 }
