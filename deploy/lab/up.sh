@@ -208,8 +208,18 @@ start_role() {
     echo "lab: $inst started in $(ns "$host") (pid $!, log $LABDIR/$inst.log)"
 }
 
+# The internal web server (the reverse proxy's upstream): HTTPS on the web host, port 443.
+start_web() {
+    # 9>&-: see start_role.
+    ip netns exec "$P-web" python3 "$HERE/webserver.py" "$WEB" 443 "$LABDIR/certs/web.crt" \
+        "$LABDIR/certs/web.key" "$ROOT/deploy/compose/web/htdocs" >"$LABDIR/web.log" 2>&1 9>&- &
+    echo "$! web web" >>"$LABDIR/pids"
+    echo "lab: web server started in $P-web (https://$WEB/, log $LABDIR/web.log)"
+}
+
 start_daemons() {
     "$ROOT/deploy/certs.sh" "$LABDIR/certs" >/dev/null
+    start_web
     start_role director director
     start_role access-edge access
     start_role conf-edge conf
