@@ -186,8 +186,9 @@ class LabCase(unittest.TestCase):
             if p.poll() is None:
                 p.kill()
             p.wait()
-            p.stdout.close()
-            p.stderr.close()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
 
     def ns(self, host):
         return f"{P}-{host}"
@@ -490,6 +491,55 @@ class LabDaemons(LabCase):
         # The proxy saw the user as the home NAT's public address, and the web server saw the proxy.
         self.assertIn(PLAN["HOMERTR_WAN"], self.log_tail("revproxy"))
         self.assertIn(PLAN["REVPROXY_INT"], self.log_tail("web"))
+
+    def sipua(self, host, *args, timeout=8):
+        """deploy/lab/sipua.py in host's namespace, started now; returns the Popen."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), sys.executable,
+                              os.path.join(LAB, "sipua.py"), "--timeout", str(timeout)] + list(args),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.mine.append(p)
+        return p
+
+    def test_external_user_registers_through_access_edge_and_exchanges_messages(self):
+        missing = [r for r in ("director", "access-edge") if r not in self.started]
+        if missing:
+            reason = f"{', '.join(missing)} not running in the lab (see up.sh's output above)"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        from deployutil import load_yaml
+        sip = load_yaml(os.path.join(self.tmp, "director.yaml")).get("sip", {})
+        users = {u["name"]: u["password"] for u in sip.get("users", [])}
+        domain = (sip.get("domains") or ["example.com"])[0]
+        if len(users) < 2:
+            self.skipTest("the Director's default config has fewer than two SIP users")
+        (ext, ext_pw), (inside, in_pw) = list(users.items())[:2]
+        outside_args = ["--proxy", PLAN["ACCESS_EXT"], "--user", ext, "--password", ext_pw,
+                        "--domain", domain, "--local", PLAN["USER"]]
+        inside_args = ["--proxy", PLAN["DIRECTOR"], "--user", inside, "--password", in_pw,
+                       "--domain", domain, "--local", PLAN["IUSER"]]
+
+        def run(p):
+            out, _ = p.communicate(timeout=30)
+            return out
+
+        # Outside -> inside: the internal user waits; the external user registers through the
+        # access edge (Digest challenge from the Director) and sends a MESSAGE.
+        waiter = self.sipua("iuser", *inside_args, "--wait-message")
+        time.sleep(1.0)  # let the internal user register first
+        sender = self.sipua("user", *outside_args, "--send-to", inside, "--text", "hello from outside")
+        out_s, out_w = run(sender), run(waiter)
+        self.assertIn("REGISTER 200", out_s, f"external user's REGISTER through access-edge:\n{out_s}\n"
+                                             f"{self.log_tail('access-edge')}")
+        self.assertIn("MESSAGE 200", out_s, out_s)
+        self.assertIn("GOT hello from outside", out_w, out_w)
+        # Inside -> outside: the Director reaches the external user back through the access edge,
+        # over the flow the user's REGISTER opened through the NAT.
+        waiter = self.sipua("user", *outside_args, "--wait-message")
+        time.sleep(1.0)
+        sender = self.sipua("iuser", *inside_args, "--send-to", ext, "--text", "hello from inside")
+        out_s, out_w = run(sender), run(waiter)
+        self.assertIn("MESSAGE 200", out_s, f"{out_s}\n{self.log_tail('director')}")
+        self.assertIn("GOT hello from inside", out_w, out_w)
 
     def log_tail(self, inst):
         try:
