@@ -30,6 +30,11 @@ struct stream_cbs {
     /* The stream is closed: err 0 = peer closed cleanly, else a negative errno.
      * The stream is freed right after this returns. */
     void (*on_close)(struct stream *s, int err, const char *why, void *arg);
+    /* Optional, plain TCP only: the peer half-closed (FIN). The stream stays open for
+     * writing; answer, then stream_shutdown (the stream closes once both FINs are out) or
+     * stream_close. Without it (and always with TLS, whose close_notify ends the
+     * connection: RFC 5246 7.2.1) the peer's end closes the stream once writes drain. */
+    void (*on_eof)(struct stream *s, void *arg);
 };
 
 struct stream_opts {
