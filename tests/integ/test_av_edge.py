@@ -379,4 +379,5 @@ class TestProbe(AvEdgeTest):
         self.assertEqual(p.returncode, 0, out)
         self.assertIn("loss_pct=0.000 auth_failures=0 malformed=0", out)
         self.assertIn("sent=15000 received=15000", out)
-        self.wait_metric('av_edge_relayed_packets_total{direction="to_client"}', 15000)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_client"}', 7500)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_peer"}', 7500)
