@@ -328,7 +328,9 @@ int main(int argc, char **argv)
     uint8_t buf[2048];
     for (;;) {
         double t = now_s();
-        if (t >= next && t < end) {
+        /* Catch up on ticks a slow iteration missed, so each stream sends exactly
+         * rate x seconds packets. */
+        while (t >= next && next < end) {
             for (int i = 0; i < o.streams; i++) {
                 struct stream *s = &st[i];
                 /* external host -> internal user's relay */
@@ -343,7 +345,7 @@ int main(int argc, char **argv)
         }
         if (t >= end + 0.5)
             break;
-        int wait_ms = t < end ? (int)((next - t) * 1000) : 50;
+        int wait_ms = next < end ? (int)((next - now_s()) * 1000) : 50;
         if (poll(pf, (nfds_t)o.streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
             continue;
         for (int i = 0; i < o.streams * 2; i++) {
