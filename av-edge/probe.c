@@ -343,8 +343,16 @@ int main(int argc, char **argv)
             }
             next += interval;
         }
-        if (t >= end + 0.5)
-            break;
+        /* After the last send, wait for stragglers (up to 3 s) until everything is in. */
+        if (t >= end) {
+            uint64_t sent = 0, got = 0;
+            for (int i = 0; i < o.streams; i++)
+                sent += st[i].out_in.sent + st[i].in_out.sent,
+                    got += st[i].out_in.received + st[i].in_out.received + st[i].out_in.auth_fail +
+                           st[i].in_out.auth_fail;
+            if (got >= sent || t >= end + 3.0)
+                break;
+        }
         int wait_ms = next < end ? (int)((next - now_s()) * 1000) : 50;
         if (poll(pf, (nfds_t)o.streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
             continue;
