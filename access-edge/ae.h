@@ -81,6 +81,9 @@ int ae_reload(struct ae *ae, const struct ae_config *cfg);
 /* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction
  * is left (checked every second), or at once if none is. */
 void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg);
+/* Open TCP/TLS connections and INVITE transactions in flight (for load reports). */
+size_t ae_connection_count(const struct ae *ae);
+size_t ae_transaction_count(const struct ae *ae);
 /* Closes everything; frees once the handles are closed. */
 void ae_stop(struct ae *ae);
 

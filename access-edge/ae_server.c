@@ -1442,6 +1442,16 @@ static void check_drained(struct ae *ae)
     }
 }
 
+size_t ae_connection_count(const struct ae *ae)
+{
+    return ae->nconns;
+}
+
+size_t ae_transaction_count(const struct ae *ae)
+{
+    return ae_txn_count(ae->txns);
+}
+
 void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg)
 {
     ae->draining = true;

@@ -28,7 +28,7 @@ class Lab:
 
     def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge="",
                  domain="example.com", ips=(DIR_IP, EXT_IP, INT_IP), cert="access-edge",
-                 mtls_port=None):
+                 mtls_port=None, ctl=False):
         ensure_certs()
         DIR_IP, EXT_IP, INT_IP = ips
         self.ips = ips
@@ -36,6 +36,7 @@ class Lab:
         self.t = test
         self.dir_admin = f"{DIR_IP}:{free_port(DIR_IP)}"
         self.dir_sip = free_port(DIR_IP, socket.SOCK_DGRAM)
+        self.ctl_port = free_port(DIR_IP)
         self.dir_mtls = free_port(DIR_IP)
         self.ext_port = free_port(EXT_IP)
         self.ext_tls = free_port(EXT_IP)
@@ -47,7 +48,7 @@ class Lab:
         users = "\n".join(f"    - {{name: {u}, password: {p}}}" for u, p in USERS.items())
         self.director = test.daemon("director", f"""
 admin: {{listen: {self.dir_admin}}}
-ctl: {{listen: {DIR_IP}:{free_port(DIR_IP)}}}
+ctl: {{listen: {DIR_IP}:{self.ctl_port}}}
 tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
 sip:
   enabled: true
@@ -65,9 +66,12 @@ sip:
         else:
             nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp}}"
         ae = f"{CERTS}/{cert}"
+        link = (f"director: {{enabled: true, address: {DIR_IP}:{self.ctl_port}, server_name: director, "
+                f"tls: {{cert: {ae}.crt, key: {ae}.key, ca: {CERTS}/ca.crt}}}}") if ctl else \
+            "director: {enabled: false}"
         self.edge = test.daemon("access-edge", f"""
 admin: {{listen: {self.edge_admin}}}
-director: {{enabled: false}}
+{link}
 domains: [{domain}]
 fqdn: edge.example.com
 external:

@@ -142,3 +142,13 @@ class EdgeFlows(SuiteTest):
         self.assertEqual(j["partners"][0]["domain"], "partner.lab")
         self.assertTrue(j["partners"][0]["watched"])
         self.assertEqual(lab.edge_metric("access_edge_sip_watchlist_additions_total"), 1)
+
+    def test_edge_reports_to_director_over_ctl(self):
+        from harness import http_json, wait_for
+        lab = Lab(self, ctl=True)
+
+        def listed():
+            st, j = http_json(lab.dir_admin, "/edges?role=access-edge")
+            edges = j.get("edges", j) if isinstance(j, dict) else j
+            return st == 200 and any(e.get("connected") for e in edges)
+        wait_for(listed, timeout=10, what="access-edge in the Director's /edges")
