@@ -673,6 +673,8 @@ int registrar_start(struct director *d)
         return -ENOMEM;
     rg->d = d;
     parser_init(); /* osip2's header table; idempotent */
+    for (int l = 0; l < END_TRACE_LEVEL; l++) /* no osip2 traces on stdout */
+        osip_trace_disable_level((osip_trace_level_t)l);
     rg->open_handles = 1; /* held until registrar_stop */
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;
