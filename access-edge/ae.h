@@ -19,6 +19,10 @@ struct ae_side_config {
     size_t ntls;
     struct addr *mtls; /* mutual TLS (federation outside; the Director inside) */
     size_t nmtls;
+    struct addr *ws;   /* SIP over WebSocket, plain (labs, or behind a TLS terminator) */
+    size_t nws;
+    struct addr *wss;  /* SIP over secure WebSocket (RFC 7118), browser clients */
+    size_t nwss;
     struct tls_files_config certs;
 };
 

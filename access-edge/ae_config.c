@@ -15,6 +15,10 @@ static const struct cfg_key ext_keys[] = {
      .help = "SIP over TLS listeners for remote users (443, 5061)"},
     {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .min = 5061, .count_offset = SIDE(nmtls),
      .help = "SIP over mutual TLS listeners for federated partners"},
+    {"ws", CFG_ADDRLIST, SIDE(ws), NULL, .min = 80, .count_offset = SIDE(nws),
+     .help = "SIP over WebSocket listeners (plain; labs or behind a TLS terminator)"},
+    {"wss", CFG_ADDRLIST, SIDE(wss), NULL, .min = 8443, .count_offset = SIDE(nwss),
+     .help = "SIP over secure WebSocket listeners (RFC 7118) for browser clients"},
     {"certs", CFG_SECTION, SIDE(certs), .sub = tls_files_keys,
      .help = "the edge's external certificate; ca verifies partners"},
     CFG_END,
@@ -125,11 +129,12 @@ int ae_config_validate(const void *cfg, struct cfg_err *err)
         cfg_errorf(cfg, err, "domains", "at least one SIP domain is needed");
         return -EINVAL;
     }
-    if (c->external.nudp + c->external.ntcp + c->external.ntls + c->external.nmtls == 0) {
+    if (c->external.nudp + c->external.ntcp + c->external.ntls + c->external.nmtls +
+            c->external.nws + c->external.nwss == 0) {
         cfg_errorf(cfg, err, "external", "no external listener");
         return -EINVAL;
     }
-    if ((c->external.ntls || c->external.nmtls) && !c->external.certs.cert) {
+    if ((c->external.ntls || c->external.nmtls || c->external.nwss) && !c->external.certs.cert) {
         cfg_errorf(cfg, err, "external.certs.cert", "TLS listeners need a certificate");
         return -EINVAL;
     }

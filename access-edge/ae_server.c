@@ -14,6 +14,7 @@
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
 #include "access-edge/sip_validate.h"
+#include "access-edge/sip_ws.h"
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -40,7 +41,7 @@ struct ae_listener {
     uv_tcp_t h;
     struct ae *ae;
     uint8_t side, tp;
-    bool mtls;
+    bool mtls, ws;
     struct addr local;
 };
 
@@ -50,6 +51,7 @@ struct ae_conn {
     uint32_t id;
     uint8_t side, tp;
     bool mtls, open, outbound;
+    bool ws, ws_open; /* RFC 7118: WebSocket framing, after the upgrade */
     enum sip_source src;
     int partner; /* index in ae->partners for a discovered partner, -1 before its first request */
     struct addr peer;
@@ -244,6 +246,14 @@ static int udp_send(struct ae_udp *u, const struct addr *to, const uint8_t *p, s
 
 static int conn_send(struct ae_conn *c, const uint8_t *p, size_t n)
 {
+    if (c->ws) {
+        /* One SIP message per WebSocket message, as text (RFC 7118 §5). */
+        uint8_t h[10];
+        size_t hl = sip_ws_header(SIP_WS_TEXT, n, h);
+        int r = stream_write(c->s, h, hl);
+        if (r < 0)
+            return r;
+    }
     int rc = stream_write(c->s, p, n);
     if (rc == -ENOBUFS) {
         /* The peer does not read: shed this message, keep the connection (a slow
@@ -565,8 +575,10 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     char hs[ADDR_STRLEN], br[SIP_BRANCH_MAX];
     addr_format(via_a, hs);
     sip_branch_format(h, cid, br);
-    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s\r\n",
-                          tp_name(dest.tp), hs, br);
+    struct ae_conn *dc = conn_get(ae, dest.conn_id);
+    const char *vtp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : tp_name(dest.tp);
+    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s\r\n", vtp, hs,
+                          br);
     bool from_ext = o->side == AE_EXT;
     struct ae_dest ext_peer = {0};
     if (from_ext) {
@@ -588,6 +600,12 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         const struct addr *ia = side_addr(ae, AE_INT, itp);
         if (ea && ia) {
             fmt_uri_host(ea, from_ext ? o->tp : dest.tp, ext_u, sizeof(ext_u), false);
+            struct ae_conn *wc = from_ext ? o->conn : dc;
+            if (wc && wc->ws) {
+                char h2[ADDR_STRLEN];
+                snprintf(ext_u, sizeof(ext_u), "%s;lr;transport=%s", addr_format(ea, h2),
+                         wc->tp == AE_TP_TLS ? "wss" : "ws");
+            }
             fmt_uri_host(ia, itp, int_u, sizeof(int_u), false);
             /* The interface facing the next hop goes on top. */
             if (from_ext)
@@ -947,6 +965,78 @@ static void on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct 
 
 /* ---- streams ---- */
 
+/* WebSocket connections: the upgrade, then one SIP message per data frame. */
+static int on_ws_data(struct ae_conn *c)
+{
+    struct ae *ae = c->ae;
+    size_t cap = ae->cfg->limits.max_client_message;
+    for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
+        uint8_t *p = c->rb.data + c->rb.rd;
+        size_t len = buf_len(&c->rb);
+        if (!c->ws_open) {
+            char resp[512];
+            size_t rl = 0;
+            bool ok = false;
+            ssize_t n = sip_ws_handshake(p, len, resp, sizeof(resp), &rl, &ok);
+            if (n == -EAGAIN)
+                return 0;
+            if (n < 0) {
+                LOGI(ae->log, &c->peer, "sip: not a WebSocket upgrade, closing");
+                return -EBADMSG;
+            }
+            stream_write(c->s, resp, rl);
+            buf_consume(&c->rb, (size_t)n);
+            if (!ok) {
+                LOGI(ae->log, &c->peer, "sip: WebSocket upgrade refused");
+                stream_shutdown(c->s);
+                return 0;
+            }
+            c->ws_open = true;
+            continue;
+        }
+        struct sip_ws_frame f;
+        ssize_t n = sip_ws_decode(p, len, cap, &f);
+        if (n == -EAGAIN)
+            return 0;
+        if (n < 0) {
+            metric_inc(ae->m_unparseable);
+            LOGI(ae->log, &c->peer, "sip: bad WebSocket frame, closing");
+            return (int)n;
+        }
+        int rc = 0;
+        if (f.op == SIP_WS_PING) {
+            uint8_t h[10];
+            size_t hl = sip_ws_header(SIP_WS_PONG, f.len, h);
+            stream_write(c->s, h, hl);
+            stream_write(c->s, f.payload, f.len);
+        } else if (f.op == SIP_WS_CLOSE) {
+            uint8_t h[10];
+            size_t hl = sip_ws_header(SIP_WS_CLOSE, 0, h);
+            stream_write(c->s, h, hl);
+            stream_shutdown(c->s);
+        } else if ((f.op == SIP_WS_TEXT || f.op == SIP_WS_BINARY) && f.fin) {
+            ssize_t r = sip_msg_scan(&ae->msg, f.payload, f.len, true, cap);
+            if (r < 0) {
+                metric_inc(ae->m_unparseable);
+                LOGI(ae->log, &c->peer, "sip: unparseable WebSocket message, closing");
+                return -EBADMSG;
+            }
+            struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+            rc = ae_handle(ae, &o, &ae->msg);
+        } else if (f.op != SIP_WS_PONG) {
+            /* Fragmented SIP messages are not expected from SIP clients (RFC 7118 §5). */
+            LOGI(ae->log, &c->peer, "sip: fragmented WebSocket message, closing");
+            return -EBADMSG;
+        }
+        buf_consume(&c->rb, (size_t)n);
+        if (rc < 0)
+            return rc;
+        if (!conn_get(ae, c->id))
+            break;
+    }
+    return 0;
+}
+
 static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
 {
     struct ae_conn *c = arg;
@@ -955,6 +1045,8 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
         LOGI(ae->log, &c->peer, "sip: message over the size limit, closing");
         return -EMSGSIZE;
     }
+    if (c->ws)
+        return on_ws_data(c);
     size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
                                                : ae->cfg->limits.max_server_message;
     for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
@@ -1103,6 +1195,7 @@ static void on_accept(uv_stream_t *server, int status)
         return;
     }
     c->local = l->local;
+    c->ws = l->ws;
     if (stream_accept(server, &so, &conn_cbs, c, &c->s) < 0) {
         conn_free(c);
         return;
@@ -1172,7 +1265,8 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
     const struct ae_side_config *sides[2] = {&cfg->external, &cfg->internal};
     size_t n = 0;
     for (int s = 0; s < 2; s++)
-        n += sides[s]->nudp + sides[s]->ntcp + sides[s]->ntls + sides[s]->nmtls;
+        n += sides[s]->nudp + sides[s]->ntcp + sides[s]->ntls + sides[s]->nmtls + sides[s]->nws +
+             sides[s]->nwss;
     struct addr *own = calloc(n ? n : 1, sizeof(*own));
     const char **doms = calloc(cfg->ndomains, sizeof(*doms));
     if (!own || !doms) {
@@ -1191,6 +1285,10 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
             own[k++] = sc->tls[i];
         for (size_t i = 0; i < sc->nmtls; i++)
             own[k++] = sc->mtls[i];
+        for (size_t i = 0; i < sc->nws; i++)
+            own[k++] = sc->ws[i];
+        for (size_t i = 0; i < sc->nwss; i++)
+            own[k++] = sc->wss[i];
     }
     for (size_t i = 0; i < cfg->ndomains; i++)
         doms[i] = cfg->domains[i];
@@ -1290,7 +1388,8 @@ static int listen_udp(struct ae *ae, uint8_t side, const struct addr *a)
     return rc;
 }
 
-static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const struct addr *a)
+static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const struct addr *a,
+                      bool ws)
 {
     if (ae->nlst >= AE_LST_MAX)
         return -ENOSPC;
@@ -1299,6 +1398,7 @@ static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const 
     l->side = side;
     l->tp = tp;
     l->mtls = mtls;
+    l->ws = ws;
     l->local = *a;
     l->h.data = l;
     int rc = stream_listen(ae->loop, &l->h, a, 1024, false, on_accept);
@@ -1382,7 +1482,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 
     /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
     const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
-    if (ex->ntls)
+    if (ex->ntls || ex->nwss)
         rc = make_tls(ae, &ex->certs, true, false, &ae->tls_ext);
     if (rc == 0 && ex->nmtls)
         rc = make_tls(ae, &ex->certs, true, true, &ae->tls_ext_mtls);
@@ -1403,13 +1503,19 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
             if ((rc = listen_udp(ae, s, &sc->udp[i])) < 0)
                 LOGE(log, &sc->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->ntcp && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->tcp[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->tcp[i], false)) < 0)
                 LOGE(log, &sc->tcp[i], "sip: cannot listen (TCP): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->ntls && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->tls[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->tls[i], false)) < 0)
                 LOGE(log, &sc->tls[i], "sip: cannot listen (TLS): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->nws && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->ws[i], true)) < 0)
+                LOGE(log, &sc->ws[i], "sip: cannot listen (WS): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->nwss && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->wss[i], true)) < 0)
+                LOGE(log, &sc->wss[i], "sip: cannot listen (WSS): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->nmtls && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i], false)) < 0)
                 LOGE(log, &sc->mtls[i], "sip: cannot listen (mTLS): %s", uv_strerror(rc));
     }
     uv_timer_init(loop, &ae->sweep);

@@ -41,6 +41,8 @@ class Lab:
         self.ext_port = free_port(EXT_IP)
         self.ext_tls = free_port(EXT_IP)
         self.ext_mtls = mtls_port or free_port(EXT_IP)
+        self.ext_ws = free_port(EXT_IP)
+        self.ext_wss = free_port(EXT_IP)
         self.int_port = free_port(INT_IP)
         self.int_mtls = free_port(INT_IP)
         self.edge_admin = f"{INT_IP}:{free_port(INT_IP)}"
@@ -79,6 +81,8 @@ external:
   tcp: [{EXT_IP}:{self.ext_port}]
   tls: [{EXT_IP}:{self.ext_tls}]
   mtls: [{EXT_IP}:{self.ext_mtls}]
+  ws: [{EXT_IP}:{self.ext_ws}]
+  wss: [{EXT_IP}:{self.ext_wss}]
   certs: {{cert: {ae}.crt, key: {ae}.key, ca: {CERTS}/ca.crt}}
 internal:
   udp: [{INT_IP}:{self.int_port}]
@@ -293,3 +297,63 @@ class StreamUA:
                     v += ";tag=ua1"
                 out.append(f"{name}: {v}")
         self.send("\r\n".join(out) + "\r\nContent-Length: 0\r\n\r\n")
+
+
+class WsUA(StreamUA):
+    """A SIP user agent over WebSocket (RFC 7118): upgrade with subprotocol "sip", then one
+    SIP message per masked text frame."""
+
+    def __init__(self, host, port, tls=False, protocol="sip", **kw):
+        super().__init__(host, port, tls=tls, **kw)
+        self.tp = "WSS" if tls else "WS"
+        import base64
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               + (f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else "") + "\r\n")
+        self.s.sendall(req.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = self.s.recv(4096)
+            if not d:
+                break
+            head += d
+        self.handshake, _, self.wbuf = head.partition(b"\r\n\r\n")
+        self.handshake = self.handshake.decode(errors="replace")
+        want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                                             .encode()).digest()).decode()
+        self.accept_ok = f"Sec-WebSocket-Accept: {want}" in self.handshake
+
+    def send(self, text):
+        data = text.encode() if isinstance(text, str) else text
+        mask = os.urandom(4)
+        n = len(data)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+        self.s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def recv(self, timeout=3.0, skip_provisional=True):
+        end = time.time() + timeout
+        while time.time() < end:
+            b = self.wbuf
+            if len(b) >= 2:
+                n, off = b[1] & 0x7f, 2
+                if n == 126 and len(b) >= 4:
+                    n, off = int.from_bytes(b[2:4], "big"), 4
+                if len(b) >= off + n and n != 127:
+                    op, payload, self.wbuf = b[0] & 0x0f, b[off:off + n], b[off + n:]
+                    if op != 1:
+                        continue
+                    msg = payload.decode(errors="replace")
+                    st = parse_status(msg)
+                    if skip_provisional and st is not None and st < 200:
+                        continue
+                    return msg
+            self.s.settimeout(max(0.01, end - time.time()))
+            try:
+                d = self.s.recv(65536)
+            except (socket.timeout, ssl.SSLError, TimeoutError):
+                return None
+            if not d:
+                return None
+            self.wbuf += d
+        return None

@@ -152,3 +152,36 @@ class EdgeFlows(SuiteTest):
             edges = j.get("edges", j) if isinstance(j, dict) else j
             return st == 200 and any(e.get("connected") for e in edges)
         wait_for(listed, timeout=10, what="access-edge in the Director's /edges")
+
+    def ws_message_to_user(self, tls):
+        from siplab import WsUA
+        lab = Lab(self)
+        ua = WsUA(EXT_IP, lab.ext_wss if tls else lab.ext_ws, tls=tls)
+        self.addCleanup(ua.close)
+        self.assertIn("101 Switching Protocols", ua.handshake)
+        self.assertIn("Sec-WebSocket-Protocol: sip", ua.handshake)
+        self.assertTrue(ua.accept_ok, ua.handshake)
+        r = ua.register(USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        sender = lab.sipp("message_uac.xml", f"{DIR_IP}:{lab.dir_sip}", "alice", ip="127.0.0.5",
+                          background=True)
+        req = ua.recv(timeout=5)
+        self.assertIsNotNone(req, "MESSAGE did not arrive over the WebSocket")
+        self.assertTrue(req.startswith("MESSAGE "), req)
+        self.assertTrue(header(req, "Via")[0].startswith("SIP/2.0/WS"), req)
+        ua.answer(req)
+        out, _ = sender.communicate(timeout=15)
+        self.assertEqual(sender.returncode, 0, out.decode(errors="replace")[-2000:])
+
+    def test_register_and_message_over_websocket_rfc7118(self):
+        self.ws_message_to_user(tls=False)
+
+    def test_register_and_message_over_secure_websocket_rfc7118(self):
+        self.ws_message_to_user(tls=True)
+
+    def test_websocket_without_sip_subprotocol_426(self):
+        from siplab import WsUA
+        lab = Lab(self)
+        ua = WsUA(EXT_IP, lab.ext_ws, protocol=None)
+        self.addCleanup(ua.close)
+        self.assertTrue(ua.handshake.startswith("HTTP/1.1 426"), ua.handshake)
