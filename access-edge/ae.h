@@ -32,6 +32,9 @@ struct ae_next_hop_config {
     struct addr address;
     int transport; /* enum ae_transport */
     char *server_name;
+    struct addr *backups; /* other Directors, tried in order when the first is down */
+    size_t nbackups;
+    uint64_t health_interval_ms; /* OPTIONS to each Director this often */
 };
 
 struct ae_limits_config {

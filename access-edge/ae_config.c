@@ -47,6 +47,12 @@ static const struct cfg_key next_hop_keys[] = {
      .choices = transports, .help = "udp, tcp or tls (mutual TLS with internal.certs)"},
     {"server_name", CFG_STR, offsetof(struct ae_next_hop_config, server_name), "director",
      .help = "name to verify on the Director's certificate"},
+    {"backups", CFG_ADDRLIST, offsetof(struct ae_next_hop_config, backups), NULL, .min = 5060,
+     .count_offset = offsetof(struct ae_next_hop_config, nbackups),
+     .help = "other Directors (same transport), used in order while the first is down"},
+    {"health_interval", CFG_DURATION, offsetof(struct ae_next_hop_config, health_interval_ms),
+     "5s", .min = 100, .max = 3600000,
+     .help = "OPTIONS to each Director this often; two unanswered intervals mark it down"},
     CFG_END,
 };
 

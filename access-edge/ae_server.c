@@ -103,7 +103,15 @@ struct ae {
     struct ae_conn **conns; /* by id & (conn_cap - 1) */
     size_t conn_cap, nconns;
     uint32_t next_id;
-    uint32_t director_conn;
+#define AE_DIRECTORS_MAX 8
+    struct {
+        uint32_t conn;      /* stream connection to it, 0 if none */
+        uint64_t last_ok;   /* when it last answered (ms) */
+        bool up;
+    } dirs[AE_DIRECTORS_MAX];
+    size_t ndirs;
+    uv_timer_t health;
+    struct metric *m_dir_up[AE_DIRECTORS_MAX];
 
     struct ae_txn_table *txns;
     uv_timer_t sweep;
@@ -183,8 +191,12 @@ static void conn_unregister(struct ae *ae, struct ae_conn *c)
         ae->nconns--;
         metric_set(ae->m_conns, (int64_t)ae->nconns);
     }
-    if (ae->director_conn == c->id)
-        ae->director_conn = 0;
+    for (size_t i = 0; i < ae->ndirs; i++)
+        if (ae->dirs[i].conn == c->id) {
+            ae->dirs[i].conn = 0;
+            if (!c->open) /* never connected: down now, not at the next check */
+                ae->dirs[i].up = false;
+        }
 }
 
 static size_t conns_from(struct ae *ae, const struct addr *a)
@@ -463,6 +475,53 @@ static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const 
     return 1;
 }
 
+static struct addr director_addr(const struct ae_config *cfg, size_t k)
+{
+    return k == 0 ? cfg->next_hop.address : cfg->next_hop.backups[k - 1];
+}
+
+/* Health checks use branches no real transaction has: this prefix XOR the Director index. */
+#define AE_HEALTH_MAGIC 0x4ea1700000000000ULL
+
+static void on_health(uv_timer_t *t)
+{
+    struct ae *ae = t->data;
+    const struct ae_config *cfg = ae->cfg;
+    uint64_t now = uv_now(ae->loop);
+    for (size_t k = 0; k < ae->ndirs; k++) {
+        /* Two intervals without an answer: down (until it answers again). */
+        if (ae->dirs[k].up && now - ae->dirs[k].last_ok > 2 * cfg->next_hop.health_interval_ms + 50) {
+            ae->dirs[k].up = false;
+            struct addr a = director_addr(cfg, k);
+            LOGW(ae->log, &a, "sip: Director not answering: down");
+        }
+        metric_set(ae->m_dir_up[k], ae->dirs[k].up);
+        struct ae_dest d = {.side = AE_INT, .tp = (uint8_t)cfg->next_hop.transport,
+                            .addr = director_addr(cfg, k), .conn_id = ae->dirs[k].conn};
+        const struct addr *via = side_addr(ae, AE_INT, d.tp);
+        if (!via)
+            continue;
+        if (d.tp != AE_TP_UDP && !conn_get(ae, d.conn_id)) {
+            struct ae_conn *c;
+            if (ae_connect(ae, AE_INT, d.tp, &d.addr, cfg->next_hop.server_name, &c) < 0)
+                continue;
+            ae->dirs[k].conn = d.conn_id = c->id;
+        }
+        char hs[ADDR_STRLEN], ds[ADDR_STRLEN], br[SIP_BRANCH_MAX];
+        addr_format(via, hs);
+        addr_format(&d.addr, ds);
+        sip_branch_format(AE_HEALTH_MAGIC ^ k, 0, br);
+        char msg[768];
+        int n = snprintf(msg, sizeof(msg),
+                         "OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/%s %s;branch=%s\r\n"
+                         "From: <sip:%s>;tag=health\r\nTo: <sip:%s>\r\nCall-ID: health-%llu@%s\r\n"
+                         "CSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\nContent-Length: 0\r\n\r\n",
+                         ds, tp_name(d.tp), hs, br, cfg->fqdn, ds, (unsigned long long)now, hs);
+        if (n > 0 && (size_t)n < sizeof(msg))
+            ae_send(ae, &d, (const uint8_t *)msg, (size_t)n);
+    }
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
@@ -470,10 +529,16 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     const struct ae_config *cfg = ae->cfg;
     /* Where it goes. */
     if (r->kind == SIP_ROUTE_DIRECTOR) {
+        /* The first Director that answers its health checks, in configured order. */
+        size_t k = 0;
+        while (k < ae->ndirs && !ae->dirs[k].up)
+            k++;
+        if (k == ae->ndirs)
+            k = 0; /* none known up: try the first rather than refuse */
         dest.side = AE_INT;
         dest.tp = (uint8_t)cfg->next_hop.transport;
-        dest.addr = cfg->next_hop.address;
-        dest.conn_id = dest.tp == AE_TP_UDP ? 0 : ae->director_conn;
+        dest.addr = director_addr(cfg, k);
+        dest.conn_id = dest.tp == AE_TP_UDP ? 0 : ae->dirs[k].conn;
         if (dest.tp != AE_TP_UDP && !conn_get(ae, dest.conn_id)) {
             struct ae_conn *c;
             if (ae_connect(ae, AE_INT, dest.tp, &dest.addr, cfg->next_hop.server_name, &c) < 0) {
@@ -482,7 +547,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
                 ae_reject(ae, o, m, &v, "Retry-After: 5\r\n");
                 return;
             }
-            ae->director_conn = dest.conn_id = c->id;
+            ae->dirs[k].conn = dest.conn_id = c->id;
         }
     } else if (r->kind == SIP_ROUTE_FLOW) {
         struct sip_flow f;
@@ -669,6 +734,16 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         return;
     }
     struct slice cm = sip_cseq_method(m);
+    if ((h & ~0xffULL) == AE_HEALTH_MAGIC && cid == 0 && slice_eq_str(cm, "OPTIONS")) {
+        size_t k = (size_t)(h & 0xff);
+        if (k < ae->ndirs) {
+            if (!ae->dirs[k].up)
+                LOGI(ae->log, o->peer, "sip: Director answering: up");
+            ae->dirs[k].up = true;
+            ae->dirs[k].last_ok = uv_now(ae->loop);
+        }
+        return; /* any answer proves it alive; it goes no further */
+    }
     if (slice_eq_str(cm, "INVITE")) {
         if (m->status == 100)
             return; /* hop by hop: we sent our own */
@@ -1518,6 +1593,21 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
             if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i], false)) < 0)
                 LOGE(log, &sc->mtls[i], "sip: cannot listen (mTLS): %s", uv_strerror(rc));
     }
+    ae->ndirs = 1 + cfg->next_hop.nbackups;
+    if (ae->ndirs > AE_DIRECTORS_MAX)
+        ae->ndirs = AE_DIRECTORS_MAX;
+    for (size_t k = 0; k < ae->ndirs; k++) {
+        char l[64];
+        snprintf(l, sizeof(l), "director=\"%zu\"", k);
+        ae->m_dir_up[k] = metrics_gauge(m, "sip_director_up",
+                                        "1 while the Director answers its health checks", l);
+        ae->dirs[k].up = k == 0; /* optimistic for the first until checks say otherwise */
+        ae->dirs[k].last_ok = uv_now(loop);
+    }
+    uv_timer_init(loop, &ae->health);
+    ae->open_handles++;
+    ae->health.data = ae;
+    uv_timer_start(&ae->health, on_health, 10, cfg->next_hop.health_interval_ms);
     uv_timer_init(loop, &ae->sweep);
     ae->open_handles++;
     ae->sweep.data = ae;
@@ -1534,9 +1624,16 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 int ae_reload(struct ae *ae, const struct ae_config *cfg)
 {
     int rc = build_policy(ae, cfg);
-    if (rc == 0)
-        ae->cfg = cfg;
-    return rc;
+    if (rc < 0)
+        return rc;
+    ae->cfg = cfg;
+    /* Directors added by the reload start down until they answer; metrics for indexes past
+     * those registered at start are not created (bounded cardinality). */
+    size_t n = 1 + cfg->next_hop.nbackups;
+    for (size_t k = ae->ndirs; k < n && k < AE_DIRECTORS_MAX; k++)
+        memset(&ae->dirs[k], 0, sizeof(ae->dirs[k]));
+    ae->ndirs = n < AE_DIRECTORS_MAX ? n : AE_DIRECTORS_MAX;
+    return 0;
 }
 
 static void check_drained(struct ae *ae)
@@ -1584,6 +1681,8 @@ void ae_stop(struct ae *ae)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);
     close_handle(ae, (uv_handle_t *)&ae->sweep);
+    uv_timer_stop(&ae->health);
+    close_handle(ae, (uv_handle_t *)&ae->health);
     ae_dns_destroy(ae->dns);
     ae->dns = NULL;
 }

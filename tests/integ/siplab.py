@@ -28,7 +28,7 @@ class Lab:
 
     def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge="",
                  domain="example.com", ips=(DIR_IP, EXT_IP, INT_IP), cert="access-edge",
-                 mtls_port=None, ctl=False):
+                 mtls_port=None, ctl=False, backup=False):
         ensure_certs()
         DIR_IP, EXT_IP, INT_IP = ips
         self.ips = ips
@@ -48,25 +48,35 @@ class Lab:
         self.edge_admin = f"{INT_IP}:{free_port(INT_IP)}"
         algs = ", ".join(algorithms)
         users = "\n".join(f"    - {{name: {u}, password: {p}}}" for u, p in USERS.items())
-        self.director = test.daemon("director", f"""
-admin: {{listen: {self.dir_admin}}}
-ctl: {{listen: {DIR_IP}:{self.ctl_port}}}
+        def director_conf(admin, sip_port, ctl_port):
+            return f"""
+admin: {{listen: {admin}}}
+ctl: {{listen: {DIR_IP}:{ctl_port}}}
 tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
 sip:
   enabled: true
-  udp: [{DIR_IP}:{self.dir_sip}]
-  mtls: [{DIR_IP}:{self.dir_mtls}]
+  udp: [{DIR_IP}:{sip_port}]
+  mtls: [{DIR_IP}:{free_port(DIR_IP) if admin != self.dir_admin else self.dir_mtls}]
   domains: [{domain}]
   realm: {domain}
   algorithms: [{algs}]
   users:
 {users}
   edge: {INT_IP}:{self.int_port}
-""", admin=self.dir_admin)
+"""
+        self.director = test.daemon("director", director_conf(self.dir_admin, self.dir_sip,
+                                                               self.ctl_port), admin=self.dir_admin)
+        backups = ""
+        if backup:
+            self.dir2_admin = f"{DIR_IP}:{free_port(DIR_IP)}"
+            self.dir2_sip = free_port(DIR_IP, socket.SOCK_DGRAM)
+            self.director2 = test.daemon("director", director_conf(
+                self.dir2_admin, self.dir2_sip, free_port(DIR_IP)), admin=self.dir2_admin)
+            backups = f", backups: [{DIR_IP}:{self.dir2_sip}], health_interval: 300ms"
         if edge_to_director == "tls":
             nh = f"{{address: {DIR_IP}:{self.dir_mtls}, transport: tls, server_name: director}}"
         else:
-            nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp}}"
+            nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp{backups}}}"
         ae = f"{CERTS}/{cert}"
         link = (f"director: {{enabled: true, address: {DIR_IP}:{self.ctl_port}, server_name: director, "
                 f"tls: {{cert: {ae}.crt, key: {ae}.key, ca: {CERTS}/ca.crt}}}}") if ctl else \

@@ -185,3 +185,19 @@ class EdgeFlows(SuiteTest):
         ua = WsUA(EXT_IP, lab.ext_ws, protocol=None)
         self.addCleanup(ua.close)
         self.assertTrue(ua.handshake.startswith("HTTP/1.1 426"), ua.handshake)
+
+    def test_director_failover_to_backup_when_first_stops_answering(self):
+        from harness import wait_for
+        from siplab import UdpUA
+        lab = Lab(self, backup=True)
+        wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="1"}') == 1,
+                 timeout=5, what="backup Director seen up")
+        lab.director.stop()
+        wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="0"}') == 0,
+                 timeout=5, what="first Director marked down")
+        ua = UdpUA("127.0.0.4")
+        self.addCleanup(ua.close)
+        r, _ = ua.register((EXT_IP, lab.ext_port), "alice", USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        self.assertEqual(lab.director2.metrics().get("director_sip_registrations_total"), 1)
+        self.assertIn("Director not answering: down", lab.edge.log())
