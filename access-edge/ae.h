@@ -51,7 +51,14 @@ struct ae_limits_config {
     uint32_t max_transactions;
 };
 
+struct ae_static_route {
+    char *domain;
+    struct addr address; /* the partner's edge, mutual TLS */
+};
+
 struct ae_federation_config {
+    struct ae_static_route *routes; /* partners reached without DNS */
+    size_t nroutes;
     char **allow;
     size_t nallow;
     char **block;

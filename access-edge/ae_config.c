@@ -83,7 +83,19 @@ static const struct cfg_key limit_keys[] = {
     CFG_END,
 };
 
+static const struct cfg_key route_keys[] = {
+    {"domain", CFG_STR, offsetof(struct ae_static_route, domain), NULL, .required = true,
+     .help = "partner SIP domain"},
+    {"address", CFG_ADDR, offsetof(struct ae_static_route, address), NULL, .min = 5061,
+     .required = true, .help = "the partner edge's mutual TLS address"},
+    CFG_END,
+};
+
 static const struct cfg_key fed_keys[] = {
+    {"routes", CFG_LIST, offsetof(struct ae_federation_config, routes), NULL, .sub = route_keys,
+     .elem_size = sizeof(struct ae_static_route),
+     .count_offset = offsetof(struct ae_federation_config, nroutes),
+     .help = "static routes to partners (no DNS); the domain must also be allowed"},
     {"allow", CFG_STRLIST, offsetof(struct ae_federation_config, allow), NULL,
      .count_offset = offsetof(struct ae_federation_config, nallow),
      .help = "partner domains allowed over mutual TLS"},

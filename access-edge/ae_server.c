@@ -450,6 +450,11 @@ static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const 
         ae_reject(ae, o, m, &v, NULL);
         return 1;
     }
+    for (size_t i = 0; i < fc->nroutes; i++)
+        if (strcasecmp(fc->routes[i].domain, domain) == 0) {
+            *to = fc->routes[i].address;
+            return 0;
+        }
     int c = ae->dns ? ae_dns_cached(ae->dns, domain, 60000, to) : -ENOENT;
     if (c == 1)
         return 0;
