@@ -55,6 +55,8 @@ struct ae_conn {
     enum sip_source src;
     int partner; /* index in ae->partners for a discovered partner, -1 before its first request */
     struct addr peer;
+    struct addr alias; /* RFC 5923: the peer's listening address, from ;alias in its Via */
+    bool has_alias;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
     char names[AE_NAMES_MAX][128];
@@ -584,7 +586,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         if (dest.tp != AE_TP_UDP) {
             for (size_t i = 0; i < ae->conn_cap; i++) {
                 struct ae_conn *c = ae->conns[i];
-                if (c && c->side == AE_EXT && addr_eq(&c->peer, &dest.addr)) {
+                if (c && c->side == AE_EXT &&
+                    (addr_eq(&c->peer, &dest.addr) || (c->has_alias && addr_eq(&c->alias, &dest.addr)))) {
                     dest.conn_id = c->id;
                     dest.tp = c->tp;
                     break;
@@ -639,16 +642,20 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
      * REGISTER from outside (RFC 3327), the trust marking for the inside. */
     char ins[2048];
     size_t n = 0;
-    const struct addr *via_a = side_addr(ae, dest.side, dest.tp);
+    struct ae_conn *dc = conn_get(ae, dest.conn_id);
+    /* RFC 5923: offer our partner connections for reuse in the other direction, naming the
+     * federation (mutual TLS) listener as our sent-by. */
+    bool alias = dest.side == AE_EXT && dest.tp == AE_TP_TLS && (!dc || dc->mtls) &&
+                 !(dc && dc->ws) && cfg->external.nmtls > 0;
+    const struct addr *via_a = alias ? &cfg->external.mtls[0] : side_addr(ae, dest.side, dest.tp);
     if (!via_a)
         return;
     char hs[ADDR_STRLEN], br[SIP_BRANCH_MAX];
     addr_format(via_a, hs);
     sip_branch_format(h, cid, br);
-    struct ae_conn *dc = conn_get(ae, dest.conn_id);
     const char *vtp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : tp_name(dest.tp);
-    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s\r\n", vtp, hs,
-                          br);
+    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s%s\r\n", vtp, hs,
+                          br, alias ? ";alias" : "");
     bool from_ext = o->side == AE_EXT;
     struct ae_dest ext_peer = {0};
     if (from_ext) {
@@ -964,6 +971,23 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
             ae_count_reject(ae, v.reason);
             ae_reply(ae, o, m, 503, v.phrase, v.text, ra);
             return 0;
+        }
+    }
+    if (o->conn && o->conn->mtls && o->side == AE_EXT && m->is_request && !o->conn->has_alias) {
+        const struct sip_hdr *vh = sip_msg_find(m, SIP_H_VIA);
+        struct slice host, av;
+        uint16_t port;
+        char hb[ADDR_STRLEN];
+        if (vh && sip_param_find(sip_hdr_value(m, vh), "alias", &av) &&
+            sip_via_sent_by(sip_hdr_value(m, vh), &host, &port) &&
+            slice_to_cstr(host, hb, sizeof(hb)) == 0 &&
+            addr_parse(&o->conn->alias, hb, port ? port : 5061) == 0 &&
+            addr_host_eq(&o->conn->alias, o->peer)) {
+            /* Only for the address the connection really comes from (RFC 5923 §5 asks for
+             * the certificate to vouch; mutual TLS already did). */
+            if (port)
+                addr_set_port(&o->conn->alias, port);
+            o->conn->has_alias = true;
         }
     }
     struct sip_peer peer = {src, o->peer, o->conn ? o->conn->name_ptrs : NULL,

@@ -58,6 +58,20 @@ class Federation(SuiteTest):
         out, _ = uas.communicate(timeout=10)
         self.assertEqual(uas.returncode, 0, out.decode(errors="replace")[-2000:])
         self.assertIn("federation lookup: partner.lab", a.edge.log())
+        # And back: bob's MESSAGE to alice reuses the connection A's edge opened (RFC 5923
+        # alias), so B's edge opens none of its own (one connection on each side).
+        alice = UdpUA("127.0.0.4", domain="access-edge.lab")
+        self.addCleanup(alice.close)
+        r, _ = alice.register((A_IPS[0], a.dir_sip), "alice", USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        bob = UdpUA("127.0.0.5", domain="partner.lab")
+        self.addCleanup(bob.close)
+        bob.request("MESSAGE", "sip:alice@access-edge.lab", (B_IPS[0], b.dir_sip), user="bob",
+                    to_uri="sip:alice@access-edge.lab", body="hello back")
+        req = alice.recv(timeout=8)
+        self.assertIsNotNone(req, "MESSAGE from B did not reach alice")
+        self.assertTrue(req.startswith("MESSAGE "), req)
+        self.assertEqual(b.edge_metric("access_edge_sip_connections"), 1)
 
     def test_federation_to_unknown_domain_404(self):
         dns = self.dnsmasq([])
