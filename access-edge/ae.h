@@ -76,6 +76,7 @@ struct ae_config {
     char **domains;
     size_t ndomains;
     char *fqdn;
+    bool topology_hiding; /* inside Vias leave sealed in ours (restored on responses) */
     struct ae_side_config external;
     struct ae_side_config internal;
     struct ae_next_hop_config next_hop;

@@ -127,6 +127,8 @@ const struct cfg_key ae_config_keys[] = {
      .help = "SIP domains served inside (requests from outside for others get 403)"},
     {"fqdn", CFG_STR, offsetof(struct ae_config, fqdn), "edge.example.com",
      .help = "the edge's name, in Warning and trust headers"},
+    {"topology_hiding", CFG_BOOL, offsetof(struct ae_config, topology_hiding), "false",
+     .help = "toward the Internet, seal the inside's Via headers into the edge's own"},
     {"external", CFG_SECTION, offsetof(struct ae_config, external), .sub = ext_keys,
      .help = "listeners facing the Internet"},
     {"internal", CFG_SECTION, offsetof(struct ae_config, internal), .sub = int_keys,

@@ -134,6 +134,7 @@ struct ae {
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
+    struct sip_msg msg2; /* a message the edge built, when it must read it back */
     uint8_t out[AE_OUT_CAP];
     uint8_t mmsg[AE_MMSG_BUF];
 };
@@ -640,7 +641,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
 
     /* The lines we add: our Via, Record-Route on both interfaces (RFC 5658), Path for a
      * REGISTER from outside (RFC 3327), the trust marking for the inside. */
-    char ins[2048];
+    char ins[8192];
     size_t n = 0;
     struct ae_conn *dc = conn_get(ae, dest.conn_id);
     /* RFC 5923: offer our partner connections for reuse in the other direction, naming the
@@ -654,8 +655,30 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     addr_format(via_a, hs);
     sip_branch_format(h, cid, br);
     const char *vtp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : tp_name(dest.tp);
-    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s%s\r\n", vtp, hs,
-                          br, alias ? ";alias" : "");
+    /* Topology hiding toward the Internet: the inside's Vias travel sealed in ours. */
+    bool hide = cfg->topology_hiding && o->side != AE_EXT && dest.side == AE_EXT;
+    char seal[6000] = "";
+    if (hide) {
+        char vias[4096];
+        size_t vl = 0;
+        for (uint16_t i = 0; i < m->nhdr; i++) {
+            const struct sip_hdr *vh = &m->hdr[i];
+            size_t ll = vh->line_end - vh->line_off;
+            if (vh->id != SIP_H_VIA)
+                continue;
+            if (vl + ll > sizeof(vias)) {
+                hide = false;
+                break;
+            }
+            memcpy(vias + vl, m->buf + vh->line_off, ll);
+            vl += ll;
+        }
+        if (hide && sip_seal(ae->flow_key, uv_hrtime() ^ h, slice_make(vias, vl), seal,
+                             sizeof(seal)) < 0)
+            hide = false;
+    }
+    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s%s%s%s\r\n", vtp,
+                          hs, br, alias ? ";alias" : "", hide ? ";ae-th=" : "", hide ? seal : "");
     bool from_ext = o->side == AE_EXT;
     struct ae_dest ext_peer = {0};
     if (from_ext) {
@@ -709,7 +732,9 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     }
     if (n >= sizeof(ins))
         return;
-    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop, .src = o->peer, .strip_trust = true};
+    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop,
+                              .src = hide ? NULL : o->peer, .strip_trust = true,
+                              .drop_vias = hide};
     ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
         struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
@@ -769,6 +794,27 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         if (t && t->cancelled)
             return; /* we answered the CANCEL ourselves */
     }
+    /* Topology hiding: the Vias we sealed into ours come back in the order they were. */
+    char ins[4096 + 512];
+    size_t il = 0;
+    struct slice sealed;
+    bool restored = false;
+    if (o->side == AE_EXT && sip_param_find(sip_hdr_value(m, vh), "ae-th", &sealed)) {
+        ssize_t r = sip_unseal(ae->flow_key, sealed, (uint8_t *)ins, 4096);
+        if (r < 0) {
+            metric_inc(ae->m_dropped);
+            LOGI(ae->log, o->peer, "sip: response with a forged topology-hiding seal dropped");
+            return;
+        }
+        il = (size_t)r;
+        restored = true;
+    }
+    ins[il] = 0;
+    if (o->side == AE_EXT)
+        trust_line(ae, o, ins + il, sizeof(ins) - il);
+    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
+    if (len <= 0)
+        return;
     struct ae_dest dest = {0};
     dest.side = o->side == AE_EXT ? AE_INT : AE_EXT;
     if (cid) {
@@ -783,17 +829,21 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         dest.addr = c->peer;
     } else {
         dest.tp = AE_TP_UDP;
-        if (sip_response_next_hop(m, &dest.addr) < 0) {
+        int hr;
+        if (restored) {
+            /* The next hop is the first restored Via of the message we built. */
+            hr = sip_msg_scan(&ae->msg2, ae->out, (size_t)len, true, AE_OUT_CAP) > 0
+                     ? sip_response_hop_at(&ae->msg2, 0, &dest.addr)
+                     : -EINVAL;
+        } else {
+            hr = sip_response_next_hop(m, &dest.addr);
+        }
+        if (hr < 0) {
             metric_inc(ae->m_dropped);
             return;
         }
     }
-    char ins[512] = "";
-    if (o->side == AE_EXT)
-        trust_line(ae, o, ins, sizeof(ins));
-    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
-    if (len > 0)
-        ae_send(ae, &dest, ae->out, (size_t)len);
+    ae_send(ae, &dest, ae->out, (size_t)len);
 }
 
 static bool domain_listed(char *const *list, size_t n, const char *domain)

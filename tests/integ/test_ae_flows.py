@@ -201,3 +201,21 @@ class EdgeFlows(SuiteTest):
         self.assertEqual(parse_status(r), 200, r)
         self.assertEqual(lab.director2.metrics().get("director_sip_registrations_total"), 1)
         self.assertIn("Director not answering: down", lab.edge.log())
+
+    def test_topology_hiding_seals_inside_vias(self):
+        lab = Lab(self, extra_edge="topology_hiding: true")
+        ua = StreamUA(EXT_IP, lab.ext_port)
+        self.addCleanup(ua.close)
+        self.assertEqual(parse_status(ua.register(USERS["alice"])), 200)
+        sender = lab.sipp("message_uac.xml", f"{DIR_IP}:{lab.dir_sip}", "alice", ip="127.0.0.5",
+                          background=True)
+        req = ua.recv(timeout=5)
+        self.assertIsNotNone(req)
+        vias = header(req, "Via")
+        self.assertEqual(len(vias), 1, vias)
+        self.assertIn(";ae-th=", vias[0])
+        self.assertNotIn(DIR_IP, req.split("\r\n\r\n")[0].replace("Route", ""))
+        self.assertNotIn("127.0.0.5", "\n".join(vias))
+        ua.answer(req)
+        out, _ = sender.communicate(timeout=15)
+        self.assertEqual(sender.returncode, 0, out.decode(errors="replace")[-2000:])
