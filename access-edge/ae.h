@@ -49,6 +49,7 @@ struct ae_limits_config {
     uint32_t rate;  /* requests per second per external address */
     uint32_t burst;
     uint32_t max_transactions;
+    uint64_t overload_lag_ms; /* loop lag that makes new dialogs get 503 (0 = never) */
 };
 
 struct ae_static_route {

@@ -113,6 +113,9 @@ struct ae {
     } dirs[AE_DIRECTORS_MAX];
     size_t ndirs;
     uv_timer_t health;
+    uv_timer_t lag;          /* fires every 20 ms; lateness measures saturation */
+    uint64_t lag_expected;   /* uv_hrtime ns when it should fire */
+    uint64_t overloaded_until; /* ms (loop clock) */
     struct metric *m_dir_up[AE_DIRECTORS_MAX];
 
     struct ae_txn_table *txns;
@@ -1040,6 +1043,18 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
             o->conn->has_alias = true;
         }
     }
+    /* Past saturation: new dialogs and registrations get 503 at once (cheap, and the
+     * connection stays up); what is in progress (in-dialog, responses) still flows. */
+    const struct sip_hdr *toh = sip_msg_find(m, SIP_H_TO);
+    if (m->is_request && ae->overloaded_until > uv_now(ae->loop) && toh &&
+        (method_is(m, "INVITE") || method_is(m, "REGISTER") || method_is(m, "SUBSCRIBE")) &&
+        !sip_param_find(sip_hdr_value(m, toh), "tag", NULL) &&
+        !ae_txn_find(ae->txns, sip_branch_hash(ae->salt, m))) {
+        struct sip_verdict v = {503, "Service Unavailable", "overload", "Overloaded"};
+        ae_count_reject(ae, v.reason);
+        ae_reply(ae, o, m, 503, v.phrase, v.text, "Retry-After: 2\r\n");
+        return 0;
+    }
     struct sip_peer peer = {src, o->peer, o->conn ? o->conn->name_ptrs : NULL,
                             o->conn ? o->conn->nnames : 0};
     struct sip_verdict v;
@@ -1404,6 +1419,20 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
 
 static void check_drained(struct ae *ae);
 
+static void on_lag(uv_timer_t *t)
+{
+    struct ae *ae = t->data;
+    uint64_t now = uv_hrtime();
+    uint64_t late_ms = now > ae->lag_expected ? (now - ae->lag_expected) / 1000000 : 0;
+    if (ae->cfg->limits.overload_lag_ms && late_ms >= ae->cfg->limits.overload_lag_ms) {
+        if (ae->overloaded_until < uv_now(ae->loop))
+            LOGW(ae->log, NULL, "sip: event loop %llu ms late: shedding new dialogs with 503",
+                 (unsigned long long)late_ms);
+        ae->overloaded_until = uv_now(ae->loop) + 500;
+    }
+    ae->lag_expected = now + 20 * 1000000ULL;
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ae *ae = t->data;
@@ -1683,6 +1712,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         ae->dirs[k].up = k == 0; /* optimistic for the first until checks say otherwise */
         ae->dirs[k].last_ok = uv_now(loop);
     }
+    uv_timer_init(loop, &ae->lag);
+    ae->open_handles++;
+    ae->lag.data = ae;
+    ae->lag_expected = uv_hrtime() + 20 * 1000000ULL;
+    uv_timer_start(&ae->lag, on_lag, 20, 20);
     uv_timer_init(loop, &ae->health);
     ae->open_handles++;
     ae->health.data = ae;
@@ -1762,6 +1796,8 @@ void ae_stop(struct ae *ae)
     close_handle(ae, (uv_handle_t *)&ae->sweep);
     uv_timer_stop(&ae->health);
     close_handle(ae, (uv_handle_t *)&ae->health);
+    uv_timer_stop(&ae->lag);
+    close_handle(ae, (uv_handle_t *)&ae->lag);
     ae_dns_destroy(ae->dns);
     ae->dns = NULL;
 }
