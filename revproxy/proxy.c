@@ -186,6 +186,7 @@ static size_t client_consume(struct rp_client *c, const uint8_t *p, size_t len);
 static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len);
 static void exchange_start_upstream(struct rp_client *c);
 static void server_maybe_drained(struct rp_server *srv);
+static void on_client_timer(uv_timer_t *t);
 
 /* ---- flow control ---- */
 
@@ -461,7 +462,8 @@ static void mark_failed(struct rp_upconn *u)
         be->down_until = time_mono_ms() + u->pool->cfg->fail_timeout_ms;
 }
 
-static void client_upstream_failed(struct rp_client *c, int err, const char *why);
+static void client_upstream_failed(struct rp_client *c, int err, const char *why,
+                                   bool retryable);
 
 static void up_on_close(struct stream *s, int err, const char *why, void *arg)
 {
@@ -496,6 +498,7 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
             c->up = NULL;
             stream_shutdown(c->s);
             c->state = C_CLOSING;
+            lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         } else if (c->resp_started && http_reader_eof(u->resp) == HTTP_EV_DONE) {
             /* A body that ends at close (no length, not chunked): done. */
             c->up = NULL;
@@ -504,9 +507,12 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
             stream_shutdown(c->s);
             c->state = C_CLOSING;
         } else {
+            /* Nothing reached the server (connect failed), or a pooled connection was
+             * closed by the server as we reused it: another connection may do. */
+            bool retryable = !opened || u->reused;
             c->up = NULL;
             client_upstream_failed(c, opened ? (err ? err : -ECONNRESET) : err,
-                                   why ? why : "closed");
+                                   why ? why : "closed", retryable);
         }
     }
     (void)s;
@@ -528,7 +534,7 @@ static void on_up_timer(uv_timer_t *t)
         metric_inc(c->srv->m.up_timeout);
         u->c = NULL;
         up_close(u, -ETIMEDOUT, "read timeout");
-        client_upstream_failed(c, -ETIMEDOUT, "upstream read timeout");
+        client_upstream_failed(c, -ETIMEDOUT, "upstream read timeout", false);
         return;
     }
     up_close(u, -ETIMEDOUT, "timeout");
@@ -855,7 +861,8 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
     lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
 }
 
-static void client_upstream_failed(struct rp_client *c, int err, const char *why)
+static void client_upstream_failed(struct rp_client *c, int err, const char *why,
+                                   bool retryable)
 {
     if (c->closing)
         return;
@@ -870,10 +877,10 @@ static void client_upstream_failed(struct rp_client *c, int err, const char *why
         lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         return;
     }
-    /* A kept-alive connection the server closed just as we reused it: try once more
-     * on a fresh one, if nothing of a body was sent. */
-    if (!c->retried && c->up_reused && c->uphead.wr && err != -ETIMEDOUT && c->req_done &&
-        !http_reader_head(c->req)->has_body && c->route >= 0 && !c->affinity) {
+    /* Once more on another connection (and, the failed server now being marked down,
+     * possibly another server), if the request had no body to replay. */
+    if (retryable && !c->retried && c->uphead.wr && err != -ETIMEDOUT && c->req_done &&
+        !http_reader_head(c->req)->has_body && c->route >= 0) {
         c->retried = true;
         exchange_start_upstream(c);
         return;
@@ -1322,7 +1329,7 @@ static void on_response_head(struct rp_client *c, struct rp_upconn *u)
     if (http_response_build(h, &back, b) < 0) {
         b->wr = mark;
         out_flush(c);
-        client_upstream_failed(c, -EPROTO, "response head too large");
+        client_upstream_failed(c, -EPROTO, "response head too large", false);
         return;
     }
     if (up101) {
@@ -1388,7 +1395,7 @@ static size_t up_consume_inner(struct rp_upconn *u, const uint8_t *p, size_t len
             c->up = NULL;
             u->c = NULL;
             up_close(u, -EPROTO, "invalid response");
-            client_upstream_failed(c, -EPROTO, "invalid response");
+            client_upstream_failed(c, -EPROTO, "invalid response", false);
             return len;
         }
         used += (size_t)r;

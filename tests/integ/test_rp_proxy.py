@@ -479,6 +479,15 @@ class RevproxyTest(SuiteTest):
         self.assertEqual(res["slow"][1], 200)
         self.assertEqual(self.d.proc.wait(10), 0)
 
+    def test_dead_server_in_pool_passive_failover(self):
+        dead = free_port()
+        self.up = Upstream(tls=True, certdir=CERTS)
+        self.addCleanup(self.up.stop)
+        self.start(up=f"127.0.0.1:{dead}, {self.up.addr}")
+        codes = [self.curl(f"/etc/place/null/p{i}")[1] for i in range(4)]
+        self.assertEqual(codes, [200] * 4, "a failed connect is retried on the next server")
+        self.assertGreaterEqual(self.d.metrics()['revproxy_upstream_errors_total{kind="connect"}'], 1)
+
     def test_active_health_check_skips_dead_server(self):
         dead = free_port()
         self.up = Upstream(tls=True, certdir=CERTS)
