@@ -61,10 +61,46 @@ const char *ctl_frame_strerror(ssize_t err)
 
 /* ---- decoding: protobuf-c structs into the fixed-size C values of ctl.h ---- */
 
+bool ctl_text_ok(const char *s)
+{
+    /* proto3 strings are UTF-8; we also refuse control characters, as these strings end
+     * up in log lines and JSON. Overlong forms and surrogates are refused too. */
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p;
+        size_t n;
+        uint32_t cp;
+        if (c < 0x20 || c == 0x7f)
+            return false;
+        if (c < 0x80) {
+            p++;
+            continue;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            n = 1, cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2, cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3, cp = c & 0x07;
+        } else {
+            return false;
+        }
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp < 0xa0))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}
+
 static int copy_str(char *out, size_t cap, const char *s)
 {
     size_t n = s ? strlen(s) : 0;
-    if (n >= cap)
+    if (n >= cap || (s && !ctl_text_ok(s)))
         return -EBADMSG;
     memcpy(out, s ? s : "", n);
     out[n] = '\0';
@@ -249,8 +285,55 @@ static void secret_to_pb(Edgectl__Secret *pb, const struct ctl_secret *s)
     pb->not_after = s->not_after;
 }
 
+/* A string field is terminated within its array and passes ctl_text_ok. */
+#define FIELD_OK(f) (memchr((f), 0, sizeof(f)) && ctl_text_ok(f))
+
+/* Refuses what the peer would refuse to decode, so a bad note fails one send (-EINVAL)
+ * instead of costing the whole connection. */
+static bool msg_strings_ok(const struct ctl_msg *m)
+{
+    switch (m->type) {
+    case CTL_MSG_HELLO: {
+        const struct ctl_hello *h = &m->u.hello;
+        if (!FIELD_OK(h->instance_id) || !FIELD_OK(h->version))
+            return false;
+        for (size_t i = 0; i < h->n_external && i < CTL_ADDRS_MAX; i++)
+            if (!FIELD_OK(h->external_addrs[i]))
+                return false;
+        for (size_t i = 0; i < h->n_internal && i < CTL_ADDRS_MAX; i++)
+            if (!FIELD_OK(h->internal_addrs[i]))
+                return false;
+        return true;
+    }
+    case CTL_MSG_WELCOME:
+        if (!FIELD_OK(m->u.welcome.director_id))
+            return false;
+        for (size_t i = 0; i < m->u.welcome.n_secrets && i < CTL_SECRETS_MAX; i++)
+            if (!FIELD_OK(m->u.welcome.secrets[i].key_id))
+                return false;
+        return true;
+    case CTL_MSG_REPORT:
+        if (!FIELD_OK(m->u.report.instance_id))
+            return false;
+        for (size_t i = 0; i < m->u.report.n_notes && i < CTL_NOTES_MAX; i++)
+            if (!FIELD_OK(m->u.report.notes[i]))
+                return false;
+        return true;
+    case CTL_MSG_SECRET:
+        return FIELD_OK(m->u.secret.key_id);
+    case CTL_MSG_REVOKE:
+        return FIELD_OK(m->u.revoke.conference_key_id) && FIELD_OK(m->u.revoke.user);
+    case CTL_MSG_GOODBYE:
+        return FIELD_OK(m->u.reason);
+    default:
+        return true;
+    }
+}
+
 static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
 {
+    if (!msg_strings_ok(m))
+        return -EINVAL;
     edgectl__envelope__init(&x->env);
     switch (m->type) {
     case CTL_MSG_HELLO: {
@@ -825,6 +908,17 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
         o->hello.n_external > CTL_ADDRS_MAX || o->hello.n_internal > CTL_ADDRS_MAX ||
         o->hello.n_subscribe > CTL_SUBSCRIBE_MAX)
         return -EINVAL;
+    struct ctl_msg *hm = malloc(sizeof *hm);
+    if (!hm)
+        return -ENOMEM;
+    hm->type = CTL_MSG_HELLO;
+    hm->u.hello = o->hello;
+    bool hello_ok = msg_strings_ok(hm);
+    free(hm);
+    if (!hello_ok) {
+        LOGE(o->log, NULL, "ctl: the Hello's strings must be UTF-8 without control characters");
+        return -EINVAL;
+    }
     struct tls_ctx *tls = o->tls;
     if (tls) {
         tls_ctx_ref(tls);

@@ -138,6 +138,9 @@ ssize_t ctl_frame_decode(const uint8_t *data, size_t len, struct ctl_msg *msg);
  * -ENOSPC if cap is too small, -EMSGSIZE if the Envelope exceeds CTL_FRAME_MAX, or
  * -EINVAL for an unknown type. */
 ssize_t ctl_frame_encode(const struct ctl_msg *m, uint8_t *out, size_t cap);
+/* True if s may travel in a control message: valid UTF-8 without control characters
+ * (decoding refuses other strings with -EBADMSG; ctl_client_start with -EINVAL). */
+bool ctl_text_ok(const char *s);
 /* Describes a negative result of ctl_frame_decode for logs ("oversized frame", ...). */
 const char *ctl_frame_strerror(ssize_t err);
 

@@ -571,7 +571,7 @@ static void fill_addrs(struct stream *s)
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out)
 {
-    if (!server || !out)
+    if (!server || !out || (o && o->tls && !tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(server->loop, o, cb, arg, &s, NULL);
@@ -634,7 +634,7 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
                    const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
                    struct stream **out)
 {
-    if (!loop || !to || !out)
+    if (!loop || !to || !out || (o && o->tls && tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(loop, o, cb, arg, &s, o ? o->server_name : NULL);
@@ -706,6 +706,17 @@ const struct addr *stream_local(const struct stream *s)
 struct tls_conn *stream_tls(struct stream *s)
 {
     return s ? s->tls : NULL;
+}
+
+void stream_set_idle_timeout(struct stream *s, uint32_t ms)
+{
+    if (!s || s->closing)
+        return;
+    s->idle_timeout_ms = ms;
+    if (ms)
+        touch(s);
+    else
+        uv_timer_stop(&s->idle);
 }
 
 void stream_set_arg(struct stream *s, void *arg)

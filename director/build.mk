@@ -8,11 +8,9 @@ $(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/director_*_test.c)),$(eval $(call unit_test,$(t),$(DIR_OBJS))))
 
 # ctl-probe: connects to the Director like an edge would and prints what it receives.
-$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 $(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 all: $(BIN)/ctl-probe
-$(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h

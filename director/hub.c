@@ -288,12 +288,15 @@ static void jb_printf(struct jbuf *j, const char *fmt, ...)
  * whatever an edge calls itself cannot break the document. */
 static void jb_str(struct jbuf *j, const char *s)
 {
+    /* Edges' strings are checked UTF-8 (ctl_text_ok) and pass as they are; anything else
+     * (a certificate's CN) has its non-ASCII bytes escaped one by one. */
+    bool utf8 = ctl_text_ok(s);
     jb_printf(j, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\')
             jb_printf(j, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
+        else if (c < 0x20 || c == 0x7f || (c > 0x7f && !utf8))
             jb_printf(j, "\\u%04x", c);
         else
             jb_printf(j, "%c", c);

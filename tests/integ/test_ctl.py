@@ -448,6 +448,20 @@ secrets:
         self.assertEqual(impostor.all("welcome"), [])
         self.assertNotIn("av9", self.edges())
 
+    def test_edges_json_survives_odd_instance_names(self):
+        self.start_director()
+        odd = 'av "1"\\ \u00e9<x>'
+        p = self.probe("av-edge", odd)
+        p.wait(lambda e: e["event"] == "welcome", what="welcome")
+        p.send("note=watch:\"quoted\"")
+        wait_for(lambda: (self.edges().get(odd, {}).get("report") or {}).get("notes")
+                 == ['watch:"quoted"'], timeout=2.0, what="the odd edge and its note in /edges")
+        self.assertEqual(self.edges()[odd]["instance"], odd)
+        # Control characters never reach the wire (nor the Director's log lines).
+        bad = self.probe("av-edge", "av\nforged")
+        self.assertEqual(bad.proc.wait(5), 1)
+        self.assertIn("UTF-8 without control characters", bad.log())
+
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()
         a = self.probe("av-edge", "av1")

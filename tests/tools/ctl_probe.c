@@ -30,12 +30,13 @@ struct probe {
 
 static void json_str(FILE *f, const char *s)
 {
+    bool utf8 = ctl_text_ok(s); /* else escape non-ASCII bytes one by one */
     fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\')
             fprintf(f, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
+        else if (c < 0x20 || c == 0x7f || (c > 0x7f && !utf8))
             fprintf(f, "\\u%04x", c);
         else
             fputc(c, f);

@@ -301,6 +301,42 @@ static void encode_checks_space_and_limits(void **state)
     assert_int_equal(ctl_frame_decode(NULL, 4, &m), -EINVAL);
 }
 
+static void text_must_be_utf8_without_controls(void **state)
+{
+    (void)state;
+    assert_true(ctl_text_ok(""));
+    assert_true(ctl_text_ok("av-edge 1 \"q\" \\ <x>"));
+    assert_true(ctl_text_ok("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+    assert_false(ctl_text_ok("line\nbreak"));
+    assert_false(ctl_text_ok("tab\t"));
+    assert_false(ctl_text_ok("del\x7f"));
+    assert_false(ctl_text_ok("\xc3"));             /* cut sequence */
+    assert_false(ctl_text_ok("\xc0\xaf"));         /* overlong */
+    assert_false(ctl_text_ok("\xed\xa0\x80"));     /* surrogate */
+    assert_false(ctl_text_ok("\xf4\x90\x80\x80")); /* above U+10FFFF */
+    assert_false(ctl_text_ok("\xc2\x85"));         /* C1 control (NEL) */
+    assert_false(ctl_text_ok("\xff"));
+}
+
+static void bad_strings_fail_one_message_not_the_connection(void **state)
+{
+    (void)state;
+    uint8_t out[4096];
+    struct ctl_msg *m = calloc(1, sizeof *m);
+    m->type = CTL_MSG_REPORT;
+    strcpy(m->u.report.notes[0], "watch:\nforged log line");
+    m->u.report.n_notes = 1;
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    m->u.report.n_notes = 0; /* the bad note is not sent: fine */
+    assert_true(ctl_frame_encode(m, out, sizeof out) > 0);
+    memset(m->u.report.instance_id, 'x', sizeof m->u.report.instance_id); /* unterminated */
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    /* On the wire, a Hello whose instance id carries a newline does not decode. */
+    static const uint8_t f[] = {0, 0, 0, 7, 0x0a, 0x05, 0x12, 0x03, 'a', '\n', 'b'};
+    assert_int_equal(ctl_frame_decode(f, sizeof f, m), -EBADMSG);
+    free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -317,6 +353,8 @@ int main(void)
         cmocka_unit_test(too_long_string_is_badmsg),
         cmocka_unit_test(too_many_secrets_is_badmsg),
         cmocka_unit_test(encode_checks_space_and_limits),
+        cmocka_unit_test(text_must_be_utf8_without_controls),
+        cmocka_unit_test(bad_strings_fail_one_message_not_the_connection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
