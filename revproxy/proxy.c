@@ -464,6 +464,8 @@ static void mark_failed(struct rp_upconn *u)
 
 static void client_upstream_failed(struct rp_client *c, int err, const char *why,
                                    bool retryable);
+static void count_status(struct rp_server *srv, int status);
+static void exchange_reset(struct rp_client *c);
 
 static void up_on_close(struct stream *s, int err, const char *why, void *arg)
 {
@@ -502,10 +504,11 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
         } else if (c->resp_started && http_reader_eof(u->resp) == HTTP_EV_DONE) {
             /* A body that ends at close (no length, not chunked): done. */
             c->up = NULL;
-            c->status = c->status ? c->status : 200;
             access_log(c);
+            count_status(c->srv, c->status);
             stream_shutdown(c->s);
             c->state = C_CLOSING;
+            lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         } else {
             /* Nothing reached the server (connect failed), or a pooled connection was
              * closed by the server as we reused it: another connection may do. */
@@ -850,8 +853,8 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
     if (c->method[0])
         access_log(c);
     if (keep) {
+        exchange_reset(c);
         c->state = C_HEAD;
-        c->method[0] = '\0';
         lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms);
         return;
     }
@@ -1428,6 +1431,10 @@ static size_t up_consume_inner(struct rp_upconn *u, const uint8_t *p, size_t len
 static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
 {
     struct rp_client *c = u->c;
+    if (!c) {
+        up_close(u, -EPROTO, "data on an idle connection");
+        return len;
+    }
     size_t n = up_consume_inner(u, p, len);
     /* Whatever path ended the call, nothing stays in the scratch buffer. */
     if (c->srv->out.wr) {
