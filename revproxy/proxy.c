@@ -14,6 +14,7 @@
 #include <http_parser.h>
 
 #include "common/admin.h"
+#include "common/ctl.h"
 #include "common/metrics.h"
 #include "common/stream.h"
 #include "common/tls.h"
@@ -166,6 +167,7 @@ struct rp_server {
     bool draining, stopping;
     int access_fd;
     int access_format;
+    struct ctl_client *ctl;
     struct buf out; /* response bytes collected during one upstream read */
     struct {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
@@ -1576,6 +1578,41 @@ static void register_metrics(struct rp_server *srv)
     srv->m.bytes_in = metrics_counter(m, "client_bytes_received_total", "Bytes from clients", NULL);
 }
 
+static void ctl_fill_report(struct ctl_report *r, void *arg)
+{
+    struct rp_server *srv = arg;
+    r->connections = srv->nclients;
+    r->bytes_in = (uint64_t)metric_get(srv->m.bytes_in);
+    r->errors = (uint64_t)(metric_get(srv->m.up_connect_fail) + metric_get(srv->m.up_timeout) +
+                           metric_get(srv->m.up_reset));
+    r->healthy = !srv->draining;
+    r->draining = srv->draining;
+}
+
+static void ctl_on_drain(uint32_t deadline_ms, void *arg)
+{
+    struct rp_server *srv = arg;
+    LOGI(srv->log, NULL, "the Director asks for a drain (deadline %u ms)", deadline_ms);
+    rp_server_drain(srv);
+}
+
+static int ctl_start(struct rp_server *srv, const struct rp_config *cfg)
+{
+    static const struct ctl_client_cbs cbs = {.on_drain = ctl_on_drain};
+    struct ctl_hello h = {.role = CTL_ROLE_REVPROXY};
+    snprintf(h.instance_id, sizeof h.instance_id, "%s",
+             cfg->base.instance_id ? cfg->base.instance_id : "revproxy");
+    snprintf(h.version, sizeof h.version, "%s", daemon_version());
+    for (size_t i = 0; i < cfg->nlisteners && h.n_external < CTL_ADDRS_MAX; i++)
+        addr_format(&cfg->listeners[i].address, h.external_addrs[h.n_external++]);
+    addr_format(&cfg->base.admin.listen, h.internal_addrs[h.n_internal++]);
+    int rc = ctl_client_start_link(srv->loop, &cfg->director, &h, srv->log,
+                                   daemon_metrics(srv->d), &cbs, srv, &srv->ctl);
+    if (rc == 0 && srv->ctl)
+        ctl_client_set_report_source(srv->ctl, ctl_fill_report, srv);
+    return rc;
+}
+
 static int health_cb(char *why, size_t cap, void *arg)
 {
     struct rp_server *srv = arg;
@@ -1691,6 +1728,11 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
              l->cfg->redirect ? "redirect to https" : l->cfg->tls ? "https" : "http");
     }
     admin_set_health(daemon_admin(d), health_cb, srv);
+    rc = ctl_start(srv, own);
+    if (rc) {
+        LOGE(srv->log, NULL, "cannot start the control channel: %s", strerror(-rc));
+        goto fail;
+    }
     *out = srv;
     return 0;
 fail:
@@ -1722,6 +1764,8 @@ int rp_server_reload(struct rp_server *srv, const struct rp_config *cfg)
 
 void rp_server_drain(struct rp_server *srv)
 {
+    if (srv->draining)
+        return;
     srv->draining = true;
     close_listeners(srv);
     /* Idle keep-alive clients go now; busy ones close after their response. */
@@ -1741,6 +1785,8 @@ void rp_server_stop(struct rp_server *srv)
         return;
     srv->stopping = true;
     srv->draining = true;
+    ctl_client_stop(srv->ctl);
+    srv->ctl = NULL;
     close_listeners(srv);
     struct dlist *e = srv->clients.next;
     while (e != &srv->clients) {
