@@ -497,6 +497,9 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
         if (!opened) {
             mark_failed(u);
             metric_inc(c->srv->m.up_connect_fail);
+            LOGW(c->srv->log, &u->be->addr, "upstream %s: %s%s", u->pool->cfg->name,
+                 why ? why : "connect failed",
+                 u->be->down_until ? " (skipped until fail_timeout passes)" : "");
         }
         if (c->state == C_TUNNEL) {
             c->up = NULL;
