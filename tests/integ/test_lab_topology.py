@@ -123,7 +123,7 @@ class LabCase(unittest.TestCase):
             raise unittest.SkipTest(reason)
         os.makedirs(os.path.dirname(LOCK), exist_ok=True)
         cls.lockf = open(LOCK, "w")
-        for _ in range(120):  # at most 60 s for another run's lab to finish
+        for _ in range(360):  # at most 180 s for another run's lab to finish
             try:
                 fcntl.flock(cls.lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -131,7 +131,7 @@ class LabCase(unittest.TestCase):
                 time.sleep(0.5)
         else:
             cls.lockf.close()
-            reason = f"another lab run holds {LOCK} for over 60 s"
+            reason = f"another lab run holds {LOCK} for over 180 s"
             print(f"\nskip: {reason}", flush=True)
             raise unittest.SkipTest(reason)
         cls.procs = []
@@ -559,10 +559,11 @@ class LabDaemons(LabCase):
         return secret
 
     def uclient(self, secret, peer, port, count):
-        # -W: TURN REST credentials from the shared secret; -X: IPv4 relay; one client, UDP.
+        # -W: TURN REST credentials from the shared secret; -X: IPv4 relay; -c: RTP only (no RTCP
+        # stream); one client, UDP.
         r = subprocess.run(["ip", "netns", "exec", self.ns("user"), "turnutils_uclient", "-W", secret,
                             "-u", "alice", "-e", peer, "-r", str(port), "-n", str(count), "-l", "120",
-                            "-m", "1", "-X", PLAN["AV1_EXT"]],
+                            "-m", "1", "-c", "-X", PLAN["AV1_EXT"]],
                            capture_output=True, text=True, timeout=40)
         return r.stdout + r.stderr
 
