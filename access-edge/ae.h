@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "common/cfg.h"
+#include "common/admin.h"
 #include "common/daemon.h"
 
 /* One side's listeners. Empty lists disable a transport. */
@@ -49,6 +50,10 @@ struct ae_federation_config {
     char **block;
     size_t nblock;
     bool discovery;
+    uint32_t discovered_rate;  /* messages/s per discovered partner */
+    uint32_t suspicious_rate;  /* when its failure ratio is suspicious */
+    uint32_t max_contacts;     /* distinct users before the watch list */
+    char *dns_servers;         /* "127.0.0.1:5353" for c-ares, or NULL: system resolver */
 };
 
 struct ae_config {
@@ -70,11 +75,12 @@ int ae_config_validate(const void *cfg, struct cfg_err *err);
 struct ae;
 /* Starts every listener of cfg on loop. */
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct ae **out);
+             struct metrics *m, struct admin *admin, struct ae **out);
 /* Takes a new config for policy, limits and the next hop (listeners stay as they are). */
 int ae_reload(struct ae *ae, const struct ae_config *cfg);
-/* Stops accepting new connections and INVITEs. */
-void ae_drain(struct ae *ae);
+/* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction
+ * is left (checked every second), or at once if none is. */
+void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg);
 /* Closes everything; frees once the handles are closed. */
 void ae_stop(struct ae *ae);
 

@@ -82,6 +82,17 @@ static const struct cfg_key fed_keys[] = {
      .help = "domains always refused (403)"},
     {"discovery", CFG_BOOL, offsetof(struct ae_federation_config, discovery), "false",
      .help = "accept partners not on the allow list (rate limited)"},
+    {"discovered_rate", CFG_UINT, offsetof(struct ae_federation_config, discovered_rate), "20",
+     .min = 1, .max = 100000, .help = "messages per second from a discovered partner (503 above)"},
+    {"suspicious_rate", CFG_UINT, offsetof(struct ae_federation_config, suspicious_rate), "1",
+     .min = 1, .max = 100000,
+     .help = "messages per second once most of a discovered partner's requests fail"},
+    {"max_contacts", CFG_UINT, offsetof(struct ae_federation_config, max_contacts), "1000",
+     .min = 1, .max = 1000000,
+     .help = "distinct users a discovered partner may address before it goes on the watch list"},
+    {"dns_servers", CFG_STR, offsetof(struct ae_federation_config, dns_servers), NULL,
+     .help = "DNS servers for _sipfederationtls._tcp SRV lookups (host:port,...); "
+             "default: the system resolver"},
     CFG_END,
 };
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "access-edge/ae_dns.h"
 #include "access-edge/ae_txn.h"
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
@@ -50,6 +51,7 @@ struct ae_conn {
     uint8_t side, tp;
     bool mtls, open, outbound;
     enum sip_source src;
+    int partner; /* index in ae->partners for a discovered partner, -1 before its first request */
     struct addr peer;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
@@ -62,7 +64,21 @@ struct ae_conn {
 static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
-    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable", NULL,
+    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
+    "watchlist", NULL,
+};
+
+#define AE_PARTNERS_MAX 1024
+
+/* A discovered federation partner (RFC-less OCS policy, PROTOCOLS.md §1.2): the distinct
+ * users it addressed, its success/failure counts, and whether it is on the watch list. */
+struct ae_partner {
+    char domain[128];
+    uint64_t *users; /* hashes of distinct Request-URIs, up to max_contacts + 1 */
+    uint32_t nusers, cap;
+    uint32_t ok, fail;
+    bool suspicious, watched;
+    int64_t watched_at;
 };
 
 struct ae {
@@ -79,7 +95,8 @@ struct ae {
     size_t nudp;
     struct ae_listener lst[AE_LST_MAX];
     size_t nlst;
-    struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client;
+    struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client, *tls_ext_client;
+    struct ae_dns *dns;
 
     struct ae_conn **conns; /* by id & (conn_cap - 1) */
     size_t conn_cap, nconns;
@@ -89,11 +106,18 @@ struct ae {
     struct ae_txn_table *txns;
     uv_timer_t sweep;
     struct ratelimit *rl;
+    struct ratelimit *fed_rl; /* per discovered partner domain */
+    struct ae_partner *partners;
+    size_t npartners;
+    struct admin *admin;
     uint64_t salt;
     uint8_t flow_key[SIP_FLOW_KEY_LEN];
     bool draining, stopping;
+    void (*drained)(void *arg);
+    void *drained_arg;
     int open_handles;
 
+    struct metric *m_watch;
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
@@ -356,6 +380,79 @@ static void trust_line(struct ae *ae, const struct ae_origin *o, char *out, size
              fed && o->conn->nnames ? o->conn->names[0] : "");
 }
 
+static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
+
+/* A request parked while DNS finds its partner; replayed from the bytes when it answers. */
+struct ae_parked {
+    struct ae *ae;
+    uint8_t side, tp;
+    uint32_t conn_id;
+    int udp;
+    struct addr peer;
+    size_t len;
+    uint8_t data[];
+};
+
+static void on_partner_found(int status, const struct addr *to, const char *target, void *arg)
+{
+    struct ae_parked *pk = arg;
+    struct ae *ae = pk->ae;
+    if (status == -ECANCELED || ae->stopping) {
+        free(pk);
+        return;
+    }
+    LOGI(ae->log, to, "sip: federation lookup: %s", status == 0 ? target : strerror(-status));
+    struct ae_conn *c = pk->conn_id ? conn_get(ae, pk->conn_id) : NULL;
+    if (!pk->conn_id || c) {
+        struct ae_origin o = {pk->side, pk->tp, pk->udp >= 0 ? &ae->udp[pk->udp] : NULL, c,
+                              c ? &c->peer : &pk->peer};
+        if (sip_msg_scan(&ae->msg, pk->data, pk->len, !c, pk->len + 1) > 0)
+            ae_handle(ae, &o, &ae->msg);
+    }
+    free(pk);
+}
+
+/* Federation target for domain: 0 with *to set (cached), 1 if the request was answered or
+ * parked for a DNS lookup. */
+static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                                const char *domain, struct addr *to)
+{
+    const struct ae_federation_config *fc = &ae->cfg->federation;
+    bool allowed = false;
+    for (size_t i = 0; i < fc->nallow; i++)
+        if (strcasecmp(fc->allow[i], domain) == 0)
+            allowed = true;
+    if (!allowed && !fc->discovery) {
+        struct sip_verdict v = {403, "Forbidden", "blocked", ""};
+        snprintf(v.text, sizeof(v.text), "Federation not allowed with %s", domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    int c = ae->dns ? ae_dns_cached(ae->dns, domain, 60000, to) : -ENOENT;
+    if (c == 1)
+        return 0;
+    if (c < 0) {
+        struct sip_verdict v = {404, "Not Found", "unroutable", ""};
+        snprintf(v.text, sizeof(v.text), "No federation route to %s", domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    struct ae_parked *pk = malloc(sizeof(*pk) + m->len);
+    if (!pk)
+        return 1;
+    pk->ae = ae;
+    pk->side = o->side;
+    pk->tp = o->tp;
+    pk->conn_id = o->conn ? o->conn->id : 0;
+    pk->udp = o->udp ? (int)(o->udp - ae->udp) : -1;
+    pk->peer = *o->peer;
+    pk->len = m->len;
+    memcpy(pk->data, m->buf, m->len);
+    if (ae_dns_partner(ae->dns, domain, on_partner_found, pk) < 0)
+        free(pk);
+    return 1;
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
@@ -394,15 +491,15 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     } else {
         char port[8];
         snprintf(port, sizeof(port), "%u", r->port);
-        if (addr_parse(&dest.addr, r->host, r->port ? r->port : (r->tls ? 5061 : 5060)) < 0) {
-            /* A name: federation by DNS SRV is not wired yet. */
-            struct sip_verdict v = {404, "Not Found", "unroutable", "No route to "};
-            snprintf(v.text, sizeof(v.text), "No route to %s", r->host);
-            ae_reject(ae, o, m, &v, NULL);
-            return;
-        }
         dest.side = AE_EXT;
         dest.tp = r->tls ? AE_TP_TLS : r->tcp ? AE_TP_TCP : AE_TP_UDP;
+        if (addr_parse(&dest.addr, r->host, r->port ? r->port : (r->tls ? 5061 : 5060)) < 0) {
+            /* A domain: federation, found by DNS SRV over mutual TLS. */
+            int fr = ae_federation_target(ae, o, m, r->host, &dest.addr);
+            if (fr != 0)
+                return; /* answered, or parked until DNS answers */
+            dest.tp = AE_TP_TLS;
+        }
         /* Reuse a connection the peer opened to us (RFC 5923 spirit) before dialing. */
         if (dest.tp != AE_TP_UDP) {
             for (size_t i = 0; i < ae->conn_cap; i++) {
@@ -534,6 +631,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     }
 }
 
+static void partner_account(struct ae *ae, struct ae_conn *c, int status);
+
 static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
 {
     /* RFC 3261 §16.7: the top Via must be ours; it is removed and the response follows
@@ -573,6 +672,7 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
             metric_inc(ae->m_dropped);
             return;
         }
+        partner_account(ae, c, m->status);
         dest.tp = c->tp;
         dest.conn_id = cid;
         dest.addr = c->peer;
@@ -589,6 +689,155 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
     ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
     if (len > 0)
         ae_send(ae, &dest, ae->out, (size_t)len);
+}
+
+static bool domain_listed(char *const *list, size_t n, const char *domain)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcasecmp(list[i], domain) == 0)
+            return true;
+    return false;
+}
+
+static struct ae_partner *partner_get(struct ae *ae, const char *domain, int *index)
+{
+    for (size_t i = 0; i < ae->npartners; i++)
+        if (strcasecmp(ae->partners[i].domain, domain) == 0) {
+            *index = (int)i;
+            return &ae->partners[i];
+        }
+    if (ae->npartners >= AE_PARTNERS_MAX)
+        return NULL;
+    struct ae_partner *p = &ae->partners[ae->npartners];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->domain, sizeof(p->domain), "%s", domain);
+    *index = (int)ae->npartners++;
+    return p;
+}
+
+static uint64_t ruri_hash(const struct sip_msg *m)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < m->ruri.len && m->ruri.p[i] != ';'; i++) {
+        h ^= (uint8_t)(m->ruri.p[i] | 0x20);
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Federation policy on a validated request: Block list, watch list, discovered-partner
+ * rate. Returns 0 to go on, 1 when the request was answered. */
+static int ae_policy(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                     const struct sip_route *r, enum sip_source src)
+{
+    const struct ae_federation_config *fc = &ae->cfg->federation;
+    const char *peer_domain = o->side == AE_EXT ? r->from_domain : r->ruri_domain;
+    if (fc->nblock && domain_listed(fc->block, fc->nblock, peer_domain)) {
+        struct sip_verdict v = {403, "Forbidden", "blocked", ""};
+        snprintf(v.text, sizeof(v.text), "Domain blocked: %s", peer_domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    if (src != SIP_SRC_DISCOVERED || !o->conn)
+        return 0;
+    int idx;
+    struct ae_partner *p = partner_get(ae, r->from_domain, &idx);
+    if (!p) {
+        struct sip_verdict v = {503, "Service Unavailable", "overload", "Too many partners"};
+        ae_reject(ae, o, m, &v, "Retry-After: 60\r\n");
+        return 1;
+    }
+    o->conn->partner = idx;
+    if (!p->watched && !r->in_dialog) {
+        uint64_t h = ruri_hash(m);
+        bool seen = false;
+        for (uint32_t i = 0; i < p->nusers && !seen; i++)
+            seen = p->users[i] == h;
+        if (!seen) {
+            if (p->nusers == p->cap) {
+                uint32_t ncap = p->cap ? p->cap * 2 : 16;
+                uint64_t *n = realloc(p->users, ncap * sizeof(*n));
+                if (n) {
+                    p->users = n;
+                    p->cap = ncap;
+                }
+            }
+            if (p->nusers < p->cap)
+                p->users[p->nusers++] = h;
+            if (p->nusers > fc->max_contacts) {
+                /* PROTOCOLS.md §1.2: more distinct users than allowed: watch list. */
+                p->watched = true;
+                p->watched_at = time_wall_s();
+                metric_inc(ae->m_watch);
+                LOGW(ae->log, o->peer, "sip: partner %s addressed %u distinct users: watch list",
+                     p->domain, p->nusers);
+            }
+        }
+    }
+    if (p->watched) {
+        struct sip_verdict v = {403, "Forbidden", "watchlist", ""};
+        snprintf(v.text, sizeof(v.text), "Partner on the watch list: %s", p->domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    }
+    uint32_t retry = 1;
+    if (!ratelimit_take(ae->fed_rl, p->domain, strlen(p->domain), 1, uv_now(ae->loop), &retry)) {
+        char ra[40];
+        snprintf(ra, sizeof(ra), "Retry-After: %u\r\n", retry ? retry : 1);
+        struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
+                                "Partner rate limit exceeded"};
+        ae_reject(ae, o, m, &v, ra);
+        return 1;
+    }
+    return 0;
+}
+
+/* A final response going back to a discovered partner: judge its failure ratio. */
+static void partner_account(struct ae *ae, struct ae_conn *c, int status)
+{
+    if (!c || c->src != SIP_SRC_DISCOVERED || c->partner < 0 ||
+        (size_t)c->partner >= ae->npartners || status < 200)
+        return;
+    struct ae_partner *p = &ae->partners[c->partner];
+    if (status < 300)
+        p->ok++;
+    else
+        p->fail++;
+    if (!p->suspicious && p->fail >= 10 && p->fail > 2 * p->ok) {
+        p->suspicious = true;
+        ratelimit_set_rate(ae->fed_rl, p->domain, strlen(p->domain),
+                           ae->cfg->federation.suspicious_rate, uv_now(ae->loop));
+        LOGW(ae->log, &c->peer, "sip: partner %s looks suspicious (%u failed, %u ok): %u/s",
+             p->domain, p->fail, p->ok, ae->cfg->federation.suspicious_rate);
+    }
+}
+
+static void on_admin_watchlist(const char *method, const char *path, const char *query,
+                               const char *body, size_t body_len, struct admin_reply *reply,
+                               void *arg)
+{
+    struct ae *ae = arg;
+    size_t cap = 64 + ae->npartners * 256, n = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        admin_reply_printf(reply, 500, "text/plain", "out of memory\n");
+        return;
+    }
+    n += (size_t)snprintf(out + n, cap - n, "{\"partners\":[");
+    for (size_t i = 0; i < ae->npartners; i++) {
+        const struct ae_partner *p = &ae->partners[i];
+        n += (size_t)snprintf(out + n, cap - n,
+                              "%s{\"domain\":\"%s\",\"distinct_users\":%u,\"ok\":%u,"
+                              "\"failed\":%u,\"suspicious\":%s,\"watched\":%s,\"since\":%lld}",
+                              i ? "," : "", p->domain, p->nusers, p->ok, p->fail,
+                              p->suspicious ? "true" : "false", p->watched ? "true" : "false",
+                              (long long)p->watched_at);
+    }
+    n += (size_t)snprintf(out + n, cap - n, "]}\n");
+    reply->status = 200;
+    reply->content_type = "application/json";
+    reply->body = out;
+    reply->body_len = n;
 }
 
 /* One framed message from origin o (m already scanned). Returns -EBADMSG when the sender
@@ -642,6 +891,10 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
         } else {
             ae_count_reject(ae, v.reason);
         }
+        return 0;
+    }
+    if (m->is_request && ae_policy(ae, o, m, &r, src) != 0) {
+        sip_parsed_free(sp);
         return 0;
     }
     if (m->is_request)
@@ -763,13 +1016,7 @@ static void on_conn_open(struct stream *s, void *arg)
     if (c->side == AE_EXT) {
         const struct ae_federation_config *fc = &c->ae->cfg->federation;
         bool allowed = false;
-        for (size_t i = 0; i < fc->nblock; i++)
-            if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->block[i])) {
-                LOGI(c->ae->log, &c->peer, "sip: blocked partner %s", fc->block[i]);
-                ae_count_reject(c->ae, "blocked");
-                stream_close(s, -EACCES, "blocked partner");
-                return;
-            }
+        /* A blocked partner keeps its connection: each request gets 403 (ae_policy). */
         for (size_t i = 0; i < fc->nallow; i++)
             if (sip_cert_matches_domain(c->name_ptrs, c->nnames, fc->allow[i]))
                 allowed = true;
@@ -816,6 +1063,7 @@ static struct ae_conn *conn_new(struct ae *ae, uint8_t side, uint8_t tp, bool mt
     c->tp = tp;
     c->mtls = mtls;
     c->src = side == AE_INT ? SIP_SRC_INTERNAL : SIP_SRC_REMOTE_USER;
+    c->partner = -1;
     if (conn_register(ae, c) < 0) {
         buf_fini(&c->rb);
         free(c);
@@ -879,7 +1127,7 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
     if (la)
         c->local = *la;
     struct stream_opts so = {
-        .tls = tp == AE_TP_TLS ? ae->tls_int_client : NULL,
+        .tls = tp == AE_TP_TLS ? (side == AE_INT ? ae->tls_int_client : ae->tls_ext_client) : NULL,
         .server_name = server_name,
         .write_cap = 4 * 1024 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
@@ -907,13 +1155,16 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
 
 /* ---- lifecycle ---- */
 
+static void check_drained(struct ae *ae);
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ae *ae = t->data;
     /* Timer C (RFC 3261 §16.8) is 3 min; our entries only absorb retransmissions, so a
      * final response ends them after 32 s at most (64*T1). */
-    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, 32000);
+    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, ae->draining ? 0 : 32000);
     metric_set(ae->m_txns, (int64_t)ae_txn_count(ae->txns));
+    check_drained(ae);
 }
 
 static int build_policy(struct ae *ae, const struct ae_config *cfg)
@@ -989,8 +1240,13 @@ static void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_ext_mtls);
         tls_ctx_unref(ae->tls_int_server);
         tls_ctx_unref(ae->tls_int_client);
+        tls_ctx_unref(ae->tls_ext_client);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->fed_rl);
+        for (size_t i = 0; i < ae->npartners; i++)
+            free(ae->partners[i].users);
+        free(ae->partners);
         free(ae->conns);
         free(ae->own);
         free(ae->domains);
@@ -1055,7 +1311,7 @@ static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const 
 }
 
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct ae **out)
+             struct metrics *m, struct admin *admin, struct ae **out)
 {
     struct ae *ae = calloc(1, sizeof(*ae));
     if (!ae)
@@ -1076,11 +1332,20 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         rc = ae_txn_table_create(&ae->txns, cfg->limits.max_transactions);
     if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
+    if (rc == 0)
+        rc = ratelimit_create(&ae->fed_rl, cfg->federation.discovered_rate,
+                              cfg->federation.discovered_rate, AE_PARTNERS_MAX);
+    ae->partners = calloc(AE_PARTNERS_MAX, sizeof(*ae->partners));
+    if (rc == 0 && !ae->partners)
+        rc = -ENOMEM;
     if (rc == 0 && (crypto_random(&ae->salt, sizeof(ae->salt)) < 0 ||
                     crypto_random(ae->flow_key, sizeof(ae->flow_key)) < 0))
         rc = -EIO;
     if (rc < 0) {
         ae_txn_table_destroy(ae->txns);
+        ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->fed_rl);
+        free(ae->partners);
         free(ae->conns);
         free(ae->own);
         free(ae->domains);
@@ -1101,6 +1366,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->m_dropped = metrics_counter(m, "sip_dropped_total",
                                     "messages dropped (stray responses, full queues)", NULL);
     ae->m_conns = metrics_gauge(m, "sip_connections", "open TCP/TLS connections", NULL);
+    ae->m_watch = metrics_counter(m, "sip_watchlist_additions_total",
+                                  "discovered partners put on the watch list", NULL);
+    ae->admin = admin;
+    if (admin)
+        admin_route(admin, "/watchlist", on_admin_watchlist, ae);
     ae->m_txns = metrics_gauge(m, "sip_invite_transactions", "INVITE transactions in flight",
                                NULL);
     for (size_t i = 0; reject_reasons[i]; i++) {
@@ -1120,6 +1390,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         rc = make_tls(ae, &in->certs, true, in->nmtls > 0, &ae->tls_int_server);
     if (rc == 0 && cfg->next_hop.transport == AE_TP_TLS)
         rc = make_tls(ae, &in->certs, false, true, &ae->tls_int_client);
+    if (rc == 0 && ex->certs.cert && ex->certs.ca)
+        rc = make_tls(ae, &ex->certs, false, true, &ae->tls_ext_client);
+    if (rc == 0 && (rc = ae_dns_create(loop, cfg->federation.dns_servers, &ae->dns)) < 0)
+        LOGE(log, NULL, "sip: DNS resolver setup failed (dns_servers %s)",
+             cfg->federation.dns_servers ? cfg->federation.dns_servers : "system");
 
     const struct ae_side_config *sides[2] = {ex, in};
     for (uint8_t s = 0; s < 2 && rc == 0; s++) {
@@ -1158,9 +1433,23 @@ int ae_reload(struct ae *ae, const struct ae_config *cfg)
     return rc;
 }
 
-void ae_drain(struct ae *ae)
+static void check_drained(struct ae *ae)
+{
+    if (ae->draining && ae->drained && ae_txn_count(ae->txns) == 0) {
+        void (*cb)(void *) = ae->drained;
+        ae->drained = NULL;
+        cb(ae->drained_arg);
+    }
+}
+
+void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg)
 {
     ae->draining = true;
+    ae->drained = done;
+    ae->drained_arg = arg;
+    /* Finished INVITE transactions only absorb retransmissions: let them go now. */
+    ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, 0);
+    check_drained(ae);
 }
 
 void ae_stop(struct ae *ae)
@@ -1179,4 +1468,6 @@ void ae_stop(struct ae *ae)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);
     close_handle(ae, (uv_handle_t *)&ae->sweep);
+    ae_dns_destroy(ae->dns);
+    ae->dns = NULL;
 }

@@ -7,7 +7,8 @@
 static int ae_op_start(struct daemon *d, const void *cfg, void **state)
 {
     struct ae *ae;
-    int rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), &ae);
+    int rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d),
+                      &ae);
     if (rc == 0)
         *state = ae;
     return rc;
@@ -18,9 +19,14 @@ static int ae_op_reload(struct daemon *d, void *state, const void *cfg)
     return ae_reload(state, cfg);
 }
 
+static void ae_on_drained(void *arg)
+{
+    daemon_drained(arg);
+}
+
 static void ae_op_drain(struct daemon *d, void *state)
 {
-    ae_drain(state);
+    ae_drain(state, ae_on_drained, d);
 }
 
 static void ae_op_stop(struct daemon *d, void *state)

@@ -15,6 +15,8 @@ struct w {
 
 static void put(struct w *w, const void *p, size_t n)
 {
+    if (n == 0)
+        return;
     if (w->full || n > w->cap - w->len) {
         w->full = true;
         return;

@@ -278,6 +278,9 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
     }
 
     own_routes(p, msg, r);
+    if (msg->from->url && msg->from->url->host)
+        snprintf(r->from_domain, sizeof(r->from_domain), "%s", msg->from->url->host);
+    snprintf(r->ruri_domain, sizeof(r->ruri_domain), "%s", msg->req_uri->host);
     if (external) {
         /* No open relay: an initial request from outside must be for one of our domains.
          * In-dialog requests come back through the Record-Route we inserted, so they carry

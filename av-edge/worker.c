@@ -8,6 +8,7 @@
  * iteration. Nothing on the packet path allocates or logs. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -103,11 +104,33 @@ struct av_worker {
     struct iovec tx_iov[TXQ];
     uint8_t tx_buf[TXQ][SLOT];
     struct mmsghdr tx_batch[TXQ];
+    struct iovec tx_iov2[TXQ];
+    uint64_t tx_ctl[TXQ][4]; /* room for one UDP_SEGMENT cmsg each */
+    bool gso;
 
     uint8_t reply[1500];
 };
 
 /* ---- sending ---- */
+
+/* Consecutive datagrams of equal size from one socket to one destination leave as one
+ * UDP GSO send (UDP_SEGMENT): one pass through the stack for up to 64 datagrams. */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 60000
+
+static void tx_send_plain(struct av_worker *w, int fd, struct mmsghdr *m)
+{
+    /* One merged message went wrong: send its datagrams one by one. */
+    for (size_t i = 0; i < m->msg_hdr.msg_iovlen; i++) {
+        struct msghdr h = {.msg_name = m->msg_hdr.msg_name, .msg_namelen = m->msg_hdr.msg_namelen,
+                           .msg_iov = &m->msg_hdr.msg_iov[i], .msg_iovlen = 1};
+        if (sendmsg(fd, &h, MSG_DONTWAIT) < 0)
+            w->tx_dropped++;
+    }
+}
 
 static void tx_flush(struct av_worker *w)
 {
@@ -120,12 +143,47 @@ static void tx_flush(struct av_worker *w)
         if (done[i])
             continue;
         int fd = w->tx[i].fd;
-        size_t k = 0;
+        size_t k = 0, vi = 0, seg_len = 0, bytes = 0;
         for (size_t j = i; j < n; j++) {
-            if (!done[j] && w->tx[j].fd == fd) {
-                w->tx_batch[k++] = w->tx_msg[j];
-                done[j] = true;
+            if (done[j] || w->tx[j].fd != fd)
+                continue;
+            done[j] = true;
+            size_t len = w->tx_iov[j].iov_len;
+            struct mmsghdr *prev = k ? &w->tx_batch[k - 1] : NULL;
+            w->tx_iov2[vi] = w->tx_iov[j];
+            if (w->gso && prev && len == seg_len && prev->msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
+                bytes + len <= GSO_MAX_BYTES &&
+                addr_eq((const struct addr *)prev->msg_hdr.msg_name, &w->tx[j].to)) {
+                prev->msg_hdr.msg_iovlen++;
+                bytes += len;
+            } else {
+                w->tx_batch[k] = w->tx_msg[j];
+                w->tx_batch[k].msg_hdr.msg_iov = &w->tx_iov2[vi];
+                w->tx_batch[k].msg_hdr.msg_iovlen = 1;
+                w->tx_batch[k].msg_hdr.msg_control = NULL;
+                w->tx_batch[k].msg_hdr.msg_controllen = 0;
+                seg_len = len;
+                bytes = len;
+                k++;
             }
+            vi++;
+        }
+        for (size_t b = 0; b < k; b++) {
+            struct msghdr *h = &w->tx_batch[b].msg_hdr;
+            if (h->msg_iovlen < 2)
+                continue;
+            union {
+                char buf[CMSG_SPACE(sizeof(uint16_t))];
+                struct cmsghdr align;
+            } *ctl = (void *)w->tx_ctl[b];
+            h->msg_control = ctl->buf;
+            h->msg_controllen = sizeof(ctl->buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)h->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
         }
         size_t sent = 0;
         while (sent < k) {
@@ -133,9 +191,17 @@ static void tx_flush(struct av_worker *w)
             if (r < 0) {
                 if (errno == EINTR)
                     continue;
-                /* A full socket buffer or a peer's ICMP error: this datagram is lost, the
-                 * rest of the run still goes. */
-                w->tx_dropped++;
+                struct mmsghdr *m = &w->tx_batch[sent];
+                if (m->msg_hdr.msg_iovlen > 1) {
+                    /* No GSO here (old kernel, device, or socket option): stop merging. */
+                    if (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT)
+                        w->gso = false;
+                    tx_send_plain(w, fd, m);
+                } else {
+                    /* A full socket buffer or a peer's ICMP error: this datagram is lost,
+                     * the rest of the run still goes. */
+                    w->tx_dropped++;
+                }
                 sent++;
                 continue;
             }
@@ -706,6 +772,7 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
     w->index = o->index;
     w->count = o->count;
     w->port_cursor = 0;
+    w->gso = getenv("AV_EDGE_NO_GSO") == NULL;
     if (o->tls) {
         tls_ctx_ref(o->tls);
         w->tls = o->tls;

@@ -325,8 +325,26 @@ int stream_write(struct stream *s, const void *data, size_t len)
             stream_close(s, (int)w, tls_conn_error(s->tls));
             return (int)w;
         }
-    } else if (q_append(&s->plain, data, len) < 0) {
-        return -ENOMEM;
+    } else {
+        /* Plain TCP with nothing queued: hand the bytes to the socket first, so the common
+         * case costs one write(2) and no copy or allocation (the proxy's hot path). */
+        if (q == 0 && s->connected) {
+            uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+            int w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+            if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
+                stream_close(s, w, "write failed");
+                return w;
+            }
+            if (w > 0) {
+                touch(s);
+                data = (const uint8_t *)data + w;
+                len -= (size_t)w;
+                if (len == 0)
+                    return 0;
+            }
+        }
+        if (q_append(&s->plain, data, len) < 0)
+            return -ENOMEM;
     }
     stream_flush(s);
     return 0;
@@ -553,7 +571,7 @@ static void fill_addrs(struct stream *s)
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out)
 {
-    if (!server || !out)
+    if (!server || !out || (o && o->tls && !tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(server->loop, o, cb, arg, &s, NULL);
@@ -616,7 +634,7 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
                    const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
                    struct stream **out)
 {
-    if (!loop || !to || !out)
+    if (!loop || !to || !out || (o && o->tls && tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(loop, o, cb, arg, &s, o ? o->server_name : NULL);
@@ -688,6 +706,17 @@ const struct addr *stream_local(const struct stream *s)
 struct tls_conn *stream_tls(struct stream *s)
 {
     return s ? s->tls : NULL;
+}
+
+void stream_set_idle_timeout(struct stream *s, uint32_t ms)
+{
+    if (!s || s->closing)
+        return;
+    s->idle_timeout_ms = ms;
+    if (ms)
+        touch(s);
+    else
+        uv_timer_stop(&s->idle);
 }
 
 void stream_set_arg(struct stream *s, void *arg)

@@ -6,4 +6,17 @@ $(eval $(call daemon,conf-edge,$(CE_OBJS) $(OBJ)/conf-edge/main.o))
 endif
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/ce_*_test.c)),$(eval $(call unit_test,$(t),$(CE_OBJS))))
 BENCHES += bench-conf
-bench-conf: all ; tests/bench/bench_conf.sh $(BUILD)
+bench-conf: all
+	tests/bench/bench_conf.sh $(BUILD)
+
+# bench-conf tools: the backend both proxies front (tests/bench/ce_backend.c, on libcommon and
+# the mux codec) and an OpenSSL load client (tests/bench/tlsload.c).
+$(BUILD)/bench/ce_backend: $(OBJ)/tests/bench/ce_backend.o $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD  $@")
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(BUILD)/bench/tlsload: tests/bench/tlsload.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC  $@")
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 $(WARN) $< -lssl -lcrypto -o $@
+bench-conf: $(BUILD)/bench/ce_backend $(BUILD)/bench/tlsload $(BUILD)/bench/tls_bench

@@ -468,6 +468,10 @@ static void sess_pump_up(struct ce_sess *s)
             stream_read_stop(s->cs);
         return;
     }
+    if (s->up.data) {
+        buf_fini(&s->up); /* idle sessions hold no read buffer */
+        memset(&s->up, 0, sizeof s->up);
+    }
     if (s->client_eof) {
         sess_send_shut_close(s);
         return;
@@ -701,6 +705,8 @@ static void sess_on_close(struct stream *cs, int err, const char *why, void *arg
             sess_pump_up(s);
         return;
     }
+    if (err && err != -ETIMEDOUT)
+        LOGD(e->log, &s->peer, "client connection failed: %s", why ? why : strerror(-err));
     sess_end(s, err == -ETIMEDOUT ? "idle timeout" : err ? "client connection failed"
                                                           : "client closed",
              true);

@@ -16,7 +16,7 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
   docker-compose python3-yaml systemd"
 # Benchmarks: the programs a user would pick instead, and load generators.
-BENCH="wrk nginx-light haproxy kamailio kamailio-tls-modules stunnel4"
+BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
 
 # Runtime: the shared libraries the daemons link (what the -dev packages above pull in); the
 # container images' slim stage installs exactly these.

@@ -25,6 +25,7 @@ struct cs_stream {
     uint32_t id;
     char conf[TOKEN_FIELD_MAX], user[TOKEN_FIELD_MAX], client[ADDR_STRLEN], jti[40];
     uint64_t credit;   /* bytes the edge still accepts on this stream */
+    uint64_t owed;     /* bytes taken from the edge, window not yet returned */
     struct buf out;    /* bytes for this participant waiting for credit */
     bool closed;
     struct ce_list node; /* confserver->streams */
@@ -210,9 +211,14 @@ static int handle(struct cs_link *l, const struct ce_mux_frame *f)
         if (!s)
             return 0;
         relay(cs, s, f->payload);
-        /* Everything was copied out (or its slow receivers dropped): credit back at once. */
-        if (ce_mux_encode_window(w, sizeof w, s->id, (uint32_t)f->payload.len) > 0 && f->payload.len)
+        /* Everything was copied out (or its slow receivers dropped): the window goes back
+         * in batches of a quarter, so bulk transfers do not cost a frame per frame. */
+        s->owed += f->payload.len;
+        if (s->owed >= ccfg(cs)->window / 4 &&
+            ce_mux_encode_window(w, sizeof w, s->id, (uint32_t)s->owed) > 0) {
             link_send(l, w, CE_MUX_HDR + 4);
+            s->owed = 0;
+        }
         return 0;
     case CE_MUX_WINDOW:
         if (s) {

@@ -99,7 +99,7 @@ struct registrar {
     uint8_t nonce_key[32];
     int open_handles;
     bool stopping;
-    struct metric *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
+    struct metric *m_in, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
     struct sip_msg msg;
     uint8_t out[RG_OUT_CAP];
     uint8_t rbuf[65536];
@@ -513,6 +513,7 @@ static void rg_response(struct registrar *rg, const struct sip_msg *m)
 
 static void rg_handle(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m)
 {
+    metric_inc(rg->m_in);
     if (!m->is_request) {
         rg_response(rg, m);
         return;
@@ -689,6 +690,8 @@ int registrar_start(struct director *d)
             LOGE(d->log, NULL, "sip: TLS: %s", err);
     }
     d->registrar = rg;
+    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
+                               NULL);
     rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
                                    "successful REGISTERs", NULL);
     rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",

@@ -1068,8 +1068,11 @@ static void on_request_head(struct rp_client *c)
     c->close_after = !h->keep_alive || h->minor == 0;
     const struct rp_upstream *uc = &cfg->upstreams[rp_config_upstream(cfg, r->upstream)];
     c->read_timeout_ms = r->read_timeout_ms ? r->read_timeout_ms : uc->read_timeout_ms;
+    if (!c->ip[0])
+        addr_format_host(stream_peer(c->s), c->ip);
     struct http_fwd f = {
         .client = stream_peer(c->s),
+        .client_ip = c->ip,
         .tls = c->tls,
         .trusted = peer_trusted(cfg, stream_peer(c->s)),
         .host = host,

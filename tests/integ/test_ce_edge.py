@@ -391,3 +391,53 @@ class ConfEdgeTest(SuiteTest):
         data = c.read_exact(100000)
         self.assertEqual(len(data), 100000)
         self.assertTrue(c.closed_within(2.0), "close_notify after the server's SHUT")
+
+    def test_per_address_cap_closes_at_accept(self):
+        self.start_edge(extra="limits: {per_address: 2}\n")
+        self.mock(mode="echo")
+        a = Client(self.ext, key=mint("cap", "a"))
+        b = Client(self.ext, key=mint("cap", "b"))
+        self.assertEqual(a.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        self.assertEqual(b.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        with self.assertRaises((ssl.SSLError, ConnectionResetError, OSError)):
+            Client(self.ext, key=mint("cap", "c"))
+        wait_for(lambda: self.edge.metrics().get('conf_edge_clients_dropped_total{reason="cap"}') == 1,
+                 what="cap counted")
+        a.close()
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients") == 1, what="a gone")
+        d = Client(self.ext, key=mint("cap", "d"))
+        self.assertEqual(d.line(), "PSOM-EDGE/1 200 admitted\r\n")
+
+    def test_idle_session_closed_and_server_told(self):
+        self.start_edge(extra="idle_timeout: 1s\n")
+        m = self.mock(mode="echo")
+        c = Client(self.ext, key=mint("idle", "ida"))
+        self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        self.assertTrue(c.closed_within(3.0), "idle session closed")
+        m.wait(lambda: m.closes, what="CLOSE at the server")
+        self.assertIn("idle", m.closes[0][1])
+
+    def test_sigterm_drains_waiting_clients_with_503(self):
+        self.start_edge()
+        c = Client(self.ext, key=mint("drain", "dan"))
+        time.sleep(0.3)  # admitted, waiting: no server connected
+        self.edge.signal(__import__("signal").SIGTERM)
+        self.assertEqual(c.line(), "PSOM-EDGE/1 503 draining\r\n")
+        self.edge.proc.wait(5)
+        self.assertEqual(self.edge.proc.returncode, 0)
+
+    def test_sighup_applies_new_limits_to_new_clients(self):
+        self.start_edge(extra="limits: {per_conference: 1}\n")
+        self.mock(mode="echo")
+        a = Client(self.ext, key=mint("grow", "a"))
+        self.assertEqual(a.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        b = Client(self.ext, key=mint("grow", "b"))
+        self.assertEqual(b.line(), "PSOM-EDGE/1 429 too-many-connections\r\n")
+        with open(self.edge.config, "w") as f:
+            f.write(edge_config(self.ext, self.int, self.admin, "limits: {per_conference: 2}\n"))
+        self.edge.signal(__import__("signal").SIGHUP)
+        self.edge.wait_log("reloaded")
+        c = Client(self.ext, key=mint("grow", "c"))
+        self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        a.send(b"a still relayed\n")
+        self.assertEqual(a.read_exact(16), b"a still relayed\n")

@@ -16,6 +16,7 @@ DIRECTOR_ADMIN = "127.0.0.10:8080"
 
 def port_busy(host, port):
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons do: TIME_WAIT is not busy
     try:
         s.bind((host, port))
         return False

@@ -322,7 +322,42 @@ class RevproxyTest(SuiteTest):
         out = self.read_all(s)
         self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:80])
 
+    def test_sni_picks_certificate(self):
+        self.start()
+        # A second certificate (the lab's "web" one) is served to clients asking for "web";
+        # it arrives by reload, as a renewed certificate would.
+        cfg = self.config.replace("tls:\n  certs:\n", "tls:\n  certs:\n    - {cert: %s/revproxy.crt, key: %s/revproxy.key}\n"
+                          "    - {cert: %s/web.crt, key: %s/web.key}\n" % (CERTS, CERTS, CERTS, CERTS), 1)
+        with open(self.d.config, "w") as f:
+            f.write(cfg)
+        self.d.signal(signal.SIGHUP)
+        self.d.wait_log("reloaded")
+        for name, cn in (("web", "CN = web"), ("revproxy", "CN = revproxy"), ("other", "CN = revproxy")):
+            p = self.run_tool(["openssl", "s_client", "-connect", f"127.0.0.1:{self.https}",
+                               "-servername", name], input=b"", timeout=10)
+            self.assertIn(f"subject={cn}".replace(" = ", "="), p.stdout.decode().replace(" = ", "="),
+                          name)
+
+    def test_max_connections_cap(self):
+        self.start(extra="max_connections: 2")
+        socks = [socket.create_connection(("127.0.0.1", self.http), timeout=3) for _ in range(2)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", self.http), timeout=3)
+        self.assertEqual(self.read_all(extra), b"", "over the cap: closed at once")
+        for s in socks:
+            s.close()
+        m = self.d.metrics()
+        self.assertGreaterEqual(m['revproxy_refused_total{reason="connection_cap"}'], 1)
+
     # ---- upstream failures ----
+
+    def test_upstream_with_untrusted_certificate_is_502(self):
+        self.up = Upstream(tls=True, certdir=CERTS, name="rogue")
+        self.addCleanup(self.up.stop)
+        self.start(up=self.up.addr)
+        rc, code, body = self.curl("/ABS/ext/x")
+        self.assertEqual(code, 502)
+        self.assertEqual(self.up.requests, [])
 
     def test_upstream_down_is_502(self):
         dead = free_port()
