@@ -18,6 +18,9 @@ static void parser_setup(void)
 {
     /* osip2 keeps its header dispatch table in library state set up once. */
     parser_init();
+    /* osip2 traces every parse error to stdout; the edge logs its own verdicts. */
+    for (int l = 0; l < END_TRACE_LEVEL; l++)
+        osip_trace_disable_level((osip_trace_level_t)l);
 }
 
 const char *sip_source_name(enum sip_source s)
@@ -278,6 +281,9 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
     }
 
     own_routes(p, msg, r);
+    if (msg->from->url && msg->from->url->host)
+        snprintf(r->from_domain, sizeof(r->from_domain), "%s", msg->from->url->host);
+    snprintf(r->ruri_domain, sizeof(r->ruri_domain), "%s", msg->req_uri->host);
     if (external) {
         /* No open relay: an initial request from outside must be for one of our domains.
          * In-dialog requests come back through the Record-Route we inserted, so they carry

@@ -63,6 +63,8 @@ struct sip_route {
     unsigned pop;           /* our own Route entries at the top, to remove */
     struct slice flow;      /* user part of our Route entry (a flow token), if any */
     bool in_dialog;         /* To tag present */
+    char from_domain[128];  /* host of the From URI (requests) */
+    char ruri_domain[128];  /* host of the Request-URI (requests) */
     char host[256];
     uint16_t port;          /* 0 = default for the transport */
     bool tcp, tls;          /* transport=tcp / sips or transport=tls */

@@ -1,6 +1,7 @@
 # av-edge/: the STUN/TURN media relay, its unit tests, the load generator and av-probe.
 AV_SRCS := $(filter-out av-edge/main.c av-edge/probe.c,$(wildcard av-edge/*.c))
 AV_OBJS := $(AV_SRCS:%.c=$(OBJ)/%.o)
+$(OBJ)/av-edge/main.o: $(BUILD)/gen/version.h
 $(eval $(call daemon,av-edge,$(AV_OBJS) $(OBJ)/av-edge/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/av_*_test.c)),$(eval $(call unit_test,$(t),$(AV_OBJS))))
 

@@ -8,6 +8,7 @@
  * iteration. Nothing on the packet path allocates or logs. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -63,7 +64,8 @@ struct av_tx {
 struct av_worker {
     uv_loop_t *loop;
     struct av_turn *turn;
-    const struct av_config *cfg;
+    uint32_t port_min, port_max;
+    uint64_t socket_buffer;
     const struct av_runtime *rt;
     const struct av_runtime *pending_rt; /* atomic */
     const struct logger *pending_log;    /* atomic */
@@ -103,11 +105,33 @@ struct av_worker {
     struct iovec tx_iov[TXQ];
     uint8_t tx_buf[TXQ][SLOT];
     struct mmsghdr tx_batch[TXQ];
+    struct iovec tx_iov2[TXQ];
+    uint64_t tx_ctl[TXQ][4]; /* room for one UDP_SEGMENT cmsg each */
+    bool gso;
 
     uint8_t reply[1500];
 };
 
 /* ---- sending ---- */
+
+/* Consecutive datagrams of equal size from one socket to one destination leave as one
+ * UDP GSO send (UDP_SEGMENT): one pass through the stack for up to 64 datagrams. */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 60000
+
+static void tx_send_plain(struct av_worker *w, int fd, struct mmsghdr *m)
+{
+    /* One merged message went wrong: send its datagrams one by one. */
+    for (size_t i = 0; i < m->msg_hdr.msg_iovlen; i++) {
+        struct msghdr h = {.msg_name = m->msg_hdr.msg_name, .msg_namelen = m->msg_hdr.msg_namelen,
+                           .msg_iov = &m->msg_hdr.msg_iov[i], .msg_iovlen = 1};
+        if (sendmsg(fd, &h, MSG_DONTWAIT) < 0)
+            w->tx_dropped++;
+    }
+}
 
 static void tx_flush(struct av_worker *w)
 {
@@ -120,12 +144,47 @@ static void tx_flush(struct av_worker *w)
         if (done[i])
             continue;
         int fd = w->tx[i].fd;
-        size_t k = 0;
+        size_t k = 0, vi = 0, seg_len = 0, bytes = 0;
         for (size_t j = i; j < n; j++) {
-            if (!done[j] && w->tx[j].fd == fd) {
-                w->tx_batch[k++] = w->tx_msg[j];
-                done[j] = true;
+            if (done[j] || w->tx[j].fd != fd)
+                continue;
+            done[j] = true;
+            size_t len = w->tx_iov[j].iov_len;
+            struct mmsghdr *prev = k ? &w->tx_batch[k - 1] : NULL;
+            w->tx_iov2[vi] = w->tx_iov[j];
+            if (w->gso && prev && len == seg_len && prev->msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
+                bytes + len <= GSO_MAX_BYTES &&
+                addr_eq((const struct addr *)prev->msg_hdr.msg_name, &w->tx[j].to)) {
+                prev->msg_hdr.msg_iovlen++;
+                bytes += len;
+            } else {
+                w->tx_batch[k] = w->tx_msg[j];
+                w->tx_batch[k].msg_hdr.msg_iov = &w->tx_iov2[vi];
+                w->tx_batch[k].msg_hdr.msg_iovlen = 1;
+                w->tx_batch[k].msg_hdr.msg_control = NULL;
+                w->tx_batch[k].msg_hdr.msg_controllen = 0;
+                seg_len = len;
+                bytes = len;
+                k++;
             }
+            vi++;
+        }
+        for (size_t b = 0; b < k; b++) {
+            struct msghdr *h = &w->tx_batch[b].msg_hdr;
+            if (h->msg_iovlen < 2)
+                continue;
+            union {
+                char buf[CMSG_SPACE(sizeof(uint16_t))];
+                struct cmsghdr align;
+            } *ctl = (void *)w->tx_ctl[b];
+            h->msg_control = ctl->buf;
+            h->msg_controllen = sizeof(ctl->buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)h->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
         }
         size_t sent = 0;
         while (sent < k) {
@@ -133,9 +192,17 @@ static void tx_flush(struct av_worker *w)
             if (r < 0) {
                 if (errno == EINTR)
                     continue;
-                /* A full socket buffer or a peer's ICMP error: this datagram is lost, the
-                 * rest of the run still goes. */
-                w->tx_dropped++;
+                struct mmsghdr *m = &w->tx_batch[sent];
+                if (m->msg_hdr.msg_iovlen > 1) {
+                    /* No GSO here (old kernel, device, or socket option): stop merging. */
+                    if (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT)
+                        w->gso = false;
+                    tx_send_plain(w, fd, m);
+                } else {
+                    /* A full socket buffer or a peer's ICMP error: this datagram is lost,
+                     * the rest of the run still goes. */
+                    w->tx_dropped++;
+                }
                 sent++;
                 continue;
             }
@@ -323,12 +390,12 @@ static int relay_sock_new(struct av_worker *w, int fd, struct av_relay_sock **ou
  * even port and its successor (EVEN-PORT reservations) belong to the same worker. */
 static uint32_t worker_port(const struct av_worker *w, uint32_t j)
 {
-    return w->cfg->relay.port_min + 2 * (w->index + (j / 2) * w->count) + (j % 2);
+    return w->port_min + 2 * (w->index + (j / 2) * w->count) + (j % 2);
 }
 
 static uint32_t worker_port_count(const struct av_worker *w)
 {
-    uint32_t range = w->cfg->relay.port_max - w->cfg->relay.port_min + 1;
+    uint32_t range = w->port_max - w->port_min + 1;
     uint32_t pairs = range / 2;
     uint32_t mine = pairs / w->count + (w->index < pairs % w->count);
     return mine * 2;
@@ -351,14 +418,14 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
             port = worker_port(w, j);
             if ((even || reserve_out) && (port & 1))
                 continue;
-            if (port > w->cfg->relay.port_max)
+            if (port > w->port_max)
                 continue;
             if (relay_bind(w, fi, (uint16_t)port, df, &fd) < 0) {
                 fd = -1;
                 continue;
             }
             if (reserve_out) {
-                if (port + 1 > w->cfg->relay.port_max ||
+                if (port + 1 > w->port_max ||
                     relay_bind(w, fi, (uint16_t)(port + 1), df, &fd2) < 0) {
                     close(fd);
                     fd = -1;
@@ -608,7 +675,7 @@ static int udp_listen(struct av_worker *w, const struct addr *a, uint16_t id, ui
     if (fd < 0)
         return -errno;
     int one = 1, rc = 0;
-    int sz = (int)w->cfg->relay.socket_buffer;
+    int sz = (int)w->socket_buffer;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (w->count > 1 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
         rc = -errno;
@@ -698,7 +765,10 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
     if (!w)
         return -ENOMEM;
     w->loop = loop;
-    w->cfg = o->cfg;
+    /* The config is freed on reload: keep what the sockets need by value. */
+    w->port_min = o->cfg->relay.port_min;
+    w->port_max = o->cfg->relay.port_max;
+    w->socket_buffer = o->cfg->relay.socket_buffer;
     w->rt = o->rt;
     w->sh = o->shared;
     w->mx = o->metrics;
@@ -706,6 +776,7 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
     w->index = o->index;
     w->count = o->count;
     w->port_cursor = 0;
+    w->gso = getenv("AV_EDGE_NO_GSO") == NULL;
     if (o->tls) {
         tls_ctx_ref(o->tls);
         w->tls = o->tls;

@@ -52,7 +52,9 @@ struct stream {
     bool want_drain;
     bool want_shutdown;
     bool shut_sent;
-    bool eof; /* peer finished: close once the write queue is empty */
+    bool eof;       /* peer finished: close once the write queue is empty */
+    bool half_open; /* plain TCP with on_eof: the user writes on after the peer's FIN */
+    bool shut_done; /* our FIN is out */
     bool in_process;
     bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
@@ -206,8 +208,13 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct stream *s = req->data;
     free(req);
-    if (status < 0 && status != UV_ECANCELED)
+    if (status < 0 && status != UV_ECANCELED) {
         stream_close(s, status, "shutdown failed");
+        return;
+    }
+    s->shut_done = true;
+    if (s->eof && !s->closing)
+        stream_close(s, 0, "closed by both ends");
 }
 
 static void maybe_finish(struct stream *s)
@@ -230,8 +237,8 @@ static void maybe_finish(struct stream *s)
         if (rc < 0)
             stream_close(s, rc, "shutdown failed");
     }
-    if (s->eof && !s->closing)
-        stream_close(s, 0, "peer closed");
+    if (s->eof && !s->closing && !s->half_open)
+        stream_close(s, 0, s->shut_done ? "closed by both ends" : "peer closed");
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -325,8 +332,26 @@ int stream_write(struct stream *s, const void *data, size_t len)
             stream_close(s, (int)w, tls_conn_error(s->tls));
             return (int)w;
         }
-    } else if (q_append(&s->plain, data, len) < 0) {
-        return -ENOMEM;
+    } else {
+        /* Plain TCP with nothing queued: hand the bytes to the socket first, so the common
+         * case costs one write(2) and no copy or allocation (the proxy's hot path). */
+        if (q == 0 && s->connected) {
+            uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+            int w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+            if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
+                stream_close(s, w, "write failed");
+                return w;
+            }
+            if (w > 0) {
+                touch(s);
+                data = (const uint8_t *)data + w;
+                len -= (size_t)w;
+                if (len == 0)
+                    return 0;
+            }
+        }
+        if (q_append(&s->plain, data, len) < 0)
+            return -ENOMEM;
     }
     stream_flush(s);
     return 0;
@@ -417,10 +442,17 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         if (n == UV_EOF) {
             s->eof = true;
             uv_read_stop(h);
-            if (!s->opened)
+            if (!s->opened) {
                 stream_close(s, -ECONNRESET, "peer closed during the handshake");
-            else
+            } else if (!s->tls && s->cb.on_eof) {
+                /* TCP half-close: the user answers, then shuts down or closes. */
+                s->half_open = !s->shut_done;
+                s->cb.on_eof(s, s->arg);
+                if (!s->closing && s->shut_done)
+                    stream_close(s, 0, "closed by both ends");
+            } else {
                 maybe_finish(s);
+            }
         } else {
             stream_close(s, (int)n, NULL);
         }
@@ -553,7 +585,7 @@ static void fill_addrs(struct stream *s)
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out)
 {
-    if (!server || !out)
+    if (!server || !out || (o && o->tls && !tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(server->loop, o, cb, arg, &s, NULL);
@@ -616,7 +648,7 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
                    const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
                    struct stream **out)
 {
-    if (!loop || !to || !out)
+    if (!loop || !to || !out || (o && o->tls && tls_ctx_is_server(o->tls)))
         return -EINVAL;
     struct stream *s;
     int rc = stream_new(loop, o, cb, arg, &s, o ? o->server_name : NULL);
@@ -688,6 +720,17 @@ const struct addr *stream_local(const struct stream *s)
 struct tls_conn *stream_tls(struct stream *s)
 {
     return s ? s->tls : NULL;
+}
+
+void stream_set_idle_timeout(struct stream *s, uint32_t ms)
+{
+    if (!s || s->closing)
+        return;
+    s->idle_timeout_ms = ms;
+    if (ms)
+        touch(s);
+    else
+        uv_timer_stop(&s->idle);
 }
 
 void stream_set_arg(struct stream *s, void *arg)

@@ -30,6 +30,11 @@ struct stream_cbs {
     /* The stream is closed: err 0 = peer closed cleanly, else a negative errno.
      * The stream is freed right after this returns. */
     void (*on_close)(struct stream *s, int err, const char *why, void *arg);
+    /* Optional, plain TCP only: the peer half-closed (FIN). The stream stays open for
+     * writing; answer, then stream_shutdown (the stream closes once both FINs are out) or
+     * stream_close. Without it (and always with TLS, whose close_notify ends the
+     * connection: RFC 5246 7.2.1) the peer's end closes the stream once writes drain. */
+    void (*on_eof)(struct stream *s, void *arg);
 };
 
 struct stream_opts {
@@ -41,22 +46,31 @@ struct stream_opts {
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
 };
 
-/* Takes an accepted connection from server (uv_accept inside). */
+/* Takes an accepted connection from server (uv_accept inside). With TLS, the first bytes
+ * must start a ClientHello or the stream closes at once with -EPROTO ("not TLS").
+ * On failure *out is untouched and on_close is never called. */
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out);
-/* Connects out to addr; on_open fires when connected (and handshaken), on_close on failure. */
+/* Connects out to addr; on_open fires when connected (and handshaken), on_close on failure
+ * (also connect errors: "connect failed: ..."). handshake_timeout_ms then also bounds the
+ * TCP connect. A synchronous failure returns a negative errno with no callback. */
 int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bind_from,
                    const struct stream_opts *o, const struct stream_cbs *cb, void *arg,
                    struct stream **out);
 
 /* Copies data into the write queue (encrypting if TLS). */
 int stream_write(struct stream *s, const void *data, size_t len);
+/* Bytes queued for the socket (ciphertext with TLS), in flight or waiting. */
 size_t stream_queued(const struct stream *s);
-void stream_read_stop(struct stream *s); /* backpressure: stop reading */
+/* Backpressure: stop delivering on_data (and reading the socket) until read_start.
+ * Plaintext already decrypted waits and is delivered from the loop after read_start. */
+void stream_read_stop(struct stream *s);
 void stream_read_start(struct stream *s);
 /* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */
 void stream_shutdown(struct stream *s);
-/* Closes (idempotent); on_close runs later from the loop with err. */
+/* Closes (idempotent; the first err and why win); on_close runs later from the loop. With
+ * err 0 an established TLS stream sends close_notify first (best effort: what the socket
+ * takes now). Queued writes are dropped: use stream_shutdown for a graceful end. */
 void stream_close(struct stream *s, int err, const char *why);
 
 /* Turns an open plain stream into a TLS one (server ctx: accept; client ctx: connect with
@@ -67,10 +81,14 @@ void stream_close(struct stream *s, int err, const char *why);
 int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
                      const uint8_t *prefix, size_t len);
 
+/* Addresses of the two ends (valid for the stream's life; local is set once connected). */
 const struct addr *stream_peer(const struct stream *s);
 const struct addr *stream_local(const struct stream *s);
 struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */
 void stream_set_arg(struct stream *s, void *arg);
+/* Changes the idle timeout (0 = none) and restarts it, e.g. after an upgrade to WebSocket
+ * or once a SIP flow has registered with its keep-alive period. */
+void stream_set_idle_timeout(struct stream *s, uint32_t ms);
 uv_loop_t *stream_loop(const struct stream *s);
 
 /* Binds and listens on addr (SO_REUSEADDR; SO_REUSEPORT if asked, so N worker loops can

@@ -48,7 +48,8 @@
 
 /* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
 #define TLS_IN_CAP (4 * (16384 + 2048))
-/* Ticket keys rotate every period; a ticket stays valid for up to two periods. */
+/* A ticket is valid this long; mbedTLS starts a new random ticket key every period and
+ * keeps the previous one for another period (key lifetime = 2 x ticket lifetime). */
 #define TLS_TICKET_LIFETIME_S (12 * 3600)
 #define TLS_CACHE_DEFAULT 4096
 #define TLS_CACHE_TIMEOUT_S (12 * 3600)
@@ -85,13 +86,22 @@ struct tls_ctx {
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
-    /* Client: the last session, offered again on reconnect to the same name. */
-    pthread_mutex_t lock; /* the saved session and the buffer pool */
-    unsigned char *pool[TLS_POOL_MAX];
+    pthread_mutex_t lock;              /* the buffer pool and the saved session */
+    unsigned char *pool[TLS_POOL_MAX]; /* spare record buffer pairs (see TLS_CAN_SLEEP) */
     size_t npool;
+    /* Client: the last session, offered again on reconnect to the same name. */
     mbedtls_ssl_session session;
     bool has_session;
     char session_name[256];
+};
+
+/* What the API tells of the peer certificate: one allocation, strings after the array. */
+struct tls_peer {
+    const char *cn; /* NULL if none */
+    const char *subject;
+    char fingerprint[3 * 32];
+    size_t nsans;
+    const char *sans[]; /* nsans DNS names, then NULL */
 };
 
 struct tls_conn {
@@ -112,10 +122,9 @@ struct tls_conn {
     uint8_t ip[16];
     size_t iplen;
     char *sni;
-    char *peer_cn;
-    char *vinfo;      /* issuer and subject of the peer certificate during the handshake */
-    char **peer_sans; /* NULL-terminated; strings in the same block */
-    char *err;        /* allocated on the first failure: most connections never have one */
+    struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
+    char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
+    char *err;             /* allocated on the first failure: most connections never have one */
 };
 
 /* ---- byte queue ---- */
@@ -627,17 +636,26 @@ static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const cha
     if (rc == 0)
         rc = mbedtls_x509write_crt_set_basic_constraints(&w, 0, -1);
     if (rc == 0) {
-        /* subjectAltName ::= SEQUENCE { [2] dNSName } (no writer for it in mbedTLS 2.28) */
-        uint8_t inner[4];
-        size_t il = der_len(inner, nlen);
-        size_t seq = 1 + il + nlen, o = 0;
+        /* subjectAltName ::= SEQUENCE { [2] dNSName } or { [7] iPAddress } for an IP
+         * literal (no writer for it in mbedTLS 2.28). */
+        uint8_t ip[16], inner[4];
+        const uint8_t *val = (const uint8_t *)name;
+        size_t vlen = nlen;
+        uint8_t tag = 0x82;
+        if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1) {
+            val = ip;
+            vlen = strchr(name, ':') ? 16 : 4;
+            tag = 0x87;
+        }
+        size_t il = der_len(inner, vlen);
+        size_t seq = 1 + il + vlen, o = 0;
         san[o++] = 0x30;
         o += der_len(san + o, seq);
-        san[o++] = 0x82;
+        san[o++] = tag;
         memcpy(san + o, inner, il);
         o += il;
-        memcpy(san + o, name, nlen);
-        o += nlen;
+        memcpy(san + o, val, vlen);
+        o += vlen;
         rc = mbedtls_x509write_crt_set_extension(&w, MBEDTLS_OID_SUBJECT_ALT_NAME,
                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
                                                  san, o);
@@ -1102,41 +1120,51 @@ static int conn_wake(struct tls_conn *c)
 
 static void conn_free_peer(struct tls_conn *c)
 {
-    free(c->peer_cn);
-    c->peer_cn = NULL;
-    free(c->peer_sans);
-    c->peer_sans = NULL;
+    free(c->peer);
+    c->peer = NULL;
 }
 
-/* Copies the names of the peer certificate so the API can hand out C strings. */
+/* Copies the names of the peer certificate so the API can hand out C strings after the
+ * parsed certificate is dropped. */
 static void conn_take_peer(struct tls_conn *c)
 {
     const mbedtls_x509_crt *p = mbedtls_ssl_get_peer_cert(&c->ssl);
     if (!p)
         return;
+    char subject[256];
+    if (mbedtls_x509_dn_gets(subject, sizeof subject, &p->subject) < 0)
+        subject[0] = '\0';
     const mbedtls_x509_buf *cn = crt_cn(p);
-    if (cn)
-        c->peer_cn = strndup((const char *)cn->p, cn->len);
-    size_t n = 0, bytes = 0;
+    size_t n = 0, bytes = strlen(subject) + 1 + (cn ? cn->len + 1 : 0);
     for (const mbedtls_x509_sequence *s = &p->subject_alt_names; s && s->buf.p; s = s->next)
         if (s->buf.tag == SAN_DNS) {
             n++;
             bytes += s->buf.len + 1;
         }
-    char **v = malloc((n + 1) * sizeof *v + bytes);
-    if (!v)
+    struct tls_peer *pe = malloc(sizeof *pe + (n + 1) * sizeof pe->sans[0] + bytes);
+    if (!pe)
         return;
-    char *d = (char *)(v + n + 1);
-    size_t i = 0;
+    char *d = (char *)&pe->sans[n + 1];
+    pe->subject = strcpy(d, subject);
+    d += strlen(subject) + 1;
+    pe->cn = NULL;
+    if (cn) {
+        memcpy(d, cn->p, cn->len);
+        d[cn->len] = '\0';
+        pe->cn = d;
+        d += cn->len + 1;
+    }
+    pe->nsans = 0;
     for (const mbedtls_x509_sequence *s = &p->subject_alt_names; s && s->buf.p; s = s->next)
         if (s->buf.tag == SAN_DNS) {
             memcpy(d, s->buf.p, s->buf.len);
             d[s->buf.len] = '\0';
-            v[i++] = d;
+            pe->sans[pe->nsans++] = d;
             d += s->buf.len + 1;
         }
-    v[i] = NULL;
-    c->peer_sans = v;
+    pe->sans[pe->nsans] = NULL;
+    fingerprint(p, pe->fingerprint);
+    c->peer = pe;
 }
 
 int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name)
@@ -1408,19 +1436,42 @@ const char *tls_conn_cipher(const struct tls_conn *c)
     return c && c->done ? mbedtls_ssl_get_ciphersuite(&c->ssl) : NULL;
 }
 
+const char *tls_conn_version(const struct tls_conn *c)
+{
+    return c && c->done ? mbedtls_ssl_get_version(&c->ssl) : NULL;
+}
+
 const char *tls_conn_peer_cn(const struct tls_conn *c)
 {
-    return c ? c->peer_cn : NULL;
+    return c && c->peer ? c->peer->cn : NULL;
 }
 
 const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
 {
-    if (!c || !c->peer_sans)
-        return NULL;
-    for (size_t k = 0; k < i; k++)
-        if (!c->peer_sans[k])
-            return NULL;
-    return c->peer_sans[i];
+    return c && c->peer && i < c->peer->nsans ? c->peer->sans[i] : NULL;
+}
+
+const char *tls_conn_peer_subject(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->subject : NULL;
+}
+
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->fingerprint : NULL;
+}
+
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
+{
+    if (!c || !c->verified || !c->peer || !name || !*name)
+        return false;
+    size_t len = strlen(name);
+    for (size_t i = 0; i < c->peer->nsans; i++)
+        if (name_match(c->peer->sans[i], strlen(c->peer->sans[i]), name, len))
+            return true;
+    /* RFC 6125 6.4.4: the CN counts only when there is no DNS name. */
+    return c->peer->nsans == 0 && c->peer->cn &&
+           name_match(c->peer->cn, strlen(c->peer->cn), name, len);
 }
 
 bool tls_conn_peer_verified(const struct tls_conn *c)

@@ -53,8 +53,11 @@ struct tls_opts {
     const char *groups;
 };
 
-/* Builds a context; err gets a human message on failure (e.g. "cannot read /x.pem: No such file").
- */
+/* Builds a context with one reference; err gets a human message on failure (e.g. "cannot
+ * read /x.pem: No such file or directory") and *out is left untouched. Reload: build a new
+ * ctx, use it for new connections and tls_ctx_unref the old one; live connections keep
+ * theirs. Server ctxs hold a session cache and ticket keys of their own (tickets valid 12 h;
+ * a new random key every 12 h, each kept 24 h), so a reload also starts those afresh. */
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */
@@ -64,7 +67,8 @@ bool tls_ctx_is_server(const struct tls_ctx *c);
 /* Fingerprint (SHA-256, hex with colons) of the default certificate, for logs. */
 const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 
-/* server_name: client side SNI and name to verify (NULL = none). An IP literal is checked
+/* A connection holds a reference on ctx until tls_conn_destroy.
+ * server_name: client side SNI and name to verify (NULL = none). An IP literal is checked
  * against the certificate's iPAddress SANs and not sent as SNI. A client resumes the last
  * session its ctx made with the same server_name. The client's ClientHello is pending
  * (tls_conn_pending) as soon as this returns. */
@@ -95,6 +99,7 @@ const char *tls_conn_error(const struct tls_conn *c); /* last failure, human-rea
 const char *tls_conn_sni(const struct tls_conn *c);   /* server: name the client asked for */
 const char *tls_conn_alpn(const struct tls_conn *c);  /* negotiated protocol or NULL */
 const char *tls_conn_cipher(const struct tls_conn *c);
+const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.2" once established */
 /* Peer certificate, after the handshake: subject CN and DNS SANs (copied; the parsed
  * certificate itself is dropped to save memory). Trust them only if
  * tls_conn_peer_verified(): true when the peer showed a certificate that the CA bundle
@@ -103,9 +108,18 @@ const char *tls_conn_peer_cn(const struct tls_conn *c);
 /* i-th DNS subjectAltName of the peer, or NULL past the end. */
 const char *tls_conn_peer_san(const struct tls_conn *c, size_t i);
 bool tls_conn_peer_verified(const struct tls_conn *c);
+/* Subject DN ("CN=partner,O=Example") and SHA-256 fingerprint (hex with colons) of the
+ * peer certificate, for logs and for forwarding a verified client certificate. */
+const char *tls_conn_peer_subject(const struct tls_conn *c);
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c);
+/* Federation: true if the peer was verified and its certificate names this domain (DNS
+ * SANs with RFC 6125 wildcards "*.example.com"; the CN only when there is no DNS SAN).
+ * Use it to match a partner's certificate to the SIP From domain. */
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
 /* Quick check on the first bytes of a connection: true if they can start a TLS
- * ClientHello (record type 22, version 3.x). len may be short (then: true if a prefix). */
+ * ClientHello (record type 22, version 3.0-3.4, record length 4..18432, handshake type 1).
+ * len may be short (then: true if a prefix of one). */
 bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
 
 /* Reads the SNI host name from a ClientHello at the start of p without any TLS state

@@ -102,6 +102,19 @@ static const struct cfg_key confserver_keys[] = {
     CFG_END,
 };
 
+static const struct cfg_key credentials_keys[] = {
+    {.name = "ttl", .type = CFG_DURATION, .offset = offsetof(struct director_credentials_config, ttl_ms),
+     .def = "1h", .min = 60000, .max = 7LL * 24 * 3600 * 1000,
+     .help = "lifetime of issued TURN credentials"},
+    {.name = "max_ttl", .type = CFG_DURATION,
+     .offset = offsetof(struct director_credentials_config, max_ttl_ms), .def = "8h", .min = 60000,
+     .max = 30LL * 24 * 3600 * 1000, .help = "longest lifetime a caller may ask for"},
+    {.name = "uris", .type = CFG_STRLIST, .offset = offsetof(struct director_credentials_config, uris),
+     .count_offset = offsetof(struct director_credentials_config, n_uris),
+     .help = "TURN URIs to hand out (default: those the connected av-edges announce)"},
+    CFG_END,
+};
+
 const struct cfg_key director_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {.name = "ctl",
@@ -129,6 +142,8 @@ const struct cfg_key director_config_keys[] = {
      .offset = offsetof(struct director_config, confserver),
      .sub = confserver_keys,
      .help = "conferencing-server stub: conference keys and the relay behind conf-edge"},
+    {.name = "credentials", .type = CFG_SECTION, .offset = offsetof(struct director_config, credentials),
+     .sub = credentials_keys, .help = "the TURN credential endpoint (GET /credentials)"},
     CFG_END,
 };
 

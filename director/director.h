@@ -33,6 +33,14 @@ struct director_secrets_config {
     uint32_t length;             /* bytes of randomness per secret */
 };
 
+/* The TURN credential endpoint (director/credentials.c). */
+struct director_credentials_config {
+    uint64_t ttl_ms;     /* default lifetime of issued credentials */
+    uint64_t max_ttl_ms; /* cap on a requested ttl */
+    char **uris;         /* TURN URIs to hand out; empty: those of the connected av-edges */
+    size_t n_uris;
+};
+
 /* The conferencing-server stub (director/confserver.c): dials conf-edge internal ports. */
 struct director_confserver_config {
     bool enabled;
@@ -51,6 +59,7 @@ struct director_config {
     struct director_ctl_config ctl;
     struct tls_files_config tls; /* the Director's certificate, key, and the edges' CA */
     struct director_secrets_config secrets;
+    struct director_credentials_config credentials;
     struct director_sip_config sip; /* registrar.c */
     struct director_confserver_config confserver;
 };
@@ -107,5 +116,9 @@ unsigned hub_role_secret_kinds(enum ctl_role role);
  * backoff). 0 when disabled. */
 int confserver_start(struct director *d);
 void confserver_stop(struct director *d);
+
+/* ---- credentials.c: GET /credentials (TURN REST credentials for a user) ---- */
+int credentials_start(struct director *d);
+void credentials_stop(struct director *d);
 
 #endif

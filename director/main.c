@@ -15,6 +15,7 @@ struct director_module {
 static const struct director_module director_modules[] = {
     {"registrar", registrar_start, registrar_stop},
     {"confserver", confserver_start, confserver_stop},
+    {"credentials", credentials_start, credentials_stop},
 };
 
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,

@@ -32,11 +32,14 @@ static int put_header(struct buf *b, struct slice name, struct slice value)
 
 bool http_is_hop_by_hop(struct slice name, struct slice connection)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                      "trailer", "upgrade", "proxy-authorization",
-                                      "proxy-authenticate"};
+    static const struct {
+        const char *s;
+        size_t len;
+    } hop[] = {{"connection", 10}, {"keep-alive", 10},         {"proxy-connection", 16},
+               {"te", 2},          {"trailer", 7},            {"upgrade", 7},
+               {"proxy-authorization", 19}, {"proxy-authenticate", 18}};
     for (size_t i = 0; i < ARRAY_SIZE(hop); i++)
-        if (slice_caseeq_str(name, hop[i]))
+        if (name.len == hop[i].len && strncasecmp((const char *)name.p, hop[i].s, name.len) == 0)
             return true;
     if (connection.len == 0 || name.len >= 64)
         return false;
@@ -65,8 +68,8 @@ static bool is_forwarding(struct slice name)
 
 int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out)
 {
-    char ip[ADDR_STRLEN];
-    addr_format_host(f->client, ip);
+    char ipbuf[ADDR_STRLEN];
+    const char *ip = f->client_ip ? f->client_ip : addr_format_host(f->client, ipbuf);
     bool v6 = addr_family(f->client) == AF_INET6;
     struct slice conn = connection_of(h);
     struct slice prev_xff = SLICE_NULL, prev_fwd = SLICE_NULL;
@@ -193,10 +196,13 @@ ssize_t http_location_rewrite(struct slice v, const struct http_back *b, char *o
 
 int http_response_build(const struct http_head *h, const struct http_back *b, struct buf *out)
 {
-    char line[64];
+    char line[16] = "HTTP/1.1 000 ";
     struct slice conn = connection_of(h);
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", h->status);
-    int rc = put(out, line, (size_t)n);
+    int st = h->status < 1000 ? h->status : 999;
+    line[9] = (char)('0' + st / 100);
+    line[10] = (char)('0' + st / 10 % 10);
+    line[11] = (char)('0' + st % 10);
+    int rc = put(out, line, 13);
     rc = rc ? rc : put_slice(out, h->reason);
     rc = rc ? rc : put(out, "\r\n", 2);
     for (size_t i = 0; i < h->nhdr && !rc; i++) {

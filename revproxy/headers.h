@@ -13,6 +13,7 @@
 /* What the proxy knows about a request when it builds the upstream head. */
 struct http_fwd {
     const struct addr *client; /* the TCP peer */
+    const char *client_ip;     /* its host part as text, if the caller has it (else formatted) */
     bool tls;                  /* client came over HTTPS */
     bool trusted;              /* peer is a trusted proxy: keep and append its X-Forwarded-For */
     struct slice host;         /* the client's Host (or absolute-form host) */

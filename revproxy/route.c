@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <strings.h>
 
 static bool is_dot_segment(const uint8_t *p, size_t n)
@@ -145,11 +146,16 @@ ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct sli
         rest = path.p;
         restlen = path.len;
     }
-    int n = snprintf(out, cap, "%s%.*s%.*s", head, (int)restlen, (const char *)rest,
-                     (int)query.len, (const char *)query.p);
-    if (n < 0 || (size_t)n >= cap)
+    size_t hl = strlen(head), n = hl + restlen + query.len;
+    if (n >= cap)
         return -ENOSPC;
-    return n;
+    memcpy(out, head, hl);
+    if (restlen)
+        memcpy(out + hl, rest, restlen);
+    if (query.len)
+        memcpy(out + hl + restlen, query.p, query.len);
+    out[n] = '\0';
+    return (ssize_t)n;
 }
 
 ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *out, size_t cap)

@@ -27,7 +27,7 @@ COPY deploy/docker/healthcheck.sh /usr/local/bin/edge-healthcheck
 USER edge
 # Ports below 1024 as a non-root user: Docker (20.10+) sets net.ipv4.ip_unprivileged_port_start=0
 # in a container's own network namespace; the compose file sets it explicitly.
-EXPOSE 5061/tcp 7400/tcp 8080/tcp
+EXPOSE 5060/udp 5061/tcp 7400/tcp 8080/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/edge-healthcheck", "/etc/edge/director.yaml"]
 STOPSIGNAL SIGTERM

@@ -15,6 +15,16 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
+if [ "${EDGELAB_LOCK_HELD:-0}" != 1 ]; then
+    mkdir -p /run/lock
+    exec 9>/run/lock/edgelab.lock
+    flock -w 180 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
+fi
+# The pids file of the lab that is up, wherever its state lives.
+if [ -z "${EDGELAB_DIR:-}" ] && [ -f /run/edgelab.owner ]; then
+    LABDIR=$(awk '{print $NF}' /run/edgelab.owner)
+fi
+
 spaces=$(ip netns list 2>/dev/null | awk -v p="$P-" 'index($1, p) == 1 {print $1}')
 
 # Processes inside the lab: the daemons up.sh started (pids file) and anything a test started
@@ -63,6 +73,7 @@ for l in $(ip -o link show 2>/dev/null | awk -F': ' -v p="$P-" 'index($2, p) == 
     ip link del "$l" 2>/dev/null || true
 done
 
+rm -f /run/edgelab.owner
 left_ns=$(ip netns list 2>/dev/null | grep -c "^$P-" || true)
 if [ "$left_ns" != 0 ]; then
     echo "lab: $left_ns namespace(s) still there" >&2

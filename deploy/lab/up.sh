@@ -10,6 +10,10 @@
 #   EDGELAB_AV       number of av-edge hosts, 1..3 (default 1)
 #   EDGELAB_FAIL_AT  fail on purpose after this step (tests prove the tear-down): links, hosts,
 #                    firewall, daemons
+#   EDGELAB_OWNER    who the lab belongs to, kept in /run/edgelab.owner (default "manual"; the
+#                    tests put "test PID" there, so a test never tears down a lab made by hand)
+# One lab per machine (the names are fixed): up.sh and down.sh serialize on /run/lock/edgelab.lock
+# unless the caller holds it already (EDGELAB_LOCK_HELD=1, as the tests do).
 set -eEuo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +35,11 @@ fi
 for tool in ip nft; do
     command -v $tool >/dev/null || { echo "lab: $tool is missing (deploy/install-deps.sh)" >&2; exit 2; }
 done
+if [ "${EDGELAB_LOCK_HELD:-0}" != 1 ]; then
+    mkdir -p /run/lock
+    exec 9>/run/lock/edgelab.lock
+    flock -w 180 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
+fi
 if ip netns list | grep -q "^$P-"; then
     echo "lab: a lab is already up (ip netns list shows $P-*); run deploy/lab/down.sh first" >&2
     exit 2
@@ -79,6 +88,7 @@ int_of() { local v; v="$(upper "$1")_INT"; echo "${!v}"; }
 
 mkdir -p "$LABDIR"
 : >"$LABDIR/pids"
+echo "${EDGELAB_OWNER:-manual} $LABDIR" >/run/edgelab.owner
 
 # --- hosts -----------------------------------------------------------------------------------
 for h in $HOSTS; do
@@ -192,13 +202,24 @@ start_role() {
         sed 's/^/    /' "$LABDIR/$inst.check"
         return 0
     fi
-    (cd "$ROOT" && exec ip netns exec "$P-$host" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 &
+    # 9>&-: the daemon must not inherit the lab lock, or the lock lives as long as the daemon.
+    (cd "$ROOT" && exec ip netns exec "$P-$host" "$bin" -c "$conf") >"$LABDIR/$inst.log" 2>&1 9>&- &
     echo "$! $inst $host" >>"$LABDIR/pids"
     echo "lab: $inst started in $(ns "$host") (pid $!, log $LABDIR/$inst.log)"
 }
 
+# The internal web server (the reverse proxy's upstream): HTTPS on the web host, port 443.
+start_web() {
+    # 9>&-: see start_role.
+    ip netns exec "$P-web" python3 "$HERE/webserver.py" "$WEB" 443 "$LABDIR/certs/web.crt" \
+        "$LABDIR/certs/web.key" "$ROOT/deploy/compose/web/htdocs" >"$LABDIR/web.log" 2>&1 9>&- &
+    echo "$! web web" >>"$LABDIR/pids"
+    echo "lab: web server started in $P-web (https://$WEB/, log $LABDIR/web.log)"
+}
+
 start_daemons() {
     "$ROOT/deploy/certs.sh" "$LABDIR/certs" >/dev/null
+    start_web
     start_role director director
     start_role access-edge access
     start_role conf-edge conf

@@ -100,41 +100,49 @@ static void destroy_pair(struct tls_conn *a, struct tls_conn *b, struct meter *m
     m->srv += cpu_now() - t1;
 }
 
+/* Each figure is the best of ROUNDS short rounds: on a machine shared with other work the
+ * best round is the nearest to the library's own ceiling. */
+#define ROUNDS 3
+
 /* Full or resumed handshakes for about secs of CPU. */
 static void bench_handshakes(const char *label, struct tls_ctx *sctx, const char *groups,
                              bool tickets, bool resume, double secs)
 {
     struct tls_opts co = {.server = false, .groups = groups, .session_tickets = tickets};
-    struct tls_ctx *cctx = ctx_or_die(&co);
-    struct meter m = {0, 0};
+    struct tls_ctx *cctx = NULL;
     struct tls_conn *c, *s;
     if (resume) { /* one full handshake to get a session */
         struct meter warm = {0, 0};
+        cctx = ctx_or_die(&co);
         handshake(cctx, sctx, &warm, &c, &s);
         destroy_pair(c, s, &warm);
-    } else {
-        tls_ctx_unref(cctx); /* a fresh client context each time: nothing to resume */
     }
-    size_t n = 0, resumed = 0;
-    double start = cpu_now();
-    while (cpu_now() - start < secs) {
-        struct tls_ctx *cc = cctx;
-        if (!resume)
-            cc = ctx_or_die(&co);
-        handshake(cc, sctx, &m, &c, &s);
-        resumed += tls_conn_resumed(s);
-        destroy_pair(c, s, &m);
-        if (!resume)
-            tls_ctx_unref(cc);
-        n++;
+    double best_srv = 0, best_pair = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        struct meter m = {0, 0};
+        size_t n = 0, resumed = 0;
+        double start = cpu_now();
+        while (cpu_now() - start < secs / ROUNDS) {
+            /* Without resumption, a fresh client context each time: nothing to resume. */
+            struct tls_ctx *cc = resume ? cctx : ctx_or_die(&co);
+            handshake(cc, sctx, &m, &c, &s);
+            resumed += tls_conn_resumed(s);
+            destroy_pair(c, s, &m);
+            if (!resume)
+                tls_ctx_unref(cc);
+            n++;
+        }
+        if (resume && resumed != n) {
+            fprintf(stderr, "tls_bench: only %zu of %zu handshakes resumed\n", resumed, n);
+            exit(1);
+        }
+        if (n / m.srv > best_srv) {
+            best_srv = n / m.srv;
+            best_pair = n / (m.srv + m.cli);
+        }
     }
-    if (resume)
-        tls_ctx_unref(cctx);
-    if (resume && resumed != n) {
-        fprintf(stderr, "tls_bench: only %zu of %zu handshakes resumed\n", resumed, n);
-        exit(1);
-    }
-    printf("  %-44s %9.0f %9.0f %9.3f\n", label, n / m.srv, n / (m.srv + m.cli), 1e3 * m.srv / n);
+    tls_ctx_unref(cctx);
+    printf("  %-44s %9.0f %9.0f %9.3f\n", label, best_srv, best_pair, 1e3 / best_srv);
 }
 
 /* Bulk: 16 KiB records client -> server. */
@@ -151,26 +159,35 @@ static void bench_bulk(struct tls_ctx *sctx, const char *suite, double secs)
     }
     static uint8_t data[RECORD];
     memset(data, 0x5a, sizeof data);
-    double enc = 0, dec = 0;
-    size_t bytes = 0, got = 0;
-    double start = cpu_now();
-    while (cpu_now() - start < secs) {
-        for (int i = 0; i < 64; i++) {
-            double t0 = cpu_now();
-            if (tls_conn_write(c, data, sizeof data) != (ssize_t)sizeof data)
-                exit(1);
-            enc += cpu_now() - t0;
-            hop(c, s, &dec, &got);
-            bytes += sizeof data;
+    double best_both = 0, best_enc = 0, best_dec = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        double enc = 0, dec = 0;
+        size_t bytes = 0, got = 0;
+        double start = cpu_now();
+        while (cpu_now() - start < secs / ROUNDS) {
+            for (int i = 0; i < 64; i++) {
+                double t0 = cpu_now();
+                if (tls_conn_write(c, data, sizeof data) != (ssize_t)sizeof data)
+                    exit(1);
+                enc += cpu_now() - t0;
+                hop(c, s, &dec, &got);
+                bytes += sizeof data;
+            }
         }
+        if (got != bytes) {
+            fprintf(stderr, "tls_bench: lost data (%zu of %zu)\n", got, bytes);
+            exit(1);
+        }
+        double mb = bytes / 1e6;
+        if (mb / (enc + dec) > best_both)
+            best_both = mb / (enc + dec);
+        if (mb / enc > best_enc)
+            best_enc = mb / enc;
+        if (mb / dec > best_dec)
+            best_dec = mb / dec;
     }
-    if (got != bytes) {
-        fprintf(stderr, "tls_bench: lost data (%zu of %zu)\n", got, bytes);
-        exit(1);
-    }
-    double mb = bytes / 1e6;
     const char *short_name = strstr(suite, "WITH-") ? strstr(suite, "WITH-") + 5 : suite;
-    printf("  %-30s %12.0f %12.0f %12.0f\n", short_name, mb / (enc + dec), mb / enc, mb / dec);
+    printf("  %-30s %12.0f %12.0f %12.0f\n", short_name, best_both, best_enc, best_dec);
     destroy_pair(c, s, &m);
     tls_ctx_unref(cctx);
 }
@@ -186,29 +203,34 @@ static void bench_small(struct tls_ctx *sctx, size_t size, double secs)
     handshake(cctx, sctx, &m, &c, &s);
     uint8_t msg[2048];
     memset(msg, 'x', sizeof msg);
-    double cpu = 0;
-    size_t n = 0, got = 0;
-    double start = cpu_now();
-    while (cpu_now() - start < secs) {
-        for (int i = 0; i < 256; i++) {
-            double t0 = cpu_now();
-            tls_conn_write(c, msg, size);
-            cpu += cpu_now() - t0;
-            hop(c, s, &cpu, &got);
-            t0 = cpu_now();
-            tls_conn_write(s, msg, size);
-            cpu += cpu_now() - t0;
-            hop(s, c, &cpu, &got);
-            n += 2;
+    double best = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        double cpu = 0;
+        size_t n = 0, got = 0;
+        double start = cpu_now();
+        while (cpu_now() - start < secs / ROUNDS) {
+            for (int i = 0; i < 256; i++) {
+                double t0 = cpu_now();
+                tls_conn_write(c, msg, size);
+                cpu += cpu_now() - t0;
+                hop(c, s, &cpu, &got);
+                t0 = cpu_now();
+                tls_conn_write(s, msg, size);
+                cpu += cpu_now() - t0;
+                hop(s, c, &cpu, &got);
+                n += 2;
+            }
         }
-    }
-    if (got != n * size) {
-        fprintf(stderr, "tls_bench: lost data\n");
-        exit(1);
+        if (got != n * size) {
+            fprintf(stderr, "tls_bench: lost data\n");
+            exit(1);
+        }
+        if (n / cpu > best)
+            best = n / cpu;
     }
     char label[64];
     snprintf(label, sizeof label, "%zu-byte messages (encrypt + decrypt)", size);
-    printf("  %-44s %9.0f\n", label, n / cpu);
+    printf("  %-44s %9.0f\n", label, best);
     destroy_pair(c, s, &m);
     tls_ctx_unref(cctx);
 }
@@ -346,7 +368,8 @@ int main(int argc, char **argv)
     struct tls_ctx *srv_mtls = ctx_or_die(&so_mtls);
 
     printf("bench-tls: mbedTLS through common/tls.c, in-process, TLS 1.2, ECDSA P-256 "
-           "server certificate\n\n");
+           "server certificate; best of %d rounds\n\n",
+           ROUNDS);
     printf("handshakes                                     per server  per pair  server ms\n"
            "                                               CPU-second  CPU-sec   each\n");
     bench_handshakes("full, ECDHE secp256r1", srv, "secp256r1", false, false, secs);

@@ -93,6 +93,46 @@ def listen_addresses(cfg):
     return [str(a) for a in out]
 
 
+# A role's own addresses in the lab plan (deploy/lab/plan.env keys): what it binds. Configs for
+# the labs (deploy/compose/config) are written with these, so "what does this role listen on"
+# is every host:port of its own addresses, whatever the key is called (listen, udp, mtls, ...).
+OWN_KEYS = {"director": ["DIRECTOR"], "access-edge": ["ACCESS_EXT", "ACCESS_INT"],
+            "conf-edge": ["CONF_EXT", "CONF_INT"], "av-edge": ["AV1_EXT", "AV1_INT"],
+            "revproxy": ["REVPROXY_EXT", "REVPROXY_INT"]}
+HOSTPORT = re.compile(r"(?<![\w.@])(\d{1,3}(?:\.\d{1,3}){3}|@NODE_IP@):(\d{1,5})(?![\d])")
+KEYED = re.compile(r"(?:^|[\s{,])([A-Za-z_]+):\s*\[?\s*\{?\s*(?:address:\s*)?"
+                   r"((?:\d{1,3}(?:\.\d{1,3}){3}|@NODE_IP@):\d{1,5})")
+
+
+def strip_comments(text):
+    return "\n".join(re.sub(r"(^|\s)#.*$", "", l) for l in text.splitlines())
+
+
+def bound(role, text, own=None):
+    """[(address, port)] a config binds: host:port pairs on the role's own addresses (lab plan),
+    or on `own` (e.g. {"0.0.0.0", "@NODE_IP@"} for the cluster configs)."""
+    if own is None:
+        p = plan()
+        own = {p[k] for k in OWN_KEYS[role]}
+    return [(a, int(port)) for a, port in HOSTPORT.findall(strip_comments(text)) if a in own]
+
+
+def bound_keyed(role, text, own):
+    """[(key, address, port)]: like bound(), with the YAML key each address is listed under
+    (udp, tcp, listen, ...), so one port bound for UDP and for TCP is not a double bind."""
+    out = []
+    for key, hp in KEYED.findall(strip_comments(text)):
+        a, port = hp.rsplit(":", 1)
+        if a in own:
+            out.append((key, a, int(port)))
+    return out
+
+
+def compose_config_text(role):
+    with open(os.path.join(DEPLOY, "compose", "config", role + ".yaml")) as f:
+        return f.read()
+
+
 def port_of(addr):
     return int(str(addr).rsplit(":", 1)[1])
 

@@ -14,8 +14,8 @@ import tempfile
 import threading
 import unittest
 
-from deployutil import (DEPLOY, ROLES, ROOT, default_config, install_deps_packages, listen_addresses,
-                        load_yaml, plan, port_of, port_table, which)
+from deployutil import (DEPLOY, ROLES, ROOT, bound, compose_config_text, default_config,
+                        install_deps_packages, load_yaml, plan, port_table, which)
 
 COMPOSE_DIR = os.path.join(DEPLOY, "compose")
 COMPOSE = os.path.join(COMPOSE_DIR, "docker-compose.yml")
@@ -121,7 +121,7 @@ class Dockerfiles(unittest.TestCase):
                             with self.subTest(dockerfile=f, source=s):
                                 self.assertTrue(os.path.exists(os.path.join(ROOT, s)))
 
-    def test_exposed_ports_are_in_the_port_table_and_cover_the_default_config(self):
+    def test_exposed_ports_are_in_the_port_table_and_cover_the_config(self):
         for role in ROLES:
             run = dockerfile_stages(os.path.join(DOCKER_DIR, role + ".Dockerfile"))[-1][1]
             exposed = {(p.split("/")[1], int(p.split("/")[0]))
@@ -129,11 +129,12 @@ class Dockerfiles(unittest.TestCase):
             table = {(pr, int(p)) for pr, p, _ in port_table()[role] if "-" not in p}
             with self.subTest(role=role):
                 self.assertLessEqual(exposed, table, "EXPOSE names a port outside deploy/ports.txt")
-                conf = default_config(role)
-                if conf:
-                    listened = {port_of(a) for a in listen_addresses(load_yaml(conf))}
-                    self.assertLessEqual(listened, {p for _, p in exposed},
-                                         f"{role} listens on ports its image does not EXPOSE")
+                listened = {p for _, p in bound(role, compose_config_text(role))}
+                self.assertTrue(listened)
+                self.assertLessEqual(listened, {p for _, p in exposed},
+                                     f"{role} listens on ports its image does not EXPOSE")
+                self.assertLessEqual(listened, {p for _, p in table},
+                                     f"{role} listens on ports outside deploy/ports.txt")
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -257,6 +258,15 @@ class Compose(unittest.TestCase):
                 with self.subTest(service=svc, volume=src):
                     self.assertTrue(os.path.exists(path), f"{src} does not exist")
 
+    def test_stop_grace_period_matches_the_drain(self):
+        for role in ROLES:
+            g = self.services[role].get("stop_grace_period")
+            with self.subTest(role=role):
+                self.assertIsNotNone(g)
+                stop = int(g.rstrip("s"))
+                drain = drain_seconds(role)
+                self.assertTrue(drain < stop <= drain + 10, f"stop_grace_period {g} vs drain {drain}s")
+
     def test_each_role_gets_its_own_config_file(self):
         for role in ROLES:
             vols = self.services[role]["volumes"]
@@ -273,8 +283,8 @@ class Compose(unittest.TestCase):
             with self.subTest(role=role):
                 cfg = load_yaml(path)
                 self.assertIn("admin", cfg)
-                for a in listen_addresses(cfg):
-                    self.assertIn(ipaddress.ip_address(a.rsplit(":", 1)[0]), LAB_LAN)
+                self.assertNotRegex(text, r"(?<![\d.])127\.0\.0\.(1\d|2\d)\b",
+                                    "a loopback-plan address left in a lab config")
                 src = default_config(role)
                 if not src:
                     self.assertIn("Stub written by deploy/compose/genconfigs.sh", text)
@@ -284,6 +294,14 @@ class Compose(unittest.TestCase):
                 self.assertEqual(text.split("\n", 1)[1], want,
                                  f"deploy/compose/config/{role}.yaml is out of date with {src}: "
                                  "run deploy/compose/genconfigs.sh")
+
+
+def drain_seconds(role):
+    """drain_timeout of the role's default config (the daemon's default, 30s, if unset)."""
+    conf = default_config(role)
+    d = str(load_yaml(conf).get("drain_timeout", "30s")) if conf else "30s"
+    m = re.fullmatch(r"(\d+)(ms|s|m)?", d)
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
 
 
 class GenConf(unittest.TestCase):
@@ -362,15 +380,11 @@ class SystemdUnits(unittest.TestCase):
                 caps = "" if role == "director" else "CAP_NET_BIND_SERVICE"
                 self.assertEqual(s["CapabilityBoundingSet"], [caps])
                 self.assertEqual(s["AmbientCapabilities"], [caps])
-                # The stop timeout outlasts the drain.
+                # The stop timeout outlasts the drain, by a margin of at most 10 s.
                 stop = int(s["TimeoutStopSec"][0].rstrip("s"))
-                conf = default_config(role)
-                drain = 30
-                if conf:
-                    d = str(load_yaml(conf).get("drain_timeout", "30s"))
-                    m = re.fullmatch(r"(\d+)(ms|s|m)?", d)
-                    drain = int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(2)]
-                self.assertGreater(stop, drain, f"TimeoutStopSec {stop}s <= drain_timeout {drain}s")
+                drain = drain_seconds(role)
+                self.assertTrue(drain < stop <= drain + 10,
+                                f"TimeoutStopSec {stop}s does not match drain_timeout {drain}s")
 
 
 if __name__ == "__main__":

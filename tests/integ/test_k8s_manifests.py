@@ -9,7 +9,7 @@ import sys
 import tempfile
 import unittest
 
-from deployutil import DEPLOY, ROLES, listen_addresses, load_yaml, load_yaml_all, plan, port_table
+from deployutil import DEPLOY, ROLES, bound, bound_keyed, load_yaml, load_yaml_all, plan, port_table
 
 K8S = os.path.join(DEPLOY, "k8s")
 sys.path.insert(0, K8S)
@@ -68,20 +68,23 @@ class K8sManifests(unittest.TestCase):
                         self.assertTrue(m, "images are named edge-suite/<role>:<version>")
                         self.assertTrue(os.path.exists(os.path.join(DEPLOY, "docker", m.group(1) + ".Dockerfile")))
 
-    def test_container_and_service_ports_are_in_the_port_table(self):
+    def cluster_config(self, role):
+        cm = [c for c in self.by_kind["ConfigMap"] if c["metadata"]["name"] == f"edge-suite-{role}"][0]
+        return cm["data"][f"{role}.yaml"]
+
+    def test_container_ports_are_what_the_config_binds(self):
         ports_by_role = {}
         for kind in ("Deployment", "DaemonSet"):
             for d in self.by_kind.get(kind, []):
                 role = d["metadata"]["name"]
-                for c in pod_spec(d)["containers"]:
-                    named = {}
-                    for p in c.get("ports", []):
-                        proto = p.get("protocol", "TCP").lower()
-                        with self.subTest(role=role, port=p["containerPort"]):
-                            self.assertIn(p["containerPort"], {int(x) for pr, x, _ in self.table[role]
-                                                               if "-" not in x and pr == proto})
-                        named[p["name"]] = p["containerPort"]
-                    ports_by_role[role] = named
+                c = pod_spec(d)["containers"][0]
+                named = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+                ports_by_role[role] = named
+                binds = {port for _, port in bound(role, self.cluster_config(role),
+                                                   own={"0.0.0.0", "@NODE_IP@"})}
+                with self.subTest(role=role):
+                    self.assertEqual(set(named.values()), binds,
+                                     "containerPorts differ from the ports the role's ConfigMap binds")
                     # Probes on /healthz on the admin port.
                     for probe in ("readinessProbe", "livenessProbe"):
                         g = c[probe]["httpGet"]
@@ -90,15 +93,25 @@ class K8sManifests(unittest.TestCase):
                     # The command runs the role's binary on the mounted config.
                     self.assertEqual(c["command"], [f"/usr/local/bin/{role}", "-c",
                                                     f"/etc/edge/config/{role}.yaml"])
+        type(self).ports_by_role = ports_by_role
+
+    def test_service_ports_reach_container_ports_and_external_ones_are_in_the_port_table(self):
+        if not hasattr(self, "ports_by_role"):
+            self.test_container_ports_are_what_the_config_binds()
         for s in self.by_kind["Service"]:
-            role = s["spec"]["selector"]["app.kubernetes.io/name"]
-            self.assertIn(role, ports_by_role, f"Service {s['metadata']['name']} selects nothing")
+            sel = s["spec"].get("selector")
+            if not sel:
+                continue  # the web upstream: the user's own endpoints
+            role = sel["app.kubernetes.io/name"]
+            self.assertIn(role, self.ports_by_role, f"Service {s['metadata']['name']} selects nothing")
             for p in s["spec"]["ports"]:
                 with self.subTest(service=s["metadata"]["name"], port=p["port"]):
                     target = p.get("targetPort", p["port"])
-                    target = ports_by_role[role].get(target, target)
-                    self.assertIn(target, ports_by_role[role].values(), "targetPort is no container port")
-                    self.assertIn(p["port"], {int(x) for _, x, _ in self.table[role] if "-" not in x})
+                    target = self.ports_by_role[role].get(target, target)
+                    self.assertIn(target, self.ports_by_role[role].values(), "targetPort is no container port")
+                    if s["spec"]["type"] == "LoadBalancer":
+                        self.assertIn((p.get("protocol", "TCP").lower(), str(p["port"]), "external"),
+                                      self.table[role], "an external port outside deploy/ports.txt")
 
     def test_configmaps_hold_the_role_configs(self):
         cms = {c["metadata"]["name"]: c for c in self.by_kind["ConfigMap"]}
@@ -126,13 +139,13 @@ class K8sManifests(unittest.TestCase):
                     f.write(text.replace("@NODE_IP@", "192.0.2.1"))  # as the init container does
                     f.flush()
                     cfg = load_yaml(f.name)
-                addrs = listen_addresses(cfg)
+                addrs = bound_keyed(key[:-5], text, own={"0.0.0.0", "@NODE_IP@"})
                 with self.subTest(config=key):
+                    self.assertIsNotNone(cfg)
                     self.assertEqual(len(addrs), len(set(addrs)), f"{key} binds an address twice: {addrs}")
                     # Every internal next hop became the ClusterIP of a Service defined here.
                     for ip in re.findall(r"\b10\.96\.100\.\d+\b", text):
-                        self.assertIn(ip, cluster_ips, f"{key} points at {ip}, which no Service has "
-                                                       "(except the web upstream, yours)")
+                        self.assertIn(ip, cluster_ips, f"{key} points at {ip}, which no Service has")
                     self.assertNotRegex(text, r"\b198\.1[89]\.", "a lab address left in a cluster config")
 
     def test_volumes_reference_configmaps_and_the_secret_that_exist(self):
@@ -156,6 +169,16 @@ class K8sManifests(unittest.TestCase):
                     self.assertTrue(sc["readOnlyRootFilesystem"])
                     self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
                     self.assertLessEqual(set(sc["capabilities"].get("add", [])), {"NET_BIND_SERVICE"})
+
+    def test_termination_grace_matches_the_drain(self):
+        from test_deploy_files import drain_seconds
+        for kind in ("Deployment", "DaemonSet"):
+            for d in self.by_kind.get(kind, []):
+                role = d["metadata"]["name"]
+                g = pod_spec(d)["terminationGracePeriodSeconds"]
+                drain = drain_seconds(role)
+                with self.subTest(role=role):
+                    self.assertTrue(drain < g <= drain + 10, f"grace {g}s vs drain {drain}s")
 
     def test_fixed_cluster_ips_follow_the_lab_plan(self):
         # genconfigmaps.py maps 198.19.10.X to 10.96.100.X; each internal Service must sit there.

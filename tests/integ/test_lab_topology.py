@@ -4,15 +4,21 @@ not directly, not by routing through an edge, not on ports outside the firewall 
 tear-down leaves no namespace, link or process, after a failed run too. Root only."""
 import fcntl
 import os
+import re
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "deploy", "lab")
 LOCK = "/run/lock/edgelab.lock"  # one lab per machine: the names are fixed (edgelab-*)
+OWNER = "/run/edgelab.owner"     # who brought the lab up: "manual DIR" or "test PID DIR"
+# up.sh/down.sh run under our lock and mark the lab as this test process's.
+LAB_ENV = {"EDGELAB_LOCK_HELD": "1", "EDGELAB_OWNER": f"test {os.getpid()}"}
 
 
 def load_plan():
@@ -117,7 +123,7 @@ class LabCase(unittest.TestCase):
             raise unittest.SkipTest(reason)
         os.makedirs(os.path.dirname(LOCK), exist_ok=True)
         cls.lockf = open(LOCK, "w")
-        for _ in range(120):  # at most 60 s for another run's lab to finish
+        for _ in range(360):  # at most 180 s for another run's lab to finish
             try:
                 fcntl.flock(cls.lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -125,14 +131,29 @@ class LabCase(unittest.TestCase):
                 time.sleep(0.5)
         else:
             cls.lockf.close()
-            reason = f"another lab run holds {LOCK} for over 60 s"
+            reason = f"another lab run holds {LOCK} for over 180 s"
             print(f"\nskip: {reason}", flush=True)
             raise unittest.SkipTest(reason)
         cls.procs = []
-        down = sh(os.path.join(LAB, "down.sh"))  # a lab left by a killed run
-        if down.returncode != 0:
-            cls.release()
-            raise AssertionError("down.sh could not clean up an old lab:\n" + down.stderr)
+        spaces, _ = lab_leftovers()
+        if spaces:
+            owner = ""
+            try:
+                with open(OWNER) as f:
+                    owner = f.read().split()
+            except OSError:
+                pass
+            stale = not owner or (owner[0] == "test" and not os.path.exists(f"/proc/{owner[1]}"))
+            if not stale:
+                cls.release()
+                reason = (f"a lab is up ({' '.join(owner)}), not left by a dead test run: "
+                          "deploy/lab/down.sh (make lab-down) first")
+                print(f"\nskip: {reason}", flush=True)
+                raise unittest.SkipTest(reason)
+            down = sh(os.path.join(LAB, "down.sh"), env=LAB_ENV)  # left by a killed test run
+            if down.returncode != 0:
+                cls.release()
+                raise AssertionError("down.sh could not clean up an old lab:\n" + down.stderr)
 
     @classmethod
     def release(cls):
@@ -141,7 +162,7 @@ class LabCase(unittest.TestCase):
 
     @classmethod
     def down(cls):
-        r = sh(os.path.join(LAB, "down.sh"))
+        r = sh(os.path.join(LAB, "down.sh"), env=LAB_ENV)
         for p in cls.procs:
             try:
                 p.wait(timeout=2)
@@ -155,7 +176,7 @@ class LabCase(unittest.TestCase):
 
     @classmethod
     def up(cls, *args, env=None):
-        return sh(os.path.join(LAB, "up.sh"), *args, timeout=120, env=env)
+        return sh(os.path.join(LAB, "up.sh"), *args, timeout=120, env=dict(LAB_ENV, **(env or {})))
 
     def setUp(self):
         self.mine = []
@@ -165,8 +186,9 @@ class LabCase(unittest.TestCase):
             if p.poll() is None:
                 p.kill()
             p.wait()
-            p.stdout.close()
-            p.stderr.close()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
 
     def ns(self, host):
         return f"{P}-{host}"
@@ -355,6 +377,228 @@ class LabLifecycle(LabCase):
         spaces, links = lab_leftovers()
         self.assertEqual(spaces, [], "namespaces left after a failed up.sh")
         self.assertEqual(links, [], "host links left after a failed up.sh")
+
+
+class LabDaemons(LabCase):
+    """up.sh starts every role whose binary and default config exist, in its own namespace with a
+    config generated for the lab addresses; each answers /healthz on its internal address, which
+    the internet side cannot reach; down.sh stops them. Roles not built yet are skipped by up.sh
+    with the reason printed (and so here)."""
+
+    ADMIN_HOSTS = {"director": "director", "access-edge": "access", "conf-edge": "conf",
+                   "av-edge-1": "av1", "revproxy": "revproxy"}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="edgelab-")
+        build = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
+        r = cls.up(env={"EDGELAB_BUILD": build, "EDGELAB_DIR": cls.tmp})
+        cls.up_out = r.stdout + r.stderr
+        if r.returncode != 0:
+            cls.down()
+            cls.release()
+            shutil.rmtree(cls.tmp)
+            raise AssertionError(f"deploy/lab/up.sh failed ({r.returncode}):\n{cls.up_out}")
+        print("\n" + "\n".join(l for l in cls.up_out.splitlines() if "skipped" in l), flush=True)
+        cls.started = {}
+        with open(os.path.join(cls.tmp, "pids")) as f:
+            for line in f:
+                pid, inst, host = line.split()
+                cls.started[inst] = (int(pid), host)
+
+    @classmethod
+    def tearDownClass(cls):
+        # down.sh must stop every daemon and leave nothing behind.
+        r = cls.down()
+        alive = [f"{inst} (pid {pid})" for inst, (pid, _) in cls.started.items()
+                 if os.path.exists(f"/proc/{pid}")]
+        spaces, links = lab_leftovers()
+        cls.release()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        if r.returncode != 0 or alive or spaces or links:
+            raise AssertionError(f"down.sh: rc {r.returncode} {r.stderr.strip()}; still running: {alive}; "
+                                 f"left: {spaces} {links}")
+
+    @classmethod
+    def down(cls):
+        r = subprocess.run([os.path.join(LAB, "down.sh")], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, EDGELAB_DIR=getattr(cls, "tmp", ""), **LAB_ENV))
+        return r
+
+    def admin_of(self, inst):
+        with open(os.path.join(self.tmp, inst + ".yaml")) as f:
+            text = f.read()
+        m = re.search(r"^admin:\s*(?:\{\s*listen:\s*|\n\s+listen:\s*)([0-9.]+):(\d+)", text, re.M)
+        self.assertIsNotNone(m, f"no admin listen address in the lab config of {inst}")
+        return m.group(1), int(m.group(2))
+
+    def healthz(self, host, addr, port):
+        code = ("import http.client, sys; c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=1);"
+                "c.request('GET', '/healthz'); print(c.getresponse().status)")
+        r = subprocess.run(["ip", "netns", "exec", self.ns(host), sys.executable, "-c", code, addr, str(port)],
+                           capture_output=True, text=True, timeout=15)
+        return r.stdout.strip() or r.stderr.strip().splitlines()[-1]
+
+    def test_daemons_started_are_healthy_inside_and_unreachable_from_outside(self):
+        if not self.started:
+            reason = "no role is built with a default config yet: up.sh started nothing"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        for inst, (pid, host) in self.started.items():
+            if inst == "web":
+                continue  # the lab's web server, no daemon of ours
+            addr, port = self.admin_of(inst)
+            with self.subTest(daemon=inst):
+                status = None
+                for _ in range(50):  # at most ~10 s for the daemon to come up
+                    status = self.healthz("iuser", addr, port)
+                    if status == "200":
+                        break
+                    time.sleep(0.2)
+                self.assertEqual(status, "200", f"{inst} /healthz on {addr}:{port} from the internal "
+                                                f"network; its log:\n{self.log_tail(inst)}")
+                ok, why = self.connect("inet", "tcp", addr, port)
+                self.assertFalse(ok, f"the internet host reached {inst}'s admin listener {addr}:{port}")
+
+    def curl(self, host, *args):
+        r = subprocess.run(["ip", "netns", "exec", self.ns(host), "curl", "-sS", "-m", "5"] + list(args),
+                           capture_output=True, text=True, timeout=20)
+        return r.returncode, r.stdout, r.stderr
+
+    def test_external_user_downloads_the_address_book_through_revproxy(self):
+        if "revproxy" not in self.started:
+            reason = "revproxy is not running in the lab (see up.sh's output above)"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        ext = PLAN["REVPROXY_EXT"]
+        tls = ["--cacert", os.path.join(self.tmp, "certs", "ca.crt"), "--resolve", f"revproxy:443:{ext}"]
+        with open(os.path.join(ROOT, "deploy", "compose", "web", "htdocs", "ABS", "int", "Files",
+                               "sample.lsabs")) as f:
+            want = f.read()
+        rc, body, err = "", "", ""
+        for _ in range(25):  # revproxy may still be starting: at most ~5 s
+            rc, body, err = self.curl("user", *tls, "https://revproxy/ABS/ext/Files/sample.lsabs")
+            if rc == 0:
+                break
+            time.sleep(0.2)
+        self.assertEqual((rc, body), (0, want), f"address book through revproxy: {err}\n{self.log_tail('revproxy')}")
+        # Only the configured routes pass: an internal path asked for directly is not served.
+        rc, code, err = self.curl("user", *tls, "-o", "/dev/null", "-w", "%{http_code}",
+                                  "https://revproxy/ABS/int/Files/sample.lsabs")
+        self.assertEqual(rc, 0, err)
+        self.assertNotEqual(code, "200", "revproxy served an internal path that no route maps")
+        # The proxy saw the user as the home NAT's public address, and the web server saw the proxy.
+        self.assertIn(PLAN["HOMERTR_WAN"], self.log_tail("revproxy"))
+        self.assertIn(PLAN["REVPROXY_INT"], self.log_tail("web"))
+
+    def sipua(self, host, *args, timeout=8):
+        """deploy/lab/sipua.py in host's namespace, started now; returns the Popen."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), sys.executable,
+                              os.path.join(LAB, "sipua.py"), "--timeout", str(timeout)] + list(args),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.mine.append(p)
+        return p
+
+    def test_external_user_registers_through_access_edge_and_exchanges_messages(self):
+        missing = [r for r in ("director", "access-edge") if r not in self.started]
+        if missing:
+            reason = f"{', '.join(missing)} not running in the lab (see up.sh's output above)"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        from deployutil import load_yaml
+        sip = load_yaml(os.path.join(self.tmp, "director.yaml")).get("sip", {})
+        users = {u["name"]: u["password"] for u in sip.get("users", [])}
+        domain = (sip.get("domains") or ["example.com"])[0]
+        if len(users) < 2:
+            self.skipTest("the Director's default config has fewer than two SIP users")
+        (ext, ext_pw), (inside, in_pw) = list(users.items())[:2]
+        outside_args = ["--proxy", PLAN["ACCESS_EXT"], "--user", ext, "--password", ext_pw,
+                        "--domain", domain, "--local", PLAN["USER"]]
+        inside_args = ["--proxy", PLAN["DIRECTOR"], "--user", inside, "--password", in_pw,
+                       "--domain", domain, "--local", PLAN["IUSER"]]
+
+        def run(p):
+            out, _ = p.communicate(timeout=30)
+            return out
+
+        # Outside -> inside: the internal user waits; the external user registers through the
+        # access edge (Digest challenge from the Director) and sends a MESSAGE.
+        waiter = self.sipua("iuser", *inside_args, "--wait-message")
+        time.sleep(1.0)  # let the internal user register first
+        sender = self.sipua("user", *outside_args, "--send-to", inside, "--text", "hello from outside")
+        out_s, out_w = run(sender), run(waiter)
+        self.assertIn("REGISTER 200", out_s, f"external user's REGISTER through access-edge:\n{out_s}\n"
+                                             f"{self.log_tail('access-edge')}")
+        self.assertIn("MESSAGE 200", out_s, out_s)
+        self.assertIn("GOT hello from outside", out_w, out_w)
+        # Inside -> outside: the Director reaches the external user back through the access edge,
+        # over the flow the user's REGISTER opened through the NAT.
+        waiter = self.sipua("user", *outside_args, "--wait-message")
+        time.sleep(1.0)
+        sender = self.sipua("iuser", *inside_args, "--send-to", ext, "--text", "hello from inside")
+        out_s, out_w = run(sender), run(waiter)
+        self.assertIn("MESSAGE 200", out_s, f"{out_s}\n{self.log_tail('director')}")
+        self.assertIn("GOT hello from inside", out_w, out_w)
+
+    def relay_setup(self):
+        """The av-edge's REST secret from its lab config, or a skip with the reason printed."""
+        reason = None
+        if "av-edge-1" not in self.started:
+            reason = "av-edge is not running in the lab (see up.sh's output above)"
+        elif not shutil.which("turnutils_uclient"):
+            reason = "coturn's turnutils_uclient is missing (deploy/install-deps.sh, TEST group)"
+        else:
+            from deployutil import load_yaml
+            secret = (load_yaml(os.path.join(self.tmp, "av-edge-1.yaml")).get("auth") or {}).get("secret")
+            if not secret:
+                reason = "av-edge's default config has no static auth.secret to mint test credentials"
+        if reason:
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        return secret
+
+    def uclient(self, secret, peer, port, count):
+        # -W: TURN REST credentials from the shared secret; -X: IPv4 relay; -c: RTP only (no RTCP
+        # stream); one client, UDP.
+        r = subprocess.run(["ip", "netns", "exec", self.ns("user"), "turnutils_uclient", "-W", secret,
+                            "-u", "alice", "-e", peer, "-r", str(port), "-n", str(count), "-l", "120",
+                            "-m", "1", "-c", "-X", PLAN["AV1_EXT"]],
+                           capture_output=True, text=True, timeout=40)
+        return r.stdout + r.stderr
+
+    def test_external_user_relays_through_av_edge_to_an_internet_peer_without_loss(self):
+        secret = self.relay_setup()
+        peer = subprocess.Popen(["ip", "netns", "exec", self.ns("inet"), "turnutils_peer", "-L", PLAN["INET"],
+                                 "-p", "3480"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.mine.append(peer)
+        time.sleep(0.3)
+        out = self.uclient(secret, PLAN["INET"], 3480, 20)
+        got = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)
+        self.assertTrue(got, f"turnutils_uclient did not finish:\n{out[-2000:]}")
+        s_, r_ = map(int, got[-1])
+        self.assertGreater(s_, 0, out[-2000:])
+        self.assertEqual(r_, s_, f"lost packets through av-edge:\n{out[-2000:]}")
+        self.assertIn("Total lost packets 0 ", out)
+        # av-edge saw the client from the home NAT's public address, on its external side.
+        self.assertRegex(self.log_tail("av-edge-1"),
+                         re.escape(f"[{PLAN['HOMERTR_WAN']}:") + r"\d+\] allocation for .* on the external side")
+
+    def test_relaying_from_outside_into_the_internal_network_is_refused(self):
+        secret = self.relay_setup()
+        lst = self.listen("iuser", "udp", PLAN["IUSER"], 3480)
+        out = self.uclient(secret, PLAN["IUSER"], 3480, 5)
+        self.assertEqual(self.peers(lst, want=1, timeout=1.0), [],
+                         "a datagram relayed from outside reached the internal network")
+        self.assertRegex(out, r"error 403|Forbidden", out[-2000:])
+        self.assertIn("internal_network", self.log_tail("av-edge-1"), "av-edge should log why it refused")
+
+    def log_tail(self, inst):
+        try:
+            with open(os.path.join(self.tmp, inst + ".log")) as f:
+                return "".join(f.readlines()[-20:])
+        except OSError as e:
+            return str(e)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ DIRECTOR_ADMIN = "127.0.0.10:8080"
 
 def port_busy(host, port):
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons do: TIME_WAIT is not busy
     try:
         s.bind((host, port))
         return False
@@ -51,10 +52,12 @@ class MakeRun(SuiteTest):
             roles = wait_for(registered, timeout=20 + 2 * len(built),
                              what=f"{built} in GET /edges")
             self.assertLessEqual(set(built), roles)
-            log.seek(0)
-            out = log.read()
-            for e in built:
-                self.assertIn(f"run: {e} up", out)
+            def all_up():
+                log.seek(0)
+                out = log.read()
+                return all(f"run: {e} up" in out for e in built)
+
+            wait_for(all_up, timeout=10, what="run.sh to report every edge up")
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:

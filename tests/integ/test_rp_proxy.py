@@ -34,6 +34,7 @@ CONFIG = """
 admin: {{listen: 127.0.0.1:{admin}}}
 log: {{level: info}}
 drain_timeout: 10s
+director: {{enabled: false}}
 listeners:
   - {{address: 127.0.0.1:{https}, tls: true}}
   - {{address: 127.0.0.1:{http}}}
@@ -296,6 +297,14 @@ class RevproxyTest(SuiteTest):
         self.assertLess(time.time() - t0, 4)
         self.assertGreaterEqual(self.d.metrics()['revproxy_refused_total{reason="client_timeout"}'], 1)
 
+    def test_stalled_request_body_gets_408(self):
+        self.start()
+        s = self.tls_sock()
+        s.sendall(b"POST /etc/place/null/u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        s.settimeout(4)
+        out = self.read_all(s)
+        self.assertTrue(out.startswith(b"HTTP/1.1 408"), out[:80])
+
     def test_sip_request_on_https_port_is_400_and_closed(self):
         self.start()
         s = self.tls_sock()
@@ -322,7 +331,42 @@ class RevproxyTest(SuiteTest):
         out = self.read_all(s)
         self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:80])
 
+    def test_sni_picks_certificate(self):
+        self.start()
+        # A second certificate (the lab's "web" one) is served to clients asking for "web";
+        # it arrives by reload, as a renewed certificate would.
+        cfg = self.config.replace("tls:\n  certs:\n", "tls:\n  certs:\n    - {cert: %s/revproxy.crt, key: %s/revproxy.key}\n"
+                          "    - {cert: %s/web.crt, key: %s/web.key}\n" % (CERTS, CERTS, CERTS, CERTS), 1)
+        with open(self.d.config, "w") as f:
+            f.write(cfg)
+        self.d.signal(signal.SIGHUP)
+        self.d.wait_log("reloaded")
+        for name, cn in (("web", "CN = web"), ("revproxy", "CN = revproxy"), ("other", "CN = revproxy")):
+            p = self.run_tool(["openssl", "s_client", "-connect", f"127.0.0.1:{self.https}",
+                               "-servername", name], input=b"", timeout=10)
+            self.assertIn(f"subject={cn}".replace(" = ", "="), p.stdout.decode().replace(" = ", "="),
+                          name)
+
+    def test_max_connections_cap(self):
+        self.start(extra="max_connections: 2")
+        socks = [socket.create_connection(("127.0.0.1", self.http), timeout=3) for _ in range(2)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", self.http), timeout=3)
+        self.assertEqual(self.read_all(extra), b"", "over the cap: closed at once")
+        for s in socks:
+            s.close()
+        m = self.d.metrics()
+        self.assertGreaterEqual(m['revproxy_refused_total{reason="connection_cap"}'], 1)
+
     # ---- upstream failures ----
+
+    def test_upstream_with_untrusted_certificate_is_502(self):
+        self.up = Upstream(tls=True, certdir=CERTS, name="rogue")
+        self.addCleanup(self.up.stop)
+        self.start(up=self.up.addr)
+        rc, code, body = self.curl("/ABS/ext/x")
+        self.assertEqual(code, 502)
+        self.assertEqual(self.up.requests, [])
 
     def test_upstream_down_is_502(self):
         dead = free_port()
@@ -393,6 +437,17 @@ class RevproxyTest(SuiteTest):
 
     # ---- operations ----
 
+    def test_check_reports_bad_route_with_position(self):
+        bad = os.path.join(self.tmp, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write("admin: {listen: 127.0.0.1:1}\ndirector: {enabled: false}\nlisteners:\n  - {address: 127.0.0.1:2}\n"
+                    "upstreams:\n  - {name: web, servers: [127.0.0.1:3], tls: false}\n"
+                    "routes:\n  - {prefix: /ABS/ext, upstream: nosuch}\n")
+        p = self.run_tool([os.path.join(os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build")),
+                                        "bin", "revproxy"), "--check", "-c", bad])
+        self.assertEqual(p.returncode, 1)
+        self.assertRegex(p.stderr.decode(), r"bad.yaml:8:\d+: routes\[0\].upstream: no upstream named 'nosuch'")
+
     def test_access_log_json_and_metrics(self):
         self.start()
         self.curl("/ABS/ext/logged")
@@ -443,6 +498,15 @@ class RevproxyTest(SuiteTest):
         t.join()
         self.assertEqual(res["slow"][1], 200)
         self.assertEqual(self.d.proc.wait(10), 0)
+
+    def test_dead_server_in_pool_passive_failover(self):
+        dead = free_port()
+        self.up = Upstream(tls=True, certdir=CERTS)
+        self.addCleanup(self.up.stop)
+        self.start(up=f"127.0.0.1:{dead}, {self.up.addr}")
+        codes = [self.curl(f"/etc/place/null/p{i}")[1] for i in range(4)]
+        self.assertEqual(codes, [200] * 4, "a failed connect is retried on the next server")
+        self.assertGreaterEqual(self.d.metrics()['revproxy_upstream_errors_total{kind="connect"}'], 1)
 
     def test_active_health_check_skips_dead_server(self):
         dead = free_port()

@@ -567,6 +567,264 @@ static void test_plaintext_on_tls_port_is_refused(void **state)
     assert_int_equal(w.cli_closed, 1);
 }
 
+/* SIGHUP: the daemon swaps in a new ctx (new certificate) and drops its reference to the
+ * old one. A connection made before keeps working on the old ctx; a new one gets the new
+ * certificate. */
+struct swap {
+    struct world *w;
+    struct tls_ctx *next;
+    struct stream *first;
+    int phase;
+    char cn[2][32];
+    size_t got[2];
+};
+
+static void swap_second_open(struct stream *s, void *arg);
+static int swap_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg);
+static void swap_cli_close(struct stream *s, int err, const char *why, void *arg) {}
+
+static void swap_cli_open(struct stream *s, void *arg)
+{
+    struct swap *sw = arg;
+    snprintf(sw->cn[0], sizeof sw->cn[0], "%s", tls_conn_peer_cn(stream_tls(s)));
+    sw->first = s;
+    assert_int_equal(stream_write(s, "one", 3), 0);
+}
+
+static int swap_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct swap *sw = arg;
+    struct world *w = sw->w;
+    if (s == sw->first) {
+        sw->got[0] += n;
+        if (sw->phase == 0 && sw->got[0] == 3) {
+            /* Reload: new certificate for new connections; the old ctx goes. */
+            sw->phase = 1;
+            tls_ctx_unref(w->sopts.tls);
+            w->sopts.tls = sw->next;
+            static const struct stream_cbs cbs = {
+                .on_data = swap_cli_data, .on_open = swap_second_open, .on_close = swap_cli_close};
+            struct stream *s2;
+            assert_int_equal(stream_connect(&w->loop, &w->addr, NULL, &w->copts, &cbs, sw, &s2), 0);
+        } else if (sw->phase == 2 && sw->got[0] == 6) {
+            stream_close(s, 0, "done");
+            stop_all(w);
+        }
+    } else {
+        sw->got[1] += n;
+        if (sw->got[1] == 3) {
+            /* The old connection still echoes, on the old ctx. */
+            sw->phase = 2;
+            assert_int_equal(stream_write(sw->first, "two", 3), 0);
+            stream_close(s, 0, "done");
+        }
+    }
+    return 0;
+}
+
+static void swap_second_open(struct stream *s, void *arg)
+{
+    struct swap *sw = arg;
+    snprintf(sw->cn[1], sizeof sw->cn[1], "%s", tls_conn_peer_cn(stream_tls(s)));
+    assert_int_equal(stream_write(s, "new", 3), 0);
+}
+
+static void test_ctx_swap_keeps_old_connections(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.sopts.tls = mk_ctx(true);
+    struct tls_cert_opts co = {CERTS "/web.crt", CERTS "/web.key"};
+    struct tls_opts o = {.server = true, .certs = &co, .ncerts = 1};
+    char err[256];
+    struct swap sw = {.w = &w};
+    assert_int_equal(tls_ctx_create(&sw.next, &o, err, sizeof err), 0);
+    struct tls_opts lax = {.server = false};
+    assert_int_equal(tls_ctx_create(&w.copts.tls, &lax, err, sizeof err), 0);
+    w.scbs.on_close = stress_srv_close; /* counts, no stop */
+    struct stream_cbs cbs = {
+        .on_data = swap_cli_data, .on_open = swap_cli_open, .on_close = swap_cli_close};
+    struct stream *s1;
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &cbs, &sw, &s1), 0);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_string_equal(sw.cn[0], "director");
+    assert_string_equal(sw.cn[1], "web");
+    assert_int_equal(sw.got[0], 6);
+    assert_int_equal(sw.got[1], 3);
+    assert_int_equal(w.srv_closed, 2);
+}
+
+/* on_data returning an error closes the stream with it. */
+static int refuse_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    w->srv_got += n;
+    return -EBADMSG;
+}
+
+static void test_handler_error_closes(void **state)
+{
+    (void)state;
+    for (int tls = 0; tls < 2; tls++) {
+        struct world w;
+        world_init(&w);
+        w.scbs.on_data = refuse_data;
+        if (tls) {
+            w.sopts.tls = mk_ctx(true);
+            w.copts.tls = mk_ctx(false);
+            w.copts.server_name = "director";
+        }
+        world_run(&w);
+        tls_ctx_unref(w.sopts.tls);
+        tls_ctx_unref(w.copts.tls);
+        assert_int_equal(w.srv_got, 5);
+        assert_int_equal(w.srv_err, -EBADMSG);
+        assert_string_equal(w.srv_why, "closed by handler");
+        assert_int_equal(w.cli_closed, 1);
+    }
+}
+
+/* A client that starts a ClientHello and hangs up. */
+static void half_hello_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    const uint8_t part[] = {0x16, 0x03, 0x01, 0x00, 0x80, 0x01, 0x00};
+    assert_int_equal(stream_write(s, part, sizeof part), 0);
+    stream_shutdown(s);
+}
+
+static void test_eof_during_handshake(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.sopts.tls = mk_ctx(true);
+    w.ccbs.on_open = half_hello_open;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    assert_int_equal(w.srv_open, 0);
+    assert_int_equal(w.srv_err, -ECONNRESET);
+    assert_string_equal(w.srv_why, "peer closed during the handshake");
+    assert_int_equal(stream_write(NULL, "x", 1), -EINVAL);
+}
+
+/* Connecting from a chosen local address; both ends agree on who is who. */
+static struct addr seen_local, seen_peer;
+
+static void addr_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    seen_local = *stream_local(s);
+    assert_int_equal(stream_write(s, "hello", 5), 0);
+}
+
+static void addr_srv_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    seen_peer = *stream_peer(s);
+}
+
+static void test_bind_from_and_addresses(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.echo = true;
+    w.ccbs.on_open = addr_open;
+    w.scbs.on_open = addr_srv_open;
+    struct addr from;
+    assert_int_equal(addr_parse(&from, "127.0.0.2:0", 0), 0);
+    assert_int_equal(stream_connect(&w.loop, &w.addr, &from, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    assert_true(addr_eq(stream_peer(w.cli), &w.addr));
+    assert_ptr_equal(stream_loop(w.cli), &w.loop);
+    assert_null(stream_tls(w.cli));
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    char a[ADDR_STRLEN];
+    assert_string_equal(addr_format_host(&seen_local, a), "127.0.0.2");
+    assert_true(addr_eq(&seen_local, &seen_peer));
+    assert_int_equal(w.got_len, 5);
+
+    /* A local address that is not ours fails at once, with no callback. */
+    world_init(&w);
+    w.srv_closed = 1;
+    uv_close((uv_handle_t *)&w.listener, NULL);
+    assert_int_equal(addr_parse(&from, "192.0.2.1:0", 0), 0);
+    struct stream *never = NULL;
+    int rc = stream_connect(&w.loop, &w.addr, &from, &w.copts, &w.ccbs, &w, &never);
+    assert_int_equal(rc, -EADDRNOTAVAIL);
+    assert_null(never);
+    uv_close((uv_handle_t *)&w.guard, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    assert_int_equal(w.cli_closed, 0);
+}
+
+/* TCP half-close: the client sends its request and shuts down its side; the server, told
+ * of the FIN, answers later and shuts down too; both ends then close cleanly. */
+static uv_timer_t late_timer;
+
+static void late_answer(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    assert_int_equal(stream_write(w->srv, "late", 4), 0);
+    stream_shutdown(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void srv_eof(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->drains++; /* counts EOFs here */
+    uv_timer_init(&w->loop, &late_timer);
+    late_timer.data = w;
+    uv_timer_start(&late_timer, late_answer, 30, 0);
+}
+
+static void half_close_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    assert_int_equal(stream_write(s, "hello", 5), 0);
+    stream_shutdown(s);
+    assert_int_equal(stream_write(s, "more", 4), -EPIPE);
+}
+
+static int half_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    memcpy(w->got + w->got_len, p, n);
+    w->got_len += n;
+    return 0;
+}
+
+static void test_half_close_answer_after_eof(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.scbs.on_eof = srv_eof;
+    w.ccbs.on_open = half_close_open;
+    w.ccbs.on_data = half_cli_data;
+    world_run(&w);
+    assert_int_equal(w.drains, 1);
+    assert_int_equal(w.srv_got, 5);
+    assert_int_equal(w.got_len, 4);
+    assert_memory_equal(w.got, "late", 4);
+    assert_int_equal(w.srv_err, 0);
+    assert_string_equal(w.srv_why, "closed by both ends");
+    assert_int_equal(w.cli_err, 0);
+    assert_string_equal(w.cli_why, "closed by both ends");
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -589,6 +847,26 @@ static void test_idle_timeout_closes(void **state)
     assert_true(ms >= 90 && ms < 2000);
     assert_int_equal(w.cli_closed, 1);
     assert_int_equal(w.cli_err, 0); /* the client just sees the server go */
+}
+
+static void shorten_idle(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->srv_open++;
+    stream_set_idle_timeout(s, 60); /* from "none" to 60 ms */
+}
+
+static void test_idle_timeout_can_be_changed(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.scbs.on_open = shorten_idle;
+    w.ccbs.on_open = silent_open;
+    world_run(&w);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -ETIMEDOUT);
+    assert_string_equal(w.srv_why, "idle timeout");
 }
 
 static void test_handshake_timeout_closes_silent_client(void **state)
@@ -635,6 +913,12 @@ static void test_close_is_idempotent(void **state)
     uv_close((uv_handle_t *)&w.listener, NULL);
     struct addr to;
     assert_int_equal(addr_parse(&to, "127.0.0.1:9", 0), 0);
+    /* A server ctx cannot connect out. */
+    struct stream_opts bad = {.tls = mk_ctx(true)};
+    struct stream *never = NULL;
+    assert_int_equal(stream_connect(&w.loop, &to, NULL, &bad, &w.ccbs, &w, &never), -EINVAL);
+    assert_null(never);
+    tls_ctx_unref(bad.tls);
     assert_int_equal(stream_connect(&w.loop, &to, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
     stream_close(w.cli, -ECANCELED, "first");
     stream_close(w.cli, -EIO, "second");
@@ -682,7 +966,13 @@ int main(void)
         cmocka_unit_test(test_many_tls_streams_echo),
         cmocka_unit_test(test_read_pause_before_connect),
         cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
+        cmocka_unit_test(test_ctx_swap_keeps_old_connections),
+        cmocka_unit_test(test_handler_error_closes),
+        cmocka_unit_test(test_eof_during_handshake),
+        cmocka_unit_test(test_bind_from_and_addresses),
+        cmocka_unit_test(test_half_close_answer_after_eof),
         cmocka_unit_test(test_idle_timeout_closes),
+        cmocka_unit_test(test_idle_timeout_can_be_changed),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
         cmocka_unit_test(test_close_is_idempotent),

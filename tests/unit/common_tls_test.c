@@ -148,6 +148,7 @@ static void test_handshake_and_data(void **state)
     assert_true(tls_conn_handshake_done(p.srv.c));
     assert_false(tls_conn_resumed(p.cli.c));
     assert_string_equal(tls_conn_cipher(p.srv.c), "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256");
+    assert_string_equal(tls_conn_version(p.cli.c), "TLSv1.2");
     assert_true(tls_conn_peer_verified(p.cli.c));
     assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
     assert_string_equal(tls_conn_peer_san(p.cli.c, 0), "director");
@@ -273,6 +274,14 @@ static void test_mutual_tls_accepts_lab_ca(void **state)
     assert_true(tls_conn_peer_verified(p.srv.c));
     assert_string_equal(tls_conn_peer_cn(p.srv.c), "access-edge");
     assert_string_equal(tls_conn_peer_san(p.srv.c, 0), "access-edge");
+    assert_string_equal(tls_conn_peer_subject(p.srv.c), "CN=access-edge");
+    assert_true(tls_conn_peer_has_name(p.srv.c, "access-edge"));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "ACCESS-EDGE.lab"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "director"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "x.access-edge.lab"));
+    assert_int_equal(strlen(tls_conn_peer_fingerprint(p.srv.c)), 95);
+    /* The client's view of the server matches the server's own fingerprint. */
+    assert_string_equal(tls_conn_peer_fingerprint(p.cli.c), tls_ctx_fingerprint(s));
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
@@ -299,6 +308,62 @@ static void test_mutual_tls_refuses_rogue_cert(void **state)
     uint8_t b[16];
     assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EPROTO);
     assert_true(tls_conn_write(p.srv.c, b, 1) < 0);
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+}
+
+/* Federation: a partner's wildcard certificate names the domains under it, one label deep;
+ * an unverified certificate names nothing. */
+static void test_peer_has_name_wildcard(void **state)
+{
+    (void)state;
+    int rc = system(
+        "cd " CERTS " && [ -f wild.crt ] || ("
+        "openssl ecparam -name prime256v1 -genkey -noout -out wild.key && "
+        "openssl req -new -key wild.key -subj /CN=partner.example -out wild.csr && "
+        "printf 'subjectAltName=DNS:*.partner.example,DNS:partner.example\\n' > wild.ext && "
+        "openssl x509 -req -in wild.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 "
+        "-sha256 -extfile wild.ext -out wild.crt && rm -f wild.csr wild.ext) >/dev/null 2>&1");
+    assert_int_equal(rc, 0);
+    struct tls_ctx *s = server_ctx("director", CERTS "/ca.crt", true, false);
+    struct tls_ctx *c = client_ctx("wild", false);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_peer_verified(p.srv.c));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "partner.example"));
+    assert_true(tls_conn_peer_has_name(p.srv.c, "sip.partner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "a.b.partner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, "evilpartner.example"));
+    assert_false(tls_conn_peer_has_name(p.srv.c, ".partner.example"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
+    /* SNI picks the wildcard certificate for a name under it. */
+    struct tls_cert_opts two[] = {{CERTS "/director.crt", CERTS "/director.key"},
+                                  {CERTS "/wild.crt", CERTS "/wild.key"}};
+    struct tls_opts so = {.server = true, .certs = two, .ncerts = 2};
+    s = ctx_new(&so);
+    c = client_ctx(NULL, false);
+    pair_open(&p, c, s, "conf.partner.example");
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "partner.example");
+    pair_close(&p);
+    pair_open(&p, c, s, "a.b.partner.example"); /* one label only: the default answers */
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "name mismatch"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
+    /* Not verified: no name counts, even the right one. */
+    struct tls_opts lax = {.server = false};
+    c = ctx_new(&lax);
+    s = server_ctx("director", NULL, false, false);
+    pair_open(&p, c, s, "director");
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "director");
+    assert_false(tls_conn_peer_has_name(p.cli.c, "director"));
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
@@ -525,6 +590,19 @@ static void test_self_signed_and_fingerprint(void **state)
     pair_close(&p);
     tls_ctx_unref(c);
 
+    /* A self-signed certificate for an IP literal carries it as an iPAddress. */
+    struct tls_opts ipo = {.server = true, .self_signed_name = "127.0.0.13"};
+    struct tls_ctx *sip = ctx_new(&ipo);
+    struct tls_opts lax = {.server = false};
+    struct tls_ctx *cl = ctx_new(&lax);
+    pair_open(&p, cl, sip, "127.0.0.13");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "127.0.0.13");
+    assert_null(tls_conn_peer_san(p.cli.c, 0)); /* no DNS name */
+    pair_close(&p);
+    tls_ctx_unref(cl);
+    tls_ctx_unref(sip);
+
     /* A verifying client refuses it. */
     c = client_ctx(NULL, false);
     pair_open(&p, c, s, "lab.test");
@@ -637,6 +715,88 @@ static void test_cipher_choice(void **state)
     pair_close(&p);
     tls_ctx_unref(c);
     tls_ctx_unref(s);
+}
+
+/* A server with a CA bundle but without verify_peer asks for a certificate and checks it,
+ * but lets clients without one (or with a foreign one) in, unverified: optional client
+ * certificates, as a reverse proxy forwarding them wants. */
+static void test_optional_client_certificate(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("revproxy", CERTS "/ca.crt", false, false);
+    const char *roles[] = {"partner", NULL, "rogue"};
+    for (size_t i = 0; i < 3; i++) {
+        struct tls_ctx *c = client_ctx(roles[i], false);
+        struct pair p;
+        pair_open(&p, c, s, "revproxy");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_int_equal(tls_conn_peer_verified(p.srv.c), i == 0);
+        if (i == 0)
+            assert_string_equal(tls_conn_peer_subject(p.srv.c), "CN=partner");
+        if (i == 1)
+            assert_null(tls_conn_peer_cn(p.srv.c));
+        if (i == 2) /* names of an unverified certificate are there, but name nothing */
+            assert_false(tls_conn_peer_has_name(p.srv.c, "av-edge"));
+        pair_close(&p);
+        tls_ctx_unref(c);
+    }
+    tls_ctx_unref(s);
+}
+
+/* ECDHE groups can be chosen; a client with no suite the server accepts is refused with a
+ * sentence, and so is a record tampered with in transit. */
+static void test_groups_suites_and_tampering(void **state)
+{
+    (void)state;
+    struct tls_ctx *s = server_ctx("director", NULL, false, false);
+    struct tls_opts go = {.server = false, .groups = "x25519,secp256r1"};
+    struct tls_ctx *c = ctx_new(&go);
+    struct pair p;
+    pair_open(&p, c, s, "director");
+    assert_true(tls_conn_handshake_done(p.cli.c));
+
+    /* Flip one bit of an application record: the MAC check fails. */
+    assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"secret", 6), 6);
+    const uint8_t *q;
+    size_t n = tls_conn_pending(p.cli.c, &q);
+    uint8_t *bad = malloc(n);
+    memcpy(bad, q, n);
+    bad[n - 3] ^= 0x01;
+    tls_conn_consume(p.cli.c, n);
+    assert_int_equal(tls_conn_feed(p.srv.c, bad, n), 0);
+    uint8_t b[64];
+    assert_int_equal(tls_conn_read(p.srv.c, b, sizeof b), -EPROTO);
+    assert_non_null(strstr(tls_conn_error(p.srv.c), "bad MAC"));
+    free(bad);
+    pair_close(&p);
+    tls_ctx_unref(c);
+
+    struct tls_opts cbc = {.server = false, .ciphers = "TLS-ECDHE-ECDSA-WITH-AES-128-CBC-SHA256"};
+    c = ctx_new(&cbc);
+    pair_open(&p, c, s, "director");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_non_null(strstr(tls_conn_error(p.srv.c), "no common cipher suite"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
+    char err[256];
+    struct tls_opts bg = {.server = false, .groups = "x25519:curve9"};
+    assert_int_equal(tls_ctx_create(&c, &bg, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "curve9"));
+    const char *empty_alpn[] = {"", NULL};
+    struct tls_opts ba = {.server = false, .alpn = empty_alpn};
+    assert_int_equal(tls_ctx_create(&c, &ba, err, sizeof err), -EINVAL);
+    struct tls_opts bs = {.server = true, .self_signed_name = "a,b=c"};
+    assert_int_equal(tls_ctx_create(&c, &bs, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "self_signed_name"));
+    struct tls_cert_opts nokey = {CERTS "/director.crt", NULL};
+    struct tls_opts bk = {.server = true, .certs = &nokey, .ncerts = 1};
+    assert_int_equal(tls_ctx_create(&c, &bk, err, sizeof err), -EINVAL);
+    struct tls_cert_opts badkey = {CERTS "/director.crt", CERTS "/director.crt"};
+    bk.certs = &badkey;
+    assert_int_equal(tls_ctx_create(&c, &bk, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "not a valid private key"));
 }
 
 static void test_looks_like_client_hello(void **state)
@@ -774,6 +934,7 @@ int main(void)
         cmocka_unit_test(test_write_before_handshake_is_sent_after),
         cmocka_unit_test(test_mutual_tls_accepts_lab_ca),
         cmocka_unit_test(test_mutual_tls_refuses_rogue_cert),
+        cmocka_unit_test(test_peer_has_name_wildcard),
         cmocka_unit_test(test_mutual_tls_refuses_no_cert),
         cmocka_unit_test(test_client_refuses_untrusted_server),
         cmocka_unit_test(test_client_checks_server_name),
@@ -787,6 +948,8 @@ int main(void)
         cmocka_unit_test(test_ca_bundle_file_or_directory),
         cmocka_unit_test(test_ctx_outlives_unref_while_conns_use_it),
         cmocka_unit_test(test_cipher_choice),
+        cmocka_unit_test(test_optional_client_certificate),
+        cmocka_unit_test(test_groups_suites_and_tampering),
         cmocka_unit_test(test_looks_like_client_hello),
         cmocka_unit_test(test_peek_sni),
         cmocka_unit_test(test_ctx_shared_by_threads),

@@ -1,0 +1,3 @@
+<?xml version="1.0"?>
+<!-- distribution-list expansion placeholder (lab) -->
+<ExpandResult/>

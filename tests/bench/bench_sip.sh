@@ -1,0 +1,140 @@
+#!/bin/bash
+# make bench-sip: calls and MESSAGEs per second and per CPU-second of the proxy, for our
+# access edge and for Kamailio as a stateful edge proxy, on the same sipp scenarios, in one run.
+#
+#   sipp UAC --UDP--> proxy under test --UDP--> sipp UAS ("Director")
+#
+# Usage: tests/bench/bench_sip.sh [BUILD]   Env: CALL_RATE (1300) MSG_RATE (4000) DUR (10 s)
+#        POINTS="calls messages tls-calls" TARGETS="edge kamailio"
+# TLS: sipp as packaged has no TLS, so each side's sipp UAC talks TCP to a local stunnel
+# that opens TLS to the proxy (stunnel's CPU is the load generator's, not counted).
+# Each timed run holds /tmp/bench.lock. CPU is utime+stime from /proc/<pid>/stat (Kamailio:
+# the main process and its children).
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${1:-build}
+case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
+HERE="$ROOT/tests/bench/sip"
+CALL_RATE=${CALL_RATE:-1300}; MSG_RATE=${MSG_RATE:-4000}; DUR=${DUR:-10}
+POINTS=${POINTS:-"calls messages tls-calls"}; TARGETS=${TARGETS:-"edge kamailio"}
+OUT=$(mktemp -d /tmp/bench_sip.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap cleanup EXIT
+
+EDGE_EXT=127.0.0.11:25060; EDGE_INT=127.0.0.21:25060; EDGE_UAS=127.0.0.3:25070
+KAM=127.0.0.1:25080; KAM_UAS=127.0.0.3:25071
+EDGE_TLS=127.0.0.11:25061; KAM_TLS=127.0.0.1:25081
+EDGE_STUNNEL=127.0.0.2:25062; KAM_STUNNEL=127.0.0.2:25082
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$OUT/edge.key" \
+    -out "$OUT/edge.crt" -days 2 -subj "/CN=edge.bench" >/dev/null 2>&1
+sed -e "s#@KEY@#$OUT/edge.key#; s#@CRT@#$OUT/edge.crt#" "$HERE/tls.cfg" > "$OUT/tls.cfg"
+cat > "$OUT/stunnel.conf" <<STUN
+foreground = yes
+pid =
+[edge]
+client = yes
+accept = $EDGE_STUNNEL
+connect = $EDGE_TLS
+[kamailio]
+client = yes
+accept = $KAM_STUNNEL
+connect = $KAM_TLS
+STUN
+
+cat > "$OUT/edge.yaml" <<YAML
+admin: {listen: 127.0.0.21:25088}
+log: {level: warn}
+director: {enabled: false}
+domains: [example.com, 127.0.0.2]  # the bench UAC addresses the stunnel it talks to
+external: {udp: [$EDGE_EXT], tls: [$EDGE_TLS], certs: {cert: $OUT/edge.crt, key: $OUT/edge.key}}
+internal: {udp: [$EDGE_INT]}
+next_hop: {address: $EDGE_UAS, transport: udp}
+limits: {rate: 10000000, burst: 10000000}
+YAML
+"$BUILD/bin/access-edge" -c "$OUT/edge.yaml" > "$OUT/edge.log" 2>&1 &
+EPID=$!; PIDS+=($EPID)
+sed -e "s#@LISTEN@#$KAM#; s#@LISTEN_TLS@#$KAM_TLS#; s#@NEXTHOP@#$KAM_UAS#; s#@TLS_CFG@#$OUT/tls.cfg#" \
+    "$HERE/kamailio.cfg" > "$OUT/kamailio.cfg"
+kamailio -f "$OUT/kamailio.cfg" -DD -E -m 256 -M 16 -n 2 > "$OUT/kamailio.log" 2>&1 &
+KPID=$!; PIDS+=($KPID)
+stunnel4 "$OUT/stunnel.conf" > "$OUT/stunnel.log" 2>&1 &
+PIDS+=($!)
+sleep 2
+kill -0 $EPID 2>/dev/null || { echo "access-edge did not start"; tail -5 "$OUT/edge.log"; exit 1; }
+kill -0 $KPID 2>/dev/null || { echo "kamailio did not start"; tail -5 "$OUT/kamailio.log"; exit 1; }
+
+ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+  x=$(awk '{sub(/^.*\) /,""); print $12+$13}' /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
+
+uas() { # $1 scenario(uas|msg) $2 addr
+  local ip=${2%:*} port=${2#*:}
+  if [ "$1" = uas ]; then
+    sipp -sn uas -i "$ip" -p "$port" -t u1 -nostdin > /dev/null 2>&1 < /dev/null &
+  else
+    sipp -sf "$HERE/msg_uas.xml" -i "$ip" -p "$port" -t u1 -nostdin > /dev/null 2>&1 < /dev/null &
+  fi
+  echo $!
+}
+
+run() { # $1 target $2 point $3 proxy addr $4 proxy pid
+  local D="$OUT/$1-$2" rate sf tp=u1
+  mkdir -p "$D"
+  if [ "$2" = messages ]; then rate=$MSG_RATE; sf=msg_uac.xml; else rate=$CALL_RATE; sf=uac.xml; fi
+  [ "$2" = tls-calls ] && tp=t1
+  flock /tmp/bench.lock bash -c '
+    D=$1; PID=$2; RATE=$3; DUR=$4; SF=$5; TARGET=$6; TP=$7
+    ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+      x=$(awk "{sub(/^.*\\) /,\"\"); print \$12+\$13}" /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
+    k0=$(ticks $PID); t0=$(date +%s.%N)
+    cd "$D" && sipp "$TARGET" -sf "$SF" -s director -t "$TP" -i 127.0.0.2 -p 25091 \
+      -r "$RATE" -m $(( RATE * DUR )) -l 20000 -timeout $(( DUR * 3 ))s -recv_timeout 10000 \
+      -nostdin -default_behaviors all,-abortunexp -trace_stat -stf "$D/stat.csv" -fd 1 \
+      > /dev/null 2>&1 < /dev/null
+    t1=$(date +%s.%N); k1=$(ticks $PID)
+    echo "$k0 $k1 $t0 $t1" > "$D/cpu"
+  ' _ "$D" "$4" "$rate" "$DUR" "$HERE/$sf" "$3" "$tp"
+}
+
+for point in $POINTS; do
+  sc=uas; [ "$point" = messages ] && sc=msg
+  U1=$(uas $sc $EDGE_UAS); U2=$(uas $sc $KAM_UAS); PIDS+=($U1 $U2); sleep 0.5
+  for t in $TARGETS; do
+    if [ "$point" = tls-calls ]; then ea=$EDGE_STUNNEL; ka=$KAM_STUNNEL; else ea=$EDGE_EXT; ka=$KAM; fi
+    if [ "$t" = edge ]; then run edge "$point" "$ea" $EPID; else run kamailio "$point" "$ka" $KPID; fi
+  done
+  kill $U1 $U2 2>/dev/null; wait $U1 $U2 2>/dev/null
+done
+
+python3 - "$OUT" "$POINTS" "$TARGETS" "$CALL_RATE" "$MSG_RATE" <<'PY'
+import csv, os, sys
+out, points, targets, crate, mrate = sys.argv[1:]
+res = {}
+for p in points.split():
+    for t in targets.split():
+        d = f"{out}/{t}-{p}"
+        try:
+            rows = list(csv.reader(open(d + "/stat.csv"), delimiter=';'))
+        except OSError:
+            continue
+        h, last = rows[0], rows[-1]
+        g = lambda k: last[h.index(k)]
+        ep = lambda c: float(c.split('\t')[-1])
+        el = ep(g('CurrentTime')) - ep(g('StartTime'))
+        created, ok = int(g('TotalCallCreated')), int(g('SuccessfulCall(C)'))
+        k0, k1, t0, t1 = open(d + "/cpu").read().split()
+        cpu = (int(k1) - int(k0)) / os.sysconf('SC_CLK_TCK')
+        fail = 100.0 * (created - ok) / max(created, 1)
+        res[(t, p)] = (ok / el, fail, cpu, ok / cpu if cpu else float('inf'))
+        print(f"{t:9s} {p:8s} target={mrate if p == 'messages' else crate}/s achieved={ok / el:7.0f}/s "
+              f"failed={fail:.3f}% cpu={cpu:.2f}s ({100 * cpu / (float(t1) - float(t0)):.0f}% of a core) "
+              f"per_cpu_second={res[(t, p)][3]:8.0f}")
+for p in points.split():
+    if ('edge', p) in res and ('kamailio', p) in res:
+        e, k = res[('edge', p)], res[('kamailio', p)]
+        ok = e[1] < 0.1 and k[1] < 0.1
+        print(f"ratio {p}: edge/kamailio per CPU-second = {e[3] / k[3]:.2f}x"
+              f" ({'both under 0.1% failed' if ok else 'WARNING: a side failed >= 0.1%'})")
+print(f"out={out}")
+PY

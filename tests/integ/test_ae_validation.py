@@ -1,0 +1,155 @@
+"""Bad input at the access edge: each validation rule answers with its exact status and a
+Warning naming the problem, counts the reason in /metrics, and nothing reaches the Director."""
+import socket
+import time
+import uuid
+
+from harness import SuiteTest
+from siplab import DIR_IP, EXT_IP, Lab, UdpUA, header, parse_status
+
+
+def invite(ua, ruri="sip:bob@example.com", drop=None, dup=None, extra="", body="v=0\r\n",
+           cl=None, max_forwards="70", method="INVITE", from_user="alice", vias=None):
+    via = f"Via: SIP/2.0/UDP {ua.ip}:{ua.port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport"
+    hdrs = [("Via", via)] if vias is None else [("Via", v) for v in vias] + [("Via", via)]
+    hdrs += [("From", f"<sip:{from_user}@example.com>;tag=a1"), ("To", "<sip:bob@example.com>"),
+             ("Call-ID", uuid.uuid4().hex), ("CSeq", f"1 {method}"),
+             ("Max-Forwards", max_forwards), ("Contact", f"<sip:alice@{ua.ip}:{ua.port}>")]
+    out = [f"{method} {ruri} SIP/2.0"]
+    for k, v in hdrs:
+        if k == drop:
+            continue
+        out.append(f"{k}: {v}")
+        if k == dup:
+            out.append(f"{k}: {v}x" if k != "From" else f"{k}: <sip:eve@evil.example>;tag=2")
+    n = len(body) if cl is None else cl
+    return "\r\n".join(out) + "\r\n" + extra + f"Content-Length: {n}\r\n\r\n" + body
+
+
+class EdgeValidation(SuiteTest):
+    @classmethod
+    def setUpClass(cls):
+        cls.shared = None
+
+    def setUp(self):
+        super().setUp()
+        self.lab = Lab(self, extra_edge="limits: {max_client_message: 4k, max_headers: 40, max_line: 512, rate: 100, burst: 100}")
+        self.ua = UdpUA("127.0.0.6")
+        self.addCleanup(self.ua.close)
+
+    def expect(self, text, status, reason, warning=None):
+        before = self.lab.dir_metric("director_sip_messages_in_total")
+        self.ua.send(text, (EXT_IP, self.lab.ext_port))
+        r = self.ua.recv()
+        self.assertIsNotNone(r, "no answer from the edge")
+        self.assertEqual(parse_status(r), status, r)
+        w = header(r, "Warning")
+        self.assertEqual(len(w), 1, r)
+        self.assertTrue(w[0].startswith("399 edge.example.com "), w[0])
+        if warning:
+            self.assertIn(warning, w[0])
+        self.assertTrue(header(r, "ms-diagnostics"), r)
+        time.sleep(0.1)
+        self.assertEqual(self.lab.dir_metric("director_sip_messages_in_total"), before,
+                         "the message reached the Director")
+        m = self.lab.edge_metric(f'access_edge_sip_rejected_total{{reason="{reason}"}}')
+        self.assertGreaterEqual(m, 1, f"reason {reason} not counted")
+        return r
+
+    def test_missing_mandatory_headers_400_naming_each(self):
+        for h in ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards"):
+            with self.subTest(header=h):
+                if h == "Via":
+                    # Without a Via there is nowhere to answer: the edge still answers the source.
+                    pass
+                self.expect(invite(self.ua, drop=h), 400, "missing_header", f"Missing header: {h}")
+
+    def test_duplicate_single_headers_400(self):
+        for h in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
+            with self.subTest(header=h):
+                self.expect(invite(self.ua, dup=h), 400, "duplicate_header",
+                            f"Duplicate header: {h}")
+
+    def test_content_length_mismatch_400(self):
+        self.expect(invite(self.ua, cl=50), 400, "content_length", "Content-Length")
+
+    def test_oversized_client_message_513(self):
+        self.expect(invite(self.ua, body="a=x\r\n" * 1000), 513, "too_large")
+
+    def test_too_many_headers_and_long_line_400(self):
+        self.expect(invite(self.ua, extra="X-Pad: 1\r\n" * 50), 400, "too_many_headers")
+        self.expect(invite(self.ua, extra="Subject: " + "s" * 600 + "\r\n"), 400, "line_too_long")
+
+    def test_method_not_allowed_405_with_allow(self):
+        r = self.expect(invite(self.ua, method="FROBNICATE"), 405, "method", "FROBNICATE")
+        self.assertIn("REGISTER", header(r, "Allow")[0])
+
+    def test_max_forwards_zero_483(self):
+        self.expect(invite(self.ua, max_forwards="0"), 483, "max_forwards")
+
+    def test_own_via_loop_482(self):
+        vias = [f"SIP/2.0/UDP {DIR_IP}:5999;branch=z9hG4bKx1",
+                f"SIP/2.0/UDP {EXT_IP}:{self.lab.ext_port};branch=z9hG4bKx2"]
+        self.expect(invite(self.ua, vias=vias), 482, "loop")
+
+    def test_foreign_domain_403_no_open_relay(self):
+        self.expect(invite(self.ua, ruri="sip:bob@victim.example"), 403, "relay", "victim.example")
+
+    def test_forged_trust_header_is_stripped(self):
+        # A MESSAGE to an unregistered user reaches the Director (404) without the forged
+        # marking; the edge's own marking says InternetUser.
+        text = invite(self.ua, method="MESSAGE",
+                      extra="ms-edge-proxy-message-trust: ms-source-type=AuthorizedServer\r\n",
+                      body="hi")
+        self.ua.send(text, (EXT_IP, self.lab.ext_port))
+        r = self.ua.recv()
+        self.assertEqual(parse_status(r), 480, r)  # bob is a user, not registered
+        self.assertEqual(self.lab.dir_metric("director_sip_messages_in_total"), 1)
+
+    def test_garbage_is_dropped_and_counted(self):
+        self.ua.send(b"\x16\x03\x01garbage\r\n\r\n", (EXT_IP, self.lab.ext_port))
+        self.assertIsNone(self.ua.recv(timeout=0.5))
+        self.assertGreaterEqual(self.lab.edge_metric("access_edge_sip_unparseable_total"), 1)
+        self.assertEqual(self.lab.dir_metric("director_sip_messages_in_total"), 0)
+        self.assertIn("unparseable datagram", self.lab.edge.log())
+
+    def test_rate_limit_503_retry_after(self):
+        # burst 100 at 100/s: a quick volley of 300 gets 503s with Retry-After.
+        got503 = None
+        self.ua.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for i in range(300):
+            self.ua.send(invite(self.ua, method="OPTIONS", ruri="sip:example.com"),
+                         (EXT_IP, self.lab.ext_port))
+        end = time.time() + 3
+        while time.time() < end and not got503:
+            r = self.ua.recv(timeout=0.5)
+            if r is None:
+                break
+            if parse_status(r) == 503:
+                got503 = r
+        self.assertIsNotNone(got503)
+        self.assertTrue(header(got503, "Retry-After"))
+
+
+class EdgeOverload(SuiteTest):
+    def test_saturated_loop_sheds_new_invites_with_503_and_keeps_connection(self):
+        # A 1 ms lag threshold makes any scheduling hiccup count as saturation; a burst of
+        # INVITEs over one TCP connection then meets 503s, and the connection stays open.
+        from siplab import StreamUA, EXT_IP
+        lab = Lab(self, extra_edge="limits: {overload_lag: 1ms, rate: 100000, burst: 100000}")
+        ua = StreamUA(EXT_IP, lab.ext_port)
+        self.addCleanup(ua.close)
+        seen = set()
+        for i in range(300):
+            ua.request("INVITE", "sip:bob@example.com", to_uri="sip:bob@example.com")
+        for i in range(300):
+            r = ua.recv(timeout=3)
+            if r is None:
+                break
+            seen.add(parse_status(r))
+            if 503 in seen:
+                break
+        if 503 not in seen:
+            self.skipTest("the loop never ran late here")
+        ua.request("OPTIONS", "sip:example.com")
+        self.assertIsNotNone(ua.recv(timeout=3), "connection dropped")
