@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from harness import ROOT, SuiteTest, free_port, http_json, http_request, wait_for
-from test_ce_edge import CERTS, Client, tool_session
+from test_ce_edge import CERTS, Client, distinct_ports, tool_session
 
 
 def director_config(ctl, admin, edge_int, extra=""):
@@ -49,8 +49,8 @@ class ConfEdgeWithDirector(SuiteTest):
     def setUp(self):
         super().setUp()
         subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
-        self.ext, self.int, self.eadmin = (f"127.0.0.1:{free_port()}" for _ in range(3))
-        self.ctl, self.dadmin = (f"127.0.0.1:{free_port()}" for _ in range(2))
+        self.ext, self.int, self.eadmin, self.ctl, self.dadmin = (
+            f"127.0.0.1:{p}" for p in distinct_ports(5))
 
     def start_director(self):
         self.director = self.daemon("director", director_config(self.ctl, self.dadmin, self.int),

@@ -18,6 +18,18 @@ SECRET = "lab-secret-1"
 KID = "lab1"
 
 
+def distinct_ports(n):
+    """n different free ports: free_port() may hand the same port out twice in a row."""
+    out = []
+    for _ in range(100):
+        p = free_port()
+        if p not in out:
+            out.append(p)
+        if len(out) == n:
+            return out
+    raise RuntimeError("no distinct free ports")
+
+
 def b64u(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
@@ -154,9 +166,7 @@ class ConfEdgeTest(SuiteTest):
     def setUp(self):
         super().setUp()
         subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
-        self.ext = f"127.0.0.1:{free_port()}"
-        self.int = f"127.0.0.1:{free_port()}"
-        self.admin = f"127.0.0.1:{free_port()}"
+        self.ext, self.int, self.admin = (f"127.0.0.1:{p}" for p in distinct_ports(3))
         self.mocks = []
 
     def tearDown(self):

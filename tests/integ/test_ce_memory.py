@@ -8,7 +8,7 @@ import time
 
 from confmock import ConfMock
 from harness import SuiteTest, free_port, wait_for
-from test_ce_edge import CERTS, Client, edge_config, mint
+from test_ce_edge import CERTS, Client, distinct_ports, edge_config, mint
 
 BIG = int(os.environ.get("CE_BIG_BYTES", str(1 << 30)))
 
@@ -29,7 +29,7 @@ class ConfEdgeMemory(SuiteTest):
         import subprocess
         from harness import ROOT
         subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
-        ext, internal, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+        ext, internal, admin = (f"127.0.0.1:{p}" for p in distinct_ports(3))
         edge = self.daemon("conf-edge", edge_config(ext, internal, admin).replace(
             "log: {level: debug}", "log: {level: info}"), admin=admin)
         m = ConfMock(internal, CERTS, mode="source", source_bytes=BIG)
