@@ -68,7 +68,10 @@ int av_config_validate(const void *cfg, struct cfg_err *err);
 struct av_runtime {
     struct av_turn_cfg turn;
     struct av_static_user *users;
+    size_t n_users;
     struct addr *own;
+    char *realm, *software;
+    struct cidr *internal_nets, *allow_peers;
     struct av_runtime *older; /* kept until shutdown: workers may still read them */
 };
 int av_runtime_build(const struct av_config *c, struct av_runtime **out);

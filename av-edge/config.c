@@ -1,6 +1,7 @@
 /* av-edge configuration keys (lab defaults from the address plan), validation, the runtime
  * settings derived from a config, and the metrics series. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,17 +189,48 @@ int av_config_validate(const void *cfg, struct cfg_err *err)
     return 0;
 }
 
+/* Copies n elements of size sz (NULL for none); *ok goes false when memory runs out. */
+static void *memdup(const void *p, size_t n, size_t sz, bool *ok)
+{
+    if (!n)
+        return NULL;
+    void *q = malloc(n * sz);
+    if (!q)
+        *ok = false;
+    else
+        memcpy(q, p, n * sz);
+    return q;
+}
+
+static char *strdup_ok(const char *s, bool *ok)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *ok = false;
+    return d;
+}
+
 int av_runtime_build(const struct av_config *c, struct av_runtime **out)
 {
+    /* Everything is copied: the config is freed after a reload while workers on other
+     * threads may still read the previous runtime. */
     struct av_runtime *rt = calloc(1, sizeof(*rt));
     if (!rt)
         return -ENOMEM;
+    bool ok = true;
     size_t n_own = c->relay.n_addresses + c->external.n_listen + c->external.n_tls_listen +
                    c->external.n_tcp_listen + c->internal.n_listen + c->internal.n_tls_listen +
                    c->internal.n_tcp_listen;
     rt->own = calloc(n_own ? n_own : 1, sizeof(*rt->own));
     rt->users = calloc(c->auth.n_users ? c->auth.n_users : 1, sizeof(*rt->users));
-    if (!rt->own || !rt->users) {
+    rt->n_users = c->auth.n_users;
+    rt->realm = strdup_ok(c->auth.realm ? c->auth.realm : "", &ok);
+    rt->software = strdup_ok(c->software, &ok);
+    rt->internal_nets = memdup(c->internal_networks, c->n_internal_networks, sizeof(struct cidr), &ok);
+    rt->allow_peers = memdup(c->external.allow_peers, c->external.n_allow_peers, sizeof(struct cidr), &ok);
+    if (!rt->own || !rt->users || !ok) {
         av_runtime_free(rt);
         return -ENOMEM;
     }
@@ -215,13 +247,17 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
             rt->own[k++] = sides[s]->tcp_listen[i];
     }
     for (size_t i = 0; i < c->auth.n_users; i++) {
-        rt->users[i].name = c->auth.users[i].name;
-        stun_key_long_term(slice_str(c->auth.users[i].name), slice_str(c->auth.realm),
+        rt->users[i].name = strdup_ok(c->auth.users[i].name, &ok);
+        stun_key_long_term(slice_str(c->auth.users[i].name), slice_str(rt->realm),
                            slice_str(c->auth.users[i].password), rt->users[i].key);
     }
+    if (!ok) {
+        av_runtime_free(rt);
+        return -ENOMEM;
+    }
     struct av_turn_cfg *t = &rt->turn;
-    t->realm = c->auth.realm;
-    t->software = c->software;
+    t->realm = rt->realm;
+    t->software = rt->software;
     t->default_lifetime_s = (uint32_t)(c->limits.default_lifetime_ms / 1000);
     t->max_lifetime_s = (uint32_t)(c->limits.max_lifetime_ms / 1000);
     t->perm_lifetime_s = (uint32_t)(c->limits.permission_lifetime_ms / 1000);
@@ -232,9 +268,9 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->max_perms = c->limits.max_permissions;
     t->bps_per_alloc = c->limits.bandwidth_per_allocation;
     t->bps_per_user = c->limits.bandwidth_per_user;
-    t->internal_nets = c->internal_networks;
+    t->internal_nets = rt->internal_nets;
     t->n_internal_nets = c->n_internal_networks;
-    t->allow_peers = c->external.allow_peers;
+    t->allow_peers = rt->allow_peers;
     t->n_allow_peers = c->external.n_allow_peers;
     t->own = rt->own;
     t->n_own = k;
@@ -254,8 +290,14 @@ void av_runtime_free(struct av_runtime *rt)
 {
     while (rt) {
         struct av_runtime *older = rt->older;
-        free(rt->own);
+        for (size_t i = 0; rt->users && i < rt->n_users; i++)
+            free((char *)rt->users[i].name);
         free(rt->users);
+        free(rt->own);
+        free(rt->realm);
+        free(rt->software);
+        free(rt->internal_nets);
+        free(rt->allow_peers);
         free(rt);
         rt = older;
     }

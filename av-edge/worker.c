@@ -64,7 +64,8 @@ struct av_tx {
 struct av_worker {
     uv_loop_t *loop;
     struct av_turn *turn;
-    const struct av_config *cfg;
+    uint32_t port_min, port_max;
+    uint64_t socket_buffer;
     const struct av_runtime *rt;
     const struct av_runtime *pending_rt; /* atomic */
     const struct logger *pending_log;    /* atomic */
@@ -389,12 +390,12 @@ static int relay_sock_new(struct av_worker *w, int fd, struct av_relay_sock **ou
  * even port and its successor (EVEN-PORT reservations) belong to the same worker. */
 static uint32_t worker_port(const struct av_worker *w, uint32_t j)
 {
-    return w->cfg->relay.port_min + 2 * (w->index + (j / 2) * w->count) + (j % 2);
+    return w->port_min + 2 * (w->index + (j / 2) * w->count) + (j % 2);
 }
 
 static uint32_t worker_port_count(const struct av_worker *w)
 {
-    uint32_t range = w->cfg->relay.port_max - w->cfg->relay.port_min + 1;
+    uint32_t range = w->port_max - w->port_min + 1;
     uint32_t pairs = range / 2;
     uint32_t mine = pairs / w->count + (w->index < pairs % w->count);
     return mine * 2;
@@ -417,14 +418,14 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
             port = worker_port(w, j);
             if ((even || reserve_out) && (port & 1))
                 continue;
-            if (port > w->cfg->relay.port_max)
+            if (port > w->port_max)
                 continue;
             if (relay_bind(w, fi, (uint16_t)port, df, &fd) < 0) {
                 fd = -1;
                 continue;
             }
             if (reserve_out) {
-                if (port + 1 > w->cfg->relay.port_max ||
+                if (port + 1 > w->port_max ||
                     relay_bind(w, fi, (uint16_t)(port + 1), df, &fd2) < 0) {
                     close(fd);
                     fd = -1;
@@ -674,7 +675,7 @@ static int udp_listen(struct av_worker *w, const struct addr *a, uint16_t id, ui
     if (fd < 0)
         return -errno;
     int one = 1, rc = 0;
-    int sz = (int)w->cfg->relay.socket_buffer;
+    int sz = (int)w->socket_buffer;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (w->count > 1 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
         rc = -errno;
@@ -764,7 +765,10 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
     if (!w)
         return -ENOMEM;
     w->loop = loop;
-    w->cfg = o->cfg;
+    /* The config is freed on reload: keep what the sockets need by value. */
+    w->port_min = o->cfg->relay.port_min;
+    w->port_max = o->cfg->relay.port_max;
+    w->socket_buffer = o->cfg->relay.socket_buffer;
     w->rt = o->rt;
     w->sh = o->shared;
     w->mx = o->metrics;

@@ -20,7 +20,7 @@ SECRET = "integ-secret"
 
 
 class AvEdgeTest(SuiteTest):
-    def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False):
+    def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False, relay6=False):
         self.ext_port = free_port(EXT)
         self.int_port = free_port(INT)
         self.tls_port = free_port(EXT) if tls else None
@@ -37,7 +37,7 @@ external:
   tcp_listen: []
 {tls_line}{allow}internal:
   listen: [{INT}:{self.int_port}]
-relay: {{ addresses: [{EXT}], port_min: {base}, port_max: {base + 99} }}
+relay: {{ addresses: [{EXT}{', "::1"' if relay6 else ''}], port_min: {base}, port_max: {base + 99} }}
 auth:
   realm: edge.lab
   secret: {SECRET}
@@ -361,3 +361,54 @@ class TestOperations(AvEdgeTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestProbe(AvEdgeTest):
+    def test_av_probe_50_streams_zero_loss(self):
+        """av-probe: 50 SRTP streams of 50 packets/s each way through the internal user's
+        relay; every packet arrives, authenticates and decrypts."""
+        if not os.access(os.path.join(os.environ.get("SUITE_BUILD", "build"), "bin", "av-probe"), os.X_OK):
+            self.skipTest("av-probe is not built")
+        self.start_edge()
+        probe = os.path.join(os.environ.get("SUITE_BUILD", "build"), "bin", "av-probe")
+        p = subprocess.run([probe, "--external", f"{EXT}:{self.ext_port}",
+                            "--internal", f"{INT}:{self.int_port}", "--secret", SECRET,
+                            "--streams", "50", "--rate", "50", "--seconds", "3"],
+                           capture_output=True, timeout=60)
+        out = p.stdout.decode() + p.stderr.decode()
+        self.assertEqual(p.returncode, 0, out)
+        self.assertIn("loss_pct=0.000 auth_failures=0 malformed=0", out)
+        self.assertIn("sent=15000 received=15000", out)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_client"}', 7500)
+        self.wait_metric('av_edge_relayed_packets_total{direction="to_peer"}', 7500)
+
+
+class TestIPv6(AvEdgeTest):
+    def test_ipv6_and_dual_stack_relays(self):
+        """REQUESTED-ADDRESS-FAMILY IPv6 gets an IPv6 relay that relays both ways;
+        ADDITIONAL-ADDRESS-FAMILY gets one relayed address of each family."""
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        self.start_edge(relay6=True)
+        c = self.int_()
+        m = c.allocate([(T.A_RAF, bytes([2, 0, 0, 0]))])
+        self.assertEqual(m.code, 0)
+        relay = T.parse_xaddr(m.get(T.A_RELAYED), m.tid)
+        self.assertEqual(relay[0], "::1")
+        peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        peer.bind(("::1", 0))
+        peer.settimeout(2)
+        self.addCleanup(peer.close)
+        self.assertEqual(c.permit("::1").code, 0)
+        self.assertEqual(c.permit("127.0.0.1").code, 443)  # IPv4 peer on an IPv6-only relay
+        peer.sendto(b"v6-in", relay)
+        kind, src, data = c.recv_data()
+        self.assertEqual((kind, src[0], data), ("data", "::1", b"v6-in"))
+        c.send_indication("::1", peer.getsockname()[1], b"v6-out")
+        data, src = peer.recvfrom(100)
+        self.assertEqual((data, src[:2]), (b"v6-out", relay))
+        d = self.int_()
+        m = d.allocate([(0x8000, bytes([2, 0, 0, 0]))])
+        self.assertEqual(m.code, 0)
+        fams = sorted(":" in T.parse_xaddr(v, m.tid)[0] for v in m.all(T.A_RELAYED))
+        self.assertEqual(fams, [False, True])

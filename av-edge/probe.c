@@ -1,0 +1,408 @@
+/* av-probe: validates an av-edge deployment end to end with SRTP media.
+ *
+ * For each stream it makes an internal-side allocation (the internal user) and an
+ * external-side allocation (the external user), admits the external user with the internal
+ * user's CreatePermission + ChannelBind, and sends SRTP (AES-128-CM / HMAC-SHA1-80,
+ * libsrtp2) both ways through the internal user's relayed address: external host ->
+ * relay -> internal user, and back. Under the enterprise rule the external allocation may
+ * not name the edge's own relay, so the media pair is external host <-> internal relay, as
+ * ICE would pick. Every packet must arrive, authenticate and decrypt; it prints loss,
+ * jitter (RFC 3550) and the one-way latency added by the relay.
+ *
+ *   av-probe --external HOST:PORT --internal HOST:PORT (--secret S | --user U --password P)
+ *            [--streams 1] [--rate 50] [--seconds 5] [--size 160]
+ * Exit status: 0 when nothing was lost or failed authentication, 1 otherwise, 2 on setup errors. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <srtp2/srtp.h>
+
+#include "av-edge/stun.h"
+#include "common/crypto.h"
+#include "common/token.h"
+
+#define CHANNEL 0x4001
+
+struct opts {
+    struct addr ext, in;
+    const char *secret, *user, *password;
+    int streams, rate, size;
+    double seconds;
+};
+
+/* One TURN client on its own UDP socket. */
+struct client {
+    int fd;
+    struct addr server, relay, mapped;
+    char user[128], pass[64], realm[128], nonce[128];
+    uint8_t key[16];
+};
+
+/* Direction statistics. */
+struct dir {
+    srtp_t tx, rx;
+    uint16_t seq;
+    uint32_t ssrc;
+    uint64_t sent, received, auth_fail, bad;
+    double lat_sum, lat_max, jitter, last_transit;
+    bool have_transit;
+};
+
+struct stream {
+    struct client ext, in;
+    struct dir out_in; /* external -> internal */
+    struct dir in_out; /* internal -> external */
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "av-probe: %s\n", what);
+    exit(2);
+}
+
+static int client_open(struct client *c, const struct addr *server, const struct opts *o, int id)
+{
+    c->server = *server;
+    c->fd = socket(addr_family(server), SOCK_DGRAM, 0);
+    if (c->fd < 0)
+        return -errno;
+    int sz = 1 << 20;
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+    if (o->secret) {
+        char who[32];
+        snprintf(who, sizeof(who), "probe%d", id);
+        turn_rest_username(c->user, sizeof(c->user), time(NULL) + 3600, who);
+        turn_rest_password(o->secret, strlen(o->secret), c->user, c->pass, sizeof(c->pass));
+    } else {
+        snprintf(c->user, sizeof(c->user), "%s", o->user);
+        snprintf(c->pass, sizeof(c->pass), "%s", o->password);
+    }
+    return 0;
+}
+
+/* Sends a request and waits for its answer; takes REALM/NONCE from a challenge and
+ * retries once. Returns the error code (0 = success) and leaves the answer in resp. */
+static int transact(struct client *c, uint16_t method, const struct addr *peer, int channel,
+                    uint8_t *resp, size_t cap, struct stun_msg *m)
+{
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint8_t buf[512], tid[12];
+        crypto_random(tid, sizeof(tid));
+        struct stun_builder b;
+        stun_build_init(&b, buf, sizeof(buf), method, STUN_REQUEST, tid);
+        if (method == STUN_ALLOCATE)
+            stun_build_u32(&b, STUN_A_REQUESTED_TRANSPORT, 17u << 24);
+        if (channel)
+            stun_build_u32(&b, STUN_A_CHANNEL_NUMBER, (uint32_t)channel << 16);
+        if (peer)
+            stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
+        if (c->nonce[0]) {
+            stun_build_attr(&b, STUN_A_USERNAME, c->user, strlen(c->user));
+            stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
+            stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
+            stun_build_integrity(&b, c->key, 16);
+        }
+        ssize_t n = stun_build_finish(&b);
+        sendto(c->fd, buf, (size_t)n, 0, &c->server.u.sa, addr_len(&c->server));
+        struct pollfd p = {c->fd, POLLIN, 0};
+        double deadline = now_s() + 1.0;
+        int code = -1;
+        while (now_s() < deadline && poll(&p, 1, 100) >= 0) {
+            if (!(p.revents & POLLIN))
+                continue;
+            ssize_t r = recv(c->fd, resp, cap, 0);
+            if (r < 20 || stun_msg_parse(m, resp, (size_t)r) < 0 || memcmp(m->tid, tid, 12))
+                continue;
+            code = 0;
+            if (m->cls == STUN_ERROR) {
+                const struct stun_attr *e = stun_msg_find(m, STUN_A_ERROR_CODE);
+                if (!e || stun_attr_error(m, e, &code, NULL))
+                    code = 500;
+            }
+            break;
+        }
+        if (code == 401 || code == 438) {
+            const struct stun_attr *ra = stun_msg_find(m, STUN_A_REALM);
+            const struct stun_attr *na = stun_msg_find(m, STUN_A_NONCE);
+            if (!ra || !na || (code == 401 && c->nonce[0] && attempt > 1))
+                return code;
+            snprintf(c->realm, sizeof(c->realm), "%.*s", ra->len, (const char *)resp + ra->off);
+            snprintf(c->nonce, sizeof(c->nonce), "%.*s", na->len, (const char *)resp + na->off);
+            stun_key_long_term(slice_str(c->user), slice_str(c->realm), slice_str(c->pass), c->key);
+            continue;
+        }
+        if (code >= 0)
+            return code;
+    }
+    return -1;
+}
+
+static int client_allocate(struct client *c)
+{
+    uint8_t resp[1500];
+    struct stun_msg m;
+    int code = transact(c, STUN_ALLOCATE, NULL, 0, resp, sizeof(resp), &m);
+    if (code)
+        return code;
+    const struct stun_attr *r = stun_msg_find(&m, STUN_A_XOR_RELAYED_ADDRESS);
+    const struct stun_attr *x = stun_msg_find(&m, STUN_A_XOR_MAPPED_ADDRESS);
+    if (!r || !x || stun_attr_xaddr(&m, r, &c->relay) || stun_attr_xaddr(&m, x, &c->mapped))
+        return 500;
+    return 0;
+}
+
+static void client_release(struct client *c)
+{
+    uint8_t buf[256], resp[1500], tid[12];
+    crypto_random(tid, sizeof(tid));
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), STUN_REFRESH, STUN_REQUEST, tid);
+    stun_build_u32(&b, STUN_A_LIFETIME, 0);
+    stun_build_attr(&b, STUN_A_USERNAME, c->user, strlen(c->user));
+    stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
+    stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
+    stun_build_integrity(&b, c->key, 16);
+    ssize_t n = stun_build_finish(&b);
+    sendto(c->fd, buf, (size_t)n, 0, &c->server.u.sa, addr_len(&c->server));
+    struct pollfd p = {c->fd, POLLIN, 0};
+    if (poll(&p, 1, 200) > 0)
+        (void)recv(c->fd, resp, sizeof(resp), 0);
+    close(c->fd);
+}
+
+static void srtp_pair(struct dir *d, uint32_t ssrc)
+{
+    uint8_t key[30];
+    crypto_random(key, sizeof(key));
+    srtp_policy_t p;
+    memset(&p, 0, sizeof(p));
+    srtp_crypto_policy_set_rtp_default(&p.rtp);
+    srtp_crypto_policy_set_rtcp_default(&p.rtcp);
+    p.key = key;
+    p.window_size = 1024;
+    p.ssrc.type = ssrc_specific;
+    p.ssrc.value = ssrc;
+    if (srtp_create(&d->tx, &p) != srtp_err_status_ok || srtp_create(&d->rx, &p) != srtp_err_status_ok)
+        die("srtp_create failed");
+    d->ssrc = ssrc;
+}
+
+/* Builds and protects the next RTP packet of d into buf; returns its length. */
+static int rtp_next(struct dir *d, uint8_t *buf, int payload)
+{
+    uint16_t seq = d->seq++;
+    uint32_t ts = (uint32_t)seq * 160;
+    buf[0] = 0x80;
+    buf[1] = 111;
+    buf[2] = (uint8_t)(seq >> 8);
+    buf[3] = (uint8_t)seq;
+    memcpy(buf + 4, &(uint32_t){htonl(ts)}, 4);
+    memcpy(buf + 8, &(uint32_t){htonl(d->ssrc)}, 4);
+    double t = now_s();
+    memset(buf + 12, 0xA5, (size_t)payload);
+    memcpy(buf + 12, &t, sizeof(t));
+    int len = 12 + payload;
+    if (srtp_protect(d->tx, buf, &len) != srtp_err_status_ok)
+        die("srtp_protect failed");
+    d->sent++;
+    return len;
+}
+
+static void rtp_received(struct dir *d, uint8_t *p, int len, int rate)
+{
+    if (len < 12 + 8 + 10 || (p[0] & 0xC0) != 0x80) {
+        d->bad++;
+        return;
+    }
+    if (srtp_unprotect(d->rx, p, &len) != srtp_err_status_ok) {
+        d->auth_fail++;
+        return;
+    }
+    double sent;
+    memcpy(&sent, p + 12, sizeof(sent));
+    double lat = now_s() - sent;
+    d->received++;
+    d->lat_sum += lat;
+    if (lat > d->lat_max)
+        d->lat_max = lat;
+    /* RFC 3550 6.4.1 interarrival jitter, with the exact send time in place of the RTP
+     * timestamp: the variation the relay adds, not the sender's scheduling (in ms). */
+    double transit = lat * 1000.0;
+    (void)rate;
+    if (d->have_transit) {
+        double dd = fabs(transit - d->last_transit);
+        d->jitter += (dd - d->jitter) / 16.0;
+    }
+    d->last_transit = transit;
+    d->have_transit = true;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: av-probe --external HOST:PORT --internal HOST:PORT "
+                    "(--secret S | --user U --password P) [--streams N] [--rate PPS] "
+                    "[--seconds S] [--size BYTES]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.streams = 1, .rate = 50, .seconds = 5, .size = 160};
+    static const struct option lo[] = {
+        {"external", 1, 0, 'e'}, {"internal", 1, 0, 'i'}, {"secret", 1, 0, 's'},
+        {"user", 1, 0, 'u'},     {"password", 1, 0, 'p'}, {"streams", 1, 0, 'n'},
+        {"rate", 1, 0, 'r'},     {"seconds", 1, 0, 't'},  {"size", 1, 0, 'z'},
+        {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+    bool have_ext = false, have_in = false;
+    for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
+        switch (c) {
+        case 'e': have_ext = addr_parse(&o.ext, optarg, 3478) == 0; break;
+        case 'i': have_in = addr_parse(&o.in, optarg, 3478) == 0; break;
+        case 's': o.secret = optarg; break;
+        case 'u': o.user = optarg; break;
+        case 'p': o.password = optarg; break;
+        case 'n': o.streams = atoi(optarg); break;
+        case 'r': o.rate = atoi(optarg); break;
+        case 't': o.seconds = atof(optarg); break;
+        case 'z': o.size = atoi(optarg); break;
+        default: usage();
+        }
+    }
+    if (!have_ext || !have_in || (!o.secret && (!o.user || !o.password)) || o.streams < 1 ||
+        o.streams > 500 || o.rate < 1 || o.rate > 1000 || o.seconds <= 0 || o.seconds > 3600 ||
+        o.size < 16 || o.size > 1200)
+        usage();
+    if (srtp_init() != srtp_err_status_ok)
+        die("srtp_init failed");
+
+    struct stream *st = calloc((size_t)o.streams, sizeof(*st));
+    char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
+    for (int i = 0; i < o.streams; i++) {
+        struct stream *s = &st[i];
+        if (client_open(&s->in, &o.in, &o, 2 * i) || client_open(&s->ext, &o.ext, &o, 2 * i + 1))
+            die("socket failed");
+        int code = client_allocate(&s->in);
+        if (code)
+            fprintf(stderr, "av-probe: internal Allocate failed: %d\n", code), exit(2);
+        code = client_allocate(&s->ext);
+        if (code)
+            fprintf(stderr, "av-probe: external Allocate failed: %d\n", code), exit(2);
+        /* The internal user admits the external user's address. */
+        uint8_t resp[1500];
+        struct stun_msg m;
+        code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, resp, sizeof(resp), &m);
+        if (!code)
+            code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, resp, sizeof(resp), &m);
+        if (code)
+            fprintf(stderr, "av-probe: permission for the external user failed: %d\n", code), exit(2);
+        srtp_pair(&s->out_in, 0x10000000u + (uint32_t)i);
+        srtp_pair(&s->in_out, 0x20000000u + (uint32_t)i);
+        if (i == 0)
+            printf("stream 0: internal relay %s, external relay %s (media: external host <-> "
+                   "internal relay)\n",
+                   addr_format(&s->in.relay, a1), addr_format(&s->ext.relay, a2));
+    }
+
+    struct pollfd *pf = calloc((size_t)o.streams * 2, sizeof(*pf));
+    for (int i = 0; i < o.streams; i++) {
+        pf[2 * i] = (struct pollfd){st[i].ext.fd, POLLIN, 0};
+        pf[2 * i + 1] = (struct pollfd){st[i].in.fd, POLLIN, 0};
+    }
+    double t0 = now_s(), interval = 1.0 / o.rate, next = t0, end = t0 + o.seconds;
+    uint8_t buf[2048];
+    for (;;) {
+        double t = now_s();
+        /* Catch up on ticks a slow iteration missed, so each stream sends exactly
+         * rate x seconds packets. */
+        while (t >= next && next < end) {
+            for (int i = 0; i < o.streams; i++) {
+                struct stream *s = &st[i];
+                /* external host -> internal user's relay */
+                int n = rtp_next(&s->out_in, buf, o.size);
+                sendto(s->ext.fd, buf, (size_t)n, 0, &s->in.relay.u.sa, addr_len(&s->in.relay));
+                /* internal user -> ChannelData -> relay -> external host */
+                n = rtp_next(&s->in_out, buf + 4, o.size);
+                stun_chandata_header(buf, CHANNEL, (size_t)n);
+                sendto(s->in.fd, buf, (size_t)n + 4, 0, &s->in.server.u.sa, addr_len(&s->in.server));
+            }
+            next += interval;
+        }
+        /* After the last send, wait for stragglers (up to 3 s) until everything is in. */
+        if (t >= end) {
+            uint64_t sent = 0, got = 0;
+            for (int i = 0; i < o.streams; i++)
+                sent += st[i].out_in.sent + st[i].in_out.sent,
+                    got += st[i].out_in.received + st[i].in_out.received + st[i].out_in.auth_fail +
+                           st[i].in_out.auth_fail;
+            if (got >= sent || t >= end + 3.0)
+                break;
+        }
+        int wait_ms = next < end ? (int)((next - now_s()) * 1000) : 50;
+        if (poll(pf, (nfds_t)o.streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
+            continue;
+        for (int i = 0; i < o.streams * 2; i++) {
+            if (!(pf[i].revents & POLLIN))
+                continue;
+            struct stream *s = &st[i / 2];
+            ssize_t r;
+            while ((r = recv(pf[i].fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+                if (i % 2 == 0) {
+                    rtp_received(&s->in_out, buf, (int)r, o.rate);
+                } else if (stun_is_chandata(buf, (size_t)r)) {
+                    uint16_t ch;
+                    struct slice d;
+                    if (stun_chandata_parse(buf, (size_t)r, false, &ch, &d) > 0)
+                        rtp_received(&s->out_in, (uint8_t *)d.p, (int)d.len, o.rate);
+                } else {
+                    s->out_in.bad++;
+                }
+            }
+        }
+    }
+
+    uint64_t sent = 0, got = 0, auth = 0, bad = 0;
+    double lat = 0, lat_max = 0, jit = 0;
+    for (int i = 0; i < o.streams; i++) {
+        struct dir *ds[2] = {&st[i].out_in, &st[i].in_out};
+        for (int k = 0; k < 2; k++) {
+            sent += ds[k]->sent;
+            got += ds[k]->received;
+            auth += ds[k]->auth_fail;
+            bad += ds[k]->bad;
+            lat += ds[k]->lat_sum;
+            if (ds[k]->lat_max > lat_max)
+                lat_max = ds[k]->lat_max;
+            jit += ds[k]->jitter;
+            srtp_dealloc(ds[k]->tx);
+            srtp_dealloc(ds[k]->rx);
+        }
+        client_release(&st[i].in);
+        client_release(&st[i].ext);
+    }
+    double loss = sent ? 100.0 * (double)(sent - got) / (double)sent : 0;
+    printf("streams=%d rate=%d secs=%.1f sent=%llu received=%llu loss_pct=%.3f auth_failures=%llu "
+           "malformed=%llu jitter_ms=%.3f added_latency_ms_avg=%.3f added_latency_ms_max=%.3f\n",
+           o.streams, o.rate, o.seconds, (unsigned long long)sent, (unsigned long long)got, loss,
+           (unsigned long long)auth, (unsigned long long)bad, jit / (2.0 * o.streams),
+           got ? 1000.0 * lat / (double)got : 0, 1000.0 * lat_max);
+    free(pf);
+    free(st);
+    srtp_shutdown();
+    return (sent == got && auth == 0 && bad == 0) ? 0 : 1;
+}
