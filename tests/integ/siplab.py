@@ -120,8 +120,25 @@ next_hop: {nh}
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  cwd=self.t.tmp)
             self.t.addCleanup(lambda: p.poll() is None and p.kill())
+            if not target and transport == "u1":
+                wait_udp_bound(ip, port)  # a UAS must listen before anyone sends to it
             return p
         return self.t.run_tool(argv, timeout=timeout + 10)
+
+
+def udp_port_taken(ip, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((ip, port))
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+def wait_udp_bound(ip, port, timeout=10.0):
+    wait_for(lambda: udp_port_taken(ip, port), timeout=timeout, what=f"sipp on {ip}:{port}")
 
 
 def digest(alg, user, realm, pw, method, uri, nonce, nc, cnonce, qop):
