@@ -74,9 +74,66 @@ int av_shared_init(struct av_shared *s)
     return crypto_random(s->nonce_key, sizeof(s->nonce_key));
 }
 
+struct av_user_count {
+    struct av_user_count *next;
+    uint32_t n;
+    char name[AV_USERNAME_MAX];
+};
+
+static size_t user_bucket(const char *u)
+{
+    uint64_t h = 1469598103934665603ull;
+    while (*u)
+        h = (h ^ (uint8_t)*u++) * 1099511628211ull;
+    return (size_t)(h % AV_SHARED_USER_BUCKETS);
+}
+
 void av_shared_fini(struct av_shared *s)
 {
+    for (size_t i = 0; i < AV_SHARED_USER_BUCKETS; i++) {
+        while (s->users[i]) {
+            struct av_user_count *u = s->users[i];
+            s->users[i] = u->next;
+            free(u);
+        }
+    }
     pthread_mutex_destroy(&s->mu);
+}
+
+bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota)
+{
+    bool ok = true;
+    pthread_mutex_lock(&s->mu);
+    struct av_user_count **pp = &s->users[user_bucket(user)];
+    while (*pp && strcmp((*pp)->name, user) != 0)
+        pp = &(*pp)->next;
+    if (!*pp) {
+        struct av_user_count *u = calloc(1, sizeof(*u));
+        if (u) {
+            snprintf(u->name, sizeof(u->name), "%s", user);
+            *pp = u;
+        }
+    }
+    if (!*pp || (quota && (*pp)->n >= quota))
+        ok = false;
+    else
+        (*pp)->n++;
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+void av_shared_user_give(struct av_shared *s, const char *user)
+{
+    pthread_mutex_lock(&s->mu);
+    struct av_user_count **pp = &s->users[user_bucket(user)];
+    while (*pp && strcmp((*pp)->name, user) != 0)
+        pp = &(*pp)->next;
+    if (*pp && (*pp)->n && --(*pp)->n == 0) {
+        struct av_user_count *u = *pp;
+        *pp = u->next;
+        free(u);
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
@@ -143,6 +200,7 @@ static void hook_free(struct av_alloc *a, void *arg)
     if (t->io.close)
         t->io.close(t->io.arg, a);
     __atomic_sub_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
+    av_shared_user_give(t->sh, a->user->name);
 }
 
 static void hook_resv_free(void *handle, void *arg)
@@ -534,17 +592,17 @@ static int do_allocate(struct req *r)
         log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
         return reply_error(r, 440);
     }
-    struct av_user *u = av_user_find(t->tab, r->user);
-    if (c->user_quota && u && u->n_allocs >= c->user_quota) {
-        t->st.quota_user++;
-        log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
-        return reply_error(r, 486);
-    }
     if (c->total_quota &&
         __atomic_load_n(&t->sh->allocs, __ATOMIC_RELAXED) >= (int64_t)c->total_quota) {
         t->st.quota_total++;
         log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
         return reply_error(r, 508);
+    }
+    /* Counted across workers; given back when the allocation goes (hook_free). */
+    if (!av_shared_user_take(t->sh, r->user, c->user_quota)) {
+        t->st.quota_user++;
+        log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
+        return reply_error(r, 486);
     }
     void *reserved = NULL;
     if (tok) {
@@ -554,6 +612,7 @@ static int do_allocate(struct req *r)
             token = token << 8 | v[i];
         reserved = av_reservation_take(t->tab, token, in->now_ms);
         if (!reserved) {
+            av_shared_user_give(t->sh, r->user);
             log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
             return reply_error(r, 508);
         }
@@ -565,6 +624,7 @@ static int do_allocate(struct req *r)
 
     a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
     if (!a) {
+        av_shared_user_give(t->sh, r->user);
         if (reserved && t->io.release)
             t->io.release(t->io.arg, reserved);
         return reply_error(r, 508);
