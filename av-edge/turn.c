@@ -88,8 +88,73 @@ static size_t user_bucket(const char *u)
     return (size_t)(h % AV_SHARED_USER_BUCKETS);
 }
 
+struct av_shared_resv {
+    struct av_shared_resv *next;
+    uint64_t token, expires_ms;
+    void *handle;
+    void (*release)(void *arg, void *handle);
+    void *arg;
+};
+
+static int resv_add(struct av_shared *s, uint64_t token, void *handle, uint64_t expires_ms,
+                    const struct av_relay_io *io)
+{
+    struct av_shared_resv *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    *r = (struct av_shared_resv){NULL, token, expires_ms, handle, io->release, io->arg};
+    pthread_mutex_lock(&s->mu);
+    r->next = s->resv;
+    s->resv = r;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void *resv_take(struct av_shared *s, uint64_t token, uint64_t now_ms)
+{
+    void *h = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (struct av_shared_resv **pp = &s->resv; *pp; pp = &(*pp)->next) {
+        if ((*pp)->token == token && (*pp)->expires_ms > now_ms) {
+            struct av_shared_resv *r = *pp;
+            *pp = r->next;
+            h = r->handle;
+            free(r);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+/* Releases reservations that expired by now_ms (all of them with UINT64_MAX). */
+static void resv_sweep(struct av_shared *s, uint64_t now_ms)
+{
+    struct av_shared_resv *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (struct av_shared_resv **pp = &s->resv; *pp;) {
+        struct av_shared_resv *r = *pp;
+        if (r->expires_ms <= now_ms) {
+            *pp = r->next;
+            r->next = gone;
+            gone = r;
+        } else {
+            pp = &r->next;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (gone) {
+        struct av_shared_resv *r = gone;
+        gone = r->next;
+        if (r->release)
+            r->release(r->arg, r->handle);
+        free(r);
+    }
+}
+
 void av_shared_fini(struct av_shared *s)
 {
+    resv_sweep(s, UINT64_MAX);
     for (size_t i = 0; i < AV_SHARED_USER_BUCKETS; i++) {
         while (s->users[i]) {
             struct av_user_count *u = s->users[i];
@@ -275,6 +340,7 @@ struct av_turn_stats *av_turn_stats(struct av_turn *t)
 
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms)
 {
+    resv_sweep(t->sh, now_ms);
     return av_alloc_sweep(t->tab, now_ms);
 }
 
@@ -610,7 +676,7 @@ static int do_allocate(struct req *r)
         uint64_t token = 0;
         for (int i = 0; i < 8; i++)
             token = token << 8 | v[i];
-        reserved = av_reservation_take(t->tab, token, in->now_ms);
+        reserved = resv_take(t->sh, token, in->now_ms);
         if (!reserved) {
             av_shared_user_give(t->sh, r->user);
             log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
@@ -656,7 +722,7 @@ static int do_allocate(struct req *r)
         crypto_random(&token, sizeof(token));
         if (!token)
             token = 1;
-        if (av_reservation_add(t->tab, token, resv_out, in->now_ms + RESERVATION_MS) == 0)
+        if (resv_add(t->sh, token, resv_out, in->now_ms + RESERVATION_MS, &t->io) == 0)
             a->token = token;
         else if (t->io.release)
             t->io.release(t->io.arg, resv_out);

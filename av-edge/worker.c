@@ -7,6 +7,7 @@
  * leave in sendmmsg batches per socket from a uv_check handle, after all reads of the
  * iteration. Nothing on the packet path allocates or logs. */
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <stdlib.h>
@@ -406,8 +407,14 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
 {
     struct av_worker *w = arg;
     int fi = family == AF_INET6;
-    struct av_relay_sock *rs = reserved_in;
-    if (!rs) {
+    struct av_relay_sock *rs = NULL;
+    if (reserved_in) {
+        /* A reservation is a bare bound fd (fd + 1 as the handle), so whichever worker
+         * receives the Allocate with the token can take it into its own loop. */
+        int rc = relay_sock_new(w, (int)((intptr_t)reserved_in - 1), &rs);
+        if (rc)
+            return rc;
+    } else {
         if (!w->relay_addr[fi].u.sa.sa_family)
             return -EAFNOSUPPORT;
         uint32_t n = worker_port_count(w);
@@ -443,13 +450,8 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
                 close(fd2);
             return rc;
         }
-        if (reserve_out) {
-            struct av_relay_sock *r2;
-            if (relay_sock_new(w, fd2, &r2) == 0)
-                *reserve_out = r2;
-            else
-                close(fd2);
-        }
+        if (reserve_out)
+            *reserve_out = (void *)(intptr_t)(fd2 + 1);
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -478,7 +480,7 @@ static void io_close(void *arg, struct av_alloc *a)
 
 static void io_release(void *arg, void *reserved)
 {
-    relay_sock_close(reserved);
+    close((int)((intptr_t)reserved - 1));
 }
 
 /* ---- TCP and TLS clients ---- */
