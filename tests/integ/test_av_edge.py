@@ -92,7 +92,7 @@ class TestStockClients(AvEdgeTest):
         out = p.stdout.decode() + p.stderr.decode()
         self.assertIn("Total lost packets 0 (0.000000%)", out, out[-2000:])
         sent = re.findall(r"tot_send_msgs=(\d+)", out)
-        self.assertTrue(sent and max(map(int, sent)) == n * m, out[-1000:])
+        self.assertTrue(sent and max(map(int, sent)) >= n * m, out[-1000:])
         return out
 
     def test_uclient_udp_rest_credentials(self):
