@@ -474,8 +474,8 @@ static void io_close(void *arg, struct av_alloc *a)
             a->relay[i].handle = NULL;
         }
     }
-    if (a->conn && !w->closing)
-        stream_close(a->conn, 0, "allocation deleted");
+    /* A TCP/TLS client's connection outlives its allocation (the Refresh answer is still to
+     * be written, and the client may allocate again on it). */
 }
 
 static void io_release(void *arg, void *reserved)

@@ -333,6 +333,9 @@ class TestEnterpriseFlow(AvEdgeTest):
         peer.sendto(b"abcde", c.relay)  # 5 bytes: padded to 12 on the stream
         self.assertEqual(c.recv_data(), ("channel", 0x4002, b"abcde"))
         wait_for(lambda: self.edge.metrics()["av_edge_allocations"] == 1, what="gauge at 1")
+        # Refresh 0 over TCP is answered on the same connection, which stays usable.
+        self.assertEqual(c.refresh(0).code, 0)
+        self.assertEqual(c.allocate().code, 0)
         c.close()
         wait_for(lambda: self.edge.metrics()["av_edge_allocations"] == 0, what="gauge at 0")
 
