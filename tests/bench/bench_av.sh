@@ -25,7 +25,7 @@ trap cleanup EXIT
 free_port() { python3 -c '
 import socket
 while True:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
     try:
         for h in ("127.0.0.1", "127.0.0.13"):
             for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
