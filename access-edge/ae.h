@@ -19,6 +19,10 @@ struct ae_side_config {
     size_t ntls;
     struct addr *mtls; /* mutual TLS (federation outside; the Director inside) */
     size_t nmtls;
+    struct addr *ws;   /* SIP over WebSocket, plain (labs, or behind a TLS terminator) */
+    size_t nws;
+    struct addr *wss;  /* SIP over secure WebSocket (RFC 7118), browser clients */
+    size_t nwss;
     struct tls_files_config certs;
 };
 
@@ -28,6 +32,9 @@ struct ae_next_hop_config {
     struct addr address;
     int transport; /* enum ae_transport */
     char *server_name;
+    struct addr *backups; /* other Directors, tried in order when the first is down */
+    size_t nbackups;
+    uint64_t health_interval_ms; /* OPTIONS to each Director this often */
 };
 
 struct ae_limits_config {
@@ -42,9 +49,17 @@ struct ae_limits_config {
     uint32_t rate;  /* requests per second per external address */
     uint32_t burst;
     uint32_t max_transactions;
+    uint64_t overload_lag_ms; /* loop lag that makes new dialogs get 503 (0 = never) */
+};
+
+struct ae_static_route {
+    char *domain;
+    struct addr address; /* the partner's edge, mutual TLS */
 };
 
 struct ae_federation_config {
+    struct ae_static_route *routes; /* partners reached without DNS */
+    size_t nroutes;
     char **allow;
     size_t nallow;
     char **block;
@@ -62,6 +77,7 @@ struct ae_config {
     char **domains;
     size_t ndomains;
     char *fqdn;
+    bool topology_hiding; /* inside Vias leave sealed in ours (restored on responses) */
     struct ae_side_config external;
     struct ae_side_config internal;
     struct ae_next_hop_config next_hop;
@@ -81,6 +97,9 @@ int ae_reload(struct ae *ae, const struct ae_config *cfg);
 /* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction
  * is left (checked every second), or at once if none is. */
 void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg);
+/* Open TCP/TLS connections and INVITE transactions in flight (for load reports). */
+size_t ae_connection_count(const struct ae *ae);
+size_t ae_transaction_count(const struct ae *ae);
 /* Closes everything; frees once the handles are closed. */
 void ae_stop(struct ae *ae);
 

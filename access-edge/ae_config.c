@@ -15,6 +15,10 @@ static const struct cfg_key ext_keys[] = {
      .help = "SIP over TLS listeners for remote users (443, 5061)"},
     {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .min = 5061, .count_offset = SIDE(nmtls),
      .help = "SIP over mutual TLS listeners for federated partners"},
+    {"ws", CFG_ADDRLIST, SIDE(ws), NULL, .min = 80, .count_offset = SIDE(nws),
+     .help = "SIP over WebSocket listeners (plain; labs or behind a TLS terminator)"},
+    {"wss", CFG_ADDRLIST, SIDE(wss), NULL, .min = 8443, .count_offset = SIDE(nwss),
+     .help = "SIP over secure WebSocket listeners (RFC 7118) for browser clients"},
     {"certs", CFG_SECTION, SIDE(certs), .sub = tls_files_keys,
      .help = "the edge's external certificate; ca verifies partners"},
     CFG_END,
@@ -43,6 +47,12 @@ static const struct cfg_key next_hop_keys[] = {
      .choices = transports, .help = "udp, tcp or tls (mutual TLS with internal.certs)"},
     {"server_name", CFG_STR, offsetof(struct ae_next_hop_config, server_name), "director",
      .help = "name to verify on the Director's certificate"},
+    {"backups", CFG_ADDRLIST, offsetof(struct ae_next_hop_config, backups), NULL, .min = 5060,
+     .count_offset = offsetof(struct ae_next_hop_config, nbackups),
+     .help = "other Directors (same transport), used in order while the first is down"},
+    {"health_interval", CFG_DURATION, offsetof(struct ae_next_hop_config, health_interval_ms),
+     "5s", .min = 100, .max = 3600000,
+     .help = "OPTIONS to each Director this often; two unanswered intervals mark it down"},
     CFG_END,
 };
 
@@ -70,10 +80,25 @@ static const struct cfg_key limit_keys[] = {
      .help = "burst allowance for the per-address rate"},
     {"max_transactions", CFG_UINT, LIM(max_transactions), "65536", .min = 16, .max = 4000000,
      .help = "INVITE transactions in flight (503 above)"},
+    {"overload_lag", CFG_DURATION, LIM(overload_lag_ms), "0", .min = 0, .max = 60000,
+     .help = "when the event loop runs this late, new INVITE/REGISTER/SUBSCRIBE get 503 "
+             "(connections stay up); 0 (default) turns it off"},
+    CFG_END,
+};
+
+static const struct cfg_key route_keys[] = {
+    {"domain", CFG_STR, offsetof(struct ae_static_route, domain), NULL, .required = true,
+     .help = "partner SIP domain"},
+    {"address", CFG_ADDR, offsetof(struct ae_static_route, address), NULL, .min = 5061,
+     .required = true, .help = "the partner edge's mutual TLS address"},
     CFG_END,
 };
 
 static const struct cfg_key fed_keys[] = {
+    {"routes", CFG_LIST, offsetof(struct ae_federation_config, routes), NULL, .sub = route_keys,
+     .elem_size = sizeof(struct ae_static_route),
+     .count_offset = offsetof(struct ae_federation_config, nroutes),
+     .help = "static routes to partners (no DNS); the domain must also be allowed"},
     {"allow", CFG_STRLIST, offsetof(struct ae_federation_config, allow), NULL,
      .count_offset = offsetof(struct ae_federation_config, nallow),
      .help = "partner domains allowed over mutual TLS"},
@@ -105,6 +130,8 @@ const struct cfg_key ae_config_keys[] = {
      .help = "SIP domains served inside (requests from outside for others get 403)"},
     {"fqdn", CFG_STR, offsetof(struct ae_config, fqdn), "edge.example.com",
      .help = "the edge's name, in Warning and trust headers"},
+    {"topology_hiding", CFG_BOOL, offsetof(struct ae_config, topology_hiding), "false",
+     .help = "toward the Internet, seal the inside's Via headers into the edge's own"},
     {"external", CFG_SECTION, offsetof(struct ae_config, external), .sub = ext_keys,
      .help = "listeners facing the Internet"},
     {"internal", CFG_SECTION, offsetof(struct ae_config, internal), .sub = int_keys,
@@ -125,11 +152,12 @@ int ae_config_validate(const void *cfg, struct cfg_err *err)
         cfg_errorf(cfg, err, "domains", "at least one SIP domain is needed");
         return -EINVAL;
     }
-    if (c->external.nudp + c->external.ntcp + c->external.ntls + c->external.nmtls == 0) {
+    if (c->external.nudp + c->external.ntcp + c->external.ntls + c->external.nmtls +
+            c->external.nws + c->external.nwss == 0) {
         cfg_errorf(cfg, err, "external", "no external listener");
         return -EINVAL;
     }
-    if ((c->external.ntls || c->external.nmtls) && !c->external.certs.cert) {
+    if ((c->external.ntls || c->external.nmtls || c->external.nwss) && !c->external.certs.cert) {
         cfg_errorf(cfg, err, "external.certs.cert", "TLS listeners need a certificate");
         return -EINVAL;
     }

@@ -14,6 +14,7 @@
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
 #include "access-edge/sip_validate.h"
+#include "access-edge/sip_ws.h"
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -40,7 +41,7 @@ struct ae_listener {
     uv_tcp_t h;
     struct ae *ae;
     uint8_t side, tp;
-    bool mtls;
+    bool mtls, ws;
     struct addr local;
 };
 
@@ -50,9 +51,12 @@ struct ae_conn {
     uint32_t id;
     uint8_t side, tp;
     bool mtls, open, outbound;
+    bool ws, ws_open; /* RFC 7118: WebSocket framing, after the upgrade */
     enum sip_source src;
     int partner; /* index in ae->partners for a discovered partner, -1 before its first request */
     struct addr peer;
+    struct addr alias; /* RFC 5923: the peer's listening address, from ;alias in its Via */
+    bool has_alias;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
     char names[AE_NAMES_MAX][128];
@@ -101,7 +105,18 @@ struct ae {
     struct ae_conn **conns; /* by id & (conn_cap - 1) */
     size_t conn_cap, nconns;
     uint32_t next_id;
-    uint32_t director_conn;
+#define AE_DIRECTORS_MAX 8
+    struct {
+        uint32_t conn;      /* stream connection to it, 0 if none */
+        uint64_t last_ok;   /* when it last answered (ms) */
+        bool up;
+    } dirs[AE_DIRECTORS_MAX];
+    size_t ndirs;
+    uv_timer_t health;
+    uv_timer_t lag;          /* fires every 20 ms; lateness measures saturation */
+    uint64_t lag_expected;   /* uv_hrtime ns when it should fire */
+    uint64_t overloaded_until; /* ms (loop clock) */
+    struct metric *m_dir_up[AE_DIRECTORS_MAX];
 
     struct ae_txn_table *txns;
     uv_timer_t sweep;
@@ -122,6 +137,7 @@ struct ae {
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
+    struct sip_msg msg2; /* a message the edge built, when it must read it back */
     uint8_t out[AE_OUT_CAP];
     uint8_t mmsg[AE_MMSG_BUF];
 };
@@ -181,8 +197,12 @@ static void conn_unregister(struct ae *ae, struct ae_conn *c)
         ae->nconns--;
         metric_set(ae->m_conns, (int64_t)ae->nconns);
     }
-    if (ae->director_conn == c->id)
-        ae->director_conn = 0;
+    for (size_t i = 0; i < ae->ndirs; i++)
+        if (ae->dirs[i].conn == c->id) {
+            ae->dirs[i].conn = 0;
+            if (!c->open) /* never connected: down now, not at the next check */
+                ae->dirs[i].up = false;
+        }
 }
 
 static size_t conns_from(struct ae *ae, const struct addr *a)
@@ -244,6 +264,14 @@ static int udp_send(struct ae_udp *u, const struct addr *to, const uint8_t *p, s
 
 static int conn_send(struct ae_conn *c, const uint8_t *p, size_t n)
 {
+    if (c->ws) {
+        /* One SIP message per WebSocket message, as text (RFC 7118 §5). */
+        uint8_t h[10];
+        size_t hl = sip_ws_header(SIP_WS_TEXT, n, h);
+        int r = stream_write(c->s, h, hl);
+        if (r < 0)
+            return r;
+    }
     int rc = stream_write(c->s, p, n);
     if (rc == -ENOBUFS) {
         /* The peer does not read: shed this message, keep the connection (a slow
@@ -428,6 +456,11 @@ static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const 
         ae_reject(ae, o, m, &v, NULL);
         return 1;
     }
+    for (size_t i = 0; i < fc->nroutes; i++)
+        if (strcasecmp(fc->routes[i].domain, domain) == 0) {
+            *to = fc->routes[i].address;
+            return 0;
+        }
     int c = ae->dns ? ae_dns_cached(ae->dns, domain, 60000, to) : -ENOENT;
     if (c == 1)
         return 0;
@@ -453,6 +486,53 @@ static int ae_federation_target(struct ae *ae, const struct ae_origin *o, const 
     return 1;
 }
 
+static struct addr director_addr(const struct ae_config *cfg, size_t k)
+{
+    return k == 0 ? cfg->next_hop.address : cfg->next_hop.backups[k - 1];
+}
+
+/* Health checks use branches no real transaction has: this prefix XOR the Director index. */
+#define AE_HEALTH_MAGIC 0x4ea1700000000000ULL
+
+static void on_health(uv_timer_t *t)
+{
+    struct ae *ae = t->data;
+    const struct ae_config *cfg = ae->cfg;
+    uint64_t now = uv_now(ae->loop);
+    for (size_t k = 0; k < ae->ndirs; k++) {
+        /* Two intervals without an answer: down (until it answers again). */
+        if (ae->dirs[k].up && now - ae->dirs[k].last_ok > 2 * cfg->next_hop.health_interval_ms + 50) {
+            ae->dirs[k].up = false;
+            struct addr a = director_addr(cfg, k);
+            LOGW(ae->log, &a, "sip: Director not answering: down");
+        }
+        metric_set(ae->m_dir_up[k], ae->dirs[k].up);
+        struct ae_dest d = {.side = AE_INT, .tp = (uint8_t)cfg->next_hop.transport,
+                            .addr = director_addr(cfg, k), .conn_id = ae->dirs[k].conn};
+        const struct addr *via = side_addr(ae, AE_INT, d.tp);
+        if (!via)
+            continue;
+        if (d.tp != AE_TP_UDP && !conn_get(ae, d.conn_id)) {
+            struct ae_conn *c;
+            if (ae_connect(ae, AE_INT, d.tp, &d.addr, cfg->next_hop.server_name, &c) < 0)
+                continue;
+            ae->dirs[k].conn = d.conn_id = c->id;
+        }
+        char hs[ADDR_STRLEN], ds[ADDR_STRLEN], br[SIP_BRANCH_MAX];
+        addr_format(via, hs);
+        addr_format(&d.addr, ds);
+        sip_branch_format(AE_HEALTH_MAGIC ^ k, 0, br);
+        char msg[768];
+        int n = snprintf(msg, sizeof(msg),
+                         "OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/%s %s;branch=%s\r\n"
+                         "From: <sip:%s>;tag=health\r\nTo: <sip:%s>\r\nCall-ID: health-%llu@%s\r\n"
+                         "CSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\nContent-Length: 0\r\n\r\n",
+                         ds, tp_name(d.tp), hs, br, cfg->fqdn, ds, (unsigned long long)now, hs);
+        if (n > 0 && (size_t)n < sizeof(msg))
+            ae_send(ae, &d, (const uint8_t *)msg, (size_t)n);
+    }
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
@@ -460,10 +540,16 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     const struct ae_config *cfg = ae->cfg;
     /* Where it goes. */
     if (r->kind == SIP_ROUTE_DIRECTOR) {
+        /* The first Director that answers its health checks, in configured order. */
+        size_t k = 0;
+        while (k < ae->ndirs && !ae->dirs[k].up)
+            k++;
+        if (k == ae->ndirs)
+            k = 0; /* none known up: try the first rather than refuse */
         dest.side = AE_INT;
         dest.tp = (uint8_t)cfg->next_hop.transport;
-        dest.addr = cfg->next_hop.address;
-        dest.conn_id = dest.tp == AE_TP_UDP ? 0 : ae->director_conn;
+        dest.addr = director_addr(cfg, k);
+        dest.conn_id = dest.tp == AE_TP_UDP ? 0 : ae->dirs[k].conn;
         if (dest.tp != AE_TP_UDP && !conn_get(ae, dest.conn_id)) {
             struct ae_conn *c;
             if (ae_connect(ae, AE_INT, dest.tp, &dest.addr, cfg->next_hop.server_name, &c) < 0) {
@@ -472,7 +558,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
                 ae_reject(ae, o, m, &v, "Retry-After: 5\r\n");
                 return;
             }
-            ae->director_conn = dest.conn_id = c->id;
+            ae->dirs[k].conn = dest.conn_id = c->id;
         }
     } else if (r->kind == SIP_ROUTE_FLOW) {
         struct sip_flow f;
@@ -504,7 +590,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         if (dest.tp != AE_TP_UDP) {
             for (size_t i = 0; i < ae->conn_cap; i++) {
                 struct ae_conn *c = ae->conns[i];
-                if (c && c->side == AE_EXT && addr_eq(&c->peer, &dest.addr)) {
+                if (c && c->side == AE_EXT &&
+                    (addr_eq(&c->peer, &dest.addr) || (c->has_alias && addr_eq(&c->alias, &dest.addr)))) {
                     dest.conn_id = c->id;
                     dest.tp = c->tp;
                     break;
@@ -557,16 +644,44 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
 
     /* The lines we add: our Via, Record-Route on both interfaces (RFC 5658), Path for a
      * REGISTER from outside (RFC 3327), the trust marking for the inside. */
-    char ins[2048];
+    char ins[8192];
     size_t n = 0;
-    const struct addr *via_a = side_addr(ae, dest.side, dest.tp);
+    struct ae_conn *dc = conn_get(ae, dest.conn_id);
+    /* RFC 5923: offer our partner connections for reuse in the other direction, naming the
+     * federation (mutual TLS) listener as our sent-by. */
+    bool alias = dest.side == AE_EXT && dest.tp == AE_TP_TLS && (!dc || dc->mtls) &&
+                 !(dc && dc->ws) && cfg->external.nmtls > 0;
+    const struct addr *via_a = alias ? &cfg->external.mtls[0] : side_addr(ae, dest.side, dest.tp);
     if (!via_a)
         return;
     char hs[ADDR_STRLEN], br[SIP_BRANCH_MAX];
     addr_format(via_a, hs);
     sip_branch_format(h, cid, br);
-    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s\r\n",
-                          tp_name(dest.tp), hs, br);
+    const char *vtp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : tp_name(dest.tp);
+    /* Topology hiding toward the Internet: the inside's Vias travel sealed in ours. */
+    bool hide = cfg->topology_hiding && o->side != AE_EXT && dest.side == AE_EXT;
+    char seal[6000] = "";
+    if (hide) {
+        char vias[4096];
+        size_t vl = 0;
+        for (uint16_t i = 0; i < m->nhdr; i++) {
+            const struct sip_hdr *vh = &m->hdr[i];
+            size_t ll = vh->line_end - vh->line_off;
+            if (vh->id != SIP_H_VIA)
+                continue;
+            if (vl + ll > sizeof(vias)) {
+                hide = false;
+                break;
+            }
+            memcpy(vias + vl, m->buf + vh->line_off, ll);
+            vl += ll;
+        }
+        if (hide && sip_seal(ae->flow_key, uv_hrtime() ^ h, slice_make(vias, vl), seal,
+                             sizeof(seal)) < 0)
+            hide = false;
+    }
+    n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s%s%s%s\r\n", vtp,
+                          hs, br, alias ? ";alias" : "", hide ? ";ae-th=" : "", hide ? seal : "");
     bool from_ext = o->side == AE_EXT;
     struct ae_dest ext_peer = {0};
     if (from_ext) {
@@ -588,6 +703,12 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         const struct addr *ia = side_addr(ae, AE_INT, itp);
         if (ea && ia) {
             fmt_uri_host(ea, from_ext ? o->tp : dest.tp, ext_u, sizeof(ext_u), false);
+            struct ae_conn *wc = from_ext ? o->conn : dc;
+            if (wc && wc->ws) {
+                char h2[ADDR_STRLEN];
+                snprintf(ext_u, sizeof(ext_u), "%s;lr;transport=%s", addr_format(ea, h2),
+                         wc->tp == AE_TP_TLS ? "wss" : "ws");
+            }
             fmt_uri_host(ia, itp, int_u, sizeof(int_u), false);
             /* The interface facing the next hop goes on top. */
             if (from_ext)
@@ -614,7 +735,9 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     }
     if (n >= sizeof(ins))
         return;
-    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop, .src = o->peer, .strip_trust = true};
+    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop,
+                              .src = hide ? NULL : o->peer, .strip_trust = true,
+                              .drop_vias = hide};
     ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
         struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
@@ -651,6 +774,16 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         return;
     }
     struct slice cm = sip_cseq_method(m);
+    if ((h & ~0xffULL) == AE_HEALTH_MAGIC && cid == 0 && slice_eq_str(cm, "OPTIONS")) {
+        size_t k = (size_t)(h & 0xff);
+        if (k < ae->ndirs) {
+            if (!ae->dirs[k].up)
+                LOGI(ae->log, o->peer, "sip: Director answering: up");
+            ae->dirs[k].up = true;
+            ae->dirs[k].last_ok = uv_now(ae->loop);
+        }
+        return; /* any answer proves it alive; it goes no further */
+    }
     if (slice_eq_str(cm, "INVITE")) {
         if (m->status == 100)
             return; /* hop by hop: we sent our own */
@@ -664,6 +797,27 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         if (t && t->cancelled)
             return; /* we answered the CANCEL ourselves */
     }
+    /* Topology hiding: the Vias we sealed into ours come back in the order they were. */
+    char ins[4096 + 512];
+    size_t il = 0;
+    struct slice sealed;
+    bool restored = false;
+    if (o->side == AE_EXT && sip_param_find(sip_hdr_value(m, vh), "ae-th", &sealed)) {
+        ssize_t r = sip_unseal(ae->flow_key, sealed, (uint8_t *)ins, 4096);
+        if (r < 0) {
+            metric_inc(ae->m_dropped);
+            LOGI(ae->log, o->peer, "sip: response with a forged topology-hiding seal dropped");
+            return;
+        }
+        il = (size_t)r;
+        restored = true;
+    }
+    ins[il] = 0;
+    if (o->side == AE_EXT)
+        trust_line(ae, o, ins + il, sizeof(ins) - il);
+    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
+    if (len <= 0)
+        return;
     struct ae_dest dest = {0};
     dest.side = o->side == AE_EXT ? AE_INT : AE_EXT;
     if (cid) {
@@ -678,17 +832,21 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         dest.addr = c->peer;
     } else {
         dest.tp = AE_TP_UDP;
-        if (sip_response_next_hop(m, &dest.addr) < 0) {
+        int hr;
+        if (restored) {
+            /* The next hop is the first restored Via of the message we built. */
+            hr = sip_msg_scan(&ae->msg2, ae->out, (size_t)len, true, AE_OUT_CAP) > 0
+                     ? sip_response_hop_at(&ae->msg2, 0, &dest.addr)
+                     : -EINVAL;
+        } else {
+            hr = sip_response_next_hop(m, &dest.addr);
+        }
+        if (hr < 0) {
             metric_inc(ae->m_dropped);
             return;
         }
     }
-    char ins[512] = "";
-    if (o->side == AE_EXT)
-        trust_line(ae, o, ins, sizeof(ins));
-    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
-    if (len > 0)
-        ae_send(ae, &dest, ae->out, (size_t)len);
+    ae_send(ae, &dest, ae->out, (size_t)len);
 }
 
 static bool domain_listed(char *const *list, size_t n, const char *domain)
@@ -868,6 +1026,35 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
             return 0;
         }
     }
+    if (o->conn && o->conn->mtls && o->side == AE_EXT && m->is_request && !o->conn->has_alias) {
+        const struct sip_hdr *vh = sip_msg_find(m, SIP_H_VIA);
+        struct slice host, av;
+        uint16_t port;
+        char hb[ADDR_STRLEN];
+        if (vh && sip_param_find(sip_hdr_value(m, vh), "alias", &av) &&
+            sip_via_sent_by(sip_hdr_value(m, vh), &host, &port) &&
+            slice_to_cstr(host, hb, sizeof(hb)) == 0 &&
+            addr_parse(&o->conn->alias, hb, port ? port : 5061) == 0 &&
+            addr_host_eq(&o->conn->alias, o->peer)) {
+            /* Only for the address the connection really comes from (RFC 5923 §5 asks for
+             * the certificate to vouch; mutual TLS already did). */
+            if (port)
+                addr_set_port(&o->conn->alias, port);
+            o->conn->has_alias = true;
+        }
+    }
+    /* Past saturation: new dialogs and registrations get 503 at once (cheap, and the
+     * connection stays up); what is in progress (in-dialog, responses) still flows. */
+    const struct sip_hdr *toh = sip_msg_find(m, SIP_H_TO);
+    if (m->is_request && ae->overloaded_until > uv_now(ae->loop) && toh &&
+        (method_is(m, "INVITE") || method_is(m, "REGISTER") || method_is(m, "SUBSCRIBE")) &&
+        !sip_param_find(sip_hdr_value(m, toh), "tag", NULL) &&
+        !ae_txn_find(ae->txns, sip_branch_hash(ae->salt, m))) {
+        struct sip_verdict v = {503, "Service Unavailable", "overload", "Overloaded"};
+        ae_count_reject(ae, v.reason);
+        ae_reply(ae, o, m, 503, v.phrase, v.text, "Retry-After: 2\r\n");
+        return 0;
+    }
     struct sip_peer peer = {src, o->peer, o->conn ? o->conn->name_ptrs : NULL,
                             o->conn ? o->conn->nnames : 0};
     struct sip_verdict v;
@@ -947,6 +1134,78 @@ static void on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct 
 
 /* ---- streams ---- */
 
+/* WebSocket connections: the upgrade, then one SIP message per data frame. */
+static int on_ws_data(struct ae_conn *c)
+{
+    struct ae *ae = c->ae;
+    size_t cap = ae->cfg->limits.max_client_message;
+    for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
+        uint8_t *p = c->rb.data + c->rb.rd;
+        size_t len = buf_len(&c->rb);
+        if (!c->ws_open) {
+            char resp[512];
+            size_t rl = 0;
+            bool ok = false;
+            ssize_t n = sip_ws_handshake(p, len, resp, sizeof(resp), &rl, &ok);
+            if (n == -EAGAIN)
+                return 0;
+            if (n < 0) {
+                LOGI(ae->log, &c->peer, "sip: not a WebSocket upgrade, closing");
+                return -EBADMSG;
+            }
+            stream_write(c->s, resp, rl);
+            buf_consume(&c->rb, (size_t)n);
+            if (!ok) {
+                LOGI(ae->log, &c->peer, "sip: WebSocket upgrade refused");
+                stream_shutdown(c->s);
+                return 0;
+            }
+            c->ws_open = true;
+            continue;
+        }
+        struct sip_ws_frame f;
+        ssize_t n = sip_ws_decode(p, len, cap, &f);
+        if (n == -EAGAIN)
+            return 0;
+        if (n < 0) {
+            metric_inc(ae->m_unparseable);
+            LOGI(ae->log, &c->peer, "sip: bad WebSocket frame, closing");
+            return (int)n;
+        }
+        int rc = 0;
+        if (f.op == SIP_WS_PING) {
+            uint8_t h[10];
+            size_t hl = sip_ws_header(SIP_WS_PONG, f.len, h);
+            stream_write(c->s, h, hl);
+            stream_write(c->s, f.payload, f.len);
+        } else if (f.op == SIP_WS_CLOSE) {
+            uint8_t h[10];
+            size_t hl = sip_ws_header(SIP_WS_CLOSE, 0, h);
+            stream_write(c->s, h, hl);
+            stream_shutdown(c->s);
+        } else if ((f.op == SIP_WS_TEXT || f.op == SIP_WS_BINARY) && f.fin) {
+            ssize_t r = sip_msg_scan(&ae->msg, f.payload, f.len, true, cap);
+            if (r < 0) {
+                metric_inc(ae->m_unparseable);
+                LOGI(ae->log, &c->peer, "sip: unparseable WebSocket message, closing");
+                return -EBADMSG;
+            }
+            struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+            rc = ae_handle(ae, &o, &ae->msg);
+        } else if (f.op != SIP_WS_PONG) {
+            /* Fragmented SIP messages are not expected from SIP clients (RFC 7118 §5). */
+            LOGI(ae->log, &c->peer, "sip: fragmented WebSocket message, closing");
+            return -EBADMSG;
+        }
+        buf_consume(&c->rb, (size_t)n);
+        if (rc < 0)
+            return rc;
+        if (!conn_get(ae, c->id))
+            break;
+    }
+    return 0;
+}
+
 static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
 {
     struct ae_conn *c = arg;
@@ -955,6 +1214,8 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
         LOGI(ae->log, &c->peer, "sip: message over the size limit, closing");
         return -EMSGSIZE;
     }
+    if (c->ws)
+        return on_ws_data(c);
     size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
                                                : ae->cfg->limits.max_server_message;
     for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
@@ -1103,6 +1364,7 @@ static void on_accept(uv_stream_t *server, int status)
         return;
     }
     c->local = l->local;
+    c->ws = l->ws;
     if (stream_accept(server, &so, &conn_cbs, c, &c->s) < 0) {
         conn_free(c);
         return;
@@ -1157,6 +1419,20 @@ static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr
 
 static void check_drained(struct ae *ae);
 
+static void on_lag(uv_timer_t *t)
+{
+    struct ae *ae = t->data;
+    uint64_t now = uv_hrtime();
+    uint64_t late_ms = now > ae->lag_expected ? (now - ae->lag_expected) / 1000000 : 0;
+    if (ae->cfg->limits.overload_lag_ms && late_ms >= ae->cfg->limits.overload_lag_ms) {
+        if (ae->overloaded_until < uv_now(ae->loop))
+            LOGW(ae->log, NULL, "sip: event loop %llu ms late: shedding new dialogs with 503",
+                 (unsigned long long)late_ms);
+        ae->overloaded_until = uv_now(ae->loop) + 500;
+    }
+    ae->lag_expected = now + 20 * 1000000ULL;
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ae *ae = t->data;
@@ -1172,7 +1448,8 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
     const struct ae_side_config *sides[2] = {&cfg->external, &cfg->internal};
     size_t n = 0;
     for (int s = 0; s < 2; s++)
-        n += sides[s]->nudp + sides[s]->ntcp + sides[s]->ntls + sides[s]->nmtls;
+        n += sides[s]->nudp + sides[s]->ntcp + sides[s]->ntls + sides[s]->nmtls + sides[s]->nws +
+             sides[s]->nwss;
     struct addr *own = calloc(n ? n : 1, sizeof(*own));
     const char **doms = calloc(cfg->ndomains, sizeof(*doms));
     if (!own || !doms) {
@@ -1191,6 +1468,10 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
             own[k++] = sc->tls[i];
         for (size_t i = 0; i < sc->nmtls; i++)
             own[k++] = sc->mtls[i];
+        for (size_t i = 0; i < sc->nws; i++)
+            own[k++] = sc->ws[i];
+        for (size_t i = 0; i < sc->nwss; i++)
+            own[k++] = sc->wss[i];
     }
     for (size_t i = 0; i < cfg->ndomains; i++)
         doms[i] = cfg->domains[i];
@@ -1290,7 +1571,8 @@ static int listen_udp(struct ae *ae, uint8_t side, const struct addr *a)
     return rc;
 }
 
-static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const struct addr *a)
+static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const struct addr *a,
+                      bool ws)
 {
     if (ae->nlst >= AE_LST_MAX)
         return -ENOSPC;
@@ -1299,6 +1581,7 @@ static int listen_tcp(struct ae *ae, uint8_t side, uint8_t tp, bool mtls, const 
     l->side = side;
     l->tp = tp;
     l->mtls = mtls;
+    l->ws = ws;
     l->local = *a;
     l->h.data = l;
     int rc = stream_listen(ae->loop, &l->h, a, 1024, false, on_accept);
@@ -1382,7 +1665,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 
     /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
     const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
-    if (ex->ntls)
+    if (ex->ntls || ex->nwss)
         rc = make_tls(ae, &ex->certs, true, false, &ae->tls_ext);
     if (rc == 0 && ex->nmtls)
         rc = make_tls(ae, &ex->certs, true, true, &ae->tls_ext_mtls);
@@ -1403,15 +1686,41 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
             if ((rc = listen_udp(ae, s, &sc->udp[i])) < 0)
                 LOGE(log, &sc->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->ntcp && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->tcp[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->tcp[i], false)) < 0)
                 LOGE(log, &sc->tcp[i], "sip: cannot listen (TCP): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->ntls && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->tls[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->tls[i], false)) < 0)
                 LOGE(log, &sc->tls[i], "sip: cannot listen (TLS): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->nws && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TCP, false, &sc->ws[i], true)) < 0)
+                LOGE(log, &sc->ws[i], "sip: cannot listen (WS): %s", uv_strerror(rc));
+        for (size_t i = 0; i < sc->nwss && rc == 0; i++)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, false, &sc->wss[i], true)) < 0)
+                LOGE(log, &sc->wss[i], "sip: cannot listen (WSS): %s", uv_strerror(rc));
         for (size_t i = 0; i < sc->nmtls && rc == 0; i++)
-            if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i])) < 0)
+            if ((rc = listen_tcp(ae, s, AE_TP_TLS, true, &sc->mtls[i], false)) < 0)
                 LOGE(log, &sc->mtls[i], "sip: cannot listen (mTLS): %s", uv_strerror(rc));
     }
+    ae->ndirs = 1 + cfg->next_hop.nbackups;
+    if (ae->ndirs > AE_DIRECTORS_MAX)
+        ae->ndirs = AE_DIRECTORS_MAX;
+    for (size_t k = 0; k < ae->ndirs; k++) {
+        char l[64];
+        snprintf(l, sizeof(l), "director=\"%zu\"", k);
+        ae->m_dir_up[k] = metrics_gauge(m, "sip_director_up",
+                                        "1 while the Director answers its health checks", l);
+        ae->dirs[k].up = k == 0; /* optimistic for the first until checks say otherwise */
+        ae->dirs[k].last_ok = uv_now(loop);
+    }
+    uv_timer_init(loop, &ae->lag);
+    ae->open_handles++;
+    ae->lag.data = ae;
+    ae->lag_expected = uv_hrtime() + 20 * 1000000ULL;
+    uv_timer_start(&ae->lag, on_lag, 20, 20);
+    uv_timer_init(loop, &ae->health);
+    ae->open_handles++;
+    ae->health.data = ae;
+    uv_timer_start(&ae->health, on_health, 10, cfg->next_hop.health_interval_ms);
     uv_timer_init(loop, &ae->sweep);
     ae->open_handles++;
     ae->sweep.data = ae;
@@ -1428,9 +1737,16 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 int ae_reload(struct ae *ae, const struct ae_config *cfg)
 {
     int rc = build_policy(ae, cfg);
-    if (rc == 0)
-        ae->cfg = cfg;
-    return rc;
+    if (rc < 0)
+        return rc;
+    ae->cfg = cfg;
+    /* Directors added by the reload start down until they answer; metrics for indexes past
+     * those registered at start are not created (bounded cardinality). */
+    size_t n = 1 + cfg->next_hop.nbackups;
+    for (size_t k = ae->ndirs; k < n && k < AE_DIRECTORS_MAX; k++)
+        memset(&ae->dirs[k], 0, sizeof(ae->dirs[k]));
+    ae->ndirs = n < AE_DIRECTORS_MAX ? n : AE_DIRECTORS_MAX;
+    return 0;
 }
 
 static void check_drained(struct ae *ae)
@@ -1440,6 +1756,16 @@ static void check_drained(struct ae *ae)
         ae->drained = NULL;
         cb(ae->drained_arg);
     }
+}
+
+size_t ae_connection_count(const struct ae *ae)
+{
+    return ae->nconns;
+}
+
+size_t ae_transaction_count(const struct ae *ae)
+{
+    return ae_txn_count(ae->txns);
 }
 
 void ae_drain(struct ae *ae, void (*done)(void *arg), void *arg)
@@ -1468,6 +1794,10 @@ void ae_stop(struct ae *ae)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);
     close_handle(ae, (uv_handle_t *)&ae->sweep);
+    uv_timer_stop(&ae->health);
+    close_handle(ae, (uv_handle_t *)&ae->health);
+    uv_timer_stop(&ae->lag);
+    close_handle(ae, (uv_handle_t *)&ae->lag);
     ae_dns_destroy(ae->dns);
     ae->dns = NULL;
 }

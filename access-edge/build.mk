@@ -5,3 +5,4 @@ $(eval $(call daemon,access-edge,$(AE_OBJS) $(OBJ)/access-edge/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/ae_*_test.c)),$(eval $(call unit_test,$(t),$(AE_OBJS))))
 BENCHES += bench-sip
 bench-sip: all ; tests/bench/bench_sip.sh $(BUILD)
+$(OBJ)/access-edge/main.o: $(BUILD)/gen/version.h

@@ -316,6 +316,8 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
             put_max_forwards(&w, m, h);
             continue;
         case SIP_H_VIA:
+            if (o->drop_vias)
+                continue;
             if (first_via && o->src) {
                 first_via = false;
                 put_top_via(&w, m, h, o->src);
@@ -461,9 +463,14 @@ static bool via_value(const struct sip_msg *m, unsigned k, struct slice *out)
 
 int sip_response_next_hop(const struct sip_msg *m, struct addr *to)
 {
+    return sip_response_hop_at(m, 1, to);
+}
+
+int sip_response_hop_at(const struct sip_msg *m, unsigned k, struct addr *to)
+{
     struct slice v, host, rec, rport;
     uint16_t port;
-    if (!via_value(m, 1, &v) || !sip_via_sent_by(v, &host, &port))
+    if (!via_value(m, k, &v) || !sip_via_sent_by(v, &host, &port))
         return -EINVAL;
     if (sip_param_find(v, "received", &rec) && rec.len)
         host = rec;
@@ -486,4 +493,67 @@ int sip_response_next_hop(const struct sip_msg *m, struct addr *to)
     if (port)
         addr_set_port(to, port);
     return 0;
+}
+
+/* ---- topology hiding seal ---- */
+
+static void keystream_xor(const uint8_t key[SIP_FLOW_KEY_LEN], uint64_t nonce, uint8_t *p,
+                          size_t n)
+{
+    uint8_t blk[SHA256_LEN], in[1 + 8 + 4];
+    in[0] = 'k';
+    memcpy(in + 1, &nonce, 8);
+    for (uint32_t ctr = 0; (size_t)ctr * SHA256_LEN < n; ctr++) {
+        memcpy(in + 9, &ctr, 4);
+        crypto_hmac_sha256(key, SIP_FLOW_KEY_LEN, in, sizeof(in), blk);
+        size_t off = (size_t)ctr * SHA256_LEN;
+        for (size_t i = 0; i < SHA256_LEN && off + i < n; i++)
+            p[off + i] ^= blk[i];
+    }
+}
+
+static void seal_tag(const uint8_t key[SIP_FLOW_KEY_LEN], const uint8_t *p, size_t n,
+                     uint8_t tag[12])
+{
+    /* A different key for the MAC than for the keystream: HMAC under the key with a label. */
+    uint8_t k2[SHA256_LEN];
+    crypto_hmac_sha256(key, SIP_FLOW_KEY_LEN, "seal-mac", 8, k2);
+    uint8_t full[SHA256_LEN];
+    crypto_hmac_sha256(k2, sizeof(k2), p, n, full);
+    memcpy(tag, full, 12);
+}
+
+ssize_t sip_seal(const uint8_t key[SIP_FLOW_KEY_LEN], uint64_t nonce, struct slice text, char *out,
+                 size_t cap)
+{
+    uint8_t buf[4096];
+    if (text.len + 8 + 12 > sizeof(buf))
+        return -ENOSPC;
+    memcpy(buf, &nonce, 8);
+    memcpy(buf + 8, text.p, text.len);
+    keystream_xor(key, nonce, buf + 8, text.len);
+    seal_tag(key, buf, 8 + text.len, buf + 8 + text.len);
+    ssize_t n = base64url_encode(buf, 8 + text.len + 12, out, cap);
+    return n < 0 ? -ENOSPC : n;
+}
+
+ssize_t sip_unseal(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice token, uint8_t *out,
+                   size_t cap)
+{
+    uint8_t buf[4096];
+    ssize_t n = base64url_decode((const char *)token.p, token.len, buf, sizeof(buf));
+    if (n < 8 + 12)
+        return -EACCES;
+    uint8_t tag[12];
+    seal_tag(key, buf, (size_t)n - 12, tag);
+    if (!crypto_ct_eq(tag, buf + n - 12, 12))
+        return -EACCES;
+    size_t len = (size_t)n - 8 - 12;
+    if (len > cap)
+        return -ENOSPC;
+    uint64_t nonce;
+    memcpy(&nonce, buf, 8);
+    memcpy(out, buf + 8, len);
+    keystream_xor(key, nonce, out, len);
+    return (ssize_t)len;
 }

@@ -45,6 +45,7 @@ struct sip_fwd_opts {
     const struct addr *src;   /* non-NULL: add received (and rport if asked) to the top Via */
     bool strip_trust;         /* drop any ms-edge-proxy-message-trust header */
     struct slice ruri;        /* non-empty: the new Request-URI (a registrar's retarget) */
+    bool drop_vias;           /* topology hiding: the received Vias leave (sealed in ours) */
 };
 
 /* Forwarded request into out; Max-Forwards is decremented. Returns the length or -ENOSPC. */
@@ -63,6 +64,17 @@ ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
  * (RFC 3261 §18.2.2, RFC 3581). Returns 0 or -EINVAL (no second Via or a name, not an
  * address: we never resolve names for responses). */
 int sip_response_next_hop(const struct sip_msg *m, struct addr *to);
+
+/* The same for the k-th Via value (0 = top). */
+int sip_response_hop_at(const struct sip_msg *m, unsigned k, struct addr *to);
+
+/* Topology hiding: seals text (the Via lines of a request going out) into a token of
+ * base64url characters (nonce, HMAC-SHA256 keystream, 96-bit tag) and opens it again.
+ * Returns the length written or -ENOSPC / -EACCES (tampered). */
+ssize_t sip_seal(const uint8_t key[SIP_FLOW_KEY_LEN], uint64_t nonce, struct slice text, char *out,
+                 size_t cap);
+ssize_t sip_unseal(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice token, uint8_t *out,
+                   size_t cap);
 
 /* The top Via's branch parameter (empty slice if none). */
 struct slice sip_top_branch(const struct sip_msg *m);

@@ -18,6 +18,9 @@ static void parser_setup(void)
 {
     /* osip2 keeps its header dispatch table in library state set up once. */
     parser_init();
+    /* osip2 traces every parse error to stdout; the edge logs its own verdicts. */
+    for (int l = 0; l < END_TRACE_LEVEL; l++)
+        osip_trace_disable_level((osip_trace_level_t)l);
 }
 
 const char *sip_source_name(enum sip_source s)

@@ -52,7 +52,9 @@ struct stream {
     bool want_drain;
     bool want_shutdown;
     bool shut_sent;
-    bool eof; /* peer finished: close once the write queue is empty */
+    bool eof;       /* peer finished: close once the write queue is empty */
+    bool half_open; /* plain TCP with on_eof: the user writes on after the peer's FIN */
+    bool shut_done; /* our FIN is out */
     bool in_process;
     bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
@@ -206,8 +208,13 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct stream *s = req->data;
     free(req);
-    if (status < 0 && status != UV_ECANCELED)
+    if (status < 0 && status != UV_ECANCELED) {
         stream_close(s, status, "shutdown failed");
+        return;
+    }
+    s->shut_done = true;
+    if (s->eof && !s->closing)
+        stream_close(s, 0, "closed by both ends");
 }
 
 static void maybe_finish(struct stream *s)
@@ -230,8 +237,8 @@ static void maybe_finish(struct stream *s)
         if (rc < 0)
             stream_close(s, rc, "shutdown failed");
     }
-    if (s->eof && !s->closing)
-        stream_close(s, 0, "peer closed");
+    if (s->eof && !s->closing && !s->half_open)
+        stream_close(s, 0, s->shut_done ? "closed by both ends" : "peer closed");
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -435,10 +442,17 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         if (n == UV_EOF) {
             s->eof = true;
             uv_read_stop(h);
-            if (!s->opened)
+            if (!s->opened) {
                 stream_close(s, -ECONNRESET, "peer closed during the handshake");
-            else
+            } else if (!s->tls && s->cb.on_eof) {
+                /* TCP half-close: the user answers, then shuts down or closes. */
+                s->half_open = !s->shut_done;
+                s->cb.on_eof(s, s->arg);
+                if (!s->closing && s->shut_done)
+                    stream_close(s, 0, "closed by both ends");
+            } else {
                 maybe_finish(s);
+            }
         } else {
             stream_close(s, (int)n, NULL);
         }

@@ -30,6 +30,11 @@ struct stream_cbs {
     /* The stream is closed: err 0 = peer closed cleanly, else a negative errno.
      * The stream is freed right after this returns. */
     void (*on_close)(struct stream *s, int err, const char *why, void *arg);
+    /* Optional, plain TCP only: the peer half-closed (FIN). The stream stays open for
+     * writing; answer, then stream_shutdown (the stream closes once both FINs are out) or
+     * stream_close. Without it (and always with TLS, whose close_notify ends the
+     * connection: RFC 5246 7.2.1) the peer's end closes the stream once writes drain. */
+    void (*on_eof)(struct stream *s, void *arg);
 };
 
 struct stream_opts {
@@ -55,8 +60,11 @@ int stream_connect(uv_loop_t *loop, const struct addr *to, const struct addr *bi
 
 /* Copies data into the write queue (encrypting if TLS). */
 int stream_write(struct stream *s, const void *data, size_t len);
+/* Bytes queued for the socket (ciphertext with TLS), in flight or waiting. */
 size_t stream_queued(const struct stream *s);
-void stream_read_stop(struct stream *s); /* backpressure: stop reading */
+/* Backpressure: stop delivering on_data (and reading the socket) until read_start.
+ * Plaintext already decrypted waits and is delivered from the loop after read_start. */
+void stream_read_stop(struct stream *s);
 void stream_read_start(struct stream *s);
 /* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */
 void stream_shutdown(struct stream *s);
@@ -73,6 +81,7 @@ void stream_close(struct stream *s, int err, const char *why);
 int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_name,
                      const uint8_t *prefix, size_t len);
 
+/* Addresses of the two ends (valid for the stream's life; local is set once connected). */
 const struct addr *stream_peer(const struct stream *s);
 const struct addr *stream_local(const struct stream *s);
 struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */

@@ -48,7 +48,8 @@
 
 /* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
 #define TLS_IN_CAP (4 * (16384 + 2048))
-/* Ticket keys rotate every period; a ticket stays valid for up to two periods. */
+/* A ticket is valid this long; mbedTLS starts a new random ticket key every period and
+ * keeps the previous one for another period (key lifetime = 2 x ticket lifetime). */
 #define TLS_TICKET_LIFETIME_S (12 * 3600)
 #define TLS_CACHE_DEFAULT 4096
 #define TLS_CACHE_TIMEOUT_S (12 * 3600)

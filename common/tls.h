@@ -56,8 +56,8 @@ struct tls_opts {
 /* Builds a context with one reference; err gets a human message on failure (e.g. "cannot
  * read /x.pem: No such file or directory") and *out is left untouched. Reload: build a new
  * ctx, use it for new connections and tls_ctx_unref the old one; live connections keep
- * theirs. Server ctxs hold a session cache and ticket keys of their own (random, rotated
- * every 12 h, a ticket valid up to 24 h), so a reload also starts those afresh. */
+ * theirs. Server ctxs hold a session cache and ticket keys of their own (tickets valid 12 h;
+ * a new random key every 12 h, each kept 24 h), so a reload also starts those afresh. */
 int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, size_t errcap);
 void tls_ctx_ref(struct tls_ctx *c);
 void tls_ctx_unref(struct tls_ctx *c); /* frees on the last reference */

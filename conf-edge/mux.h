@@ -18,6 +18,9 @@
 #define CE_MUX_HDR 8
 #define CE_MUX_PAYLOAD_MAX 32768 /* decoders refuse more */
 #define CE_MUX_DATA_MAX 16384    /* senders cut DATA at this size */
+/* A DATA frame with this payload fills one 16 KiB TLS record exactly: bulk senders use it
+ * so the receiver decrypts one record per frame, not a full one and a tiny one. */
+#define CE_MUX_DATA_RECORD (16384 - CE_MUX_HDR)
 #define CE_MUX_VERSION 1
 #define CE_MUX_STR_MAX 255
 #define CE_MUX_FRAME_MAX (CE_MUX_HDR + CE_MUX_PAYLOAD_MAX)

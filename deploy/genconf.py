@@ -2,8 +2,9 @@
 """Derives a role's config for the namespace lab or the compose lab from its default config
 (deploy/config/<role>.yaml, written for the loopback plan): each 127.0.0.x address of the
 loopback plan becomes that host's address in deploy/lab/plan.env, and build/certs/ becomes the
-given certificate directory. Everything else is kept as written, so the derived configs follow
-the defaults as the roles change them.
+given certificate directory, and a relay's `internal_networks` gains the lab's internal network.
+Everything else is kept as written, so the derived configs follow the defaults as the roles
+change them.
 
 Usage: deploy/genconf.py --host HOST [--certs DIR] [--instance ID] DEFAULT_CONFIG > OUT
 HOST is a lab host: director, access, conf, av1, av2, av3, revproxy (the av number picks which
@@ -63,6 +64,13 @@ def rewrite(text, plan, host, certs=None, instance=None):
         return mo.group(0)
 
     out = ADDR.sub(sub, text)
+    # The lab's internal network is not private address space, so a relay's list of internal
+    # networks (peers an external allocation may not reach) must name it, or an external client
+    # could relay into the inside.
+    lan = ".".join(plan["DIRECTOR"].split(".")[:3]) + ".0/24"
+    out = re.sub(r"(?m)^(\s*internal_networks:\s*\[)", lambda mo: mo.group(1) + lan + ", ", out)
+    out = re.sub(r"(?m)^(\s*)internal_networks:\s*(#.*)?\n(\s*)- ",
+                 lambda mo: f"{mo.group(1)}internal_networks:\n{mo.group(3)}- {lan}\n{mo.group(3)}- ", out)
     if certs:
         out = out.replace("build/certs/", certs.rstrip("/") + "/")
     if instance:

@@ -95,7 +95,7 @@ static void stream_flush_out(struct cs_stream *s)
     struct confserver *cs = s->link->cs;
     for (int i = 0; i < 4096 && buf_len(&s->out) && s->credit && !s->closed && s->link->st; i++) {
         size_t n = buf_len(&s->out);
-        n = n > CE_MUX_DATA_MAX ? CE_MUX_DATA_MAX : n;
+        n = n > CE_MUX_DATA_RECORD ? CE_MUX_DATA_RECORD : n;
         n = n > s->credit ? (size_t)s->credit : n;
         ssize_t f = ce_mux_encode(cs->frame, sizeof cs->frame, CE_MUX_DATA, s->id,
                                   s->out.data + s->out.rd, n);

@@ -99,7 +99,7 @@ struct registrar {
     uint8_t nonce_key[32];
     int open_handles;
     bool stopping;
-    struct metric *m_in, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
+    struct metric *m_in, *m_options, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
     struct sip_msg msg;
     uint8_t out[RG_OUT_CAP];
     uint8_t rbuf[65536];
@@ -513,8 +513,8 @@ static void rg_response(struct registrar *rg, const struct sip_msg *m)
 
 static void rg_handle(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m)
 {
-    metric_inc(rg->m_in);
     if (!m->is_request) {
+        metric_inc(rg->m_in);
         rg_response(rg, m);
         return;
     }
@@ -523,10 +523,20 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
         return;
     if (osip_message_parse(msg, (const char *)m->buf, m->len) != 0 || !msg->req_uri ||
         !msg->req_uri->host || !msg->to || !msg->cseq) {
+        metric_inc(rg->m_in);
         LOGI(rg->d->log, o->peer, "sip: unparseable request dropped");
         osip_message_free(msg);
         return;
     }
+    if (slice_eq_str(m->method, "OPTIONS") && is_own(rg, msg->req_uri) &&
+        !msg->req_uri->username) {
+        /* A keep-alive probe for the Director itself (the edge's health check). */
+        metric_inc(rg->m_options);
+        rg_reply(rg, o, m, 200, "OK", NULL);
+        osip_message_free(msg);
+        return;
+    }
+    metric_inc(rg->m_in);
     osip_header_t *mf = NULL;
     osip_message_get_max_forwards(msg, 0, &mf);
     if (mf && mf->hvalue && atoi(mf->hvalue) <= 0) {
@@ -673,6 +683,8 @@ int registrar_start(struct director *d)
         return -ENOMEM;
     rg->d = d;
     parser_init(); /* osip2's header table; idempotent */
+    for (int l = 0; l < END_TRACE_LEVEL; l++) /* no osip2 traces on stdout */
+        osip_trace_disable_level((osip_trace_level_t)l);
     rg->open_handles = 1; /* held until registrar_stop */
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;
@@ -692,6 +704,8 @@ int registrar_start(struct director *d)
     d->registrar = rg;
     rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
                                NULL);
+    rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
+                                    "OPTIONS probes for the Director itself, answered 200", NULL);
     rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
                                    "successful REGISTERs", NULL);
     rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",

@@ -120,6 +120,8 @@ const struct cfg_key rp_config_keys[] = {
      .help = "access log file, or stderr (unset = off)"},
     {"access_log_format", CFG_ENUM, C(access_log.format), "combined", .choices = log_formats,
      .help = "off, combined or json"},
+    {"director", CFG_SECTION, C(director), .sub = director_link_keys,
+     .help = "control channel to the Director (Hello, load reports, Drain)"},
     CFG_END,
 };
 #undef C

@@ -62,6 +62,7 @@ struct rp_config {
         char *path; /* file, "stderr", or NULL = off */
         int format;
     } access_log;
+    struct director_link_config director;
 };
 
 extern const struct cfg_key rp_config_keys[];

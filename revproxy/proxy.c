@@ -14,6 +14,7 @@
 #include <http_parser.h>
 
 #include "common/admin.h"
+#include "common/ctl.h"
 #include "common/metrics.h"
 #include "common/stream.h"
 #include "common/tls.h"
@@ -166,6 +167,7 @@ struct rp_server {
     bool draining, stopping;
     int access_fd;
     int access_format;
+    struct ctl_client *ctl;
     struct buf out; /* response bytes collected during one upstream read */
     struct {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
@@ -186,6 +188,7 @@ static size_t client_consume(struct rp_client *c, const uint8_t *p, size_t len);
 static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len);
 static void exchange_start_upstream(struct rp_client *c);
 static void server_maybe_drained(struct rp_server *srv);
+static void on_client_timer(uv_timer_t *t);
 
 /* ---- flow control ---- */
 
@@ -461,7 +464,10 @@ static void mark_failed(struct rp_upconn *u)
         be->down_until = time_mono_ms() + u->pool->cfg->fail_timeout_ms;
 }
 
-static void client_upstream_failed(struct rp_client *c, int err, const char *why);
+static void client_upstream_failed(struct rp_client *c, int err, const char *why,
+                                   bool retryable);
+static void count_status(struct rp_server *srv, int status);
+static void exchange_reset(struct rp_client *c);
 
 static void up_on_close(struct stream *s, int err, const char *why, void *arg)
 {
@@ -491,22 +497,30 @@ static void up_on_close(struct stream *s, int err, const char *why, void *arg)
         if (!opened) {
             mark_failed(u);
             metric_inc(c->srv->m.up_connect_fail);
+            LOGW(c->srv->log, &u->be->addr, "upstream %s: %s%s", u->pool->cfg->name,
+                 why ? why : "connect failed",
+                 u->be->down_until ? " (skipped until fail_timeout passes)" : "");
         }
         if (c->state == C_TUNNEL) {
             c->up = NULL;
             stream_shutdown(c->s);
             c->state = C_CLOSING;
+            lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         } else if (c->resp_started && http_reader_eof(u->resp) == HTTP_EV_DONE) {
             /* A body that ends at close (no length, not chunked): done. */
             c->up = NULL;
-            c->status = c->status ? c->status : 200;
             access_log(c);
+            count_status(c->srv, c->status);
             stream_shutdown(c->s);
             c->state = C_CLOSING;
+            lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         } else {
+            /* Nothing reached the server (connect failed), or a pooled connection was
+             * closed by the server as we reused it: another connection may do. */
+            bool retryable = !opened || u->reused;
             c->up = NULL;
             client_upstream_failed(c, opened ? (err ? err : -ECONNRESET) : err,
-                                   why ? why : "closed");
+                                   why ? why : "closed", retryable);
         }
     }
     (void)s;
@@ -528,7 +542,7 @@ static void on_up_timer(uv_timer_t *t)
         metric_inc(c->srv->m.up_timeout);
         u->c = NULL;
         up_close(u, -ETIMEDOUT, "read timeout");
-        client_upstream_failed(c, -ETIMEDOUT, "upstream read timeout");
+        client_upstream_failed(c, -ETIMEDOUT, "upstream read timeout", false);
         return;
     }
     up_close(u, -ETIMEDOUT, "timeout");
@@ -844,8 +858,8 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
     if (c->method[0])
         access_log(c);
     if (keep) {
+        exchange_reset(c);
         c->state = C_HEAD;
-        c->method[0] = '\0';
         lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.keepalive_timeout_ms);
         return;
     }
@@ -855,7 +869,8 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
     lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
 }
 
-static void client_upstream_failed(struct rp_client *c, int err, const char *why)
+static void client_upstream_failed(struct rp_client *c, int err, const char *why,
+                                   bool retryable)
 {
     if (c->closing)
         return;
@@ -870,10 +885,10 @@ static void client_upstream_failed(struct rp_client *c, int err, const char *why
         lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
         return;
     }
-    /* A kept-alive connection the server closed just as we reused it: try once more
-     * on a fresh one, if nothing of a body was sent. */
-    if (!c->retried && c->up_reused && c->uphead.wr && err != -ETIMEDOUT && c->req_done &&
-        !http_reader_head(c->req)->has_body && c->route >= 0 && !c->affinity) {
+    /* Once more on another connection (and, the failed server now being marked down,
+     * possibly another server), if the request had no body to replay. */
+    if (retryable && !c->retried && c->uphead.wr && err != -ETIMEDOUT && c->req_done &&
+        !http_reader_head(c->req)->has_body && c->route >= 0) {
         c->retried = true;
         exchange_start_upstream(c);
         return;
@@ -1322,7 +1337,7 @@ static void on_response_head(struct rp_client *c, struct rp_upconn *u)
     if (http_response_build(h, &back, b) < 0) {
         b->wr = mark;
         out_flush(c);
-        client_upstream_failed(c, -EPROTO, "response head too large");
+        client_upstream_failed(c, -EPROTO, "response head too large", false);
         return;
     }
     if (up101) {
@@ -1388,7 +1403,7 @@ static size_t up_consume_inner(struct rp_upconn *u, const uint8_t *p, size_t len
             c->up = NULL;
             u->c = NULL;
             up_close(u, -EPROTO, "invalid response");
-            client_upstream_failed(c, -EPROTO, "invalid response");
+            client_upstream_failed(c, -EPROTO, "invalid response", false);
             return len;
         }
         used += (size_t)r;
@@ -1421,6 +1436,10 @@ static size_t up_consume_inner(struct rp_upconn *u, const uint8_t *p, size_t len
 static size_t up_consume(struct rp_upconn *u, const uint8_t *p, size_t len)
 {
     struct rp_client *c = u->c;
+    if (!c) {
+        up_close(u, -EPROTO, "data on an idle connection");
+        return len;
+    }
     size_t n = up_consume_inner(u, p, len);
     /* Whatever path ended the call, nothing stays in the scratch buffer. */
     if (c->srv->out.wr) {
@@ -1562,6 +1581,41 @@ static void register_metrics(struct rp_server *srv)
     srv->m.bytes_in = metrics_counter(m, "client_bytes_received_total", "Bytes from clients", NULL);
 }
 
+static void ctl_fill_report(struct ctl_report *r, void *arg)
+{
+    struct rp_server *srv = arg;
+    r->connections = srv->nclients;
+    r->bytes_in = (uint64_t)metric_get(srv->m.bytes_in);
+    r->errors = (uint64_t)(metric_get(srv->m.up_connect_fail) + metric_get(srv->m.up_timeout) +
+                           metric_get(srv->m.up_reset));
+    r->healthy = !srv->draining;
+    r->draining = srv->draining;
+}
+
+static void ctl_on_drain(uint32_t deadline_ms, void *arg)
+{
+    struct rp_server *srv = arg;
+    LOGI(srv->log, NULL, "the Director asks for a drain (deadline %u ms)", deadline_ms);
+    rp_server_drain(srv);
+}
+
+static int ctl_start(struct rp_server *srv, const struct rp_config *cfg)
+{
+    static const struct ctl_client_cbs cbs = {.on_drain = ctl_on_drain};
+    struct ctl_hello h = {.role = CTL_ROLE_REVPROXY};
+    snprintf(h.instance_id, sizeof h.instance_id, "%s",
+             cfg->base.instance_id ? cfg->base.instance_id : "revproxy");
+    snprintf(h.version, sizeof h.version, "%s", daemon_version());
+    for (size_t i = 0; i < cfg->nlisteners && h.n_external < CTL_ADDRS_MAX; i++)
+        addr_format(&cfg->listeners[i].address, h.external_addrs[h.n_external++]);
+    addr_format(&cfg->base.admin.listen, h.internal_addrs[h.n_internal++]);
+    int rc = ctl_client_start_link(srv->loop, &cfg->director, &h, srv->log,
+                                   daemon_metrics(srv->d), &cbs, srv, &srv->ctl);
+    if (rc == 0 && srv->ctl)
+        ctl_client_set_report_source(srv->ctl, ctl_fill_report, srv);
+    return rc;
+}
+
 static int health_cb(char *why, size_t cap, void *arg)
 {
     struct rp_server *srv = arg;
@@ -1677,6 +1731,11 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
              l->cfg->redirect ? "redirect to https" : l->cfg->tls ? "https" : "http");
     }
     admin_set_health(daemon_admin(d), health_cb, srv);
+    rc = ctl_start(srv, own);
+    if (rc) {
+        LOGE(srv->log, NULL, "cannot start the control channel: %s", strerror(-rc));
+        goto fail;
+    }
     *out = srv;
     return 0;
 fail:
@@ -1708,6 +1767,8 @@ int rp_server_reload(struct rp_server *srv, const struct rp_config *cfg)
 
 void rp_server_drain(struct rp_server *srv)
 {
+    if (srv->draining)
+        return;
     srv->draining = true;
     close_listeners(srv);
     /* Idle keep-alive clients go now; busy ones close after their response. */
@@ -1727,6 +1788,8 @@ void rp_server_stop(struct rp_server *srv)
         return;
     srv->stopping = true;
     srv->draining = true;
+    ctl_client_stop(srv->ctl);
+    srv->ctl = NULL;
     close_listeners(srv);
     struct dlist *e = srv->clients.next;
     while (e != &srv->clients) {

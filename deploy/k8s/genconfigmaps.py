@@ -59,6 +59,10 @@ def shifted_ports(texts):
 
 
 def rewrite(role, text, shift):
+    # The lab's internal network in a relay's internal_networks (deploy/genconf.py adds it) has
+    # no meaning in a cluster, whose pod and service ranges the default private ranges cover.
+    text = re.sub(r"(?<![\d.])198\.19\.10\.0/24,\s*", "", text)
+    text = re.sub(r"(?m)^\s*- 198\.19\.10\.0/24\s*\n", "", text)
     own = set(OWN[role])
     bind = "@NODE_IP@" if role == "av-edge" else "0.0.0.0"
 

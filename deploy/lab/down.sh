@@ -18,7 +18,7 @@ fi
 if [ "${EDGELAB_LOCK_HELD:-0}" != 1 ]; then
     mkdir -p /run/lock
     exec 9>/run/lock/edgelab.lock
-    flock -w 60 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
+    flock -w 180 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
 fi
 # The pids file of the lab that is up, wherever its state lives.
 if [ -z "${EDGELAB_DIR:-}" ] && [ -f /run/edgelab.owner ]; then

@@ -38,7 +38,7 @@ done
 if [ "${EDGELAB_LOCK_HELD:-0}" != 1 ]; then
     mkdir -p /run/lock
     exec 9>/run/lock/edgelab.lock
-    flock -w 60 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
+    flock -w 180 9 || { echo "lab: another lab run holds /run/lock/edgelab.lock" >&2; exit 2; }
 fi
 if ip netns list | grep -q "^$P-"; then
     echo "lab: a lab is already up (ip netns list shows $P-*); run deploy/lab/down.sh first" >&2

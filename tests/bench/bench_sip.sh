@@ -88,7 +88,7 @@ run() { # $1 target $2 point $3 proxy addr $4 proxy pid
     ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
       x=$(awk "{sub(/^.*\\) /,\"\"); print \$12+\$13}" /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
     k0=$(ticks $PID); t0=$(date +%s.%N)
-    cd "$D" && sipp "$TARGET" -sf "$SF" -s director -t "$TP" -i 127.0.0.2 -p 0 \
+    cd "$D" && sipp "$TARGET" -sf "$SF" -s director -t "$TP" -i 127.0.0.2 -p 25091 \
       -r "$RATE" -m $(( RATE * DUR )) -l 20000 -timeout $(( DUR * 3 ))s -recv_timeout 10000 \
       -nostdin -default_behaviors all,-abortunexp -trace_stat -stf "$D/stat.csv" -fd 1 \
       > /dev/null 2>&1 < /dev/null

@@ -7,5 +7,6 @@ $(BUILD)/bench/tls_bench: $(OBJ)/tests/bench/tls_bench.o $(BUILD)/libcommon.a
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # The timed run holds /tmp/bench.lock so benchmarks on a shared machine do not overlap.
+# BENCH_TLS_SECS=N sets the CPU seconds per case (default 1.2: about 10 s in all).
 bench-tls: $(BUILD)/bench/tls_bench
 	$(Q)flock /tmp/bench.lock $(BUILD)/bench/tls_bench $(BENCH_TLS_SECS)

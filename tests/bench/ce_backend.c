@@ -94,16 +94,16 @@ struct mlink {
 
 static void m_pump(struct mlink *l, struct mstream *m)
 {
-    while (m->source && m->credit >= CE_MUX_DATA_MAX && !l->blocked) {
-        ce_mux_put_header(block, CE_MUX_DATA, m->id, CE_MUX_DATA_MAX);
-        int rc = stream_write(l->s, block, sizeof block);
+    while (m->source && m->credit >= CE_MUX_DATA_RECORD && !l->blocked) {
+        ce_mux_put_header(block, CE_MUX_DATA, m->id, CE_MUX_DATA_RECORD);
+        int rc = stream_write(l->s, block, CE_MUX_HDR + CE_MUX_DATA_RECORD);
         if (rc == -ENOBUFS) {
             l->blocked = true;
             return;
         }
         if (rc < 0)
             return;
-        m->credit -= CE_MUX_DATA_MAX;
+        m->credit -= CE_MUX_DATA_RECORD;
     }
 }
 

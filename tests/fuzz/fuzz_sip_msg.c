@@ -1,4 +1,4 @@
-// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_ws.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the access edge's message path: framing, osip2 parse, validation, the route
  * decision, and the splicing of the forwarded request/response, for each source type. */
 #include <stddef.h>
@@ -9,6 +9,7 @@
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
 #include "access-edge/sip_validate.h"
+#include "access-edge/sip_ws.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -33,6 +34,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sip_peer peer = {.src = (enum sip_source)(data[0] % 4), .addr = &src,
                             .cert_names = names, .ncert_names = 1};
     bool datagram = data[0] & 0x10;
+    if (data[0] & 0x20) {
+        /* The WebSocket layer in front of the same path (RFC 7118). */
+        char resp[512];
+        size_t rl;
+        bool ok;
+        sip_ws_handshake(buf, size - 1, resp, sizeof(resp), &rl, &ok);
+        struct sip_ws_frame f;
+        if (sip_ws_decode(buf, size - 1, 65536, &f) > 0 && f.len)
+            sip_msg_scan(&m, f.payload, f.len, true, 65536);
+        free(buf);
+        return 0;
+    }
     ssize_t n = sip_msg_scan(&m, buf, size - 1, datagram, 65536);
     if (n > 0) {
         struct sip_verdict v;

@@ -28,7 +28,7 @@ class Lab:
 
     def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge="",
                  domain="example.com", ips=(DIR_IP, EXT_IP, INT_IP), cert="access-edge",
-                 mtls_port=None):
+                 mtls_port=None, ctl=False, backup=False):
         ensure_certs()
         DIR_IP, EXT_IP, INT_IP = ips
         self.ips = ips
@@ -36,38 +36,54 @@ class Lab:
         self.t = test
         self.dir_admin = f"{DIR_IP}:{free_port(DIR_IP)}"
         self.dir_sip = free_port(DIR_IP, socket.SOCK_DGRAM)
+        self.ctl_port = free_port(DIR_IP)
         self.dir_mtls = free_port(DIR_IP)
         self.ext_port = free_port(EXT_IP)
         self.ext_tls = free_port(EXT_IP)
         self.ext_mtls = mtls_port or free_port(EXT_IP)
+        self.ext_ws = free_port(EXT_IP)
+        self.ext_wss = free_port(EXT_IP)
         self.int_port = free_port(INT_IP)
         self.int_mtls = free_port(INT_IP)
         self.edge_admin = f"{INT_IP}:{free_port(INT_IP)}"
         algs = ", ".join(algorithms)
         users = "\n".join(f"    - {{name: {u}, password: {p}}}" for u, p in USERS.items())
-        self.director = test.daemon("director", f"""
-admin: {{listen: {self.dir_admin}}}
-ctl: {{listen: {DIR_IP}:{free_port(DIR_IP)}}}
+        def director_conf(admin, sip_port, ctl_port):
+            return f"""
+admin: {{listen: {admin}}}
+ctl: {{listen: {DIR_IP}:{ctl_port}}}
 tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
 sip:
   enabled: true
-  udp: [{DIR_IP}:{self.dir_sip}]
-  mtls: [{DIR_IP}:{self.dir_mtls}]
+  udp: [{DIR_IP}:{sip_port}]
+  mtls: [{DIR_IP}:{free_port(DIR_IP) if admin != self.dir_admin else self.dir_mtls}]
   domains: [{domain}]
   realm: {domain}
   algorithms: [{algs}]
   users:
 {users}
   edge: {INT_IP}:{self.int_port}
-""", admin=self.dir_admin)
+"""
+        self.director = test.daemon("director", director_conf(self.dir_admin, self.dir_sip,
+                                                               self.ctl_port), admin=self.dir_admin)
+        backups = ""
+        if backup:
+            self.dir2_admin = f"{DIR_IP}:{free_port(DIR_IP)}"
+            self.dir2_sip = free_port(DIR_IP, socket.SOCK_DGRAM)
+            self.director2 = test.daemon("director", director_conf(
+                self.dir2_admin, self.dir2_sip, free_port(DIR_IP)), admin=self.dir2_admin)
+            backups = f", backups: [{DIR_IP}:{self.dir2_sip}], health_interval: 300ms"
         if edge_to_director == "tls":
             nh = f"{{address: {DIR_IP}:{self.dir_mtls}, transport: tls, server_name: director}}"
         else:
-            nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp}}"
+            nh = f"{{address: {DIR_IP}:{self.dir_sip}, transport: udp{backups}}}"
         ae = f"{CERTS}/{cert}"
+        link = (f"director: {{enabled: true, address: {DIR_IP}:{self.ctl_port}, server_name: director, "
+                f"tls: {{cert: {ae}.crt, key: {ae}.key, ca: {CERTS}/ca.crt}}}}") if ctl else \
+            "director: {enabled: false}"
         self.edge = test.daemon("access-edge", f"""
 admin: {{listen: {self.edge_admin}}}
-director: {{enabled: false}}
+{link}
 domains: [{domain}]
 fqdn: edge.example.com
 external:
@@ -75,6 +91,8 @@ external:
   tcp: [{EXT_IP}:{self.ext_port}]
   tls: [{EXT_IP}:{self.ext_tls}]
   mtls: [{EXT_IP}:{self.ext_mtls}]
+  ws: [{EXT_IP}:{self.ext_ws}]
+  wss: [{EXT_IP}:{self.ext_wss}]
   certs: {{cert: {ae}.crt, key: {ae}.key, ca: {CERTS}/ca.crt}}
 internal:
   udp: [{INT_IP}:{self.int_port}]
@@ -289,3 +307,63 @@ class StreamUA:
                     v += ";tag=ua1"
                 out.append(f"{name}: {v}")
         self.send("\r\n".join(out) + "\r\nContent-Length: 0\r\n\r\n")
+
+
+class WsUA(StreamUA):
+    """A SIP user agent over WebSocket (RFC 7118): upgrade with subprotocol "sip", then one
+    SIP message per masked text frame."""
+
+    def __init__(self, host, port, tls=False, protocol="sip", **kw):
+        super().__init__(host, port, tls=tls, **kw)
+        self.tp = "WSS" if tls else "WS"
+        import base64
+        key = base64.b64encode(os.urandom(16)).decode()
+        req = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               + (f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else "") + "\r\n")
+        self.s.sendall(req.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = self.s.recv(4096)
+            if not d:
+                break
+            head += d
+        self.handshake, _, self.wbuf = head.partition(b"\r\n\r\n")
+        self.handshake = self.handshake.decode(errors="replace")
+        want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                                             .encode()).digest()).decode()
+        self.accept_ok = f"Sec-WebSocket-Accept: {want}" in self.handshake
+
+    def send(self, text):
+        data = text.encode() if isinstance(text, str) else text
+        mask = os.urandom(4)
+        n = len(data)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+        self.s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def recv(self, timeout=3.0, skip_provisional=True):
+        end = time.time() + timeout
+        while time.time() < end:
+            b = self.wbuf
+            if len(b) >= 2:
+                n, off = b[1] & 0x7f, 2
+                if n == 126 and len(b) >= 4:
+                    n, off = int.from_bytes(b[2:4], "big"), 4
+                if len(b) >= off + n and n != 127:
+                    op, payload, self.wbuf = b[0] & 0x0f, b[off:off + n], b[off + n:]
+                    if op != 1:
+                        continue
+                    msg = payload.decode(errors="replace")
+                    st = parse_status(msg)
+                    if skip_provisional and st is not None and st < 200:
+                        continue
+                    return msg
+            self.s.settimeout(max(0.01, end - time.time()))
+            try:
+                d = self.s.recv(65536)
+            except (socket.timeout, ssl.SSLError, TimeoutError):
+                return None
+            if not d:
+                return None
+            self.wbuf += d
+        return None

@@ -58,6 +58,20 @@ class Federation(SuiteTest):
         out, _ = uas.communicate(timeout=10)
         self.assertEqual(uas.returncode, 0, out.decode(errors="replace")[-2000:])
         self.assertIn("federation lookup: partner.lab", a.edge.log())
+        # And back: bob's MESSAGE to alice reuses the connection A's edge opened (RFC 5923
+        # alias), so B's edge opens none of its own (one connection on each side).
+        alice = UdpUA("127.0.0.4", domain="access-edge.lab")
+        self.addCleanup(alice.close)
+        r, _ = alice.register((A_IPS[0], a.dir_sip), "alice", USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        bob = UdpUA("127.0.0.5", domain="partner.lab")
+        self.addCleanup(bob.close)
+        bob.request("MESSAGE", "sip:alice@access-edge.lab", (B_IPS[0], b.dir_sip), user="bob",
+                    to_uri="sip:alice@access-edge.lab", body="hello back")
+        req = alice.recv(timeout=8)
+        self.assertIsNotNone(req, "MESSAGE from B did not reach alice")
+        self.assertTrue(req.startswith("MESSAGE "), req)
+        self.assertEqual(b.edge_metric("access_edge_sip_connections"), 1)
 
     def test_federation_to_unknown_domain_404(self):
         dns = self.dnsmasq([])
@@ -80,3 +94,27 @@ class Federation(SuiteTest):
                    to_uri="sip:bob@partner.lab", body="x")
         r = ua.recv(timeout=5)
         self.assertEqual(parse_status(r), 403, r)
+
+    def test_static_route_to_allowed_partner_without_dns(self):
+        from harness import free_port as fp
+        b_mtls = fp(B_IPS[1])
+        a = Lab(self, domain="access-edge.lab", ips=A_IPS, cert="access-edge",
+                extra_edge=f"federation: {{allow: [partner.lab], discovery: false, routes: "
+                           f"[{{domain: partner.lab, address: '{B_IPS[1]}:{b_mtls}'}}]}}\n")
+        b = Lab(self, domain="partner.lab", ips=B_IPS, cert="partner", mtls_port=b_mtls,
+                extra_edge="federation: {allow: [access-edge.lab], discovery: false}\n")
+        bob_port = free_port("127.0.0.5", socket.SOCK_DGRAM)
+        u = UdpUA("127.0.0.5", bob_port, domain="partner.lab")
+        r, _ = u.register((B_IPS[0], b.dir_sip), "bob", USERS["bob"])
+        u.close()
+        self.assertEqual(parse_status(r), 200, r)
+        uas = b.sipp("message_uas.xml", None, "bob", ip="127.0.0.5", port=bob_port, background=True)
+        time.sleep(0.3)
+        ua = UdpUA("127.0.0.6", domain="access-edge.lab")
+        self.addCleanup(ua.close)
+        ua.request("MESSAGE", "sip:bob@partner.lab", (A_IPS[0], a.dir_sip), user="alice",
+                   to_uri="sip:bob@partner.lab", body="static", headers="Content-Type: text/plain\r\n")
+        r = ua.recv(timeout=8)
+        self.assertEqual(parse_status(r), 200, r)
+        out, _ = uas.communicate(timeout=10)
+        self.assertEqual(uas.returncode, 0, out.decode(errors="replace")[-2000:])

@@ -142,3 +142,80 @@ class EdgeFlows(SuiteTest):
         self.assertEqual(j["partners"][0]["domain"], "partner.lab")
         self.assertTrue(j["partners"][0]["watched"])
         self.assertEqual(lab.edge_metric("access_edge_sip_watchlist_additions_total"), 1)
+
+    def test_edge_reports_to_director_over_ctl(self):
+        from harness import http_json, wait_for
+        lab = Lab(self, ctl=True)
+
+        def listed():
+            st, j = http_json(lab.dir_admin, "/edges?role=access-edge")
+            edges = j.get("edges", j) if isinstance(j, dict) else j
+            return st == 200 and any(e.get("connected") for e in edges)
+        wait_for(listed, timeout=10, what="access-edge in the Director's /edges")
+
+    def ws_message_to_user(self, tls):
+        from siplab import WsUA
+        lab = Lab(self)
+        ua = WsUA(EXT_IP, lab.ext_wss if tls else lab.ext_ws, tls=tls)
+        self.addCleanup(ua.close)
+        self.assertIn("101 Switching Protocols", ua.handshake)
+        self.assertIn("Sec-WebSocket-Protocol: sip", ua.handshake)
+        self.assertTrue(ua.accept_ok, ua.handshake)
+        r = ua.register(USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        sender = lab.sipp("message_uac.xml", f"{DIR_IP}:{lab.dir_sip}", "alice", ip="127.0.0.5",
+                          background=True)
+        req = ua.recv(timeout=5)
+        self.assertIsNotNone(req, "MESSAGE did not arrive over the WebSocket")
+        self.assertTrue(req.startswith("MESSAGE "), req)
+        self.assertTrue(header(req, "Via")[0].startswith("SIP/2.0/WS"), req)
+        ua.answer(req)
+        out, _ = sender.communicate(timeout=15)
+        self.assertEqual(sender.returncode, 0, out.decode(errors="replace")[-2000:])
+
+    def test_register_and_message_over_websocket_rfc7118(self):
+        self.ws_message_to_user(tls=False)
+
+    def test_register_and_message_over_secure_websocket_rfc7118(self):
+        self.ws_message_to_user(tls=True)
+
+    def test_websocket_without_sip_subprotocol_426(self):
+        from siplab import WsUA
+        lab = Lab(self)
+        ua = WsUA(EXT_IP, lab.ext_ws, protocol=None)
+        self.addCleanup(ua.close)
+        self.assertTrue(ua.handshake.startswith("HTTP/1.1 426"), ua.handshake)
+
+    def test_director_failover_to_backup_when_first_stops_answering(self):
+        from harness import wait_for
+        from siplab import UdpUA
+        lab = Lab(self, backup=True)
+        wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="1"}') == 1,
+                 timeout=5, what="backup Director seen up")
+        lab.director.stop()
+        wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="0"}') == 0,
+                 timeout=5, what="first Director marked down")
+        ua = UdpUA("127.0.0.4")
+        self.addCleanup(ua.close)
+        r, _ = ua.register((EXT_IP, lab.ext_port), "alice", USERS["alice"])
+        self.assertEqual(parse_status(r), 200, r)
+        self.assertEqual(lab.director2.metrics().get("director_sip_registrations_total"), 1)
+        self.assertIn("Director not answering: down", lab.edge.log())
+
+    def test_topology_hiding_seals_inside_vias(self):
+        lab = Lab(self, extra_edge="topology_hiding: true")
+        ua = StreamUA(EXT_IP, lab.ext_port)
+        self.addCleanup(ua.close)
+        self.assertEqual(parse_status(ua.register(USERS["alice"])), 200)
+        sender = lab.sipp("message_uac.xml", f"{DIR_IP}:{lab.dir_sip}", "alice", ip="127.0.0.5",
+                          background=True)
+        req = ua.recv(timeout=5)
+        self.assertIsNotNone(req)
+        vias = header(req, "Via")
+        self.assertEqual(len(vias), 1, vias)
+        self.assertIn(";ae-th=", vias[0])
+        self.assertNotIn(DIR_IP, req.split("\r\n\r\n")[0].replace("Route", ""))
+        self.assertNotIn("127.0.0.5", "\n".join(vias))
+        ua.answer(req)
+        out, _ = sender.communicate(timeout=15)
+        self.assertEqual(sender.returncode, 0, out.decode(errors="replace")[-2000:])

@@ -129,3 +129,27 @@ class EdgeValidation(SuiteTest):
                 got503 = r
         self.assertIsNotNone(got503)
         self.assertTrue(header(got503, "Retry-After"))
+
+
+class EdgeOverload(SuiteTest):
+    def test_saturated_loop_sheds_new_invites_with_503_and_keeps_connection(self):
+        # A 1 ms lag threshold makes any scheduling hiccup count as saturation; a burst of
+        # INVITEs over one TCP connection then meets 503s, and the connection stays open.
+        from siplab import StreamUA, EXT_IP
+        lab = Lab(self, extra_edge="limits: {overload_lag: 1ms, rate: 100000, burst: 100000}")
+        ua = StreamUA(EXT_IP, lab.ext_port)
+        self.addCleanup(ua.close)
+        seen = set()
+        for i in range(300):
+            ua.request("INVITE", "sip:bob@example.com", to_uri="sip:bob@example.com")
+        for i in range(300):
+            r = ua.recv(timeout=3)
+            if r is None:
+                break
+            seen.add(parse_status(r))
+            if 503 in seen:
+                break
+        if 503 not in seen:
+            self.skipTest("the loop never ran late here")
+        ua.request("OPTIONS", "sip:example.com")
+        self.assertIsNotNone(ua.recv(timeout=3), "connection dropped")

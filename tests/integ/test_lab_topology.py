@@ -123,7 +123,7 @@ class LabCase(unittest.TestCase):
             raise unittest.SkipTest(reason)
         os.makedirs(os.path.dirname(LOCK), exist_ok=True)
         cls.lockf = open(LOCK, "w")
-        for _ in range(120):  # at most 60 s for another run's lab to finish
+        for _ in range(360):  # at most 180 s for another run's lab to finish
             try:
                 fcntl.flock(cls.lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -131,7 +131,7 @@ class LabCase(unittest.TestCase):
                 time.sleep(0.5)
         else:
             cls.lockf.close()
-            reason = f"another lab run holds {LOCK} for over 60 s"
+            reason = f"another lab run holds {LOCK} for over 180 s"
             print(f"\nskip: {reason}", flush=True)
             raise unittest.SkipTest(reason)
         cls.procs = []
@@ -540,6 +540,58 @@ class LabDaemons(LabCase):
         out_s, out_w = run(sender), run(waiter)
         self.assertIn("MESSAGE 200", out_s, f"{out_s}\n{self.log_tail('director')}")
         self.assertIn("GOT hello from inside", out_w, out_w)
+
+    def relay_setup(self):
+        """The av-edge's REST secret from its lab config, or a skip with the reason printed."""
+        reason = None
+        if "av-edge-1" not in self.started:
+            reason = "av-edge is not running in the lab (see up.sh's output above)"
+        elif not shutil.which("turnutils_uclient"):
+            reason = "coturn's turnutils_uclient is missing (deploy/install-deps.sh, TEST group)"
+        else:
+            from deployutil import load_yaml
+            secret = (load_yaml(os.path.join(self.tmp, "av-edge-1.yaml")).get("auth") or {}).get("secret")
+            if not secret:
+                reason = "av-edge's default config has no static auth.secret to mint test credentials"
+        if reason:
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+        return secret
+
+    def uclient(self, secret, peer, port, count):
+        # -W: TURN REST credentials from the shared secret; -X: IPv4 relay; -c: RTP only (no RTCP
+        # stream); one client, UDP.
+        r = subprocess.run(["ip", "netns", "exec", self.ns("user"), "turnutils_uclient", "-W", secret,
+                            "-u", "alice", "-e", peer, "-r", str(port), "-n", str(count), "-l", "120",
+                            "-m", "1", "-c", "-X", PLAN["AV1_EXT"]],
+                           capture_output=True, text=True, timeout=40)
+        return r.stdout + r.stderr
+
+    def test_external_user_relays_through_av_edge_to_an_internet_peer_without_loss(self):
+        secret = self.relay_setup()
+        peer = subprocess.Popen(["ip", "netns", "exec", self.ns("inet"), "turnutils_peer", "-L", PLAN["INET"],
+                                 "-p", "3480"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.mine.append(peer)
+        time.sleep(0.3)
+        out = self.uclient(secret, PLAN["INET"], 3480, 20)
+        got = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)
+        self.assertTrue(got, f"turnutils_uclient did not finish:\n{out[-2000:]}")
+        s_, r_ = map(int, got[-1])
+        self.assertGreater(s_, 0, out[-2000:])
+        self.assertEqual(r_, s_, f"lost packets through av-edge:\n{out[-2000:]}")
+        self.assertIn("Total lost packets 0 ", out)
+        # av-edge saw the client from the home NAT's public address, on its external side.
+        self.assertRegex(self.log_tail("av-edge-1"),
+                         re.escape(f"[{PLAN['HOMERTR_WAN']}:") + r"\d+\] allocation for .* on the external side")
+
+    def test_relaying_from_outside_into_the_internal_network_is_refused(self):
+        secret = self.relay_setup()
+        lst = self.listen("iuser", "udp", PLAN["IUSER"], 3480)
+        out = self.uclient(secret, PLAN["IUSER"], 3480, 5)
+        self.assertEqual(self.peers(lst, want=1, timeout=1.0), [],
+                         "a datagram relayed from outside reached the internal network")
+        self.assertRegex(out, r"error 403|Forbidden", out[-2000:])
+        self.assertIn("internal_network", self.log_tail("av-edge-1"), "av-edge should log why it refused")
 
     def log_tail(self, inst):
         try:

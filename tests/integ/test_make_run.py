@@ -52,10 +52,12 @@ class MakeRun(SuiteTest):
             roles = wait_for(registered, timeout=20 + 2 * len(built),
                              what=f"{built} in GET /edges")
             self.assertLessEqual(set(built), roles)
-            log.seek(0)
-            out = log.read()
-            for e in built:
-                self.assertIn(f"run: {e} up", out)
+            def all_up():
+                log.seek(0)
+                out = log.read()
+                return all(f"run: {e} up" in out for e in built)
+
+            wait_for(all_up, timeout=10, what="run.sh to report every edge up")
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             try:

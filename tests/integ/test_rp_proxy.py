@@ -34,6 +34,7 @@ CONFIG = """
 admin: {{listen: 127.0.0.1:{admin}}}
 log: {{level: info}}
 drain_timeout: 10s
+director: {{enabled: false}}
 listeners:
   - {{address: 127.0.0.1:{https}, tls: true}}
   - {{address: 127.0.0.1:{http}}}
@@ -296,6 +297,14 @@ class RevproxyTest(SuiteTest):
         self.assertLess(time.time() - t0, 4)
         self.assertGreaterEqual(self.d.metrics()['revproxy_refused_total{reason="client_timeout"}'], 1)
 
+    def test_stalled_request_body_gets_408(self):
+        self.start()
+        s = self.tls_sock()
+        s.sendall(b"POST /etc/place/null/u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        s.settimeout(4)
+        out = self.read_all(s)
+        self.assertTrue(out.startswith(b"HTTP/1.1 408"), out[:80])
+
     def test_sip_request_on_https_port_is_400_and_closed(self):
         self.start()
         s = self.tls_sock()
@@ -428,6 +437,17 @@ class RevproxyTest(SuiteTest):
 
     # ---- operations ----
 
+    def test_check_reports_bad_route_with_position(self):
+        bad = os.path.join(self.tmp, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write("admin: {listen: 127.0.0.1:1}\ndirector: {enabled: false}\nlisteners:\n  - {address: 127.0.0.1:2}\n"
+                    "upstreams:\n  - {name: web, servers: [127.0.0.1:3], tls: false}\n"
+                    "routes:\n  - {prefix: /ABS/ext, upstream: nosuch}\n")
+        p = self.run_tool([os.path.join(os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build")),
+                                        "bin", "revproxy"), "--check", "-c", bad])
+        self.assertEqual(p.returncode, 1)
+        self.assertRegex(p.stderr.decode(), r"bad.yaml:8:\d+: routes\[0\].upstream: no upstream named 'nosuch'")
+
     def test_access_log_json_and_metrics(self):
         self.start()
         self.curl("/ABS/ext/logged")
@@ -478,6 +498,15 @@ class RevproxyTest(SuiteTest):
         t.join()
         self.assertEqual(res["slow"][1], 200)
         self.assertEqual(self.d.proc.wait(10), 0)
+
+    def test_dead_server_in_pool_passive_failover(self):
+        dead = free_port()
+        self.up = Upstream(tls=True, certdir=CERTS)
+        self.addCleanup(self.up.stop)
+        self.start(up=f"127.0.0.1:{dead}, {self.up.addr}")
+        codes = [self.curl(f"/etc/place/null/p{i}")[1] for i in range(4)]
+        self.assertEqual(codes, [200] * 4, "a failed connect is retried on the next server")
+        self.assertGreaterEqual(self.d.metrics()['revproxy_upstream_errors_total{kind="connect"}'], 1)
 
     def test_active_health_check_skips_dead_server(self):
         dead = free_port()

@@ -132,6 +132,22 @@ static void reply_copies_dialog_headers_and_adds_tag(void **st)
     assert_int_equal(sip_reply_make(&m, 403, NULL, "t1", SLICE_NULL, out, 20), -ENOSPC);
 }
 
+static void seal_round_trips_and_detects_tampering(void **st)
+{
+    uint8_t key[SIP_FLOW_KEY_LEN] = {9};
+    const char *vias = "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKa\r\nVia: SIP/2.0/UDP 10.0.0.2\r\n";
+    char tok[1024];
+    ssize_t n = sip_seal(key, 7, slice_str(vias), tok, sizeof(tok));
+    assert_true(n > 0);
+    assert_null(strstr(tok, "10.0.0"));
+    uint8_t back[1024];
+    ssize_t m2 = sip_unseal(key, slice_make(tok, (size_t)n), back, sizeof(back));
+    assert_int_equal(m2, (ssize_t)strlen(vias));
+    assert_memory_equal(back, vias, strlen(vias));
+    tok[10] = tok[10] == 'A' ? 'B' : 'A';
+    assert_int_equal(sip_unseal(key, slice_make(tok, (size_t)n), back, sizeof(back)), -EACCES);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +156,7 @@ int main(void)
         cmocka_unit_test(branch_is_stable_for_retransmission_and_cancel),
         cmocka_unit_test(flow_token_round_trips_and_rejects_forgery),
         cmocka_unit_test(reply_copies_dialog_headers_and_adds_tag),
+        cmocka_unit_test(seal_round_trips_and_detects_tampering),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

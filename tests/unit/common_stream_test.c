@@ -768,6 +768,63 @@ static void test_bind_from_and_addresses(void **state)
     assert_int_equal(w.cli_closed, 0);
 }
 
+/* TCP half-close: the client sends its request and shuts down its side; the server, told
+ * of the FIN, answers later and shuts down too; both ends then close cleanly. */
+static uv_timer_t late_timer;
+
+static void late_answer(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    assert_int_equal(stream_write(w->srv, "late", 4), 0);
+    stream_shutdown(w->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void srv_eof(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->drains++; /* counts EOFs here */
+    uv_timer_init(&w->loop, &late_timer);
+    late_timer.data = w;
+    uv_timer_start(&late_timer, late_answer, 30, 0);
+}
+
+static void half_close_open(struct stream *s, void *arg)
+{
+    struct world *w = arg;
+    w->cli_open++;
+    assert_int_equal(stream_write(s, "hello", 5), 0);
+    stream_shutdown(s);
+    assert_int_equal(stream_write(s, "more", 4), -EPIPE);
+}
+
+static int half_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    memcpy(w->got + w->got_len, p, n);
+    w->got_len += n;
+    return 0;
+}
+
+static void test_half_close_answer_after_eof(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    w.scbs.on_eof = srv_eof;
+    w.ccbs.on_open = half_close_open;
+    w.ccbs.on_data = half_cli_data;
+    world_run(&w);
+    assert_int_equal(w.drains, 1);
+    assert_int_equal(w.srv_got, 5);
+    assert_int_equal(w.got_len, 4);
+    assert_memory_equal(w.got, "late", 4);
+    assert_int_equal(w.srv_err, 0);
+    assert_string_equal(w.srv_why, "closed by both ends");
+    assert_int_equal(w.cli_err, 0);
+    assert_string_equal(w.cli_why, "closed by both ends");
+}
+
 static void silent_open(struct stream *s, void *arg)
 {
     struct world *w = arg;
@@ -913,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_handler_error_closes),
         cmocka_unit_test(test_eof_during_handshake),
         cmocka_unit_test(test_bind_from_and_addresses),
+        cmocka_unit_test(test_half_close_answer_after_eof),
         cmocka_unit_test(test_idle_timeout_closes),
         cmocka_unit_test(test_idle_timeout_can_be_changed),
         cmocka_unit_test(test_handshake_timeout_closes_silent_client),

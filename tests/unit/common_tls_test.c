@@ -340,6 +340,23 @@ static void test_peer_has_name_wildcard(void **state)
     tls_ctx_unref(c);
     tls_ctx_unref(s);
 
+    /* SNI picks the wildcard certificate for a name under it. */
+    struct tls_cert_opts two[] = {{CERTS "/director.crt", CERTS "/director.key"},
+                                  {CERTS "/wild.crt", CERTS "/wild.key"}};
+    struct tls_opts so = {.server = true, .certs = two, .ncerts = 2};
+    s = ctx_new(&so);
+    c = client_ctx(NULL, false);
+    pair_open(&p, c, s, "conf.partner.example");
+    assert_true(tls_conn_peer_verified(p.cli.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "partner.example");
+    pair_close(&p);
+    pair_open(&p, c, s, "a.b.partner.example"); /* one label only: the default answers */
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(strstr(tls_conn_error(p.cli.c), "name mismatch"));
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+
     /* Not verified: no name counts, even the right one. */
     struct tls_opts lax = {.server = false};
     c = ctx_new(&lax);
