@@ -93,7 +93,7 @@ struct av_worker {
 
     struct av_turn_stats folded;
     int64_t g_allocs, g_perms, g_chans, allocs_now;
-    uint64_t tx_dropped;
+    uint64_t tx_dropped, tx_dropped_folded;
 
     struct mmsghdr rx_msg[RX_BATCH];
     struct iovec rx_iov[RX_BATCH];
@@ -599,6 +599,8 @@ static void fold_stats(struct av_worker *w)
     for (int i = 1; i < AV_DENY_NREASONS; i++)
         FOLD(denied[i], denied[i]);
 #undef FOLD
+    metric_add(m->dropped_send, w->tx_dropped - w->tx_dropped_folded);
+    w->tx_dropped_folded = w->tx_dropped;
     size_t na, np, nc;
     av_alloc_counts(av_turn_table(w->turn), &na, &np, &nc);
     metric_add(m->allocs, (uint64_t)((int64_t)na - w->g_allocs));
