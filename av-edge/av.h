@@ -81,7 +81,7 @@ void av_runtime_free(struct av_runtime *rt); /* and every older one */
 struct av_metrics {
     struct metric *allocs, *perms, *chans;
     struct metric *pkts_to_peer, *pkts_to_client, *bytes_to_peer, *bytes_to_client;
-    struct metric *dropped_no_perm, *dropped_bandwidth, *unauth_limited;
+    struct metric *dropped_no_perm, *dropped_bandwidth, *unauth_limited, *dropped_send;
     struct metric *auth_fail[AV_AUTH_NREASONS];
     struct metric *denied[AV_DENY_NREASONS];
     struct metric *quota_user, *quota_total, *bindings, *allocs_ok, *errors;

@@ -319,6 +319,7 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
     m->dropped_no_perm = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"no_permission\"");
     m->dropped_bandwidth = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"bandwidth\"");
     m->unauth_limited = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"rate_limit\"");
+    m->dropped_send = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"send_failed\"");
     char labels[64];
     for (int i = 0; i < AV_AUTH_NREASONS; i++) {
         snprintf(labels, sizeof(labels), "reason=\"%s\"", av_auth_fail_name((enum av_auth_fail)i));

@@ -74,9 +74,131 @@ int av_shared_init(struct av_shared *s)
     return crypto_random(s->nonce_key, sizeof(s->nonce_key));
 }
 
+struct av_user_count {
+    struct av_user_count *next;
+    uint32_t n;
+    char name[AV_USERNAME_MAX];
+};
+
+static size_t user_bucket(const char *u)
+{
+    uint64_t h = 1469598103934665603ull;
+    while (*u)
+        h = (h ^ (uint8_t)*u++) * 1099511628211ull;
+    return (size_t)(h % AV_SHARED_USER_BUCKETS);
+}
+
+struct av_shared_resv {
+    struct av_shared_resv *next;
+    uint64_t token, expires_ms;
+    void *handle;
+    void (*release)(void *arg, void *handle);
+    void *arg;
+};
+
+static int resv_add(struct av_shared *s, uint64_t token, void *handle, uint64_t expires_ms,
+                    const struct av_relay_io *io)
+{
+    struct av_shared_resv *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    *r = (struct av_shared_resv){NULL, token, expires_ms, handle, io->release, io->arg};
+    pthread_mutex_lock(&s->mu);
+    r->next = s->resv;
+    s->resv = r;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void *resv_take(struct av_shared *s, uint64_t token, uint64_t now_ms)
+{
+    void *h = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (struct av_shared_resv **pp = &s->resv; *pp; pp = &(*pp)->next) {
+        if ((*pp)->token == token && (*pp)->expires_ms > now_ms) {
+            struct av_shared_resv *r = *pp;
+            *pp = r->next;
+            h = r->handle;
+            free(r);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+/* Releases reservations that expired by now_ms (all of them with UINT64_MAX). */
+static void resv_sweep(struct av_shared *s, uint64_t now_ms)
+{
+    struct av_shared_resv *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (struct av_shared_resv **pp = &s->resv; *pp;) {
+        struct av_shared_resv *r = *pp;
+        if (r->expires_ms <= now_ms) {
+            *pp = r->next;
+            r->next = gone;
+            gone = r;
+        } else {
+            pp = &r->next;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (gone) {
+        struct av_shared_resv *r = gone;
+        gone = r->next;
+        if (r->release)
+            r->release(r->arg, r->handle);
+        free(r);
+    }
+}
+
 void av_shared_fini(struct av_shared *s)
 {
+    resv_sweep(s, UINT64_MAX);
+    for (size_t i = 0; i < AV_SHARED_USER_BUCKETS; i++) {
+        while (s->users[i]) {
+            struct av_user_count *u = s->users[i];
+            s->users[i] = u->next;
+            free(u);
+        }
+    }
     pthread_mutex_destroy(&s->mu);
+}
+
+bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota)
+{
+    bool ok = true;
+    pthread_mutex_lock(&s->mu);
+    struct av_user_count **pp = &s->users[user_bucket(user)];
+    while (*pp && strcmp((*pp)->name, user) != 0)
+        pp = &(*pp)->next;
+    if (!*pp) {
+        struct av_user_count *u = calloc(1, sizeof(*u));
+        if (u) {
+            snprintf(u->name, sizeof(u->name), "%s", user);
+            *pp = u;
+        }
+    }
+    if (!*pp || (quota && (*pp)->n >= quota))
+        ok = false;
+    else
+        (*pp)->n++;
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+void av_shared_user_give(struct av_shared *s, const char *user)
+{
+    pthread_mutex_lock(&s->mu);
+    struct av_user_count **pp = &s->users[user_bucket(user)];
+    while (*pp && strcmp((*pp)->name, user) != 0)
+        pp = &(*pp)->next;
+    if (*pp && (*pp)->n && --(*pp)->n == 0) {
+        struct av_user_count *u = *pp;
+        *pp = u->next;
+        free(u);
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
@@ -143,6 +265,7 @@ static void hook_free(struct av_alloc *a, void *arg)
     if (t->io.close)
         t->io.close(t->io.arg, a);
     __atomic_sub_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
+    av_shared_user_give(t->sh, a->user->name);
 }
 
 static void hook_resv_free(void *handle, void *arg)
@@ -217,6 +340,7 @@ struct av_turn_stats *av_turn_stats(struct av_turn *t)
 
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms)
 {
+    resv_sweep(t->sh, now_ms);
     return av_alloc_sweep(t->tab, now_ms);
 }
 
@@ -534,17 +658,17 @@ static int do_allocate(struct req *r)
         log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
         return reply_error(r, 440);
     }
-    struct av_user *u = av_user_find(t->tab, r->user);
-    if (c->user_quota && u && u->n_allocs >= c->user_quota) {
-        t->st.quota_user++;
-        log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
-        return reply_error(r, 486);
-    }
     if (c->total_quota &&
         __atomic_load_n(&t->sh->allocs, __ATOMIC_RELAXED) >= (int64_t)c->total_quota) {
         t->st.quota_total++;
         log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
         return reply_error(r, 508);
+    }
+    /* Counted across workers; given back when the allocation goes (hook_free). */
+    if (!av_shared_user_take(t->sh, r->user, c->user_quota)) {
+        t->st.quota_user++;
+        log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
+        return reply_error(r, 486);
     }
     void *reserved = NULL;
     if (tok) {
@@ -552,8 +676,9 @@ static int do_allocate(struct req *r)
         uint64_t token = 0;
         for (int i = 0; i < 8; i++)
             token = token << 8 | v[i];
-        reserved = av_reservation_take(t->tab, token, in->now_ms);
+        reserved = resv_take(t->sh, token, in->now_ms);
         if (!reserved) {
+            av_shared_user_give(t->sh, r->user);
             log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
             return reply_error(r, 508);
         }
@@ -565,6 +690,7 @@ static int do_allocate(struct req *r)
 
     a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
     if (!a) {
+        av_shared_user_give(t->sh, r->user);
         if (reserved && t->io.release)
             t->io.release(t->io.arg, reserved);
         return reply_error(r, 508);
@@ -596,7 +722,7 @@ static int do_allocate(struct req *r)
         crypto_random(&token, sizeof(token));
         if (!token)
             token = 1;
-        if (av_reservation_add(t->tab, token, resv_out, in->now_ms + RESERVATION_MS) == 0)
+        if (resv_add(t->sh, token, resv_out, in->now_ms + RESERVATION_MS, &t->io) == 0)
             a->token = token;
         else if (t->io.release)
             t->io.release(t->io.arg, resv_out);

@@ -46,15 +46,26 @@ struct av_turn_cfg {
 
 /* Shared between workers: relay secrets (current + previous) that the control channel
  * rotates, and the total allocation count for the global quota. */
+#define AV_SHARED_USER_BUCKETS 1024
+struct av_user_count;
+struct av_shared_resv;
 struct av_shared {
     pthread_mutex_t mu;
     struct keyring kr;   /* under mu */
     uint64_t kr_gen;     /* bumped under mu, read atomically */
     int64_t allocs;      /* atomic */
     uint8_t nonce_key[20];
+    /* Allocations per user across all workers (under mu), for the per-user quota. */
+    struct av_user_count *users[AV_SHARED_USER_BUCKETS];
+    /* EVEN-PORT reservations (under mu): any worker may redeem a token, since the
+     * Allocate that names it may arrive on another worker's socket. */
+    struct av_shared_resv *resv;
 };
 int av_shared_init(struct av_shared *s);
 void av_shared_fini(struct av_shared *s);
+/* Counts one more allocation for user unless quota (0 = none) is reached: true if counted. */
+bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota);
+void av_shared_user_give(struct av_shared *s, const char *user);
 /* Installs a relay secret (the previous current one stays valid). */
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
                          int64_t not_after);
@@ -69,7 +80,7 @@ struct av_relay_io {
                 void **reserve_out, void *reserved_in);
     /* Closes a's relay sockets (the allocation is going away). */
     void (*close)(void *arg, struct av_alloc *a);
-    /* Drops an unused reservation. */
+    /* Drops an unused reservation; may run on any worker's thread (or at shutdown). */
     void (*release)(void *arg, void *reserved);
     void *arg;
 };

@@ -7,6 +7,7 @@
  * leave in sendmmsg batches per socket from a uv_check handle, after all reads of the
  * iteration. Nothing on the packet path allocates or logs. */
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <stdlib.h>
@@ -92,7 +93,7 @@ struct av_worker {
 
     struct av_turn_stats folded;
     int64_t g_allocs, g_perms, g_chans, allocs_now;
-    uint64_t tx_dropped;
+    uint64_t tx_dropped, tx_dropped_folded;
 
     struct mmsghdr rx_msg[RX_BATCH];
     struct iovec rx_iov[RX_BATCH];
@@ -406,8 +407,14 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
 {
     struct av_worker *w = arg;
     int fi = family == AF_INET6;
-    struct av_relay_sock *rs = reserved_in;
-    if (!rs) {
+    struct av_relay_sock *rs = NULL;
+    if (reserved_in) {
+        /* A reservation is a bare bound fd (fd + 1 as the handle), so whichever worker
+         * receives the Allocate with the token can take it into its own loop. */
+        int rc = relay_sock_new(w, (int)((intptr_t)reserved_in - 1), &rs);
+        if (rc)
+            return rc;
+    } else {
         if (!w->relay_addr[fi].u.sa.sa_family)
             return -EAFNOSUPPORT;
         uint32_t n = worker_port_count(w);
@@ -443,13 +450,8 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
                 close(fd2);
             return rc;
         }
-        if (reserve_out) {
-            struct av_relay_sock *r2;
-            if (relay_sock_new(w, fd2, &r2) == 0)
-                *reserve_out = r2;
-            else
-                close(fd2);
-        }
+        if (reserve_out)
+            *reserve_out = (void *)(intptr_t)(fd2 + 1);
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -472,13 +474,13 @@ static void io_close(void *arg, struct av_alloc *a)
             a->relay[i].handle = NULL;
         }
     }
-    if (a->conn && !w->closing)
-        stream_close(a->conn, 0, "allocation deleted");
+    /* A TCP/TLS client's connection outlives its allocation (the Refresh answer is still to
+     * be written, and the client may allocate again on it). */
 }
 
 static void io_release(void *arg, void *reserved)
 {
-    relay_sock_close(reserved);
+    close((int)((intptr_t)reserved - 1));
 }
 
 /* ---- TCP and TLS clients ---- */
@@ -597,6 +599,8 @@ static void fold_stats(struct av_worker *w)
     for (int i = 1; i < AV_DENY_NREASONS; i++)
         FOLD(denied[i], denied[i]);
 #undef FOLD
+    metric_add(m->dropped_send, w->tx_dropped - w->tx_dropped_folded);
+    w->tx_dropped_folded = w->tx_dropped;
     size_t na, np, nc;
     av_alloc_counts(av_turn_table(w->turn), &na, &np, &nc);
     metric_add(m->allocs, (uint64_t)((int64_t)na - w->g_allocs));

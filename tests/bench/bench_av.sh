@@ -14,8 +14,7 @@ REALM=bench.lab
 [ -x "$BIN/av-edge" ] && [ -x "$BIN/turnload" ] || { echo "build first (make)"; exit 1; }
 command -v turnserver >/dev/null || { echo "coturn (turnserver) is not installed"; exit 1; }
 
-exec 9>/tmp/bench.lock
-flock 9
+# Each measured point holds /tmp/bench.lock (shared with the other benchmarks on this host).
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
 TMP=$(mktemp -d /tmp/bench-av.XXXX)
 SRV=""
@@ -26,7 +25,7 @@ trap cleanup EXIT
 free_port() { python3 -c '
 import socket
 while True:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
     try:
         for h in ("127.0.0.1", "127.0.0.13"):
             for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
@@ -36,7 +35,7 @@ while True:
         continue
 '; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
-gen() { timeout $((SECS + 60)) taskset -c 1 "$BIN/turnload" "$@"; }
+gen() { flock /tmp/bench.lock timeout $((SECS + 60)) taskset -c 1 "$BIN/turnload" "$@"; }
 
 start_av() {
     PORT=$(free_port); IP=127.0.0.13
@@ -77,7 +76,8 @@ run_server() { # name
     r0=$(rss_kb "$SRV")
     gen hold $IP "$PORT" $SECRET $REALM 1000 4 > "$TMP/hold.out" 2>&1 &
     local hp=$!
-    for _ in $(seq 100); do grep -q "HOLD allocated" "$TMP/hold.out" && break; sleep 0.2; done
+    # (the generator may first wait for the bench lock)
+    while kill -0 $hp 2>/dev/null && ! grep -q "HOLD allocated" "$TMP/hold.out"; do sleep 0.2; done
     sleep 1
     r1=$(rss_kb "$SRV")
     echo "$name $(head -1 "$TMP/hold.out") rss_before_kb=$r0 rss_held_kb=$r1" >&2

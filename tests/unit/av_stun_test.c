@@ -242,6 +242,23 @@ static void chandata_framing(void **st)
     assert_int_equal(stun_frame_len(f, 12), -EBADMSG);
 }
 
+static void classic_rfc3489_binding(void **st)
+{
+    /* RFC 3489 request: no magic cookie, a 16-byte transaction id, CHANGE-REQUEST 0. */
+    uint8_t req[28] = {0x00, 0x01, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                       0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0};
+    struct addr c;
+    addr_parse(&c, "192.0.2.9:4242", 0);
+    uint8_t out[64];
+    assert_int_equal(stun_classic_binding_reply(req, sizeof(req), &c, out, sizeof(out)), 32);
+    assert_memory_equal(out, "\x01\x01\x00\x0c", 4);
+    assert_memory_equal(out + 4, req + 4, 16);
+    assert_memory_equal(out + 20, "\x00\x01\x00\x08\x00\x01\x10\x92\xc0\x00\x02\x09", 12);
+    req[27] = 6; /* change IP and port: cannot be honoured, no answer */
+    assert_int_equal(stun_classic_binding_reply(req, sizeof(req), &c, out, sizeof(out)), -EPERM);
+    assert_int_equal(stun_classic_binding_reply(req_2_1, sizeof(req_2_1), &c, out, sizeof(out)), -EBADMSG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +271,7 @@ int main(void)
         cmocka_unit_test(unknown_comprehension_required),
         cmocka_unit_test(malformed_messages),
         cmocka_unit_test(chandata_framing),
+        cmocka_unit_test(classic_rfc3489_binding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -117,9 +117,9 @@ static int teardown(void **st)
     struct fx *f = *st;
     av_turn_destroy(f->t);
     assert_int_equal(f->io.open, 0);
-    assert_int_equal(f->io.reserved, 0);
     assert_int_equal(f->sh.allocs, 0);
     av_shared_fini(&f->sh);
+    assert_int_equal(f->io.reserved, 0);
     free(f);
     return 0;
 }
