@@ -6,6 +6,7 @@ is kept in a file so a test can assert on log lines, and sanitizer reports fail 
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,22 +27,38 @@ def have_binary(name):
     return os.access(binary(name), os.X_OK)
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
-    """A port free for both TCP and UDP on host right now."""
-    for _ in range(50):
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        s = socket.socket(fam, kind)
-        s.bind((host, 0))
-        port = s.getsockname()[1]
-        s.close()
-        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
-        try:
-            o = socket.socket(fam, other)
-            o.bind((host, port))
-            o.close()
+    """A port free for both TCP and UDP on host right now.
+
+    Ports come from below the kernel's ephemeral range: a port the kernel handed out
+    (bind to 0) can be taken again at once by any outgoing connection, before the daemon
+    under test binds it."""
+    lo, _ = _ephemeral_range()
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(200):
+        port = random.randrange(max(1024, lo - 22000), lo - 200)
+        ok = True
+        for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            t = socket.socket(fam, k)
+            try:
+                t.bind((host, port))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+            if not ok:
+                break
+        if ok:
             return port
-        except OSError:
-            continue
     raise RuntimeError("no free port")
 
 
