@@ -708,8 +708,15 @@ class LabDaemons(LabCase):
         self.mine.append(p)
         return p
 
+    def admitted(self, p, timeout=8.0):
+        """Waits (bounded) for the participant's answer line; it stays part of conf_result's output."""
+        ready, _, _ = select.select([p.stdout], [], [], timeout)
+        p.first = p.stdout.readline() if ready else ""
+        return p.first.startswith("ANSWER PSOM-EDGE/1 200")
+
     def conf_result(self, p):
-        out, _ = p.communicate(timeout=20)
+        p.wait(timeout=20)  # each participant stops by itself after its SECS; its output is a few lines
+        out = getattr(p, "first", "") + p.stdout.read()  # read() also takes what readline buffered
         answer = re.search(r"^ANSWER (.*)$", out, re.M)
         got = re.search(r"^GOT (.*)$", out, re.M)
         return (answer.group(1) if answer else f"no answer: {out}"), (got.group(1) if got else None), out
@@ -736,9 +743,10 @@ class LabDaemons(LabCase):
         self.conf_setup()
         k_alice, k_bob, k_carol = (self.conf_key("board", "alice"), self.conf_key("board", "bob"),
                                    self.conf_key("other", "carol"))
-        bob = self.participant("inet", k_bob, "reply", "bytes-from-bob", 5)
-        carol = self.participant("inet", k_carol, "send", "bytes-from-carol", 5)
-        time.sleep(1.5)  # both admitted before alice speaks
+        bob = self.participant("inet", k_bob, "reply", "bytes-from-bob", 6)
+        carol = self.participant("inet", k_carol, "send", "bytes-from-carol", 6)
+        for p in (bob, carol):  # both admitted before alice speaks
+            self.admitted(p)
         alice = self.participant("user", k_alice, "send", "bytes-from-alice", 3.5)
         (a_ans, a_got, a_out), (b_ans, b_got, b_out), (c_ans, c_got, c_out) = (
             self.conf_result(alice), self.conf_result(bob), self.conf_result(carol))
@@ -760,8 +768,10 @@ class LabDaemons(LabCase):
         i = dot + 5  # a character inside the signature (the last one carries padding bits)
         forged = good[:i] + ("B" if good[i] != "B" else "C") + good[i + 1:]
         expired = self.conf_key("board2", "mallory", "&ttl=1")
-        listener = self.participant("inet", self.conf_key("board2", "bob"), "none", "", 5)
-        time.sleep(2.2)  # the 1 s key is past its exp (whole seconds)
+        listener = self.participant("inet", self.conf_key("board2", "bob"), "none", "", 6)
+        t0 = time.time()
+        self.admitted(listener)
+        time.sleep(max(0.0, 2.2 - (time.time() - t0)))  # the 1 s key is past its exp (whole seconds)
         for key, want in ((forged, "PSOM-EDGE/1 403 invalid-key"), (expired, "PSOM-EDGE/1 403 expired-key"),
                           ("not-a-key", "PSOM-EDGE/1 403 invalid-key")):
             with self.subTest(want=want, key=key[:20]):
