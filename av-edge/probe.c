@@ -11,9 +11,15 @@
  *
  *   av-probe --external HOST:PORT --internal HOST:PORT (--secret S | --user U --password P)
  *            [--streams 1] [--rate 50] [--seconds 5] [--size 160]
+ *            [--external-user U --external-password P] [--external-netns NAME]
+ * The external user uses the internal user's credentials unless given its own; with
+ * --external-netns its sockets are made in that network namespace (/run/netns/NAME, needs
+ * CAP_SYS_ADMIN), so one process can place the external allocation from behind a NAT.
  * Exit status: 0 when nothing was lost or failed authentication, 1 otherwise, 2 on setup errors. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
@@ -35,6 +41,8 @@
 struct opts {
     struct addr ext, in;
     const char *secret, *user, *password;
+    const char *ext_user, *ext_password; /* the external user's own credentials, if given */
+    const char *ext_netns;               /* network namespace of the external sockets */
     int streams, rate, size;
     double seconds;
 };
@@ -76,15 +84,47 @@ static void die(const char *what)
     exit(2);
 }
 
-static int client_open(struct client *c, const struct addr *server, const struct opts *o, int id)
+/* A UDP socket in the named network namespace (/run/netns/NAME, as `ip netns` makes them),
+ * or in ours when netns is NULL: a socket stays in the namespace it was made in, so one
+ * process can be the external user (behind its NAT) and the internal user at once. */
+static int socket_in(const char *netns, int family)
+{
+    if (!netns)
+        return socket(family, SOCK_DGRAM, 0);
+    char path[256];
+    snprintf(path, sizeof(path), "/run/netns/%s", netns);
+    int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = -1, err = 0;
+    if (self < 0 || target < 0 || setns(target, CLONE_NEWNET) != 0) {
+        err = errno;
+    } else {
+        fd = socket(family, SOCK_DGRAM, 0);
+        err = errno;
+        if (setns(self, CLONE_NEWNET) != 0)
+            die("cannot return to the original network namespace");
+    }
+    if (self >= 0)
+        close(self);
+    if (target >= 0)
+        close(target);
+    errno = err;
+    return fd;
+}
+
+static int client_open(struct client *c, const struct addr *server, const struct opts *o, int id,
+                       bool external)
 {
     c->server = *server;
-    c->fd = socket(addr_family(server), SOCK_DGRAM, 0);
+    c->fd = socket_in(external ? o->ext_netns : NULL, addr_family(server));
     if (c->fd < 0)
         return -errno;
     int sz = 1 << 20;
     setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
-    if (o->secret) {
+    if (external && o->ext_user) {
+        snprintf(c->user, sizeof(c->user), "%s", o->ext_user);
+        snprintf(c->pass, sizeof(c->pass), "%s", o->ext_password);
+    } else if (o->secret) {
         char who[32];
         snprintf(who, sizeof(who), "probe%d", id);
         turn_rest_username(c->user, sizeof(c->user), time(NULL) + 3600, who);
@@ -257,7 +297,12 @@ static void usage(void)
 {
     fprintf(stderr, "usage: av-probe --external HOST:PORT --internal HOST:PORT "
                     "(--secret S | --user U --password P) [--streams N] [--rate PPS] "
-                    "[--seconds S] [--size BYTES]\n");
+                    "[--seconds S] [--size BYTES] [--external-user U --external-password P] "
+                    "[--external-netns NAME]\n"
+                    "  --external-user/--external-password: the external user's own credentials "
+                    "(default: the same as the internal user's)\n"
+                    "  --external-netns NAME: make the external user's sockets in network "
+                    "namespace NAME (/run/netns/NAME)\n");
     exit(2);
 }
 
@@ -268,7 +313,8 @@ int main(int argc, char **argv)
         {"external", 1, 0, 'e'}, {"internal", 1, 0, 'i'}, {"secret", 1, 0, 's'},
         {"user", 1, 0, 'u'},     {"password", 1, 0, 'p'}, {"streams", 1, 0, 'n'},
         {"rate", 1, 0, 'r'},     {"seconds", 1, 0, 't'},  {"size", 1, 0, 'z'},
-        {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+        {"help", 0, 0, 'h'},     {"external-user", 1, 0, 'U'}, {"external-password", 1, 0, 'P'},
+        {"external-netns", 1, 0, 'N'}, {0, 0, 0, 0}};
     bool have_ext = false, have_in = false;
     for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
         switch (c) {
@@ -281,12 +327,15 @@ int main(int argc, char **argv)
         case 'r': o.rate = atoi(optarg); break;
         case 't': o.seconds = atof(optarg); break;
         case 'z': o.size = atoi(optarg); break;
+        case 'U': o.ext_user = optarg; break;
+        case 'P': o.ext_password = optarg; break;
+        case 'N': o.ext_netns = optarg; break;
         default: usage();
         }
     }
     if (!have_ext || !have_in || (!o.secret && (!o.user || !o.password)) || o.streams < 1 ||
         o.streams > 500 || o.rate < 1 || o.rate > 1000 || o.seconds <= 0 || o.seconds > 3600 ||
-        o.size < 16 || o.size > 1200)
+        o.size < 16 || o.size > 1200 || !o.ext_user != !o.ext_password)
         usage();
     if (srtp_init() != srtp_err_status_ok)
         die("srtp_init failed");
@@ -295,8 +344,10 @@ int main(int argc, char **argv)
     char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
     for (int i = 0; i < o.streams; i++) {
         struct stream *s = &st[i];
-        if (client_open(&s->in, &o.in, &o, 2 * i) || client_open(&s->ext, &o.ext, &o, 2 * i + 1))
-            die("socket failed");
+        if (client_open(&s->in, &o.in, &o, 2 * i, false) ||
+            client_open(&s->ext, &o.ext, &o, 2 * i + 1, true))
+            die(o.ext_netns ? "socket failed (is the --external-netns namespace there?)"
+                            : "socket failed");
         int code = client_allocate(&s->in);
         if (code)
             fprintf(stderr, "av-probe: internal Allocate failed: %d\n", code), exit(2);

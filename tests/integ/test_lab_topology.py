@@ -89,6 +89,49 @@ for t in targets:
 """
 
 
+# A conference participant run inside a namespace: TLS to conf-edge (verified against the lab CA,
+# name conf-edge), the preamble with its key, then prints "ANSWER <the edge's answer line>". When
+# admitted it sends TEXT (mode "send": at once; "reply": after the first bytes it receives; "none":
+# never), reads until SECS have passed since it started and prints "GOT <everything received>".
+CONF_CLIENT = r"""
+import socket, ssl, sys, time
+addr, port, cafile, key, mode, text, secs = (sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4],
+                                             sys.argv[5], sys.argv[6].encode(), float(sys.argv[7]))
+end = time.time() + secs
+ctx = ssl.create_default_context(cafile=cafile)
+s = ctx.wrap_socket(socket.create_connection((addr, port), timeout=secs), server_hostname="conf-edge")
+s.sendall(b"PSOM-EDGE/1 " + key.encode() + b"\r\n")
+def recv():
+    s.settimeout(max(0.01, end - time.time()))
+    try:
+        return s.recv(4096)
+    except (socket.timeout, ssl.SSLError, OSError):
+        return b""
+buf = b""
+while b"\n" not in buf and time.time() < end:
+    d = recv()
+    if not d:
+        break
+    buf += d
+line, _, got = buf.partition(b"\n")
+print("ANSWER", line.decode(errors="replace").strip(), flush=True)
+if line.startswith(b"PSOM-EDGE/1 200"):
+    sent = False
+    if mode == "send":
+        s.sendall(text)
+        sent = True
+    while time.time() < end:
+        d = recv()
+        if not d:
+            break
+        got += d
+        if mode == "reply" and not sent:
+            s.sendall(text)
+            sent = True
+    print("GOT", got.decode(errors="replace"), flush=True)
+"""
+
+
 def sh(*args, timeout=30, env=None):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})))
@@ -392,7 +435,7 @@ class LabDaemons(LabCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.tmp = tempfile.mkdtemp(prefix="edgelab-")
-        build = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
+        build = cls.build = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
         r = cls.up(env={"EDGELAB_BUILD": build, "EDGELAB_DIR": cls.tmp})
         cls.up_out = r.stdout + r.stderr
         if r.returncode != 0:
@@ -592,6 +635,153 @@ class LabDaemons(LabCase):
                          "a datagram relayed from outside reached the internal network")
         self.assertRegex(out, r"error 403|Forbidden", out[-2000:])
         self.assertIn("internal_network", self.log_tail("av-edge-1"), "av-edge should log why it refused")
+
+    def need(self, *roles):
+        missing = [r for r in roles if r not in self.started]
+        if missing:
+            reason = f"{', '.join(missing)} not running in the lab (see up.sh's output above)"
+            print(f"\nskip: {reason}", flush=True)
+            self.skipTest(reason)
+
+    def director_api(self, method, path):
+        """(status, JSON answer) of the Director's admin listener, asked from the internal user's
+        host (the internal service that hands credentials and keys out over SIP)."""
+        import json
+        addr, port = self.admin_of("director")
+        rc, out, err = self.curl("iuser", "-X", method, "-w", "\n%{http_code}", f"http://{addr}:{port}{path}")
+        self.assertEqual(rc, 0, f"Director {method} {path}: {err}")
+        body, _, code = out.rpartition("\n")
+        return int(code), json.loads(body)
+
+    def test_call_media_srtp_through_av_edge_between_external_and_internal_user_without_loss(self):
+        """Both parties get relay credentials from the Director (the external user's for the
+        internet, the internal user's for the intranet); SRTP then flows through av-edge between
+        the external user behind the NAT and the internal user. av-probe plays both parties in
+        one process (it needs both ends to time every packet): it runs in the internal user's
+        namespace, and --external-netns makes the external user's socket in the external user's
+        namespace, so that allocation really comes from behind the NAT."""
+        self.need("director", "av-edge-1")
+        creds = {}
+        for user, loc in (("alice", "internet"), ("bob", "intranet")):
+            code, c = self.director_api("GET", f"/credentials?user={user}&location={loc}")
+            self.assertEqual(code, 200, c)
+            creds[loc] = c
+        # The Director lists the lab's av-edge: its external side for the internet user, its
+        # internal side for the intranet user.
+        ext_uri = f"turn:{PLAN['AV1_EXT']}:3478?transport=udp"
+        int_uri = f"turn:{PLAN['AV1_INT']}:3478?transport=udp"
+        self.assertIn(ext_uri, creds["internet"]["uris"], creds["internet"])
+        self.assertIn(int_uri, creds["intranet"]["uris"], creds["intranet"])
+        self.assertFalse([u for u in creds["internet"]["uris"] if PLAN["AV1_INT"] in u],
+                         "the internet user was given the av-edge's internal address")
+        r = subprocess.run(["ip", "netns", "exec", self.ns("iuser"), os.path.join(self.build, "bin", "av-probe"),
+                            "--external", f"{PLAN['AV1_EXT']}:3478", "--internal", f"{PLAN['AV1_INT']}:3478",
+                            "--user", creds["intranet"]["username"], "--password", creds["intranet"]["password"],
+                            "--external-user", creds["internet"]["username"],
+                            "--external-password", creds["internet"]["password"],
+                            "--external-netns", self.ns("user"), "--seconds", "2", "--rate", "50"],
+                           capture_output=True, text=True, timeout=20)
+        out = r.stdout + r.stderr
+        m = re.search(r"sent=(\d+) received=(\d+) loss_pct=([\d.]+) auth_failures=(\d+) malformed=(\d+)", out)
+        self.assertIsNotNone(m, f"av-probe did not finish (rc {r.returncode}):\n{out}\n{self.log_tail('av-edge-1')}")
+        sent, got, loss, auth, bad = int(m[1]), int(m[2]), float(m[3]), int(m[4]), int(m[5])
+        self.assertGreater(sent, 0, out)
+        self.assertEqual((got, loss, auth, bad), (sent, 0.0, 0, 0), f"SRTP through av-edge:\n{out}")
+        self.assertEqual(r.returncode, 0, out)
+        # av-edge saw the external user as the home NAT's public address on its external side,
+        # the internal user on its internal side, each with the Director's credentials.
+        log = self.log_tail("av-edge-1")
+        self.assertRegex(log, re.escape(f"[{PLAN['HOMERTR_WAN']}:") + r"\d+\] allocation for "
+                         + re.escape(creds["internet"]["username"]) + " on the external side")
+        self.assertRegex(log, re.escape(f"[{PLAN['IUSER']}:") + r"\d+\] allocation for "
+                         + re.escape(creds["intranet"]["username"]) + " on the internal side")
+
+    def conf_key(self, conf, user, extra=""):
+        code, k = self.director_api("POST", f"/conference-keys?conf={conf}&user={user}{extra}")
+        self.assertEqual(code, 200, k)
+        return k["key"]
+
+    def participant(self, host, key, mode, text, secs):
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), sys.executable, "-c", CONF_CLIENT,
+                              PLAN["CONF_EXT"], "443", os.path.join(self.tmp, "certs", "ca.crt"), key,
+                              mode, text, str(secs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.mine.append(p)
+        return p
+
+    def admitted(self, p, timeout=8.0):
+        """Waits (bounded) for the participant's answer line; it stays part of conf_result's output."""
+        ready, _, _ = select.select([p.stdout], [], [], timeout)
+        p.first = p.stdout.readline() if ready else ""
+        return p.first.startswith("ANSWER PSOM-EDGE/1 200")
+
+    def conf_result(self, p):
+        p.wait(timeout=20)  # each participant stops by itself after its SECS; its output is a few lines
+        out = getattr(p, "first", "") + p.stdout.read()  # read() also takes what readline buffered
+        answer = re.search(r"^ANSWER (.*)$", out, re.M)
+        got = re.search(r"^GOT (.*)$", out, re.M)
+        return (answer.group(1) if answer else f"no answer: {out}"), (got.group(1) if got else None), out
+
+    def conf_setup(self):
+        self.need("director", "conf-edge")
+        # The lab's Director dials the lab's conf-edge (genconf maps the stub's edge address).
+        from deployutil import load_yaml
+        cs = load_yaml(os.path.join(self.tmp, "director.yaml")).get("confserver") or {}
+        self.assertIn(f"{PLAN['CONF_INT']}:8057", cs.get("edges", []), cs)
+        log = ""
+        for _ in range(50):  # at most ~10 s for the stub to dial in
+            log = self.log_tail("conf-edge")
+            if "conferencing server director connected" in log:
+                break
+            time.sleep(0.2)
+        self.assertIn("conferencing server director connected", log)
+
+    def test_external_user_joins_a_conference_through_conf_edge_and_exchanges_data(self):
+        """The external user (behind the NAT) and a second participant of the same conference
+        exchange bytes through conf-edge and the Director's conferencing stub; a participant of
+        another conference sees none of them. Internal hosts have no route to conf-edge's external
+        listener, so the second participant joins from the internet host."""
+        self.conf_setup()
+        k_alice, k_bob, k_carol = (self.conf_key("board", "alice"), self.conf_key("board", "bob"),
+                                   self.conf_key("other", "carol"))
+        bob = self.participant("inet", k_bob, "reply", "bytes-from-bob", 6)
+        carol = self.participant("inet", k_carol, "send", "bytes-from-carol", 6)
+        for p in (bob, carol):  # both admitted before alice speaks
+            self.admitted(p)
+        alice = self.participant("user", k_alice, "send", "bytes-from-alice", 3.5)
+        (a_ans, a_got, a_out), (b_ans, b_got, b_out), (c_ans, c_got, c_out) = (
+            self.conf_result(alice), self.conf_result(bob), self.conf_result(carol))
+        log = self.log_tail("conf-edge")
+        for who, ans in (("alice", a_ans), ("bob", b_ans), ("carol", c_ans)):
+            self.assertEqual(ans, "PSOM-EDGE/1 200 admitted", f"{who}:\n{log}")
+        self.assertEqual(b_got, "bytes-from-alice", b_out)
+        self.assertEqual(a_got, "bytes-from-bob", a_out)
+        self.assertEqual(c_got, "", f"a participant of another conference got: {c_out}")
+        self.assertRegex(log, re.escape(f"[{PLAN['HOMERTR_WAN']}:") + r"\d+\] admitted: conference board "
+                                                                       r"participant alice")
+
+    def test_conference_keys_that_are_forged_or_expired_are_refused_from_outside(self):
+        """conf-edge answers a tampered key with 403 invalid-key and an expired one with
+        403 expired-key (conf-edge/README.md), and forwards nothing of theirs to the conference."""
+        self.conf_setup()
+        good = self.conf_key("board2", "alice")
+        dot = good.rfind(".")
+        i = dot + 5  # a character inside the signature (the last one carries padding bits)
+        forged = good[:i] + ("B" if good[i] != "B" else "C") + good[i + 1:]
+        expired = self.conf_key("board2", "mallory", "&ttl=1")
+        listener = self.participant("inet", self.conf_key("board2", "bob"), "none", "", 6)
+        t0 = time.time()
+        self.admitted(listener)
+        time.sleep(max(0.0, 2.2 - (time.time() - t0)))  # the 1 s key is past its exp (whole seconds)
+        for key, want in ((forged, "PSOM-EDGE/1 403 invalid-key"), (expired, "PSOM-EDGE/1 403 expired-key"),
+                          ("not-a-key", "PSOM-EDGE/1 403 invalid-key")):
+            with self.subTest(want=want, key=key[:20]):
+                ans, got, out = self.conf_result(self.participant("user", key, "send", "sneaked-in", 2))
+                self.assertEqual(ans, want, out)
+                self.assertIsNone(got, out)
+        ans, got, out = self.conf_result(listener)
+        self.assertEqual(ans, "PSOM-EDGE/1 200 admitted", out)
+        self.assertEqual(got, "", f"a refused client's bytes reached the conference: {out}")
+        self.assertIn("client refused: expired-key", self.log_tail("conf-edge"))
 
     def log_tail(self, inst):
         try:
