@@ -123,6 +123,12 @@ enum token_result token_verify(const struct keyring *kr, const char *text, size_
     ssize_t ml = base64url_decode(d2 + 1, (size_t)(end - d2 - 1), mac_given, sizeof mac_given);
     if (ml != SHA256_LEN)
         return TOKEN_MALFORMED;
+    /* The last base64url character of 32 bytes carries 2 unused bits: accept only the
+     * canonical spelling, so one key has exactly one text form. */
+    char canon[64];
+    if (base64url_encode(mac_given, SHA256_LEN, canon, sizeof canon) != end - d2 - 1 ||
+        memcmp(canon, d2 + 1, (size_t)(end - d2 - 1)) != 0)
+        return TOKEN_MALFORMED;
     char cbuf[600];
     ssize_t cn = base64url_decode(cl, (size_t)(d2 - cl), (uint8_t *)cbuf, sizeof cbuf - 1);
     if (cn <= 0)

@@ -240,7 +240,10 @@ static void sess_free_if_done(struct ce_sess *s)
     free(s);
     e->nsess--;
     metric_set(e->m.active, (int64_t)e->nsess);
-    edge_maybe_free(e);
+    if (e->stopping) {
+        edge_maybe_free(e); /* may free e: nothing below may touch it */
+        return;
+    }
     if (e->draining && e->nsess == 0 && e->drained_cb) {
         void (*cb)(void *) = e->drained_cb;
         e->drained_cb = NULL;

@@ -84,6 +84,21 @@ static void token_verify_refuses_tampered_claims_and_mac(void **st)
     assert_int_equal(token_verify(&kr, t, strlen(t), 1900000000, NULL), TOKEN_BAD_SIGNATURE);
 }
 
+static void token_verify_refuses_non_canonical_mac_spelling(void **st)
+{
+    /* "...Wpzc": the final 'c' carries 2 unused bits; 'd', 'e', 'f' decode to the same
+     * MAC. Only the canonical text is the key (found by the lab's forged-key test). */
+    struct keyring kr = ring();
+    char t[512];
+    strcpy(t, VECTOR);
+    size_t n = strlen(t);
+    assert_int_equal(t[n - 1], 'c');
+    for (char c = 'd'; c <= 'f'; c++) {
+        t[n - 1] = c;
+        assert_int_equal(token_verify(&kr, t, n, 1900000000, NULL), TOKEN_MALFORMED);
+    }
+}
+
 static void token_verify_refuses_foreign_key_and_garbage(void **st)
 {
     struct keyring other;
@@ -151,6 +166,7 @@ int main(void)
         cmocka_unit_test(token_verify_accepts_vector_and_fills_claims),
         cmocka_unit_test(token_verify_refuses_expired),
         cmocka_unit_test(token_verify_refuses_tampered_claims_and_mac),
+        cmocka_unit_test(token_verify_refuses_non_canonical_mac_spelling),
         cmocka_unit_test(token_verify_refuses_foreign_key_and_garbage),
         cmocka_unit_test(keyring_accepts_previous_key_after_rotation_only),
         cmocka_unit_test(keyring_key_past_not_after_is_refused),
