@@ -76,6 +76,7 @@ struct daemon {
     struct admin *admin;
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_timer_t drain_timer;
+    bool started; /* ops->start succeeded: only then does ops->stop run */
     bool draining, stopped;
     struct metric *m_reload_ok, *m_reload_fail;
 };
@@ -158,7 +159,7 @@ static void daemon_finish(struct daemon *d)
     if (d->stopped)
         return;
     d->stopped = true;
-    if (d->ops->stop)
+    if (d->started && d->ops->stop)
         d->ops->stop(d, d->state);
     admin_stop(d->admin);
     d->admin = NULL;
@@ -323,6 +324,7 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
     uv_timer_init(&d->loop, &d->drain_timer);
 
     rc = ops->start(d, d->cfg, &d->state);
+    d->started = rc == 0; /* a failed start unwinds itself; stop is not called */
     if (rc) {
         LOGE(&d->log, NULL, "start failed: %s", strerror(-rc));
         daemon_finish(d);

@@ -18,6 +18,11 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("SUITE_BUILD", os.path.join(ROOT, "build"))
 
+# The default configs name the lab certificates in build/certs: make them once, before any
+# test, so no test depends on another having run first (idempotent, quick when present).
+subprocess.run([os.path.join(ROOT, "deploy", "certs.sh"), os.path.join(ROOT, "build", "certs")],
+               check=True, capture_output=True)
+
 
 def binary(name):
     return os.path.join(BUILD, "bin", name)
