@@ -163,6 +163,23 @@ director:
         fresh = self.credentials("erin")
         self.assertEqual(self.client(self.order()[0], fresh).allocate().code, 0)
 
+    def test_d_director_drain_refuses_new_and_exits_when_empty(self):
+        self.wait_order(["av1", "av2", "av3"])
+        cred = self.credentials("frank")
+        c = self.client("av3", cred)
+        self.assertEqual(c.allocate().code, 0)
+        st, body = http_json(self.dir_admin, "/drain?instance=av3&deadline_ms=15000",
+                             method="POST")
+        self.assertEqual(st, 200, body)
+        edge = self.edges["av3"]
+        edge.wait_log("the Director asks to drain", timeout=3)
+        self.wait_order(["av1", "av2"])
+        self.assertEqual(self.client("av3", cred).allocate().code, 508)
+        self.assertEqual(c.refresh().code, 0)  # the live allocation is still served
+        self.assertEqual(c.refresh(0).code, 0)
+        wait_for(lambda: edge.proc.poll() is not None, timeout=3, what="av3 to exit")
+        self.assertEqual(edge.proc.returncode, 0, edge.log()[-2000:])
+
 
 if __name__ == "__main__":
     unittest.main()
