@@ -30,6 +30,7 @@ struct av_edge {
     struct av_thread *threads;
     unsigned n_threads;
     struct ctl_client *ctl;
+    uv_timer_t *drain_poll; /* while draining: exits once no allocation is left */
 };
 
 /* Installs the config's static secret under an id derived from its value, so a reload that
@@ -64,6 +65,7 @@ static void on_ctl_drain(uint32_t deadline_ms, void *arg)
 {
     struct av_edge *e = arg;
     LOGI(daemon_logger(e->d), NULL, "the Director asks to drain within %u ms", deadline_ms);
+    daemon_drain(e->d, deadline_ms);
 }
 
 static void fill_report(struct ctl_report *r, void *arg)
@@ -80,7 +82,7 @@ static void fill_report(struct ctl_report *r, void *arg)
     uint32_t quota = e->cfg->limits.total_quota;
     r->load_permille = quota ? (uint32_t)(allocs * 1000 / quota) : 0;
     r->healthy = true;
-    r->draining = daemon_draining(e->d);
+    r->draining = daemon_draining(e->d) || __atomic_load_n(&e->sh.draining, __ATOMIC_RELAXED);
 }
 
 /* TURN URIs for the Hello, so the Director can tell users where to relay. */
@@ -173,9 +175,16 @@ static void stop_threads(struct av_edge *e)
     e->n_threads = 0;
 }
 
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
 static void av_stop(struct daemon *d, void *state)
 {
     struct av_edge *e = state;
+    if (e->drain_poll)
+        uv_close((uv_handle_t *)e->drain_poll, free_handle);
     ctl_client_stop(e->ctl);
     stop_threads(e);
     if (e->w0)
@@ -272,11 +281,46 @@ static int av_reload(struct daemon *d, void *state, const void *new_cfg)
     return 0;
 }
 
+/* Allocations live in the workers' threads; their shared count says when the last one
+ * has expired or been released. Polled: draining is rare and a tenth of a second late is
+ * no matter, while a cross-thread wake-up on every allocation's end would be. */
+#define AV_DRAIN_POLL_MS 100
+
+static void on_drain_poll(uv_timer_t *t)
+{
+    struct av_edge *e = t->data;
+    if (__atomic_load_n(&e->sh.allocs, __ATOMIC_RELAXED) == 0) {
+        uv_timer_stop(t);
+        daemon_drained(e->d);
+    }
+}
+
 static void av_drain(struct daemon *d, void *state)
 {
-    /* Media sessions cannot be finished on demand: clients re-allocate on another edge
-     * when this one goes, so there is nothing to wait for. */
-    daemon_drained(d);
+    /* Refuse new allocations, keep relaying for the existing ones until they expire or
+     * are released (or the drain deadline passes), and tell the Director at once so it
+     * stops handing out this edge. */
+    struct av_edge *e = state;
+    __atomic_store_n(&e->sh.draining, 1, __ATOMIC_RELAXED);
+    if (e->ctl) {
+        struct ctl_report r = {0};
+        fill_report(&r, e);
+        ctl_client_send_report(e->ctl, &r);
+    }
+    if (__atomic_load_n(&e->sh.allocs, __ATOMIC_RELAXED) == 0) {
+        daemon_drained(d);
+        return;
+    }
+    LOGI(daemon_logger(d), NULL, "draining: %lld allocation(s) still served, no new ones",
+         (long long)__atomic_load_n(&e->sh.allocs, __ATOMIC_RELAXED));
+    if (!e->drain_poll) {
+        e->drain_poll = malloc(sizeof *e->drain_poll);
+        if (!e->drain_poll)
+            return; /* the drain deadline still ends it */
+        uv_timer_init(daemon_loop(d), e->drain_poll);
+        e->drain_poll->data = e;
+    }
+    uv_timer_start(e->drain_poll, on_drain_poll, AV_DRAIN_POLL_MS, AV_DRAIN_POLL_MS);
 }
 
 static const struct daemon_ops av_ops = {

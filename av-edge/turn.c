@@ -658,6 +658,14 @@ static int do_allocate(struct req *r)
         log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
         return reply_error(r, 440);
     }
+    /* A draining edge takes no new allocations (existing ones keep being served). RFC
+     * 8656 has no "shutting down" code: 486 is the per-user quota, 403 would tell the
+     * client its credentials are not welcome anywhere; 508 Insufficient Capacity says
+     * this server cannot take it now, so the client tries the next relay it was given. */
+    if (__atomic_load_n(&t->sh->draining, __ATOMIC_RELAXED)) {
+        log_refusal(r, NULL, 508, "draining: no new allocations", NULL, 0);
+        return reply_error(r, 508);
+    }
     if (c->total_quota &&
         __atomic_load_n(&t->sh->allocs, __ATOMIC_RELAXED) >= (int64_t)c->total_quota) {
         t->st.quota_total++;

@@ -54,6 +54,7 @@ struct av_shared {
     struct keyring kr;   /* under mu */
     uint64_t kr_gen;     /* bumped under mu, read atomically */
     int64_t allocs;      /* atomic */
+    int draining;        /* atomic: set once the edge drains; new allocations are refused */
     uint8_t nonce_key[20];
     /* Allocations per user across all workers (under mu), for the per-user quota. */
     struct av_user_count *users[AV_SHARED_USER_BUCKETS];

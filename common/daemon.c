@@ -184,6 +184,30 @@ static void on_drain_deadline(uv_timer_t *t)
     daemon_finish(d);
 }
 
+/* Starts draining once: no new work, exit when the role says it is done or at the
+ * deadline (the configured drain_timeout, or deadline_ms when shorter and not 0). */
+static void drain_start(struct daemon *d, const char *why, uint64_t deadline_ms)
+{
+    const struct daemon_config *base = d->cfg;
+    uint64_t ms = base->drain_timeout_ms;
+    if (deadline_ms && deadline_ms < ms)
+        ms = deadline_ms;
+    d->draining = true;
+    LOGI(&d->log, NULL, "%s: draining (no new work; deadline %llu ms)", why,
+         (unsigned long long)ms);
+    uv_timer_start(&d->drain_timer, on_drain_deadline, ms, 0);
+    if (d->ops->drain)
+        d->ops->drain(d, d->state);
+    else
+        daemon_drained(d);
+}
+
+void daemon_drain(struct daemon *d, uint64_t deadline_ms)
+{
+    if (!d->draining && !d->stopped)
+        drain_start(d, "drain requested", deadline_ms);
+}
+
 static void on_term(uv_signal_t *s, int signum)
 {
     struct daemon *d = s->data;
@@ -194,15 +218,7 @@ static void on_term(uv_signal_t *s, int signum)
         daemon_finish(d);
         return;
     }
-    const struct daemon_config *base = d->cfg;
-    d->draining = true;
-    LOGI(&d->log, NULL, "SIGTERM: draining (no new work; deadline %llu ms)",
-         (unsigned long long)base->drain_timeout_ms);
-    uv_timer_start(&d->drain_timer, on_drain_deadline, base->drain_timeout_ms, 0);
-    if (d->ops->drain)
-        d->ops->drain(d, d->state);
-    else
-        daemon_drained(d);
+    drain_start(d, "SIGTERM", 0);
 }
 
 static void on_hup(uv_signal_t *s, int signum)

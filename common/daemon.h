@@ -82,6 +82,10 @@ const struct logger *daemon_logger(struct daemon *d);
 struct metrics *daemon_metrics(struct daemon *d);
 struct admin *daemon_admin(struct daemon *d);
 const char *daemon_config_path(struct daemon *d);
+/* Starts draining as SIGTERM does (ops->drain, exit on daemon_drained or at the deadline:
+ * drain_timeout, or deadline_ms when shorter and not 0); a no-op when already draining.
+ * For roles told to drain over their control channel. */
+void daemon_drain(struct daemon *d, uint64_t deadline_ms);
 /* The role calls this when draining finished early. */
 void daemon_drained(struct daemon *d);
 bool daemon_draining(struct daemon *d);

@@ -2,7 +2,8 @@
  * intranet][&ttl=<s>] answers {"username","password","ttl","uris"} with TURN REST
  * credentials minted from the current relay secret (the one the av-edges verify), and the
  * TURN URIs of the connected av-edges (external ones for internet users, internal ones for
- * intranet users) or the configured list.
+ * intranet users, least loaded edge first, draining and unhealthy ones left out) or the
+ * configured list.
  *
  * It is served on the Director's internal admin listener: the caller is the internal
  * service that has authenticated the user (the registrar, a web portal). */
@@ -112,26 +113,27 @@ static bool user_ok(const char *u)
     return true;
 }
 
-struct uri_walk {
-    struct jout *j;
-    bool internal, first;
-};
+/* Relays listed in one answer at most. */
+#define CRED_RELAYS_MAX 64
 
-static void add_edge_uris(struct ctl_peer *p, void *arg)
+/* The TURN URIs of the relays the hub offers, least loaded edge first. */
+static void add_edge_uris(struct director *d, struct jout *j, bool internal)
 {
-    struct uri_walk *w = arg;
-    const struct ctl_hello *h = ctl_peer_hello(p);
-    if (h->role != CTL_ROLE_AV_EDGE)
-        return;
-    size_t n = w->internal ? h->n_internal : h->n_external;
-    for (size_t i = 0; i < n; i++) {
-        const char *u = w->internal ? h->internal_addrs[i] : h->external_addrs[i];
-        if (strncmp(u, "turn:", 5) != 0 && strncmp(u, "turns:", 6) != 0)
-            continue;
-        if (!w->first)
-            jo_raw(w->j, ",", 1);
-        w->first = false;
-        jo_str(w->j, u);
+    struct hub_relay r[CRED_RELAYS_MAX];
+    size_t nr = hub_relays(d, r, CRED_RELAYS_MAX);
+    bool first = true;
+    for (size_t k = 0; k < nr; k++) {
+        const struct ctl_hello *h = r[k].hello;
+        size_t n = internal ? h->n_internal : h->n_external;
+        for (size_t i = 0; i < n; i++) {
+            const char *u = internal ? h->internal_addrs[i] : h->external_addrs[i];
+            if (strncmp(u, "turn:", 5) != 0 && strncmp(u, "turns:", 6) != 0)
+                continue;
+            if (!first)
+                jo_raw(j, ",", 1);
+            first = false;
+            jo_str(j, u);
+        }
     }
 }
 
@@ -187,9 +189,8 @@ static void on_credentials(const char *method, const char *path, const char *que
                 jo_raw(&j, ",", 1);
             jo_str(&j, cc->uris[i]);
         }
-    } else if (d->ctl) {
-        struct uri_walk w = {&j, internal, true};
-        ctl_server_foreach(d->ctl, add_edge_uris, &w);
+    } else {
+        add_edge_uris(d, &j, internal);
     }
     jo_raw(&j, "]}\n", 3);
     if (j.oom) {

@@ -110,6 +110,20 @@ int hub_rotate(struct director *d, enum ctl_secret_kind kind);
 /* Which secret kinds an edge of role needs (bit 1 << kind). */
 unsigned hub_role_secret_kinds(enum ctl_role role);
 
+/* One relay (av-edge) a user may be sent to, with what it last reported. */
+struct hub_relay {
+    const struct ctl_hello *hello; /* points into the hub: valid until the loop runs again */
+    uint32_t load_permille;
+    uint64_t allocations;
+};
+/* Orders v least loaded first: load_permille ascending, then fewer allocations, then
+ * instance id (so equal edges come out in the same order every time). Pure. */
+void hub_relay_sort(struct hub_relay *v, size_t n);
+/* Fills out with the connected av-edges a user may be sent to, least loaded first: edges
+ * whose last report says draining or not healthy are left out; an edge that has not
+ * reported yet counts as idle. Returns how many were written (at most max). */
+size_t hub_relays(struct director *d, struct hub_relay *out, size_t max);
+
 /* ---- confserver.c: conferencing-server stub (conference keys, relay between participants) ---- */
 
 /* Registers POST /conference-keys and dials every configured conf-edge (reconnecting with

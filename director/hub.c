@@ -189,6 +189,46 @@ static void hub_on_gone(struct ctl_peer *p, const char *why, void *arg)
     hub_update_gauges(d->hub);
 }
 
+/* ---- relays for users, least loaded first ---- */
+
+static int relay_cmp(const void *a, const void *b)
+{
+    const struct hub_relay *x = a, *y = b;
+    if (x->load_permille != y->load_permille)
+        return x->load_permille < y->load_permille ? -1 : 1;
+    if (x->allocations != y->allocations)
+        return x->allocations < y->allocations ? -1 : 1;
+    return strcmp(x->hello->instance_id, y->hello->instance_id);
+}
+
+void hub_relay_sort(struct hub_relay *v, size_t n)
+{
+    if (n > 1)
+        qsort(v, n, sizeof *v, relay_cmp);
+}
+
+size_t hub_relays(struct director *d, struct hub_relay *out, size_t max)
+{
+    struct hub *h = d->hub;
+    size_t n = 0;
+    if (!h)
+        return 0;
+    /* e->peer is cleared when the control server drops a connection, including one
+     * silent for three heartbeats, so a dead edge leaves this list with it. */
+    for (size_t i = 0; i < h->nedges && n < max; i++) {
+        const struct hub_edge *e = &h->edges[i];
+        if (!e->peer || e->hello.role != CTL_ROLE_AV_EDGE)
+            continue;
+        if (e->has_report && (e->report.draining || !e->report.healthy))
+            continue;
+        out[n++] = (struct hub_relay){.hello = &e->hello,
+                                      .load_permille = e->has_report ? e->report.load_permille : 0,
+                                      .allocations = e->has_report ? e->report.allocations : 0};
+    }
+    hub_relay_sort(out, n);
+    return n;
+}
+
 /* ---- secrets ---- */
 
 int hub_rotate(struct director *d, enum ctl_secret_kind kind)

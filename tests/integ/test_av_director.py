@@ -3,6 +3,7 @@
 endpoint hands users working TURN credentials with the av-edges' URIs."""
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import unittest
@@ -15,6 +16,9 @@ EXT, INT = "127.0.0.113", "127.0.0.123"
 
 
 class AvDirectorTest(SuiteTest):
+    # SIGTERM would drain the allocations a test leaves behind for drain_timeout.
+    stop_signal = signal.SIGINT
+
     @classmethod
     def setUpClass(cls):
         if not (harness.have_binary("director") and harness.have_binary("av-edge")):

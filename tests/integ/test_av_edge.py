@@ -20,6 +20,9 @@ SECRET = "integ-secret"
 
 
 class AvEdgeTest(SuiteTest):
+    # SIGTERM would drain the allocations a test leaves behind for drain_timeout.
+    stop_signal = signal.SIGINT
+
     def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False, relay6=False):
         self.ext_port = free_port(EXT)
         self.int_port = free_port(INT)

@@ -52,7 +52,7 @@ ROLE_ACCESS_EDGE = 2
 class Probe:
     """One ctl-probe process: an edge stand-in whose received events we can wait for."""
 
-    def __init__(self, test, role, instance, cert, subscribe=(), backoff_max=None):
+    def __init__(self, test, role, instance, cert, subscribe=(), backoff_max=None, external=()):
         self.instance = instance
         certs = test.certs
         argv = [binary("ctl-probe"), "--director", f"127.0.0.1:{test.ctl_port}",
@@ -65,6 +65,8 @@ class Probe:
             argv += ["--subscribe", ",".join(subscribe)]
         if backoff_max:
             argv += ["--backoff-max", str(backoff_max)]
+        for a in external:
+            argv += ["--external", a]
         self.errpath = os.path.join(test.tmp, f"probe-{instance}.log")
         self.errf = open(self.errpath, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -223,6 +225,35 @@ secrets:
         a = self.probe("av-edge", "av1", subscribe=["av-edge"])
         b = self.probe("av-edge", "av2", subscribe=["av-edge"])
         return a, b
+
+    def relay_uris(self):
+        st, body = http_json(self.admin, "/credentials?user=alice")
+        self.assertEqual(st, 200, body)
+        return body["uris"]
+
+    def test_credentials_list_relays_least_loaded_first_without_draining_or_unhealthy(self):
+        self.start_director()
+        uri = {n: f"turn:127.0.0.{n}:3478?transport=udp" for n in (31, 32, 33)}
+        p = {n: self.probe("av-edge", f"av{n}", external=[uri[n]]) for n in (31, 32, 33)}
+        p[31].send("allocations=9 load=700")
+        p[32].send("allocations=5 load=100")
+        p[33].send("allocations=2 load=100")
+        want = [uri[33], uri[32], uri[31]]
+        wait_for(lambda: self.relay_uris() == want, timeout=5,
+                 what=f"uris ordered by load {want} (got {self.relay_uris()})")
+        # The busiest becomes the idlest with its next report; a draining edge and an
+        # unhealthy one are no longer offered.
+        p[31].send("allocations=0 load=0")
+        p[32].send("draining=1")
+        p[33].send("healthy=0")
+        wait_for(lambda: self.relay_uris() == [uri[31]], timeout=5,
+                 what=f"only {uri[31]} (got {self.relay_uris()})")
+        # An edge that goes away is no longer offered either.
+        p[33].send("healthy=1")
+        wait_for(lambda: self.relay_uris() == [uri[31], uri[33]], timeout=5,
+                 what="av31 and av33")
+        p[31].proc.kill()
+        wait_for(lambda: self.relay_uris() == [uri[33]], timeout=3, what="av33 only")
 
     def test_two_edges_register_and_report_visible_in_edges_within_2s(self):
         a, b = self.two_av_edges()

@@ -182,6 +182,27 @@ static void a_busy_port_fails_the_start_cleanly(void **state)
     cfg_free(cfg);
 }
 
+static void relays_come_least_loaded_first(void **state)
+{
+    (void)state;
+    struct ctl_hello h[4] = {0};
+    const char *ids[4] = {"av-c", "av-a", "av-b", "av-d"};
+    for (int i = 0; i < 4; i++)
+        snprintf(h[i].instance_id, sizeof h[i].instance_id, "%s", ids[i]);
+    struct hub_relay v[4] = {
+        {&h[0], 500, 10}, /* busiest */
+        {&h[1], 100, 7},  /* same load as av-b, more allocations */
+        {&h[2], 100, 3},
+        {&h[3], 0, 0},    /* idle */
+    };
+    hub_relay_sort(v, 4);
+    assert_string_equal(v[0].hello->instance_id, "av-d");
+    assert_string_equal(v[1].hello->instance_id, "av-b");
+    assert_string_equal(v[2].hello->instance_id, "av-a");
+    assert_string_equal(v[3].hello->instance_id, "av-c");
+    hub_relay_sort(v, 0); /* nothing to do, no crash */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -190,6 +211,7 @@ int main(void)
         cmocka_unit_test(each_role_needs_its_own_kind_only),
         cmocka_unit_test(secrets_are_issued_at_start_and_rotate_into_previous),
         cmocka_unit_test(a_busy_port_fails_the_start_cleanly),
+        cmocka_unit_test(relays_come_least_loaded_first),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
