@@ -15,56 +15,12 @@
 #include <time.h>
 
 #include "director/director.h"
+#include "director/json.h"
 
 struct credentials {
     struct director *d;
     struct metric *issued, *refused;
 };
-
-struct jout {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void jo_raw(struct jout *j, const char *s, size_t n)
-{
-    if (j->oom)
-        return;
-    if (j->len + n + 1 > j->cap) {
-        size_t nc = (j->cap ? j->cap * 2 : 512) + n;
-        char *np = realloc(j->p, nc);
-        if (!np) {
-            j->oom = true;
-            return;
-        }
-        j->p = np;
-        j->cap = nc;
-    }
-    memcpy(j->p + j->len, s, n);
-    j->len += n;
-    j->p[j->len] = 0;
-}
-
-static void jo_str(struct jout *j, const char *s)
-{
-    jo_raw(j, "\"", 1);
-    for (; *s; s++) {
-        char esc[8];
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            jo_raw(j, esc, 2);
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-            jo_raw(j, esc, 6);
-        } else {
-            jo_raw(j, (const char *)&c, 1);
-        }
-    }
-    jo_raw(j, "\"", 1);
-}
 
 /* name=value from a query string, percent-decoded; 1 found, 0 absent, -EINVAL bad. */
 static int query_param(const char *q, const char *name, char *out, size_t cap)
@@ -117,7 +73,7 @@ static bool user_ok(const char *u)
 #define CRED_RELAYS_MAX 64
 
 /* The TURN URIs of the relays the hub offers, least loaded edge first. */
-static void add_edge_uris(struct director *d, struct jout *j, bool internal)
+static void add_edge_uris(struct director *d, struct json_buf *j, bool internal)
 {
     struct hub_relay r[CRED_RELAYS_MAX];
     size_t nr = hub_relays(d, r, CRED_RELAYS_MAX);
@@ -130,9 +86,9 @@ static void add_edge_uris(struct director *d, struct jout *j, bool internal)
             if (strncmp(u, "turn:", 5) != 0 && strncmp(u, "turns:", 6) != 0)
                 continue;
             if (!first)
-                jo_raw(j, ",", 1);
+                json_printf(j, ",");
             first = false;
-            jo_str(j, u);
+            json_str(j, u);
         }
     }
 }
@@ -174,25 +130,23 @@ static void on_credentials(const char *method, const char *path, const char *que
     if (turn_rest_username(username, sizeof(username), (int64_t)time(NULL) + (int64_t)ttl, user) ||
         turn_rest_password(k->secret, k->secret_len, username, password, sizeof(password)))
         return reply_err(c, reply, 500, "cannot mint");
-    struct jout j = {0};
-    jo_raw(&j, "{\"username\":", 12);
-    jo_str(&j, username);
-    jo_raw(&j, ",\"password\":", 12);
-    jo_str(&j, password);
-    char num[48];
-    int n = snprintf(num, sizeof(num), ",\"ttl\":%" PRIu64 ",\"uris\":[", ttl);
-    jo_raw(&j, num, (size_t)n);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"username\":");
+    json_str(&j, username);
+    json_printf(&j, ",\"password\":");
+    json_str(&j, password);
+    json_printf(&j, ",\"ttl\":%" PRIu64 ",\"uris\":[", ttl);
     bool internal = strcmp(loc, "intranet") == 0;
     if (cc->n_uris) {
         for (size_t i = 0; i < cc->n_uris; i++) {
             if (i)
-                jo_raw(&j, ",", 1);
-            jo_str(&j, cc->uris[i]);
+                json_printf(&j, ",");
+            json_str(&j, cc->uris[i]);
         }
     } else {
         add_edge_uris(d, &j, internal);
     }
-    jo_raw(&j, "]}\n", 3);
+    json_printf(&j, "]}\n");
     if (j.oom) {
         free(j.p);
         return reply_err(c, reply, 500, "out of memory");

@@ -10,6 +10,7 @@
 
 #include "common/crypto.h"
 #include "director/director.h"
+#include "director/json.h"
 
 /* Edges remembered at most; disconnected ones are forgotten first (oldest first). */
 #define HUB_EDGES_MAX 256
@@ -285,79 +286,22 @@ static void hub_on_rotate(uv_timer_t *t)
     hub_rotate(h->d, CTL_SECRET_CONFERENCE);
 }
 
-/* ---- JSON for the admin endpoints ---- */
+/* ---- JSON for the admin endpoints (director/json.h) ---- */
 
-struct jbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void jb_printf(struct jbuf *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jb_printf(struct jbuf *j, const char *fmt, ...)
+static void jb_strs(struct json_buf *j, const char (*v)[ADDR_STRLEN], size_t n)
 {
-    if (j->oom)
-        return;
-    for (int tries = 0; tries < 2; tries++) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(j->p ? j->p + j->len : NULL, j->p ? j->cap - j->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            j->oom = true;
-            return;
-        }
-        if (j->p && j->len + (size_t)n < j->cap) {
-            j->len += (size_t)n;
-            return;
-        }
-        size_t cap = j->cap ? j->cap : 1024;
-        while (cap <= j->len + (size_t)n)
-            cap *= 2;
-        char *np = realloc(j->p, cap);
-        if (!np) {
-            j->oom = true;
-            return;
-        }
-        j->p = np;
-        j->cap = cap;
-    }
-}
-
-/* A JSON string literal, quotes included; control bytes and non-ASCII are escaped so
- * whatever an edge calls itself cannot break the document. */
-static void jb_str(struct jbuf *j, const char *s)
-{
-    /* Edges' strings are checked UTF-8 (ctl_text_ok) and pass as they are; anything else
-     * (a certificate's CN) has its non-ASCII bytes escaped one by one. */
-    bool utf8 = ctl_text_ok(s);
-    jb_printf(j, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            jb_printf(j, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f || (c > 0x7f && !utf8))
-            jb_printf(j, "\\u%04x", c);
-        else
-            jb_printf(j, "%c", c);
-    }
-    jb_printf(j, "\"");
-}
-
-static void jb_strs(struct jbuf *j, const char (*v)[ADDR_STRLEN], size_t n)
-{
-    jb_printf(j, "[");
+    json_printf(j, "[");
     for (size_t i = 0; i < n; i++) {
         if (i)
-            jb_printf(j, ",");
-        jb_str(j, v[i]);
+            json_printf(j, ",");
+        json_str(j, v[i]);
     }
-    jb_printf(j, "]");
+    json_printf(j, "]");
 }
 
-static void jb_report(struct jbuf *j, const struct ctl_report *r)
+static void jb_report(struct json_buf *j, const struct ctl_report *r)
 {
-    jb_printf(j,
+    json_printf(j,
               "{\"connections\":%" PRIu64 ",\"allocations\":%" PRIu64 ",\"bytes_in\":%" PRIu64
               ",\"bytes_out\":%" PRIu64 ",\"errors\":%" PRIu64
               ",\"load_permille\":%u,\"healthy\":%s,\"draining\":%s,\"notes\":[",
@@ -365,35 +309,35 @@ static void jb_report(struct jbuf *j, const struct ctl_report *r)
               r->load_permille, r->healthy ? "true" : "false", r->draining ? "true" : "false");
     for (size_t i = 0; i < r->n_notes; i++) {
         if (i)
-            jb_printf(j, ",");
-        jb_str(j, r->notes[i]);
+            json_printf(j, ",");
+        json_str(j, r->notes[i]);
     }
-    jb_printf(j, "]}");
+    json_printf(j, "]}");
 }
 
-static void jb_edge(struct jbuf *j, const struct hub_edge *e, int64_t now_ms)
+static void jb_edge(struct json_buf *j, const struct hub_edge *e, int64_t now_ms)
 {
-    jb_printf(j, "{\"role\":");
-    jb_str(j, ctl_role_name(e->hello.role));
-    jb_printf(j, ",\"instance\":");
-    jb_str(j, e->hello.instance_id);
-    jb_printf(j, ",\"version\":");
-    jb_str(j, e->hello.version);
-    jb_printf(j, ",\"connected\":%s,\"peer\":", e->peer ? "true" : "false");
-    jb_str(j, e->peer_addr);
-    jb_printf(j, ",\"certificate\":");
-    jb_str(j, e->cert_name);
-    jb_printf(j, ",\"external\":");
+    json_printf(j, "{\"role\":");
+    json_str(j, ctl_role_name(e->hello.role));
+    json_printf(j, ",\"instance\":");
+    json_str(j, e->hello.instance_id);
+    json_printf(j, ",\"version\":");
+    json_str(j, e->hello.version);
+    json_printf(j, ",\"connected\":%s,\"peer\":", e->peer ? "true" : "false");
+    json_str(j, e->peer_addr);
+    json_printf(j, ",\"certificate\":");
+    json_str(j, e->cert_name);
+    json_printf(j, ",\"external\":");
     jb_strs(j, e->hello.external_addrs, e->hello.n_external);
-    jb_printf(j, ",\"internal\":");
+    json_printf(j, ",\"internal\":");
     jb_strs(j, e->hello.internal_addrs, e->hello.n_internal);
-    jb_printf(j, ",\"subscribe\":[");
+    json_printf(j, ",\"subscribe\":[");
     for (size_t i = 0; i < e->hello.n_subscribe; i++) {
         if (i)
-            jb_printf(j, ",");
-        jb_str(j, ctl_role_name(e->hello.subscribe[i]));
+            json_printf(j, ",");
+        json_str(j, ctl_role_name(e->hello.subscribe[i]));
     }
-    jb_printf(j,
+    json_printf(j,
               "],\"registered\":%.3f,\"last_seen\":%.3f,\"last_seen_ago_ms\":%" PRId64
               ",\"reports\":%" PRIu64 ",\"report\":",
               (double)e->registered_ms / 1000.0, (double)e->last_seen_ms / 1000.0,
@@ -401,22 +345,22 @@ static void jb_edge(struct jbuf *j, const struct hub_edge *e, int64_t now_ms)
     if (e->has_report)
         jb_report(j, &e->report);
     else
-        jb_printf(j, "null");
+        json_printf(j, "null");
     if (!e->peer) {
-        jb_printf(j, ",\"gone\":");
-        jb_str(j, e->gone_why);
+        json_printf(j, ",\"gone\":");
+        json_str(j, e->gone_why);
     }
-    jb_printf(j, "}");
+    json_printf(j, "}");
 }
 
-static void reply_json(struct admin_reply *reply, int status, struct jbuf *j)
+static void reply_json(struct admin_reply *reply, int status, struct json_buf *j)
 {
     if (j->oom) {
         free(j->p);
         admin_reply_printf(reply, 500, "application/json", "{\"error\":\"out of memory\"}\n");
         return;
     }
-    jb_printf(j, "\n");
+    json_printf(j, "\n");
     reply->status = status;
     reply->content_type = "application/json";
     reply->body = j->p;
@@ -425,10 +369,10 @@ static void reply_json(struct admin_reply *reply, int status, struct jbuf *j)
 
 static void reply_error(struct admin_reply *reply, int status, const char *msg)
 {
-    struct jbuf j = {0};
-    jb_printf(&j, "{\"error\":");
-    jb_str(&j, msg);
-    jb_printf(&j, "}");
+    struct json_buf j = {0};
+    json_printf(&j, "{\"error\":");
+    json_str(&j, msg);
+    json_printf(&j, "}");
     reply_json(reply, status, &j);
 }
 
@@ -487,20 +431,20 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
         return;
     }
     int64_t now = wall_ms();
-    struct jbuf j = {0};
-    jb_printf(&j, "{\"director\":");
-    jb_str(&j, d->cfg->base.instance_id ? d->cfg->base.instance_id : "director");
-    jb_printf(&j, ",\"connected\":%zu,\"edges\":[", ctl_server_peer_count(d->ctl));
+    struct json_buf j = {0};
+    json_printf(&j, "{\"director\":");
+    json_str(&j, d->cfg->base.instance_id ? d->cfg->base.instance_id : "director");
+    json_printf(&j, ",\"connected\":%zu,\"edges\":[", ctl_server_peer_count(d->ctl));
     bool first = true;
     for (size_t i = 0; i < h->nedges; i++) {
         if (role != CTL_ROLE_UNKNOWN && h->edges[i].hello.role != role)
             continue;
         if (!first)
-            jb_printf(&j, ",");
+            json_printf(&j, ",");
         first = false;
         jb_edge(&j, &h->edges[i], now);
     }
-    jb_printf(&j, "],\"secrets\":[");
+    json_printf(&j, "],\"secrets\":[");
     first = true;
     for (int k = CTL_SECRET_RELAY; k <= CTL_SECRET_CONFERENCE; k++) {
         const struct keyring *kr = hub_keyring(d, (enum ctl_secret_kind)k);
@@ -509,15 +453,15 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
             if (!keys[i]->secret_len)
                 continue;
             /* Key ids and expiry only: the secrets themselves never leave over HTTP. */
-            jb_printf(&j, "%s{\"kind\":\"%s\",\"key_id\":", first ? "" : ",",
+            json_printf(&j, "%s{\"kind\":\"%s\",\"key_id\":", first ? "" : ",",
                       ctl_secret_kind_name((enum ctl_secret_kind)k));
-            jb_str(&j, keys[i]->id);
-            jb_printf(&j, ",\"current\":%s,\"not_after\":%" PRId64 "}", i ? "false" : "true",
+            json_str(&j, keys[i]->id);
+            json_printf(&j, ",\"current\":%s,\"not_after\":%" PRId64 "}", i ? "false" : "true",
                       keys[i]->not_after);
             first = false;
         }
     }
-    jb_printf(&j, "]}");
+    json_printf(&j, "]}");
     reply_json(reply, 200, &j);
 }
 
@@ -552,8 +496,8 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     LOGI(d->log, NULL, "hub: revoked%s%s%s%s until %" PRId64 "; sent to %zu edge(s)",
          a ? " conference key " : "", a ? r.conference_key_id : "", b ? " user " : "",
          b ? r.user : "", r.until, sent);
-    struct jbuf j = {0};
-    jb_printf(&j, "{\"sent\":%zu,\"until\":%" PRId64 "}", sent, r.until);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"sent\":%zu,\"until\":%" PRId64 "}", sent, r.until);
     reply_json(reply, 200, &j);
 }
 
@@ -589,10 +533,10 @@ static void hub_post_drain(struct director *d, const char *query, const char *bo
     }
     LOGI(d->log, NULL, "hub: asked %s/%s to drain within %lu ms", ctl_role_name(e->hello.role),
          e->hello.instance_id, deadline);
-    struct jbuf j = {0};
-    jb_printf(&j, "{\"drained\":");
-    jb_str(&j, inst);
-    jb_printf(&j, ",\"deadline_ms\":%lu}", deadline);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"drained\":");
+    json_str(&j, inst);
+    json_printf(&j, ",\"deadline_ms\":%lu}", deadline);
     reply_json(reply, 200, &j);
 }
 
@@ -616,19 +560,19 @@ static void hub_post_rotate(struct director *d, const char *query, const char *b
         reply_error(reply, 500, "rotation failed");
         return;
     }
-    struct jbuf j = {0};
-    jb_printf(&j, "{\"rotated\":[");
+    struct json_buf j = {0};
+    json_printf(&j, "{\"rotated\":[");
     if (relay) {
-        jb_printf(&j, "{\"kind\":\"relay\",\"key_id\":");
-        jb_str(&j, d->relay_keys.cur.id);
-        jb_printf(&j, "}");
+        json_printf(&j, "{\"kind\":\"relay\",\"key_id\":");
+        json_str(&j, d->relay_keys.cur.id);
+        json_printf(&j, "}");
     }
     if (conf) {
-        jb_printf(&j, "%s{\"kind\":\"conference\",\"key_id\":", relay ? "," : "");
-        jb_str(&j, d->conf_keys.cur.id);
-        jb_printf(&j, "}");
+        json_printf(&j, "%s{\"kind\":\"conference\",\"key_id\":", relay ? "," : "");
+        json_str(&j, d->conf_keys.cur.id);
+        json_printf(&j, "}");
     }
-    jb_printf(&j, "]}");
+    json_printf(&j, "]}");
     reply_json(reply, 200, &j);
 }
 
