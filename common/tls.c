@@ -888,7 +888,9 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     for (size_t i = 0; i < ncerts; i++) {
         const struct tls_cert_opts *co = &o->certs[i];
         if (!co->cert_file || !co->key_file) {
-            errf(err, errcap, "certificate %zu: both cert_file and key_file are needed", i);
+            /* cfg leaves a CFG_FILE key NULL when its default file does not exist. */
+            errf(err, errcap, "certificate %zu: no %s (not configured, or its default file is missing)",
+                 i, !co->cert_file ? "certificate file" : "key file");
             rc = -EINVAL;
             goto fail;
         }
