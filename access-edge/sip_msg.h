@@ -30,6 +30,9 @@ enum sip_hdr_id {
     SIP_H_COUNT
 };
 
+/* A set of header kinds, as a bit mask (for "drop these"). */
+#define SIP_HDR_BIT(id) (1u << (id))
+
 /* Hard bound on header lines per message; the configured cap is at most this. */
 #define SIP_MSG_MAX_HEADERS 256
 
@@ -89,6 +92,18 @@ bool sip_param_find(struct slice v, const char *name, struct slice *val);
 bool sip_via_sent_by(struct slice via, struct slice *host, uint16_t *port);
 /* Length of the first comma-separated element of a header value (quotes and <> honoured). */
 size_t sip_value_first_len(struct slice v);
+/* Walks the comma-separated values of every header of one kind, in message order
+ * (RFC 3261 §7.3.1: several lines of a kind equal one comma-joined line). */
+struct sip_value_iter {
+    const struct sip_msg *m;
+    enum sip_hdr_id id;
+    uint16_t next_hdr;  /* the header line to read once rest is used up */
+    struct slice rest;  /* what is left of the current line's value */
+};
+void sip_values_begin(struct sip_value_iter *it, const struct sip_msg *m, enum sip_hdr_id id);
+/* The next value (trimmed), or false at the end. */
+bool sip_values_next(struct sip_value_iter *it, struct slice *v);
+
 /* The CSeq method, or an empty slice. */
 struct slice sip_cseq_method(const struct sip_msg *m);
 

@@ -252,25 +252,28 @@ static void put_top_via(struct w *w, const struct sip_msg *m, const struct sip_h
     put(w, v.p + fv.len, (size_t)(m->buf + h->line_end - (v.p + fv.len)));
 }
 
+/* What follows the first comma-separated value of v (empty if nothing does). */
+static struct slice after_first_value(struct slice v)
+{
+    size_t n = sip_value_first_len(v);
+    if (n >= v.len)
+        return SLICE_NULL;
+    v.p += n + 1;
+    v.len -= n + 1;
+    while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
+        v.p++;
+        v.len--;
+    }
+    return v;
+}
+
 /* Writes the Route header lines minus the first `pop` entries. */
 static unsigned put_route(struct w *w, const struct sip_msg *m, const struct sip_hdr *h,
                           unsigned pop)
 {
     struct slice v = sip_hdr_value(m, h);
-    while (pop > 0 && v.len > 0) {
-        size_t n = sip_value_first_len(v);
-        pop--;
-        if (n >= v.len) {
-            v.len = 0;
-            break;
-        }
-        v.p += n + 1;
-        v.len -= n + 1;
-        while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
-            v.p++;
-            v.len--;
-        }
-    }
+    for (; pop > 0 && v.len > 0; pop--)
+        v = after_first_value(v);
     if (v.len == 0)
         return pop;
     puts_(w, "Route: ");
@@ -307,17 +310,13 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
     bool first_via = true;
     for (uint16_t i = 0; i < m->nhdr; i++) {
         const struct sip_hdr *h = &m->hdr[i];
+        if (o->drop & SIP_HDR_BIT(h->id))
+            continue;
         switch (h->id) {
-        case SIP_H_TRUST:
-            if (o->strip_trust)
-                continue;
-            break;
         case SIP_H_MAX_FORWARDS:
             put_max_forwards(&w, m, h);
             continue;
         case SIP_H_VIA:
-            if (o->drop_vias)
-                continue;
             if (first_via && o->src) {
                 first_via = false;
                 put_top_via(&w, m, h, o->src);
@@ -340,7 +339,7 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
     return w_done(&w);
 }
 
-ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, bool strip_trust,
+ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop,
                          uint8_t *out, size_t cap)
 {
     struct w w = {out, 0, cap, false};
@@ -349,20 +348,13 @@ ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, bool stri
     bool first_via = true;
     for (uint16_t i = 0; i < m->nhdr; i++) {
         const struct sip_hdr *h = &m->hdr[i];
-        if (h->id == SIP_H_TRUST && strip_trust)
+        if (drop & SIP_HDR_BIT(h->id))
             continue;
         if (h->id == SIP_H_VIA && first_via) {
             first_via = false;
-            struct slice v = sip_hdr_value(m, h);
-            size_t n = sip_value_first_len(v);
-            if (n >= v.len)
+            struct slice rest = after_first_value(sip_hdr_value(m, h));
+            if (rest.len == 0)
                 continue; /* the line held only our Via */
-            struct slice rest = slice_make(v.p + n + 1, v.len - n - 1);
-            while (rest.len && (rest.p[0] == ' ' || rest.p[0] == '\t' || rest.p[0] == '\r' ||
-                                rest.p[0] == '\n')) {
-                rest.p++;
-                rest.len--;
-            }
             puts_(&w, "Via: ");
             put_slice(&w, rest);
             puts_(&w, "\r\n");
@@ -436,28 +428,11 @@ ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
 /* The k-th Via value (0-based) across all Via lines. */
 static bool via_value(const struct sip_msg *m, unsigned k, struct slice *out)
 {
-    for (uint16_t i = 0; i < m->nhdr; i++) {
-        const struct sip_hdr *h = &m->hdr[i];
-        if (h->id != SIP_H_VIA)
-            continue;
-        struct slice v = sip_hdr_value(m, h);
-        while (v.len) {
-            size_t n = sip_value_first_len(v);
-            if (k == 0) {
-                *out = slice_make(v.p, n);
-                return true;
-            }
-            k--;
-            if (n >= v.len)
-                break;
-            v.p += n + 1;
-            v.len -= n + 1;
-            while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
-                v.p++;
-                v.len--;
-            }
-        }
-    }
+    struct sip_value_iter it;
+    sip_values_begin(&it, m, SIP_H_VIA);
+    while (sip_values_next(&it, out))
+        if (k-- == 0)
+            return true;
     return false;
 }
 

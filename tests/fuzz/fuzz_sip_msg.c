@@ -54,12 +54,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
         if (rc == 0 && m.is_request) {
             static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
-            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .strip_trust = true};
+            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .drop = SIP_HDR_BIT(SIP_H_TRUST)};
             sip_fwd_request(&m, &o, out, sizeof(out));
             struct sip_flow f;
             sip_flow_decode(key, r.flow, &f);
         } else if (rc == 0) {
-            sip_fwd_response(&m, SLICE_NULL, true, out, sizeof(out));
+            sip_fwd_response(&m, SLICE_NULL, SIP_HDR_BIT(SIP_H_TRUST), out, sizeof(out));
             struct addr to;
             sip_response_next_hop(&m, &to);
             uint64_t h;
