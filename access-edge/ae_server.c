@@ -856,8 +856,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
 static void partner_account(struct ae *ae, struct ae_conn *c, int status);
 
 /* Which received lines a response loses to topo_response()'s replacements. */
-static uint32_t topo_response_drops(const struct ae *ae, const struct ae_origin *o,
-                                    const struct sip_msg *m)
+static uint32_t topo_response_drops(const struct ae_origin *o, const struct sip_msg *m)
 {
     if (o->side == AE_EXT)
         return SIP_HDR_BIT(SIP_H_RECORD_ROUTE);
@@ -890,7 +889,7 @@ static ssize_t topo_response(struct ae *ae, const struct ae_origin *o, const str
     topo_init(ae, uv_hrtime() ^ h, c ? c->tp : AE_TP_UDP, &t, ext, sizeof(ext));
     ssize_t rl = sip_topo_hide_response_rr(&t, m, entry_is_own, &ext_side, out, cap);
     ssize_t cl = 0;
-    if (rl >= 0 && (topo_response_drops(ae, o, m) & SIP_HDR_BIT(SIP_H_CONTACT)))
+    if (rl >= 0 && (topo_response_drops(o, m) & SIP_HDR_BIT(SIP_H_CONTACT)))
         cl = sip_topo_hide_contacts(&t, m, out + rl, cap - (size_t)rl);
     return rl < 0 || cl < 0 ? -ENOSPC : rl + cl;
 }
@@ -962,7 +961,7 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
      * the inside's lines always go (tl may be 0: nothing of theirs is left to show). */
     uint32_t drop = SIP_HDR_BIT(SIP_H_TRUST);
     if (o->side == AE_EXT ? tl > 0 : ae->cfg->topology_hiding)
-        drop |= topo_response_drops(ae, o, m);
+        drop |= topo_response_drops(o, m);
     il += (size_t)tl;
     ins[il] = 0;
     if (o->side == AE_EXT)

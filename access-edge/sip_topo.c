@@ -16,52 +16,24 @@
 #define SET_BEFORE 'u'
 #define SET_MAX 3000
 
-struct out {
-    char *p;
-    size_t len, cap;
-    bool full;
-};
-
-static void emit(struct out *o, const void *p, size_t n)
-{
-    if (o->full || n > o->cap - o->len) {
-        o->full = true;
-        return;
-    }
-    memcpy(o->p + o->len, p, n);
-    o->len += n;
-}
-static void emit_s(struct out *o, const char *s)
-{
-    emit(o, s, strlen(s));
-}
-static void emit_slice(struct out *o, struct slice s)
-{
-    emit(o, s.p, s.len);
-}
-static ssize_t out_done(const struct out *o)
-{
-    return o->full ? -ENOSPC : (ssize_t)o->len;
-}
-
 /* A list of header values written as one line: "Name: a, b, c\r\n" (nothing if empty). */
 struct line {
-    struct out *o;
+    struct sip_out *o;
     const char *name;
     bool open;
 };
 static void line_add(struct line *l, struct slice v)
 {
-    emit_s(l->o, l->open ? ", " : l->name);
+    sip_out_str(l->o, l->open ? ", " : l->name);
     if (!l->open)
-        emit_s(l->o, ": ");
+        sip_out_str(l->o, ": ");
     l->open = true;
-    emit_slice(l->o, v);
+    sip_out_slice(l->o, v);
 }
 static void line_end(struct line *l)
 {
     if (l->open)
-        emit_s(l->o, "\r\n");
+        sip_out_str(l->o, "\r\n");
     l->open = false;
 }
 
@@ -147,14 +119,14 @@ bool sip_uri_host_port(struct slice entry, struct slice *host, uint16_t *port)
 ssize_t sip_topo_hide_contacts(const struct sip_topo *t, const struct sip_msg *m, char *out,
                                size_t cap)
 {
-    struct out o = {out, 0, cap, false};
+    struct sip_out o = sip_out_make(out, cap);
     struct sip_value_iter it;
     struct slice v;
     sip_values_begin(&it, m, SIP_H_CONTACT);
     while (sip_values_next(&it, &v)) {
-        emit_s(&o, "Contact: ");
+        sip_out_str(&o, "Contact: ");
         if (slice_eq_str(v, "*")) {
-            emit_s(&o, "*\r\n");
+            sip_out_str(&o, "*\r\n");
             continue;
         }
         struct uri_parts p = split_uri(v);
@@ -162,19 +134,19 @@ ssize_t sip_topo_hide_contacts(const struct sip_topo *t, const struct sip_msg *m
         ssize_t n = seal(t, p.uri, tok, sizeof(tok));
         if (n < 0)
             return -ENOSPC;
-        emit_slice(&o, p.before);
+        sip_out_slice(&o, p.before);
         if (!p.before.len)
-            emit_s(&o, "<");
-        emit_s(&o, "sip:" CONTACT_USER);
-        emit(&o, tok, (size_t)n);
-        emit_s(&o, "@");
-        emit_slice(&o, t->ext);
+            sip_out_str(&o, "<");
+        sip_out_str(&o, "sip:" CONTACT_USER);
+        sip_out_put(&o, tok, (size_t)n);
+        sip_out_str(&o, "@");
+        sip_out_slice(&o, t->ext);
         if (!p.before.len)
-            emit_s(&o, ">");
-        emit_slice(&o, p.after);
-        emit_s(&o, "\r\n");
+            sip_out_str(&o, ">");
+        sip_out_slice(&o, p.after);
+        sip_out_str(&o, "\r\n");
     }
-    return out_done(&o);
+    return sip_out_done(&o);
 }
 
 ssize_t sip_topo_contact_open(const uint8_t *key, struct slice uri, char *out, size_t cap)
@@ -246,15 +218,15 @@ ssize_t sip_topo_seal_request_rr(const struct sip_topo *t, struct slice own_int,
                                  const struct sip_msg *m, char *out, size_t cap)
 {
     char set[SET_MAX];
-    struct out o = {set, 0, sizeof(set), false};
-    emit(&o, &(char){SET_AFTER}, 1);
-    emit_slice(&o, own_int);
+    struct sip_out o = sip_out_make(set, sizeof(set));
+    sip_out_put(&o, &(char){SET_AFTER}, 1);
+    sip_out_slice(&o, own_int);
     struct sip_value_iter it;
     struct slice v;
     sip_values_begin(&it, m, SIP_H_RECORD_ROUTE);
     while (sip_values_next(&it, &v)) {
-        emit_s(&o, ",");
-        emit_slice(&o, v);
+        sip_out_str(&o, ",");
+        sip_out_slice(&o, v);
     }
     if (o.full)
         return -ENOSPC;
@@ -276,36 +248,36 @@ ssize_t sip_topo_hide_response_rr(const struct sip_topo *t, const struct sip_msg
     if (ext == SIZE_MAX)
         return 0;
     char set[SET_MAX];
-    struct out s = {set, 0, sizeof(set), false};
-    emit(&s, &(char){SET_BEFORE}, 1);
+    struct sip_out s = sip_out_make(set, sizeof(set));
+    sip_out_put(&s, &(char){SET_BEFORE}, 1);
     for (size_t i = ext; i-- > 0;) {
-        emit_slice(&s, vals[i]);
+        sip_out_slice(&s, vals[i]);
         if (i)
-            emit_s(&s, ",");
+            sip_out_str(&s, ",");
     }
     char tok[4096];
     ssize_t tl = s.full ? -ENOSPC : seal(t, slice_make(set, s.len), tok, sizeof(tok));
     if (tl < 0)
         return tl;
-    struct out o = {out, 0, cap, false};
+    struct sip_out o = sip_out_make(out, cap);
     struct uri_parts p = split_uri(vals[ext]);
-    emit_s(&o, "Record-Route: ");
-    emit(&o, vals[ext].p, p.before.len + p.uri.len);
-    emit_s(&o, RR_PARAM);
-    emit(&o, tok, (size_t)tl);
-    emit_slice(&o, p.after);
+    sip_out_str(&o, "Record-Route: ");
+    sip_out_put(&o, vals[ext].p, p.before.len + p.uri.len);
+    sip_out_str(&o, RR_PARAM);
+    sip_out_put(&o, tok, (size_t)tl);
+    sip_out_slice(&o, p.after);
     for (size_t i = ext + 1; i < n; i++) {
-        emit_s(&o, ", ");
-        emit_slice(&o, vals[i]);
+        sip_out_str(&o, ", ");
+        sip_out_slice(&o, vals[i]);
     }
-    emit_s(&o, "\r\n");
-    return out_done(&o);
+    sip_out_str(&o, "\r\n");
+    return sip_out_done(&o);
 }
 
 ssize_t sip_topo_open_response_rr(const uint8_t *key, const struct sip_msg *m, char *out,
                                   size_t cap)
 {
-    struct out o = {out, 0, cap, false};
+    struct sip_out o = sip_out_make(out, cap);
     struct line l = {&o, "Record-Route", false};
     bool any = false;
     struct sip_value_iter it;
@@ -331,19 +303,19 @@ ssize_t sip_topo_open_response_rr(const uint8_t *key, const struct sip_msg *m, c
                 line_add(&l, list[k]);
         }
         line_add(&l, head);
-        emit_slice(&o, tail);
+        sip_out_slice(&o, tail);
         if (dir == SET_AFTER)
             while (list_next(&entries, &e))
                 line_add(&l, e);
     }
     line_end(&l);
-    return any ? out_done(&o) : 0;
+    return any ? sip_out_done(&o) : 0;
 }
 
 ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsigned n,
                              sip_topo_own_cb is_own, void *arg, char *out, size_t cap)
 {
-    struct out o = {out, 0, cap, false};
+    struct sip_out o = sip_out_make(out, cap);
     struct line l = {&o, "Route", false};
     struct sip_value_iter it;
     struct slice v;
@@ -360,5 +332,5 @@ ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsign
                 line_add(&l, e);
     }
     line_end(&l);
-    return out_done(&o);
+    return sip_out_done(&o);
 }

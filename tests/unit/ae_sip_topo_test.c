@@ -44,6 +44,19 @@ static bool is_ext(struct slice e, void *arg)
     return sip_uri_host_port(e, &host, &port) && slice_eq_str(host, "198.51.100.1");
 }
 
+/* Scans start + hdr, opens what is sealed in it (its first Route entry for a request, its
+ * Record-Route set for a response) and compares the lines that come out with want. */
+static void expect_opened(const char *start, const char *hdr, const char *want)
+{
+    scan(start, hdr);
+    char got[8192];
+    ssize_t n = m.is_request ? sip_topo_open_routes(key, &m, 1, is_own, NULL, got, sizeof(got))
+                             : sip_topo_open_response_rr(key, &m, got, sizeof(got));
+    assert_true(n > 0);
+    got[n] = 0;
+    assert_string_equal(got, want);
+}
+
 static void contact_encoded_keeps_params_and_round_trips(void **st)
 {
     scan("INVITE sip:b@example.com SIP/2.0",
@@ -80,19 +93,13 @@ static void request_route_set_sealed_then_restored_as_route(void **st)
     /* The outside's BYE comes back through our external entry. */
     char hdr[4300];
     snprintf(hdr, sizeof(hdr), "Route: <sip:t1@198.51.100.1:5060;lr;ae-rr=%s>\r\n", tok);
-    scan("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr);
-    n = sip_topo_open_routes(key, &m, 1, is_own, NULL, out, sizeof(out));
-    assert_true(n > 0);
-    out[n] = 0;
-    assert_string_equal(out, "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
+    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr,
+                  "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
     /* The 200 coming back in gets the whole set back in Record-Route order. */
     snprintf(hdr, sizeof(hdr), "Record-Route: <sip:t1@198.51.100.1:5060;lr;ae-rr=%s>\r\n", tok);
-    scan("SIP/2.0 200 OK", hdr);
-    n = sip_topo_open_response_rr(key, &m, out, sizeof(out));
-    assert_true(n > 0);
-    out[n] = 0;
-    assert_string_equal(out, "Record-Route: <sip:t1@198.51.100.1:5060;lr>, <sip:10.0.0.21:5060;lr>, "
-                             "<sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
+    expect_opened("SIP/2.0 200 OK", hdr,
+                  "Record-Route: <sip:t1@198.51.100.1:5060;lr>, <sip:10.0.0.21:5060;lr>, "
+                  "<sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
 }
 
 static void response_route_set_collapsed_into_external_entry(void **st)
@@ -112,21 +119,13 @@ static void response_route_set_collapsed_into_external_entry(void **st)
     char hdr[4300], *rr = out + strlen("Record-Route: ");
     *strstr(rr, ", <sip:proxy") = 0;
     snprintf(hdr, sizeof(hdr), "Route: %s\r\n", rr);
-    scan("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr);
-    char routes[4096];
-    n = sip_topo_open_routes(key, &m, 1, is_own, NULL, routes, sizeof(routes));
-    assert_true(n > 0);
-    routes[n] = 0;
-    assert_string_equal(routes, "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
+    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr,
+                  "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
     /* And a response carrying it back in gets the original order. */
     snprintf(hdr, sizeof(hdr), "Record-Route: %s, <sip:proxy.outside.example;lr>\r\n", rr);
-    scan("SIP/2.0 200 OK", hdr);
-    n = sip_topo_open_response_rr(key, &m, routes, sizeof(routes));
-    assert_true(n > 0);
-    routes[n] = 0;
-    assert_string_equal(routes, "Record-Route: <sip:10.0.0.9;lr>, <sip:dir1.inside;lr>, "
-                                "<sip:10.0.0.21;lr>, <sip:t1@198.51.100.1;lr>, "
-                                "<sip:proxy.outside.example;lr>\r\n");
+    expect_opened("SIP/2.0 200 OK", hdr,
+                  "Record-Route: <sip:10.0.0.9;lr>, <sip:dir1.inside;lr>, <sip:10.0.0.21;lr>, "
+                  "<sip:t1@198.51.100.1;lr>, <sip:proxy.outside.example;lr>\r\n");
 }
 
 static void forged_route_token_refused(void **st)
