@@ -57,6 +57,18 @@ static void expect_opened(const char *start, const char *hdr, const char *want)
     assert_string_equal(got, want);
 }
 
+/* Our external entry (with its token) as an outside request's Route gives the inside route
+ * set back; as a response's Record-Route (followed by rr_tail) it gives want_rr. */
+static void expect_both_ways(const char *entry, const char *rr_tail, const char *want_rr)
+{
+    char hdr[4400];
+    snprintf(hdr, sizeof(hdr), "Route: %s\r\n", entry);
+    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr,
+                  "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
+    snprintf(hdr, sizeof(hdr), "Record-Route: %s%s\r\n", entry, rr_tail);
+    expect_opened("SIP/2.0 200 OK", hdr, want_rr);
+}
+
 static void contact_encoded_keeps_params_and_round_trips(void **st)
 {
     scan("INVITE sip:b@example.com SIP/2.0",
@@ -90,16 +102,13 @@ static void request_route_set_sealed_then_restored_as_route(void **st)
                                          sizeof(tok));
     assert_true(n > 0);
     assert_null(strstr(tok, "10.0.0"));
-    /* The outside's BYE comes back through our external entry. */
-    char hdr[4300];
-    snprintf(hdr, sizeof(hdr), "Route: <sip:t1@198.51.100.1:5060;lr;ae-rr=%s>\r\n", tok);
-    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr,
-                  "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
-    /* The 200 coming back in gets the whole set back in Record-Route order. */
-    snprintf(hdr, sizeof(hdr), "Record-Route: <sip:t1@198.51.100.1:5060;lr;ae-rr=%s>\r\n", tok);
-    expect_opened("SIP/2.0 200 OK", hdr,
-                  "Record-Route: <sip:t1@198.51.100.1:5060;lr>, <sip:10.0.0.21:5060;lr>, "
-                  "<sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
+    /* The outside's BYE comes back through our external entry; the 200 coming back in gets
+     * the whole set back in Record-Route order. */
+    char entry[4300];
+    snprintf(entry, sizeof(entry), "<sip:t1@198.51.100.1:5060;lr;ae-rr=%s>", tok);
+    expect_both_ways(entry, "",
+                     "Record-Route: <sip:t1@198.51.100.1:5060;lr>, <sip:10.0.0.21:5060;lr>, "
+                     "<sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
 }
 
 static void response_route_set_collapsed_into_external_entry(void **st)
@@ -115,17 +124,13 @@ static void response_route_set_collapsed_into_external_entry(void **st)
     assert_null(strstr(out, "inside"));
     assert_memory_equal(out, "Record-Route: <sip:t1@198.51.100.1;lr;ae-rr=", 44);
     assert_non_null(strstr(out, ">, <sip:proxy.outside.example;lr>\r\n"));
-    /* The caller's in-dialog request walks the set bottom-up: ours, then the inside's. */
-    char hdr[4300], *rr = out + strlen("Record-Route: ");
+    /* The caller's in-dialog request walks the set bottom-up: ours, then the inside's; a
+     * response carrying it back in gets the original order. */
+    char *rr = out + strlen("Record-Route: ");
     *strstr(rr, ", <sip:proxy") = 0;
-    snprintf(hdr, sizeof(hdr), "Route: %s\r\n", rr);
-    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", hdr,
-                  "Route: <sip:dir1.inside;lr>, <sip:10.0.0.9;lr>\r\n");
-    /* And a response carrying it back in gets the original order. */
-    snprintf(hdr, sizeof(hdr), "Record-Route: %s, <sip:proxy.outside.example;lr>\r\n", rr);
-    expect_opened("SIP/2.0 200 OK", hdr,
-                  "Record-Route: <sip:10.0.0.9;lr>, <sip:dir1.inside;lr>, <sip:10.0.0.21;lr>, "
-                  "<sip:t1@198.51.100.1;lr>, <sip:proxy.outside.example;lr>\r\n");
+    expect_both_ways(rr, ", <sip:proxy.outside.example;lr>",
+                     "Record-Route: <sip:10.0.0.9;lr>, <sip:dir1.inside;lr>, <sip:10.0.0.21;lr>, "
+                     "<sip:t1@198.51.100.1;lr>, <sip:proxy.outside.example;lr>\r\n");
 }
 
 static void forged_route_token_refused(void **st)
