@@ -6,6 +6,7 @@
 #
 # Usage: tests/bench/bench_sip.sh [BUILD]   Env: CALL_RATE (1300) TLS_CALL_RATE (500)
 #        MSG_RATE (4000) DUR (10 s) POINTS="calls messages tls-calls" TARGETS="edge kamailio"
+#        TOPOLOGY_HIDING=1 (the edge rewrites Record-Route/Contact/Via toward the UAC side)
 # TLS: sipp as packaged has no TLS, so each side's sipp UAC talks TCP to a local stunnel
 # that opens TLS to the proxy (stunnel's CPU is the load generator's, not counted). sipp runs
 # -t t1: every call on one long-lived TLS connection, as a partner's or a trunk's link; -t tn
@@ -58,6 +59,7 @@ external: {udp: [$EDGE_EXT], tls: [$EDGE_TLS], certs: {cert: $OUT/edge.crt, key:
 internal: {udp: [$EDGE_INT]}
 next_hop: {address: $EDGE_UAS, transport: udp}
 limits: {rate: 10000000, burst: 10000000}
+topology_hiding: $([ "${TOPOLOGY_HIDING:-0}" = 1 ] && echo true || echo false)
 YAML
 "$BUILD/bin/access-edge" -c "$OUT/edge.yaml" > "$OUT/edge.log" 2>&1 &
 EPID=$!; PIDS+=($EPID)
