@@ -601,7 +601,9 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     ssize_t ruri_len = 0, routes_len = 0;
     if (o->side == AE_EXT) {
         struct own_check any_side = {ae, false};
-        ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, sizeof(ruri));
+        /* Only a Request-URI on our own address can be one of our Contacts. */
+        if (entry_is_own(m->ruri, &any_side))
+            ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, sizeof(ruri));
         if (ruri_len >= 0)
             routes_len = sip_topo_open_routes(ae->flow_key, m, r->pop, entry_is_own, &any_side,
                                               routes, sizeof(routes));

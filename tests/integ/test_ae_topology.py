@@ -150,6 +150,34 @@ class TopologyHiding(SuiteTest):
         self.assertEqual(caller.returncode, 0, out.decode(errors="replace")[-3000:])
         self.assert_hidden(alice)
 
+    def test_outside_callee_hangs_up_through_the_hidden_route_set(self):
+        # The outside callee's BYE goes to the encoded Contact along the one Record-Route
+        # entry it saw; the edge puts the inside route set and the caller's Contact back.
+        lab = self.lab()
+        alice = self.outside(lab, "tcp")
+        caller = lab.sipp("call_uac_peer_bye.xml", f"{DIR_IP}:{lab.dir_sip}", "alice",
+                          ip=INSIDE_USER_IP, background=True, extra=CALL_ID)
+        invite = alice.recv()
+        self.assertIsNotNone(invite, "INVITE did not reach the outside user")
+        alice.answer(invite)
+        ack = alice.recv()
+        self.assertTrue(ack and ack.startswith("ACK "), ack)
+        # A UAS's route set is the Record-Route list in order (RFC 3261 §12.1.1).
+        routes = [v.strip() for h in header(invite, "Record-Route") for v in h.split(",")]
+        target = uri_of(header(invite, "Contact")[0])
+        caller_tag = re.search(r"tag=([^;>\s]+)", header(invite, "From")[0]).group(1)
+        lines = [f"BYE {target} SIP/2.0", alice.via(),
+                 "From: <sip:alice@example.com>;tag=alice1",  # the tag answer() gave
+                 f"To: <sip:caller@example.com>;tag={caller_tag}",
+                 f"Call-ID: {header(invite, 'Call-ID')[0]}", "CSeq: 1 BYE", "Max-Forwards: 70"]
+        lines += [f"Route: {r}" for r in routes]
+        alice.send("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n")
+        r = alice.recv()
+        self.assertEqual(parse_status(r), 200, r)
+        out, _ = caller.communicate(timeout=15)
+        self.assertEqual(caller.returncode, 0, out.decode(errors="replace")[-3000:])
+        self.assert_hidden(alice)
+
     def test_inside_calls_outside_udp_no_inside_address_shows(self):
         self.call_inside_to_outside("udp")
 
