@@ -11,10 +11,10 @@
 # that opens TLS to the proxy (stunnel's CPU is the load generator's, not counted). sipp runs
 # -t t1: every call on one long-lived TLS connection, as a partner's or a trunk's link; -t tn
 # would make stunnel open one TLS connection per call and measure handshakes instead. The
-# TLS rate is lower than the UDP one because Kamailio does not hold more on one TLS connection
-# here: at 1,300/s it reached ~470/s with 2% failed (408s from its transaction timer and
-# 180s reordered behind 200s by its two workers), at 800/s ~720/s; at 500/s both sides hold
-# the rate with 0 failed, so that is the like-for-like point.
+# TLS rate is lower than the UDP one because Kamailio serves one TLS connection from one TCP
+# worker, about one core (~1,000 calls/s quiet, ~700/s on the shared machine); past that it
+# fails calls (408s from its transaction timer, 180s reordered behind 200s by its two
+# workers). At 500/s both sides hold the rate with 0 failed even under shared load.
 # Each timed run holds /tmp/bench.lock. CPU is utime+stime from /proc/<pid>/stat (Kamailio:
 # the main process and its children).
 set -u
