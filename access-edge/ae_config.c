@@ -80,9 +80,12 @@ static const struct cfg_key limit_keys[] = {
      .help = "burst allowance for the per-address rate"},
     {"max_transactions", CFG_UINT, LIM(max_transactions), "65536", .min = 16, .max = 4000000,
      .help = "INVITE transactions in flight (503 above)"},
-    {"overload_lag", CFG_DURATION, LIM(overload_lag_ms), "0", .min = 0, .max = 60000,
-     .help = "when the event loop runs this late, new INVITE/REGISTER/SUBSCRIBE get 503 "
-             "(connections stay up); 0 (default) turns it off"},
+    /* On by default: a loop this late cannot answer before a UDP client's first
+     * retransmission (T1 = 500 ms), so taking new dialogs then only delays the calls in
+     * progress. Two ticks in a row must be late, so a one-off scheduling stall is not it. */
+    {"overload_lag", CFG_DURATION, LIM(overload_lag_ms), "300ms", .min = 0, .max = 60000,
+     .help = "when the event loop runs this late twice in a row (20 ms ticks), new "
+             "INVITE/REGISTER/SUBSCRIBE get 503 for 0.5 s (connections, in-dialog requests and responses still flow); 0 turns it off"},
     CFG_END,
 };
 

@@ -13,6 +13,7 @@
 #include "access-edge/ae_txn.h"
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
+#include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
 #include "common/crypto.h"
@@ -69,7 +70,7 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", NULL,
+    "watchlist", "tampered", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -92,7 +93,7 @@ struct ae {
     struct metrics *metrics;
     struct sip_policy policy;
     struct addr *own;
-    size_t nown;
+    size_t nown, nown_ext; /* own[0..nown_ext) are the external side's */
     const char **domains;
 
     struct ae_udp udp[AE_UDP_MAX];
@@ -116,6 +117,7 @@ struct ae {
     uv_timer_t lag;          /* fires every 20 ms; lateness measures saturation */
     uint64_t lag_expected;   /* uv_hrtime ns when it should fire */
     uint64_t overloaded_until; /* ms (loop clock) */
+    unsigned late_ticks;       /* consecutive lag ticks at least overload_lag late */
     struct metric *m_dir_up[AE_DIRECTORS_MAX];
 
     struct ae_txn_table *txns;
@@ -533,9 +535,83 @@ static void on_health(uv_timer_t *t)
     }
 }
 
+/* ---- topology hiding glue (the rewriting itself is sip_topo.c) ---- */
+
+struct own_check {
+    const struct ae *ae;
+    bool ext_only;
+};
+
+/* sip_topo_own_cb: does a Route/Record-Route entry name the edge (or its external side)? */
+static bool entry_is_own(struct slice entry, void *arg)
+{
+    const struct own_check *c = arg;
+    struct slice host;
+    uint16_t port;
+    char hb[ADDR_STRLEN];
+    if (!sip_uri_host_port(entry, &host, &port) || slice_to_cstr(host, hb, sizeof(hb)) < 0)
+        return false;
+    struct sip_policy p = c->ae->policy;
+    if (c->ext_only)
+        p.nown = c->ae->nown_ext;
+    return sip_policy_is_own(&p, hb, port);
+}
+
+/* Where encoded Contacts point: the external address that reaches us over tp. */
+static void topo_init(struct ae *ae, uint64_t nonce, uint8_t tp, struct sip_topo *t, char *ext,
+                      size_t cap)
+{
+    const struct addr *a = side_addr(ae, AE_EXT, tp);
+    char h[ADDR_STRLEN];
+    snprintf(ext, cap, "%s%s", a ? addr_format(a, h) : ae->cfg->fqdn,
+             tp == AE_TP_TCP ? ";transport=tcp" : tp == AE_TP_TLS ? ";transport=tls" : "");
+    *t = (struct sip_topo){ae->flow_key, nonce, slice_str(ext)};
+}
+
+/* The edge's one Record-Route entry toward the Internet: the external one, carrying the
+ * internal entry and the inside's own Record-Routes sealed (sip_topo.h). Returns the new
+ * length of ins (cap when it does not fit). */
+static size_t hidden_record_route(const struct sip_topo *t, const struct sip_msg *m,
+                                  const char *tok, const char *ext_u, const char *int_u,
+                                  char *ins, size_t n, size_t cap)
+{
+    char own_int[200], sealed[4096];
+    snprintf(own_int, sizeof(own_int), "<sip:%s>", int_u);
+    ssize_t sl = sip_topo_seal_request_rr(t, slice_str(own_int), m, sealed, sizeof(sealed));
+    if (sl < 0)
+        return cap;
+    int k = snprintf(ins + n, cap - n, "Record-Route: <sip:%s%s%s;ae-rr=%s>\r\n", tok,
+                     *tok ? "@" : "", ext_u, sealed);
+    return k < 0 || (size_t)k >= cap - n ? cap : n + (size_t)k;
+}
+
+static void reject_tampered(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
+{
+    struct sip_verdict v = {403, "Forbidden", "tampered", "Forged topology-hiding token"};
+    ae_reject(ae, o, m, &v, NULL);
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
+    /* An in-dialog request from outside may carry what topology hiding sealed: the inside
+     * Contact as Request-URI, the inside route set in our Route entry. Put them back (even
+     * with hiding now off: the dialog started with it on). */
+    char ruri[1024], routes[4096];
+    ssize_t ruri_len = 0, routes_len = 0;
+    if (o->side == AE_EXT) {
+        struct own_check any_side = {ae, false};
+        /* Only a Request-URI on our own address can be one of our Contacts. */
+        if (entry_is_own(m->ruri, &any_side))
+            ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, sizeof(ruri));
+        if (ruri_len >= 0)
+            routes_len = sip_topo_open_routes(ae->flow_key, m, r->pop, entry_is_own, &any_side,
+                                              routes, sizeof(routes));
+        if (ruri_len < 0 || routes_len < 0) {
+            reject_tampered(ae, o, m);
+            return;
+        }
+    }
     struct ae_dest dest = {0};
     const struct ae_config *cfg = ae->cfg;
     /* Where it goes. */
@@ -664,24 +740,39 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     if (hide) {
         char vias[4096];
         size_t vl = 0;
-        for (uint16_t i = 0; i < m->nhdr; i++) {
+        bool fits = true;
+        for (uint16_t i = 0; i < m->nhdr && fits; i++) {
             const struct sip_hdr *vh = &m->hdr[i];
             size_t ll = vh->line_end - vh->line_off;
             if (vh->id != SIP_H_VIA)
                 continue;
-            if (vl + ll > sizeof(vias)) {
-                hide = false;
-                break;
+            fits = vl + ll <= sizeof(vias);
+            if (fits) {
+                memcpy(vias + vl, m->buf + vh->line_off, ll);
+                vl += ll;
             }
-            memcpy(vias + vl, m->buf + vh->line_off, ll);
-            vl += ll;
         }
-        if (hide && sip_seal(ae->flow_key, uv_hrtime() ^ h, slice_make(vias, vl), seal,
-                             sizeof(seal)) < 0)
-            hide = false;
+        if (!fits || sip_seal(ae->flow_key, uv_hrtime() ^ h, slice_make(vias, vl), seal,
+                              sizeof(seal)) < 0) {
+            struct sip_verdict v = {513, "Message Too Large", "too_large",
+                                    "Too many Vias to hide"};
+            ae_reject(ae, o, m, &v, NULL);
+            return;
+        }
     }
     n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Via: SIP/2.0/%s %s;branch=%s%s%s%s\r\n", vtp,
                           hs, br, alias ? ";alias" : "", hide ? ";ae-th=" : "", hide ? seal : "");
+    if (routes_len > 0 && n + (size_t)routes_len < sizeof(ins)) {
+        memcpy(ins + n, routes, (size_t)routes_len);
+        n += (size_t)routes_len;
+    }
+    struct sip_topo topo = {0};
+    char topo_ext[160];
+    if (hide) {
+        topo_init(ae, uv_hrtime() ^ h, dest.tp, &topo, topo_ext, sizeof(topo_ext));
+        ssize_t cl = sip_topo_hide_contacts(&topo, m, ins + n, sizeof(ins) - n);
+        n = cl < 0 ? sizeof(ins) : n + (size_t)cl;
+    }
     bool from_ext = o->side == AE_EXT;
     struct ae_dest ext_peer = {0};
     if (from_ext) {
@@ -715,10 +806,12 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
                 n += (size_t)snprintf(ins + n, sizeof(ins) - n,
                                       "Record-Route: <sip:%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
                                       int_u, tok, *tok ? "@" : "", ext_u);
-            else
+            else if (!hide)
                 n += (size_t)snprintf(ins + n, sizeof(ins) - n,
                                       "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s>\r\n",
                                       tok, *tok ? "@" : "", ext_u, int_u);
+            else
+                n = hidden_record_route(&topo, m, tok, ext_u, int_u, ins, n, sizeof(ins));
         }
     }
     if (from_ext && method_is(m, "REGISTER") && *tok && n < sizeof(ins)) {
@@ -733,11 +826,19 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         trust_line(ae, o, ins + n, sizeof(ins) - n);
         n += strlen(ins + n);
     }
-    if (n >= sizeof(ins))
+    if (n >= sizeof(ins)) {
+        struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+        ae_reject(ae, o, m, &v, NULL);
         return;
+    }
+    /* Hiding: the received Vias, Record-Routes and Contacts leave; ins has what replaces
+     * them. A Path never leaves (it names the inside). */
+    uint32_t hidden = SIP_HDR_BIT(SIP_H_VIA) | SIP_HDR_BIT(SIP_H_RECORD_ROUTE) |
+                      SIP_HDR_BIT(SIP_H_CONTACT) | SIP_HDR_BIT(SIP_H_PATH);
     struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop,
-                              .src = hide ? NULL : o->peer, .strip_trust = true,
-                              .drop_vias = hide};
+                              .src = hide ? NULL : o->peer,
+                              .drop = SIP_HDR_BIT(SIP_H_TRUST) | (hide ? hidden : 0),
+                              .ruri = slice_make(ruri, ruri_len > 0 ? (size_t)ruri_len : 0)};
     ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
         struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
@@ -755,6 +856,45 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
 }
 
 static void partner_account(struct ae *ae, struct ae_conn *c, int status);
+
+/* Which received lines a response loses to topo_response()'s replacements. */
+static uint32_t topo_response_drops(const struct ae_origin *o, const struct sip_msg *m)
+{
+    if (o->side == AE_EXT)
+        return SIP_HDR_BIT(SIP_H_RECORD_ROUTE);
+    uint32_t d = SIP_HDR_BIT(SIP_H_RECORD_ROUTE) | SIP_HDR_BIT(SIP_H_PATH);
+    /* A REGISTER's 200 lists the outside user's own bindings: not ours to hide. */
+    if (!slice_eq_str(sip_cseq_method(m), "REGISTER"))
+        d |= SIP_HDR_BIT(SIP_H_CONTACT);
+    return d;
+}
+
+/* Topology hiding on a response (sip_topo.h): going out, the replacement Record-Route and
+ * Contact lines; coming in, the Record-Route set with what we sealed put back. Writes them
+ * to out and returns the length, -EACCES (a forged token) or -ENOSPC. */
+static ssize_t topo_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                             uint64_t h, uint32_t cid, char *out, size_t cap)
+{
+    if (o->side == AE_EXT) {
+        ssize_t n = m->count[SIP_H_RECORD_ROUTE]
+                        ? sip_topo_open_response_rr(ae->flow_key, m, out, cap)
+                        : 0;
+        return n == -ENOSPC ? -EACCES : n;
+    }
+    if (!ae->cfg->topology_hiding)
+        return 0;
+    struct sip_topo t;
+    char ext[160];
+    struct own_check ext_side = {ae, true};
+    /* Contacts point at the transport the response leaves on, as the request came. */
+    struct ae_conn *c = conn_get(ae, cid);
+    topo_init(ae, uv_hrtime() ^ h, c ? c->tp : AE_TP_UDP, &t, ext, sizeof(ext));
+    ssize_t rl = sip_topo_hide_response_rr(&t, m, entry_is_own, &ext_side, out, cap);
+    ssize_t cl = 0;
+    if (rl >= 0 && (topo_response_drops(o, m) & SIP_HDR_BIT(SIP_H_CONTACT)))
+        cl = sip_topo_hide_contacts(&t, m, out + rl, cap - (size_t)rl);
+    return rl < 0 || cl < 0 ? -ENOSPC : rl + cl;
+}
 
 static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
 {
@@ -798,24 +938,37 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
             return; /* we answered the CANCEL ourselves */
     }
     /* Topology hiding: the Vias we sealed into ours come back in the order they were. */
-    char ins[4096 + 512];
+    char ins[16384];
     size_t il = 0;
     struct slice sealed;
     bool restored = false;
     if (o->side == AE_EXT && sip_param_find(sip_hdr_value(m, vh), "ae-th", &sealed)) {
         ssize_t r = sip_unseal(ae->flow_key, sealed, (uint8_t *)ins, 4096);
         if (r < 0) {
-            metric_inc(ae->m_dropped);
+            ae_count_reject(ae, "tampered");
             LOGI(ae->log, o->peer, "sip: response with a forged topology-hiding seal dropped");
             return;
         }
         il = (size_t)r;
         restored = true;
     }
+    ssize_t tl = topo_response(ae, o, m, h, cid, ins + il, sizeof(ins) - il - 1);
+    if (tl < 0) {
+        ae_count_reject(ae, tl == -EACCES ? "tampered" : "too_large");
+        LOGI(ae->log, o->peer, "sip: response dropped: %s",
+             tl == -EACCES ? "forged Record-Route token" : "too large to hide");
+        return;
+    }
+    /* Coming in, only a restored set replaces the received lines; going out with hiding on,
+     * the inside's lines always go (tl may be 0: nothing of theirs is left to show). */
+    uint32_t drop = SIP_HDR_BIT(SIP_H_TRUST);
+    if (o->side == AE_EXT ? tl > 0 : ae->cfg->topology_hiding)
+        drop |= topo_response_drops(o, m);
+    il += (size_t)tl;
     ins[il] = 0;
     if (o->side == AE_EXT)
         trust_line(ae, o, ins + il, sizeof(ins) - il);
-    ssize_t len = sip_fwd_response(m, slice_str(ins), true, ae->out, AE_OUT_CAP);
+    ssize_t len = sip_fwd_response(m, slice_str(ins), drop, ae->out, AE_OUT_CAP);
     if (len <= 0)
         return;
     struct ae_dest dest = {0};
@@ -1424,7 +1577,12 @@ static void on_lag(uv_timer_t *t)
     struct ae *ae = t->data;
     uint64_t now = uv_hrtime();
     uint64_t late_ms = now > ae->lag_expected ? (now - ae->lag_expected) / 1000000 : 0;
-    if (ae->cfg->limits.overload_lag_ms && late_ms >= ae->cfg->limits.overload_lag_ms) {
+    /* One late tick is the process being descheduled (a shared or throttled host: 300 ms
+     * stalls were seen on the 2-core test machine under sanitizers); a saturated loop makes
+     * every tick late. */
+    bool late = ae->cfg->limits.overload_lag_ms && late_ms >= ae->cfg->limits.overload_lag_ms;
+    ae->late_ticks = late ? ae->late_ticks + 1 : 0;
+    if (ae->late_ticks >= 2) {
         if (ae->overloaded_until < uv_now(ae->loop))
             LOGW(ae->log, NULL, "sip: event loop %llu ms late: shedding new dialogs with 503",
                  (unsigned long long)late_ms);
@@ -1472,6 +1630,8 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
             own[k++] = sc->ws[i];
         for (size_t i = 0; i < sc->nwss; i++)
             own[k++] = sc->wss[i];
+        if (s == 0)
+            ae->nown_ext = k;
     }
     for (size_t i = 0; i < cfg->ndomains; i++)
         doms[i] = cfg->domains[i];

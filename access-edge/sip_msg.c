@@ -348,3 +348,41 @@ struct slice sip_cseq_method(const struct sip_msg *m)
         i++;
     return slice_make(v.p + s, i - s);
 }
+
+void sip_values_begin(struct sip_value_iter *it, const struct sip_msg *m, enum sip_hdr_id id)
+{
+    it->m = m;
+    it->id = id;
+    it->next_hdr = m->first[id] < 0 ? m->nhdr : (uint16_t)m->first[id];
+    it->rest = SLICE_NULL;
+}
+
+static struct slice trim_lws(struct slice v)
+{
+    while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
+        v.p++;
+        v.len--;
+    }
+    while (v.len && (v.p[v.len - 1] == ' ' || v.p[v.len - 1] == '\t'))
+        v.len--;
+    return v;
+}
+
+bool sip_values_next(struct sip_value_iter *it, struct slice *v)
+{
+    while (it->rest.len == 0) {
+        const struct sip_msg *m = it->m;
+        while (it->next_hdr < m->nhdr && m->hdr[it->next_hdr].id != it->id)
+            it->next_hdr++;
+        if (it->next_hdr >= m->nhdr)
+            return false;
+        it->rest = trim_lws(sip_hdr_value(m, &m->hdr[it->next_hdr++]));
+    }
+    size_t n = sip_value_first_len(it->rest);
+    *v = trim_lws(slice_make(it->rest.p, n));
+    if (n >= it->rest.len)
+        it->rest = SLICE_NULL;
+    else
+        it->rest = trim_lws(slice_make(it->rest.p + n + 1, it->rest.len - n - 1));
+    return true;
+}

@@ -5,9 +5,11 @@
 #ifndef AE_SIP_MSG_H
 #define AE_SIP_MSG_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "common/util.h"
@@ -29,6 +31,9 @@ enum sip_hdr_id {
     SIP_H_TRUST, /* ms-edge-proxy-message-trust: only this edge may add it */
     SIP_H_COUNT
 };
+
+/* A set of header kinds, as a bit mask (for "drop these"). */
+#define SIP_HDR_BIT(id) (1u << (id))
 
 /* Hard bound on header lines per message; the configured cap is at most this. */
 #define SIP_MSG_MAX_HEADERS 256
@@ -89,6 +94,54 @@ bool sip_param_find(struct slice v, const char *name, struct slice *val);
 bool sip_via_sent_by(struct slice via, struct slice *host, uint16_t *port);
 /* Length of the first comma-separated element of a header value (quotes and <> honoured). */
 size_t sip_value_first_len(struct slice v);
+/* A bounded writer for the messages and header lines the edge builds: a write that does
+ * not fit marks it full (and writes nothing more), and sip_out_done() then says -ENOSPC. */
+struct sip_out {
+    uint8_t *p;
+    size_t len, cap;
+    bool full;
+};
+static inline struct sip_out sip_out_make(void *p, size_t cap)
+{
+    return (struct sip_out){(uint8_t *)p, 0, cap, false};
+}
+static inline void sip_out_put(struct sip_out *o, const void *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (o->full || n > o->cap - o->len) {
+        o->full = true;
+        return;
+    }
+    memcpy(o->p + o->len, p, n);
+    o->len += n;
+}
+static inline void sip_out_str(struct sip_out *o, const char *s)
+{
+    sip_out_put(o, s, strlen(s));
+}
+static inline void sip_out_slice(struct sip_out *o, struct slice s)
+{
+    sip_out_put(o, s.p, s.len);
+}
+/* The length written, or -ENOSPC if something did not fit. */
+static inline ssize_t sip_out_done(const struct sip_out *o)
+{
+    return o->full ? -ENOSPC : (ssize_t)o->len;
+}
+
+/* Walks the comma-separated values of every header of one kind, in message order
+ * (RFC 3261 §7.3.1: several lines of a kind equal one comma-joined line). */
+struct sip_value_iter {
+    const struct sip_msg *m;
+    enum sip_hdr_id id;
+    uint16_t next_hdr;  /* the header line to read once rest is used up */
+    struct slice rest;  /* what is left of the current line's value */
+};
+void sip_values_begin(struct sip_value_iter *it, const struct sip_msg *m, enum sip_hdr_id id);
+/* The next value (trimmed), or false at the end. */
+bool sip_values_next(struct sip_value_iter *it, struct slice *v);
+
 /* The CSeq method, or an empty slice. */
 struct slice sip_cseq_method(const struct sip_msg *m);
 

@@ -7,37 +7,6 @@
 
 #include "common/crypto.h"
 
-struct w {
-    uint8_t *p;
-    size_t len, cap;
-    bool full;
-};
-
-static void put(struct w *w, const void *p, size_t n)
-{
-    if (n == 0)
-        return;
-    if (w->full || n > w->cap - w->len) {
-        w->full = true;
-        return;
-    }
-    memcpy(w->p + w->len, p, n);
-    w->len += n;
-}
-static void puts_(struct w *w, const char *s)
-{
-    put(w, s, strlen(s));
-}
-static void put_slice(struct w *w, struct slice s)
-{
-    put(w, s.p, s.len);
-}
-
-static ssize_t w_done(const struct w *w)
-{
-    return w->full ? -ENOSPC : (ssize_t)w->len;
-}
-
 /* ---- branches ---- */
 
 static uint64_t mix(uint64_t h, const uint8_t *p, size_t n)
@@ -214,7 +183,7 @@ int sip_flow_decode(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice tok, struc
 
 /* Writes the first Via value with received/rport added for a request that came from src
  * (RFC 3261 §18.2.1, RFC 3581 §4). */
-static void put_top_via(struct w *w, const struct sip_msg *m, const struct sip_hdr *h,
+static void put_top_via(struct sip_out *w, const struct sip_msg *m, const struct sip_hdr *h,
                         const struct addr *src)
 {
     struct slice v = sip_hdr_value(m, h);
@@ -232,54 +201,57 @@ static void put_top_via(struct w *w, const struct sip_msg *m, const struct sip_h
     struct slice dummy;
     if (sip_param_find(fv, "received", &dummy))
         need_received = false; /* someone already set it; leave theirs (rare) */
-    put(w, m->buf + h->line_off, h->val_off - h->line_off);
+    sip_out_put(w, m->buf + h->line_off, h->val_off - h->line_off);
     if (want_rport) {
         /* rport with no value: fill it in place. */
         size_t at = (size_t)(rport.p - fv.p);
-        put(w, fv.p, at);
+        sip_out_put(w, fv.p, at);
         char pb[16];
         snprintf(pb, sizeof(pb), "=%u", addr_port(src));
-        puts_(w, pb);
-        put(w, fv.p + at, fv.len - at);
+        sip_out_str(w, pb);
+        sip_out_put(w, fv.p + at, fv.len - at);
         need_received = true;
     } else {
-        put_slice(w, fv);
+        sip_out_slice(w, fv);
     }
     if (need_received) {
-        puts_(w, ";received=");
-        puts_(w, ip);
+        sip_out_str(w, ";received=");
+        sip_out_str(w, ip);
     }
-    put(w, v.p + fv.len, (size_t)(m->buf + h->line_end - (v.p + fv.len)));
+    sip_out_put(w, v.p + fv.len, (size_t)(m->buf + h->line_end - (v.p + fv.len)));
+}
+
+/* What follows the first comma-separated value of v (empty if nothing does). */
+static struct slice after_first_value(struct slice v)
+{
+    size_t n = sip_value_first_len(v);
+    if (n >= v.len)
+        return SLICE_NULL;
+    v.p += n + 1;
+    v.len -= n + 1;
+    while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
+        v.p++;
+        v.len--;
+    }
+    return v;
 }
 
 /* Writes the Route header lines minus the first `pop` entries. */
-static unsigned put_route(struct w *w, const struct sip_msg *m, const struct sip_hdr *h,
+static unsigned put_route(struct sip_out *w, const struct sip_msg *m, const struct sip_hdr *h,
                           unsigned pop)
 {
     struct slice v = sip_hdr_value(m, h);
-    while (pop > 0 && v.len > 0) {
-        size_t n = sip_value_first_len(v);
-        pop--;
-        if (n >= v.len) {
-            v.len = 0;
-            break;
-        }
-        v.p += n + 1;
-        v.len -= n + 1;
-        while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
-            v.p++;
-            v.len--;
-        }
-    }
+    for (; pop > 0 && v.len > 0; pop--)
+        v = after_first_value(v);
     if (v.len == 0)
         return pop;
-    puts_(w, "Route: ");
-    put_slice(w, v);
-    puts_(w, "\r\n");
+    sip_out_str(w, "Route: ");
+    sip_out_slice(w, v);
+    sip_out_str(w, "\r\n");
     return pop;
 }
 
-static void put_max_forwards(struct w *w, const struct sip_msg *m, const struct sip_hdr *h)
+static void put_max_forwards(struct sip_out *w, const struct sip_msg *m, const struct sip_hdr *h)
 {
     struct slice v = sip_hdr_value(m, h);
     unsigned n = 0;
@@ -287,37 +259,33 @@ static void put_max_forwards(struct w *w, const struct sip_msg *m, const struct 
         n = n * 10 + (unsigned)(v.p[i] - '0');
     char line[32];
     snprintf(line, sizeof(line), "Max-Forwards: %u\r\n", n > 0 ? n - 1 : 0);
-    puts_(w, line);
+    sip_out_str(w, line);
 }
 
 ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, uint8_t *out,
                         size_t cap)
 {
-    struct w w = {out, 0, cap, false};
+    struct sip_out w = sip_out_make(out, cap);
     if (o->ruri.len) {
-        put_slice(&w, m->method);
-        puts_(&w, " ");
-        put_slice(&w, o->ruri);
-        puts_(&w, " SIP/2.0\r\n");
+        sip_out_slice(&w, m->method);
+        sip_out_str(&w, " ");
+        sip_out_slice(&w, o->ruri);
+        sip_out_str(&w, " SIP/2.0\r\n");
     } else {
-        put(&w, m->buf, m->start_end);
+        sip_out_put(&w, m->buf, m->start_end);
     }
-    put_slice(&w, o->insert);
+    sip_out_slice(&w, o->insert);
     unsigned pop = o->pop_routes;
     bool first_via = true;
     for (uint16_t i = 0; i < m->nhdr; i++) {
         const struct sip_hdr *h = &m->hdr[i];
+        if (o->drop & SIP_HDR_BIT(h->id))
+            continue;
         switch (h->id) {
-        case SIP_H_TRUST:
-            if (o->strip_trust)
-                continue;
-            break;
         case SIP_H_MAX_FORWARDS:
             put_max_forwards(&w, m, h);
             continue;
         case SIP_H_VIA:
-            if (o->drop_vias)
-                continue;
             if (first_via && o->src) {
                 first_via = false;
                 put_top_via(&w, m, h, o->src);
@@ -334,44 +302,37 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
         default:
             break;
         }
-        put(&w, m->buf + h->line_off, h->line_end - h->line_off);
+        sip_out_put(&w, m->buf + h->line_off, h->line_end - h->line_off);
     }
-    put(&w, m->buf + m->hdr_end - 2, 2 + m->body_len);
-    return w_done(&w);
+    sip_out_put(&w, m->buf + m->hdr_end - 2, 2 + m->body_len);
+    return sip_out_done(&w);
 }
 
-ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, bool strip_trust,
+ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop,
                          uint8_t *out, size_t cap)
 {
-    struct w w = {out, 0, cap, false};
-    put(&w, m->buf, m->start_end);
-    put_slice(&w, insert);
+    struct sip_out w = sip_out_make(out, cap);
+    sip_out_put(&w, m->buf, m->start_end);
+    sip_out_slice(&w, insert);
     bool first_via = true;
     for (uint16_t i = 0; i < m->nhdr; i++) {
         const struct sip_hdr *h = &m->hdr[i];
-        if (h->id == SIP_H_TRUST && strip_trust)
+        if (drop & SIP_HDR_BIT(h->id))
             continue;
         if (h->id == SIP_H_VIA && first_via) {
             first_via = false;
-            struct slice v = sip_hdr_value(m, h);
-            size_t n = sip_value_first_len(v);
-            if (n >= v.len)
+            struct slice rest = after_first_value(sip_hdr_value(m, h));
+            if (rest.len == 0)
                 continue; /* the line held only our Via */
-            struct slice rest = slice_make(v.p + n + 1, v.len - n - 1);
-            while (rest.len && (rest.p[0] == ' ' || rest.p[0] == '\t' || rest.p[0] == '\r' ||
-                                rest.p[0] == '\n')) {
-                rest.p++;
-                rest.len--;
-            }
-            puts_(&w, "Via: ");
-            put_slice(&w, rest);
-            puts_(&w, "\r\n");
+            sip_out_str(&w, "Via: ");
+            sip_out_slice(&w, rest);
+            sip_out_str(&w, "\r\n");
             continue;
         }
-        put(&w, m->buf + h->line_off, h->line_end - h->line_off);
+        sip_out_put(&w, m->buf + h->line_off, h->line_end - h->line_off);
     }
-    put(&w, m->buf + m->hdr_end - 2, 2 + m->body_len);
-    return w_done(&w);
+    sip_out_put(&w, m->buf + m->hdr_end - 2, 2 + m->body_len);
+    return sip_out_done(&w);
 }
 
 static const char *default_phrase(int status)
@@ -399,12 +360,12 @@ static const char *default_phrase(int status)
 ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
                        const char *to_tag, struct slice extra, uint8_t *out, size_t cap)
 {
-    struct w w = {out, 0, cap, false};
+    struct sip_out w = sip_out_make(out, cap);
     char sl[64];
     snprintf(sl, sizeof(sl), "SIP/2.0 %03d ", status);
-    puts_(&w, sl);
-    puts_(&w, phrase ? phrase : default_phrase(status));
-    puts_(&w, "\r\n");
+    sip_out_str(&w, sl);
+    sip_out_str(&w, phrase ? phrase : default_phrase(status));
+    sip_out_str(&w, "\r\n");
     for (uint16_t i = 0; i < m->nhdr; i++) {
         const struct sip_hdr *h = &m->hdr[i];
         switch (h->id) {
@@ -412,52 +373,35 @@ ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
         case SIP_H_FROM:
         case SIP_H_CALL_ID:
         case SIP_H_CSEQ:
-            put(&w, m->buf + h->line_off, h->line_end - h->line_off);
+            sip_out_put(&w, m->buf + h->line_off, h->line_end - h->line_off);
             break;
         case SIP_H_TO: {
             struct slice v = sip_hdr_value(m, h);
-            put(&w, m->buf + h->line_off, h->val_off + h->val_len - h->line_off);
+            sip_out_put(&w, m->buf + h->line_off, h->val_off + h->val_len - h->line_off);
             if (status > 100 && to_tag && !sip_param_find(v, "tag", NULL)) {
-                puts_(&w, ";tag=");
-                puts_(&w, to_tag);
+                sip_out_str(&w, ";tag=");
+                sip_out_str(&w, to_tag);
             }
-            puts_(&w, "\r\n");
+            sip_out_str(&w, "\r\n");
             break;
         }
         default:
             break;
         }
     }
-    put_slice(&w, extra);
-    puts_(&w, "Content-Length: 0\r\n\r\n");
-    return w_done(&w);
+    sip_out_slice(&w, extra);
+    sip_out_str(&w, "Content-Length: 0\r\n\r\n");
+    return sip_out_done(&w);
 }
 
 /* The k-th Via value (0-based) across all Via lines. */
 static bool via_value(const struct sip_msg *m, unsigned k, struct slice *out)
 {
-    for (uint16_t i = 0; i < m->nhdr; i++) {
-        const struct sip_hdr *h = &m->hdr[i];
-        if (h->id != SIP_H_VIA)
-            continue;
-        struct slice v = sip_hdr_value(m, h);
-        while (v.len) {
-            size_t n = sip_value_first_len(v);
-            if (k == 0) {
-                *out = slice_make(v.p, n);
-                return true;
-            }
-            k--;
-            if (n >= v.len)
-                break;
-            v.p += n + 1;
-            v.len -= n + 1;
-            while (v.len && (v.p[0] == ' ' || v.p[0] == '\t' || v.p[0] == '\r' || v.p[0] == '\n')) {
-                v.p++;
-                v.len--;
-            }
-        }
-    }
+    struct sip_value_iter it;
+    sip_values_begin(&it, m, SIP_H_VIA);
+    while (sip_values_next(&it, out))
+        if (k-- == 0)
+            return true;
     return false;
 }
 

@@ -43,17 +43,18 @@ struct sip_fwd_opts {
                                * then Record-Route, Path, trust), each ending in CRLF */
     unsigned pop_routes;      /* our own Route entries to remove from the top */
     const struct addr *src;   /* non-NULL: add received (and rport if asked) to the top Via */
-    bool strip_trust;         /* drop any ms-edge-proxy-message-trust header */
+    uint32_t drop;            /* SIP_HDR_BITs of received headers to leave out: the trust
+                               * marking; for topology hiding also Via, Record-Route, Contact,
+                               * whose replacements are in insert */
     struct slice ruri;        /* non-empty: the new Request-URI (a registrar's retarget) */
-    bool drop_vias;           /* topology hiding: the received Vias leave (sealed in ours) */
 };
 
 /* Forwarded request into out; Max-Forwards is decremented. Returns the length or -ENOSPC. */
 ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, uint8_t *out,
                         size_t cap);
 /* Forwarded response: our top Via value removed, `insert` added after the status line,
- * trust headers dropped if strip_trust. Returns the length or -ENOSPC. */
-ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, bool strip_trust,
+ * headers whose SIP_HDR_BIT is in drop left out. Returns the length or -ENOSPC. */
+ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop,
                          uint8_t *out, size_t cap);
 /* The edge's own response to request m: Via/From/To/Call-ID/CSeq copied (a To tag added
  * for status > 100 if absent), then `extra` lines (Warning, Allow, ...), Content-Length 0. */

@@ -487,7 +487,7 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     if (al < 0 || (size_t)al >= sizeof(all))
         return;
     struct sip_fwd_opts fo = {.insert = slice_make(all, (size_t)al), .pop_routes = pop,
-                              .src = o->conn_id ? NULL : o->peer, .strip_trust = false,
+                              .src = o->conn_id ? NULL : o->peer,
                               .ruri = slice_str(ruri)};
     ssize_t len = sip_fwd_request(m, &fo, rg->out, RG_OUT_CAP);
     if (len < 0)
@@ -506,7 +506,7 @@ static void rg_response(struct registrar *rg, const struct sip_msg *m)
     struct addr to;
     if (sip_response_next_hop(m, &to) < 0 && !cid)
         return;
-    ssize_t len = sip_fwd_response(m, SLICE_NULL, false, rg->out, RG_OUT_CAP);
+    ssize_t len = sip_fwd_response(m, SLICE_NULL, 0, rg->out, RG_OUT_CAP);
     if (len > 0)
         rg_send(rg, cid, &to, false, rg->out, (size_t)len);
 }

@@ -1,6 +1,7 @@
-// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_ws.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_ws.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the access edge's message path: framing, osip2 parse, validation, the route
- * decision, and the splicing of the forwarded request/response, for each source type. */
+ * decision, the splicing of the forwarded request/response, for each source type, and the
+ * topology-hiding tokens an outsider sends back (Request-URI, Route, Record-Route). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -8,8 +9,16 @@
 
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
+#include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
+
+static bool any_own(struct slice entry, void *arg)
+{
+    struct slice host;
+    uint16_t port;
+    return sip_uri_host_port(entry, &host, &port) && slice_eq_str(host, "127.0.0.21");
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -54,17 +63,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
         if (rc == 0 && m.is_request) {
             static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
-            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .strip_trust = true};
+            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .drop = SIP_HDR_BIT(SIP_H_TRUST)};
             sip_fwd_request(&m, &o, out, sizeof(out));
             struct sip_flow f;
             sip_flow_decode(key, r.flow, &f);
+            char t[4096];
+            sip_topo_contact_open(key, m.ruri, t, sizeof(t));
+            sip_topo_open_routes(key, &m, r.pop, any_own, NULL, t, sizeof(t));
+            struct sip_topo th = {key, 7, slice_str("127.0.0.11:5060")};
+            sip_topo_hide_contacts(&th, &m, (char *)out, sizeof(out));
+            sip_topo_seal_request_rr(&th, slice_str("<sip:127.0.0.21;lr>"), &m, t, sizeof(t));
         } else if (rc == 0) {
-            sip_fwd_response(&m, SLICE_NULL, true, out, sizeof(out));
+            sip_fwd_response(&m, SLICE_NULL, SIP_HDR_BIT(SIP_H_TRUST), out, sizeof(out));
             struct addr to;
             sip_response_next_hop(&m, &to);
             uint64_t h;
             uint32_t c;
             sip_branch_parse(sip_top_branch(&m), &h, &c);
+            sip_topo_open_response_rr(key, &m, (char *)out, sizeof(out));
+            struct sip_topo th = {key, 7, slice_str("127.0.0.11:5060")};
+            sip_topo_hide_response_rr(&th, &m, any_own, NULL, (char *)out, sizeof(out));
         } else if (rc == 1 && m.is_request) {
             sip_reply_make(&m, v.status, v.phrase, "abc", slice_str("Warning: 399 x \"y\"\r\n"),
                            out, sizeof(out));

@@ -133,23 +133,45 @@ class EdgeValidation(SuiteTest):
 
 class EdgeOverload(SuiteTest):
     def test_saturated_loop_sheds_new_invites_with_503_and_keeps_connection(self):
-        # A 1 ms lag threshold makes any scheduling hiccup count as saturation; a burst of
-        # INVITEs over one TCP connection then meets 503s, and the connection stays open.
+        # With a 1 ms lag threshold, a one-second UDP flood of INVITEs keeps the loop busy
+        # tick after tick: new INVITEs meet 503s, and a TCP connection stays open throughout.
         from siplab import StreamUA, EXT_IP
-        lab = Lab(self, extra_edge="limits: {overload_lag: 1ms, rate: 100000, burst: 100000}")
+        lab = Lab(self, extra_edge="limits: {overload_lag: 1ms, rate: 10000000, burst: 10000000}")
         ua = StreamUA(EXT_IP, lab.ext_port)
         self.addCleanup(ua.close)
-        seen = set()
-        for i in range(300):
-            ua.request("INVITE", "sip:bob@example.com", to_uri="sip:bob@example.com")
-        for i in range(300):
-            r = ua.recv(timeout=3)
-            if r is None:
-                break
-            seen.add(parse_status(r))
-            if 503 in seen:
-                break
-        if 503 not in seen:
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(flood.close)
+        flood.bind(("127.0.0.4", 0))
+        ip, port = flood.getsockname()
+        end = time.time() + 1.0
+        while time.time() < end:
+            cid = uuid.uuid4().hex
+            flood.sendto((f"INVITE sip:bob@example.com SIP/2.0\r\n"
+                          f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{cid[:16]}\r\n"
+                          f"From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+                          f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                          f"Content-Length: 0\r\n\r\n").encode(), (EXT_IP, lab.ext_port))
+        shed = lab.edge_metric('access_edge_sip_rejected_total{reason="overload"}')
+        if shed == 0:
             self.skipTest("the loop never ran late here")
+        self.assertIn("shedding new dialogs", lab.edge.log())
         ua.request("OPTIONS", "sip:example.com")
         self.assertIsNotNone(ua.recv(timeout=3), "connection dropped")
+
+    def test_one_scheduling_stall_does_not_shed_by_default(self):
+        # Shedding is on by default (overload_lag 300ms), but a single stall of the process
+        # (here SIGSTOP for 0.6 s: one very late tick) is not saturation: the next INVITE
+        # still goes through (to the Director, which has no bob: 480).
+        import signal
+        from siplab import StreamUA, EXT_IP
+        lab = Lab(self)
+        ua = StreamUA(EXT_IP, lab.ext_port)
+        self.addCleanup(ua.close)
+        lab.edge.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.6)
+        lab.edge.proc.send_signal(signal.SIGCONT)
+        ua.request("INVITE", "sip:bob@example.com", to_uri="sip:bob@example.com")
+        r = ua.recv(timeout=5)
+        self.assertEqual(parse_status(r), 480, r)
+        self.assertEqual(lab.edge_metric('access_edge_sip_rejected_total{reason="overload"}'), 0)
+        self.assertNotIn("shedding new dialogs", lab.edge.log())

@@ -36,7 +36,7 @@ static void forwarded_request_gets_via_pops_routes_strips_trust(void **st)
     addr_parse(&src, "198.51.100.7:40000", 0);
     static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
     struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = 2,
-                             .src = &src, .strip_trust = true};
+                             .src = &src, .drop = SIP_HDR_BIT(SIP_H_TRUST)};
     ssize_t n = sip_fwd_request(&m, &o, out, sizeof(out));
     assert_true(n > 0);
     out[n] = 0;
@@ -70,7 +70,7 @@ static void forwarded_response_drops_our_via_and_routes_by_next(void **st)
     assert_int_equal(sip_response_next_hop(&m, &to), 0);
     char b[ADDR_STRLEN];
     assert_string_equal(addr_format(&to, b), "198.51.100.7:40000");
-    ssize_t n = sip_fwd_response(&m, SLICE_NULL, true, out, sizeof(out));
+    ssize_t n = sip_fwd_response(&m, SLICE_NULL, SIP_HDR_BIT(SIP_H_TRUST), out, sizeof(out));
     assert_true(n > 0);
     out[n] = 0;
     assert_non_null(strstr((char *)out, "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;"));
