@@ -174,6 +174,11 @@ class UA:
         self.reply(bye, peer, 200, "OK")
         print("BYE via", " ".join(via_hosts(bye)), flush=True)
 
+    def wait_message(self):
+        msg, peer = self.wait_request("MESSAGE")
+        self.reply(msg, peer, 200, "OK")
+        return msg.partition("\r\n\r\n")[2]
+
 
 def header(msg, name):
     """The values of every header line called name (no compact forms, no folding)."""
@@ -185,21 +190,6 @@ def via_hosts(msg):
     """The sent-by hosts of the Via lines, topmost (the last hop) first."""
     return [re.match(r"SIP/2.0/\w+\s+([^;:\s]+)", v).group(1)
             for h in header(msg, "Via") for v in h.split(",")]
-
-    def wait_message(self):
-        while True:
-            msg, peer = self.recv()
-            if not msg.startswith("MESSAGE "):
-                continue
-            head, _, body = msg.partition("\r\n\r\n")
-            # Answer 200 with the request's Via, From, To (tagged), Call-ID and CSeq.
-            keep = [l for l in head.split("\r\n")[1:]
-                    if re.match(r"(?i)(via|from|call-id|cseq):", l)]
-            to = [l for l in head.split("\r\n") if re.match(r"(?i)to:", l)][0]
-            ok = ("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + f"\r\n{to};tag={self.tag}\r\n"
-                  "Content-Length: 0\r\n\r\n")
-            self.sock.sendto(ok.encode(), peer)
-            return body
 
 
 def main():

@@ -651,12 +651,15 @@ class LabDaemons(LabWithDaemons):
 
         def run(p):
             out, _ = p.communicate(timeout=30)
-            return out
+            return p.seen + out
+
+        def registered(p):  # the waiter's binding is in place before the sender starts
+            self.assertTrue(self.read_until(p, "REGISTER"), p.seen)
 
         # Outside -> inside: the internal user waits; the external user registers through the
         # access edge (Digest challenge from the Director) and sends a MESSAGE.
         waiter = self.sipua("iuser", *inside_args, "--wait-message")
-        time.sleep(1.0)  # let the internal user register first
+        registered(waiter)
         sender = self.sipua("user", *outside_args, "--send-to", inside, "--text", "hello from outside")
         out_s, out_w = run(sender), run(waiter)
         self.assertIn("REGISTER 200", out_s, f"external user's REGISTER through access-edge:\n{out_s}\n"
@@ -666,7 +669,7 @@ class LabDaemons(LabWithDaemons):
         # Inside -> outside: the Director reaches the external user back through the access edge,
         # over the flow the user's REGISTER opened through the NAT.
         waiter = self.sipua("user", *outside_args, "--wait-message")
-        time.sleep(1.0)
+        registered(waiter)
         sender = self.sipua("iuser", *inside_args, "--send-to", ext, "--text", "hello from inside")
         out_s, out_w = run(sender), run(waiter)
         self.assertIn("MESSAGE 200", out_s, f"{out_s}\n{self.log_tail('director')}")
