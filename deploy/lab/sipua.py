@@ -103,9 +103,7 @@ class UA:
     def call(self, callee):
         """INVITE, ACK along the recorded route set, wait for stdin, BYE."""
         to = f"sip:{callee}@{self.a.domain}"
-        sdp = (f"v=0\r\no=- 1 1 IN IP4 {self.a.local}\r\ns=call\r\nc=IN IP4 {self.a.local}\r\n"
-               f"t=0 0\r\nm=audio 9 RTP/SAVP 0\r\n")
-        code = self.transact("INVITE", to, to, "Content-Type: application/sdp\r\n", sdp)
+        code = self.transact("INVITE", to, to, "Content-Type: application/sdp\r\n", self.sdp(1))
         print("INVITE", code, flush=True)
         if code != 200:
             return
@@ -129,6 +127,11 @@ class UA:
         code = self.transact("BYE", target, to_hdr, routes, dest=dest, new_call=False)
         print("BYE", code, flush=True)
 
+    def sdp(self, session):
+        """A placeholder offer/answer: the call's media goes through the relay (av-probe)."""
+        return (f"v=0\r\no=- {session} {session} IN IP4 {self.a.local}\r\ns=call\r\n"
+                f"c=IN IP4 {self.a.local}\r\nt=0 0\r\nm=audio 9 RTP/SAVP 0\r\n")
+
     def reply(self, req, peer, code, phrase, extra="", body=""):
         """Answers req with its Via, From, Call-ID, CSeq and Record-Route, our tag on the To."""
         head = req.partition("\r\n\r\n")[0].split("\r\n")[1:]
@@ -151,10 +154,8 @@ class UA:
         inv, peer = self.wait_request("INVITE")
         print("INVITE from", header(inv, "From")[0], flush=True)
         self.reply(inv, peer, 180, "Ringing")
-        sdp = (f"v=0\r\no=- 2 2 IN IP4 {self.a.local}\r\ns=call\r\nc=IN IP4 {self.a.local}\r\n"
-               f"t=0 0\r\nm=audio 9 RTP/SAVP 0\r\n")
         contact = f"Contact: <sip:{self.a.user}@{self.a.local}:{self.port}>\r\n"
-        ok = (contact + "Content-Type: application/sdp\r\n", sdp)
+        ok = (contact + "Content-Type: application/sdp\r\n", self.sdp(2))
         self.reply(inv, peer, 200, "OK", *ok)
         while True:
             # The 200 is retransmitted until the ACK comes (RFC 3261 §13.3.1.4).
