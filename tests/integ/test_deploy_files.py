@@ -121,6 +121,21 @@ class Dockerfiles(unittest.TestCase):
                             with self.subTest(dockerfile=f, source=s):
                                 self.assertTrue(os.path.exists(os.path.join(ROOT, s)))
 
+    def test_build_images_script_makes_every_base_image_the_dockerfiles_use(self):
+        # deploy/docker/build-images.sh imports the Debian bases itself (no Docker Hub); an image
+        # on another base would not build with it.
+        script = os.path.join(DOCKER_DIR, "build-images.sh")
+        with open(script) as f:
+            text = f.read()
+        made = set(re.findall(r"(?:import .* - |tag \S+ )(debian:[\w.-]+)", text))
+        self.assertIn("debian:12", made)
+        for f in self.dockerfiles():
+            for base, _ in dockerfile_stages(os.path.join(DOCKER_DIR, f)):
+                with self.subTest(dockerfile=f, base=base):
+                    self.assertIn(base, made)
+        r = subprocess.run(["bash", "-n", script], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_exposed_ports_are_in_the_port_table_and_cover_the_config(self):
         for role in ROLES:
             run = dockerfile_stages(os.path.join(DOCKER_DIR, role + ".Dockerfile"))[-1][1]
