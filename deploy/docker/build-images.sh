@@ -91,12 +91,13 @@ if [ ${#images[@]} -eq 0 ]; then
 fi
 
 cd "$ROOT"
+version="0.1.0$(git rev-parse --short HEAD 2>/dev/null | sed 's/^/+g/')"
 failed=""
 for img in "${images[@]}"; do
     echo "build-images: edge-suite/$img:$TAG"
     # BuildKit reads deploy/docker/<image>.Dockerfile.dockerignore (host build output stays out).
     if ! DOCKER_BUILDKIT=1 $DOCKER build --network host -f "deploy/docker/$img.Dockerfile" \
-        -t "edge-suite/$img:$TAG" .; then
+        --build-arg EDGE_VERSION="$version" -t "edge-suite/$img:$TAG" .; then
         failed="$failed $img"
         continue
     fi

@@ -12,7 +12,9 @@ ENV EDGE_DEPS_GROUPS=build
 COPY deploy/install-deps.sh deploy/install-deps.sh
 RUN deploy/install-deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN rm -rf build build-san && make -j"$(nproc)" build/bin/revproxy
+# .git stays out of the context: the version (release+commit) comes in as a build argument.
+ARG EDGE_VERSION
+RUN rm -rf build build-san && make -j"$(nproc)" ${EDGE_VERSION:+VERSION=$EDGE_VERSION} build/bin/revproxy
 
 FROM debian:12-slim
 RUN apt-get update \
