@@ -43,6 +43,8 @@ struct stream {
     struct stream_q plain;
     struct stream_wreq *inflight;
     struct addr peer, local;
+    struct stream_gate *gate;
+    struct stream *gprev, *gnext; /* place in the gate's queue while gate_queued */
     int open_handles;
     bool connected; /* the socket can be written */
     bool opened;
@@ -59,12 +61,120 @@ struct stream {
     bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
+    bool gate_queued;
     int close_err;
     char *close_why; /* allocated when closing */
 };
 
 static void stream_process(struct stream *s);
 static void stream_flush(struct stream *s);
+
+/* ---- handshake gate ---- */
+
+struct stream_gate {
+    uv_idle_t idle;   /* active while streams wait: the next poll must not block */
+    uv_check_t check; /* end of each turn: run waiting handshakes, then a new budget */
+    uint64_t budget_ns, spent_ns;
+    struct stream *head, *tail;
+    int open_handles;
+};
+
+static void gate_unlink(struct stream *s)
+{
+    struct stream_gate *g = s->gate;
+    if (!s->gate_queued)
+        return;
+    if (s->gprev)
+        s->gprev->gnext = s->gnext;
+    else
+        g->head = s->gnext;
+    if (s->gnext)
+        s->gnext->gprev = s->gprev;
+    else
+        g->tail = s->gprev;
+    s->gprev = s->gnext = NULL;
+    s->gate_queued = false;
+    if (!g->head)
+        uv_idle_stop(&g->idle);
+}
+
+static void gate_noop(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static void gate_enqueue(struct stream *s)
+{
+    struct stream_gate *g = s->gate;
+    if (s->gate_queued)
+        return;
+    s->gate_queued = true;
+    s->gnext = NULL;
+    s->gprev = g->tail;
+    if (g->tail)
+        g->tail->gnext = s;
+    else
+        g->head = s;
+    g->tail = s;
+    uv_idle_start(&g->idle, gate_noop);
+}
+
+/* Handshake work for s now, charged to this turn's budget. */
+static void gate_run(struct stream *s)
+{
+    struct stream_gate *g = s->gate;
+    uint64_t t0 = uv_hrtime();
+    stream_process(s);
+    g->spent_ns += uv_hrtime() - t0;
+}
+
+static void gate_on_check(uv_check_t *h)
+{
+    struct stream_gate *g = container_of(h, struct stream_gate, check);
+    while (g->head && g->spent_ns < g->budget_ns) {
+        struct stream *s = g->head;
+        gate_unlink(s);
+        gate_run(s);
+    }
+    g->spent_ns = 0;
+}
+
+int stream_gate_create(uv_loop_t *loop, uint32_t budget_us, struct stream_gate **out)
+{
+    if (!loop || !out)
+        return -EINVAL;
+    struct stream_gate *g = calloc(1, sizeof *g);
+    if (!g)
+        return -ENOMEM;
+    g->budget_ns = (uint64_t)budget_us * 1000;
+    uv_idle_init(loop, &g->idle);
+    uv_check_init(loop, &g->check);
+    g->open_handles = 2;
+    /* Neither handle keeps the loop alive: the streams' sockets do. */
+    uv_unref((uv_handle_t *)&g->idle);
+    uv_unref((uv_handle_t *)&g->check);
+    uv_check_start(&g->check, gate_on_check);
+    *out = g;
+    return 0;
+}
+
+static void gate_on_closed(uv_handle_t *h)
+{
+    struct stream_gate *g = h->data;
+    if (--g->open_handles == 0)
+        free(g);
+}
+
+void stream_gate_destroy(struct stream_gate *g)
+{
+    if (!g)
+        return;
+    while (g->head)
+        gate_unlink(g->head);
+    g->idle.data = g->check.data = g;
+    uv_close((uv_handle_t *)&g->idle, gate_on_closed);
+    uv_close((uv_handle_t *)&g->check, gate_on_closed);
+}
 
 /* ---- plain queue ---- */
 
@@ -148,6 +258,7 @@ void stream_close(struct stream *s, int err, const char *why)
     if (!s || s->closing)
         return;
     s->closing = true;
+    gate_unlink(s);
     s->close_err = err;
     if (why || err)
         s->close_why = strdup(why ? why : uv_strerror(err));
@@ -484,6 +595,14 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");
         goto out;
     }
+    if (s->gate && !s->opened) {
+        /* Behind other handshakes, or this turn has had its share: wait for the check. */
+        if (s->gate->head || s->gate->spent_ns >= s->gate->budget_ns)
+            gate_enqueue(s);
+        else
+            gate_run(s);
+        goto out;
+    }
     stream_process(s);
 out:
     /* Idle connections hold no read buffer. */
@@ -541,6 +660,7 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
+    s->gate = o && o->tls ? o->gate : NULL;
     s->reading = true;
     if (o && o->tls) {
         int rc = tls_conn_create(&s->tls, o->tls, server_name);

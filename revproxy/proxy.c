@@ -29,6 +29,9 @@
 #define RP_IN_CAP (128 * 1024)
 #define RP_READ_CHUNK (64 * 1024)
 #define RP_LINGER_MS 5000
+/* Handshake CPU per loop turn (stream_gate): one mbedTLS ECDHE+ECDSA flight is ~2 ms here,
+ * so established clients wait at most about that long behind a burst of new ones. */
+#define RP_HS_BUDGET_US 2000
 
 struct dlist {
     struct dlist *prev, *next;
@@ -169,6 +172,7 @@ struct rp_server {
     int access_format;
     struct ctl_client *ctl;
     struct buf out; /* response bytes collected during one upstream read */
+    struct stream_gate *hs_gate; /* client TLS handshakes take turns */
     struct {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
         struct metric *status[6];
@@ -1490,6 +1494,7 @@ static void on_connection(uv_stream_t *server, int status)
         .read_chunk = RP_READ_CHUNK,
         .write_cap = RP_WCAP,
         .handshake_timeout_ms = (uint32_t)g->cfg->tls.handshake_timeout_ms,
+        .gate = srv->hs_gate,
     };
     c->gen = g;
     if (rc == 0)
@@ -1677,6 +1682,8 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     register_metrics(srv);
     struct rp_config *own = NULL, *lcfg = NULL;
     int rc = buf_init(&srv->out, RP_HEAD_ROOM + RP_READ_CHUNK);
+    if (rc == 0 && (rc = stream_gate_create(srv->loop, RP_HS_BUDGET_US, &srv->hs_gate)) < 0)
+        buf_fini(&srv->out);
     if (rc) {
         free(srv);
         return rc;
@@ -1687,6 +1694,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     if (rc) {
         cfg_free(own);
         buf_fini(&srv->out);
+        stream_gate_destroy(srv->hs_gate);
         free(srv);
         return rc;
     }
@@ -1698,6 +1706,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
         cfg_free(own);
         cfg_free(lcfg);
         buf_fini(&srv->out);
+        stream_gate_destroy(srv->hs_gate);
         free(srv);
         return rc;
     }
@@ -1797,6 +1806,8 @@ void rp_server_stop(struct rp_server *srv)
         e = e->next;
         client_close(c, 0, "stopping");
     }
+    stream_gate_destroy(srv->hs_gate); /* every client stream is closed */
+    srv->hs_gate = NULL;
     if (srv->gen) {
         struct rp_gen *g = srv->gen;
         srv->gen = NULL;
