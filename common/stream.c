@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #define STREAM_READ_CHUNK 16384
-#define STREAM_READ_MAX 65536
+#define STREAM_READ_MAX (256 * 1024)
+/* A TLS read goes whole into the TLS input buffer, which takes a few records at most. */
+#define STREAM_TLS_READ_MAX 65536
 #define STREAM_WRITE_CAP (256 * 1024)
 #define STREAM_PLAIN_CHUNK 16384
 
@@ -660,6 +662,8 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->read_chunk = o && o->read_chunk ? o->read_chunk : STREAM_READ_CHUNK;
     if (s->read_chunk > STREAM_READ_MAX)
         s->read_chunk = STREAM_READ_MAX;
+    if (o && o->tls && s->read_chunk > STREAM_TLS_READ_MAX)
+        s->read_chunk = STREAM_TLS_READ_MAX;
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
