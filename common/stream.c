@@ -41,7 +41,8 @@ struct stream {
     void *arg;
     size_t read_chunk, write_cap;
     uint32_t hs_timeout_ms, idle_timeout_ms;
-    uint8_t *rbuf; /* held only between alloc_cb and read_cb */
+    uint8_t *rbuf; /* between alloc_cb and read_cb; kept while reads fill it */
+    size_t rsize;  /* size of the next read: grows up to read_chunk while reads fill it */
     struct stream_q plain;
     struct stream_wreq *inflight;
     struct addr peer, local;
@@ -64,6 +65,7 @@ struct stream {
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
     bool gate_queued;
+    bool reading_now; /* inside on_read: rbuf is in use */
     int close_err;
     char *close_why; /* allocated when closing */
 };
@@ -541,17 +543,39 @@ static void stream_process(struct stream *s)
     }
 }
 
+/* Idle connections hold no read buffer: it goes after a read that did not fill it. A
+ * stream whose reads fill the buffer is moving bulk data: it keeps the buffer for the next
+ * read and doubles it up to read_chunk, so large reads cost neither a malloc and free each
+ * (which glibc may serve by mmap or by growing and trimming the heap, at 256 KiB) nor more
+ * syscalls and wakeups than needed. */
+static void read_done(struct stream *s, ssize_t n)
+{
+    size_t base = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
+    size_t got = n > 0 ? (size_t)n : 0;
+    /* Bulk: the read took a good part of the buffer. A full one doubles the next; a reader
+     * paused by backpressure keeps its size for when it resumes, but not the memory. */
+    bool bulk = got >= s->rsize / 4 && got >= base;
+    size_t next = !bulk ? base : got < s->rsize ? s->rsize
+                          : s->rsize * 2 < s->read_chunk ? s->rsize * 2 : s->read_chunk;
+    if (bulk && next == s->rsize && !s->closing && s->reading)
+        return;
+    free(s->rbuf);
+    s->rbuf = NULL;
+    s->rsize = next;
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     struct stream *s = h->data;
     if (!s->rbuf)
-        s->rbuf = malloc(s->read_chunk);
-    *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->read_chunk : 0);
+        s->rbuf = malloc(s->rsize);
+    *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->rsize : 0);
 }
 
 static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
 {
     struct stream *s = h->data;
+    s->reading_now = true;
     if (n == 0 || s->closing)
         goto out;
     if (n < 0) {
@@ -610,9 +634,8 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     }
     stream_process(s);
 out:
-    /* Idle connections hold no read buffer. */
-    free(s->rbuf);
-    s->rbuf = NULL;
+    s->reading_now = false;
+    read_done(s, n);
 }
 
 static int start_reading(struct stream *s)
@@ -629,6 +652,10 @@ void stream_read_stop(struct stream *s)
     /* During the handshake the TLS engine must keep reading; data waits in its buffers. */
     if (!s->tls || s->opened)
         uv_read_stop((uv_stream_t *)&s->tcp);
+    if (!s->reading_now) { /* a bulk reader's kept buffer; inside on_read, read_done does it */
+        free(s->rbuf);
+        s->rbuf = NULL;
+    }
 }
 
 void stream_read_start(struct stream *s)
@@ -664,6 +691,7 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
         s->read_chunk = STREAM_READ_MAX;
     if (o && o->tls && s->read_chunk > STREAM_TLS_READ_MAX)
         s->read_chunk = STREAM_TLS_READ_MAX;
+    s->rsize = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
