@@ -47,7 +47,7 @@ struct stream {
     struct stream_wreq *inflight;
     struct addr peer, local;
     struct stream_gate *gate;
-    struct stream *gprev, *gnext; /* place in the gate's queue while gate_queued */
+    struct dlist glink; /* in the gate's queue (next != NULL) */
     int open_handles;
     bool connected; /* the socket can be written */
     bool opened;
@@ -64,7 +64,6 @@ struct stream {
     bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
-    bool gate_queued;
     bool reading_now; /* inside on_read: rbuf is in use */
     int close_err;
     char *close_why; /* allocated when closing */
@@ -79,27 +78,22 @@ struct stream_gate {
     uv_idle_t idle;   /* active while streams wait: the next poll must not block */
     uv_check_t check; /* end of each turn: run waiting handshakes, then a new budget */
     uint64_t budget_ns, spent_ns;
-    struct stream *head, *tail;
+    struct dlist waiting; /* streams by arrival, through their glink */
     int open_handles;
 };
 
+static bool gate_waiting(const struct stream_gate *g)
+{
+    return !dl_empty(&g->waiting);
+}
+
 static void gate_unlink(struct stream *s)
 {
-    struct stream_gate *g = s->gate;
-    if (!s->gate_queued)
+    if (!s->glink.next)
         return;
-    if (s->gprev)
-        s->gprev->gnext = s->gnext;
-    else
-        g->head = s->gnext;
-    if (s->gnext)
-        s->gnext->gprev = s->gprev;
-    else
-        g->tail = s->gprev;
-    s->gprev = s->gnext = NULL;
-    s->gate_queued = false;
-    if (!g->head)
-        uv_idle_stop(&g->idle);
+    dl_del(&s->glink);
+    if (!gate_waiting(s->gate))
+        uv_idle_stop(&s->gate->idle);
 }
 
 static void gate_noop(uv_idle_t *h)
@@ -110,16 +104,9 @@ static void gate_noop(uv_idle_t *h)
 static void gate_enqueue(struct stream *s)
 {
     struct stream_gate *g = s->gate;
-    if (s->gate_queued)
+    if (s->glink.next)
         return;
-    s->gate_queued = true;
-    s->gnext = NULL;
-    s->gprev = g->tail;
-    if (g->tail)
-        g->tail->gnext = s;
-    else
-        g->head = s;
-    g->tail = s;
+    dl_add(g->waiting.prev, &s->glink);
     uv_idle_start(&g->idle, gate_noop);
 }
 
@@ -137,9 +124,9 @@ static void gate_on_check(uv_check_t *h)
     struct stream_gate *g = container_of(h, struct stream_gate, check);
     /* At least one per turn, so a budget the inline work used up still lets the queue move. */
     bool first = true;
-    while (g->head && (first || g->spent_ns < g->budget_ns)) {
+    while (gate_waiting(g) && (first || g->spent_ns < g->budget_ns)) {
         first = false;
-        struct stream *s = g->head;
+        struct stream *s = container_of(g->waiting.next, struct stream, glink);
         gate_unlink(s);
         gate_run(s);
     }
@@ -154,6 +141,7 @@ int stream_gate_create(uv_loop_t *loop, uint32_t budget_us, struct stream_gate *
     if (!g)
         return -ENOMEM;
     g->budget_ns = (uint64_t)budget_us * 1000;
+    dl_init(&g->waiting);
     uv_idle_init(loop, &g->idle);
     uv_check_init(loop, &g->check);
     g->open_handles = 2;
@@ -176,8 +164,8 @@ void stream_gate_destroy(struct stream_gate *g)
 {
     if (!g)
         return;
-    while (g->head)
-        gate_unlink(g->head);
+    while (gate_waiting(g))
+        gate_unlink(container_of(g->waiting.next, struct stream, glink));
     g->idle.data = g->check.data = g;
     uv_close((uv_handle_t *)&g->idle, gate_on_closed);
     uv_close((uv_handle_t *)&g->check, gate_on_closed);
@@ -626,7 +614,7 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     }
     if (s->gate && !s->opened) {
         /* Behind other handshakes, or this turn has had its share: wait for the check. */
-        if (s->gate->head || s->gate->spent_ns >= s->gate->budget_ns)
+        if (gate_waiting(s->gate) || s->gate->spent_ns >= s->gate->budget_ns)
             gate_enqueue(s);
         else
             gate_run(s);

@@ -37,34 +37,6 @@
  * so established clients wait at most about that long behind a burst of new ones. */
 #define RP_HS_BUDGET_US 2000
 
-struct dlist {
-    struct dlist *prev, *next;
-};
-
-static void dl_init(struct dlist *l)
-{
-    l->prev = l->next = l;
-}
-static void dl_add(struct dlist *head, struct dlist *e)
-{
-    e->next = head->next;
-    e->prev = head;
-    head->next->prev = e;
-    head->next = e;
-}
-static void dl_del(struct dlist *e)
-{
-    if (e->next) {
-        e->prev->next = e->next;
-        e->next->prev = e->prev;
-    }
-    e->next = e->prev = NULL;
-}
-static bool dl_empty(const struct dlist *l)
-{
-    return l->next == l;
-}
-
 struct rp_gen;
 struct rp_client;
 
