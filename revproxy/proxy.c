@@ -33,9 +33,10 @@
  * woken a quarter as often per byte; each wakeup is a costly IPI on a virtual machine. */
 #define RP_UP_READ_CHUNK (256 * 1024)
 #define RP_LINGER_MS 5000
-/* Handshake CPU per loop turn (stream_gate): one mbedTLS ECDHE+ECDSA flight is ~2 ms here,
- * so established clients wait at most about that long behind a burst of new ones. */
-#define RP_HS_BUDGET_US 2000
+/* Handshake CPU per loop turn (stream_gate). One mbedTLS ECDHE+ECDSA flight is ~2 ms here,
+ * so this lets one flight through per turn: established clients wait about that long at
+ * most behind a burst of new ones. */
+#define RP_HS_BUDGET_US 1000
 
 struct rp_gen;
 struct rp_client;
