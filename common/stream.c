@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #define STREAM_READ_CHUNK 16384
-#define STREAM_READ_MAX 65536
+#define STREAM_READ_MAX (256 * 1024)
+/* A TLS read goes whole into the TLS input buffer, which takes a few records at most. */
+#define STREAM_TLS_READ_MAX 65536
 #define STREAM_WRITE_CAP (256 * 1024)
 #define STREAM_PLAIN_CHUNK 16384
 
@@ -39,10 +41,13 @@ struct stream {
     void *arg;
     size_t read_chunk, write_cap;
     uint32_t hs_timeout_ms, idle_timeout_ms;
-    uint8_t *rbuf; /* held only between alloc_cb and read_cb */
+    uint8_t *rbuf; /* between alloc_cb and read_cb; kept while reads fill it */
+    size_t rsize;  /* size of the next read: grows up to read_chunk while reads fill it */
     struct stream_q plain;
     struct stream_wreq *inflight;
     struct addr peer, local;
+    struct stream_gate *gate;
+    struct dlist glink; /* in the gate's queue (next != NULL) */
     int open_handles;
     bool connected; /* the socket can be written */
     bool opened;
@@ -59,12 +64,112 @@ struct stream {
     bool in_read;  /* inside on_read: a TLS start waits for the user's on_data to return */
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
+    bool reading_now; /* inside on_read: rbuf is in use */
     int close_err;
     char *close_why; /* allocated when closing */
 };
 
 static void stream_process(struct stream *s);
 static void stream_flush(struct stream *s);
+
+/* ---- handshake gate ---- */
+
+struct stream_gate {
+    uv_idle_t idle;   /* active while streams wait: the next poll must not block */
+    uv_check_t check; /* end of each turn: run waiting handshakes, then a new budget */
+    uint64_t budget_ns, spent_ns;
+    struct dlist waiting; /* streams by arrival, through their glink */
+    int open_handles;
+};
+
+static bool gate_waiting(const struct stream_gate *g)
+{
+    return !dl_empty(&g->waiting);
+}
+
+static void gate_unlink(struct stream *s)
+{
+    if (!s->glink.next)
+        return;
+    dl_del(&s->glink);
+    if (!gate_waiting(s->gate))
+        uv_idle_stop(&s->gate->idle);
+}
+
+static void gate_noop(uv_idle_t *h)
+{
+    (void)h;
+}
+
+static void gate_enqueue(struct stream *s)
+{
+    struct stream_gate *g = s->gate;
+    if (s->glink.next)
+        return;
+    dl_add(g->waiting.prev, &s->glink);
+    uv_idle_start(&g->idle, gate_noop);
+}
+
+/* Handshake work for s now, charged to this turn's budget. */
+static void gate_run(struct stream *s)
+{
+    struct stream_gate *g = s->gate;
+    uint64_t t0 = uv_hrtime();
+    stream_process(s);
+    g->spent_ns += uv_hrtime() - t0;
+}
+
+static void gate_on_check(uv_check_t *h)
+{
+    struct stream_gate *g = container_of(h, struct stream_gate, check);
+    /* At least one per turn, so a budget the inline work used up still lets the queue move. */
+    bool first = true;
+    while (gate_waiting(g) && (first || g->spent_ns < g->budget_ns)) {
+        first = false;
+        struct stream *s = container_of(g->waiting.next, struct stream, glink);
+        gate_unlink(s);
+        gate_run(s);
+    }
+    g->spent_ns = 0;
+}
+
+int stream_gate_create(uv_loop_t *loop, uint32_t budget_us, struct stream_gate **out)
+{
+    if (!loop || !out)
+        return -EINVAL;
+    struct stream_gate *g = calloc(1, sizeof *g);
+    if (!g)
+        return -ENOMEM;
+    g->budget_ns = (uint64_t)budget_us * 1000;
+    dl_init(&g->waiting);
+    uv_idle_init(loop, &g->idle);
+    uv_check_init(loop, &g->check);
+    g->open_handles = 2;
+    /* Neither handle keeps the loop alive: the streams' sockets do. */
+    uv_unref((uv_handle_t *)&g->idle);
+    uv_unref((uv_handle_t *)&g->check);
+    uv_check_start(&g->check, gate_on_check);
+    *out = g;
+    return 0;
+}
+
+static void gate_on_closed(uv_handle_t *h)
+{
+    struct stream_gate *g = h->data;
+    if (--g->open_handles == 0)
+        free(g);
+}
+
+void stream_gate_destroy(struct stream_gate *g)
+{
+    if (!g)
+        return;
+    while (gate_waiting(g))
+        gate_unlink(container_of(g->waiting.next, struct stream, glink));
+    g->idle.data = g->check.data = g;
+    uv_close((uv_handle_t *)&g->idle, gate_on_closed);
+    uv_close((uv_handle_t *)&g->check, gate_on_closed);
+}
 
 /* ---- plain queue ---- */
 
@@ -148,6 +253,7 @@ void stream_close(struct stream *s, int err, const char *why)
     if (!s || s->closing)
         return;
     s->closing = true;
+    gate_unlink(s);
     s->close_err = err;
     if (why || err)
         s->close_why = strdup(why ? why : uv_strerror(err));
@@ -425,17 +531,39 @@ static void stream_process(struct stream *s)
     }
 }
 
+/* Idle connections hold no read buffer: it goes after a read that did not fill it. A
+ * stream whose reads fill the buffer is moving bulk data: it keeps the buffer for the next
+ * read and doubles it up to read_chunk, so large reads cost neither a malloc and free each
+ * (which glibc may serve by mmap or by growing and trimming the heap, at 256 KiB) nor more
+ * syscalls and wakeups than needed. */
+static void read_done(struct stream *s, ssize_t n)
+{
+    size_t base = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
+    size_t got = n > 0 ? (size_t)n : 0;
+    /* Bulk: the read took a good part of the buffer. A full one doubles the next; a reader
+     * paused by backpressure keeps its size for when it resumes, but not the memory. */
+    bool bulk = got >= s->rsize / 4 && got >= base;
+    size_t next = !bulk ? base : got < s->rsize ? s->rsize
+                          : s->rsize * 2 < s->read_chunk ? s->rsize * 2 : s->read_chunk;
+    if (bulk && next == s->rsize && !s->closing && s->reading)
+        return;
+    free(s->rbuf);
+    s->rbuf = NULL;
+    s->rsize = next;
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     struct stream *s = h->data;
     if (!s->rbuf)
-        s->rbuf = malloc(s->read_chunk);
-    *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->read_chunk : 0);
+        s->rbuf = malloc(s->rsize);
+    *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->rsize : 0);
 }
 
 static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
 {
     struct stream *s = h->data;
+    s->reading_now = true;
     if (n == 0 || s->closing)
         goto out;
     if (n < 0) {
@@ -484,11 +612,18 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");
         goto out;
     }
+    if (s->gate && !s->opened) {
+        /* Behind other handshakes, or this turn has had its share: wait for the check. */
+        if (gate_waiting(s->gate) || s->gate->spent_ns >= s->gate->budget_ns)
+            gate_enqueue(s);
+        else
+            gate_run(s);
+        goto out;
+    }
     stream_process(s);
 out:
-    /* Idle connections hold no read buffer. */
-    free(s->rbuf);
-    s->rbuf = NULL;
+    s->reading_now = false;
+    read_done(s, n);
 }
 
 static int start_reading(struct stream *s)
@@ -505,6 +640,10 @@ void stream_read_stop(struct stream *s)
     /* During the handshake the TLS engine must keep reading; data waits in its buffers. */
     if (!s->tls || s->opened)
         uv_read_stop((uv_stream_t *)&s->tcp);
+    if (!s->reading_now) { /* a bulk reader's kept buffer; inside on_read, read_done does it */
+        free(s->rbuf);
+        s->rbuf = NULL;
+    }
 }
 
 void stream_read_start(struct stream *s)
@@ -538,9 +677,13 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->read_chunk = o && o->read_chunk ? o->read_chunk : STREAM_READ_CHUNK;
     if (s->read_chunk > STREAM_READ_MAX)
         s->read_chunk = STREAM_READ_MAX;
+    if (o && o->tls && s->read_chunk > STREAM_TLS_READ_MAX)
+        s->read_chunk = STREAM_TLS_READ_MAX;
+    s->rsize = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
+    s->gate = o && o->tls ? o->gate : NULL;
     s->reading = true;
     if (o && o->tls) {
         int rc = tls_conn_create(&s->tls, o->tls, server_name);

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 struct stream;
+struct stream_gate;
 
 struct stream_cbs {
     /* Plaintext arrived. Return 0 to go on, or a negative errno to close the stream.
@@ -44,7 +45,21 @@ struct stream_opts {
     size_t write_cap;              /* queued bytes before -ENOBUFS (default 256 KiB) */
     uint32_t handshake_timeout_ms; /* 0 = none */
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
+    struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
 };
+
+/* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few
+ * milliseconds of ECDHE and ECDSA in mbedTLS; when many clients connect at once, running
+ * every flight as it arrives holds the loop for the whole batch while established streams
+ * wait with their requests already read. Through a gate, a turn spends at most budget_us
+ * on handshakes; the rest wait in arrival order and run at the end of later turns, after
+ * the I/O of established streams (uv_check), the loop polling without blocking meanwhile.
+ * One gate per loop, shared by the streams given it in stream_opts; it holds no reference
+ * on them. Returns 0 or -ENOMEM; *out is untouched on failure. */
+int stream_gate_create(uv_loop_t *loop, uint32_t budget_us, struct stream_gate **out);
+/* Frees the gate once its handles are closed. Every stream that uses it must have been
+ * closed (stream_close) before. NULL is a no-op. */
+void stream_gate_destroy(struct stream_gate *g);
 
 /* Takes an accepted connection from server (uv_accept inside). With TLS, the first bytes
  * must start a ClientHello or the stream closes at once with -EPROTO ("not TLS").

@@ -64,4 +64,39 @@ void buf_compact(struct buf *b);
 uint64_t time_mono_ms(void);
 int64_t time_wall_s(void);
 
+/* Intrusive circular doubly linked list: a head whose ends point at itself when empty,
+ * and a link inside each element (find the element with container_of). A link not on a
+ * list has next == NULL, so dl_del is safe to repeat. */
+struct dlist {
+    struct dlist *prev, *next;
+};
+
+static inline void dl_init(struct dlist *l)
+{
+    l->prev = l->next = l;
+}
+
+/* Inserts e right after at: dl_add(head, e) puts it first, dl_add(head->prev, e) last. */
+static inline void dl_add(struct dlist *at, struct dlist *e)
+{
+    e->next = at->next;
+    e->prev = at;
+    at->next->prev = e;
+    at->next = e;
+}
+
+static inline void dl_del(struct dlist *e)
+{
+    if (e->next) {
+        e->prev->next = e->next;
+        e->next->prev = e->prev;
+    }
+    e->next = e->prev = NULL;
+}
+
+static inline bool dl_empty(const struct dlist *l)
+{
+    return l->next == l;
+}
+
 #endif

@@ -28,35 +28,15 @@
 #define RP_HEAD_ROOM (72 * 1024)
 #define RP_IN_CAP (128 * 1024)
 #define RP_READ_CHUNK (64 * 1024)
+/* Plain upstream reads: a CPU-bound TLS client side then encrypts and writes in batches
+ * this large, so the reader at the other end (and the upstream, on our window updates) is
+ * woken a quarter as often per byte; each wakeup is a costly IPI on a virtual machine. */
+#define RP_UP_READ_CHUNK (256 * 1024)
 #define RP_LINGER_MS 5000
-
-struct dlist {
-    struct dlist *prev, *next;
-};
-
-static void dl_init(struct dlist *l)
-{
-    l->prev = l->next = l;
-}
-static void dl_add(struct dlist *head, struct dlist *e)
-{
-    e->next = head->next;
-    e->prev = head;
-    head->next->prev = e;
-    head->next = e;
-}
-static void dl_del(struct dlist *e)
-{
-    if (e->next) {
-        e->prev->next = e->next;
-        e->next->prev = e->prev;
-    }
-    e->next = e->prev = NULL;
-}
-static bool dl_empty(const struct dlist *l)
-{
-    return l->next == l;
-}
+/* Handshake CPU per loop turn (stream_gate). One mbedTLS ECDHE+ECDSA flight is ~2 ms here,
+ * so this lets one flight through per turn: established clients wait about that long at
+ * most behind a burst of new ones. */
+#define RP_HS_BUDGET_US 1000
 
 struct rp_gen;
 struct rp_client;
@@ -169,6 +149,7 @@ struct rp_server {
     int access_format;
     struct ctl_client *ctl;
     struct buf out; /* response bytes collected during one upstream read */
+    struct stream_gate *hs_gate; /* client TLS handshakes take turns */
     struct {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
         struct metric *status[6];
@@ -630,7 +611,7 @@ static int up_connect(struct rp_pool *p, struct rp_backend *be, bool probe,
         return -ENOMEM;
     int rc = http_reader_create(&u->resp, false, 65536);
     if (rc == 0)
-        rc = buf_init(&u->in, RP_IN_CAP);
+        rc = buf_init(&u->in, RP_UP_READ_CHUNK);
     if (rc) {
         http_reader_destroy(u->resp);
         free(u);
@@ -645,7 +626,7 @@ static int up_connect(struct rp_pool *p, struct rp_backend *be, bool probe,
     struct stream_opts o = {
         .tls = p->tls,
         .server_name = p->cfg->server_name ? p->cfg->server_name : addr_format_host(&be->addr, host),
-        .read_chunk = RP_READ_CHUNK,
+        .read_chunk = RP_UP_READ_CHUNK,
         .write_cap = RP_WCAP,
         .handshake_timeout_ms = (uint32_t)p->cfg->connect_timeout_ms,
     };
@@ -1490,6 +1471,7 @@ static void on_connection(uv_stream_t *server, int status)
         .read_chunk = RP_READ_CHUNK,
         .write_cap = RP_WCAP,
         .handshake_timeout_ms = (uint32_t)g->cfg->tls.handshake_timeout_ms,
+        .gate = srv->hs_gate,
     };
     c->gen = g;
     if (rc == 0)
@@ -1677,6 +1659,8 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     register_metrics(srv);
     struct rp_config *own = NULL, *lcfg = NULL;
     int rc = buf_init(&srv->out, RP_HEAD_ROOM + RP_READ_CHUNK);
+    if (rc == 0 && (rc = stream_gate_create(srv->loop, RP_HS_BUDGET_US, &srv->hs_gate)) < 0)
+        buf_fini(&srv->out);
     if (rc) {
         free(srv);
         return rc;
@@ -1687,6 +1671,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     if (rc) {
         cfg_free(own);
         buf_fini(&srv->out);
+        stream_gate_destroy(srv->hs_gate);
         free(srv);
         return rc;
     }
@@ -1698,6 +1683,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
         cfg_free(own);
         cfg_free(lcfg);
         buf_fini(&srv->out);
+        stream_gate_destroy(srv->hs_gate);
         free(srv);
         return rc;
     }
@@ -1797,6 +1783,8 @@ void rp_server_stop(struct rp_server *srv)
         e = e->next;
         client_close(c, 0, "stopping");
     }
+    stream_gate_destroy(srv->hs_gate); /* every client stream is closed */
+    srv->hs_gate = NULL;
     if (srv->gen) {
         struct rp_gen *g = srv->gen;
         srv->gen = NULL;

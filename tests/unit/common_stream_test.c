@@ -488,14 +488,17 @@ static void stress_srv_close(struct stream *s, int err, const char *why, void *a
     w->srv_err |= err;
 }
 
-static void test_many_tls_streams_echo(void **state)
+/* STRESS_CLIENTS TLS clients connect at once and each echoes STRESS_BYTES; the server
+ * ends take their handshakes through gate if one is given. */
+static void many_tls_echo(uint32_t gate_budget_us, bool gated)
 {
-    (void)state;
     struct world w;
     world_init(&w);
     w.echo = true;
     w.sopts.tls = mk_ctx(true);
     w.sopts.write_cap = 8 << 20; /* the echo never has to wait */
+    if (gated)
+        assert_int_equal(stream_gate_create(&w.loop, gate_budget_us, &w.sopts.gate), 0);
     w.copts.tls = mk_ctx(false);
     w.copts.server_name = "director";
     w.copts.read_chunk = 3000; /* records arrive in pieces */
@@ -513,6 +516,8 @@ static void test_many_tls_streams_echo(void **state)
         assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &cbs, &stress[i], &s), 0);
     }
     uv_run(&w.loop, UV_RUN_DEFAULT);
+    stream_gate_destroy(w.sopts.gate);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&w.loop), 0);
     tls_ctx_unref(w.sopts.tls);
     tls_ctx_unref(w.copts.tls);
@@ -522,6 +527,31 @@ static void test_many_tls_streams_echo(void **state)
     }
     assert_int_equal(w.srv_closed, STRESS_CLIENTS);
     assert_int_equal(w.srv_err, 0);
+}
+
+static void test_many_tls_streams_echo(void **state)
+{
+    (void)state;
+    many_tls_echo(0, false);
+}
+
+/* A gate with no budget still lets one handshake flight through per loop turn: every
+ * client of a burst gets its handshake and its echo, and the gate frees itself. */
+static void test_handshake_gate_burst_all_served(void **state)
+{
+    (void)state;
+    many_tls_echo(0, true);
+    many_tls_echo(2000, true);
+}
+
+/* Bad arguments are refused with the out-parameter untouched; destroying NULL is a no-op. */
+static void test_handshake_gate_destroy_null(void **state)
+{
+    (void)state;
+    stream_gate_destroy(NULL);
+    struct stream_gate *g = NULL;
+    assert_int_equal(stream_gate_create(NULL, 1000, &g), -EINVAL);
+    assert_null(g);
 }
 
 /* Pausing and resuming a client before its connect completes is harmless. */
@@ -964,6 +994,8 @@ int main(void)
         cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_many_tls_streams_echo),
+        cmocka_unit_test(test_handshake_gate_burst_all_served),
+        cmocka_unit_test(test_handshake_gate_destroy_null),
         cmocka_unit_test(test_read_pause_before_connect),
         cmocka_unit_test(test_plaintext_on_tls_port_is_refused),
         cmocka_unit_test(test_ctx_swap_keeps_old_connections),
