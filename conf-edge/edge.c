@@ -45,8 +45,8 @@ struct ce_sess {
     char peer_s[ADDR_STRLEN];
     bool counted_addr, counted_conf, timer_closed, done;
     uv_timer_t timer;                /* preamble timeout, server wait, linger */
-    struct ce_list node;             /* edge->sessions */
-    struct ce_list qnode;            /* edge->waiting or link->blocked */
+    struct dlist node;             /* edge->sessions */
+    struct dlist qnode;            /* edge->waiting or link->blocked */
     struct token_claims claims;
     struct ce_map_entry *conf;       /* edge->confs entry, once admitted */
     struct ce_link *link;            /* once bound */
@@ -70,12 +70,12 @@ struct ce_link {
     uint64_t peer_window;            /* initial per-stream window the server grants */
     struct buf in;                   /* frame reassembly */
     struct buf ctlq;                 /* control frames the link's queue refused */
-    struct ce_list blocked;          /* sessions with DATA waiting for on_drain */
+    struct dlist blocked;          /* sessions with DATA waiting for on_drain */
     struct ce_map *streams;          /* id -> session */
     uint32_t next_id;
     uint64_t confs;                  /* conferences pinned here */
     uint64_t last_rx_ms;             /* liveness: PONG or anything else */
-    struct ce_list node;             /* edge->links */
+    struct dlist node;             /* edge->links */
 };
 
 struct ce_metrics {
@@ -101,7 +101,7 @@ struct ce_edge {
     struct ce_revocations *rev;
     struct ce_map *addrs;  /* host -> connection count */
     struct ce_map *confs;  /* conference id -> pinned link, admitted count */
-    struct ce_list sessions, waiting, links;
+    struct dlist sessions, waiting, links;
     uint64_t nsess, nrelay, nlinks_ready;
     uint64_t bytes_up, bytes_down, refused;
     uint64_t ping_seq;
@@ -182,7 +182,7 @@ static int link_send_data(struct ce_link *l, size_t len)
 {
     if (l->dead || !l->st)
         return -EPIPE;
-    if (buf_len(&l->ctlq) || !ce_list_empty(&l->blocked))
+    if (buf_len(&l->ctlq) || !dl_empty(&l->blocked))
         return -ENOBUFS; /* keep frame order: queued frames go first */
     int rc = stream_write(l->st, l->edge->frame, len);
     if (rc < 0 && rc != -ENOBUFS) {
@@ -218,9 +218,9 @@ static void link_on_drain(struct stream *st, void *arg)
         buf_consume(&l->ctlq, n);
     }
     /* Sessions blocked on this link, oldest first, until the link is full again. */
-    for (int i = 0; i < 100000 && !ce_list_empty(&l->blocked) && !l->dead; i++) {
+    for (int i = 0; i < 100000 && !dl_empty(&l->blocked) && !l->dead; i++) {
         struct ce_sess *s = container_of(l->blocked.next, struct ce_sess, qnode);
-        ce_list_remove(&s->qnode);
+        dl_del(&s->qnode);
         s->up_blocked = false;
         sess_pump_up(s);
         if (s->up_blocked)
@@ -286,7 +286,7 @@ static void sess_unbind(struct ce_sess *s, const char *why, bool tell_server)
     struct ce_map_entry *me = ce_map_find(l->streams, &s->id, sizeof s->id);
     if (me)
         ce_map_remove(l->streams, me);
-    ce_list_remove(&s->qnode);
+    dl_del(&s->qnode);
     s->up_blocked = false;
     s->link = NULL;
     s->edge->nrelay--;
@@ -298,7 +298,7 @@ static void sess_unbind(struct ce_sess *s, const char *why, bool tell_server)
 static void sess_detach(struct ce_sess *s, const char *why, bool tell_server)
 {
     sess_unbind(s, why, tell_server);
-    ce_list_remove(&s->qnode);
+    dl_del(&s->qnode);
     sess_leave_conf(s);
 }
 
@@ -310,7 +310,7 @@ static void sess_end(struct ce_sess *s, const char *why, bool tell_server)
         return;
     s->done = true;
     sess_detach(s, why, tell_server);
-    ce_list_remove(&s->node);
+    dl_del(&s->node);
     if (!s->timer_closed && !uv_is_closing((uv_handle_t *)&s->timer))
         uv_close((uv_handle_t *)&s->timer, sess_on_timer_closed);
     if (s->cs)
@@ -455,7 +455,7 @@ static void sess_pump_up(struct ce_sess *s)
         if (rc == -ENOBUFS) {
             if (!s->up_blocked) {
                 s->up_blocked = true;
-                ce_list_push(&l->blocked, &s->qnode);
+                dl_add(l->blocked.prev, &s->qnode);
             }
             break;
         }
@@ -488,7 +488,7 @@ static void sess_pump_up(struct ce_sess *s)
 static struct ce_link *pick_link(struct ce_edge *e)
 {
     struct ce_link *best = NULL;
-    for (struct ce_list *n = e->links.next; n != &e->links; n = n->next) {
+    for (struct dlist *n = e->links.next; n != &e->links; n = n->next) {
         struct ce_link *l = container_of(n, struct ce_link, node);
         if (!l->hello || l->dead)
             continue;
@@ -590,7 +590,7 @@ static void sess_admit(struct ce_sess *s, struct slice key)
     if (rc == -EAGAIN) {
         LOGI(e->log, &s->peer, "admitted, waiting for a conferencing server (conference %s)",
              s->claims.conf);
-        ce_list_push(&e->waiting, &s->qnode);
+        dl_add(e->waiting.prev, &s->qnode);
         uv_timer_start(&s->timer, on_server_wait, e->cfg->server_wait_ms, 0);
         stream_read_stop(s->cs);
     } else if (rc < 0 && !s->done && s->state != S_ENDING) {
@@ -600,12 +600,12 @@ static void sess_admit(struct ce_sess *s, struct slice key)
 
 static void edge_bind_waiting(struct ce_edge *e)
 {
-    for (int i = 0; i < 1000000 && !ce_list_empty(&e->waiting); i++) {
+    for (int i = 0; i < 1000000 && !dl_empty(&e->waiting); i++) {
         struct ce_sess *s = container_of(e->waiting.next, struct ce_sess, qnode);
-        ce_list_remove(&s->qnode);
+        dl_del(&s->qnode);
         int rc = sess_bind(s);
         if (rc == -EAGAIN) {
-            ce_list_push(&e->waiting, &s->qnode); /* no server after all */
+            dl_add(e->waiting.prev, &s->qnode); /* no server after all */
             return;
         }
         if (rc < 0 && !s->done && s->state != S_ENDING)
@@ -727,7 +727,7 @@ static void on_client(uv_stream_t *server, int status)
         return;
     s->edge = e;
     s->state = S_HANDSHAKE;
-    ce_list_init(&s->qnode);
+    dl_init(&s->qnode);
     const struct ce_config *c = e->cfg;
     struct stream_opts o = {
         .tls = e->ext_tls,
@@ -742,7 +742,7 @@ static void on_client(uv_stream_t *server, int status)
     }
     uv_timer_init(e->loop, &s->timer);
     s->timer.data = s;
-    ce_list_push(&e->sessions, &s->node);
+    dl_add(e->sessions.prev, &s->node);
     e->nsess++;
     metric_inc(e->m.accepted);
     metric_set(e->m.active, (int64_t)e->nsess);
@@ -774,7 +774,7 @@ static void link_free_if_done(struct ce_link *l)
     if (l->st)
         return;
     struct ce_edge *e = l->edge;
-    ce_list_remove(&l->node);
+    dl_del(&l->node);
     ce_map_destroy(l->streams);
     buf_fini(&l->in);
     buf_fini(&l->ctlq);
@@ -813,7 +813,7 @@ static void link_kill(struct ce_link *l, const char *why)
         sess_finish(s, "conferencing server lost", false);
     }
     /* Conferences pinned here move to whichever server their next participant finds. */
-    for (struct ce_list *n = e->sessions.next; n != &e->sessions; n = n->next) {
+    for (struct dlist *n = e->sessions.next; n != &e->sessions; n = n->next) {
         struct ce_sess *s = container_of(n, struct ce_sess, node);
         if (s->conf && s->conf->val == l)
             s->conf->val = NULL;
@@ -990,7 +990,7 @@ static void on_server(uv_stream_t *server, int status)
     l->edge = e;
     l->next_id = 1;
     l->last_rx_ms = time_mono_ms();
-    ce_list_init(&l->blocked);
+    dl_init(&l->blocked);
     if (ce_map_create(&l->streams) < 0 || buf_init(&l->in, CE_LINK_IN_CAP) < 0 ||
         buf_init(&l->ctlq, CE_CTLQ_CAP) < 0)
         goto fail;
@@ -1005,7 +1005,7 @@ static void on_server(uv_stream_t *server, int status)
         goto fail;
     addr_format(stream_peer(l->st), l->peer_s);
     snprintf(l->name, sizeof l->name, "%s", l->peer_s);
-    ce_list_push(&e->links, &l->node);
+    dl_add(e->links.prev, &l->node);
     return;
 fail:
     ce_map_destroy(l->streams);
@@ -1022,7 +1022,7 @@ static void on_ping(uv_timer_t *t)
         return;
     /* Our own PINGs would keep an idle timer alive, so liveness is what the server sent. */
     uint64_t now = time_mono_ms(), limit = 3 * e->cfg->internal.ping_interval_ms;
-    for (struct ce_list *n = e->links.next; n != &e->links; n = n->next) {
+    for (struct dlist *n = e->links.next; n != &e->links; n = n->next) {
         struct ce_link *l = container_of(n, struct ce_link, node);
         if (l->dead)
             continue;
@@ -1080,7 +1080,7 @@ static void on_edge_handle_closed(uv_handle_t *h)
 
 static void edge_maybe_free(struct ce_edge *e)
 {
-    if (!e->stopping || e->handles_open || !ce_list_empty(&e->links) || e->nsess)
+    if (!e->stopping || e->handles_open || !dl_empty(&e->links) || e->nsess)
         return;
     tls_ctx_unref(e->ext_tls);
     tls_ctx_unref(e->int_tls);
@@ -1116,9 +1116,9 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     e->loop = loop;
     e->cfg = cfg;
     e->log = log;
-    ce_list_init(&e->sessions);
-    ce_list_init(&e->waiting);
-    ce_list_init(&e->links);
+    dl_init(&e->sessions);
+    dl_init(&e->waiting);
+    dl_init(&e->links);
     init_metrics(e, m);
     int rc = ce_revocations_create(&e->rev, cfg->revocations_max);
     if (!rc)
@@ -1227,7 +1227,7 @@ void ce_edge_revoke(struct ce_edge *e, const char *jti, const char *user, int64_
          user && *user ? " user " : "", user ? user : "");
     /* Close every live session the revocation covers. Collected first: closing unlinks. */
     struct ce_sess *hit = NULL;
-    for (struct ce_list *n = e->sessions.next; n != &e->sessions; n = n->next) {
+    for (struct dlist *n = e->sessions.next; n != &e->sessions; n = n->next) {
         struct ce_sess *s = container_of(n, struct ce_sess, node);
         if ((s->state == S_WAITING || s->state == S_RELAY) &&
             ce_revocations_match(e->rev, &s->claims, now)) {
@@ -1253,9 +1253,9 @@ void ce_edge_drain(struct ce_edge *e, void (*done)(void *arg), void *arg)
     if (!uv_is_closing((uv_handle_t *)&e->ext_listener))
         uv_close((uv_handle_t *)&e->ext_listener, on_edge_handle_closed);
     /* Clients still waiting for a server will not get one in time. */
-    for (int i = 0; i < 1000000 && !ce_list_empty(&e->waiting); i++) {
+    for (int i = 0; i < 1000000 && !dl_empty(&e->waiting); i++) {
         struct ce_sess *s = container_of(e->waiting.next, struct ce_sess, qnode);
-        ce_list_remove(&s->qnode);
+        dl_del(&s->qnode);
         sess_refuse(s, CE_REPLY_DRAINING);
     }
     if (e->nsess == 0 && e->drained_cb) {
@@ -1274,11 +1274,11 @@ void ce_edge_stop(struct ce_edge *e)
         uv_close((uv_handle_t *)&e->ext_listener, on_edge_handle_closed);
     uv_close((uv_handle_t *)&e->int_listener, on_edge_handle_closed);
     uv_close((uv_handle_t *)&e->ping, on_edge_handle_closed);
-    for (int i = 0; i < 10000000 && !ce_list_empty(&e->sessions); i++) {
+    for (int i = 0; i < 10000000 && !dl_empty(&e->sessions); i++) {
         struct ce_sess *s = container_of(e->sessions.next, struct ce_sess, node);
         sess_end(s, "edge stopping", true);
     }
-    for (struct ce_list *n = e->links.next; n != &e->links; n = n->next) {
+    for (struct dlist *n = e->links.next; n != &e->links; n = n->next) {
         struct ce_link *l = container_of(n, struct ce_link, node);
         link_kill(l, "edge stopping");
     }

@@ -1,5 +1,5 @@
-/* A small hash map keyed by byte strings, with an intrusive doubly linked list helper;
- * conf-edge's tables (connections per address, conferences, streams per server link). */
+/* A small hash map keyed by byte strings: conf-edge's tables (connections per address,
+ * conferences, streams per server link). */
 #ifndef CONF_EDGE_MAP_H
 #define CONF_EDGE_MAP_H
 
@@ -30,38 +30,5 @@ size_t ce_map_size(const struct ce_map *m);
 /* Calls fn for each entry; fn must not add or remove entries. */
 void ce_map_foreach(const struct ce_map *m, void (*fn)(struct ce_map_entry *e, void *arg),
                     void *arg);
-
-/* Intrusive list: a head is a node whose prev/next point at itself when empty. */
-struct ce_list {
-    struct ce_list *prev, *next;
-};
-static inline void ce_list_init(struct ce_list *h)
-{
-    h->prev = h->next = h;
-}
-static inline bool ce_list_empty(const struct ce_list *h)
-{
-    return h->next == h;
-}
-/* A node not in any list has NULL links (zeroed) or points at itself. */
-static inline bool ce_list_linked(const struct ce_list *n)
-{
-    return n->next && n->next != n;
-}
-static inline void ce_list_push(struct ce_list *h, struct ce_list *n)
-{
-    n->prev = h->prev;
-    n->next = h;
-    h->prev->next = n;
-    h->prev = n;
-}
-static inline void ce_list_remove(struct ce_list *n)
-{
-    if (!ce_list_linked(n))
-        return;
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = n;
-}
 
 #endif

@@ -28,7 +28,7 @@ struct cs_stream {
     uint64_t owed;     /* bytes taken from the edge, window not yet returned */
     struct buf out;    /* bytes for this participant waiting for credit */
     bool closed;
-    struct ce_list node; /* confserver->streams */
+    struct dlist node; /* confserver->streams */
 };
 
 struct cs_link {
@@ -49,7 +49,7 @@ struct confserver {
     struct tls_ctx *tls;
     struct cs_link links[CS_EDGES_MAX];
     size_t nlinks;
-    struct ce_list streams;
+    struct dlist streams;
     int64_t nstreams;
     bool stopping;
     int open_handles;
@@ -113,7 +113,7 @@ static void stream_free(struct cs_stream *s)
     struct ce_map_entry *me = ce_map_find(l->streams, &s->id, sizeof s->id);
     if (me)
         ce_map_remove(l->streams, me);
-    ce_list_remove(&s->node);
+    dl_del(&s->node);
     buf_fini(&s->out);
     free(s);
     metric_set(l->cs->m_streams, --l->cs->nstreams);
@@ -133,7 +133,7 @@ static void relay(struct confserver *cs, struct cs_stream *from, struct slice da
 {
     struct cs_stream *slow[64];
     size_t nslow = 0;
-    for (struct ce_list *n = cs->streams.next; n != &cs->streams; n = n->next) {
+    for (struct dlist *n = cs->streams.next; n != &cs->streams; n = n->next) {
         struct cs_stream *to = container_of(n, struct cs_stream, node);
         if (to == from || to->closed || strcmp(to->conf, from->conf))
             continue;
@@ -180,7 +180,7 @@ static int on_open_frame(struct cs_link *l, const struct ce_mux_frame *f)
     slice_to_cstr(o.user, s->user, sizeof s->user);
     slice_to_cstr(o.client, s->client, sizeof s->client);
     slice_to_cstr(o.key_id, s->jti, sizeof s->jti);
-    ce_list_push(&cs->streams, &s->node);
+    dl_add(cs->streams.prev, &s->node);
     metric_set(cs->m_streams, ++cs->nstreams);
     LOGI(cs->d->log, NULL, "confserver: %s joined conference %s from %s via %s (stream %u)",
          s->user, s->conf, s->client, l->edge_s, s->id);
@@ -309,7 +309,7 @@ static void link_on_close(struct stream *st, int err, const char *why, void *arg
     l->failing_logged = true;
     l->hello = false;
     /* The edge closes its clients when a server goes: forget their streams. */
-    for (struct ce_list *n = cs->streams.next; n != &cs->streams;) {
+    for (struct dlist *n = cs->streams.next; n != &cs->streams;) {
         struct cs_stream *s = container_of(n, struct cs_stream, node);
         n = n->next;
         if (s->link == l)
@@ -419,7 +419,7 @@ int confserver_start(struct director *d)
     if (!cs)
         return -ENOMEM;
     cs->d = d;
-    ce_list_init(&cs->streams);
+    dl_init(&cs->streams);
     struct tls_cert_opts cert = {cc->tls.cert, cc->tls.key};
     struct tls_opts o = {
         .server = false,
@@ -484,7 +484,7 @@ void confserver_stop(struct director *d)
         return;
     d->confserver = NULL;
     cs->stopping = true;
-    for (struct ce_list *n = cs->streams.next; n != &cs->streams;) {
+    for (struct dlist *n = cs->streams.next; n != &cs->streams;) {
         struct cs_stream *s = container_of(n, struct cs_stream, node);
         n = n->next;
         stream_free(s);

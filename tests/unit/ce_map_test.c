@@ -41,32 +41,10 @@ static void test_get_find_remove_across_growth(void **st)
     ce_map_destroy(m);
 }
 
-struct item {
-    struct ce_list node;
-    int v;
-};
-
-static void test_list_push_remove(void **st)
-{
-    struct ce_list h;
-    ce_list_init(&h);
-    struct item a = {.v = 1}, b = {.v = 2};
-    assert_false(ce_list_linked(&a.node));
-    ce_list_push(&h, &a.node);
-    ce_list_push(&h, &b.node);
-    assert_ptr_equal(h.next, &a.node);
-    ce_list_remove(&a.node);
-    ce_list_remove(&a.node); /* twice is harmless */
-    assert_ptr_equal(h.next, &b.node);
-    ce_list_remove(&b.node);
-    assert_true(ce_list_empty(&h));
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_find_remove_across_growth),
-        cmocka_unit_test(test_list_push_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

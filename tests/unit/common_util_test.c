@@ -120,10 +120,30 @@ static void log_lines_carry_peer_in_text_and_json(void **st)
     assert_non_null(strstr(out, "\"level\":\"info\",\"component\":\"test\",\"peer\":\"198.18.0.5:4000\",\"msg\":\"allocated 7\"}\n"));
 }
 
+/* dl_add at head->prev appends; dl_del is safe on an unlinked or already removed link. */
+static void dlist_appends_and_removes_idempotently(void **st)
+{
+    (void)st;
+    struct dlist h, a = {0}, b = {0};
+    dl_init(&h);
+    dl_del(&a); /* never linked */
+    dl_add(h.prev, &a);
+    dl_add(h.prev, &b);
+    assert_ptr_equal(h.next, &a);
+    assert_ptr_equal(h.prev, &b);
+    dl_del(&a);
+    dl_del(&a); /* twice is harmless */
+    assert_ptr_equal(h.next, &b);
+    assert_ptr_equal(b.prev, &h);
+    dl_del(&b);
+    assert_true(dl_empty(&h));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(buf_is_capped_and_compacts),
+        cmocka_unit_test(dlist_appends_and_removes_idempotently),
         cmocka_unit_test(addr_parse_and_format),
         cmocka_unit_test(cidr_matches_v4_v6_and_mapped),
         cmocka_unit_test(metrics_render_prometheus_text),
