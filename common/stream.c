@@ -23,12 +23,6 @@ struct stream_wreq {
     uint8_t data[];
 };
 
-/* Plain TCP bytes not yet handed to libuv; freed whenever it empties. */
-struct stream_q {
-    uint8_t *data;
-    size_t cap, rd, wr;
-};
-
 struct stream {
     uv_tcp_t tcp;
     uv_timer_t idle;
@@ -43,7 +37,7 @@ struct stream {
     uint32_t hs_timeout_ms, idle_timeout_ms;
     uint8_t *rbuf; /* between alloc_cb and read_cb; kept while reads fill it */
     size_t rsize;  /* size of the next read: grows up to read_chunk while reads fill it */
-    struct stream_q plain;
+    struct byteq plain; /* plain TCP bytes not yet handed to libuv */
     struct stream_wreq *inflight;
     struct addr peer, local;
     struct stream_gate *gate;
@@ -171,57 +165,13 @@ void stream_gate_destroy(struct stream_gate *g)
     uv_close((uv_handle_t *)&g->check, gate_on_closed);
 }
 
-/* ---- plain queue ---- */
-
-static size_t q_len(const struct stream_q *q)
-{
-    return q->wr - q->rd;
-}
-
-static void q_free(struct stream_q *q)
-{
-    free(q->data);
-    memset(q, 0, sizeof *q);
-}
-
-static int q_append(struct stream_q *q, const uint8_t *p, size_t len)
-{
-    if (q->rd == q->wr)
-        q->rd = q->wr = 0;
-    if (q->cap - q->wr < len && q->rd) {
-        memmove(q->data, q->data + q->rd, q->wr - q->rd);
-        q->wr -= q->rd;
-        q->rd = 0;
-    }
-    if (q->cap - q->wr < len) {
-        size_t ncap = q->cap ? q->cap : 4096;
-        while (ncap < q->wr + len)
-            ncap *= 2;
-        uint8_t *n = realloc(q->data, ncap);
-        if (!n)
-            return -ENOMEM;
-        q->data = n;
-        q->cap = ncap;
-    }
-    memcpy(q->data + q->wr, p, len);
-    q->wr += len;
-    return 0;
-}
-
-static void q_consume(struct stream_q *q, size_t n)
-{
-    q->rd += n;
-    if (q->rd >= q->wr)
-        q_free(q);
-}
-
 /* Bytes waiting to go to the socket, from the TLS buffer or the plain queue. */
 static size_t out_pending(const struct stream *s, const uint8_t **p)
 {
     if (s->tls)
         return tls_conn_pending(s->tls, p);
     *p = s->plain.data + s->plain.rd;
-    return q_len(&s->plain);
+    return byteq_len(&s->plain);
 }
 
 static void out_consume(struct stream *s, size_t n)
@@ -229,7 +179,7 @@ static void out_consume(struct stream *s, size_t n)
     if (s->tls)
         tls_conn_consume(s->tls, n);
     else
-        q_consume(&s->plain, n);
+        byteq_consume(&s->plain, n);
 }
 
 /* ---- close ---- */
@@ -242,7 +192,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (!s->silent && s->cb.on_close)
         s->cb.on_close(s, s->close_err, s->close_why, s->arg);
     tls_conn_destroy(s->tls);
-    q_free(&s->plain);
+    byteq_free(&s->plain);
     free(s->rbuf);
     free(s->close_why);
     free(s);
@@ -456,7 +406,7 @@ int stream_write(struct stream *s, const void *data, size_t len)
                     return 0;
             }
         }
-        if (q_append(&s->plain, data, len) < 0)
+        if (byteq_append(&s->plain, data, len, 0) < 0)
             return -ENOMEM;
     }
     stream_flush(s);
@@ -837,7 +787,7 @@ int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_n
         tls_conn_destroy(t);
         return rc;
     }
-    q_free(&s->plain);
+    byteq_free(&s->plain);
     s->tls = t;
     s->seen_bytes = true; /* the caller sniffed the first bytes and chose TLS */
     s->opened = false;    /* on_open fires again when the handshake is done */

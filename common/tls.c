@@ -1,6 +1,7 @@
 /* TLS on byte buffers: mbedTLS 2.28 behind common/tls.h; the only file that includes mbedTLS
  * SSL headers. */
 #include "common/tls.h"
+#include "common/util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -55,13 +56,6 @@
 #define TLS_CACHE_TIMEOUT_S (12 * 3600)
 #define TLS_ERR_LEN 256
 
-/* A growable byte queue whose memory is freed whenever it empties, so an idle connection
- * holds none. data[rd..wr) is readable. */
-struct bq {
-    uint8_t *data;
-    size_t cap, rd, wr;
-};
-
 struct tls_cert {
     mbedtls_x509_crt crt;
     mbedtls_pk_context key;
@@ -107,9 +101,9 @@ struct tls_peer {
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
-    struct bq in;    /* ciphertext fed, not yet consumed by mbedTLS */
-    struct bq out;   /* ciphertext produced, not yet taken by the caller */
-    struct bq early; /* plaintext written before the handshake finished */
+    struct byteq in;    /* ciphertext fed, not yet consumed by mbedTLS */
+    struct byteq out;   /* ciphertext produced, not yet taken by the caller */
+    struct byteq early; /* plaintext written before the handshake finished */
     bool done;       /* handshake finished */
     bool resumed;
     bool failed;
@@ -126,60 +120,6 @@ struct tls_conn {
     char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
     char *err;             /* allocated on the first failure: most connections never have one */
 };
-
-/* ---- byte queue ---- */
-
-static size_t bq_len(const struct bq *q)
-{
-    return q->wr - q->rd;
-}
-
-static void bq_free(struct bq *q)
-{
-    free(q->data);
-    q->data = NULL;
-    q->cap = q->rd = q->wr = 0;
-}
-
-static int bq_append(struct bq *q, const void *p, size_t len, size_t max)
-{
-    if (len == 0)
-        return 0;
-    if (q->rd == q->wr)
-        q->rd = q->wr = 0;
-    if (q->cap - q->wr < len && q->rd) {
-        memmove(q->data, q->data + q->rd, q->wr - q->rd);
-        q->wr -= q->rd;
-        q->rd = 0;
-    }
-    if (q->cap - q->wr < len) {
-        size_t need = q->wr + len;
-        if (max && need > max)
-            return -ENOSPC;
-        size_t ncap = q->cap ? q->cap : 1024;
-        while (ncap < need)
-            ncap *= 2;
-        if (max && ncap > max)
-            ncap = max;
-        uint8_t *n = realloc(q->data, ncap);
-        if (!n)
-            return -ENOMEM;
-        q->data = n;
-        q->cap = ncap;
-    }
-    memcpy(q->data + q->wr, p, len);
-    q->wr += len;
-    return 0;
-}
-
-static void bq_consume(struct bq *q, size_t n)
-{
-    if (n > bq_len(q))
-        n = bq_len(q);
-    q->rd += n;
-    if (q->rd == q->wr)
-        bq_free(q);
-}
 
 /* ---- errors ---- */
 
@@ -340,7 +280,7 @@ static int conn_fail(struct tls_conn *c, int rc)
 static int bio_send(void *p, const unsigned char *data, size_t len)
 {
     struct tls_conn *c = p;
-    if (bq_append(&c->out, data, len, 0) < 0)
+    if (byteq_append(&c->out, data, len, 0) < 0)
         return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     return (int)len;
 }
@@ -348,7 +288,7 @@ static int bio_send(void *p, const unsigned char *data, size_t len)
 static int bio_recv(void *p, unsigned char *data, size_t len)
 {
     struct tls_conn *c = p;
-    size_t n = bq_len(&c->in);
+    size_t n = byteq_len(&c->in);
     if (n == 0)
         return MBEDTLS_ERR_SSL_WANT_READ;
     if (n > len)
@@ -359,7 +299,7 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
         if (end > c->in_used)
             c->in_used = end;
     }
-    bq_consume(&c->in, n);
+    byteq_consume(&c->in, n);
     return (int)n;
 }
 
@@ -1228,11 +1168,11 @@ void tls_conn_destroy(struct tls_conn *c)
         conn_release_bufs(c);
 #endif
     mbedtls_ssl_free(&c->ssl);
-    bq_free(&c->in);
-    bq_free(&c->out);
+    byteq_free(&c->in);
+    byteq_free(&c->out);
     if (c->early.data)
         mbedtls_platform_zeroize(c->early.data, c->early.cap);
-    bq_free(&c->early);
+    byteq_free(&c->early);
     free(c->sni);
     free(c->err);
     free(c->vinfo);
@@ -1245,7 +1185,7 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c || (!data && len))
         return -EINVAL;
-    return bq_append(&c->in, data, len, TLS_IN_CAP);
+    return byteq_append(&c->in, data, len, TLS_IN_CAP);
 }
 
 static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len)
@@ -1314,10 +1254,10 @@ static int conn_handshake(struct tls_conn *c)
             return conn_fail(c, rc);
     }
     handshake_finished(c);
-    if (bq_len(&c->early)) {
-        ssize_t w = write_records(c, c->early.data + c->early.rd, bq_len(&c->early));
+    if (byteq_len(&c->early)) {
+        ssize_t w = write_records(c, c->early.data + c->early.rd, byteq_len(&c->early));
         mbedtls_platform_zeroize(c->early.data, c->early.cap);
-        bq_free(&c->early);
+        byteq_free(&c->early);
         if (w < 0)
             return (int)w;
     }
@@ -1331,7 +1271,7 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
     if (c->failed)
         return -EPROTO;
     if (c->asleep) {
-        if (bq_len(&c->in) == 0 || cap == 0)
+        if (byteq_len(&c->in) == 0 || cap == 0)
             return -EAGAIN;
         int rc = conn_wake(c);
         if (rc)
@@ -1369,7 +1309,7 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
     if (len == 0)
         return 0;
     if (!c->done) {
-        int rc = bq_append(&c->early, data, len, 0);
+        int rc = byteq_append(&c->early, data, len, 0);
         return rc ? rc : (ssize_t)len;
     }
     int rc = conn_wake(c);
@@ -1390,20 +1330,20 @@ void tls_conn_close_notify(struct tls_conn *c)
 
 size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
 {
-    if (!c || bq_len(&c->out) == 0) {
+    if (!c || byteq_len(&c->out) == 0) {
         if (p)
             *p = NULL;
         return 0;
     }
     if (p)
         *p = c->out.data + c->out.rd;
-    return bq_len(&c->out);
+    return byteq_len(&c->out);
 }
 
 void tls_conn_consume(struct tls_conn *c, size_t n)
 {
     if (c)
-        bq_consume(&c->out, n);
+        byteq_consume(&c->out, n);
 }
 
 bool tls_conn_handshake_done(const struct tls_conn *c)

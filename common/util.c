@@ -91,6 +91,53 @@ void buf_consume(struct buf *b, size_t n)
         b->rd = b->wr = 0; /* empty: start over so reserve rarely moves bytes */
 }
 
+void byteq_free(struct byteq *q)
+{
+    free(q->data);
+    q->data = NULL;
+    q->cap = q->rd = q->wr = 0;
+}
+
+int byteq_append(struct byteq *q, const void *p, size_t len, size_t max)
+{
+    if (len == 0)
+        return 0;
+    if (q->rd == q->wr)
+        q->rd = q->wr = 0;
+    if (q->cap - q->wr < len && q->rd) {
+        memmove(q->data, q->data + q->rd, q->wr - q->rd);
+        q->wr -= q->rd;
+        q->rd = 0;
+    }
+    if (q->cap - q->wr < len) {
+        size_t need = q->wr + len;
+        if (max && need > max)
+            return -ENOSPC;
+        size_t ncap = q->cap ? q->cap : 1024;
+        while (ncap < need)
+            ncap *= 2;
+        if (max && ncap > max)
+            ncap = max;
+        uint8_t *n = realloc(q->data, ncap);
+        if (!n)
+            return -ENOMEM;
+        q->data = n;
+        q->cap = ncap;
+    }
+    memcpy(q->data + q->wr, p, len);
+    q->wr += len;
+    return 0;
+}
+
+void byteq_consume(struct byteq *q, size_t n)
+{
+    if (n > byteq_len(q))
+        n = byteq_len(q);
+    q->rd += n;
+    if (q->rd == q->wr)
+        byteq_free(q);
+}
+
 uint64_t time_mono_ms(void)
 {
     struct timespec ts;

@@ -60,6 +60,23 @@ int buf_append(struct buf *b, const void *p, size_t len);
 void buf_consume(struct buf *b, size_t n);
 void buf_compact(struct buf *b);
 
+/* A growable byte queue whose memory is freed whenever it empties, so an idle connection
+ * holds none (unlike struct buf, whose capacity is fixed and kept). data[rd..wr) is readable. */
+struct byteq {
+    uint8_t *data;
+    size_t cap, rd, wr;
+};
+
+static inline size_t byteq_len(const struct byteq *q)
+{
+    return q->wr - q->rd;
+}
+void byteq_free(struct byteq *q);
+/* Appends len bytes, growing by doubling; -ENOSPC if that would pass max (0: no limit). */
+int byteq_append(struct byteq *q, const void *p, size_t len, size_t max);
+/* Drops up to n bytes from the front; frees the memory when nothing is left. */
+void byteq_consume(struct byteq *q, size_t n);
+
 /* Monotonic milliseconds and wall-clock seconds. */
 uint64_t time_mono_ms(void);
 int64_t time_wall_s(void);
