@@ -103,7 +103,7 @@ static int setup(void **st)
     f->cfg.own = f->own;
     f->cfg.n_own = 2;
     f->io = (struct fake_io){50000, 50009, 0, 0};
-    struct av_relay_io io = {fake_open, fake_close, fake_release, &f->io};
+    struct av_relay_io io = {.open = fake_open, .close = fake_close, .release = fake_release, .arg = &f->io};
     assert_int_equal(av_turn_create(&f->t, &f->cfg, &f->sh, &io, NULL), 0);
     f->now_ms = 1000000;
     f->now_s = NOW_S;
