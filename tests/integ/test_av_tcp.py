@@ -2,7 +2,7 @@
 TCP echo peer, ConnectionBind on a new data connection, bytes both ways; a peer's incoming
 connection announced by ConnectionAttempt; the errors a client can see (400, 403, 441, 442,
 446, 447); the 30 s bind deadline; teardown in both directions; a 64 MiB transfer to a slow
-reader with av-edge's memory bounded; coturn's turnutils_uclient -T against a TCP echo peer.
+reader with av-edge's memory bounded; coturn's turnutils_uclient -T and -P.
 
 The peers listen on 127.0.0.1, which the external side only reaches because these tests set
 external.allow_peers: [127.0.0.1/32] (the lab exception); the tests of the enterprise rule
@@ -15,7 +15,7 @@ import threading
 import time
 
 from harness import BUILD, free_port, wait_for
-from test_av_edge import AvEdgeTest, EXT
+from test_av_edge import AvEdgeTest, EXT, INT
 import avturn as T
 
 PEER_HOST = "127.0.0.1"
@@ -404,17 +404,37 @@ class TestTcpRelayLoad(TcpRelayTest):
 
 
 class TestTcpRelayStockClient(TcpRelayTest):
-    def test_uclient_tcp_relay_to_tcp_echo_peer(self):
-        """coturn's turnutils_uclient -T (RFC 6062 client, Connect + ConnectionBind per
-        session) to a TCP echo peer: every message comes back."""
-        self.start_edge(allow_loopback=True)
-        e = self.echo()
-        p = self.run_tool(["turnutils_uclient", "-T", "-u", "alice", "-w", "wonder",
-                           "-e", PEER_HOST, "-r", str(e.port), "-p", str(self.ext_port),
-                           "-n", "50", "-m", "4", "-l", "172", EXT], timeout=60)
-        out = p.stdout.decode() + p.stderr.decode()
+    """coturn's turnutils_uclient as the RFC 6062 client. It relays client to client: each
+    session's allocation Connects to its partner's relayed address (-T), or a plain TCP peer
+    socket connects there (-P, "active peer"). The partner is the edge's own relayed address,
+    which the enterprise rule refuses on the external side, so these run on the internal
+    side (as the UDP client-to-client test does)."""
+
+    def uclient(self, args, n=50, m=4):
+        p = self.run_tool(["turnutils_uclient"] + args + ["-u", "bob", "-w", "builder",
+                           "-p", str(self.int_port), "-n", str(n), "-m", str(m), "-l", "172",
+                           INT], timeout=60)
+        return p.stdout.decode() + p.stderr.decode()
+
+    def test_uclient_tcp_relay_connect_and_connection_attempt(self):
+        self.start_edge()
+        out = self.uclient(["-T"])
         self.assertIn("Total lost packets 0 (0.000000%)", out, out[-2000:])
         recv = re.findall(r"tot_recv_msgs=(\d+)", out)
         self.assertTrue(recv and max(map(int, recv)) >= 200, out[-1000:])
-        self.wait_metric("av_edge_tcp_connections_total", 4)
+        # Every Connect made one outbound and one incoming (ConnectionAttempt) connection.
+        self.wait_metric("av_edge_tcp_connections_total", 8)
         self.wait_metric('av_edge_relayed_bytes_total{direction="to_client"}', 200 * 172)
+        self.assertEqual(self.edge.metrics().get("av_edge_tcp_connections_failed_total"), 0)
+
+    def test_uclient_passive_tcp_with_active_peer(self):
+        """-P: uclient's peer socket connects to the relayed address, the client binds the
+        ConnectionAttempt's id. (uclient counts only what its client side receives, so it
+        reports half as lost; the edge's byte counters show both directions complete.)"""
+        self.start_edge()
+        out = self.uclient(["-P"], n=20, m=1)
+        recv = re.findall(r"tot_recv_msgs=(\d+)", out)
+        self.assertTrue(recv and max(map(int, recv)) >= 20, out[-1000:])
+        self.wait_metric("av_edge_tcp_connections_total", 1)
+        self.wait_metric('av_edge_relayed_bytes_total{direction="to_peer"}', 20 * 172)
+        self.wait_metric('av_edge_relayed_bytes_total{direction="to_client"}', 20 * 172)
