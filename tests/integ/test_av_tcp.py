@@ -290,6 +290,23 @@ class TestTcpRelay(TcpRelayTest):
         c.close()
         wait_for(lambda: self.ext().allocate().code == 0, what="quota given back")
 
+    def test_bandwidth_cap_paces_the_pipe(self):
+        """bandwidth_per_allocation applies to TCP relays: reading pauses instead of dropping,
+        so every byte arrives, just no faster than the cap (both directions count)."""
+        self.start_edge(allow_loopback=True,
+                        limits="  user_quota: 50\n  bandwidth_per_allocation: 100k\n")
+        e = self.echo()
+        c = self.tcp_alloc()
+        data = self.bound_pipe(c, e.port)
+        payload = os.urandom(200 * 1024)
+        t0 = time.time()
+        threading.Thread(target=data.sendall, args=(payload,), daemon=True).start()
+        data.settimeout(20)
+        self.assertEqual(recv_exactly(data, len(payload)), payload)
+        elapsed = time.time() - t0
+        # 400 KiB charged at 100 KiB/s with a 100 KiB burst: at least about 3 s.
+        self.assertGreater(elapsed, 2.5, f"200 KiB echoed in {elapsed:.2f} s")
+
     def test_connection_id_expires_after_30s(self):
         self.start_edge(allow_loopback=True)
         e = self.echo()
