@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from harness import BUILD, free_port, wait_for
+from harness import BUILD, free_port, rss_kib, wait_for
 from test_av_edge import AvEdgeTest, EXT, INT
 import avturn as T
 
@@ -93,14 +93,6 @@ def closed_by_server(sock, timeout=5.0):
     return False
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 class TcpRelayTest(AvEdgeTest):
     def echo(self):
         e = EchoServer()
@@ -112,6 +104,17 @@ class TcpRelayTest(AvEdgeTest):
         m = c.allocate(transport=T.TCP)
         self.assertEqual(m.code, 0, "TCP Allocate over TCP")
         return c
+
+    def connected(self, **edge):
+        """An edge, an echo peer, a TCP allocation permitted to it and a successful Connect:
+        (echo server, client, Connect answer)."""
+        self.start_edge(allow_loopback=True, **edge)
+        e = self.echo()
+        c = self.tcp_alloc()
+        self.assertEqual(c.permit(PEER_HOST).code, 0)
+        m = c.connect(PEER_HOST, e.port)
+        self.assertEqual(m.code, 0)
+        return e, c, m
 
     def bound_pipe(self, c, peer_port):
         """CreatePermission + Connect + ConnectionBind: the data socket to the peer."""
@@ -242,20 +245,11 @@ class TestTcpRelay(TcpRelayTest):
         self.assert_serving()
 
     def test_446_second_connect_to_same_peer(self):
-        self.start_edge(allow_loopback=True)
-        e = self.echo()
-        c = self.tcp_alloc()
-        self.assertEqual(c.permit(PEER_HOST).code, 0)
-        self.assertEqual(c.connect(PEER_HOST, e.port).code, 0)
+        e, c, _ = self.connected()
         self.assertEqual(c.connect(PEER_HOST, e.port).code, 446)
 
     def test_400_bad_connection_id_and_441_other_user(self):
-        self.start_edge(allow_loopback=True)
-        e = self.echo()
-        c = self.tcp_alloc()
-        self.assertEqual(c.permit(PEER_HOST).code, 0)
-        m = c.connect(PEER_HOST, e.port)
-        self.assertEqual(m.code, 0)
+        _, c, m = self.connected()
         b, s, _ = c.data_connection((m.connection_id + 1) & 0xFFFFFFFF or 1)
         s.close()
         self.assertEqual(b.code, 400)
@@ -308,12 +302,7 @@ class TestTcpRelay(TcpRelayTest):
         self.assertGreater(elapsed, 2.5, f"200 KiB echoed in {elapsed:.2f} s")
 
     def test_connection_id_expires_after_30s(self):
-        self.start_edge(allow_loopback=True)
-        e = self.echo()
-        c = self.tcp_alloc()
-        self.assertEqual(c.permit(PEER_HOST).code, 0)
-        m = c.connect(PEER_HOST, e.port)
-        self.assertEqual(m.code, 0)
+        e, c, m = self.connected()
         time.sleep(31)
         b, s, _ = c.data_connection(m.connection_id)
         s.close()
