@@ -756,8 +756,8 @@ static int do_allocate(struct req *r)
         addr_err = 508;
     t->st.allocs_ok++;
     char ra[ADDR_STRLEN];
-    LOGI(t->log, in->client, "%s allocation for %s on the %s side: relay %s, lifetime %us",
-         tcp ? "TCP" : "UDP", r->user, in->side == AV_SIDE_EXTERNAL ? "external" : "internal",
+    LOGI(t->log, in->client, "allocation for %s on the %s side: %s relay %s, lifetime %us", r->user,
+         in->side == AV_SIDE_EXTERNAL ? "external" : "internal", tcp ? "TCP" : "UDP",
          addr_format(a->relay[0].addr.u.sa.sa_family ? &a->relay[0].addr : &a->relay[1].addr, ra),
          life);
     alloc_success(r, a, err_family, addr_err);
