@@ -365,8 +365,9 @@ class TestTcpRelayLoad(TcpRelayTest):
     BIG = 64 << 20
 
     def test_64mib_to_slow_reader_keeps_rss_bounded(self):
-        if os.path.basename(BUILD.rstrip("/")).endswith("-san"):
-            self.skipTest("AddressSanitizer's quarantine holds freed memory: RSS says nothing")
+        # Under AddressSanitizer the transfer still runs (the pipe's pauses and resumes under
+        # its eyes), but its quarantine holds freed memory, so RSS says nothing there.
+        san = os.path.basename(BUILD.rstrip("/")).endswith("-san")
         self.start_edge(allow_loopback=True)
         e = self.echo()
         c = self.tcp_alloc()
@@ -406,7 +407,8 @@ class TestTcpRelayLoad(TcpRelayTest):
         peak = max(samples)
         print(f"\n  64 MiB via TCP relay to a slow reader: sender stalled at {stalled >> 20} MiB; "
               f"edge RSS idle {idle} KiB, peak {peak} KiB")
-        self.assertLess(peak - idle, 8192, f"av-edge RSS grew {peak - idle} KiB")
+        if not san:
+            self.assertLess(peak - idle, 8192, f"av-edge RSS grew {peak - idle} KiB")
 
 
 class TestTcpRelayStockClient(TcpRelayTest):
