@@ -127,20 +127,36 @@ static uint64_t hash_str(const char *s)
     return mix(h);
 }
 
-bool av_bucket_take(struct av_bucket *b, uint64_t now_ms, size_t bytes)
+static void bucket_refill(struct av_bucket *b, uint64_t now_ms)
 {
-    if (!b->rate)
-        return true;
     if (now_ms > b->last_ms) {
         b->tokens += (double)(now_ms - b->last_ms) * (double)b->rate / 1000.0;
         if (b->tokens > (double)b->burst)
             b->tokens = (double)b->burst;
         b->last_ms = now_ms;
     }
+}
+
+bool av_bucket_take(struct av_bucket *b, uint64_t now_ms, size_t bytes)
+{
+    if (!b->rate)
+        return true;
+    bucket_refill(b, now_ms);
     if (b->tokens < (double)bytes)
         return false;
     b->tokens -= (double)bytes;
     return true;
+}
+
+uint64_t av_bucket_charge(struct av_bucket *b, uint64_t now_ms, size_t bytes)
+{
+    if (!b->rate)
+        return 0;
+    bucket_refill(b, now_ms);
+    b->tokens -= (double)bytes;
+    if (b->tokens >= 0)
+        return 0;
+    return (uint64_t)(-b->tokens * 1000.0 / (double)b->rate) + 1;
 }
 
 int av_alloc_table_create(struct av_alloc_table **out, const struct av_alloc_hooks *hooks)

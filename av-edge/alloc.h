@@ -30,6 +30,9 @@ struct av_bucket {
     uint64_t last_ms;
 };
 bool av_bucket_take(struct av_bucket *b, uint64_t now_ms, size_t bytes);
+/* For streams, which cannot drop what they already read: takes bytes even into debt and
+ * returns the milliseconds until the debt is paid (0 = none), for the caller to pause. */
+uint64_t av_bucket_charge(struct av_bucket *b, uint64_t now_ms, size_t bytes);
 
 /* One relayed transport address of an allocation (IPv4 and optionally IPv6). */
 struct av_relay {
@@ -44,6 +47,7 @@ struct av_alloc {
     uint16_t listener;    /* the server side of the 5-tuple: index of the listening socket */
     uint8_t transport;    /* AV_TRANSPORT_UDP / AV_TRANSPORT_TCP (client side) */
     uint8_t side;         /* enum av_side */
+    uint8_t relay_transport; /* AV_TRANSPORT_UDP, or AV_TRANSPORT_TCP (RFC 6062) */
     void *conn;           /* stream for TCP/TLS clients, NULL for UDP */
     uint64_t expires_ms;
     struct av_relay relay[2]; /* [0] IPv4, [1] IPv6 */

@@ -276,6 +276,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->n_own = k;
     t->users = rt->users;
     t->n_users = c->auth.n_users;
+    t->tcp_relay = true; /* RFC 6062, for clients on TCP/TLS control connections */
     for (size_t i = 0; i < c->relay.n_addresses; i++) {
         if (addr_family(&c->relay.addresses[i]) == AF_INET6)
             t->have_v6 = true;
@@ -339,4 +340,12 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
     m->allocs_ok = metrics_counter(reg, "allocations_total", "Allocations granted", NULL);
     m->errors = metrics_counter(reg, "error_responses_total",
                                 "Error responses other than authentication challenges", NULL);
+    m->tcp_active = metrics_gauge(reg, "tcp_connections",
+                                  "Current RFC 6062 peer connections (pending or bound)", NULL);
+    m->tcp_total = metrics_counter(reg, "tcp_connections_total",
+                                   "RFC 6062 peer connections established (Connect or incoming)", NULL);
+    m->tcp_failed = metrics_counter(reg, "tcp_connections_failed_total",
+                                    "RFC 6062 peer connections that failed: connect error or "
+                                    "timeout, no permission, or no ConnectionBind within 30 s",
+                                    NULL);
 }

@@ -397,19 +397,27 @@ static void begin(struct req *r, struct stun_builder *b, enum stun_class cls)
     stun_build_init(b, r->out->reply, r->out->reply_cap, r->m->method, cls, r->m->tid);
 }
 
+/* The trailer of an answer: SOFTWARE and integrity when authenticated, FINGERPRINT when
+ * the request had one. */
+static ssize_t seal(const struct av_turn *t, struct stun_builder *b, bool authed, bool sha256,
+                    const uint8_t key[16], bool fp)
+{
+    if (authed) {
+        if (t->cfg->software)
+            stun_build_attr(b, STUN_A_SOFTWARE, t->cfg->software, strlen(t->cfg->software));
+        if (sha256)
+            stun_build_integrity_sha256(b, key, 16);
+        else
+            stun_build_integrity(b, key, 16);
+    }
+    if (fp)
+        stun_build_fingerprint(b);
+    return stun_build_finish(b);
+}
+
 static void finish(struct req *r, struct stun_builder *b)
 {
-    if (r->authed) {
-        if (r->t->cfg->software)
-            stun_build_attr(b, STUN_A_SOFTWARE, r->t->cfg->software, strlen(r->t->cfg->software));
-        if (r->sha256)
-            stun_build_integrity_sha256(b, r->key, sizeof(r->key));
-        else
-            stun_build_integrity(b, r->key, sizeof(r->key));
-    }
-    if (r->fp)
-        stun_build_fingerprint(b);
-    ssize_t n = stun_build_finish(b);
+    ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, r->fp);
     r->out->reply_len = n > 0 ? (size_t)n : 0;
 }
 
@@ -453,7 +461,9 @@ static void log_refusal(struct req *r, struct av_alloc *a, int code, const char 
          r->m ? (r->m->method == STUN_ALLOCATE ? "Allocate"
                  : r->m->method == STUN_CREATE_PERMISSION ? "CreatePermission"
                  : r->m->method == STUN_CHANNEL_BIND ? "ChannelBind"
-                 : r->m->method == STUN_REFRESH ? "Refresh" : "request")
+                 : r->m->method == STUN_REFRESH ? "Refresh"
+                 : r->m->method == STUN_CONNECT ? "Connect"
+                 : r->m->method == STUN_CONNECTION_BIND ? "ConnectionBind" : "request")
               : "request",
          r->user[0] ? r->user : "-", why, ps, code);
 }
@@ -624,7 +634,9 @@ static int do_allocate(struct req *r)
     uint8_t proto;
     if (!rt || stun_attr_u8(m, rt, &proto))
         return reply_error(r, 400);
-    if (proto != AV_TRANSPORT_UDP) {
+    /* A TCP relay (RFC 6062) needs a TCP or TLS control connection to announce peers on. */
+    bool tcp = proto == AV_TRANSPORT_TCP && c->tcp_relay && in->transport == AV_TRANSPORT_TCP;
+    if (proto != AV_TRANSPORT_UDP && !tcp) {
         log_refusal(r, NULL, 442, "unsupported relay transport", NULL, 0);
         return reply_error(r, 442);
     }
@@ -633,6 +645,9 @@ static int do_allocate(struct req *r)
     const struct stun_attr *tok = stun_msg_find(m, STUN_A_RESERVATION_TOKEN);
     const struct stun_attr *ev = stun_msg_find(m, STUN_A_EVEN_PORT);
     bool df = stun_msg_find(m, STUN_A_DONT_FRAGMENT) != NULL;
+    /* RFC 6062 5.1: these only mean something for UDP relays. */
+    if (tcp && (tok || ev || df))
+        return reply_error(r, 400);
     if ((tok && (ev || raf || aaf)) || (raf && aaf) || (tok && tok->len != 8) ||
         (ev && ev->len < 1))
         return reply_error(r, 400);
@@ -705,6 +720,7 @@ static int do_allocate(struct req *r)
     }
     __atomic_add_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
     a->side = in->side;
+    a->relay_transport = proto;
     a->conn = in->conn;
     a->lifetime_s = life;
     a->expires_ms = in->now_ms + (uint64_t)life * 1000;
@@ -740,8 +756,8 @@ static int do_allocate(struct req *r)
         addr_err = 508;
     t->st.allocs_ok++;
     char ra[ADDR_STRLEN];
-    LOGI(t->log, in->client, "allocation for %s on the %s side: relay %s, lifetime %us", r->user,
-         in->side == AV_SIDE_EXTERNAL ? "external" : "internal",
+    LOGI(t->log, in->client, "allocation for %s on the %s side: %s relay %s, lifetime %us", r->user,
+         in->side == AV_SIDE_EXTERNAL ? "external" : "internal", tcp ? "TCP" : "UDP",
          addr_format(a->relay[0].addr.u.sa.sa_family ? &a->relay[0].addr : &a->relay[1].addr, ra),
          life);
     alloc_success(r, a, err_family, addr_err);
@@ -855,7 +871,8 @@ static int do_channel_bind(struct req *r)
     if (!cn || stun_attr_u32(r->m, cn, &v) || !pa || stun_attr_xaddr(r->m, pa, &peer))
         return reply_error(r, 400);
     uint16_t num = (uint16_t)(v >> 16);
-    if (num < STUN_CHANNEL_MIN || num > STUN_CHANNEL_MAX)
+    /* RFC 6062 6.2: a TCP allocation has no channels. */
+    if (num < STUN_CHANNEL_MIN || num > STUN_CHANNEL_MAX || a->relay_transport == AV_TRANSPORT_TCP)
         return reply_error(r, 400);
     if (!peer_ok(r, a, &peer))
         return 0;
@@ -879,11 +896,112 @@ static int do_channel_bind(struct req *r)
     return 0;
 }
 
+/* ---- RFC 6062 TCP relays ---- */
+
+/* Connect: open a TCP connection from the relayed address to a peer that a permission and
+ * the enterprise rule both admit; the answer comes from the I/O layer once it is up. */
+static int do_connect(struct req *r)
+{
+    struct av_alloc *a = owned_alloc(r);
+    if (!a)
+        return 0;
+    const struct stun_attr *pa = stun_msg_find(r->m, STUN_A_XOR_PEER_ADDRESS);
+    struct addr peer;
+    if (a->relay_transport != AV_TRANSPORT_TCP || !pa || stun_attr_xaddr(r->m, pa, &peer))
+        return reply_error(r, 400);
+    if (!peer_ok(r, a, &peer))
+        return 0;
+    if (!av_perm_find(r->t->tab, a, &peer, r->in->now_ms)) {
+        log_refusal(r, a, 403, "no permission for the peer", &peer, 5);
+        return reply_error(r, 403);
+    }
+    struct av_turn_pending p = {.sha256 = r->sha256, .fp = r->fp};
+    memcpy(p.tid, r->m->tid, STUN_TID_LEN);
+    memcpy(p.key, r->key, sizeof(p.key));
+    int rc = r->t->io.connect ? r->t->io.connect(r->t->io.arg, a, &peer, &p) : -ENOTSUP;
+    if (rc == -EEXIST)
+        return reply_error(r, 446);
+    if (rc == -ENOSPC)
+        return reply_error(r, 508);
+    if (rc < 0)
+        return reply_error(r, 447);
+    return 0;
+}
+
+/* ConnectionBind on a new client connection: the allocation's owner claims a pending peer
+ * connection, and this connection becomes its byte pipe after the success answer. */
+static int do_connection_bind(struct req *r)
+{
+    struct av_turn *t = r->t;
+    const struct stun_attr *ca = stun_msg_find(r->m, STUN_A_CONNECTION_ID);
+    uint32_t id;
+    if (r->in->transport != AV_TRANSPORT_TCP || !ca || stun_attr_u32(r->m, ca, &id) || !id)
+        return reply_error(r, 400);
+    if (av_alloc_find(t->tab, r->in->client, r->in->listener, r->in->transport)) {
+        log_refusal(r, NULL, 400, "ConnectionBind on a control connection", NULL, 0);
+        return reply_error(r, 400);
+    }
+    struct av_alloc *a = t->io.conn_alloc ? t->io.conn_alloc(t->io.arg, id) : NULL;
+    if (!a) {
+        log_refusal(r, NULL, 400, "unknown or expired CONNECTION-ID", NULL, 0);
+        return reply_error(r, 400);
+    }
+    if (strcmp(a->user->name, r->user) != 0) {
+        log_refusal(r, NULL, 441, "username differs from the allocation's", NULL, 0);
+        return reply_error(r, 441);
+    }
+    struct stun_builder b;
+    begin(r, &b, STUN_SUCCESS);
+    finish(r, &b);
+    r->out->bind_id = id;
+    return 0;
+}
+
+ssize_t av_turn_connect_answer(struct av_turn *t, const struct av_turn_pending *p, int code,
+                               uint32_t id, uint8_t *out, size_t cap)
+{
+    struct stun_builder b;
+    stun_build_init(&b, out, cap, STUN_CONNECT, code ? STUN_ERROR : STUN_SUCCESS, p->tid);
+    if (code) {
+        stun_build_error(&b, code, NULL);
+        t->st.errors++;
+    } else {
+        stun_build_u32(&b, STUN_A_CONNECTION_ID, id);
+    }
+    return seal(t, &b, true, p->sha256, p->key, p->fp);
+}
+
+/* A fresh transaction id for the indications the server sends on its own (xorshift). */
+static void next_tid(struct av_turn *t, uint8_t tid[STUN_TID_LEN])
+{
+    for (int i = 0; i < STUN_TID_LEN; i += 4) {
+        t->rnd ^= t->rnd << 13;
+        t->rnd ^= t->rnd >> 7;
+        t->rnd ^= t->rnd << 17;
+        wr32(tid + i, (uint32_t)t->rnd);
+    }
+}
+
+ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, uint32_t id,
+                                   uint8_t *out, size_t cap)
+{
+    uint8_t tid[STUN_TID_LEN];
+    next_tid(t, tid);
+    struct stun_builder b;
+    stun_build_init(&b, out, cap, STUN_CONNECTION_ATTEMPT, STUN_INDICATION, tid);
+    stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
+    stun_build_u32(&b, STUN_A_CONNECTION_ID, id);
+    stun_build_fingerprint(&b);
+    return stun_build_finish(&b);
+}
+
 /* ---- relay paths ---- */
 
 static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
                          struct slice data, uint64_t now_ms, struct av_turn_out *out)
 {
+    if (a->relay_transport == AV_TRANSPORT_TCP)
+        return -ENOTSUP; /* RFC 6062: data goes over the bound data connections */
     if (!av_perm_find(t->tab, a, peer, now_ms)) {
         t->st.dropped_no_perm++;
         return -EPERM;
@@ -956,12 +1074,7 @@ int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr 
         size_t hsz = STUN_HDR_LEN + (peer->u.sa.sa_family == AF_INET6 ? 24 : 12) + 4;
         uint8_t *h = data - hsz;
         uint8_t tid[STUN_TID_LEN];
-        for (int i = 0; i < STUN_TID_LEN; i += 4) {
-            t->rnd ^= t->rnd << 13;
-            t->rnd ^= t->rnd >> 7;
-            t->rnd ^= t->rnd << 17;
-            wr32(tid + i, (uint32_t)t->rnd);
-        }
+        next_tid(t, tid);
         struct stun_builder b;
         stun_build_init(&b, h, hsz, STUN_DATA, STUN_INDICATION, tid);
         stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
@@ -1012,6 +1125,7 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
     out->reply_len = 0;
     out->code = 0;
     out->relay_alloc = NULL;
+    out->bind_id = 0;
     if (stun_is_chandata(p, len))
         return do_chandata(t, in, p, len, out);
     struct stun_msg m;
@@ -1047,6 +1161,8 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
     case STUN_REFRESH:
     case STUN_CREATE_PERMISSION:
     case STUN_CHANNEL_BIND:
+    case STUN_CONNECT:
+    case STUN_CONNECTION_BIND:
         break;
     default:
         return reply_error(&r, 400);
@@ -1065,6 +1181,10 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
         return do_refresh(&r);
     case STUN_CREATE_PERMISSION:
         return do_create_permission(&r);
+    case STUN_CONNECT:
+        return do_connect(&r);
+    case STUN_CONNECTION_BIND:
+        return do_connection_bind(&r);
     default:
         return do_channel_bind(&r);
     }

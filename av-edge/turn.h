@@ -71,6 +71,14 @@ void av_shared_user_give(struct av_shared *s, const char *user);
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
                          int64_t not_after);
 
+/* A request answered later (RFC 6062 Connect waits for the TCP handshake to the peer): what
+ * the answer needs from it. */
+struct av_turn_pending {
+    uint8_t tid[STUN_TID_LEN];
+    uint8_t key[16];
+    bool sha256, fp;
+};
+
 /* The I/O layer's side of relay sockets. */
 struct av_relay_io {
     /* Opens a relay socket of family for a and fills a->relay[family == AF_INET6].
@@ -84,6 +92,14 @@ struct av_relay_io {
     /* Drops an unused reservation; may run on any worker's thread (or at shutdown). */
     void (*release)(void *arg, void *reserved);
     void *arg;
+    /* RFC 6062, for TCP allocations (a->relay_transport == AV_TRANSPORT_TCP). connect opens a
+     * TCP connection from a's relayed address to peer and later writes the answer to p on
+     * a's control connection (av_turn_connect_answer). Returns 0 (answer pending), -EEXIST
+     * (446: a connection to peer exists), -ENOSPC (508) or another negative errno (447). */
+    int (*connect)(void *arg, struct av_alloc *a, const struct addr *peer,
+                   const struct av_turn_pending *p);
+    /* The allocation owning connection id while it waits for a ConnectionBind, or NULL. */
+    struct av_alloc *(*conn_alloc)(void *arg, uint32_t id);
 };
 
 enum av_auth_fail {
@@ -159,6 +175,8 @@ struct av_turn_out {
     struct av_alloc *relay_alloc;
     struct addr relay_peer;
     struct slice relay_data;
+    uint32_t bind_id; /* non-zero: a ConnectionBind succeeded; after the reply, this client
+                       * connection becomes the byte pipe of connection bind_id */
 };
 
 /* Handles one STUN message or ChannelData frame from a client (p/len is exactly one frame).
@@ -172,6 +190,14 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
 int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
                        uint8_t *data, size_t len, bool stream, uint64_t now_ms,
                        struct slice *frame);
+
+/* RFC 6062 messages the I/O layer sends on its own. The answer to a pending Connect:
+ * success with CONNECTION-ID id when code is 0, else that error. The ConnectionAttempt
+ * indication for a peer's incoming connection id. Both return the length or -ENOSPC. */
+ssize_t av_turn_connect_answer(struct av_turn *t, const struct av_turn_pending *p, int code,
+                               uint32_t id, uint8_t *out, size_t cap);
+ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, uint32_t id,
+                                   uint8_t *out, size_t cap);
 
 /* Removes expired state; returns allocations removed. */
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms);

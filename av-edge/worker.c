@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "av-edge/av.h"
+#include "av-edge/tcp_relay.h"
 
 #define RX_BATCH 32
 #define RX_ROUNDS 4 /* batches per readiness before yielding to other sockets */
@@ -55,6 +56,10 @@ struct av_sconn {
     uint8_t side;
     struct buf in;
     struct av_sconn *next, *prev;
+    /* RFC 6062 data connection: after its ConnectionBind it only carries the bytes of
+     * this peer connection (NULL again once that is gone). */
+    struct av_tcp_conn *pipe;
+    bool piped;
 };
 
 struct av_tx {
@@ -65,6 +70,7 @@ struct av_tx {
 struct av_worker {
     uv_loop_t *loop;
     struct av_turn *turn;
+    struct av_tcp_relay *tcp_relay;
     uint32_t port_min, port_max;
     uint64_t socket_buffer;
     const struct av_runtime *rt;
@@ -92,6 +98,7 @@ struct av_worker {
     int open_handles;
 
     struct av_turn_stats folded;
+    struct av_tcp_stats tcp_folded;
     int64_t g_allocs, g_perms, g_chans, allocs_now;
     uint64_t tx_dropped, tx_dropped_folded;
 
@@ -326,6 +333,7 @@ static void on_relay_readable(uv_poll_t *p, int status, int events)
 static void worker_unref(struct av_worker *w)
 {
     if (--w->open_handles == 0 && w->closing) {
+        av_tcp_relay_destroy(w->tcp_relay);
         av_turn_destroy(w->turn);
         tls_ctx_unref(w->tls);
         free(w);
@@ -347,13 +355,21 @@ static void relay_sock_close(struct av_relay_sock *rs)
     uv_close((uv_handle_t *)&rs->poll, relay_closed);
 }
 
-static int relay_bind(struct av_worker *w, int fi, uint16_t port, bool df, int *fd_out)
+/* A relay socket on port: UDP, or for RFC 6062 a listening TCP socket. */
+static int relay_bind(struct av_worker *w, int fi, uint16_t port, bool df, bool tcp, int *fd_out)
 {
     struct addr a = w->relay_addr[fi];
     addr_set_port(&a, port);
-    int fd = socket(addr_family(&a), SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(addr_family(&a), (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+    if (tcp) {
+        /* A port whose last allocation's connections sit in TIME_WAIT is still free. */
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (fi == 1)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    }
     if (df) {
         int v = IP_PMTUDISC_DO;
         if (fi == 0)
@@ -361,7 +377,7 @@ static int relay_bind(struct av_worker *w, int fi, uint16_t port, bool df, int *
         else
             setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &v, sizeof(v));
     }
-    if (bind(fd, &a.u.sa, addr_len(&a)) < 0) {
+    if (bind(fd, &a.u.sa, addr_len(&a)) < 0 || (tcp && listen(fd, 64) < 0)) {
         int e = -errno;
         close(fd);
         return e;
@@ -402,11 +418,26 @@ static uint32_t worker_port_count(const struct av_worker *w)
     return mine * 2;
 }
 
+static int tcp_port_open(struct av_worker *w, struct av_alloc *a, int fi, int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    struct av_tcp_port *p;
+    int rc = av_tcp_port_open(w->tcp_relay, a, fd, &p);
+    if (rc)
+        return rc;
+    addr_from_sockaddr(&a->relay[fi].addr, (struct sockaddr *)&ss);
+    a->relay[fi].handle = p;
+    return 0;
+}
+
 static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df,
                    void **reserve_out, void *reserved_in)
 {
     struct av_worker *w = arg;
     int fi = family == AF_INET6;
+    bool tcp = a->relay_transport == AV_TRANSPORT_TCP;
     struct av_relay_sock *rs = NULL;
     if (reserved_in) {
         /* A reservation is a bare bound fd (fd + 1 as the handle), so whichever worker
@@ -427,13 +458,13 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
                 continue;
             if (port > w->port_max)
                 continue;
-            if (relay_bind(w, fi, (uint16_t)port, df, &fd) < 0) {
+            if (relay_bind(w, fi, (uint16_t)port, df, tcp, &fd) < 0) {
                 fd = -1;
                 continue;
             }
             if (reserve_out) {
                 if (port + 1 > w->port_max ||
-                    relay_bind(w, fi, (uint16_t)(port + 1), df, &fd2) < 0) {
+                    relay_bind(w, fi, (uint16_t)(port + 1), df, false, &fd2) < 0) {
                     close(fd);
                     fd = -1;
                     continue;
@@ -443,6 +474,8 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
         }
         if (fd < 0)
             return -EADDRNOTAVAIL;
+        if (tcp)
+            return tcp_port_open(w, a, fi, fd);
         int rc = relay_sock_new(w, fd, &rs);
         if (rc) {
             close(fd);
@@ -469,10 +502,13 @@ static void io_close(void *arg, struct av_alloc *a)
     /* Queued datagrams from this allocation leave before its sockets close. */
     tx_flush(w);
     for (int i = 0; i < 2; i++) {
-        if (a->relay[i].handle) {
+        if (!a->relay[i].handle)
+            continue;
+        if (a->relay_transport == AV_TRANSPORT_TCP)
+            av_tcp_port_close(a->relay[i].handle); /* and its peer connections */
+        else
             relay_sock_close(a->relay[i].handle);
-            a->relay[i].handle = NULL;
-        }
+        a->relay[i].handle = NULL;
     }
     /* A TCP/TLS client's connection outlives its allocation (the Refresh answer is still to
      * be written, and the client may allocate again on it). */
@@ -483,12 +519,51 @@ static void io_release(void *arg, void *reserved)
     close((int)((intptr_t)reserved - 1));
 }
 
+static int io_connect(void *arg, struct av_alloc *a, const struct addr *peer,
+                      const struct av_turn_pending *p)
+{
+    struct av_worker *w = arg;
+    return av_tcp_connect(w->tcp_relay, a, peer, p);
+}
+
+static struct av_alloc *io_conn_alloc(void *arg, uint32_t id)
+{
+    struct av_worker *w = arg;
+    return av_tcp_pending_alloc(w->tcp_relay, id);
+}
+
+static void worker_ref(void *arg)
+{
+    struct av_worker *w = arg;
+    w->open_handles++;
+}
+
+static void worker_unref_cb(void *arg)
+{
+    worker_unref(arg);
+}
+
 /* ---- TCP and TLS clients ---- */
+
+/* After a ConnectionBind: the bytes left behind it go to the peer, and so does everything
+ * after them; the STUN input buffer is no longer needed. */
+static int sconn_start_pipe(struct av_sconn *c, struct stream *s, uint32_t id)
+{
+    if (!av_tcp_bind(c->w->tcp_relay, id, s, &c->pipe))
+        return -ECONNRESET;
+    c->piped = true;
+    struct slice rest = buf_slice(&c->in);
+    int rc = rest.len ? av_tcp_conn_client_data(c->pipe, rest.p, rest.len) : 0;
+    buf_fini(&c->in);
+    return rc;
+}
 
 static int sconn_on_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
 {
     struct av_sconn *c = arg;
     struct av_worker *w = c->w;
+    if (c->piped)
+        return c->pipe ? av_tcp_conn_client_data(c->pipe, data, len) : -ECONNRESET;
     if (buf_append(&c->in, data, len) < 0)
         return -EMSGSIZE;
     for (;;) {
@@ -511,15 +586,26 @@ static int sconn_on_data(struct stream *s, const uint8_t *data, size_t len, void
         if (out.relay_alloc)
             relay_send(w, out.relay_alloc, &out.relay_peer, out.relay_data);
         buf_consume(&c->in, (size_t)need);
+        if (out.bind_id)
+            return sconn_start_pipe(c, s, out.bind_id);
     }
     buf_compact(&c->in);
     return 0;
+}
+
+static void sconn_on_drain(struct stream *s, void *arg)
+{
+    struct av_sconn *c = arg;
+    if (c->pipe)
+        av_tcp_conn_client_drained(c->pipe);
 }
 
 static void sconn_on_close(struct stream *s, int err, const char *why, void *arg)
 {
     struct av_sconn *c = arg;
     struct av_worker *w = c->w;
+    if (c->pipe)
+        av_tcp_conn_client_closed(c->pipe, err);
     /* RFC 8656 3.1: the allocation of a TCP/TLS client ends with its connection. */
     struct av_alloc *a = av_alloc_find(av_turn_table(w->turn), &c->peer, c->id, AV_TRANSPORT_TCP);
     if (a) {
@@ -557,7 +643,8 @@ static void on_tcp_connection(uv_stream_t *server, int status)
     c->side = l->side;
     struct stream_opts o = {.tls = l->tls ? w->tls : NULL, .handshake_timeout_ms = 10000,
                             .idle_timeout_ms = 0};
-    static const struct stream_cbs cbs = {.on_data = sconn_on_data, .on_close = sconn_on_close};
+    static const struct stream_cbs cbs = {.on_data = sconn_on_data, .on_drain = sconn_on_drain,
+                                          .on_close = sconn_on_close};
     if (stream_accept(server, &o, &cbs, c, &c->s) < 0) {
         buf_fini(&c->in);
         free(c);
@@ -599,6 +686,14 @@ static void fold_stats(struct av_worker *w)
     for (int i = 1; i < AV_DENY_NREASONS; i++)
         FOLD(denied[i], denied[i]);
 #undef FOLD
+    const struct av_tcp_stats *ts = av_tcp_relay_stats(w->tcp_relay);
+    struct av_tcp_stats *tf = &w->tcp_folded;
+    metric_add(m->tcp_active, (uint64_t)(ts->active - tf->active));
+    metric_add(m->tcp_total, ts->total - tf->total);
+    metric_add(m->tcp_failed, ts->failed - tf->failed);
+    metric_add(m->bytes_to_peer, ts->bytes_to_peer - tf->bytes_to_peer);
+    metric_add(m->bytes_to_client, ts->bytes_to_client - tf->bytes_to_client);
+    *tf = *ts;
     metric_add(m->dropped_send, w->tx_dropped - w->tx_dropped_folded);
     w->tx_dropped_folded = w->tx_dropped;
     size_t na, np, nc;
@@ -666,6 +761,7 @@ static void on_async(uv_async_t *h)
     if (lg && lg != w->log) {
         w->log = lg;
         av_turn_set_logger(w->turn, lg);
+        av_tcp_relay_set_logger(w->tcp_relay, lg);
     }
     if (__atomic_load_n(&w->stop_requested, __ATOMIC_ACQUIRE))
         worker_close_all(w);
@@ -800,8 +896,15 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
         w->tx_msg[i].msg_hdr = (struct msghdr){.msg_name = &w->tx[i].to.u,
                                                .msg_iov = &w->tx_iov[i], .msg_iovlen = 1};
     }
-    struct av_relay_io io = {io_open, io_close, io_release, w};
+    struct av_relay_io io = {.open = io_open, .close = io_close, .release = io_release, .arg = w,
+                             .connect = io_connect, .conn_alloc = io_conn_alloc};
     int rc = av_turn_create(&w->turn, &o->rt->turn, o->shared, &io, o->log);
+    struct av_tcp_relay_hooks hooks = {worker_ref, worker_unref_cb, w};
+    if (!rc) {
+        rc = av_tcp_relay_create(loop, w->turn, &hooks, o->log, &w->tcp_relay);
+        if (rc)
+            av_turn_destroy(w->turn);
+    }
     if (rc) {
         tls_ctx_unref(w->tls);
         free(w);

@@ -1,5 +1,6 @@
 """A small STUN/TURN client in Python stdlib for av-edge integration tests: builds and
-parses RFC 8489/8656 messages, runs the long-term credential dance, and relays data."""
+parses RFC 8489/8656 messages, runs the long-term credential dance, and relays data; for
+RFC 6062 TCP relays: Connect, ConnectionAttempt and ConnectionBind on a data connection."""
 import base64
 import hashlib
 import hmac
@@ -11,10 +12,13 @@ import zlib
 
 MAGIC = 0x2112A442
 BINDING, ALLOCATE, REFRESH, SEND, DATA, CREATE_PERMISSION, CHANNEL_BIND = 1, 3, 4, 6, 7, 8, 9
+CONNECT, CONNECTION_BIND, CONNECTION_ATTEMPT = 0xA, 0xB, 0xC
+TCP, UDP = 6, 17
 REQUEST, INDICATION, SUCCESS, ERROR = 0, 1, 2, 3
 A_USERNAME, A_MI, A_ERROR, A_UNKNOWN, A_CHANNEL, A_LIFETIME = 0x6, 0x8, 0x9, 0xA, 0xC, 0xD
 A_PEER, A_DATA, A_REALM, A_NONCE, A_RELAYED, A_RAF = 0x12, 0x13, 0x14, 0x15, 0x16, 0x17
 A_EVEN, A_TRANSPORT, A_DF, A_MAPPED, A_TOKEN, A_FP = 0x18, 0x19, 0x1A, 0x20, 0x22, 0x8028
+A_CONNECTION_ID = 0x2A
 
 
 def msg_type(method, cls):
@@ -215,3 +219,38 @@ class Client:
             m = Msg(d)
             if m.method == DATA and m.cls == INDICATION:
                 return "data", parse_xaddr(m.get(A_PEER), m.tid), m.get(A_DATA)
+
+    # ---- RFC 6062 ----
+
+    def connect(self, host, port):
+        """Connect request; on success the CONNECTION-ID is in .connection_id of the answer."""
+        m = self.request(CONNECT, lambda tid: [(A_PEER, xaddr(host, port, tid))])
+        m.connection_id = struct.unpack("!I", m.get(A_CONNECTION_ID))[0] if m.code == 0 else None
+        return m
+
+    def recv_msg(self, method=None):
+        """Next STUN message on the connection (of that method if given)."""
+        deadline = time.time() + self.sock.gettimeout()
+        while time.time() < deadline:
+            d = self.recv_raw()
+            if d[0] & 0xC0 == 0:
+                m = Msg(d)
+                if method is None or m.method == method:
+                    return m
+        raise TimeoutError("no message")
+
+    def connection_attempt(self):
+        """Waits for a ConnectionAttempt indication: (connection id, (peer host, port))."""
+        m = self.recv_msg(CONNECTION_ATTEMPT)
+        assert m.cls == INDICATION
+        return struct.unpack("!I", m.get(A_CONNECTION_ID))[0], parse_xaddr(m.get(A_PEER), m.tid)
+
+    def data_connection(self, connection_id, user=None, password=None):
+        """Opens a new connection to the server and sends ConnectionBind for connection_id
+        with this client's credentials (or the given ones). Returns (answer, socket, bytes
+        already read after the answer): after a success the socket is a raw byte pipe to the
+        peer."""
+        d = Client(self.server, user or self.user, password or self.password, tcp=True,
+                   timeout=self.sock.gettimeout())
+        m = d.request(CONNECTION_BIND, [(A_CONNECTION_ID, struct.pack("!I", connection_id))])
+        return m, d.sock, d.rxbuf

@@ -67,6 +67,15 @@ def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
     raise RuntimeError("no free port")
 
 
+def rss_kib(pid):
+    """A process's resident set size in KiB (0 if /proc does not say)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def wait_for(pred, timeout=5.0, interval=0.05, what="condition"):
     deadline = time.time() + timeout
     last = None

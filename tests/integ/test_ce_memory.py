@@ -7,18 +7,10 @@ import threading
 import time
 
 from confmock import ConfMock
-from harness import SuiteTest, free_port, wait_for
+from harness import SuiteTest, free_port, rss_kib, wait_for
 from test_ce_edge import CERTS, Client, distinct_ports, edge_config, mint
 
 BIG = int(os.environ.get("CE_BIG_BYTES", str(1 << 30)))
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class ConfEdgeMemory(SuiteTest):

@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from harness import ROOT, SuiteTest, free_port, http_request, wait_for
+from harness import ROOT, SuiteTest, free_port, http_request, rss_kib, wait_for
 from rp_upstream import Upstream
 
 CERTS = None
@@ -58,14 +58,6 @@ body_timeout: 1s
 access_log: {alog}
 access_log_format: json
 """
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class RevproxyTest(SuiteTest):

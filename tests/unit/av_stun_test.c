@@ -1,4 +1,5 @@
-/* STUN codec: RFC 5769 test vectors, builder round trips, unknown attributes, ChannelData. */
+/* STUN codec: RFC 5769 test vectors, builder round trips, unknown attributes, ChannelData,
+ * the RFC 6062 message types and CONNECTION-ID. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,6 +201,48 @@ static void unknown_comprehension_required(void **st)
     assert_int_equal(rt, 17);
 }
 
+/* RFC 6062: Connect, ConnectionBind and ConnectionAttempt on the wire, and CONNECTION-ID as
+ * a known comprehension-required attribute (a 420 for it would break every TCP client). */
+static void rfc6062_types_and_connection_id(void **st)
+{
+    static const struct {
+        uint16_t method;
+        enum stun_class cls;
+        uint16_t wire;
+    } types[] = {
+        {STUN_CONNECT, STUN_REQUEST, 0x000A},          {STUN_CONNECT, STUN_SUCCESS, 0x010A},
+        {STUN_CONNECT, STUN_ERROR, 0x011A},            {STUN_CONNECTION_BIND, STUN_REQUEST, 0x000B},
+        {STUN_CONNECTION_BIND, STUN_SUCCESS, 0x010B}, {STUN_CONNECTION_ATTEMPT, STUN_INDICATION, 0x001C},
+    };
+    uint8_t tid[12] = {1, 2, 3};
+    uint8_t out[128];
+    struct stun_builder b;
+    struct stun_msg m;
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        stun_build_init(&b, out, sizeof(out), types[i].method, types[i].cls, tid);
+        stun_build_u32(&b, STUN_A_CONNECTION_ID, 0xDEADBEEFu);
+        stun_build_fingerprint(&b);
+        ssize_t n = stun_build_finish(&b);
+        assert_int_equal(out[0] << 8 | out[1], types[i].wire);
+        assert_int_equal(stun_msg_parse(&m, out, (size_t)n), n);
+        assert_int_equal(m.method, types[i].method);
+        assert_int_equal(m.cls, types[i].cls);
+        assert_int_equal(m.n_unknown, 0);
+        uint32_t id = 0;
+        assert_int_equal(stun_attr_u32(&m, stun_msg_find(&m, STUN_A_CONNECTION_ID), &id), 0);
+        assert_int_equal(id, 0xDEADBEEFu);
+    }
+    /* A CONNECTION-ID that is not 4 bytes does not decode. */
+    stun_build_init(&b, out, sizeof(out), STUN_CONNECTION_BIND, STUN_REQUEST, tid);
+    stun_build_attr(&b, STUN_A_CONNECTION_ID, "\1\2", 2);
+    ssize_t n = stun_build_finish(&b);
+    assert_int_equal(stun_msg_parse(&m, out, (size_t)n), n);
+    uint32_t id;
+    assert_int_equal(stun_attr_u32(&m, stun_msg_find(&m, STUN_A_CONNECTION_ID), &id), -EBADMSG);
+    assert_string_equal(stun_reason(446), "Connection Already Exists");
+    assert_string_equal(stun_reason(447), "Connection Timeout or Failure");
+}
+
 static void malformed_messages(void **st)
 {
     struct stun_msg m;
@@ -270,6 +313,7 @@ int main(void)
         cmocka_unit_test(builder_overflow_is_enospc),
         cmocka_unit_test(unknown_comprehension_required),
         cmocka_unit_test(malformed_messages),
+        cmocka_unit_test(rfc6062_types_and_connection_id),
         cmocka_unit_test(chandata_framing),
         cmocka_unit_test(classic_rfc3489_binding),
     };

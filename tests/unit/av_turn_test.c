@@ -15,9 +15,16 @@
 
 #define NOW_S 1700000000
 
-/* A fake I/O layer: relay ports counted up from 50000, with a cap to test exhaustion. */
+/* A fake I/O layer: relay ports counted up from 50000, with a cap to test exhaustion; RFC
+ * 6062 connects are recorded and answered with connect_rc, and one pending connection id
+ * (pending_id, owned by pending_alloc) waits for its ConnectionBind. */
 struct fake_io {
     int next_port, max_port, open, reserved;
+    int connects, connect_rc;
+    struct addr connect_peer;
+    struct av_turn_pending connect_req;
+    uint32_t pending_id;
+    struct av_alloc *pending_alloc;
 };
 
 static int fake_open(void *arg, struct av_alloc *a, int family, bool even, bool df,
@@ -57,6 +64,21 @@ static void fake_release(void *arg, void *h)
 {
     ((struct fake_io *)arg)->reserved--;
 }
+static int fake_connect(void *arg, struct av_alloc *a, const struct addr *peer,
+                        const struct av_turn_pending *p)
+{
+    struct fake_io *io = arg;
+    io->connects++;
+    io->connect_peer = *peer;
+    io->connect_req = *p;
+    io->pending_alloc = a;
+    return io->connect_rc;
+}
+static struct av_alloc *fake_conn_alloc(void *arg, uint32_t id)
+{
+    struct fake_io *io = arg;
+    return id && id == io->pending_id ? io->pending_alloc : NULL;
+}
 
 struct fx {
     struct av_shared sh;
@@ -71,6 +93,7 @@ struct fx {
     /* the current client */
     struct addr client;
     uint8_t side;
+    uint8_t transport; /* AV_TRANSPORT_UDP unless a test says TCP */
     char user[128];
     uint8_t key[16];
     char nonce[64];
@@ -90,7 +113,7 @@ static int setup(void **st)
                                   .default_lifetime_s = 600, .max_lifetime_s = 3600,
                                   .perm_lifetime_s = 300, .chan_lifetime_s = 600,
                                   .nonce_lifetime_s = 600, .user_quota = 3, .total_quota = 5,
-                                  .max_perms = 8, .have_v4 = true};
+                                  .max_perms = 8, .have_v4 = true, .tcp_relay = true};
     f->users[0].name = "alice";
     stun_key_long_term(slice_str("alice"), slice_str("lab"), slice_str("wonder"), f->users[0].key);
     f->cfg.users = f->users;
@@ -103,11 +126,13 @@ static int setup(void **st)
     f->cfg.own = f->own;
     f->cfg.n_own = 2;
     f->io = (struct fake_io){50000, 50009, 0, 0};
-    struct av_relay_io io = {fake_open, fake_close, fake_release, &f->io};
+    struct av_relay_io io = {.open = fake_open, .close = fake_close, .release = fake_release,
+                             .arg = &f->io, .connect = fake_connect, .conn_alloc = fake_conn_alloc};
     assert_int_equal(av_turn_create(&f->t, &f->cfg, &f->sh, &io, NULL), 0);
     f->now_ms = 1000000;
     f->now_s = NOW_S;
     addr_parse(&f->client, "198.51.100.7:40000", 0);
+    f->transport = AV_TRANSPORT_UDP;
     *st = f;
     return 0;
 }
@@ -143,7 +168,7 @@ typedef void (*add_fn)(struct stun_builder *b, void *arg);
 /* Feeds one message; returns the reply's error code, 0 for success, -1 for no reply. */
 static int feed(struct fx *f, const uint8_t *p, size_t len)
 {
-    struct av_turn_in in = {&f->client, 0, AV_TRANSPORT_UDP, f->side, NULL, f->now_ms, f->now_s};
+    struct av_turn_in in = {&f->client, 0, f->transport, f->side, NULL, f->now_ms, f->now_s};
     f->out = (struct av_turn_out){.reply = f->reply, .reply_cap = sizeof(f->reply)};
     int rc = av_turn_input(f->t, &in, p, len, &f->out);
     if (rc < 0 || f->out.reply_len == 0)
@@ -733,6 +758,182 @@ static void bandwidth_cap_per_allocation(void **st)
     assert_non_null(f->out.relay_alloc);
 }
 
+/* ---- RFC 6062 ---- */
+
+static void add_conn_id(struct stun_builder *b, void *arg)
+{
+    stun_build_u32(b, STUN_A_CONNECTION_ID, (uint32_t)(uintptr_t)arg);
+}
+
+/* A TCP allocation by alice over a TCP control connection, with a permission for peer. */
+static struct av_alloc *tcp_allocation(struct fx *f, const char *peer)
+{
+    f->transport = AV_TRANSPORT_TCP;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 0);
+    struct av_alloc *a = av_alloc_find(av_turn_table(f->t), &f->client, 0, AV_TRANSPORT_TCP);
+    assert_non_null(a);
+    assert_int_equal(a->relay_transport, AV_TRANSPORT_TCP);
+    if (peer)
+        assert_int_equal(permit(f, peer), 0);
+    return a;
+}
+
+static void tcp_allocate_needs_stream_client_and_no_udp_options(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442); /* over UDP */
+    f->transport = AV_TRANSPORT_TCP;
+    f->cfg.tcp_relay = false;
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442); /* turned off */
+    f->cfg.tcp_relay = true;
+    uint8_t ev = 0;
+    struct stun_builder b;
+    uint8_t buf[256];
+    stun_build_init(&b, buf, sizeof(buf), STUN_ALLOCATE, STUN_REQUEST, f->tid);
+    add_udp(&b, (void *)6);
+    stun_build_attr(&b, STUN_A_EVEN_PORT, &ev, 1);
+    stun_build_attr(&b, STUN_A_USERNAME, f->user, strlen(f->user));
+    stun_build_attr(&b, STUN_A_REALM, "lab", 3);
+    stun_build_attr(&b, STUN_A_NONCE, f->nonce, strlen(f->nonce));
+    stun_build_integrity(&b, f->key, 16);
+    assert_int_equal(feed(f, buf, (size_t)stun_build_finish(&b)), 400); /* RFC 6062 5.1 */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 0);
+    assert_int_equal(f->io.open, 1);
+    /* No channels and no Send on a TCP allocation. */
+    struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 400);
+    assert_int_equal(permit(f, "192.0.2.50"), 0);
+    uint8_t ind[128];
+    stun_build_init(&b, ind, sizeof(ind), STUN_SEND, STUN_INDICATION, f->tid);
+    add_peer(&b, "192.0.2.50:7000");
+    stun_build_attr(&b, STUN_A_DATA, "x", 1);
+    feed(f, ind, (size_t)stun_build_finish(&b));
+    assert_null(f->out.relay_alloc);
+}
+
+static void connect_checks_permission_and_rule_then_answers_later(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.allow_peers = NULL;
+    tcp_allocation(f, "192.0.2.50");
+    /* 403: no permission; 403: the enterprise rule (internal network, loopback, own). */
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.51:80", true), 403);
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "10.1.2.3:80", true), 403);
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "127.0.0.1:80", true), 403);
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "127.0.0.13:80", true), 403);
+    assert_int_equal(av_turn_stats(f->t)->denied[AV_DENY_INTERNAL_NET], 1);
+    assert_int_equal(av_turn_stats(f->t)->denied[AV_DENY_LOOPBACK], 1);
+    assert_int_equal(av_turn_stats(f->t)->denied[AV_DENY_OWN_ADDRESS], 1);
+    assert_int_equal(request(f, STUN_CONNECT, NULL, NULL, true), 400); /* no peer */
+    assert_int_equal(f->io.connects, 0);
+    /* Admitted: no answer now; the I/O layer answers once the peer is reached. */
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.50:80", true), -1);
+    assert_int_equal(f->io.connects, 1);
+    struct addr want;
+    addr_parse(&want, "192.0.2.50:80", 0);
+    assert_true(addr_eq(&f->io.connect_peer, &want));
+    uint8_t out[512];
+    ssize_t n = av_turn_connect_answer(f->t, &f->io.connect_req, 0, 0xC0FFEE01u, out, sizeof(out));
+    assert_true(n > 0);
+    struct stun_msg m;
+    assert_int_equal(stun_msg_parse(&m, out, (size_t)n), n);
+    assert_int_equal(m.method, STUN_CONNECT);
+    assert_int_equal(m.cls, STUN_SUCCESS);
+    assert_memory_equal(m.tid, f->tid, 12);
+    uint32_t id;
+    assert_int_equal(stun_attr_u32(&m, stun_msg_find(&m, STUN_A_CONNECTION_ID), &id), 0);
+    assert_int_equal(id, 0xC0FFEE01u);
+    assert_int_equal(stun_msg_check_integrity(&m, f->key, 16), 0);
+    assert_int_equal(stun_msg_check_fingerprint(&m), 0);
+    n = av_turn_connect_answer(f->t, &f->io.connect_req, 447, 0, out, sizeof(out));
+    assert_int_equal(stun_msg_parse(&m, out, (size_t)n), n);
+    int code;
+    assert_int_equal(stun_attr_error(&m, stun_msg_find(&m, STUN_A_ERROR_CODE), &code, NULL), 0);
+    assert_int_equal(code, 447);
+    assert_null(stun_msg_find(&m, STUN_A_CONNECTION_ID));
+    /* What the I/O layer refuses at once. */
+    f->io.connect_rc = -EEXIST;
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.50:80", true), 446);
+    f->io.connect_rc = -ECONNREFUSED;
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.50:81", true), 447);
+    f->io.connect_rc = -ENOSPC;
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.50:82", true), 508);
+}
+
+static void connect_on_udp_allocation_is_400(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(permit(f, "192.0.2.50"), 0);
+    assert_int_equal(request(f, STUN_CONNECT, add_peer, "192.0.2.50:80", true), 400);
+    assert_int_equal(f->io.connects, 0);
+}
+
+static void connection_bind_owner_only_on_a_new_connection(void **st)
+{
+    struct fx *f = *st;
+    struct av_alloc *a = tcp_allocation(f, "192.0.2.50");
+    f->io.pending_id = 0x1234;
+    f->io.pending_alloc = a;
+    /* On the control connection itself: 400. */
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1234, true), 400);
+    addr_parse(&f->client, "198.51.100.7:40001", 0); /* a new data connection */
+    challenge(f);
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1235, true), 400);
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, NULL, NULL, true), 400);
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1234, false), 401);
+    use_rest(f, NOW_S + 600, "mallory", "secret1"); /* valid credentials, another user */
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1234, true), 441);
+    assert_int_equal(f->out.bind_id, 0);
+    use_static(f, "alice", "wonder");
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1234, true), 0);
+    assert_int_equal(f->out.bind_id, 0x1234);
+    /* Over UDP there is no data connection to bind. */
+    f->transport = AV_TRANSPORT_UDP;
+    assert_int_equal(request(f, STUN_CONNECTION_BIND, add_conn_id, (void *)0x1234, true), 400);
+}
+
+static void connection_attempt_indication(void **st)
+{
+    struct fx *f = *st;
+    struct addr peer;
+    addr_parse(&peer, "192.0.2.50:4242", 0);
+    uint8_t out[128];
+    ssize_t n = av_turn_connection_attempt(f->t, &peer, 0xABCDEF01u, out, sizeof(out));
+    assert_true(n > 0);
+    assert_int_equal(out[0] << 8 | out[1], 0x001C); /* method 0x00C, class indication */
+    struct stun_msg m;
+    assert_int_equal(stun_msg_parse(&m, out, (size_t)n), n);
+    assert_int_equal(m.method, STUN_CONNECTION_ATTEMPT);
+    assert_int_equal(m.cls, STUN_INDICATION);
+    struct addr got;
+    assert_int_equal(stun_attr_xaddr(&m, stun_msg_find(&m, STUN_A_XOR_PEER_ADDRESS), &got), 0);
+    assert_true(addr_eq(&got, &peer));
+    uint32_t id;
+    assert_int_equal(stun_attr_u32(&m, stun_msg_find(&m, STUN_A_CONNECTION_ID), &id), 0);
+    assert_int_equal(id, 0xABCDEF01u);
+    assert_int_equal(stun_msg_check_fingerprint(&m), 0);
+    assert_int_equal(av_turn_connection_attempt(f->t, &peer, 1, out, 30), -ENOSPC);
+}
+
+static void bucket_charge_pauses_streams_for_the_debt(void **st)
+{
+    (void)st;
+    struct av_bucket b = {1000, 1000, 1000.0, 0};
+    assert_int_equal(av_bucket_charge(&b, 0, 600), 0);
+    assert_int_equal(av_bucket_charge(&b, 0, 900), 501); /* 500 bytes of debt at 1000 B/s */
+    assert_false(av_bucket_take(&b, 100, 1));
+    assert_int_equal(av_bucket_charge(&b, 501, 0), 0);
+    struct av_bucket none = {0};
+    assert_int_equal(av_bucket_charge(&none, 0, 1 << 30), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -753,6 +954,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup, teardown),
         cmocka_unit_test_setup_teardown(unauthenticated_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(bandwidth_cap_per_allocation, setup, teardown),
+        cmocka_unit_test_setup_teardown(tcp_allocate_needs_stream_client_and_no_udp_options, setup, teardown),
+        cmocka_unit_test_setup_teardown(connect_checks_permission_and_rule_then_answers_later, setup, teardown),
+        cmocka_unit_test_setup_teardown(connect_on_udp_allocation_is_400, setup, teardown),
+        cmocka_unit_test_setup_teardown(connection_bind_owner_only_on_a_new_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(connection_attempt_indication, setup, teardown),
+        cmocka_unit_test(bucket_charge_pauses_streams_for_the_debt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
