@@ -634,8 +634,13 @@ static int do_allocate(struct req *r)
     uint8_t proto;
     if (!rt || stun_attr_u8(m, rt, &proto))
         return reply_error(r, 400);
-    /* A TCP relay (RFC 6062) needs a TCP or TLS control connection to announce peers on. */
-    bool tcp = proto == AV_TRANSPORT_TCP && c->tcp_relay && in->transport == AV_TRANSPORT_TCP;
+    /* A TCP relay (RFC 6062) needs a TCP or TLS control connection to announce peers on:
+     * asking for one over UDP is a bad request (RFC 6062 §5.1), not an unsupported protocol. */
+    bool tcp = proto == AV_TRANSPORT_TCP && c->tcp_relay;
+    if (tcp && in->transport != AV_TRANSPORT_TCP) {
+        log_refusal(r, NULL, 400, "TCP relay asked over UDP", NULL, 0);
+        return reply_error(r, 400);
+    }
     if (proto != AV_TRANSPORT_UDP && !tcp) {
         log_refusal(r, NULL, 442, "unsupported relay transport", NULL, 0);
         return reply_error(r, 442);

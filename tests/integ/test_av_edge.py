@@ -232,7 +232,8 @@ class TestErrorCodes(AvEdgeTest):
         c = self.ext()
         m = c.allocate([(T.A_RAF, bytes([2, 0, 0, 0]))])  # IPv6: no IPv6 relay address
         self.assertEqual(m.code, 440)
-        self.assertEqual(c.allocate(transport=6).code, 442)  # TCP relay over UDP
+        self.assertEqual(c.allocate(transport=132).code, 442)  # SCTP: no such relay
+        self.assertEqual(c.allocate(transport=6).code, 400)  # TCP relay over UDP (RFC 6062 §5.1)
         self.assertEqual(c.allocate().code, 0)
         self.assert_serving()
 

@@ -1,6 +1,6 @@
 """av-edge RFC 6062 TURN-TCP relays end to end: Allocate TCP, CreatePermission, Connect to a
 TCP echo peer, ConnectionBind on a new data connection, bytes both ways; a peer's incoming
-connection announced by ConnectionAttempt; the errors a client can see (400, 403, 441, 442,
+connection announced by ConnectionAttempt; the errors a client can see (400, 403, 441,
 446, 447); the 30 s bind deadline; teardown in both directions; a 64 MiB transfer to a slow
 reader with av-edge's memory bounded; coturn's turnutils_uclient -T and -P.
 
@@ -267,7 +267,7 @@ class TestTcpRelay(TcpRelayTest):
     def test_allocate_tcp_refusals(self):
         self.start_edge()
         u = self.ext()
-        self.assertEqual(u.allocate(transport=T.TCP).code, 442)  # UDP control: no TCP relay
+        self.assertEqual(u.allocate(transport=T.TCP).code, 400)  # UDP control: RFC 6062 §5.1
         c = self.ext(tcp=True)
         self.assertEqual(c.allocate([(T.A_EVEN, b"\0")], transport=T.TCP).code, 400)
         self.assertEqual(c.allocate([(T.A_DF, b"")], transport=T.TCP).code, 400)

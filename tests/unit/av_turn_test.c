@@ -501,7 +501,7 @@ static void error_440_442_families_and_transport(void **st)
     struct fx *f = *st;
     challenge(f);
     use_static(f, "alice", "wonder");
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)132, true), 442); /* SCTP */
     assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)2, true), 440); /* no v6 relay */
     assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)7, true), 440);
     /* ADDITIONAL-ADDRESS-FAMILY without a v6 relay: IPv4 only, ADDRESS-ERROR-CODE 440. */
@@ -785,7 +785,7 @@ static void tcp_allocate_needs_stream_client_and_no_udp_options(void **st)
     struct fx *f = *st;
     challenge(f);
     use_static(f, "alice", "wonder");
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442); /* over UDP */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 400); /* over UDP: RFC 6062 §5.1 */
     f->transport = AV_TRANSPORT_TCP;
     f->cfg.tcp_relay = false;
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442); /* turned off */
