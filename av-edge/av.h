@@ -48,6 +48,7 @@ struct av_config {
         size_t n_users;
         uint64_t nonce_lifetime_ms;
         uint32_t unauth_rate, unauth_burst; /* per source IP, requests per second */
+        bool strict_amplification;          /* UDP: no unauthenticated answer above the request */
     } auth;
     struct {
         uint64_t default_lifetime_ms, max_lifetime_ms, permission_lifetime_ms, channel_lifetime_ms;
@@ -81,7 +82,8 @@ void av_runtime_free(struct av_runtime *rt); /* and every older one */
 struct av_metrics {
     struct metric *allocs, *perms, *chans;
     struct metric *pkts_to_peer, *pkts_to_client, *bytes_to_peer, *bytes_to_client;
-    struct metric *dropped_no_perm, *dropped_bandwidth, *unauth_limited, *dropped_send;
+    struct metric *dropped_no_perm, *dropped_bandwidth, *unauth_limited, *dropped_send,
+        *amplification_dropped;
     struct metric *auth_fail[AV_AUTH_NREASONS];
     struct metric *denied[AV_DENY_NREASONS];
     struct metric *quota_user, *quota_total, *bindings, *allocs_ok, *errors;

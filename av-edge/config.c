@@ -76,6 +76,11 @@ static const struct cfg_key auth_keys[] = {
      .help = "unauthenticated requests per second per source IP (0 = unlimited)"},
     {.name = "unauth_burst", .type = CFG_UINT, .offset = OFF(auth.unauth_burst) - OFF(auth),
      .def = "200", .min = 1, .max = 1000000, .help = "burst for unauth_rate"},
+    {.name = "strict_amplification", .type = CFG_BOOL,
+     .offset = OFF(auth.strict_amplification) - OFF(auth), .def = "false",
+     .help = "over UDP, drop an unauthenticated request whose answer would be larger than it "
+             "(a 401 carries REALM and NONCE, a Binding answer the mapped address: clients must "
+             "pad such requests, e.g. with PADDING or SOFTWARE)"},
     CFG_END,
 };
 
@@ -277,6 +282,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->users = rt->users;
     t->n_users = c->auth.n_users;
     t->tcp_relay = true; /* RFC 6062, for clients on TCP/TLS control connections */
+    t->strict_amplification = c->auth.strict_amplification;
     for (size_t i = 0; i < c->relay.n_addresses; i++) {
         if (addr_family(&c->relay.addresses[i]) == AF_INET6)
             t->have_v6 = true;
@@ -320,6 +326,8 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
     m->dropped_no_perm = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"no_permission\"");
     m->dropped_bandwidth = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"bandwidth\"");
     m->unauth_limited = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"rate_limit\"");
+    m->amplification_dropped =
+        metrics_counter(reg, "dropped_packets_total", hd, "reason=\"amplification\"");
     m->dropped_send = metrics_counter(reg, "dropped_packets_total", hd, "reason=\"send_failed\"");
     char labels[64];
     for (int i = 0; i < AV_AUTH_NREASONS; i++) {

@@ -32,6 +32,7 @@ struct req {
     struct av_turn *t;
     const struct av_turn_in *in;
     const struct stun_msg *m;
+    size_t len; /* of the request on the wire */
     struct av_turn_out *out;
     bool authed, sha256, fp;
     uint8_t key[16];
@@ -419,6 +420,13 @@ static void finish(struct req *r, struct stun_builder *b)
 {
     ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, r->fp);
     r->out->reply_len = n > 0 ? (size_t)n : 0;
+    /* A spoofed UDP source gets nothing bigger than it sent, when the operator asks for it:
+     * the per-IP unauth_rate already bounds what one victim address can be sent. */
+    if (r->t->cfg->strict_amplification && !r->authed && r->in->transport == AV_TRANSPORT_UDP &&
+        r->out->reply_len > r->len) {
+        r->out->reply_len = 0;
+        r->t->st.amplification_dropped++;
+    }
 }
 
 /* An error response. Unauthenticated ones carry no reason phrase and no SOFTWARE, to keep
@@ -1147,6 +1155,10 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
                 return -EAGAIN;
             }
         }
+        if (t->cfg->strict_amplification && in->transport == AV_TRANSPORT_UDP && (size_t)n > len) {
+            t->st.amplification_dropped++;
+            return -EAGAIN;
+        }
         out->reply_len = (size_t)n;
         t->st.bindings++;
         return 0;
@@ -1158,7 +1170,7 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
     if (m.cls != STUN_REQUEST)
         return -ENOTSUP;
 
-    struct req r = {.t = t, .in = in, .m = &m, .out = out, .fp = m.fp_off != 0};
+    struct req r = {.t = t, .in = in, .m = &m, .len = len, .out = out, .fp = m.fp_off != 0};
     switch (m.method) {
     case STUN_BINDING:
         return do_binding(&r);

@@ -42,6 +42,7 @@ struct av_turn_cfg {
     size_t n_users;
     bool have_v4, have_v6; /* relay address families configured */
     bool tcp_relay;        /* RFC 6062 allowed */
+    bool strict_amplification; /* UDP: drop unauthenticated answers larger than the request */
 };
 
 /* Shared between workers: relay secrets (current + previous) that the control channel
@@ -138,7 +139,7 @@ struct av_turn_stats {
     uint64_t denied[AV_DENY_NREASONS];
     uint64_t quota_user, quota_total;
     uint64_t bindings, allocs_ok, errors;
-    uint64_t unauth_limited;
+    uint64_t unauth_limited, amplification_dropped;
 };
 
 struct av_turn;

@@ -676,6 +676,7 @@ static void fold_stats(struct av_worker *w)
     FOLD(dropped_no_perm, dropped_no_perm);
     FOLD(dropped_bandwidth, dropped_bandwidth);
     FOLD(unauth_limited, unauth_limited);
+    FOLD(amplification_dropped, amplification_dropped);
     FOLD(quota_user, quota_user);
     FOLD(quota_total, quota_total);
     FOLD(bindings, bindings);

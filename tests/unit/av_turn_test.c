@@ -737,6 +737,32 @@ static void unauthenticated_rate_limit(void **st)
     assert_int_equal(av_turn_stats(f->t)->unauth_limited, 7);
 }
 
+/* REQUESTED-TRANSPORT UDP and a SOFTWARE attribute of (intptr_t)arg bytes: a padded request. */
+static void add_udp_padded(struct stun_builder *b, void *arg)
+{
+    static const char pad[128] = "padded client";
+    add_udp(b, NULL);
+    stun_build_attr(b, STUN_A_SOFTWARE, pad, (size_t)(intptr_t)arg);
+}
+
+static void strict_amplification_drops_small_unauthenticated_udp(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.strict_amplification = true;
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), -1); /* 401 > request */
+    assert_int_equal(request(f, STUN_BINDING, NULL, NULL, false), -1);     /* mapped address */
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp_padded, (void *)64, false), 401);
+    assert_true(f->out.reply_len <= 20 + 8 + 68 + 8);
+    assert_int_equal(request(f, STUN_BINDING, add_udp_padded, (void *)16, false), 0);
+    f->transport = AV_TRANSPORT_TCP; /* a stream source cannot be spoofed */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
+    f->transport = AV_TRANSPORT_UDP;
+    f->cfg.strict_amplification = false;
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+}
+
 static void bandwidth_cap_per_allocation(void **st)
 {
     struct fx *f = *st;
@@ -945,6 +971,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(error_400_malformed_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(error_420_after_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(error_440_442_families_and_transport, setup, teardown),
+        cmocka_unit_test_setup_teardown(strict_amplification_drops_small_unauthenticated_udp, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(dual_stack_allocation, setup, teardown),
         cmocka_unit_test_setup_teardown(error_403_enterprise_rule, setup, teardown),
         cmocka_unit_test_setup_teardown(error_486_508_quotas, setup, teardown),
