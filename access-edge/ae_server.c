@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "access-edge/ae_dns.h"
+#include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
@@ -122,6 +123,8 @@ struct ae {
 
     struct ae_txn_table *txns;
     uv_timer_t sweep;
+    uv_timer_t retx_timer; /* runs while retx holds INVITEs awaiting a first answer */
+    struct dlist retx;     /* struct ae_retx, forwarded over UDP */
     struct ratelimit *rl;
     struct ratelimit *fed_rl; /* per discovered partner domain */
     struct ae_partner *partners;
@@ -136,6 +139,7 @@ struct ae {
 
     struct metric *m_watch;
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
+    struct metric *m_retx, *m_retx_timeout;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
@@ -287,6 +291,8 @@ static int conn_send(struct ae_conn *c, const uint8_t *p, size_t n)
 static int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
                       const char *server_name, struct ae_conn **out);
 static void ae_unref(struct ae *ae);
+static void retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
+                       size_t n);
 
 /* Sends to a destination: a UDP address from the side's socket, or a stream connection
  * (opened on demand for the Director and static targets). */
@@ -846,6 +852,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         return;
     }
     int rc = ae_send(ae, &dest, ae->out, (size_t)len);
+    if (is_invite && dest.tp == AE_TP_UDP && (rc >= 0 || rc == -ENOBUFS))
+        retx_track(ae, h, &dest, ae->out, (size_t)len);
     if (rc < 0 && rc != -ENOBUFS) {
         LOGD(ae->log, &dest.addr, "sip: send failed: %s", uv_strerror(rc));
         if (r->kind == SIP_ROUTE_FLOW || rc == -ENOTCONN) {
@@ -925,9 +933,11 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         return; /* any answer proves it alive; it goes no further */
     }
     if (slice_eq_str(cm, "INVITE")) {
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (t)
+            t->answered = true; /* the INVITE got there: no more retransmissions */
         if (m->status == 100)
             return; /* hop by hop: we sent our own */
-        struct ae_txn *t = ae_txn_find(ae->txns, h);
         if (t && m->status >= 200 && !t->final) {
             t->final = true;
             t->t_ms = uv_now(ae->loop);
@@ -1591,6 +1601,57 @@ static void on_lag(uv_timer_t *t)
     ae->lag_expected = now + 20 * 1000000ULL;
 }
 
+/* Timer A for INVITEs forwarded over UDP (ae_retx.h): each waits for its first answer. */
+static void on_retx(uv_timer_t *timer)
+{
+    struct ae *ae = timer->data;
+    uint64_t now = uv_now(ae->loop);
+    struct dlist *e = ae->retx.next, *next;
+    for (; e != &ae->retx; e = next) {
+        next = e->next;
+        struct ae_retx *r = container_of(e, struct ae_retx, link);
+        const struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+        bool waiting = t && !t->answered && !t->cancelled;
+        enum ae_retx_step step = waiting ? ae_retx_step(r, now) : AE_RETX_GIVE_UP;
+        if (step == AE_RETX_SEND) {
+            metric_inc(ae->m_retx);
+            (void)ae_send(ae, &r->dest, r->data, r->len);
+            continue;
+        }
+        if (step == AE_RETX_WAIT)
+            continue;
+        if (waiting) {
+            metric_inc(ae->m_retx_timeout);
+            LOGI(ae->log, &r->dest.addr, "sip: no answer to a forwarded INVITE in %u s",
+                 AE_RETX_TIMER_B_MS / 1000);
+        }
+        dl_del(&r->link);
+        free(r);
+    }
+    if (dl_empty(&ae->retx))
+        uv_timer_stop(timer);
+}
+
+static void retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
+                       size_t n)
+{
+    struct ae_retx *r = ae_retx_new(key, d, p, n, uv_now(ae->loop));
+    if (!r)
+        return; /* the sender's own timers are what is left */
+    if (dl_empty(&ae->retx) && !ae->stopping)
+        uv_timer_start(&ae->retx_timer, on_retx, 100, 100);
+    dl_add(ae->retx.prev, &r->link);
+}
+
+static void retx_free_all(struct ae *ae)
+{
+    while (!dl_empty(&ae->retx)) {
+        struct dlist *e = ae->retx.next;
+        dl_del(e);
+        free(container_of(e, struct ae_retx, link));
+    }
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     struct ae *ae = t->data;
@@ -1677,6 +1738,7 @@ static int make_tls(struct ae *ae, const struct tls_files_config *f, bool server
 static void ae_unref(struct ae *ae)
 {
     if (--ae->open_handles == 0) {
+        retx_free_all(ae);
         tls_ctx_unref(ae->tls_ext);
         tls_ctx_unref(ae->tls_ext_mtls);
         tls_ctx_unref(ae->tls_int_server);
@@ -1763,6 +1825,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->cfg = cfg;
     ae->log = log;
     ae->metrics = m;
+    dl_init(&ae->retx);
     int rc = build_policy(ae, cfg);
     size_t cap = 64;
     while (cap < 2 * (size_t)cfg->limits.max_connections)
@@ -1816,6 +1879,11 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         admin_route(admin, "/watchlist", on_admin_watchlist, ae);
     ae->m_txns = metrics_gauge(m, "sip_invite_transactions", "INVITE transactions in flight",
                                NULL);
+    ae->m_retx = metrics_counter(m, "sip_invite_retransmissions_total",
+                                 "INVITEs sent again over UDP for want of an answer (Timer A)",
+                                 NULL);
+    ae->m_retx_timeout = metrics_counter(m, "sip_invite_timeouts_total",
+                                         "forwarded UDP INVITEs never answered (Timer B)", NULL);
     for (size_t i = 0; reject_reasons[i]; i++) {
         char l[64];
         snprintf(l, sizeof(l), "reason=\"%s\"", reject_reasons[i]);
@@ -1885,6 +1953,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->open_handles++;
     ae->sweep.data = ae;
     uv_timer_start(&ae->sweep, on_sweep, 1000, 1000);
+    uv_timer_init(loop, &ae->retx_timer);
+    ae->open_handles++;
+    ae->retx_timer.data = ae;
     if (rc < 0) {
         ae_stop(ae);
         return rc;
@@ -1954,6 +2025,8 @@ void ae_stop(struct ae *ae)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);
     close_handle(ae, (uv_handle_t *)&ae->sweep);
+    uv_timer_stop(&ae->retx_timer);
+    close_handle(ae, (uv_handle_t *)&ae->retx_timer);
     uv_timer_stop(&ae->health);
     close_handle(ae, (uv_handle_t *)&ae->health);
     uv_timer_stop(&ae->lag);

@@ -25,6 +25,7 @@ struct ae_txn {
     uint8_t state;   /* internal: 0 empty, 1 used, 2 deleted */
     bool final;      /* a final response went upstream */
     bool cancelled;  /* a CANCEL was answered by us */
+    bool answered;   /* the next hop sent a response (even 100): retransmissions stop */
     struct ae_dest dest;
 };
 

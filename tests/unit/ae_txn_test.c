@@ -5,7 +5,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
+#include <stdlib.h>
+#include <string.h>
 
 static void add_find_delete(void **st)
 {
@@ -48,11 +51,39 @@ static void expiry_and_linger(void **st)
     ae_txn_table_destroy(t);
 }
 
+/* A forwarded UDP INVITE with no answer goes again at 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s
+ * (Timer A doubling), then Timer B (32 s) gives up. */
+static void invite_retransmission_schedule(void **st)
+{
+    struct ae_dest d = {.side = 1};
+    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, 1000);
+    assert_non_null(r);
+    assert_int_equal(r->len, 6);
+    assert_memory_equal(r->data, "INVITE", 6);
+    uint64_t sent[8];
+    size_t n = 0;
+    uint64_t t;
+    for (t = 1000; t < 40000; t += 100) {
+        enum ae_retx_step s = ae_retx_step(r, t);
+        if (s == AE_RETX_GIVE_UP)
+            break;
+        if (s == AE_RETX_SEND && n < 8)
+            sent[n++] = t - 1000;
+    }
+    assert_int_equal(n, 6);
+    const uint64_t want[6] = {500, 1500, 3500, 7500, 15500, 31500};
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(sent[i], want[i]);
+    assert_int_equal(t - 1000, 32000);
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(add_find_delete),
         cmocka_unit_test(expiry_and_linger),
+        cmocka_unit_test(invite_retransmission_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
