@@ -65,7 +65,7 @@ YAML
 EPID=$!; PIDS+=($EPID)
 sed -e "s#@LISTEN@#$KAM#; s#@LISTEN_TLS@#$KAM_TLS#; s#@NEXTHOP@#$KAM_UAS#; s#@TLS_CFG@#$OUT/tls.cfg#" \
     "$HERE/kamailio.cfg" > "$OUT/kamailio.cfg"
-kamailio -f "$OUT/kamailio.cfg" -DD -E -m 256 -M 16 -n 2 > "$OUT/kamailio.log" 2>&1 &
+kamailio -f "$OUT/kamailio.cfg" -DD -E -m 512 -M 16 -n 2 > "$OUT/kamailio.log" 2>&1 &
 KPID=$!; PIDS+=($KPID)
 stunnel4 "$OUT/stunnel.conf" > "$OUT/stunnel.log" 2>&1 &
 PIDS+=($!)
@@ -76,14 +76,21 @@ kill -0 $KPID 2>/dev/null || { echo "kamailio did not start"; tail -5 "$OUT/kama
 ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
   x=$(awk '{sub(/^.*\) /,""); print $12+$13}' /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
 
+udp_bound() { ss -Hlun "( sport = :$2 )" 2>/dev/null | grep -q "$1:$2"; }
 uas() { # $1 scenario(uas|msg) $2 addr
-  local ip=${2%:*} port=${2#*:}
+  local ip=${2%:*} port=${2#*:} i log
+  log="$OUT/uas-$1-$port.log"
+  # The previous point's UAS may still be exiting: a second one could not bind.
+  for i in $(seq 100); do udp_bound "$ip" "$port" || break; sleep 0.1; done
   if [ "$1" = uas ]; then
-    sipp -sn uas -i "$ip" -p "$port" -t u1 -nostdin > /dev/null 2>&1 < /dev/null &
+    sipp -sn uas -i "$ip" -p "$port" -t u1 -nostdin > "$log" 2>&1 < /dev/null &
   else
-    sipp -sf "$HERE/msg_uas.xml" -i "$ip" -p "$port" -t u1 -nostdin > /dev/null 2>&1 < /dev/null &
+    sipp -sf "$HERE/msg_uas.xml" -i "$ip" -p "$port" -t u1 -nostdin > "$log" 2>&1 < /dev/null &
   fi
-  echo $!
+  local pid=$!
+  for i in $(seq 50); do udp_bound "$ip" "$port" && break; sleep 0.1; done
+  udp_bound "$ip" "$port" || echo "bench-sip: the $1 UAS on $2 did not start (see $log)" >&2
+  echo $pid
 }
 
 run() { # $1 target $2 point $3 proxy addr $4 proxy pid
@@ -128,10 +135,13 @@ for p in points.split():
         except OSError:
             continue
         h, last = rows[0], rows[-1]
-        g = lambda k: last[h.index(k)]
+        g = lambda k, r=last: r[h.index(k)]
         ep = lambda c: float(c.split('\t')[-1])
-        el = ep(g('CurrentTime')) - ep(g('StartTime'))
         created, ok = int(g('TotalCallCreated')), int(g('SuccessfulCall(C)'))
+        # The rate held is over the time sipp took to create every call: a call that fails
+        # by timeout (-recv_timeout) only stretches the run's tail, and counts as failed.
+        done = next(r for r in rows[1:] if int(g('TotalCallCreated', r)) == created)
+        el = max(ep(g('CurrentTime', done)) - ep(g('StartTime', done)), 1e-3)
         k0, k1, t0, t1 = open(d + "/cpu").read().split()
         cpu = (int(k1) - int(k0)) / os.sysconf('SC_CLK_TCK')
         fail = 100.0 * (created - ok) / max(created, 1)
