@@ -38,6 +38,7 @@ struct av_config {
         size_t n_addresses;
         uint32_t port_min, port_max;
         uint64_t socket_buffer; /* SO_RCVBUF/SO_SNDBUF of the UDP listeners */
+        bool tcp;               /* RFC 6062 TCP relays offered */
     } relay;
     struct cidr *internal_networks;
     size_t n_internal_networks;

@@ -58,6 +58,9 @@ static const struct cfg_key relay_keys[] = {
     {.name = "socket_buffer", .type = CFG_SIZE, .offset = OFF(relay.socket_buffer) - OFF(relay),
      .def = "4M", .min = 0, .max = 1LL << 30,
      .help = "SO_RCVBUF/SO_SNDBUF of the UDP listeners (capped by net.core.rmem_max)"},
+    {.name = "tcp", .type = CFG_BOOL, .offset = OFF(relay.tcp) - OFF(relay), .def = "true",
+     .help = "TCP relays (RFC 6062) for clients on TCP/TLS control connections; false: an "
+             "Allocate for one gets 442, like coturn's no-tcp-relay"},
     CFG_END,
 };
 
@@ -281,7 +284,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->n_own = k;
     t->users = rt->users;
     t->n_users = c->auth.n_users;
-    t->tcp_relay = true; /* RFC 6062, for clients on TCP/TLS control connections */
+    t->tcp_relay = c->relay.tcp; /* RFC 6062, for clients on TCP/TLS control connections */
     t->strict_amplification = c->auth.strict_amplification;
     for (size_t i = 0; i < c->relay.n_addresses; i++) {
         if (addr_family(&c->relay.addresses[i]) == AF_INET6)

@@ -23,7 +23,8 @@ class AvEdgeTest(SuiteTest):
     # SIGTERM would drain the allocations a test leaves behind for drain_timeout.
     stop_signal = signal.SIGINT
 
-    def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False, relay6=False):
+    def start_edge(self, extra="", allow_loopback=False, limits="", auth="", tls=False, relay6=False,
+                   relay_tcp=True):
         self.ext_port = free_port(EXT)
         self.int_port = free_port(INT)
         self.tls_port = free_port(EXT) if tls else None
@@ -40,7 +41,7 @@ external:
   tcp_listen: []
 {tls_line}{allow}internal:
   listen: [{INT}:{self.int_port}]
-relay: {{ addresses: [{EXT}{', "::1"' if relay6 else ''}], port_min: {base}, port_max: {base + 99} }}
+relay: {{ addresses: [{EXT}{', "::1"' if relay6 else ''}], port_min: {base}, port_max: {base + 99}{'' if relay_tcp else ', tcp: false'} }}
 auth:
   realm: edge.lab
   secret: {SECRET}

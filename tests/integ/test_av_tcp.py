@@ -275,6 +275,14 @@ class TestTcpRelay(TcpRelayTest):
         # A TCP allocation has no channels (RFC 6062 6.2).
         self.assertEqual(c.channel_bind(0x4000, "192.0.2.1", 5000).code, 400)
 
+    def test_tcp_relays_turned_off_get_442(self):
+        self.start_edge(relay_tcp=False)
+        c = self.ext(tcp=True)
+        self.assertEqual(c.allocate(transport=T.TCP).code, 442)
+        self.assertEqual(self.ext().allocate(transport=T.TCP).code, 442)
+        # UDP relays over the same TCP control connection are still served.
+        self.assertEqual(c.allocate().code, 0)
+
     def test_user_quota_counts_tcp_allocations(self):
         self.start_edge(limits="  user_quota: 1\n")
         c = self.tcp_alloc()
