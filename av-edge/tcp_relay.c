@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/crypto.h"
+#include "common/util.h"
 
 #define ID_BUCKETS 256
 /* What a full write queue refused, per direction: one read's worth (16 KiB) is all that can
@@ -39,15 +40,15 @@ struct av_tcp_port {
     uv_tcp_t tcp;
     struct av_tcp_relay *r;
     struct av_alloc *a;        /* NULL once the allocation is going */
-    struct av_tcp_conn *conns; /* its peer connections */
+    struct dlist conns; /* its peer connections (struct av_tcp_conn.link) */
     unsigned n_conns;
 };
 
 struct av_tcp_conn {
     struct av_tcp_relay *r;
     struct av_tcp_port *port;        /* NULL once unlinked (closing, or the allocation went) */
-    struct av_tcp_conn *prev, *next; /* in port->conns */
-    struct av_tcp_conn *next_id;     /* in r->by_id while id != 0 */
+    struct dlist link;           /* in port->conns */
+    struct av_tcp_conn *next_id; /* in r->by_id while id != 0 */
     uint32_t id;
     enum conn_state state;
     struct addr peer;
@@ -139,12 +140,7 @@ static void port_unlink(struct av_tcp_conn *c)
     struct av_tcp_port *p = c->port;
     if (!p)
         return;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        p->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    dl_del(&c->link);
     p->n_conns--;
     c->port = NULL;
 }
@@ -184,10 +180,7 @@ static struct av_tcp_conn *conn_new(struct av_tcp_relay *r, struct av_tcp_port *
     c->deadline.data = c->bw.data = c;
     c->handles = 3;
     c->port = p;
-    c->next = p->conns;
-    if (p->conns)
-        p->conns->prev = c;
-    p->conns = c;
+    dl_add(&p->conns, &c->link);
     p->n_conns++;
     r->st.active++;
     r->hooks.ref(r->hooks.arg);
@@ -479,6 +472,7 @@ int av_tcp_port_open(struct av_tcp_relay *r, struct av_alloc *a, int fd, struct 
         close(fd);
         return -ENOMEM;
     }
+    dl_init(&p->conns);
     int rc = uv_tcp_init(r->loop, &p->tcp);
     if (rc) {
         free(p);
@@ -504,8 +498,8 @@ int av_tcp_port_open(struct av_tcp_relay *r, struct av_alloc *a, int fd, struct 
 void av_tcp_port_close(struct av_tcp_port *p)
 {
     p->a = NULL;
-    while (p->conns) {
-        struct av_tcp_conn *c = p->conns;
+    while (!dl_empty(&p->conns)) {
+        struct av_tcp_conn *c = container_of(p->conns.next, struct av_tcp_conn, link);
         port_unlink(c);
         stream_close(c->ps, -ECANCELED, "allocation gone");
     }
@@ -521,9 +515,11 @@ int av_tcp_connect(struct av_tcp_relay *r, struct av_alloc *a, const struct addr
     struct av_tcp_port *p = a->relay[fi].handle;
     if (!p)
         return -EAFNOSUPPORT;
-    for (struct av_tcp_conn *c = p->conns; c; c = c->next)
+    for (struct dlist *e = p->conns.next; e != &p->conns; e = e->next) {
+        const struct av_tcp_conn *c = container_of(e, struct av_tcp_conn, link);
         if (c->state != CONN_CLOSING && addr_eq(&c->peer, peer))
             return -EEXIST; /* RFC 6062 5.2: 446 while it is pending or active */
+    }
     if (p->n_conns >= AV_TCP_MAX_CONNS)
         return -ENOSPC;
     struct av_tcp_conn *c = conn_new(r, p, CONN_CONNECTING);
