@@ -375,13 +375,16 @@ int main(int argc, char **argv)
         pf[2 * i] = (struct pollfd){st[i].ext.fd, POLLIN, 0};
         pf[2 * i + 1] = (struct pollfd){st[i].in.fd, POLLIN, 0};
     }
-    double t0 = now_s(), interval = 1.0 / o.rate, next = t0, end = t0 + o.seconds;
+    double t0 = now_s(), interval = 1.0 / o.rate, end = t0 + o.seconds;
+    /* Ticks are counted, not summed in floating point (150 additions of 0.02 can stay
+     * short of the end and send a 151st). */
+    long ticks = lround(o.rate * o.seconds), tick = 0;
     uint8_t buf[2048];
     for (;;) {
         double t = now_s();
         /* Catch up on ticks a slow iteration missed, so each stream sends exactly
          * rate x seconds packets. */
-        while (t >= next && next < end) {
+        while (tick < ticks && t >= t0 + (double)tick * interval) {
             for (int i = 0; i < o.streams; i++) {
                 struct stream *s = &st[i];
                 /* external host -> internal user's relay */
@@ -392,7 +395,7 @@ int main(int argc, char **argv)
                 stun_chandata_header(buf, CHANNEL, (size_t)n);
                 sendto(s->in.fd, buf, (size_t)n + 4, 0, &s->in.server.u.sa, addr_len(&s->in.server));
             }
-            next += interval;
+            tick++;
         }
         /* After the last send, wait for stragglers (up to 3 s) until everything is in. */
         if (t >= end) {
@@ -404,7 +407,7 @@ int main(int argc, char **argv)
             if (got >= sent || t >= end + 3.0)
                 break;
         }
-        int wait_ms = next < end ? (int)((next - now_s()) * 1000) : 50;
+        int wait_ms = tick < ticks ? (int)((t0 + (double)tick * interval - now_s()) * 1000) : 50;
         if (poll(pf, (nfds_t)o.streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
             continue;
         for (int i = 0; i < o.streams * 2; i++) {

@@ -301,9 +301,9 @@ class TestTcpRelay(TcpRelayTest):
         c = self.tcp_alloc()
         data = self.bound_pipe(c, e.port)
         payload = os.urandom(200 * 1024)
+        data.settimeout(20)  # before the sender starts: its sendall() keeps the timeout it began with
         t0 = time.time()
         threading.Thread(target=data.sendall, args=(payload,), daemon=True).start()
-        data.settimeout(20)
         self.assertEqual(recv_exactly(data, len(payload)), payload)
         elapsed = time.time() - t0
         # 400 KiB charged at 100 KiB/s with a 100 KiB burst: at least about 3 s.
@@ -383,15 +383,19 @@ class TestTcpRelayLoad(TcpRelayTest):
         pid = self.edge.proc.pid
         idle = rss_kib(pid)
         block = os.urandom(1 << 20)
-        sent = [0]
+        sent, failed = [0], []
+        # One timeout for the whole test, set before the sender starts: a sendall() measures
+        # its deadline from its own start, so the client's 2 s would end a block that waits
+        # out the stall below, and the sender would stop with the reader still waiting.
+        data.settimeout(60)
 
         def sender():
             try:
                 for _ in range(self.BIG // len(block)):
                     data.sendall(block)
                     sent[0] += len(block)
-            except OSError:
-                pass
+            except OSError as e:
+                failed.append(e)
 
         th = threading.Thread(target=sender, daemon=True)
         th.start()
@@ -401,16 +405,20 @@ class TestTcpRelayLoad(TcpRelayTest):
         stalled_rss = rss_kib(pid)
         self.assertLess(stalled, self.BIG, "the sender is held back by the slow reader")
         # Then slowly, then at full speed, checking every byte.
-        data.settimeout(30)
         got, samples = 0, [stalled_rss]
         t0 = time.time()
         while got < self.BIG:
-            n = len(data.recv(16384 if time.time() - t0 < 2 else 1 << 20))
+            try:
+                n = len(data.recv(16384 if time.time() - t0 < 2 else 1 << 20))
+            except socket.timeout:
+                self.fail(f"nothing for 60 s after {got} of {sent[0]} bytes sent "
+                          f"(sender: {failed or 'still sending'})")
             self.assertTrue(n, f"closed after {got} bytes")
             got += n
             if got % (4 << 20) < n:
                 samples.append(rss_kib(pid))
         th.join(30)
+        self.assertEqual(failed, [])
         self.assertEqual(got, self.BIG)
         peak = max(samples)
         print(f"\n  64 MiB via TCP relay to a slow reader: sender stalled at {stalled >> 20} MiB; "
