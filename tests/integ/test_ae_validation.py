@@ -1,6 +1,7 @@
 """Bad input at the access edge: each validation rule answers with its exact status and a
 Warning naming the problem, counts the reason in /metrics, and nothing reaches the Director."""
 import socket
+import threading
 import time
 import uuid
 
@@ -133,28 +134,58 @@ class EdgeValidation(SuiteTest):
 
 class EdgeOverload(SuiteTest):
     def test_saturated_loop_sheds_new_invites_with_503_and_keeps_connection(self):
-        # With a 1 ms lag threshold, a one-second UDP flood of INVITEs keeps the loop busy
-        # tick after tick: new INVITEs meet 503s, and a TCP connection stays open throughout.
+        # A starved edge: for 1.5 s it gets the CPU only 10 ms in every 40 (SIGSTOP/SIGCONT,
+        # as a cgroup CPU quota or a busy host would give it), so tick after tick runs ~30 ms
+        # late, past its 10 ms lag threshold, while INVITEs keep coming over UDP. New INVITEs
+        # meet 503 with Retry-After; a TCP connection opened before stays up and answered.
+        import signal
         from siplab import StreamUA, EXT_IP
-        lab = Lab(self, extra_edge="limits: {overload_lag: 1ms, rate: 10000000, burst: 10000000}")
+        lab = Lab(self, extra_edge="limits: {overload_lag: 10ms, rate: 10000000, burst: 10000000}")
         ua = StreamUA(EXT_IP, lab.ext_port)
         self.addCleanup(ua.close)
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(flood.close)
         flood.bind(("127.0.0.4", 0))
+        flood.settimeout(0.5)
         ip, port = flood.getsockname()
-        end = time.time() + 1.0
-        while time.time() < end:
-            cid = uuid.uuid4().hex
-            flood.sendto((f"INVITE sip:bob@example.com SIP/2.0\r\n"
-                          f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{cid[:16]}\r\n"
-                          f"From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
-                          f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-                          f"Content-Length: 0\r\n\r\n").encode(), (EXT_IP, lab.ext_port))
+        proc = lab.edge.proc
+        done = threading.Event()
+
+        def throttle():
+            while not done.is_set():
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.03)
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(0.01)
+
+        th = threading.Thread(target=throttle, daemon=True)
+        th.start()
+        try:
+            end = time.time() + 1.5
+            while time.time() < end:
+                cid = uuid.uuid4().hex
+                flood.sendto((f"INVITE sip:bob@example.com SIP/2.0\r\n"
+                              f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{cid[:16]}\r\n"
+                              f"From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+                              f"Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                              f"Content-Length: 0\r\n\r\n").encode(), (EXT_IP, lab.ext_port))
+                time.sleep(0.002)
+        finally:
+            done.set()
+            th.join()
+            proc.send_signal(signal.SIGCONT)
         shed = lab.edge_metric('access_edge_sip_rejected_total{reason="overload"}')
-        if shed == 0:
-            self.skipTest("the loop never ran late here")
+        self.assertGreater(shed, 0, "no INVITE was shed while the edge was starved")
         self.assertIn("shedding new dialogs", lab.edge.log())
+        answers = []
+        try:
+            while True:
+                answers.append(flood.recv(65536).decode(errors="replace"))
+        except socket.timeout:
+            pass
+        busy = [a for a in answers if a.startswith("SIP/2.0 503")]
+        self.assertTrue(busy, f"the flood saw no 503 among {len(answers)} answers")
+        self.assertIn("Retry-After:", busy[0])
         ua.request("OPTIONS", "sip:example.com")
         self.assertIsNotNone(ua.recv(timeout=3), "connection dropped")
 
