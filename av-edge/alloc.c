@@ -148,6 +148,15 @@ bool av_bucket_take(struct av_bucket *b, uint64_t now_ms, size_t bytes)
     return true;
 }
 
+uint64_t av_bucket_lease(struct av_bucket *b, uint64_t now_ms, uint64_t want)
+{
+    bucket_refill(b, now_ms);
+    uint64_t have = b->tokens > 0 ? (uint64_t)b->tokens : 0;
+    uint64_t got = have < want ? have : want;
+    b->tokens -= (double)got;
+    return got;
+}
+
 uint64_t av_bucket_charge(struct av_bucket *b, uint64_t now_ms, size_t bytes)
 {
     if (!b->rate)

@@ -21,7 +21,8 @@ struct av_hnode {
     uint64_t h;
 };
 
-struct av_user; /* per-username accounting (quota, bandwidth) */
+struct av_user;       /* per-username accounting in one worker */
+struct av_user_count; /* the same user across workers (turn.h's av_shared) */
 
 /* Token bucket in bytes; rate 0 = unlimited. */
 struct av_bucket {
@@ -30,6 +31,8 @@ struct av_bucket {
     uint64_t last_ms;
 };
 bool av_bucket_take(struct av_bucket *b, uint64_t now_ms, size_t bytes);
+/* Takes up to want bytes, as many as the bucket holds; returns how many. */
+uint64_t av_bucket_lease(struct av_bucket *b, uint64_t now_ms, uint64_t want);
 /* For streams, which cannot drop what they already read: takes bytes even into debt and
  * returns the milliseconds until the debt is paid (0 = none), for the caller to pause. */
 uint64_t av_bucket_charge(struct av_bucket *b, uint64_t now_ms, size_t bytes);
@@ -84,7 +87,9 @@ struct av_chan {
 struct av_user {
     struct av_hnode node;
     uint32_t n_allocs;
-    struct av_bucket bw;
+    struct av_user_count *shared; /* set by the Allocate; lives while n_allocs > 0 */
+    uint64_t lease;               /* per-user bandwidth: bytes leased from shared, unspent */
+    uint64_t lease_failed_ms;     /* the shared bucket ran dry then: ask again next ms */
     char name[AV_USERNAME_MAX];
 };
 

@@ -312,7 +312,7 @@ static void pipe_account(struct av_tcp_conn *c, int d, size_t n)
     else
         a->bytes_in += n;
     uint64_t now = uv_now(r->loop);
-    uint64_t w1 = av_bucket_charge(&a->bw, now, n), w2 = av_bucket_charge(&a->user->bw, now, n);
+    uint64_t w1 = av_bucket_charge(&a->bw, now, n), w2 = av_turn_user_charge(r->turn, a->user, now, n);
     uint64_t wait = w1 > w2 ? w1 : w2;
     if (wait) {
         c->bw_wait = true;

@@ -78,6 +78,7 @@ int av_shared_init(struct av_shared *s)
 struct av_user_count {
     struct av_user_count *next;
     uint32_t n;
+    struct av_bucket bw; /* bandwidth_per_user, rate 0 until first used */
     char name[AV_USERNAME_MAX];
 };
 
@@ -166,9 +167,9 @@ void av_shared_fini(struct av_shared *s)
     pthread_mutex_destroy(&s->mu);
 }
 
-bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota)
+struct av_user_count *av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota)
 {
-    bool ok = true;
+    struct av_user_count *ok = NULL;
     pthread_mutex_lock(&s->mu);
     struct av_user_count **pp = &s->users[user_bucket(user)];
     while (*pp && strcmp((*pp)->name, user) != 0)
@@ -180,12 +181,69 @@ bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota)
             *pp = u;
         }
     }
-    if (!*pp || (quota && (*pp)->n >= quota))
-        ok = false;
-    else
+    if (*pp && !(quota && (*pp)->n >= quota)) {
         (*pp)->n++;
+        ok = *pp;
+    }
     pthread_mutex_unlock(&s->mu);
     return ok;
+}
+
+/* The shared bucket follows the configured rate (a reload may change it). */
+static struct av_bucket *user_bw_at(struct av_user_count *u, uint64_t rate, uint64_t now_ms)
+{
+    if (u->bw.rate != rate)
+        u->bw = (struct av_bucket){rate, rate, (double)rate, now_ms};
+    return &u->bw;
+}
+
+uint64_t av_shared_user_lease(struct av_shared *s, struct av_user_count *u, uint64_t rate,
+                              uint64_t now_ms, uint64_t want)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t got = av_bucket_lease(user_bw_at(u, rate, now_ms), now_ms, want);
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+uint64_t av_shared_user_charge(struct av_shared *s, struct av_user_count *u, uint64_t rate,
+                               uint64_t now_ms, uint64_t n)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t wait = av_bucket_charge(user_bw_at(u, rate, now_ms), now_ms, n);
+    pthread_mutex_unlock(&s->mu);
+    return wait;
+}
+
+/* bandwidth_per_user holds across workers: the user's one bucket is shared, and a worker
+ * spends bytes it leased from it, 20 ms of the rate at a time, so the relay path takes the
+ * shared lock once a slice, not once a packet (and, while the bucket is dry, at most once
+ * a millisecond). A worker may sit on one unspent slice. */
+bool av_turn_user_take(struct av_turn *t, struct av_user *u, uint64_t now_ms, size_t n)
+{
+    uint64_t rate = t->cfg->bps_per_user;
+    if (!rate)
+        return true;
+    if (u->lease < n && u->lease_failed_ms != now_ms) {
+        uint64_t slice = rate / 50 > n ? rate / 50 : n;
+        u->lease += av_shared_user_lease(t->sh, u->shared, rate, now_ms, slice - u->lease);
+        if (u->lease < n)
+            u->lease_failed_ms = now_ms;
+    }
+    if (u->lease < n)
+        return false;
+    u->lease -= n;
+    return true;
+}
+
+uint64_t av_turn_user_charge(struct av_turn *t, struct av_user *u, uint64_t now_ms, size_t n)
+{
+    uint64_t rate = t->cfg->bps_per_user;
+    if (!rate)
+        return 0;
+    uint64_t own = u->lease < n ? u->lease : n;
+    u->lease -= own;
+    return n > own ? av_shared_user_charge(t->sh, u->shared, rate, now_ms, n - own) : 0;
 }
 
 void av_shared_user_give(struct av_shared *s, const char *user)
@@ -701,7 +759,8 @@ static int do_allocate(struct req *r)
         return reply_error(r, 508);
     }
     /* Counted across workers; given back when the allocation goes (hook_free). */
-    if (!av_shared_user_take(t->sh, r->user, c->user_quota)) {
+    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->user_quota);
+    if (!counted) {
         t->st.quota_user++;
         log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
         return reply_error(r, 486);
@@ -741,9 +800,7 @@ static int do_allocate(struct req *r)
     memcpy(a->tid, m->tid, STUN_TID_LEN);
     a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
                                in->now_ms};
-    if (a->user->n_allocs == 1)
-        a->user->bw = (struct av_bucket){c->bps_per_user, c->bps_per_user,
-                                         (double)c->bps_per_user, in->now_ms};
+    a->user->shared = counted;
 
     bool reserve = ev && (m->buf[ev->off] & 0x80);
     void *resv_out = NULL;
@@ -1019,7 +1076,7 @@ static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct add
         t->st.dropped_no_perm++;
         return -EPERM;
     }
-    if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_bucket_take(&a->user->bw, now_ms, data.len)) {
+    if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_turn_user_take(t, a->user, now_ms, data.len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
     }
@@ -1069,7 +1126,7 @@ int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr 
         t->st.dropped_no_perm++;
         return -EPERM;
     }
-    if (!av_bucket_take(&a->bw, now_ms, len) || !av_bucket_take(&a->user->bw, now_ms, len)) {
+    if (!av_bucket_take(&a->bw, now_ms, len) || !av_turn_user_take(t, a->user, now_ms, len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
     }

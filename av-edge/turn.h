@@ -57,7 +57,8 @@ struct av_shared {
     int64_t allocs;      /* atomic */
     int draining;        /* atomic: set once the edge drains; new allocations are refused */
     uint8_t nonce_key[20];
-    /* Allocations per user across all workers (under mu), for the per-user quota. */
+    /* Users across all workers (under mu): allocations for the per-user quota, and the
+     * per-user bandwidth bucket that workers lease from. */
     struct av_user_count *users[AV_SHARED_USER_BUCKETS];
     /* EVEN-PORT reservations (under mu): any worker may redeem a token, since the
      * Allocate that names it may arrive on another worker's socket. */
@@ -65,8 +66,17 @@ struct av_shared {
 };
 int av_shared_init(struct av_shared *s);
 void av_shared_fini(struct av_shared *s);
-/* Counts one more allocation for user unless quota (0 = none) is reached: true if counted. */
-bool av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota);
+/* Counts one more allocation for user unless quota (0 = none) is reached: the user's shared
+ * entry if counted (it lives while the user has allocations), NULL if not. */
+struct av_user_count *av_shared_user_take(struct av_shared *s, const char *user, uint32_t quota);
+/* Per-user bandwidth (rate bytes/s, the burst one second of it) across workers: moves up to
+ * want bytes from the user's shared bucket to the caller; returns how many. */
+uint64_t av_shared_user_lease(struct av_shared *s, struct av_user_count *u, uint64_t rate,
+                              uint64_t now_ms, uint64_t want);
+/* The same for streams, which cannot drop what they read: charges n bytes, into debt if
+ * need be; returns the milliseconds until the debt is paid (0 = none). */
+uint64_t av_shared_user_charge(struct av_shared *s, struct av_user_count *u, uint64_t rate,
+                               uint64_t now_ms, uint64_t n);
 void av_shared_user_give(struct av_shared *s, const char *user);
 /* Installs a relay secret (the previous current one stays valid). */
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
@@ -154,6 +164,10 @@ void av_turn_set_logger(struct av_turn *t, const struct logger *log);
 int av_turn_set_unauth_limit(struct av_turn *t, double rate, double burst);
 struct av_alloc_table *av_turn_table(struct av_turn *t);
 struct av_turn_stats *av_turn_stats(struct av_turn *t);
+/* Per-user bandwidth_per_user on the relay path: true if n more bytes of u's may go now. */
+bool av_turn_user_take(struct av_turn *t, struct av_user *u, uint64_t now_ms, size_t n);
+/* For TCP relays: charges n bytes of u's; the milliseconds to pause reading (0 = none). */
+uint64_t av_turn_user_charge(struct av_turn *t, struct av_user *u, uint64_t now_ms, size_t n);
 
 /* Where a message came from. */
 struct av_turn_in {

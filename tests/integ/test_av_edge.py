@@ -377,6 +377,44 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class TestUserBandwidth(AvEdgeTest):
+    def test_per_user_cap_holds_across_two_workers(self):
+        """bandwidth_per_user is one budget for the user whatever worker each of its
+        allocations landed on: 16 of alice's allocations (spread over two SO_REUSEPORT
+        workers by their source ports) flood a peer, and what arrives stays within the burst
+        plus the rate for the time taken, not twice that."""
+        self.start_edge(extra="workers: 2\n", allow_loopback=True,
+                        limits="  user_quota: 50\n  bandwidth_per_user: 20k\n")
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(0.5)
+        self.addCleanup(peer.close)
+        clients = []
+        for _ in range(16):
+            c = self.ext()
+            self.assertEqual(c.allocate().code, 0)
+            self.assertEqual(c.channel_bind(0x4001, *peer.getsockname()).code, 0)
+            clients.append(c)
+        payload = os.urandom(1000)
+        t0 = time.time()
+        for _ in range(40):  # 640 KB offered in well under a second
+            for c in clients:
+                c.send_channel(0x4001, payload)
+        got = 0
+        try:
+            while True:
+                got += len(peer.recv(2000))
+        except socket.timeout:
+            pass
+        elapsed = time.time() - t0
+        cap = 20 * 1024
+        # The burst, the rate for the time taken, and one 20 ms slice each worker may hold.
+        allowed = cap + cap * elapsed + 2 * cap / 50
+        self.assertGreater(got, cap / 2, "the cap let nothing through")
+        self.assertLessEqual(got, allowed, f"{got} bytes in {elapsed:.2f} s past a 20 KiB/s cap")
+        self.wait_metric('av_edge_dropped_packets_total{reason="bandwidth"}', 1)
+
+
 class TestProbe(AvEdgeTest):
     def test_av_probe_50_streams_zero_loss(self):
         """av-probe: 50 SRTP streams of 50 packets/s each way through the internal user's

@@ -784,6 +784,56 @@ static void bandwidth_cap_per_allocation(void **st)
     assert_non_null(f->out.relay_alloc);
 }
 
+/* bandwidth_per_user holds across workers: alice's allocations on two workers (two turns
+ * over one av_shared) draw on one bucket of 1000 bytes a second, not 1000 each. */
+static void bandwidth_cap_per_user_across_workers(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.bps_per_user = 1000;
+    struct av_turn *w1 = f->t, *w2;
+    struct av_relay_io io = {.open = fake_open, .close = fake_close, .release = fake_release,
+                             .arg = &f->io, .connect = fake_connect, .conn_alloc = fake_conn_alloc};
+    assert_int_equal(av_turn_create(&w2, &f->cfg, &f->sh, &io, NULL), 0);
+    struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
+    uint8_t cd[4 + 400] = {0x40, 0x01, 0x01, 0x90};
+    struct av_turn *w[2] = {w1, w2};
+    const char *client[2] = {"198.51.100.7:40000", "198.51.100.8:40000"};
+    for (int i = 0; i < 2; i++) {
+        f->t = w[i];
+        addr_parse(&f->client, client[i], 0);
+        challenge(f);
+        use_static(f, "alice", "wonder");
+        assert_int_equal(allocate(f), 0);
+        assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
+    }
+    /* 400-byte packets, alternately through each worker: the shared second's 1000 bytes
+     * let two through in all (one worker alone would also have let two). */
+    int sent[2] = {0, 0};
+    for (int k = 0; k < 10; k++) {
+        int i = k % 2;
+        f->t = w[i];
+        addr_parse(&f->client, client[i], 0);
+        feed(f, cd, sizeof(cd));
+        sent[i] += f->out.relay_alloc != NULL;
+    }
+    assert_int_equal(sent[0] + sent[1], 2);
+    assert_int_equal(av_turn_stats(w1)->dropped_bandwidth + av_turn_stats(w2)->dropped_bandwidth, 8);
+    /* A second later the bucket has refilled once for both together: over the two
+     * seconds, the burst and one second of rate (2000 bytes) went, five packets in all
+     * (the 200 bytes worker 1 leased but could not use go out now). */
+    f->now_ms += 1000;
+    for (int k = 0; k < 10; k++) {
+        int i = k % 2;
+        f->t = w[i];
+        addr_parse(&f->client, client[i], 0);
+        feed(f, cd, sizeof(cd));
+        sent[i] += f->out.relay_alloc != NULL;
+    }
+    assert_int_equal(sent[0] + sent[1], 5);
+    f->t = w1;
+    av_turn_destroy(w2);
+}
+
 /* ---- RFC 6062 ---- */
 
 static void add_conn_id(struct stun_builder *b, void *arg)
@@ -982,6 +1032,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup, teardown),
         cmocka_unit_test_setup_teardown(unauthenticated_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(bandwidth_cap_per_allocation, setup, teardown),
+        cmocka_unit_test_setup_teardown(bandwidth_cap_per_user_across_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(tcp_allocate_needs_stream_client_and_no_udp_options, setup, teardown),
         cmocka_unit_test_setup_teardown(connect_checks_permission_and_rule_then_answers_later, setup, teardown),
         cmocka_unit_test_setup_teardown(connect_on_udp_allocation_is_400, setup, teardown),
