@@ -420,12 +420,11 @@ class RevproxyTest(SuiteTest):
             # (ASan's quarantine keeps freed blocks, so only the plain build is measured.)
             self.assertLess(grown, 8, f"proxy RSS grew {grown:.1f} MiB for {size >> 20} MiB each way")
 
-    def test_large_download_and_chunked_upload_stream_with_flat_memory(self):
-        self._streams_flat(256 << 20)
-
-    @unittest.skipUnless(os.environ.get("RP_BIG"), "set RP_BIG=1 for the 1 GiB run")
-    def test_1gib_download_and_upload_flat_memory(self):
-        self._streams_flat(1 << 30)
+    def test_1gib_download_and_chunked_upload_stream_with_flat_memory(self):
+        # 1 GiB each way as the issue asks (about 20 s here); the sanitizer build, several
+        # times slower and with no RSS figure to check, streams 256 MiB each way.
+        san = "san" in os.path.basename(os.environ.get("SUITE_BUILD", ""))
+        self._streams_flat((256 << 20) if san else (1 << 30))
 
     # ---- operations ----
 
