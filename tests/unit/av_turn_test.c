@@ -784,6 +784,21 @@ static void bandwidth_cap_per_allocation(void **st)
     assert_non_null(f->out.relay_alloc);
 }
 
+/* Feeds n 400-byte ChannelData, alternately to the two workers from their clients; returns
+ * how many were relayed. */
+static int relay_alternately(struct fx *f, struct av_turn *w[2], const char *client[2], int n)
+{
+    uint8_t cd[4 + 400] = {0x40, 0x01, 0x01, 0x90};
+    int sent = 0;
+    for (int k = 0; k < n; k++) {
+        f->t = w[k % 2];
+        addr_parse(&f->client, client[k % 2], 0);
+        feed(f, cd, sizeof(cd));
+        sent += f->out.relay_alloc != NULL;
+    }
+    return sent;
+}
+
 /* bandwidth_per_user holds across workers: alice's allocations on two workers (two turns
  * over one av_shared) draw on one bucket of 1000 bytes a second, not 1000 each. */
 static void bandwidth_cap_per_user_across_workers(void **st)
@@ -795,7 +810,6 @@ static void bandwidth_cap_per_user_across_workers(void **st)
                              .arg = &f->io, .connect = fake_connect, .conn_alloc = fake_conn_alloc};
     assert_int_equal(av_turn_create(&w2, &f->cfg, &f->sh, &io, NULL), 0);
     struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
-    uint8_t cd[4 + 400] = {0x40, 0x01, 0x01, 0x90};
     struct av_turn *w[2] = {w1, w2};
     const char *client[2] = {"198.51.100.7:40000", "198.51.100.8:40000"};
     for (int i = 0; i < 2; i++) {
@@ -807,29 +821,14 @@ static void bandwidth_cap_per_user_across_workers(void **st)
         assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
     }
     /* 400-byte packets, alternately through each worker: the shared second's 1000 bytes
-     * let two through in all (one worker alone would also have let two). */
-    int sent[2] = {0, 0};
-    for (int k = 0; k < 10; k++) {
-        int i = k % 2;
-        f->t = w[i];
-        addr_parse(&f->client, client[i], 0);
-        feed(f, cd, sizeof(cd));
-        sent[i] += f->out.relay_alloc != NULL;
-    }
-    assert_int_equal(sent[0] + sent[1], 2);
+     * let two through in all (a bucket per worker would have let two through each). */
+    assert_int_equal(relay_alternately(f, w, client, 10), 2);
     assert_int_equal(av_turn_stats(w1)->dropped_bandwidth + av_turn_stats(w2)->dropped_bandwidth, 8);
     /* A second later the bucket has refilled once for both together: over the two
      * seconds, the burst and one second of rate (2000 bytes) went, five packets in all
-     * (the 200 bytes worker 1 leased but could not use go out now). */
+     * (the 200 bytes worker 1 leased but could not use go out now, so three this time). */
     f->now_ms += 1000;
-    for (int k = 0; k < 10; k++) {
-        int i = k % 2;
-        f->t = w[i];
-        addr_parse(&f->client, client[i], 0);
-        feed(f, cd, sizeof(cd));
-        sent[i] += f->out.relay_alloc != NULL;
-    }
-    assert_int_equal(sent[0] + sent[1], 5);
+    assert_int_equal(relay_alternately(f, w, client, 10), 3);
     f->t = w1;
     av_turn_destroy(w2);
 }
