@@ -50,6 +50,8 @@ struct ae_limits_config {
     uint32_t burst;
     uint32_t max_transactions;
     uint64_t overload_lag_ms; /* loop lag that makes new dialogs get 503 (0 = never) */
+    struct cidr *exempt;      /* external addresses spared the per-address limits */
+    size_t nexempt;
 };
 
 struct ae_static_route {

@@ -78,6 +78,9 @@ static const struct cfg_key limit_keys[] = {
      .help = "requests per second per external address (503 with Retry-After above)"},
     {"burst", CFG_UINT, LIM(burst), "400", .min = 1, .max = 10000000,
      .help = "burst allowance for the per-address rate"},
+    {"exempt", CFG_CIDRLIST, LIM(exempt), NULL, .count_offset = LIM(nexempt),
+     .help = "external addresses or prefixes spared the per-address rate and connection "
+             "limits (a PBX or carrier with many users behind one address); the totals still apply"},
     {"max_transactions", CFG_UINT, LIM(max_transactions), "65536", .min = 16, .max = 4000000,
      .help = "INVITE transactions in flight (503 above)"},
     /* On by default: a loop this late cannot answer before a UDP client's first

@@ -1161,6 +1161,12 @@ static void on_admin_watchlist(const char *method, const char *path, const char 
     reply->body_len = n;
 }
 
+/* limits.exempt: an address many users share (a PBX, a carrier's NAT) is not one abuser. */
+static bool ae_exempt(const struct ae *ae, const struct addr *peer)
+{
+    return cidr_list_contains(ae->cfg->limits.exempt, ae->cfg->limits.nexempt, peer);
+}
+
 /* One framed message from origin o (m already scanned). Returns -EBADMSG when the sender
  * must be cut off (stream) or ignored (UDP). */
 static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
@@ -1168,7 +1174,7 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
     metric_inc(ae->m_in[o->side]);
     enum sip_source src = o->conn ? o->conn->src : (o->side == AE_EXT ? SIP_SRC_REMOTE_USER
                                                                        : SIP_SRC_INTERNAL);
-    if (o->side == AE_EXT && m->is_request && !method_is(m, "ACK")) {
+    if (o->side == AE_EXT && m->is_request && !method_is(m, "ACK") && !ae_exempt(ae, o->peer)) {
         uint32_t retry = 1;
         const void *key;
         size_t klen;
@@ -1533,7 +1539,8 @@ static void on_accept(uv_stream_t *server, int status)
         return;
     }
     c->peer = *stream_peer(c->s);
-    if (l->side == AE_EXT && conns_from(ae, &c->peer) > ae->cfg->limits.max_connections_per_address) {
+    if (l->side == AE_EXT && !ae_exempt(ae, &c->peer) &&
+        conns_from(ae, &c->peer) > ae->cfg->limits.max_connections_per_address) {
         LOGI(ae->log, &c->peer, "sip: too many connections from this address");
         ae_count_reject(ae, "overload");
         stream_close(c->s, -EMFILE, "per-address connection limit");

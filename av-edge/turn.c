@@ -303,12 +303,10 @@ enum av_deny av_turn_peer_policy(const struct av_turn_cfg *c, enum av_side side,
     for (size_t i = 0; i < c->n_own; i++)
         if (addr_host_eq(&c->own[i], &peer))
             return AV_DENY_OWN_ADDRESS;
-    for (size_t i = 0; i < c->n_internal_nets; i++)
-        if (cidr_contains(&c->internal_nets[i], &peer))
-            return AV_DENY_INTERNAL_NET;
-    for (size_t i = 0; i < c->n_allow_peers; i++)
-        if (cidr_contains(&c->allow_peers[i], &peer))
-            return AV_DENY_NONE;
+    if (cidr_list_contains(c->internal_nets, c->n_internal_nets, &peer))
+        return AV_DENY_INTERNAL_NET;
+    if (cidr_list_contains(c->allow_peers, c->n_allow_peers, &peer))
+        return AV_DENY_NONE;
     if (addr_is_loopback(&peer))
         return AV_DENY_LOOPBACK;
     if ((v4 && (ip4 >> 16) == 0xA9FE) || (!v4 && IN6_IS_ADDR_LINKLOCAL(ip6)))

@@ -230,3 +230,11 @@ bool cidr_contains(const struct cidr *c, const struct addr *a)
                             a->u.in6.sin6_addr.s6_addr + 12, c->bits);
     return false;
 }
+
+bool cidr_list_contains(const struct cidr *list, size_t n, const struct addr *a)
+{
+    for (size_t i = 0; i < n; i++)
+        if (cidr_contains(&list[i], a))
+            return true;
+    return false;
+}

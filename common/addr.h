@@ -42,5 +42,7 @@ struct cidr {
 };
 int cidr_parse(struct cidr *out, const char *text);
 bool cidr_contains(const struct cidr *c, const struct addr *a);
+/* True if any of the n prefixes contains a. */
+bool cidr_list_contains(const struct cidr *list, size_t n, const struct addr *a);
 
 #endif

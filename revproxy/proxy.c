@@ -965,10 +965,7 @@ static void exchange_start_upstream(struct rp_client *c)
 
 static bool peer_trusted(const struct rp_config *cfg, const struct addr *a)
 {
-    for (size_t i = 0; i < cfg->ntrusted; i++)
-        if (cidr_contains(&cfg->trusted[i], a))
-            return true;
-    return false;
+    return cidr_list_contains(cfg->trusted, cfg->ntrusted, a);
 }
 
 static void redirect_reply(struct rp_client *c, const struct http_head *h, struct slice url)

@@ -34,7 +34,7 @@ class EdgeValidation(SuiteTest):
 
     def setUp(self):
         super().setUp()
-        self.lab = Lab(self, extra_edge="limits: {max_client_message: 4k, max_headers: 40, max_line: 512, rate: 100, burst: 100}")
+        self.lab = Lab(self, extra_edge="limits: {max_client_message: 4k, max_headers: 40, max_line: 512, rate: 100, burst: 100, exempt: [127.0.0.7/32]}")
         self.ua = UdpUA("127.0.0.6")
         self.addCleanup(self.ua.close)
 
@@ -130,6 +130,25 @@ class EdgeValidation(SuiteTest):
                 got503 = r
         self.assertIsNotNone(got503)
         self.assertTrue(header(got503, "Retry-After"))
+
+    def test_exempt_address_is_spared_the_per_address_rate(self):
+        # A PBX in limits.exempt sends the same volley of 300: every request is answered,
+        # none with 503, while the next address over is still limited.
+        pbx = UdpUA("127.0.0.7")
+        self.addCleanup(pbx.close)
+        pbx.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for i in range(300):
+            pbx.send(invite(pbx, method="OPTIONS", ruri="sip:example.com"), (EXT_IP, self.lab.ext_port))
+        statuses = []
+        while len(statuses) < 300:
+            r = pbx.recv(timeout=3)
+            if r is None:
+                break
+            statuses.append(parse_status(r))
+        self.assertEqual(len(statuses), 300, "some requests of the exempt address went unanswered")
+        self.assertNotIn(503, statuses)
+        self.assertEqual(self.lab.edge_metric('access_edge_sip_rejected_total{reason="rate_limited"}'), 0)
+        self.test_rate_limit_503_retry_after()
 
 
 class EdgeOverload(SuiteTest):

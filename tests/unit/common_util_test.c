@@ -68,6 +68,15 @@ static void cidr_matches_v4_v6_and_mapped(void **st)
     addr_parse(&a, "172.32.0.0", 0);
     assert_false(cidr_contains(&c, &a));
     assert_int_equal(cidr_parse(&c, "1.2.3.4/40"), -EINVAL);
+    struct cidr list[2];
+    assert_int_equal(cidr_parse(&list[0], "192.0.2.0/24"), 0);
+    assert_int_equal(cidr_parse(&list[1], "2001:db8::/32"), 0);
+    addr_parse(&a, "2001:db8::7", 0);
+    assert_true(cidr_list_contains(list, 2, &a));
+    assert_false(cidr_list_contains(list, 1, &a));
+    addr_parse(&a, "198.51.100.1", 0);
+    assert_false(cidr_list_contains(list, 2, &a));
+    assert_false(cidr_list_contains(NULL, 0, &a));
 }
 
 static void metrics_render_prometheus_text(void **st)
