@@ -12,6 +12,7 @@
 
 #define DNS_SOCKS 8
 #define DNS_CACHE 256
+#define DNS_TARGETS 4 /* SRV targets kept per domain, in RFC 2782 order */
 
 struct dns_sock {
     uv_poll_t poll;
@@ -23,7 +24,9 @@ struct dns_sock {
 struct dns_cache {
     char domain[128];
     int status;
-    struct addr to;
+    struct addr to[DNS_TARGETS];
+    uint64_t down_until[DNS_TARGETS]; /* a connection to it failed: skipped until then */
+    size_t nto;
     uint64_t at_ms;
 };
 
@@ -38,11 +41,20 @@ struct ae_dns {
     bool closing;
 };
 
+/* One SRV target being resolved to its address. */
+struct dns_target {
+    struct dns_q *q;
+    char host[256];
+    uint16_t port;
+    struct addr addr; /* family 0 until resolved */
+};
+
 struct dns_q {
     struct ae_dns *d;
     char domain[128];
-    char target[256];
-    uint16_t port;
+    struct dns_target t[DNS_TARGETS];
+    size_t nt, pending;
+    int status; /* of the last address lookup that failed */
     ae_dns_cb cb;
     void *arg;
 };
@@ -152,7 +164,8 @@ int ae_dns_create(uv_loop_t *loop, const char *servers, struct ae_dns **out)
     return 0;
 }
 
-static void cache_put(struct ae_dns *d, const char *domain, int status, const struct addr *to)
+static void cache_put(struct ae_dns *d, const char *domain, int status, const struct addr *to,
+                      size_t nto)
 {
     struct dns_cache *c = NULL;
     for (size_t i = 0; i < d->ncache && !c; i++)
@@ -160,25 +173,50 @@ static void cache_put(struct ae_dns *d, const char *domain, int status, const st
             c = &d->cache[i];
     if (!c)
         c = &d->cache[d->ncache < DNS_CACHE ? d->ncache++ : (size_t)(uv_now(d->loop) % DNS_CACHE)];
+    memset(c, 0, sizeof(*c));
     snprintf(c->domain, sizeof(c->domain), "%s", domain);
     c->status = status;
-    if (to)
-        c->to = *to;
+    for (size_t i = 0; i < nto && i < DNS_TARGETS; i++)
+        c->to[c->nto++] = to[i];
     c->at_ms = uv_now(d->loop);
+}
+
+/* The first target not marked down; if all are, the one that comes back soonest. */
+static const struct addr *cache_pick(const struct dns_cache *c, uint64_t now)
+{
+    size_t best = 0;
+    for (size_t i = 0; i < c->nto; i++) {
+        if (c->down_until[i] <= now)
+            return &c->to[i];
+        if (c->down_until[i] < c->down_until[best])
+            best = i;
+    }
+    return c->nto ? &c->to[best] : NULL;
 }
 
 int ae_dns_cached(struct ae_dns *d, const char *domain, uint64_t ttl_ms, struct addr *to)
 {
+    uint64_t now = uv_now(d->loop);
     for (size_t i = 0; i < d->ncache; i++) {
         struct dns_cache *c = &d->cache[i];
-        if (strcasecmp(c->domain, domain) != 0 || uv_now(d->loop) - c->at_ms > ttl_ms)
+        if (strcasecmp(c->domain, domain) != 0 || now - c->at_ms > ttl_ms)
             continue;
-        if (c->status < 0)
+        const struct addr *a = c->status < 0 ? NULL : cache_pick(c, now);
+        if (!a)
             return -ENOENT;
-        *to = c->to;
+        *to = *a;
         return 1;
     }
     return 0;
+}
+
+void ae_dns_target_failed(struct ae_dns *d, const struct addr *to, uint64_t hold_ms)
+{
+    uint64_t until = uv_now(d->loop) + hold_ms;
+    for (size_t i = 0; i < d->ncache; i++)
+        for (size_t k = 0; k < d->cache[i].nto; k++)
+            if (addr_eq(&d->cache[i].to[k], to))
+                d->cache[i].down_until[k] = until;
 }
 
 static int map_status(int st)
@@ -194,32 +232,54 @@ static int map_status(int st)
     }
 }
 
-static void finish(struct dns_q *q, int status, const struct addr *to)
+/* Every target's address lookup is back: the ones found, in SRV order, are the answer. */
+static void finish(struct dns_q *q)
 {
+    struct addr to[DNS_TARGETS];
+    size_t n = 0, first = 0;
+    for (size_t i = 0; i < q->nt; i++)
+        if (addr_family(&q->t[i].addr)) {
+            if (!n)
+                first = i;
+            to[n++] = q->t[i].addr;
+        }
+    int status = n ? 0 : q->status;
     if (status != -ECANCELED)
-        cache_put(q->d, q->domain, status, to);
-    q->cb(status, to, q->target, q->arg);
+        cache_put(q->d, q->domain, status, to, n);
+    q->cb(status, n ? &to[0] : NULL, n ? q->t[first].host : "", q->arg);
     free(q);
+}
+
+/* One lookup of q fewer outstanding; the last one finishes q. */
+static void settle(struct dns_q *q)
+{
+    if (--q->pending == 0)
+        finish(q);
 }
 
 static void on_host(void *arg, int status, int timeouts, struct hostent *h)
 {
-    struct dns_q *q = arg;
+    struct dns_target *t = arg;
+    struct dns_q *q = t->q;
     if (status != ARES_SUCCESS || !h || !h->h_addr_list || !h->h_addr_list[0]) {
-        finish(q, map_status(status != ARES_SUCCESS ? status : ARES_ENODATA), NULL);
-        return;
-    }
-    struct addr a;
-    memset(&a, 0, sizeof(a));
-    if (h->h_addrtype == AF_INET) {
-        a.u.in4.sin_family = AF_INET;
-        memcpy(&a.u.in4.sin_addr, h->h_addr_list[0], 4);
+        q->status = map_status(status != ARES_SUCCESS ? status : ARES_ENODATA);
+    } else if (h->h_addrtype == AF_INET) {
+        t->addr.u.in4.sin_family = AF_INET;
+        memcpy(&t->addr.u.in4.sin_addr, h->h_addr_list[0], 4);
+        addr_set_port(&t->addr, t->port);
     } else {
-        a.u.in6.sin6_family = AF_INET6;
-        memcpy(&a.u.in6.sin6_addr, h->h_addr_list[0], 16);
+        t->addr.u.in6.sin6_family = AF_INET6;
+        memcpy(&t->addr.u.in6.sin6_addr, h->h_addr_list[0], 16);
+        addr_set_port(&t->addr, t->port);
     }
-    addr_set_port(&a, q->port);
-    finish(q, 0, &a);
+    settle(q);
+}
+
+/* RFC 2782 order: lowest priority first, the heaviest first among equals (a partner's
+ * edges are a few hosts, so no weighted random pick). */
+static bool srv_before(const struct ares_srv_reply *a, const struct ares_srv_reply *b)
+{
+    return a->priority < b->priority || (a->priority == b->priority && a->weight > b->weight);
 }
 
 static void on_srv(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -229,20 +289,34 @@ static void on_srv(void *arg, int status, int timeouts, unsigned char *abuf, int
     if (status == ARES_SUCCESS)
         status = ares_parse_srv_reply(abuf, alen, &srv);
     if (status != ARES_SUCCESS || !srv) {
-        finish(q, map_status(status != ARES_SUCCESS ? status : ARES_ENODATA), NULL);
+        q->status = map_status(status != ARES_SUCCESS ? status : ARES_ENODATA);
+        q->pending = 1;
+        settle(q);
         return;
     }
-    /* RFC 2782: lowest priority first; among equals the heaviest (no random pick needed
-     * for a partner edge that is one host in practice). */
-    struct ares_srv_reply *best = srv;
-    for (struct ares_srv_reply *r = srv; r; r = r->next)
-        if (r->priority < best->priority || (r->priority == best->priority && r->weight > best->weight))
-            best = r;
-    snprintf(q->target, sizeof(q->target), "%s", best->host);
-    q->port = best->port;
+    /* Sorted (insertion sort, stable; a domain has a handful), the first DNS_TARGETS kept. */
+    const struct ares_srv_reply *v[32];
+    size_t n = 0;
+    for (const struct ares_srv_reply *r = srv; r && n < 32; r = r->next) {
+        size_t k = n++;
+        for (; k > 0 && srv_before(r, v[k - 1]); k--)
+            v[k] = v[k - 1];
+        v[k] = r;
+    }
+    for (size_t i = 0; i < n && q->nt < DNS_TARGETS; i++) {
+        struct dns_target *t = &q->t[q->nt++];
+        t->q = q;
+        snprintf(t->host, sizeof(t->host), "%s", v[i]->host);
+        t->port = v[i]->port;
+    }
     ares_free_data(srv);
-    ares_gethostbyname(q->d->ch, q->target, AF_INET, on_host, q);
-    rearm(q->d);
+    /* One hold for this loop, so a lookup answered at once cannot finish q under it. */
+    struct ae_dns *d = q->d;
+    q->pending = q->nt + 1;
+    for (size_t i = 0; i < q->nt; i++)
+        ares_gethostbyname(d->ch, q->t[i].host, AF_INET, on_host, &q->t[i]);
+    settle(q);
+    rearm(d);
 }
 
 int ae_dns_partner(struct ae_dns *d, const char *domain, ae_dns_cb cb, void *arg)

@@ -1,5 +1,6 @@
-/* Federation partner lookup: DNS SRV `_sipfederationtls._tcp.<domain>` then the target's
- * address (c-ares on the libuv loop), with a small positive/negative cache. */
+/* Federation partner lookup: DNS SRV `_sipfederationtls._tcp.<domain>` then the addresses
+ * of its first targets in RFC 2782 order (c-ares on the libuv loop), with a small
+ * positive/negative cache that skips a target whose connection failed. */
 #ifndef AE_DNS_H
 #define AE_DNS_H
 
@@ -9,7 +10,7 @@
 
 struct ae_dns;
 
-/* status 0 and the partner edge's address (and its SRV target name), or a negative errno
+/* status 0 and the partner edge's address (the first SRV target found, and its name), or a negative errno
  * (-ENOENT: no such record, -ETIMEDOUT, -EIO). */
 typedef void (*ae_dns_cb)(int status, const struct addr *to, const char *target, void *arg);
 
@@ -19,6 +20,9 @@ int ae_dns_create(uv_loop_t *loop, const char *servers, struct ae_dns **out);
 int ae_dns_partner(struct ae_dns *d, const char *domain, ae_dns_cb cb, void *arg);
 /* A cached answer (fresh within ttl_ms): 1 with *to set, 0 if unknown, -ENOENT if known bad. */
 int ae_dns_cached(struct ae_dns *d, const char *domain, uint64_t ttl_ms, struct addr *to);
+/* A connection to to (a partner edge found by SRV) failed: the lookups of ae_dns_cached skip
+ * it for hold_ms and answer with the domain's next SRV target. */
+void ae_dns_target_failed(struct ae_dns *d, const struct addr *to, uint64_t hold_ms);
 /* Cancels pending lookups (their callbacks run with -ECANCELED) and frees once closed. */
 void ae_dns_destroy(struct ae_dns *d);
 

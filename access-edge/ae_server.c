@@ -1468,10 +1468,20 @@ static void conn_free(struct ae_conn *c)
     ae_unref(ae);
 }
 
+/* How long a partner edge that could not be reached is passed over for the domain's next
+ * SRV target (a failed target must not fail every later request to that domain). */
+#define AE_PARTNER_HOLD_MS 30000
+
 static void on_conn_close(struct stream *s, int err, const char *why, void *arg)
 {
     struct ae_conn *c = arg;
-    LOGD(c->ae->log, &c->peer, "sip: connection closed (%s)", why ? why : "");
+    struct ae *ae = c->ae;
+    if (c->outbound && c->side == AE_EXT && !c->open && err && ae->dns) {
+        LOGW(ae->log, &c->peer, "sip: partner edge unreachable (%s): its domains use their "
+             "next SRV target for %d s", why ? why : strerror(-err), AE_PARTNER_HOLD_MS / 1000);
+        ae_dns_target_failed(ae->dns, &c->peer, AE_PARTNER_HOLD_MS);
+    }
+    LOGD(ae->log, &c->peer, "sip: connection closed (%s)", why ? why : "");
     conn_free(c);
 }
 

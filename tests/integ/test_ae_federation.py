@@ -21,9 +21,11 @@ class Federation(SuiteTest):
         argv = ["dnsmasq", "--keep-in-foreground", "--no-daemon", f"--port={port}",
                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
                 "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-queries"]
-        for domain, ip, p in records:
-            argv += [f"--srv-host=_sipfederationtls._tcp.{domain},{domain},{p}",
-                     f"--host-record={domain},{ip}"]
+        # (domain, ip, port) or (domain, ip, port, priority, target host)
+        for domain, ip, p, *more in records:
+            prio, host = more if more else (0, domain)
+            argv += [f"--srv-host=_sipfederationtls._tcp.{domain},{host},{p},{prio}",
+                     f"--host-record={host},{ip}"]
         d = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: (d.terminate(), d.wait()))
         time.sleep(0.3)
@@ -72,6 +74,46 @@ class Federation(SuiteTest):
         self.assertIsNotNone(req, "MESSAGE from B did not reach alice")
         self.assertTrue(req.startswith("MESSAGE "), req)
         self.assertEqual(b.edge_metric("access_edge_sip_connections"), 1)
+
+    def test_unreachable_srv_target_is_passed_over_for_the_next(self):
+        # partner.lab's first SRV target (priority 10) refuses connections; the second
+        # (priority 20) is B's edge. The request that met the dead edge is lost, as a
+        # datagram would be; its retransmission, and every request after it, goes to the
+        # next target instead of failing against the first again.
+        a_mtls, b_mtls = free_port(A_IPS[1]), free_port(B_IPS[1])
+        dead = free_port(B_IPS[1])
+        dns = self.dnsmasq([("access-edge.lab", A_IPS[1], a_mtls),
+                            ("partner.lab", B_IPS[1], dead, 10, "edge1.partner.lab"),
+                            ("partner.lab", B_IPS[1], b_mtls, 20, "edge2.partner.lab")])
+        fed = "federation: {{discovery: true, dns_servers: \"{dns}\"}}\n".format(dns=dns)
+        a = Lab(self, domain="access-edge.lab", ips=A_IPS, cert="access-edge", extra_edge=fed,
+                mtls_port=a_mtls)
+        b = Lab(self, domain="partner.lab", ips=B_IPS, cert="partner", extra_edge=fed,
+                mtls_port=b_mtls)
+        bob_port = free_port("127.0.0.5", socket.SOCK_DGRAM)
+        u = UdpUA("127.0.0.5", bob_port, domain="partner.lab")
+        r, _ = u.register((B_IPS[0], b.dir_sip), "bob", USERS["bob"])
+        u.close()
+        self.assertEqual(parse_status(r), 200, r)
+        uas = b.sipp("message_uas.xml", None, "bob", ip="127.0.0.5", port=bob_port, background=True)
+        time.sleep(0.3)
+        ua = UdpUA("127.0.0.6", domain="access-edge.lab")
+        self.addCleanup(ua.close)
+
+        def message(cid):
+            ua.request("MESSAGE", "sip:bob@partner.lab", (A_IPS[0], a.dir_sip), user="alice",
+                       to_uri="sip:bob@partner.lab", body="to the next edge", call_id=cid,
+                       headers="Content-Type: text/plain\r\n")
+            return ua.recv(timeout=3)
+
+        cid = "srv-failover-1"
+        self.assertIsNone(message(cid), "an answer came back from the refusing edge")
+        wait_for(lambda: "partner edge unreachable" in a.edge.log(), what="the failure logged")
+        r = message(cid)
+        self.assertEqual(parse_status(r), 200, r)
+        out, _ = uas.communicate(timeout=10)
+        self.assertEqual(uas.returncode, 0, out.decode(errors="replace")[-2000:])
+        self.assertIn(f"{B_IPS[1]}:{dead}", a.edge.log())
 
     def test_federation_to_unknown_domain_404(self):
         dns = self.dnsmasq([])
