@@ -85,6 +85,11 @@ static const struct cfg_key route_keys[] = {
     {"websocket", CFG_BOOL, R(websocket), "false", .help = "pass WebSocket upgrades through"},
     {"read_timeout", CFG_DURATION, R(read_timeout_ms), "0", .min = 0, .max = 86400000,
      .help = "overrides the upstream's read_timeout (long polls)"},
+    {"rate", CFG_UINT, R(rate), "0", .min = 0, .max = 1000000,
+     .help = "requests per second per client address on this route (429 with Retry-After "
+             "above; for sign-in and lookup paths); 0 = no limit"},
+    {"burst", CFG_UINT, R(burst), "0", .min = 0, .max = 1000000,
+     .help = "requests a client may make at once before rate applies (0 = rate)"},
     CFG_END,
 };
 #undef R

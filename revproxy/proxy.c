@@ -16,6 +16,7 @@
 #include "common/admin.h"
 #include "common/ctl.h"
 #include "common/metrics.h"
+#include "common/ratelimit.h"
 #include "common/stream.h"
 #include "common/tls.h"
 #include "revproxy/headers.h"
@@ -70,6 +71,7 @@ struct rp_gen {
     struct tls_ctx *tls;   /* server certificates */
     struct rp_pool *pools;
     size_t npools;
+    struct ratelimit **limits; /* per route with a rate, by client address (NULL = none) */
     bool retired;
 };
 
@@ -155,7 +157,7 @@ struct rp_server {
         struct metric *status[6];
         struct metric *not_http, *too_large, *body_too_large, *timeout_408, *not_found;
         struct metric *up_connect_fail, *up_timeout, *up_reset, *up_reused, *up_new;
-        struct metric *bytes_in, *bytes_out;
+        struct metric *bytes_in, *bytes_out, *rate_limited;
     } m;
 };
 
@@ -223,6 +225,9 @@ static void gen_free(struct rp_gen *g)
         free(g->pools[i].be);
     }
     free(g->pools);
+    for (size_t i = 0; g->limits && i < g->cfg->nroutes; i++)
+        ratelimit_destroy(g->limits[i]);
+    free(g->limits);
     tls_ctx_unref(g->tls);
     cfg_free(g->cfg);
     free(g);
@@ -336,6 +341,18 @@ static int gen_create(struct rp_server *srv, struct rp_config *cfg, struct rp_ge
             if (rc)
                 goto fail;
         }
+    }
+    /* Rate limits start afresh with each generation (a reload). */
+    g->limits = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof *g->limits);
+    if (!g->limits) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (size_t r = 0; r < cfg->nroutes; r++) {
+        const struct rp_route *rt = &cfg->routes[r];
+        if (rt->rate && (rc = ratelimit_create(&g->limits[r], rt->rate,
+                                               rt->burst ? rt->burst : rt->rate, 65536)) < 0)
+            goto fail;
     }
     for (size_t i = 0; i < g->npools; i++) {
         struct rp_pool *p = &g->pools[i];
@@ -814,7 +831,17 @@ static void on_client_timer(uv_timer_t *t)
 
 /* A small response from the proxy itself. Anything but keep closes the connection once
  * it is written; a response already under way is cut instead (the client sees it short). */
+/* client_reply with extra header lines (each ending CRLF). */
+static void client_reply_with(struct rp_client *c, int status, const char *extra,
+                              const char *body, bool keep);
+
 static void client_reply(struct rp_client *c, int status, const char *body, bool keep)
+{
+    client_reply_with(c, status, NULL, body, keep);
+}
+
+static void client_reply_with(struct rp_client *c, int status, const char *extra,
+                              const char *body, bool keep)
 {
     if (c->closing || c->state == C_CLOSING)
         return;
@@ -831,7 +858,7 @@ static void client_reply(struct rp_client *c, int status, const char *body, bool
         keep = false;
     uint8_t tmp[1024];
     struct buf b = {tmp, sizeof tmp, 0, 0};
-    http_simple_response(&b, status, NULL, body, !keep, c->is_head);
+    http_simple_response(&b, status, extra, body, !keep, c->is_head);
     stream_write(c->s, b.data, b.wr);
     c->status = status;
     c->bytes_out = body && !c->is_head ? strlen(body) : 0;
@@ -998,6 +1025,23 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
 }
 
 /* A request head arrived: check it, route it, start the upstream side. */
+/* A route's rate, per client address: false (and 429 with Retry-After sent) when spent. */
+static bool client_within_rate(struct rp_client *c, struct ratelimit *rl)
+{
+    const struct addr *a = stream_peer(c->s);
+    const void *key = addr_family(a) == AF_INET6 ? (const void *)&a->u.in6.sin6_addr
+                                                 : (const void *)&a->u.in4.sin_addr;
+    size_t klen = addr_family(a) == AF_INET6 ? 16 : 4;
+    uint32_t retry = 1;
+    if (ratelimit_take(rl, key, klen, 1, uv_now(c->srv->loop), &retry))
+        return true;
+    char extra[40];
+    snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry ? retry : 1);
+    const struct http_head *h = http_reader_head(c->req);
+    client_reply_with(c, 429, extra, "429 Too Many Requests\n", !h->has_body && h->keep_alive);
+    return false;
+}
+
 static void on_request_head(struct rp_client *c)
 {
     struct rp_server *srv = c->srv;
@@ -1044,6 +1088,10 @@ static void on_request_head(struct rp_client *c)
     }
     const struct rp_route *r = &cfg->routes[ri];
     c->route = ri;
+    if (c->gen->limits[ri] && !client_within_rate(c, c->gen->limits[ri])) {
+        metric_inc(srv->m.rate_limited);
+        return;
+    }
     if (h->content_length != HTTP_NO_LENGTH && h->content_length > r->max_body) {
         metric_inc(srv->m.body_too_large);
         client_reply(c, 413, "413 Content Too Large\n", false);
@@ -1548,6 +1596,7 @@ static void register_metrics(struct rp_server *srv)
     srv->m.body_too_large = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"body_too_large\"");
     srv->m.timeout_408 = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"client_timeout\"");
     srv->m.not_found = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"not_routed\"");
+    srv->m.rate_limited = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"rate_limited\"");
     srv->m.req_total = metrics_counter(m, "requests_total", "Requests answered", NULL);
     static const char *const cls[] = {NULL, "class=\"1xx\"", "class=\"2xx\"", "class=\"3xx\"", "class=\"4xx\"", "class=\"5xx\""};
     for (int i = 1; i <= 5; i++)

@@ -20,6 +20,7 @@ struct rp_route {
     bool affinity;      /* one client connection <-> one upstream connection (NTLM) */
     bool websocket;     /* pass Upgrade: websocket through */
     uint64_t read_timeout_ms; /* 0 = the upstream's */
+    uint32_t rate, burst; /* requests per second per client address (0 = no limit), bucket */
 };
 
 /* The request target, split (from origin-form "/p?q" or absolute-form "http://h/p?q"). */

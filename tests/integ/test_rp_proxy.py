@@ -123,6 +123,29 @@ class RevproxyTest(SuiteTest):
             self.assertEqual(code, 404, path)
         self.assertEqual(self.up.requests, [])
 
+    def test_route_rate_limit_per_client_429_retry_after(self):
+        # A sign-in path limited to a burst of 3, then 1 a second, per client address: the
+        # fourth and fifth quick requests get 429 with Retry-After and never reach the
+        # upstream; another client address and other routes are not affected.
+        self.start(extra="  - {prefix: /login, upstream: web, rate: 1, burst: 3}")
+        url = f"https://127.0.0.1:{self.https}/login/x"
+        t0 = time.time()
+        p = self.run_tool(["curl", "-sS", "--cacert", os.path.join(CERTS, "ca.crt"), "-D", "-",
+                           "-o", "/dev/null", "-w", "code=%{http_code}\n"] + [url] * 5, timeout=30)
+        elapsed = time.time() - t0
+        out = p.stdout.decode(errors="replace")
+        codes = [int(c) for c in re.findall(r"code=(\d+)", out)]
+        # (one keep-alive connection; on a slow build a second may pass and refill one)
+        passed = 3 + int(elapsed)
+        self.assertEqual(codes, [200] * passed + [429] * (5 - passed), f"{elapsed:.2f} s")
+        self.assertRegex(out, r"(?i)HTTP/1.1 429 Too Many Requests\r\n(.*\r\n)*retry-after: [1-9]")
+        self.assertEqual(len([r for r in self.up.requests if r[1].startswith("/login")]), passed)
+        self.assertEqual(self.curl("/login/x", "--interface", "127.0.0.9")[1], 200)
+        self.assertEqual(self.curl("/ABS/ext/x")[1], 200)
+        self.assertGreaterEqual(self.d.metrics()['revproxy_refused_total{reason="rate_limited"}'], 1)
+        time.sleep(1.1)
+        self.assertEqual(self.curl("/login/x")[1], 200)
+
     def test_dot_segments_refused_400(self):
         self.start()
         rc, code, _ = self.curl("/ABS/ext/%2e%2e/%2e%2e/secret", "--path-as-is")
