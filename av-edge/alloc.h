@@ -89,7 +89,7 @@ struct av_user {
     uint32_t n_allocs;
     struct av_user_count *shared; /* set by the Allocate; lives while n_allocs > 0 */
     uint64_t lease;               /* per-user bandwidth: bytes leased from shared, unspent */
-    uint64_t lease_failed_ms;     /* the shared bucket ran dry then: ask again next ms */
+    uint64_t lease_retry_ms;      /* the shared bucket ran dry: not asked again before this */
     char name[AV_USERNAME_MAX];
 };
 

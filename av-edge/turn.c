@@ -224,11 +224,11 @@ bool av_turn_user_take(struct av_turn *t, struct av_user *u, uint64_t now_ms, si
     uint64_t rate = t->cfg->bps_per_user;
     if (!rate)
         return true;
-    if (u->lease < n && u->lease_failed_ms != now_ms) {
+    if (u->lease < n && now_ms >= u->lease_retry_ms) {
         uint64_t slice = rate / 50 > n ? rate / 50 : n;
         u->lease += av_shared_user_lease(t->sh, u->shared, rate, now_ms, slice - u->lease);
         if (u->lease < n)
-            u->lease_failed_ms = now_ms;
+            u->lease_retry_ms = now_ms + 1;
     }
     if (u->lease < n)
         return false;
