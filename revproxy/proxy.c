@@ -72,6 +72,7 @@ struct rp_gen {
     struct rp_pool *pools;
     size_t npools;
     struct ratelimit **limits; /* per route with a rate, by client address (NULL = none) */
+    size_t nlimits;
     bool retired;
 };
 
@@ -225,7 +226,7 @@ static void gen_free(struct rp_gen *g)
         free(g->pools[i].be);
     }
     free(g->pools);
-    for (size_t i = 0; g->limits && i < g->cfg->nroutes; i++)
+    for (size_t i = 0; i < g->nlimits; i++)
         ratelimit_destroy(g->limits[i]);
     free(g->limits);
     tls_ctx_unref(g->tls);
@@ -348,6 +349,7 @@ static int gen_create(struct rp_server *srv, struct rp_config *cfg, struct rp_ge
         rc = -ENOMEM;
         goto fail;
     }
+    g->nlimits = cfg->nroutes;
     for (size_t r = 0; r < cfg->nroutes; r++) {
         const struct rp_route *rt = &cfg->routes[r];
         if (rt->rate && (rc = ratelimit_create(&g->limits[r], rt->rate,
@@ -829,17 +831,9 @@ static void on_client_timer(uv_timer_t *t)
     }
 }
 
-/* A small response from the proxy itself. Anything but keep closes the connection once
- * it is written; a response already under way is cut instead (the client sees it short). */
-/* client_reply with extra header lines (each ending CRLF). */
-static void client_reply_with(struct rp_client *c, int status, const char *extra,
-                              const char *body, bool keep);
-
-static void client_reply(struct rp_client *c, int status, const char *body, bool keep)
-{
-    client_reply_with(c, status, NULL, body, keep);
-}
-
+/* A small response from the proxy itself, with extra header lines (each ending CRLF; may
+ * be NULL). Anything but keep closes the connection once it is written; a response already
+ * under way is cut instead (the client sees it short). */
 static void client_reply_with(struct rp_client *c, int status, const char *extra,
                               const char *body, bool keep)
 {
@@ -875,6 +869,11 @@ static void client_reply_with(struct rp_client *c, int status, const char *extra
     stream_shutdown(c->s);
     /* Bounded: a client that neither reads nor closes goes after RP_LINGER_MS. */
     lazy_set(&c->timer, &c->deadline, on_client_timer, RP_LINGER_MS);
+}
+
+static void client_reply(struct rp_client *c, int status, const char *body, bool keep)
+{
+    client_reply_with(c, status, NULL, body, keep);
 }
 
 static void client_upstream_failed(struct rp_client *c, int err, const char *why,
