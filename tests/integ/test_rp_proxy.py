@@ -498,6 +498,21 @@ class RevproxyTest(SuiteTest):
         t.join()
         self.assertEqual(res["slow"][1], 200)
 
+    def test_reload_with_unusable_certificate_is_refused_and_old_config_serves(self):
+        # The new config parses, but its certificate cannot be loaded: the reload is refused
+        # with the reason, and the running generation (its routes and its rate limit) serves on.
+        self.start(extra="  - {prefix: /login, upstream: web, rate: 1, burst: 1}")
+        bad = os.path.join(self.tmp, "garbage.crt")
+        with open(bad, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+        with open(self.d.config, "w") as f:
+            f.write(self.config.replace(f"{CERTS}/revproxy.crt", bad))
+        self.d.signal(signal.SIGHUP)
+        self.d.wait_log("reload refused by revproxy")  # the config parsed; its TLS did not load
+        self.assertIsNone(self.d.proc.poll(), "revproxy exited")
+        self.assertEqual(self.curl("/ABS/ext/x")[1], 200)
+        self.assertEqual([self.curl("/login/x")[1] for _ in range(2)], [200, 429])
+
     def test_sigterm_drains_in_flight_request(self):
         self.start(rt="10s")
         res = {}
