@@ -373,10 +373,6 @@ class TestOperations(AvEdgeTest):
         self.assertIn("port_min", p.stderr.decode() + p.stdout.decode())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class TestUserBandwidth(AvEdgeTest):
     def test_per_user_cap_holds_across_two_workers(self):
         """bandwidth_per_user is one budget for the user whatever worker each of its
@@ -464,3 +460,7 @@ class TestIPv6(AvEdgeTest):
         self.assertEqual(m.code, 0)
         fams = sorted(":" in T.parse_xaddr(v, m.tid)[0] for v in m.all(T.A_RELAYED))
         self.assertEqual(fams, [False, True])
+
+
+if __name__ == "__main__":
+    unittest.main()
