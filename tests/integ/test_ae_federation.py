@@ -31,17 +31,19 @@ class Federation(SuiteTest):
         time.sleep(0.3)
         return f"127.0.0.1:{port}"
 
-    def test_message_crosses_between_two_suites(self):
-        # Each suite's domain is a name its edge certificate carries (the lab certificates
-        # name access-edge.lab and partner.lab).
-        a_mtls, b_mtls = free_port(A_IPS[1]), free_port(B_IPS[1])
-        dns = self.dnsmasq([("access-edge.lab", A_IPS[1], a_mtls), ("partner.lab", B_IPS[1], b_mtls)])
+    def two_suites(self, dns, a_mtls, b_mtls):
+        """Suite A (access-edge.lab) and suite B (partner.lab), both discovering partners
+        through the DNS server dns; each domain is a name its edge certificate carries."""
         fed = "federation: {{discovery: true, dns_servers: \"{dns}\"}}\n".format(dns=dns)
         a = Lab(self, domain="access-edge.lab", ips=A_IPS, cert="access-edge", extra_edge=fed,
                 mtls_port=a_mtls)
         b = Lab(self, domain="partner.lab", ips=B_IPS, cert="partner", extra_edge=fed,
                 mtls_port=b_mtls)
-        # bob is a user of suite B, registered at its Director.
+        return a, b
+
+    def bob_waits_for_a_message(self, b):
+        """bob, a user of suite B, registered at its Director, with a sipp UAS that answers
+        one MESSAGE (the process is returned)."""
         bob_port = free_port("127.0.0.5", socket.SOCK_DGRAM)
         u = UdpUA("127.0.0.5", bob_port, domain="partner.lab")
         r, _ = u.register((B_IPS[0], b.dir_sip), "bob", USERS["bob"])
@@ -49,6 +51,13 @@ class Federation(SuiteTest):
         self.assertEqual(parse_status(r), 200, r)
         uas = b.sipp("message_uas.xml", None, "bob", ip="127.0.0.5", port=bob_port, background=True)
         time.sleep(0.3)
+        return uas
+
+    def test_message_crosses_between_two_suites(self):
+        a_mtls, b_mtls = free_port(A_IPS[1]), free_port(B_IPS[1])
+        dns = self.dnsmasq([("access-edge.lab", A_IPS[1], a_mtls), ("partner.lab", B_IPS[1], b_mtls)])
+        a, b = self.two_suites(dns, a_mtls, b_mtls)
+        uas = self.bob_waits_for_a_message(b)
         # alice of suite A sends from inside A (to A's Director).
         ua = UdpUA("127.0.0.6", domain="access-edge.lab")
         self.addCleanup(ua.close)
@@ -85,18 +94,8 @@ class Federation(SuiteTest):
         dns = self.dnsmasq([("access-edge.lab", A_IPS[1], a_mtls),
                             ("partner.lab", B_IPS[1], dead, 10, "edge1.partner.lab"),
                             ("partner.lab", B_IPS[1], b_mtls, 20, "edge2.partner.lab")])
-        fed = "federation: {{discovery: true, dns_servers: \"{dns}\"}}\n".format(dns=dns)
-        a = Lab(self, domain="access-edge.lab", ips=A_IPS, cert="access-edge", extra_edge=fed,
-                mtls_port=a_mtls)
-        b = Lab(self, domain="partner.lab", ips=B_IPS, cert="partner", extra_edge=fed,
-                mtls_port=b_mtls)
-        bob_port = free_port("127.0.0.5", socket.SOCK_DGRAM)
-        u = UdpUA("127.0.0.5", bob_port, domain="partner.lab")
-        r, _ = u.register((B_IPS[0], b.dir_sip), "bob", USERS["bob"])
-        u.close()
-        self.assertEqual(parse_status(r), 200, r)
-        uas = b.sipp("message_uas.xml", None, "bob", ip="127.0.0.5", port=bob_port, background=True)
-        time.sleep(0.3)
+        a, b = self.two_suites(dns, a_mtls, b_mtls)
+        uas = self.bob_waits_for_a_message(b)
         ua = UdpUA("127.0.0.6", domain="access-edge.lab")
         self.addCleanup(ua.close)
 
@@ -145,13 +144,7 @@ class Federation(SuiteTest):
                            f"[{{domain: partner.lab, address: '{B_IPS[1]}:{b_mtls}'}}]}}\n")
         b = Lab(self, domain="partner.lab", ips=B_IPS, cert="partner", mtls_port=b_mtls,
                 extra_edge="federation: {allow: [access-edge.lab], discovery: false}\n")
-        bob_port = free_port("127.0.0.5", socket.SOCK_DGRAM)
-        u = UdpUA("127.0.0.5", bob_port, domain="partner.lab")
-        r, _ = u.register((B_IPS[0], b.dir_sip), "bob", USERS["bob"])
-        u.close()
-        self.assertEqual(parse_status(r), 200, r)
-        uas = b.sipp("message_uas.xml", None, "bob", ip="127.0.0.5", port=bob_port, background=True)
-        time.sleep(0.3)
+        uas = self.bob_waits_for_a_message(b)
         ua = UdpUA("127.0.0.6", domain="access-edge.lab")
         self.addCleanup(ua.close)
         ua.request("MESSAGE", "sip:bob@partner.lab", (A_IPS[0], a.dir_sip), user="alice",
