@@ -290,8 +290,7 @@ static void on_srv(void *arg, int status, int timeouts, unsigned char *abuf, int
         status = ares_parse_srv_reply(abuf, alen, &srv);
     if (status != ARES_SUCCESS || !srv) {
         q->status = map_status(status != ARES_SUCCESS ? status : ARES_ENODATA);
-        q->pending = 1;
-        settle(q);
+        finish(q);
         return;
     }
     /* Sorted (insertion sort, stable; a domain has a handful), the first DNS_TARGETS kept. */

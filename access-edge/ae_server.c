@@ -1176,15 +1176,8 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
                                                                        : SIP_SRC_INTERNAL);
     if (o->side == AE_EXT && m->is_request && !method_is(m, "ACK") && !ae_exempt(ae, o->peer)) {
         uint32_t retry = 1;
-        const void *key;
         size_t klen;
-        if (addr_family(o->peer) == AF_INET6) {
-            key = &o->peer->u.in6.sin6_addr;
-            klen = 16;
-        } else {
-            key = &o->peer->u.in4.sin_addr;
-            klen = 4;
-        }
+        const void *key = addr_host_bytes(o->peer, &klen);
         if (!ratelimit_take(ae->rl, key, klen, 1, uv_now(ae->loop), &retry)) {
             char ra[40];
             snprintf(ra, sizeof(ra), "Retry-After: %u\r\n", retry ? retry : 1);

@@ -126,6 +126,16 @@ const char *addr_format(const struct addr *a, char *out)
     return out;
 }
 
+const void *addr_host_bytes(const struct addr *a, size_t *len)
+{
+    if (a->u.sa.sa_family == AF_INET6) {
+        *len = 16;
+        return &a->u.in6.sin6_addr;
+    }
+    *len = 4;
+    return &a->u.in4.sin_addr;
+}
+
 bool addr_host_eq(const struct addr *a, const struct addr *b)
 {
     if (a->u.sa.sa_family != b->u.sa.sa_family)

@@ -30,6 +30,9 @@ const char *addr_format(const struct addr *a, char *out);
 const char *addr_format_host(const struct addr *a, char *out);
 bool addr_eq(const struct addr *a, const struct addr *b);          /* host and port */
 bool addr_host_eq(const struct addr *a, const struct addr *b);     /* host only */
+/* The host's raw bytes (4 for IPv4, 16 for IPv6) and their count: a key for per-address
+ * tables such as rate limits. */
+const void *addr_host_bytes(const struct addr *a, size_t *len);
 bool addr_is_loopback(const struct addr *a);
 bool addr_is_any(const struct addr *a);
 /* Hash of host (and port if with_port) for tables. */

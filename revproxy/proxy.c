@@ -1027,10 +1027,8 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
 /* A route's rate, per client address: false (and 429 with Retry-After sent) when spent. */
 static bool client_within_rate(struct rp_client *c, struct ratelimit *rl)
 {
-    const struct addr *a = stream_peer(c->s);
-    const void *key = addr_family(a) == AF_INET6 ? (const void *)&a->u.in6.sin6_addr
-                                                 : (const void *)&a->u.in4.sin_addr;
-    size_t klen = addr_family(a) == AF_INET6 ? 16 : 4;
+    size_t klen;
+    const void *key = addr_host_bytes(stream_peer(c->s), &klen);
     uint32_t retry = 1;
     if (ratelimit_take(rl, key, klen, 1, uv_now(c->srv->loop), &retry))
         return true;

@@ -77,6 +77,15 @@ static void cidr_matches_v4_v6_and_mapped(void **st)
     addr_parse(&a, "198.51.100.1", 0);
     assert_false(cidr_list_contains(list, 2, &a));
     assert_false(cidr_list_contains(NULL, 0, &a));
+    size_t n;
+    const uint8_t *b = addr_host_bytes(&a, &n);
+    assert_int_equal(n, 4);
+    assert_memory_equal(b, "\xc6\x33\x64\x01", 4); /* 198.51.100.1 */
+    addr_parse(&a, "[2001:db8::7]:5", 0);
+    b = addr_host_bytes(&a, &n);
+    assert_int_equal(n, 16);
+    assert_int_equal(b[0], 0x20);
+    assert_int_equal(b[15], 7);
 }
 
 static void metrics_render_prometheus_text(void **st)
