@@ -11,10 +11,11 @@ BUILD="build-essential pkg-config clang libclang-rt-14-dev
   libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libc-ares-dev
   libhttp-parser-dev"
 # Integration tests: real clients nobody here wrote; docker-compose (validates the compose
-# file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests.
+# file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests;
+# sipvicious (svwar, svcrack) and varnish (varnishtest) for the attacker-side tests.
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
-  docker-compose python3-yaml systemd"
+  docker-compose python3-yaml systemd sipvicious varnish"
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
 
