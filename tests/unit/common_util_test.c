@@ -1,4 +1,4 @@
-/* Buffers, addresses, prefixes, metrics rendering and log lines. */
+/* Buffers, addresses, prefixes, metrics rendering, log lines and heap trimming. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 
 #include "common/addr.h"
 #include "common/log.h"
+#include "common/memtrim.h"
 #include "common/metrics.h"
 #include "common/util.h"
 
@@ -157,6 +158,19 @@ static void dlist_appends_and_removes_idempotently(void **st)
     assert_true(dl_empty(&h));
 }
 
+static void memtrim_waits_for_the_heap_to_move(void **st)
+{
+    struct memtrim t = {.min_free = 4 << 20, .every_ms = 60000};
+    assert_false(memtrim_due(&t, 1 << 20, 1000));          /* too little free to bother */
+    assert_true(memtrim_due(&t, 40 << 20, 1000));          /* a burst freed 40 MB */
+    t.last_free = 40 << 20, t.last_ms = 1000;              /* trimmed: still free to malloc */
+    assert_false(memtrim_due(&t, 41 << 20, 2000));         /* not every tick after that */
+    assert_true(memtrim_due(&t, 90 << 20, 3000));          /* another burst */
+    assert_true(memtrim_due(&t, 30 << 20, 4000));          /* reused, then freed elsewhere */
+    assert_true(memtrim_due(&t, 41 << 20, 61000));         /* and once a minute regardless */
+    assert_true(memtrim_tick(&(struct memtrim){.min_free = 0, .every_ms = 0}, 5));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -166,6 +180,7 @@ int main(void)
         cmocka_unit_test(cidr_matches_v4_v6_and_mapped),
         cmocka_unit_test(metrics_render_prometheus_text),
         cmocka_unit_test(log_lines_carry_peer_in_text_and_json),
+        cmocka_unit_test(memtrim_waits_for_the_heap_to_move),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

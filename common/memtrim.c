@@ -1,0 +1,28 @@
+/* Idle heap trimming: see memtrim.h. */
+#include "common/memtrim.h"
+
+#include <malloc.h>
+
+size_t memtrim_free_bytes(void)
+{
+    struct mallinfo2 mi = mallinfo2(); /* sums every arena */
+    return mi.fordblks + mi.fsmblks;
+}
+
+bool memtrim_due(const struct memtrim *t, size_t free, uint64_t now_ms)
+{
+    if (free < t->min_free)
+        return false;
+    size_t moved = free > t->last_free ? free - t->last_free : t->last_free - free;
+    return moved >= t->min_free || now_ms - t->last_ms >= t->every_ms;
+}
+
+bool memtrim_tick(struct memtrim *t, uint64_t now_ms)
+{
+    if (!memtrim_due(t, memtrim_free_bytes(), now_ms))
+        return false;
+    malloc_trim(0); /* also madvises whole free pages in the middle of each arena away */
+    t->last_free = memtrim_free_bytes();
+    t->last_ms = now_ms;
+    return true;
+}
