@@ -4,6 +4,7 @@
 #include "access-edge/ae.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
 #include "common/crypto.h"
+#include "common/fdlimit.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
@@ -71,7 +73,7 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", NULL,
+    "watchlist", "tampered", "fd_limit", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -118,6 +120,7 @@ struct ae {
     uv_timer_t lag;          /* fires every 20 ms; lateness measures saturation */
     uint64_t lag_expected;   /* uv_hrtime ns when it should fire */
     uint64_t overloaded_until; /* ms (loop clock) */
+    struct log_limit fd_log;   /* connections refused at the open-file limit */
     unsigned late_ticks;       /* consecutive lag ticks at least overload_lag late */
     struct metric *m_dir_up[AE_DIRECTORS_MAX];
 
@@ -1506,6 +1509,18 @@ static struct ae_conn *conn_new(struct ae *ae, uint8_t side, uint8_t tp, bool mt
     return c;
 }
 
+/* A connection refused at the open-file limit (common/fdlimit.h): logged at most every 10 s. */
+static void refused_fd_limit(struct ae *ae)
+{
+    uint64_t held;
+    ae_count_reject(ae, "fd_limit");
+    if (log_limit_pass(&ae->fd_log, uv_now(ae->loop), 10000, &held))
+        LOGW(ae->log, NULL,
+             "sip: connection refused: open-file limit %zu reached (%" PRIu64 " more since the "
+             "last line); raise ulimit -n",
+             fdlimit_nofile(), held);
+}
+
 static void on_accept(uv_stream_t *server, int status)
 {
     struct ae_listener *l = server->data;
@@ -1537,8 +1552,11 @@ static void on_accept(uv_stream_t *server, int status)
     }
     c->local = l->local;
     c->ws = l->ws;
-    if (stream_accept(server, &so, &conn_cbs, c, &c->s) < 0) {
+    int rc = stream_accept(server, &so, &conn_cbs, c, &c->s);
+    if (rc < 0) {
         conn_free(c);
+        if (rc == -EMFILE)
+            refused_fd_limit(ae);
         return;
     }
     c->peer = *stream_peer(c->s);
@@ -1836,6 +1854,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->log = log;
     ae->metrics = m;
     dl_init(&ae->retx);
+    fdlimit_check(log, "limits.max_connections", cfg->limits.max_connections);
     int rc = build_policy(ae, cfg);
     size_t cap = 64;
     while (cap < 2 * (size_t)cfg->limits.max_connections)

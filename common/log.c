@@ -110,3 +110,15 @@ void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *pe
     log_vemit(lg, lvl, peer, fmt, ap);
     va_end(ap);
 }
+
+bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *held)
+{
+    if (now_ms < l->next_ms) {
+        l->held++;
+        return false;
+    }
+    *held = l->held;
+    l->held = 0;
+    l->next_ms = now_ms + interval_ms;
+    return true;
+}

@@ -3,6 +3,8 @@
 #define COMMON_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include "common/addr.h"
 
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -32,6 +34,15 @@ static inline int log_enabled(const struct logger *lg, enum log_level lvl)
 {
     return lg && lvl <= lg->level;
 }
+
+/* At most one line per interval for an event that can repeat per packet or connection.
+ * log_limit_pass says whether to log now; *held gets how many were held back since the last
+ * line, to say in it. The owner keeps the struct (zeroed to start). */
+struct log_limit {
+    uint64_t next_ms;
+    uint64_t held;
+};
+bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *held);
 
 #define LOGE(lg, peer, ...) log_emit((lg), LOG_ERROR, (peer), __VA_ARGS__)
 #define LOGW(lg, peer, ...) log_emit((lg), LOG_WARN, (peer), __VA_ARGS__)

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/fdlimit.h"
+
 #define STREAM_READ_CHUNK 16384
 #define STREAM_READ_MAX (256 * 1024)
 /* A TLS read goes whole into the TLS input buffer, which takes a few records at most. */
@@ -685,6 +687,9 @@ int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct
     if (rc < 0)
         return rc;
     rc = uv_accept(server, (uv_stream_t *)&s->tcp);
+    uv_os_fd_t fd;
+    if (rc == 0 && uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 && fdlimit_in_reserve(fd))
+        rc = -EMFILE;
     if (rc == 0)
         rc = start_reading(s);
     if (rc < 0) {

@@ -63,6 +63,8 @@ void stream_gate_destroy(struct stream_gate *g);
 
 /* Takes an accepted connection from server (uv_accept inside). With TLS, the first bytes
  * must start a ClientHello or the stream closes at once with -EPROTO ("not TLS").
+ * -EMFILE when the connection's descriptor falls in the reserve below the open-file limit
+ * (common/fdlimit.h): it is closed, and the caller logs and counts it.
  * On failure *out is untouched and on_close is never called. */
 int stream_accept(uv_stream_t *server, const struct stream_opts *o, const struct stream_cbs *cb,
                   void *arg, struct stream **out);

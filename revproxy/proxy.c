@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "common/admin.h"
 #include "common/ctl.h"
+#include "common/fdlimit.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
 #include "common/stream.h"
@@ -158,8 +160,9 @@ struct rp_server {
         struct metric *status[6];
         struct metric *not_http, *too_large, *body_too_large, *timeout_408, *not_found;
         struct metric *up_connect_fail, *up_timeout, *up_reset, *up_reused, *up_new;
-        struct metric *bytes_in, *bytes_out, *rate_limited;
+        struct metric *bytes_in, *bytes_out, *rate_limited, *fd_limit;
     } m;
+    struct log_limit fd_log; /* connections refused at the open-file limit */
 };
 
 static void client_close(struct rp_client *c, int err, const char *why);
@@ -1489,6 +1492,18 @@ static void up_resume(struct rp_upconn *u)
 
 /* ---- listeners ---- */
 
+/* A connection refused at the open-file limit (common/fdlimit.h): logged at most every 10 s. */
+static void refused_fd_limit(struct rp_server *srv)
+{
+    uint64_t held;
+    metric_inc(srv->m.fd_limit);
+    if (log_limit_pass(&srv->fd_log, uv_now(srv->loop), 10000, &held))
+        LOGW(srv->log, NULL,
+             "connection refused: open-file limit %zu reached (%" PRIu64 " more since the last "
+             "line); raise ulimit -n",
+             fdlimit_nofile(), held);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct rp_listen *l = container_of((uv_tcp_t *)server, struct rp_listen, tcp);
@@ -1523,6 +1538,8 @@ static void on_connection(uv_stream_t *server, int status)
         buf_fini(&c->in);
         buf_fini(&c->uphead);
         free(c);
+        if (rc == -EMFILE)
+            refused_fd_limit(srv);
         return;
     }
     gen_ref(g);
@@ -1594,6 +1611,7 @@ static void register_metrics(struct rp_server *srv)
     srv->m.timeout_408 = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"client_timeout\"");
     srv->m.not_found = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"not_routed\"");
     srv->m.rate_limited = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"rate_limited\"");
+    srv->m.fd_limit = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"fd_limit\"");
     srv->m.req_total = metrics_counter(m, "requests_total", "Requests answered", NULL);
     static const char *const cls[] = {NULL, "class=\"1xx\"", "class=\"2xx\"", "class=\"3xx\"", "class=\"4xx\"", "class=\"5xx\""};
     for (int i = 1; i <= 5; i++)
@@ -1696,6 +1714,7 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     srv->d = d;
     srv->loop = daemon_loop(d);
     srv->log = daemon_logger(d);
+    fdlimit_check(srv->log, "client.max_connections", cfg->client.max_connections);
     srv->access_fd = -1;
     dl_init(&srv->clients);
     dl_init(&srv->upconns);
