@@ -68,6 +68,11 @@ struct ae_conn {
     size_t nnames;
 };
 
+/* A loop turn spends at most this on TLS handshakes (at least one flight): a handshake costs
+ * 3-5 ms of ECDHE and ECDSA (12 ms with a client certificate), and a burst of them run as they
+ * arrive held every other user's SIP for the whole burst. */
+#define AE_HS_BUDGET_US 1000
+
 /* Metric labels for each rejection reason (fixed set: bounded cardinality). */
 static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
@@ -104,6 +109,7 @@ struct ae {
     struct ae_listener lst[AE_LST_MAX];
     size_t nlst;
     struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client, *tls_ext_client;
+    struct stream_gate *hs_gate; /* accepted TLS handshakes take turns with SIP work */
     struct ae_dns *dns;
 
     struct ae_conn **conns; /* by id & (conn_cap - 1) */
@@ -1536,6 +1542,7 @@ static void on_accept(uv_stream_t *server, int status)
         .write_cap = 256 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
         .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
+        .gate = ae->hs_gate,
     };
     if (!c) {
         /* Over the connection cap (or draining): accept and drop, so the backlog empties. */
@@ -1866,6 +1873,8 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     if (rc == 0)
         rc = ae_txn_table_create(&ae->txns, cfg->limits.max_transactions);
     if (rc == 0)
+        rc = stream_gate_create(loop, AE_HS_BUDGET_US, &ae->hs_gate);
+    if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
     if (rc == 0)
         rc = ratelimit_create(&ae->fed_rl, cfg->federation.discovered_rate,
@@ -1877,6 +1886,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
                     crypto_random(ae->flow_key, sizeof(ae->flow_key)) < 0))
         rc = -EIO;
     if (rc < 0) {
+        stream_gate_destroy(ae->hs_gate);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
         ratelimit_destroy(ae->fed_rl);
@@ -2046,6 +2056,8 @@ void ae_stop(struct ae *ae)
     for (size_t i = 0; i < ae->conn_cap; i++)
         if (ae->conns[i])
             stream_close(ae->conns[i]->s, 0, "shutdown");
+    stream_gate_destroy(ae->hs_gate); /* every accepted stream is closed */
+    ae->hs_gate = NULL;
     for (size_t i = 0; i < ae->nudp; i++) {
         uv_udp_recv_stop(&ae->udp[i].h);
         close_handle(ae, (uv_handle_t *)&ae->udp[i].h);
