@@ -31,6 +31,7 @@
 #define CE_UP_CAP (CE_PREAMBLE_MAX + 16384 + 1024) /* preamble plus one plaintext record */
 #define CE_CTLQ_CAP (256 * 1024)
 #define CE_LINGER_MS 2000 /* after our close_notify, how long the peer has to close */
+#define CE_DISCARD_MAX (64 * 1024) /* bytes read and dropped from an ending session */
 #define CE_LINK_IN_CAP (2 * CE_MUX_FRAME_MAX)
 
 enum sess_state { S_HANDSHAKE, S_PREAMBLE, S_WAITING, S_RELAY, S_ENDING };
@@ -58,6 +59,7 @@ struct ce_sess {
     struct buf down;                 /* server bytes the client's queue refused */
     uint64_t down_owed;              /* bytes delivered, window not yet returned */
     bool server_shut;                /* SHUT from the server: close_notify once down drains */
+    uint32_t discard_left;           /* ENDING: client bytes still read (and dropped) */
     struct ce_sess *tmp_next;        /* a batch being closed (revocation, lost server) */
 };
 
@@ -337,7 +339,14 @@ static void sess_finish(struct ce_sess *s, const char *why, bool tell_server)
         sess_end(s, why, false);
         return;
     }
-    stream_read_stop(s->cs);
+    /* The linger exists because closing a socket with unread input sends a reset, which
+     * can destroy the answer line (or the last relayed bytes) before the client reads
+     * them. So the edge keeps reading, and drops what it reads: the client's close_notify,
+     * FIN or reset then ends the session at once and frees its per-address slot. A client
+     * that sends on instead of closing is read up to CE_DISCARD_MAX bytes; then reading
+     * stops and the linger ends it, as for a client that never closes. */
+    s->discard_left = CE_DISCARD_MAX;
+    stream_read_start(s->cs);
     /* Server bytes parked for a slow client are given up: the session is over. */
     stream_shutdown(s->cs);
     uv_timer_start(&s->timer, on_linger, CE_LINGER_MS, 0);
@@ -632,8 +641,16 @@ static void sess_on_open(struct stream *cs, void *arg)
 static int sess_on_data(struct stream *cs, const uint8_t *data, size_t len, void *arg)
 {
     struct ce_sess *s = arg;
-    if (s->state == S_ENDING)
-        return 0; /* nothing more is read from a refused client */
+    if (s->state == S_ENDING) {
+        /* Nothing more goes inside from an ending session: read only to see it close. */
+        if (len >= s->discard_left) {
+            s->discard_left = 0;
+            stream_read_stop(cs);
+        } else {
+            s->discard_left -= (uint32_t)len;
+        }
+        return 0;
+    }
     if (!s->up.data && buf_init(&s->up, CE_UP_CAP) < 0)
         return -ENOMEM;
     if (buf_append(&s->up, data, len) < 0) {

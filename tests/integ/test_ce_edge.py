@@ -418,6 +418,40 @@ class ConfEdgeTest(SuiteTest):
         d = Client(self.ext, key=mint("cap", "d"))
         self.assertEqual(d.line(), "PSOM-EDGE/1 200 admitted\r\n")
 
+    def test_quick_refusals_free_the_address_slot_when_the_client_closes(self):
+        # Issue 13.7: a refused session held its per-address slot for the 2 s linger even
+        # after the client had closed, so an address that retried quickly was locked out.
+        self.start_edge(extra="limits: {per_address: 3}\n")
+        self.mock(mode="echo")
+        bad = mint("conf-q", "quinn", secret="guessed-secret")
+        t0 = time.time()
+        for i in range(30):
+            try:
+                c = Client(self.ext, key=bad)
+                line = c.line()
+            except (ssl.SSLError, ConnectionResetError, OSError) as e:
+                self.fail(f"attempt {i + 1} closed at accept ({e!r}) after "
+                          f"{time.time() - t0:.2f} s: the slot of a closed client was still held")
+            self.assertEqual(line, "PSOM-EDGE/1 403 invalid-key\r\n", f"attempt {i + 1}")
+            c.close()  # a client that has read its answer closes at once
+        mt = self.edge.metrics()
+        self.assertEqual(mt.get('conf_edge_clients_dropped_total{reason="cap"}', 0), 0)
+        self.assertEqual(mt['conf_edge_clients_refused_total{reason="invalid-key"}'], 30)
+        ok = Client(self.ext, key=mint("conf-q", "quinn"))
+        self.assertEqual(ok.line(), "PSOM-EDGE/1 200 admitted\r\n")
+
+    def test_refused_client_that_keeps_sending_still_reads_its_answer(self):
+        # What the linger protects: a refused client whose bytes the edge has not read must
+        # still get its answer line (a close with unread input would reset the connection).
+        self.start_edge(extra="limits: {per_address: 2}\n")
+        c = Client(self.ext, preamble=b"PSOM-EDGE/1 " + mint("conf-q", "x", secret="nope").encode()
+                   + b"\r\n" + b"x" * 300000)
+        self.assertEqual(c.line(), "PSOM-EDGE/1 403 invalid-key\r\n")
+        self.assertTrue(c.closed_within(4.0), "closed after the linger at the latest")
+        c.close()
+        # and its slot is back once it is gone
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients") == 0, what="slot freed")
+
     def test_idle_session_closed_and_server_told(self):
         self.start_edge(extra="idle_timeout: 1s\n")
         m = self.mock(mode="echo")
