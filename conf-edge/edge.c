@@ -44,12 +44,13 @@ struct ce_sess {
     enum sess_state state;
     struct addr peer;
     char peer_s[ADDR_STRLEN];
-    bool counted_addr, counted_conf, timer_closed, done;
+    bool counted_addr, counted_conf, counted_key, timer_closed, done;
     uv_timer_t timer;                /* preamble timeout, server wait, linger */
     struct dlist node;             /* edge->sessions */
     struct dlist qnode;            /* edge->waiting or link->blocked */
     struct token_claims claims;
     struct ce_map_entry *conf;       /* edge->confs entry, once admitted */
+    struct ce_map_entry *key;        /* edge->keys entry (sessions of this jti), once admitted */
     struct ce_link *link;            /* once bound */
     uint32_t id;                     /* stream id on link */
     struct buf up;                   /* client bytes not yet sent to the server */
@@ -84,7 +85,8 @@ struct ce_metrics {
     struct metric *accepted, *admitted, *active, *relaying, *servers, *conferences;
     struct metric *bytes_up, *bytes_down, *not_tls, *handshake_failed, *per_address, *too_many;
     struct metric *refused[CE_REPLY_COUNT];
-    struct metric *revoked_closed, *server_lost_closed, *idle_closed, *servers_refused;
+    struct metric *revoked_closed, *server_lost_closed, *idle_closed, *replaced_closed;
+    struct metric *servers_refused;
     struct metric *servers_connected_total;
 };
 
@@ -103,6 +105,7 @@ struct ce_edge {
     struct ce_revocations *rev;
     struct ce_map *addrs;  /* host -> connection count */
     struct ce_map *confs;  /* conference id -> pinned link, admitted count */
+    struct ce_map *key_sessions; /* key id (jti) -> admitted sessions holding it */
     struct dlist sessions, waiting, links;
     uint64_t nsess, nrelay, nlinks_ready;
     uint64_t bytes_up, bytes_down, refused;
@@ -278,6 +281,17 @@ static void sess_leave_conf(struct ce_sess *s)
     }
 }
 
+static void sess_leave_key(struct ce_sess *s)
+{
+    if (!s->counted_key)
+        return;
+    s->counted_key = false;
+    struct ce_map_entry *k = s->key;
+    s->key = NULL;
+    if (--k->count <= 0)
+        ce_map_remove(s->edge->key_sessions, k);
+}
+
 static void sess_unbind(struct ce_sess *s, const char *why, bool tell_server)
 {
     struct ce_link *l = s->link;
@@ -302,6 +316,7 @@ static void sess_detach(struct ce_sess *s, const char *why, bool tell_server)
     sess_unbind(s, why, tell_server);
     dl_del(&s->qnode);
     sess_leave_conf(s);
+    sess_leave_key(s);
 }
 
 /* The session is over: close the client now. */
@@ -566,6 +581,53 @@ static void on_server_wait(uv_timer_t *t)
         sess_refuse(s, CE_REPLY_NO_SERVER);
 }
 
+/* One conference key (its jti) holds at most limits.per_key sessions. Past it, the policy
+ * decides: REFUSE answers 429 key-in-use; REPLACE (the default) admits the newcomer and
+ * ends the key's oldest sessions. Replacing is what makes a rejoin after a drop work: the
+ * old connection may be half-dead (no FIN or reset ever arrives, the path is gone) and
+ * nothing the edge can do finds that out quickly, while the newcomer holds the same key.
+ * Returns 0 with the key counted, or -1 when s was refused (or out of memory). */
+static int sess_take_key(struct ce_sess *s, struct slice key)
+{
+    struct ce_edge *e = s->edge;
+    const struct ce_config *cfg = e->cfg;
+    /* A key minted without a jti is told apart by its whole text. */
+    struct slice id = s->claims.jti[0] ? slice_str(s->claims.jti) : key;
+    struct ce_map_entry *k = ce_map_get(e->key_sessions, id.p, id.len);
+    if (!k) {
+        sess_finish(s, "out of memory", false);
+        return -1;
+    }
+    if (k->count >= (int64_t)cfg->limits.per_key && cfg->limits.per_key_policy == CE_KEY_REFUSE) {
+        if (k->count == 0)
+            ce_map_remove(e->key_sessions, k);
+        sess_refuse(s, CE_REPLY_KEY_IN_USE);
+        return -1;
+    }
+    /* Counted first, so the entry outlives the sessions it ends below. */
+    k->count++;
+    s->key = k;
+    s->counted_key = true;
+    for (int i = 0; i < 1000000 && k->count > (int64_t)cfg->limits.per_key; i++) {
+        struct ce_sess *old = NULL;
+        for (struct dlist *n = e->sessions.next; n != &e->sessions && !old; n = n->next) {
+            struct ce_sess *o = container_of(n, struct ce_sess, node);
+            if (o != s && o->counted_key && o->key == k)
+                old = o; /* e->sessions is in arrival order: the oldest first */
+        }
+        if (!old)
+            break;
+        metric_inc(e->m.replaced_closed);
+        LOGI(e->log, &old->peer, "session replaced: its key (conference %s participant %s) "
+             "rejoined from %s", old->claims.conf, old->claims.user, s->peer_s);
+        if (old->state == S_WAITING)
+            sess_refuse(old, CE_REPLY_KEY_IN_USE); /* still waiting for its answer line */
+        else
+            sess_finish(old, "replaced", true);
+    }
+    return 0;
+}
+
 static void sess_admit(struct ce_sess *s, struct slice key)
 {
     struct ce_edge *e = s->edge;
@@ -578,6 +640,8 @@ static void sess_admit(struct ce_sess *s, struct slice key)
         sess_refuse(s, CE_REPLY_DRAINING);
         return;
     }
+    if (sess_take_key(s, key) < 0)
+        return;
     struct ce_map_entry *c = ce_map_get(e->confs, s->claims.conf, strlen(s->claims.conf));
     if (!c) {
         sess_finish(s, "out of memory", false);
@@ -1086,6 +1150,8 @@ static void init_metrics(struct ce_edge *e, struct metrics *m)
                                             "Live sessions closed by the edge", "reason=\"server_lost\"");
     x->idle_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
                                      "reason=\"idle\"");
+    x->replaced_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
+                                         "reason=\"replaced\"");
 }
 
 static void on_edge_handle_closed(uv_handle_t *h)
@@ -1104,6 +1170,7 @@ static void edge_maybe_free(struct ce_edge *e)
     ce_revocations_destroy(e->rev);
     ce_map_destroy(e->addrs);
     ce_map_destroy(e->confs);
+    ce_map_destroy(e->key_sessions);
     free(e);
 }
 
@@ -1142,6 +1209,8 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
         rc = ce_map_create(&e->addrs);
     if (!rc)
         rc = ce_map_create(&e->confs);
+    if (!rc)
+        rc = ce_map_create(&e->key_sessions);
     if (rc)
         goto fail;
     char terr[256] = "";
@@ -1189,6 +1258,7 @@ fail:
     ce_revocations_destroy(e->rev);
     ce_map_destroy(e->addrs);
     ce_map_destroy(e->confs);
+    ce_map_destroy(e->key_sessions);
     free(e);
     return rc < 0 ? rc : -EINVAL;
 }
