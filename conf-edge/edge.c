@@ -50,7 +50,7 @@ struct ce_sess {
     struct dlist qnode;            /* edge->waiting or link->blocked */
     struct token_claims claims;
     struct ce_map_entry *conf;       /* edge->confs entry, once admitted */
-    struct ce_map_entry *key;        /* edge->keys entry (sessions of this jti), once admitted */
+    struct ce_map_entry *key;        /* edge->key_sessions entry (its jti), once admitted */
     struct ce_link *link;            /* once bound */
     uint32_t id;                     /* stream id on link */
     struct buf up;                   /* client bytes not yet sent to the server */
@@ -598,17 +598,22 @@ static int sess_take_key(struct ce_sess *s, struct slice key)
         sess_finish(s, "out of memory", false);
         return -1;
     }
-    if (k->count >= (int64_t)cfg->limits.per_key && cfg->limits.per_key_policy == CE_KEY_REFUSE) {
+    uint64_t replace = 0;
+    enum ce_reply r = ce_admit_key_cap((uint64_t)k->count, cfg->limits.per_key,
+                                       cfg->limits.per_key_policy == CE_KEY_REFUSE, &replace);
+    if (r != CE_REPLY_ADMITTED) {
         if (k->count == 0)
             ce_map_remove(e->key_sessions, k);
-        sess_refuse(s, CE_REPLY_KEY_IN_USE);
+        sess_refuse(s, r);
         return -1;
     }
-    /* Counted first, so the entry outlives the sessions it ends below. */
+    /* Counted first, so the entry outlives the sessions it ends below. The scan is over
+     * every session, but it runs only when a key is past its cap, after a full TLS
+     * handshake that costs far more. */
     k->count++;
     s->key = k;
     s->counted_key = true;
-    for (int i = 0; i < 1000000 && k->count > (int64_t)cfg->limits.per_key; i++) {
+    for (uint64_t i = 0; i < replace; i++) {
         struct ce_sess *old = NULL;
         for (struct dlist *n = e->sessions.next; n != &e->sessions && !old; n = n->next) {
             struct ce_sess *o = container_of(n, struct ce_sess, node);
