@@ -12,9 +12,17 @@
  *   av-probe --external HOST:PORT --internal HOST:PORT (--secret S | --user U --password P)
  *            [--streams 1] [--rate 50] [--seconds 5] [--size 160]
  *            [--external-user U --external-password P] [--external-netns NAME]
+ *            [--permission-lifetime 300] [--channel-lifetime 600]
  * The external user uses the internal user's credentials unless given its own; with
  * --external-netns its sockets are made in that network namespace (/run/netns/NAME, needs
  * CAP_SYS_ADMIN), so one process can place the external allocation from behind a NAT.
+ *
+ * A probe runs as long as it is asked to: it refreshes each allocation at half the lifetime
+ * the server granted, and each permission and channel binding at half of
+ * --permission-lifetime (default 300 s) and --channel-lifetime (600 s), the RFC 8656
+ * lifetimes, which the server does not announce. Refreshes go out between media packets
+ * and their answers are picked out of the media; a 401 or 438 (stale nonce) is answered
+ * with the new nonce, for refreshes and for the final release (LIFETIME 0) alike.
  * Exit status: 0 when nothing was lost or failed authentication, 1 otherwise, 2 on setup errors. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,7 +53,11 @@ struct opts {
     const char *ext_netns;               /* network namespace of the external sockets */
     int streams, rate, size;
     double seconds;
+    double perm_lifetime, chan_lifetime; /* what the server grants (it does not say) */
 };
+
+/* A refresh in flight (at most one per client: answers are matched by transaction id). */
+enum job { JOB_NONE, JOB_ALLOCATION, JOB_PERMISSION, JOB_CHANNEL, JOB_COUNT };
 
 /* One TURN client on its own UDP socket. */
 struct client {
@@ -53,6 +65,15 @@ struct client {
     struct addr server, relay, mapped;
     char user[128], pass[64], realm[128], nonce[128];
     uint8_t key[16];
+    uint32_t lifetime;     /* allocation lifetime the server granted (s) */
+    bool has_peer;         /* permission and channel for peer (the internal user) */
+    struct addr peer;
+    double due[JOB_COUNT]; /* when each refresh is due (monotonic s) */
+    enum job job;          /* in flight */
+    uint8_t job_tid[12];
+    double job_sent;
+    int job_tries, job_challenges;
+    uint64_t refreshes, refresh_failures;
 };
 
 /* Direction statistics. */
@@ -136,32 +157,73 @@ static int client_open(struct client *c, const struct addr *server, const struct
     return 0;
 }
 
-/* Sends a request and waits for its answer; takes REALM/NONCE from a challenge and
- * retries once. Returns the error code (0 = success) and leaves the answer in resp. */
-static int transact(struct client *c, uint16_t method, const struct addr *peer, int channel,
-                    uint8_t *resp, size_t cap, struct stun_msg *m)
+/* Builds and sends one request (authenticated once the client holds a nonce).
+ * lifetime < 0: no LIFETIME attribute. */
+static void send_request(struct client *c, uint16_t method, const struct addr *peer, int channel,
+                         long lifetime, const uint8_t tid[12])
 {
-    for (int attempt = 0; attempt < 4; attempt++) {
-        uint8_t buf[512], tid[12];
-        crypto_random(tid, sizeof(tid));
-        struct stun_builder b;
-        stun_build_init(&b, buf, sizeof(buf), method, STUN_REQUEST, tid);
-        if (method == STUN_ALLOCATE)
-            stun_build_u32(&b, STUN_A_REQUESTED_TRANSPORT, 17u << 24);
-        if (channel)
-            stun_build_u32(&b, STUN_A_CHANNEL_NUMBER, (uint32_t)channel << 16);
-        if (peer)
-            stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
-        if (c->nonce[0]) {
-            stun_build_attr(&b, STUN_A_USERNAME, c->user, strlen(c->user));
-            stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
-            stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
-            stun_build_integrity(&b, c->key, 16);
-        }
-        ssize_t n = stun_build_finish(&b);
+    uint8_t buf[512];
+    struct stun_builder b;
+    stun_build_init(&b, buf, sizeof(buf), method, STUN_REQUEST, tid);
+    if (method == STUN_ALLOCATE)
+        stun_build_u32(&b, STUN_A_REQUESTED_TRANSPORT, 17u << 24);
+    if (lifetime >= 0)
+        stun_build_u32(&b, STUN_A_LIFETIME, (uint32_t)lifetime);
+    if (channel)
+        stun_build_u32(&b, STUN_A_CHANNEL_NUMBER, (uint32_t)channel << 16);
+    if (peer)
+        stun_build_xaddr(&b, STUN_A_XOR_PEER_ADDRESS, peer);
+    if (c->nonce[0]) {
+        stun_build_attr(&b, STUN_A_USERNAME, c->user, strlen(c->user));
+        stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
+        stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
+        stun_build_integrity(&b, c->key, 16);
+    }
+    ssize_t n = stun_build_finish(&b);
+    if (n > 0)
         sendto(c->fd, buf, (size_t)n, 0, &c->server.u.sa, addr_len(&c->server));
+}
+
+/* The error code of an answer (0 = success). */
+static int answer_code(const struct stun_msg *m)
+{
+    int code = 0;
+    if (m->cls == STUN_ERROR) {
+        const struct stun_attr *e = stun_msg_find(m, STUN_A_ERROR_CODE);
+        if (!e || stun_attr_error(m, e, &code, NULL))
+            code = 500;
+    }
+    return code;
+}
+
+/* A 401 or 438 carries the REALM and NONCE to use from now on: takes them (and the key
+ * they make). false when the answer lacks them. */
+static bool take_challenge(struct client *c, const struct stun_msg *m, const uint8_t *resp)
+{
+    const struct stun_attr *ra = stun_msg_find(m, STUN_A_REALM);
+    const struct stun_attr *na = stun_msg_find(m, STUN_A_NONCE);
+    if (!ra || !na)
+        return false;
+    snprintf(c->realm, sizeof(c->realm), "%.*s", ra->len, (const char *)resp + ra->off);
+    snprintf(c->nonce, sizeof(c->nonce), "%.*s", na->len, (const char *)resp + na->off);
+    stun_key_long_term(slice_str(c->user), slice_str(c->realm), slice_str(c->pass), c->key);
+    return true;
+}
+
+/* Sends a request and waits for its answer (setup and release: no media flows meanwhile);
+ * takes REALM/NONCE from a 401 or 438 and sends again. Each try waits wait_s; after
+ * `silent` tries without any answer it gives up. Returns the error code (0 = success,
+ * -1 = no answer) and leaves the answer in resp. */
+static int transact(struct client *c, uint16_t method, const struct addr *peer, int channel,
+                    long lifetime, double wait_s, int silent, uint8_t *resp, size_t cap,
+                    struct stun_msg *m)
+{
+    for (int attempt = 0, quiet = 0; attempt < 4 && quiet < silent; attempt++) {
+        uint8_t tid[12];
+        crypto_random(tid, sizeof(tid));
+        send_request(c, method, peer, channel, lifetime, tid);
         struct pollfd p = {c->fd, POLLIN, 0};
-        double deadline = now_s() + 1.0;
+        double deadline = now_s() + wait_s;
         int code = -1;
         while (now_s() < deadline && poll(&p, 1, 100) >= 0) {
             if (!(p.revents & POLLIN))
@@ -169,26 +231,17 @@ static int transact(struct client *c, uint16_t method, const struct addr *peer, 
             ssize_t r = recv(c->fd, resp, cap, 0);
             if (r < 20 || stun_msg_parse(m, resp, (size_t)r) < 0 || memcmp(m->tid, tid, 12))
                 continue;
-            code = 0;
-            if (m->cls == STUN_ERROR) {
-                const struct stun_attr *e = stun_msg_find(m, STUN_A_ERROR_CODE);
-                if (!e || stun_attr_error(m, e, &code, NULL))
-                    code = 500;
-            }
+            code = answer_code(m);
             break;
         }
         if (code == 401 || code == 438) {
-            const struct stun_attr *ra = stun_msg_find(m, STUN_A_REALM);
-            const struct stun_attr *na = stun_msg_find(m, STUN_A_NONCE);
-            if (!ra || !na || (code == 401 && c->nonce[0] && attempt > 1))
+            if ((code == 401 && c->nonce[0] && attempt > 1) || !take_challenge(c, m, resp))
                 return code;
-            snprintf(c->realm, sizeof(c->realm), "%.*s", ra->len, (const char *)resp + ra->off);
-            snprintf(c->nonce, sizeof(c->nonce), "%.*s", na->len, (const char *)resp + na->off);
-            stun_key_long_term(slice_str(c->user), slice_str(c->realm), slice_str(c->pass), c->key);
             continue;
         }
         if (code >= 0)
             return code;
+        quiet++;
     }
     return -1;
 }
@@ -197,33 +250,115 @@ static int client_allocate(struct client *c)
 {
     uint8_t resp[1500];
     struct stun_msg m;
-    int code = transact(c, STUN_ALLOCATE, NULL, 0, resp, sizeof(resp), &m);
+    int code = transact(c, STUN_ALLOCATE, NULL, 0, -1, 1.0, 4, resp, sizeof(resp), &m);
     if (code)
         return code;
     const struct stun_attr *r = stun_msg_find(&m, STUN_A_XOR_RELAYED_ADDRESS);
     const struct stun_attr *x = stun_msg_find(&m, STUN_A_XOR_MAPPED_ADDRESS);
     if (!r || !x || stun_attr_xaddr(&m, r, &c->relay) || stun_attr_xaddr(&m, x, &c->mapped))
         return 500;
+    const struct stun_attr *l = stun_msg_find(&m, STUN_A_LIFETIME);
+    if (!l || stun_attr_u32(&m, l, &c->lifetime) || c->lifetime == 0)
+        c->lifetime = 600; /* RFC 8656's default */
+    c->due[JOB_ALLOCATION] = now_s() + c->lifetime / 2.0;
     return 0;
 }
 
-static void client_release(struct client *c)
+/* Releases the allocation (Refresh with LIFETIME 0; a stale nonce is answered, so the
+ * allocation does not outlive the probe). Returns true when the server confirmed. */
+static bool client_release(struct client *c)
 {
-    uint8_t buf[256], resp[1500], tid[12];
-    crypto_random(tid, sizeof(tid));
-    struct stun_builder b;
-    stun_build_init(&b, buf, sizeof(buf), STUN_REFRESH, STUN_REQUEST, tid);
-    stun_build_u32(&b, STUN_A_LIFETIME, 0);
-    stun_build_attr(&b, STUN_A_USERNAME, c->user, strlen(c->user));
-    stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
-    stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
-    stun_build_integrity(&b, c->key, 16);
-    ssize_t n = stun_build_finish(&b);
-    sendto(c->fd, buf, (size_t)n, 0, &c->server.u.sa, addr_len(&c->server));
-    struct pollfd p = {c->fd, POLLIN, 0};
-    if (poll(&p, 1, 200) > 0)
-        (void)recv(c->fd, resp, sizeof(resp), 0);
+    uint8_t resp[1500];
+    struct stun_msg m;
+    /* A server that does not answer at all is not waited for: the probe is ending. */
+    int code = transact(c, STUN_REFRESH, NULL, 0, 0, 0.3, 1, resp, sizeof(resp), &m);
     close(c->fd);
+    return code == 0;
+}
+
+/* ---- refreshes while media flows ---------------------------------------------------- */
+
+static const char *const job_name[JOB_COUNT] = {"", "allocation", "permission", "channel"};
+
+/* The next refresh of a job at half its lifetime: a lost answer or two still leave time. */
+static void job_schedule(struct client *c, enum job j, double now, const struct opts *o)
+{
+    double life = j == JOB_ALLOCATION ? (double)c->lifetime
+                  : j == JOB_PERMISSION ? o->perm_lifetime : o->chan_lifetime;
+    c->due[j] = now + life / 2.0;
+}
+
+static void job_send(struct client *c)
+{
+    crypto_random(c->job_tid, sizeof(c->job_tid));
+    c->job_sent = now_s();
+    switch (c->job) {
+    case JOB_ALLOCATION: send_request(c, STUN_REFRESH, NULL, 0, c->lifetime, c->job_tid); break;
+    case JOB_PERMISSION: send_request(c, STUN_CREATE_PERMISSION, &c->peer, 0, -1, c->job_tid); break;
+    case JOB_CHANNEL: send_request(c, STUN_CHANNEL_BIND, &c->peer, CHANNEL, -1, c->job_tid); break;
+    default: break;
+    }
+}
+
+/* A refresh that failed is tried again in a second: its lifetime is not over yet. */
+static void job_failed(struct client *c, const char *why, int code)
+{
+    c->refresh_failures++;
+    fprintf(stderr, "av-probe: %s refresh failed: %s %d\n", job_name[c->job], why, code);
+    c->due[c->job] = now_s() + 1.0;
+    c->job = JOB_NONE;
+}
+
+/* Starts the refresh that is due (one at a time), or sends again one that got no answer
+ * within 500 ms (a fixed interval suits a probe on a known path). */
+static void client_tick(struct client *c, double now)
+{
+    if (c->job != JOB_NONE) {
+        if (now - c->job_sent < 0.5)
+            return;
+        if (++c->job_tries >= 7) {
+            job_failed(c, "no answer", 0);
+            return;
+        }
+        job_send(c);
+        return;
+    }
+    for (int j = JOB_ALLOCATION; j < JOB_COUNT; j++) {
+        if ((j != JOB_ALLOCATION && !c->has_peer) || now < c->due[j])
+            continue;
+        c->job = (enum job)j;
+        c->job_tries = 0;
+        c->job_challenges = 0;
+        job_send(c);
+        return;
+    }
+}
+
+/* A STUN answer that arrived between media packets: the in-flight refresh's, or stale. */
+static void client_answer(struct client *c, const uint8_t *p, size_t len, const struct opts *o)
+{
+    struct stun_msg m;
+    if (c->job == JOB_NONE || stun_msg_parse(&m, p, len) < 0 || memcmp(m.tid, c->job_tid, 12))
+        return;
+    int code = answer_code(&m);
+    if ((code == 401 || code == 438) && c->job_challenges < 3 && take_challenge(c, &m, p)) {
+        c->job_challenges++;
+        job_send(c); /* the same refresh with the new nonce */
+        return;
+    }
+    if (code) {
+        job_failed(c, "error", code);
+        return;
+    }
+    if (c->job == JOB_ALLOCATION) {
+        uint32_t life;
+        const struct stun_attr *l = stun_msg_find(&m, STUN_A_LIFETIME);
+        if (l && !stun_attr_u32(&m, l, &life) && life)
+            c->lifetime = life;
+    }
+    c->refreshes++;
+    job_schedule(c, c->job, now_s(), o);
+    c->job = JOB_NONE;
 }
 
 static void srtp_pair(struct dir *d, uint32_t ssrc)
@@ -298,23 +433,27 @@ static void usage(void)
     fprintf(stderr, "usage: av-probe --external HOST:PORT --internal HOST:PORT "
                     "(--secret S | --user U --password P) [--streams N] [--rate PPS] "
                     "[--seconds S] [--size BYTES] [--external-user U --external-password P] "
-                    "[--external-netns NAME]\n"
+                    "[--external-netns NAME] [--permission-lifetime S] [--channel-lifetime S]\n"
                     "  --external-user/--external-password: the external user's own credentials "
                     "(default: the same as the internal user's)\n"
                     "  --external-netns NAME: make the external user's sockets in network "
-                    "namespace NAME (/run/netns/NAME)\n");
+                    "namespace NAME (/run/netns/NAME)\n"
+                    "  --permission-lifetime/--channel-lifetime: what the server grants (RFC 8656: "
+                    "300 and 600 s); each is refreshed at half of it\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.streams = 1, .rate = 50, .seconds = 5, .size = 160};
+    struct opts o = {.streams = 1, .rate = 50, .seconds = 5, .size = 160, .perm_lifetime = 300,
+                     .chan_lifetime = 600};
     static const struct option lo[] = {
         {"external", 1, 0, 'e'}, {"internal", 1, 0, 'i'}, {"secret", 1, 0, 's'},
         {"user", 1, 0, 'u'},     {"password", 1, 0, 'p'}, {"streams", 1, 0, 'n'},
         {"rate", 1, 0, 'r'},     {"seconds", 1, 0, 't'},  {"size", 1, 0, 'z'},
         {"help", 0, 0, 'h'},     {"external-user", 1, 0, 'U'}, {"external-password", 1, 0, 'P'},
-        {"external-netns", 1, 0, 'N'}, {0, 0, 0, 0}};
+        {"external-netns", 1, 0, 'N'}, {"permission-lifetime", 1, 0, 'L'},
+        {"channel-lifetime", 1, 0, 'C'}, {0, 0, 0, 0}};
     bool have_ext = false, have_in = false;
     for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
         switch (c) {
@@ -330,12 +469,15 @@ int main(int argc, char **argv)
         case 'U': o.ext_user = optarg; break;
         case 'P': o.ext_password = optarg; break;
         case 'N': o.ext_netns = optarg; break;
+        case 'L': o.perm_lifetime = atof(optarg); break;
+        case 'C': o.chan_lifetime = atof(optarg); break;
         default: usage();
         }
     }
     if (!have_ext || !have_in || (!o.secret && (!o.user || !o.password)) || o.streams < 1 ||
         o.streams > 500 || o.rate < 1 || o.rate > 1000 || o.seconds <= 0 || o.seconds > 3600 ||
-        o.size < 16 || o.size > 1200 || !o.ext_user != !o.ext_password)
+        o.size < 16 || o.size > 1200 || !o.ext_user != !o.ext_password || o.perm_lifetime < 1 ||
+        o.chan_lifetime < 1)
         usage();
     if (srtp_init() != srtp_err_status_ok)
         die("srtp_init failed");
@@ -357,11 +499,17 @@ int main(int argc, char **argv)
         /* The internal user admits the external user's address. */
         uint8_t resp[1500];
         struct stun_msg m;
-        code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, resp, sizeof(resp), &m);
+        code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, -1, 1.0, 4, resp,
+                        sizeof(resp), &m);
         if (!code)
-            code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, resp, sizeof(resp), &m);
+            code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, -1, 1.0, 4,
+                            resp, sizeof(resp), &m);
         if (code)
             fprintf(stderr, "av-probe: permission for the external user failed: %d\n", code), exit(2);
+        s->in.has_peer = true;
+        s->in.peer = s->ext.mapped;
+        job_schedule(&s->in, JOB_PERMISSION, now_s(), &o);
+        job_schedule(&s->in, JOB_CHANNEL, now_s(), &o);
         srtp_pair(&s->out_in, 0x10000000u + (uint32_t)i);
         srtp_pair(&s->in_out, 0x20000000u + (uint32_t)i);
         if (i == 0)
@@ -382,6 +530,10 @@ int main(int argc, char **argv)
     uint8_t buf[2048];
     for (;;) {
         double t = now_s();
+        for (int i = 0; i < o.streams; i++) {
+            client_tick(&st[i].in, t);
+            client_tick(&st[i].ext, t);
+        }
         /* Catch up on ticks a slow iteration missed, so each stream sends exactly
          * rate x seconds packets. */
         while (tick < ticks && t >= t0 + (double)tick * interval) {
@@ -416,7 +568,10 @@ int main(int argc, char **argv)
             struct stream *s = &st[i / 2];
             ssize_t r;
             while ((r = recv(pf[i].fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
-                if (i % 2 == 0) {
+                /* The first two bits tell STUN (00) from RTP (10) and ChannelData (01). */
+                if ((buf[0] & 0xC0) == 0) {
+                    client_answer(i % 2 == 0 ? &s->ext : &s->in, buf, (size_t)r, &o);
+                } else if (i % 2 == 0) {
                     rtp_received(&s->in_out, buf, (int)r, o.rate);
                 } else if (stun_is_chandata(buf, (size_t)r)) {
                     uint16_t ch;
@@ -430,7 +585,8 @@ int main(int argc, char **argv)
         }
     }
 
-    uint64_t sent = 0, got = 0, auth = 0, bad = 0;
+    uint64_t sent = 0, got = 0, auth = 0, bad = 0, refreshes = 0, refresh_failures = 0;
+    int released = 0;
     double lat = 0, lat_max = 0, jit = 0;
     for (int i = 0; i < o.streams; i++) {
         struct dir *ds[2] = {&st[i].out_in, &st[i].in_out};
@@ -446,15 +602,19 @@ int main(int argc, char **argv)
             srtp_dealloc(ds[k]->tx);
             srtp_dealloc(ds[k]->rx);
         }
-        client_release(&st[i].in);
-        client_release(&st[i].ext);
+        refreshes += st[i].in.refreshes + st[i].ext.refreshes;
+        refresh_failures += st[i].in.refresh_failures + st[i].ext.refresh_failures;
+        released += client_release(&st[i].in);
+        released += client_release(&st[i].ext);
     }
     double loss = sent ? 100.0 * (double)(sent - got) / (double)sent : 0;
     printf("streams=%d rate=%d secs=%.1f sent=%llu received=%llu loss_pct=%.3f auth_failures=%llu "
-           "malformed=%llu jitter_ms=%.3f added_latency_ms_avg=%.3f added_latency_ms_max=%.3f\n",
+           "malformed=%llu jitter_ms=%.3f added_latency_ms_avg=%.3f added_latency_ms_max=%.3f "
+           "refreshes=%llu refresh_failures=%llu released=%d/%d\n",
            o.streams, o.rate, o.seconds, (unsigned long long)sent, (unsigned long long)got, loss,
            (unsigned long long)auth, (unsigned long long)bad, jit / (2.0 * o.streams),
-           got ? 1000.0 * lat / (double)got : 0, 1000.0 * lat_max);
+           got ? 1000.0 * lat / (double)got : 0, 1000.0 * lat_max, (unsigned long long)refreshes,
+           (unsigned long long)refresh_failures, released, 2 * o.streams);
     free(pf);
     free(st);
     srtp_shutdown();

@@ -108,6 +108,18 @@ size_t ce_revocations_count(const struct ce_revocations *r)
     return r ? r->n : 0;
 }
 
+enum ce_reply ce_admit_key_cap(uint64_t held, uint32_t cap, bool refuse, uint64_t *replace)
+{
+    *replace = 0;
+    if (held < cap)
+        return CE_REPLY_ADMITTED;
+    if (refuse)
+        return CE_REPLY_KEY_IN_USE;
+    /* The newcomer wins: what is past the cap once it is in goes, oldest first. */
+    *replace = held + 1 - (cap ? cap : 1);
+    return CE_REPLY_ADMITTED;
+}
+
 enum ce_reply ce_admit_check(const struct keyring *kr, const struct ce_revocations *rev,
                              struct slice key, int64_t now, struct token_claims *claims)
 {

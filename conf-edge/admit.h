@@ -34,4 +34,9 @@ size_t ce_revocations_count(const struct ce_revocations *r);
 enum ce_reply ce_admit_check(const struct keyring *kr, const struct ce_revocations *rev,
                              struct slice key, int64_t now, struct token_claims *claims);
 
+/* The per-key cap: a key (one jti) already holds `held` sessions and admits at most `cap`.
+ * Returns CE_REPLY_ADMITTED with *replace = how many of its oldest sessions end to make room
+ * (0 while under the cap), or CE_REPLY_KEY_IN_USE when refuse is set and the cap is full. */
+enum ce_reply ce_admit_key_cap(uint64_t held, uint32_t cap, bool refuse, uint64_t *replace);
+
 #endif

@@ -32,6 +32,8 @@ static const struct cfg_key internal_keys[] = {
     CFG_END,
 };
 
+static const char *const key_policies[] = {"replace", "refuse", NULL};
+
 static const struct cfg_key limits_keys[] = {
     {"per_address", CFG_UINT, SUB(limits, per_address), "64", .min = 1, .max = 1000000,
      .help = "connections from one client address (more are closed at accept)"},
@@ -39,6 +41,11 @@ static const struct cfg_key limits_keys[] = {
      .help = "admitted clients in one conference (more get 429)"},
     {"clients", CFG_UINT, SUB(limits, clients), "20000", .min = 1, .max = 10000000,
      .help = "client connections in all (more are closed at accept)"},
+    {"per_key", CFG_UINT, SUB(limits, per_key), "1", .min = 1, .max = 1000000,
+     .help = "live sessions of one conference key (one jti)"},
+    {"per_key_policy", CFG_ENUM, SUB(limits, per_key_policy), "replace", .choices = key_policies,
+     .help = "a connection past per_key: replace (it wins, the key's oldest session ends) "
+             "or refuse (429 key-in-use)"},
     CFG_END,
 };
 

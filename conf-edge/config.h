@@ -29,6 +29,8 @@ struct ce_config {
         uint32_t per_address;
         uint32_t per_conference;
         uint32_t clients;
+        uint32_t per_key;   /* live sessions one conference key (jti) may hold */
+        int per_key_policy; /* enum ce_key_policy: what a connection past per_key gets */
     } limits;
     struct {
         uint64_t client_write; /* bytes queued towards one client before it counts as slow */
@@ -42,6 +44,11 @@ struct ce_config {
     uint32_t revocations_max;
     struct director_link_config director;
 };
+
+/* limits.per_key_policy. REPLACE: the new connection wins and the key's oldest session
+ * ends (a rejoin after a drop works even while the old connection is half-dead). REFUSE:
+ * the new connection gets "429 key-in-use". */
+enum ce_key_policy { CE_KEY_REPLACE = 0, CE_KEY_REFUSE = 1 };
 
 extern const struct cfg_key ce_config_keys[];
 /* Cross-field rules (cert needs key, internal side needs a CA). */

@@ -31,6 +31,7 @@
 #define CE_UP_CAP (CE_PREAMBLE_MAX + 16384 + 1024) /* preamble plus one plaintext record */
 #define CE_CTLQ_CAP (256 * 1024)
 #define CE_LINGER_MS 2000 /* after our close_notify, how long the peer has to close */
+#define CE_DISCARD_MAX (64 * 1024) /* bytes read and dropped from an ending session */
 #define CE_LINK_IN_CAP (2 * CE_MUX_FRAME_MAX)
 
 enum sess_state { S_HANDSHAKE, S_PREAMBLE, S_WAITING, S_RELAY, S_ENDING };
@@ -43,12 +44,13 @@ struct ce_sess {
     enum sess_state state;
     struct addr peer;
     char peer_s[ADDR_STRLEN];
-    bool counted_addr, counted_conf, timer_closed, done;
+    bool counted_addr, counted_conf, counted_key, timer_closed, done;
     uv_timer_t timer;                /* preamble timeout, server wait, linger */
     struct dlist node;             /* edge->sessions */
     struct dlist qnode;            /* edge->waiting or link->blocked */
     struct token_claims claims;
     struct ce_map_entry *conf;       /* edge->confs entry, once admitted */
+    struct ce_map_entry *key;        /* edge->key_sessions entry (its jti), once admitted */
     struct ce_link *link;            /* once bound */
     uint32_t id;                     /* stream id on link */
     struct buf up;                   /* client bytes not yet sent to the server */
@@ -58,6 +60,7 @@ struct ce_sess {
     struct buf down;                 /* server bytes the client's queue refused */
     uint64_t down_owed;              /* bytes delivered, window not yet returned */
     bool server_shut;                /* SHUT from the server: close_notify once down drains */
+    uint32_t discard_left;           /* ENDING: client bytes still read (and dropped) */
     struct ce_sess *tmp_next;        /* a batch being closed (revocation, lost server) */
 };
 
@@ -82,7 +85,8 @@ struct ce_metrics {
     struct metric *accepted, *admitted, *active, *relaying, *servers, *conferences;
     struct metric *bytes_up, *bytes_down, *not_tls, *handshake_failed, *per_address, *too_many;
     struct metric *refused[CE_REPLY_COUNT];
-    struct metric *revoked_closed, *server_lost_closed, *idle_closed, *servers_refused;
+    struct metric *revoked_closed, *server_lost_closed, *idle_closed, *replaced_closed;
+    struct metric *servers_refused;
     struct metric *servers_connected_total;
 };
 
@@ -101,6 +105,7 @@ struct ce_edge {
     struct ce_revocations *rev;
     struct ce_map *addrs;  /* host -> connection count */
     struct ce_map *confs;  /* conference id -> pinned link, admitted count */
+    struct ce_map *key_sessions; /* key id (jti) -> admitted sessions holding it */
     struct dlist sessions, waiting, links;
     uint64_t nsess, nrelay, nlinks_ready;
     uint64_t bytes_up, bytes_down, refused;
@@ -276,6 +281,17 @@ static void sess_leave_conf(struct ce_sess *s)
     }
 }
 
+static void sess_leave_key(struct ce_sess *s)
+{
+    if (!s->counted_key)
+        return;
+    s->counted_key = false;
+    struct ce_map_entry *k = s->key;
+    s->key = NULL;
+    if (--k->count <= 0)
+        ce_map_remove(s->edge->key_sessions, k);
+}
+
 static void sess_unbind(struct ce_sess *s, const char *why, bool tell_server)
 {
     struct ce_link *l = s->link;
@@ -300,6 +316,7 @@ static void sess_detach(struct ce_sess *s, const char *why, bool tell_server)
     sess_unbind(s, why, tell_server);
     dl_del(&s->qnode);
     sess_leave_conf(s);
+    sess_leave_key(s);
 }
 
 /* The session is over: close the client now. */
@@ -337,7 +354,14 @@ static void sess_finish(struct ce_sess *s, const char *why, bool tell_server)
         sess_end(s, why, false);
         return;
     }
-    stream_read_stop(s->cs);
+    /* The linger exists because closing a socket with unread input sends a reset, which
+     * can destroy the answer line (or the last relayed bytes) before the client reads
+     * them. So the edge keeps reading, and drops what it reads: the client's close_notify,
+     * FIN or reset then ends the session at once and frees its per-address slot. A client
+     * that sends on instead of closing is read up to CE_DISCARD_MAX bytes; then reading
+     * stops and the linger ends it, as for a client that never closes. */
+    s->discard_left = CE_DISCARD_MAX;
+    stream_read_start(s->cs);
     /* Server bytes parked for a slow client are given up: the session is over. */
     stream_shutdown(s->cs);
     uv_timer_start(&s->timer, on_linger, CE_LINGER_MS, 0);
@@ -557,6 +581,58 @@ static void on_server_wait(uv_timer_t *t)
         sess_refuse(s, CE_REPLY_NO_SERVER);
 }
 
+/* One conference key (its jti) holds at most limits.per_key sessions. Past it, the policy
+ * decides: REFUSE answers 429 key-in-use; REPLACE (the default) admits the newcomer and
+ * ends the key's oldest sessions. Replacing is what makes a rejoin after a drop work: the
+ * old connection may be half-dead (no FIN or reset ever arrives, the path is gone) and
+ * nothing the edge can do finds that out quickly, while the newcomer holds the same key.
+ * Returns 0 with the key counted, or -1 when s was refused (or out of memory). */
+static int sess_take_key(struct ce_sess *s, struct slice key)
+{
+    struct ce_edge *e = s->edge;
+    const struct ce_config *cfg = e->cfg;
+    /* A key minted without a jti is told apart by its whole text. */
+    struct slice id = s->claims.jti[0] ? slice_str(s->claims.jti) : key;
+    struct ce_map_entry *k = ce_map_get(e->key_sessions, id.p, id.len);
+    if (!k) {
+        sess_finish(s, "out of memory", false);
+        return -1;
+    }
+    uint64_t replace = 0;
+    enum ce_reply r = ce_admit_key_cap((uint64_t)k->count, cfg->limits.per_key,
+                                       cfg->limits.per_key_policy == CE_KEY_REFUSE, &replace);
+    if (r != CE_REPLY_ADMITTED) {
+        if (k->count == 0)
+            ce_map_remove(e->key_sessions, k);
+        sess_refuse(s, r);
+        return -1;
+    }
+    /* Counted first, so the entry outlives the sessions it ends below. The scan is over
+     * every session, but it runs only when a key is past its cap, after a full TLS
+     * handshake that costs far more. */
+    k->count++;
+    s->key = k;
+    s->counted_key = true;
+    for (uint64_t i = 0; i < replace; i++) {
+        struct ce_sess *old = NULL;
+        for (struct dlist *n = e->sessions.next; n != &e->sessions && !old; n = n->next) {
+            struct ce_sess *o = container_of(n, struct ce_sess, node);
+            if (o != s && o->counted_key && o->key == k)
+                old = o; /* e->sessions is in arrival order: the oldest first */
+        }
+        if (!old)
+            break;
+        metric_inc(e->m.replaced_closed);
+        LOGI(e->log, &old->peer, "session replaced: its key (conference %s participant %s) "
+             "rejoined from %s", old->claims.conf, old->claims.user, s->peer_s);
+        if (old->state == S_WAITING)
+            sess_refuse(old, CE_REPLY_KEY_IN_USE); /* still waiting for its answer line */
+        else
+            sess_finish(old, "replaced", true);
+    }
+    return 0;
+}
+
 static void sess_admit(struct ce_sess *s, struct slice key)
 {
     struct ce_edge *e = s->edge;
@@ -569,6 +645,8 @@ static void sess_admit(struct ce_sess *s, struct slice key)
         sess_refuse(s, CE_REPLY_DRAINING);
         return;
     }
+    if (sess_take_key(s, key) < 0)
+        return;
     struct ce_map_entry *c = ce_map_get(e->confs, s->claims.conf, strlen(s->claims.conf));
     if (!c) {
         sess_finish(s, "out of memory", false);
@@ -632,8 +710,16 @@ static void sess_on_open(struct stream *cs, void *arg)
 static int sess_on_data(struct stream *cs, const uint8_t *data, size_t len, void *arg)
 {
     struct ce_sess *s = arg;
-    if (s->state == S_ENDING)
-        return 0; /* nothing more is read from a refused client */
+    if (s->state == S_ENDING) {
+        /* Nothing more goes inside from an ending session: read only to see it close. */
+        if (len >= s->discard_left) {
+            s->discard_left = 0;
+            stream_read_stop(cs);
+        } else {
+            s->discard_left -= (uint32_t)len;
+        }
+        return 0;
+    }
     if (!s->up.data && buf_init(&s->up, CE_UP_CAP) < 0)
         return -ENOMEM;
     if (buf_append(&s->up, data, len) < 0) {
@@ -1069,6 +1155,8 @@ static void init_metrics(struct ce_edge *e, struct metrics *m)
                                             "Live sessions closed by the edge", "reason=\"server_lost\"");
     x->idle_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
                                      "reason=\"idle\"");
+    x->replaced_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
+                                         "reason=\"replaced\"");
 }
 
 static void on_edge_handle_closed(uv_handle_t *h)
@@ -1087,6 +1175,7 @@ static void edge_maybe_free(struct ce_edge *e)
     ce_revocations_destroy(e->rev);
     ce_map_destroy(e->addrs);
     ce_map_destroy(e->confs);
+    ce_map_destroy(e->key_sessions);
     free(e);
 }
 
@@ -1125,6 +1214,8 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
         rc = ce_map_create(&e->addrs);
     if (!rc)
         rc = ce_map_create(&e->confs);
+    if (!rc)
+        rc = ce_map_create(&e->key_sessions);
     if (rc)
         goto fail;
     char terr[256] = "";
@@ -1172,6 +1263,7 @@ fail:
     ce_revocations_destroy(e->rev);
     ce_map_destroy(e->addrs);
     ce_map_destroy(e->confs);
+    ce_map_destroy(e->key_sessions);
     free(e);
     return rc < 0 ? rc : -EINVAL;
 }

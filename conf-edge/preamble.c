@@ -87,6 +87,7 @@ static const struct {
     R(CE_REPLY_REVOKED_KEY, 403, "revoked-key"),
     R(CE_REPLY_TIMEOUT, 408, "preamble-timeout"),
     R(CE_REPLY_TOO_MANY, 429, "too-many-connections"),
+    R(CE_REPLY_KEY_IN_USE, 429, "key-in-use"),
     R(CE_REPLY_NO_SERVER, 503, "no-conferencing-server"),
     R(CE_REPLY_DRAINING, 503, "draining"),
     R(CE_REPLY_BAD_VERSION, 505, "unsupported-version"),

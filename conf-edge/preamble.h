@@ -41,6 +41,7 @@ enum ce_reply {
     CE_REPLY_REVOKED_KEY,    /* 403 revoked-key */
     CE_REPLY_TIMEOUT,        /* 408 preamble-timeout */
     CE_REPLY_TOO_MANY,       /* 429 too-many-connections: per-address or per-conference cap */
+    CE_REPLY_KEY_IN_USE,     /* 429 key-in-use: the key has limits.per_key sessions (refuse policy) */
     CE_REPLY_NO_SERVER,      /* 503 no-conferencing-server */
     CE_REPLY_DRAINING,       /* 503 draining */
     CE_REPLY_BAD_VERSION,    /* 505 unsupported-version */

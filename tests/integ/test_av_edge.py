@@ -430,6 +430,44 @@ class TestProbe(AvEdgeTest):
         self.wait_metric('av_edge_relayed_packets_total{direction="to_client"}', 7500)
         self.wait_metric('av_edge_relayed_packets_total{direction="to_peer"}', 7500)
 
+    def probe(self, *args, timeout=60):
+        probe = os.path.join(os.environ.get("SUITE_BUILD", "build"), "bin", "av-probe")
+        if not os.access(probe, os.X_OK):
+            self.skipTest("av-probe is not built")
+        p = subprocess.run([probe, "--external", f"{EXT}:{self.ext_port}",
+                            "--internal", f"{INT}:{self.int_port}", "--secret", SECRET] + list(args),
+                           capture_output=True, timeout=timeout)
+        return p.returncode, p.stdout.decode() + p.stderr.decode()
+
+    def test_av_probe_outlives_permission_channel_and_allocation_lifetimes(self):
+        """Issue 19.7: av-probe lost every packet once its permissions expired (300 s). Here
+        av-edge grants 2 s permissions, 3 s channels and allocations and 1 s nonces: the probe
+        refreshes each before it expires (answering 438 Stale Nonce) and loses nothing."""
+        self.start_edge(limits="  user_quota: 50\n  permission_lifetime: 2s\n  channel_lifetime: 3s\n"
+                               "  default_lifetime: 3s\n  max_lifetime: 3s\n",
+                        auth="  nonce_lifetime: 1s\n")
+        rc, out = self.probe("--streams", "2", "--rate", "50", "--seconds", "8",
+                             "--permission-lifetime", "2", "--channel-lifetime", "3")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("sent=1600 received=1600 loss_pct=0.000", out)
+        self.assertIn("released=4/4", out)
+        m = re.search(r"refreshes=(\d+) refresh_failures=(\d+)", out)
+        self.assertTrue(m, out)
+        # 8 s: allocations (4) about every 1.5 s, permissions and channels (2 each) every 1-1.5 s
+        self.assertGreaterEqual(int(m.group(1)), 4 * 4, out)
+        self.assertEqual(int(m.group(2)), 0, out)
+
+    def test_av_probe_release_answers_stale_nonce(self):
+        """A release whose nonce went stale (438) is sent again with the fresh nonce: the
+        allocations end at once instead of living out their lifetime (10 min here)."""
+        self.start_edge(auth="  nonce_lifetime: 1s\n")
+        rc, out = self.probe("--streams", "1", "--rate", "20", "--seconds", "2.5")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("released=2/2", out)
+        # The gauge is folded from the workers every 250 ms.
+        wait_for(lambda: self.edge.metrics().get("av_edge_allocations") == 0, timeout=3,
+                 what="the probe's allocations gone (released, not left to expire)")
+
 
 class TestIPv6(AvEdgeTest):
     def test_ipv6_and_dual_stack_relays(self):

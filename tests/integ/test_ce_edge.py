@@ -418,6 +418,94 @@ class ConfEdgeTest(SuiteTest):
         d = Client(self.ext, key=mint("cap", "d"))
         self.assertEqual(d.line(), "PSOM-EDGE/1 200 admitted\r\n")
 
+    def test_quick_refusals_free_the_address_slot_when_the_client_closes(self):
+        # Issue 13.7: a refused session held its per-address slot for the 2 s linger even
+        # after the client had closed, so an address that retried quickly was locked out.
+        self.start_edge(extra="limits: {per_address: 3}\n")
+        self.mock(mode="echo")
+        bad = mint("conf-q", "quinn", secret="guessed-secret")
+        t0 = time.time()
+        for i in range(30):
+            try:
+                c = Client(self.ext, key=bad)
+                line = c.line()
+            except (ssl.SSLError, ConnectionResetError, OSError) as e:
+                self.fail(f"attempt {i + 1} closed at accept ({e!r}) after "
+                          f"{time.time() - t0:.2f} s: the slot of a closed client was still held")
+            self.assertEqual(line, "PSOM-EDGE/1 403 invalid-key\r\n", f"attempt {i + 1}")
+            c.close()  # a client that has read its answer closes at once
+        mt = self.edge.metrics()
+        self.assertEqual(mt.get('conf_edge_clients_dropped_total{reason="cap"}', 0), 0)
+        self.assertEqual(mt['conf_edge_clients_refused_total{reason="invalid-key"}'], 30)
+        ok = Client(self.ext, key=mint("conf-q", "quinn"))
+        self.assertEqual(ok.line(), "PSOM-EDGE/1 200 admitted\r\n")
+
+    def test_refused_client_that_keeps_sending_still_reads_its_answer(self):
+        # What the linger protects: a refused client whose bytes the edge has not read must
+        # still get its answer line (a close with unread input would reset the connection).
+        self.start_edge(extra="limits: {per_address: 2}\n")
+        c = Client(self.ext, preamble=b"PSOM-EDGE/1 " + mint("conf-q", "x", secret="nope").encode()
+                   + b"\r\n" + b"x" * 300000)
+        self.assertEqual(c.line(), "PSOM-EDGE/1 403 invalid-key\r\n")
+        self.assertTrue(c.closed_within(4.0), "closed after the linger at the latest")
+        c.close()
+        # and its slot is back once it is gone
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients") == 0, what="slot freed")
+
+    def test_one_session_per_key_and_a_rejoin_replaces_a_half_dead_one(self):
+        # Issue 13.8: one key admitted any number of concurrent connections. By default a
+        # key has one session; a rejoin with it wins over the old connection, which may be
+        # half-dead (here: open, silent, never read again, as after a network drop).
+        self.start_edge()
+        m = self.mock(mode="echo")
+        key = mint("conf-k", "kai", jti="kai-key-1")
+        old = Client(self.ext, key=key)
+        self.assertEqual(old.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        old.send(b"before the drop\n")
+        self.assertEqual(old.read_exact(16), b"before the drop\n")
+        new = Client(self.ext, key=key)
+        self.assertEqual(new.line(), "PSOM-EDGE/1 200 admitted\r\n", "the rejoin is admitted")
+        new.send(b"after the rejoin\n")
+        self.assertEqual(new.read_exact(17), b"after the rejoin\n")
+        self.assertTrue(old.closed_within(3.0), "the replaced connection is closed")
+        m.wait(lambda: any(r == "replaced" for _, r in m.closes), what="CLOSE replaced at the server")
+        # However many connections present the key, one is relayed at a time.
+        more = [Client(self.ext, key=key) for _ in range(4)]
+        for c in more:
+            self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients_relaying") == 1,
+                 what="one relayed session for the key")
+        more[-1].send(b"last one\n")
+        self.assertEqual(more[-1].read_exact(9), b"last one\n")
+        mt = self.edge.metrics()
+        self.assertEqual(mt['conf_edge_sessions_closed_total{reason="replaced"}'], 5)
+        self.assertIn("replaced", self.edge.log())
+        other = Client(self.ext, key=mint("conf-k", "kai"))  # another key of the same user
+        self.assertEqual(other.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients_relaying") == 2,
+                 what="other keys are not affected")
+
+    def test_per_key_cap_with_refuse_policy_answers_key_in_use(self):
+        self.start_edge(extra="limits: {per_key: 2, per_key_policy: refuse}\n")
+        self.mock(mode="echo")
+        key = mint("conf-r2", "rae")
+        a = Client(self.ext, key=key)
+        b = Client(self.ext, key=key)
+        self.assertEqual(a.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        self.assertEqual(b.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        c = Client(self.ext, key=key)
+        self.assertEqual(c.line(), "PSOM-EDGE/1 429 key-in-use\r\n")
+        self.assertTrue(c.closed_within(3.0))
+        b.send(b"b still relayed\n")
+        self.assertEqual(b.read_exact(16), b"b still relayed\n")
+        mt = self.edge.metrics()
+        self.assertEqual(mt['conf_edge_clients_refused_total{reason="key-in-use"}'], 1)
+        self.assertIn("key-in-use", self.edge.log())
+        a.close()
+        wait_for(lambda: self.edge.metrics().get("conf_edge_clients_relaying") == 1, what="a gone")
+        d = Client(self.ext, key=key)
+        self.assertEqual(d.line(), "PSOM-EDGE/1 200 admitted\r\n", "a slot freed by a close is reusable")
+
     def test_idle_session_closed_and_server_told(self):
         self.start_edge(extra="idle_timeout: 1s\n")
         m = self.mock(mode="echo")

@@ -100,6 +100,25 @@ static void test_revoked_by_jti_or_user(void **st)
     ce_revocations_destroy(rev);
 }
 
+static void test_key_cap_replaces_the_oldest_or_refuses(void **st)
+{
+    uint64_t n = 99;
+    /* under the cap: admitted, nothing ends */
+    assert_int_equal(ce_admit_key_cap(0, 1, false, &n), CE_REPLY_ADMITTED);
+    assert_int_equal(n, 0);
+    assert_int_equal(ce_admit_key_cap(1, 2, true, &n), CE_REPLY_ADMITTED);
+    assert_int_equal(n, 0);
+    /* at the cap: the newcomer wins over the oldest one, or is refused */
+    assert_int_equal(ce_admit_key_cap(1, 1, false, &n), CE_REPLY_ADMITTED);
+    assert_int_equal(n, 1);
+    assert_int_equal(ce_admit_key_cap(1, 1, true, &n), CE_REPLY_KEY_IN_USE);
+    assert_int_equal(n, 0);
+    /* past it (the cap was lowered by a reload): back down to the cap */
+    assert_int_equal(ce_admit_key_cap(5, 2, false, &n), CE_REPLY_ADMITTED);
+    assert_int_equal(n, 4);
+    assert_int_equal(ce_admit_key_cap(5, 2, true, &n), CE_REPLY_KEY_IN_USE);
+}
+
 static void test_revocation_list_stays_bounded(void **st)
 {
     struct ce_revocations *rev;
@@ -130,6 +149,7 @@ int main(void)
         cmocka_unit_test(test_previous_key_still_admits_after_rotation),
         cmocka_unit_test(test_revoked_by_jti_or_user),
         cmocka_unit_test(test_revocation_list_stays_bounded),
+        cmocka_unit_test(test_key_cap_replaces_the_oldest_or_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

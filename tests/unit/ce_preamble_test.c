@@ -92,6 +92,7 @@ static void test_reply_lines_are_documented_text(void **st)
     assert_string_equal(ce_reply_line(CE_REPLY_ADMITTED), "PSOM-EDGE/1 200 admitted\r\n");
     assert_string_equal(ce_reply_line(CE_REPLY_MISSING_KEY), "PSOM-EDGE/1 401 missing-key\r\n");
     assert_string_equal(ce_reply_reason(CE_REPLY_REVOKED_KEY), "revoked-key");
+    assert_string_equal(ce_reply_line(CE_REPLY_KEY_IN_USE), "PSOM-EDGE/1 429 key-in-use\r\n");
     for (int r = 0; r < CE_REPLY_COUNT; r++) {
         const char *l = ce_reply_line(r);
         int code = 0;
