@@ -36,6 +36,9 @@ struct director_sip_config {
     struct addr edge;  /* where requests for other domains go (the edge's internal side) */
     uint64_t max_expires_s;
     uint64_t nonce_lifetime_ms;
+    bool authenticate_remote; /* 407 for remote users' out-of-dialog requests */
+    uint32_t guess_burst, guesses_per_hour;             /* wrong answers per user (see */
+    uint32_t known_guess_burst, known_guesses_per_hour; /* director/digest_auth.h) */
 };
 
 extern const struct cfg_key registrar_config_keys[];
@@ -43,12 +46,5 @@ extern const struct cfg_key registrar_config_keys[];
 struct director;
 int registrar_start(struct director *d);
 void registrar_stop(struct director *d);
-
-/* Digest response (RFC 7616 §3.4.1) as lower-case hex into out (65 bytes). algorithm is
- * "MD5" or "SHA-256"; qop NULL or "auth". Returns 0 or -EINVAL. Exposed for unit tests. */
-int registrar_digest(const char *algorithm, const char *user, const char *realm,
-                     const char *password, const char *method, const char *uri,
-                     const char *nonce, const char *nc, const char *cnonce, const char *qop,
-                     char out[65]);
 
 #endif
