@@ -38,6 +38,7 @@ struct da_slot {
 struct da_state {
     uint8_t key[32];
     uint64_t watermark; /* nonces issued at or before this and not in the table are stale */
+    uint64_t serial;    /* makes nonces issued in the same millisecond differ */
     struct da_nc *nc;
     struct da_slot *slots;
 };
@@ -53,7 +54,8 @@ int da_create(struct da_state **out)
         da_destroy(s);
         return -ENOMEM;
     }
-    if (crypto_random(s->key, sizeof(s->key)) < 0) {
+    if (crypto_random(s->key, sizeof(s->key)) < 0 ||
+        crypto_random(&s->serial, sizeof(s->serial)) < 0) {
         da_destroy(s);
         return -EIO;
     }
@@ -118,22 +120,24 @@ int da_digest(const char *algorithm, const char *user, const char *realm, const 
 
 /* ---- nonces ---- */
 
-static void nonce_mac(const struct da_state *s, const char t[16], uint8_t mac[SHA256_LEN])
+/* MAC over the time and serial (the first 32 characters). */
+static void nonce_mac(const struct da_state *s, const char t[32], uint8_t mac[SHA256_LEN])
 {
-    char in[24];
+    char in[40];
     memcpy(in, "nonce:", 6);
-    memcpy(in + 6, t, 16);
-    crypto_hmac_sha256(s->key, sizeof(s->key), in, 22, mac);
+    memcpy(in + 6, t, 32);
+    crypto_hmac_sha256(s->key, sizeof(s->key), in, 38, mac);
 }
 
-void da_nonce_make(const struct da_state *s, uint64_t now_ms, char out[DA_NONCE_LEN + 1])
+void da_nonce_make(struct da_state *s, uint64_t now_ms, char out[DA_NONCE_LEN + 1])
 {
-    char t[17];
-    snprintf(t, sizeof(t), "%016llx", (unsigned long long)now_ms);
+    char t[33];
+    snprintf(t, sizeof(t), "%016llx%016llx", (unsigned long long)now_ms,
+             (unsigned long long)s->serial++);
     uint8_t mac[SHA256_LEN];
     nonce_mac(s, t, mac);
-    memcpy(out, t, 16);
-    hex_encode(mac, 16, out + 16);
+    memcpy(out, t, 32);
+    hex_encode(mac, 16, out + 32);
     out[DA_NONCE_LEN] = 0;
 }
 
@@ -163,7 +167,7 @@ static bool nonce_parse(const struct da_state *s, const char *n, uint64_t *issue
     nonce_mac(s, n, mac);
     char mh[33];
     hex_encode(mac, 16, mh);
-    if (!crypto_ct_eq(mh, n + 16, 32))
+    if (!crypto_ct_eq(mh, n + 32, 32))
         return false;
     *issued = t;
     memcpy(tag, mac, 12);

@@ -2,7 +2,8 @@
  * apart from I/O: stateless signed nonces, nonce-count replay checking in a table of fixed
  * size, and per-user throttling of password guesses. Pure: time comes in as an argument.
  *
- * Nonces are "<16 hex issue time in ms><32 hex HMAC-SHA256(key, time)[:16]>": any nonce the
+ * Nonces are "<16 hex issue time in ms><16 hex serial><32 hex HMAC-SHA256(key, both)[:16]>"
+ * (the serial tells apart nonces of the same millisecond): any nonce the
  * Director hands out can be checked without having been stored, so asking for nonces costs
  * the Director nothing. Only nonces that carried a correct answer enter the nc table
  * (DA_NC_ENTRIES entries, set-associative); when an entry is pushed out before its nonce
@@ -24,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DA_NONCE_LEN 48
+#define DA_NONCE_LEN 64
 #define DA_NC_ENTRIES 4096 /* nonce-count table: 4096 x 32 bytes, allocated once */
 #define DA_SLOTS 4096      /* throttle slots, allocated once */
 #define DA_KNOWN 4         /* remembered good addresses per slot */
@@ -77,7 +78,7 @@ void da_destroy(struct da_state *s);
 void da_set_key(struct da_state *s, const uint8_t key[32]);
 
 /* A fresh nonce for a challenge (DA_NONCE_LEN characters and a NUL). */
-void da_nonce_make(const struct da_state *s, uint64_t now_ms, char out[DA_NONCE_LEN + 1]);
+void da_nonce_make(struct da_state *s, uint64_t now_ms, char out[DA_NONCE_LEN + 1]);
 
 /* Checks a request's credentials against realm and the user's password, updating the nc table
  * and the throttle. */

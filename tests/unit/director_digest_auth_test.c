@@ -110,6 +110,20 @@ static void right_answer_ok_then_replay_is_stale(void **st)
     assert_int_equal(check(s, &a, "alice", "pw", 1, 3100, NULL), DA_STALE);
 }
 
+static void nonces_of_one_millisecond_differ(void **st)
+{
+    struct da_state *s = *st;
+    char n1[DA_NONCE_LEN + 1], n2[DA_NONCE_LEN + 1];
+    da_nonce_make(s, 1000, n1);
+    da_nonce_make(s, 1000, n2);
+    assert_string_not_equal(n1, n2);
+    struct answer a;
+    answer(&a, n1, 1, "alice", "pw");
+    assert_int_equal(check(s, &a, "alice", "pw", 1, 1001, NULL), DA_OK);
+    answer(&a, n2, 1, "alice", "pw");
+    assert_int_equal(check(s, &a, "alice", "pw", 1, 1001, NULL), DA_OK);
+}
+
 static void expired_or_forged_nonce(void **st)
 {
     struct da_state *s = *st;
@@ -260,6 +274,7 @@ int main(void)
         cmocka_unit_test(rfc7616_sha256),
         cmocka_unit_test(unknown_algorithm_refused),
         cmocka_unit_test_setup_teardown(right_answer_ok_then_replay_is_stale, setup, teardown),
+        cmocka_unit_test_setup_teardown(nonces_of_one_millisecond_differ, setup, teardown),
         cmocka_unit_test_setup_teardown(expired_or_forged_nonce, setup, teardown),
         cmocka_unit_test_setup_teardown(evicted_nonce_cannot_be_replayed, setup, teardown),
         cmocka_unit_test_setup_teardown(guesses_per_user_hour_bounded_over_many_addresses, setup,
