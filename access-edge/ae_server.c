@@ -417,7 +417,8 @@ static void trust_line(struct ae *ae, const struct ae_origin *o, char *out, size
              "ms-edge-proxy-message-trust: ms-source-type=%s;ms-ep-fqdn=%s;"
              "ms-source-verified-user=%s;ms-source-network=%s;ms-source-address=%s%s%s\r\n",
              sip_source_name(src), ae->cfg->fqdn, fed ? "verified" : "unverified",
-             fed ? "federation" : "publiccloud", host, fed && o->conn->nnames ? ";ms-remote-fqdn=" : "",
+             fed ? "federation" : "publiccloud", host,
+             fed && o->conn->nnames ? ";ms-remote-fqdn=" : "",
              fed && o->conn->nnames ? o->conn->names[0] : "");
 }
 

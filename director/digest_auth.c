@@ -151,8 +151,7 @@ static int hexval(char c)
 }
 
 /* Ours and unaltered: fills its issue time and MAC bytes. */
-static bool nonce_parse(const struct da_state *s, const char *n, uint64_t *issued,
-                        uint8_t tag[12])
+static bool nonce_parse(const struct da_state *s, const char *n, uint64_t *issued, uint8_t tag[12])
 {
     if (!n || strlen(n) != DA_NONCE_LEN)
         return false;
@@ -251,7 +250,8 @@ static void bucket_refill(struct da_bucket *b, uint32_t burst, uint32_t per_hour
         if (add) {
             b->milli = b->milli + add > cap ? cap : b->milli + add;
             /* Keep the remainder: move the clock only by what was credited. */
-            b->at_ms = b->milli == cap ? now : b->at_ms + add * HOUR_MS / ((uint64_t)per_hour * 1000);
+            b->at_ms =
+                b->milli == cap ? now : b->at_ms + add * HOUR_MS / ((uint64_t)per_hour * 1000);
         }
     }
 }
@@ -299,8 +299,8 @@ void da_check(struct da_state *s, const struct da_limits *lim, const char *realm
     /* Nothing below compares with the password, so none of it counts as a guess. qop=auth
      * is required: without nc a captured answer could be replayed for the nonce's life. */
     if (!c || !c->username || !r->user || strcmp(c->username, r->user) != 0 || !c->realm ||
-        strcmp(c->realm, realm) != 0 || !c->qop || strcasecmp(c->qop, "auth") != 0 ||
-        !c->cnonce || !*c->cnonce || !c->uri || !c->response || !nc_parse(c->nc, &nc) ||
+        strcmp(c->realm, realm) != 0 || !c->qop || strcasecmp(c->qop, "auth") != 0 || !c->cnonce ||
+        !*c->cnonce || !c->uri || !c->response || !nc_parse(c->nc, &nc) ||
         !nonce_parse(s, c->nonce, &issued, tag))
         return;
     struct da_slot *sl = slot_of(s, r->user);
@@ -313,9 +313,9 @@ void da_check(struct da_state *s, const struct da_limits *lim, const char *realm
     if (b->milli < 1000) {
         v->result = DA_THROTTLED;
         uint64_t need = 1000 - b->milli;
-        v->retry_after_s = per_hour ? (uint32_t)((need * HOUR_MS / ((uint64_t)per_hour * 1000) +
-                                                  999) / 1000)
-                                    : 3600;
+        v->retry_after_s =
+            per_hour ? (uint32_t)((need * HOUR_MS / ((uint64_t)per_hour * 1000) + 999) / 1000)
+                     : 3600;
         if (!v->retry_after_s)
             v->retry_after_s = 1;
         return;
@@ -323,8 +323,8 @@ void da_check(struct da_state *s, const struct da_limits *lim, const char *realm
     /* An unknown user is checked against a password no answer can match, the same way. */
     char want[65];
     if (da_digest(c->algorithm && *c->algorithm ? c->algorithm : "MD5", r->user, realm,
-                  r->password ? r->password : "\x01no such user\x01", r->method, c->uri,
-                  c->nonce, c->nc, c->cnonce, c->qop, want) < 0)
+                  r->password ? r->password : "\x01no such user\x01", r->method, c->uri, c->nonce,
+                  c->nc, c->cnonce, c->qop, want) < 0)
         return;
     v->checked = true;
     size_t wl = strlen(want);

@@ -60,11 +60,11 @@ struct da_verdict {
 };
 
 struct da_request {
-    const char *method;        /* REGISTER, INVITE, ... (part of the digest) */
-    const char *user;          /* the user the request claims to be (To or From user) */
-    const char *password;      /* that user's password; NULL: no such user */
-    const struct da_creds *c;  /* NULL: no credentials for our realm */
-    const void *client;        /* the client's address bytes (its host), for known addresses */
+    const char *method;       /* REGISTER, INVITE, ... (part of the digest) */
+    const char *user;         /* the user the request claims to be (To or From user) */
+    const char *password;     /* that user's password; NULL: no such user */
+    const struct da_creds *c; /* NULL: no credentials for our realm */
+    const void *client;       /* the client's address bytes (its host), for known addresses */
     size_t client_len;
     uint64_t now_ms;
 };

@@ -1,13 +1,13 @@
 /* Digest authentication (director/digest_auth.c): responses against the RFC 7616 §3.9.1
  * examples, signed nonces, nonce-count replay checking with a bounded table, and the per-user
  * guess throttle with its known-address bucket. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <cmocka.h>
 
 #include "director/digest_auth.h"
 
@@ -27,8 +27,8 @@ static void rfc7616_sha256(void **st)
 {
     char out[65];
     assert_int_equal(da_digest("SHA-256", "Mufasa", "http-auth@example.org", "Circle of Life",
-                               "GET", "/dir/index.html", rfc_nonce, "00000001", rfc_cnonce,
-                               "auth", out),
+                               "GET", "/dir/index.html", rfc_nonce, "00000001", rfc_cnonce, "auth",
+                               out),
                      0);
     assert_string_equal(out, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
 }
@@ -36,16 +36,18 @@ static void rfc7616_sha256(void **st)
 static void unknown_algorithm_refused(void **st)
 {
     char out[65];
-    assert_int_equal(da_digest("SHA-512-256", "u", "r", "p", "REGISTER", "sip:x", "n", NULL, NULL,
-                               NULL, out),
-                     -22);
+    assert_int_equal(
+        da_digest("SHA-512-256", "u", "r", "p", "REGISTER", "sip:x", "n", NULL, NULL, NULL, out),
+        -22);
 }
 
 /* ---- a little client ---- */
 
 #define REALM "example.com"
-static const struct da_limits LIM = {.nonce_lifetime_ms = 300000, .guess_burst = 10,
-                                     .guesses_per_hour = 50, .known_burst = 5,
+static const struct da_limits LIM = {.nonce_lifetime_ms = 300000,
+                                     .guess_burst = 10,
+                                     .guesses_per_hour = 50,
+                                     .known_burst = 5,
                                      .known_per_hour = 25};
 
 struct answer {
@@ -60,17 +62,28 @@ static void answer(struct answer *a, const char *nonce, uint32_t nc, const char 
     snprintf(a->nc, sizeof(a->nc), "%08x", nc);
     da_digest("MD5", user, REALM, pw, "REGISTER", "sip:example.com", a->nonce, a->nc, "cn", "auth",
               a->resp);
-    a->c = (struct da_creds){.username = user, .realm = REALM, .nonce = a->nonce,
-                             .uri = "sip:example.com", .response = a->resp, .algorithm = "MD5",
-                             .cnonce = "cn", .qop = "auth", .nc = a->nc};
+    a->c = (struct da_creds){.username = user,
+                             .realm = REALM,
+                             .nonce = a->nonce,
+                             .uri = "sip:example.com",
+                             .response = a->resp,
+                             .algorithm = "MD5",
+                             .cnonce = "cn",
+                             .qop = "auth",
+                             .nc = a->nc};
 }
 
 static enum da_result check(struct da_state *s, const struct answer *a, const char *user,
                             const char *pw, uint32_t client, uint64_t now, struct da_verdict *vo)
 {
     uint8_t host[4] = {10, (uint8_t)(client >> 16), (uint8_t)(client >> 8), (uint8_t)client};
-    struct da_request r = {.method = "REGISTER", .user = user, .password = pw,
-                           .c = a ? &a->c : NULL, .client = host, .client_len = 4, .now_ms = now};
+    struct da_request r = {.method = "REGISTER",
+                           .user = user,
+                           .password = pw,
+                           .c = a ? &a->c : NULL,
+                           .client = host,
+                           .client_len = 4,
+                           .now_ms = now};
     struct da_verdict v;
     da_check(s, &LIM, REALM, &r, &v);
     if (vo)
@@ -204,8 +217,8 @@ static void guesses_per_user_hour_bounded_over_many_addresses(void **st)
     assert_true(first >= LIM.guess_burst + LIM.guesses_per_hour - 1);
     assert_true(throttled > 3000);
     /* The next hour: the refill only. */
-    unsigned second = guesses_checked_in(s, "alice", "pw", 1000 + 3600 * 1000, 3600 * 1000,
-                                         100000, NULL);
+    unsigned second =
+        guesses_checked_in(s, "alice", "pw", 1000 + 3600 * 1000, 3600 * 1000, 100000, NULL);
     assert_true(second <= LIM.guesses_per_hour + 1);
     assert_true(second >= LIM.guesses_per_hour - 1);
 }
