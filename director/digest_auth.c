@@ -342,3 +342,43 @@ void da_check(struct da_state *s, const struct da_limits *lim, const char *realm
     known_add(sl, r);
     v->result = DA_OK;
 }
+
+/* ---- forwarding ---- */
+
+size_t da_strip_credentials(uint8_t *p, size_t len, const char *realm)
+{
+    static const char name[] = "proxy-authorization";
+    char want[160];
+    int wl = snprintf(want, sizeof(want), "realm=\"%s\"", realm);
+    size_t i = 0;
+    while (i < len) {
+        const uint8_t *eol = memchr(p + i, '\n', len - i);
+        if (!eol)
+            break;
+        size_t end = (size_t)(eol - p) + 1;
+        if (end - i <= 2) /* the blank line: end of headers */
+            break;
+        /* The header's extent, with folded continuation lines. */
+        while (end < len && (p[end] == ' ' || p[end] == '\t')) {
+            const uint8_t *e2 = memchr(p + end, '\n', len - end);
+            end = e2 ? (size_t)(e2 - p) + 1 : len;
+        }
+        size_t k = 0;
+        while (k < sizeof(name) - 1 && i + k < end && (p[i + k] | 0x20) == name[k])
+            k++;
+        size_t j = i + k;
+        while (j < end && (p[j] == ' ' || p[j] == '\t'))
+            j++;
+        bool ours = false;
+        if (k == sizeof(name) - 1 && j < end && p[j] == ':' && wl > 0)
+            for (size_t q = j; q + (size_t)wl <= end && !ours; q++)
+                ours = memcmp(p + q, want, (size_t)wl) == 0;
+        if (ours) {
+            memmove(p + i, p + end, len - end);
+            len -= end - i;
+            continue;
+        }
+        i = end;
+    }
+    return len;
+}

@@ -91,4 +91,10 @@ int da_digest(const char *algorithm, const char *user, const char *realm, const 
               const char *method, const char *uri, const char *nonce, const char *nc,
               const char *cnonce, const char *qop, char out[65]);
 
+/* Removes the Proxy-Authorization lines (folded ones whole) carrying realm="<realm>" from the
+ * header section of the SIP message in p: credentials meant for us go no further (the next hop
+ * must not get a user's Digest answer to attack offline; other realms' pass, RFC 3261 §22.3).
+ * Returns the new length. */
+size_t da_strip_credentials(uint8_t *p, size_t len, const char *realm);
+
 #endif

@@ -486,47 +486,6 @@ static int uri_target(const osip_uri_t *u, struct addr *to, bool *stream)
     return 0;
 }
 
-/* Removes the Proxy-Authorization lines for realm from the header section of the message in
- * p (credentials meant for us go no further, RFC 3261 §22.3: the next hop must not get a
- * user's Digest answer to attack offline). Returns the new length. */
-static size_t strip_own_credentials(uint8_t *p, size_t len, const char *realm)
-{
-    static const char name[] = "proxy-authorization";
-    char want[160];
-    int wl = snprintf(want, sizeof(want), "realm=\"%s\"", realm);
-    size_t i = 0;
-    while (i < len) {
-        const uint8_t *eol = memchr(p + i, '\n', len - i);
-        if (!eol)
-            break;
-        size_t end = (size_t)(eol - p) + 1;
-        if (end - i <= 2) /* the blank line: end of headers */
-            break;
-        /* The header's extent, with folded continuation lines. */
-        while (end < len && (p[end] == ' ' || p[end] == '\t')) {
-            const uint8_t *e2 = memchr(p + end, '\n', len - end);
-            end = e2 ? (size_t)(e2 - p) + 1 : len;
-        }
-        size_t k = 0;
-        while (k < sizeof(name) - 1 && i + k < end && (p[i + k] | 0x20) == name[k])
-            k++;
-        size_t j = i + k;
-        while (j < end && (p[j] == ' ' || p[j] == '\t'))
-            j++;
-        bool ours = false;
-        if (k == sizeof(name) - 1 && j < end && p[j] == ':' && wl > 0)
-            for (size_t q = j; q + (size_t)wl <= end && !ours; q++)
-                ours = memcmp(p + q, want, (size_t)wl) == 0;
-        if (ours) {
-            memmove(p + i, p + end, len - end);
-            len -= end - i;
-            continue;
-        }
-        i = end;
-    }
-    return len;
-}
-
 static void do_forward(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                        osip_message_t *msg, bool strip_creds)
 {
@@ -615,7 +574,7 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     if (len < 0)
         return;
     if (strip_creds)
-        len = (ssize_t)strip_own_credentials(rg->out, (size_t)len, c->realm);
+        len = (ssize_t)da_strip_credentials(rg->out, (size_t)len, c->realm);
     metric_inc(rg->m_fwd);
     if (rg_send(rg, oc ? oc->id : 0, &to, stream, rg->out, (size_t)len) < 0 && !oc && stream)
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);

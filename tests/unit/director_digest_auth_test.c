@@ -1,13 +1,15 @@
 /* Digest authentication (director/digest_auth.c): responses against the RFC 7616 §3.9.1
  * examples, signed nonces, nonce-count replay checking with a bounded table, and the per-user
  * guess throttle with its known-address bucket. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+// clang-format off: cmocka.h needs the headers above first
+#include <cmocka.h>
+// clang-format on
 
 #include "director/digest_auth.h"
 
@@ -280,12 +282,36 @@ static void unknown_user_answers_like_a_real_one(void **st)
     }
 }
 
+static void own_proxy_authorization_stripped(void **st)
+{
+    char m[] = "MESSAGE sip:bob@example.com SIP/2.0\r\n"
+               "Via: SIP/2.0/UDP 10.0.0.1\r\n"
+               "Proxy-Authorization: Digest username=\"alice\", realm=\"example.com\",\r\n"
+               " nonce=\"n\", response=\"r\"\r\n"
+               "proxy-authorization : Digest realm=\"other.example\", response=\"x\"\r\n"
+               "PROXY-AUTHORIZATION:Digest realm=\"example.com\"\r\n"
+               "To: <sip:bob@example.com>\r\n"
+               "Content-Length: 41\r\n"
+               "\r\n"
+               "Proxy-Authorization: realm=\"example.com\"";
+    size_t n = da_strip_credentials((uint8_t *)m, strlen(m), "example.com");
+    m[n] = 0;
+    assert_string_equal(m, "MESSAGE sip:bob@example.com SIP/2.0\r\n"
+                           "Via: SIP/2.0/UDP 10.0.0.1\r\n"
+                           "proxy-authorization : Digest realm=\"other.example\", response=\"x\"\r\n"
+                           "To: <sip:bob@example.com>\r\n"
+                           "Content-Length: 41\r\n"
+                           "\r\n"
+                           "Proxy-Authorization: realm=\"example.com\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rfc7616_md5),
         cmocka_unit_test(rfc7616_sha256),
         cmocka_unit_test(unknown_algorithm_refused),
+        cmocka_unit_test(own_proxy_authorization_stripped),
         cmocka_unit_test_setup_teardown(right_answer_ok_then_replay_is_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(nonces_of_one_millisecond_differ, setup, teardown),
         cmocka_unit_test_setup_teardown(expired_or_forged_nonce, setup, teardown),
