@@ -1,7 +1,9 @@
 /* The Director's SIP side: a registrar with Digest authentication (RFC 3261 §22, RFC 8760
  * SHA-256 and MD5; users from the YAML config) and a stateless proxy (RFC 3261 §16.11)
  * that routes between registered users, follows Path back through the access edge, and
- * sends requests for other domains to the edge. */
+ * sends requests for other domains to the edge. Out-of-dialog requests the edge marks as from
+ * a remote user are challenged with 407 under the same Digest rules (director/digest_auth.h:
+ * nonce-count replay checking, the per-user guess throttle). */
 #ifndef DIRECTOR_REGISTRAR_H
 #define DIRECTOR_REGISTRAR_H
 

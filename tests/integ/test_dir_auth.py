@@ -151,8 +151,8 @@ class DirectorAuth(SuiteTest):
             f.write("\n".join([f"password{i}" for i in range(19)] + [USERS["alice"]]) + "\n")
         t0 = time.time()
         p = subprocess.run(["timeout", "60", "svcrack", "-u", "alice", "-d", words,
-                            "--domain", "example.com", "-b", "127.0.0.8",
-                            "-p", str(lab.ext_port), "--maximumtime", "5", EXT_IP],
+                            "--domain", "example.com", "-x", "127.0.0.8",  # (-b is ignored by 0.3.3)
+                            "-p", str(lab.ext_port), "--maximumtime", "2", EXT_IP],
                            capture_output=True, text=True, timeout=90)
         took = time.time() - t0
         out = p.stdout + p.stderr
@@ -199,8 +199,8 @@ class DirectorAuth(SuiteTest):
             f.write("\n".join(["admin", "alice", "bob", "carol", "100", "1000"]) + "\n")
         for method in ("REGISTER", "OPTIONS", "INVITE"):
             p = subprocess.run(["timeout", "40", "svwar", "-d", names, "-m", method,
-                                "--domain", "example.com", "-b", "127.0.0.8",
-                                "-p", str(lab.ext_port), "--maximumtime", "3", EXT_IP],
+                                "--domain", "example.com", "-x", "127.0.0.8",  # (-b is ignored by 0.3.3)
+                                "-p", str(lab.ext_port), "--maximumtime", "2", EXT_IP],
                                capture_output=True, text=True, timeout=60)
             out = p.stdout + p.stderr
             for user in ("alice", "bob"):
