@@ -607,16 +607,21 @@ static bool is_own_ack(const struct registrar *rg, const struct sip_msg *m, osip
 /* Out of dialog, from a remote user: the edge marked it and did not verify the sender (a
  * partner it verified by mutual TLS and the allow list says ms-source-verified-user=verified).
  * ACK and CANCEL cannot be challenged (RFC 3261 §22.1); REGISTER has its own 401. */
-static bool needs_auth(const struct registrar *rg, const struct sip_msg *m, osip_message_t *msg)
+static bool needs_auth(struct registrar *rg, const struct sip_msg *m, osip_message_t *msg)
 {
     struct slice t, v;
     osip_generic_param_t *tag = NULL;
     if (!rg->d->cfg->sip.authenticate_remote || !trust_of(m, &t) ||
         slice_eq_str(m->method, "ACK") || slice_eq_str(m->method, "CANCEL"))
         return false;
-    if (osip_to_get_tag(msg->to, &tag) == 0 && tag)
-        return false; /* in dialog: the dialog was set up through a challenge */
-    return !(sip_param_find(t, "ms-source-verified-user", &v) && slice_eq_str(v, "verified"));
+    if (sip_param_find(t, "ms-source-verified-user", &v) && slice_eq_str(v, "verified"))
+        return false;
+    /* In dialog (a To tag) and sent to a remote target: the dialog was set up through a
+     * challenge. A To tag on a request for one of our users' addresses of record (what the
+     * registrar looks up) proves nothing: anyone can write one. */
+    bool aor = msg->req_uri->username &&
+               (has_domain(&rg->d->cfg->sip, msg->req_uri->host) || is_own(rg, msg->req_uri));
+    return aor || osip_to_get_tag(msg->to, &tag) != 0 || !tag;
 }
 
 /* A remote user's request: From must be one of our users, proven by Proxy-Authorization. */

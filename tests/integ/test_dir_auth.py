@@ -223,6 +223,16 @@ class DirectorAuth(SuiteTest):
         chal = header(r, "Proxy-Authenticate")
         self.assertTrue(chal and 'qop="auth"' in chal[0], r)
         self.assertIsNone(bob.recv(timeout=0.5), "an unauthenticated MESSAGE reached bob")
+        # A To tag does not make a request for bob's address of record an in-dialog one.
+        out.send("\r\n".join([
+            "MESSAGE sip:bob@example.com SIP/2.0",
+            f"Via: SIP/2.0/UDP {out.ip}:{out.port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport",
+            "From: <sip:mallory@example.com>;tag=m1", "To: <sip:bob@example.com>;tag=forged",
+            f"Call-ID: {uuid.uuid4().hex}", "CSeq: 7 MESSAGE", "Max-Forwards: 70",
+            "Content-Length: 7", "", "spoofed"]), self.edge(lab))
+        r = out.recv()
+        self.assertEqual(parse_status(r), 407, r)
+        self.assertIsNone(bob.recv(timeout=0.5), "a MESSAGE with a forged To tag reached bob")
         # With alice's credentials it goes through; the credentials do not.
         alice = UdpUA("127.0.0.4", port=0)
         self.addCleanup(alice.close)
