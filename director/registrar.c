@@ -273,18 +273,17 @@ static bool trust_of(const struct sip_msg *m, struct slice *v)
 }
 
 /* Where the client is: the address the edge saw (its trust marking names it), else the
- * sender of the request. Used as the key for the known-address allowance. */
-static void client_of(const struct rg_origin *o, const struct sip_msg *m, struct addr *out)
+ * sender of the request. Used as the key for the known-address allowance. false: through an
+ * edge that does not say (its own address would make every remote client "known"). */
+static bool client_of(const struct rg_origin *o, const struct sip_msg *m, struct addr *out)
 {
     struct slice t, v;
     char host[64];
     *out = *o->peer;
-    if (trust_of(m, &t) && sip_param_find(t, "ms-source-address", &v) &&
-        slice_to_cstr(v, host, sizeof(host)) == 0) {
-        struct addr a;
-        if (addr_parse(&a, host, 0) == 0)
-            *out = a;
-    }
+    if (!trust_of(m, &t))
+        return true;
+    return sip_param_find(t, "ms-source-address", &v) &&
+           slice_to_cstr(v, host, sizeof(host)) == 0 && addr_parse(out, host, 0) == 0;
 }
 
 static void log_throttled(struct registrar *rg, const struct addr *client, const char *user,
@@ -319,13 +318,14 @@ static bool authenticate(struct registrar *rg, const struct rg_origin *o, const 
     uint64_t now = uv_now(rg->d->loop);
     struct rg_creds rc;
     struct addr client;
-    client_of(o, m, &client);
     size_t hl = 0;
-    const void *hb = addr_host_bytes(&client, &hl);
+    const void *hb = client_of(o, m, &client) ? addr_host_bytes(&client, &hl) : NULL;
+    /* The digest-uri is not compared with the Request-URI: sipp, for one, answers with the
+     * proxy's address there. Replay is stopped by the nonce-count instead. */
     struct da_request r = {.method = msg->sip_method, .user = user,
                            .password = u ? u->password : NULL,
                            .c = creds_get(msg, proxy, c->realm, &rc),
-                           .client = hb, .client_len = hl, .now_ms = now};
+                           .client = hb, .client_len = hb ? hl : 0, .now_ms = now};
     struct da_limits lim = {c->nonce_lifetime_ms, (uint32_t)c->guess_burst,
                             (uint32_t)c->guesses_per_hour, (uint32_t)c->known_guess_burst,
                             (uint32_t)c->known_guesses_per_hour};

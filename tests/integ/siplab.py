@@ -311,7 +311,7 @@ class UdpUA(AutoAuth):
         resp = digest(alg, user, realm, password, "REGISTER", f"sip:{self.domain}", nonce, "00000001",
                       "c0ffee", "auth")
         auth = (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
-                f'uri=f"sip:{self.domain}", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
+                f'uri="sip:{self.domain}", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
                 f'qop=auth, nc=00000001\r\n')
         self.request("REGISTER", f"sip:{self.domain}", to, user=user, call_id=cid, cseq=2,
                      headers=auth + f"Expires: {expires}\r\n")
