@@ -152,7 +152,7 @@ class DirectorAuth(SuiteTest):
         t0 = time.time()
         p = subprocess.run(["timeout", "60", "svcrack", "-u", "alice", "-d", words,
                             "--domain", "example.com", "-x", "127.0.0.8",  # (-b is ignored by 0.3.3)
-                            "-p", str(lab.ext_port), "--maximumtime", "2", EXT_IP],
+                            "-p", str(lab.ext_port), "--maximumtime", "4", EXT_IP],
                            capture_output=True, text=True, timeout=90)
         took = time.time() - t0
         out = p.stdout + p.stderr
@@ -200,7 +200,7 @@ class DirectorAuth(SuiteTest):
         for method in ("REGISTER", "OPTIONS", "INVITE"):
             p = subprocess.run(["timeout", "40", "svwar", "-d", names, "-m", method,
                                 "--domain", "example.com", "-x", "127.0.0.8",  # (-b is ignored by 0.3.3)
-                                "-p", str(lab.ext_port), "--maximumtime", "2", EXT_IP],
+                                "-p", str(lab.ext_port), "--maximumtime", "4", EXT_IP],
                                capture_output=True, text=True, timeout=60)
             out = p.stdout + p.stderr
             for user in ("alice", "bob"):
