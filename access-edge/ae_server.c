@@ -417,11 +417,17 @@ static void trust_line(struct ae *ae, const struct ae_origin *o, char *out, size
 {
     enum sip_source src = o->conn ? o->conn->src : SIP_SRC_REMOTE_USER;
     bool fed = src == SIP_SRC_PARTNER || src == SIP_SRC_DISCOVERED;
+    /* ms-source-address: the sender's address as the edge saw it (not its Via, which it
+     * writes itself); the Director keys its known-address guess allowance on it. */
+    char host[ADDR_STRLEN] = "-";
+    if (o->peer)
+        addr_format_host(o->peer, host);
     snprintf(out, cap,
              "ms-edge-proxy-message-trust: ms-source-type=%s;ms-ep-fqdn=%s;"
-             "ms-source-verified-user=%s;ms-source-network=%s%s%s\r\n",
+             "ms-source-verified-user=%s;ms-source-network=%s;ms-source-address=%s%s%s\r\n",
              sip_source_name(src), ae->cfg->fqdn, fed ? "verified" : "unverified",
-             fed ? "federation" : "publiccloud", fed && o->conn->nnames ? ";ms-remote-fqdn=" : "",
+             fed ? "federation" : "publiccloud", host,
+             fed && o->conn->nnames ? ";ms-remote-fqdn=" : "",
              fed && o->conn->nnames ? o->conn->names[0] : "");
 }
 

@@ -14,6 +14,7 @@
 #include "access-edge/sip_proxy.h"
 #include "common/crypto.h"
 #include "common/stream.h"
+#include "director/digest_auth.h"
 #include "director/director.h"
 
 #define RG_UDP_MAX 4
@@ -53,7 +54,20 @@ const struct cfg_key registrar_config_keys[] = {
     {"max_expires", CFG_UINT, SC(max_expires_s), "3600", .min = 60, .max = 86400,
      .help = "longest registration granted, seconds"},
     {"nonce_lifetime", CFG_DURATION, SC(nonce_lifetime_ms), "5m", .min = 1000,
-     .help = "how long a Digest nonce stays valid"},
+     .max = 3600 * 1000, .help = "how long a Digest nonce stays valid"},
+    {"authenticate_remote", CFG_BOOL, SC(authenticate_remote), "true",
+     .help = "challenge (407) every out-of-dialog request the edge marks as from a remote "
+             "user; federated partners the edge verified are not challenged"},
+    {"guess_burst", CFG_UINT, SC(guess_burst), "10", .min = 1, .max = 1000,
+     .help = "wrong Digest answers for one user before back-off (from addresses the user "
+             "never authenticated from)"},
+    {"guesses_per_hour", CFG_UINT, SC(guesses_per_hour), "50", .min = 1, .max = 100000,
+     .help = "wrong answers per user per hour allowed after that burst"},
+    {"known_guess_burst", CFG_UINT, SC(known_guess_burst), "5", .min = 1, .max = 1000,
+     .help = "the same, for addresses the user authenticated from in the last 30 days (so an "
+             "attacker elsewhere cannot lock the user out)"},
+    {"known_guesses_per_hour", CFG_UINT, SC(known_guesses_per_hour), "25", .min = 1,
+     .max = 100000, .help = "refill of the known-address allowance, per user per hour"},
     CFG_END,
 };
 
@@ -96,84 +110,19 @@ struct registrar {
     struct rg_binding *bindings;
     size_t nbindings;
     uint64_t salt;
-    uint8_t nonce_key[32];
+    uint8_t tag_key[32];
+    struct da_state *da;
+    uint64_t throttle_logged_ms; /* last "throttled" log line; more within 1 s are counted */
+    unsigned throttle_unlogged;
     int open_handles;
     bool stopping;
     struct metric *m_in, *m_options, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
+    struct metric *m_proxy_challenge, *m_proxy_auth_ok, *m_stale, *m_throttled,
+        *m_users_throttled, *m_absorbed;
     struct sip_msg msg;
     uint8_t out[RG_OUT_CAP];
     uint8_t rbuf[65536];
 };
-
-/* ---- digest ---- */
-
-static void hash_hex(bool sha, const char *s, char out[65])
-{
-    uint8_t d[SHA256_LEN];
-    if (sha) {
-        crypto_sha256(s, strlen(s), d);
-        hex_encode(d, SHA256_LEN, out);
-    } else {
-        crypto_md5(s, strlen(s), d);
-        hex_encode(d, MD5_LEN, out);
-    }
-}
-
-int registrar_digest(const char *algorithm, const char *user, const char *realm,
-                     const char *password, const char *method, const char *uri,
-                     const char *nonce, const char *nc, const char *cnonce, const char *qop,
-                     char out[65])
-{
-    bool sha;
-    if (!algorithm || strcasecmp(algorithm, "MD5") == 0)
-        sha = false;
-    else if (strcasecmp(algorithm, "SHA-256") == 0)
-        sha = true;
-    else
-        return -EINVAL;
-    char buf[1024], ha1[65], ha2[65];
-    snprintf(buf, sizeof(buf), "%s:%s:%s", user, realm, password);
-    hash_hex(sha, buf, ha1);
-    snprintf(buf, sizeof(buf), "%s:%s", method, uri);
-    hash_hex(sha, buf, ha2);
-    if (qop && *qop)
-        snprintf(buf, sizeof(buf), "%s:%s:%s:%s:%s:%s", ha1, nonce, nc ? nc : "",
-                 cnonce ? cnonce : "", qop, ha2);
-    else
-        snprintf(buf, sizeof(buf), "%s:%s:%s", ha1, nonce, ha2);
-    hash_hex(sha, buf, out);
-    return 0;
-}
-
-/* Stateless nonce: issue time and a MAC of it, so any Director instance with the key (and
- * a restart within the lifetime, never) can check it without a table. */
-static void nonce_make(struct registrar *rg, uint64_t now_ms, char out[64])
-{
-    char t[20];
-    snprintf(t, sizeof(t), "%016llx", (unsigned long long)now_ms);
-    uint8_t mac[SHA256_LEN];
-    crypto_hmac_sha256(rg->nonce_key, sizeof(rg->nonce_key), t, 16, mac);
-    char mh[33];
-    hex_encode(mac, 16, mh);
-    snprintf(out, 64, "%s%s", t, mh);
-}
-
-static bool nonce_ok(struct registrar *rg, const char *n, uint64_t now_ms)
-{
-    if (strlen(n) != 48)
-        return false;
-    uint8_t mac[SHA256_LEN];
-    crypto_hmac_sha256(rg->nonce_key, sizeof(rg->nonce_key), n, 16, mac);
-    char mh[33];
-    hex_encode(mac, 16, mh);
-    if (!crypto_ct_eq(mh, n + 16, 32))
-        return false;
-    char t[17];
-    memcpy(t, n, 16);
-    t[16] = 0;
-    uint64_t issued = strtoull(t, NULL, 16);
-    return issued <= now_ms && now_ms - issued <= (&rg->d->cfg->sip)->nonce_lifetime_ms;
-}
 
 static void unquote(const char *in, char *out, size_t cap)
 {
@@ -238,17 +187,186 @@ struct rg_origin {
     const struct addr *peer;
 };
 
+/* The To tag of the Director's own answers: a MAC of Call-ID and From, so the ACK of a
+ * non-2xx we sent (a 407 to an INVITE) is recognised and absorbed here, whatever branch it
+ * comes with, and no other UA's tag can look like ours. */
+static void own_tag(const struct registrar *rg, const struct sip_msg *m, char out[18])
+{
+    const struct sip_hdr *ci = sip_msg_find(m, SIP_H_CALL_ID), *fr = sip_msg_find(m, SIP_H_FROM);
+    struct slice a = ci ? sip_hdr_value(m, ci) : SLICE_NULL;
+    struct slice b = fr ? sip_hdr_value(m, fr) : SLICE_NULL;
+    char in[1024];
+    int n = snprintf(in, sizeof(in), "%.*s\n%.*s", (int)a.len, (const char *)a.p, (int)b.len,
+                     (const char *)b.p);
+    if (n < 0 || (size_t)n >= sizeof(in))
+        n = (int)sizeof(in) - 1;
+    uint8_t mac[SHA256_LEN];
+    crypto_hmac_sha256(rg->tag_key, sizeof(rg->tag_key), in, (size_t)n, mac);
+    out[0] = 'd';
+    hex_encode(mac, 8, out + 1);
+    out[17] = 0;
+}
+
 static void rg_reply(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                      int status, const char *phrase, const char *extra)
 {
     if (slice_eq_str(m->method, "ACK"))
         return;
-    char tag[24];
-    snprintf(tag, sizeof(tag), "d%08x", (unsigned)(sip_branch_hash(rg->salt, m) & 0xffffffffu));
+    char tag[18];
+    own_tag(rg, m, tag);
     ssize_t n = sip_reply_make(m, status, phrase, tag, slice_str(extra ? extra : ""), rg->out,
                                RG_OUT_CAP);
     if (n > 0)
         rg_send(rg, o->conn_id, o->peer, false, rg->out, (size_t)n);
+}
+
+/* ---- authentication (director/digest_auth.c does the checking) ---- */
+
+struct rg_creds {
+    char username[128], realm[128], nonce[128], uri[512], response[160], algorithm[32],
+        cnonce[160], qop[16], nc[16];
+    struct da_creds c;
+};
+
+/* The credentials for our realm among a request's Authorization (proxy: Proxy-Authorization)
+ * headers; NULL if none. */
+static const struct da_creds *creds_get(osip_message_t *msg, bool proxy, const char *realm,
+                                        struct rg_creds *rc)
+{
+    for (int i = 0; i < 8; i++) {
+        osip_authorization_t *a = NULL;
+        if (proxy)
+            osip_message_get_proxy_authorization(msg, i, &a);
+        else
+            osip_message_get_authorization(msg, i, &a);
+        if (!a)
+            return NULL;
+        unquote(a->realm, rc->realm, sizeof(rc->realm));
+        if (strcmp(rc->realm, realm) != 0)
+            continue;
+        unquote(a->username, rc->username, sizeof(rc->username));
+        unquote(a->nonce, rc->nonce, sizeof(rc->nonce));
+        unquote(a->uri, rc->uri, sizeof(rc->uri));
+        unquote(a->response, rc->response, sizeof(rc->response));
+        unquote(a->algorithm, rc->algorithm, sizeof(rc->algorithm));
+        unquote(a->cnonce, rc->cnonce, sizeof(rc->cnonce));
+        unquote(a->message_qop, rc->qop, sizeof(rc->qop));
+        unquote(a->nonce_count, rc->nc, sizeof(rc->nc));
+        rc->c = (struct da_creds){rc->username, rc->realm, rc->nonce, rc->uri, rc->response,
+                                  rc->algorithm, rc->cnonce, rc->qop, rc->nc};
+        return &rc->c;
+    }
+    return NULL;
+}
+
+/* The edge's trust marking, if the request came through it. */
+static bool trust_of(const struct sip_msg *m, struct slice *v)
+{
+    const struct sip_hdr *h = sip_msg_find(m, SIP_H_TRUST);
+    if (!h)
+        return false;
+    /* Parameters start at the first ';' (the value opens with ms-source-type=...). */
+    struct slice all = sip_hdr_value(m, h);
+    const uint8_t *semi = memchr(all.p, ';', all.len);
+    *v = semi ? slice_make(semi, all.len - (size_t)(semi - all.p)) : SLICE_NULL;
+    return true;
+}
+
+/* Where the client is: the address the edge saw (its trust marking names it), else the
+ * sender of the request. Used as the key for the known-address allowance. false: through an
+ * edge that does not say (its own address would make every remote client "known"). */
+static bool client_of(const struct rg_origin *o, const struct sip_msg *m, struct addr *out)
+{
+    struct slice t, v;
+    char host[64];
+    *out = *o->peer;
+    if (!trust_of(m, &t))
+        return true;
+    return sip_param_find(t, "ms-source-address", &v) &&
+           slice_to_cstr(v, host, sizeof(host)) == 0 && addr_parse(out, host, 0) == 0;
+}
+
+static void log_throttled(struct registrar *rg, const struct addr *client, const char *user,
+                          const struct director_sip_user *u, const struct da_verdict *v)
+{
+    metric_inc(rg->m_users_throttled);
+    uint64_t now = uv_now(rg->d->loop);
+    if (rg->throttle_logged_ms && now - rg->throttle_logged_ms < 1000) {
+        rg->throttle_unlogged++;
+        return;
+    }
+    const struct director_sip_config *c = &rg->d->cfg->sip;
+    LOGW(rg->d->log, client,
+         "sip: authentication for %s%s throttled: too many wrong passwords from %s addresses; "
+         "next answer checked in %u s (limit %u + %u/h)%s",
+         u ? "user " : "", u ? u->name : "an unknown user name",
+         v->known_address ? "its known" : "unknown", v->retry_after_s,
+         v->known_address ? (unsigned)c->known_guess_burst : (unsigned)c->guess_burst,
+         v->known_address ? (unsigned)c->known_guesses_per_hour : (unsigned)c->guesses_per_hour,
+         rg->throttle_unlogged ? " (and more users since the last line)" : "");
+    rg->throttle_logged_ms = now;
+    rg->throttle_unlogged = 0;
+}
+
+/* Checks the request's Digest credentials for user (u: its config entry, NULL if no such
+ * user). true: authenticated. false: answered (401/407 challenge, stale, or 403 throttled). */
+static bool authenticate(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
+                         osip_message_t *msg, bool proxy, const char *user,
+                         const struct director_sip_user *u)
+{
+    const struct director_sip_config *c = &rg->d->cfg->sip;
+    uint64_t now = uv_now(rg->d->loop);
+    struct rg_creds rc;
+    struct addr client;
+    size_t hl = 0;
+    const void *hb = client_of(o, m, &client) ? addr_host_bytes(&client, &hl) : NULL;
+    /* The digest-uri is not compared with the Request-URI: sipp, for one, answers with the
+     * proxy's address there. Replay is stopped by the nonce-count instead. */
+    struct da_request r = {.method = msg->sip_method, .user = user,
+                           .password = u ? u->password : NULL,
+                           .c = creds_get(msg, proxy, c->realm, &rc),
+                           .client = hb, .client_len = hb ? hl : 0, .now_ms = now};
+    struct da_limits lim = {c->nonce_lifetime_ms, (uint32_t)c->guess_burst,
+                            (uint32_t)c->guesses_per_hour, (uint32_t)c->known_guess_burst,
+                            (uint32_t)c->known_guesses_per_hour};
+    struct da_verdict v;
+    da_check(rg->da, &lim, c->realm, &r, &v);
+    if (v.result == DA_OK)
+        return true;
+    if (v.checked && v.result == DA_CHALLENGE)
+        metric_inc(rg->m_auth_fail);
+    if (v.throttle_started)
+        log_throttled(rg, &client, user, u, &v);
+    if (v.result == DA_THROTTLED) {
+        metric_inc(rg->m_throttled);
+        char hdrs[256];
+        snprintf(hdrs, sizeof(hdrs),
+                 "Retry-After: %u\r\nWarning: 399 director \"Too many failed authentications; "
+                 "try again later\"\r\n",
+                 v.retry_after_s);
+        rg_reply(rg, o, m, 403, "Forbidden", hdrs);
+        return false;
+    }
+    if (v.result == DA_STALE)
+        metric_inc(rg->m_stale);
+    metric_inc(proxy ? rg->m_proxy_challenge : rg->m_challenge);
+    char hdrs[1024] = "", nonce[DA_NONCE_LEN + 1];
+    da_nonce_make(rg->da, now, nonce);
+    size_t n = 0;
+    size_t na = c->nalgorithms ? c->nalgorithms : ARRAY_SIZE(default_algs);
+    for (size_t i = 0; i < na && n < sizeof(hdrs); i++) {
+        const char *alg = c->nalgorithms ? c->algorithms[i] : default_algs[i];
+        n += (size_t)snprintf(hdrs + n, sizeof(hdrs) - n,
+                              "%s: Digest realm=\"%s\", nonce=\"%s\", algorithm=%s, "
+                              "qop=\"auth\"%s\r\n",
+                              proxy ? "Proxy-Authenticate" : "WWW-Authenticate", c->realm, nonce,
+                              alg, v.result == DA_STALE ? ", stale=true" : "");
+    }
+    if (proxy)
+        rg_reply(rg, o, m, 407, "Proxy Authentication Required", hdrs);
+    else
+        rg_reply(rg, o, m, 401, "Unauthorized", hdrs);
+    return false;
 }
 
 /* ---- registrar ---- */
@@ -270,46 +388,8 @@ static void do_register(struct registrar *rg, const struct rg_origin *o, const s
     uint64_t now = uv_now(rg->d->loop);
     const char *user = msg->to && msg->to->url ? msg->to->url->username : NULL;
     const struct director_sip_user *u = user_find(c, user);
-    osip_authorization_t *auth = NULL;
-    osip_message_get_authorization(msg, 0, &auth);
-    bool ok = false, stale = false;
-    if (auth && u) {
-        char un[128], realm[128], nonce[128], uri[512], resp[128], alg[32], cnonce[128], qop[16],
-            nc[16];
-        unquote(auth->username, un, sizeof(un));
-        unquote(auth->realm, realm, sizeof(realm));
-        unquote(auth->nonce, nonce, sizeof(nonce));
-        unquote(auth->uri, uri, sizeof(uri));
-        unquote(auth->response, resp, sizeof(resp));
-        unquote(auth->algorithm, alg, sizeof(alg));
-        unquote(auth->cnonce, cnonce, sizeof(cnonce));
-        unquote(auth->message_qop, qop, sizeof(qop));
-        unquote(auth->nonce_count, nc, sizeof(nc));
-        char want[65];
-        if (strcmp(un, u->name) == 0 && strcmp(realm, c->realm) == 0 &&
-            registrar_digest(alg[0] ? alg : "MD5", u->name, c->realm, u->password,
-                             msg->sip_method, uri, nonce, nc, cnonce, qop, want) == 0 &&
-            strlen(resp) == strlen(want) && crypto_ct_eq(resp, want, strlen(want))) {
-            ok = nonce_ok(rg, nonce, now);
-            stale = !ok;
-        }
-    }
-    if (!ok) {
-        metric_inc(auth ? rg->m_auth_fail : rg->m_challenge);
-        char hdrs[1024] = "", nonce[64];
-        nonce_make(rg, now, nonce);
-        size_t n = 0;
-        size_t na = c->nalgorithms ? c->nalgorithms : ARRAY_SIZE(default_algs);
-        for (size_t i = 0; i < na && n < sizeof(hdrs); i++) {
-            const char *alg = c->nalgorithms ? c->algorithms[i] : default_algs[i];
-            n += (size_t)snprintf(hdrs + n, sizeof(hdrs) - n,
-                                  "WWW-Authenticate: Digest realm=\"%s\", nonce=\"%s\", "
-                                  "algorithm=%s, qop=\"auth\"%s\r\n",
-                                  c->realm, nonce, alg, stale ? ", stale=true" : "");
-        }
-        rg_reply(rg, o, m, 401, "Unauthorized", hdrs);
+    if (!authenticate(rg, o, m, msg, false, user, u))
         return;
-    }
     /* Store (or remove) the binding: one contact per user in this stub. */
     osip_contact_t *ct = NULL;
     osip_message_get_contact(msg, 0, &ct);
@@ -407,7 +487,7 @@ static int uri_target(const osip_uri_t *u, struct addr *to, bool *stream)
 }
 
 static void do_forward(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
-                       osip_message_t *msg)
+                       osip_message_t *msg, bool strip_creds)
 {
     const struct director_sip_config *c = (&rg->d->cfg->sip);
     unsigned pop = 0;
@@ -432,9 +512,10 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
         const char *user = msg->req_uri->username;
         struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
         if (!b) {
+            /* The same answer whether or not the user exists, so nobody outside can tell
+             * (404 for one and 480 for the other listed the users). */
             metric_inc(rg->m_404);
-            rg_reply(rg, o, m, user_find(c, user) ? 480 : 404,
-                     user_find(c, user) ? "Temporarily Unavailable" : "Not Found", NULL);
+            rg_reply(rg, o, m, 480, "Temporarily Unavailable", NULL);
             return;
         }
         /* Retarget to the registered contact; the stored Path becomes the route set
@@ -492,6 +573,8 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     ssize_t len = sip_fwd_request(m, &fo, rg->out, RG_OUT_CAP);
     if (len < 0)
         return;
+    if (strip_creds)
+        len = (ssize_t)da_strip_credentials(rg->out, (size_t)len, c->realm);
     metric_inc(rg->m_fwd);
     if (rg_send(rg, oc ? oc->id : 0, &to, stream, rg->out, (size_t)len) < 0 && !oc && stream)
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
@@ -509,6 +592,51 @@ static void rg_response(struct registrar *rg, const struct sip_msg *m)
     ssize_t len = sip_fwd_response(m, SLICE_NULL, 0, rg->out, RG_OUT_CAP);
     if (len > 0)
         rg_send(rg, cid, &to, false, rg->out, (size_t)len);
+}
+
+static bool is_own_ack(const struct registrar *rg, const struct sip_msg *m, osip_message_t *msg)
+{
+    osip_generic_param_t *t = NULL;
+    if (!slice_eq_str(m->method, "ACK") || osip_to_get_tag(msg->to, &t) != 0 || !t || !t->gvalue)
+        return false;
+    char mine[18];
+    own_tag(rg, m, mine);
+    return strcmp(t->gvalue, mine) == 0;
+}
+
+/* Out of dialog, from a remote user: the edge marked it and did not verify the sender (a
+ * partner it verified by mutual TLS and the allow list says ms-source-verified-user=verified).
+ * ACK and CANCEL cannot be challenged (RFC 3261 §22.1); REGISTER has its own 401. */
+static bool needs_auth(struct registrar *rg, const struct sip_msg *m, osip_message_t *msg)
+{
+    struct slice t, v;
+    osip_generic_param_t *tag = NULL;
+    if (!rg->d->cfg->sip.authenticate_remote || !trust_of(m, &t) ||
+        slice_eq_str(m->method, "ACK") || slice_eq_str(m->method, "CANCEL"))
+        return false;
+    if (sip_param_find(t, "ms-source-verified-user", &v) && slice_eq_str(v, "verified"))
+        return false;
+    /* In dialog (a To tag) and sent to a remote target: the dialog was set up through a
+     * challenge. A To tag on a request for one of our users' addresses of record (what the
+     * registrar looks up) proves nothing: anyone can write one. */
+    bool aor = msg->req_uri->username &&
+               (has_domain(&rg->d->cfg->sip, msg->req_uri->host) || is_own(rg, msg->req_uri));
+    return aor || osip_to_get_tag(msg->to, &tag) != 0 || !tag;
+}
+
+/* A remote user's request: From must be one of our users, proven by Proxy-Authorization. */
+static bool authenticate_sender(struct registrar *rg, const struct rg_origin *o,
+                                const struct sip_msg *m, osip_message_t *msg)
+{
+    const struct director_sip_config *c = &rg->d->cfg->sip;
+    const osip_uri_t *f = msg->from ? msg->from->url : NULL;
+    if (!f || !f->host || !has_domain(c, f->host)) {
+        metric_inc(rg->m_auth_fail);
+        rg_reply(rg, o, m, 403, "Forbidden",
+                 "Warning: 399 director \"From is not a user of this domain\"\r\n");
+        return false;
+    }
+    return authenticate(rg, o, m, msg, true, f->username, user_find(c, f->username));
 }
 
 static void rg_handle(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m)
@@ -544,8 +672,13 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
     } else if (slice_eq_str(m->method, "REGISTER") && osip_list_size(&msg->routes) == 0 &&
                (has_domain((&rg->d->cfg->sip), msg->req_uri->host) || is_own(rg, msg->req_uri))) {
         do_register(rg, o, m, msg);
-    } else {
-        do_forward(rg, o, m, msg);
+    } else if (is_own_ack(rg, m, msg)) {
+        metric_inc(rg->m_absorbed); /* the ACK of our own 407/480/...: it ends here */
+    } else if (!needs_auth(rg, m, msg)) {
+        do_forward(rg, o, m, msg, false);
+    } else if (authenticate_sender(rg, o, m, msg)) {
+        metric_inc(rg->m_proxy_auth_ok);
+        do_forward(rg, o, m, msg, true);
     }
     osip_message_free(msg);
 }
@@ -663,6 +796,7 @@ static void rg_unref(struct registrar *rg)
 {
     if (--rg->open_handles == 0) {
         tls_ctx_unref(rg->tls);
+        da_destroy(rg->da);
         free(rg->bindings);
         free(rg);
     }
@@ -689,8 +823,10 @@ int registrar_start(struct director *d)
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;
     if (rc == 0 && (crypto_random(&rg->salt, sizeof(rg->salt)) < 0 ||
-                    crypto_random(rg->nonce_key, sizeof(rg->nonce_key)) < 0))
+                    crypto_random(rg->tag_key, sizeof(rg->tag_key)) < 0))
         rc = -EIO;
+    if (rc == 0)
+        rc = da_create(&rg->da);
     if (rc == 0 && c->nmtls) {
         struct tls_cert_opts co = {d->cfg->tls.cert, d->cfg->tls.key};
         struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1,
@@ -711,7 +847,24 @@ int registrar_start(struct director *d)
     rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
                                       "401 challenges sent", NULL);
     rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
-                                      "REGISTERs with wrong or stale credentials", NULL);
+                                      "Digest answers with a wrong password (REGISTER or 407), "
+                                      "or a remote From not of our domains", NULL);
+    rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
+                                            "407 challenges to remote users' requests", NULL);
+    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
+                                          "remote users' requests that passed the 407 challenge",
+                                          NULL);
+    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
+                                  "right answers on an expired or replayed nonce (stale=true)",
+                                  NULL);
+    rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
+                                      "Digest answers refused unchecked (403): too many wrong "
+                                      "ones for that user lately", NULL);
+    rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
+                                            "times a user name ran out of password guesses",
+                                            NULL);
+    rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
+                                     "ACKs of the Director's own non-2xx answers", NULL);
     rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
     rg->m_404 = metrics_counter(d->metrics, "sip_not_found_total",
                                 "requests for users not registered", NULL);

@@ -1,7 +1,9 @@
 /* The Director's SIP side: a registrar with Digest authentication (RFC 3261 §22, RFC 8760
  * SHA-256 and MD5; users from the YAML config) and a stateless proxy (RFC 3261 §16.11)
  * that routes between registered users, follows Path back through the access edge, and
- * sends requests for other domains to the edge. */
+ * sends requests for other domains to the edge. Out-of-dialog requests the edge marks as from
+ * a remote user are challenged with 407 under the same Digest rules (director/digest_auth.h:
+ * nonce-count replay checking, the per-user guess throttle). */
 #ifndef DIRECTOR_REGISTRAR_H
 #define DIRECTOR_REGISTRAR_H
 
@@ -36,6 +38,9 @@ struct director_sip_config {
     struct addr edge;  /* where requests for other domains go (the edge's internal side) */
     uint64_t max_expires_s;
     uint64_t nonce_lifetime_ms;
+    bool authenticate_remote; /* 407 for remote users' out-of-dialog requests */
+    uint32_t guess_burst, guesses_per_hour;             /* wrong answers per user (see */
+    uint32_t known_guess_burst, known_guesses_per_hour; /* director/digest_auth.h) */
 };
 
 extern const struct cfg_key registrar_config_keys[];
@@ -43,12 +48,5 @@ extern const struct cfg_key registrar_config_keys[];
 struct director;
 int registrar_start(struct director *d);
 void registrar_stop(struct director *d);
-
-/* Digest response (RFC 7616 §3.4.1) as lower-case hex into out (65 bytes). algorithm is
- * "MD5" or "SHA-256"; qop NULL or "auth". Returns 0 or -EINVAL. Exposed for unit tests. */
-int registrar_digest(const char *algorithm, const char *user, const char *realm,
-                     const char *password, const char *method, const char *uri,
-                     const char *nonce, const char *nc, const char *cnonce, const char *qop,
-                     char out[65]);
 
 #endif

@@ -51,6 +51,7 @@ class UA:
         if cseq is None:
             self.cseq += 1
         branch = "z9hG4bK" + str(random.randint(1, 1 << 40))
+        self.via = f"Via: SIP/2.0/UDP {self.a.local}:{self.port};branch={branch};rport\r\n"
         return (f"{method} {uri} SIP/2.0\r\n"
                 f"Via: SIP/2.0/UDP {self.a.local}:{self.port};branch={branch};rport\r\n"
                 f"Max-Forwards: 70\r\n"
@@ -74,10 +75,12 @@ class UA:
             self.callid = f"{self.tag}-{method}@lab"
         dest = dest or self.proxy
         self.sock.sendto(self.request(method, uri, to, extra, body).encode(), dest)
+        challenged = False
         for _ in range(20):
             msg, _ = self.recv()
             m = re.match(r"SIP/2.0 (\d{3})", msg)
-            if not m or not re.search(r"(?im)^CSeq:\s*\d+\s+" + method + r"\s*$", msg):
+            if not m or not re.search(r"(?im)^CSeq:\s*" + str(self.cseq) + r"\s+" + method + r"\s*$",
+                                      msg):
                 continue  # not an answer to this request (a retransmitted 200 of the INVITE)
             code = int(m.group(1))
             if code < 200:
@@ -85,8 +88,18 @@ class UA:
                     print(method, code, flush=True)
                 continue
             self.last = msg
-            if code not in (401, 407):
+            if method == "INVITE":
+                # The ACK of a non-2xx final answer: the INVITE's branch and CSeq number, the
+                # answer's To (RFC 3261 §17.1.1.3), so nobody retransmits it.
+                if code >= 300:
+                    self.sock.sendto((f"ACK {uri} SIP/2.0\r\n{self.via}Max-Forwards: 70\r\n"
+                                      f"From: <sip:{self.a.user}@{self.a.domain}>;tag={self.tag}\r\n"
+                                      f"To: {header(msg, 'To')[0]}\r\nCall-ID: {self.callid}\r\n"
+                                      f"CSeq: {self.cseq} ACK\r\nContent-Length: 0\r\n\r\n").encode(),
+                                     dest)
+            if code not in (401, 407) or challenged:
                 return code
+            challenged = True
             hdr = "WWW-Authenticate" if code == 401 else "Proxy-Authenticate"
             ch = re.search(hdr + r": Digest (.*)", msg).group(1)
             f = dict(re.findall(r'(\w+)="?([^",]+)"?', ch))

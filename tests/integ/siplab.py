@@ -26,9 +26,11 @@ def ensure_certs():
 class Lab:
     """Director + access edge. edge_to_director: 'udp' or 'tls'."""
 
-    def __init__(self, test, edge_to_director="udp", algorithms=("SHA-256", "MD5"), extra_edge="",
+    # MD5 first: sipp answers only the first challenge and knows only MD5 (the Director's own
+    # default offers SHA-256 first, RFC 8760).
+    def __init__(self, test, edge_to_director="udp", algorithms=("MD5", "SHA-256"), extra_edge="",
                  domain="example.com", ips=(DIR_IP, EXT_IP, INT_IP), cert="access-edge",
-                 mtls_port=None, ctl=False, backup=False):
+                 mtls_port=None, ctl=False, backup=False, extra_director=""):
         ensure_certs()
         DIR_IP, EXT_IP, INT_IP = ips
         self.ips = ips
@@ -63,6 +65,7 @@ sip:
   users:
 {users}
   edge: {INT_IP}:{self.int_port}
+{extra_director}
 """
         self.director = test.daemon("director", director_conf(self.dir_admin, self.dir_sip,
                                                                self.ctl_port), admin=self.dir_admin)
@@ -109,11 +112,18 @@ next_hop: {nh}
         return self.edge.metrics().get(name, 0.0)
 
     def sipp(self, scenario, target, service, transport="u1", port=None, ip="127.0.0.2",
-             timeout=20, extra=(), background=False, calls=1):
+             timeout=20, extra=(), background=False, calls=1, caller=None):
+        """caller: the user a UAC scenario sends as ([caller]), with its credentials for the
+        Director's 407 (default: the other test user than service)."""
         port = port or free_port(ip, socket.SOCK_DGRAM)
+        caller = caller or ("bob" if service == "alice" else "alice")
+        creds = ["-key", "caller", caller]
+        if "-au" not in extra:
+            creds += ["-au", caller, "-ap", USERS[caller]]
         argv = ["sipp", "-sf", os.path.join(SCEN, scenario), "-s", service, "-i", ip, "-p",
                 str(port), "-t", transport, "-m", str(calls), "-nostdin", "-timeout",
-                f"{timeout}s", "-recv_timeout", "5000", "-max_recv_loops", "1000"] + list(extra)
+                f"{timeout}s", "-recv_timeout", "5000", "-max_recv_loops", "1000"] + creds + \
+            list(extra)
         if target:
             argv.insert(1, target)
         if background:
@@ -162,7 +172,72 @@ def header(msg, name):
     return vals
 
 
-class UdpUA:
+class AutoAuth:
+    """Answers the Director's 407 for the user agents below as a real client would: the last
+    out-of-dialog request sent is sent again with Proxy-Authorization for its From user (from
+    USERS; CSeq + 1, a new branch), after an ACK if it was an INVITE. The 407 is not returned
+    to the caller of recv(), so flows read as they did before the Director challenged remote
+    users. Set auto_auth = False to see the 407s."""
+    auto_auth = True
+    _last = None
+    _answered = 0
+
+    def _remember(self, text, *args):
+        t = text.decode(errors="replace") if isinstance(text, bytes) else text
+        if parse_status(t) is not None or t.startswith(("ACK ", "CANCEL ")) or \
+                "\r\n\r\n" not in t:
+            return
+        self._answered = 0
+        self._last = (t, args)
+
+    def _answer_407(self, msg):
+        """True if msg was a 407 for our last request and has been answered."""
+        if not self.auto_auth or parse_status(msg) != 407 or not self._last or self._answered >= 2:
+            return False
+        req, args = self._last
+        head, _, body = req.partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        if header(msg, "Call-ID") != header(req, "Call-ID"):
+            return False
+        method, ruri = lines[0].split(" ")[:2]
+        fr = header(req, "From")[0]
+        user = re.search(r"sip:([^@;>]+)@", fr).group(1)
+        if user not in USERS:
+            return False
+        chal = header(msg, "Proxy-Authenticate")[0]
+        alg = re.search(r"algorithm=([\w-]+)", chal).group(1)
+        realm = re.search(r'realm="([^"]+)"', chal).group(1)
+        nonce = re.search(r'nonce="([^"]+)"', chal).group(1)
+        cnonce = uuid.uuid4().hex[:12]
+        resp = digest(alg, user, realm, USERS[user], method, ruri, nonce, "00000001", cnonce, "auth")
+        cseq = int(header(req, "CSeq")[0].split()[0])
+        if method == "INVITE":
+            to = header(msg, "To")[0]
+            ack = [f"ACK {ruri} SIP/2.0", f"Via: {header(msg, 'Via')[0]}", f"From: {fr}",
+                   f"To: {to}", f"Call-ID: {header(req, 'Call-ID')[0]}", f"CSeq: {cseq} ACK",
+                   "Max-Forwards: 70"]
+            self._send_raw("\r\n".join(ack) + "\r\nContent-Length: 0\r\n\r\n", *args)
+        out = []
+        for ln in lines:
+            k = ln.partition(":")[0].strip().lower()
+            if k in ("via", "v") and not any(o.lower().startswith(("via:", "v:")) for o in out):
+                ln = re.sub(r"branch=[^;,\s]+", f"branch=z9hG4bK{uuid.uuid4().hex[:16]}", ln)
+            elif k == "cseq":
+                ln = f"CSeq: {cseq + 1} {method}"
+            elif k == "proxy-authorization":
+                continue
+            out.append(ln)
+        out.append(f'Proxy-Authorization: Digest username="{user}", realm="{realm}", '
+                   f'nonce="{nonce}", uri="{ruri}", response="{resp}", algorithm={alg}, '
+                   f'cnonce="{cnonce}", qop=auth, nc=00000001')
+        again = "\r\n".join(out) + "\r\n\r\n" + body
+        self._last = (again, args)  # a second 407 (stale nonce) is answered from this one
+        self._answered += 1
+        self._send_raw(again, *args)
+        return True
+
+
+class UdpUA(AutoAuth):
     """A minimal SIP user agent on a UDP socket: sends raw requests, reads replies."""
 
     def __init__(self, ip="127.0.0.3", port=0, domain="example.com"):
@@ -176,6 +251,10 @@ class UdpUA:
         self.s.close()
 
     def send(self, text, to):
+        self._remember(text, to)
+        self._send_raw(text, to)
+
+    def _send_raw(self, text, to):
         self.s.sendto(text.encode() if isinstance(text, str) else text, to)
 
     def recv(self, timeout=2.0, skip_provisional=True):
@@ -189,6 +268,8 @@ class UdpUA:
             msg = data.decode(errors="replace")
             st = parse_status(msg)
             if skip_provisional and st is not None and st < 200:
+                continue
+            if self._answer_407(msg):
                 continue
             return msg
         return None
@@ -230,14 +311,14 @@ class UdpUA:
         resp = digest(alg, user, realm, password, "REGISTER", f"sip:{self.domain}", nonce, "00000001",
                       "c0ffee", "auth")
         auth = (f'Authorization: Digest username="{user}", realm="{realm}", nonce="{nonce}", '
-                f'uri=f"sip:{self.domain}", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
+                f'uri="sip:{self.domain}", response="{resp}", algorithm={alg}, cnonce="c0ffee", '
                 f'qop=auth, nc=00000001\r\n')
         self.request("REGISTER", f"sip:{self.domain}", to, user=user, call_id=cid, cseq=2,
                      headers=auth + f"Expires: {expires}\r\n")
         return self.recv(), chals
 
 
-class StreamUA:
+class StreamUA(AutoAuth):
     """A SIP user agent on one TCP or TLS connection (optionally with a client certificate)."""
 
     def __init__(self, host, port, tls=False, cert=None, ip="127.0.0.7", user="alice",
@@ -260,6 +341,10 @@ class StreamUA:
         self.s.close()
 
     def send(self, text):
+        self._remember(text)
+        self._send_raw(text)
+
+    def _send_raw(self, text):
         self.s.sendall(text.encode() if isinstance(text, str) else text)
 
     def recv(self, timeout=3.0, skip_provisional=True):
@@ -274,6 +359,8 @@ class StreamUA:
                     self.buf = rest[n:]
                     st = parse_status(msg)
                     if skip_provisional and st is not None and st < 200:
+                        continue
+                    if self._answer_407(msg):
                         continue
                     return msg
             self.s.settimeout(max(0.01, end - time.time()))
@@ -351,7 +438,7 @@ class WsUA(StreamUA):
                                              .encode()).digest()).decode()
         self.accept_ok = f"Sec-WebSocket-Accept: {want}" in self.handshake
 
-    def send(self, text):
+    def _send_raw(self, text):
         data = text.encode() if isinstance(text, str) else text
         mask = os.urandom(4)
         n = len(data)
@@ -373,6 +460,8 @@ class WsUA(StreamUA):
                     msg = payload.decode(errors="replace")
                     st = parse_status(msg)
                     if skip_provisional and st is not None and st < 200:
+                        continue
+                    if self._answer_407(msg):
                         continue
                     return msg
             self.s.settimeout(max(0.01, end - time.time()))

@@ -135,7 +135,7 @@ class EdgeFlows(SuiteTest):
         for u in ("u1", "u2", "u3", "u4", "u5"):
             p.request("MESSAGE", f"sip:{u}@example.com", to_uri=f"sip:{u}@example.com", body="x")
             got.append(parse_status(p.recv()))
-        self.assertEqual(got, [404, 404, 404, 403, 403])
+        self.assertEqual(got, [480, 480, 480, 403, 403])  # unknown users: 480, as unregistered ones
         from harness import http_json
         st, j = http_json(lab.edge_admin, "/watchlist")
         self.assertEqual(st, 200)

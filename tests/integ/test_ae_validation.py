@@ -105,7 +105,9 @@ class EdgeValidation(SuiteTest):
         self.ua.send(text, (EXT_IP, self.lab.ext_port))
         r = self.ua.recv()
         self.assertEqual(parse_status(r), 480, r)  # bob is a user, not registered
-        self.assertEqual(self.lab.dir_metric("director_sip_messages_in_total"), 1)
+        # Twice: the Director challenged it as a remote user's (407) and the UA answered.
+        self.assertEqual(self.lab.dir_metric("director_sip_messages_in_total"), 2)
+        self.assertEqual(self.lab.dir_metric("director_sip_proxy_challenges_total"), 1)
 
     def test_garbage_is_dropped_and_counted(self):
         self.ua.send(b"\x16\x03\x01garbage\r\n\r\n", (EXT_IP, self.lab.ext_port))
