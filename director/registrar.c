@@ -16,6 +16,7 @@
 #include "common/stream.h"
 #include "director/digest_auth.h"
 #include "director/director.h"
+#include "director/regstore.h"
 
 #define RG_UDP_MAX 4
 #define RG_LST_MAX 8
@@ -51,6 +52,9 @@ const struct cfg_key registrar_config_keys[] = {
      .help = "users and their Digest passwords"},
     {"edge", CFG_ADDR, SC(edge), "127.0.0.21:5060", .min = 5060,
      .help = "the access edge's internal SIP address (requests for other domains)"},
+    {"store", CFG_STR, SC(store), NULL,
+     .help = "file that keeps registrations across a restart (append-only, compacted); "
+             "without it they live in memory and a restart loses them"},
     {"max_expires", CFG_UINT, SC(max_expires_s), "3600", .min = 60, .max = 86400,
      .help = "longest registration granted, seconds"},
     {"nonce_lifetime", CFG_DURATION, SC(nonce_lifetime_ms), "5m", .min = 1000,
@@ -112,6 +116,7 @@ struct registrar {
     uint64_t salt;
     uint8_t tag_key[32];
     struct da_state *da;
+    struct regstore *store; /* NULL: bindings only in memory */
     uint64_t throttle_logged_ms; /* last "throttled" log line; more within 1 s are counted */
     unsigned throttle_unlogged;
     int open_handles;
@@ -381,6 +386,74 @@ static struct rg_binding *binding_find(struct registrar *rg, const char *user, u
     return NULL;
 }
 
+/* ---- persistence (director/regstore.h) ---- */
+
+static struct regstore_entry entry_of(const struct rg_binding *b, int64_t expires_s)
+{
+    return (struct regstore_entry){b->user, b->contact, b->path, expires_s};
+}
+
+/* Writes a binding change through to the store, and compacts it when it has grown. */
+static void store_binding(struct registrar *rg, const struct rg_binding *b, long expires)
+{
+    if (!rg->store)
+        return;
+    int64_t wall = time_wall_s();
+    struct regstore_entry e = entry_of(b, expires ? wall + expires : 0);
+    int rc = regstore_append(rg->store, &e);
+    if (rc < 0) {
+        LOGW(rg->d->log, NULL, "sip: registration of %s not stored: %s", b->user, strerror(-rc));
+        return;
+    }
+    uint64_t now = uv_now(rg->d->loop);
+    size_t live = 0;
+    for (size_t i = 0; i < rg->nbindings; i++)
+        live += rg->bindings[i].expires_ms > now;
+    if (!regstore_wants_compaction(rg->store, live))
+        return;
+    struct regstore_entry *all = calloc(live ? live : 1, sizeof(*all));
+    size_t n = 0;
+    for (size_t i = 0; all && i < rg->nbindings; i++) {
+        const struct rg_binding *x = &rg->bindings[i];
+        if (x->expires_ms > now)
+            all[n++] = entry_of(x, wall + (int64_t)((x->expires_ms - now) / 1000) + 1);
+    }
+    rc = all ? regstore_rewrite(rg->store, all, n) : -ENOMEM;
+    if (rc < 0)
+        LOGW(rg->d->log, NULL, "sip: registration store not compacted: %s", strerror(-rc));
+    free(all);
+}
+
+static void on_stored(const struct regstore_entry *e, void *arg)
+{
+    struct registrar *rg = arg;
+    if (rg->nbindings == RG_BINDINGS)
+        return;
+    struct rg_binding *b = &rg->bindings[rg->nbindings++];
+    snprintf(b->user, sizeof(b->user), "%s", e->user);
+    snprintf(b->contact, sizeof(b->contact), "%s", e->contact);
+    snprintf(b->path, sizeof(b->path), "%s", e->path);
+    b->expires_ms = uv_now(rg->d->loop) + (uint64_t)(e->expires_s - time_wall_s()) * 1000;
+}
+
+/* Reads the store back into the binding table, then opens it for appending. */
+static int restore_bindings(struct registrar *rg, const char *path)
+{
+    size_t bad = 0;
+    int n = regstore_load(path, time_wall_s(), on_stored, rg, &bad);
+    if (n < 0 && n != -ENOENT) {
+        LOGE(rg->d->log, NULL, "sip: registration store %s: %s", path, strerror(-n));
+        return n;
+    }
+    if (n > 0 || bad)
+        LOGI(rg->d->log, NULL, "sip: %d registrations restored from %s (%zu lines skipped)",
+             n < 0 ? 0 : n, path, bad);
+    int rc = regstore_open(path, &rg->store);
+    if (rc < 0)
+        LOGE(rg->d->log, NULL, "sip: registration store %s: %s", path, strerror(-rc));
+    return rc;
+}
+
 static void do_register(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                         osip_message_t *msg)
 {
@@ -431,6 +504,7 @@ static void do_register(struct registrar *rg, const struct rg_origin *o, const s
                      (const char *)v.p);
         }
         b->expires_ms = expires ? now + (uint64_t)expires * 1000 : 0;
+        store_binding(rg, b, expires);
     }
     char hdrs[1024];
     snprintf(hdrs, sizeof(hdrs), "Contact: <%s>;expires=%ld\r\n", curi ? curi : "", expires);
@@ -797,6 +871,7 @@ static void rg_unref(struct registrar *rg)
     if (--rg->open_handles == 0) {
         tls_ctx_unref(rg->tls);
         da_destroy(rg->da);
+        regstore_close(rg->store);
         free(rg->bindings);
         free(rg);
     }
@@ -827,6 +902,8 @@ int registrar_start(struct director *d)
         rc = -EIO;
     if (rc == 0)
         rc = da_create(&rg->da);
+    if (rc == 0 && c->store && *c->store)
+        rc = restore_bindings(rg, c->store);
     if (rc == 0 && c->nmtls) {
         struct tls_cert_opts co = {d->cfg->tls.cert, d->cfg->tls.key};
         struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1,

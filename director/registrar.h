@@ -36,6 +36,7 @@ struct director_sip_config {
     struct director_sip_user *users;
     size_t nusers;
     struct addr edge;  /* where requests for other domains go (the edge's internal side) */
+    char *store;       /* registrations kept across restarts (director/regstore.h), or NULL */
     uint64_t max_expires_s;
     uint64_t nonce_lifetime_ms;
     bool authenticate_remote; /* 407 for remote users' out-of-dialog requests */

@@ -386,9 +386,9 @@ class StreamUA(AutoAuth):
                   f"Content-Length: {len(body.encode())}\r\n\r\n" + body)
         return call_id
 
-    def register(self, password, alg="MD5"):
+    def register(self, password, alg="MD5", expires=300):
         cid = uuid.uuid4().hex
-        self.request("REGISTER", f"sip:{self.domain}", call_id=cid, headers="Expires: 300\r\n")
+        self.request("REGISTER", f"sip:{self.domain}", call_id=cid, headers=f"Expires: {expires}\r\n")
         r = self.recv()
         if parse_status(r) != 401:
             return r
@@ -399,7 +399,7 @@ class StreamUA(AutoAuth):
         resp = digest(alg, self.user, realm, password, "REGISTER", uri, nonce, "00000001", "abc", "auth")
         auth = (f'Authorization: Digest username="{self.user}", realm="{realm}", nonce="{nonce}", '
                 f'uri="{uri}", response="{resp}", algorithm={alg}, cnonce="abc", qop=auth, nc=00000001\r\n')
-        self.request("REGISTER", uri, call_id=cid, cseq=2, headers=auth + "Expires: 300\r\n")
+        self.request("REGISTER", uri, call_id=cid, cseq=2, headers=auth + f"Expires: {expires}\r\n")
         return self.recv()
 
     def answer(self, req, status=200, phrase="OK"):
