@@ -1003,8 +1003,15 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
     struct slice host = http_head_get(h, "host");
     struct rp_target t;
     char extra[1200], name[256];
-    if (!host.p || !rp_host_valid(host) || rp_target_parse(url, &t) < 0 || t.host.len) {
+    if (rp_target_parse(url, &t) < 0) {
         client_reply(c, 400, "400 Bad Request\n", false);
+        return;
+    }
+    if (t.host.len)
+        host = t.host; /* absolute-form: its authority is the host (RFC 9112 3.2.2) */
+    if (!host.p || !rp_host_valid(host)) {
+        metric_inc(c->srv->m.not_http);
+        client_reply(c, 400, "400 Bad Request: bad Host\n", false);
         return;
     }
     if (rp_server_name_pick(cfg->server_names, cfg->nserver_names, cfg->routes, cfg->nroutes,

@@ -10,7 +10,7 @@ import time
 import unittest
 
 import test_rp_proxy as rp
-from harness import free_port
+from harness import http_request
 from rp_upstream import RecordingUpstream
 
 PATH = "/etc/place/null/s"
@@ -254,6 +254,19 @@ class FramingTest(rp.SuiteTest):
                 codes, out = self.redirect(host)
                 self.assertEqual(codes, [400], out[:200])
                 self.assertNotIn(b"Location", out)
+        # absolute-form: its authority is the host that counts
+        for target, host, want in (("http://evil.example/x", "revproxy", None),
+                                   ("http://revproxy/x", "evil.example", b"https://revproxy/x")):
+            with self.subTest(target):
+                raw = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+                codes = self.exchange(raw, port=self.redir)
+                self.assertEqual(codes, [301] if want else [400], self.last[:200])
+                if want:
+                    self.assertIn(b"\r\nLocation: " + want + b"\r\n", self.last)
+        _, metrics = http_request(self.admin, "/metrics")
+        m = re.search(r'revproxy_refused_total\{reason="unknown_host"\} (\d+)', metrics)
+        # evil.example twice, revproxy.evil.example, lab.example; the rest are not host names
+        self.assertTrue(m and int(m.group(1)) == 4, re.findall(r".*refused.*", metrics))
 
     # ---- item 14: smuggling and framing refusals ----
 
