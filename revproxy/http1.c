@@ -38,7 +38,6 @@ struct http_reader {
     bool paused_done;
     bool field_open; /* the last header callback was a field (name) */
     bool too_many;
-    bool cr_pending; /* the last head byte fed was a CR (its LF is checked next feed) */
     bool fold_sp;    /* an obs-fold ended the value so far: one SP before more text */
     const uint8_t *val_raw_end; /* where the last value fragment ended in the raw bytes */
     int ck;          /* CK_* while framing a chunked request body */
@@ -82,12 +81,25 @@ static int on_status(http_parser *hp, const char *p, size_t len)
     return 0;
 }
 
-/* tchar (RFC 9110 5.6.2) */
-static bool is_tchar(uint8_t c)
+/* tchar (RFC 9110 5.6.2): a table, as names are checked byte by byte */
+static const uint8_t tchar_tab[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+static inline bool is_tchar(uint8_t c)
 {
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ||
-           (c && memchr(extra, c, sizeof extra - 1));
+    return tchar_tab[c];
 }
 
 /* field-vchar or SP/HTAB (obs-text included) */
@@ -141,6 +153,10 @@ static int on_value(http_parser *hp, const char *p, size_t len)
     struct slice *v = &r->h.hdr[r->h.nhdr - 1].value;
     const uint8_t *src = (const uint8_t *)p;
     if (!v->p) {
+        /* An empty value ends at a LF; the lenient build also takes any byte after a CR
+         * there for the LF ("X:\rY: z"). */
+        if (!len && src[-1] != '\n')
+            return refuse(r, -EBADMSG, "bare CR");
         *v = slice_make(p, len); /* an empty value keeps a non-NULL pointer */
         r->fold_sp = false;
         r->val_raw_end = src + len;
@@ -238,11 +254,15 @@ static int on_headers_complete(http_parser *hp)
         struct slice e = http_head_get(h, "expect");
         h->expect_continue = e.p && slice_caseeq_str(e, "100-continue");
         unsigned hosts = 0;
-        for (size_t i = 0; i < h->nhdr; i++)
-            hosts += slice_caseeq_str(h->hdr[i].name, "host");
+        bool te = false;
+        for (size_t i = 0; i < h->nhdr; i++) {
+            struct slice n = h->hdr[i].name;
+            hosts += n.len == 4 && slice_caseeq_str(n, "host");
+            te |= n.len == 17 && slice_caseeq_str(n, "transfer-encoding");
+        }
         if (hosts > 1)
             return refuse(r, -EBADMSG, "two Host headers"); /* RFC 9112 3.2 */
-        if (check_te(r, h) < 0)
+        if (te && check_te(r, h) < 0)
             return -1;
         r->ck = CK_SIZE;
         r->ck_line = r->ck_digits = 0;
@@ -329,7 +349,7 @@ static void begin_message(struct http_reader *r)
     r->body_bytes = 0;
     r->field_open = false;
     r->too_many = false;
-    r->cr_pending = r->fold_sp = false;
+    r->fold_sp = false;
     r->val_raw_end = NULL;
     r->why = NULL;
     r->refuse = 0;
@@ -356,21 +376,6 @@ static ssize_t fail(struct http_reader *r)
     return -EBADMSG;
 }
 
-/* Index of the first byte of p that breaks "every CR is followed by LF" (RFC 9112 2.2:
- * a bare CR is invalid), n if none. http-parser as Debian builds it is not strict and
- * takes any byte after some CRs for the LF. */
-static size_t bare_cr_at(const uint8_t *p, size_t n, bool cr_pending)
-{
-    if (cr_pending && n && p[0] != '\n')
-        return 0;
-    for (const uint8_t *q = memchr(p, '\r', n); q; q = memchr(q + 1, '\r', n - (size_t)(q + 1 - p))) {
-        size_t i = (size_t)(q - p);
-        if (i + 1 < n && p[i + 1] != '\n')
-            return i + 1;
-    }
-    return n;
-}
-
 /* The request line ends in " HTTP/1.x" (the lenient build does not check the letters). */
 static bool request_line_ok(const struct http_reader *r)
 {
@@ -394,11 +399,12 @@ static ssize_t feed_head(struct http_reader *r, const uint8_t *p, size_t len, un
     }
     uint8_t *dst = r->head + r->head_used;
     memcpy(dst, p, n);
-    size_t bad = bare_cr_at(dst, n, r->cr_pending);
-    bool ends_cr = dst[n - 1] == '\r';
     size_t used = http_parser_execute(&r->hp, &settings, (const char *)dst, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&r->hp);
-    if (bad < n && bad <= used) {
+    if (e == HPE_PAUSED && r->paused_head && dst[used] != '\n') {
+        /* The lenient build took the byte after a CR at the head's end for its LF (RFC
+         * 9112 2.2: a bare CR is invalid). A bare CR elsewhere in a request line or
+         * header line fails in http-parser itself, and after an empty value in on_value. */
         r->why = "bare CR";
         return -EBADMSG;
     }
@@ -431,7 +437,6 @@ static ssize_t feed_head(struct http_reader *r, const uint8_t *p, size_t len, un
     }
     if (e != HPE_OK)
         return fail(r);
-    r->cr_pending = used == n && ends_cr;
     r->head_used += used;
     if (r->head_used == r->head_cap) {
         r->why = "head too large";
