@@ -9,7 +9,7 @@
 
 enum { ST_IDLE, ST_HEAD, ST_BODY, ST_DONE };
 
-/* A chunked request body is framed by chunk_feed, not by http-parser: strictly (RFC 9112
+/* A chunked request body is framed by feed_chunked, not by http-parser: strictly (RFC 9112
  * 7.1, CRLF only), skipping chunk data by count, and with the trailer section told apart
  * so the proxy can drop it. */
 enum {
