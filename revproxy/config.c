@@ -109,8 +109,12 @@ const struct cfg_key rp_config_keys[] = {
     {"routes", CFG_LIST, C(routes), .sub = route_keys, .elem_size = sizeof(struct rp_route),
      .count_offset = C(nroutes), .required = true,
      .help = "published host + path prefixes; anything else gets 404"},
+    {"server_names", CFG_STRLIST, C(server_names), NULL, .count_offset = C(nserver_names),
+     .help = "public names (exact or *.domain) the port-80 redirect sends clients to; a Host "
+             "that is none of them nor a route's host gets 400 (unset: route hosts only)"},
     {"trusted_proxies", CFG_CIDRLIST, C(trusted), NULL, .count_offset = C(ntrusted),
-     .help = "peers whose X-Forwarded-For/Forwarded are kept and extended"},
+     .help = "peers whose forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, ...) are "
+             "kept and extended; from anyone else they are dropped"},
     {"max_head", CFG_SIZE, C(client.max_head), "16k", .min = 1024, .max = 1048576,
      .help = "request line + headers: 431 beyond"},
     {"header_timeout", CFG_DURATION, C(client.header_timeout_ms), "10s", .min = 10,

@@ -51,6 +51,8 @@ struct rp_config {
     size_t nupstreams;
     struct rp_route *routes;
     size_t nroutes;
+    char **server_names; /* names the port-80 redirect may send clients to */
+    size_t nserver_names;
     struct cidr *trusted;
     size_t ntrusted;
     struct {

@@ -59,11 +59,34 @@ static struct slice connection_of(const struct http_head *h)
     return c.p ? c : SLICE_NULL;
 }
 
-static bool is_forwarding(struct slice name)
+/* Compares a header name with a lower-case name, '_' in the header taken as '-'. */
+static bool name_is(struct slice n, const char *lower, size_t len)
 {
-    return slice_caseeq_str(name, "x-forwarded-for") || slice_caseeq_str(name, "forwarded") ||
-           slice_caseeq_str(name, "x-forwarded-proto") ||
-           slice_caseeq_str(name, "x-forwarded-host");
+    if (n.len != len)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = n.p[i];
+        c = c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (uint8_t)(c | 0x20) : c;
+        if (c != (uint8_t)lower[i])
+            return false;
+    }
+    return true;
+}
+
+bool http_is_forwarding(struct slice n)
+{
+    static const char *const names[] = {
+        "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "client-ip",
+        "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip",
+        "fastly-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-host",
+        "x-original-host", "x-original-url", "x-rewrite-url", "x-proxyuser-ip",
+    };
+    if (n.len > 12 && name_is(slice_make(n.p, 12), "x-forwarded-", 12))
+        return true;
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+        if (name_is(n, names[i], strlen(names[i])))
+            return true;
+    return false;
 }
 
 int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out)
@@ -78,16 +101,38 @@ int http_request_build(const struct http_head *h, const struct http_fwd *f, stru
     rc = rc ? rc : put(out, " ", 1);
     rc = rc ? rc : puts_(out, f->target);
     rc = rc ? rc : puts_(out, h->minor == 0 ? " HTTP/1.0\r\nHost: " : " HTTP/1.1\r\nHost: ");
-    rc = rc ? rc : (f->host_header ? puts_(out, f->host_header) : put_slice(out, f->host));
+    if (!rc && f->host_header)
+        rc = puts_(out, f->host_header);
+    else if (!rc && f->host.len)
+        rc = put_slice(out, f->host);
+    else if (!rc && f->fallback_host)
+        rc = puts_(out, f->fallback_host);
     rc = rc ? rc : put(out, "\r\n", 2);
+    bool framed = false;
     for (size_t i = 0; i < h->nhdr && !rc; i++) {
         struct slice n = h->hdr[i].name;
         if (slice_caseeq_str(n, "host") || http_is_hop_by_hop(n, conn))
             continue;
-        if (is_forwarding(n)) {
+        if (slice_caseeq_str(n, "content-length") || slice_caseeq_str(n, "transfer-encoding")) {
+            /* the reader checked the framing; what goes upstream is ours, once */
+            if (framed)
+                continue;
+            framed = true;
+            if (h->chunked) {
+                rc = puts_(out, "Transfer-Encoding: chunked\r\n");
+            } else if (h->content_length != HTTP_NO_LENGTH) {
+                char cl[40];
+                int k = snprintf(cl, sizeof cl, "Content-Length: %llu\r\n",
+                                 (unsigned long long)h->content_length);
+                rc = put(out, cl, (size_t)k);
+            }
+            continue;
+        }
+        if (http_is_forwarding(n)) {
             /* A client's own forwarding headers are not believed (USERS.md: only from
-             * trusted proxies); a trusted proxy's are extended. */
-            if (!f->trusted)
+             * trusted proxies); a trusted proxy's are extended. Spellings with '_' are
+             * nobody's own: dropped. */
+            if (!f->trusted || memchr(n.p, '_', n.len))
                 continue;
             if (slice_caseeq_str(n, "x-forwarded-for")) {
                 prev_xff = h->hdr[i].value;

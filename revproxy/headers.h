@@ -18,12 +18,17 @@ struct http_fwd {
     bool trusted;              /* peer is a trusted proxy: keep and append its X-Forwarded-For */
     struct slice host;         /* the client's Host (or absolute-form host) */
     const char *host_header;   /* Host to send instead (NULL = host) */
+    const char *fallback_host; /* Host when neither (HTTP/1.0 without Host): the upstream's */
     const char *target;        /* rewritten path + query */
     bool upgrade;              /* pass Upgrade/Connection: upgrade */
     bool close;                /* ask the upstream to close after this response */
 };
 
-/* Appends the upstream request head for h to out. Returns 0 or -ENOSPC. */
+/* Appends the upstream request head for h to out. Framing is the proxy's: one
+ * "Content-Length: N" or "Transfer-Encoding: chunked" (where the client's first one was),
+ * never the client's bytes. Forwarding and client-address headers (X-Forwarded-*,
+ * Forwarded, X-Real-IP, True-Client-IP, ...; '_' taken as '-') are believed only from a
+ * trusted proxy; the proxy's own always follow. Returns 0 or -ENOSPC. */
 int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out);
 
 /* What the proxy knows when it builds the client's response head. */
@@ -45,6 +50,11 @@ int http_response_build(const struct http_head *h, const struct http_back *b, st
  * go back under its prefix. Returns the length, or 0 when the value stays as it is. */
 ssize_t http_location_rewrite(struct slice value, const struct http_back *b, char *out,
                               size_t cap);
+
+/* True for headers that claim a client's address or the original request (X-Forwarded-*,
+ * Forwarded, X-Real-IP, Client-IP, True-Client-IP, CF-Connecting-IP, ...), compared with
+ * '_' as '-' since some frameworks map both to the same variable. */
+bool http_is_forwarding(struct slice name);
 
 /* True for hop-by-hop headers (RFC 7230 6.1) and headers named by Connection. */
 bool http_is_hop_by_hop(struct slice name, struct slice connection);

@@ -39,6 +39,7 @@ struct http_head {
 enum http_ev {
     HTTP_EV_HEAD = 1, /* the head just finished: stop, act on it, feed the rest */
     HTTP_EV_DONE = 2, /* the message just finished (possibly together with its head) */
+    HTTP_EV_DROP = 4, /* the bytes used are a request's trailer fields: do not forward them */
 };
 
 struct http_reader;
@@ -52,9 +53,16 @@ void http_reader_destroy(struct http_reader *r);
 /* Parses up to len bytes of p. Returns the bytes used; *ev gets HTTP_EV_* bits. It stops
  * right after a head (HEAD) and right after a message (DONE), so pipelined messages are
  * never read ahead. Bytes used while in the body are the raw framed body (chunk sizes
- * included), ready to forward as they are. Errors: -EBADMSG (not HTTP, bad framing: 400),
- * -EMSGSIZE (head too large or too many headers: 431), -EFBIG (body over the limit: 413).
- * After DONE the next call starts a new message. */
+ * included), ready to forward as they are, except a request's trailer field lines: a call
+ * returns either only those (with HTTP_EV_DROP) or none of them, so dropping them leaves
+ * "0\r\n" ... "\r\n", an empty trailer section.
+ * Requests are held to RFC 9112: CRLF (or a bare LF) ends a head line, a bare CR is
+ * refused; header names are tokens; obs-fold becomes one SP; one Host at most; a
+ * Transfer-Encoding must be exactly one chunked (not on HTTP/1.0); chunked framing is
+ * strict (1*HEXDIG below 2^60, extensions without controls, CRLF after each line and
+ * chunk). Errors: -EBADMSG (not HTTP, bad framing: 400), -EMSGSIZE (head too large or too
+ * many headers: 431), -EFBIG (body over the limit: 413), -ENOSYS (a transfer coding other
+ * than chunked: 501). After DONE the next call starts a new message. */
 ssize_t http_reader_feed(struct http_reader *r, const uint8_t *p, size_t len, unsigned *ev);
 
 /* The peer closed: completes a read-until-close body. Returns HTTP_EV_DONE, 0 if the
@@ -73,7 +81,7 @@ bool http_reader_idle(const struct http_reader *r);
 bool http_reader_in_head(const struct http_reader *r);
 /* Decoded body bytes so far. */
 uint64_t http_reader_body_bytes(const struct http_reader *r);
-/* http-parser's error name for the last failure (for logs). */
+/* Why the last feed failed (ours, else http-parser's error name; for logs). */
 const char *http_reader_error(const struct http_reader *r);
 
 /* Header lookup (case-insensitive); returns the first value or SLICE_NULL (p == NULL). */

@@ -159,6 +159,7 @@ struct rp_server {
         struct metric *conns, *conns_total, *rejected_cap, *req_total;
         struct metric *status[6];
         struct metric *not_http, *too_large, *body_too_large, *timeout_408, *not_found;
+        struct metric *unknown_host;
         struct metric *up_connect_fail, *up_timeout, *up_reset, *up_reused, *up_new;
         struct metric *bytes_in, *bytes_out, *rate_limited, *fd_limit;
     } m;
@@ -997,19 +998,35 @@ static bool peer_trusted(const struct rp_config *cfg, const struct addr *a)
     return cidr_list_contains(cfg->trusted, cfg->ntrusted, a);
 }
 
+/* The port-80 redirect names only a configured server name (server_names, or a route's
+ * host): the client's Host picks one, it is never copied into Location (open redirect). */
 static void redirect_reply(struct rp_client *c, const struct http_head *h, struct slice url)
 {
+    const struct rp_config *cfg = c->gen->cfg;
     struct slice host = http_head_get(h, "host");
     struct rp_target t;
-    char extra[1200];
-    if (!host.p || !host.len || rp_target_parse(url, &t) < 0) {
+    char extra[1200], name[256];
+    if (rp_target_parse(url, &t) < 0) {
         client_reply(c, 400, "400 Bad Request\n", false);
         return;
     }
-    struct slice hn = rp_host_strip_port(host);
-    snprintf(extra, sizeof extra, "Location: https://%.*s%.*s%.*s\r\n", (int)hn.len,
-             (const char *)hn.p, (int)t.path.len, (const char *)t.path.p, (int)t.query.len,
-             (const char *)t.query.p);
+    if (t.host.len)
+        host = t.host; /* absolute-form: its authority is the host (RFC 9112 3.2.2) */
+    if (!host.p || !rp_host_valid(host)) {
+        metric_inc(c->srv->m.not_http);
+        client_reply(c, 400, "400 Bad Request: bad Host\n", false);
+        return;
+    }
+    if (rp_server_name_pick(cfg->server_names, cfg->nserver_names, cfg->routes, cfg->nroutes,
+                            rp_host_strip_port(host), name, sizeof name) < 0) {
+        metric_inc(c->srv->m.unknown_host);
+        LOGI(c->srv->log, stream_peer(c->s), "redirect refused: unknown host %.*s",
+             (int)(host.len < 64 ? host.len : 64), (const char *)host.p);
+        client_reply(c, 400, "400 Bad Request: unknown host\n", false);
+        return;
+    }
+    snprintf(extra, sizeof extra, "Location: https://%s%.*s%.*s\r\n", name,
+             (int)t.path.len, (const char *)t.path.p, (int)t.query.len, (const char *)t.query.p);
     if (strpbrk(extra + 10, "\r\n") != extra + strlen(extra) - 2) {
         client_reply(c, 400, "400 Bad Request\n", false);
         return;
@@ -1075,6 +1092,11 @@ static void on_request_head(struct rp_client *c)
         client_reply(c, 400, "400 Bad Request: Host is required\n", false);
         return;
     }
+    if (host.len && !rp_host_valid(host)) {
+        metric_inc(srv->m.not_http);
+        client_reply(c, 400, "400 Bad Request: bad Host\n", false);
+        return;
+    }
     if (host.len >= sizeof c->host) {
         client_reply(c, 400, "400 Bad Request: Host too long\n", false);
         return;
@@ -1111,6 +1133,11 @@ static void on_request_head(struct rp_client *c)
     c->read_timeout_ms = r->read_timeout_ms ? r->read_timeout_ms : uc->read_timeout_ms;
     if (!c->ip[0])
         addr_format_host(stream_peer(c->s), c->ip);
+    /* HTTP/1.0 without Host: the upstream's own name, never an empty Host */
+    char up_host[ADDR_STRLEN];
+    const char *fallback = uc->server_name;
+    if (!fallback)
+        fallback = addr_format(&uc->servers[0], up_host);
     struct http_fwd f = {
         .client = stream_peer(c->s),
         .client_ip = c->ip,
@@ -1118,6 +1145,7 @@ static void on_request_head(struct rp_client *c)
         .trusted = peer_trusted(cfg, stream_peer(c->s)),
         .host = host,
         .host_header = r->host_header,
+        .fallback_host = fallback,
         .target = target,
         .upgrade = c->upgrade,
         .close = h->minor == 0,
@@ -1137,7 +1165,7 @@ static void on_request_head(struct rp_client *c)
 
 static int status_for(ssize_t err)
 {
-    return err == -EMSGSIZE ? 431 : err == -EFBIG ? 413 : 400;
+    return err == -EMSGSIZE ? 431 : err == -EFBIG ? 413 : err == -ENOSYS ? 501 : 400;
 }
 
 static void client_parse_error(struct rp_client *c, ssize_t err)
@@ -1150,13 +1178,13 @@ static void client_parse_error(struct rp_client *c, ssize_t err)
         metric_inc(srv->m.body_too_large);
     else
         metric_inc(srv->m.not_http);
-    LOGI(srv->log, stream_peer(c->s), "refused request (%d): %s", st,
-         st == 400 ? http_reader_error(c->req) : st == 431 ? "head too large" : "body too large");
+    LOGI(srv->log, stream_peer(c->s), "refused request (%d): %s", st, http_reader_error(c->req));
     if (!c->method[0])
         snprintf(c->method, sizeof c->method, "-");
     client_reply(c, st,
                  st == 431   ? "431 Request Header Fields Too Large\n"
                  : st == 413 ? "413 Content Too Large\n"
+                 : st == 501 ? "501 Not Implemented: only chunked is a known transfer coding\n"
                              : "400 Bad Request\n",
                  false);
 }
@@ -1201,7 +1229,8 @@ static size_t client_consume(struct rp_client *c, const uint8_t *p, size_t len)
                 client_parse_error(c, r);
                 return len;
             }
-            if (r > 0 && stream_write(u->s, q, (size_t)r) < 0)
+            /* a request's trailer fields are dropped (HTTP_EV_DROP): never forwarded */
+            if (r > 0 && !(ev & HTTP_EV_DROP) && stream_write(u->s, q, (size_t)r) < 0)
                 return len; /* the upstream is closing: its on_close answers */
             used += (size_t)r;
             lazy_set(&c->timer, &c->deadline, on_client_timer, c->gen->cfg->client.body_timeout_ms);
@@ -1610,6 +1639,7 @@ static void register_metrics(struct rp_server *srv)
     srv->m.body_too_large = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"body_too_large\"");
     srv->m.timeout_408 = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"client_timeout\"");
     srv->m.not_found = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"not_routed\"");
+    srv->m.unknown_host = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"unknown_host\"");
     srv->m.rate_limited = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"rate_limited\"");
     srv->m.fd_limit = metrics_counter(m, "refused_total", "Requests or connections refused", "reason=\"fd_limit\"");
     srv->m.req_total = metrics_counter(m, "requests_total", "Requests answered", NULL);

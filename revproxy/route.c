@@ -1,6 +1,7 @@
 /* Route matching and path rewriting for the reverse proxy. */
 #include "revproxy/route.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -168,4 +169,61 @@ ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *ou
     if (n < 0 || (size_t)n >= cap)
         return -ENOSPC;
     return n;
+}
+
+/* uri-host [":" port] as a Host header may carry it: an IP-literal in brackets, or a
+ * reg-name of letters, digits, '-', '.', '_', '~' (no userinfo, no spaces, no '/'). */
+bool rp_host_valid(struct slice host)
+{
+    size_t i = 0;
+    if (host.len == 0 || host.len > 255)
+        return false;
+    if (host.p[0] == '[') {
+        for (i = 1; i < host.len && host.p[i] != ']'; i++)
+            if (!isxdigit(host.p[i]) && host.p[i] != ':' && host.p[i] != '.')
+                return false;
+        if (i == host.len || i == 1)
+            return false;
+        i++;
+    } else {
+        for (; i < host.len && host.p[i] != ':'; i++)
+            if (!isalnum(host.p[i]) && !(host.p[i] && strchr("-._~", host.p[i])))
+                return false;
+        if (i == 0)
+            return false;
+    }
+    if (i == host.len)
+        return true;
+    if (host.p[i] != ':')
+        return false;
+    for (i++; i < host.len; i++)
+        if (!isdigit(host.p[i]))
+            return false;
+    return true;
+}
+
+/* Writes the name to use for host into out: a configured name equal to it, or the host
+ * itself (lower case) under a "*.domain" name. */
+static int pick_one(const char *name, struct slice host, char *out, size_t cap)
+{
+    if (!name || !name[0] || (name[0] == '*' && !name[1]) || !host_matches(name, host))
+        return -ENOENT;
+    if (host.len >= cap)
+        return -ENOSPC;
+    for (size_t i = 0; i < host.len; i++)
+        out[i] = (char)tolower(host.p[i]);
+    out[host.len] = '\0';
+    return 0;
+}
+
+int rp_server_name_pick(char *const *names, size_t nnames, const struct rp_route *routes,
+                        size_t nroutes, struct slice host, char *out, size_t cap)
+{
+    for (size_t i = 0; i < nnames; i++)
+        if (pick_one(names[i], host, out, cap) == 0)
+            return 0;
+    for (size_t i = 0; i < nroutes; i++)
+        if (pick_one(routes[i].host, host, out, cap) == 0)
+            return 0;
+    return -ENOENT;
 }

@@ -46,6 +46,16 @@ ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct sli
  * its prefix. Returns the length written, 0 if path is not under the rewrite, or -ENOSPC. */
 ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *out, size_t cap);
 
+/* True if host is a plausible uri-host [":" port] (RFC 9110 7.2): a bracketed IP
+ * literal or a reg-name of letters, digits, "-._~"; nothing else (no spaces, '@', '/'). */
+bool rp_host_valid(struct slice host);
+
+/* The name the port-80 redirect may send a client to for host (port stripped, already
+ * rp_host_valid): one of names (exact or "*.domain"), else a route's host that is not
+ * "*". Writes it (lower case) to out; -ENOENT if none matches, -ENOSPC. */
+int rp_server_name_pick(char *const *names, size_t nnames, const struct rp_route *routes,
+                        size_t nroutes, struct slice host, char *out, size_t cap);
+
 /* The host of a Host header value without its port ("[::1]:8" -> "[::1]"). */
 struct slice rp_host_strip_port(struct slice host);
 

@@ -25,6 +25,16 @@ static void on_head(struct http_reader *r)
     if (rp_target_parse(h->url, &t) < 0)
         return;
     struct slice host = t.host.len ? t.host : http_head_get(h, "host");
+    if (host.len && !rp_host_valid(host))
+        return;
+    if (host.len) {
+        static char *const names[] = {"revproxy", "*.lab.example"};
+        char name[256];
+        if (rp_server_name_pick(names, 2, routes, sizeof routes / sizeof routes[0],
+                                rp_host_strip_port(host), name, sizeof name) == 0 &&
+            !rp_host_valid(slice_str(name)))
+            __builtin_trap(); /* the redirect only ever names a valid host */
+    }
     int ri = rp_route_match(routes, sizeof routes / sizeof routes[0], host, t.path);
     if (ri < 0)
         return;
@@ -35,7 +45,8 @@ static void on_head(struct http_reader *r)
     struct addr a;
     addr_parse(&a, "127.0.0.1:1234", 0);
     struct http_fwd f = {.client = &a, .tls = true, .host = host,
-                         .host_header = routes[ri].host_header, .target = target,
+                         .host_header = routes[ri].host_header, .fallback_host = "web",
+                         .target = target,
                          .upgrade = h->upgrade};
     uint8_t mem[8192];
     struct buf b = {mem, sizeof mem, 0, 0};
@@ -65,11 +76,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             ssize_t used = http_reader_feed(r, copy + off, len, &ev);
             if (used < 0)
                 break;
+            /* dropped bytes are whole trailer field lines: never the final CRLF */
+            if ((ev & HTTP_EV_DROP) && (ev & HTTP_EV_DONE))
+                __builtin_trap();
             off += (size_t)used;
-            if (ev & HTTP_EV_HEAD)
-                on_head(r);
             if (used == 0 && !ev)
                 break;
+            if (ev & HTTP_EV_HEAD)
+                on_head(r);
+
         }
         http_reader_destroy(r);
     }

@@ -163,3 +163,116 @@ class Upstream:
     def stop(self):
         self.srv.shutdown()
         self.srv.server_close()
+
+
+class RecordingUpstream:
+    """A plain-TCP upstream that keeps every byte it receives, for the framing tests: it
+    reads requests strictly (CRLF lines, Content-Length or chunked with CRLF after each
+    chunk), records each one's exact bytes, and answers each with 200 "ok". Bytes it
+    cannot frame are recorded too (in `junk`), and the connection is closed."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind((host, 0))
+        self.ls.listen(64)
+        self.port = self.ls.getsockname()[1]
+        self.addr = f"{host}:{self.port}"
+        self.requests = []  # exact bytes of each request, in arrival order
+        self.junk = []      # bytes that did not frame as a request
+        self.conns = 0
+        self.open = 0       # connections not yet closed
+        self.lock = threading.Lock()
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                self.open += 1
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _frame(buf):
+        """Length of the first complete request in buf, 0 if incomplete, -1 if bad."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return 0
+        head = buf[:end].split(b"\r\n")
+        te = cl = None
+        for line in head[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or name != name.strip() or not name:
+                return -1
+            n, v = name.lower(), value.strip()
+            if n == b"transfer-encoding":
+                if te is not None or v.lower() != b"chunked":
+                    return -1
+                te = v
+            elif n == b"content-length":
+                if cl is not None or not v.isdigit():
+                    return -1
+                cl = int(v)
+        if te is not None and cl is not None:
+            return -1
+        pos = end + 4
+        if cl is not None:
+            return pos + cl if len(buf) >= pos + cl else 0
+        if te is None:
+            return pos
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return 0
+            size = buf[pos:eol].split(b";")[0]
+            if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                return -1
+            size = int(size, 16)
+            pos = eol + 2
+            if size == 0:
+                while True:  # trailer section up to the empty line
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        return 0
+                    line, pos = buf[pos:eol], eol + 2
+                    if not line:
+                        return pos
+            if len(buf) < pos + size + 2:
+                return 0
+            if buf[pos + size:pos + size + 2] != b"\r\n":
+                return -1
+            pos += size + 2
+
+    def _serve(self, s):
+        buf = b""
+        s.settimeout(30)
+        try:
+            while True:
+                n = self._frame(buf)
+                if n < 0:
+                    break
+                if n > 0:
+                    with self.lock:
+                        self.requests.append(buf[:n])
+                    buf = buf[n:]
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                d = s.recv(65536)
+                if not d:
+                    break
+                buf += d
+        except OSError:
+            pass
+        s.close()
+        with self.lock:
+            if buf:
+                self.junk.append(buf)
+            self.open -= 1
+
+    def stop(self):
+        self.ls.close()

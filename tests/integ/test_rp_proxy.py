@@ -39,6 +39,7 @@ listeners:
   - {{address: 127.0.0.1:{https}, tls: true}}
   - {{address: 127.0.0.1:{http}}}
   - {{address: 127.0.0.1:{redir}, redirect: true}}
+server_names: [revproxy, 127.0.0.1, "*.lab.example"]
 tls:
   certs:
     - {{cert: {cd}/revproxy.crt, key: {cd}/revproxy.key}}

@@ -178,6 +178,105 @@ static void simple_responses(void **st)
     buf_fini(&b);
 }
 
+
+static void client_address_headers_dropped_unless_trusted(void **st)
+{
+    struct http_reader *r = parse(true, "GET /ABS/ext/x HTTP/1.1\r\nHost: h\r\n"
+                                        "X-Real-IP: 6.6.6.1\r\nClient-IP: 6.6.6.2\r\n"
+                                        "True-Client-IP: 6.6.6.3\r\nCF-Connecting-IP: 6.6.6.4\r\n"
+                                        "X-Forwarded-Port: 6666\r\nX-Forwarded-Server: 6.6.6.5\r\n"
+                                        "X-Real_IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.7\r\n"
+                                        "X-Original-URL: /admin\r\nX-Keep: 1\r\n\r\n");
+    struct addr a;
+    addr_parse(&a, "127.0.0.99:5555", 0);
+    struct http_fwd f = {.client = &a, .host = slice_str("h"), .target = "/x"};
+    struct buf b;
+    buf_init(&b, 4096);
+    assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
+    const char *s = built(&b);
+    assert_null(strstr(s, "6.6.6."));
+    assert_null(strstr(s, "6666"));
+    assert_null(strstr(s, "/admin"));
+    assert_non_null(strstr(s, "\r\nX-Keep: 1\r\n"));
+    /* from a trusted proxy they pass, except the '_' spellings */
+    b.rd = b.wr = 0;
+    f.trusted = true;
+    assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
+    s = built(&b);
+    assert_non_null(strstr(s, "X-Real-IP: 6.6.6.1\r\n"));
+    assert_non_null(strstr(s, "X-Forwarded-Port: 6666\r\n"));
+    assert_null(strstr(s, "6.6.6.6"));
+    assert_null(strstr(s, "6.6.6.7"));
+    assert_true(http_is_forwarding(slice_str("x-forwarded-anything")));
+    assert_true(http_is_forwarding(slice_str("TRUE_CLIENT_IP")));
+    assert_false(http_is_forwarding(slice_str("x-forwarded-")));
+    assert_false(http_is_forwarding(slice_str("authorization")));
+    buf_fini(&b);
+    http_reader_destroy(r);
+}
+
+static void framing_and_host_are_the_proxys(void **st)
+{
+    struct addr a;
+    addr_parse(&a, "127.0.0.99:5555", 0);
+    struct http_fwd f = {.client = &a, .target = "/x", .fallback_host = "web"};
+    struct buf b;
+    buf_init(&b, 4096);
+    struct http_reader *r = parse(true, "POST /x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n"
+                                        "Transfer-Encoding:\tChunked \r\nX-B: 2\r\n\r\n");
+    f.host = slice_str("h");
+    assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
+    assert_non_null(strstr(built(&b), "\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n"));
+    http_reader_destroy(r);
+    b.rd = b.wr = 0;
+    r = parse(true, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 007 \r\n\r\n");
+    assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
+    assert_non_null(strstr(built(&b), "\r\nContent-Length: 7\r\n"));
+    http_reader_destroy(r);
+    /* HTTP/1.0 without Host: the upstream's name */
+    b.rd = b.wr = 0;
+    r = parse(true, "GET /x HTTP/1.0\r\n\r\n");
+    f.host = SLICE_NULL;
+    assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
+    assert_non_null(strstr(built(&b), "GET /x HTTP/1.0\r\nHost: web\r\n"));
+    http_reader_destroy(r);
+    buf_fini(&b);
+}
+
+static void hosts_and_redirect_names(void **st)
+{
+    static const char *const good[] = {"a", "a.b-c.example", "a:443", "127.0.0.1:80", "[::1]",
+                                       "[::1]:8443", "x_y~z"};
+    static const char *const bad[] = {"", "a b", "x evil.example", "a@b", "a/b", "a:b",
+                                      "[::1", "[]", "[zz]", ":80", "a\tb", "a,b", "a%2e"};
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++)
+        if (!rp_host_valid(slice_str(good[i])))
+            fail_msg("refused '%s'", good[i]);
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+        if (rp_host_valid(slice_str(bad[i])))
+            fail_msg("accepted '%s'", bad[i]);
+    assert_false(rp_host_valid(slice_make("a\0b", 3)));
+    char *names[] = {"revproxy", "*.lab.example"};
+    char out[64];
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("REVPROXY"), out,
+                                         sizeof out), 0);
+    assert_string_equal(out, "revproxy");
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("w.Lab.example"), out,
+                                         sizeof out), 0);
+    assert_string_equal(out, "w.lab.example");
+    /* route hosts count; "*" routes do not */
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("meet.example.com"),
+                                         out, sizeof out), 0);
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("a.example.org"),
+                                         out, sizeof out), 0);
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("lab.example"), out,
+                                         sizeof out), -ENOENT);
+    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("evil.example"), out,
+                                         sizeof out), -ENOENT);
+    assert_int_equal(rp_server_name_pick(NULL, 0, routes, 3, slice_str("evil.example"), out,
+                                         sizeof out), -ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -185,6 +284,9 @@ int main(void)
         cmocka_unit_test(rewrite_and_back),
         cmocka_unit_test(targets_checked),
         cmocka_unit_test(upstream_request_headers),
+        cmocka_unit_test(client_address_headers_dropped_unless_trusted),
+        cmocka_unit_test(framing_and_host_are_the_proxys),
+        cmocka_unit_test(hosts_and_redirect_names),
         cmocka_unit_test(response_location_rewritten),
         cmocka_unit_test(simple_responses),
     };
