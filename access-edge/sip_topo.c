@@ -327,9 +327,15 @@ ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsign
         char set[SET_MAX], dir;
         if (open_set(key, tok, set, sizeof(set), &dir, &entries) < 0)
             return -EACCES;
-        while (list_next(&entries, &e))
-            if (!is_own(e, arg))
-                line_add(&l, e);
+        /* The set starts with the edge's own entry for this hop (dropped); an entry of ours
+         * further down is the next leg of a hairpin call and stays. */
+        bool lead = true;
+        while (list_next(&entries, &e)) {
+            if (lead && is_own(e, arg))
+                continue;
+            lead = false;
+            line_add(&l, e);
+        }
     }
     line_end(&l);
     return sip_out_done(&o);

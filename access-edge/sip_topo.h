@@ -62,7 +62,8 @@ ssize_t sip_topo_open_response_rr(const uint8_t *key, const struct sip_msg *m, c
                                   size_t cap);
 
 /* A Route line for an in-dialog request from outside whose first n Route entries are ours:
- * the entries sealed in them, minus the ones is_own accepts (the edge itself). Returns the
+ * the entries sealed in them, minus the leading ones is_own accepts (the edge itself for
+ * this hop; the edge's entries of a hairpin call's next leg stay). Returns the
  * length (0 if nothing was sealed), -EACCES if a token is forged, or -ENOSPC. */
 ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsigned n,
                              sip_topo_own_cb is_own, void *arg, char *out, size_t cap);
