@@ -116,8 +116,8 @@ class Calls(SuiteTest):
 
     # ---- external -> external (hairpin) ----
 
-    def hairpin(self, tp_a, tp_b, reinvite_from, bye_from):
-        lab = Lab(self)
+    def hairpin(self, tp_a, tp_b, reinvite_from, bye_from, link="udp"):
+        lab = Lab(self, edge_to_director=link)
         alice = self.phone(lab, tp_a, "alice")
         bob = self.phone(lab, tp_b, "bob")
         self.full_call(alice, bob, reinvite_from, bye_from)
@@ -128,6 +128,9 @@ class Calls(SuiteTest):
 
     def test_external_to_external_tcp_to_tls(self):
         self.hairpin("tcp", "tls", "caller", "callee")
+
+    def test_external_to_external_udp_over_a_tls_director_link(self):
+        self.hairpin("udp", "tcp", "callee", "caller", link="tls")
 
     def test_external_to_external_wss_to_udp(self):
         self.hairpin("wss", "udp", "callee", "callee")

@@ -10,7 +10,7 @@ import time
 import uuid
 
 from harness import SuiteTest, free_port
-from siplab import DIR_IP, EXT_IP, INT_IP, Lab, StreamUA, UdpUA, WsUA, parse_status
+from siplab import DIR_IP, EXT_IP, INT_IP, Lab, StreamUA, UdpUA, WsUA, header, parse_status
 
 DECOY_IN, DECOY_OUT = "127.0.0.30", "127.0.0.31"
 CLIENT_IP = "127.0.0.4"
@@ -141,3 +141,45 @@ class AdversarialRouting(SuiteTest):
         # Every request was answered (the edge decided, and nobody hung), never with a 2xx.
         self.assertNotIn(None, answers.values(), answers)
         self.assertFalse([k for k, s in answers.items() if 200 <= s < 300], answers)
+        # The edge stripped the foreign entries (counted); the Director refused the in-dialog
+        # request whose Request-URI named an inside host it never learned.
+        self.assertGreaterEqual(lab.edge_metric("access_edge_sip_routes_stripped_total"), 4 * 7)
+        self.assertIn("never learned", lab.director.log())
+
+    def test_reject_policy_refuses_foreign_routes_with_403(self):
+        lab = Lab(self, extra_edge="route_policy: reject")
+        dec = Decoy(DECOY_IN)
+        self.addCleanup(dec.close)
+        client = Client(lab, "udp")
+        self.addCleanup(client.close)
+        client.send("MESSAGE", "sip:bob@example.com", [f"<sip:{DECOY_IN}:{dec.port};lr>"], False)
+        r = client.recv(timeout=4)
+        self.assertEqual(parse_status(r), 403, r)
+        self.assertIn("Route not allowed", header(r, "Warning")[0])
+        self.assertEqual(lab.edge_metric('access_edge_sip_rejected_total{reason="route"}'), 1)
+        # The edge's own outbound-proxy entry alone is not foreign.
+        client.send("MESSAGE", "sip:bob@example.com", [f"<sip:{EXT_IP}:{lab.ext_port};lr>"], False)
+        r = client.recv(timeout=4)
+        self.assertNotEqual(parse_status(r), 403, r)
+        time.sleep(0.3)
+        self.assertEqual(dec.hits(), [])
+
+    def test_options_to_the_edge_itself_gets_200(self):
+        # Clients' and partners' keep-alives (issue 12 item 10): answered by the edge, not 482.
+        lab = Lab(self, extra_edge="federation: {allow: [partner.lab], discovery: false}")
+        for tp, ruri in (("udp", f"sip:{EXT_IP}:{lab.ext_port}"), ("tls", f"sip:{EXT_IP}:{lab.ext_tls}"),
+                         ("wss", f"sip:{EXT_IP}:{lab.ext_wss};transport=ws")):
+            client = Client(lab, tp)
+            self.addCleanup(client.close)
+            client.send("OPTIONS", ruri, [], False)
+            r = client.recv(timeout=4)
+            self.assertEqual(parse_status(r), 200, f"{tp}: {r}")
+            self.assertIn("INVITE", header(r, "Allow")[0])
+        p = StreamUA(EXT_IP, lab.ext_mtls, tls=True, cert="partner", user="carol",
+                     domain="partner.lab", ip=CLIENT_IP)
+        self.addCleanup(p.close)
+        p.request("OPTIONS", f"sip:{EXT_IP}:{lab.ext_mtls};transport=tls",
+                  to_uri=f"sip:{EXT_IP}:{lab.ext_mtls}")
+        r = p.recv(timeout=4)
+        self.assertEqual(parse_status(r), 200, r)
+        self.assertEqual(lab.dir_metric("director_sip_messages_in_total"), 0)
