@@ -5,10 +5,11 @@ external->internal, internal->external and partner->internal, each with a re-INV
 two legs. An external party never sees the trust header or a Via other than the edge's on
 top, and with topology hiding on, no inside address at all."""
 import re
+import socket
 import time
 
-from harness import SuiteTest
-from siplab import DIR_IP, EXT_IP, INT_IP, Lab, header, parse_status
+from harness import SuiteTest, free_port
+from siplab import DIR_IP, EXT_IP, INT_IP, USERS, Lab, UdpUA, header, parse_status
 from sipdialog import Phone
 
 FED = "federation: {allow: [partner.lab], discovery: false}"
@@ -137,6 +138,26 @@ class Calls(SuiteTest):
 
     def test_external_to_external_tls_to_wss(self):
         self.hairpin("tls", "wss", "caller", "caller")
+
+    def test_sipp_call_between_two_outside_users(self):
+        # Real clients: a sipp UAS registered through the edge, called by a sipp UAC from
+        # outside that answers the Director's challenge if one comes.
+        lab = Lab(self, algorithms=("MD5",))
+        ip = next(IPS)
+        port = free_port(ip, socket.SOCK_DGRAM)
+        u = UdpUA(ip, port)
+        r, _ = u.register((EXT_IP, lab.ext_port), "bob", USERS["bob"])
+        u.close()
+        self.assertEqual(parse_status(r), 200, r)
+        uas = lab.sipp("call_uas.xml", None, "bob", ip=ip, port=port, background=True)
+        uac = lab.sipp("call_uac_auth.xml", f"{EXT_IP}:{lab.ext_port}", "bob", ip=next(IPS),
+                       background=True, extra=["-au", "alice", "-ap", USERS["alice"]])
+        for p, who in ((uac, "caller"), (uas, "callee")):
+            out, _ = p.communicate(timeout=30)
+            self.assertEqual(p.returncode, 0, f"{who}: " + out.decode(errors="replace")[-3000:])
+        # The BYE crossed the edge on both legs: in from the caller and out to the callee,
+        # and twice through the Director's side of the edge.
+        self.assertGreaterEqual(lab.edge_metric('access_edge_sip_messages_in_total{side="internal"}'), 8)
 
     def test_external_to_external_hidden_topology(self):
         lab = Lab(self, extra_edge="topology_hiding: true")
