@@ -636,6 +636,15 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
             ae_reply(ae, o, m, 200, "OK", NULL, allow);
             return;
         }
+        /* An in-dialog request may name a Request-URI outside our domains only along a
+         * route set the edge recorded (signed), not one an outsider wrote with our address. */
+        if (r->in_dialog && !plan.hop_signed && !ruri_own &&
+            !sip_policy_has_domain(&ae->policy, r->ruri_domain, strlen(r->ruri_domain))) {
+            struct sip_verdict v = {403, "Forbidden", "relay", ""};
+            snprintf(v.text, sizeof(v.text), "Relaying denied for domain %s", r->ruri_domain);
+            ae_reject(ae, o, m, &v, NULL);
+            return;
+        }
         if (plan.foreign && cfg_route_reject(ae)) {
             struct sip_verdict v = {403, "Forbidden", "route", "Route not allowed"};
             ae_reject(ae, o, m, &v, NULL);

@@ -56,6 +56,8 @@ void sip_route_plan_ext(const struct sip_msg *m, bool in_dialog,
     bool top = true; /* still in this hop's entries */
     while (sip_values_next(&it, &v)) {
         enum sip_route_side s = side(v, arg);
+        if (top && s != SIP_RS_FOREIGN && !p->hop_signed)
+            p->hop_signed = sip_route_signed(key, v);
         if (top && s == SIP_RS_EXT) {
             p->pop++;
             continue;

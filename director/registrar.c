@@ -528,7 +528,14 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
             return;
         }
     } else if (uri_target(msg->req_uri, &to, &stream) < 0) {
-        /* Another domain: federation goes out through the edge. */
+        /* Another domain: federation goes out through the edge; never a request that came
+         * in from the edge (an outsider's, routed back out by its Request-URI). */
+        if (from_edge) {
+            metric_inc(rg->m_404);
+            LOGI(rg->d->log, o->peer, "sip: request from the edge for another domain: 404");
+            rg_reply(rg, o, m, 404, "Not Found", NULL);
+            return;
+        }
         to = c->edge;
         stream = false;
     } else {

@@ -146,6 +146,23 @@ class AdversarialRouting(SuiteTest):
         self.assertGreaterEqual(lab.edge_metric("access_edge_sip_routes_stripped_total"), 4 * 7)
         self.assertIn("never learned", lab.director.log())
 
+    def test_in_dialog_request_is_not_relayed_to_a_partner(self):
+        # An outsider's "in-dialog" request with the edge's own addresses as Route (unsigned)
+        # and a federated partner's domain as Request-URI must not leave toward the partner.
+        dec = Decoy(DECOY_OUT)
+        self.addCleanup(dec.close)
+        lab = Lab(self, extra_edge="federation: {allow: [partner.lab], discovery: false, routes: "
+                                   f"[{{domain: partner.lab, address: '{DECOY_OUT}:{dec.port}'}}]}}")
+        client = Client(lab, "tcp")
+        self.addCleanup(client.close)
+        for routes in ([f"<sip:{EXT_IP}:{lab.ext_port};lr>, <sip:{INT_IP}:{lab.int_port};lr>"],
+                       [f"<sip:{EXT_IP}:{lab.ext_port};lr>"]):
+            client.send("BYE", "sip:carol@partner.lab", routes, True)
+            r = client.recv(timeout=4)
+            time.sleep(0.3)
+            self.assertEqual(dec.hits(), [], f"relayed to the partner with Route {routes}")
+            self.assertEqual(parse_status(r) if r else None, 403, r)
+
     def test_reject_policy_refuses_foreign_routes_with_403(self):
         lab = Lab(self, extra_edge="route_policy: reject")
         dec = Decoy(DECOY_IN)

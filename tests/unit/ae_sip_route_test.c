@@ -98,6 +98,7 @@ static void hairpin_pops_only_this_legs_pair(void **st)
              tokA, tokA, tokB, tokB);
     struct sip_route_plan p = plan("BYE sip:b@192.0.2.6:40000 SIP/2.0", hdr, true);
     assert_int_equal(p.pop, 2);
+    assert_true(p.hop_signed);
     assert_int_equal(p.nkeep, 2);
     assert_int_equal(p.foreign, 0);
     char want[1024];
@@ -118,6 +119,11 @@ static void in_dialog_drops_foreign_and_unsigned_entries(void **st)
     assert_int_equal(p.pop, 0);
     assert_int_equal(p.nkeep, 0);
     assert_int_equal(p.foreign, 3);
+    /* Our addresses alone, unsigned: this hop's, but not a route set we recorded. */
+    p = plan("BYE sip:x@partner.example SIP/2.0",
+             "Route: <sip:198.51.100.1;lr>, <sip:10.0.0.21;lr>\r\n", true);
+    assert_int_equal(p.pop, 2);
+    assert_false(p.hop_signed);
     /* A forged token on our address is not ours. */
     char hdr[512];
     snprintf(hdr, sizeof(hdr),
