@@ -608,71 +608,77 @@ static void reject_tampered(struct ae *ae, const struct ae_origin *o, const stru
     ae_reject(ae, o, m, &v, NULL);
 }
 
-static bool cfg_route_reject(const struct ae *ae)
+/* The Route policy for a request from outside (sip_route.h): the edge alone decides where it
+ * goes. Fills the Request-URI and Route lines to forward with (what topology hiding sealed put
+ * back, and the signed entries of a hairpin call's next leg). Returns 0 to forward, 1 when
+ * the request was answered. */
+static int ext_routes(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                      const struct sip_route *r, char *ruri, size_t ruri_cap, ssize_t *ruri_len,
+                      char *routes, size_t routes_cap, ssize_t *routes_len)
 {
-    return ae->cfg->route_policy == AE_ROUTE_REJECT;
+    struct own_check any_side = {ae, false};
+    struct sip_route_plan plan;
+    sip_route_plan_ext(m, r->in_dialog, ae->flow_key, route_side, ae, &plan);
+    struct sip_route_facts f = {
+        .in_dialog = r->in_dialog,
+        .ruri_own = entry_is_own(m->ruri, &any_side),
+        .ruri_ours = sip_policy_has_domain(&ae->policy, r->ruri_domain, strlen(r->ruri_domain)),
+        .reject_foreign = ae->cfg->route_policy == AE_ROUTE_REJECT,
+    };
+    struct sip_verdict v = {403, "Forbidden", "route", "Route not allowed"};
+    switch (sip_route_decide(m, &f, &plan)) {
+    case SIP_RA_KEEPALIVE: {
+        char allow[320];
+        snprintf(allow, sizeof(allow), "Allow: %s\r\nAccept: application/sdp\r\n",
+                 sip_allow_list(o->conn ? o->conn->src : SIP_SRC_REMOTE_USER));
+        ae_reply(ae, o, m, 200, "OK", NULL, allow);
+        return 1;
+    }
+    case SIP_RA_RELAY:
+        v.reason = "relay";
+        snprintf(v.text, sizeof(v.text), "Relaying denied for domain %s", r->ruri_domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    case SIP_RA_FOREIGN:
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    case SIP_RA_FORWARD:
+        break;
+    }
+    if (plan.foreign) {
+        metric_add(ae->m_route_stripped, plan.foreign);
+        LOGD(ae->log, o->peer, "sip: %u foreign Route entries removed", plan.foreign);
+    }
+    /* What topology hiding sealed comes back (even with hiding now off: the dialog started
+     * with it on). Only a Request-URI on our own address can be one of our Contacts. */
+    if (f.ruri_own)
+        *ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, ruri_cap);
+    if (*ruri_len >= 0)
+        *routes_len = sip_topo_open_routes(ae->flow_key, m, plan.pop, entry_is_own, &any_side,
+                                           routes, routes_cap);
+    if (*ruri_len < 0 || *routes_len < 0) {
+        reject_tampered(ae, o, m);
+        return 1;
+    }
+    ssize_t kl = sip_route_write_kept(&plan, routes + *routes_len,
+                                      routes_cap - (size_t)*routes_len);
+    if (kl < 0) {
+        struct sip_verdict tl = {513, "Message Too Large", "too_large", "Route too long"};
+        ae_reject(ae, o, m, &tl, NULL);
+        return 1;
+    }
+    *routes_len += kl;
+    return 0;
 }
 
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
-    /* An in-dialog request from outside may carry what topology hiding sealed: the inside
-     * Contact as Request-URI, the inside route set in our Route entry. Put them back (even
-     * with hiding now off: the dialog started with it on). */
     char ruri[1024], routes[4096];
     ssize_t ruri_len = 0, routes_len = 0;
-    if (o->side == AE_EXT) {
-        /* The edge alone decides where a request from outside goes (sip_route.h): this hop's
-         * own entries go, the edge's signed entries of a next leg stay, the rest is foreign. */
-        struct own_check any_side = {ae, false};
-        struct sip_route_plan plan;
-        sip_route_plan_ext(m, r->in_dialog, ae->flow_key, route_side, ae, &plan);
-        bool ruri_own = entry_is_own(m->ruri, &any_side);
-        if (sip_route_options_for_edge(m, r->in_dialog, ruri_own, &plan)) {
-            /* A keep-alive for the edge itself: answered here, as clients and partners expect. */
-            char allow[320];
-            snprintf(allow, sizeof(allow), "Allow: %s\r\nAccept: application/sdp\r\n",
-                     sip_allow_list(o->conn ? o->conn->src : SIP_SRC_REMOTE_USER));
-            ae_reply(ae, o, m, 200, "OK", NULL, allow);
-            return;
-        }
-        /* An in-dialog request may name a Request-URI outside our domains only along a
-         * route set the edge recorded (signed), not one an outsider wrote with our address. */
-        if (r->in_dialog && !plan.hop_signed && !ruri_own &&
-            !sip_policy_has_domain(&ae->policy, r->ruri_domain, strlen(r->ruri_domain))) {
-            struct sip_verdict v = {403, "Forbidden", "relay", ""};
-            snprintf(v.text, sizeof(v.text), "Relaying denied for domain %s", r->ruri_domain);
-            ae_reject(ae, o, m, &v, NULL);
-            return;
-        }
-        if (plan.foreign && cfg_route_reject(ae)) {
-            struct sip_verdict v = {403, "Forbidden", "route", "Route not allowed"};
-            ae_reject(ae, o, m, &v, NULL);
-            return;
-        }
-        if (plan.foreign) {
-            metric_add(ae->m_route_stripped, plan.foreign);
-            LOGD(ae->log, o->peer, "sip: %u foreign Route entries removed", plan.foreign);
-        }
-        /* Only a Request-URI on our own address can be one of our Contacts. */
-        if (ruri_own)
-            ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, sizeof(ruri));
-        if (ruri_len >= 0)
-            routes_len = sip_topo_open_routes(ae->flow_key, m, plan.pop, entry_is_own, &any_side,
-                                              routes, sizeof(routes));
-        if (ruri_len < 0 || routes_len < 0) {
-            reject_tampered(ae, o, m);
-            return;
-        }
-        ssize_t kl = sip_route_write_kept(&plan, routes + routes_len,
-                                          sizeof(routes) - (size_t)routes_len);
-        if (kl < 0) {
-            struct sip_verdict v = {513, "Message Too Large", "too_large", "Route too long"};
-            ae_reject(ae, o, m, &v, NULL);
-            return;
-        }
-        routes_len += kl;
-    }
+    if (o->side == AE_EXT && ext_routes(ae, o, m, r, ruri, sizeof(ruri), &ruri_len, routes,
+                                        sizeof(routes), &routes_len) != 0)
+        return;
     struct ae_dest dest = {0};
     const struct ae_config *cfg = ae->cfg;
     /* Where it goes. */

@@ -92,9 +92,19 @@ ssize_t sip_route_write_kept(const struct sip_route_plan *p, char *out, size_t c
     return sip_out_done(&o);
 }
 
-bool sip_route_options_for_edge(const struct sip_msg *m, bool in_dialog, bool ruri_is_own,
-                                const struct sip_route_plan *p)
+enum sip_route_action sip_route_decide(const struct sip_msg *m, const struct sip_route_facts *f,
+                                       const struct sip_route_plan *p)
 {
-    return slice_eq_str(m->method, "OPTIONS") && !in_dialog && ruri_is_own &&
-           uri_user(m->ruri).len == 0 && p->nkeep == 0;
+    /* A keep-alive: out of dialog, Request-URI on the edge with no user part, and no Route
+     * entry left for another hop. */
+    if (slice_eq_str(m->method, "OPTIONS") && !f->in_dialog && f->ruri_own &&
+        uri_user(m->ruri).len == 0 && p->nkeep == 0)
+        return SIP_RA_KEEPALIVE;
+    /* Our bare addresses can be written by anyone: only a route set the edge recorded may
+     * take an in-dialog request to a Request-URI outside our domains. */
+    if (f->in_dialog && !p->hop_signed && !f->ruri_own && !f->ruri_ours)
+        return SIP_RA_RELAY;
+    if (p->foreign && f->reject_foreign)
+        return SIP_RA_FOREIGN;
+    return SIP_RA_FORWARD;
 }

@@ -48,9 +48,20 @@ void sip_route_plan_ext(const struct sip_msg *m, bool in_dialog,
  * -ENOSPC. */
 ssize_t sip_route_write_kept(const struct sip_route_plan *p, char *out, size_t cap);
 
-/* Is m an OPTIONS addressed to the edge itself (a keep-alive): out of dialog, Request-URI
- * names the edge with no user part, and no Route entry left for another hop? */
-bool sip_route_options_for_edge(const struct sip_msg *m, bool in_dialog, bool ruri_is_own,
-                                const struct sip_route_plan *p);
+/* What to do with request m from outside, given its plan. */
+enum sip_route_action {
+    SIP_RA_FORWARD = 0, /* on to the Director, with the kept entries as Route */
+    SIP_RA_KEEPALIVE,   /* an OPTIONS for the edge itself: answer 200 here */
+    SIP_RA_RELAY,       /* in dialog, Request-URI outside our domains, no signed hop: 403 */
+    SIP_RA_FOREIGN,     /* foreign entries under route_policy reject: 403 */
+};
+struct sip_route_facts {
+    bool in_dialog;
+    bool ruri_own;       /* the Request-URI names one of the edge's addresses */
+    bool ruri_ours;      /* ... or one of our SIP domains */
+    bool reject_foreign; /* route_policy: reject */
+};
+enum sip_route_action sip_route_decide(const struct sip_msg *m, const struct sip_route_facts *f,
+                                       const struct sip_route_plan *p);
 
 #endif

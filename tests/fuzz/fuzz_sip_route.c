@@ -1,7 +1,7 @@
 // fuzz-sources: access-edge/sip_route.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the Route policy for requests from outside (access-edge/sip_route.c): the plan an
  * outsider's Route header gets (entry URIs, user parts, flow tokens, ae-rr parameters), the
- * Route line written from what is kept, and the keep-alive check. */
+ * Route line written from what is kept, and the decision. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bool in_dialog = data[0] & 1;
         sip_route_plan_ext(&m, in_dialog, key, side, NULL, &p);
         sip_route_write_kept(&p, out, sizeof(out));
-        sip_route_options_for_edge(&m, in_dialog, data[0] & 2, &p);
+        struct sip_route_facts f = {in_dialog, data[0] & 2, data[0] & 4, data[0] & 8};
+        sip_route_decide(&m, &f, &p);
         sip_route_signed(key, m.ruri);
     }
     free(buf);

@@ -156,18 +156,38 @@ static void signed_entries(void **st)
     assert_false(sip_route_signed(other, slice_str(e)));
 }
 
-static void options_for_the_edge(void **st)
+static void decisions(void **st)
 {
     (void)st;
+    struct sip_route_facts f = {.ruri_own = true};
     struct sip_route_plan p = plan("OPTIONS sip:198.51.100.1:5060 SIP/2.0",
                                    "Route: <sip:198.51.100.1;lr>\r\n", false);
-    assert_true(sip_route_options_for_edge(&m, false, true, &p));
-    assert_false(sip_route_options_for_edge(&m, true, true, &p));
-    assert_false(sip_route_options_for_edge(&m, false, false, &p));
+    /* Item 10: a keep-alive for the edge itself. */
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_KEEPALIVE);
+    f.ruri_own = false;
+    f.ruri_ours = true;
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
     p = plan("OPTIONS sip:bob@198.51.100.1:5060 SIP/2.0", "", false);
-    assert_false(sip_route_options_for_edge(&m, false, true, &p));
+    f = (struct sip_route_facts){.ruri_own = true};
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
     p = plan("MESSAGE sip:198.51.100.1:5060 SIP/2.0", "", false);
-    assert_false(sip_route_options_for_edge(&m, false, true, &p));
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
+    /* In dialog toward a foreign Request-URI: only along a signed hop. */
+    f = (struct sip_route_facts){.in_dialog = true};
+    p = plan("BYE sip:x@partner.example SIP/2.0",
+             "Route: <sip:198.51.100.1;lr>, <sip:10.0.0.21;lr>\r\n", true);
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_RELAY);
+    char hdr[512];
+    snprintf(hdr, sizeof(hdr), "Route: <sip:%s@198.51.100.1;lr>, <sip:%s@10.0.0.21;lr>\r\n",
+             tokA, tokA);
+    p = plan("BYE sip:x@192.0.2.5:5062 SIP/2.0", hdr, true);
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
+    /* Foreign entries: stripped, or refused under reject. */
+    f = (struct sip_route_facts){.ruri_ours = true};
+    p = plan("MESSAGE sip:b@example.com SIP/2.0", "Route: <sip:10.0.0.10:5060;lr>\r\n", false);
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
+    f.reject_foreign = true;
+    assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FOREIGN);
 }
 
 int main(void)
@@ -177,7 +197,7 @@ int main(void)
         cmocka_unit_test(hairpin_pops_only_this_legs_pair),
         cmocka_unit_test(in_dialog_drops_foreign_and_unsigned_entries),
         cmocka_unit_test(signed_entries),
-        cmocka_unit_test(options_for_the_edge),
+        cmocka_unit_test(decisions),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
