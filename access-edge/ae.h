@@ -27,6 +27,8 @@ struct ae_side_config {
 };
 
 enum ae_transport { AE_TP_UDP = 0, AE_TP_TCP = 1, AE_TP_TLS = 2 };
+/* What a request from outside with foreign Route entries gets (access-edge/sip_route.h). */
+enum ae_route_policy { AE_ROUTE_STRIP = 0, AE_ROUTE_REJECT = 1 };
 
 struct ae_next_hop_config {
     struct addr address;
@@ -80,6 +82,7 @@ struct ae_config {
     size_t ndomains;
     char *fqdn;
     bool topology_hiding; /* inside Vias leave sealed in ours (restored on responses) */
+    int route_policy;     /* enum ae_route_policy: foreign Route entries from outside */
     struct ae_side_config external;
     struct ae_side_config internal;
     struct ae_next_hop_config next_hop;

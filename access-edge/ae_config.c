@@ -127,6 +127,8 @@ static const struct cfg_key fed_keys[] = {
     CFG_END,
 };
 
+static const char *const route_policies[] = {"strip", "reject", NULL};
+
 const struct cfg_key ae_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {"director", CFG_SECTION, offsetof(struct ae_config, director), .sub = director_link_keys,
@@ -138,6 +140,10 @@ const struct cfg_key ae_config_keys[] = {
      .help = "the edge's name, in Warning and trust headers"},
     {"topology_hiding", CFG_BOOL, offsetof(struct ae_config, topology_hiding), "false",
      .help = "toward the Internet, seal the inside's Via headers into the edge's own"},
+    {"route_policy", CFG_ENUM, offsetof(struct ae_config, route_policy), "strip",
+     .choices = route_policies,
+     .help = "Route entries from outside that are not the edge's own: strip (remove them) or "
+             "reject (403)"},
     {"external", CFG_SECTION, offsetof(struct ae_config, external), .sub = ext_keys,
      .help = "listeners facing the Internet"},
     {"internal", CFG_SECTION, offsetof(struct ae_config, internal), .sub = int_keys,

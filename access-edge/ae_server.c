@@ -15,6 +15,7 @@
 #include "access-edge/ae_txn.h"
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_proxy.h"
+#include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
@@ -78,7 +79,7 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", "fd_limit", NULL,
+    "watchlist", "tampered", "route", "fd_limit", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -149,6 +150,7 @@ struct ae {
     struct metric *m_watch;
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_retx, *m_retx_timeout;
+    struct metric *m_route_stripped;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
@@ -578,6 +580,15 @@ static bool entry_is_own(struct slice entry, void *arg)
     return sip_policy_is_own(&p, hb, port);
 }
 
+/* sip_route_side_cb: which of the edge's sides a Route entry names, if any. */
+static enum sip_route_side route_side(struct slice entry, void *arg)
+{
+    struct own_check ext = {arg, true}, any = {arg, false};
+    if (entry_is_own(entry, &ext))
+        return SIP_RS_EXT;
+    return entry_is_own(entry, &any) ? SIP_RS_INT : SIP_RS_FOREIGN;
+}
+
 /* Where encoded Contacts point: the external address that reaches us over tp. */
 static void topo_init(struct ae *ae, uint64_t nonce, uint8_t tp, struct sip_topo *t, char *ext,
                       size_t cap)
@@ -596,8 +607,8 @@ static size_t hidden_record_route(const struct sip_topo *t, const struct sip_msg
                                   const char *tok, const char *ext_u, const char *int_u,
                                   char *ins, size_t n, size_t cap)
 {
-    char own_int[200], sealed[4096];
-    snprintf(own_int, sizeof(own_int), "<sip:%s>", int_u);
+    char own_int[300], sealed[4096];
+    snprintf(own_int, sizeof(own_int), "<sip:%s%s%s>", tok, *tok ? "@" : "", int_u);
     ssize_t sl = sip_topo_seal_request_rr(t, slice_str(own_int), m, sealed, sizeof(sealed));
     if (sl < 0)
         return cap;
@@ -612,27 +623,77 @@ static void reject_tampered(struct ae *ae, const struct ae_origin *o, const stru
     ae_reject(ae, o, m, &v, NULL);
 }
 
+/* The Route policy for a request from outside (sip_route.h): the edge alone decides where it
+ * goes. Fills the Request-URI and Route lines to forward with (what topology hiding sealed put
+ * back, and the signed entries of a hairpin call's next leg). Returns 0 to forward, 1 when
+ * the request was answered. */
+static int ext_routes(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                      const struct sip_route *r, char *ruri, size_t ruri_cap, ssize_t *ruri_len,
+                      char *routes, size_t routes_cap, ssize_t *routes_len)
+{
+    struct own_check any_side = {ae, false};
+    struct sip_route_plan plan;
+    sip_route_plan_ext(m, r->in_dialog, ae->flow_key, route_side, ae, &plan);
+    struct sip_route_facts f = {
+        .in_dialog = r->in_dialog,
+        .ruri_own = entry_is_own(m->ruri, &any_side),
+        .ruri_ours = sip_policy_has_domain(&ae->policy, r->ruri_domain, strlen(r->ruri_domain)),
+        .reject_foreign = ae->cfg->route_policy == AE_ROUTE_REJECT,
+    };
+    struct sip_verdict v = {403, "Forbidden", "route", "Route not allowed"};
+    switch (sip_route_decide(m, &f, &plan)) {
+    case SIP_RA_KEEPALIVE: {
+        char allow[320];
+        snprintf(allow, sizeof(allow), "Allow: %s\r\nAccept: application/sdp\r\n",
+                 sip_allow_list(o->conn ? o->conn->src : SIP_SRC_REMOTE_USER));
+        ae_reply(ae, o, m, 200, "OK", NULL, allow);
+        return 1;
+    }
+    case SIP_RA_RELAY:
+        v.reason = "relay";
+        snprintf(v.text, sizeof(v.text), "Relaying denied for domain %s", r->ruri_domain);
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    case SIP_RA_FOREIGN:
+        ae_reject(ae, o, m, &v, NULL);
+        return 1;
+    case SIP_RA_FORWARD:
+        break;
+    }
+    if (plan.foreign) {
+        metric_add(ae->m_route_stripped, plan.foreign);
+        LOGD(ae->log, o->peer, "sip: %u foreign Route entries removed", plan.foreign);
+    }
+    /* What topology hiding sealed comes back (even with hiding now off: the dialog started
+     * with it on). Only a Request-URI on our own address can be one of our Contacts. */
+    if (f.ruri_own)
+        *ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, ruri_cap);
+    if (*ruri_len >= 0)
+        *routes_len = sip_topo_open_routes(ae->flow_key, m, plan.pop, entry_is_own, &any_side,
+                                           routes, routes_cap);
+    if (*ruri_len < 0 || *routes_len < 0) {
+        reject_tampered(ae, o, m);
+        return 1;
+    }
+    ssize_t kl = sip_route_write_kept(&plan, routes + *routes_len,
+                                      routes_cap - (size_t)*routes_len);
+    if (kl < 0) {
+        struct sip_verdict tl = {513, "Message Too Large", "too_large", "Route too long"};
+        ae_reject(ae, o, m, &tl, NULL);
+        return 1;
+    }
+    *routes_len += kl;
+    return 0;
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
-    /* An in-dialog request from outside may carry what topology hiding sealed: the inside
-     * Contact as Request-URI, the inside route set in our Route entry. Put them back (even
-     * with hiding now off: the dialog started with it on). */
     char ruri[1024], routes[4096];
     ssize_t ruri_len = 0, routes_len = 0;
-    if (o->side == AE_EXT) {
-        struct own_check any_side = {ae, false};
-        /* Only a Request-URI on our own address can be one of our Contacts. */
-        if (entry_is_own(m->ruri, &any_side))
-            ruri_len = sip_topo_contact_open(ae->flow_key, m->ruri, ruri, sizeof(ruri));
-        if (ruri_len >= 0)
-            routes_len = sip_topo_open_routes(ae->flow_key, m, r->pop, entry_is_own, &any_side,
-                                              routes, sizeof(routes));
-        if (ruri_len < 0 || routes_len < 0) {
-            reject_tampered(ae, o, m);
-            return;
-        }
-    }
+    if (o->side == AE_EXT && ext_routes(ae, o, m, r, ruri, sizeof(ruri), &ruri_len, routes,
+                                        sizeof(routes), &routes_len) != 0)
+        return;
     struct ae_dest dest = {0};
     const struct ae_config *cfg = ae->cfg;
     /* Where it goes. */
@@ -823,14 +884,18 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
             }
             fmt_uri_host(ia, itp, int_u, sizeof(int_u), false);
             /* The interface facing the next hop goes on top. */
+            /* Both entries carry the signed flow token: an in-dialog request from outside
+             * keeps only the edge's signed entries (sip_route.h), so the internal entry of
+             * a hairpin call's other leg must be verifiable too. */
+            const char *at = *tok ? "@" : "";
             if (from_ext)
                 n += (size_t)snprintf(ins + n, sizeof(ins) - n,
-                                      "Record-Route: <sip:%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
-                                      int_u, tok, *tok ? "@" : "", ext_u);
+                                      "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
+                                      tok, at, int_u, tok, at, ext_u);
             else if (!hide)
                 n += (size_t)snprintf(ins + n, sizeof(ins) - n,
-                                      "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s>\r\n",
-                                      tok, *tok ? "@" : "", ext_u, int_u);
+                                      "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
+                                      tok, at, ext_u, tok, at, int_u);
             else
                 n = hidden_record_route(&topo, m, tok, ext_u, int_u, ins, n, sizeof(ins));
         }
@@ -856,9 +921,12 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
      * them. A Path never leaves (it names the inside). */
     uint32_t hidden = SIP_HDR_BIT(SIP_H_VIA) | SIP_HDR_BIT(SIP_H_RECORD_ROUTE) |
                       SIP_HDR_BIT(SIP_H_CONTACT) | SIP_HDR_BIT(SIP_H_PATH);
-    struct sip_fwd_opts fo = {.insert = slice_make(ins, n), .pop_routes = r->pop,
+    /* From outside, the received Route lines all go: what is kept of them is in ins. */
+    uint32_t routes_drop = o->side == AE_EXT ? SIP_HDR_BIT(SIP_H_ROUTE) : 0;
+    struct sip_fwd_opts fo = {.insert = slice_make(ins, n),
+                              .pop_routes = o->side == AE_EXT ? 0 : r->pop,
                               .src = hide ? NULL : o->peer,
-                              .drop = SIP_HDR_BIT(SIP_H_TRUST) | (hide ? hidden : 0),
+                              .drop = SIP_HDR_BIT(SIP_H_TRUST) | routes_drop | (hide ? hidden : 0),
                               .ruri = slice_make(ruri, ruri_len > 0 ? (size_t)ruri_len : 0)};
     ssize_t len = sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
@@ -1929,6 +1997,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
                                  NULL);
     ae->m_retx_timeout = metrics_counter(m, "sip_invite_timeouts_total",
                                          "forwarded UDP INVITEs never answered (Timer B)", NULL);
+    ae->m_route_stripped = metrics_counter(m, "sip_routes_stripped_total",
+                                           "Route entries from outside removed because they were "
+                                           "not the edge's own (route_policy: strip)", NULL);
     for (size_t i = 0; reject_reasons[i]; i++) {
         char l[64];
         snprintf(l, sizeof(l), "reason=\"%s\"", reject_reasons[i]);

@@ -241,7 +241,9 @@ ssize_t sip_topo_hide_response_rr(const struct sip_topo *t, const struct sip_msg
     struct sip_value_iter it;
     sip_values_begin(&it, m, SIP_H_RECORD_ROUTE);
     while (n < SIP_MSG_MAX_HEADERS && sip_values_next(&it, &vals[n])) {
-        if (ext == SIZE_MAX && is_ext(vals[n], arg))
+        /* The last of our external entries is the one for the leg this response leaves on;
+         * above it may be a hairpin call's other leg, which is ours too but inside. */
+        if (is_ext(vals[n], arg))
             ext = n;
         n++;
     }
@@ -327,9 +329,14 @@ ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsign
         char set[SET_MAX], dir;
         if (open_set(key, tok, set, sizeof(set), &dir, &entries) < 0)
             return -EACCES;
-        while (list_next(&entries, &e))
-            if (!is_own(e, arg))
+        /* The set starts with the edge's own internal entry for this hop (dropped); an entry
+         * of ours further down is a hairpin call's next leg and stays. */
+        bool first = true;
+        while (list_next(&entries, &e)) {
+            if (!(first && is_own(e, arg)))
                 line_add(&l, e);
+            first = false;
+        }
     }
     line_end(&l);
     return sip_out_done(&o);

@@ -48,8 +48,9 @@ ssize_t sip_topo_contact_open(const uint8_t *key, struct slice uri, char *out, s
 ssize_t sip_topo_seal_request_rr(const struct sip_topo *t, struct slice own_int,
                                  const struct sip_msg *m, char *out, size_t cap);
 
-/* Record-Route lines for a response going out: the entries above the first one is_ext
- * accepts (the inside's, and the edge's internal entry) are sealed into that entry; the ones
+/* Record-Route lines for a response going out: the entries above the last one is_ext
+ * accepts (the inside's, the edge's internal entry, and a hairpin call's other leg through
+ * the edge) are sealed into that entry; the ones
  * below it (the outside's) stay. Without an external entry of ours, no line is written (the
  * inside's entries are dropped). Returns the length, or -ENOSPC. */
 ssize_t sip_topo_hide_response_rr(const struct sip_topo *t, const struct sip_msg *m,
@@ -62,7 +63,8 @@ ssize_t sip_topo_open_response_rr(const uint8_t *key, const struct sip_msg *m, c
                                   size_t cap);
 
 /* A Route line for an in-dialog request from outside whose first n Route entries are ours:
- * the entries sealed in them, minus the ones is_own accepts (the edge itself). Returns the
+ * the entries sealed in them, minus the first if is_own accepts it (the edge's internal entry
+ * for this hop; entries of ours further down, a hairpin call's next leg, stay). Returns the
  * length (0 if nothing was sealed), -EACCES if a token is forged, or -ENOSPC. */
 ssize_t sip_topo_open_routes(const uint8_t *key, const struct sip_msg *m, unsigned n,
                              sip_topo_own_cb is_own, void *arg, char *out, size_t cap);

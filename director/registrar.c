@@ -22,6 +22,7 @@
 #define RG_LST_MAX 8
 #define RG_CONNS 1024
 #define RG_BINDINGS 4096
+#define RG_SEEN 256
 #define RG_OUT_CAP (256 * 1024)
 
 static const char *const default_algs[] = {"SHA-256", "MD5"};
@@ -113,6 +114,8 @@ struct registrar {
     uint32_t next_id;
     struct rg_binding *bindings;
     size_t nbindings;
+    struct addr seen[RG_SEEN]; /* inside clients that sent requests directly (a ring) */
+    size_t nseen, seen_next;
     uint64_t salt;
     uint8_t tag_key[32];
     struct da_state *da;
@@ -560,6 +563,62 @@ static int uri_target(const osip_uri_t *u, struct addr *to, bool *stream)
     return 0;
 }
 
+/* The address a URI string (a binding's Contact, or the first Path entry) names. */
+static bool uri_str_addr(const char *s, bool name_addr, struct addr *a)
+{
+    bool stream, ok = false;
+    if (name_addr) {
+        osip_route_t *rt = NULL;
+        char first[512];
+        snprintf(first, sizeof(first), "%.*s", (int)sip_value_first_len(slice_str(s)), s);
+        if (osip_route_init(&rt) == 0 && osip_route_parse(rt, first) == 0)
+            ok = uri_target(rt->url, a, &stream) == 0;
+        osip_route_free(rt);
+        return ok;
+    }
+    osip_uri_t *u = NULL;
+    if (osip_uri_init(&u) == 0 && osip_uri_parse(u, s) == 0)
+        ok = uri_target(u, a, &stream) == 0;
+    osip_uri_free(u);
+    return ok;
+}
+
+/* Defence in depth (issue 12): a request the edge sent in goes only to an address the
+ * Director learned itself, never to one an outsider wrote in a Route or Request-URI: the
+ * edge (config, or the connection it opened), a live registration's Contact or Path, or an
+ * inside client that sent the Director a request directly. */
+static bool target_known(struct registrar *rg, const struct addr *to, bool stream)
+{
+    const struct director_sip_config *c = (&rg->d->cfg->sip);
+    if (addr_eq(to, &c->edge) || (stream && addr_host_eq(to, &c->edge) && conn_by_host(rg, to)))
+        return true;
+    for (size_t i = 0; i < rg->nseen; i++)
+        if (addr_eq(to, &rg->seen[i]))
+            return true;
+    uint64_t now = uv_now(rg->d->loop);
+    for (size_t i = 0; i < rg->nbindings; i++) {
+        const struct rg_binding *b = &rg->bindings[i];
+        struct addr a;
+        if (b->expires_ms <= now)
+            continue;
+        if ((uri_str_addr(b->contact, false, &a) && addr_eq(&a, to)) ||
+            (b->path[0] && uri_str_addr(b->path, true, &a) && addr_eq(&a, to)))
+            return true;
+    }
+    return false;
+}
+
+static void seen_add(struct registrar *rg, const struct addr *a)
+{
+    for (size_t i = 0; i < rg->nseen; i++)
+        if (addr_eq(&rg->seen[i], a))
+            return;
+    rg->seen[rg->seen_next] = *a;
+    rg->seen_next = (rg->seen_next + 1) % RG_SEEN;
+    if (rg->nseen < RG_SEEN)
+        rg->nseen++;
+}
+
 static void do_forward(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                        osip_message_t *msg, bool strip_creds)
 {
@@ -573,15 +632,19 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
         pop++;
     }
     struct addr to;
-    bool stream = false;
+    bool stream = false, check = false;
     char ruri[300] = "", ins[1024] = "";
     size_t n = 0;
+    bool from_edge = addr_host_eq(o->peer, &c->edge);
+    if (!from_edge)
+        seen_add(rg, o->peer);
     osip_route_t *next = osip_list_get(&msg->routes, (int)pop);
     if (next && (int)pop < nr) {
         if (uri_target(next->url, &to, &stream) < 0) {
             rg_reply(rg, o, m, 404, "Not Found", NULL);
             return;
         }
+        check = from_edge;
     } else if (has_domain(c, msg->req_uri->host) || is_own(rg, msg->req_uri)) {
         const char *user = msg->req_uri->username;
         struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
@@ -620,9 +683,24 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
             return;
         }
     } else if (uri_target(msg->req_uri, &to, &stream) < 0) {
-        /* Another domain: federation goes out through the edge. */
+        /* Another domain: federation goes out through the edge; never a request that came
+         * in from the edge (an outsider's, routed back out by its Request-URI). */
+        if (from_edge) {
+            metric_inc(rg->m_404);
+            LOGI(rg->d->log, o->peer, "sip: request from the edge for another domain: 404");
+            rg_reply(rg, o, m, 404, "Not Found", NULL);
+            return;
+        }
         to = c->edge;
         stream = false;
+    } else {
+        check = from_edge;
+    }
+    if (check && !target_known(rg, &to, stream)) {
+        metric_inc(rg->m_404);
+        LOGI(rg->d->log, o->peer, "sip: request from the edge to an address never learned: 404");
+        rg_reply(rg, o, m, 404, "Not Found", NULL);
+        return;
     }
     /* Our Via, then the route set we add. */
     char br[SIP_BRANCH_MAX], hs[ADDR_STRLEN];

@@ -133,6 +133,26 @@ static void response_route_set_collapsed_into_external_entry(void **st)
                      "<sip:t1@198.51.100.1;lr>, <sip:proxy.outside.example;lr>\r\n");
 }
 
+static void hairpin_legs_both_hidden(void **st)
+{
+    /* Issue 12: a call between two outside users crosses the edge twice. The 200 going back
+     * to the caller carries the callee leg's entries (ours too) above the caller leg's
+     * external entry: all of them are sealed into that last external entry. */
+    scan("SIP/2.0 200 OK", "Record-Route: <sip:tB@198.51.100.1;lr>, <sip:tB@10.0.0.21;lr>, "
+                           "<sip:tA@10.0.0.21;lr>, <sip:tA@198.51.100.1;lr>\r\n");
+    ssize_t n = sip_topo_hide_response_rr(&topo, &m, is_ext, NULL, out, sizeof(out));
+    assert_true(n > 0);
+    out[n] = 0;
+    assert_null(strstr(out, "10.0.0."));
+    assert_memory_equal(out, "Record-Route: <sip:tA@198.51.100.1;lr;ae-rr=", 44);
+    /* The caller's in-dialog request through it: its own leg's internal entry goes, the
+     * callee leg's pair stays (for the edge to take it out again). */
+    char route[4400];
+    snprintf(route, sizeof(route), "Route: %.*s\r\n", (int)(strlen(out) - 16), out + 14);
+    expect_opened("BYE sip:ae-c.x@198.51.100.1 SIP/2.0", route,
+                  "Route: <sip:tB@10.0.0.21;lr>, <sip:tB@198.51.100.1;lr>\r\n");
+}
+
 static void forged_route_token_refused(void **st)
 {
     scan("BYE sip:b@198.51.100.1 SIP/2.0",
@@ -164,6 +184,7 @@ int main(void)
         cmocka_unit_test(contact_encoded_keeps_params_and_round_trips),
         cmocka_unit_test(request_route_set_sealed_then_restored_as_route),
         cmocka_unit_test(response_route_set_collapsed_into_external_entry),
+        cmocka_unit_test(hairpin_legs_both_hidden),
         cmocka_unit_test(forged_route_token_refused),
         cmocka_unit_test(uri_host_port_of_entries),
     };
