@@ -46,6 +46,7 @@ struct ae_limits_config {
     uint32_t max_connections_per_address;
     uint64_t idle_timeout_ms;
     uint64_t handshake_timeout_ms;
+    uint64_t message_timeout_ms; /* a stream message begun must be complete this soon */
     uint32_t rate;  /* requests per second per external address */
     uint32_t burst;
     uint32_t max_transactions;

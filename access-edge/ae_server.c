@@ -61,6 +61,8 @@ struct ae_conn {
     bool has_alias;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
+    uint64_t msg_started; /* loop ms when the unfinished message in rb began, 0 if none */
+    bool refused;         /* answered and shut down: ignore what else comes */
     char names[AE_NAMES_MAX][128];
     const char *name_ptrs[AE_NAMES_MAX];
     size_t nnames;
@@ -71,7 +73,7 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", NULL,
+    "watchlist", "tampered", "malformed", "version", "extension", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -140,6 +142,7 @@ struct ae {
     struct metric *m_watch;
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_retx, *m_retx_timeout;
+    struct metric *m_slow; /* connections closed for a message slower than message_timeout */
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
@@ -1230,7 +1233,7 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
     }
     if (rc == 1) {
         if (m->is_request) {
-            const char *extra = v.status == 405 ? NULL : NULL;
+            const char *extra = v.extra[0] ? v.extra : NULL;
             char allow[300];
             if (v.status == 405) {
                 snprintf(allow, sizeof(allow), "Allow: %s\r\n", sip_allow_list(src));
@@ -1368,16 +1371,32 @@ static int on_ws_data(struct ae_conn *c)
     return 0;
 }
 
-static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
+/* A stream message the edge will not take (too large, or its length unusable): answer it
+ * when its header section was indexed, then half-close; what else arrives is ignored, and
+ * the sweep closes the connection if the peer does not (RFC 3261 §18.3: the stream cannot
+ * be framed past it). */
+static void conn_refuse(struct ae_conn *c, const struct sip_verdict *v)
 {
-    struct ae_conn *c = arg;
     struct ae *ae = c->ae;
-    if (buf_append(&c->rb, data, len) < 0) {
-        LOGI(ae->log, &c->peer, "sip: message over the size limit, closing");
-        return -EMSGSIZE;
+    struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+    if (ae->msg.hdr_end && ae->msg.is_request && ae->msg.count[SIP_H_VIA]) {
+        ae_reject(ae, &o, &ae->msg, v, NULL);
+    } else {
+        ae_count_reject(ae, v->reason);
+        LOGI(ae->log, &c->peer, "sip: %s, closing", v->text);
     }
-    if (c->ws)
-        return on_ws_data(c);
+    c->refused = true;
+    c->msg_started = uv_now(ae->loop);
+    buf_consume(&c->rb, buf_len(&c->rb));
+    stream_shutdown(c->s);
+}
+
+/* Frames and handles what rb holds; *progressed says a message was taken from it.
+ * Returns 0, or a negative errno when the connection must close. */
+static int conn_messages(struct ae_conn *c, bool *progressed)
+{
+    struct ae *ae = c->ae;
+    struct stream *s = c->s;
     size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
                                                : ae->cfg->limits.max_server_message;
     for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
@@ -1395,25 +1414,63 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
         ssize_t r = sip_msg_scan(&ae->msg, in.p, in.len, false, cap);
         if (r == -EAGAIN)
             break;
+        if (r == -EMSGSIZE) {
+            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+            conn_refuse(c, &v);
+            return 0;
+        }
         if (r < 0) {
             metric_inc(ae->m_unparseable);
+            struct sip_verdict v = {400, "Bad Request", "content_length",
+                                    "Content-Length missing or invalid on a stream"};
+            if (ae->msg.hdr_end && ae->msg.is_request && ae->msg.count[SIP_H_VIA]) {
+                conn_refuse(c, &v);
+                return 0;
+            }
             LOGI(ae->log, &c->peer, "sip: unparseable stream data, closing");
             return -EBADMSG;
-        }
-        if ((size_t)r > cap) {
-            struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
-            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
-            ae_reject(ae, &o, &ae->msg, &v, NULL);
-            return -EMSGSIZE;
         }
         struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
         int rc = ae_handle(ae, &o, &ae->msg);
         buf_consume(&c->rb, (size_t)r);
+        *progressed = true;
         if (rc < 0)
             return rc;
         if (!conn_get(ae, c->id))
             break;
     }
+    return 0;
+}
+
+static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
+{
+    struct ae_conn *c = arg;
+    struct ae *ae = c->ae;
+    if (c->refused)
+        return 0;
+    if (buf_append(&c->rb, data, len) < 0) {
+        struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+        size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
+                                                   : ae->cfg->limits.max_server_message;
+        struct slice in = buf_slice(&c->rb);
+        /* Index what came so far, so that the 513 can name the request. */
+        if (c->ws)
+            ae->msg.hdr_end = 0;
+        else
+            (void)sip_msg_scan(&ae->msg, in.p, in.len, false, cap);
+        conn_refuse(c, &v);
+        return 0;
+    }
+    bool progressed = false;
+    int rc = c->ws ? on_ws_data(c) : conn_messages(c, &progressed);
+    if (rc < 0 || c->refused || !conn_get(ae, c->id))
+        return rc;
+    /* The clock of limits.message_timeout runs from the first byte of a message. */
+    if (buf_len(&c->rb) == 0)
+        c->msg_started = 0;
+    else if (progressed || !c->msg_started)
+        c->msg_started = uv_now(ae->loop);
+    (void)s;
     return 0;
 }
 
@@ -1668,6 +1725,22 @@ static void on_sweep(uv_timer_t *t)
     /* Timer C (RFC 3261 §16.8) is 3 min; our entries only absorb retransmissions, so a
      * final response ends them after 32 s at most (64*T1). */
     ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, ae->draining ? 0 : 32000);
+    /* Slow senders: a message begun must be complete within limits.message_timeout (a
+     * byte now and then would otherwise hold a connection for the whole idle timeout). */
+    uint64_t now = uv_now(ae->loop), limit = ae->cfg->limits.message_timeout_ms;
+    for (size_t i = 0; i < ae->conn_cap; i++) {
+        struct ae_conn *c = ae->conns[i];
+        if (!c || !c->msg_started || now - c->msg_started < (c->refused ? 1000 : limit))
+            continue;
+        c->msg_started = 0;
+        if (!c->refused) {
+            metric_inc(ae->m_slow);
+            LOGI(ae->log, &c->peer, "sip: message not complete within %llu ms, closing",
+                 (unsigned long long)limit);
+        }
+        stream_close(c->s, c->refused ? 0 : -ETIMEDOUT,
+                     c->refused ? "refused message" : "message too slow");
+    }
     metric_set(ae->m_txns, (int64_t)ae_txn_count(ae->txns));
     check_drained(ae);
 }
@@ -1876,6 +1949,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent",
                                        side_l[s]);
     }
+    ae->m_slow = metrics_counter(m, "sip_slow_messages_total",
+                                 "stream connections closed: a message took longer than "
+                                 "limits.message_timeout", NULL);
     ae->m_unparseable = metrics_counter(m, "sip_unparseable_total",
                                         "messages dropped (UDP) or connections closed because "
                                         "they did not parse", NULL);

@@ -11,6 +11,7 @@
 #include <osipparser2/osip_parser.h>
 
 #include "access-edge/sip_msg.h"
+#include "access-edge/sip_osip.h"
 #include "access-edge/sip_proxy.h"
 #include "common/crypto.h"
 #include "common/stream.h"
@@ -682,9 +683,7 @@ int registrar_start(struct director *d)
     if (!rg)
         return -ENOMEM;
     rg->d = d;
-    parser_init(); /* osip2's header table; idempotent */
-    for (int l = 0; l < END_TRACE_LEVEL; l++) /* no osip2 traces on stdout */
-        osip_trace_disable_level((osip_trace_level_t)l);
+    sip_osip_init(); /* osip2's header table, its traces kept out of the log */
     rg->open_handles = 1; /* held until registrar_stop */
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;
