@@ -128,6 +128,7 @@ struct ae {
     uv_timer_t retx_timer; /* runs while retx holds INVITEs awaiting a first answer */
     struct dlist retx;     /* struct ae_retx, forwarded over UDP */
     struct ratelimit *rl;
+    struct ratelimit *reject_rl; /* 503s to over-limit UDP sources (reflection bound) */
     struct ratelimit *fed_rl; /* per discovered partner domain */
     struct ae_partner *partners;
     size_t npartners;
@@ -143,6 +144,11 @@ struct ae {
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_retx, *m_retx_timeout;
     struct metric *m_slow; /* connections closed for a message slower than message_timeout */
+    struct metric *m_silent; /* over-limit UDP requests dropped without a 503 */
+    /* Log lines about bad input are bounded (AE_NOISE_LINES a second); the rest are counted
+     * and summed up in one line. */
+    uint64_t noise_window; /* loop ms when the current second began */
+    uint32_t noise_lines, noise_suppressed;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
@@ -342,6 +348,37 @@ static const char *tp_name(uint8_t tp)
     return tp == AE_TP_UDP ? "UDP" : tp == AE_TP_TCP ? "TCP" : "TLS";
 }
 
+/* ---- log lines about bad input ---- */
+
+#define AE_NOISE_LINES 10
+
+/* Says what was held back in the second that ended (at most one line a second). */
+static void noise_flush(struct ae *ae, uint64_t now)
+{
+    if (now - ae->noise_window < 1000)
+        return;
+    if (ae->noise_suppressed)
+        LOGI(ae->log, NULL, "sip: %u more lines about bad input suppressed in the last %llu ms",
+             ae->noise_suppressed, (unsigned long long)(now - ae->noise_window));
+    ae->noise_window = now;
+    ae->noise_lines = 0;
+    ae->noise_suppressed = 0;
+}
+
+/* May a line about bad input (unparseable, rejected) be written now? A flood of bad
+ * packets must not become a flood of log lines: beyond AE_NOISE_LINES a second they are
+ * only counted (the metrics count each one). */
+static bool noise_ok(struct ae *ae)
+{
+    noise_flush(ae, uv_now(ae->loop));
+    if (ae->noise_lines < AE_NOISE_LINES) {
+        ae->noise_lines++;
+        return true;
+    }
+    ae->noise_suppressed++;
+    return false;
+}
+
 /* ---- replies ---- */
 
 static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
@@ -362,7 +399,8 @@ static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_
         snprintf(lines + n, sizeof(lines) - n, "%s", extra);
     char tag[24];
     snprintf(tag, sizeof(tag), "ae%08x", (unsigned)(sip_branch_hash(ae->salt, m) & 0xffffffffu));
-    ssize_t len = sip_reply_make(m, status, phrase, tag, slice_str(lines), ae->out, AE_OUT_CAP);
+    ssize_t len = sip_reply_make_src(m, o->peer, status, phrase, tag, slice_str(lines), ae->out,
+                                     AE_OUT_CAP);
     if (len < 0)
         return;
     if (o->conn)
@@ -375,7 +413,8 @@ static void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip
                       const struct sip_verdict *v, const char *extra)
 {
     ae_count_reject(ae, v->reason);
-    LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
+    if (noise_ok(ae))
+        LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
     ae_reply(ae, o, m, v->status, v->phrase, v->text, extra);
 }
 
@@ -1187,6 +1226,12 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
             struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
                                     "Rate limit exceeded"};
             ae_count_reject(ae, v.reason);
+            /* A UDP source may be spoofed, and a 503 is larger than most requests: answer
+             * only a few a second per source (limits.reject_rate), drop the rest. */
+            if (o->udp && !ratelimit_take(ae->reject_rl, key, klen, 1, uv_now(ae->loop), NULL)) {
+                metric_inc(ae->m_silent);
+                return 0;
+            }
             ae_reply(ae, o, m, 503, v.phrase, v.text, ra);
             return 0;
         }
@@ -1228,7 +1273,9 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
     int rc = sip_validate(&ae->policy, &peer, m, &v, &r, &sp);
     if (rc < 0) {
         metric_inc(ae->m_unparseable);
-        LOGI(ae->log, o->peer, "sip: unparseable %s dropped", m->is_request ? "request" : "response");
+        if (noise_ok(ae))
+            LOGI(ae->log, o->peer, "sip: unparseable %s dropped",
+                 m->is_request ? "request" : "response");
         return -EBADMSG;
     }
     if (rc == 1) {
@@ -1291,7 +1338,8 @@ static void on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct 
     struct ae_origin o = {u->side, AE_TP_UDP, u, NULL, &peer};
     if (r < 0) {
         metric_inc(ae->m_unparseable);
-        LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
+        if (noise_ok(ae))
+            LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
         return;
     }
     ae_handle(ae, &o, &ae->msg);
@@ -1391,9 +1439,9 @@ static void conn_refuse(struct ae_conn *c, const struct sip_verdict *v)
     stream_shutdown(c->s);
 }
 
-/* Frames and handles what rb holds; *progressed says a message was taken from it.
- * Returns 0, or a negative errno when the connection must close. */
-static int conn_messages(struct ae_conn *c, bool *progressed)
+/* Frames and handles what rb holds. Returns 0, or a negative errno when the connection
+ * must close. */
+static int conn_messages(struct ae_conn *c)
 {
     struct ae *ae = c->ae;
     struct stream *s = c->s;
@@ -1433,7 +1481,6 @@ static int conn_messages(struct ae_conn *c, bool *progressed)
         struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
         int rc = ae_handle(ae, &o, &ae->msg);
         buf_consume(&c->rb, (size_t)r);
-        *progressed = true;
         if (rc < 0)
             return rc;
         if (!conn_get(ae, c->id))
@@ -1446,31 +1493,41 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
 {
     struct ae_conn *c = arg;
     struct ae *ae = c->ae;
+    (void)s;
+    bool progressed = false;
+    /* A read may hold more than rb has room for: take what fits, frame it, repeat. */
+    while (len > 0 && !c->refused) {
+        size_t room = c->rb.cap - buf_len(&c->rb), n = len < room ? len : room;
+        if (n == 0) {
+            /* Full, and no message could be taken from it: index what came, so that the
+             * 513 can name the request. */
+            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+            struct slice in = buf_slice(&c->rb);
+            if (c->ws)
+                ae->msg.hdr_end = 0;
+            else
+                (void)sip_msg_scan(&ae->msg, in.p, in.len, false, in.len);
+            conn_refuse(c, &v);
+            return 0;
+        }
+        if (buf_append(&c->rb, data, n) < 0)
+            return -ENOMEM;
+        data += n;
+        len -= n;
+        size_t held = buf_len(&c->rb);
+        int rc = c->ws ? on_ws_data(c) : conn_messages(c);
+        if (rc < 0 || !conn_get(ae, c->id))
+            return rc;
+        if (buf_len(&c->rb) < held)
+            progressed = true; /* a message (or a keep-alive) was taken */
+    }
     if (c->refused)
         return 0;
-    if (buf_append(&c->rb, data, len) < 0) {
-        struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
-        size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
-                                                   : ae->cfg->limits.max_server_message;
-        struct slice in = buf_slice(&c->rb);
-        /* Index what came so far, so that the 513 can name the request. */
-        if (c->ws)
-            ae->msg.hdr_end = 0;
-        else
-            (void)sip_msg_scan(&ae->msg, in.p, in.len, false, cap);
-        conn_refuse(c, &v);
-        return 0;
-    }
-    bool progressed = false;
-    int rc = c->ws ? on_ws_data(c) : conn_messages(c, &progressed);
-    if (rc < 0 || c->refused || !conn_get(ae, c->id))
-        return rc;
     /* The clock of limits.message_timeout runs from the first byte of a message. */
     if (buf_len(&c->rb) == 0)
         c->msg_started = 0;
     else if (progressed || !c->msg_started)
         c->msg_started = uv_now(ae->loop);
-    (void)s;
     return 0;
 }
 
@@ -1728,6 +1785,7 @@ static void on_sweep(uv_timer_t *t)
     /* Slow senders: a message begun must be complete within limits.message_timeout (a
      * byte now and then would otherwise hold a connection for the whole idle timeout). */
     uint64_t now = uv_now(ae->loop), limit = ae->cfg->limits.message_timeout_ms;
+    noise_flush(ae, now);
     for (size_t i = 0; i < ae->conn_cap; i++) {
         struct ae_conn *c = ae->conns[i];
         if (!c || !c->msg_started || now - c->msg_started < (c->refused ? 1000 : limit))
@@ -1829,6 +1887,7 @@ static void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_ext_client);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);
         for (size_t i = 0; i < ae->npartners; i++)
             free(ae->partners[i].users);
@@ -1922,6 +1981,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
     if (rc == 0)
+        rc = ratelimit_create(&ae->reject_rl, cfg->limits.reject_rate,
+                              2.0 * cfg->limits.reject_rate, 65536);
+    if (rc == 0)
         rc = ratelimit_create(&ae->fed_rl, cfg->federation.discovered_rate,
                               cfg->federation.discovered_rate, AE_PARTNERS_MAX);
     ae->partners = calloc(AE_PARTNERS_MAX, sizeof(*ae->partners));
@@ -1933,6 +1995,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     if (rc < 0) {
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);
         free(ae->partners);
         free(ae->conns);
@@ -1949,6 +2012,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent",
                                        side_l[s]);
     }
+    ae->m_silent = metrics_counter(m, "sip_rate_limited_silent_total",
+                                   "over-limit UDP requests dropped without a 503 (beyond "
+                                   "limits.reject_rate)", NULL);
     ae->m_slow = metrics_counter(m, "sip_slow_messages_total",
                                  "stream connections closed: a message took longer than "
                                  "limits.message_timeout", NULL);
