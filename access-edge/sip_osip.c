@@ -1,8 +1,11 @@
 /* osip2 set-up (see sip_osip.h). */
 #include "access-edge/sip_osip.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <osipparser2/osip_parser.h>
 #include <osipparser2/osip_port.h>
@@ -33,4 +36,21 @@ static void setup(void)
 void sip_osip_init(void)
 {
     pthread_once(&once, setup);
+}
+
+int sip_osip_parse(osip_message_t *msg, const struct sip_msg *m)
+{
+    size_t hdr = m->hdr_end ? m->hdr_end : m->len;
+    if (!memchr(m->buf, '\t', hdr))
+        return osip_message_parse(msg, (const char *)m->buf, m->len);
+    char *copy = malloc(m->len ? m->len : 1);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, m->buf, m->len);
+    for (size_t i = 0; i < hdr; i++)
+        if (copy[i] == '\t')
+            copy[i] = ' ';
+    int rc = osip_message_parse(msg, copy, m->len);
+    free(copy);
+    return rc;
 }

@@ -5,7 +5,17 @@
 #ifndef AE_SIP_OSIP_H
 #define AE_SIP_OSIP_H
 
+#include <osipparser2/osip_message.h>
+
+#include "access-edge/sip_msg.h"
+
 /* Idempotent and thread-safe; call before the first osip2 parse. */
 void sip_osip_init(void);
+
+/* osip_message_parse() of the message m frames (m->len bytes), with HTAB read as SP in its
+ * header section: osip2 takes only SP as LWS in places ("CSeq: 1<TAB>INVITE" fails it),
+ * while RFC 3261 §25.1 allows HTAB wherever SP is. Only the parse tree sees the change (it
+ * is only read; forwarding splices the bytes received). Returns osip2's result, or -ENOMEM. */
+int sip_osip_parse(osip_message_t *msg, const struct sip_msg *m);
 
 #endif

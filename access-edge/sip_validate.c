@@ -276,25 +276,7 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return -ENOMEM;
-    /* osip2 takes only SP as LWS in places (CSeq: "1<TAB>INVITE" fails it), while RFC 3261
-     * §25.1 allows HTAB wherever SP is. Its tree is only read (forwarding splices the bytes
-     * received), so it parses a copy whose header section has SP for HTAB when needed. */
-    const char *text = (const char *)m->buf;
-    char *copy = NULL;
-    if (memchr(m->buf, '\t', m->hdr_end)) {
-        copy = malloc(m->len ? m->len : 1);
-        if (!copy) {
-            osip_message_free(msg);
-            return -ENOMEM;
-        }
-        memcpy(copy, m->buf, m->len);
-        for (size_t i = 0; i < m->hdr_end; i++)
-            if (copy[i] == '\t')
-                copy[i] = ' ';
-        text = copy;
-    }
-    int prc = osip_message_parse(msg, text, m->len);
-    free(copy);
+    int prc = sip_osip_parse(msg, m);
     if (prc != 0 || !msg->cseq ||
         !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
         osip_list_size(&msg->vias) == 0) {

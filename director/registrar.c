@@ -522,7 +522,7 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return;
-    if (osip_message_parse(msg, (const char *)m->buf, m->len) != 0 || !msg->req_uri ||
+    if (sip_osip_parse(msg, m) != 0 || !msg->req_uri ||
         !msg->req_uri->host || !msg->to || !msg->cseq) {
         metric_inc(rg->m_in);
         LOGI(rg->d->log, o->peer, "sip: unparseable request dropped");
