@@ -7,7 +7,7 @@ import time
 import uuid
 
 from harness import SuiteTest, wait_for
-from siplab import EXT_IP, Lab, StreamUA, UdpUA, header, parse_status
+from siplab import EXT_IP, Lab, StreamUA, UdpUA, WsUA, header, parse_status
 
 UA_IP = "127.0.0.6"
 
@@ -125,8 +125,13 @@ class EdgeAbuse(SuiteTest):
     def test_trickled_message_is_cut_off_at_the_deadline(self):
         lab = Lab(self, extra_edge="limits: {message_timeout: 1s}")
         slow = [StreamUA(EXT_IP, lab.ext_port, ip=UA_IP),
-                StreamUA(EXT_IP, lab.ext_tls, tls=True, ip=UA_IP)]
+                StreamUA(EXT_IP, lab.ext_tls, tls=True, ip=UA_IP),
+                WsUA(EXT_IP, lab.ext_ws, ip=UA_IP)]
         text = request(slow[0]).encode()
+        mask = b"\x01\x02\x03\x04"  # one masked text frame (RFC 6455), for the WebSocket
+        frame = (bytes([0x81, 0x80 | 126]) + len(text).to_bytes(2, "big") + mask +
+                 bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+        data = [text, text, frame]
         for c in slow:
             self.addCleanup(c.close)
         # A client that completes its messages and then idles is left alone.
@@ -141,14 +146,14 @@ class EdgeAbuse(SuiteTest):
                 if k in closed:
                     continue
                 try:
-                    c.send(text[i:i + 1])
+                    c.s.sendall(data[k][i:i + 1])
                 except OSError:
                     closed[k] = time.time() - start
             i = min(i + 1, len(text) - 20)  # never completes the message
             time.sleep(0.25)
-        self.assertEqual(sorted(closed), [0, 1], "a trickling connection was held open")
+        self.assertEqual(sorted(closed), [0, 1, 2], "a trickling connection was held open")
         self.assertTrue(all(t < 6 for t in closed.values()), closed)
-        self.assertGreaterEqual(lab.edge_metric("access_edge_sip_slow_messages_total"), 2)
+        self.assertGreaterEqual(lab.edge_metric("access_edge_sip_slow_messages_total"), 3)
         idle.request("REGISTER", "sip:example.com")
         self.assertEqual(parse_status(idle.recv() or ""), 401, "an idle client was cut off")
 
