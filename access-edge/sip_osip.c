@@ -11,8 +11,8 @@
 #include <osipparser2/osip_port.h>
 
 /* Where osip2's traces go: nowhere. */
-static void trace_discard(const char *file, int line, osip_trace_level_t level,
-                          const char *fmt, va_list ap)
+static void trace_discard(const char *file, int line, osip_trace_level_t level, const char *fmt,
+                          va_list ap)
 {
     (void)file;
     (void)line;

@@ -281,10 +281,8 @@ static void unparseable_is_dropped(void **st)
     assert_int_equal(check("\x16\x03\x01\x00garbage", SIP_SRC_REMOTE_USER, &v, &r), -EBADMSG);
 }
 
-
 /* A request from BASE_HDRS with its own request line, CSeq and extra lines. */
-static const char *req(char *out, size_t cap, const char *line, const char *cseq,
-                       const char *extra)
+static const char *req(char *out, size_t cap, const char *line, const char *cseq, const char *extra)
 {
     snprintf(out, cap,
              "%s\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK776asdhds;rport\r\n"
@@ -313,25 +311,25 @@ static void cseq_with_folding_or_tab_is_valid(void **st)
     char b[1024];
     struct sip_verdict v;
     struct sip_route r;
-    assert_int_equal(check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0",
-                               "0009\r\n  OPTIONS", ""),
-                           SIP_SRC_REMOTE_USER, &v, &r),
-                     0);
-    assert_int_equal(check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "1\tOPTIONS",
-                               ""),
-                           SIP_SRC_REMOTE_USER, &v, &r),
-                     0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "0009\r\n  OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "1\tOPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
 }
 
 /* RFC 4475 §3.1.2.7-10, §3.1.2.16: a malformed request line is answered, not dropped. */
 static void malformed_request_lines_are_answered(void **st)
 {
     static const char *const bad[] = {
-        "INVITE  sip:bob@example.com SIP/2.0",  /* two SP */
-        "INVITE sip:bob@example.com SIP/2.0  ", /* trailing SP */
-        "INVITE <sip:bob@example.com> SIP/2.0", /* <> */
+        "INVITE  sip:bob@example.com SIP/2.0",    /* two SP */
+        "INVITE sip:bob@example.com SIP/2.0  ",   /* trailing SP */
+        "INVITE <sip:bob@example.com> SIP/2.0",   /* <> */
         "INVITE sip:bob@example.com; lr SIP/2.0", /* LWS in the URI */
-        "INVITE bob SIP/2.0",                   /* no scheme */
+        "INVITE bob SIP/2.0",                     /* no scheme */
         "INVITE sip:bob@example.com SIP/2.0 x",
     };
     char b[1024];
@@ -343,10 +341,10 @@ static void malformed_request_lines_are_answered(void **st)
     /* Lower case is the same version (RFC 5234 strings are case-insensitive). */
     struct sip_verdict v;
     struct sip_route r;
-    assert_int_equal(check(req(b, sizeof(b), "OPTIONS sip:bob@example.com sip/2.0", "1 OPTIONS",
-                               ""),
-                           SIP_SRC_REMOTE_USER, &v, &r),
-                     0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com sip/2.0", "1 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
     /* Nothing to answer to: noise, dropped. */
     assert_int_equal(check("GET / HTTP/1.1\r\nHost: x\r\n\r\n", SIP_SRC_REMOTE_USER, &v, &r),
                      -EBADMSG);
@@ -361,18 +359,18 @@ static void request_uri_scheme_and_headers(void **st)
     char b[1024];
     expect(req(b, sizeof(b), "OPTIONS soap.beep://192.0.2.103:3002 SIP/2.0", "1 OPTIONS", ""),
            SIP_SRC_REMOTE_USER, 416, "uri_scheme", NULL);
-    expect(req(b, sizeof(b), "OPTIONS tel:+15551234 SIP/2.0", "1 OPTIONS", ""),
-           SIP_SRC_REMOTE_USER, 416, "uri_scheme", NULL);
+    expect(req(b, sizeof(b), "OPTIONS tel:+15551234 SIP/2.0", "1 OPTIONS", ""), SIP_SRC_REMOTE_USER,
+           416, "uri_scheme", NULL);
     expect(req(b, sizeof(b), "INVITE sip:bob@example.com?Route=%3Csip:example.com%3E SIP/2.0",
                "1 INVITE", ""),
            SIP_SRC_REMOTE_USER, 400, "malformed", "Request-URI");
     /* A '?' in the user part is not a header (RFC 4475 §3.1.1.2). */
     struct sip_verdict v;
     struct sip_route r;
-    assert_int_equal(check(req(b, sizeof(b), "OPTIONS sip:crazy?,/;;*@example.com SIP/2.0",
-                               "1 OPTIONS", ""),
-                           SIP_SRC_REMOTE_USER, &v, &r),
-                     0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:crazy?,/;;*@example.com SIP/2.0", "1 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
 }
 
 /* RFC 3261 §16.3 step 5, RFC 4475 §3.3.5: the edge supports no proxy extension. */
@@ -402,10 +400,10 @@ static void cseq_range_and_method(void **st)
            SIP_SRC_REMOTE_USER, 400, "malformed", "CSeq");
     struct sip_verdict v;
     struct sip_route r;
-    assert_int_equal(check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0",
-                               "2147483647 OPTIONS", ""),
-                           SIP_SRC_REMOTE_USER, &v, &r),
-                     0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "2147483647 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
     /* An unknown method whose CSeq differs: the mismatch first (RFC 4475 §3.1.2.18). */
     expect(req(b, sizeof(b), "NEWMETHOD sip:bob@example.com SIP/2.0", "8 INVITE", ""),
            SIP_SRC_REMOTE_USER, 400, "cseq", NULL);
@@ -420,13 +418,11 @@ static void content_length_faults(void **st)
     const char *neg = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
                       "Max-Forwards: 70\r\nContent-Length: -999\r\n\r\nv=0\n";
     expect(neg, SIP_SRC_REMOTE_USER, 400, "content_length", NULL);
-    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)neg, strlen(neg), false, 65536),
-                     -EBADMSG);
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)neg, strlen(neg), false, 65536), -EBADMSG);
     assert_true(msg.hdr_end > 0);
     const char *two = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
                       "Max-Forwards: 70\r\nContent-Length: 4\r\nl: 5\r\n\r\nv=0\n";
-    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)two, strlen(two), false, 65536),
-                     -EBADMSG);
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)two, strlen(two), false, 65536), -EBADMSG);
     assert_true(msg.hdr_end > 0);
     /* Too large: known as soon as the header section is in, before the body arrives. */
     const char *big = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
