@@ -94,7 +94,7 @@ class EdgeAbuse(SuiteTest):
             ua.send(b"\x00\x01 not SIP " + str(i).encode(), to)
             if i % 100 == 99:
                 time.sleep(0.02)
-        wait_for(lambda: lab.edge_metric("access_edge_sip_unparseable_total") >= n * 0.95,
+        wait_for(lambda: lab.edge_metric("access_edge_sip_unparseable_total") >= n * 0.8,
                  timeout=5, what="the datagrams counted")
         wait_for(lambda: "lines about bad input suppressed" in lab.edge.log(), timeout=5,
                  what="a summary line")
