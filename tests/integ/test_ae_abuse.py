@@ -3,6 +3,7 @@ reflection of 503s toward spoofed UDP sources, log floods, osip2's own traces in
 connections that trickle bytes, oversized messages over TCP, and the Via of the edge's own
 answers."""
 import socket
+import ssl
 import time
 import uuid
 
@@ -159,8 +160,13 @@ class EdgeAbuse(SuiteTest):
 
     def test_oversized_tcp_message_gets_513_before_the_close(self):
         lab = Lab(self, extra_edge="limits: {max_client_message: 4k}")
+        for tls in (False, True):
+            with self.subTest(tls=tls):
+                self.oversized(lab, tls)
+
+    def oversized(self, lab, tls):
         body = "a=x\r\n" * 20000  # 100 kB, the limit is 4 kB
-        c2 = StreamUA(EXT_IP, lab.ext_port, ip=UA_IP)
+        c2 = StreamUA(EXT_IP, lab.ext_tls if tls else lab.ext_port, tls=tls, ip=UA_IP)
         self.addCleanup(c2.close)
         cid = uuid.uuid4().hex
         head = (f"MESSAGE sip:bob@example.com SIP/2.0\r\n"
@@ -181,7 +187,7 @@ class EdgeAbuse(SuiteTest):
         c2.s.settimeout(5)
         try:
             rest = c2.s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             rest = b""
         self.assertEqual(rest, b"", "the connection stays open after the 513")
 
