@@ -48,8 +48,10 @@ struct ae_limits_config {
     uint32_t max_connections_per_address;
     uint64_t idle_timeout_ms;
     uint64_t handshake_timeout_ms;
+    uint64_t message_timeout_ms; /* a stream message begun must be complete this soon */
     uint32_t rate;  /* requests per second per external address */
     uint32_t burst;
+    uint32_t reject_rate; /* 503s per second to one over-limit UDP source; the rest dropped */
     uint32_t max_transactions;
     uint64_t overload_lag_ms; /* loop lag that makes new dialogs get 503 (0 = never) */
     struct cidr *exempt;      /* external addresses spared the per-address limits */

@@ -74,10 +74,16 @@ static const struct cfg_key limit_keys[] = {
      .help = "close a connection silent this long (CRLF keep-alives count)"},
     {"handshake_timeout", CFG_DURATION, LIM(handshake_timeout_ms), "10s", .min = 100,
      .help = "TLS handshake deadline"},
+    {"message_timeout", CFG_DURATION, LIM(message_timeout_ms), "10s", .min = 100,
+     .max = 3600000,
+     .help = "a message begun on TCP/TLS/WS must be complete this soon (else closed)"},
     {"rate", CFG_UINT, LIM(rate), "200", .min = 1, .max = 10000000,
      .help = "requests per second per external address (503 with Retry-After above)"},
     {"burst", CFG_UINT, LIM(burst), "400", .min = 1, .max = 10000000,
      .help = "burst allowance for the per-address rate"},
+    {"reject_rate", CFG_UINT, LIM(reject_rate), "2", .min = 1, .max = 1000,
+     .help = "503s a second to one UDP source over the rate (burst twice that); the rest "
+             "are dropped unanswered, so a spoofed source cannot use the edge as a reflector"},
     {"exempt", CFG_CIDRLIST, LIM(exempt), NULL, .count_offset = LIM(nexempt),
      .help = "external addresses or prefixes spared the per-address rate and connection "
              "limits (a PBX or carrier with many users behind one address); the totals still apply"},

@@ -64,6 +64,8 @@ struct ae_conn {
     bool has_alias;
     struct addr local; /* the listener (or our address) the peer talks to */
     struct buf rb;
+    uint64_t msg_started; /* loop ms when the unfinished message in rb began, 0 if none */
+    bool refused;         /* answered and shut down: ignore what else comes */
     char names[AE_NAMES_MAX][128];
     const char *name_ptrs[AE_NAMES_MAX];
     size_t nnames;
@@ -79,7 +81,7 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", "route", "fd_limit", NULL,
+    "watchlist", "tampered", "route", "fd_limit", "malformed", "version", "extension", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -136,6 +138,7 @@ struct ae {
     uv_timer_t retx_timer; /* runs while retx holds INVITEs awaiting a first answer */
     struct dlist retx;     /* struct ae_retx, forwarded over UDP */
     struct ratelimit *rl;
+    struct ratelimit *reject_rl; /* 503s to over-limit UDP sources (reflection bound) */
     struct ratelimit *fed_rl; /* per discovered partner domain */
     struct ae_partner *partners;
     size_t npartners;
@@ -151,6 +154,12 @@ struct ae {
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_retx, *m_retx_timeout;
     struct metric *m_route_stripped;
+    struct metric *m_slow; /* connections closed for a message slower than message_timeout */
+    struct metric *m_silent; /* over-limit UDP requests dropped without a 503 */
+    /* Log lines about bad input are bounded (AE_NOISE_LINES a second); the rest are counted
+     * and summed up in one line. */
+    uint64_t noise_window; /* loop ms when the current second began */
+    uint32_t noise_lines, noise_suppressed;
     struct metric *m_reject[ARRAY_SIZE(reject_reasons)];
 
     struct sip_msg msg;
@@ -350,6 +359,37 @@ static const char *tp_name(uint8_t tp)
     return tp == AE_TP_UDP ? "UDP" : tp == AE_TP_TCP ? "TCP" : "TLS";
 }
 
+/* ---- log lines about bad input ---- */
+
+#define AE_NOISE_LINES 10
+
+/* Says what was held back in the second that ended (at most one line a second). */
+static void noise_flush(struct ae *ae, uint64_t now)
+{
+    if (now - ae->noise_window < 1000)
+        return;
+    if (ae->noise_suppressed)
+        LOGI(ae->log, NULL, "sip: %u more lines about bad input suppressed in the last %llu ms",
+             ae->noise_suppressed, (unsigned long long)(now - ae->noise_window));
+    ae->noise_window = now;
+    ae->noise_lines = 0;
+    ae->noise_suppressed = 0;
+}
+
+/* May a line about bad input (unparseable, rejected) be written now? A flood of bad
+ * packets must not become a flood of log lines: beyond AE_NOISE_LINES a second they are
+ * only counted (the metrics count each one). */
+static bool noise_ok(struct ae *ae)
+{
+    noise_flush(ae, uv_now(ae->loop));
+    if (ae->noise_lines < AE_NOISE_LINES) {
+        ae->noise_lines++;
+        return true;
+    }
+    ae->noise_suppressed++;
+    return false;
+}
+
 /* ---- replies ---- */
 
 static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
@@ -370,7 +410,8 @@ static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_
         snprintf(lines + n, sizeof(lines) - n, "%s", extra);
     char tag[24];
     snprintf(tag, sizeof(tag), "ae%08x", (unsigned)(sip_branch_hash(ae->salt, m) & 0xffffffffu));
-    ssize_t len = sip_reply_make(m, status, phrase, tag, slice_str(lines), ae->out, AE_OUT_CAP);
+    ssize_t len = sip_reply_make_src(m, o->peer, status, phrase, tag, slice_str(lines), ae->out,
+                                     AE_OUT_CAP);
     if (len < 0)
         return;
     if (o->conn)
@@ -383,7 +424,8 @@ static void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip
                       const struct sip_verdict *v, const char *extra)
 {
     ae_count_reject(ae, v->reason);
-    LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
+    if (noise_ok(ae))
+        LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
     ae_reply(ae, o, m, v->status, v->phrase, v->text, extra);
 }
 
@@ -1267,6 +1309,12 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
             struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
                                     "Rate limit exceeded"};
             ae_count_reject(ae, v.reason);
+            /* A UDP source may be spoofed, and a 503 is larger than most requests: answer
+             * only a few a second per source (limits.reject_rate), drop the rest. */
+            if (o->udp && !ratelimit_take(ae->reject_rl, key, klen, 1, uv_now(ae->loop), NULL)) {
+                metric_inc(ae->m_silent);
+                return 0;
+            }
             ae_reply(ae, o, m, 503, v.phrase, v.text, ra);
             return 0;
         }
@@ -1308,12 +1356,14 @@ static int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_
     int rc = sip_validate(&ae->policy, &peer, m, &v, &r, &sp);
     if (rc < 0) {
         metric_inc(ae->m_unparseable);
-        LOGI(ae->log, o->peer, "sip: unparseable %s dropped", m->is_request ? "request" : "response");
+        if (noise_ok(ae))
+            LOGI(ae->log, o->peer, "sip: unparseable %s dropped",
+                 m->is_request ? "request" : "response");
         return -EBADMSG;
     }
     if (rc == 1) {
         if (m->is_request) {
-            const char *extra = v.status == 405 ? NULL : NULL;
+            const char *extra = v.extra[0] ? v.extra : NULL;
             char allow[300];
             if (v.status == 405) {
                 snprintf(allow, sizeof(allow), "Allow: %s\r\n", sip_allow_list(src));
@@ -1371,7 +1421,8 @@ static void on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct 
     struct ae_origin o = {u->side, AE_TP_UDP, u, NULL, &peer};
     if (r < 0) {
         metric_inc(ae->m_unparseable);
-        LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
+        if (noise_ok(ae))
+            LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
         return;
     }
     ae_handle(ae, &o, &ae->msg);
@@ -1451,16 +1502,32 @@ static int on_ws_data(struct ae_conn *c)
     return 0;
 }
 
-static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
+/* A stream message the edge will not take (too large, or its length unusable): answer it
+ * when its header section was indexed, then half-close; what else arrives is ignored, and
+ * the sweep closes the connection if the peer does not (RFC 3261 §18.3: the stream cannot
+ * be framed past it). */
+static void conn_refuse(struct ae_conn *c, const struct sip_verdict *v)
 {
-    struct ae_conn *c = arg;
     struct ae *ae = c->ae;
-    if (buf_append(&c->rb, data, len) < 0) {
-        LOGI(ae->log, &c->peer, "sip: message over the size limit, closing");
-        return -EMSGSIZE;
+    struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
+    if (ae->msg.hdr_end && ae->msg.is_request && ae->msg.count[SIP_H_VIA]) {
+        ae_reject(ae, &o, &ae->msg, v, NULL);
+    } else {
+        ae_count_reject(ae, v->reason);
+        LOGI(ae->log, &c->peer, "sip: %s, closing", v->text);
     }
-    if (c->ws)
-        return on_ws_data(c);
+    c->refused = true;
+    c->msg_started = uv_now(ae->loop);
+    buf_consume(&c->rb, buf_len(&c->rb));
+    stream_shutdown(c->s);
+}
+
+/* Frames and handles what rb holds. Returns 0, or a negative errno when the connection
+ * must close. */
+static int conn_messages(struct ae_conn *c)
+{
+    struct ae *ae = c->ae;
+    struct stream *s = c->s;
     size_t cap = c->src == SIP_SRC_REMOTE_USER ? ae->cfg->limits.max_client_message
                                                : ae->cfg->limits.max_server_message;
     for (int guard = 0; guard < 1024 && buf_len(&c->rb) > 0; guard++) {
@@ -1478,16 +1545,21 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
         ssize_t r = sip_msg_scan(&ae->msg, in.p, in.len, false, cap);
         if (r == -EAGAIN)
             break;
+        if (r == -EMSGSIZE) {
+            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+            conn_refuse(c, &v);
+            return 0;
+        }
         if (r < 0) {
             metric_inc(ae->m_unparseable);
+            struct sip_verdict v = {400, "Bad Request", "content_length",
+                                    "Content-Length missing or invalid on a stream"};
+            if (ae->msg.hdr_end && ae->msg.is_request && ae->msg.count[SIP_H_VIA]) {
+                conn_refuse(c, &v);
+                return 0;
+            }
             LOGI(ae->log, &c->peer, "sip: unparseable stream data, closing");
             return -EBADMSG;
-        }
-        if ((size_t)r > cap) {
-            struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
-            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
-            ae_reject(ae, &o, &ae->msg, &v, NULL);
-            return -EMSGSIZE;
         }
         struct ae_origin o = {c->side, c->tp, NULL, c, &c->peer};
         int rc = ae_handle(ae, &o, &ae->msg);
@@ -1497,6 +1569,48 @@ static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void 
         if (!conn_get(ae, c->id))
             break;
     }
+    return 0;
+}
+
+static int on_conn_data(struct stream *s, const uint8_t *data, size_t len, void *arg)
+{
+    struct ae_conn *c = arg;
+    struct ae *ae = c->ae;
+    (void)s;
+    bool progressed = false;
+    /* A read may hold more than rb has room for: take what fits, frame it, repeat. */
+    while (len > 0 && !c->refused) {
+        size_t room = c->rb.cap - buf_len(&c->rb), n = len < room ? len : room;
+        if (n == 0) {
+            /* Full, and no message could be taken from it: index what came, so that the
+             * 513 can name the request. */
+            struct sip_verdict v = {513, "Message Too Large", "too_large", "Message too large"};
+            struct slice in = buf_slice(&c->rb);
+            if (c->ws)
+                ae->msg.hdr_end = 0;
+            else
+                (void)sip_msg_scan(&ae->msg, in.p, in.len, false, in.len);
+            conn_refuse(c, &v);
+            return 0;
+        }
+        if (buf_append(&c->rb, data, n) < 0)
+            return -ENOMEM;
+        data += n;
+        len -= n;
+        size_t held = buf_len(&c->rb);
+        int rc = c->ws ? on_ws_data(c) : conn_messages(c);
+        if (rc < 0 || !conn_get(ae, c->id))
+            return rc;
+        if (buf_len(&c->rb) < held)
+            progressed = true; /* a message (or a keep-alive) was taken */
+    }
+    if (c->refused)
+        return 0;
+    /* The clock of limits.message_timeout runs from the first byte of a message. */
+    if (buf_len(&c->rb) == 0)
+        c->msg_started = 0;
+    else if (progressed || !c->msg_started)
+        c->msg_started = uv_now(ae->loop);
     return 0;
 }
 
@@ -1767,6 +1881,23 @@ static void on_sweep(uv_timer_t *t)
     /* Timer C (RFC 3261 §16.8) is 3 min; our entries only absorb retransmissions, so a
      * final response ends them after 32 s at most (64*T1). */
     ae_txn_expire(ae->txns, uv_now(ae->loop), 180000, ae->draining ? 0 : 32000);
+    /* Slow senders: a message begun must be complete within limits.message_timeout (a
+     * byte now and then would otherwise hold a connection for the whole idle timeout). */
+    uint64_t now = uv_now(ae->loop), limit = ae->cfg->limits.message_timeout_ms;
+    noise_flush(ae, now);
+    for (size_t i = 0; i < ae->conn_cap; i++) {
+        struct ae_conn *c = ae->conns[i];
+        if (!c || !c->msg_started || now - c->msg_started < (c->refused ? 1000 : limit))
+            continue;
+        c->msg_started = 0;
+        if (!c->refused) {
+            metric_inc(ae->m_slow);
+            LOGI(ae->log, &c->peer, "sip: message not complete within %llu ms, closing",
+                 (unsigned long long)limit);
+        }
+        stream_close(c->s, c->refused ? 0 : -ETIMEDOUT,
+                     c->refused ? "refused message" : "message too slow");
+    }
     metric_set(ae->m_txns, (int64_t)ae_txn_count(ae->txns));
     check_drained(ae);
 }
@@ -1855,6 +1986,7 @@ static void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_ext_client);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);
         for (size_t i = 0; i < ae->npartners; i++)
             free(ae->partners[i].users);
@@ -1951,6 +2083,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
     if (rc == 0)
+        rc = ratelimit_create(&ae->reject_rl, cfg->limits.reject_rate,
+                              2.0 * cfg->limits.reject_rate, 65536);
+    if (rc == 0)
         rc = ratelimit_create(&ae->fed_rl, cfg->federation.discovered_rate,
                               cfg->federation.discovered_rate, AE_PARTNERS_MAX);
     ae->partners = calloc(AE_PARTNERS_MAX, sizeof(*ae->partners));
@@ -1963,6 +2098,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         stream_gate_destroy(ae->hs_gate);
         ae_txn_table_destroy(ae->txns);
         ratelimit_destroy(ae->rl);
+        ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);
         free(ae->partners);
         free(ae->conns);
@@ -1979,6 +2115,12 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent",
                                        side_l[s]);
     }
+    ae->m_silent = metrics_counter(m, "sip_rate_limited_silent_total",
+                                   "over-limit UDP requests dropped without a 503 (beyond "
+                                   "limits.reject_rate)", NULL);
+    ae->m_slow = metrics_counter(m, "sip_slow_messages_total",
+                                 "stream connections closed: a message took longer than "
+                                 "limits.message_timeout", NULL);
     ae->m_unparseable = metrics_counter(m, "sip_unparseable_total",
                                         "messages dropped (UDP) or connections closed because "
                                         "they did not parse", NULL);

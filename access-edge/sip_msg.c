@@ -71,6 +71,12 @@ static size_t find_crlf(const uint8_t *p, size_t i, size_t len)
     return len;
 }
 
+/* A Request-URI byte: printable ASCII, none of the delimiters that never appear in one. */
+static bool is_uri_char(uint8_t c)
+{
+    return c > 0x20 && c < 0x7f && c != '<' && c != '>' && c != '"';
+}
+
 static int parse_start_line(struct sip_msg *m, const uint8_t *p, size_t n)
 {
     static const char ver[] = "SIP/2.0";
@@ -83,20 +89,44 @@ static int parse_start_line(struct sip_msg *m, const uint8_t *p, size_t n)
         m->status = (p[8] - '0') * 100 + (p[9] - '0') * 10 + (p[10] - '0');
         return 0;
     }
-    /* Request-Line: Method SP Request-URI SP SIP-Version */
+    /* Request-Line: Method SP Request-URI SP SIP-Version (RFC 3261 §25.1: single SPs, no
+     * LWS, nothing after the version). Anything that starts with a method and a space is
+     * still a request: indexed with a defect, so that it gets its 400 (RFC 4475 §3.1.2). */
     size_t i = 0;
     while (i < n && is_token_char(p[i]))
         i++;
     if (i == 0 || i >= n || p[i] != ' ')
         return -EBADMSG;
     m->method = slice_make(p, i);
-    size_t u = ++i;
-    while (i < n && p[i] != ' ')
-        i++;
-    if (i == u || i >= n || n - i - 1 != 7 || memcmp(p + i + 1, ver, 7) != 0)
-        return -EBADMSG;
-    m->ruri = slice_make(p + u, i - u);
     m->is_request = true;
+    size_t u = ++i;
+    while (i < n && is_uri_char(p[i]))
+        i++;
+    m->ruri = slice_make(p + u, i - u);
+    bool uri_ok = i > u && memchr(p + u, ':', i - u) != NULL;
+    if (!uri_ok || i >= n || p[i] != ' ') {
+        m->defect = SIP_DEFECT_START_LINE;
+        return 0;
+    }
+    const uint8_t *v = p + i + 1;
+    size_t vl = n - i - 1;
+    if (vl == 7 && strncasecmp((const char *)v, ver, 7) == 0)
+        return 0;
+    /* "SIP/" 1*DIGIT "." 1*DIGIT: another version, answered 505 (RFC 3261 §21.5.6). */
+    size_t k = 4, d1, d2;
+    if (vl > 4 && strncasecmp((const char *)v, "SIP/", 4) == 0) {
+        for (d1 = k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
+            ;
+        if (k > d1 && k < vl && v[k] == '.') {
+            for (d2 = ++k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
+                ;
+            if (k == vl && k > d2) {
+                m->defect = SIP_DEFECT_VERSION;
+                return 0;
+            }
+        }
+    }
+    m->defect = SIP_DEFECT_START_LINE;
     return 0;
 }
 
@@ -125,6 +155,8 @@ ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool da
     m->content_length = -1;
     m->max_line = 0;
     m->too_many_headers = false;
+    m->defect = SIP_DEFECT_NONE;
+    m->hdr_end = 0;
     m->nhdr = 0;
     m->body_len = 0;
     memset(m->count, 0, sizeof(m->count));
@@ -195,19 +227,28 @@ ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool da
         if (m->count[id] < UINT16_MAX)
             m->count[id]++;
         if (id == SIP_H_CONTENT_LENGTH && m->count[id] == 1 &&
-            parse_content_length(slice_make(data + c, vend - c), &m->content_length) < 0)
-            return -EBADMSG;
+            parse_content_length(slice_make(data + c, vend - c), &m->content_length) < 0) {
+            m->content_length = -1;
+            m->defect = SIP_DEFECT_LENGTH;
+        }
         i = line_end;
     }
     m->hdr_end = (uint32_t)i;
     if (datagram) {
-        m->body_len = (uint32_t)(len - i);
-        m->len = len;
-        return (ssize_t)len;
+        /* RFC 3261 §18.3: bytes past the body that Content-Length gives are discarded. */
+        size_t body = len - i;
+        if (m->content_length >= 0 && body > (size_t)m->content_length)
+            body = (size_t)m->content_length;
+        m->body_len = (uint32_t)body;
+        m->len = i + body;
+        return (ssize_t)m->len;
     }
-    /* Streams need Content-Length to frame the body (RFC 3261 §18.3). */
-    if (m->content_length < 0)
+    /* Streams need one Content-Length to frame the body (RFC 3261 §18.3). */
+    if (m->content_length < 0 || m->count[SIP_H_CONTENT_LENGTH] > 1 ||
+        m->defect == SIP_DEFECT_LENGTH)
         return -EBADMSG;
+    if (max_hdr_bytes && i + (size_t)m->content_length > max_hdr_bytes)
+        return -EMSGSIZE;
     if (len - i < (size_t)m->content_length)
         return -EAGAIN;
     m->body_len = (uint32_t)m->content_length;
@@ -341,7 +382,8 @@ struct slice sip_cseq_method(const struct sip_msg *m)
     size_t i = 0;
     while (i < v.len && v.p[i] >= '0' && v.p[i] <= '9')
         i++;
-    while (i < v.len && (v.p[i] == ' ' || v.p[i] == '\t'))
+    /* LWS, folding included (RFC 3261 §7.3.1: "CSeq: 9\r\n  INVITE"). */
+    while (i < v.len && (v.p[i] == ' ' || v.p[i] == '\t' || v.p[i] == '\r' || v.p[i] == '\n'))
         i++;
     size_t s = i;
     while (i < v.len && is_token_char(v.p[i]))

@@ -46,6 +46,16 @@ struct sip_hdr {
     uint32_t val_off, val_len; /* value, trimmed */
 };
 
+/* What is wrong with a message that frames (its header section is indexed) but that the
+ * edge must refuse: the validator answers 400 (505 for the version); on a stream a bad
+ * length also means the rest of the connection cannot be framed. */
+enum sip_defect {
+    SIP_DEFECT_NONE = 0,
+    SIP_DEFECT_START_LINE, /* a request line that is not Method SP URI SP SIP/2.0 exactly */
+    SIP_DEFECT_VERSION,    /* SIP/x.y other than 2.0 (505) */
+    SIP_DEFECT_LENGTH,     /* Content-Length not a number, or several that differ */
+};
+
 /* The index of one message. Slices point into the caller's bytes. */
 struct sip_msg {
     const uint8_t *buf;
@@ -60,6 +70,7 @@ struct sip_msg {
     long content_length; /* -1 when absent */
     uint32_t max_line;   /* longest header line seen, without CRLF */
     bool too_many_headers; /* more lines than SIP_MSG_MAX_HEADERS (the rest are not indexed) */
+    uint8_t defect;        /* enum sip_defect */
     uint16_t nhdr;
     uint16_t count[SIP_H_COUNT];
     int16_t first[SIP_H_COUNT]; /* index in hdr[] of the first line of each kind, -1 if none */
@@ -67,10 +78,16 @@ struct sip_msg {
 };
 
 /* Frames and indexes one message at the front of data.
- * datagram: the message is all of data (body = rest, checked against Content-Length by
- * the validator); stream: the message ends at hdr_end + Content-Length (RFC 3261 §18.3).
- * Returns the bytes the message takes, -EAGAIN if a stream needs more (with max_hdr_bytes
- * the longest header section tolerated before -EMSGSIZE), or -EBADMSG. */
+ * datagram: the message is data up to hdr_end + Content-Length; bytes after it are
+ * discarded (RFC 3261 §18.3: m->len may be less than len), a body shorter than
+ * Content-Length is left for the validator to refuse. stream: the message ends at
+ * hdr_end + Content-Length. Returns the bytes the message takes, -EAGAIN if a stream needs
+ * more (with max_hdr_bytes the longest message tolerated: a longer header section is
+ * -EMSGSIZE, and so is a Content-Length that takes the message past it, returned as soon
+ * as the header section is in), or -EBADMSG. A request line that is malformed but still
+ * looks like one is indexed with m->defect set, not refused, so that it can be answered.
+ * After -EMSGSIZE or -EBADMSG, m->hdr_end != 0 says the header section was indexed (the
+ * message can be answered before the connection is closed). */
 ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool datagram,
                      size_t max_hdr_bytes);
 

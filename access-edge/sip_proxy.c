@@ -360,7 +360,15 @@ static const char *default_phrase(int status)
 ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
                        const char *to_tag, struct slice extra, uint8_t *out, size_t cap)
 {
+    return sip_reply_make_src(m, NULL, status, phrase, to_tag, extra, out, cap);
+}
+
+ssize_t sip_reply_make_src(const struct sip_msg *m, const struct addr *src, int status,
+                           const char *phrase, const char *to_tag, struct slice extra,
+                           uint8_t *out, size_t cap)
+{
     struct sip_out w = sip_out_make(out, cap);
+    bool first_via = true;
     char sl[64];
     snprintf(sl, sizeof(sl), "SIP/2.0 %03d ", status);
     sip_out_str(&w, sl);
@@ -370,6 +378,14 @@ ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
         const struct sip_hdr *h = &m->hdr[i];
         switch (h->id) {
         case SIP_H_VIA:
+            if (first_via && src) {
+                first_via = false;
+                put_top_via(&w, m, h, src);
+                break;
+            }
+            first_via = false;
+            sip_out_put(&w, m->buf + h->line_off, h->line_end - h->line_off);
+            break;
         case SIP_H_FROM:
         case SIP_H_CALL_ID:
         case SIP_H_CSEQ:

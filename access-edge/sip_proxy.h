@@ -60,6 +60,12 @@ ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t 
  * for status > 100 if absent), then `extra` lines (Warning, Allow, ...), Content-Length 0. */
 ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
                        const char *to_tag, struct slice extra, uint8_t *out, size_t cap);
+/* The same for a request that came from src: its top Via gets received (and rport's value
+ * when it asked for one), as on a forwarded request (RFC 3261 §18.2.1, RFC 3581 §4), so
+ * the answer reads the same whether the edge or the next hop made it. */
+ssize_t sip_reply_make_src(const struct sip_msg *m, const struct addr *src, int status,
+                           const char *phrase, const char *to_tag, struct slice extra,
+                           uint8_t *out, size_t cap);
 
 /* Where a response goes: the sent-by of the Via value after ours, with received/rport
  * (RFC 3261 §18.2.2, RFC 3581). Returns 0 or -EINVAL (no second Via or a name, not an

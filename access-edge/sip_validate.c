@@ -2,26 +2,17 @@
 #include "access-edge/sip_validate.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 
 #include <osipparser2/osip_parser.h>
 
+#include "access-edge/sip_osip.h"
+
 struct sip_parsed {
     osip_message_t *msg;
 };
-
-static pthread_once_t parser_once = PTHREAD_ONCE_INIT;
-static void parser_setup(void)
-{
-    /* osip2 keeps its header dispatch table in library state set up once. */
-    parser_init();
-    /* osip2 traces every parse error to stdout; the edge logs its own verdicts. */
-    for (int l = 0; l < END_TRACE_LEVEL; l++)
-        osip_trace_disable_level((osip_trace_level_t)l);
-}
 
 const char *sip_source_name(enum sip_source s)
 {
@@ -157,11 +148,68 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
     if (m->count[SIP_H_CONTENT_LENGTH] > 1)
         return reject(v, 400, "Bad Request", "duplicate_header", "Duplicate header: ",
                       "Content-Length");
+    /* RFC 3261 §8.1.1.5: a CSeq number is below 2^31 (RFC 4475 §3.1.2.4, §3.1.2.5). */
+    struct slice cv = sip_hdr_value(m, sip_msg_find(m, SIP_H_CSEQ));
+    uint64_t seq = 0;
+    size_t d = 0;
+    while (d < cv.len && cv.p[d] >= '0' && cv.p[d] <= '9' && seq <= 0x7fffffffu)
+        seq = seq * 10 + (uint64_t)(cv.p[d++] - '0');
+    if (d == 0 || seq > 0x7fffffffu)
+        return reject(v, 400, "Bad Request", "malformed", "Invalid CSeq", NULL);
     if (m->content_length >= 0 && (size_t)m->content_length != m->body_len)
         return reject(v, 400, "Bad Request", "content_length",
                       "Content-Length does not match the body", NULL);
     if (m->is_request && m->count[SIP_H_TRUST] && peer->src == SIP_SRC_INTERNAL)
         return 0; /* the inside may carry our own marking back; it is stripped on the way out */
+    return 0;
+}
+
+/* Checks on a request that need only the raw index, made before osip2 parses it, so that
+ * a message osip2 cannot parse still gets the answer its first fault calls for (RFC 4475
+ * §3.1.2, §3.3). Returns 1 with *v set, or 0. */
+static int check_request_raw(const struct sip_peer *peer, const struct sip_msg *m,
+                             struct sip_verdict *v)
+{
+    if (!(slice_eq_str(m->method, "ACK") || slice_eq_str(m->method, "CANCEL")) &&
+        !slice_eq(sip_cseq_method(m), m->method))
+        return reject(v, 400, "Bad Request", "cseq", "CSeq method does not match", NULL);
+    if (!sip_method_allowed(peer->src, m->method)) {
+        char meth[32];
+        slice_to_cstr(m->method, meth, sizeof(meth));
+        return reject(v, 405, "Method Not Allowed", "method", "Method not allowed here: ", meth);
+    }
+    /* RFC 3261 §19.1.1: "sip:" or "sips:"; anything else this proxy cannot route. */
+    struct slice u = m->ruri;
+    const uint8_t *colon = memchr(u.p, ':', u.len);
+    size_t sl = colon ? (size_t)(colon - u.p) : 0;
+    if (!colon || !((sl == 3 && strncasecmp((const char *)u.p, "sip", 3) == 0) ||
+                    (sl == 4 && strncasecmp((const char *)u.p, "sips", 4) == 0)))
+        return reject(v, 416, "Unsupported URI Scheme", "uri_scheme", "Unsupported URI scheme",
+                      NULL);
+    /* RFC 3261 §19.1.5: headers ("?Route=...") have no place in a Request-URI (RFC 4475
+     * §3.1.2.11); a '?' before the '@' is part of the user name. */
+    size_t at = 0;
+    for (size_t i = 0; i < u.len; i++)
+        if (u.p[i] == '@')
+            at = i;
+    if (memchr(u.p + at, '?', u.len - at))
+        return reject(v, 400, "Bad Request", "malformed", "Headers in the Request-URI", NULL);
+    /* RFC 3261 §16.3 step 5: the edge supports no proxy extension. */
+    for (uint16_t i = 0; i < m->nhdr; i++) {
+        const struct sip_hdr *h = &m->hdr[i];
+        if (h->id != SIP_H_OTHER || h->name_len != 13 ||
+            strncasecmp((const char *)m->buf + h->line_off, "Proxy-Require", 13) != 0)
+            continue;
+        struct slice pv = sip_hdr_value(m, h);
+        int n = snprintf(v->extra, sizeof(v->extra), "Unsupported: %.*s\r\n",
+                         (int)(pv.len < sizeof(v->extra) - 20 ? pv.len : sizeof(v->extra) - 20),
+                         (const char *)pv.p);
+        /* The value may span folded lines: keep the answer on one. */
+        for (int k = 0; k < n - 2; k++)
+            if (v->extra[k] == '\r' || v->extra[k] == '\n')
+                v->extra[k] = ' ';
+        return reject(v, 420, "Bad Extension", "extension", "Unsupported Proxy-Require", NULL);
+    }
     return 0;
 }
 
@@ -205,18 +253,38 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
 {
     memset(v, 0, sizeof(*v));
     memset(r, 0, sizeof(*r));
+    /* Faults found while framing. A request line nobody could answer (no Via) is noise. */
+    if (m->defect == SIP_DEFECT_START_LINE && m->count[SIP_H_VIA] == 0)
+        return -EBADMSG;
+    if (m->defect == SIP_DEFECT_START_LINE)
+        return reject(v, 400, "Bad Request", "malformed", "Malformed Request-Line", NULL);
+    if (m->defect == SIP_DEFECT_VERSION)
+        return reject(v, 505, "Version Not Supported", "version", "SIP version not supported",
+                      NULL);
+    if (m->defect == SIP_DEFECT_LENGTH)
+        return reject(v, 400, "Bad Request", "content_length", "Invalid Content-Length", NULL);
     int rc = check_raw(p, peer, m, v);
     if (rc)
         return rc;
+    if (m->is_request) {
+        rc = check_request_raw(peer, m, v);
+        if (rc)
+            return rc;
+    }
 
-    pthread_once(&parser_once, parser_setup);
+    sip_osip_init();
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return -ENOMEM;
-    if (osip_message_parse(msg, (const char *)m->buf, m->len) != 0 || !msg->cseq ||
+    int prc = sip_osip_parse(msg, m);
+    if (prc != 0 || !msg->cseq ||
         !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
         osip_list_size(&msg->vias) == 0) {
         osip_message_free(msg);
+        /* A request that frames and has every mandatory header but does not parse is
+         * answered (RFC 3261 §21.4.1); a response is dropped (§18.1.2). */
+        if (m->is_request)
+            return reject(v, 400, "Bad Request", "malformed", "Malformed message", NULL);
         return -EBADMSG;
     }
     osip_generic_param_t *tag = NULL;
@@ -245,17 +313,6 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
         goto out;
     }
 
-    if (!sip_method_allowed(peer->src, m->method)) {
-        char meth[32];
-        slice_to_cstr(m->method, meth, sizeof(meth));
-        rc = reject(v, 405, "Method Not Allowed", "method", "Method not allowed here: ", meth);
-        goto out;
-    }
-    if (!slice_eq_str(sip_cseq_method(m), msg->sip_method) &&
-        !(slice_eq_str(m->method, "ACK") || slice_eq_str(m->method, "CANCEL"))) {
-        rc = reject(v, 400, "Bad Request", "cseq", "CSeq method does not match", NULL);
-        goto out;
-    }
     osip_header_t *mf = NULL;
     osip_message_get_max_forwards(msg, 0, &mf);
     if (!mf || !mf->hvalue) {

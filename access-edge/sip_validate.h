@@ -49,6 +49,7 @@ struct sip_verdict {
     const char *phrase;
     const char *reason; /* metric label, e.g. "missing_header" */
     char text[112];     /* "Missing header: Call-ID" */
+    char extra[160];    /* a header line for the answer ("Unsupported: x\r\n"), or "" */
 };
 
 enum sip_route_kind {

@@ -1,7 +1,8 @@
 # director/: the control-plane hub daemon, its unit tests, and the ctl-probe edge stand-in.
 DIR_SRCS := $(filter-out director/main.c,$(wildcard director/*.c))
 # The SIP registrar reuses the access edge's message framing and splicing modules.
-DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/access-edge/sip_msg.o $(OBJ)/access-edge/sip_proxy.o
+DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/access-edge/sip_msg.o $(OBJ)/access-edge/sip_proxy.o \
+            $(OBJ)/access-edge/sip_osip.o
 # confserver.c speaks conf-edge's mux framing and uses its small hash map.
 DIR_OBJS += $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o
 $(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))

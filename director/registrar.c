@@ -11,6 +11,7 @@
 #include <osipparser2/osip_parser.h>
 
 #include "access-edge/sip_msg.h"
+#include "access-edge/sip_osip.h"
 #include "access-edge/sip_proxy.h"
 #include "common/crypto.h"
 #include "common/stream.h"
@@ -801,7 +802,7 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return;
-    if (osip_message_parse(msg, (const char *)m->buf, m->len) != 0 || !msg->req_uri ||
+    if (sip_osip_parse(msg, m) != 0 || !msg->req_uri ||
         !msg->req_uri->host || !msg->to || !msg->cseq) {
         metric_inc(rg->m_in);
         LOGI(rg->d->log, o->peer, "sip: unparseable request dropped");
@@ -969,9 +970,7 @@ int registrar_start(struct director *d)
     if (!rg)
         return -ENOMEM;
     rg->d = d;
-    parser_init(); /* osip2's header table; idempotent */
-    for (int l = 0; l < END_TRACE_LEVEL; l++) /* no osip2 traces on stdout */
-        osip_trace_disable_level((osip_trace_level_t)l);
+    sip_osip_init(); /* osip2's header table, its traces kept out of the log */
     rg->open_handles = 1; /* held until registrar_stop */
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;

@@ -1,7 +1,8 @@
-// fuzz-sources: access-edge/sip_validate.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_ws.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+// fuzz-sources: access-edge/sip_validate.c access-edge/sip_osip.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_ws.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the access edge's message path: framing, osip2 parse, validation, the route
  * decision, the splicing of the forwarded request/response, for each source type, and the
  * topology-hiding tokens an outsider sends back (Request-URI, Route, Record-Route). */
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,6 +57,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     ssize_t n = sip_msg_scan(&m, buf, size - 1, datagram, 65536);
+    if (n < 0 && n != -EAGAIN && m.hdr_end && m.is_request) {
+        /* A stream message refused after its header section was indexed is answered. */
+        sip_reply_make_src(&m, &src, 513, NULL, "abc", SLICE_NULL, out, sizeof(out));
+        sip_branch_hash(1, &m);
+    }
     if (n > 0) {
         struct sip_verdict v;
         struct sip_route r;
@@ -84,8 +90,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct sip_topo th = {key, 7, slice_str("127.0.0.11:5060")};
             sip_topo_hide_response_rr(&th, &m, any_own, NULL, (char *)out, sizeof(out));
         } else if (rc == 1 && m.is_request) {
-            sip_reply_make(&m, v.status, v.phrase, "abc", slice_str("Warning: 399 x \"y\"\r\n"),
-                           out, sizeof(out));
+            sip_reply_make_src(&m, &src, v.status, v.phrase, "abc", slice_str(v.extra), out,
+                               sizeof(out));
         }
         sip_branch_hash(1, &m);
         sip_parsed_free(sp);

@@ -130,6 +130,14 @@ static void reply_copies_dialog_headers_and_adds_tag(void **st)
     assert_non_null(strstr(s, "Warning: 399 edge \"no\"\r\nContent-Length: 0\r\n\r\n"));
     assert_null(strstr(s, "Route:"));
     assert_int_equal(sip_reply_make(&m, 403, NULL, "t1", SLICE_NULL, out, 20), -ENOSPC);
+    /* The edge's own answers fill rport/received as forwarded ones do (RFC 3581 §4). */
+    struct addr src;
+    addr_parse(&src, "203.0.113.9:40001", 5060);
+    n = sip_reply_make_src(&m, &src, 483, NULL, "t1", SLICE_NULL, out, sizeof(out));
+    assert_true(n > 0);
+    out[n] = 0;
+    assert_non_null(strstr((const char *)out, "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKabc;"
+                                              "rport=40001;received=203.0.113.9\r\n"));
 }
 
 static void seal_round_trips_and_detects_tampering(void **st)

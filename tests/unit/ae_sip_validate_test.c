@@ -281,6 +281,165 @@ static void unparseable_is_dropped(void **st)
     assert_int_equal(check("\x16\x03\x01\x00garbage", SIP_SRC_REMOTE_USER, &v, &r), -EBADMSG);
 }
 
+/* A request from BASE_HDRS with its own request line, CSeq and extra lines. */
+static const char *req(char *out, size_t cap, const char *line, const char *cseq, const char *extra)
+{
+    snprintf(out, cap,
+             "%s\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK776asdhds;rport\r\n"
+             "From: <sip:alice@example.com>;tag=1928301774\r\nTo: <sip:bob@example.com>\r\n"
+             "Call-ID: a84b4c76e66710\r\nCSeq: %s\r\nMax-Forwards: 70\r\n%s"
+             "Content-Length: 0\r\n\r\n",
+             line, cseq, extra);
+    return out;
+}
+
+/* RFC 3261 §18.3, RFC 4475 §3.1.1.8: bytes after the body of a datagram are discarded. */
+static void datagram_discards_bytes_after_the_body(void **st)
+{
+    char two[2048];
+    snprintf(two, sizeof(two), "%sINVITE sip:x@example.com SIP/2.0\r\n\r\n", invite);
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(check(two, SIP_SRC_REMOTE_USER, &v, &r), 0);
+    assert_int_equal(msg.len, strlen(invite));
+    assert_int_equal(msg.body_len, 4);
+}
+
+/* RFC 4475 §3.1.1.1: LWS (folding, tabs) between the CSeq number and method. */
+static void cseq_with_folding_or_tab_is_valid(void **st)
+{
+    char b[1024];
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "0009\r\n  OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "1\tOPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+}
+
+/* RFC 4475 §3.1.2.7-10, §3.1.2.16: a malformed request line is answered, not dropped. */
+static void malformed_request_lines_are_answered(void **st)
+{
+    static const char *const bad[] = {
+        "INVITE  sip:bob@example.com SIP/2.0",    /* two SP */
+        "INVITE sip:bob@example.com SIP/2.0  ",   /* trailing SP */
+        "INVITE <sip:bob@example.com> SIP/2.0",   /* <> */
+        "INVITE sip:bob@example.com; lr SIP/2.0", /* LWS in the URI */
+        "INVITE bob SIP/2.0",                     /* no scheme */
+        "INVITE sip:bob@example.com SIP/2.0 x",
+    };
+    char b[1024];
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+        expect(req(b, sizeof(b), bad[i], "1 INVITE", ""), SIP_SRC_REMOTE_USER, 400, "malformed",
+               "Request-Line");
+    expect(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/7.0", "1 OPTIONS", ""),
+           SIP_SRC_REMOTE_USER, 505, "version", NULL);
+    /* Lower case is the same version (RFC 5234 strings are case-insensitive). */
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com sip/2.0", "1 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+    /* Nothing to answer to: noise, dropped. */
+    assert_int_equal(check("GET / HTTP/1.1\r\nHost: x\r\n\r\n", SIP_SRC_REMOTE_USER, &v, &r),
+                     -EBADMSG);
+    /* A response with a status over 699 is dropped (RFC 4475 §3.1.2.19). */
+    assert_int_equal(check("SIP/2.0 4294967301 x\r\n" BASE_HDRS "Content-Length: 0\r\n\r\n",
+                           SIP_SRC_REMOTE_USER, &v, &r),
+                     -EBADMSG);
+}
+
+static void request_uri_scheme_and_headers(void **st)
+{
+    char b[1024];
+    expect(req(b, sizeof(b), "OPTIONS soap.beep://192.0.2.103:3002 SIP/2.0", "1 OPTIONS", ""),
+           SIP_SRC_REMOTE_USER, 416, "uri_scheme", NULL);
+    expect(req(b, sizeof(b), "OPTIONS tel:+15551234 SIP/2.0", "1 OPTIONS", ""), SIP_SRC_REMOTE_USER,
+           416, "uri_scheme", NULL);
+    expect(req(b, sizeof(b), "INVITE sip:bob@example.com?Route=%3Csip:example.com%3E SIP/2.0",
+               "1 INVITE", ""),
+           SIP_SRC_REMOTE_USER, 400, "malformed", "Request-URI");
+    /* A '?' in the user part is not a header (RFC 4475 §3.1.1.2). */
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:crazy?,/;;*@example.com SIP/2.0", "1 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+}
+
+/* RFC 3261 §16.3 step 5, RFC 4475 §3.3.5: the edge supports no proxy extension. */
+static void proxy_require_is_420_with_unsupported(void **st)
+{
+    char b[1024];
+    struct sip_verdict v;
+    struct sip_route r;
+    req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "1 OPTIONS",
+        "Require: uasOnly\r\nProxy-Require: noProxiesSupportThis, nor\r\n this\r\n");
+    assert_int_equal(check(b, SIP_SRC_REMOTE_USER, &v, &r), 1);
+    assert_int_equal(v.status, 420);
+    assert_string_equal(v.reason, "extension");
+    assert_string_equal(v.extra, "Unsupported: noProxiesSupportThis, nor   this\r\n");
+    /* Require is for the UAS: a proxy passes it on. */
+    req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "1 OPTIONS", "Require: x\r\n");
+    assert_int_equal(check(b, SIP_SRC_REMOTE_USER, &v, &r), 0);
+}
+
+static void cseq_range_and_method(void **st)
+{
+    char b[1024];
+    expect(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "2147483648 OPTIONS", ""),
+           SIP_SRC_REMOTE_USER, 400, "malformed", "CSeq");
+    expect(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "36893488147419103232 OPTIONS",
+               ""),
+           SIP_SRC_REMOTE_USER, 400, "malformed", "CSeq");
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(
+        check(req(b, sizeof(b), "OPTIONS sip:bob@example.com SIP/2.0", "2147483647 OPTIONS", ""),
+              SIP_SRC_REMOTE_USER, &v, &r),
+        0);
+    /* An unknown method whose CSeq differs: the mismatch first (RFC 4475 §3.1.2.18). */
+    expect(req(b, sizeof(b), "NEWMETHOD sip:bob@example.com SIP/2.0", "8 INVITE", ""),
+           SIP_SRC_REMOTE_USER, 400, "cseq", NULL);
+    expect(req(b, sizeof(b), "NEWMETHOD sip:bob@example.com SIP/2.0", "8 NEWMETHOD", ""),
+           SIP_SRC_REMOTE_USER, 405, "method", NULL);
+}
+
+/* Content-Length faults: a datagram is answered 400; a stream cannot be framed past them,
+ * and says so with the header section indexed, so that the caller can answer first. */
+static void content_length_faults(void **st)
+{
+    const char *neg = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
+                      "Max-Forwards: 70\r\nContent-Length: -999\r\n\r\nv=0\n";
+    expect(neg, SIP_SRC_REMOTE_USER, 400, "content_length", NULL);
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)neg, strlen(neg), false, 65536), -EBADMSG);
+    assert_true(msg.hdr_end > 0);
+    const char *two = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
+                      "Max-Forwards: 70\r\nContent-Length: 4\r\nl: 5\r\n\r\nv=0\n";
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)two, strlen(two), false, 65536), -EBADMSG);
+    assert_true(msg.hdr_end > 0);
+    /* Too large: known as soon as the header section is in, before the body arrives. */
+    const char *big = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
+                      "Max-Forwards: 70\r\nContent-Length: 100000\r\n\r\nv=0\n";
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)big, strlen(big), false, 65536),
+                     -EMSGSIZE);
+    assert_true(msg.hdr_end > 0);
+    assert_true(msg.is_request);
+    /* A header section past the limit: nothing indexed to answer with. */
+    char hdrs[800];
+    memset(hdrs, 'a', sizeof(hdrs));
+    memcpy(hdrs, "INVITE sip:b@example.com SIP/2.0\r\nX: ", 37);
+    assert_int_equal(sip_msg_scan(&msg, (const uint8_t *)hdrs, sizeof(hdrs), false, 512),
+                     -EMSGSIZE);
+    assert_int_equal(msg.hdr_end, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -299,6 +458,13 @@ int main(void)
         cmocka_unit_test(partner_from_domain_must_match_certificate),
         cmocka_unit_test(internal_request_routes_by_flow_or_uri),
         cmocka_unit_test(unparseable_is_dropped),
+        cmocka_unit_test(datagram_discards_bytes_after_the_body),
+        cmocka_unit_test(cseq_with_folding_or_tab_is_valid),
+        cmocka_unit_test(malformed_request_lines_are_answered),
+        cmocka_unit_test(request_uri_scheme_and_headers),
+        cmocka_unit_test(proxy_require_is_420_with_unsupported),
+        cmocka_unit_test(cseq_range_and_method),
+        cmocka_unit_test(content_length_faults),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
