@@ -213,7 +213,8 @@ build_images() {
     engine host
     # The whole build log goes to a file: the run shows the image lines, and the log's end on failure.
     if ! MIRROR=$mirror DOCKER=$DOCKER deploy/docker/build-images.sh >"$STATE/build-images.log" 2>&1; then
-        tail -60 "$STATE/build-images.log" >&2
+        grep -E -i 'error|failed' "$STATE/build-images.log" | tail -20 >&2
+        tail -30 "$STATE/build-images.log" >&2
         die "image build failed (whole log: $STATE/build-images.log)"
     fi
     grep '^build-images:' "$STATE/build-images.log"
