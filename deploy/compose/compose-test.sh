@@ -241,7 +241,7 @@ rm -rf "$STATE/exec"
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-step "install docker.io, docker-compose, debootstrap" install
+step "install docker.io, docker-compose, debootstrap, iptables" install
 step "build the base images and every role's image" build_images
 step "lab up, every HEALTHCHECK healthy" lab_up
 hold() {
