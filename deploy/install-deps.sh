@@ -19,6 +19,10 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
 
+# The compose lab run end to end (make compose-test only, not make test): Debian's Docker engine,
+# debootstrap for the base images, iptables for the engine's own rules (in its own namespace).
+COMPOSE="docker.io docker-compose debootstrap iptables"
+
 # Runtime: the shared libraries the daemons link (what the -dev packages above pull in); the
 # container images' slim stage installs exactly these.
 RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1
@@ -31,7 +35,8 @@ for g in ${EDGE_DEPS_GROUPS:-build test bench}; do
     test) PKGS="$PKGS $TEST" ;;
     bench) PKGS="$PKGS $BENCH" ;;
     runtime) PKGS="$PKGS $RUNTIME" ;;
-    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime)" >&2; exit 2 ;;
+    compose) PKGS="$PKGS $COMPOSE" ;;
+    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime, compose)" >&2; exit 2 ;;
     esac
 done
 # One dpkg-query for all: the Makefile runs this on every build.

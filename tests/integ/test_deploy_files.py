@@ -225,7 +225,7 @@ class Compose(unittest.TestCase):
 
     def test_lab_services_and_three_networks(self):
         self.assertEqual(set(self.doc["networks"]), {"external", "perimeter", "internal"})
-        for s in ROLES + ["web", "client", "firewall"]:
+        for s in ROLES + ["web", "client", "firewall", "iuser"]:
             self.assertIn(s, self.services)
         for edge in ["access-edge", "conf-edge", "av-edge", "revproxy"]:
             self.assertEqual(set(self.services[edge]["networks"]), {"perimeter", "internal"}, edge)
@@ -233,6 +233,7 @@ class Compose(unittest.TestCase):
         self.assertEqual(set(self.services["web"]["networks"]), {"internal"})
         self.assertEqual(set(self.services["client"]["networks"]), {"external"})
         self.assertEqual(set(self.services["firewall"]["networks"]), {"external", "perimeter"})
+        self.assertEqual(set(self.services["iuser"]["networks"]), {"internal"})
         self.assertTrue(self.doc["networks"]["internal"].get("internal"),
                         "the internal network must have no way out")
         self.assertEqual(self.services["av-edge-host"].get("network_mode"), "host")
@@ -248,7 +249,7 @@ class Compose(unittest.TestCase):
                 ("conf-edge", "perimeter"): p["CONF_EXT"], ("conf-edge", "internal"): p["CONF_INT"],
                 ("av-edge", "perimeter"): p["AV1_EXT"], ("av-edge", "internal"): p["AV1_INT"],
                 ("revproxy", "perimeter"): p["REVPROXY_EXT"], ("revproxy", "internal"): p["REVPROXY_INT"],
-                ("firewall", "perimeter"): p["INET_PERIM"]}
+                ("firewall", "perimeter"): p["INET_PERIM"], ("iuser", "internal"): p["IUSER"]}
         for (svc, net), addr in want.items():
             self.assertEqual(self.services[svc]["networks"][net]["ipv4_address"], addr, f"{svc} on {net}")
         for svc, s in self.services.items():
@@ -265,13 +266,30 @@ class Compose(unittest.TestCase):
             for v in s.get("volumes", []):
                 src = v.split(":")[0]
                 path = os.path.normpath(os.path.join(COMPOSE_DIR, src))
-                if path == os.path.join(ROOT, "build", "certs"):
+                certs = os.path.join(ROOT, "build", "certs")
+                if path == certs or path.startswith(certs + os.sep):
                     # Made by deploy/certs.sh build/certs (the compose file's first step).
                     with open(os.path.join(DEPLOY, "certs.sh")) as f:
                         self.assertIn("DIR=${1:-build/certs}", f.read())
                     continue
                 with self.subTest(service=svc, volume=src):
                     self.assertTrue(os.path.exists(path), f"{src} does not exist")
+
+    def test_roles_run_non_root_read_only_with_a_healthcheck_the_lab_waits_on(self):
+        """make compose-test waits on every HEALTHCHECK and checks these at run time too."""
+        for role in ROLES:
+            with self.subTest(role=role):
+                s = self.services[role]
+                self.assertTrue(s.get("read_only"), "read-only root file system")
+                self.assertEqual(s.get("cap_drop"), ["ALL"])
+                self.assertNotIn("user", s)  # the image's USER (non-root) applies
+                stages = dockerfile_stages(os.path.join(DOCKER_DIR, f"{role}.Dockerfile"))
+                final = stages[-1][1]
+                users = [i.split()[1] for i in final if i.upper().startswith("USER ")]
+                self.assertTrue(users and users[-1] not in ("root", "0"), f"USER of the image: {users}")
+                self.assertTrue(any(i.upper().startswith("HEALTHCHECK ") for i in final), "no HEALTHCHECK")
+        for svc in ("firewall", "client"):  # the lab waits on these too before the flows start
+            self.assertIn("healthcheck", self.services[svc], svc)
 
     def test_stop_grace_period_matches_the_drain(self):
         for role in ROLES:
