@@ -51,7 +51,7 @@ static const struct cfg_key next_hop_keys[] = {
      .count_offset = offsetof(struct ae_next_hop_config, nbackups),
      .help = "other Directors (same transport), used in order while the first is down"},
     {"health_interval", CFG_DURATION, offsetof(struct ae_next_hop_config, health_interval_ms),
-     "5s", .min = 100, .max = 3600000,
+     "1s", .min = 100, .max = 3600000,
      .help = "OPTIONS to each Director this often; two unanswered intervals mark it down"},
     CFG_END,
 };

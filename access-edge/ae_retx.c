@@ -16,6 +16,7 @@ struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *d
     r->started_ms = now_ms;
     r->interval_ms = AE_RETX_T1_MS;
     r->next_ms = now_ms + AE_RETX_T1_MS;
+    r->reliable = d->tp != 0; /* anything but UDP */
     r->len = len;
     memcpy(r->data, data, len);
     return r;
@@ -25,7 +26,7 @@ enum ae_retx_step ae_retx_step(struct ae_retx *r, uint64_t now_ms)
 {
     if (now_ms - r->started_ms >= AE_RETX_TIMER_B_MS)
         return AE_RETX_GIVE_UP;
-    if (now_ms < r->next_ms)
+    if (r->reliable || now_ms < r->next_ms)
         return AE_RETX_WAIT;
     /* Timer A doubles with no T2 cap for INVITE: 0.5, 1, 2, 4, 8, 16 s. */
     r->interval_ms *= 2;

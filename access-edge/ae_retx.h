@@ -1,12 +1,16 @@
-/* Retransmission of INVITEs the edge forwarded over UDP (RFC 3261 §17.1.1.2, Timer A/B).
+/* INVITEs the edge forwarded and has not heard back about (RFC 3261 §17.1.1.2, Timer A/B).
  *
  * The edge answers an INVITE with its own 100 Trying, which stops the sender's
- * retransmissions: from then on a datagram lost on the next hop is the edge's to repeat.
- * Each forwarded UDP INVITE keeps a copy here until any response comes back (the caller
- * drops it) or Timer B (64*T1) passes. Pure: the caller passes the clock and sends. */
+ * retransmissions: from then on a datagram lost on the next hop is the edge's to repeat,
+ * and a next hop that never answers is the edge's to report. Each forwarded INVITE keeps a
+ * copy here until any response comes back (the caller drops it) or Timer B (64*T1) passes;
+ * over UDP it is sent again on Timer A, over TCP/TLS (reliable) only waited for. At Timer
+ * B, or when the next hop is found down, the copy is what the edge builds its 408 or 503
+ * to the caller from. Pure: the caller passes the clock and sends. */
 #ifndef AE_RETX_H
 #define AE_RETX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +26,7 @@ struct ae_retx {
     struct ae_dest dest;
     uint64_t started_ms, next_ms;
     uint32_t interval_ms;
+    bool reliable; /* TCP/TLS: no retransmissions, only Timer B */
     size_t len;
     uint8_t data[];
 };
@@ -31,8 +36,8 @@ enum ae_retx_step { AE_RETX_WAIT, AE_RETX_SEND, AE_RETX_GIVE_UP };
 /* A copy of the forwarded bytes, first retransmission due T1 after now; NULL if no memory. */
 struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *data, size_t len,
                             uint64_t now_ms);
-/* What is due at now: SEND (and the interval doubles), WAIT, or GIVE_UP once Timer B has
- * passed with no response. */
+/* What is due at now: SEND (and the interval doubles; never when reliable), WAIT, or
+ * GIVE_UP once Timer B has passed with no response. */
 enum ae_retx_step ae_retx_step(struct ae_retx *r, uint64_t now_ms);
 
 #endif

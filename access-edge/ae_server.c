@@ -81,7 +81,8 @@ static const char *const reject_reasons[] = {
     "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
     "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
     "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", "route", "fd_limit", "malformed", "version", "extension", NULL,
+    "watchlist", "tampered", "route", "fd_limit", "malformed", "version", "extension",
+    "next_hop_down", NULL,
 };
 
 #define AE_PARTNERS_MAX 1024
@@ -215,6 +216,8 @@ static int conn_register(struct ae *ae, struct ae_conn *c)
     return -EMFILE;
 }
 
+static void director_down(struct ae *ae, size_t k, const char *why);
+
 static void conn_unregister(struct ae *ae, struct ae_conn *c)
 {
     size_t k = c->id & (ae->conn_cap - 1);
@@ -227,7 +230,7 @@ static void conn_unregister(struct ae *ae, struct ae_conn *c)
         if (ae->dirs[i].conn == c->id) {
             ae->dirs[i].conn = 0;
             if (!c->open) /* never connected: down now, not at the next check */
-                ae->dirs[i].up = false;
+                director_down(ae, i, "connect failed");
         }
 }
 
@@ -561,6 +564,60 @@ static struct addr director_addr(const struct ae_config *cfg, size_t k)
 /* Health checks use branches no real transaction has: this prefix XOR the Director index. */
 #define AE_HEALTH_MAGIC 0x4ea1700000000000ULL
 
+static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
+
+/* Answers the caller of an INVITE the edge forwarded and heard nothing back about, as if the
+ * next hop had: a response made from the copy that went out (our Via on top) takes the
+ * ordinary response path, back the way the INVITE came, hidden as it should be. */
+static void fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
+                           const char *extra)
+{
+    struct sip_msg *rm = malloc(sizeof(*rm));
+    size_t cap = r->len + 512;
+    uint8_t *rep = malloc(cap);
+    ssize_t n = -1;
+    if (rm && rep && sip_msg_scan(&ae->msg, r->data, r->len, true, AE_OUT_CAP) > 0)
+        n = sip_reply_make(&ae->msg, status, phrase, NULL, slice_str(extra), rep, cap);
+    if (n > 0 && sip_msg_scan(rm, rep, (size_t)n, true, AE_OUT_CAP) > 0) {
+        struct ae_origin o = {.side = r->dest.side, .tp = r->dest.tp,
+                              .conn = conn_get(ae, r->dest.conn_id), .peer = &r->dest.addr};
+        ae_forward_response(ae, &o, rm);
+    }
+    free(rep);
+    free(rm);
+}
+
+static bool dest_is_director(const struct ae *ae, const struct ae_dest *d, size_t k)
+{
+    struct addr a = director_addr(ae->cfg, k);
+    return d->side == AE_INT && addr_eq(&d->addr, &a);
+}
+
+/* Director k stopped answering (health checks, a failed connect, or an INVITE unanswered
+ * for Timer B): said once, and the INVITEs it holds unanswered get 503 now, so their
+ * callers try again (on a backup, if one answers) instead of waiting out Timer B. */
+static void director_down(struct ae *ae, size_t k, const char *why)
+{
+    if (!ae->dirs[k].up)
+        return;
+    ae->dirs[k].up = false;
+    metric_set(ae->m_dir_up[k], 0);
+    struct addr a = director_addr(ae->cfg, k);
+    LOGW(ae->log, &a, "sip: Director not answering: down (%s)", why);
+    struct dlist *e = ae->retx.next, *next;
+    for (; e != &ae->retx; e = next) {
+        next = e->next;
+        struct ae_retx *r = container_of(e, struct ae_retx, link);
+        const struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+        if (!dest_is_director(ae, &r->dest, k) || !t || t->answered || t->cancelled)
+            continue;
+        dl_del(&r->link);
+        ae_count_reject(ae, "next_hop_down");
+        fail_forwarded(ae, r, 503, "Service Unavailable", "Retry-After: 5\r\n");
+        free(r);
+    }
+}
+
 static void on_health(uv_timer_t *t)
 {
     struct ae *ae = t->data;
@@ -568,11 +625,8 @@ static void on_health(uv_timer_t *t)
     uint64_t now = uv_now(ae->loop);
     for (size_t k = 0; k < ae->ndirs; k++) {
         /* Two intervals without an answer: down (until it answers again). */
-        if (ae->dirs[k].up && now - ae->dirs[k].last_ok > 2 * cfg->next_hop.health_interval_ms + 50) {
-            ae->dirs[k].up = false;
-            struct addr a = director_addr(cfg, k);
-            LOGW(ae->log, &a, "sip: Director not answering: down");
-        }
+        if (ae->dirs[k].up && now - ae->dirs[k].last_ok > 2 * cfg->next_hop.health_interval_ms + 50)
+            director_down(ae, k, "health checks");
         metric_set(ae->m_dir_up[k], ae->dirs[k].up);
         struct ae_dest d = {.side = AE_INT, .tp = (uint8_t)cfg->next_hop.transport,
                             .addr = director_addr(cfg, k), .conn_id = ae->dirs[k].conn};
@@ -728,6 +782,19 @@ static int ext_routes(struct ae *ae, const struct ae_origin *o, const struct sip
     return 0;
 }
 
+/* A forwarded non-INVITE awaits its final answer: a drain waits for it (for those in flight
+ * when it began: later ones are still forwarded, but do not hold it). Kept out of the second
+ * half of the table, which stays for INVITEs (calls are what a full table sheds). */
+static void track_noninvite(struct ae *ae, uint64_t h, uint64_t now)
+{
+    if (ae->draining || ae_txn_find(ae->txns, h) ||
+        ae_txn_count(ae->txns) >= ae->cfg->limits.max_transactions / 2)
+        return;
+    struct ae_txn *t = ae_txn_add(ae->txns, h, now);
+    if (t)
+        t->noninvite = true;
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
@@ -744,8 +811,13 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         size_t k = 0;
         while (k < ae->ndirs && !ae->dirs[k].up)
             k++;
-        if (k == ae->ndirs)
-            k = 0; /* none known up: try the first rather than refuse */
+        if (k == ae->ndirs) {
+            /* None answers: say so now rather than let the caller time out. */
+            struct sip_verdict v = {503, "Service Unavailable", "next_hop_down",
+                                    "Next hop unreachable"};
+            ae_reject(ae, o, m, &v, "Retry-After: 5\r\n");
+            return;
+        }
         dest.side = AE_INT;
         dest.tp = (uint8_t)cfg->next_hop.transport;
         dest.addr = director_addr(cfg, k);
@@ -840,6 +912,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
             t->dest = dest;
             ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
         }
+    } else if (!method_is(m, "ACK")) {
+        track_noninvite(ae, h, now);
     }
 
     /* The lines we add: our Via, Record-Route on both interfaces (RFC 5658), Path for a
@@ -977,7 +1051,7 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
         return;
     }
     int rc = ae_send(ae, &dest, ae->out, (size_t)len);
-    if (is_invite && dest.tp == AE_TP_UDP && (rc >= 0 || rc == -ENOBUFS))
+    if (is_invite && (rc >= 0 || rc == -ENOBUFS))
         retx_track(ae, h, &dest, ae->out, (size_t)len);
     if (rc < 0 && rc != -ENOBUFS) {
         LOGD(ae->log, &dest.addr, "sip: send failed: %s", uv_strerror(rc));
@@ -1071,6 +1145,10 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
         struct ae_txn *t = ae_txn_find(ae->txns, h);
         if (t && t->cancelled)
             return; /* we answered the CANCEL ourselves */
+    } else if (m->status >= 200) {
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (t && t->noninvite)
+            ae_txn_del(ae->txns, t); /* after the answer is sent: check_drained below */
     }
     /* Topology hiding: the Vias we sealed into ours come back in the order they were. */
     char ins[16384];
@@ -1843,12 +1921,16 @@ static void on_retx(uv_timer_t *timer)
         }
         if (step == AE_RETX_WAIT)
             continue;
+        dl_del(&r->link);
         if (waiting) {
             metric_inc(ae->m_retx_timeout);
             LOGI(ae->log, &r->dest.addr, "sip: no answer to a forwarded INVITE in %u s",
                  AE_RETX_TIMER_B_MS / 1000);
+            fail_forwarded(ae, r, 408, "Request Timeout", NULL);
+            for (size_t k = 0; k < ae->ndirs; k++)
+                if (dest_is_director(ae, &r->dest, k))
+                    director_down(ae, k, "an INVITE unanswered");
         }
-        dl_del(&r->link);
         free(r);
     }
     if (dl_empty(&ae->retx))
@@ -2132,8 +2214,9 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
     ae->admin = admin;
     if (admin)
         admin_route(admin, "/watchlist", on_admin_watchlist, ae);
-    ae->m_txns = metrics_gauge(m, "sip_invite_transactions", "INVITE transactions in flight",
-                               NULL);
+    ae->m_txns = metrics_gauge(m, "sip_transactions",
+                               "transactions in flight (INVITE, and non-INVITE awaiting their "
+                               "final answer)", NULL);
     ae->m_retx = metrics_counter(m, "sip_invite_retransmissions_total",
                                  "INVITEs sent again over UDP for want of an answer (Timer A)",
                                  NULL);

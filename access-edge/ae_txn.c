@@ -117,7 +117,9 @@ size_t ae_txn_expire(struct ae_txn_table *t, uint64_t now_ms, uint64_t max_ms, u
         if (x->state != 1)
             continue;
         uint64_t age = now_ms - x->t_ms;
-        if (age >= max_ms || (x->final && age >= linger_ms)) {
+        bool done = x->noninvite ? age >= AE_TXN_TIMER_F_MS
+                                 : age >= max_ms || (x->final && age >= linger_ms);
+        if (done) {
             ae_txn_del(t, x);
             n++;
         }

@@ -1,7 +1,9 @@
-/* INVITE server-transaction table of the access edge: absorbs retransmissions, matches
- * CANCELs to the INVITE they cancel, and bounds the work in flight (a full table sheds
- * new INVITEs with 503). Keyed by the 64-bit branch hash (sip_branch_hash). Pure: the
- * caller passes the clock. Open addressing with tombstones; fixed capacity. */
+/* Transaction table of the access edge. INVITE entries absorb retransmissions, match
+ * CANCELs to the INVITE they cancel, and bound the work in flight (a full table sheds new
+ * INVITEs with 503). Non-INVITE entries only say that a forwarded request still awaits its
+ * final answer, so that a drain waits for it; they go with that answer, or at Timer F.
+ * Keyed by the 64-bit branch hash (sip_branch_hash). Pure: the caller passes the clock.
+ * Open addressing with tombstones; fixed capacity. */
 #ifndef AE_TXN_H
 #define AE_TXN_H
 
@@ -26,6 +28,7 @@ struct ae_txn {
     bool final;      /* a final response went upstream */
     bool cancelled;  /* a CANCEL was answered by us */
     bool answered;   /* the next hop sent a response (even 100): retransmissions stop */
+    bool noninvite;  /* a non-INVITE awaiting its final answer (only drain looks at it) */
     struct ae_dest dest;
 };
 
@@ -37,8 +40,9 @@ struct ae_txn *ae_txn_find(struct ae_txn_table *t, uint64_t key);
 /* A new entry for key (zeroed except key and t_ms), or NULL when the table is full. */
 struct ae_txn *ae_txn_add(struct ae_txn_table *t, uint64_t key, uint64_t now_ms);
 void ae_txn_del(struct ae_txn_table *t, struct ae_txn *x);
-/* Removes transactions older than max_ms, or final for longer than linger_ms. Returns how
- * many went. */
+/* Removes transactions older than max_ms, or final for longer than linger_ms, and non-INVITE
+ * ones older than Timer F. Returns how many went. */
+#define AE_TXN_TIMER_F_MS 32000u
 size_t ae_txn_expire(struct ae_txn_table *t, uint64_t now_ms, uint64_t max_ms,
                      uint64_t linger_ms);
 size_t ae_txn_count(const struct ae_txn_table *t);

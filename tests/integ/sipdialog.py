@@ -47,6 +47,7 @@ class Phone:
             self.ua = StreamUA(EXT_IP, lab.ext_mtls, tls=True, cert="partner", ip=ip)
         else:
             self.ua = WsUA(EXT_IP, lab.ext_wss, tls=True, ip=ip)
+        self.ua.auto_auth = False  # a Phone answers challenges itself, keeping its dialog
         self.ip, self.port = self.ua.ip, self.ua.port
         self.vtp = {"udp": "UDP", "inside": "UDP", "tcp": "TCP", "tls": "TLS", "mtls": "TLS",
                     "wss": "WSS"}[tp]

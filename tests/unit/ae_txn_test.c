@@ -78,12 +78,31 @@ static void invite_retransmission_schedule(void **st)
     free(r);
 }
 
+/* Over TCP or TLS the edge never sends again (the transport does), but still gives up at
+ * Timer B, so the caller gets an answer. */
+static void reliable_invite_only_waits_for_timer_b(void **st)
+{
+    struct ae_dest d = {.side = 1, .tp = 2};
+    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, 1000);
+    assert_non_null(r);
+    uint64_t t;
+    for (t = 1000; t < 40000; t += 100) {
+        enum ae_retx_step s = ae_retx_step(r, t);
+        assert_int_not_equal(s, AE_RETX_SEND);
+        if (s == AE_RETX_GIVE_UP)
+            break;
+    }
+    assert_int_equal(t - 1000, 32000);
+    free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(add_find_delete),
         cmocka_unit_test(expiry_and_linger),
         cmocka_unit_test(invite_retransmission_schedule),
+        cmocka_unit_test(reliable_invite_only_waits_for_timer_b),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
