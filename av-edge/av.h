@@ -64,6 +64,8 @@ struct av_config {
 
 extern const struct cfg_key av_config_keys[];
 int av_config_validate(const void *cfg, struct cfg_err *err);
+/* --check's advice: a published auth.secret, a secret ignored because of the Director link. */
+size_t av_config_warnings(const void *cfg, char (*out)[256], size_t max);
 
 /* Runtime settings: the TURN view of a config plus the storage it points to. Built from a
  * config, then immutable; replaced whole on reload. */

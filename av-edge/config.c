@@ -197,6 +197,29 @@ int av_config_validate(const void *cfg, struct cfg_err *err)
     return 0;
 }
 
+/* Secrets that anyone who reads the repository knows (the lab configs in deploy/). */
+static const char *const published_secrets[] = {"lab-relay-secret", NULL};
+
+size_t av_config_warnings(const void *cfg, char (*out)[256], size_t max)
+{
+    const struct av_config *c = cfg;
+    size_t n = 0;
+    const char *s = c->auth.secret;
+    if (s && n < max) {
+        for (const char *const *p = published_secrets; *p; p++)
+            if (strcmp(s, *p) == 0)
+                snprintf(out[n++], 256,
+                         "auth.secret \"%s\" is published (deploy/config): anyone can mint "
+                         "credentials with it; use the Director's secrets or a secret of your own",
+                         s);
+    }
+    if (s && c->director.enabled && n < max)
+        snprintf(out[n++], 256,
+                 "auth.secret is ignored while director.enabled is true: only the Director's "
+                 "relay secrets are accepted");
+    return n;
+}
+
 /* Copies n elements of size sz (NULL for none); *ok goes false when memory runs out. */
 static void *memdup(const void *p, size_t n, size_t sz, bool *ok)
 {
@@ -230,7 +253,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     bool ok = true;
     size_t n_own = c->relay.n_addresses + c->external.n_listen + c->external.n_tls_listen +
                    c->external.n_tcp_listen + c->internal.n_listen + c->internal.n_tls_listen +
-                   c->internal.n_tcp_listen;
+                   c->internal.n_tcp_listen + 2;
     rt->own = calloc(n_own ? n_own : 1, sizeof(*rt->own));
     rt->users = calloc(c->auth.n_users ? c->auth.n_users : 1, sizeof(*rt->users));
     rt->n_users = c->auth.n_users;
@@ -254,6 +277,12 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
         for (size_t i = 0; i < sides[s]->n_tcp_listen; i++)
             rt->own[k++] = sides[s]->tcp_listen[i];
     }
+    /* Every address the edge listens on is a denied peer, the admin listener's and the
+     * control channel's (the Director it talks to) included, not only the TURN ones. */
+    if (addr_family(&c->base.admin.listen) && !addr_is_any(&c->base.admin.listen))
+        rt->own[k++] = c->base.admin.listen;
+    if (c->director.enabled && !addr_is_any(&c->director.address))
+        rt->own[k++] = c->director.address;
     for (size_t i = 0; i < c->auth.n_users; i++) {
         rt->users[i].name = strdup_ok(c->auth.users[i].name, &ok);
         stun_key_long_term(slice_str(c->auth.users[i].name), slice_str(rt->realm),

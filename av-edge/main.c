@@ -55,6 +55,20 @@ static void on_ctl_secret(const struct ctl_secret *s, void *arg)
         LOGI(daemon_logger(e->d), NULL, "relay secret %s from the Director installed", s->key_id);
 }
 
+/* A user revoked (or, with an until in the past, reinstated) by the Director: its
+ * credentials are refused and the workers end its allocations on their next tick. */
+static void on_ctl_revoke(const struct ctl_revoke *r, void *arg)
+{
+    struct av_edge *e = arg;
+    if (!r->user[0])
+        return; /* conference keys are conf-edge's business */
+    int64_t now = time_wall_s();
+    if (av_shared_revoke(&e->sh, r->user, r->until, now) == 0)
+        LOGI(daemon_logger(e->d), NULL, r->until > now ? "user %s revoked until %lld"
+                                                       : "user %s reinstated (revocation lifted)",
+             r->user, (long long)r->until);
+}
+
 static void on_ctl_connected(const char *director_id, void *arg)
 {
     struct av_edge *e = arg;
@@ -121,6 +135,7 @@ static int ctl_setup(struct av_edge *e, const struct av_config *c)
     hello_uris(&c->internal, o.hello.internal_addrs, &o.hello.n_internal);
     static const struct ctl_client_cbs cbs = {.on_connected = on_ctl_connected,
                                              .on_secret = on_ctl_secret,
+                                             .on_revoke = on_ctl_revoke,
                                              .on_drain = on_ctl_drain};
     int rc = ctl_client_start(daemon_loop(e->d), &o, &cbs, e, &e->ctl);
     if (rc == 0)
@@ -208,7 +223,9 @@ static int av_start(struct daemon *d, const void *cfgp, void **state)
     rc = av_runtime_build(c, &e->rt);
     if (rc)
         goto fail;
-    if (c->auth.secret)
+    /* A config secret serves labs without a Director only: with the link enabled, the
+     * Director's secrets are the only ones (a lab secret is known to all). */
+    if (c->auth.secret && !c->director.enabled)
         set_config_secret(e, c->auth.secret);
     rc = tls_setup(e, c);
     if (rc)
@@ -273,7 +290,8 @@ static int av_reload(struct daemon *d, void *state, const void *new_cfg)
     rt->older = e->rt;
     e->rt = rt;
     e->cfg = n;
-    if (n->auth.secret && (!o->auth.secret || strcmp(n->auth.secret, o->auth.secret) != 0))
+    if (n->auth.secret && !n->director.enabled &&
+        (!o->auth.secret || strcmp(n->auth.secret, o->auth.secret) != 0))
         set_config_secret(e, n->auth.secret);
     av_worker_set_runtime(e->w0, rt);
     for (unsigned i = 0; i < e->n_threads; i++)
@@ -330,6 +348,7 @@ static const struct daemon_ops av_ops = {
     .keys = av_config_keys,
     .config_size = sizeof(struct av_config),
     .validate = av_config_validate,
+    .warnings = av_config_warnings,
     .start = av_start,
     .reload = av_reload,
     .drain = av_drain,

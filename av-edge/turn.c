@@ -25,6 +25,7 @@ struct av_turn {
     struct ratelimit *unauth;
     struct av_turn_stats st;
     uint64_t rnd; /* xorshift state for Data indication transaction ids */
+    uint64_t rev_gen; /* sh->rev_gen last enforced */
 };
 
 /* One request being answered. */
@@ -54,7 +55,8 @@ static inline uint32_t rd32(const uint8_t *p)
 const char *av_auth_fail_name(enum av_auth_fail r)
 {
     static const char *const n[] = {"missing", "bad_request", "stale_nonce", "unknown_user",
-                                    "expired", "bad_integrity", "wrong_credentials"};
+                                    "expired", "bad_integrity", "wrong_credentials",
+                                    "revoked"};
     return (unsigned)r < ARRAY_SIZE(n) ? n[r] : "other";
 }
 
@@ -157,6 +159,7 @@ static void resv_sweep(struct av_shared *s, uint64_t now_ms)
 void av_shared_fini(struct av_shared *s)
 {
     resv_sweep(s, UINT64_MAX);
+    free(s->rev);
     for (size_t i = 0; i < AV_SHARED_USER_BUCKETS; i++) {
         while (s->users[i]) {
             struct av_user_count *u = s->users[i];
@@ -269,6 +272,57 @@ int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret
         __atomic_add_fetch(&s->kr_gen, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+const char *av_user_id(const char *username)
+{
+    const char *c = strchr(username, ':');
+    return c ? c + 1 : username;
+}
+
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t now_s)
+{
+    if (!*user || strlen(user) >= AV_USERNAME_MAX)
+        return -EINVAL;
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    size_t w = 0, i;
+    for (i = 0; i < s->rev_n; i++) /* forget the lapsed ones on the way */
+        if (s->rev[i].until > now_s && strcmp(s->rev[i].user, user) != 0)
+            s->rev[w++] = s->rev[i];
+    s->rev_n = w;
+    if (until > now_s) {
+        if (s->rev_n == s->rev_cap) {
+            size_t cap = s->rev_cap ? 2 * s->rev_cap : 16;
+            struct av_revoked *n = realloc(s->rev, cap * sizeof(*n));
+            if (!n)
+                rc = -ENOMEM;
+            else {
+                s->rev = n;
+                s->rev_cap = cap;
+            }
+        }
+        if (rc == 0) {
+            snprintf(s->rev[s->rev_n].user, AV_USERNAME_MAX, "%s", user);
+            s->rev[s->rev_n++].until = until;
+        }
+    }
+    __atomic_store_n(&s->rev_n, s->rev_n, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->rev_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s)
+{
+    if (!__atomic_load_n(&s->rev_n, __ATOMIC_ACQUIRE))
+        return false;
+    bool hit = false;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->rev_n && !hit; i++)
+        hit = s->rev[i].until > now_s && strcmp(s->rev[i].user, user) == 0;
+    pthread_mutex_unlock(&s->mu);
+    return hit;
 }
 
 /* ---- peer policy ---- */
@@ -393,6 +447,47 @@ struct av_alloc_table *av_turn_table(struct av_turn *t)
 struct av_turn_stats *av_turn_stats(struct av_turn *t)
 {
     return &t->st;
+}
+
+struct enforce_ctx {
+    struct av_turn *t;
+    int64_t now_s;
+    struct av_alloc *doomed[64];
+    size_t n;
+    bool more;
+};
+
+static void enforce_one(struct av_alloc *a, void *arg)
+{
+    struct enforce_ctx *x = arg;
+    if (x->n == ARRAY_SIZE(x->doomed)) {
+        x->more = true;
+        return;
+    }
+    if (av_shared_revoked(x->t->sh, av_user_id(a->user->name), x->now_s))
+        x->doomed[x->n++] = a;
+}
+
+size_t av_turn_enforce(struct av_turn *t, int64_t now_s)
+{
+    uint64_t gen = __atomic_load_n(&t->sh->rev_gen, __ATOMIC_ACQUIRE);
+    if (gen == t->rev_gen)
+        return 0;
+    t->rev_gen = gen;
+    size_t removed = 0;
+    struct enforce_ctx x = {.t = t, .now_s = now_s};
+    do { /* removal while walking the table is not allowed: in rounds of 64 */
+        x.n = 0;
+        x.more = false;
+        av_alloc_foreach(t->tab, enforce_one, &x);
+        for (size_t i = 0; i < x.n; i++) {
+            LOGI(t->log, &x.doomed[i]->client, "allocation of %s ended: the user was revoked",
+                 x.doomed[i]->user->name);
+            av_alloc_remove(t->tab, x.doomed[i]);
+        }
+        removed += x.n;
+    } while (x.more && x.n);
+    return removed;
 }
 
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms)
@@ -626,6 +721,9 @@ static int authenticate(struct req *r)
     }
     return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
 ok:
+    /* A revoked user's credentials, old and new, are refused until it is reinstated. */
+    if (av_shared_revoked(t->sh, av_user_id(r->user), r->in->now_s))
+        return auth_fail(r, AV_AUTH_REVOKED, 403);
     r->authed = true;
     return 0;
 }

@@ -50,6 +50,10 @@ struct av_turn_cfg {
 #define AV_SHARED_USER_BUCKETS 1024
 struct av_user_count;
 struct av_shared_resv;
+struct av_revoked {
+    char user[AV_USERNAME_MAX]; /* the user id: a REST username's part after the colon */
+    int64_t until;              /* unix seconds */
+};
 struct av_shared {
     pthread_mutex_t mu;
     struct keyring kr;   /* under mu */
@@ -63,6 +67,11 @@ struct av_shared {
     /* EVEN-PORT reservations (under mu): any worker may redeem a token, since the
      * Allocate that names it may arrive on another worker's socket. */
     struct av_shared_resv *resv;
+    /* Users the Director revoked (under mu); rev_n and rev_gen are read atomically so the
+     * request path takes the lock only while some revocation exists. */
+    struct av_revoked *rev;
+    size_t rev_n, rev_cap;
+    uint64_t rev_gen;
 };
 int av_shared_init(struct av_shared *s);
 void av_shared_fini(struct av_shared *s);
@@ -81,6 +90,14 @@ void av_shared_user_give(struct av_shared *s, const char *user);
 /* Installs a relay secret (the previous current one stays valid). */
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
                          int64_t not_after);
+
+/* Revokes user (a user id; until unix seconds) or, with until <= now_s, lifts its
+ * revocation. Workers end the user's allocations on their next tick (av_turn_enforce). */
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t now_s);
+/* True if the user id is revoked at now_s. */
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s);
+/* The user id of a username: a TURN REST username's part after the first colon, else all. */
+const char *av_user_id(const char *username);
 
 /* A request answered later (RFC 6062 Connect waits for the TCP handshake to the peer): what
  * the answer needs from it. */
@@ -121,6 +138,7 @@ enum av_auth_fail {
     AV_AUTH_EXPIRED,
     AV_AUTH_BAD_INTEGRITY,
     AV_AUTH_WRONG_CREDENTIALS,
+    AV_AUTH_REVOKED, /* the Director revoked the user (403) */
     AV_AUTH_NREASONS
 };
 const char *av_auth_fail_name(enum av_auth_fail r);
@@ -216,5 +234,8 @@ ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, u
 
 /* Removes expired state; returns allocations removed. */
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms);
+/* Ends the allocations of users revoked since the last call (cheap when nothing changed);
+ * returns how many were removed. Called from the worker's periodic tick. */
+size_t av_turn_enforce(struct av_turn *t, int64_t now_s);
 
 #endif

@@ -712,6 +712,7 @@ static void on_tick(uv_timer_t *t)
 {
     struct av_worker *w = container_of(t, struct av_worker, tick);
     av_turn_sweep(w->turn, uv_now(w->loop));
+    av_turn_enforce(w->turn, time_wall_s()); /* revocations: within a tick (250 ms) */
     fold_stats(w);
 }
 

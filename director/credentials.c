@@ -110,6 +110,8 @@ static void on_credentials(const char *method, const char *path, const char *que
     char user[96], loc[16] = "internet", ttl_s[16];
     if (query_param(query, "user", user, sizeof(user)) != 1 || !user_ok(user))
         return reply_err(c, reply, 400, "user= is required: letters, digits and @._-+ only");
+    if (hub_user_revoked(d, user))
+        return reply_err(c, reply, 403, "user revoked");
     if (query_param(query, "location", loc, sizeof(loc)) < 0 ||
         (strcmp(loc, "internet") != 0 && strcmp(loc, "intranet") != 0))
         return reply_err(c, reply, 400, "location is internet or intranet");

@@ -28,8 +28,19 @@ struct hub_edge {
     int64_t last_seen_ms;  /* wall clock, ms: Hello, reports, disconnection */
 };
 
+/* A user cut off by POST /revoke: no credentials for it until POST /reinstate (or until,
+ * when the caller gave one). */
+struct hub_revoked {
+    char user[CTL_USER_MAX];
+    int64_t until;       /* unix seconds; INT64_MAX: until reinstated */
+    int64_t edge_until;  /* what the edges were told (they forget it then) */
+};
+#define HUB_REVOKED_MAX 4096
+
 struct hub {
     struct director *d;
+    struct hub_revoked *revoked;
+    size_t nrevoked;
     uv_timer_t rotate;
     uint64_t rotate_interval_ms;
     struct hub_edge edges[HUB_EDGES_MAX];
@@ -165,6 +176,8 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
     return (int)n;
 }
 
+static void hub_send_revocations(struct hub *h, struct ctl_peer *p);
+
 static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *arg)
 {
     struct director *d = arg;
@@ -172,6 +185,8 @@ static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *
     metric_inc(d->hub->m_reports);
     if (!e)
         return;
+    if (!e->reports) /* the first report follows the Welcome: now it may hear revocations */
+        hub_send_revocations(d->hub, p);
     e->report = *r;
     e->has_report = true;
     e->reports++;
@@ -465,6 +480,64 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
     reply_json(reply, 200, &j);
 }
 
+/* ---- revoked users ---- */
+
+static struct hub_revoked *hub_revoked_find(struct hub *h, const char *user)
+{
+    int64_t now = time_wall_s();
+    for (size_t i = 0; i < h->nrevoked; i++)
+        if (strcmp(h->revoked[i].user, user) == 0 && h->revoked[i].until > now)
+            return &h->revoked[i];
+    return NULL;
+}
+
+static int hub_revoked_add(struct hub *h, const char *user, int64_t until, int64_t edge_until)
+{
+    struct hub_revoked *e = hub_revoked_find(h, user);
+    if (!e) {
+        int64_t now = time_wall_s();
+        size_t w = 0;
+        for (size_t i = 0; i < h->nrevoked; i++)
+            if (h->revoked[i].until > now)
+                h->revoked[w++] = h->revoked[i];
+        h->nrevoked = w;
+        if (h->nrevoked == HUB_REVOKED_MAX)
+            return -ENOSPC;
+        if (!h->revoked) {
+            h->revoked = calloc(HUB_REVOKED_MAX, sizeof *h->revoked);
+            if (!h->revoked)
+                return -ENOMEM;
+        }
+        e = &h->revoked[h->nrevoked++];
+        snprintf(e->user, sizeof e->user, "%s", user);
+    }
+    e->until = until;
+    e->edge_until = edge_until;
+    return 0;
+}
+
+bool hub_user_revoked(struct director *d, const char *user)
+{
+    return d->hub && hub_revoked_find(d->hub, user) != NULL;
+}
+
+/* The revocations still in force, to an edge that just connected (it may have missed them). */
+static void hub_send_revocations(struct hub *h, struct ctl_peer *p)
+{
+    int64_t now = time_wall_s();
+    for (size_t i = 0; i < h->nrevoked; i++) {
+        const struct hub_revoked *v = &h->revoked[i];
+        if (v->until <= now || v->edge_until <= now)
+            continue;
+        struct ctl_revoke r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.user, sizeof r.user, "%s", v->user);
+        r.until = v->edge_until;
+        if (ctl_peer_send_revoke(p, &r) < 0)
+            return;
+    }
+}
+
 static void hub_post_revoke(struct director *d, const char *query, const char *body,
                             size_t body_len, struct admin_reply *reply)
 {
@@ -489,6 +562,10 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     if (!r.until) /* by default, as long as any key that could have signed it lives */
         r.until = time_wall_s() + (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
     struct hub *h = d->hub;
+    if (b == 1 && hub_revoked_add(h, r.user, c == 1 ? r.until : INT64_MAX, r.until) < 0) {
+        reply_error(reply, 503, "too many revoked users");
+        return;
+    }
     size_t sent = 0;
     for (size_t i = 0; i < h->nedges; i++)
         if (h->edges[i].peer && ctl_peer_send_revoke(h->edges[i].peer, &r) == 0)
@@ -498,6 +575,38 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
          b ? r.user : "", r.until, sent);
     struct json_buf j = {0};
     json_printf(&j, "{\"sent\":%zu,\"until\":%" PRId64 "}", sent, r.until);
+    reply_json(reply, 200, &j);
+}
+
+/* POST /reinstate?user=X: credentials are issued to X again, and the av-edges lift the
+ * revocation (a Revoke whose until has passed; older edges simply let theirs lapse). */
+static void hub_post_reinstate(struct director *d, const char *query, const char *body,
+                               size_t body_len, struct admin_reply *reply)
+{
+    struct ctl_revoke r;
+    memset(&r, 0, sizeof r);
+    if (param_get(query, body, body_len, "user", r.user, sizeof r.user) != 1 || !r.user[0]) {
+        reply_error(reply, 400, "need user=NAME");
+        return;
+    }
+    struct hub *h = d->hub;
+    struct hub_revoked *v = hub_revoked_find(h, r.user);
+    if (!v) {
+        reply_error(reply, 404, "user is not revoked");
+        return;
+    }
+    *v = h->revoked[--h->nrevoked];
+    r.until = 1; /* in the past: lifted */
+    size_t sent = 0;
+    for (size_t i = 0; i < h->nedges; i++)
+        if (h->edges[i].peer && h->edges[i].hello.role == CTL_ROLE_AV_EDGE &&
+            ctl_peer_send_revoke(h->edges[i].peer, &r) == 0)
+            sent++;
+    LOGI(d->log, NULL, "hub: reinstated user %s; sent to %zu av-edge(s)", r.user, sent);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"reinstated\":");
+    json_str(&j, r.user);
+    json_printf(&j, ",\"sent\":%zu}", sent);
     reply_json(reply, 200, &j);
 }
 
@@ -588,12 +697,14 @@ static void hub_admin(const char *method, const char *path, const char *query, c
         hub_get_edges(d, query, reply);
     else if (strcmp(path, "/revoke") == 0 && post)
         hub_post_revoke(d, query, body, body_len, reply);
+    else if (strcmp(path, "/reinstate") == 0 && post)
+        hub_post_reinstate(d, query, body, body_len, reply);
     else if (strcmp(path, "/drain") == 0 && post)
         hub_post_drain(d, query, body, body_len, reply);
     else if (strcmp(path, "/rotate") == 0 && post)
         hub_post_rotate(d, query, body, body_len, reply);
     else if (!strcmp(path, "/edges") || !strcmp(path, "/revoke") || !strcmp(path, "/drain") ||
-             !strcmp(path, "/rotate"))
+             !strcmp(path, "/rotate") || !strcmp(path, "/reinstate"))
         reply_error(reply, 405, "method not allowed");
     else
         reply_error(reply, 404, "not found");
@@ -650,7 +761,7 @@ int hub_start(struct director *d)
     if (rc)
         goto fail;
     if (d->admin) {
-        const char *paths[] = {"/edges", "/revoke", "/drain", "/rotate"};
+        const char *paths[] = {"/edges", "/revoke", "/reinstate", "/drain", "/rotate"};
         for (size_t i = 0; i < ARRAY_SIZE(paths) && rc == 0; i++)
             rc = admin_route(d->admin, paths[i], hub_admin, d);
         if (rc) {
@@ -690,6 +801,7 @@ static void hub_on_timer_closed(uv_handle_t *t)
     struct hub *h = t->data;
     void (*done)(void *) = h->done;
     void *arg = h->done_arg;
+    free(h->revoked);
     free(h);
     if (done)
         done(arg);

@@ -16,6 +16,7 @@ import avturn as T
 
 EXT = "127.0.0.113"   # external listener and relay address
 INT = "127.0.0.123"   # internal listener
+ADMIN = "127.0.0.124"  # admin listener
 SECRET = "integ-secret"
 
 
@@ -28,7 +29,8 @@ class AvEdgeTest(SuiteTest):
         self.ext_port = free_port(EXT)
         self.int_port = free_port(INT)
         self.tls_port = free_port(EXT) if tls else None
-        self.admin = f"127.0.0.1:{free_port()}"
+        # An address of its own: the admin listener is a denied peer, and tests relay to 127.0.0.1.
+        self.admin = f"{ADMIN}:{free_port(ADMIN)}"
         base = random.randrange(20000, 29000, 100)
         self.relay_range = (base, base + 99)
         limits_text = limits or "  user_quota: 50\n"

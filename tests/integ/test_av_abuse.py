@@ -1,0 +1,169 @@
+"""av-edge abuse-proof defaults (issue 13): the lab secret stops serving once the Director's
+secrets arrive, a revoked user loses its allocations and credentials until reinstated, the
+admin listener and the control channel are denied peers, per-allocation limits, and a
+draining edge redirects new Allocates (300 ALTERNATE-SERVER) to its least-loaded peer."""
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness
+from harness import ROOT, SuiteTest, free_port, http_json, http_request, wait_for
+import avturn as T
+
+LAB_SECRET = "lab-relay-secret"  # deploy/config/av-edge.yaml: published
+EXT = {"av1": "127.0.0.151", "av2": "127.0.0.152", "av3": "127.0.0.153"}
+INT = {"av1": "127.0.0.161", "av2": "127.0.0.162", "av3": "127.0.0.163"}
+ADMIN = {"av1": "127.0.0.171", "av2": "127.0.0.172", "av3": "127.0.0.173"}
+A_ALTERNATE_SERVER = 0x8023
+
+
+class AvAbuseTest(SuiteTest):
+    # SIGTERM would drain the allocations a test leaves behind for drain_timeout.
+    stop_signal = signal.SIGINT
+
+    @classmethod
+    def setUpClass(cls):
+        if not (harness.have_binary("director") and harness.have_binary("av-edge")):
+            raise unittest.SkipTest("director or av-edge is not built")
+        cls.certs = tempfile.mkdtemp(prefix="avabuse-certs-")
+        subprocess.run([os.path.join(ROOT, "deploy", "certs.sh"), cls.certs], check=True,
+                       capture_output=True, timeout=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.certs, ignore_errors=True)
+
+    def start(self, names=("av1",), auth="", limits="", drain_timeout="20s"):
+        c = self.certs
+        self.ctl_port = free_port()
+        self.dir_admin = f"127.0.0.1:{free_port()}"
+        self.director = self.daemon("director", f"""instance_id: director-abuse
+admin: {{listen: "{self.dir_admin}"}}
+ctl: {{ listen: 127.0.0.1:{self.ctl_port}, heartbeat: 300ms }}
+tls: {{ cert: {c}/director.crt, key: {c}/director.key, ca: {c}/ca.crt }}
+secrets: {{ rotate_interval: 1h, lifetime: 2h }}
+credentials: {{ ttl: 10m }}
+""", admin=self.dir_admin)
+        self.edges, self.ext_port, self.int_port, self.admin = {}, {}, {}, {}
+        bases = random.sample(range(20000, 29000, 100), len(names))
+        for name, base in zip(names, bases):
+            self.ext_port[name] = free_port(EXT[name])
+            self.int_port[name] = free_port(INT[name])
+            self.admin[name] = f"{ADMIN[name]}:{free_port(ADMIN[name])}"
+            self.edges[name] = self.daemon("av-edge", f"""instance_id: {name}
+admin: {{ listen: {self.admin[name]} }}
+drain_timeout: {drain_timeout}
+external:
+  listen: [{EXT[name]}:{self.ext_port[name]}]
+  tcp_listen: []
+  tls_listen: []
+  allow_peers: [127.0.0.0/8]
+internal: {{ listen: [{INT[name]}:{self.int_port[name]}] }}
+relay: {{ addresses: [{EXT[name]}], port_min: {base}, port_max: {base + 99} }}
+auth:
+  realm: edge.lab
+{auth}limits:
+  total_quota: 50
+{limits}director:
+  address: 127.0.0.1:{self.ctl_port}
+  server_name: director
+  report_interval: 100ms
+  tls: {{ cert: {c}/av-edge.crt, key: {c}/av-edge.key, ca: {c}/ca.crt }}
+""", admin=self.admin[name])
+        for e in self.edges.values():
+            e.wait_log("from the Director installed", timeout=10)
+
+    def credentials(self, user, status=200):
+        st, body = http_json(self.dir_admin, f"/credentials?user={user}")
+        self.assertEqual(st, status, body)
+        return body
+
+    def client(self, cred=None, name="av1", user=None, password=None, **kw):
+        u, p = (cred["username"], cred["password"]) if cred else (user, password)
+        c = T.Client((EXT[name], self.ext_port[name]), u, p, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def wait_metric(self, name, metric, at_least):
+        wait_for(lambda: self.edges[name].metrics().get(metric, 0) >= at_least, timeout=5,
+                 what=f"{metric} >= {at_least} (metrics: {self.edges[name].metrics()})")
+
+    # ---- item 1: the lab secret ----
+
+    def test_lab_secret_refused_once_the_directors_secrets_arrive(self):
+        self.start(auth=f"  secret: {LAB_SECRET}\n")
+        user, pw = T.rest_credentials(LAB_SECRET, "mallory")
+        self.assertEqual(self.client(user=user, password=pw).allocate().code, 401)
+        self.edges["av1"].wait_log("auth.secret is ignored", timeout=5)
+        # the Director's credentials still work
+        self.assertEqual(self.client(self.credentials("alice")).allocate().code, 0)
+
+    def test_check_warns_about_the_published_default_secret(self):
+        p = subprocess.run([harness.binary("av-edge"), "--check", "-c",
+                            os.path.join(ROOT, "deploy", "config", "av-edge.yaml")],
+                           capture_output=True, text=True, timeout=20, cwd=ROOT)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("warning: auth.secret", p.stderr)
+        self.assertIn("published", p.stderr)
+
+    # ---- item 2: revocation ----
+
+    def test_revoked_user_loses_allocations_and_credentials_until_reinstated(self):
+        self.start()
+        live, spare, other = (self.credentials(u) for u in ("mallory", "mallory", "alice"))
+        a = self.client(live)
+        self.assertEqual(a.allocate().code, 0)
+        b = self.client(other)
+        self.assertEqual(b.allocate().code, 0)
+        st, body = http_json(self.dir_admin, "/revoke?user=mallory", method="POST")
+        self.assertEqual(st, 200, body)
+        t0 = time.time()
+        # The allocation ends within a second: its Refresh finds nothing (437) or is refused.
+        wait_for(lambda: a.refresh().code != 0, timeout=1.0, interval=0.05,
+                 what="the revoked user's allocation to end")
+        self.assertLess(time.time() - t0, 1.0)
+        self.assertEqual(self.client(spare).allocate().code, 403)  # minted before the revocation
+        self.credentials("mallory", status=403)                      # no new ones
+        self.assertEqual(b.refresh().code, 0)                        # others unaffected
+        # reinstated: credentials again, and they work
+        st, body = http_json(self.dir_admin, "/reinstate?user=mallory", method="POST")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(http_json(self.dir_admin, "/reinstate?user=mallory", method="POST")[0], 404)
+        fresh = self.credentials("mallory")
+        wait_for(lambda: self.client(fresh).allocate().code == 0, timeout=3,
+                 what="a reinstated user's allocation")
+        self.wait_metric("av1", 'av_edge_auth_failures_total{reason="revoked"}', 1)
+
+    def test_an_edge_that_connects_later_learns_the_revocation(self):
+        self.start()
+        cred = self.credentials("eve")
+        st, _ = http_json(self.dir_admin, "/revoke?user=eve", method="POST")
+        self.assertEqual(st, 200)
+        self.edges["av1"].stop(signal.SIGINT)
+        self.edges["av1"].start()
+        wait_for(lambda: self.edges["av1"].log().count("user eve revoked") >= 2, timeout=10,
+                 what="the revocation sent again to the reconnected edge")
+        self.assertEqual(self.client(cred).allocate().code, 403)
+
+    # ---- item 3: the edge's own services are denied peers ----
+
+    def test_admin_listener_and_control_channel_are_denied_peers(self):
+        self.start()
+        c = self.client(self.credentials("alice"))
+        self.assertEqual(c.allocate().code, 0)
+        admin_host, admin_port = self.admin["av1"].rsplit(":", 1)
+        self.assertEqual(c.permit(admin_host, int(admin_port)).code, 403)
+        self.assertEqual(c.channel_bind(0x4000, admin_host, int(admin_port)).code, 403)
+        self.assertEqual(c.permit("127.0.0.1", self.ctl_port).code, 403)  # the Director
+        self.assertEqual(c.permit("127.0.0.2", 9).code, 0)  # allow_peers still admits others
+        self.wait_metric("av1", 'av_edge_denied_peers_total{reason="own_address"}', 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
