@@ -80,10 +80,11 @@ static const struct cfg_key auth_keys[] = {
     {.name = "unauth_burst", .type = CFG_UINT, .offset = OFF(auth.unauth_burst) - OFF(auth),
      .def = "200", .min = 1, .max = 1000000, .help = "burst for unauth_rate"},
     {.name = "strict_amplification", .type = CFG_BOOL,
-     .offset = OFF(auth.strict_amplification) - OFF(auth), .def = "false",
-     .help = "over UDP, drop an unauthenticated request whose answer would be larger than it "
-             "(a 401 carries REALM and NONCE, a Binding answer the mapped address: clients must "
-             "pad such requests, e.g. with PADDING or SOFTWARE)"},
+     .offset = OFF(auth.strict_amplification) - OFF(auth), .def = "true",
+     .help = "over UDP, no unauthenticated answer larger than what the source sent: a request "
+             "too small for its answer (a 401 carries REALM and NONCE) is answered once the "
+             "client's retransmissions cover it, at once when it carries a nonce made for its "
+             "address; false: answer every request at once (amplification up to 3x)"},
     CFG_END,
 };
 

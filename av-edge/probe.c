@@ -157,6 +157,11 @@ static int transact(struct client *c, uint16_t method, const struct addr *peer, 
             stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
             stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
             stun_build_integrity(&b, c->key, 16);
+        } else {
+            /* Room for the 401 in the request itself: a server that answers nothing larger
+             * than a request over UDP (amplification) challenges us at once. */
+            static const char pad[40] = "av-probe: padded so its 401 fits";
+            stun_build_attr(&b, STUN_A_SOFTWARE, pad, sizeof(pad));
         }
         ssize_t n = stun_build_finish(&b);
         sendto(c->fd, buf, (size_t)n, 0, &c->server.u.sa, addr_len(&c->server));

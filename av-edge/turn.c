@@ -26,6 +26,20 @@ struct av_turn {
     struct av_turn_stats st;
     uint64_t rnd; /* xorshift state for Data indication transaction ids */
     uint64_t rev_gen; /* sh->rev_gen last enforced */
+    struct av_credit *credit; /* AV_CREDIT_SLOTS, made on first use */
+};
+
+/* Amplification guard: bytes a UDP source sent us that we have not answered (dropped
+ * because the answer would have been larger). A client that retransmits earns its answer
+ * once what it sent covers it, so a spoofed victim never receives more than was sent in
+ * its name. Direct-mapped: a collision only costs a client one more retransmission. */
+#define AV_CREDIT_SLOTS 4096
+#define AV_CREDIT_MS 10000
+#define AV_CREDIT_MAX 4096
+struct av_credit {
+    uint64_t key; /* 0 = empty */
+    uint64_t at_ms;
+    uint32_t bytes;
 };
 
 /* One request being answered. */
@@ -36,6 +50,7 @@ struct req {
     size_t len; /* of the request on the wire */
     struct av_turn_out *out;
     bool authed, sha256, fp;
+    bool proved; /* carried a nonce we made for its IP: it receives at its address */
     uint8_t key[16];
     char user[AV_USERNAME_MAX];
 };
@@ -417,6 +432,7 @@ void av_turn_destroy(struct av_turn *t)
         return;
     av_alloc_table_destroy(t->tab);
     ratelimit_destroy(t->unauth);
+    free(t->credit);
     free(t);
 }
 
@@ -529,17 +545,62 @@ static void nonce_make(const struct av_turn *t, const struct addr *client, int64
     base64url_encode(raw, sizeof(raw), out, NONCE_LEN + 1);
 }
 
-static bool nonce_valid(const struct av_turn *t, const struct addr *client, int64_t now_s,
-                        struct slice nonce)
+/* 1: a nonce we made for this client's IP and still fresh; 0: ours but stale; -1: not ours. */
+static int nonce_check(const struct av_turn *t, const struct addr *client, int64_t now_s,
+                       struct slice nonce)
 {
     uint8_t raw[NONCE_RAW + 4], mac[8];
     if (nonce.len != NONCE_LEN ||
         base64url_decode((const char *)nonce.p, nonce.len, raw, sizeof(raw)) != NONCE_RAW)
-        return false;
+        return -1;
     nonce_mac(t, raw, client, mac);
     if (!crypto_ct_eq(mac, raw + 4, 8))
-        return false;
-    return (int64_t)rd32(raw) > now_s;
+        return -1;
+    return (int64_t)rd32(raw) > now_s ? 1 : 0;
+}
+
+static uint64_t credit_key(const struct addr *a)
+{
+    size_t n;
+    const uint8_t *ip = ip_bytes(a, &n);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ip[i]) * 1099511628211ull;
+    h = (h ^ addr_port(a)) * 1099511628211ull;
+    return h | 1; /* never 0 */
+}
+
+/* May an unauthenticated UDP answer of want bytes go to the source of a request of len
+ * bytes? Yes when it is no larger than len plus the source's unanswered credit, and then
+ * the credit pays for the difference; no otherwise, and the request adds to the credit. */
+static bool amplification_ok(struct av_turn *t, const struct addr *client, size_t len, size_t want,
+                             uint64_t now_ms)
+{
+    if (want <= len)
+        return true;
+    if (!t->credit) {
+        t->credit = calloc(AV_CREDIT_SLOTS, sizeof(*t->credit));
+        if (!t->credit)
+            return false;
+    }
+    uint64_t k = credit_key(client);
+    struct av_credit *c = &t->credit[k % AV_CREDIT_SLOTS];
+    if (c->key != k || now_ms - c->at_ms > AV_CREDIT_MS)
+        *c = (struct av_credit){k, now_ms, 0};
+    c->at_ms = now_ms;
+    if (want <= len + c->bytes) {
+        c->bytes -= (uint32_t)(want - len);
+        return true;
+    }
+    c->bytes = c->bytes + len > AV_CREDIT_MAX ? AV_CREDIT_MAX : c->bytes + (uint32_t)len;
+    return false;
+}
+
+/* Whether the amplification rule applies to an answer to this request. */
+static bool guarded(const struct req *r)
+{
+    return r->t->cfg->strict_amplification && !r->authed && !r->proved &&
+           r->in->transport == AV_TRANSPORT_UDP;
 }
 
 /* ---- replies ---- */
@@ -569,15 +630,22 @@ static ssize_t seal(const struct av_turn *t, struct stun_builder *b, bool authed
 
 static void finish(struct req *r, struct stun_builder *b)
 {
-    ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, r->fp);
-    r->out->reply_len = n > 0 ? (size_t)n : 0;
-    /* A spoofed UDP source gets nothing bigger than it sent, when the operator asks for it:
-     * the per-IP unauth_rate already bounds what one victim address can be sent. */
-    if (r->t->cfg->strict_amplification && !r->authed && r->in->transport == AV_TRANSPORT_UDP &&
-        r->out->reply_len > r->len) {
-        r->out->reply_len = 0;
-        r->t->st.amplification_dropped++;
+    bool fp = r->fp;
+    if (guarded(r)) {
+        /* A source that has not shown it receives at its address gets nothing bigger than
+         * it sent (what it sent before, unanswered, counts): a spoofed victim is never
+         * the target of an amplified answer. FINGERPRINT is optional in an answer (RFC
+         * 8489 14.7): it goes first when space is short. */
+        if (fp && b->len + 8 > r->len)
+            fp = false;
+        if (!amplification_ok(r->t, r->in->client, r->len, b->len, r->in->now_ms)) {
+            r->out->reply_len = 0;
+            r->t->st.amplification_dropped++;
+            return;
+        }
     }
+    ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, fp);
+    r->out->reply_len = n > 0 ? (size_t)n : 0;
 }
 
 /* An error response. Unauthenticated ones carry no reason phrase and no SOFTWARE, to keep
@@ -685,7 +753,9 @@ static int authenticate(struct req *r)
     r->user[u->len] = 0;
     if (memchr(r->user, 0, u->len))
         return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
-    if (!nonce_valid(t, r->in->client, r->in->now_s, stun_attr_value(m, nonce)))
+    int nc = nonce_check(t, r->in->client, r->in->now_s, stun_attr_value(m, nonce));
+    r->proved = nc >= 0;
+    if (nc <= 0)
         return auth_fail(r, AV_AUTH_STALE_NONCE, 438);
     r->sha256 = m->mi256_off != 0;
 
@@ -1308,7 +1378,8 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
                 return -EAGAIN;
             }
         }
-        if (t->cfg->strict_amplification && in->transport == AV_TRANSPORT_UDP && (size_t)n > len) {
+        if (t->cfg->strict_amplification && in->transport == AV_TRANSPORT_UDP &&
+            !amplification_ok(t, in->client, len, (size_t)n, in->now_ms)) {
             t->st.amplification_dropped++;
             return -EAGAIN;
         }

@@ -208,7 +208,7 @@ static int request(struct fx *f, uint16_t method, add_fn add, void *arg, bool au
         /* Authenticated answers carry MESSAGE-INTEGRITY with the same key. */
         assert_int_equal(stun_msg_check_integrity(&f->resp, f->key, 16), 0);
     }
-    if (code >= 0)
+    if (code >= 0 && f->resp.fp_off) /* optional in answers: dropped when space is short */
         assert_int_equal(stun_msg_check_fingerprint(&f->resp), 0);
     return code;
 }
@@ -749,18 +749,42 @@ static void strict_amplification_drops_small_unauthenticated_udp(void **st)
 {
     struct fx *f = *st;
     f->cfg.strict_amplification = true;
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), -1); /* 401 > request */
-    assert_int_equal(request(f, STUN_BINDING, NULL, NULL, false), -1);     /* mapped address */
-    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+    /* A 36-byte Allocate: its 401 (56 bytes without FINGERPRINT) is larger. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), -1);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 1);
+    /* The retransmission: 72 bytes sent in all now cover it. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
+    assert_int_equal(f->out.reply_len, 56);
+    assert_int_equal(f->resp.fp_off, 0);
+    /* Whatever a source sends, it never gets back more than it sent. */
+    addr_parse(&f->client, "198.51.100.8:40000", 0);
+    size_t sent = 0, got = 0, answered = 0;
+    for (int i = 0; i < 20; i++) {
+        sent += 28; /* a Binding with FINGERPRINT */
+        if (request(f, STUN_BINDING, NULL, NULL, false) == 0) {
+            got += f->out.reply_len;
+            answered++;
+        }
+        assert_true(got <= sent);
+    }
+    assert_true(answered >= 10);
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp_padded, (void *)64, false), 401);
-    assert_true(f->out.reply_len <= 20 + 8 + 68 + 8);
+    assert_true(f->resp.fp_off != 0); /* room for it */
     assert_int_equal(request(f, STUN_BINDING, add_udp_padded, (void *)16, false), 0);
+    /* A request carrying a nonce made for its address proves it receives there. */
+    addr_parse(&f->client, "198.51.100.9:40000", 0);
+    use_static(f, "alice", "wrong");
+    uint64_t dropped = av_turn_stats(f->t)->amplification_dropped;
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp_padded, (void *)64, false), 401);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, true), 401);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, dropped);
     f->transport = AV_TRANSPORT_TCP; /* a stream source cannot be spoofed */
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
     f->transport = AV_TRANSPORT_UDP;
     f->cfg.strict_amplification = false;
+    addr_parse(&f->client, "198.51.100.10:40000", 0);
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
-    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, dropped);
 }
 
 static void bandwidth_cap_per_allocation(void **st)
