@@ -101,7 +101,21 @@ static const struct cfg_key limit_keys[] = {
      .offset = OFF(limits.channel_lifetime_ms) - OFF(limits), .def = "600s", .min = 1000,
      .max = 86400000, .help = "channel binding lifetime (RFC 8656: 600 s)"},
     {.name = "user_quota", .type = CFG_UINT, .offset = OFF(limits.user_quota) - OFF(limits),
-     .def = "100", .min = 0, .max = 10000000, .help = "allocations per user (0 = unlimited)"},
+     .def = "100", .min = 0, .max = 10000000,
+     .help = "allocations per user, all its credentials together (486; 0 = unlimited)"},
+    {.name = "allocations_per_credential", .type = CFG_UINT,
+     .offset = OFF(limits.cred_quota) - OFF(limits), .def = "10", .min = 0, .max = 10000000,
+     .help = "allocations per credential (username), so a leaked one cannot open hundreds "
+             "(486; 0 = unlimited)"},
+    {.name = "new_peers_per_second", .type = CFG_UINT,
+     .offset = OFF(limits.new_peers_per_s) - OFF(limits), .def = "10", .min = 0, .max = 1000000,
+     .help = "new peer addresses (permissions) per second per allocation, bursts of two "
+             "seconds' worth (508; 0 = unlimited)"},
+    {.name = "packets_per_second", .type = CFG_UINT,
+     .offset = OFF(limits.pps_per_alloc) - OFF(limits), .def = "10000", .min = 0,
+     .max = 100000000,
+     .help = "relayed packets per second per allocation, both directions, bursts of one "
+             "second's worth; more are dropped (0 = unlimited)"},
     {.name = "total_quota", .type = CFG_UINT, .offset = OFF(limits.total_quota) - OFF(limits),
      .def = "10000", .min = 0, .max = 10000000, .help = "allocations in total (0 = unlimited)"},
     {.name = "max_permissions", .type = CFG_UINT, .offset = OFF(limits.max_permissions) - OFF(limits),
@@ -304,6 +318,9 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->user_quota = c->limits.user_quota;
     t->total_quota = c->limits.total_quota;
     t->max_perms = c->limits.max_permissions;
+    t->cred_quota = c->limits.cred_quota;
+    t->new_peers_per_s = c->limits.new_peers_per_s;
+    t->pps_per_alloc = c->limits.pps_per_alloc;
     t->bps_per_alloc = c->limits.bandwidth_per_allocation;
     t->bps_per_user = c->limits.bandwidth_per_user;
     t->internal_nets = rt->internal_nets;
@@ -377,6 +394,13 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
                                     "quota=\"user\"");
     m->quota_total = metrics_counter(reg, "quota_refusals_total", "Allocations refused by quota",
                                      "quota=\"total\"");
+    m->quota_cred = metrics_counter(reg, "quota_refusals_total", "Allocations refused by quota",
+                                    "quota=\"credential\"");
+    m->new_peers_limited = metrics_counter(reg, "limit_refusals_total",
+                                           "Requests refused by a per-allocation rate limit (508)",
+                                           "limit=\"new_peers\"");
+    m->dropped_pkt_rate =
+        metrics_counter(reg, "dropped_packets_total", hd, "reason=\"packet_rate\"");
     m->bindings = metrics_counter(reg, "binding_requests_total", "STUN Binding requests answered", NULL);
     m->allocs_ok = metrics_counter(reg, "allocations_total", "Allocations granted", NULL);
     m->errors = metrics_counter(reg, "error_responses_total",

@@ -385,13 +385,29 @@ enum av_deny av_turn_peer_policy(const struct av_turn_cfg *c, enum av_side side,
 
 /* ---- lifecycle ---- */
 
+/* The per-user count's key: the user id (a REST username's part after the colon) in a
+ * namespace of its own; the per-credential count is keyed by the whole username. */
+static void id_key(const char *username, char out[AV_USERNAME_MAX])
+{
+    out[0] = '\x01';
+    snprintf(out + 1, AV_USERNAME_MAX - 1, "%s", av_user_id(username));
+}
+
+static void quota_give(struct av_turn *t, const char *username)
+{
+    char k[AV_USERNAME_MAX];
+    id_key(username, k);
+    av_shared_user_give(t->sh, username);
+    av_shared_user_give(t->sh, k);
+}
+
 static void hook_free(struct av_alloc *a, void *arg)
 {
     struct av_turn *t = arg;
     if (t->io.close)
         t->io.close(t->io.arg, a);
     __atomic_sub_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
-    av_shared_user_give(t->sh, a->user->name);
+    quota_give(t, a->user->name);
 }
 
 static void hook_resv_free(void *handle, void *arg)
@@ -924,9 +940,18 @@ static int do_allocate(struct req *r)
         log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
         return reply_error(r, 508);
     }
-    /* Counted across workers; given back when the allocation goes (hook_free). */
-    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->user_quota);
+    /* Counted across workers, per credential (a leaked one opens a few, not hundreds) and
+     * per user; given back when the allocation goes (hook_free). */
+    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->cred_quota);
     if (!counted) {
+        t->st.quota_cred++;
+        log_refusal(r, NULL, 486, "allocations per credential reached", NULL, 0);
+        return reply_error(r, 486);
+    }
+    char idk[AV_USERNAME_MAX];
+    id_key(r->user, idk);
+    if (!av_shared_user_take(t->sh, idk, c->user_quota)) {
+        av_shared_user_give(t->sh, r->user);
         t->st.quota_user++;
         log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
         return reply_error(r, 486);
@@ -939,7 +964,7 @@ static int do_allocate(struct req *r)
             token = token << 8 | v[i];
         reserved = resv_take(t->sh, token, in->now_ms);
         if (!reserved) {
-            av_shared_user_give(t->sh, r->user);
+            quota_give(t, r->user);
             log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
             return reply_error(r, 508);
         }
@@ -951,7 +976,7 @@ static int do_allocate(struct req *r)
 
     a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
     if (!a) {
-        av_shared_user_give(t->sh, r->user);
+        quota_give(t, r->user);
         if (reserved && t->io.release)
             t->io.release(t->io.arg, reserved);
         return reply_error(r, 508);
@@ -966,6 +991,11 @@ static int do_allocate(struct req *r)
     memcpy(a->tid, m->tid, STUN_TID_LEN);
     a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
                                in->now_ms};
+    /* New peers: a burst of two seconds' worth (ICE permits all candidates at once). */
+    a->peers = (struct av_bucket){c->new_peers_per_s, 2 * (uint64_t)c->new_peers_per_s,
+                                  2.0 * c->new_peers_per_s, in->now_ms};
+    a->pkt_tokens = c->pps_per_alloc ? c->pps_per_alloc : UINT32_MAX;
+    a->pkt_refill_ms = in->now_ms;
     a->user->shared = counted;
 
     bool reserve = ev && (m->buf[ev->off] & 0x80);
@@ -1057,6 +1087,22 @@ static bool peer_ok(struct req *r, struct av_alloc *a, const struct addr *peer)
     return true;
 }
 
+/* new_peers_per_second: a scan of many peers from one allocation is refused (508). */
+static bool new_peers_ok(struct req *r, struct av_alloc *a, size_t fresh)
+{
+    if (!fresh || !r->t->cfg->new_peers_per_s)
+        return true;
+    if (a->peers.rate != r->t->cfg->new_peers_per_s) /* a reload changed it */
+        a->peers = (struct av_bucket){r->t->cfg->new_peers_per_s, 2 * (uint64_t)r->t->cfg->new_peers_per_s,
+                                      2.0 * r->t->cfg->new_peers_per_s, r->in->now_ms};
+    if (av_bucket_take(&a->peers, r->in->now_ms, fresh))
+        return true;
+    r->t->st.new_peers_limited++;
+    log_refusal(r, a, 508, "too many new peers per second", NULL, 8);
+    reply_error(r, 508);
+    return false;
+}
+
 static int do_create_permission(struct req *r)
 {
     struct av_alloc *a = owned_alloc(r);
@@ -1076,15 +1122,15 @@ static int do_create_permission(struct req *r)
     if (n == 0)
         return reply_error(r, 400);
     const struct av_turn_cfg *c = r->t->cfg;
-    if (c->max_perms && a->n_perms + n > c->max_perms) {
-        size_t fresh = 0;
-        for (size_t i = 0; i < n; i++)
-            fresh += av_perm_find(r->t->tab, a, &peers[i], r->in->now_ms) == NULL;
-        if (a->n_perms + fresh > c->max_perms) {
-            log_refusal(r, a, 508, "too many permissions", NULL, 7);
-            return reply_error(r, 508);
-        }
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++)
+        fresh += av_perm_find(r->t->tab, a, &peers[i], r->in->now_ms) == NULL;
+    if (c->max_perms && a->n_perms + fresh > c->max_perms) {
+        log_refusal(r, a, 508, "too many permissions", NULL, 7);
+        return reply_error(r, 508);
     }
+    if (!new_peers_ok(r, a, fresh))
+        return 0;
     uint64_t exp = r->in->now_ms + (uint64_t)c->perm_lifetime_s * 1000;
     for (size_t i = 0; i < n; i++)
         if (!av_perm_set(r->t->tab, a, &peers[i], exp))
@@ -1123,6 +1169,8 @@ static int do_channel_bind(struct req *r)
     const struct av_turn_cfg *c = r->t->cfg;
     if (!c1 && c->max_perms && a->n_chans >= c->max_perms)
         return reply_error(r, 508);
+    if (!new_peers_ok(r, a, av_perm_find(tab, a, &peer, now) == NULL))
+        return 0;
     if (!av_chan_set(tab, a, num, &peer, now + (uint64_t)c->chan_lifetime_s * 1000) ||
         !av_perm_set(tab, a, &peer, now + (uint64_t)c->perm_lifetime_s * 1000))
         return reply_error(r, 508);
@@ -1233,6 +1281,33 @@ ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, u
 
 /* ---- relay paths ---- */
 
+/* packets_per_second, both directions: a budget spent one packet at a time and refilled
+ * only when it runs out, so the relay path pays a test and a decrement per packet. */
+static bool pkt_refill(struct av_turn *t, struct av_alloc *a, uint64_t now_ms)
+{
+    uint32_t rate = t->cfg->pps_per_alloc;
+    if (!rate) {
+        a->pkt_tokens = UINT32_MAX;
+        return true;
+    }
+    uint64_t add = (now_ms - a->pkt_refill_ms) * rate / 1000;
+    if (!add) { /* less than one packet's worth since the last refill: keep waiting */
+        t->st.dropped_pkt_rate++;
+        return false;
+    }
+    a->pkt_tokens = add > rate ? rate : (uint32_t)add; /* at most one second's worth */
+    a->pkt_refill_ms = now_ms;
+    return true;
+}
+
+static inline bool pkt_take(struct av_turn *t, struct av_alloc *a, uint64_t now_ms)
+{
+    if (__builtin_expect(!a->pkt_tokens, 0) && !pkt_refill(t, a, now_ms))
+        return false;
+    a->pkt_tokens--;
+    return true;
+}
+
 static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
                          struct slice data, uint64_t now_ms, struct av_turn_out *out)
 {
@@ -1242,6 +1317,8 @@ static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct add
         t->st.dropped_no_perm++;
         return -EPERM;
     }
+    if (!pkt_take(t, a, now_ms))
+        return -ENOBUFS;
     if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_turn_user_take(t, a->user, now_ms, data.len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
@@ -1292,6 +1369,8 @@ int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr 
         t->st.dropped_no_perm++;
         return -EPERM;
     }
+    if (!pkt_take(t, a, now_ms))
+        return -ENOBUFS;
     if (!av_bucket_take(&a->bw, now_ms, len) || !av_turn_user_take(t, a->user, now_ms, len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;

@@ -31,6 +31,9 @@ struct av_turn_cfg {
     uint32_t default_lifetime_s, max_lifetime_s, perm_lifetime_s, chan_lifetime_s;
     uint32_t nonce_lifetime_s;
     uint32_t user_quota, total_quota, max_perms;
+    uint32_t cred_quota;        /* allocations per credential (username), 0 = unlimited */
+    uint32_t new_peers_per_s;   /* new permission peers per second per allocation, 0 = any */
+    uint32_t pps_per_alloc;     /* relayed packets per second per allocation, 0 = any */
     uint64_t bps_per_alloc, bps_per_user; /* bytes per second, 0 = unlimited */
     const struct cidr *internal_nets;
     size_t n_internal_nets;
@@ -165,7 +168,8 @@ struct av_turn_stats {
     uint64_t dropped_no_perm, dropped_bandwidth;
     uint64_t auth_fail[AV_AUTH_NREASONS];
     uint64_t denied[AV_DENY_NREASONS];
-    uint64_t quota_user, quota_total;
+    uint64_t quota_user, quota_total, quota_cred;
+    uint64_t new_peers_limited, dropped_pkt_rate;
     uint64_t bindings, allocs_ok, errors;
     uint64_t unauth_limited, amplification_dropped;
 };

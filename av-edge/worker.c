@@ -679,6 +679,9 @@ static void fold_stats(struct av_worker *w)
     FOLD(amplification_dropped, amplification_dropped);
     FOLD(quota_user, quota_user);
     FOLD(quota_total, quota_total);
+    FOLD(quota_cred, quota_cred);
+    FOLD(new_peers_limited, new_peers_limited);
+    FOLD(dropped_pkt_rate, dropped_pkt_rate);
     FOLD(bindings, bindings);
     FOLD(allocs_ok, allocs_ok);
     FOLD(errors, errors);

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -79,8 +80,8 @@ auth:
         for e in self.edges.values():
             e.wait_log("from the Director installed", timeout=10)
 
-    def credentials(self, user, status=200):
-        st, body = http_json(self.dir_admin, f"/credentials?user={user}")
+    def credentials(self, user, status=200, ttl=""):
+        st, body = http_json(self.dir_admin, f"/credentials?user={user}" + (f"&ttl={ttl}" if ttl else ""))
         self.assertEqual(st, status, body)
         return body
 
@@ -163,6 +164,57 @@ auth:
         self.assertEqual(c.permit("127.0.0.1", self.ctl_port).code, 403)  # the Director
         self.assertEqual(c.permit("127.0.0.2", 9).code, 0)  # allow_peers still admits others
         self.wait_metric("av1", 'av_edge_denied_peers_total{reason="own_address"}', 3)
+
+
+    # ---- item 5: per-allocation limits ----
+
+    def test_a_credential_opens_ten_allocations_by_default(self):
+        self.start()
+        cred = self.credentials("leaky")
+        for i in range(10):
+            self.assertEqual(self.client(cred).allocate().code, 0, f"allocation {i + 1}")
+        self.assertEqual(self.client(cred).allocate().code, 486)
+        # another credential of the same user still works (user_quota counts them together)
+        self.assertEqual(self.client(self.credentials("leaky", ttl=300)).allocate().code, 0)
+        self.wait_metric("av1", 'av_edge_quota_refusals_total{quota="credential"}', 1)
+
+    def test_new_peers_per_second_per_allocation(self):
+        self.start()  # default: 10 new peers a second, bursts of 20
+        c = self.client(self.credentials("scanner"))
+        self.assertEqual(c.allocate().code, 0)
+
+        def peers(first, n):
+            return lambda tid: [(T.A_PEER, T.xaddr(f"127.0.1.{i}", 9, tid))
+                                for i in range(first, first + n)]
+        self.assertEqual(c.request(T.CREATE_PERMISSION, peers(1, 30)).code, 508)  # a scan
+        self.assertEqual(c.request(T.CREATE_PERMISSION, peers(1, 15)).code, 0)
+        self.assertEqual(c.request(T.CREATE_PERMISSION, peers(1, 15)).code, 0)  # not new: free
+        self.wait_metric("av1", 'av_edge_limit_refusals_total{limit="new_peers"}', 1)
+
+    def test_packets_per_second_per_allocation(self):
+        self.start(limits="  packets_per_second: 50\n")
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.2", 0))  # 127.0.0.1 is the Director's: a denied peer
+        peer.settimeout(0.5)
+        self.addCleanup(peer.close)
+        c = self.client(self.credentials("flood"))
+        self.assertEqual(c.allocate().code, 0)
+        self.assertEqual(c.channel_bind(0x4001, *peer.getsockname()).code, 0)
+        t0 = time.time()
+        for i in range(300):
+            c.send_channel(0x4001, b"x" * 100)
+        got = 0
+        try:
+            while got < 300:
+                peer.recv(2000)
+                got += 1
+        except socket.timeout:
+            pass
+        elapsed = time.time() - t0
+        # one second's burst plus what the rate refilled meanwhile
+        self.assertGreater(got, 0)
+        self.assertLessEqual(got, 50 + int(50 * elapsed) + 5, f"{got} in {elapsed:.2f}s")
+        self.wait_metric("av1", 'av_edge_dropped_packets_total{reason="packet_rate"}', 300 - got - 5)
 
 
 if __name__ == "__main__":
