@@ -91,7 +91,7 @@ struct av_metrics {
     struct metric *auth_fail[AV_AUTH_NREASONS];
     struct metric *denied[AV_DENY_NREASONS];
     struct metric *quota_user, *quota_total, *bindings, *allocs_ok, *errors;
-    struct metric *quota_cred, *new_peers_limited, *dropped_pkt_rate;
+    struct metric *quota_cred, *new_peers_limited, *dropped_pkt_rate, *redirected;
     struct metric *tcp_active, *tcp_total, *tcp_failed;
 };
 void av_metrics_register(struct av_metrics *m, struct metrics *reg);

@@ -399,6 +399,8 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
     m->new_peers_limited = metrics_counter(reg, "limit_refusals_total",
                                            "Requests refused by a per-allocation rate limit (508)",
                                            "limit=\"new_peers\"");
+    m->redirected = metrics_counter(reg, "redirected_allocations_total",
+                                    "Allocates answered 300 ALTERNATE-SERVER while draining", NULL);
     m->dropped_pkt_rate =
         metrics_counter(reg, "dropped_packets_total", hd, "reason=\"packet_rate\"");
     m->bindings = metrics_counter(reg, "binding_requests_total", "STUN Binding requests answered", NULL);

@@ -328,6 +328,13 @@ int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64
     return rc;
 }
 
+void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *alt)
+{
+    pthread_mutex_lock(&s->mu);
+    s->alt = *alt;
+    pthread_mutex_unlock(&s->mu);
+}
+
 bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s)
 {
     if (!__atomic_load_n(&s->rev_n, __ATOMIC_ACQUIRE))
@@ -862,6 +869,30 @@ static void alloc_success(struct req *r, struct av_alloc *a, int addr_err_family
     finish(r, &b);
 }
 
+/* 300 Try Alternate with ALTERNATE-SERVER (MAPPED-ADDRESS encoding), integrity-protected. */
+static int redirect(struct req *r, const struct addr *to)
+{
+    uint8_t v[20];
+    size_t n;
+    const uint8_t *ip = ip_bytes(to, &n);
+    v[0] = 0;
+    v[1] = n == 16 ? 2 : 1;
+    v[2] = (uint8_t)(addr_port(to) >> 8);
+    v[3] = (uint8_t)addr_port(to);
+    memcpy(v + 4, ip, n);
+    struct stun_builder b;
+    begin(r, &b, STUN_ERROR);
+    stun_build_error(&b, 300, NULL);
+    stun_build_attr(&b, STUN_A_ALTERNATE_SERVER, v, 4 + n);
+    finish(r, &b);
+    r->out->code = 300;
+    r->t->st.redirected++;
+    char as[ADDR_STRLEN];
+    LOGI(r->t->log, r->in->client, "draining: Allocate of %s redirected to %s", r->user,
+         addr_format(to, as));
+    return 0;
+}
+
 static int do_allocate(struct req *r)
 {
     struct av_turn *t = r->t;
@@ -931,6 +962,17 @@ static int do_allocate(struct req *r)
      * client its credentials are not welcome anywhere; 508 Insufficient Capacity says
      * this server cannot take it now, so the client tries the next relay it was given. */
     if (__atomic_load_n(&t->sh->draining, __ATOMIC_RELAXED)) {
+        /* Redirected to the least-loaded healthy peer the Director told us about (RFC
+         * 8489 300 Try Alternate), over the same transport; TLS clients would need
+         * ALTERNATE-DOMAIN too, so they and edges without a peer get 508. */
+        struct addr alt = {0};
+        if (!in->secure) {
+            pthread_mutex_lock(&t->sh->mu);
+            alt = t->sh->alt.a[in->side != AV_SIDE_EXTERNAL][in->transport == AV_TRANSPORT_TCP];
+            pthread_mutex_unlock(&t->sh->mu);
+        }
+        if (addr_family(&alt))
+            return redirect(r, &alt);
         log_refusal(r, NULL, 508, "draining: no new allocations", NULL, 0);
         return reply_error(r, 508);
     }

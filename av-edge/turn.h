@@ -48,6 +48,12 @@ struct av_turn_cfg {
     bool strict_amplification; /* UDP: drop unauthenticated answers larger than the request */
 };
 
+/* Where a draining edge redirects a client: by its side and transport ([side][0] UDP,
+ * [side][1] TCP); family 0 = no alternate (av-edge/peers.c chooses them). */
+struct av_alternates {
+    struct addr a[2][2];
+};
+
 /* Shared between workers: relay secrets (current + previous) that the control channel
  * rotates, and the total allocation count for the global quota. */
 #define AV_SHARED_USER_BUCKETS 1024
@@ -75,6 +81,7 @@ struct av_shared {
     struct av_revoked *rev;
     size_t rev_n, rev_cap;
     uint64_t rev_gen;
+    struct av_alternates alt; /* under mu: the least-loaded peers, for 300 while draining */
 };
 int av_shared_init(struct av_shared *s);
 void av_shared_fini(struct av_shared *s);
@@ -97,6 +104,8 @@ int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret
 /* Revokes user (a user id; until unix seconds) or, with until <= now_s, lifts its
  * revocation. Workers end the user's allocations on their next tick (av_turn_enforce). */
 int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t now_s);
+/* Installs where a draining edge sends new allocations. */
+void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *alt);
 /* True if the user id is revoked at now_s. */
 bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s);
 /* The user id of a username: a TURN REST username's part after the first colon, else all. */
@@ -170,6 +179,7 @@ struct av_turn_stats {
     uint64_t denied[AV_DENY_NREASONS];
     uint64_t quota_user, quota_total, quota_cred;
     uint64_t new_peers_limited, dropped_pkt_rate;
+    uint64_t redirected; /* 300 ALTERNATE-SERVER while draining */
     uint64_t bindings, allocs_ok, errors;
     uint64_t unauth_limited, amplification_dropped;
 };
@@ -200,6 +210,7 @@ struct av_turn_in {
     void *conn;                /* the stream for TCP/TLS clients */
     uint64_t now_ms;           /* monotonic */
     int64_t now_s;             /* wall clock (REST expiry) */
+    bool secure;               /* over TLS (never redirected to a plain listener) */
 };
 
 /* What to do. reply/reply_cap are the caller's; relay_alloc non-NULL means "send

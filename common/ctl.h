@@ -92,6 +92,11 @@ struct ctl_report {
     bool healthy, draining;
     char notes[CTL_NOTES_MAX][CTL_NOTE_MAX];
     size_t n_notes;
+    /* Set by the Director when relaying: the sender's Hello addresses (TURN URIs). */
+    char external_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
+    size_t n_external;
+    char internal_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
+    size_t n_internal;
 };
 
 struct ctl_revoke {

@@ -217,5 +217,46 @@ auth:
         self.wait_metric("av1", 'av_edge_dropped_packets_total{reason="packet_rate"}', 300 - got - 5)
 
 
+    # ---- item 6: drain with redirection ----
+
+    def test_draining_edge_redirects_new_allocations_to_the_least_loaded_peer(self):
+        self.start(names=("av1", "av2", "av3"))
+        cred = self.credentials("walker")
+        live = self.client(cred, "av1")
+        self.assertEqual(live.allocate().code, 0)
+        busy = [self.client(self.credentials(f"busy{i}"), "av2") for i in range(2)]
+        for c in busy:
+            self.assertEqual(c.allocate().code, 0)
+
+        def reported(name, n):
+            st, edges = http_json(self.dir_admin, "/edges?role=av-edge")
+            e = [x for x in edges["edges"] if x.get("instance") == name]
+            return e and (e[0].get("report") or {}).get("allocations") == n
+        wait_for(lambda: reported("av2", 2), timeout=5, what="av2's load reported")
+        st, body = http_json(self.dir_admin, "/drain?instance=av1&deadline_ms=20000", method="POST")
+        self.assertEqual(st, 200, body)
+        self.edges["av1"].wait_log("draining", timeout=5)
+
+        def redirected(tcp=False):
+            c = self.client(self.credentials("newcomer"), "av1", tcp=tcp)
+            m = c.allocate()
+            if m.code != 300:
+                return None
+            v = m.get(A_ALTERNATE_SERVER)
+            return socket.inet_ntoa(v[4:8]), struct.unpack("!H", v[2:4])[0]
+        # av3 is the least loaded healthy peer (av2 holds two allocations, av1 drains)
+        want = (EXT["av3"], self.ext_port["av3"])
+        self.assertEqual(wait_for(redirected, timeout=5, what="a 300 from the draining edge"), want)
+        self.assertEqual(redirected(tcp=True), want)  # the TCP listener on the same address
+        # the client follows the redirection
+        c = T.Client(want, cred["username"], cred["password"])
+        self.addCleanup(c.close)
+        self.assertEqual(c.allocate().code, 0)
+        # the live allocation on the draining edge runs on
+        self.assertEqual(live.refresh().code, 0)
+        self.assertEqual(live.permit("127.0.0.2").code, 0)
+        self.wait_metric("av1", "av_edge_redirected_allocations_total", 2)
+
+
 if __name__ == "__main__":
     unittest.main()
