@@ -186,9 +186,9 @@ class LabScale(lab.LabWithDaemons):
         os.kill(self.pid(edge), signal.SIGTERM)
         t0 = time.monotonic()
         self.wait_for(f"{edge} to start draining", lambda: "draining" in self.log_tail(edge), 3)
-        # A new allocation on it is refused with 508 Insufficient Capacity ...
+        # A new allocation on it is sent to a healthy peer (300 Try Alternate) ...
         holder = self.holder()
-        self.assertEqual(self.allocate(holder, edge, self.credentials("late")), "508", self.log_tail(edge))
+        self.assertEqual(self.allocate(holder, edge, self.credentials("late")), "300", self.log_tail(edge))
         # ... and the Director no longer offers it.
         self.wait_for(f"{edge} to leave the credential answer",
                       lambda: edge not in self.offered(self.credentials("probe")), 3)
