@@ -128,7 +128,8 @@ class TestStockClients(AvEdgeTest):
     def test_uclient_two_workers_reservations_cross_workers(self):
         """workers: 2 with SO_REUSEPORT: uclient's EVEN-PORT reservation tokens are redeemed
         from other sockets, which may land on the other worker."""
-        self.start_edge(extra="workers: 2\n")
+        # 10 clients, each with a peer allocation, on one REST credential
+        self.start_edge(extra="workers: 2\n", limits="  user_quota: 50\n  allocations_per_credential: 20\n")
         self.uclient(["-W", SECRET, "-y"], INT, self.int_port, n=50, m=10)
 
     def test_uclient_tcp(self):
@@ -385,7 +386,8 @@ class TestUserBandwidth(AvEdgeTest):
         workers by their source ports) flood a peer, and what arrives stays within the burst
         plus the rate for the time taken, not twice that."""
         self.start_edge(extra="workers: 2\n", allow_loopback=True,
-                        limits="  user_quota: 50\n  bandwidth_per_user: 20k\n")
+                        limits="  user_quota: 50\n  allocations_per_credential: 50\n"
+                               "  bandwidth_per_user: 20k\n")
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.bind(("127.0.0.1", 0))
         peer.settimeout(0.5)
