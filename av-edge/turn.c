@@ -814,10 +814,11 @@ static int authenticate(struct req *r)
     }
     return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
 ok:
-    /* A revoked user's credentials, old and new, are refused until it is reinstated. */
+    r->authed = true;
+    /* A revoked user's credentials, old and new, are refused until it is reinstated (403
+     * Forbidden, integrity-protected: the credential itself was good). */
     if (av_shared_revoked(t->sh, av_user_id(r->user), r->in->now_s))
         return auth_fail(r, AV_AUTH_REVOKED, 403);
-    r->authed = true;
     return 0;
 }
 
