@@ -870,6 +870,14 @@ static void alloc_success(struct req *r, struct av_alloc *a, int addr_err_family
     finish(r, &b);
 }
 
+/* new_peers_per_second's bucket: bursts of two seconds' worth (ICE permits all of its
+ * candidates at once). */
+static struct av_bucket peers_bucket(const struct av_turn_cfg *c, uint64_t now_ms)
+{
+    return (struct av_bucket){c->new_peers_per_s, 2 * (uint64_t)c->new_peers_per_s,
+                              2.0 * c->new_peers_per_s, now_ms};
+}
+
 /* 300 Try Alternate with ALTERNATE-SERVER (MAPPED-ADDRESS encoding), integrity-protected. */
 static int redirect(struct req *r, const struct addr *to)
 {
@@ -1034,9 +1042,7 @@ static int do_allocate(struct req *r)
     memcpy(a->tid, m->tid, STUN_TID_LEN);
     a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
                                in->now_ms};
-    /* New peers: a burst of two seconds' worth (ICE permits all candidates at once). */
-    a->peers = (struct av_bucket){c->new_peers_per_s, 2 * (uint64_t)c->new_peers_per_s,
-                                  2.0 * c->new_peers_per_s, in->now_ms};
+    a->peers = peers_bucket(c, in->now_ms);
     a->pkt_tokens = c->pps_per_alloc ? c->pps_per_alloc : UINT32_MAX;
     a->pkt_refill_ms = in->now_ms;
     a->user->shared = counted;
@@ -1136,8 +1142,7 @@ static bool new_peers_ok(struct req *r, struct av_alloc *a, size_t fresh)
     if (!fresh || !r->t->cfg->new_peers_per_s)
         return true;
     if (a->peers.rate != r->t->cfg->new_peers_per_s) /* a reload changed it */
-        a->peers = (struct av_bucket){r->t->cfg->new_peers_per_s, 2 * (uint64_t)r->t->cfg->new_peers_per_s,
-                                      2.0 * r->t->cfg->new_peers_per_s, r->in->now_ms};
+        a->peers = peers_bucket(r->t->cfg, r->in->now_ms);
     if (av_bucket_take(&a->peers, r->in->now_ms, fresh))
         return true;
     r->t->st.new_peers_limited++;

@@ -47,7 +47,8 @@ static struct ctl_report report(const char *inst, uint32_t load, uint64_t allocs
     snprintf(r.external_addrs[1], ADDR_STRLEN, "turn:%s:3478?transport=tcp", ext_host);
     snprintf(r.external_addrs[2], ADDR_STRLEN, "turns:%s:5349?transport=tcp", ext_host);
     r.n_external = 3;
-    snprintf(r.internal_addrs[0], ADDR_STRLEN, "turn:10.0.0.%s:3478?transport=udp", strrchr(ext_host, '.') + 1);
+    snprintf(r.internal_addrs[0], ADDR_STRLEN, "turn:10.0.0.%s:3478?transport=udp",
+             strrchr(ext_host, '.') + 1);
     r.n_internal = 1;
     return r;
 }
