@@ -88,7 +88,7 @@ static void on_ctl_revoke(const struct ctl_revoke *r, void *arg)
     if (!r->user[0])
         return; /* conference keys are conf-edge's business */
     int64_t now = time_wall_s();
-    if (av_shared_revoke(&e->sh, r->user, r->until, now) == 0)
+    if (av_shared_revoke(&e->sh, r->user, r->until, r->expiring_by, now) == 0)
         LOGI(daemon_logger(e->d), NULL, r->until > now ? "user %s revoked until %lld"
                                                        : "user %s reinstated (revocation lifted)",
              r->user, (long long)r->until);

@@ -51,6 +51,7 @@ struct req {
     struct av_turn_out *out;
     bool authed, sha256, fp;
     bool proved; /* carried a nonce we made for its IP: it receives at its address */
+    int64_t expiry; /* of a TURN REST credential, 0 for a static user */
     uint8_t key[16];
     char user[AV_USERNAME_MAX];
 };
@@ -295,18 +296,20 @@ const char *av_user_id(const char *username)
     return c ? c + 1 : username;
 }
 
-int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t now_s)
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t expiring_by,
+                     int64_t now_s)
 {
     if (!*user || strlen(user) >= AV_USERNAME_MAX)
         return -EINVAL;
     int rc = 0;
     pthread_mutex_lock(&s->mu);
-    size_t w = 0, i;
-    for (i = 0; i < s->rev_n; i++) /* forget the lapsed ones on the way */
-        if (s->rev[i].until > now_s && strcmp(s->rev[i].user, user) != 0)
+    size_t w = 0;
+    for (size_t i = 0; i < s->rev_n; i++) /* forget the lapsed ones on the way */
+        if ((s->rev[i].until > now_s || s->rev[i].expiring_by > now_s) &&
+            strcmp(s->rev[i].user, user) != 0)
             s->rev[w++] = s->rev[i];
     s->rev_n = w;
-    if (until > now_s) {
+    if (until > now_s || expiring_by > now_s) {
         if (s->rev_n == s->rev_cap) {
             size_t cap = s->rev_cap ? 2 * s->rev_cap : 16;
             struct av_revoked *n = realloc(s->rev, cap * sizeof(*n));
@@ -318,8 +321,10 @@ int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64
             }
         }
         if (rc == 0) {
-            snprintf(s->rev[s->rev_n].user, AV_USERNAME_MAX, "%s", user);
-            s->rev[s->rev_n++].until = until;
+            struct av_revoked *e = &s->rev[s->rev_n++];
+            snprintf(e->user, AV_USERNAME_MAX, "%s", user);
+            e->until = until;
+            e->expiring_by = expiring_by;
         }
     }
     __atomic_store_n(&s->rev_n, s->rev_n, __ATOMIC_RELEASE);
@@ -335,14 +340,17 @@ void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *a
     pthread_mutex_unlock(&s->mu);
 }
 
-bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s)
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t expiry, int64_t now_s)
 {
     if (!__atomic_load_n(&s->rev_n, __ATOMIC_ACQUIRE))
         return false;
     bool hit = false;
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < s->rev_n && !hit; i++)
-        hit = s->rev[i].until > now_s && strcmp(s->rev[i].user, user) == 0;
+    for (size_t i = 0; i < s->rev_n && !hit; i++) {
+        const struct av_revoked *e = &s->rev[i];
+        hit = strcmp(e->user, user) == 0 &&
+              (e->until > now_s || (expiry && expiry <= e->expiring_by));
+    }
     pthread_mutex_unlock(&s->mu);
     return hit;
 }
@@ -503,7 +511,7 @@ static void enforce_one(struct av_alloc *a, void *arg)
         x->more = true;
         return;
     }
-    if (av_shared_revoked(x->t->sh, av_user_id(a->user->name), x->now_s))
+    if (av_shared_revoked(x->t->sh, av_user_id(a->user->name), 0, x->now_s))
         x->doomed[x->n++] = a;
 }
 
@@ -794,6 +802,7 @@ static int authenticate(struct req *r)
     if (turn_rest_expiry(r->user, u->len, &expiry) == 0) {
         if (expiry < r->in->now_s)
             return auth_fail(r, AV_AUTH_EXPIRED, 401);
+        r->expiry = expiry;
         refresh_keyring(t);
         const struct token_key *keys[2] = {&t->kr.cur, &t->kr.prev};
         bool any = false;
@@ -817,7 +826,7 @@ ok:
     r->authed = true;
     /* A revoked user's credentials, old and new, are refused until it is reinstated (403
      * Forbidden, integrity-protected: the credential itself was good). */
-    if (av_shared_revoked(t->sh, av_user_id(r->user), r->in->now_s))
+    if (av_shared_revoked(t->sh, av_user_id(r->user), r->expiry, r->in->now_s))
         return auth_fail(r, AV_AUTH_REVOKED, 403);
     return 0;
 }

@@ -61,7 +61,8 @@ struct av_user_count;
 struct av_shared_resv;
 struct av_revoked {
     char user[AV_USERNAME_MAX]; /* the user id: a REST username's part after the colon */
-    int64_t until;              /* unix seconds */
+    int64_t until;              /* unix seconds: refused (all credentials) until then */
+    int64_t expiring_by;        /* reinstated: credentials expiring by then stay refused */
 };
 struct av_shared {
     pthread_mutex_t mu;
@@ -102,12 +103,16 @@ int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret
                          int64_t not_after);
 
 /* Revokes user (a user id; until unix seconds) or, with until <= now_s, lifts its
- * revocation. Workers end the user's allocations on their next tick (av_turn_enforce). */
-int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t now_s);
+ * revocation, its TURN REST credentials that expire by expiring_by (minted before the
+ * revocation) still refused. Workers end the user's allocations on their next tick
+ * (av_turn_enforce). */
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t expiring_by,
+                     int64_t now_s);
 /* Installs where a draining edge sends new allocations. */
 void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *alt);
-/* True if the user id is revoked at now_s. */
-bool av_shared_revoked(struct av_shared *s, const char *user, int64_t now_s);
+/* True if the user id's credential expiring at expiry (0: a static user, or any) is
+ * refused at now_s. */
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t expiry, int64_t now_s);
 /* The user id of a username: a TURN REST username's part after the first colon, else all. */
 const char *av_user_id(const char *username);
 

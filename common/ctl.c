@@ -216,6 +216,7 @@ static int msg_from_pb(struct ctl_msg *m, const Edgectl__Envelope *env)
             copy_str(m->u.revoke.user, sizeof m->u.revoke.user, env->revoke->user))
             return -EBADMSG;
         m->u.revoke.until = env->revoke->until;
+        m->u.revoke.expiring_by = env->revoke->expiring_by;
         return 0;
     case EDGECTL__ENVELOPE__MSG_DRAIN:
         m->type = CTL_MSG_DRAIN;
@@ -432,6 +433,7 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
         x->m.revoke.conference_key_id = (char *)m->u.revoke.conference_key_id;
         x->m.revoke.user = (char *)m->u.revoke.user;
         x->m.revoke.until = m->u.revoke.until;
+        x->m.revoke.expiring_by = m->u.revoke.expiring_by;
         x->env.msg_case = EDGECTL__ENVELOPE__MSG_REVOKE;
         x->env.revoke = &x->m.revoke;
         return 0;

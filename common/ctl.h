@@ -103,6 +103,8 @@ struct ctl_revoke {
     char conference_key_id[CTL_ID_MAX];
     char user[CTL_USER_MAX];
     int64_t until;
+    /* A user reinstated (until in the past): its credentials expiring by then stay refused. */
+    int64_t expiring_by;
 };
 
 /* ---- frame codec (pure: no I/O; fuzzed) ---- */

@@ -34,6 +34,11 @@ struct hub_revoked {
     char user[CTL_USER_MAX];
     int64_t until;       /* unix seconds; INT64_MAX: until reinstated */
     int64_t edge_until;  /* what the edges were told (they forget it then) */
+    int64_t revoked_at;
+    /* Reinstated: credentials expiring by expiring_by were minted before the revocation
+     * and stay refused; new ones are minted to expire after it. */
+    bool lifted;
+    int64_t expiring_by;
 };
 #define HUB_REVOKED_MAX 4096
 
@@ -482,11 +487,17 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
 
 /* ---- revoked users ---- */
 
+static bool hub_revoked_live(const struct hub_revoked *v, int64_t now)
+{
+    return v->lifted ? v->expiring_by > now : v->until > now;
+}
+
+/* The user's entry: revoked now (lifted false) or reinstated within its window. */
 static struct hub_revoked *hub_revoked_find(struct hub *h, const char *user)
 {
     int64_t now = time_wall_s();
     for (size_t i = 0; i < h->nrevoked; i++)
-        if (strcmp(h->revoked[i].user, user) == 0 && h->revoked[i].until > now)
+        if (strcmp(h->revoked[i].user, user) == 0 && hub_revoked_live(&h->revoked[i], now))
             return &h->revoked[i];
     return NULL;
 }
@@ -498,7 +509,7 @@ static int hub_revoked_add(struct hub *h, const char *user, int64_t until, int64
         int64_t now = time_wall_s();
         size_t w = 0;
         for (size_t i = 0; i < h->nrevoked; i++)
-            if (h->revoked[i].until > now)
+            if (hub_revoked_live(&h->revoked[i], now))
                 h->revoked[w++] = h->revoked[i];
         h->nrevoked = w;
         if (h->nrevoked == HUB_REVOKED_MAX)
@@ -513,26 +524,44 @@ static int hub_revoked_add(struct hub *h, const char *user, int64_t until, int64
     }
     e->until = until;
     e->edge_until = edge_until;
+    e->revoked_at = time_wall_s();
+    e->lifted = false;
+    e->expiring_by = 0;
     return 0;
 }
 
 bool hub_user_revoked(struct director *d, const char *user)
 {
-    return d->hub && hub_revoked_find(d->hub, user) != NULL;
+    const struct hub_revoked *v = d->hub ? hub_revoked_find(d->hub, user) : NULL;
+    return v && !v->lifted;
+}
+
+int64_t hub_user_min_expiry(struct director *d, const char *user)
+{
+    const struct hub_revoked *v = d->hub ? hub_revoked_find(d->hub, user) : NULL;
+    return v && v->lifted ? v->expiring_by + 1 : 0;
+}
+
+/* What the edges are told about an entry: a revocation, or a lifted one. */
+static void hub_revoke_msg(const struct hub_revoked *v, struct ctl_revoke *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->user, sizeof r->user, "%s", v->user);
+    r->until = v->lifted ? 1 : v->edge_until; /* 1: in the past, lifted */
+    r->expiring_by = v->lifted ? v->expiring_by : 0;
 }
 
 /* The revocations still in force, to an edge that just connected (it may have missed them). */
 static void hub_send_revocations(struct hub *h, struct ctl_peer *p)
 {
     int64_t now = time_wall_s();
+    bool av = ctl_peer_hello(p)->role == CTL_ROLE_AV_EDGE;
     for (size_t i = 0; i < h->nrevoked; i++) {
         const struct hub_revoked *v = &h->revoked[i];
-        if (v->until <= now || v->edge_until <= now)
+        if (!hub_revoked_live(v, now) || (!v->lifted && v->edge_until <= now) || (v->lifted && !av))
             continue;
         struct ctl_revoke r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.user, sizeof r.user, "%s", v->user);
-        r.until = v->edge_until;
+        hub_revoke_msg(v, &r);
         if (ctl_peer_send_revoke(p, &r) < 0)
             return;
     }
@@ -591,18 +620,25 @@ static void hub_post_reinstate(struct director *d, const char *query, const char
     }
     struct hub *h = d->hub;
     struct hub_revoked *v = hub_revoked_find(h, r.user);
-    if (!v) {
+    if (!v || v->lifted) {
         reply_error(reply, 404, "user is not revoked");
         return;
     }
-    *v = h->revoked[--h->nrevoked];
-    r.until = 1; /* in the past: lifted */
+    /* Credentials minted before the revocation expire by then: they were capped at max_ttl
+     * and die with the secret that signed them. New ones are minted to expire after it. */
+    int64_t ttl = (int64_t)(d->cfg->credentials.max_ttl_ms / 1000),
+            life = (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
+    v->lifted = true;
+    v->expiring_by = v->revoked_at + (ttl < life ? ttl : life);
+    hub_revoke_msg(v, &r);
     size_t sent = 0;
     for (size_t i = 0; i < h->nedges; i++)
         if (h->edges[i].peer && h->edges[i].hello.role == CTL_ROLE_AV_EDGE &&
             ctl_peer_send_revoke(h->edges[i].peer, &r) == 0)
             sent++;
-    LOGI(d->log, NULL, "hub: reinstated user %s; sent to %zu av-edge(s)", r.user, sent);
+    LOGI(d->log, NULL,
+         "hub: reinstated user %s (its credentials expiring by %" PRId64 " stay refused); "
+         "sent to %zu av-edge(s)", r.user, r.expiring_by, sent);
     struct json_buf j = {0};
     json_printf(&j, "{\"reinstated\":");
     json_str(&j, r.user);

@@ -137,8 +137,11 @@ auth:
         self.assertEqual(st, 200, body)
         self.assertEqual(http_json(self.dir_admin, "/reinstate?user=mallory", method="POST")[0], 404)
         fresh = self.credentials("mallory")
+        self.assertGreater(fresh["ttl"], 3600)  # expires after any pre-revocation credential
         wait_for(lambda: self.client(fresh).allocate().code == 0, timeout=3,
                  what="a reinstated user's allocation")
+        # credentials minted before the revocation stay refused
+        self.assertEqual(self.client(spare).allocate().code, 403)
         self.wait_metric("av1", 'av_edge_auth_failures_total{reason="revoked"}', 1)
 
     def test_an_edge_that_connects_later_learns_the_revocation(self):

@@ -108,16 +108,20 @@ static void revocations(void **st)
     (void)st;
     struct av_shared s;
     assert_int_equal(av_shared_init(&s), 0);
-    assert_false(av_shared_revoked(&s, "alice", 100));
-    assert_int_equal(av_shared_revoke(&s, "alice", 200, 100), 0);
-    assert_true(av_shared_revoked(&s, "alice", 100));
-    assert_false(av_shared_revoked(&s, "bob", 100));
-    assert_false(av_shared_revoked(&s, "alice", 200)); /* until has passed */
-    assert_int_equal(av_shared_revoke(&s, "bob", 300, 100), 0);
-    assert_int_equal(av_shared_revoke(&s, "alice", 1, 100), 0); /* reinstated */
-    assert_false(av_shared_revoked(&s, "alice", 100));
-    assert_true(av_shared_revoked(&s, "bob", 100));
-    assert_int_equal(av_shared_revoke(&s, "", 300, 100), -EINVAL);
+    assert_false(av_shared_revoked(&s, "alice", 0, 100));
+    assert_int_equal(av_shared_revoke(&s, "alice", 200, 0, 100), 0);
+    assert_true(av_shared_revoked(&s, "alice", 0, 100));
+    assert_true(av_shared_revoked(&s, "alice", 5000, 100)); /* any credential */
+    assert_false(av_shared_revoked(&s, "bob", 0, 100));
+    assert_false(av_shared_revoked(&s, "alice", 0, 200)); /* until has passed */
+    assert_int_equal(av_shared_revoke(&s, "bob", 300, 0, 100), 0);
+    /* alice reinstated: her credentials expiring by 150 were minted before the revocation */
+    assert_int_equal(av_shared_revoke(&s, "alice", 1, 150, 100), 0);
+    assert_false(av_shared_revoked(&s, "alice", 0, 100)); /* static credentials, new ones */
+    assert_true(av_shared_revoked(&s, "alice", 150, 100));
+    assert_false(av_shared_revoked(&s, "alice", 151, 100));
+    assert_true(av_shared_revoked(&s, "bob", 0, 100));
+    assert_int_equal(av_shared_revoke(&s, "", 300, 0, 100), -EINVAL);
     assert_string_equal(av_user_id("1700000000:carol"), "carol");
     assert_string_equal(av_user_id("dave"), "dave");
     av_shared_fini(&s);

@@ -808,7 +808,7 @@ static void revoked_user_refused_and_allocations_ended(void **st)
     use_rest(f, NOW_S + 600, "mallory", "secret1");
     assert_int_equal(allocate(f), 0);
     assert_int_equal(av_turn_enforce(f->t, f->now_s), 0); /* nothing revoked yet */
-    assert_int_equal(av_shared_revoke(&f->sh, "mallory", f->now_s + 60, f->now_s), 0);
+    assert_int_equal(av_shared_revoke(&f->sh, "mallory", f->now_s + 60, 0, f->now_s), 0);
     assert_int_equal(av_turn_enforce(f->t, f->now_s), 1);
     assert_int_equal(f->sh.allocs, 0);
     assert_int_equal(av_turn_enforce(f->t, f->now_s), 0); /* once per change */
@@ -818,8 +818,11 @@ static void revoked_user_refused_and_allocations_ended(void **st)
     use_rest(f, NOW_S + 600, "alice2", "secret1");
     assert_int_equal(allocate(f), 0); /* others are unaffected */
     assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
+    /* reinstated: credentials minted before (expiring by NOW_S + 800) stay refused */
+    assert_int_equal(av_shared_revoke(&f->sh, "mallory", 1, NOW_S + 800, f->now_s), 0);
+    use_rest(f, NOW_S + 600, "mallory", "secret1");
+    assert_int_equal(allocate(f), 403);
     use_rest(f, NOW_S + 900, "mallory", "secret1");
-    assert_int_equal(av_shared_revoke(&f->sh, "mallory", 1, f->now_s), 0); /* reinstated */
     assert_int_equal(allocate(f), 0);
     assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
 }
