@@ -68,7 +68,8 @@ static const struct cfg_key auth_keys[] = {
     {.name = "realm", .type = CFG_STR, .offset = OFF(auth.realm) - OFF(auth), .def = "edge.lab",
      .help = "long-term credential realm"},
     {.name = "secret", .type = CFG_STR, .offset = OFF(auth.secret) - OFF(auth),
-     .help = "static TURN REST shared secret (labs; the Director's secret is used when connected)"},
+     .help = "static TURN REST shared secret for labs without a Director (used only with "
+             "director.enabled false)"},
     {.name = "users", .type = CFG_LIST, .offset = OFF(auth.users) - OFF(auth),
      .count_offset = OFF(auth.n_users) - OFF(auth), .sub = user_keys,
      .elem_size = sizeof(struct av_user_cfg), .help = "static users (labs)"},
