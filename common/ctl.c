@@ -1678,6 +1678,20 @@ int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r)
     return rc;
 }
 
+int ctl_peer_send_report(struct ctl_peer *p, const struct ctl_report *r)
+{
+    if (!p || !r)
+        return -EINVAL;
+    struct ctl_msg *m = malloc(sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->type = CTL_MSG_REPORT;
+    m->u.report = *r;
+    int rc = peer_send(p, m);
+    free(m);
+    return rc;
+}
+
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms)
 {
     if (!p)

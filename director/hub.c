@@ -183,6 +183,21 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
 
 static void hub_send_revocations(struct hub *h, struct ctl_peer *p);
 
+/* The last report of each connected edge of the roles e subscribes to, so that it knows its
+ * peers at once (a draining av-edge redirects to them) rather than a report interval later. */
+static void hub_send_last_reports(struct hub *h, const struct hub_edge *e)
+{
+    for (size_t i = 0; i < h->nedges; i++) {
+        const struct hub_edge *o = &h->edges[i];
+        if (o == e || !o->peer || !o->has_report)
+            continue;
+        for (size_t k = 0; k < e->hello.n_subscribe; k++)
+            if (e->hello.subscribe[k] == o->hello.role &&
+                ctl_peer_send_report(e->peer, &o->report) < 0)
+                return;
+    }
+}
+
 static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *arg)
 {
     struct director *d = arg;
@@ -190,8 +205,10 @@ static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *
     metric_inc(d->hub->m_reports);
     if (!e)
         return;
-    if (!e->reports) /* the first report follows the Welcome: now it may hear revocations */
+    if (!e->reports) { /* the first report follows the Welcome: now it may hear more */
         hub_send_revocations(d->hub, p);
+        hub_send_last_reports(d->hub, e);
+    }
     e->report = *r;
     e->has_report = true;
     e->reports++;
