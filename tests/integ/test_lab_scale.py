@@ -3,8 +3,8 @@ in its own namespace with its own two interfaces. The external user, behind the 
 the first edge of the Director's credential answer (ordered by reported load), so the sessions
 spread over the three; an edge killed outright (SIGKILL) leaves the answer within one heartbeat
 timeout and new sessions go to the others; an edge told to stop (SIGTERM) while a call's SRTP
-runs through it finishes that stream without loss, refuses new allocations with 508, leaves the
-answer, and exits once the call's allocations are released. The loopback version of the same
+runs through it finishes that stream without loss, redirects new allocations (300) to a healthy
+edge, leaves the answer, and exits once the call's allocations are released. The loopback version of the same
 checks is tests/integ/test_av_scale.py. Root only."""
 import os
 import re
