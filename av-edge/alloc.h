@@ -64,6 +64,9 @@ struct av_alloc {
     struct av_perm *perms;  /* list for sweeping and teardown */
     struct av_chan *chans;
     struct av_bucket bw;
+    struct av_bucket peers;   /* new_peers_per_second (in peers, not bytes) */
+    uint32_t pkt_tokens;      /* packets_per_second: packets left until the next refill */
+    uint64_t pkt_refill_ms;
     uint64_t pkts_in, pkts_out, bytes_in, bytes_out;
 };
 

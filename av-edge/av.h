@@ -54,6 +54,7 @@ struct av_config {
     struct {
         uint64_t default_lifetime_ms, max_lifetime_ms, permission_lifetime_ms, channel_lifetime_ms;
         uint32_t user_quota, total_quota, max_permissions;
+        uint32_t cred_quota, new_peers_per_s, pps_per_alloc;
         uint64_t bandwidth_per_allocation, bandwidth_per_user; /* bytes per second, 0 = none */
     } limits;
     uint32_t workers;
@@ -64,6 +65,8 @@ struct av_config {
 
 extern const struct cfg_key av_config_keys[];
 int av_config_validate(const void *cfg, struct cfg_err *err);
+/* --check's advice: a published auth.secret, a secret ignored because of the Director link. */
+size_t av_config_warnings(const void *cfg, char (*out)[256], size_t max);
 
 /* Runtime settings: the TURN view of a config plus the storage it points to. Built from a
  * config, then immutable; replaced whole on reload. */
@@ -88,6 +91,7 @@ struct av_metrics {
     struct metric *auth_fail[AV_AUTH_NREASONS];
     struct metric *denied[AV_DENY_NREASONS];
     struct metric *quota_user, *quota_total, *bindings, *allocs_ok, *errors;
+    struct metric *quota_cred, *new_peers_limited, *dropped_pkt_rate, *redirected;
     struct metric *tcp_active, *tcp_total, *tcp_failed;
 };
 void av_metrics_register(struct av_metrics *m, struct metrics *reg);

@@ -68,7 +68,8 @@ static const struct cfg_key auth_keys[] = {
     {.name = "realm", .type = CFG_STR, .offset = OFF(auth.realm) - OFF(auth), .def = "edge.lab",
      .help = "long-term credential realm"},
     {.name = "secret", .type = CFG_STR, .offset = OFF(auth.secret) - OFF(auth),
-     .help = "static TURN REST shared secret (labs; the Director's secret is used when connected)"},
+     .help = "static TURN REST shared secret for labs without a Director (used only with "
+             "director.enabled false)"},
     {.name = "users", .type = CFG_LIST, .offset = OFF(auth.users) - OFF(auth),
      .count_offset = OFF(auth.n_users) - OFF(auth), .sub = user_keys,
      .elem_size = sizeof(struct av_user_cfg), .help = "static users (labs)"},
@@ -80,10 +81,11 @@ static const struct cfg_key auth_keys[] = {
     {.name = "unauth_burst", .type = CFG_UINT, .offset = OFF(auth.unauth_burst) - OFF(auth),
      .def = "200", .min = 1, .max = 1000000, .help = "burst for unauth_rate"},
     {.name = "strict_amplification", .type = CFG_BOOL,
-     .offset = OFF(auth.strict_amplification) - OFF(auth), .def = "false",
-     .help = "over UDP, drop an unauthenticated request whose answer would be larger than it "
-             "(a 401 carries REALM and NONCE, a Binding answer the mapped address: clients must "
-             "pad such requests, e.g. with PADDING or SOFTWARE)"},
+     .offset = OFF(auth.strict_amplification) - OFF(auth), .def = "true",
+     .help = "over UDP, no unauthenticated answer larger than what the source sent: a request "
+             "too small for its answer (a 401 carries REALM and NONCE) is answered once the "
+             "client's retransmissions cover it, at once when it carries a nonce made for its "
+             "address; false: answer every request at once (amplification up to 3x)"},
     CFG_END,
 };
 
@@ -100,7 +102,21 @@ static const struct cfg_key limit_keys[] = {
      .offset = OFF(limits.channel_lifetime_ms) - OFF(limits), .def = "600s", .min = 1000,
      .max = 86400000, .help = "channel binding lifetime (RFC 8656: 600 s)"},
     {.name = "user_quota", .type = CFG_UINT, .offset = OFF(limits.user_quota) - OFF(limits),
-     .def = "100", .min = 0, .max = 10000000, .help = "allocations per user (0 = unlimited)"},
+     .def = "100", .min = 0, .max = 10000000,
+     .help = "allocations per user, all its credentials together (486; 0 = unlimited)"},
+    {.name = "allocations_per_credential", .type = CFG_UINT,
+     .offset = OFF(limits.cred_quota) - OFF(limits), .def = "10", .min = 0, .max = 10000000,
+     .help = "allocations per credential (username), so a leaked one cannot open hundreds "
+             "(486; 0 = unlimited)"},
+    {.name = "new_peers_per_second", .type = CFG_UINT,
+     .offset = OFF(limits.new_peers_per_s) - OFF(limits), .def = "10", .min = 0, .max = 1000000,
+     .help = "new peer addresses (permissions) per second per allocation, bursts of two "
+             "seconds' worth (508; 0 = unlimited)"},
+    {.name = "packets_per_second", .type = CFG_UINT,
+     .offset = OFF(limits.pps_per_alloc) - OFF(limits), .def = "10000", .min = 0,
+     .max = 100000000,
+     .help = "relayed packets per second per allocation, both directions, bursts of one "
+             "second's worth; more are dropped (0 = unlimited)"},
     {.name = "total_quota", .type = CFG_UINT, .offset = OFF(limits.total_quota) - OFF(limits),
      .def = "10000", .min = 0, .max = 10000000, .help = "allocations in total (0 = unlimited)"},
     {.name = "max_permissions", .type = CFG_UINT, .offset = OFF(limits.max_permissions) - OFF(limits),
@@ -197,6 +213,29 @@ int av_config_validate(const void *cfg, struct cfg_err *err)
     return 0;
 }
 
+/* Secrets that anyone who reads the repository knows (the lab configs in deploy/). */
+static const char *const published_secrets[] = {"lab-relay-secret", NULL};
+
+size_t av_config_warnings(const void *cfg, char (*out)[256], size_t max)
+{
+    const struct av_config *c = cfg;
+    size_t n = 0;
+    const char *s = c->auth.secret;
+    if (s && n < max) {
+        for (const char *const *p = published_secrets; *p; p++)
+            if (strcmp(s, *p) == 0)
+                snprintf(out[n++], 256,
+                         "auth.secret \"%s\" is published (deploy/config): anyone can mint "
+                         "credentials with it; use the Director's secrets or a secret of your own",
+                         s);
+    }
+    if (s && c->director.enabled && n < max)
+        snprintf(out[n++], 256,
+                 "auth.secret is ignored while director.enabled is true: only the Director's "
+                 "relay secrets are accepted");
+    return n;
+}
+
 /* Copies n elements of size sz (NULL for none); *ok goes false when memory runs out. */
 static void *memdup(const void *p, size_t n, size_t sz, bool *ok)
 {
@@ -230,7 +269,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     bool ok = true;
     size_t n_own = c->relay.n_addresses + c->external.n_listen + c->external.n_tls_listen +
                    c->external.n_tcp_listen + c->internal.n_listen + c->internal.n_tls_listen +
-                   c->internal.n_tcp_listen;
+                   c->internal.n_tcp_listen + 2;
     rt->own = calloc(n_own ? n_own : 1, sizeof(*rt->own));
     rt->users = calloc(c->auth.n_users ? c->auth.n_users : 1, sizeof(*rt->users));
     rt->n_users = c->auth.n_users;
@@ -254,6 +293,12 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
         for (size_t i = 0; i < sides[s]->n_tcp_listen; i++)
             rt->own[k++] = sides[s]->tcp_listen[i];
     }
+    /* Every address the edge listens on is a denied peer, the admin listener's and the
+     * control channel's (the Director it talks to) included, not only the TURN ones. */
+    if (addr_family(&c->base.admin.listen) && !addr_is_any(&c->base.admin.listen))
+        rt->own[k++] = c->base.admin.listen;
+    if (c->director.enabled && !addr_is_any(&c->director.address))
+        rt->own[k++] = c->director.address;
     for (size_t i = 0; i < c->auth.n_users; i++) {
         rt->users[i].name = strdup_ok(c->auth.users[i].name, &ok);
         stun_key_long_term(slice_str(c->auth.users[i].name), slice_str(rt->realm),
@@ -274,6 +319,9 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
     t->user_quota = c->limits.user_quota;
     t->total_quota = c->limits.total_quota;
     t->max_perms = c->limits.max_permissions;
+    t->cred_quota = c->limits.cred_quota;
+    t->new_peers_per_s = c->limits.new_peers_per_s;
+    t->pps_per_alloc = c->limits.pps_per_alloc;
     t->bps_per_alloc = c->limits.bandwidth_per_allocation;
     t->bps_per_user = c->limits.bandwidth_per_user;
     t->internal_nets = rt->internal_nets;
@@ -347,6 +395,15 @@ void av_metrics_register(struct av_metrics *m, struct metrics *reg)
                                     "quota=\"user\"");
     m->quota_total = metrics_counter(reg, "quota_refusals_total", "Allocations refused by quota",
                                      "quota=\"total\"");
+    m->quota_cred = metrics_counter(reg, "quota_refusals_total", "Allocations refused by quota",
+                                    "quota=\"credential\"");
+    m->new_peers_limited = metrics_counter(reg, "limit_refusals_total",
+                                           "Requests refused by a per-allocation rate limit (508)",
+                                           "limit=\"new_peers\"");
+    m->redirected = metrics_counter(reg, "redirected_allocations_total",
+                                    "Allocates answered 300 ALTERNATE-SERVER while draining", NULL);
+    m->dropped_pkt_rate =
+        metrics_counter(reg, "dropped_packets_total", hd, "reason=\"packet_rate\"");
     m->bindings = metrics_counter(reg, "binding_requests_total", "STUN Binding requests answered", NULL);
     m->allocs_ok = metrics_counter(reg, "allocations_total", "Allocations granted", NULL);
     m->errors = metrics_counter(reg, "error_responses_total",

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "av-edge/av.h"
+#include "av-edge/peers.h"
 #include "common/crypto.h"
 #include "common/ctl.h"
 #ifndef SUITE_VERSION
@@ -31,7 +32,31 @@ struct av_edge {
     unsigned n_threads;
     struct ctl_client *ctl;
     uv_timer_t *drain_poll; /* while draining: exits once no allocation is left */
+    struct av_peers peers;  /* the other av-edges, from the reports the Director relays */
 };
+
+/* Peers whose reports stopped this long ago are no redirect target. */
+static uint64_t peer_max_age_ms(const struct av_edge *e)
+{
+    return 3 * (e->cfg->director.report_interval_ms ? e->cfg->director.report_interval_ms : 1000) +
+           1000;
+}
+
+static void publish_alternates(struct av_edge *e)
+{
+    struct av_alternates alt;
+    av_peers_best(&e->peers, uv_now(daemon_loop(e->d)), peer_max_age_ms(e), &alt);
+    av_shared_set_alternates(&e->sh, &alt);
+}
+
+/* Another av-edge's load report, relayed by the Director with its TURN URIs: where a
+ * draining edge sends new allocations. */
+static void on_ctl_report(const struct ctl_report *r, void *arg)
+{
+    struct av_edge *e = arg;
+    av_peers_update(&e->peers, r, uv_now(daemon_loop(e->d)));
+    publish_alternates(e);
+}
 
 /* Installs the config's static secret under an id derived from its value, so a reload that
  * changes it rotates (the old one stays valid as the previous key). */
@@ -53,6 +78,20 @@ static void on_ctl_secret(const struct ctl_secret *s, void *arg)
         return;
     if (av_shared_set_secret(&e->sh, s->key_id, s->secret, s->secret_len, s->not_after) == 0)
         LOGI(daemon_logger(e->d), NULL, "relay secret %s from the Director installed", s->key_id);
+}
+
+/* A user revoked (or, with an until in the past, reinstated) by the Director: its
+ * credentials are refused and the workers end its allocations on their next tick. */
+static void on_ctl_revoke(const struct ctl_revoke *r, void *arg)
+{
+    struct av_edge *e = arg;
+    if (!r->user[0])
+        return; /* conference keys are conf-edge's business */
+    int64_t now = time_wall_s();
+    if (av_shared_revoke(&e->sh, r->user, r->until, r->expiring_by, now) == 0)
+        LOGI(daemon_logger(e->d), NULL, r->until > now ? "user %s revoked until %lld"
+                                                       : "user %s reinstated (revocation lifted)",
+             r->user, (long long)r->until);
 }
 
 static void on_ctl_connected(const char *director_id, void *arg)
@@ -83,6 +122,7 @@ static void fill_report(struct ctl_report *r, void *arg)
     r->load_permille = quota ? (uint32_t)(allocs * 1000 / quota) : 0;
     r->healthy = true;
     r->draining = daemon_draining(e->d) || __atomic_load_n(&e->sh.draining, __ATOMIC_RELAXED);
+    publish_alternates(e); /* peers that went quiet age out */
 }
 
 /* TURN URIs for the Hello, so the Director can tell users where to relay. */
@@ -112,7 +152,8 @@ static int ctl_setup(struct av_edge *e, const struct av_config *c)
         .ca_file = c->director.tls.ca,
         .report_interval_ms = (uint32_t)c->director.report_interval_ms,
         .log = daemon_logger(e->d),
-        .hello = {.role = CTL_ROLE_AV_EDGE},
+        /* The other av-edges' reports (relayed with their addresses): redirect targets. */
+        .hello = {.role = CTL_ROLE_AV_EDGE, .subscribe = {CTL_ROLE_AV_EDGE}, .n_subscribe = 1},
     };
     snprintf(o.hello.version, sizeof(o.hello.version), "%s", SUITE_VERSION);
     snprintf(o.hello.instance_id, sizeof(o.hello.instance_id), "%s",
@@ -121,6 +162,8 @@ static int ctl_setup(struct av_edge *e, const struct av_config *c)
     hello_uris(&c->internal, o.hello.internal_addrs, &o.hello.n_internal);
     static const struct ctl_client_cbs cbs = {.on_connected = on_ctl_connected,
                                              .on_secret = on_ctl_secret,
+                                             .on_revoke = on_ctl_revoke,
+                                             .on_report = on_ctl_report,
                                              .on_drain = on_ctl_drain};
     int rc = ctl_client_start(daemon_loop(e->d), &o, &cbs, e, &e->ctl);
     if (rc == 0)
@@ -208,7 +251,9 @@ static int av_start(struct daemon *d, const void *cfgp, void **state)
     rc = av_runtime_build(c, &e->rt);
     if (rc)
         goto fail;
-    if (c->auth.secret)
+    /* A config secret serves labs without a Director only: with the link enabled, the
+     * Director's secrets are the only ones (a lab secret is known to all). */
+    if (c->auth.secret && !c->director.enabled)
         set_config_secret(e, c->auth.secret);
     rc = tls_setup(e, c);
     if (rc)
@@ -273,7 +318,8 @@ static int av_reload(struct daemon *d, void *state, const void *new_cfg)
     rt->older = e->rt;
     e->rt = rt;
     e->cfg = n;
-    if (n->auth.secret && (!o->auth.secret || strcmp(n->auth.secret, o->auth.secret) != 0))
+    if (n->auth.secret && !n->director.enabled &&
+        (!o->auth.secret || strcmp(n->auth.secret, o->auth.secret) != 0))
         set_config_secret(e, n->auth.secret);
     av_worker_set_runtime(e->w0, rt);
     for (unsigned i = 0; i < e->n_threads; i++)
@@ -330,6 +376,7 @@ static const struct daemon_ops av_ops = {
     .keys = av_config_keys,
     .config_size = sizeof(struct av_config),
     .validate = av_config_validate,
+    .warnings = av_config_warnings,
     .start = av_start,
     .reload = av_reload,
     .drain = av_drain,

@@ -178,6 +178,11 @@ static void send_request(struct client *c, uint16_t method, const struct addr *p
         stun_build_attr(&b, STUN_A_REALM, c->realm, strlen(c->realm));
         stun_build_attr(&b, STUN_A_NONCE, c->nonce, strlen(c->nonce));
         stun_build_integrity(&b, c->key, 16);
+    } else {
+        /* Room for the 401 in the request itself: a server that answers nothing larger than
+         * a request over UDP (amplification) challenges us at once. */
+        static const char pad[40] = "av-probe: padded so its 401 fits";
+        stun_build_attr(&b, STUN_A_SOFTWARE, pad, sizeof(pad));
     }
     ssize_t n = stun_build_finish(&b);
     if (n > 0)

@@ -25,6 +25,21 @@ struct av_turn {
     struct ratelimit *unauth;
     struct av_turn_stats st;
     uint64_t rnd; /* xorshift state for Data indication transaction ids */
+    uint64_t rev_gen; /* sh->rev_gen last enforced */
+    struct av_credit *credit; /* AV_CREDIT_SLOTS, made on first use */
+};
+
+/* Amplification guard: bytes a UDP source sent us that we have not answered (dropped
+ * because the answer would have been larger). A client that retransmits earns its answer
+ * once what it sent covers it, so a spoofed victim never receives more than was sent in
+ * its name. Direct-mapped: a collision only costs a client one more retransmission. */
+#define AV_CREDIT_SLOTS 4096
+#define AV_CREDIT_MS 10000
+#define AV_CREDIT_MAX 4096
+struct av_credit {
+    uint64_t key; /* 0 = empty */
+    uint64_t at_ms;
+    uint32_t bytes;
 };
 
 /* One request being answered. */
@@ -35,6 +50,8 @@ struct req {
     size_t len; /* of the request on the wire */
     struct av_turn_out *out;
     bool authed, sha256, fp;
+    bool proved; /* carried a nonce we made for its IP: it receives at its address */
+    int64_t expiry; /* of a TURN REST credential, 0 for a static user */
     uint8_t key[16];
     char user[AV_USERNAME_MAX];
 };
@@ -54,7 +71,8 @@ static inline uint32_t rd32(const uint8_t *p)
 const char *av_auth_fail_name(enum av_auth_fail r)
 {
     static const char *const n[] = {"missing", "bad_request", "stale_nonce", "unknown_user",
-                                    "expired", "bad_integrity", "wrong_credentials"};
+                                    "expired", "bad_integrity", "wrong_credentials",
+                                    "revoked"};
     return (unsigned)r < ARRAY_SIZE(n) ? n[r] : "other";
 }
 
@@ -157,6 +175,7 @@ static void resv_sweep(struct av_shared *s, uint64_t now_ms)
 void av_shared_fini(struct av_shared *s)
 {
     resv_sweep(s, UINT64_MAX);
+    free(s->rev);
     for (size_t i = 0; i < AV_SHARED_USER_BUCKETS; i++) {
         while (s->users[i]) {
             struct av_user_count *u = s->users[i];
@@ -271,6 +290,71 @@ int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret
     return rc;
 }
 
+const char *av_user_id(const char *username)
+{
+    const char *c = strchr(username, ':');
+    return c ? c + 1 : username;
+}
+
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t expiring_by,
+                     int64_t now_s)
+{
+    if (!*user || strlen(user) >= AV_USERNAME_MAX)
+        return -EINVAL;
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    size_t w = 0;
+    for (size_t i = 0; i < s->rev_n; i++) /* forget the lapsed ones on the way */
+        if ((s->rev[i].until > now_s || s->rev[i].expiring_by > now_s) &&
+            strcmp(s->rev[i].user, user) != 0)
+            s->rev[w++] = s->rev[i];
+    s->rev_n = w;
+    if (until > now_s || expiring_by > now_s) {
+        if (s->rev_n == s->rev_cap) {
+            size_t cap = s->rev_cap ? 2 * s->rev_cap : 16;
+            struct av_revoked *n = realloc(s->rev, cap * sizeof(*n));
+            if (!n)
+                rc = -ENOMEM;
+            else {
+                s->rev = n;
+                s->rev_cap = cap;
+            }
+        }
+        if (rc == 0) {
+            struct av_revoked *e = &s->rev[s->rev_n++];
+            snprintf(e->user, AV_USERNAME_MAX, "%s", user);
+            e->until = until;
+            e->expiring_by = expiring_by;
+        }
+    }
+    __atomic_store_n(&s->rev_n, s->rev_n, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->rev_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *alt)
+{
+    pthread_mutex_lock(&s->mu);
+    s->alt = *alt;
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t expiry, int64_t now_s)
+{
+    if (!__atomic_load_n(&s->rev_n, __ATOMIC_ACQUIRE))
+        return false;
+    bool hit = false;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->rev_n && !hit; i++) {
+        const struct av_revoked *e = &s->rev[i];
+        hit = strcmp(e->user, user) == 0 &&
+              (e->until > now_s || (expiry && expiry <= e->expiring_by));
+    }
+    pthread_mutex_unlock(&s->mu);
+    return hit;
+}
+
 /* ---- peer policy ---- */
 
 /* IPv4-mapped IPv6 peers are judged as the IPv4 address they stand for. */
@@ -316,13 +400,29 @@ enum av_deny av_turn_peer_policy(const struct av_turn_cfg *c, enum av_side side,
 
 /* ---- lifecycle ---- */
 
+/* The per-user count's key: the user id (a REST username's part after the colon) in a
+ * namespace of its own; the per-credential count is keyed by the whole username. */
+static void id_key(const char *username, char out[AV_USERNAME_MAX])
+{
+    out[0] = '\x01';
+    snprintf(out + 1, AV_USERNAME_MAX - 1, "%s", av_user_id(username));
+}
+
+static void quota_give(struct av_turn *t, const char *username)
+{
+    char k[AV_USERNAME_MAX];
+    id_key(username, k);
+    av_shared_user_give(t->sh, username);
+    av_shared_user_give(t->sh, k);
+}
+
 static void hook_free(struct av_alloc *a, void *arg)
 {
     struct av_turn *t = arg;
     if (t->io.close)
         t->io.close(t->io.arg, a);
     __atomic_sub_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
-    av_shared_user_give(t->sh, a->user->name);
+    quota_give(t, a->user->name);
 }
 
 static void hook_resv_free(void *handle, void *arg)
@@ -363,6 +463,7 @@ void av_turn_destroy(struct av_turn *t)
         return;
     av_alloc_table_destroy(t->tab);
     ratelimit_destroy(t->unauth);
+    free(t->credit);
     free(t);
 }
 
@@ -393,6 +494,47 @@ struct av_alloc_table *av_turn_table(struct av_turn *t)
 struct av_turn_stats *av_turn_stats(struct av_turn *t)
 {
     return &t->st;
+}
+
+struct enforce_ctx {
+    struct av_turn *t;
+    int64_t now_s;
+    struct av_alloc *doomed[64];
+    size_t n;
+    bool more;
+};
+
+static void enforce_one(struct av_alloc *a, void *arg)
+{
+    struct enforce_ctx *x = arg;
+    if (x->n == ARRAY_SIZE(x->doomed)) {
+        x->more = true;
+        return;
+    }
+    if (av_shared_revoked(x->t->sh, av_user_id(a->user->name), 0, x->now_s))
+        x->doomed[x->n++] = a;
+}
+
+size_t av_turn_enforce(struct av_turn *t, int64_t now_s)
+{
+    uint64_t gen = __atomic_load_n(&t->sh->rev_gen, __ATOMIC_ACQUIRE);
+    if (gen == t->rev_gen)
+        return 0;
+    t->rev_gen = gen;
+    size_t removed = 0;
+    struct enforce_ctx x = {.t = t, .now_s = now_s};
+    do { /* removal while walking the table is not allowed: in rounds of 64 */
+        x.n = 0;
+        x.more = false;
+        av_alloc_foreach(t->tab, enforce_one, &x);
+        for (size_t i = 0; i < x.n; i++) {
+            LOGI(t->log, &x.doomed[i]->client, "allocation of %s ended: the user was revoked",
+                 x.doomed[i]->user->name);
+            av_alloc_remove(t->tab, x.doomed[i]);
+        }
+        removed += x.n;
+    } while (x.more && x.n);
+    return removed;
 }
 
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms)
@@ -434,17 +576,62 @@ static void nonce_make(const struct av_turn *t, const struct addr *client, int64
     base64url_encode(raw, sizeof(raw), out, NONCE_LEN + 1);
 }
 
-static bool nonce_valid(const struct av_turn *t, const struct addr *client, int64_t now_s,
-                        struct slice nonce)
+/* 1: a nonce we made for this client's IP and still fresh; 0: ours but stale; -1: not ours. */
+static int nonce_check(const struct av_turn *t, const struct addr *client, int64_t now_s,
+                       struct slice nonce)
 {
     uint8_t raw[NONCE_RAW + 4], mac[8];
     if (nonce.len != NONCE_LEN ||
         base64url_decode((const char *)nonce.p, nonce.len, raw, sizeof(raw)) != NONCE_RAW)
-        return false;
+        return -1;
     nonce_mac(t, raw, client, mac);
     if (!crypto_ct_eq(mac, raw + 4, 8))
-        return false;
-    return (int64_t)rd32(raw) > now_s;
+        return -1;
+    return (int64_t)rd32(raw) > now_s ? 1 : 0;
+}
+
+static uint64_t credit_key(const struct addr *a)
+{
+    size_t n;
+    const uint8_t *ip = ip_bytes(a, &n);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ip[i]) * 1099511628211ull;
+    h = (h ^ addr_port(a)) * 1099511628211ull;
+    return h | 1; /* never 0 */
+}
+
+/* May an unauthenticated UDP answer of want bytes go to the source of a request of len
+ * bytes? Yes when it is no larger than len plus the source's unanswered credit, and then
+ * the credit pays for the difference; no otherwise, and the request adds to the credit. */
+static bool amplification_ok(struct av_turn *t, const struct addr *client, size_t len, size_t want,
+                             uint64_t now_ms)
+{
+    if (want <= len)
+        return true;
+    if (!t->credit) {
+        t->credit = calloc(AV_CREDIT_SLOTS, sizeof(*t->credit));
+        if (!t->credit)
+            return false;
+    }
+    uint64_t k = credit_key(client);
+    struct av_credit *c = &t->credit[k % AV_CREDIT_SLOTS];
+    if (c->key != k || now_ms - c->at_ms > AV_CREDIT_MS)
+        *c = (struct av_credit){k, now_ms, 0};
+    c->at_ms = now_ms;
+    if (want <= len + c->bytes) {
+        c->bytes -= (uint32_t)(want - len);
+        return true;
+    }
+    c->bytes = c->bytes + len > AV_CREDIT_MAX ? AV_CREDIT_MAX : c->bytes + (uint32_t)len;
+    return false;
+}
+
+/* Whether the amplification rule applies to an answer to this request. */
+static bool guarded(const struct req *r)
+{
+    return r->t->cfg->strict_amplification && !r->authed && !r->proved &&
+           r->in->transport == AV_TRANSPORT_UDP;
 }
 
 /* ---- replies ---- */
@@ -474,15 +661,22 @@ static ssize_t seal(const struct av_turn *t, struct stun_builder *b, bool authed
 
 static void finish(struct req *r, struct stun_builder *b)
 {
-    ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, r->fp);
-    r->out->reply_len = n > 0 ? (size_t)n : 0;
-    /* A spoofed UDP source gets nothing bigger than it sent, when the operator asks for it:
-     * the per-IP unauth_rate already bounds what one victim address can be sent. */
-    if (r->t->cfg->strict_amplification && !r->authed && r->in->transport == AV_TRANSPORT_UDP &&
-        r->out->reply_len > r->len) {
-        r->out->reply_len = 0;
-        r->t->st.amplification_dropped++;
+    bool fp = r->fp;
+    if (guarded(r)) {
+        /* A source that has not shown it receives at its address gets nothing bigger than
+         * it sent (what it sent before, unanswered, counts): a spoofed victim is never
+         * the target of an amplified answer. FINGERPRINT is optional in an answer (RFC
+         * 8489 14.7): it goes first when space is short. */
+        if (fp && b->len + 8 > r->len)
+            fp = false;
+        if (!amplification_ok(r->t, r->in->client, r->len, b->len, r->in->now_ms)) {
+            r->out->reply_len = 0;
+            r->t->st.amplification_dropped++;
+            return;
+        }
     }
+    ssize_t n = seal(r->t, b, r->authed, r->sha256, r->key, fp);
+    r->out->reply_len = n > 0 ? (size_t)n : 0;
 }
 
 /* An error response. Unauthenticated ones carry no reason phrase and no SOFTWARE, to keep
@@ -590,7 +784,9 @@ static int authenticate(struct req *r)
     r->user[u->len] = 0;
     if (memchr(r->user, 0, u->len))
         return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
-    if (!nonce_valid(t, r->in->client, r->in->now_s, stun_attr_value(m, nonce)))
+    int nc = nonce_check(t, r->in->client, r->in->now_s, stun_attr_value(m, nonce));
+    r->proved = nc >= 0;
+    if (nc <= 0)
         return auth_fail(r, AV_AUTH_STALE_NONCE, 438);
     r->sha256 = m->mi256_off != 0;
 
@@ -606,6 +802,7 @@ static int authenticate(struct req *r)
     if (turn_rest_expiry(r->user, u->len, &expiry) == 0) {
         if (expiry < r->in->now_s)
             return auth_fail(r, AV_AUTH_EXPIRED, 401);
+        r->expiry = expiry;
         refresh_keyring(t);
         const struct token_key *keys[2] = {&t->kr.cur, &t->kr.prev};
         bool any = false;
@@ -627,6 +824,10 @@ static int authenticate(struct req *r)
     return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
 ok:
     r->authed = true;
+    /* A revoked user's credentials, old and new, are refused until it is reinstated (403
+     * Forbidden, integrity-protected: the credential itself was good). */
+    if (av_shared_revoked(t->sh, av_user_id(r->user), r->expiry, r->in->now_s))
+        return auth_fail(r, AV_AUTH_REVOKED, 403);
     return 0;
 }
 
@@ -676,6 +877,38 @@ static void alloc_success(struct req *r, struct av_alloc *a, int addr_err_family
         stun_build_attr(&b, STUN_A_ADDRESS_ERROR_CODE, v, 4 + rl);
     }
     finish(r, &b);
+}
+
+/* new_peers_per_second's bucket: bursts of two seconds' worth (ICE permits all of its
+ * candidates at once). */
+static struct av_bucket peers_bucket(const struct av_turn_cfg *c, uint64_t now_ms)
+{
+    return (struct av_bucket){c->new_peers_per_s, 2 * (uint64_t)c->new_peers_per_s,
+                              2.0 * c->new_peers_per_s, now_ms};
+}
+
+/* 300 Try Alternate with ALTERNATE-SERVER (MAPPED-ADDRESS encoding), integrity-protected. */
+static int redirect(struct req *r, const struct addr *to)
+{
+    uint8_t v[20];
+    size_t n;
+    const uint8_t *ip = ip_bytes(to, &n);
+    v[0] = 0;
+    v[1] = n == 16 ? 2 : 1;
+    v[2] = (uint8_t)(addr_port(to) >> 8);
+    v[3] = (uint8_t)addr_port(to);
+    memcpy(v + 4, ip, n);
+    struct stun_builder b;
+    begin(r, &b, STUN_ERROR);
+    stun_build_error(&b, 300, NULL);
+    stun_build_attr(&b, STUN_A_ALTERNATE_SERVER, v, 4 + n);
+    finish(r, &b);
+    r->out->code = 300;
+    r->t->st.redirected++;
+    char as[ADDR_STRLEN];
+    LOGI(r->t->log, r->in->client, "draining: Allocate of %s redirected to %s", r->user,
+         addr_format(to, as));
+    return 0;
 }
 
 static int do_allocate(struct req *r)
@@ -747,6 +980,17 @@ static int do_allocate(struct req *r)
      * client its credentials are not welcome anywhere; 508 Insufficient Capacity says
      * this server cannot take it now, so the client tries the next relay it was given. */
     if (__atomic_load_n(&t->sh->draining, __ATOMIC_RELAXED)) {
+        /* Redirected to the least-loaded healthy peer the Director told us about (RFC
+         * 8489 300 Try Alternate), over the same transport; TLS clients would need
+         * ALTERNATE-DOMAIN too, so they and edges without a peer get 508. */
+        struct addr alt = {0};
+        if (!in->secure) {
+            pthread_mutex_lock(&t->sh->mu);
+            alt = t->sh->alt.a[in->side != AV_SIDE_EXTERNAL][in->transport == AV_TRANSPORT_TCP];
+            pthread_mutex_unlock(&t->sh->mu);
+        }
+        if (addr_family(&alt))
+            return redirect(r, &alt);
         log_refusal(r, NULL, 508, "draining: no new allocations", NULL, 0);
         return reply_error(r, 508);
     }
@@ -756,9 +1000,18 @@ static int do_allocate(struct req *r)
         log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
         return reply_error(r, 508);
     }
-    /* Counted across workers; given back when the allocation goes (hook_free). */
-    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->user_quota);
+    /* Counted across workers, per credential (a leaked one opens a few, not hundreds) and
+     * per user; given back when the allocation goes (hook_free). */
+    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->cred_quota);
     if (!counted) {
+        t->st.quota_cred++;
+        log_refusal(r, NULL, 486, "allocations per credential reached", NULL, 0);
+        return reply_error(r, 486);
+    }
+    char idk[AV_USERNAME_MAX];
+    id_key(r->user, idk);
+    if (!av_shared_user_take(t->sh, idk, c->user_quota)) {
+        av_shared_user_give(t->sh, r->user);
         t->st.quota_user++;
         log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
         return reply_error(r, 486);
@@ -771,7 +1024,7 @@ static int do_allocate(struct req *r)
             token = token << 8 | v[i];
         reserved = resv_take(t->sh, token, in->now_ms);
         if (!reserved) {
-            av_shared_user_give(t->sh, r->user);
+            quota_give(t, r->user);
             log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
             return reply_error(r, 508);
         }
@@ -783,7 +1036,7 @@ static int do_allocate(struct req *r)
 
     a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
     if (!a) {
-        av_shared_user_give(t->sh, r->user);
+        quota_give(t, r->user);
         if (reserved && t->io.release)
             t->io.release(t->io.arg, reserved);
         return reply_error(r, 508);
@@ -798,6 +1051,9 @@ static int do_allocate(struct req *r)
     memcpy(a->tid, m->tid, STUN_TID_LEN);
     a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
                                in->now_ms};
+    a->peers = peers_bucket(c, in->now_ms);
+    a->pkt_tokens = c->pps_per_alloc ? c->pps_per_alloc : UINT32_MAX;
+    a->pkt_refill_ms = in->now_ms;
     a->user->shared = counted;
 
     bool reserve = ev && (m->buf[ev->off] & 0x80);
@@ -889,6 +1145,21 @@ static bool peer_ok(struct req *r, struct av_alloc *a, const struct addr *peer)
     return true;
 }
 
+/* new_peers_per_second: a scan of many peers from one allocation is refused (508). */
+static bool new_peers_ok(struct req *r, struct av_alloc *a, size_t fresh)
+{
+    if (!fresh || !r->t->cfg->new_peers_per_s)
+        return true;
+    if (a->peers.rate != r->t->cfg->new_peers_per_s) /* a reload changed it */
+        a->peers = peers_bucket(r->t->cfg, r->in->now_ms);
+    if (av_bucket_take(&a->peers, r->in->now_ms, fresh))
+        return true;
+    r->t->st.new_peers_limited++;
+    log_refusal(r, a, 508, "too many new peers per second", NULL, 8);
+    reply_error(r, 508);
+    return false;
+}
+
 static int do_create_permission(struct req *r)
 {
     struct av_alloc *a = owned_alloc(r);
@@ -908,15 +1179,15 @@ static int do_create_permission(struct req *r)
     if (n == 0)
         return reply_error(r, 400);
     const struct av_turn_cfg *c = r->t->cfg;
-    if (c->max_perms && a->n_perms + n > c->max_perms) {
-        size_t fresh = 0;
-        for (size_t i = 0; i < n; i++)
-            fresh += av_perm_find(r->t->tab, a, &peers[i], r->in->now_ms) == NULL;
-        if (a->n_perms + fresh > c->max_perms) {
-            log_refusal(r, a, 508, "too many permissions", NULL, 7);
-            return reply_error(r, 508);
-        }
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++)
+        fresh += av_perm_find(r->t->tab, a, &peers[i], r->in->now_ms) == NULL;
+    if (c->max_perms && a->n_perms + fresh > c->max_perms) {
+        log_refusal(r, a, 508, "too many permissions", NULL, 7);
+        return reply_error(r, 508);
     }
+    if (!new_peers_ok(r, a, fresh))
+        return 0;
     uint64_t exp = r->in->now_ms + (uint64_t)c->perm_lifetime_s * 1000;
     for (size_t i = 0; i < n; i++)
         if (!av_perm_set(r->t->tab, a, &peers[i], exp))
@@ -955,6 +1226,8 @@ static int do_channel_bind(struct req *r)
     const struct av_turn_cfg *c = r->t->cfg;
     if (!c1 && c->max_perms && a->n_chans >= c->max_perms)
         return reply_error(r, 508);
+    if (!new_peers_ok(r, a, av_perm_find(tab, a, &peer, now) == NULL))
+        return 0;
     if (!av_chan_set(tab, a, num, &peer, now + (uint64_t)c->chan_lifetime_s * 1000) ||
         !av_perm_set(tab, a, &peer, now + (uint64_t)c->perm_lifetime_s * 1000))
         return reply_error(r, 508);
@@ -1065,6 +1338,33 @@ ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, u
 
 /* ---- relay paths ---- */
 
+/* packets_per_second, both directions: a budget spent one packet at a time and refilled
+ * only when it runs out, so the relay path pays a test and a decrement per packet. */
+static bool pkt_refill(struct av_turn *t, struct av_alloc *a, uint64_t now_ms)
+{
+    uint32_t rate = t->cfg->pps_per_alloc;
+    if (!rate) {
+        a->pkt_tokens = UINT32_MAX;
+        return true;
+    }
+    uint64_t add = (now_ms - a->pkt_refill_ms) * rate / 1000;
+    if (!add) { /* less than one packet's worth since the last refill: keep waiting */
+        t->st.dropped_pkt_rate++;
+        return false;
+    }
+    a->pkt_tokens = add > rate ? rate : (uint32_t)add; /* at most one second's worth */
+    a->pkt_refill_ms = now_ms;
+    return true;
+}
+
+static inline bool pkt_take(struct av_turn *t, struct av_alloc *a, uint64_t now_ms)
+{
+    if (__builtin_expect(!a->pkt_tokens, 0) && !pkt_refill(t, a, now_ms))
+        return false;
+    a->pkt_tokens--;
+    return true;
+}
+
 static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
                          struct slice data, uint64_t now_ms, struct av_turn_out *out)
 {
@@ -1074,6 +1374,8 @@ static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct add
         t->st.dropped_no_perm++;
         return -EPERM;
     }
+    if (!pkt_take(t, a, now_ms))
+        return -ENOBUFS;
     if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_turn_user_take(t, a->user, now_ms, data.len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
@@ -1124,6 +1426,8 @@ int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr 
         t->st.dropped_no_perm++;
         return -EPERM;
     }
+    if (!pkt_take(t, a, now_ms))
+        return -ENOBUFS;
     if (!av_bucket_take(&a->bw, now_ms, len) || !av_turn_user_take(t, a->user, now_ms, len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
@@ -1210,7 +1514,8 @@ int av_turn_input(struct av_turn *t, const struct av_turn_in *in, const uint8_t 
                 return -EAGAIN;
             }
         }
-        if (t->cfg->strict_amplification && in->transport == AV_TRANSPORT_UDP && (size_t)n > len) {
+        if (t->cfg->strict_amplification && in->transport == AV_TRANSPORT_UDP &&
+            !amplification_ok(t, in->client, len, (size_t)n, in->now_ms)) {
             t->st.amplification_dropped++;
             return -EAGAIN;
         }

@@ -31,6 +31,9 @@ struct av_turn_cfg {
     uint32_t default_lifetime_s, max_lifetime_s, perm_lifetime_s, chan_lifetime_s;
     uint32_t nonce_lifetime_s;
     uint32_t user_quota, total_quota, max_perms;
+    uint32_t cred_quota;        /* allocations per credential (username), 0 = unlimited */
+    uint32_t new_peers_per_s;   /* new permission peers per second per allocation, 0 = any */
+    uint32_t pps_per_alloc;     /* relayed packets per second per allocation, 0 = any */
     uint64_t bps_per_alloc, bps_per_user; /* bytes per second, 0 = unlimited */
     const struct cidr *internal_nets;
     size_t n_internal_nets;
@@ -45,11 +48,22 @@ struct av_turn_cfg {
     bool strict_amplification; /* UDP: drop unauthenticated answers larger than the request */
 };
 
+/* Where a draining edge redirects a client: by its side and transport ([side][0] UDP,
+ * [side][1] TCP); family 0 = no alternate (av-edge/peers.c chooses them). */
+struct av_alternates {
+    struct addr a[2][2];
+};
+
 /* Shared between workers: relay secrets (current + previous) that the control channel
  * rotates, and the total allocation count for the global quota. */
 #define AV_SHARED_USER_BUCKETS 1024
 struct av_user_count;
 struct av_shared_resv;
+struct av_revoked {
+    char user[AV_USERNAME_MAX]; /* the user id: a REST username's part after the colon */
+    int64_t until;              /* unix seconds: refused (all credentials) until then */
+    int64_t expiring_by;        /* reinstated: credentials expiring by then stay refused */
+};
 struct av_shared {
     pthread_mutex_t mu;
     struct keyring kr;   /* under mu */
@@ -63,6 +77,12 @@ struct av_shared {
     /* EVEN-PORT reservations (under mu): any worker may redeem a token, since the
      * Allocate that names it may arrive on another worker's socket. */
     struct av_shared_resv *resv;
+    /* Users the Director revoked (under mu); rev_n and rev_gen are read atomically so the
+     * request path takes the lock only while some revocation exists. */
+    struct av_revoked *rev;
+    size_t rev_n, rev_cap;
+    uint64_t rev_gen;
+    struct av_alternates alt; /* under mu: the least-loaded peers, for 300 while draining */
 };
 int av_shared_init(struct av_shared *s);
 void av_shared_fini(struct av_shared *s);
@@ -81,6 +101,20 @@ void av_shared_user_give(struct av_shared *s, const char *user);
 /* Installs a relay secret (the previous current one stays valid). */
 int av_shared_set_secret(struct av_shared *s, const char *id, const void *secret, size_t len,
                          int64_t not_after);
+
+/* Revokes user (a user id; until unix seconds) or, with until <= now_s, lifts its
+ * revocation, its TURN REST credentials that expire by expiring_by (minted before the
+ * revocation) still refused. Workers end the user's allocations on their next tick
+ * (av_turn_enforce). */
+int av_shared_revoke(struct av_shared *s, const char *user, int64_t until, int64_t expiring_by,
+                     int64_t now_s);
+/* Installs where a draining edge sends new allocations. */
+void av_shared_set_alternates(struct av_shared *s, const struct av_alternates *alt);
+/* True if the user id's credential expiring at expiry (0: a static user, or any) is
+ * refused at now_s. */
+bool av_shared_revoked(struct av_shared *s, const char *user, int64_t expiry, int64_t now_s);
+/* The user id of a username: a TURN REST username's part after the first colon, else all. */
+const char *av_user_id(const char *username);
 
 /* A request answered later (RFC 6062 Connect waits for the TCP handshake to the peer): what
  * the answer needs from it. */
@@ -121,6 +155,7 @@ enum av_auth_fail {
     AV_AUTH_EXPIRED,
     AV_AUTH_BAD_INTEGRITY,
     AV_AUTH_WRONG_CREDENTIALS,
+    AV_AUTH_REVOKED, /* the Director revoked the user (403) */
     AV_AUTH_NREASONS
 };
 const char *av_auth_fail_name(enum av_auth_fail r);
@@ -147,7 +182,9 @@ struct av_turn_stats {
     uint64_t dropped_no_perm, dropped_bandwidth;
     uint64_t auth_fail[AV_AUTH_NREASONS];
     uint64_t denied[AV_DENY_NREASONS];
-    uint64_t quota_user, quota_total;
+    uint64_t quota_user, quota_total, quota_cred;
+    uint64_t new_peers_limited, dropped_pkt_rate;
+    uint64_t redirected; /* 300 ALTERNATE-SERVER while draining */
     uint64_t bindings, allocs_ok, errors;
     uint64_t unauth_limited, amplification_dropped;
 };
@@ -178,6 +215,7 @@ struct av_turn_in {
     void *conn;                /* the stream for TCP/TLS clients */
     uint64_t now_ms;           /* monotonic */
     int64_t now_s;             /* wall clock (REST expiry) */
+    bool secure;               /* over TLS (never redirected to a plain listener) */
 };
 
 /* What to do. reply/reply_cap are the caller's; relay_alloc non-NULL means "send
@@ -216,5 +254,8 @@ ssize_t av_turn_connection_attempt(struct av_turn *t, const struct addr *peer, u
 
 /* Removes expired state; returns allocations removed. */
 size_t av_turn_sweep(struct av_turn *t, uint64_t now_ms);
+/* Ends the allocations of users revoked since the last call (cheap when nothing changed);
+ * returns how many were removed. Called from the worker's periodic tick. */
+size_t av_turn_enforce(struct av_turn *t, int64_t now_s);
 
 #endif

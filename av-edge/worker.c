@@ -54,6 +54,7 @@ struct av_sconn {
     struct addr peer;
     uint16_t id;
     uint8_t side;
+    bool tls;
     struct buf in;
     struct av_sconn *next, *prev;
     /* RFC 6062 data connection: after its ConnectionBind it only carries the bytes of
@@ -578,7 +579,8 @@ static int sconn_on_data(struct stream *s, const uint8_t *data, size_t len, void
         if (b.len < (size_t)need)
             break;
         uint64_t now_ms = uv_now(w->loop);
-        struct av_turn_in in = {&c->peer, c->id, AV_TRANSPORT_TCP, c->side, s, now_ms, time(NULL)};
+        struct av_turn_in in = {&c->peer, c->id, AV_TRANSPORT_TCP, c->side, s, now_ms, time(NULL),
+                                c->tls};
         struct av_turn_out out = {.reply = w->reply, .reply_cap = sizeof(w->reply)};
         av_turn_input(w->turn, &in, b.p, (size_t)need, &out);
         if (out.reply_len && stream_write(s, out.reply, out.reply_len) < 0)
@@ -641,6 +643,7 @@ static void on_tcp_connection(uv_stream_t *server, int status)
     c->w = w;
     c->id = l->id;
     c->side = l->side;
+    c->tls = l->tls;
     struct stream_opts o = {.tls = l->tls ? w->tls : NULL, .handshake_timeout_ms = 10000,
                             .idle_timeout_ms = 0};
     static const struct stream_cbs cbs = {.on_data = sconn_on_data, .on_drain = sconn_on_drain,
@@ -679,6 +682,10 @@ static void fold_stats(struct av_worker *w)
     FOLD(amplification_dropped, amplification_dropped);
     FOLD(quota_user, quota_user);
     FOLD(quota_total, quota_total);
+    FOLD(quota_cred, quota_cred);
+    FOLD(new_peers_limited, new_peers_limited);
+    FOLD(dropped_pkt_rate, dropped_pkt_rate);
+    FOLD(redirected, redirected);
     FOLD(bindings, bindings);
     FOLD(allocs_ok, allocs_ok);
     FOLD(errors, errors);
@@ -712,6 +719,7 @@ static void on_tick(uv_timer_t *t)
 {
     struct av_worker *w = container_of(t, struct av_worker, tick);
     av_turn_sweep(w->turn, uv_now(w->loop));
+    av_turn_enforce(w->turn, time_wall_s()); /* revocations: within a tick (250 ms) */
     fold_stats(w);
 }
 

@@ -187,6 +187,9 @@ static int report_from_pb(struct ctl_report *r, const Edgectl__Report *pb)
         if (copy_str(r->notes[i], sizeof r->notes[i], pb->notes[i]))
             return -EBADMSG;
     r->n_notes = pb->n_notes;
+    if (strs_from_pb(r->external_addrs, &r->n_external, pb->external_addrs, pb->n_external_addrs) ||
+        strs_from_pb(r->internal_addrs, &r->n_internal, pb->internal_addrs, pb->n_internal_addrs))
+        return -EBADMSG;
     return 0;
 }
 
@@ -213,6 +216,7 @@ static int msg_from_pb(struct ctl_msg *m, const Edgectl__Envelope *env)
             copy_str(m->u.revoke.user, sizeof m->u.revoke.user, env->revoke->user))
             return -EBADMSG;
         m->u.revoke.until = env->revoke->until;
+        m->u.revoke.expiring_by = env->revoke->expiring_by;
         return 0;
     case EDGECTL__ENVELOPE__MSG_DRAIN:
         m->type = CTL_MSG_DRAIN;
@@ -271,7 +275,7 @@ struct pb_scratch {
     } m;
     Edgectl__Secret secrets[CTL_SECRETS_MAX];
     Edgectl__Secret *secret_ptrs[CTL_SECRETS_MAX];
-    char *strs[2][CTL_ADDRS_MAX > CTL_NOTES_MAX ? CTL_ADDRS_MAX : CTL_NOTES_MAX];
+    char *strs[3][CTL_ADDRS_MAX > CTL_NOTES_MAX ? CTL_ADDRS_MAX : CTL_NOTES_MAX];
     Edgectl__Role roles[CTL_SUBSCRIBE_MAX];
 };
 
@@ -317,6 +321,12 @@ static bool msg_strings_ok(const struct ctl_msg *m)
             return false;
         for (size_t i = 0; i < m->u.report.n_notes && i < CTL_NOTES_MAX; i++)
             if (!FIELD_OK(m->u.report.notes[i]))
+                return false;
+        for (size_t i = 0; i < m->u.report.n_external && i < CTL_ADDRS_MAX; i++)
+            if (!FIELD_OK(m->u.report.external_addrs[i]))
+                return false;
+        for (size_t i = 0; i < m->u.report.n_internal && i < CTL_ADDRS_MAX; i++)
+            if (!FIELD_OK(m->u.report.internal_addrs[i]))
                 return false;
         return true;
     case CTL_MSG_SECRET:
@@ -380,7 +390,8 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
     }
     case CTL_MSG_REPORT: {
         const struct ctl_report *r = &m->u.report;
-        if (r->n_notes > CTL_NOTES_MAX)
+        if (r->n_notes > CTL_NOTES_MAX || r->n_external > CTL_ADDRS_MAX ||
+            r->n_internal > CTL_ADDRS_MAX)
             return -EINVAL;
         Edgectl__Report *pb = &x->m.report;
         edgectl__report__init(pb);
@@ -398,6 +409,14 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
             x->strs[0][i] = (char *)r->notes[i];
         pb->n_notes = r->n_notes;
         pb->notes = x->strs[0];
+        for (size_t i = 0; i < r->n_external; i++)
+            x->strs[1][i] = (char *)r->external_addrs[i];
+        for (size_t i = 0; i < r->n_internal; i++)
+            x->strs[2][i] = (char *)r->internal_addrs[i];
+        pb->n_external_addrs = r->n_external;
+        pb->external_addrs = x->strs[1];
+        pb->n_internal_addrs = r->n_internal;
+        pb->internal_addrs = x->strs[2];
         x->env.msg_case = EDGECTL__ENVELOPE__MSG_REPORT;
         x->env.report = pb;
         return 0;
@@ -414,6 +433,7 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
         x->m.revoke.conference_key_id = (char *)m->u.revoke.conference_key_id;
         x->m.revoke.user = (char *)m->u.revoke.user;
         x->m.revoke.until = m->u.revoke.until;
+        x->m.revoke.expiring_by = m->u.revoke.expiring_by;
         x->env.msg_case = EDGECTL__ENVELOPE__MSG_REVOKE;
         x->env.revoke = &x->m.revoke;
         return 0;
@@ -1262,6 +1282,10 @@ static void peer_on_report(struct ctl_peer *p, const struct ctl_report *in)
     /* The Director, not the edge, says who sent it: an edge cannot speak for another. */
     m->u.report.role = p->hello.role;
     snprintf(m->u.report.instance_id, sizeof m->u.report.instance_id, "%s", p->hello.instance_id);
+    memcpy(m->u.report.external_addrs, p->hello.external_addrs, sizeof p->hello.external_addrs);
+    m->u.report.n_external = p->hello.n_external;
+    memcpy(m->u.report.internal_addrs, p->hello.internal_addrs, sizeof p->hello.internal_addrs);
+    m->u.report.n_internal = p->hello.n_internal;
     uint8_t *frame = NULL;
     ssize_t n = -1;
     for (struct ctl_peer *q = s->peers; q; q = q->next) {
@@ -1649,6 +1673,20 @@ int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r)
         return -ENOMEM;
     m->type = CTL_MSG_REVOKE;
     m->u.revoke = *r;
+    int rc = peer_send(p, m);
+    free(m);
+    return rc;
+}
+
+int ctl_peer_send_report(struct ctl_peer *p, const struct ctl_report *r)
+{
+    if (!p || !r)
+        return -EINVAL;
+    struct ctl_msg *m = malloc(sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->type = CTL_MSG_REPORT;
+    m->u.report = *r;
     int rc = peer_send(p, m);
     free(m);
     return rc;

@@ -92,12 +92,19 @@ struct ctl_report {
     bool healthy, draining;
     char notes[CTL_NOTES_MAX][CTL_NOTE_MAX];
     size_t n_notes;
+    /* Set by the Director when relaying: the sender's Hello addresses (TURN URIs). */
+    char external_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
+    size_t n_external;
+    char internal_addrs[CTL_ADDRS_MAX][ADDR_STRLEN];
+    size_t n_internal;
 };
 
 struct ctl_revoke {
     char conference_key_id[CTL_ID_MAX];
     char user[CTL_USER_MAX];
     int64_t until;
+    /* A user reinstated (until in the past): its credentials expiring by then stay refused. */
+    int64_t expiring_by;
 };
 
 /* ---- frame codec (pure: no I/O; fuzzed) ---- */
@@ -262,6 +269,9 @@ bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name);
  * an edge that does not read its control channel is dropped). */
 int ctl_peer_send_secret(struct ctl_peer *p, const struct ctl_secret *s);
 int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
+/* Another edge's last report (role, instance_id and addresses filled in), e.g. for an edge
+ * that has just subscribed and would otherwise wait a report interval to hear of it. */
+int ctl_peer_send_report(struct ctl_peer *p, const struct ctl_report *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
 /* Says Goodbye with why and closes p; on_gone follows from the loop. */
 void ctl_peer_close(struct ctl_peer *p, const char *why);

@@ -313,6 +313,10 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         return 1;
     }
     if (check) {
+        char warn[8][256];
+        size_t nw = ops->warnings ? ops->warnings(cfg, warn, 8) : 0;
+        for (size_t i = 0; i < nw; i++)
+            fprintf(stderr, "%s: warning: %s\n", path, warn[i]);
         printf("%s: ok\n", path);
         cfg_free(cfg);
         return 0;
@@ -363,6 +367,12 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
     uv_timer_start(&d->trim_timer, on_trim, TRIM_INTERVAL_MS, TRIM_INTERVAL_MS);
     uv_unref((uv_handle_t *)&d->trim_timer);
 
+    if (ops->warnings) {
+        char warn[8][256];
+        size_t nw = ops->warnings(d->cfg, warn, 8);
+        for (size_t i = 0; i < nw; i++)
+            LOGW(&d->log, NULL, "config: %s", warn[i]);
+    }
     rc = ops->start(d, d->cfg, &d->state);
     d->started = rc == 0; /* a failed start unwinds itself; stop is not called */
     if (rc) {

@@ -20,6 +20,9 @@ struct daemon_ops {
     size_t config_size;
     /* Extra semantic checks after the key table passed (cross-field rules). 0 or -EINVAL with err. */
     int (*validate)(const void *cfg, struct cfg_err *err);
+    /* Optional: advice on a valid config (a published lab secret, a key that is ignored),
+     * printed by --check and logged at start. Fills up to max lines; returns how many. */
+    size_t (*warnings)(const void *cfg, char (*out)[256], size_t max);
     /* Starts the role on d's loop with cfg. Returns 0 or a negative errno. */
     int (*start)(struct daemon *d, const void *cfg, void **state);
     /* A new, validated config: the role takes it (returning 0) or refuses it (negative

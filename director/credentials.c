@@ -110,6 +110,8 @@ static void on_credentials(const char *method, const char *path, const char *que
     char user[96], loc[16] = "internet", ttl_s[16];
     if (query_param(query, "user", user, sizeof(user)) != 1 || !user_ok(user))
         return reply_err(c, reply, 400, "user= is required: letters, digits and @._-+ only");
+    if (hub_user_revoked(d, user))
+        return reply_err(c, reply, 403, "user revoked");
     if (query_param(query, "location", loc, sizeof(loc)) < 0 ||
         (strcmp(loc, "internet") != 0 && strcmp(loc, "intranet") != 0))
         return reply_err(c, reply, 400, "location is internet or intranet");
@@ -126,8 +128,13 @@ static void on_credentials(const char *method, const char *path, const char *que
     const struct token_key *k = &d->relay_keys.cur;
     if (!k->secret_len)
         return reply_err(c, reply, 503, "no relay secret yet");
+    /* A reinstated user's new credentials outlive the window of its revoked ones, which
+     * the av-edges tell apart by expiry. */
+    int64_t now = (int64_t)time(NULL), min_expiry = hub_user_min_expiry(d, user);
+    if (min_expiry > now + (int64_t)ttl)
+        ttl = (uint64_t)(min_expiry - now);
     char username[160], password[64];
-    if (turn_rest_username(username, sizeof(username), (int64_t)time(NULL) + (int64_t)ttl, user) ||
+    if (turn_rest_username(username, sizeof(username), now + (int64_t)ttl, user) ||
         turn_rest_password(k->secret, k->secret_len, username, password, sizeof(password)))
         return reply_err(c, reply, 500, "cannot mint");
     struct json_buf j = {0};

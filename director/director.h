@@ -107,6 +107,11 @@ void hub_reload(struct director *d);
 void hub_stop(struct director *d, void (*done)(void *arg), void *arg);
 /* Issues a new secret of kind now and pushes it to every connected edge that needs it. */
 int hub_rotate(struct director *d, enum ctl_secret_kind kind);
+/* True while user is revoked (POST /revoke?user=, until POST /reinstate or its until). */
+bool hub_user_revoked(struct director *d, const char *user);
+/* For a user reinstated recently: the earliest expiry its new credentials may have (those
+ * expiring earlier could have been minted before the revocation), else 0. */
+int64_t hub_user_min_expiry(struct director *d, const char *user);
 /* Which secret kinds an edge of role needs (bit 1 << kind). */
 unsigned hub_role_secret_kinds(enum ctl_role role);
 

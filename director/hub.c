@@ -28,8 +28,24 @@ struct hub_edge {
     int64_t last_seen_ms;  /* wall clock, ms: Hello, reports, disconnection */
 };
 
+/* A user cut off by POST /revoke: no credentials for it until POST /reinstate (or until,
+ * when the caller gave one). */
+struct hub_revoked {
+    char user[CTL_USER_MAX];
+    int64_t until;       /* unix seconds; INT64_MAX: until reinstated */
+    int64_t edge_until;  /* what the edges were told (they forget it then) */
+    int64_t revoked_at;
+    /* Reinstated: credentials expiring by expiring_by were minted before the revocation
+     * and stay refused; new ones are minted to expire after it. */
+    bool lifted;
+    int64_t expiring_by;
+};
+#define HUB_REVOKED_MAX 4096
+
 struct hub {
     struct director *d;
+    struct hub_revoked *revoked;
+    size_t nrevoked;
     uv_timer_t rotate;
     uint64_t rotate_interval_ms;
     struct hub_edge edges[HUB_EDGES_MAX];
@@ -165,6 +181,23 @@ static int hub_on_hello(struct ctl_peer *p, const struct ctl_hello *hello,
     return (int)n;
 }
 
+static void hub_send_revocations(struct hub *h, struct ctl_peer *p);
+
+/* The last report of each connected edge of the roles e subscribes to, so that it knows its
+ * peers at once (a draining av-edge redirects to them) rather than a report interval later. */
+static void hub_send_last_reports(struct hub *h, const struct hub_edge *e)
+{
+    for (size_t i = 0; i < h->nedges; i++) {
+        const struct hub_edge *o = &h->edges[i];
+        if (o == e || !o->peer || !o->has_report)
+            continue;
+        for (size_t k = 0; k < e->hello.n_subscribe; k++)
+            if (e->hello.subscribe[k] == o->hello.role &&
+                ctl_peer_send_report(e->peer, &o->report) < 0)
+                return;
+    }
+}
+
 static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *arg)
 {
     struct director *d = arg;
@@ -172,6 +205,10 @@ static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *
     metric_inc(d->hub->m_reports);
     if (!e)
         return;
+    if (!e->reports) { /* the first report follows the Welcome: now it may hear more */
+        hub_send_revocations(d->hub, p);
+        hub_send_last_reports(d->hub, e);
+    }
     e->report = *r;
     e->has_report = true;
     e->reports++;
@@ -465,6 +502,88 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
     reply_json(reply, 200, &j);
 }
 
+/* ---- revoked users ---- */
+
+static bool hub_revoked_live(const struct hub_revoked *v, int64_t now)
+{
+    return v->lifted ? v->expiring_by > now : v->until > now;
+}
+
+/* The user's entry: revoked now (lifted false) or reinstated within its window. */
+static struct hub_revoked *hub_revoked_find(struct hub *h, const char *user)
+{
+    int64_t now = time_wall_s();
+    for (size_t i = 0; i < h->nrevoked; i++)
+        if (strcmp(h->revoked[i].user, user) == 0 && hub_revoked_live(&h->revoked[i], now))
+            return &h->revoked[i];
+    return NULL;
+}
+
+static int hub_revoked_add(struct hub *h, const char *user, int64_t until, int64_t edge_until)
+{
+    struct hub_revoked *e = hub_revoked_find(h, user);
+    if (!e) {
+        int64_t now = time_wall_s();
+        size_t w = 0;
+        for (size_t i = 0; i < h->nrevoked; i++)
+            if (hub_revoked_live(&h->revoked[i], now))
+                h->revoked[w++] = h->revoked[i];
+        h->nrevoked = w;
+        if (h->nrevoked == HUB_REVOKED_MAX)
+            return -ENOSPC;
+        if (!h->revoked) {
+            h->revoked = calloc(HUB_REVOKED_MAX, sizeof *h->revoked);
+            if (!h->revoked)
+                return -ENOMEM;
+        }
+        e = &h->revoked[h->nrevoked++];
+        snprintf(e->user, sizeof e->user, "%s", user);
+    }
+    e->until = until;
+    e->edge_until = edge_until;
+    e->revoked_at = time_wall_s();
+    e->lifted = false;
+    e->expiring_by = 0;
+    return 0;
+}
+
+bool hub_user_revoked(struct director *d, const char *user)
+{
+    const struct hub_revoked *v = d->hub ? hub_revoked_find(d->hub, user) : NULL;
+    return v && !v->lifted;
+}
+
+int64_t hub_user_min_expiry(struct director *d, const char *user)
+{
+    const struct hub_revoked *v = d->hub ? hub_revoked_find(d->hub, user) : NULL;
+    return v && v->lifted ? v->expiring_by + 1 : 0;
+}
+
+/* What the edges are told about an entry: a revocation, or a lifted one. */
+static void hub_revoke_msg(const struct hub_revoked *v, struct ctl_revoke *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->user, sizeof r->user, "%s", v->user);
+    r->until = v->lifted ? 1 : v->edge_until; /* 1: in the past, lifted */
+    r->expiring_by = v->lifted ? v->expiring_by : 0;
+}
+
+/* The revocations still in force, to an edge that just connected (it may have missed them). */
+static void hub_send_revocations(struct hub *h, struct ctl_peer *p)
+{
+    int64_t now = time_wall_s();
+    bool av = ctl_peer_hello(p)->role == CTL_ROLE_AV_EDGE;
+    for (size_t i = 0; i < h->nrevoked; i++) {
+        const struct hub_revoked *v = &h->revoked[i];
+        if (!hub_revoked_live(v, now) || (!v->lifted && v->edge_until <= now) || (v->lifted && !av))
+            continue;
+        struct ctl_revoke r;
+        hub_revoke_msg(v, &r);
+        if (ctl_peer_send_revoke(p, &r) < 0)
+            return;
+    }
+}
+
 static void hub_post_revoke(struct director *d, const char *query, const char *body,
                             size_t body_len, struct admin_reply *reply)
 {
@@ -489,6 +608,10 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     if (!r.until) /* by default, as long as any key that could have signed it lives */
         r.until = time_wall_s() + (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
     struct hub *h = d->hub;
+    if (b == 1 && hub_revoked_add(h, r.user, c == 1 ? r.until : INT64_MAX, r.until) < 0) {
+        reply_error(reply, 503, "too many revoked users");
+        return;
+    }
     size_t sent = 0;
     for (size_t i = 0; i < h->nedges; i++)
         if (h->edges[i].peer && ctl_peer_send_revoke(h->edges[i].peer, &r) == 0)
@@ -498,6 +621,45 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
          b ? r.user : "", r.until, sent);
     struct json_buf j = {0};
     json_printf(&j, "{\"sent\":%zu,\"until\":%" PRId64 "}", sent, r.until);
+    reply_json(reply, 200, &j);
+}
+
+/* POST /reinstate?user=X: credentials are issued to X again, and the av-edges lift the
+ * revocation (a Revoke whose until has passed; older edges simply let theirs lapse). */
+static void hub_post_reinstate(struct director *d, const char *query, const char *body,
+                               size_t body_len, struct admin_reply *reply)
+{
+    struct ctl_revoke r;
+    memset(&r, 0, sizeof r);
+    if (param_get(query, body, body_len, "user", r.user, sizeof r.user) != 1 || !r.user[0]) {
+        reply_error(reply, 400, "need user=NAME");
+        return;
+    }
+    struct hub *h = d->hub;
+    struct hub_revoked *v = hub_revoked_find(h, r.user);
+    if (!v || v->lifted) {
+        reply_error(reply, 404, "user is not revoked");
+        return;
+    }
+    /* Credentials minted before the revocation expire by then: they were capped at max_ttl
+     * and die with the secret that signed them. New ones are minted to expire after it. */
+    int64_t ttl = (int64_t)(d->cfg->credentials.max_ttl_ms / 1000),
+            life = (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
+    v->lifted = true;
+    v->expiring_by = v->revoked_at + (ttl < life ? ttl : life);
+    hub_revoke_msg(v, &r);
+    size_t sent = 0;
+    for (size_t i = 0; i < h->nedges; i++)
+        if (h->edges[i].peer && h->edges[i].hello.role == CTL_ROLE_AV_EDGE &&
+            ctl_peer_send_revoke(h->edges[i].peer, &r) == 0)
+            sent++;
+    LOGI(d->log, NULL,
+         "hub: reinstated user %s (its credentials expiring by %" PRId64 " stay refused); "
+         "sent to %zu av-edge(s)", r.user, r.expiring_by, sent);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"reinstated\":");
+    json_str(&j, r.user);
+    json_printf(&j, ",\"sent\":%zu}", sent);
     reply_json(reply, 200, &j);
 }
 
@@ -588,12 +750,14 @@ static void hub_admin(const char *method, const char *path, const char *query, c
         hub_get_edges(d, query, reply);
     else if (strcmp(path, "/revoke") == 0 && post)
         hub_post_revoke(d, query, body, body_len, reply);
+    else if (strcmp(path, "/reinstate") == 0 && post)
+        hub_post_reinstate(d, query, body, body_len, reply);
     else if (strcmp(path, "/drain") == 0 && post)
         hub_post_drain(d, query, body, body_len, reply);
     else if (strcmp(path, "/rotate") == 0 && post)
         hub_post_rotate(d, query, body, body_len, reply);
     else if (!strcmp(path, "/edges") || !strcmp(path, "/revoke") || !strcmp(path, "/drain") ||
-             !strcmp(path, "/rotate"))
+             !strcmp(path, "/rotate") || !strcmp(path, "/reinstate"))
         reply_error(reply, 405, "method not allowed");
     else
         reply_error(reply, 404, "not found");
@@ -650,7 +814,7 @@ int hub_start(struct director *d)
     if (rc)
         goto fail;
     if (d->admin) {
-        const char *paths[] = {"/edges", "/revoke", "/drain", "/rotate"};
+        const char *paths[] = {"/edges", "/revoke", "/reinstate", "/drain", "/rotate"};
         for (size_t i = 0; i < ARRAY_SIZE(paths) && rc == 0; i++)
             rc = admin_route(d->admin, paths[i], hub_admin, d);
         if (rc) {
@@ -690,6 +854,7 @@ static void hub_on_timer_closed(uv_handle_t *t)
     struct hub *h = t->data;
     void (*done)(void *) = h->done;
     void *arg = h->done_arg;
+    free(h->revoked);
     free(h);
     if (done)
         done(arg);

@@ -48,7 +48,7 @@ external: { listen: [$IP:$PORT], tcp_listen: [], tls_listen: [], allow_peers: [1
 internal: { listen: [] }
 relay: { addresses: [$IP], port_min: 30001, port_max: 40000 }
 auth: { realm: $REALM, secret: $SECRET, unauth_rate: 0 }
-limits: { user_quota: 0, total_quota: 0 }
+limits: { user_quota: 0, total_quota: 0, allocations_per_credential: 0, packets_per_second: 10000000 }
 director: { enabled: false }
 YAML
     taskset -c 0 "$BIN/av-edge" -c "$TMP/av.yaml" > "$TMP/av.log" 2>&1 &

@@ -145,6 +145,11 @@ static void sess_send(struct sess *s, uint16_t method, bool auth, uint16_t chann
         stun_build_attr(&b, STUN_A_REALM, s->realm, strlen(s->realm));
         stun_build_attr(&b, STUN_A_NONCE, s->nonce, strlen(s->nonce));
         stun_build_integrity(&b, s->key, 16);
+    } else {
+        /* Room for the 401 (as uclient's 60-byte first Allocate has): av-edge answers
+         * nothing larger than a request over UDP before the client proved its address. */
+        static const char pad[40] = "turnload: padded so its 401 fits";
+        stun_build_attr(&b, STUN_A_SOFTWARE, pad, sizeof(pad));
     }
     ssize_t n = stun_build_finish(&b);
     if (n > 0)

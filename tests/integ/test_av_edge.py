@@ -16,6 +16,7 @@ import avturn as T
 
 EXT = "127.0.0.113"   # external listener and relay address
 INT = "127.0.0.123"   # internal listener
+ADMIN = "127.0.0.124"  # admin listener
 SECRET = "integ-secret"
 
 
@@ -28,7 +29,8 @@ class AvEdgeTest(SuiteTest):
         self.ext_port = free_port(EXT)
         self.int_port = free_port(INT)
         self.tls_port = free_port(EXT) if tls else None
-        self.admin = f"127.0.0.1:{free_port()}"
+        # An address of its own: the admin listener is a denied peer, and tests relay to 127.0.0.1.
+        self.admin = f"{ADMIN}:{free_port(ADMIN)}"
         base = random.randrange(20000, 29000, 100)
         self.relay_range = (base, base + 99)
         limits_text = limits or "  user_quota: 50\n"
@@ -77,7 +79,10 @@ auth:
 
 class TestStockClients(AvEdgeTest):
     def test_turnutils_stunclient_binding(self):
-        self.start_edge()
+        # turnutils_stunclient sends one 20-byte Binding and never retransmits: its 32-byte
+        # answer is larger, so by default (strict_amplification) it gets none. Retransmitting
+        # clients (RFC 8489, browsers) are answered once their retransmissions cover it.
+        self.start_edge(auth="  strict_amplification: false\n")
         p = self.run_tool(["turnutils_stunclient", "-p", str(self.ext_port), EXT], timeout=20)
         out = p.stdout.decode() + p.stderr.decode()
         self.assertIn("UDP reflexive addr: 127.0.0.1:", out)
@@ -123,7 +128,8 @@ class TestStockClients(AvEdgeTest):
     def test_uclient_two_workers_reservations_cross_workers(self):
         """workers: 2 with SO_REUSEPORT: uclient's EVEN-PORT reservation tokens are redeemed
         from other sockets, which may land on the other worker."""
-        self.start_edge(extra="workers: 2\n")
+        # 10 clients, each with a peer allocation, on one REST credential
+        self.start_edge(extra="workers: 2\n", limits="  user_quota: 50\n  allocations_per_credential: 20\n")
         self.uclient(["-W", SECRET, "-y"], INT, self.int_port, n=50, m=10)
 
     def test_uclient_tcp(self):
@@ -380,7 +386,8 @@ class TestUserBandwidth(AvEdgeTest):
         workers by their source ports) flood a peer, and what arrives stays within the burst
         plus the rate for the time taken, not twice that."""
         self.start_edge(extra="workers: 2\n", allow_loopback=True,
-                        limits="  user_quota: 50\n  bandwidth_per_user: 20k\n")
+                        limits="  user_quota: 50\n  allocations_per_credential: 50\n"
+                               "  bandwidth_per_user: 20k\n")
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.bind(("127.0.0.1", 0))
         peer.settimeout(0.5)

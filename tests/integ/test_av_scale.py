@@ -1,13 +1,14 @@
 """A/V edges scaled out: one Director and three av-edges on loopback. Credentials minted by
 the Director work on every edge; the credential answer lists the edges least loaded first;
 an edge killed outright leaves the list within one heartbeat timeout; an edge told to
-stop (SIGTERM) refuses new allocations, keeps relaying the live one without loss, leaves
+stop (SIGTERM) redirects new allocations to a healthy peer (300), keeps relaying the live one without loss, leaves
 the list, and exits as soon as that allocation is released."""
 import os
 import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -96,6 +97,29 @@ director:
         wait_for(lambda: self.order() == want, timeout=timeout,
                  what=f"credential answer ordered {want} (last: {self.order()})")
 
+    def redirect_from(self, name, cred):
+        """A draining edge's answer to a new Allocate once it knows a peer (an edge that has
+        just connected hears of its peers with its first report)."""
+        last = []
+
+        def answer():
+            last[:] = [self.client(name, cred).allocate()]
+            return last[0].code == 300
+        try:
+            wait_for(answer, timeout=3, what=f"a 300 from the draining {name}")
+        except AssertionError:
+            pass
+        return last[0]
+
+    def redirected_to(self, m):
+        """The edge a 300 Try Alternate names in ALTERNATE-SERVER (its internal listener)."""
+        self.assertEqual(m.code, 300)
+        v = m.get(0x8023)
+        addr = (socket.inet_ntoa(v[4:8]), struct.unpack("!H", v[2:4])[0])
+        names = [n for n in NAMES if (INT[n], self.int_port[n]) == addr]
+        self.assertEqual(len(names), 1, addr)
+        return names[0]
+
     # ---- tests ----
 
     def test_a_credentials_valid_everywhere_and_ordered_by_load(self):
@@ -140,9 +164,9 @@ director:
         edge.signal(signal.SIGTERM)
         t0 = time.monotonic()
         edge.wait_log("draining", timeout=3)
-        # a new allocation is refused with 508 Insufficient Capacity ...
-        late = self.client("av2", self.credentials("dave"))
-        self.assertEqual(late.allocate().code, 508)
+        # a new allocation is sent to a healthy peer (300 ALTERNATE-SERVER) ...
+        self.assertIn(self.redirected_to(self.redirect_from("av2", self.credentials("dave"))),
+                      ("av1", "av3"))
         # ... while the live one is still served: Refresh, and data both ways, all of it.
         self.assertEqual(c.refresh().code, 0)
         for i in range(100):
@@ -174,7 +198,7 @@ director:
         edge = self.edges["av3"]
         edge.wait_log("the Director asks to drain", timeout=3)
         self.wait_order(["av1", "av2"])
-        self.assertEqual(self.client("av3", cred).allocate().code, 508)
+        self.assertIn(self.redirected_to(self.redirect_from("av3", cred)), ("av1", "av2"))
         self.assertEqual(c.refresh().code, 0)  # the live allocation is still served
         self.assertEqual(c.refresh(0).code, 0)
         wait_for(lambda: edge.proc.poll() is not None, timeout=3, what="av3 to exit")

@@ -3,8 +3,8 @@ in its own namespace with its own two interfaces. The external user, behind the 
 the first edge of the Director's credential answer (ordered by reported load), so the sessions
 spread over the three; an edge killed outright (SIGKILL) leaves the answer within one heartbeat
 timeout and new sessions go to the others; an edge told to stop (SIGTERM) while a call's SRTP
-runs through it finishes that stream without loss, refuses new allocations with 508, leaves the
-answer, and exits once the call's allocations are released. The loopback version of the same
+runs through it finishes that stream without loss, redirects new allocations (300) to a healthy
+edge, leaves the answer, and exits once the call's allocations are released. The loopback version of the same
 checks is tests/integ/test_av_scale.py. Root only."""
 import os
 import re
@@ -186,9 +186,9 @@ class LabScale(lab.LabWithDaemons):
         os.kill(self.pid(edge), signal.SIGTERM)
         t0 = time.monotonic()
         self.wait_for(f"{edge} to start draining", lambda: "draining" in self.log_tail(edge), 3)
-        # A new allocation on it is refused with 508 Insufficient Capacity ...
+        # A new allocation on it is sent to a healthy peer (300 Try Alternate) ...
         holder = self.holder()
-        self.assertEqual(self.allocate(holder, edge, self.credentials("late")), "508", self.log_tail(edge))
+        self.assertEqual(self.allocate(holder, edge, self.credentials("late")), "300", self.log_tail(edge))
         # ... and the Director no longer offers it.
         self.wait_for(f"{edge} to leave the credential answer",
                       lambda: edge not in self.offered(self.credentials("probe")), 3)

@@ -676,28 +676,26 @@ class LabDaemons(LabWithDaemons):
         self.assertIn("GOT hello from inside", out_w, out_w)
 
     def relay_setup(self):
-        """The av-edge's REST secret from its lab config, or a skip with the reason printed."""
+        """Relay credentials for the external user from the Director (the av-edge accepts only
+        the Director's secrets while its link is up), or a skip with the reason printed."""
         reason = None
         if "av-edge-1" not in self.started:
             reason = "av-edge is not running in the lab (see up.sh's output above)"
         elif not shutil.which("turnutils_uclient"):
             reason = "coturn's turnutils_uclient is missing (deploy/install-deps.sh, TEST group)"
-        else:
-            from deployutil import load_yaml
-            secret = (load_yaml(os.path.join(self.tmp, "av-edge-1.yaml")).get("auth") or {}).get("secret")
-            if not secret:
-                reason = "av-edge's default config has no static auth.secret to mint test credentials"
         if reason:
             print(f"\nskip: {reason}", flush=True)
             self.skipTest(reason)
-        return secret
+        code, c = self.director_api("GET", "/credentials?user=alice&location=internet")
+        self.assertEqual(code, 200, c)
+        return c
 
-    def uclient(self, secret, peer, port, count):
-        # -W: TURN REST credentials from the shared secret; -X: IPv4 relay; -c: RTP only (no RTCP
+    def uclient(self, cred, peer, port, count):
+        # -u/-w: the Director's TURN REST credentials; -X: IPv4 relay; -c: RTP only (no RTCP
         # stream); one client, UDP.
-        r = subprocess.run(["ip", "netns", "exec", self.ns("user"), "turnutils_uclient", "-W", secret,
-                            "-u", "alice", "-e", peer, "-r", str(port), "-n", str(count), "-l", "120",
-                            "-m", "1", "-c", "-X", PLAN["AV1_EXT"]],
+        r = subprocess.run(["ip", "netns", "exec", self.ns("user"), "turnutils_uclient",
+                            "-u", cred["username"], "-w", cred["password"], "-e", peer, "-r", str(port),
+                            "-n", str(count), "-l", "120", "-m", "1", "-c", "-X", PLAN["AV1_EXT"]],
                            capture_output=True, text=True, timeout=40)
         return r.stdout + r.stderr
 

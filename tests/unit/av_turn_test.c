@@ -208,7 +208,7 @@ static int request(struct fx *f, uint16_t method, add_fn add, void *arg, bool au
         /* Authenticated answers carry MESSAGE-INTEGRITY with the same key. */
         assert_int_equal(stun_msg_check_integrity(&f->resp, f->key, 16), 0);
     }
-    if (code >= 0)
+    if (code >= 0 && f->resp.fp_off) /* optional in answers: dropped when space is short */
         assert_int_equal(stun_msg_check_fingerprint(&f->resp), 0);
     return code;
 }
@@ -749,18 +749,158 @@ static void strict_amplification_drops_small_unauthenticated_udp(void **st)
 {
     struct fx *f = *st;
     f->cfg.strict_amplification = true;
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), -1); /* 401 > request */
-    assert_int_equal(request(f, STUN_BINDING, NULL, NULL, false), -1);     /* mapped address */
-    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+    /* A 36-byte Allocate: its 401 (56 bytes without FINGERPRINT) is larger. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), -1);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 1);
+    /* The retransmission: 72 bytes sent in all now cover it. */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
+    assert_int_equal(f->out.reply_len, 56);
+    assert_int_equal(f->resp.fp_off, 0);
+    /* Whatever a source sends, it never gets back more than it sent. */
+    addr_parse(&f->client, "198.51.100.8:40000", 0);
+    size_t sent = 0, got = 0, answered = 0;
+    for (int i = 0; i < 20; i++) {
+        sent += 28; /* a Binding with FINGERPRINT */
+        if (request(f, STUN_BINDING, NULL, NULL, false) == 0) {
+            got += f->out.reply_len;
+            answered++;
+        }
+        assert_true(got <= sent);
+    }
+    assert_true(answered >= 10);
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp_padded, (void *)64, false), 401);
-    assert_true(f->out.reply_len <= 20 + 8 + 68 + 8);
+    assert_true(f->resp.fp_off != 0); /* room for it */
     assert_int_equal(request(f, STUN_BINDING, add_udp_padded, (void *)16, false), 0);
+    /* A request carrying a nonce made for its address proves it receives there. */
+    addr_parse(&f->client, "198.51.100.9:40000", 0);
+    use_static(f, "alice", "wrong");
+    uint64_t dropped = av_turn_stats(f->t)->amplification_dropped;
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp_padded, (void *)64, false), 401);
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, true), 401);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, dropped);
     f->transport = AV_TRANSPORT_TCP; /* a stream source cannot be spoofed */
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
     f->transport = AV_TRANSPORT_UDP;
     f->cfg.strict_amplification = false;
+    addr_parse(&f->client, "198.51.100.10:40000", 0);
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, NULL, false), 401);
-    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, 2);
+    assert_int_equal(av_turn_stats(f->t)->amplification_dropped, dropped);
+}
+
+/* Several XOR-PEER-ADDRESS in one CreatePermission: n peers 192.0.2.(first..first+n-1). */
+struct peers_arg {
+    int first, n;
+};
+static void add_peers(struct stun_builder *b, void *arg)
+{
+    struct peers_arg *pa = arg;
+    for (int i = 0; i < pa->n; i++) {
+        char s[32];
+        snprintf(s, sizeof(s), "192.0.2.%d:9", pa->first + i);
+        add_peer(b, s);
+    }
+}
+
+static void revoked_user_refused_and_allocations_ended(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_rest(f, NOW_S + 600, "mallory", "secret1");
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(av_turn_enforce(f->t, f->now_s), 0); /* nothing revoked yet */
+    assert_int_equal(av_shared_revoke(&f->sh, "mallory", f->now_s + 60, 0, f->now_s), 0);
+    assert_int_equal(av_turn_enforce(f->t, f->now_s), 1);
+    assert_int_equal(f->sh.allocs, 0);
+    assert_int_equal(av_turn_enforce(f->t, f->now_s), 0); /* once per change */
+    f->client.u.in4.sin_port = htons(41000);
+    assert_int_equal(allocate(f), 403); /* any credential of the user */
+    assert_int_equal(av_turn_stats(f->t)->auth_fail[AV_AUTH_REVOKED], 1);
+    use_rest(f, NOW_S + 600, "alice2", "secret1");
+    assert_int_equal(allocate(f), 0); /* others are unaffected */
+    assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
+    /* reinstated: credentials minted before (expiring by NOW_S + 800) stay refused */
+    assert_int_equal(av_shared_revoke(&f->sh, "mallory", 1, NOW_S + 800, f->now_s), 0);
+    use_rest(f, NOW_S + 600, "mallory", "secret1");
+    assert_int_equal(allocate(f), 403);
+    use_rest(f, NOW_S + 900, "mallory", "secret1");
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(request(f, STUN_REFRESH, add_lifetime, (void *)0, true), 0);
+}
+
+static void per_allocation_limits(void **st)
+{
+    struct fx *f = *st;
+    f->cfg.cred_quota = 2;
+    f->cfg.user_quota = 0;
+    f->cfg.total_quota = 0;
+    f->cfg.new_peers_per_s = 5; /* bursts of 10 */
+    f->cfg.pps_per_alloc = 4;
+    f->cfg.max_perms = 64;
+    challenge(f);
+    use_rest(f, NOW_S + 600, "leaky", "secret1");
+    for (int i = 0; i < 2; i++) {
+        f->client.u.in4.sin_port = htons((uint16_t)(42000 + i));
+        assert_int_equal(allocate(f), 0);
+    }
+    f->client.u.in4.sin_port = htons(42002);
+    assert_int_equal(allocate(f), 486); /* a third on the same credential */
+    assert_int_equal(av_turn_stats(f->t)->quota_cred, 1);
+    use_rest(f, NOW_S + 601, "leaky", "secret1"); /* another credential of the user */
+    assert_int_equal(allocate(f), 0);
+    /* new peers: a burst of 10, then 5 a second; peers already permitted are free */
+    struct peers_arg scan = {1, 11}, ten = {1, 10}, one = {11, 1};
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, add_peers, &scan, true), 508);
+    assert_int_equal(av_turn_stats(f->t)->new_peers_limited, 1);
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, add_peers, &ten, true), 0);
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, add_peers, &ten, true), 0);
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, add_peers, &one, true), 508);
+    f->now_ms += 200; /* one more peer's worth */
+    assert_int_equal(request(f, STUN_CREATE_PERMISSION, add_peers, &one, true), 0);
+    /* packets: 4 a second, both directions */
+    struct bind_arg ba = {0x4001, "192.0.2.1:9"};
+    assert_int_equal(request(f, STUN_CHANNEL_BIND, add_bind, &ba, true), 0);
+    uint8_t cd[8] = {0x40, 0x01, 0x00, 0x03, 'a', 'b', 'c', 0};
+    int sent = 0;
+    for (int i = 0; i < 10; i++) {
+        feed(f, cd, 8);
+        sent += f->out.relay_alloc != NULL;
+    }
+    assert_int_equal(sent, 4);
+    assert_int_equal(av_turn_stats(f->t)->dropped_pkt_rate, 6);
+    f->now_ms += 500; /* two packets' worth */
+    sent = 0;
+    for (int i = 0; i < 5; i++) {
+        feed(f, cd, 8);
+        sent += f->out.relay_alloc != NULL;
+    }
+    assert_int_equal(sent, 2);
+}
+
+static void draining_redirects_to_an_alternate(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_static(f, "alice", "wonder");
+    f->sh.draining = 1;
+    assert_int_equal(allocate(f), 508); /* no peer known */
+    struct av_alternates alt;
+    memset(&alt, 0, sizeof(alt));
+    addr_parse(&alt.a[AV_SIDE_EXTERNAL][0], "192.0.2.99:3478", 0);
+    av_shared_set_alternates(&f->sh, &alt);
+    assert_int_equal(allocate(f), 300);
+    assert_int_equal(stun_msg_check_integrity(&f->resp, f->key, 16), 0);
+    const struct stun_attr *as = stun_msg_find(&f->resp, STUN_A_ALTERNATE_SERVER);
+    assert_non_null(as);
+    assert_int_equal(as->len, 8);
+    const uint8_t *v = f->reply + as->off;
+    assert_int_equal(v[1], 1);
+    assert_int_equal(v[2] << 8 | v[3], 3478);
+    assert_int_equal(v[4], 192);
+    assert_int_equal(v[7], 99);
+    assert_int_equal(av_turn_stats(f->t)->redirected, 1);
+    f->transport = AV_TRANSPORT_TCP; /* no TCP alternate: 508 */
+    assert_int_equal(allocate(f), 508);
+    f->sh.draining = 0;
 }
 
 static void bandwidth_cap_per_allocation(void **st)
@@ -1023,6 +1163,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(strict_amplification_drops_small_unauthenticated_udp, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(dual_stack_allocation, setup, teardown),
+        cmocka_unit_test_setup_teardown(revoked_user_refused_and_allocations_ended, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(per_allocation_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(draining_redirects_to_an_alternate, setup, teardown),
         cmocka_unit_test_setup_teardown(error_403_enterprise_rule, setup, teardown),
         cmocka_unit_test_setup_teardown(error_486_508_quotas, setup, teardown),
         cmocka_unit_test_setup_teardown(error_508_port_range_exhausted, setup, teardown),

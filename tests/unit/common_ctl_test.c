@@ -116,6 +116,11 @@ static void report_round_trips(void **state)
     strcpy(r->notes[0], "watch:partner.example");
     strcpy(r->notes[1], "unwatch:old.example");
     r->n_notes = 2;
+    strcpy(r->external_addrs[0], "turn:192.0.2.13:3478?transport=udp");
+    r->n_external = 1;
+    strcpy(r->internal_addrs[0], "turn:10.0.0.13:3478?transport=udp");
+    strcpy(r->internal_addrs[1], "turn:10.0.0.13:3478?transport=tcp");
+    r->n_internal = 2;
     struct ctl_msg *out = roundtrip(in);
     assert_memory_equal(&out->u.report, r, sizeof *r);
     free(out);
@@ -141,6 +146,7 @@ static void small_messages_round_trip(void **state)
     strcpy(in.u.revoke.conference_key_id, "jti-1");
     strcpy(in.u.revoke.user, "alice@example.com");
     in.u.revoke.until = 123;
+    in.u.revoke.expiring_by = 456;
     out = roundtrip(&in);
     assert_memory_equal(&out->u.revoke, &in.u.revoke, sizeof in.u.revoke);
     free(out);
