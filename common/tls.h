@@ -79,7 +79,8 @@ int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *serv
 void tls_conn_destroy(struct tls_conn *c);
 
 /* Memory: an established connection with nothing buffered gives back the library's record
- * buffers until the next record (mbedTLS: about 2 KB stays; OpenSSL: see make bench-tls). */
+ * buffers until the next record (heap per idle server connection, make bench-tls: mbedTLS
+ * about 2 KB, OpenSSL about 14 KB, 21 KB with a client certificate). */
 
 /* Feeds received ciphertext (copied). Returns 0 or -ENOSPC past 72 KiB unread. */
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
