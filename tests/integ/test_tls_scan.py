@@ -3,7 +3,7 @@ free ones), scanned with sslscan as an auditor would: no SSLv2/SSLv3/TLS 1.0/TLS
 forward-secret AEAD suites (no CBC, no RSA key exchange), secure renegotiation or none,
 TLS 1.2 offered, and TLS 1.3 offered on the OpenSSL build (make TLS=openssl). On that build,
 `openssl s_client -tls1_3` and `gnutls-cli` (TLS 1.3 only) also complete a handshake on every
-external TLS port."""
+external TLS port, and s_client's session ticket allows no 0-RTT data and resumes."""
 import os
 import re
 import shutil
@@ -146,16 +146,24 @@ class TlsScan(SuiteTest):
             host, port = hostport.rsplit(":", 1)
             signed = role != "av-edge"
             with self.subTest(role=role, listener=hostport, client="openssl s_client"):
-                p = subprocess.run(
-                    ["openssl", "s_client", "-connect", hostport, "-tls1_3", "-brief",
-                     "-servername", sni, "-CAfile", f"{CERTS}/ca.crt",
-                     "-cert", f"{CERTS}/partner.crt", "-key", f"{CERTS}/partner.key"]
-                    + (["-verify_return_error"] if signed else []),
-                    input="", capture_output=True, text=True, timeout=20)
+                sess = os.path.join(self.tmp, f"{port}.sess")
+                cmd = ["openssl", "s_client", "-connect", hostport, "-tls1_3", "-servername", sni,
+                       "-CAfile", f"{CERTS}/ca.crt", "-cert", f"{CERTS}/partner.crt",
+                       "-key", f"{CERTS}/partner.key"] + (["-verify_return_error"] if signed else [])
+                # stdin stays open a moment: the session ticket comes after the handshake.
+                p = subprocess.run(["bash", "-c", 'sleep 0.5 | "$@"', "-", *cmd, "-brief",
+                                    "-sess_out", sess], capture_output=True, text=True, timeout=20)
                 out = p.stdout + p.stderr
                 self.assertIn("Protocol version: TLSv1.3", out, out)
                 if signed:
                     self.assertIn("Verification: OK", out, out)
+                # The ticket allows no 0-RTT data, and it resumes.
+                info = subprocess.run(["openssl", "sess_id", "-in", sess, "-noout", "-text"],
+                                      capture_output=True, text=True, timeout=10).stdout
+                self.assertIn("Max Early Data: 0", info, info)
+                p = subprocess.run(cmd + ["-sess_in", sess], input="", capture_output=True,
+                                   text=True, timeout=20)
+                self.assertIn("Reused, TLSv1.3", p.stdout, p.stdout + p.stderr)
             with self.subTest(role=role, listener=hostport, client="gnutls-cli"):
                 p = subprocess.run(
                     ["gnutls-cli", "--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3",
