@@ -383,10 +383,14 @@ static int cert_names(struct tls_cert *tc)
         return -ENOMEM;
     size_t n = p->nsans ? p->nsans : p->cn ? 1 : 0;
     tc->names = calloc(n + 1, sizeof *tc->names);
-    for (size_t i = 0; tc->names && i < n; i++)
-        tc->names[tc->nnames++] = strdup(p->nsans ? p->sans[i] : p->cn);
+    for (size_t i = 0; tc->names && i < n; i++) {
+        if (!(tc->names[tc->nnames] = strdup(p->nsans ? p->sans[i] : p->cn)))
+            break;
+        tc->nnames++;
+    }
+    bool ok = tc->names && tc->nnames == n;
     free(p);
-    return tc->names ? 0 : -ENOMEM;
+    return ok ? 0 : -ENOMEM;
 }
 
 /* ---- callbacks ---- */
