@@ -33,8 +33,8 @@
 #include <openssl/x509v3.h>
 
 /* Server preference: ChaCha20-Poly1305, then AES-GCM; ECDHE only, AEAD only. */
-#define TLS12_DEFAULT                                                                             \
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:"    \
+#define TLS12_DEFAULT                                                                              \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:"     \
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
 #define TLS13_DEFAULT "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"
 /* X25519 first: OpenSSL does it fastest (mbedTLS 2.28 is faster at P-256, see tls.c). */
@@ -42,7 +42,7 @@
 
 struct tls_cert {
     X509 *crt;
-    STACK_OF(X509) *chain; /* the rest of the PEM file: intermediates */
+    STACK_OF(X509) * chain; /* the rest of the PEM file: intermediates */
     EVP_PKEY *key;
     char **names; /* DNS SANs, or the CN if there is none: what SNI is matched against */
     size_t nnames;
@@ -66,7 +66,7 @@ struct tls_ctx {
     size_t alpn_wire_len;
     char fingerprint[3 * 32];
     uint32_t handshake_timeout_ms;
-    pthread_mutex_t lock; /* ticket keys and the saved session */
+    pthread_mutex_t lock;      /* ticket keys and the saved session */
     struct ticket_key keys[2]; /* [0] issues, [1] the previous one still decrypts */
     /* Client: the last session, offered again on reconnect to the same name. */
     SSL_SESSION *session;
@@ -286,7 +286,10 @@ static void dn_string(const X509_NAME *n, char *out, size_t cap)
         const char *sn = nid != NID_undef ? OBJ_nid2sn(nid) : "??";
         const ASN1_STRING *v = X509_NAME_ENTRY_get_data(e);
         int set = X509_NAME_ENTRY_set(e);
-        int w = snprintf(out + o, cap - o, "%s%s=", i == 0 ? "" : set == prev_set ? " + " : ", ",
+        int w = snprintf(out + o, cap - o, "%s%s=",
+                         i == 0            ? ""
+                         : set == prev_set ? " + "
+                                           : ", ",
                          sn);
         prev_set = set;
         if (w < 0 || (size_t)w >= cap - o)
@@ -413,8 +416,8 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
             continue;
         if (i > 0) { /* only this certificate, not the default next to it */
             SSL_certs_clear(ssl);
-            if (SSL_use_cert_and_key(ssl, ctx->certs[i].crt, ctx->certs[i].key,
-                                     ctx->certs[i].chain, 1) != 1) {
+            if (SSL_use_cert_and_key(ssl, ctx->certs[i].crt, ctx->certs[i].key, ctx->certs[i].chain,
+                                     1) != 1) {
                 *alert = SSL_AD_INTERNAL_ERROR;
                 return SSL_TLSEXT_ERR_ALERT_FATAL;
             }
@@ -497,8 +500,8 @@ static int new_ticket_key(struct ticket_key *k, time_t now)
 
 /* Session ticket keys: random, a new one every TLS_TICKET_LIFETIME_S, the previous one
  * still accepted for another period (as the mbedTLS backend does). */
-static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv,
-                         EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
+                         EVP_MAC_CTX *hctx, int enc)
 {
     struct tls_ctx *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
     struct ticket_key k;
@@ -697,8 +700,8 @@ static int make_self_signed(struct tls_cert *out, const char *name, char *err, s
              X509_gmtime_adj(X509_getm_notBefore(x), -86400) != NULL &&
              X509_gmtime_adj(X509_getm_notAfter(x), 365L * 86400) != NULL &&
              X509_set_pubkey(x, k) == 1 &&
-             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1,
-                                        -1, 0) == 1 &&
+             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
+                                        0) == 1 &&
              X509_set_issuer_name(x, n) == 1 &&
              add_ext(x, NID_basic_constraints, "CA:FALSE") == 0 &&
              add_ext(x, NID_subject_alt_name, san) == 0 && X509_sign(x, k, EVP_sha256()) > 0;
@@ -787,8 +790,8 @@ static int set_groups(SSL_CTX *s, const char *spec, char *err, size_t cap)
 {
     static const struct {
         const char *ours, *ossl;
-    } alias[] = {{"x25519", "X25519"}, {"x448", "X448"},       {"secp256r1", "P-256"},
-                 {"p-256", "P-256"},   {"secp384r1", "P-384"}, {"p-384", "P-384"},
+    } alias[] = {{"x25519", "X25519"},   {"x448", "X448"},       {"secp256r1", "P-256"},
+                 {"p-256", "P-256"},     {"secp384r1", "P-384"}, {"p-384", "P-384"},
                  {"secp521r1", "P-521"}, {"p-521", "P-521"}};
     char list[512] = "";
     size_t o = 0;
@@ -886,8 +889,9 @@ static int load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size_t
                      size_t cap)
 {
     if (!co->cert_file || !co->key_file) {
-        tls_errf(err, cap, "certificate %zu: no %s (not configured, or its default file is missing)",
-                 i, !co->cert_file ? "certificate file" : "key file");
+        tls_errf(err, cap,
+                 "certificate %zu: no %s (not configured, or its default file is missing)", i,
+                 !co->cert_file ? "certificate file" : "key file");
         return -EINVAL;
     }
     STACK_OF(X509) *sk = sk_X509_new_null();
@@ -953,8 +957,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     }
     if (self) {
         c->ncerts = 1;
-        rc = make_self_signed(&c->certs[0],
-                              o->self_signed_name ? o->self_signed_name : "localhost", err, errcap);
+        rc = make_self_signed(&c->certs[0], o->self_signed_name ? o->self_signed_name : "localhost",
+                              err, errcap);
         if (rc)
             goto fail;
     }
@@ -972,8 +976,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     }
     if (c->ncerts) {
         fingerprint(c->certs[0].crt, c->fingerprint);
-        if (SSL_CTX_use_cert_and_key(c->ssl, c->certs[0].crt, c->certs[0].key,
-                                     c->certs[0].chain, 1) != 1) {
+        if (SSL_CTX_use_cert_and_key(c->ssl, c->certs[0].crt, c->certs[0].key, c->certs[0].chain,
+                                     1) != 1) {
             tls_errf(err, errcap, "TLS config: %s", ossl_str(e, sizeof e));
             rc = -EINVAL;
             goto fail;
@@ -1053,8 +1057,8 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         SSL_CTX_set_tlsext_servername_arg(c->ssl, c);
         SSL_CTX_set_session_id_context(c->ssl, sid_ctx, sizeof sid_ctx - 1);
         SSL_CTX_set_session_cache_mode(c->ssl, SSL_SESS_CACHE_SERVER);
-        SSL_CTX_sess_set_cache_size(
-            c->ssl, o->session_cache_size ? (long)o->session_cache_size : TLS_CACHE_DEFAULT);
+        SSL_CTX_sess_set_cache_size(c->ssl, o->session_cache_size ? (long)o->session_cache_size
+                                                                  : TLS_CACHE_DEFAULT);
         SSL_CTX_set_timeout(c->ssl, TLS_CACHE_TIMEOUT_S);
         SSL_CTX_set_num_tickets(c->ssl, 1);
         if (o->session_tickets) {

@@ -1,7 +1,7 @@
 /* Library-independent parts of common/tls (see tls_shared.h): ClientHello sniffing, host
  * name matching, alert names, file reading. */
-#include "common/tls.h"
 #include "common/tls_shared.h"
+#include "common/tls.h"
 
 #include <errno.h>
 #include <stdarg.h>
