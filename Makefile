@@ -7,23 +7,32 @@
 #   make fuzz-run   run each fuzz target for SECS seconds (default 60)
 #   make bench      every benchmark (bench-tls, bench-av, bench-sip, ...)
 #   make run        the whole suite on loopback with deploy/config/*.yaml
-#   SAN=1           AddressSanitizer + UndefinedBehaviorSanitizer
+#   SAN=1           AddressSanitizer + UndefinedBehaviorSanitizer (into build-san)
 #   DEBUG=1         -O0 -g
+#   TLS=openssl     the OpenSSL 3 TLS backend (TLS 1.3 and 1.2) instead of mbedTLS 2.28
+#                   (TLS 1.2), into build-openssl (build-openssl-san with SAN=1)
 
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
 V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
 
-BUILD ?= build
+# The TLS backend of common/tls.h: mbedtls (common/tls.c, the default) or openssl
+# (common/tls_openssl.c). Each combination builds into its own folder, so they coexist.
+TLS ?= mbedtls
+ifeq ($(filter $(TLS),mbedtls openssl),)
+$(error TLS=$(TLS): choose mbedtls or openssl)
+endif
+TLS_SUFFIX := $(if $(filter openssl,$(TLS)),-openssl)
+BUILD ?= build$(TLS_SUFFIX)
 ifeq ($(SAN),1)
-BUILD := build-san
+BUILD := build$(TLS_SUFFIX)-san
 endif
 
 # Release number plus the commit, e.g. 0.1.0+g1a2b3c4; regenerated into version.h only
 # when it changes, so a new commit relinks without rebuilding everything.
 VERSION := 0.1.0$(shell git rev-parse --short HEAD 2>/dev/null | sed 's/^/+g/')
-PKGS := libuv yaml-0.1 libprotobuf-c libcares
+PKGS := libuv yaml-0.1 libprotobuf-c libcares $(if $(filter openssl,$(TLS)),openssl)
 DEPS_OK := $(shell deploy/install-deps.sh >&2 && echo ok)
 ifneq ($(DEPS_OK),ok)
 $(error deploy/install-deps.sh failed: see the messages above)
@@ -102,7 +111,7 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-openssl build-openssl-san
 
 .PHONY: all units test run bench format clean fuzz fuzz-run $(BENCHES)
 

@@ -97,6 +97,10 @@ static void gate_noop(uv_idle_t *h)
     (void)h;
 }
 
+static int start_reading(struct stream *s);
+
+/* A waiting stream stops reading its socket: a TLS 1.3 client sends data right after its
+ * Finished, and that must wait in the socket, not overflow the TLS input buffer. */
 static void gate_enqueue(struct stream *s)
 {
     struct stream_gate *g = s->gate;
@@ -104,6 +108,7 @@ static void gate_enqueue(struct stream *s)
         return;
     dl_add(g->waiting.prev, &s->glink);
     uv_idle_start(&g->idle, gate_noop);
+    uv_read_stop((uv_stream_t *)&s->tcp);
 }
 
 /* Handshake work for s now, charged to this turn's budget. */
@@ -113,6 +118,8 @@ static void gate_run(struct stream *s)
     uint64_t t0 = uv_hrtime();
     stream_process(s);
     g->spent_ns += uv_hrtime() - t0;
+    if (!s->closing && !s->eof && (!s->opened || s->reading) && start_reading(s) < 0)
+        stream_close(s, -EIO, "cannot read");
 }
 
 static void gate_on_check(uv_check_t *h)
@@ -451,7 +458,9 @@ static void stream_process(struct stream *s)
             uv_read_stop((uv_stream_t *)&s->tcp);
             break;
         }
-        ssize_t n = tls_conn_read(s->tls, pt, sizeof pt);
+        /* Paused: finish the handshake but leave data (TLS 1.3 sends it with the client's
+         * Finished) in the TLS buffers until reading resumes. */
+        ssize_t n = tls_conn_read(s->tls, pt, s->reading ? sizeof pt : 0);
         if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
             stream_flush(s); /* Finished goes out before any reply the user writes */
             open_now(s);

@@ -1,6 +1,8 @@
-/* TLS on byte buffers: mbedTLS 2.28 behind common/tls.h; the only file that includes mbedTLS
- * SSL headers. */
+/* TLS on byte buffers: the mbedTLS 2.28 backend of common/tls.h (the default build; make
+ * TLS=openssl builds common/tls_openssl.c instead). The only file that includes mbedTLS SSL
+ * headers; what does not depend on the library is in tls_shared.c. */
 #include "common/tls.h"
+#include "common/tls_shared.h"
 #include "common/util.h"
 
 #include <arpa/inet.h>
@@ -47,14 +49,8 @@
 #define TLS_BUF_PAIR (MBEDTLS_SSL_IN_BUFFER_LEN + MBEDTLS_SSL_OUT_BUFFER_LEN)
 #define TLS_POOL_MAX 32 /* spare buffer pairs per ctx: at most ~1 MiB */
 
-/* Largest ciphertext we accept ahead of the handshake/decryption: a few full records. */
-#define TLS_IN_CAP (4 * (16384 + 2048))
-/* A ticket is valid this long; mbedTLS starts a new random ticket key every period and
- * keeps the previous one for another period (key lifetime = 2 x ticket lifetime). */
-#define TLS_TICKET_LIFETIME_S (12 * 3600)
-#define TLS_CACHE_DEFAULT 4096
-#define TLS_CACHE_TIMEOUT_S (12 * 3600)
-#define TLS_ERR_LEN 256
+/* TLS_TICKET_LIFETIME_S (tls_shared.h): mbedTLS starts a new random ticket key every period
+ * and keeps the previous one for another period (key lifetime = 2 x ticket lifetime). */
 
 struct tls_cert {
     mbedtls_x509_crt crt;
@@ -89,14 +85,6 @@ struct tls_ctx {
     char session_name[256];
 };
 
-/* What the API tells of the peer certificate: one allocation, strings after the array. */
-struct tls_peer {
-    const char *cn; /* NULL if none */
-    const char *subject;
-    char fingerprint[3 * 32];
-    size_t nsans;
-    const char *sans[]; /* nsans DNS names, then NULL */
-};
 
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
@@ -134,69 +122,10 @@ static void set_err(struct tls_conn *c, const char *fmt, ...)
     va_end(ap);
 }
 
-static void errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t cap, const char *fmt, ...)
-{
-    if (!err || !cap)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-}
-
 static const char *mbed_str(int rc, char *out, size_t cap)
 {
     mbedtls_strerror(rc, out, cap);
     return out;
-}
-
-static const char *alert_name(unsigned a)
-{
-    switch (a) {
-    case 0:
-        return "close_notify";
-    case 10:
-        return "unexpected_message";
-    case 20:
-        return "bad_record_mac";
-    case 40:
-        return "handshake_failure";
-    case 42:
-        return "bad_certificate";
-    case 43:
-        return "unsupported_certificate";
-    case 44:
-        return "certificate_revoked";
-    case 45:
-        return "certificate_expired";
-    case 46:
-        return "certificate_unknown";
-    case 47:
-        return "illegal_parameter";
-    case 48:
-        return "unknown_ca";
-    case 50:
-        return "decode_error";
-    case 51:
-        return "decrypt_error";
-    case 70:
-        return "protocol_version";
-    case 71:
-        return "insufficient_security";
-    case 80:
-        return "internal_error";
-    case 86:
-        return "inappropriate_fallback";
-    case 112:
-        return "unrecognized_name";
-    case 116:
-        return "certificate_required";
-    case 120:
-        return "no_application_protocol";
-    default:
-        return "unknown alert";
-    }
 }
 
 /* Describes a failed certificate verification in one line. */
@@ -244,7 +173,7 @@ static int conn_fail(struct tls_conn *c, int rc)
         break;
     case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: {
         unsigned a = c->ssl.in_msg ? c->ssl.in_msg[1] : 0;
-        set_err(c, "peer sent fatal alert %u (%s)", a, alert_name(a));
+        set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
         ret = -ECONNRESET;
         break;
     }
@@ -305,21 +234,6 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
 
 /* ---- names in certificates ---- */
 
-static bool name_match(const char *pattern, size_t plen, const char *name, size_t nlen)
-{
-    if (plen == nlen && strncasecmp(pattern, name, nlen) == 0)
-        return true;
-    /* "*.example.com" matches exactly one leftmost label. */
-    if (plen > 2 && pattern[0] == '*' && pattern[1] == '.') {
-        const char *dot = memchr(name, '.', nlen);
-        if (!dot || dot == name)
-            return false;
-        size_t rest = nlen - (size_t)(dot - name);
-        return rest == plen - 1 && strncasecmp(dot, pattern + 1, rest) == 0;
-    }
-    return false;
-}
-
 static const mbedtls_x509_buf *crt_cn(const mbedtls_x509_crt *crt)
 {
     for (const mbedtls_x509_name *n = &crt->subject; n; n = n->next)
@@ -338,13 +252,13 @@ static bool crt_matches(const mbedtls_x509_crt *crt, const char *name, size_t le
         if (s->buf.tag != SAN_DNS)
             continue;
         has_dns = true;
-        if (name_match((const char *)s->buf.p, s->buf.len, name, len))
+        if (tls_name_match((const char *)s->buf.p, s->buf.len, name, len))
             return true;
     }
     if (has_dns)
         return false; /* RFC 6125 6.4.4: the CN is only a fallback */
     const mbedtls_x509_buf *cn = crt_cn(crt);
-    return cn && name_match((const char *)cn->p, cn->len, name, len);
+    return cn && tls_name_match((const char *)cn->p, cn->len, name, len);
 }
 
 static bool crt_has_ip(const mbedtls_x509_crt *crt, const uint8_t *ip, size_t len)
@@ -399,57 +313,6 @@ static int on_verify(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flag
 
 /* ---- context ---- */
 
-static int read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        errf(err, cap, "cannot read %s: %s", path, strerror(errno));
-        return -errno;
-    }
-    size_t n = 0, room = 4096;
-    unsigned char *b = malloc(room + 1);
-    int rc = 0;
-    while (b) {
-        size_t r = fread(b + n, 1, room - n, f);
-        n += r;
-        if (r == 0)
-            break;
-        if (n == room) {
-            if (room >= (1u << 24)) {
-                errf(err, cap, "cannot read %s: file too large", path);
-                rc = -EFBIG;
-                break;
-            }
-            unsigned char *nb = realloc(b, room * 2 + 1);
-            if (!nb) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            room *= 2;
-        }
-    }
-    if (!b) {
-        fclose(f);
-        errf(err, cap, "cannot read %s: out of memory", path);
-        return -ENOMEM;
-    }
-    if (rc == 0 && ferror(f)) {
-        errf(err, cap, "cannot read %s: %s", path, strerror(errno ? errno : EIO));
-        rc = -EIO;
-    }
-    fclose(f);
-    if (rc) {
-        free(b);
-        return rc;
-    }
-    b[n] = '\0';
-    *out = b;
-    *len = n + 1; /* mbedTLS wants PEM with its terminating NUL counted */
-    return 0;
-}
-
 /* Loads a PEM (or DER) certificate file. A CA bundle (bundle = true) may also be a
  * directory of certificates, and may hold a few certificates mbedTLS cannot parse (system
  * bundles do): it is accepted if at least one certificate loads. */
@@ -461,14 +324,14 @@ static int load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char *
     if (bundle && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         rc = mbedtls_x509_crt_parse_path(crt, path);
         if (rc < 0 || crt->raw.p == NULL) {
-            errf(err, cap, "%s: no certificate could be loaded from this directory", path);
+            tls_errf(err, cap, "%s: no certificate could be loaded from this directory", path);
             return -EINVAL;
         }
         return 0;
     }
     unsigned char *b;
     size_t n;
-    rc = read_file(path, &b, &n, err, cap);
+    rc = tls_read_file(path, &b, &n, err, cap);
     if (rc)
         return rc;
     rc = mbedtls_x509_crt_parse(crt, b, n);
@@ -476,10 +339,10 @@ static int load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char *
     if (rc == 0 || (rc > 0 && bundle && crt->raw.p != NULL))
         return 0;
     if (rc > 0 || (rc < 0 && crt->raw.p == NULL && n <= 1))
-        errf(err, cap, "%s: not a valid certificate (%s)", path,
+        tls_errf(err, cap, "%s: not a valid certificate (%s)", path,
              rc > 0 ? "some certificates failed to parse" : "empty file");
     else
-        errf(err, cap, "%s: not a valid certificate (%s)", path, mbed_str(rc, e, sizeof e));
+        tls_errf(err, cap, "%s: not a valid certificate (%s)", path, mbed_str(rc, e, sizeof e));
     return -EINVAL;
 }
 
@@ -487,7 +350,7 @@ static int load_key(mbedtls_pk_context *pk, const char *path, char *err, size_t 
 {
     unsigned char *b;
     size_t n;
-    int rc = read_file(path, &b, &n, err, cap);
+    int rc = tls_read_file(path, &b, &n, err, cap);
     if (rc)
         return rc;
     rc = mbedtls_pk_parse_key(pk, b, n, NULL, 0);
@@ -495,7 +358,7 @@ static int load_key(mbedtls_pk_context *pk, const char *path, char *err, size_t 
     free(b);
     if (rc != 0) {
         char e[128];
-        errf(err, cap, "%s: not a valid private key (%s)", path, mbed_str(rc, e, sizeof e));
+        tls_errf(err, cap, "%s: not a valid private key (%s)", path, mbed_str(rc, e, sizeof e));
         return -EINVAL;
     }
     return 0;
@@ -505,8 +368,7 @@ static void fingerprint(const mbedtls_x509_crt *crt, char *out)
 {
     unsigned char h[32];
     mbedtls_sha256_ret(crt->raw.p, crt->raw.len, h, 0);
-    for (size_t i = 0; i < 32; i++)
-        sprintf(out + 3 * i, "%02X%s", h[i], i < 31 ? ":" : "");
+    tls_hex_fingerprint(h, out);
 }
 
 /* Writes the length of a DER element. */
@@ -533,10 +395,8 @@ static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const cha
     int rc;
     size_t nlen = strlen(name);
 
-    if (nlen == 0 || nlen > 200 || strpbrk(name, ",=+\"\\<>;")) {
-        errf(err, cap, "self_signed_name \"%s\" is not a plain host name", name);
-        return -EINVAL;
-    }
+    if ((rc = tls_check_self_signed_name(name, err, cap)) != 0)
+        return rc;
     mbedtls_x509write_crt_init(&w);
     mbedtls_mpi_init(&serial);
     rc = mbedtls_pk_setup(&out->key, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY));
@@ -612,7 +472,7 @@ static int make_self_signed(struct tls_ctx *ctx, struct tls_cert *out, const cha
     mbedtls_mpi_free(&serial);
     return 0;
 fail:
-    errf(err, cap, "cannot generate a self-signed certificate: %s", mbed_str(rc, e, sizeof e));
+    tls_errf(err, cap, "cannot generate a self-signed certificate: %s", mbed_str(rc, e, sizeof e));
     mbedtls_x509write_crt_free(&w);
     mbedtls_mpi_free(&serial);
     return -EIO;
@@ -662,7 +522,7 @@ static int parse_suites(const char *spec, int **out, char *err, size_t cap)
                 *q = '-';
         int id = mbedtls_ssl_get_ciphersuite_id(name);
         if (id == 0) {
-            errf(err, cap, "unknown cipher suite \"%s\"", name);
+            tls_errf(err, cap, "unknown cipher suite \"%s\"", name);
             free(s);
             return -EINVAL;
         }
@@ -676,7 +536,7 @@ static int parse_suites(const char *spec, int **out, char *err, size_t cap)
     *out = s;
     return 0;
 bad:
-    errf(err, cap, "bad cipher suite list \"%s\"", spec);
+    tls_errf(err, cap, "bad cipher suite list \"%s\"", spec);
     free(s);
     return -EINVAL;
 }
@@ -695,7 +555,7 @@ static int parse_groups(const char *spec, mbedtls_ecp_group_id **out, char *err,
         size_t l = strcspn(p, ":,");
         char name[32];
         if (l == 0 || l >= sizeof name) {
-            errf(err, cap, "bad group list \"%s\"", spec);
+            tls_errf(err, cap, "bad group list \"%s\"", spec);
             free(g);
             return -EINVAL;
         }
@@ -705,7 +565,7 @@ static int parse_groups(const char *spec, mbedtls_ecp_group_id **out, char *err,
         if (!ci && strcasecmp(name, "p-256") == 0)
             ci = mbedtls_ecp_curve_info_from_grp_id(MBEDTLS_ECP_DP_SECP256R1);
         if (!ci) {
-            errf(err, cap, "unknown ECDHE group \"%s\"", name);
+            tls_errf(err, cap, "unknown ECDHE group \"%s\"", name);
             free(g);
             return -EINVAL;
         }
@@ -776,12 +636,12 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     int rc;
 
     if (!out || !o || (o->ncerts && !o->certs)) {
-        errf(err, errcap, "invalid TLS options");
+        tls_errf(err, errcap, "invalid TLS options");
         return -EINVAL;
     }
     struct tls_ctx *c = calloc(1, sizeof *c);
     if (!c) {
-        errf(err, errcap, "out of memory");
+        tls_errf(err, errcap, "out of memory");
         return -ENOMEM;
     }
     c->refs = 1;
@@ -800,7 +660,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
                                (const unsigned char *)pers, sizeof pers - 1);
     if (rc) {
-        errf(err, errcap, "cannot seed the random generator: %s", mbed_str(rc, e, sizeof e));
+        tls_errf(err, errcap, "cannot seed the random generator: %s", mbed_str(rc, e, sizeof e));
         rc = -EIO;
         goto fail;
     }
@@ -811,7 +671,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     c->certs = calloc(self ? 1 : (ncerts ? ncerts : 1), sizeof *c->certs);
     if (!c->certs) {
         rc = -ENOMEM;
-        errf(err, errcap, "out of memory");
+        tls_errf(err, errcap, "out of memory");
         goto fail;
     }
     for (size_t i = 0; i < (self ? 1 : ncerts); i++) {
@@ -829,7 +689,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         const struct tls_cert_opts *co = &o->certs[i];
         if (!co->cert_file || !co->key_file) {
             /* cfg leaves a CFG_FILE key NULL when its default file does not exist. */
-            errf(err, errcap, "certificate %zu: no %s (not configured, or its default file is missing)",
+            tls_errf(err, errcap, "certificate %zu: no %s (not configured, or its default file is missing)",
                  i, !co->cert_file ? "certificate file" : "key file");
             rc = -EINVAL;
             goto fail;
@@ -840,7 +700,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         if (rc)
             goto fail;
         if (mbedtls_pk_check_pair(&c->certs[i].crt.pk, &c->certs[i].key) != 0) {
-            errf(err, errcap, "%s does not match the key in %s", co->cert_file, co->key_file);
+            tls_errf(err, errcap, "%s does not match the key in %s", co->cert_file, co->key_file);
             rc = -EINVAL;
             goto fail;
         }
@@ -854,7 +714,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
             goto fail;
         c->has_ca = true;
     } else if (o->verify_peer) {
-        errf(err, errcap, "verify_peer needs a CA bundle (ca_file)");
+        tls_errf(err, errcap, "verify_peer needs a CA bundle (ca_file)");
         rc = -EINVAL;
         goto fail;
     }
@@ -864,7 +724,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
                                      c->server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
                                      MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
     if (rc) {
-        errf(err, errcap, "TLS config: %s", mbed_str(rc, e, sizeof e));
+        tls_errf(err, errcap, "TLS config: %s", mbed_str(rc, e, sizeof e));
         rc = -EINVAL;
         goto fail;
     }
@@ -902,7 +762,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     if (c->ncerts) {
         rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->certs[0].crt, &c->certs[0].key);
         if (rc) {
-            errf(err, errcap, "TLS config: %s", mbed_str(rc, e, sizeof e));
+            tls_errf(err, errcap, "TLS config: %s", mbed_str(rc, e, sizeof e));
             rc = -EINVAL;
             goto fail;
         }
@@ -910,7 +770,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
     if (o->alpn && o->alpn[0]) {
         rc = copy_alpn(o->alpn, &c->alpn);
         if (rc) {
-            errf(err, errcap, "bad ALPN list");
+            tls_errf(err, errcap, "bad ALPN list");
             goto fail;
         }
         mbedtls_ssl_conf_alpn_protocols(&c->conf, c->alpn);
@@ -932,7 +792,7 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
             rc = mbedtls_ssl_ticket_setup(&c->ticket, mbedtls_ctr_drbg_random, &c->drbg,
                                           MBEDTLS_CIPHER_AES_256_GCM, TLS_TICKET_LIFETIME_S);
             if (rc) {
-                errf(err, errcap, "session tickets: %s", mbed_str(rc, e, sizeof e));
+                tls_errf(err, errcap, "session tickets: %s", mbed_str(rc, e, sizeof e));
                 rc = -EIO;
                 goto fail;
             }
@@ -1405,15 +1265,7 @@ const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
 
 bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
 {
-    if (!c || !c->verified || !c->peer || !name || !*name)
-        return false;
-    size_t len = strlen(name);
-    for (size_t i = 0; i < c->peer->nsans; i++)
-        if (name_match(c->peer->sans[i], strlen(c->peer->sans[i]), name, len))
-            return true;
-    /* RFC 6125 6.4.4: the CN counts only when there is no DNS name. */
-    return c->peer->nsans == 0 && c->peer->cn &&
-           name_match(c->peer->cn, strlen(c->peer->cn), name, len);
+    return c && c->verified && tls_peer_has_name(c->peer, name);
 }
 
 bool tls_conn_peer_verified(const struct tls_conn *c)
@@ -1421,122 +1273,7 @@ bool tls_conn_peer_verified(const struct tls_conn *c)
     return c && c->verified;
 }
 
-bool tls_looks_like_client_hello(const uint8_t *p, size_t len)
+const char *tls_backend(void)
 {
-    if (!p)
-        return false;
-    /* Record: type 22 (handshake), version 3.x (x <= 4), length 1..2^14+2048;
-     * then handshake type 1 (ClientHello). */
-    if (len >= 1 && p[0] != 0x16)
-        return false;
-    if (len >= 2 && p[1] != 0x03)
-        return false;
-    if (len >= 3 && p[2] > 0x04)
-        return false;
-    if (len >= 5) {
-        unsigned rl = (unsigned)p[3] << 8 | p[4];
-        if (rl < 4 || rl > 16384 + 2048)
-            return false;
-    }
-    if (len >= 6 && p[5] != 0x01)
-        return false;
-    return true;
-}
-
-/* ---- ClientHello peek (no TLS library) ---- */
-
-static uint32_t be(const uint8_t *p, size_t n)
-{
-    uint32_t v = 0;
-    for (size_t i = 0; i < n; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* Walks the body of a ClientHello for the host_name in server_name (RFC 6066 3). */
-static ssize_t hello_sni(const uint8_t *b, size_t n, char *name, size_t cap)
-{
-    size_t o = 2 + 32; /* client_version, random */
-    if (n < o + 1)
-        return -EBADMSG;
-    o += 1 + b[o]; /* session_id */
-    if (n < o + 2)
-        return -EBADMSG;
-    o += 2 + be(b + o, 2); /* cipher_suites */
-    if (n < o + 1)
-        return -EBADMSG;
-    o += 1 + b[o]; /* compression_methods */
-    if (n == o)
-        return 0; /* no extensions */
-    if (n < o + 2)
-        return -EBADMSG;
-    size_t end = o + 2 + be(b + o, 2);
-    if (end > n)
-        return -EBADMSG;
-    for (o += 2; o + 4 <= end;) {
-        size_t type = be(b + o, 2), len = be(b + o + 2, 2);
-        o += 4;
-        if (o + len > end)
-            return -EBADMSG;
-        if (type == 0) {
-            if (len < 2 || be(b + o, 2) != len - 2)
-                return -EBADMSG;
-            for (size_t e = o + 2; e + 3 <= o + len;) {
-                size_t nl = be(b + e + 1, 2);
-                if (e + 3 + nl > o + len)
-                    return -EBADMSG;
-                if (b[e] == 0) { /* host_name */
-                    if (nl == 0 || nl > 255)
-                        return -EBADMSG;
-                    for (size_t i = 0; i < nl; i++)
-                        if (b[e + 3 + i] <= 0x20 || b[e + 3 + i] >= 0x7f)
-                            return -EBADMSG;
-                    if (nl >= cap)
-                        return -ENOSPC;
-                    memcpy(name, b + e + 3, nl);
-                    name[nl] = '\0';
-                    return (ssize_t)nl;
-                }
-                e += 3 + nl;
-            }
-            return 0;
-        }
-        o += len;
-    }
-    return o == end ? 0 : -EBADMSG;
-}
-
-ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
-{
-    uint8_t hs[4 + 16384];
-    size_t have = 0, need = 0, off = 0;
-    if (!p || !name || cap == 0)
-        return -EINVAL;
-    name[0] = '\0';
-    /* The ClientHello may span several handshake records; gather its bytes. */
-    for (;;) {
-        if (len - off < 5)
-            return tls_looks_like_client_hello(p + off, len - off) || off ? -EAGAIN : -EBADMSG;
-        const uint8_t *r = p + off;
-        size_t rl = be(r + 3, 2);
-        if (r[0] != 0x16 || r[1] != 0x03 || rl == 0 || rl > 16384)
-            return -EBADMSG;
-        if (len - off < 5 + rl)
-            return -EAGAIN;
-        size_t take = rl;
-        if (have + take > sizeof hs)
-            take = sizeof hs - have;
-        memcpy(hs + have, r + 5, take);
-        have += take;
-        off += 5 + rl;
-        if (have >= 4 && need == 0) {
-            if (hs[0] != 0x01)
-                return -EBADMSG;
-            need = 4 + be(hs + 1, 3);
-            if (need > sizeof hs)
-                return -EBADMSG;
-        }
-        if (need && have >= need)
-            return hello_sni(hs + 4, need - 4, name, cap);
-    }
+    return "mbedTLS " MBEDTLS_VERSION_STRING;
 }

@@ -1,4 +1,6 @@
-/* TLS on byte buffers (mbedTLS 2.28 behind this interface; no mbedTLS type leaves tls.c).
+/* TLS on byte buffers. Two backends behind this interface, chosen at build time: mbedTLS
+ * 2.28 (common/tls.c, the default: TLS 1.2) and OpenSSL 3 (common/tls_openssl.c, make
+ * TLS=openssl: TLS 1.3 and 1.2, 0-RTT off); no library type leaves those files.
  *
  * A tls_ctx holds certificates, the CA bundle, ALPN list, session cache and ticket keys;
  * it is built from options once and replaced whole on reload (connections keep the ctx
@@ -45,8 +47,9 @@ struct tls_opts {
                                     * default it to on; a zeroed struct leaves it off. */
     size_t session_cache_size;     /* server: entries; 0 = default (4096) */
     /* Cipher suites in preference order, ':'-separated mbedTLS/IANA names
-     * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"); NULL = ChaCha20-Poly1305, then AES-GCM,
-     * ECDHE-ECDSA and ECDHE-RSA only. */
+     * ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", '_' or '-'); NULL = ChaCha20-Poly1305,
+     * then AES-GCM, ECDHE-ECDSA and ECDHE-RSA only. OpenSSL: TLS 1.3 suites are named the
+     * same way ("TLS-AES-128-GCM-SHA256"); a list without one turns TLS 1.3 off. */
     const char *ciphers;
     /* ECDHE groups in preference order, ':'-separated ("x25519:secp256r1:secp384r1");
      * NULL = that default. */
@@ -75,8 +78,9 @@ const char *tls_ctx_fingerprint(const struct tls_ctx *c);
 int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name);
 void tls_conn_destroy(struct tls_conn *c);
 
-/* Memory: an established connection with nothing buffered gives back mbedTLS's two 16 KiB
- * record buffers until the next record (about 2 KB stays); see make bench-tls. */
+/* Memory: an established connection with nothing buffered gives back the library's record
+ * buffers until the next record (heap per idle server connection, make bench-tls: mbedTLS
+ * about 2 KB, OpenSSL about 14 KB, 21 KB with a client certificate). */
 
 /* Feeds received ciphertext (copied). Returns 0 or -ENOSPC past 72 KiB unread. */
 int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len);
@@ -98,8 +102,10 @@ bool tls_conn_resumed(const struct tls_conn *c);
 const char *tls_conn_error(const struct tls_conn *c); /* last failure, human-readable */
 const char *tls_conn_sni(const struct tls_conn *c);   /* server: name the client asked for */
 const char *tls_conn_alpn(const struct tls_conn *c);  /* negotiated protocol or NULL */
+/* IANA name with '-' ("TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256",
+ * "TLS-CHACHA20-POLY1305-SHA256" for TLS 1.3), once established. */
 const char *tls_conn_cipher(const struct tls_conn *c);
-const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.2" once established */
+const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.2", "TLSv1.3" once established */
 /* Peer certificate, after the handshake: subject CN and DNS SANs (copied; the parsed
  * certificate itself is dropped to save memory). Trust them only if
  * tls_conn_peer_verified(): true when the peer showed a certificate that the CA bundle
@@ -116,6 +122,9 @@ const char *tls_conn_peer_fingerprint(const struct tls_conn *c);
  * SANs with RFC 6125 wildcards "*.example.com"; the CN only when there is no DNS SAN).
  * Use it to match a partner's certificate to the SIP From domain. */
 bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
+
+/* The backend built in and its library version: "mbedTLS 2.28.3", "OpenSSL 3.0.19". */
+const char *tls_backend(void);
 
 /* Quick check on the first bytes of a connection: true if they can start a TLS
  * ClientHello (record type 22, version 3.0-3.4, record length 4..18432, handshake type 1).

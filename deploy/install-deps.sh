@@ -5,19 +5,21 @@
 # stage uses EDGE_DEPS_GROUPS=build, so `make` inside it installs nothing else.
 set -eu
 
-# Build: compiler, libraries (-dev), code generator, unit tests, fuzzing.
+# Build: compiler, libraries (-dev), code generator, unit tests, fuzzing. libssl-dev is the
+# OpenSSL 3 TLS backend (make TLS=openssl); mbedTLS stays the default and is always linked.
 BUILD="build-essential pkg-config clang libclang-rt-14-dev
-  libuv1-dev libmbedtls-dev libsrtp2-dev libosip2-dev libyaml-dev
+  libuv1-dev libmbedtls-dev libssl-dev libsrtp2-dev libosip2-dev libyaml-dev
   libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libc-ares-dev
   libhttp-parser-dev"
 # Integration tests: real clients nobody here wrote; docker-compose (validates the compose
 # file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests;
-# sipvicious (svwar, svcrack) and varnish (varnishtest) for the attacker-side tests.
+# sipvicious (svwar, svcrack) and varnish (varnishtest) for the attacker-side tests; sslscan
+# for the TLS scan of every listener (protocols, suites, forward secrecy, renegotiation).
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
-  docker-compose python3-yaml systemd sipvicious varnish"
+  docker-compose python3-yaml systemd sipvicious varnish sslscan"
 # Benchmarks: the programs a user would pick instead, and load generators.
-BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
+BENCH="wrk nginx-light libnginx-mod-stream haproxy kamailio kamailio-tls-modules stunnel4"
 
 # The compose lab run end to end (make compose-test only, not make test): Debian's Docker engine,
 # debootstrap for the base images, iptables for the engine's own rules (in its own namespace).
@@ -25,7 +27,7 @@ COMPOSE="docker.io docker-compose debootstrap iptables"
 
 # Runtime: the shared libraries the daemons link (what the -dev packages above pull in); the
 # container images' slim stage installs exactly these.
-RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1
+RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 libprotobuf-c1
   libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1"
 
 PKGS=""

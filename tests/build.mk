@@ -3,11 +3,13 @@ FUZZ_CC := clang
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS)) \
                -fsanitize=fuzzer,address,undefined -DFUZZING -DSUITE_VERSION="\"fuzz\""
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 # Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".
-build/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c) $(wildcard */*.c)
+# common/tls.c there means the TLS backend: with TLS=openssl, common/tls_openssl.c.
+FUZZ_TLS := $(if $(filter openssl,$(TLS)),common/tls_openssl.c,common/tls.c)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c) $(wildcard */*.c)
 	@mkdir -p $(dir $@)
-	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $<) \
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $< | sed 's,common/tls\.c,$(FUZZ_TLS),') \
 	    $(LDLIBS) -o $@
 
 fuzz: $(FUZZ_BINS)
@@ -15,8 +17,8 @@ fuzz: $(FUZZ_BINS)
 SECS ?= 60
 fuzz-run: fuzz
 	$(Q)set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); \
-	    mkdir -p build/fuzz/corpus/$$n; \
+	    mkdir -p $(BUILD)/fuzz/corpus/$$n; \
 	    dict=tests/fuzz/$${n#fuzz_}.dict; \
 	    echo "== $$n ($(SECS)s)"; \
 	    $$f -max_total_time=$(SECS) -print_final_stats=1 $$( [ -f $$dict ] && echo -dict=$$dict ) \
-	        build/fuzz/corpus/$$n tests/fuzz/corpus/$${n#fuzz_} 2>&1 | tail -3; done
+	        $(BUILD)/fuzz/corpus/$$n tests/fuzz/corpus/$${n#fuzz_} 2>&1 | tail -3; done

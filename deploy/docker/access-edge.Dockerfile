@@ -3,6 +3,8 @@
 # runtime group of deploy/install-deps.sh), a non-root user and a health check on /healthz.
 # Build from the repository root:
 #   docker build -f deploy/docker/access-edge.Dockerfile -t edge-suite/access-edge:0.1 .
+# (add --build-arg TLS=openssl for the OpenSSL 3 TLS backend; the image's label
+# org.edge-suite.tls-backend and `access-edge --version` say which one it has).
 # Run with the config mounted at /etc/edge/access-edge.yaml (certificates under /etc/edge/certs).
 # SIP edge: external 5060/5061/443/8443, internal 5061 (to the Director), admin 8080.
 FROM debian:12 AS build
@@ -14,12 +16,17 @@ RUN deploy/install-deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
 # .git stays out of the context: the version (release+commit) comes in as a build argument.
 ARG EDGE_VERSION
-RUN rm -rf build build-san && make -j"$(nproc)" ${EDGE_VERSION:+VERSION=$EDGE_VERSION} build/bin/access-edge
+# TLS backend (README "TLS backends"): mbedtls, the default (TLS 1.2), or openssl (TLS 1.3 and
+# 1.2): docker build --build-arg TLS=openssl. Either way the binary lands in build/bin.
+ARG TLS=mbedtls
+RUN rm -rf build build-san build-openssl build-openssl-san && make -j"$(nproc)" TLS="$TLS" BUILD=build ${EDGE_VERSION:+VERSION=$EDGE_VERSION} build/bin/access-edge
 
 FROM debian:12-slim
+ARG TLS=mbedtls
+LABEL org.edge-suite.tls-backend="$TLS"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libyaml-0-2 libprotobuf-c1 \
+      libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 libprotobuf-c1 \
       libosip2-15 libhttp-parser2.9 libc-ares2 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home \

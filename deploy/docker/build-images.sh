@@ -10,6 +10,7 @@
 # Environment:
 #   MIRROR        Debian mirror for debootstrap (default: http://deb.debian.org/debian)
 #   TAG           image tag (default 0.1): edge-suite/<image>:$TAG
+#   TLS           TLS backend of the daemon images: mbedtls (default) or openssl
 #   REBUILD_BASE  1: make the base images again even if they exist
 #   DOCKER        the docker client (default: docker if it has buildx, else /usr/bin/docker
 #                 from Debian's docker.io 20.10, whose BuildKit needs no buildx)
@@ -21,6 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 TAG=${TAG:-0.1}
+TLS=${TLS:-mbedtls}
 # BuildKit (for the per-Dockerfile .dockerignore files): a client with buildx, or Debian's
 # docker.io 20.10 client, which has BuildKit built in.
 if [ -z "${DOCKER:-}" ]; then
@@ -97,7 +99,7 @@ for img in "${images[@]}"; do
     echo "build-images: edge-suite/$img:$TAG"
     # BuildKit reads deploy/docker/<image>.Dockerfile.dockerignore (host build output stays out).
     if ! DOCKER_BUILDKIT=1 $DOCKER build --network host -f "deploy/docker/$img.Dockerfile" \
-        --build-arg EDGE_VERSION="$version" -t "edge-suite/$img:$TAG" .; then
+        --build-arg EDGE_VERSION="$version" --build-arg TLS="$TLS" -t "edge-suite/$img:$TAG" .; then
         failed="$failed $img"
         continue
     fi

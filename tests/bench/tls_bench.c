@@ -367,9 +367,10 @@ int main(int argc, char **argv)
     so_mtls.verify_peer = true;
     struct tls_ctx *srv_mtls = ctx_or_die(&so_mtls);
 
-    printf("bench-tls: mbedTLS through common/tls.c, in-process, TLS 1.2, ECDSA P-256 "
-           "server certificate; best of %d rounds\n\n",
-           ROUNDS);
+    bool ossl = strncmp(tls_backend(), "OpenSSL", 7) == 0;
+    printf("bench-tls: %s through common/tls, in-process, %s, ECDSA P-256 server "
+           "certificate; best of %d rounds\n\n",
+           tls_backend(), ossl ? "TLS 1.3 (bulk: TLS 1.2 and 1.3)" : "TLS 1.2", ROUNDS);
     printf("handshakes                                     per server  per pair  server ms\n"
            "                                               CPU-second  CPU-sec   each\n");
     bench_handshakes("full, ECDHE secp256r1", srv, "secp256r1", false, false, secs);
@@ -378,10 +379,15 @@ int main(int argc, char **argv)
     bench_handshakes("resumed, session cache (id)", srv_cache, NULL, false, true, secs / 2);
 
     printf("\nbulk, 16 KiB records                MB per CPU-second\n"
-           "  cipher (ECDHE-ECDSA-WITH-...)  enc+dec      encrypt      decrypt\n");
+           "  cipher (ECDHE-ECDSA-WITH-..., TLS-... is TLS 1.3)  enc+dec  encrypt  decrypt\n");
     bench_bulk(srv, "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256", secs);
     bench_bulk(srv, "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256", secs);
     bench_bulk(srv, "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384", secs);
+    if (ossl) { /* TLS 1.3 suites */
+        bench_bulk(srv, "TLS-CHACHA20-POLY1305-SHA256", secs);
+        bench_bulk(srv, "TLS-AES-128-GCM-SHA256", secs);
+        bench_bulk(srv, "TLS-AES-256-GCM-SHA384", secs);
+    }
 
     printf("\nsmall records, ChaCha20-Poly1305                 per CPU-second\n");
     bench_small(srv, 200, secs / 2);

@@ -1,0 +1,44 @@
+/* Parts of common/tls that do not depend on the TLS library: both backends (tls.c for
+ * mbedTLS, tls_openssl.c for OpenSSL) use them, and the ClientHello sniffing of tls.h
+ * lives with them. Not for use outside common/tls*.c. */
+#ifndef COMMON_TLS_SHARED_H
+#define COMMON_TLS_SHARED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest ciphertext a connection accepts ahead of the handshake/decryption: a few full
+ * records (tls_conn_feed's -ENOSPC). */
+#define TLS_IN_CAP (4 * (16384 + 2048))
+/* Tickets are valid this long; a new random ticket key every period, each kept two. */
+#define TLS_TICKET_LIFETIME_S (12 * 3600)
+#define TLS_CACHE_DEFAULT 4096
+#define TLS_CACHE_TIMEOUT_S (12 * 3600)
+#define TLS_ERR_LEN 256
+
+/* What the API tells of the peer certificate: one allocation, strings after the array. */
+struct tls_peer {
+    const char *cn; /* NULL if none */
+    const char *subject;
+    char fingerprint[3 * 32];
+    size_t nsans;
+    const char *sans[]; /* nsans DNS names, then NULL */
+};
+
+/* snprintf into err (when err and cap are set). */
+void tls_errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* RFC 8446 6 alert names ("handshake_failure"), "unknown alert" otherwise. */
+const char *tls_alert_name(unsigned alert);
+/* Case-insensitive host name match; a "*.example.com" pattern matches one leftmost label. */
+bool tls_name_match(const char *pattern, size_t plen, const char *name, size_t nlen);
+/* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. */
+int tls_read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap);
+/* "AB:CD:..." of a 32-byte hash into out (96 bytes). */
+void tls_hex_fingerprint(const uint8_t h[32], char *out);
+/* Checks a self_signed_name: a plain host name or IP literal. */
+int tls_check_self_signed_name(const char *name, char *err, size_t cap);
+/* The names of a peer certificate say name (DNS SANs, the CN only when there is none). */
+bool tls_peer_has_name(const struct tls_peer *p, const char *name);
+
+#endif
