@@ -346,6 +346,11 @@ def main():
         except (Fail, subprocess.TimeoutExpired) as e:
             failed.append(name)
             print(f"flows: {name}: FAIL after {time.time() - t0:.1f} s: {e}", flush=True)
+    count = os.environ.get("FLOWS_COUNT")  # compose-test's closing "N passed, N failed"
+    if count:
+        ran = sum(1 for name, _ in FLOWS if not only or name in only)
+        with open(count, "w") as f:
+            f.write(f"{ran - len(failed)} {len(failed)}\n")
     if failed:
         print(f"flows: failed: {' '.join(failed)}", file=sys.stderr)
         return 1
