@@ -6,8 +6,16 @@ $(eval $(call daemon,conf-edge,$(CE_OBJS) $(OBJ)/conf-edge/main.o))
 endif
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/ce_*_test.c)),$(eval $(call unit_test,$(t),$(CE_OBJS))))
 BENCHES += bench-conf
+# Then the same with conf-edge built on OpenSSL (build-openssl/), nginx beside it in that run
+# too (every point of bench-conf is a TLS one); skipped when this build is the OpenSSL one.
 bench-conf: all
 	tests/bench/bench_conf.sh $(BUILD)
+ifneq ($(TLS),openssl)
+	$(Q)$(MAKE) --no-print-directory TLS=openssl SAN= all build-openssl/bench/ce_backend \
+	    build-openssl/bench/tlsload build-openssl/bench/tls_bench
+	@echo; echo "# again, conf-edge on OpenSSL"
+	tests/bench/bench_conf.sh build-openssl
+endif
 
 # bench-conf tools: the backend both proxies front (tests/bench/ce_backend.c, on libcommon and
 # the mux codec) and an OpenSSL load client (tests/bench/tlsload.c).

@@ -15,6 +15,8 @@
 # worker, about one core (~1,000 calls/s quiet, ~700/s on the shared machine); past that it
 # fails calls (408s from its transaction timer, 180s reordered behind 200s by its two
 # workers). At 500/s both sides hold the rate with 0 failed even under shared load.
+# The TLS point also runs our edge as built with OpenSSL (OSSL_BUILD, default build-openssl:
+# `make bench-sip` builds it), as target edge-openssl, beside the mbedTLS one and Kamailio.
 # Each timed run holds /tmp/bench.lock. CPU is utime+stime from /proc/<pid>/stat (Kamailio:
 # the main process and its children).
 set -u
@@ -24,6 +26,8 @@ case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
 HERE="$ROOT/tests/bench/sip"
 CALL_RATE=${CALL_RATE:-1300}; TLS_CALL_RATE=${TLS_CALL_RATE:-500}; MSG_RATE=${MSG_RATE:-4000}; DUR=${DUR:-10}
 POINTS=${POINTS:-"calls messages tls-calls"}; TARGETS=${TARGETS:-"edge kamailio"}
+OSSL_BUILD=${OSSL_BUILD:-$ROOT/build-openssl}
+OSSL=0; [ -x "$OSSL_BUILD/bin/access-edge" ] && [ "$OSSL_BUILD" != "$BUILD" ] && OSSL=1
 OUT=$(mktemp -d /tmp/bench_sip.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
@@ -33,6 +37,8 @@ EDGE_EXT=127.0.0.11:25060; EDGE_INT=127.0.0.21:25060; EDGE_UAS=127.0.0.3:25070
 KAM=127.0.0.1:25080; KAM_UAS=127.0.0.3:25071
 EDGE_TLS=127.0.0.11:25061; KAM_TLS=127.0.0.1:25081
 EDGE_STUNNEL=127.0.0.2:25062; KAM_STUNNEL=127.0.0.2:25082
+OSSL_EXT=127.0.0.11:25064; OSSL_INT=127.0.0.21:25064; OSSL_TLS=127.0.0.11:25065
+OSSL_STUNNEL=127.0.0.2:25066
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$OUT/edge.key" \
     -out "$OUT/edge.crt" -days 2 -subj "/CN=edge.bench" >/dev/null 2>&1
@@ -48,6 +54,10 @@ connect = $EDGE_TLS
 client = yes
 accept = $KAM_STUNNEL
 connect = $KAM_TLS
+[edge-openssl]
+client = yes
+accept = $OSSL_STUNNEL
+connect = $OSSL_TLS
 STUN
 
 cat > "$OUT/edge.yaml" <<YAML
@@ -63,6 +73,13 @@ topology_hiding: $([ "${TOPOLOGY_HIDING:-0}" = 1 ] && echo true || echo false)
 YAML
 "$BUILD/bin/access-edge" -c "$OUT/edge.yaml" > "$OUT/edge.log" 2>&1 &
 EPID=$!; PIDS+=($EPID)
+OPID=0
+if [ $OSSL = 1 ]; then
+    sed -e "s#25088#25089#; s#$EDGE_EXT#$OSSL_EXT#; s#$EDGE_INT#$OSSL_INT#; s#$EDGE_TLS#$OSSL_TLS#" \
+        "$OUT/edge.yaml" > "$OUT/edge-openssl.yaml"
+    "$OSSL_BUILD/bin/access-edge" -c "$OUT/edge-openssl.yaml" > "$OUT/edge-openssl.log" 2>&1 &
+    OPID=$!; PIDS+=($OPID)
+fi
 sed -e "s#@LISTEN@#$KAM#; s#@LISTEN_TLS@#$KAM_TLS#; s#@NEXTHOP@#$KAM_UAS#; s#@TLS_CFG@#$OUT/tls.cfg#" \
     "$HERE/kamailio.cfg" > "$OUT/kamailio.cfg"
 kamailio -f "$OUT/kamailio.cfg" -DD -E -m 512 -M 16 -n 2 > "$OUT/kamailio.log" 2>&1 &
@@ -71,6 +88,8 @@ stunnel4 "$OUT/stunnel.conf" > "$OUT/stunnel.log" 2>&1 &
 PIDS+=($!)
 sleep 2
 kill -0 $EPID 2>/dev/null || { echo "access-edge did not start"; tail -5 "$OUT/edge.log"; exit 1; }
+[ $OSSL = 0 ] || kill -0 $OPID 2>/dev/null ||
+    { echo "access-edge (OpenSSL) did not start"; tail -5 "$OUT/edge-openssl.log"; exit 1; }
 kill -0 $KPID 2>/dev/null || { echo "kamailio did not start"; tail -5 "$OUT/kamailio.log"; exit 1; }
 
 ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
@@ -115,14 +134,20 @@ run() { # $1 target $2 point $3 proxy addr $4 proxy pid
 for point in $POINTS; do
   sc=uas; [ "$point" = messages ] && sc=msg
   U1=$(uas $sc $EDGE_UAS); U2=$(uas $sc $KAM_UAS); PIDS+=($U1 $U2); sleep 0.5
-  for t in $TARGETS; do
+  targets=$TARGETS
+  [ "$point" = tls-calls ] && [ $OSSL = 1 ] && targets="$TARGETS edge-openssl"
+  for t in $targets; do
     if [ "$point" = tls-calls ]; then ea=$EDGE_STUNNEL; ka=$KAM_STUNNEL; else ea=$EDGE_EXT; ka=$KAM; fi
-    if [ "$t" = edge ]; then run edge "$point" "$ea" $EPID; else run kamailio "$point" "$ka" $KPID; fi
+    case $t in
+    edge) run edge "$point" "$ea" $EPID ;;
+    edge-openssl) run edge-openssl "$point" $OSSL_STUNNEL $OPID ;;
+    *) run kamailio "$point" "$ka" $KPID ;;
+    esac
   done
   kill $U1 $U2 2>/dev/null; wait $U1 $U2 2>/dev/null
 done
 
-python3 - "$OUT" "$POINTS" "$TARGETS" "$CALL_RATE" "$MSG_RATE" "$TLS_CALL_RATE" <<'PY'
+python3 - "$OUT" "$POINTS" "$TARGETS edge-openssl" "$CALL_RATE" "$MSG_RATE" "$TLS_CALL_RATE" <<'PY'
 import csv, os, sys
 out, points, targets, crate, mrate, trate = sys.argv[1:]
 target = lambda p: float({'messages': mrate, 'tls-calls': trate}.get(p, crate))
@@ -146,18 +171,20 @@ for p in points.split():
         cpu = (int(k1) - int(k0)) / os.sysconf('SC_CLK_TCK')
         fail = 100.0 * (created - ok) / max(created, 1)
         res[(t, p)] = (ok / el, fail, cpu, ok / cpu if cpu else float('inf'))
-        print(f"{t:9s} {p:8s} target={target(p):.0f}/s achieved={ok / el:7.0f}/s "
+        print(f"{t:12s} {p:9s} target={target(p):.0f}/s achieved={ok / el:7.0f}/s "
               f"failed={fail:.3f}% cpu={cpu:.2f}s ({100 * cpu / (float(t1) - float(t0)):.0f}% of a core) "
               f"per_cpu_second={res[(t, p)][3]:8.0f}")
 for p in points.split():
-    if ('edge', p) in res and ('kamailio', p) in res:
-        e, k = res[('edge', p)], res[('kamailio', p)]
+    for edge in ('edge', 'edge-openssl'):
+        if (edge, p) not in res or ('kamailio', p) not in res:
+            continue
+        e, k = res[(edge, p)], res[('kamailio', p)]
         # Like for like only when both held the offered rate with (almost) no failures.
         ok = e[1] < 0.1 and k[1] < 0.1
         held = min(e[0], k[0]) >= 0.98 * target(p)
         note = 'both under 0.1% failed' if ok else 'WARNING: a side failed >= 0.1%'
         if not held:
             note += ', WARNING: a side did not hold the offered rate'
-        print(f"ratio {p}: edge/kamailio per CPU-second = {e[3] / k[3]:.2f}x ({note})")
+        print(f"ratio {p}: {edge}/kamailio per CPU-second = {e[3] / k[3]:.2f}x ({note})")
 print(f"out={out}")
 PY
