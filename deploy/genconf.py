@@ -73,8 +73,8 @@ def rewrite(text, plan, host, certs=None, instance=None):
                  lambda mo: f"{mo.group(1)}internal_networks:\n{mo.group(3)}- {lan}\n{mo.group(3)}- ", out)
     if certs:
         out = out.replace("build/certs/", certs.rstrip("/") + "/")
-        # Containers run with a read-only root: state goes to their writable /tmp.
-        out = out.replace("build/director-registrations", "/tmp/director-registrations")
+        # Containers run with a read-only root: state goes to a volume at /var/lib/edge.
+        out = out.replace("build/director-registrations", "/var/lib/edge/director-registrations")
     if instance:
         out, n = re.subn(r"(?m)^instance_id:.*$", f"instance_id: {instance}", out)
         if n == 0:

@@ -30,7 +30,10 @@ RUN apt-get update \
       libosip2-15 libhttp-parser2.9 libc-ares2 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home \
-      --shell /usr/sbin/nologin edge
+      --shell /usr/sbin/nologin edge \
+ && mkdir -p /var/lib/edge && chown edge:edge /var/lib/edge
+# sip.store keeps registrations here (a volume: they outlive the container)
+VOLUME /var/lib/edge
 COPY --from=build /src/build/bin/director /usr/local/bin/director
 COPY deploy/docker/healthcheck.sh /usr/local/bin/edge-healthcheck
 USER edge
