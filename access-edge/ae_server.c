@@ -122,8 +122,10 @@ struct ae {
 #define AE_DIRECTORS_MAX 8
     struct {
         uint32_t conn;      /* stream connection to it, 0 if none */
-        uint64_t last_ok;   /* when it last answered (ms) */
+        uint64_t last_ok;   /* when it last answered anything (ms) */
+        uint64_t down_ms;   /* when it was marked down */
         bool up;
+        bool probed;        /* it has answered a health OPTIONS: silence to them counts */
     } dirs[AE_DIRECTORS_MAX];
     size_t ndirs;
     uv_timer_t health;
@@ -587,6 +589,18 @@ static void fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, c
     free(rm);
 }
 
+/* Director k answered something: up again if it was down, said once. */
+static void director_alive(struct ae *ae, size_t k)
+{
+    if (!ae->dirs[k].up) {
+        struct addr a = director_addr(ae->cfg, k);
+        LOGI(ae->log, &a, "sip: Director answering: up");
+        metric_set(ae->m_dir_up[k], 1);
+    }
+    ae->dirs[k].up = true;
+    ae->dirs[k].last_ok = uv_now(ae->loop);
+}
+
 static bool dest_is_director(const struct ae *ae, const struct ae_dest *d, size_t k)
 {
     struct addr a = director_addr(ae->cfg, k);
@@ -601,6 +615,7 @@ static void director_down(struct ae *ae, size_t k, const char *why)
     if (!ae->dirs[k].up)
         return;
     ae->dirs[k].up = false;
+    ae->dirs[k].down_ms = uv_now(ae->loop);
     metric_set(ae->m_dir_up[k], 0);
     struct addr a = director_addr(ae->cfg, k);
     LOGW(ae->log, &a, "sip: Director not answering: down (%s)", why);
@@ -624,9 +639,18 @@ static void on_health(uv_timer_t *t)
     const struct ae_config *cfg = ae->cfg;
     uint64_t now = uv_now(ae->loop);
     for (size_t k = 0; k < ae->ndirs; k++) {
-        /* Two intervals without an answer: down (until it answers again). */
-        if (ae->dirs[k].up && now - ae->dirs[k].last_ok > 2 * cfg->next_hop.health_interval_ms + 50)
+        /* Two intervals without an answer: down (until it answers again). A next hop that
+         * never answered an OPTIONS (a PBX or test UAS that ignores them) is judged by its
+         * answers to calls only, and tried again two intervals after a timeout said down. */
+        uint64_t iv = 2 * cfg->next_hop.health_interval_ms + 50;
+        if (ae->dirs[k].up && ae->dirs[k].probed && now - ae->dirs[k].last_ok > iv)
             director_down(ae, k, "health checks");
+        if (!ae->dirs[k].up && !ae->dirs[k].probed && now - ae->dirs[k].down_ms > iv) {
+            struct addr a = director_addr(cfg, k);
+            LOGI(ae->log, &a, "sip: Director answers no OPTIONS: trying it again");
+            ae->dirs[k].up = true;
+            ae->dirs[k].last_ok = now;
+        }
         metric_set(ae->m_dir_up[k], ae->dirs[k].up);
         struct ae_dest d = {.side = AE_INT, .tp = (uint8_t)cfg->next_hop.transport,
                             .addr = director_addr(cfg, k), .conn_id = ae->dirs[k].conn};
@@ -1124,12 +1148,15 @@ static void ae_forward_response(struct ae *ae, const struct ae_origin *o, const 
     if ((h & ~0xffULL) == AE_HEALTH_MAGIC && cid == 0 && slice_eq_str(cm, "OPTIONS")) {
         size_t k = (size_t)(h & 0xff);
         if (k < ae->ndirs) {
-            if (!ae->dirs[k].up)
-                LOGI(ae->log, o->peer, "sip: Director answering: up");
-            ae->dirs[k].up = true;
-            ae->dirs[k].last_ok = uv_now(ae->loop);
+            ae->dirs[k].probed = true;
+            director_alive(ae, k);
         }
         return; /* any answer proves it alive; it goes no further */
+    }
+    for (size_t k = 0; o->side == AE_INT && k < ae->ndirs; k++) {
+        struct addr a = director_addr(ae->cfg, k);
+        if (addr_eq(o->peer, &a))
+            director_alive(ae, k); /* its answers to calls count as much as to OPTIONS */
     }
     if (slice_eq_str(cm, "INVITE")) {
         struct ae_txn *t = ae_txn_find(ae->txns, h);
@@ -2279,7 +2306,7 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
         ae->m_dir_up[k] = metrics_gauge(m, "sip_director_up",
                                         "1 while the Director answers its health checks", l);
         ae->dirs[k].up = k == 0; /* optimistic for the first until checks say otherwise */
-        ae->dirs[k].last_ok = uv_now(loop);
+        ae->dirs[k].last_ok = ae->dirs[k].down_ms = uv_now(loop);
     }
     uv_timer_init(loop, &ae->lag);
     ae->open_handles++;

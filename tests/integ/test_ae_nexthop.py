@@ -91,3 +91,52 @@ class DrainEveryTransaction(SuiteTest):
         self.assertEqual(sender.returncode, 0, out.decode(errors="replace")[-2000:])
         lab.edge.proc.wait(10)
         self.assertIn("drained", lab.edge.log())
+
+
+class DeafNextHop(SuiteTest):
+    def test_a_next_hop_that_ignores_options_is_judged_by_its_answers(self):
+        # A PBX or test UAS that never answers OPTIONS is not taken for down (the edge
+        # refused every request once its health checks went unanswered, make bench-sip saw it).
+        from harness import free_port
+        from siplab import INT_IP, CERTS
+        uas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        uas.bind(("127.0.0.3", 0))
+        self.addCleanup(uas.close)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def serve():
+            uas.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    data, src = uas.recvfrom(65536)
+                except (socket.timeout, OSError):
+                    continue
+                msg = data.decode(errors="replace")
+                if msg.startswith(("OPTIONS", "SIP/")):
+                    continue  # deaf to health checks
+                head = msg.split("\r\n\r\n")[0].split("\r\n")
+                keep = [l for l in head[1:] if l.split(":")[0].lower() in
+                        ("via", "from", "to", "call-id", "cseq")]
+                uas.sendto(("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) +
+                            "\r\nContent-Length: 0\r\n\r\n").encode(), src)
+
+        threading.Thread(target=serve, daemon=True).start()
+        ext, intp, admin = free_port(EXT_IP), free_port(INT_IP), f"{INT_IP}:{free_port(INT_IP)}"
+        edge = self.daemon("access-edge", f"""
+admin: {{listen: {admin}}}
+director: {{enabled: false}}
+domains: [example.com]
+external: {{udp: [{EXT_IP}:{ext}]}}
+internal: {{udp: [{INT_IP}:{intp}]}}
+next_hop: {{address: 127.0.0.3:{uas.getsockname()[1]}, transport: udp, health_interval: 300ms}}
+""", admin=admin)
+        u = UdpUA(ip="127.0.0.6")
+        self.addCleanup(u.close)
+        time.sleep(1.5)  # five unanswered health checks
+        for i in range(3):
+            u.request("MESSAGE", "sip:bob@example.com", (EXT_IP, ext), body="hi")
+            r = u.recv(timeout=2)
+            self.assertEqual(parse_status(r), 200, r)
+            time.sleep(0.5)
+        self.assertNotIn("Director not answering", edge.log())
