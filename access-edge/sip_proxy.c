@@ -275,6 +275,9 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
         sip_out_put(&w, m->buf, m->start_end);
     }
     sip_out_slice(&w, o->insert);
+    /* RFC 3261 §16.6 step 3: a request without Max-Forwards (RFC 2543's) gets one. */
+    if (!m->count[SIP_H_MAX_FORWARDS])
+        sip_out_str(&w, "Max-Forwards: 70\r\n");
     unsigned pop = o->pop_routes;
     bool first_via = true;
     for (uint16_t i = 0; i < m->nhdr; i++) {

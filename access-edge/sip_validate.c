@@ -116,6 +116,35 @@ static uint16_t port_of(const char *s)
     return (*end || n <= 0 || n > 65535) ? 0 : (uint16_t)n;
 }
 
+/* Each Via value's sent-protocol names SIP (RFC 3261 §20.42: "SIP" SLASH "2.0" SLASH
+ * transport, with LWS allowed around the slashes). osip2 skips the protocol name unread, so
+ * "Via: Via: SIP/2.0/UDP ..." would pass; it is malformed. */
+static bool via_protocols_ok(const struct sip_msg *m)
+{
+    for (uint16_t i = 0; i < m->nhdr; i++) {
+        if (m->hdr[i].id != SIP_H_VIA)
+            continue;
+        struct slice v = sip_hdr_value(m, &m->hdr[i]);
+        while (v.len) {
+            size_t k = 0;
+            while (k < v.len && (v.p[k] == ' ' || v.p[k] == '\t' || v.p[k] == '\r' ||
+                                 v.p[k] == '\n'))
+                k++;
+            size_t t = k;
+            while (t < v.len && v.p[t] != '/' && v.p[t] != ' ' && v.p[t] != '\t' &&
+                   v.p[t] != '\r' && v.p[t] != '\n')
+                t++;
+            if (t - k != 3 || strncasecmp((const char *)v.p + k, "SIP", 3) != 0)
+                return false;
+            size_t first = sip_value_first_len(v);
+            if (first >= v.len)
+                break;
+            v = slice_make(v.p + first + 1, v.len - first - 1); /* past the comma */
+        }
+    }
+    return true;
+}
+
 /* Checks that need only the raw index: sizes, header counts, mandatory headers, length. */
 static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
                      const struct sip_msg *m, struct sip_verdict *v)
@@ -133,10 +162,13 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
                                              SIP_H_MAX_FORWARDS};
     if (m->count[SIP_H_VIA] == 0)
         return reject(v, 400, "Bad Request", "missing_header", "Missing header: ", "Via");
+    if (!via_protocols_ok(m))
+        return reject(v, 400, "Bad Request", "malformed", "Malformed Via", NULL);
     for (size_t i = 0; i < ARRAY_SIZE(single); i++) {
         enum sip_hdr_id id = single[i];
-        /* Max-Forwards is a request header; responses need not carry it. */
-        if (id == SIP_H_MAX_FORWARDS && !m->is_request)
+        /* Max-Forwards may be absent (RFC 3261 §16.3 step 3; forwarding adds one), never
+         * doubled. */
+        if (m->count[id] == 0 && id == SIP_H_MAX_FORWARDS)
             continue;
         if (m->count[id] == 0)
             return reject(v, 400, "Bad Request", "missing_header", "Missing header: ",
@@ -313,15 +345,13 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
         goto out;
     }
 
+    /* RFC 3261 §16.3 step 3: no Max-Forwards passes (an RFC 2543 request: RFC 4475's inv2543);
+     * forwarding adds one (sip_fwd_request). */
     osip_header_t *mf = NULL;
     osip_message_get_max_forwards(msg, 0, &mf);
-    if (!mf || !mf->hvalue) {
-        rc = reject(v, 400, "Bad Request", "missing_header", "Missing header: ", "Max-Forwards");
-        goto out;
-    }
-    char *end;
-    long hops = strtol(mf->hvalue, &end, 10);
-    if (end == mf->hvalue || *end || hops < 0 || hops > 255) {
+    char *end = NULL;
+    long hops = mf && mf->hvalue ? strtol(mf->hvalue, &end, 10) : 70;
+    if (mf && (!mf->hvalue || end == mf->hvalue || *end || hops < 0 || hops > 255)) {
         rc = reject(v, 400, "Bad Request", "max_forwards", "Invalid Max-Forwards", NULL);
         goto out;
     }

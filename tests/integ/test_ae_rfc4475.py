@@ -86,8 +86,10 @@ TABLE = [
     ("cparam02", "3.3.13", "fwd", "fwd", "Contact parameters inside <>"),
     ("regescrt", "3.3.14", "fwd", "fwd", "escaped Route in a Contact URI: the registrar's call"),
     ("sdp01", "3.3.15", "fwd", "fwd", "Accept the UAS cannot satisfy: the UAS's call"),
-    # §3.4 backward compatibility. The edge talks RFC 3261 only: no Max-Forwards is refused.
-    ("inv2543", "3.4.1", 400, 400,
+    # §3.4 backward compatibility: an RFC 2543 INVITE (no Max-Forwards: the edge adds one,
+    # RFC 3261 §16.6; no branch cookie) is handled over UDP; on TCP it has no Content-Length,
+    # which a stream must carry (RFC 3261 §18.3), so it cannot be framed: 400.
+    ("inv2543", "3.4.1", "fwd", 400,
      "RFC 2543 INVITE without Max-Forwards (and, on TCP, without Content-Length)"),
 ]
 

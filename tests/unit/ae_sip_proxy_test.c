@@ -53,6 +53,24 @@ static void forwarded_request_gets_via_pops_routes_strips_trust(void **st)
     assert_int_equal(m.count[SIP_H_VIA], 2);
 }
 
+/* RFC 3261 §16.6 step 3: a request with no Max-Forwards (RFC 2543's) leaves with one of 70. */
+static void forwarded_request_without_max_forwards_gets_one(void **st)
+{
+    static const char old[] = "INVITE sip:bob@example.com SIP/2.0\r\n"
+                              "Via: SIP/2.0/UDP gw.example.com\r\n"
+                              "From: <sip:a@example.com>\r\nTo: <sip:bob@example.com>\r\n"
+                              "Call-ID: c2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    scan(old);
+    static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
+    struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1)};
+    ssize_t n = sip_fwd_request(&m, &o, out, sizeof(out));
+    assert_true(n > 0);
+    out[n] = 0;
+    assert_non_null(strstr((const char *)out, "\r\nMax-Forwards: 70\r\n"));
+    assert_true(sip_msg_scan(&m, out, (size_t)n, true, 65536) > 0);
+    assert_int_equal(m.count[SIP_H_MAX_FORWARDS], 1);
+}
+
 static void forwarded_response_drops_our_via_and_routes_by_next(void **st)
 {
     const char *r = "SIP/2.0 200 OK\r\n"
@@ -160,6 +178,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(forwarded_request_gets_via_pops_routes_strips_trust),
+        cmocka_unit_test(forwarded_request_without_max_forwards_gets_one),
         cmocka_unit_test(forwarded_response_drops_our_via_and_routes_by_next),
         cmocka_unit_test(branch_is_stable_for_retransmission_and_cancel),
         cmocka_unit_test(flow_token_round_trips_and_rejects_forgery),
