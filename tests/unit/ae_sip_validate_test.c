@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
+#include <malloc.h>
 
 #include "access-edge/sip_msg.h"
 #include "access-edge/sip_validate.h"
@@ -445,9 +446,36 @@ static void content_length_faults(void **st)
     assert_int_equal(msg.hdr_end, 0);
 }
 
+/* osip2 leaks a multipart body part with two Content-Types (fuzz_sip_msg found it): the
+ * edge hands it the header section only, so validating such a message costs nothing lasting.
+ * Heap in use (mallinfo2) is compared over 2,000 messages; under ASan, LeakSanitizer says. */
+static void multipart_body_with_doubled_part_content_type_leaks_nothing(void **st)
+{
+    static const char mp[] =
+        "MESSAGE sip:bob@example.com SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKmp1;rport\r\n"
+        "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+        "Call-ID: mp1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+        "Content-Type: multipart/mixed;boundary=b1\r\nContent-Length: 71\r\n\r\n"
+        "--b1\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\n\r\nhi\r\n--b1--\r\n";
+    struct sip_verdict v;
+    struct sip_route r;
+    assert_int_equal(check(mp, SIP_SRC_REMOTE_USER, &v, &r), 0);
+    struct mallinfo2 before = mallinfo2();
+    for (int i = 0; i < 2000; i++)
+        check(mp, SIP_SRC_REMOTE_USER, &v, &r);
+    struct mallinfo2 after = mallinfo2();
+#ifndef __SANITIZE_ADDRESS__
+    assert_true(after.uordblks < before.uordblks + 16384);
+#else
+    (void)before, (void)after;
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(multipart_body_with_doubled_part_content_type_leaks_nothing),
         cmocka_unit_test(good_invite_goes_to_director),
         cmocka_unit_test(scan_frames_stream_by_content_length),
         cmocka_unit_test(compact_forms_count),
