@@ -8,7 +8,7 @@
 
 #include <osipparser2/osip_parser.h>
 
-#include "access-edge/sip_osip.h"
+#include "common/sip/sip_osip.h"
 
 struct sip_parsed {
     osip_message_t *msg;

@@ -1,5 +1,6 @@
-# common/: every *.c here goes into libcommon.a, with the generated protobuf code.
-COMMON_SRCS := $(wildcard common/*.c)
+# common/: every *.c here goes into libcommon.a, with the generated protobuf code. common/sip/
+# holds the SIP code more than one daemon speaks (access-edge and the Director's registrar).
+COMMON_SRCS := $(wildcard common/*.c common/sip/*.c)
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/gen/proto/control.pb-c.o
 
 # Sources that include the generated header must wait for it.

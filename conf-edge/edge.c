@@ -24,8 +24,8 @@
 #include "common/tls.h"
 #include "common/token.h"
 #include "conf-edge/admit.h"
-#include "conf-edge/map.h"
-#include "conf-edge/mux.h"
+#include "common/map.h"
+#include "common/mux.h"
 #include "conf-edge/preamble.h"
 
 #define CE_UP_CAP (CE_PREAMBLE_MAX + 16384 + 1024) /* preamble plus one plaintext record */

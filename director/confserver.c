@@ -1,7 +1,7 @@
 /* The Director's conferencing-server stub: it mints conference session keys (POST
  * /conference-keys on the admin listener), dials each configured conf-edge's internal port
  * with mutual TLS, and serves the admitted streams: each participant's bytes go to the
- * other participants of the same conference. Wire format: conf-edge/mux.h. */
+ * other participants of the same conference. Wire format: common/mux.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,8 +10,8 @@
 
 #include "common/crypto.h"
 #include "common/stream.h"
-#include "conf-edge/map.h"
-#include "conf-edge/mux.h"
+#include "common/map.h"
+#include "common/mux.h"
 #include "director/director.h"
 
 #define CS_BACKOFF_MIN_MS 100

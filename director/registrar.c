@@ -10,9 +10,9 @@
 
 #include <osipparser2/osip_parser.h>
 
-#include "access-edge/sip_msg.h"
-#include "access-edge/sip_osip.h"
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_osip.h"
+#include "common/sip/sip_proxy.h"
 #include "common/crypto.h"
 #include "common/stream.h"
 #include "director/digest_auth.h"

@@ -5,7 +5,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(shell pkg-conf
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".
-build/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c) $(wildcard */*.c)
+build/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c common/sip/*.c) $(wildcard */*.c)
 	@mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $<) \
 	    $(LDLIBS) -o $@

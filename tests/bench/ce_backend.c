@@ -15,8 +15,8 @@
 
 #include "common/stream.h"
 #include "common/tls.h"
-#include "conf-edge/map.h"
-#include "conf-edge/mux.h"
+#include "common/map.h"
+#include "common/mux.h"
 
 static uint8_t block[CE_MUX_HDR + CE_MUX_DATA_MAX];
 

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "access-edge/sip_validate.h"
 
 static const char *const domains[] = {"example.com"};

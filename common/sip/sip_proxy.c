@@ -1,5 +1,5 @@
 /* Proxy message surgery by splicing lines (see sip_proxy.h). */
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_proxy.h"
 
 #include <errno.h>
 #include <stdio.h>

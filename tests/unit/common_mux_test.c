@@ -1,4 +1,4 @@
-/* Unit tests for conf-edge/mux.c: the edge <-> conferencing-server framing. */
+/* Unit tests for common/mux.c: the edge <-> conferencing-server framing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "conf-edge/mux.h"
+#include "common/mux.h"
 
 static void test_data_frame_round_trips(void **st)
 {

@@ -1,5 +1,5 @@
 /* Encoder and decoder for the edge <-> conferencing-server framing (see mux.h). */
-#include "conf-edge/mux.h"
+#include "common/mux.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* Chained hash map keyed by byte strings (FNV-1a), doubling when the load passes 1. */
-#include "conf-edge/map.h"
+#include "common/map.h"
 
 #include <errno.h>
 #include <stdlib.h>

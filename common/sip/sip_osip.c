@@ -1,5 +1,5 @@
 /* osip2 set-up (see sip_osip.h). */
-#include "access-edge/sip_osip.h"
+#include "common/sip/sip_osip.h"
 
 #include <errno.h>
 #include <pthread.h>
