@@ -128,10 +128,10 @@ static struct ae_partner *partner_get(struct ae *ae, const char *domain, int *in
 
 static uint64_t ruri_hash(const struct sip_msg *m)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV1A_INIT;
     for (size_t i = 0; i < m->ruri.len && m->ruri.p[i] != ';'; i++) {
-        h ^= (uint8_t)(m->ruri.p[i] | 0x20);
-        h *= 0x100000001b3ULL;
+        uint8_t c = (uint8_t)(m->ruri.p[i] | 0x20); /* case-folded, parameters left out */
+        h = fnv1a(h, &c, 1);
     }
     return h;
 }

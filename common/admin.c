@@ -353,3 +353,37 @@ void admin_stop(struct admin *a)
         conn_close(a->conns);
     uv_close((uv_handle_t *)&a->listener, admin_closed);
 }
+
+int admin_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap)
+{
+    size_t nlen = strlen(name);
+    const char *end = q + qlen;
+    if (cap)
+        out[0] = '\0';
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        if ((size_t)(pe - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            size_t n = 0;
+            for (const char *v = q + nlen + 1; v < pe; v++) {
+                int c = (unsigned char)*v;
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    unsigned x;
+                    if (pe - v < 3 || sscanf(v + 1, "%2x", &x) != 1)
+                        return -EINVAL;
+                    c = (int)x;
+                    v += 2;
+                }
+                if (c == 0 || n + 1 >= cap)
+                    return -EINVAL;
+                out[n++] = (char)c;
+            }
+            out[n] = '\0';
+            return 1;
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return 0;
+}

@@ -38,4 +38,9 @@ void admin_stop(struct admin *a); /* closes the listener and connections; frees 
 void admin_reply_printf(struct admin_reply *r, int status, const char *ctype, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Finds name=value in a query string or form body "a=1&b=2" of qlen bytes and percent-decodes
+ * it ('+' is a space) into out. Returns 1 if found, 0 if absent, -EINVAL if the value does
+ * not fit in cap, is malformed or decodes to a NUL. The one query parser for every daemon. */
+int admin_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap);
+
 #endif

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/admin.h"
 #include "common/crypto.h"
+#include "common/json.h"
 #include "common/stream.h"
 #include "common/map.h"
 #include "common/mux.h"
@@ -343,24 +345,6 @@ static void link_connect(struct cs_link *l)
 
 /* ---- key minting ---- */
 
-static int param(const char *q, const char *name, char *out, size_t cap)
-{
-    size_t nl = strlen(name);
-    out[0] = '\0';
-    for (const char *p = q; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
-        if (!strncmp(p, name, nl) && p[nl] == '=') {
-            const char *v = p + nl + 1;
-            size_t n = strcspn(v, "&");
-            if (n >= cap)
-                return -EINVAL;
-            memcpy(out, v, n);
-            out[n] = '\0';
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* POST /conference-keys?conf=ID&user=NAME[&role=attendee][&ttl=SECONDS]: a conference
  * session key signed with the current conference secret, as the lab's stand-in for the
  * MCU's addUser response. Answers {"key": ..., "conf": ..., "user": ..., "jti": ..., "exp": ...}. */
@@ -375,9 +359,11 @@ static void on_keys(const char *method, const char *path, const char *query, con
     struct token_claims c;
     memset(&c, 0, sizeof c);
     char ttl_s[16];
-    if (param(query, "conf", c.conf, sizeof c.conf) != 1 ||
-        param(query, "user", c.user, sizeof c.user) != 1 ||
-        param(query, "role", c.role, sizeof c.role) < 0 || param(query, "ttl", ttl_s, sizeof ttl_s) < 0) {
+    size_t ql = strlen(query);
+    if (admin_query_get(query, ql, "conf", c.conf, sizeof c.conf) != 1 ||
+        admin_query_get(query, ql, "user", c.user, sizeof c.user) != 1 ||
+        admin_query_get(query, ql, "role", c.role, sizeof c.role) < 0 ||
+        admin_query_get(query, ql, "ttl", ttl_s, sizeof ttl_s) < 0) {
         admin_reply_printf(r, 400, "application/json",
                            "{\"error\":\"need conf=ID and user=NAME (role=, ttl= optional)\"}\n");
         return;
@@ -402,10 +388,19 @@ static void on_keys(const char *method, const char *path, const char *query, con
         return;
     }
     metric_inc(cs->m_keys);
-    admin_reply_printf(r, 200, "application/json",
-                       "{\"key\":\"%s\",\"conf\":\"%s\",\"user\":\"%s\",\"role\":\"%s\",\"jti\":\"%s\","
-                       "\"exp\":%" PRId64 "}\n",
-                       key, c.conf, c.user, c.role, c.jti, c.exp);
+    struct json_buf j = {0};
+    const char *names[] = {"key", "conf", "user", "role", "jti"};
+    const char *vals[] = {key, c.conf, c.user, c.role, c.jti};
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        json_printf(&j, "%s\"%s\":", i ? "," : "{", names[i]);
+        json_str(&j, vals[i]);
+    }
+    json_printf(&j, ",\"exp\":%" PRId64 "}\n", c.exp);
+    if (j.oom)
+        admin_reply_printf(r, 500, "application/json", "{\"error\":\"out of memory\"}\n");
+    else
+        admin_reply_printf(r, 200, "application/json", "%s", j.p);
+    free(j.p);
 }
 
 /* ---- module hooks ---- */
