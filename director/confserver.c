@@ -247,31 +247,22 @@ static int handle(struct cs_link *l, const struct ce_mux_frame *f)
     }
 }
 
+static int link_frame(void *arg, const struct ce_mux_frame *f)
+{
+    struct cs_link *l = arg;
+    int rc = handle(l, f);
+    return rc < 0 ? rc : l->st ? 0 : 1;
+}
+
 static int link_on_data(struct stream *st, const uint8_t *data, size_t len, void *arg)
 {
     struct cs_link *l = arg;
-    for (size_t off = 0; off < len;) {
-        struct slice room;
-        size_t want = len - off;
-        if (buf_reserve(&l->in, want > 16384 ? 16384 : want, &room) < 0)
-            return -ENOBUFS;
-        size_t n = want < room.len ? want : room.len;
-        memcpy((uint8_t *)room.p, data + off, n);
-        l->in.wr += n;
-        off += n;
-        for (int i = 0; i < 100000 && l->st; i++) {
-            struct ce_mux_frame f;
-            ssize_t used = ce_mux_decode(l->in.data + l->in.rd, buf_len(&l->in), &f);
-            if (used == -EAGAIN)
-                break;
-            if (used < 0 || handle(l, &f) < 0) {
-                LOGW(l->cs->d->log, NULL, "confserver: protocol error from conf-edge %s", l->edge_s);
-                return -EPROTO;
-            }
-            buf_consume(&l->in, (size_t)used);
-        }
-    }
-    return 0;
+    if (!l->st)
+        return 0;
+    int rc = ce_mux_feed(&l->in, data, len, link_frame, l, NULL);
+    if (rc == -EPROTO)
+        LOGW(l->cs->d->log, NULL, "confserver: protocol error from conf-edge %s", l->edge_s);
+    return rc;
 }
 
 static void link_on_open(struct stream *st, void *arg)
