@@ -153,8 +153,7 @@ struct ae {
     struct metric *m_silent; /* over-limit UDP requests dropped without a 503 */
     /* Log lines about bad input are bounded (AE_NOISE_LINES a second); the rest are counted
      * and summed up in one line. */
-    uint64_t noise_window; /* loop ms when the current second began */
-    uint32_t noise_lines, noise_suppressed;
+    struct log_limit noise_log;
     struct metric *m_reject[AE_REJECT_REASONS];
 
     struct sip_msg msg;

@@ -34,14 +34,10 @@
 /* Says what was held back in the second that ended (at most one line a second). */
 void ae_noise_flush(struct ae *ae, uint64_t now)
 {
-    if (now - ae->noise_window < 1000)
-        return;
-    if (ae->noise_suppressed)
-        LOGI(ae->log, NULL, "sip: %u more lines about bad input suppressed in the last %llu ms",
-             ae->noise_suppressed, (unsigned long long)(now - ae->noise_window));
-    ae->noise_window = now;
-    ae->noise_lines = 0;
-    ae->noise_suppressed = 0;
+    uint64_t held, span;
+    if (log_limit_flush(&ae->noise_log, now, &held, &span))
+        LOGI(ae->log, NULL, "sip: %llu more lines about bad input suppressed in the last %llu ms",
+             (unsigned long long)held, (unsigned long long)span);
 }
 
 /* May a line about bad input (unparseable, rejected) be written now? A flood of bad
@@ -49,13 +45,9 @@ void ae_noise_flush(struct ae *ae, uint64_t now)
  * only counted (the metrics count each one). */
 bool ae_noise_ok(struct ae *ae)
 {
-    ae_noise_flush(ae, uv_now(ae->loop));
-    if (ae->noise_lines < AE_NOISE_LINES) {
-        ae->noise_lines++;
-        return true;
-    }
-    ae->noise_suppressed++;
-    return false;
+    uint64_t now = uv_now(ae->loop), held;
+    ae_noise_flush(ae, now);
+    return log_limit_pass_n(&ae->noise_log, now, 1000, AE_NOISE_LINES, &held);
 }
 
 /* ---- replies ---- */

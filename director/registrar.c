@@ -121,8 +121,7 @@ struct registrar {
     uint8_t tag_key[32];
     struct da_state *da;
     struct regstore *store; /* NULL: bindings only in memory */
-    uint64_t throttle_logged_ms; /* last "throttled" log line; more within 1 s are counted */
-    unsigned throttle_unlogged;
+    struct log_limit throttle_log; /* "throttled" lines: one a second, the rest counted */
     int open_handles;
     bool stopping;
     struct metric *m_in, *m_options, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
@@ -299,11 +298,9 @@ static void log_throttled(struct registrar *rg, const struct addr *client, const
                           const struct director_sip_user *u, const struct da_verdict *v)
 {
     metric_inc(rg->m_users_throttled);
-    uint64_t now = uv_now(rg->d->loop);
-    if (rg->throttle_logged_ms && now - rg->throttle_logged_ms < 1000) {
-        rg->throttle_unlogged++;
+    uint64_t held;
+    if (!log_limit_pass(&rg->throttle_log, uv_now(rg->d->loop), 1000, &held))
         return;
-    }
     const struct director_sip_config *c = &rg->d->cfg->sip;
     LOGW(rg->d->log, client,
          "sip: authentication for %s%s throttled: too many wrong passwords from %s addresses; "
@@ -312,9 +309,7 @@ static void log_throttled(struct registrar *rg, const struct addr *client, const
          v->known_address ? "its known" : "unknown", v->retry_after_s,
          v->known_address ? (unsigned)c->known_guess_burst : (unsigned)c->guess_burst,
          v->known_address ? (unsigned)c->known_guesses_per_hour : (unsigned)c->guesses_per_hour,
-         rg->throttle_unlogged ? " (and more users since the last line)" : "");
-    rg->throttle_logged_ms = now;
-    rg->throttle_unlogged = 0;
+         held ? " (and more users since the last line)" : "");
 }
 
 /* Checks the request's Digest credentials for user (u: its config entry, NULL if no such
