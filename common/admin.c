@@ -331,11 +331,6 @@ void admin_set_health(struct admin *a, admin_health_cb cb, void *arg)
     a->health_arg = arg;
 }
 
-void admin_set_logger(struct admin *a, const struct logger *lg)
-{
-    a->log = lg;
-}
-
 static void admin_closed(uv_handle_t *h)
 {
     struct admin *a = container_of((uv_tcp_t *)h, struct admin, listener);

@@ -30,8 +30,6 @@ int admin_start(uv_loop_t *loop, const struct addr *listen, struct metrics *m,
 /* Routes requests whose path starts with prefix to cb. */
 int admin_route(struct admin *a, const char *prefix, admin_handler_cb cb, void *arg);
 void admin_set_health(struct admin *a, admin_health_cb cb, void *arg);
-/* Sets the logger after a reload. */
-void admin_set_logger(struct admin *a, const struct logger *lg);
 void admin_stop(struct admin *a); /* closes the listener and connections; frees asynchronously */
 
 /* Helper for handlers: reply with a printf-formatted body. */

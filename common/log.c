@@ -18,27 +18,6 @@ void log_init(struct logger *lg, const char *component)
     lg->fd = 2;
 }
 
-int log_level_parse(const char *s, enum log_level *out)
-{
-    for (size_t i = 0; i < sizeof level_names / sizeof *level_names; i++)
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (enum log_level)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
-int log_format_parse(const char *s, enum log_format *out)
-{
-    if (strcmp(s, "text") == 0)
-        *out = LOG_TEXT;
-    else if (strcmp(s, "json") == 0)
-        *out = LOG_JSON;
-    else
-        return -EINVAL;
-    return 0;
-}
-
 /* Appends s to out as JSON string content (without quotes). */
 static size_t json_escape(char *out, size_t cap, const char *s)
 {

@@ -21,8 +21,6 @@ struct logger {
 };
 
 void log_init(struct logger *lg, const char *component);
-int log_level_parse(const char *s, enum log_level *out);
-int log_format_parse(const char *s, enum log_format *out);
 
 /* Writes one event. peer may be NULL. msg is printf-style. */
 void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
