@@ -81,8 +81,9 @@ ssize_t ae_fwd_record_route(const char *tok, const char *first, const char *seco
 {
     size_t n = 0;
     const char *at = *tok ? "@" : "";
-    if (cap == 0 || put(out, cap, &n, "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s%s%s>\r\n",
-                        tok, at, first, tok, at, second) < 0)
+    if (cap == 0 ||
+        put(out, cap, &n, "Record-Route: <sip:%s%s%s>\r\nRecord-Route: <sip:%s%s%s>\r\n", tok, at,
+            first, tok, at, second) < 0)
         return -ENOSPC;
     return (ssize_t)n;
 }

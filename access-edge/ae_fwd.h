@@ -38,7 +38,7 @@ struct ae_fwd_ins {
     const char *via_host; /* host:port */
     const char *branch;
     bool alias;
-    const char *seal;     /* NULL: not hiding */
+    const char *seal; /* NULL: not hiding */
     struct slice routes, contacts, record_route, trust;
     const char *path_tok, *path_uri; /* both set: "Path: <sip:tok@uri>" */
 };

@@ -408,7 +408,7 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
     case AE_GATE_CANCEL_FORWARD:
         /* RFC 3261 §16.10: answer the CANCEL here, then cancel the branch we opened. */
         ae_reply(ae, o, m, 200, "OK", NULL, NULL);
-        if (g == AE_GATE_CANCEL_DONE)
+        if (g == AE_GATE_CANCEL_DONE || !t) /* the gate gives these only with t */
             return 1;
         t->cancelled = true;
         *dest = t->dest;

@@ -94,11 +94,12 @@ void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const u
 
 static void retx_free_all(struct ae *ae)
 {
-    while (!dl_empty(&ae->retx)) {
-        struct dlist *e = ae->retx.next;
-        dl_del(e);
+    /* Next taken before each free (the analyzer cannot follow dl_del's relinking). */
+    for (struct dlist *e = ae->retx.next, *nx; e != &ae->retx; e = nx) {
+        nx = e->next;
         free(container_of(e, struct ae_retx, link));
     }
+    dl_init(&ae->retx);
 }
 
 static void on_sweep(uv_timer_t *t)

@@ -118,7 +118,7 @@ static void send_reply(struct admin_conn *c, struct admin_reply *r)
         return;
     }
     memcpy(data, head, (size_t)hl);
-    if (r->body_len)
+    if (r->body_len && r->body)
         memcpy(data + hl, r->body, r->body_len);
     free(r->body);
     w->data = data;
@@ -318,10 +318,13 @@ int admin_route(struct admin *a, const char *prefix, admin_handler_cb cb, void *
 {
     if (a->nroutes == ADMIN_ROUTES_MAX)
         return -ENOSPC;
-    char *p = strdup(prefix);
-    if (!p)
+    struct admin_route *r = &a->routes[a->nroutes];
+    r->prefix = strdup(prefix); /* freed in admin_stop */
+    if (!r->prefix)
         return -ENOMEM;
-    a->routes[a->nroutes++] = (struct admin_route){p, cb, arg};
+    r->cb = cb;
+    r->arg = arg;
+    a->nroutes++;
     return 0;
 }
 

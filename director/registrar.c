@@ -630,7 +630,6 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     struct addr to;
     bool stream = false, check = false;
     char ruri[300] = "", ins[1024] = "";
-    size_t n = 0;
     bool from_edge = addr_host_eq(o->peer, &c->edge);
     if (!from_edge)
         seen_add(rg, o->peer);
@@ -658,7 +657,7 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
         osip_uri_init(&target);
         int prc;
         if (b->path[0]) {
-            n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Route: %s\r\n", b->path);
+            snprintf(ins, sizeof(ins), "Route: %s\r\n", b->path);
             osip_route_t *pr = NULL;
             osip_route_init(&pr);
             char first[512];

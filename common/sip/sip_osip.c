@@ -40,7 +40,7 @@ void sip_osip_init(void)
 
 int sip_osip_parse(osip_message_t *msg, const struct sip_msg *m)
 {
-    size_t hdr = m->hdr_end ? m->hdr_end : m->len;
+    size_t hdr = m->hdr_end && m->hdr_end <= m->len ? m->hdr_end : m->len;
     if (!memchr(m->buf, '\t', hdr))
         return osip_message_parse(msg, (const char *)m->buf, m->len);
     char *copy = malloc(m->len ? m->len : 1);

@@ -154,8 +154,12 @@ int sip_flow_decode(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice tok, struc
     uint8_t ip[16];
     if (hl != 8 && hl != 32)
         return -EINVAL;
-    for (size_t i = 0; i < hl / 2; i++)
-        ip[i] = (uint8_t)(hexval((uint8_t)iphex[2 * i]) << 4 | hexval((uint8_t)iphex[2 * i + 1]));
+    for (size_t i = 0; i < hl / 2; i++) {
+        int hi = hexval((uint8_t)iphex[2 * i]), lo = hexval((uint8_t)iphex[2 * i + 1]);
+        if (hi < 0 || lo < 0) /* sscanf let only hex digits through: cannot happen */
+            return -EINVAL;
+        ip[i] = (uint8_t)(hi << 4 | lo);
+    }
     memset(f, 0, sizeof(*f));
     if (hl == 8) {
         f->addr.u.in4.sin_family = AF_INET;

@@ -445,7 +445,7 @@ static int mode_alloc(char **av)
     }
     double c0 = server_cpu();
     uint8_t b[1500];
-    while ((tn = mono()) - t0 < secs) {
+    while (mono() - t0 < secs) {
         for (int i = 0; i < C; i++)
             p[i] = (struct pollfd){s[i].fd, POLLIN, 0};
         poll(p, (nfds_t)C, 10);
@@ -494,6 +494,8 @@ static int mode_alloc(char **av)
             sess_send(&s[i], STUN_REFRESH, true, 0, NULL, 0);
         close(s[i].fd);
     }
+    free(s);
+    free(p);
     return 0;
 }
 

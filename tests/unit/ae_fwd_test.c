@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <errno.h>
@@ -44,12 +45,15 @@ static void gate(void **st)
 static void ins_order_and_format(void **st)
 {
     char out[1024];
-    struct ae_fwd_ins in = {
-        .via_tp = "TLS", .via_host = "192.0.2.1:5061", .branch = "z9hG4bKx", .alias = true,
-        .routes = slice_str("Route: <sip:a;lr>\r\n"),
-        .record_route = slice_str("Record-Route: <sip:rr;lr>\r\n"),
-        .path_tok = "tok", .path_uri = "10.0.0.1;lr;ob",
-        .trust = slice_str("ms-edge-proxy-message-trust: x\r\n")};
+    struct ae_fwd_ins in = {.via_tp = "TLS",
+                            .via_host = "192.0.2.1:5061",
+                            .branch = "z9hG4bKx",
+                            .alias = true,
+                            .routes = slice_str("Route: <sip:a;lr>\r\n"),
+                            .record_route = slice_str("Record-Route: <sip:rr;lr>\r\n"),
+                            .path_tok = "tok",
+                            .path_uri = "10.0.0.1;lr;ob",
+                            .trust = slice_str("ms-edge-proxy-message-trust: x\r\n")};
     ssize_t n = ae_fwd_build_ins(&in, out, sizeof(out));
     const char *want = "Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bKx;alias\r\n"
                        "Route: <sip:a;lr>\r\n"
@@ -59,9 +63,13 @@ static void ins_order_and_format(void **st)
     assert_int_equal(n, (ssize_t)strlen(want));
     assert_string_equal(out, want);
 
-    struct ae_fwd_ins hide = {.via_tp = "UDP", .via_host = "h:1", .branch = "b", .seal = "SEALED",
+    struct ae_fwd_ins hide = {.via_tp = "UDP",
+                              .via_host = "h:1",
+                              .branch = "b",
+                              .seal = "SEALED",
                               .contacts = slice_str("Contact: <sip:c>\r\n"),
-                              .path_tok = "", .path_uri = "ignored"};
+                              .path_tok = "",
+                              .path_uri = "ignored"};
     n = ae_fwd_build_ins(&hide, out, sizeof(out));
     assert_true(n > 0);
     assert_string_equal(out, "Via: SIP/2.0/UDP h:1;branch=b;ae-th=SEALED\r\nContact: <sip:c>\r\n");
@@ -108,8 +116,8 @@ static void record_route_pair(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(uri_transport),          cmocka_unit_test(gate),
-        cmocka_unit_test(ins_order_and_format),   cmocka_unit_test(ins_overflow_is_enospc),
+        cmocka_unit_test(uri_transport),        cmocka_unit_test(gate),
+        cmocka_unit_test(ins_order_and_format), cmocka_unit_test(ins_overflow_is_enospc),
         cmocka_unit_test(record_route_pair),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

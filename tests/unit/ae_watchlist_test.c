@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdlib.h>
@@ -42,7 +43,8 @@ static void domain_is_escaped(void **st)
     size_t len = 0;
     char *out = ae_watchlist_render(&p, 1, &len);
     assert_non_null(out);
-    assert_non_null(strstr(out, "\"domain\":\"evil\\\",\\\"watched\\\":false,\\\"x\\\":\\\"\\\\\""));
+    assert_non_null(
+        strstr(out, "\"domain\":\"evil\\\",\\\"watched\\\":false,\\\"x\\\":\\\"\\\\\""));
     free(out);
 }
 
