@@ -10,3 +10,6 @@ $(BUILD)/bench/tls_bench: $(OBJ)/tests/bench/tls_bench.o $(BUILD)/libcommon.a
 # BENCH_TLS_SECS=N sets the CPU seconds per case (default 1.2: about 10 s in all).
 bench-tls: $(BUILD)/bench/tls_bench
 	$(Q)flock /tmp/bench.lock $(BUILD)/bench/tls_bench $(BENCH_TLS_SECS)
+
+# turnload (linked in av-edge/build.mk) says its version.
+$(OBJ)/tests/bench/turnload.o: $(BUILD)/gen/version.h
