@@ -615,6 +615,102 @@ static void seen_add(struct registrar *rg, const struct addr *a)
         rg->nseen++;
 }
 
+/* Where a forwarded request goes, and what it carries to get there. */
+struct rg_fwd {
+    struct addr to;
+    bool stream;
+    char ruri[300]; /* a new Request-URI, or "" */
+    char ins[1024]; /* a Route line to insert, or "" */
+};
+
+/* A request for one of our users goes to the contact it registered; its stored Path becomes
+ * the route set (RFC 3327 §5.3), so the request goes back through the edge over the user's
+ * flow. Returns 0, or 1 when answered. */
+static int retarget_to_binding(struct registrar *rg, const struct rg_origin *o,
+                               const struct sip_msg *m, osip_message_t *msg, struct rg_fwd *f)
+{
+    const char *user = msg->req_uri->username;
+    struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
+    if (!b) {
+        /* The same answer whether or not the user exists, so nobody outside can tell
+         * (404 for one and 480 for the other listed the users). */
+        metric_inc(rg->m_404);
+        rg_reply(rg, o, m, 480, "Temporarily Unavailable", NULL);
+        return 1;
+    }
+    snprintf(f->ruri, sizeof(f->ruri), "%s", b->contact);
+    osip_uri_t *target = NULL;
+    osip_uri_init(&target);
+    int prc;
+    if (b->path[0]) {
+        snprintf(f->ins, sizeof(f->ins), "Route: %s\r\n", b->path);
+        osip_route_t *pr = NULL;
+        osip_route_init(&pr);
+        char first[512];
+        snprintf(first, sizeof(first), "%.*s", (int)sip_value_first_len(slice_str(b->path)),
+                 b->path);
+        prc = osip_route_parse(pr, first);
+        if (prc == 0)
+            prc = uri_target(pr->url, &f->to, &f->stream);
+        osip_route_free(pr);
+    } else {
+        prc = osip_uri_parse(target, b->contact);
+        if (prc == 0)
+            prc = uri_target(target, &f->to, &f->stream);
+    }
+    osip_uri_free(target);
+    if (prc < 0) {
+        rg_reply(rg, o, m, 404, "Not Found", NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Answers 404 (counted and logged) for a request the Director will not forward. */
+static int refuse_404(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
+                      const char *why)
+{
+    metric_inc(rg->m_404);
+    LOGI(rg->d->log, o->peer, "sip: %s: 404", why);
+    rg_reply(rg, o, m, 404, "Not Found", NULL);
+    return 1;
+}
+
+/* The target: the next Route after ours, one of our users' bindings, or the Request-URI
+ * (another domain goes out through the edge). Returns 0, or 1 when answered. */
+static int pick_target(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
+                       osip_message_t *msg, unsigned pop, struct rg_fwd *f)
+{
+    const struct director_sip_config *c = (&rg->d->cfg->sip);
+    bool check = false;
+    bool from_edge = addr_host_eq(o->peer, &c->edge);
+    if (!from_edge)
+        seen_add(rg, o->peer);
+    osip_route_t *next = osip_list_get(&msg->routes, (int)pop);
+    if (next && (int)pop < osip_list_size(&msg->routes)) {
+        if (uri_target(next->url, &f->to, &f->stream) < 0) {
+            rg_reply(rg, o, m, 404, "Not Found", NULL);
+            return 1;
+        }
+        check = from_edge;
+    } else if (has_domain(c, msg->req_uri->host) || is_own(rg, msg->req_uri)) {
+        if (retarget_to_binding(rg, o, m, msg, f))
+            return 1;
+    } else if (uri_target(msg->req_uri, &f->to, &f->stream) < 0) {
+        /* Another domain: federation goes out through the edge; never a request that came
+         * in from the edge (an outsider's, routed back out by its Request-URI). */
+        if (from_edge)
+            return refuse_404(rg, o, m, "request from the edge for another domain");
+        f->to = c->edge;
+        f->stream = false;
+    } else {
+        check = from_edge;
+    }
+    if (check && !target_known(rg, &f->to, f->stream))
+        return refuse_404(rg, o, m, "request from the edge to an address never learned");
+    return 0;
+}
+
 static void do_forward(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                        osip_message_t *msg, bool strip_creds)
 {
@@ -627,80 +723,13 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
             break;
         pop++;
     }
-    struct addr to;
-    bool stream = false, check = false;
-    char ruri[300] = "", ins[1024] = "";
-    bool from_edge = addr_host_eq(o->peer, &c->edge);
-    if (!from_edge)
-        seen_add(rg, o->peer);
-    osip_route_t *next = osip_list_get(&msg->routes, (int)pop);
-    if (next && (int)pop < nr) {
-        if (uri_target(next->url, &to, &stream) < 0) {
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-        check = from_edge;
-    } else if (has_domain(c, msg->req_uri->host) || is_own(rg, msg->req_uri)) {
-        const char *user = msg->req_uri->username;
-        struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
-        if (!b) {
-            /* The same answer whether or not the user exists, so nobody outside can tell
-             * (404 for one and 480 for the other listed the users). */
-            metric_inc(rg->m_404);
-            rg_reply(rg, o, m, 480, "Temporarily Unavailable", NULL);
-            return;
-        }
-        /* Retarget to the registered contact; the stored Path becomes the route set
-         * (RFC 3327 §5.3) so the request goes back through the edge over the user's flow. */
-        snprintf(ruri, sizeof(ruri), "%s", b->contact);
-        osip_uri_t *target = NULL;
-        osip_uri_init(&target);
-        int prc;
-        if (b->path[0]) {
-            snprintf(ins, sizeof(ins), "Route: %s\r\n", b->path);
-            osip_route_t *pr = NULL;
-            osip_route_init(&pr);
-            char first[512];
-            snprintf(first, sizeof(first), "%.*s",
-                     (int)sip_value_first_len(slice_str(b->path)), b->path);
-            prc = osip_route_parse(pr, first);
-            if (prc == 0)
-                prc = uri_target(pr->url, &to, &stream);
-            osip_route_free(pr);
-        } else {
-            prc = osip_uri_parse(target, b->contact);
-            if (prc == 0)
-                prc = uri_target(target, &to, &stream);
-        }
-        osip_uri_free(target);
-        if (prc < 0) {
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-    } else if (uri_target(msg->req_uri, &to, &stream) < 0) {
-        /* Another domain: federation goes out through the edge; never a request that came
-         * in from the edge (an outsider's, routed back out by its Request-URI). */
-        if (from_edge) {
-            metric_inc(rg->m_404);
-            LOGI(rg->d->log, o->peer, "sip: request from the edge for another domain: 404");
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-        to = c->edge;
-        stream = false;
-    } else {
-        check = from_edge;
-    }
-    if (check && !target_known(rg, &to, stream)) {
-        metric_inc(rg->m_404);
-        LOGI(rg->d->log, o->peer, "sip: request from the edge to an address never learned: 404");
-        rg_reply(rg, o, m, 404, "Not Found", NULL);
+    struct rg_fwd f = {0};
+    if (pick_target(rg, o, m, msg, pop, &f))
         return;
-    }
     /* Our Via, then the route set we add. */
     char br[SIP_BRANCH_MAX], hs[ADDR_STRLEN];
     sip_branch_format(sip_branch_hash(rg->salt, m), o->conn_id, br);
-    struct rg_conn *oc = stream ? conn_by_host(rg, &to) : NULL;
+    struct rg_conn *oc = f.stream ? conn_by_host(rg, &f.to) : NULL;
     const struct addr *local = oc ? stream_local(oc->s) : rg->nudp ? &rg->udp[0].local : NULL;
     if (!local) {
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
@@ -711,19 +740,20 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     int vl = snprintf(via, sizeof(via), "Via: SIP/2.0/%s %s;branch=%s\r\n", oc ? "TLS" : "UDP",
                       hs, br);
     char all[1400];
-    int al = snprintf(all, sizeof(all), "%.*s%s", vl, via, ins);
+    int al = snprintf(all, sizeof(all), "%.*s%s", vl, via, f.ins);
     if (al < 0 || (size_t)al >= sizeof(all))
         return;
     struct sip_fwd_opts fo = {.insert = slice_make(all, (size_t)al), .pop_routes = pop,
                               .src = o->conn_id ? NULL : o->peer,
-                              .ruri = slice_str(ruri)};
+                              .ruri = slice_str(f.ruri)};
     ssize_t len = sip_fwd_request(m, &fo, rg->out, RG_OUT_CAP);
     if (len < 0)
         return;
     if (strip_creds)
         len = (ssize_t)da_strip_credentials(rg->out, (size_t)len, c->realm);
     metric_inc(rg->m_fwd);
-    if (rg_send(rg, oc ? oc->id : 0, &to, stream, rg->out, (size_t)len) < 0 && !oc && stream)
+    if (rg_send(rg, oc ? oc->id : 0, &f.to, f.stream, rg->out, (size_t)len) < 0 && !oc &&
+        f.stream)
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
 }
 
