@@ -489,6 +489,28 @@ static ssize_t record_route(struct fwd_ctx *x, char *out, size_t cap)
     return n >= cap ? -ENOSPC : (ssize_t)n;
 }
 
+/* Our Via: its transport, sent-by and branch. RFC 5923: partner connections are offered for
+ * reuse in the other direction (;alias), naming the federation (mutual TLS) listener as our
+ * sent-by. Returns 0, or -EADDRNOTAVAIL when the edge has no address to name. */
+static int via_fields(struct fwd_ctx *x, uint64_t h, uint32_t cid, struct ae_fwd_ins *in,
+                      char hs[ADDR_STRLEN], char br[SIP_BRANCH_MAX])
+{
+    const struct ae_config *cfg = x->ae->cfg;
+    const struct ae_dest *dest = x->dest;
+    struct ae_conn *dc = x->dc;
+    in->alias = dest->side == AE_EXT && dest->tp == AE_TP_TLS && (!dc || dc->mtls) &&
+                !(dc && dc->ws) && cfg->external.nmtls > 0;
+    const struct addr *via_a =
+        in->alias ? &cfg->external.mtls[0] : ae_side_addr(x->ae, dest->side, dest->tp);
+    if (!via_a)
+        return -EADDRNOTAVAIL;
+    in->via_host = addr_format(via_a, hs);
+    sip_branch_format(h, cid, br);
+    in->branch = br;
+    in->via_tp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : ae_tp_name(dest->tp);
+    return 0;
+}
+
 /* The lines the edge inserts (ae_fwd_build_ins) into ins. Returns the length, -ENOSPC when
  * they are too large, -E2BIG when the inside's Vias are too many to seal, or -EADDRNOTAVAIL
  * when the edge has no address to name in its Via. */
@@ -496,22 +518,11 @@ static ssize_t build_ins(struct fwd_ctx *x, uint64_t h, uint32_t cid, struct sli
                          char *ins, size_t cap)
 {
     struct ae *ae = x->ae;
-    const struct ae_config *cfg = ae->cfg;
     const struct ae_dest *dest = x->dest;
-    struct ae_conn *dc = x->dc;
-    /* RFC 5923: offer our partner connections for reuse in the other direction, naming the
-     * federation (mutual TLS) listener as our sent-by. */
     struct ae_fwd_ins in = {.routes = routes};
-    in.alias = dest->side == AE_EXT && dest->tp == AE_TP_TLS && (!dc || dc->mtls) &&
-               !(dc && dc->ws) && cfg->external.nmtls > 0;
-    const struct addr *via_a = in.alias ? &cfg->external.mtls[0] : ae_side_addr(ae, dest->side, dest->tp);
-    if (!via_a)
-        return -EADDRNOTAVAIL;
     char hs[ADDR_STRLEN], br[SIP_BRANCH_MAX], seal[6000] = "";
-    in.via_host = addr_format(via_a, hs);
-    sip_branch_format(h, cid, br);
-    in.branch = br;
-    in.via_tp = dc && dc->ws ? (dc->tp == AE_TP_TLS ? "WSS" : "WS") : ae_tp_name(dest->tp);
+    if (via_fields(x, h, cid, &in, hs, br) < 0)
+        return -EADDRNOTAVAIL;
     if (x->hide && seal_vias(ae, x->m, h, seal, sizeof(seal)) < 0)
         return -E2BIG;
     in.seal = x->hide ? seal : NULL;
