@@ -48,6 +48,8 @@ __attribute__((format(printf, 4, 5))) static int put(char *out, size_t cap, size
 
 static int put_slice(char *out, size_t cap, size_t *n, struct slice s)
 {
+    if (s.len == 0)
+        return 0; /* an unset slice (no pointer) adds nothing */
     if (s.len >= cap - *n)
         return -ENOSPC;
     memcpy(out + *n, s.p, s.len);
