@@ -985,6 +985,88 @@ static void on_closed(uv_handle_t *h)
     rg_unref(h->data);
 }
 
+static void make_metrics(struct registrar *rg, struct director *d)
+{
+    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
+                               NULL);
+    rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
+                                    "OPTIONS probes for the Director itself, answered 200", NULL);
+    rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
+                                   "successful REGISTERs", NULL);
+    rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
+                                      "401 challenges sent", NULL);
+    rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
+                                      "Digest answers with a wrong password (REGISTER or 407), "
+                                      "or a remote From not of our domains", NULL);
+    rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
+                                            "407 challenges to remote users' requests", NULL);
+    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
+                                          "remote users' requests that passed the 407 challenge",
+                                          NULL);
+    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
+                                  "right answers on an expired or replayed nonce (stale=true)",
+                                  NULL);
+    rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
+                                      "Digest answers refused unchecked (403): too many wrong "
+                                      "ones for that user lately", NULL);
+    rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
+                                            "times a user name ran out of password guesses",
+                                            NULL);
+    rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
+                                     "ACKs of the Director's own non-2xx answers", NULL);
+    rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
+    rg->m_404 = metrics_counter(d->metrics, "sip_not_found_total",
+                                "requests for users not registered", NULL);
+}
+
+static int listen_udp(struct registrar *rg, struct director *d,
+                      const struct director_sip_config *c)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < c->nudp && rg->nudp < RG_UDP_MAX; i++) {
+        struct rg_udp *u = &rg->udp[rg->nudp];
+        u->rg = rg;
+        u->local = c->udp[i];
+        rc = uv_udp_init(d->loop, &u->h);
+        if (rc < 0)
+            break;
+        rg->nudp++;
+        rg->open_handles++;
+        u->h.data = u;
+        rc = uv_udp_bind(&u->h, &c->udp[i].u.sa, UV_UDP_REUSEADDR);
+        if (rc == 0)
+            rc = uv_udp_recv_start(&u->h, on_udp_alloc, on_udp_recv);
+        if (rc < 0)
+            LOGE(d->log, &c->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
+    }
+    return rc;
+}
+
+/* TCP, then mutual-TLS listeners. */
+static int listen_streams(struct registrar *rg, struct director *d,
+                          const struct director_sip_config *c)
+{
+    int rc = 0;
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        const struct addr *list = pass ? c->mtls : c->tcp;
+        size_t cnt = pass ? c->nmtls : c->ntcp;
+        for (size_t i = 0; rc == 0 && i < cnt && rg->nlst < RG_LST_MAX; i++) {
+            struct rg_listener *l = &rg->lst[rg->nlst];
+            l->rg = rg;
+            l->tls = pass == 1;
+            rc = stream_listen(d->loop, &l->h, &list[i], 256, false, on_accept);
+            if (rc < 0) {
+                LOGE(d->log, &list[i], "sip: cannot listen: %s", uv_strerror(rc));
+                break;
+            }
+            l->h.data = l;
+            rg->nlst++;
+            rg->open_handles++;
+        }
+    }
+    return rc;
+}
+
 int registrar_start(struct director *d)
 {
     const struct director_sip_config *c = &d->cfg->sip;
@@ -1016,69 +1098,11 @@ int registrar_start(struct director *d)
             LOGE(d->log, NULL, "sip: TLS: %s", err);
     }
     d->registrar = rg;
-    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
-                               NULL);
-    rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
-                                    "OPTIONS probes for the Director itself, answered 200", NULL);
-    rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
-                                   "successful REGISTERs", NULL);
-    rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
-                                      "401 challenges sent", NULL);
-    rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
-                                      "Digest answers with a wrong password (REGISTER or 407), "
-                                      "or a remote From not of our domains", NULL);
-    rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
-                                            "407 challenges to remote users' requests", NULL);
-    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
-                                          "remote users' requests that passed the 407 challenge",
-                                          NULL);
-    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
-                                  "right answers on an expired or replayed nonce (stale=true)",
-                                  NULL);
-    rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
-                                      "Digest answers refused unchecked (403): too many wrong "
-                                      "ones for that user lately", NULL);
-    rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
-                                            "times a user name ran out of password guesses",
-                                            NULL);
-    rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
-                                     "ACKs of the Director's own non-2xx answers", NULL);
-    rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
-    rg->m_404 = metrics_counter(d->metrics, "sip_not_found_total",
-                                "requests for users not registered", NULL);
-    for (size_t i = 0; rc == 0 && i < c->nudp && rg->nudp < RG_UDP_MAX; i++) {
-        struct rg_udp *u = &rg->udp[rg->nudp];
-        u->rg = rg;
-        u->local = c->udp[i];
-        rc = uv_udp_init(d->loop, &u->h);
-        if (rc < 0)
-            break;
-        rg->nudp++;
-        rg->open_handles++;
-        u->h.data = u;
-        rc = uv_udp_bind(&u->h, &c->udp[i].u.sa, UV_UDP_REUSEADDR);
-        if (rc == 0)
-            rc = uv_udp_recv_start(&u->h, on_udp_alloc, on_udp_recv);
-        if (rc < 0)
-            LOGE(d->log, &c->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
-    }
-    for (int pass = 0; pass < 2 && rc == 0; pass++) {
-        const struct addr *list = pass ? c->mtls : c->tcp;
-        size_t cnt = pass ? c->nmtls : c->ntcp;
-        for (size_t i = 0; rc == 0 && i < cnt && rg->nlst < RG_LST_MAX; i++) {
-            struct rg_listener *l = &rg->lst[rg->nlst];
-            l->rg = rg;
-            l->tls = pass == 1;
-            rc = stream_listen(d->loop, &l->h, &list[i], 256, false, on_accept);
-            if (rc < 0) {
-                LOGE(d->log, &list[i], "sip: cannot listen: %s", uv_strerror(rc));
-                break;
-            }
-            l->h.data = l;
-            rg->nlst++;
-            rg->open_handles++;
-        }
-    }
+    make_metrics(rg, d);
+    if (rc == 0)
+        rc = listen_udp(rg, d, c);
+    if (rc == 0)
+        rc = listen_streams(rg, d, c);
     if (rc < 0) {
         registrar_stop(d);
         return rc;
