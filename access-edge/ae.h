@@ -1,5 +1,5 @@
 /* The access edge daemon: configuration and the SIP server that carries traffic across
- * the perimeter (ae_server.c). */
+ * the perimeter (ae_server.c and its parts, see ae_int.h). */
 #ifndef AE_AE_H
 #define AE_AE_H
 

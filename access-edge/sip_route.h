@@ -18,8 +18,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "access-edge/sip_msg.h"
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 
 /* What a Route entry names. */
 enum sip_route_side { SIP_RS_FOREIGN = 0, SIP_RS_EXT, SIP_RS_INT };

@@ -19,8 +19,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "access-edge/sip_msg.h"
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 
 /* Does this Route/Record-Route entry (a name-addr value) name the edge? For the side
  * concerned: "ours on the external side" or "ours on either side". */

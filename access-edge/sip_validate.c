@@ -8,7 +8,7 @@
 
 #include <osipparser2/osip_parser.h>
 
-#include "access-edge/sip_osip.h"
+#include "common/sip/sip_osip.h"
 
 struct sip_parsed {
     osip_message_t *msg;
@@ -279,13 +279,9 @@ static void target_from_uri(struct sip_route *r, const osip_uri_t *u)
     }
 }
 
-int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
-                 const struct sip_msg *m, struct sip_verdict *v, struct sip_route *r,
-                 struct sip_parsed **parsed)
+/* Faults found while framing. A request line nobody could answer (no Via) is noise. */
+static int check_framing(const struct sip_msg *m, struct sip_verdict *v)
 {
-    memset(v, 0, sizeof(*v));
-    memset(r, 0, sizeof(*r));
-    /* Faults found while framing. A request line nobody could answer (no Via) is noise. */
     if (m->defect == SIP_DEFECT_START_LINE && m->count[SIP_H_VIA] == 0)
         return -EBADMSG;
     if (m->defect == SIP_DEFECT_START_LINE)
@@ -295,23 +291,19 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
                       NULL);
     if (m->defect == SIP_DEFECT_LENGTH)
         return reject(v, 400, "Bad Request", "content_length", "Invalid Content-Length", NULL);
-    int rc = check_raw(p, peer, m, v);
-    if (rc)
-        return rc;
-    if (m->is_request) {
-        rc = check_request_raw(peer, m, v);
-        if (rc)
-            return rc;
-    }
+    return 0;
+}
 
+/* osip2's parse of m into *out, with the headers every message needs. */
+static int parse(const struct sip_msg *m, struct sip_verdict *v, osip_message_t **out)
+{
     sip_osip_init();
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return -ENOMEM;
     int prc = sip_osip_parse(msg, m);
-    if (prc != 0 || !msg->cseq ||
-        !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
-        osip_list_size(&msg->vias) == 0) {
+    if (prc != 0 || !msg->cseq || !msg->cseq->method || !msg->call_id || !msg->from ||
+        !msg->to || osip_list_size(&msg->vias) == 0) {
         osip_message_free(msg);
         /* A request that frames and has every mandatory header but does not parse is
          * answered (RFC 3261 §21.4.1); a response is dropped (§18.1.2). */
@@ -319,101 +311,134 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
             return reject(v, 400, "Bad Request", "malformed", "Malformed message", NULL);
         return -EBADMSG;
     }
-    osip_generic_param_t *tag = NULL;
-    osip_to_get_tag(msg->to, &tag);
-    r->in_dialog = tag != NULL;
+    *out = msg;
+    return 0;
+}
 
-    bool external = peer->src != SIP_SRC_INTERNAL;
-    /* Loop detection (RFC 3261 §16.3 step 4, simplified for a two-sided edge): a request
-     * from outside never carries our Via; from inside it may once (a hairpin through the
-     * Director), never twice. */
-    if (m->is_request) {
-        int own = 0, nv = osip_list_size(&msg->vias);
-        for (int i = 0; i < nv && i < 64; i++) {
-            osip_via_t *via = osip_list_get(&msg->vias, i);
-            if (via && sip_policy_is_own(p, via->host, port_of(via->port)))
-                own++;
-        }
-        if (own > (external ? 0 : 1)) {
-            rc = reject(v, 482, "Loop Detected", "loop", "Loop detected", NULL);
-            goto out;
-        }
+/* Loop detection (RFC 3261 §16.3 step 4, simplified for a two-sided edge): a request from
+ * outside never carries our Via; from inside it may once (a hairpin through the Director),
+ * never twice. */
+static int check_loop(const struct sip_policy *p, bool external, osip_message_t *msg,
+                      struct sip_verdict *v)
+{
+    int own = 0, nv = osip_list_size(&msg->vias);
+    for (int i = 0; i < nv && i < 64; i++) {
+        osip_via_t *via = osip_list_get(&msg->vias, i);
+        if (via && sip_policy_is_own(p, via->host, port_of(via->port)))
+            own++;
     }
+    if (own > (external ? 0 : 1))
+        return reject(v, 482, "Loop Detected", "loop", "Loop detected", NULL);
+    return 0;
+}
 
-    if (!m->is_request) {
-        /* Responses are routed by Via; nothing else to decide here. */
-        goto out;
-    }
-
-    /* RFC 3261 §16.3 step 3: no Max-Forwards passes (an RFC 2543 request: RFC 4475's inv2543);
-     * forwarding adds one (sip_fwd_request). */
+/* Max-Forwards and the Request-URI's scheme. RFC 3261 §16.3 step 3: no Max-Forwards passes
+ * (an RFC 2543 request: RFC 4475's inv2543); forwarding adds one (sip_fwd_request). */
+static int check_request_line(osip_message_t *msg, struct sip_verdict *v)
+{
     osip_header_t *mf = NULL;
     osip_message_get_max_forwards(msg, 0, &mf);
     char *end = NULL;
     long hops = mf && mf->hvalue ? strtol(mf->hvalue, &end, 10) : 70;
-    if (mf && (!mf->hvalue || end == mf->hvalue || *end || hops < 0 || hops > 255)) {
-        rc = reject(v, 400, "Bad Request", "max_forwards", "Invalid Max-Forwards", NULL);
-        goto out;
-    }
-    if (hops == 0) {
-        rc = reject(v, 483, "Too Many Hops", "max_forwards", "Max-Forwards reached zero", NULL);
-        goto out;
-    }
+    if (mf && (!mf->hvalue || end == mf->hvalue || *end || hops < 0 || hops > 255))
+        return reject(v, 400, "Bad Request", "max_forwards", "Invalid Max-Forwards", NULL);
+    if (hops == 0)
+        return reject(v, 483, "Too Many Hops", "max_forwards", "Max-Forwards reached zero", NULL);
     if (!msg->req_uri || !msg->req_uri->scheme || !msg->req_uri->host ||
         (strcasecmp(msg->req_uri->scheme, "sip") != 0 &&
-         strcasecmp(msg->req_uri->scheme, "sips") != 0)) {
-        rc = reject(v, 416, "Unsupported URI Scheme", "uri_scheme", "Unsupported URI scheme",
-                    NULL);
-        goto out;
-    }
+         strcasecmp(msg->req_uri->scheme, "sips") != 0))
+        return reject(v, 416, "Unsupported URI Scheme", "uri_scheme", "Unsupported URI scheme",
+                      NULL);
+    return 0;
+}
 
-    own_routes(p, msg, r);
-    if (msg->from->url && msg->from->url->host)
-        snprintf(r->from_domain, sizeof(r->from_domain), "%s", msg->from->url->host);
-    snprintf(r->ruri_domain, sizeof(r->ruri_domain), "%s", msg->req_uri->host);
-    if (external) {
-        /* No open relay: an initial request from outside must be for one of our domains.
-         * In-dialog requests come back through the Record-Route we inserted, so they carry
-         * our own Route entry instead, and their Request-URI is the peer's Contact. */
-        bool ours = sip_policy_has_domain(p, msg->req_uri->host, strlen(msg->req_uri->host)) ||
-                    sip_policy_is_own(p, msg->req_uri->host, port_of(msg->req_uri->port));
-        if (!ours && !(r->in_dialog && r->pop > 0)) {
-            rc = reject(v, 403, "Forbidden", "relay", "Relaying denied for domain ",
-                        msg->req_uri->host);
-            goto out;
-        }
-        if (peer->src == SIP_SRC_PARTNER || peer->src == SIP_SRC_DISCOVERED) {
-            const char *fd = msg->from->url ? msg->from->url->host : NULL;
-            if (!fd || !sip_cert_matches_domain(peer->cert_names, peer->ncert_names, fd)) {
-                rc = reject(v, 403, "Forbidden", "from_domain",
-                            "From domain does not match the peer certificate: ", fd);
-                goto out;
-            }
-        }
-        r->kind = SIP_ROUTE_DIRECTOR;
-        goto out;
+/* A request from outside goes to the Director, if it may go at all. */
+static int route_external(const struct sip_policy *p, const struct sip_peer *peer,
+                          osip_message_t *msg, struct sip_verdict *v, struct sip_route *r)
+{
+    /* No open relay: an initial request from outside must be for one of our domains.
+     * In-dialog requests come back through the Record-Route we inserted, so they carry
+     * our own Route entry instead, and their Request-URI is the peer's Contact. */
+    bool ours = sip_policy_has_domain(p, msg->req_uri->host, strlen(msg->req_uri->host)) ||
+                sip_policy_is_own(p, msg->req_uri->host, port_of(msg->req_uri->port));
+    if (!ours && !(r->in_dialog && r->pop > 0))
+        return reject(v, 403, "Forbidden", "relay", "Relaying denied for domain ",
+                      msg->req_uri->host);
+    if (peer->src == SIP_SRC_PARTNER || peer->src == SIP_SRC_DISCOVERED) {
+        const char *fd = msg->from->url ? msg->from->url->host : NULL;
+        if (!fd || !sip_cert_matches_domain(peer->cert_names, peer->ncert_names, fd))
+            return reject(v, 403, "Forbidden", "from_domain",
+                          "From domain does not match the peer certificate: ", fd);
     }
+    r->kind = SIP_ROUTE_DIRECTOR;
+    return 0;
+}
 
-    /* From the inside: our own Route entries name the flow; then the next Route or the
-     * Request-URI decide (RFC 3261 §16.5, §16.12). */
+/* From the inside: our own Route entries name the flow; then the next Route or the
+ * Request-URI decide (RFC 3261 §16.5, §16.12). */
+static int route_internal(const struct sip_policy *p, osip_message_t *msg,
+                          struct sip_verdict *v, struct sip_route *r)
+{
     if (r->flow.len) {
         r->kind = SIP_ROUTE_FLOW;
-        goto out;
+        return 0;
     }
     osip_route_t *next = osip_list_get(&msg->routes, (int)r->pop);
     r->kind = SIP_ROUTE_URI;
     target_from_uri(r, next ? next->url : msg->req_uri);
-    if (!r->host[0]) {
-        rc = reject(v, 400, "Bad Request", "no_target", "No usable target", NULL);
-        goto out;
-    }
-    if (sip_policy_is_own(p, r->host, r->port)) {
-        rc = reject(v, 482, "Loop Detected", "loop", "Request addressed to the edge itself",
-                    NULL);
-        goto out;
-    }
+    if (!r->host[0])
+        return reject(v, 400, "Bad Request", "no_target", "No usable target", NULL);
+    if (sip_policy_is_own(p, r->host, r->port))
+        return reject(v, 482, "Loop Detected", "loop", "Request addressed to the edge itself",
+                      NULL);
+    return 0;
+}
 
-out:
+/* Everything after the parse: the loop check, then for requests the request line and
+ * where the request goes. */
+static int decide(const struct sip_policy *p, const struct sip_peer *peer,
+                  const struct sip_msg *m, osip_message_t *msg, struct sip_verdict *v,
+                  struct sip_route *r)
+{
+    bool external = peer->src != SIP_SRC_INTERNAL;
+    int rc = m->is_request ? check_loop(p, external, msg, v) : 0;
+    if (rc || !m->is_request)
+        return rc; /* responses are routed by Via; nothing else to decide here */
+    rc = check_request_line(msg, v);
+    if (rc)
+        return rc;
+    own_routes(p, msg, r);
+    if (msg->from->url && msg->from->url->host)
+        snprintf(r->from_domain, sizeof(r->from_domain), "%s", msg->from->url->host);
+    snprintf(r->ruri_domain, sizeof(r->ruri_domain), "%s", msg->req_uri->host);
+    return external ? route_external(p, peer, msg, v, r) : route_internal(p, msg, v, r);
+}
+
+int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
+                 const struct sip_msg *m, struct sip_verdict *v, struct sip_route *r,
+                 struct sip_parsed **parsed)
+{
+    memset(v, 0, sizeof(*v));
+    memset(r, 0, sizeof(*r));
+    int rc = check_framing(m, v);
+    if (rc)
+        return rc;
+    rc = check_raw(p, peer, m, v);
+    if (rc)
+        return rc;
+    if (m->is_request) {
+        rc = check_request_raw(peer, m, v);
+        if (rc)
+            return rc;
+    }
+    osip_message_t *msg = NULL;
+    rc = parse(m, v, &msg);
+    if (rc)
+        return rc;
+    osip_generic_param_t *tag = NULL;
+    osip_to_get_tag(msg->to, &tag);
+    r->in_dialog = tag != NULL;
+    rc = decide(p, peer, m, msg, v, r);
     if (rc == 0 && parsed) {
         struct sip_parsed *sp = malloc(sizeof(*sp));
         if (!sp) {
@@ -421,8 +446,7 @@ out:
             return -ENOMEM;
         }
         sp->msg = msg;
-        *parsed = sp;
-        /* The flow slice points into the parse tree, which the caller now owns. */
+        *parsed = sp; /* the flow slice points into the parse tree, which the caller now owns */
     } else {
         osip_message_free(msg);
         r->flow = SLICE_NULL;

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "common/addr.h"
 
 /* Who sent the message, as the transport established it. */

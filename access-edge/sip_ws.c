@@ -2,113 +2,80 @@
 #include "access-edge/sip_ws.h"
 
 #include <errno.h>
+#include <http_parser.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "common/crypto.h"
 
-/* ---- SHA-1 (FIPS 180-4), only for Sec-WebSocket-Accept ---- */
-
-static uint32_t rol(uint32_t x, int n)
-{
-    return (x << n) | (x >> (32 - n));
-}
-
-static void sha1_block(uint32_t h[5], const uint8_t *p)
-{
-    uint32_t w[80];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) {
-            f = (b & c) | (~b & d);
-            k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d;
-            k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d);
-            k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d;
-            k = 0xCA62C1D6;
-        }
-        uint32_t t = rol(a, 5) + f + e + k + w[i];
-        e = d;
-        d = c;
-        c = rol(b, 30);
-        b = a;
-        a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-}
-
-void sip_ws_sha1(const void *data, size_t len, uint8_t out[20])
-{
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    const uint8_t *p = data;
-    size_t n = len;
-    while (n >= 64) {
-        sha1_block(h, p);
-        p += 64;
-        n -= 64;
-    }
-    uint8_t last[128] = {0};
-    memcpy(last, p, n);
-    last[n] = 0x80;
-    size_t total = n + 1 + 8 <= 64 ? 64 : 128;
-    uint64_t bits = (uint64_t)len * 8;
-    for (int i = 0; i < 8; i++)
-        last[total - 1 - i] = (uint8_t)(bits >> (8 * i));
-    sha1_block(h, last);
-    if (total == 128)
-        sha1_block(h, last + 64);
-    for (int i = 0; i < 5; i++) {
-        out[4 * i] = (uint8_t)(h[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(h[i] >> 8);
-        out[4 * i + 3] = (uint8_t)h[i];
-    }
-}
-
 /* ---- handshake ---- */
 
-/* Value of header `name` in the request head, trimmed, or NULL. */
-static const char *hdr(const char *head, const char *name, char *val, size_t cap)
+/* The request head as http-parser sees it: the headers the upgrade needs (the first of
+ * each, trimmed, cut to fit). */
+enum { WS_UPGRADE, WS_CONNECTION, WS_KEY, WS_VERSION, WS_PROTOCOL, WS_NHDR };
+static const char *const ws_names[WS_NHDR] = {"Upgrade", "Connection", "Sec-WebSocket-Key",
+                                              "Sec-WebSocket-Version", "Sec-WebSocket-Protocol"};
+struct ws_head {
+    char val[WS_NHDR][128];
+    bool seen[WS_NHDR];
+    int cur;          /* the header whose value comes next, or -1 */
+    char field[64];   /* the field name being read */
+    size_t field_len;
+    bool in_value, done;
+};
+
+static int on_field(http_parser *p, const char *at, size_t len)
 {
-    size_t nl = strlen(name);
-    const char *p = strstr(head, "\r\n");
-    while (p && p[2] != '\r') {
-        const char *line = p + 2;
-        const char *end = strstr(line, "\r\n");
-        if (!end)
-            return NULL;
-        if ((size_t)(end - line) > nl && strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
-            const char *v = line + nl + 1;
-            while (v < end && (*v == ' ' || *v == '\t'))
-                v++;
-            size_t l = (size_t)(end - v);
-            while (l && (v[l - 1] == ' ' || v[l - 1] == '\t'))
-                l--;
-            if (l >= cap)
-                l = cap - 1;
-            memcpy(val, v, l);
-            val[l] = 0;
-            return val;
-        }
-        p = end;
+    struct ws_head *h = p->data;
+    if (h->in_value) { /* a new field begins */
+        h->field_len = 0;
+        h->in_value = false;
     }
-    return NULL;
+    size_t room = sizeof(h->field) - 1 - h->field_len;
+    size_t n = len < room ? len : room;
+    memcpy(h->field + h->field_len, at, n);
+    h->field_len += n;
+    h->field[h->field_len] = 0;
+    return 0;
+}
+
+static int on_value(http_parser *p, const char *at, size_t len)
+{
+    struct ws_head *h = p->data;
+    if (!h->in_value) {
+        h->in_value = true;
+        h->cur = -1;
+        for (int i = 0; i < WS_NHDR; i++)
+            if (!h->seen[i] && strcasecmp(h->field, ws_names[i]) == 0) {
+                h->cur = i;
+                h->seen[i] = true;
+            }
+    }
+    if (h->cur < 0)
+        return 0;
+    char *v = h->val[h->cur];
+    size_t have = strlen(v), room = sizeof(h->val[0]) - 1 - have;
+    size_t n = len < room ? len : room;
+    memcpy(v + have, at, n);
+    v[have + n] = 0;
+    return 0;
+}
+
+static int on_headers_done(http_parser *p)
+{
+    struct ws_head *h = p->data;
+    h->done = true;
+    return 0;
+}
+
+static void trim(char *v)
+{
+    size_t l = strlen(v), s = strspn(v, " \t");
+    while (l > s && (v[l - 1] == ' ' || v[l - 1] == '\t'))
+        l--;
+    memmove(v, v + s, l - s);
+    v[l - s] = 0;
 }
 
 static bool has_token(const char *list, const char *tok)
@@ -130,29 +97,47 @@ static bool has_token(const char *list, const char *tok)
     return false;
 }
 
+/* Parses the head (up to and including its blank line) with http-parser. Returns 0, or
+ * -EBADMSG when it is not an HTTP/1.1 GET. */
+static int parse_head(const uint8_t *data, size_t used, struct ws_head *h)
+{
+    static const http_parser_settings cbs = {.on_header_field = on_field,
+                                             .on_header_value = on_value,
+                                             .on_headers_complete = on_headers_done};
+    http_parser p;
+    http_parser_init(&p, HTTP_REQUEST);
+    memset(h, 0, sizeof(*h));
+    h->cur = -1;
+    p.data = h;
+    size_t n = http_parser_execute(&p, &cbs, (const char *)data, used);
+    if ((n != used && !p.upgrade) || HTTP_PARSER_ERRNO(&p) != HPE_OK || !h->done ||
+        p.method != HTTP_GET || p.http_major != 1 || p.http_minor != 1)
+        return -EBADMSG;
+    for (int i = 0; i < WS_NHDR; i++)
+        trim(h->val[i]);
+    return 0;
+}
+
 ssize_t sip_ws_handshake(const uint8_t *data, size_t len, char *out, size_t cap, size_t *out_len,
                          bool *ok)
 {
-    char head[8192];
-    size_t n = len < sizeof(head) - 1 ? len : sizeof(head) - 1;
-    memcpy(head, data, n);
-    head[n] = 0;
-    char *end = strstr(head, "\r\n\r\n");
+    /* The head ends at its blank line, within 8 KiB. */
+    const size_t max = 8191;
+    size_t scan = len < max ? len : max;
+    const uint8_t *end = memmem(data, scan, "\r\n\r\n", 4);
     if (!end)
-        return len >= sizeof(head) - 1 ? -EBADMSG : -EAGAIN;
-    end[2] = 0; /* keep the last header's CRLF for hdr() */
-    end[3] = 0;
-    size_t used = (size_t)(end - head) + 4;
+        return len >= max ? -EBADMSG : -EAGAIN;
+    size_t used = (size_t)(end - data) + 4;
     *ok = false;
-    if (strncmp(head, "GET ", 4) != 0 || !strstr(head, " HTTP/1.1\r\n"))
+    struct ws_head h;
+    if (parse_head(data, used, &h) < 0)
         return -EBADMSG;
-    char up[64], conn[128], key[64], ver[16], proto[128];
-    bool good = hdr(head, "Upgrade", up, sizeof(up)) && strcasecmp(up, "websocket") == 0 &&
-                hdr(head, "Connection", conn, sizeof(conn)) && has_token(conn, "upgrade") &&
-                hdr(head, "Sec-WebSocket-Key", key, sizeof(key)) && strlen(key) == 24 &&
-                hdr(head, "Sec-WebSocket-Version", ver, sizeof(ver)) && strcmp(ver, "13") == 0;
+    bool good = h.seen[WS_UPGRADE] && strcasecmp(h.val[WS_UPGRADE], "websocket") == 0 &&
+                h.seen[WS_CONNECTION] && has_token(h.val[WS_CONNECTION], "upgrade") &&
+                h.seen[WS_KEY] && strlen(h.val[WS_KEY]) == 24 && h.seen[WS_VERSION] &&
+                strcmp(h.val[WS_VERSION], "13") == 0;
     /* RFC 7118 §4.1: the client must offer the "sip" subprotocol. */
-    bool sip = hdr(head, "Sec-WebSocket-Protocol", proto, sizeof(proto)) && has_token(proto, "sip");
+    bool sip = h.seen[WS_PROTOCOL] && has_token(h.val[WS_PROTOCOL], "sip");
     int w;
     if (!good) {
         w = snprintf(out, cap,
@@ -164,9 +149,9 @@ ssize_t sip_ws_handshake(const uint8_t *data, size_t len, char *out, size_t cap,
                      "Content-Length: 0\r\nConnection: close\r\n\r\n");
     } else {
         char cat[128];
-        snprintf(cat, sizeof(cat), "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-        uint8_t dg[20];
-        sip_ws_sha1(cat, strlen(cat), dg);
+        snprintf(cat, sizeof(cat), "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", h.val[WS_KEY]);
+        uint8_t dg[SHA1_LEN];
+        crypto_sha1(cat, strlen(cat), dg);
         char acc[40];
         base64_encode(dg, sizeof(dg), acc, sizeof(acc));
         w = snprintf(out, cap,

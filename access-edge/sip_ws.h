@@ -38,7 +38,4 @@ ssize_t sip_ws_decode(uint8_t *data, size_t len, size_t max, struct sip_ws_frame
 /* Writes an unmasked server frame header for a payload of len; returns its size (<= 10). */
 size_t sip_ws_header(uint8_t op, size_t len, uint8_t out[10]);
 
-/* SHA-1 (the handshake's Sec-WebSocket-Accept needs it; nothing else here does). */
-void sip_ws_sha1(const void *data, size_t len, uint8_t out[20]);
-
 #endif

@@ -1,5 +1,6 @@
 /* Numeric socket addresses: parsing, formatting, comparison and prefix matching. */
 #include "common/addr.h"
+#include "common/util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -183,11 +184,9 @@ uint64_t addr_hash(const struct addr *a, bool with_port)
         p = (const uint8_t *)&a->u.in4.sin_addr;
         n = 4;
     }
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211ull;
+    uint64_t h = fnv1a(FNV1A_INIT, p, n);
     if (with_port)
-        h = (h ^ addr_port(a)) * 1099511628211ull;
+        h = (h ^ addr_port(a)) * FNV1A_PRIME;
     return h;
 }
 

@@ -118,7 +118,7 @@ static void send_reply(struct admin_conn *c, struct admin_reply *r)
         return;
     }
     memcpy(data, head, (size_t)hl);
-    if (r->body_len)
+    if (r->body_len && r->body)
         memcpy(data + hl, r->body, r->body_len);
     free(r->body);
     w->data = data;
@@ -318,10 +318,13 @@ int admin_route(struct admin *a, const char *prefix, admin_handler_cb cb, void *
 {
     if (a->nroutes == ADMIN_ROUTES_MAX)
         return -ENOSPC;
-    char *p = strdup(prefix);
-    if (!p)
+    struct admin_route *r = &a->routes[a->nroutes];
+    r->prefix = strdup(prefix); /* freed in admin_stop */
+    if (!r->prefix)
         return -ENOMEM;
-    a->routes[a->nroutes++] = (struct admin_route){p, cb, arg};
+    r->cb = cb;
+    r->arg = arg;
+    a->nroutes++;
     return 0;
 }
 
@@ -329,11 +332,6 @@ void admin_set_health(struct admin *a, admin_health_cb cb, void *arg)
 {
     a->health = cb;
     a->health_arg = arg;
-}
-
-void admin_set_logger(struct admin *a, const struct logger *lg)
-{
-    a->log = lg;
 }
 
 static void admin_closed(uv_handle_t *h)
@@ -352,4 +350,38 @@ void admin_stop(struct admin *a)
     while (a->conns)
         conn_close(a->conns);
     uv_close((uv_handle_t *)&a->listener, admin_closed);
+}
+
+int admin_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap)
+{
+    size_t nlen = strlen(name);
+    const char *end = q + qlen;
+    if (cap)
+        out[0] = '\0';
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        if ((size_t)(pe - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
+            size_t n = 0;
+            for (const char *v = q + nlen + 1; v < pe; v++) {
+                int c = (unsigned char)*v;
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    unsigned x;
+                    if (pe - v < 3 || sscanf(v + 1, "%2x", &x) != 1)
+                        return -EINVAL;
+                    c = (int)x;
+                    v += 2;
+                }
+                if (c == 0 || n + 1 >= cap)
+                    return -EINVAL;
+                out[n++] = (char)c;
+            }
+            out[n] = '\0';
+            return 1;
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return 0;
 }

@@ -30,12 +30,15 @@ int admin_start(uv_loop_t *loop, const struct addr *listen, struct metrics *m,
 /* Routes requests whose path starts with prefix to cb. */
 int admin_route(struct admin *a, const char *prefix, admin_handler_cb cb, void *arg);
 void admin_set_health(struct admin *a, admin_health_cb cb, void *arg);
-/* Sets the logger after a reload. */
-void admin_set_logger(struct admin *a, const struct logger *lg);
 void admin_stop(struct admin *a); /* closes the listener and connections; frees asynchronously */
 
 /* Helper for handlers: reply with a printf-formatted body. */
 void admin_reply_printf(struct admin_reply *r, int status, const char *ctype, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Finds name=value in a query string or form body "a=1&b=2" of qlen bytes and percent-decodes
+ * it ('+' is a space) into out. Returns 1 if found, 0 if absent, -EINVAL if the value does
+ * not fit in cap, is malformed or decodes to a NUL. The one query parser for every daemon. */
+int admin_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap);
 
 #endif

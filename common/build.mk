@@ -1,7 +1,8 @@
 # common/: every *.c here goes into libcommon.a, with the generated protobuf code; of the
-# TLS backends only the one TLS= picks (tls.c: mbedTLS, tls_openssl.c: OpenSSL).
+# TLS backends only the one TLS= picks (tls.c: mbedTLS, tls_openssl.c: OpenSSL). common/sip/
+# holds the SIP code more than one daemon speaks (access-edge and the Director's registrar).
 TLS_OTHER := $(if $(filter openssl,$(TLS)),common/tls.c,common/tls_openssl.c)
-COMMON_SRCS := $(filter-out $(TLS_OTHER),$(wildcard common/*.c))
+COMMON_SRCS := $(filter-out $(TLS_OTHER),$(wildcard common/*.c common/sip/*.c))
 COMMON_OBJS := $(COMMON_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/gen/proto/control.pb-c.o
 
 # Sources that include the generated header must wait for it.

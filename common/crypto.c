@@ -5,6 +5,7 @@
 #include <mbedtls/base64.h>
 #include <mbedtls/md.h>
 #include <mbedtls/md5.h>
+#include <mbedtls/sha1.h>
 #include <mbedtls/sha256.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +37,11 @@ void crypto_md5(const void *msg, size_t len, uint8_t out[MD5_LEN])
 void crypto_sha256(const void *msg, size_t len, uint8_t out[SHA256_LEN])
 {
     mbedtls_sha256_ret(msg, len, out, 0);
+}
+
+void crypto_sha1(const void *msg, size_t len, uint8_t out[SHA1_LEN])
+{
+    mbedtls_sha1_ret(msg, len, out);
 }
 
 uint32_t crypto_crc32(const void *msg, size_t len)

@@ -18,6 +18,8 @@ void crypto_hmac_sha256(const void *key, size_t klen, const void *msg, size_t ml
                         uint8_t out[SHA256_LEN]);
 void crypto_md5(const void *msg, size_t len, uint8_t out[MD5_LEN]);
 void crypto_sha256(const void *msg, size_t len, uint8_t out[SHA256_LEN]);
+/* SHA-1: only where a protocol still asks for it (WebSocket's Sec-WebSocket-Accept). */
+void crypto_sha1(const void *msg, size_t len, uint8_t out[SHA1_LEN]);
 /* CRC-32 (ISO-HDLC), as STUN FINGERPRINT uses. */
 uint32_t crypto_crc32(const void *msg, size_t len);
 /* Fills out with cryptographically strong random bytes; 0 or -EIO. */

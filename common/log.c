@@ -18,27 +18,6 @@ void log_init(struct logger *lg, const char *component)
     lg->fd = 2;
 }
 
-int log_level_parse(const char *s, enum log_level *out)
-{
-    for (size_t i = 0; i < sizeof level_names / sizeof *level_names; i++)
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (enum log_level)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
-int log_format_parse(const char *s, enum log_format *out)
-{
-    if (strcmp(s, "text") == 0)
-        *out = LOG_TEXT;
-    else if (strcmp(s, "json") == 0)
-        *out = LOG_JSON;
-    else
-        return -EINVAL;
-    return 0;
-}
-
 /* Appends s to out as JSON string content (without quotes). */
 static size_t json_escape(char *out, size_t cap, const char *s)
 {
@@ -111,14 +90,39 @@ void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *pe
     va_end(ap);
 }
 
+bool log_limit_pass_n(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, unsigned burst,
+                      uint64_t *held)
+{
+    if (now_ms >= l->next_ms) { /* a new interval */
+        *held = l->held;
+        l->held = 0;
+        l->used = 0;
+        l->start_ms = now_ms;
+        l->next_ms = now_ms + interval_ms;
+    } else {
+        *held = 0;
+    }
+    if (l->used < burst) {
+        l->used++;
+        return true;
+    }
+    l->held++;
+    return false;
+}
+
 bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *held)
 {
-    if (now_ms < l->next_ms) {
-        l->held++;
+    return log_limit_pass_n(l, now_ms, interval_ms, 1, held);
+}
+
+bool log_limit_flush(struct log_limit *l, uint64_t now_ms, uint64_t *held, uint64_t *span_ms)
+{
+    if (now_ms < l->next_ms || !l->held)
         return false;
-    }
     *held = l->held;
+    *span_ms = now_ms - l->start_ms;
     l->held = 0;
-    l->next_ms = now_ms + interval_ms;
+    l->used = 0;
+    l->next_ms = 0; /* the next line starts a new interval */
     return true;
 }

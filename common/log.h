@@ -21,8 +21,6 @@ struct logger {
 };
 
 void log_init(struct logger *lg, const char *component);
-int log_level_parse(const char *s, enum log_level *out);
-int log_format_parse(const char *s, enum log_format *out);
 
 /* Writes one event. peer may be NULL. msg is printf-style. */
 void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
@@ -35,14 +33,24 @@ static inline int log_enabled(const struct logger *lg, enum log_level lvl)
     return lg && lvl <= lg->level;
 }
 
-/* At most one line per interval for an event that can repeat per packet or connection.
- * log_limit_pass says whether to log now; *held gets how many were held back since the last
- * line, to say in it. The owner keeps the struct (zeroed to start). */
+/* At most one line (or burst lines) per interval for an event that can repeat per packet or
+ * connection: the one rate-limited log line helper. log_limit_pass says whether to log now;
+ * *held gets how many were held back since the last line, to say in it. The owner keeps the
+ * struct (zeroed to start). */
 struct log_limit {
-    uint64_t next_ms;
+    uint64_t next_ms;  /* when the current interval ends */
+    uint64_t start_ms; /* when it began */
     uint64_t held;
+    unsigned used;     /* lines let through in this interval */
 };
 bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *held);
+/* The same with up to burst lines per interval; *held counts what the earlier intervals held
+ * back (0 within an interval). */
+bool log_limit_pass_n(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, unsigned burst,
+                      uint64_t *held);
+/* For a summary line from a timer: once the interval is over, returns true with *held > 0 and
+ * *span_ms (how long it covered) when lines were held back, and starts afresh. */
+bool log_limit_flush(struct log_limit *l, uint64_t now_ms, uint64_t *held, uint64_t *span_ms);
 
 #define LOGE(lg, peer, ...) log_emit((lg), LOG_ERROR, (peer), __VA_ARGS__)
 #define LOGW(lg, peer, ...) log_emit((lg), LOG_WARN, (peer), __VA_ARGS__)

@@ -840,12 +840,6 @@ void stream_set_idle_timeout(struct stream *s, uint32_t ms)
         uv_timer_stop(&s->idle);
 }
 
-void stream_set_arg(struct stream *s, void *arg)
-{
-    if (s)
-        s->arg = arg;
-}
-
 uv_loop_t *stream_loop(const struct stream *s)
 {
     return s ? s->loop : NULL;

@@ -102,7 +102,6 @@ int stream_start_tls(struct stream *s, struct tls_ctx *ctx, const char *server_n
 const struct addr *stream_peer(const struct stream *s);
 const struct addr *stream_local(const struct stream *s);
 struct tls_conn *stream_tls(struct stream *s); /* NULL for plain TCP */
-void stream_set_arg(struct stream *s, void *arg);
 /* Changes the idle timeout (0 = none) and restarts it, e.g. after an upgrade to WebSocket
  * or once a SIP flow has registered with its keep-alive period. */
 void stream_set_idle_timeout(struct stream *s, uint32_t ms);

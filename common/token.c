@@ -39,18 +39,6 @@ const struct token_key *keyring_find(const struct keyring *kr, const char *id, i
     return NULL;
 }
 
-const char *token_result_str(enum token_result r)
-{
-    switch (r) {
-    case TOKEN_OK: return "ok";
-    case TOKEN_MALFORMED: return "malformed-key";
-    case TOKEN_UNKNOWN_KEY: return "unknown-key-id";
-    case TOKEN_BAD_SIGNATURE: return "bad-signature";
-    case TOKEN_EXPIRED: return "expired-key";
-    }
-    return "invalid";
-}
-
 static bool field_ok(const char *s)
 {
     if (!*s)

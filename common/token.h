@@ -49,7 +49,6 @@ enum token_result {
     TOKEN_BAD_SIGNATURE = -3,
     TOKEN_EXPIRED = -4,
 };
-const char *token_result_str(enum token_result r);
 
 /* Mints a token with the keyring's current key into out; returns length or -ENOSPC/-EINVAL. */
 ssize_t token_mint(const struct keyring *kr, const struct token_claims *c, char *out, size_t cap);

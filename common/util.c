@@ -149,3 +149,11 @@ int64_t time_wall_s(void)
 {
     return (int64_t)time(NULL);
 }
+
+uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * FNV1A_PRIME;
+    return h;
+}

@@ -78,6 +78,12 @@ int byteq_append(struct byteq *q, const void *p, size_t len, size_t max);
 void byteq_consume(struct byteq *q, size_t n);
 
 /* Monotonic milliseconds and wall-clock seconds. */
+/* FNV-1a, 64-bit: h = fnv1a(FNV1A_INIT, p, n), or continue from an earlier h. Cheap and good
+ * enough for spreading keys over tables (not against chosen collisions: salt the start). */
+#define FNV1A_INIT 0xcbf29ce484222325ULL
+#define FNV1A_PRIME 0x100000001b3ULL
+uint64_t fnv1a(uint64_t h, const void *p, size_t n);
+
 uint64_t time_mono_ms(void);
 int64_t time_wall_s(void);
 

@@ -17,9 +17,9 @@ ifneq ($(TLS),openssl)
 	tests/bench/bench_conf.sh build-openssl
 endif
 
-# bench-conf tools: the backend both proxies front (tests/bench/ce_backend.c, on libcommon and
-# the mux codec) and an OpenSSL load client (tests/bench/tlsload.c).
-$(BUILD)/bench/ce_backend: $(OBJ)/tests/bench/ce_backend.o $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o $(BUILD)/libcommon.a
+# bench-conf tools: the backend both proxies front (tests/bench/ce_backend.c, on libcommon, whose
+# common/mux.c is the mux codec) and an OpenSSL load client (tests/bench/tlsload.c).
+$(BUILD)/bench/ce_backend: $(OBJ)/tests/bench/ce_backend.o $(BUILD)/libcommon.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@

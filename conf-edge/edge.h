@@ -1,6 +1,6 @@
 /* The conferencing data edge at run time: the external TLS listener for participants, the
  * internal mutual-TLS listener conferencing servers dial into, admission, and the relay
- * between the two over the mux framing (conf-edge/mux.h). Runs on one libuv loop. */
+ * between the two over the mux framing (common/mux.h). Runs on one libuv loop. */
 #ifndef CONF_EDGE_EDGE_H
 #define CONF_EDGE_EDGE_H
 

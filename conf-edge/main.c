@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/admin.h"
+#include "common/json.h"
 #include "common/ctl.h"
 #include "common/daemon.h"
 #include "conf-edge/config.h"
@@ -87,24 +88,6 @@ static int health(char *why, size_t cap, void *arg)
     return m->edge ? ce_edge_health(m->edge, why, cap) : 0;
 }
 
-/* Copies the value of name from a query string "a=1&b=2" (no percent-decoding: key ids and
- * user names are URL-safe by the token format). */
-static void query_get(const char *q, const char *name, char *out, size_t cap)
-{
-    size_t nl = strlen(name);
-    out[0] = '\0';
-    for (const char *p = q; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
-        if (!strncmp(p, name, nl) && p[nl] == '=') {
-            const char *v = p + nl + 1;
-            size_t n = strcspn(v, "&");
-            n = n < cap - 1 ? n : cap - 1;
-            memcpy(out, v, n);
-            out[n] = '\0';
-            return;
-        }
-    }
-}
-
 /* POST /revoke?jti=<key id> (or conference_key=)&user=<participant>[&until=<unix>]: as a Revoke from
  * the Director, for labs and operators on the internal admin listener. */
 static void on_revoke_route(const char *method, const char *path, const char *query,
@@ -116,18 +99,32 @@ static void on_revoke_route(const char *method, const char *path, const char *qu
         return;
     }
     char jti[64], user[128], until[24];
-    query_get(query, "jti", jti, sizeof jti);
+    size_t ql = strlen(query);
+    int bad = admin_query_get(query, ql, "jti", jti, sizeof jti) < 0;
     if (!jti[0]) /* the Director's name for it */
-        query_get(query, "conference_key", jti, sizeof jti);
-    query_get(query, "user", user, sizeof user);
-    query_get(query, "until", until, sizeof until);
+        bad |= admin_query_get(query, ql, "conference_key", jti, sizeof jti) < 0;
+    bad |= admin_query_get(query, ql, "user", user, sizeof user) < 0;
+    bad |= admin_query_get(query, ql, "until", until, sizeof until) < 0;
+    if (bad) {
+        admin_reply_printf(r, 400, "text/plain", "bad parameter (too long or malformed)\n");
+        return;
+    }
     if (!jti[0] && !user[0]) {
         admin_reply_printf(r, 400, "text/plain", "need jti= or user=\n");
         return;
     }
     ce_edge_revoke(m->edge, jti, user, strtoll(until, NULL, 10));
-    admin_reply_printf(r, 200, "application/json", "{\"revoked\": {\"jti\": \"%s\", \"user\": \"%s\"}}\n",
-                       jti, user);
+    struct json_buf j = {0};
+    json_printf(&j, "{\"revoked\": {\"jti\": ");
+    json_str(&j, jti);
+    json_printf(&j, ", \"user\": ");
+    json_str(&j, user);
+    json_printf(&j, "}}\n");
+    if (j.oom)
+        admin_reply_printf(r, 500, "text/plain", "out of memory\n");
+    else
+        admin_reply_printf(r, 200, "application/json", "%s", j.p);
+    free(j.p);
 }
 
 /* GET /stats: the edge's counters as JSON. */

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs every Debian package the suite needs to build, test and benchmark.
 # Idempotent: installs only what is missing. Usage: deploy/install-deps.sh [--check]
-# EDGE_DEPS_GROUPS picks the groups (default "build test bench"); the container images' build
+# EDGE_DEPS_GROUPS picks the groups (default "build test bench check"); the container images' build
 # stage uses EDGE_DEPS_GROUPS=build, so `make` inside it installs nothing else.
 set -eu
 
@@ -21,6 +21,10 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream haproxy kamailio kamailio-tls-modules stunnel4"
 
+# make check (the static gate CI runs before the tests): the formatter, cppcheck, and the clang
+# static analyzer (scan-build, in clang-tools).
+CHECK="clang-format cppcheck clang-tools"
+
 # The compose lab run end to end (make compose-test only, not make test): Debian's Docker engine,
 # debootstrap for the base images, iptables for the engine's own rules (in its own namespace).
 COMPOSE="docker.io docker-compose debootstrap iptables"
@@ -31,14 +35,15 @@ RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 li
   libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1"
 
 PKGS=""
-for g in ${EDGE_DEPS_GROUPS:-build test bench}; do
+for g in ${EDGE_DEPS_GROUPS:-build test bench check}; do
     case $g in
     build) PKGS="$PKGS $BUILD" ;;
     test) PKGS="$PKGS $TEST" ;;
     bench) PKGS="$PKGS $BENCH" ;;
     runtime) PKGS="$PKGS $RUNTIME" ;;
     compose) PKGS="$PKGS $COMPOSE" ;;
-    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime, compose)" >&2; exit 2 ;;
+    check) PKGS="$PKGS $CHECK" ;;
+    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime, compose, check)" >&2; exit 2 ;;
     esac
 done
 # One dpkg-query for all: the Makefile runs this on every build.

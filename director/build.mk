@@ -1,10 +1,7 @@
 # director/: the control-plane hub daemon, its unit tests, and the ctl-probe edge stand-in.
 DIR_SRCS := $(filter-out director/main.c,$(wildcard director/*.c))
-# The SIP registrar reuses the access edge's message framing and splicing modules.
-DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o) $(OBJ)/access-edge/sip_msg.o $(OBJ)/access-edge/sip_proxy.o \
-            $(OBJ)/access-edge/sip_osip.o
-# confserver.c speaks conf-edge's mux framing and uses its small hash map.
-DIR_OBJS += $(OBJ)/conf-edge/mux.o $(OBJ)/conf-edge/map.o
+# The SIP framing and splicing (common/sip/) and the mux codec come from libcommon.a.
+DIR_OBJS := $(DIR_SRCS:%.c=$(OBJ)/%.o)
 $(eval $(call daemon,director,$(DIR_OBJS) $(OBJ)/director/main.o))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/director_*_test.c)),$(eval $(call unit_test,$(t),$(DIR_OBJS))))
 

@@ -1,17 +1,19 @@
 /* The Director's conferencing-server stub: it mints conference session keys (POST
  * /conference-keys on the admin listener), dials each configured conf-edge's internal port
  * with mutual TLS, and serves the admitted streams: each participant's bytes go to the
- * other participants of the same conference. Wire format: conf-edge/mux.h. */
+ * other participants of the same conference. Wire format: common/mux.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/admin.h"
 #include "common/crypto.h"
+#include "common/json.h"
 #include "common/stream.h"
-#include "conf-edge/map.h"
-#include "conf-edge/mux.h"
+#include "common/map.h"
+#include "common/mux.h"
 #include "director/director.h"
 
 #define CS_BACKOFF_MIN_MS 100
@@ -245,31 +247,22 @@ static int handle(struct cs_link *l, const struct ce_mux_frame *f)
     }
 }
 
+static int link_frame(void *arg, const struct ce_mux_frame *f)
+{
+    struct cs_link *l = arg;
+    int rc = handle(l, f);
+    return rc < 0 ? rc : l->st ? 0 : 1;
+}
+
 static int link_on_data(struct stream *st, const uint8_t *data, size_t len, void *arg)
 {
     struct cs_link *l = arg;
-    for (size_t off = 0; off < len;) {
-        struct slice room;
-        size_t want = len - off;
-        if (buf_reserve(&l->in, want > 16384 ? 16384 : want, &room) < 0)
-            return -ENOBUFS;
-        size_t n = want < room.len ? want : room.len;
-        memcpy((uint8_t *)room.p, data + off, n);
-        l->in.wr += n;
-        off += n;
-        for (int i = 0; i < 100000 && l->st; i++) {
-            struct ce_mux_frame f;
-            ssize_t used = ce_mux_decode(l->in.data + l->in.rd, buf_len(&l->in), &f);
-            if (used == -EAGAIN)
-                break;
-            if (used < 0 || handle(l, &f) < 0) {
-                LOGW(l->cs->d->log, NULL, "confserver: protocol error from conf-edge %s", l->edge_s);
-                return -EPROTO;
-            }
-            buf_consume(&l->in, (size_t)used);
-        }
-    }
-    return 0;
+    if (!l->st)
+        return 0;
+    int rc = ce_mux_feed(&l->in, data, len, link_frame, l, NULL);
+    if (rc == -EPROTO)
+        LOGW(l->cs->d->log, NULL, "confserver: protocol error from conf-edge %s", l->edge_s);
+    return rc;
 }
 
 static void link_on_open(struct stream *st, void *arg)
@@ -343,24 +336,6 @@ static void link_connect(struct cs_link *l)
 
 /* ---- key minting ---- */
 
-static int param(const char *q, const char *name, char *out, size_t cap)
-{
-    size_t nl = strlen(name);
-    out[0] = '\0';
-    for (const char *p = q; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
-        if (!strncmp(p, name, nl) && p[nl] == '=') {
-            const char *v = p + nl + 1;
-            size_t n = strcspn(v, "&");
-            if (n >= cap)
-                return -EINVAL;
-            memcpy(out, v, n);
-            out[n] = '\0';
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* POST /conference-keys?conf=ID&user=NAME[&role=attendee][&ttl=SECONDS]: a conference
  * session key signed with the current conference secret, as the lab's stand-in for the
  * MCU's addUser response. Answers {"key": ..., "conf": ..., "user": ..., "jti": ..., "exp": ...}. */
@@ -375,9 +350,11 @@ static void on_keys(const char *method, const char *path, const char *query, con
     struct token_claims c;
     memset(&c, 0, sizeof c);
     char ttl_s[16];
-    if (param(query, "conf", c.conf, sizeof c.conf) != 1 ||
-        param(query, "user", c.user, sizeof c.user) != 1 ||
-        param(query, "role", c.role, sizeof c.role) < 0 || param(query, "ttl", ttl_s, sizeof ttl_s) < 0) {
+    size_t ql = strlen(query);
+    if (admin_query_get(query, ql, "conf", c.conf, sizeof c.conf) != 1 ||
+        admin_query_get(query, ql, "user", c.user, sizeof c.user) != 1 ||
+        admin_query_get(query, ql, "role", c.role, sizeof c.role) < 0 ||
+        admin_query_get(query, ql, "ttl", ttl_s, sizeof ttl_s) < 0) {
         admin_reply_printf(r, 400, "application/json",
                            "{\"error\":\"need conf=ID and user=NAME (role=, ttl= optional)\"}\n");
         return;
@@ -402,10 +379,19 @@ static void on_keys(const char *method, const char *path, const char *query, con
         return;
     }
     metric_inc(cs->m_keys);
-    admin_reply_printf(r, 200, "application/json",
-                       "{\"key\":\"%s\",\"conf\":\"%s\",\"user\":\"%s\",\"role\":\"%s\",\"jti\":\"%s\","
-                       "\"exp\":%" PRId64 "}\n",
-                       key, c.conf, c.user, c.role, c.jti, c.exp);
+    struct json_buf j = {0};
+    const char *names[] = {"key", "conf", "user", "role", "jti"};
+    const char *vals[] = {key, c.conf, c.user, c.role, c.jti};
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        json_printf(&j, "%s\"%s\":", i ? "," : "{", names[i]);
+        json_str(&j, vals[i]);
+    }
+    json_printf(&j, ",\"exp\":%" PRId64 "}\n", c.exp);
+    if (j.oom)
+        admin_reply_printf(r, 500, "application/json", "{\"error\":\"out of memory\"}\n");
+    else
+        admin_reply_printf(r, 200, "application/json", "%s", j.p);
+    free(j.p);
 }
 
 /* ---- module hooks ---- */

@@ -73,11 +73,6 @@ void da_destroy(struct da_state *s)
     free(s);
 }
 
-void da_set_key(struct da_state *s, const uint8_t key[32])
-{
-    memcpy(s->key, key, sizeof(s->key));
-}
-
 /* ---- digest ---- */
 
 static void hash_hex(bool sha, const char *p, char out[65])

@@ -74,8 +74,6 @@ struct da_state;
 /* Allocates the tables (their size is fixed: DA_NC_ENTRIES, DA_SLOTS). 0 or -ENOMEM/-EIO. */
 int da_create(struct da_state **out);
 void da_destroy(struct da_state *s);
-/* Tests: a chosen key instead of a random one. */
-void da_set_key(struct da_state *s, const uint8_t key[32]);
 
 /* A fresh nonce for a challenge (DA_NONCE_LEN characters and a NUL). */
 void da_nonce_make(struct da_state *s, uint64_t now_ms, char out[DA_NONCE_LEN + 1]);

@@ -10,9 +10,9 @@
 
 #include <osipparser2/osip_parser.h>
 
-#include "access-edge/sip_msg.h"
-#include "access-edge/sip_osip.h"
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_osip.h"
+#include "common/sip/sip_proxy.h"
 #include "common/crypto.h"
 #include "common/stream.h"
 #include "director/digest_auth.h"
@@ -121,8 +121,7 @@ struct registrar {
     uint8_t tag_key[32];
     struct da_state *da;
     struct regstore *store; /* NULL: bindings only in memory */
-    uint64_t throttle_logged_ms; /* last "throttled" log line; more within 1 s are counted */
-    unsigned throttle_unlogged;
+    struct log_limit throttle_log; /* "throttled" lines: one a second, the rest counted */
     int open_handles;
     bool stopping;
     struct metric *m_in, *m_options, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
@@ -299,11 +298,9 @@ static void log_throttled(struct registrar *rg, const struct addr *client, const
                           const struct director_sip_user *u, const struct da_verdict *v)
 {
     metric_inc(rg->m_users_throttled);
-    uint64_t now = uv_now(rg->d->loop);
-    if (rg->throttle_logged_ms && now - rg->throttle_logged_ms < 1000) {
-        rg->throttle_unlogged++;
+    uint64_t held;
+    if (!log_limit_pass(&rg->throttle_log, uv_now(rg->d->loop), 1000, &held))
         return;
-    }
     const struct director_sip_config *c = &rg->d->cfg->sip;
     LOGW(rg->d->log, client,
          "sip: authentication for %s%s throttled: too many wrong passwords from %s addresses; "
@@ -312,9 +309,7 @@ static void log_throttled(struct registrar *rg, const struct addr *client, const
          v->known_address ? "its known" : "unknown", v->retry_after_s,
          v->known_address ? (unsigned)c->known_guess_burst : (unsigned)c->guess_burst,
          v->known_address ? (unsigned)c->known_guesses_per_hour : (unsigned)c->guesses_per_hour,
-         rg->throttle_unlogged ? " (and more users since the last line)" : "");
-    rg->throttle_logged_ms = now;
-    rg->throttle_unlogged = 0;
+         held ? " (and more users since the last line)" : "");
 }
 
 /* Checks the request's Digest credentials for user (u: its config entry, NULL if no such
@@ -620,6 +615,102 @@ static void seen_add(struct registrar *rg, const struct addr *a)
         rg->nseen++;
 }
 
+/* Where a forwarded request goes, and what it carries to get there. */
+struct rg_fwd {
+    struct addr to;
+    bool stream;
+    char ruri[300]; /* a new Request-URI, or "" */
+    char ins[1024]; /* a Route line to insert, or "" */
+};
+
+/* A request for one of our users goes to the contact it registered; its stored Path becomes
+ * the route set (RFC 3327 §5.3), so the request goes back through the edge over the user's
+ * flow. Returns 0, or 1 when answered. */
+static int retarget_to_binding(struct registrar *rg, const struct rg_origin *o,
+                               const struct sip_msg *m, osip_message_t *msg, struct rg_fwd *f)
+{
+    const char *user = msg->req_uri->username;
+    struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
+    if (!b) {
+        /* The same answer whether or not the user exists, so nobody outside can tell
+         * (404 for one and 480 for the other listed the users). */
+        metric_inc(rg->m_404);
+        rg_reply(rg, o, m, 480, "Temporarily Unavailable", NULL);
+        return 1;
+    }
+    snprintf(f->ruri, sizeof(f->ruri), "%s", b->contact);
+    osip_uri_t *target = NULL;
+    osip_uri_init(&target);
+    int prc;
+    if (b->path[0]) {
+        snprintf(f->ins, sizeof(f->ins), "Route: %s\r\n", b->path);
+        osip_route_t *pr = NULL;
+        osip_route_init(&pr);
+        char first[512];
+        snprintf(first, sizeof(first), "%.*s", (int)sip_value_first_len(slice_str(b->path)),
+                 b->path);
+        prc = osip_route_parse(pr, first);
+        if (prc == 0)
+            prc = uri_target(pr->url, &f->to, &f->stream);
+        osip_route_free(pr);
+    } else {
+        prc = osip_uri_parse(target, b->contact);
+        if (prc == 0)
+            prc = uri_target(target, &f->to, &f->stream);
+    }
+    osip_uri_free(target);
+    if (prc < 0) {
+        rg_reply(rg, o, m, 404, "Not Found", NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Answers 404 (counted and logged) for a request the Director will not forward. */
+static int refuse_404(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
+                      const char *why)
+{
+    metric_inc(rg->m_404);
+    LOGI(rg->d->log, o->peer, "sip: %s: 404", why);
+    rg_reply(rg, o, m, 404, "Not Found", NULL);
+    return 1;
+}
+
+/* The target: the next Route after ours, one of our users' bindings, or the Request-URI
+ * (another domain goes out through the edge). Returns 0, or 1 when answered. */
+static int pick_target(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
+                       osip_message_t *msg, unsigned pop, struct rg_fwd *f)
+{
+    const struct director_sip_config *c = (&rg->d->cfg->sip);
+    bool check = false;
+    bool from_edge = addr_host_eq(o->peer, &c->edge);
+    if (!from_edge)
+        seen_add(rg, o->peer);
+    osip_route_t *next = osip_list_get(&msg->routes, (int)pop);
+    if (next && (int)pop < osip_list_size(&msg->routes)) {
+        if (uri_target(next->url, &f->to, &f->stream) < 0) {
+            rg_reply(rg, o, m, 404, "Not Found", NULL);
+            return 1;
+        }
+        check = from_edge;
+    } else if (has_domain(c, msg->req_uri->host) || is_own(rg, msg->req_uri)) {
+        if (retarget_to_binding(rg, o, m, msg, f))
+            return 1;
+    } else if (uri_target(msg->req_uri, &f->to, &f->stream) < 0) {
+        /* Another domain: federation goes out through the edge; never a request that came
+         * in from the edge (an outsider's, routed back out by its Request-URI). */
+        if (from_edge)
+            return refuse_404(rg, o, m, "request from the edge for another domain");
+        f->to = c->edge;
+        f->stream = false;
+    } else {
+        check = from_edge;
+    }
+    if (check && !target_known(rg, &f->to, f->stream))
+        return refuse_404(rg, o, m, "request from the edge to an address never learned");
+    return 0;
+}
+
 static void do_forward(struct registrar *rg, const struct rg_origin *o, const struct sip_msg *m,
                        osip_message_t *msg, bool strip_creds)
 {
@@ -632,81 +723,13 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
             break;
         pop++;
     }
-    struct addr to;
-    bool stream = false, check = false;
-    char ruri[300] = "", ins[1024] = "";
-    size_t n = 0;
-    bool from_edge = addr_host_eq(o->peer, &c->edge);
-    if (!from_edge)
-        seen_add(rg, o->peer);
-    osip_route_t *next = osip_list_get(&msg->routes, (int)pop);
-    if (next && (int)pop < nr) {
-        if (uri_target(next->url, &to, &stream) < 0) {
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-        check = from_edge;
-    } else if (has_domain(c, msg->req_uri->host) || is_own(rg, msg->req_uri)) {
-        const char *user = msg->req_uri->username;
-        struct rg_binding *b = user ? binding_find(rg, user, uv_now(rg->d->loop)) : NULL;
-        if (!b) {
-            /* The same answer whether or not the user exists, so nobody outside can tell
-             * (404 for one and 480 for the other listed the users). */
-            metric_inc(rg->m_404);
-            rg_reply(rg, o, m, 480, "Temporarily Unavailable", NULL);
-            return;
-        }
-        /* Retarget to the registered contact; the stored Path becomes the route set
-         * (RFC 3327 §5.3) so the request goes back through the edge over the user's flow. */
-        snprintf(ruri, sizeof(ruri), "%s", b->contact);
-        osip_uri_t *target = NULL;
-        osip_uri_init(&target);
-        int prc;
-        if (b->path[0]) {
-            n += (size_t)snprintf(ins + n, sizeof(ins) - n, "Route: %s\r\n", b->path);
-            osip_route_t *pr = NULL;
-            osip_route_init(&pr);
-            char first[512];
-            snprintf(first, sizeof(first), "%.*s",
-                     (int)sip_value_first_len(slice_str(b->path)), b->path);
-            prc = osip_route_parse(pr, first);
-            if (prc == 0)
-                prc = uri_target(pr->url, &to, &stream);
-            osip_route_free(pr);
-        } else {
-            prc = osip_uri_parse(target, b->contact);
-            if (prc == 0)
-                prc = uri_target(target, &to, &stream);
-        }
-        osip_uri_free(target);
-        if (prc < 0) {
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-    } else if (uri_target(msg->req_uri, &to, &stream) < 0) {
-        /* Another domain: federation goes out through the edge; never a request that came
-         * in from the edge (an outsider's, routed back out by its Request-URI). */
-        if (from_edge) {
-            metric_inc(rg->m_404);
-            LOGI(rg->d->log, o->peer, "sip: request from the edge for another domain: 404");
-            rg_reply(rg, o, m, 404, "Not Found", NULL);
-            return;
-        }
-        to = c->edge;
-        stream = false;
-    } else {
-        check = from_edge;
-    }
-    if (check && !target_known(rg, &to, stream)) {
-        metric_inc(rg->m_404);
-        LOGI(rg->d->log, o->peer, "sip: request from the edge to an address never learned: 404");
-        rg_reply(rg, o, m, 404, "Not Found", NULL);
+    struct rg_fwd f = {0};
+    if (pick_target(rg, o, m, msg, pop, &f))
         return;
-    }
     /* Our Via, then the route set we add. */
     char br[SIP_BRANCH_MAX], hs[ADDR_STRLEN];
     sip_branch_format(sip_branch_hash(rg->salt, m), o->conn_id, br);
-    struct rg_conn *oc = stream ? conn_by_host(rg, &to) : NULL;
+    struct rg_conn *oc = f.stream ? conn_by_host(rg, &f.to) : NULL;
     const struct addr *local = oc ? stream_local(oc->s) : rg->nudp ? &rg->udp[0].local : NULL;
     if (!local) {
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
@@ -717,19 +740,20 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     int vl = snprintf(via, sizeof(via), "Via: SIP/2.0/%s %s;branch=%s\r\n", oc ? "TLS" : "UDP",
                       hs, br);
     char all[1400];
-    int al = snprintf(all, sizeof(all), "%.*s%s", vl, via, ins);
+    int al = snprintf(all, sizeof(all), "%.*s%s", vl, via, f.ins);
     if (al < 0 || (size_t)al >= sizeof(all))
         return;
     struct sip_fwd_opts fo = {.insert = slice_make(all, (size_t)al), .pop_routes = pop,
                               .src = o->conn_id ? NULL : o->peer,
-                              .ruri = slice_str(ruri)};
+                              .ruri = slice_str(f.ruri)};
     ssize_t len = sip_fwd_request(m, &fo, rg->out, RG_OUT_CAP);
     if (len < 0)
         return;
     if (strip_creds)
         len = (ssize_t)da_strip_credentials(rg->out, (size_t)len, c->realm);
     metric_inc(rg->m_fwd);
-    if (rg_send(rg, oc ? oc->id : 0, &to, stream, rg->out, (size_t)len) < 0 && !oc && stream)
+    if (rg_send(rg, oc ? oc->id : 0, &f.to, f.stream, rg->out, (size_t)len) < 0 && !oc &&
+        f.stream)
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
 }
 
@@ -961,6 +985,88 @@ static void on_closed(uv_handle_t *h)
     rg_unref(h->data);
 }
 
+static void make_metrics(struct registrar *rg, struct director *d)
+{
+    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
+                               NULL);
+    rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
+                                    "OPTIONS probes for the Director itself, answered 200", NULL);
+    rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
+                                   "successful REGISTERs", NULL);
+    rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
+                                      "401 challenges sent", NULL);
+    rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
+                                      "Digest answers with a wrong password (REGISTER or 407), "
+                                      "or a remote From not of our domains", NULL);
+    rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
+                                            "407 challenges to remote users' requests", NULL);
+    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
+                                          "remote users' requests that passed the 407 challenge",
+                                          NULL);
+    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
+                                  "right answers on an expired or replayed nonce (stale=true)",
+                                  NULL);
+    rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
+                                      "Digest answers refused unchecked (403): too many wrong "
+                                      "ones for that user lately", NULL);
+    rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
+                                            "times a user name ran out of password guesses",
+                                            NULL);
+    rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
+                                     "ACKs of the Director's own non-2xx answers", NULL);
+    rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
+    rg->m_404 = metrics_counter(d->metrics, "sip_not_found_total",
+                                "requests for users not registered", NULL);
+}
+
+static int listen_udp(struct registrar *rg, struct director *d,
+                      const struct director_sip_config *c)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < c->nudp && rg->nudp < RG_UDP_MAX; i++) {
+        struct rg_udp *u = &rg->udp[rg->nudp];
+        u->rg = rg;
+        u->local = c->udp[i];
+        rc = uv_udp_init(d->loop, &u->h);
+        if (rc < 0)
+            break;
+        rg->nudp++;
+        rg->open_handles++;
+        u->h.data = u;
+        rc = uv_udp_bind(&u->h, &c->udp[i].u.sa, UV_UDP_REUSEADDR);
+        if (rc == 0)
+            rc = uv_udp_recv_start(&u->h, on_udp_alloc, on_udp_recv);
+        if (rc < 0)
+            LOGE(d->log, &c->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
+    }
+    return rc;
+}
+
+/* TCP, then mutual-TLS listeners. */
+static int listen_streams(struct registrar *rg, struct director *d,
+                          const struct director_sip_config *c)
+{
+    int rc = 0;
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        const struct addr *list = pass ? c->mtls : c->tcp;
+        size_t cnt = pass ? c->nmtls : c->ntcp;
+        for (size_t i = 0; rc == 0 && i < cnt && rg->nlst < RG_LST_MAX; i++) {
+            struct rg_listener *l = &rg->lst[rg->nlst];
+            l->rg = rg;
+            l->tls = pass == 1;
+            rc = stream_listen(d->loop, &l->h, &list[i], 256, false, on_accept);
+            if (rc < 0) {
+                LOGE(d->log, &list[i], "sip: cannot listen: %s", uv_strerror(rc));
+                break;
+            }
+            l->h.data = l;
+            rg->nlst++;
+            rg->open_handles++;
+        }
+    }
+    return rc;
+}
+
 int registrar_start(struct director *d)
 {
     const struct director_sip_config *c = &d->cfg->sip;
@@ -992,69 +1098,11 @@ int registrar_start(struct director *d)
             LOGE(d->log, NULL, "sip: TLS: %s", err);
     }
     d->registrar = rg;
-    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
-                               NULL);
-    rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
-                                    "OPTIONS probes for the Director itself, answered 200", NULL);
-    rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
-                                   "successful REGISTERs", NULL);
-    rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
-                                      "401 challenges sent", NULL);
-    rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
-                                      "Digest answers with a wrong password (REGISTER or 407), "
-                                      "or a remote From not of our domains", NULL);
-    rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
-                                            "407 challenges to remote users' requests", NULL);
-    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
-                                          "remote users' requests that passed the 407 challenge",
-                                          NULL);
-    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
-                                  "right answers on an expired or replayed nonce (stale=true)",
-                                  NULL);
-    rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
-                                      "Digest answers refused unchecked (403): too many wrong "
-                                      "ones for that user lately", NULL);
-    rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
-                                            "times a user name ran out of password guesses",
-                                            NULL);
-    rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
-                                     "ACKs of the Director's own non-2xx answers", NULL);
-    rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
-    rg->m_404 = metrics_counter(d->metrics, "sip_not_found_total",
-                                "requests for users not registered", NULL);
-    for (size_t i = 0; rc == 0 && i < c->nudp && rg->nudp < RG_UDP_MAX; i++) {
-        struct rg_udp *u = &rg->udp[rg->nudp];
-        u->rg = rg;
-        u->local = c->udp[i];
-        rc = uv_udp_init(d->loop, &u->h);
-        if (rc < 0)
-            break;
-        rg->nudp++;
-        rg->open_handles++;
-        u->h.data = u;
-        rc = uv_udp_bind(&u->h, &c->udp[i].u.sa, UV_UDP_REUSEADDR);
-        if (rc == 0)
-            rc = uv_udp_recv_start(&u->h, on_udp_alloc, on_udp_recv);
-        if (rc < 0)
-            LOGE(d->log, &c->udp[i], "sip: cannot listen (UDP): %s", uv_strerror(rc));
-    }
-    for (int pass = 0; pass < 2 && rc == 0; pass++) {
-        const struct addr *list = pass ? c->mtls : c->tcp;
-        size_t cnt = pass ? c->nmtls : c->ntcp;
-        for (size_t i = 0; rc == 0 && i < cnt && rg->nlst < RG_LST_MAX; i++) {
-            struct rg_listener *l = &rg->lst[rg->nlst];
-            l->rg = rg;
-            l->tls = pass == 1;
-            rc = stream_listen(d->loop, &l->h, &list[i], 256, false, on_accept);
-            if (rc < 0) {
-                LOGE(d->log, &list[i], "sip: cannot listen: %s", uv_strerror(rc));
-                break;
-            }
-            l->h.data = l;
-            rg->nlst++;
-            rg->open_handles++;
-        }
-    }
+    make_metrics(rg, d);
+    if (rc == 0)
+        rc = listen_udp(rg, d, c);
+    if (rc == 0)
+        rc = listen_streams(rg, d, c);
     if (rc < 0) {
         registrar_stop(d);
         return rc;

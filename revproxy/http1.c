@@ -201,6 +201,8 @@ static int check_te(struct http_reader *r, const struct http_head *h)
         struct slice v = h->hdr[i].value;
         size_t j = 0;
         bool any = false;
+        if (!v.p) /* an empty value may have no pointer */
+            v.len = 0;
         while (j < v.len) {
             while (j < v.len && (v.p[j] == ' ' || v.p[j] == '\t'))
                 j++;

@@ -7,7 +7,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 # Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".
 # common/tls.c there means the TLS backend: with TLS=openssl, common/tls_openssl.c.
 FUZZ_TLS := $(if $(filter openssl,$(TLS)),common/tls_openssl.c,common/tls.c)
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c) $(wildcard */*.c)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c common/sip/*.c) $(wildcard */*.c)
 	@mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $< | sed 's,common/tls\.c,$(FUZZ_TLS),') \
 	    $(LDLIBS) -o $@

@@ -19,3 +19,6 @@ bench-tls-one: $(BUILD)/bench/tls_bench
 	$(Q)flock /tmp/bench.lock $(BUILD)/bench/tls_bench $(BENCH_TLS_SECS)
 
 .PHONY: bench-tls-one
+
+# turnload (linked in av-edge/build.mk) says its version.
+$(OBJ)/tests/bench/turnload.o: $(BUILD)/gen/version.h

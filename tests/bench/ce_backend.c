@@ -15,8 +15,8 @@
 
 #include "common/stream.h"
 #include "common/tls.h"
-#include "conf-edge/map.h"
-#include "conf-edge/mux.h"
+#include "common/map.h"
+#include "common/mux.h"
 
 static uint8_t block[CE_MUX_HDR + CE_MUX_DATA_MAX];
 
@@ -180,29 +180,15 @@ static int m_frame(struct mlink *l, const struct ce_mux_frame *f)
     }
 }
 
+static int m_frame_cb(void *arg, const struct ce_mux_frame *f)
+{
+    return m_frame(arg, f);
+}
+
 static int m_data(struct stream *s, const uint8_t *d, size_t n, void *arg)
 {
     struct mlink *l = arg;
-    for (size_t off = 0; off < n;) {
-        struct slice room;
-        size_t want = n - off;
-        if (buf_reserve(&l->in, want > 16384 ? 16384 : want, &room) < 0)
-            return -ENOBUFS;
-        size_t k = want < room.len ? want : room.len;
-        memcpy((uint8_t *)room.p, d + off, k);
-        l->in.wr += k;
-        off += k;
-        for (;;) {
-            struct ce_mux_frame f;
-            ssize_t used = ce_mux_decode(l->in.data + l->in.rd, buf_len(&l->in), &f);
-            if (used == -EAGAIN)
-                break;
-            if (used < 0 || m_frame(l, &f) < 0)
-                return -EPROTO;
-            buf_consume(&l->in, (size_t)used);
-        }
-    }
-    return 0;
+    return ce_mux_feed(&l->in, d, n, m_frame_cb, l, NULL);
 }
 
 static void m_open(struct stream *s, void *arg)

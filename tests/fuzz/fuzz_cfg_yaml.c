@@ -1,4 +1,4 @@
-// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/metrics.c common/log.c -lyaml
+// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/metrics.c common/log.c common/memtrim.c -lyaml
 /* Fuzzes the YAML config loader with a key table that uses every value type. */
 #include <stddef.h>
 #include <stdint.h>

@@ -1,10 +1,10 @@
-// fuzz-sources: conf-edge/mux.c common/util.c
+// fuzz-sources: common/mux.c common/util.c
 /* libFuzzer target: the conf-edge <-> conferencing-server frame decoder, frame after frame. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "conf-edge/mux.h"
+#include "common/mux.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,4 +1,4 @@
-// fuzz-sources: access-edge/sip_route.c access-edge/sip_msg.c access-edge/sip_proxy.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+// fuzz-sources: access-edge/sip_route.c common/sip/sip_msg.c common/sip/sip_proxy.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the Route policy for requests from outside (access-edge/sip_route.c): the plan an
  * outsider's Route header gets (entry URIs, user parts, flow tokens, ae-rr parameters), the
  * Route line written from what is kept, and the decision. */
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 

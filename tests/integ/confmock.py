@@ -1,5 +1,5 @@
 """A conferencing server for conf-edge tests (Python stdlib): it dials the edge's internal
-port with mutual TLS, speaks the mux framing (conf-edge/mux.h) and records what it sees.
+port with mutual TLS, speaks the mux framing (common/mux.h) and records what it sees.
 
 Modes: "echo" returns each stream's bytes on the same stream; "relay" sends each
 participant's bytes to the other participants of the same conference; "source" sends

@@ -37,6 +37,37 @@ class DaemonCli(SuiteTest):
                 rc, out = run(d, "--bogus")
                 self.assertEqual(rc, 2)
 
+    def test_every_program_in_bin_answers_version_and_help(self):
+        """The tools too (ctl-probe, turnload, av-probe): `--version` names the program and
+        its version, `--help` says how to use it, both exit 0."""
+        # av-probe (av-edge/probe.c) is being changed on another branch: it still answers
+        # neither. Drop it from here when it does.
+        not_yet = {"av-probe"}
+        bindir = os.path.join(BUILD, "bin")
+        progs = sorted(os.listdir(bindir)) if os.path.isdir(bindir) else []
+        if not progs:
+            self.skipTest("nothing is built")
+        for prog in progs:
+            if prog in not_yet:
+                continue
+            with self.subTest(program=prog):
+                p = subprocess.run([os.path.join(bindir, prog), "--version"], capture_output=True,
+                                   text=True, timeout=20, cwd=ROOT)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertRegex(p.stdout + p.stderr, rf"^{re.escape(prog)} \S+")
+                p = subprocess.run([os.path.join(bindir, prog), "--help"], capture_output=True,
+                                   text=True, timeout=20, cwd=ROOT)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertIn("usage", (p.stdout + p.stderr).lower())
+
+    def test_make_clean_does_not_run_the_installer(self):
+        # With no PATH the installer (dpkg-query, apt-get) cannot run: make fails if it tries.
+        # -n: nothing is deleted.
+        p = subprocess.run(["/usr/bin/make", "-n", "clean"], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT, env={"PATH": "/nonexistent"})
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("rm -rf build", p.stdout)
+
     def test_default_config_checks_ok(self):
         subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
         for d in self.each():

@@ -232,7 +232,8 @@ static void usage(FILE *f)
                "--ca F\n"
                "                 [--name DIRECTOR-NAME] [--subscribe ROLE,...] "
                "[--report-interval MS]\n"
-               "                 [--backoff-max MS] [--external ADDR] [--internal ADDR] [-v]\n");
+               "                 [--backoff-max MS] [--external ADDR] [--internal ADDR] [-v]\n"
+               "       ctl-probe --version | --help\n");
 }
 
 int main(int argc, char **argv)
@@ -251,6 +252,7 @@ int main(int argc, char **argv)
         {"external", required_argument, NULL, 'E'},
         {"internal", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     struct probe p;
@@ -318,6 +320,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("ctl-probe %s\n", SUITE_VERSION);
             return 0;
         default:
             usage(stderr);

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "access-edge/sip_route.h"
 
 static const uint8_t key[SIP_FLOW_KEY_LEN] = {9, 8, 7, 6, 5, 4, 3, 2, 1};

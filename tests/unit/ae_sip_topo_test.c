@@ -9,7 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "access-edge/sip_topo.h"
 
 static const uint8_t key[SIP_FLOW_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9};

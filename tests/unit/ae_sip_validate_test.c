@@ -9,7 +9,7 @@
 #include <cmocka.h>
 #include <malloc.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "access-edge/sip_validate.h"
 
 static const char *const domains[] = {"example.com"};

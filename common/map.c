@@ -1,5 +1,6 @@
 /* Chained hash map keyed by byte strings (FNV-1a), doubling when the load passes 1. */
-#include "conf-edge/map.h"
+#include "common/map.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -9,17 +10,6 @@ struct ce_map {
     struct ce_map_entry **b;
     size_t nb, n;
 };
-
-static uint64_t fnv1a(const void *key, size_t len)
-{
-    const uint8_t *p = key;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 int ce_map_create(struct ce_map **out)
 {
@@ -54,7 +44,7 @@ void ce_map_destroy(struct ce_map *m)
 
 struct ce_map_entry *ce_map_find(const struct ce_map *m, const void *key, size_t klen)
 {
-    uint64_t h = fnv1a(key, klen);
+    uint64_t h = fnv1a(FNV1A_INIT, key, klen);
     for (struct ce_map_entry *e = m->b[h & (m->nb - 1)]; e; e = e->next)
         if (e->hash == h && e->klen == klen && !memcmp(e->key, key, klen))
             return e;
@@ -89,7 +79,7 @@ struct ce_map_entry *ce_map_get(struct ce_map *m, const void *key, size_t klen)
     e = calloc(1, sizeof *e + klen);
     if (!e)
         return NULL;
-    e->hash = fnv1a(key, klen);
+    e->hash = fnv1a(FNV1A_INIT, key, klen);
     e->klen = klen;
     memcpy(e->key, key, klen);
     if (m->n >= m->nb)

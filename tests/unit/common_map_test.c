@@ -1,4 +1,4 @@
-/* Unit tests for conf-edge/map.c: the byte-keyed hash map and the intrusive list. */
+/* Unit tests for common/map.c: the byte-keyed hash map and the intrusive list. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "conf-edge/map.h"
+#include "common/map.h"
 
 static void count_fn(struct ce_map_entry *e, void *arg)
 {

@@ -1,5 +1,5 @@
 /* Proxy message surgery by splicing lines (see sip_proxy.h). */
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_proxy.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -8,15 +8,6 @@
 #include "common/crypto.h"
 
 /* ---- branches ---- */
-
-static uint64_t mix(uint64_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
 
 struct slice sip_top_branch(const struct sip_msg *m)
 {
@@ -29,7 +20,7 @@ struct slice sip_top_branch(const struct sip_msg *m)
 
 uint64_t sip_branch_hash(uint64_t salt, const struct sip_msg *m)
 {
-    uint64_t h = 0xcbf29ce484222325ULL ^ salt;
+    uint64_t h = FNV1A_INIT ^ salt;
     const struct sip_hdr *via = sip_msg_find(m, SIP_H_VIA);
     struct slice b = sip_top_branch(m);
     if (b.len > 7 && memcmp(b.p, "z9hG4bK", 7) == 0) {
@@ -38,16 +29,16 @@ uint64_t sip_branch_hash(uint64_t salt, const struct sip_msg *m)
         uint16_t port = 0;
         if (via)
             sip_via_sent_by(sip_hdr_value(m, via), &host, &port);
-        h = mix(h, b.p, b.len);
-        h = mix(h, host.p ? host.p : (const uint8_t *)"", host.len);
-        h = mix(h, (const uint8_t *)&port, sizeof(port));
+        h = fnv1a(h, b.p, b.len);
+        h = fnv1a(h, host.p ? host.p : (const uint8_t *)"", host.len);
+        h = fnv1a(h, (const uint8_t *)&port, sizeof(port));
     } else {
         /* RFC 2543 peers: Call-ID, CSeq number, From tag, Request-URI. */
         static const enum sip_hdr_id ids[] = {SIP_H_CALL_ID, SIP_H_FROM};
         for (size_t i = 0; i < ARRAY_SIZE(ids); i++) {
             const struct sip_hdr *x = sip_msg_find(m, ids[i]);
             if (x)
-                h = mix(h, m->buf + x->val_off, x->val_len);
+                h = fnv1a(h, m->buf + x->val_off, x->val_len);
         }
         const struct sip_hdr *cs = sip_msg_find(m, SIP_H_CSEQ);
         if (cs) {
@@ -55,9 +46,9 @@ uint64_t sip_branch_hash(uint64_t salt, const struct sip_msg *m)
             size_t k = 0;
             while (k < v.len && v.p[k] >= '0' && v.p[k] <= '9')
                 k++;
-            h = mix(h, v.p, k);
+            h = fnv1a(h, v.p, k);
         }
-        h = mix(h, m->ruri.p ? m->ruri.p : (const uint8_t *)"", m->ruri.len);
+        h = fnv1a(h, m->ruri.p ? m->ruri.p : (const uint8_t *)"", m->ruri.len);
     }
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ULL;
@@ -163,8 +154,12 @@ int sip_flow_decode(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice tok, struc
     uint8_t ip[16];
     if (hl != 8 && hl != 32)
         return -EINVAL;
-    for (size_t i = 0; i < hl / 2; i++)
-        ip[i] = (uint8_t)(hexval((uint8_t)iphex[2 * i]) << 4 | hexval((uint8_t)iphex[2 * i + 1]));
+    for (size_t i = 0; i < hl / 2; i++) {
+        int hi = hexval((uint8_t)iphex[2 * i]), lo = hexval((uint8_t)iphex[2 * i + 1]);
+        if (hi < 0 || lo < 0) /* sscanf let only hex digits through: cannot happen */
+            return -EINVAL;
+        ip[i] = (uint8_t)(hi << 4 | lo);
+    }
     memset(f, 0, sizeof(*f));
     if (hl == 8) {
         f->addr.u.in4.sin_family = AF_INET;

@@ -7,7 +7,7 @@
 
 #include <osipparser2/osip_message.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 
 /* Idempotent and thread-safe; call before the first osip2 parse. */
 void sip_osip_init(void);

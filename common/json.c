@@ -1,5 +1,5 @@
-/* A growable JSON text for the Director's admin answers (GET /edges, /credentials, ...). */
-#include "director/json.h"
+/* A growable JSON text for admin answers (GET /edges, /watchlist, ...). */
+#include "common/json.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* osip2 set-up (see sip_osip.h). */
-#include "access-edge/sip_osip.h"
+#include "common/sip/sip_osip.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -44,7 +44,7 @@ int sip_osip_parse(osip_message_t *msg, const struct sip_msg *m)
      * nothing here reads a body, and osip2's MIME body parser leaks a multipart part that
      * carries two Content-Types (fuzz_sip_msg found it: 63 bytes a message, an attacker's
      * to repeat). Tabs become spaces, which osip2 does not take for LWS everywhere. */
-    size_t hdr = m->hdr_end ? m->hdr_end : m->len;
+    size_t hdr = m->hdr_end && m->hdr_end <= m->len ? m->hdr_end : m->len;
     char stack[4096];
     char *copy = hdr <= sizeof(stack) ? stack : malloc(hdr);
     if (!copy)

@@ -95,10 +95,6 @@ static inline struct slice sip_hdr_value(const struct sip_msg *m, const struct s
 {
     return slice_make(m->buf + h->val_off, h->val_len);
 }
-static inline struct slice sip_hdr_line(const struct sip_msg *m, const struct sip_hdr *h)
-{
-    return slice_make(m->buf + h->line_off, h->line_end - h->line_off);
-}
 /* First header of a kind, or NULL. */
 const struct sip_hdr *sip_msg_find(const struct sip_msg *m, enum sip_hdr_id id);
 /* Canonical name of a header kind ("Call-ID"). */

@@ -1,4 +1,4 @@
-/* Unit tests for conf-edge/mux.c: the edge <-> conferencing-server framing. */
+/* Unit tests for common/mux.c: the edge <-> conferencing-server framing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "conf-edge/mux.h"
+#include "common/mux.h"
 
 static void test_data_frame_round_trips(void **st)
 {
@@ -117,6 +117,53 @@ static void test_ping_value_round_trips(void **st)
     assert_true(ce_mux_ping_value(&f) == 0x0102030405060708ull);
 }
 
+struct seen {
+    int n, stop_at, fail_at;
+    uint32_t streams[8];
+};
+
+static int on_frame(void *arg, const struct ce_mux_frame *f)
+{
+    struct seen *s = arg;
+    s->streams[s->n++] = f->stream;
+    return s->n == s->fail_at ? -EPROTO : s->n == s->stop_at ? 1 : 0;
+}
+
+/* ce_mux_feed: frames cut anywhere arrive whole and in order; the callback can stop or fail. */
+static void test_feed_reassembles_stops_and_fails(void **st)
+{
+    uint8_t w[64];
+    size_t n = 0;
+    for (uint32_t id = 1; id <= 3; id++)
+        n += (size_t)ce_mux_encode(w + n, sizeof w - n, CE_MUX_DATA, id, "abc", 3);
+    struct buf in;
+    assert_int_equal(buf_init(&in, 1024), 0);
+    struct seen s = {0};
+    for (size_t i = 0; i < n; i++) /* one byte at a time */
+        assert_int_equal(ce_mux_feed(&in, w + i, 1, on_frame, &s, NULL), 0);
+    assert_int_equal(s.n, 3);
+    assert_int_equal(s.streams[2], 3);
+    assert_int_equal(buf_len(&in), 0);
+
+    struct seen stop = {.stop_at = 2};
+    assert_int_equal(ce_mux_feed(&in, w, n, on_frame, &stop, NULL), 0);
+    assert_int_equal(stop.n, 2); /* the third waits: the link is gone */
+    buf_consume(&in, buf_len(&in));
+
+    struct seen fail = {.fail_at = 1};
+    int bad = -1;
+    assert_int_equal(ce_mux_feed(&in, w, n, on_frame, &fail, &bad), -EPROTO);
+    assert_int_equal(bad, CE_MUX_DATA);
+    buf_consume(&in, buf_len(&in));
+
+    uint8_t junk[CE_MUX_HDR] = {0x7f};
+    struct seen none = {0};
+    assert_int_equal(ce_mux_feed(&in, junk, sizeof junk, on_frame, &none, &bad), -EPROTO);
+    assert_int_equal(bad, 0);
+    assert_int_equal(none.n, 0);
+    buf_fini(&in);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -128,6 +175,7 @@ int main(void)
         cmocka_unit_test(test_open_round_trips_and_rejects_trailing_bytes),
         cmocka_unit_test(test_encode_refuses_small_buffers),
         cmocka_unit_test(test_ping_value_round_trips),
+        cmocka_unit_test(test_feed_reassembles_stops_and_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,4 +82,13 @@ uint64_t ce_mux_ping_value(const struct ce_mux_frame *f);
 
 const char *ce_mux_type_name(uint8_t type);
 
+/* The reader every end of a mux link shares: appends data (len bytes) to in, then hands
+ * each whole frame to cb in order and consumes it. cb returns 0 to go on, 1 to stop (the
+ * link is gone), or a negative errno to fail. Returns 0, -ENOBUFS when in cannot hold the
+ * data, or -EPROTO for a frame that does not decode or that cb refused; then *bad (if not
+ * NULL) is the frame's type, or 0 when it did not decode. */
+typedef int (*ce_mux_frame_cb)(void *arg, const struct ce_mux_frame *f);
+int ce_mux_feed(struct buf *in, const uint8_t *data, size_t len, ce_mux_frame_cb cb, void *arg,
+                int *bad);
+
 #endif

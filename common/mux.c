@@ -1,5 +1,5 @@
 /* Encoder and decoder for the edge <-> conferencing-server framing (see mux.h). */
-#include "conf-edge/mux.h"
+#include "common/mux.h"
 
 #include <errno.h>
 #include <string.h>
@@ -201,4 +201,35 @@ uint64_t ce_mux_ping_value(const struct ce_mux_frame *f)
     if (f->payload.len != 8)
         return 0;
     return (uint64_t)get32(f->payload.p) << 32 | get32(f->payload.p + 4);
+}
+
+int ce_mux_feed(struct buf *in, const uint8_t *data, size_t len, ce_mux_frame_cb cb, void *arg,
+                int *bad)
+{
+    for (size_t off = 0; off < len;) {
+        struct slice room;
+        size_t want = len - off;
+        if (buf_reserve(in, want > 16384 ? 16384 : want, &room) < 0)
+            return -ENOBUFS;
+        size_t n = want < room.len ? want : room.len;
+        memcpy((uint8_t *)room.p, data + off, n);
+        in->wr += n;
+        off += n;
+        for (;;) {
+            struct ce_mux_frame f;
+            ssize_t used = ce_mux_decode(in->data + in->rd, buf_len(in), &f);
+            if (used == -EAGAIN)
+                break;
+            int rc = used < 0 ? -EBADMSG : cb(arg, &f);
+            if (rc < 0) {
+                if (bad)
+                    *bad = used < 0 ? 0 : f.type;
+                return -EPROTO;
+            }
+            buf_consume(in, (size_t)used);
+            if (rc > 0)
+                return 0;
+        }
+    }
+    return 0;
 }

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 #include "common/addr.h"
 
 /* Branch IDs: "z9hG4bK" + 16 hex digits of a keyed hash of the incoming transaction (the

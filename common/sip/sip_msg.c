@@ -1,5 +1,5 @@
 /* SIP message framing and header index (see sip_msg.h): a single bounded pass, no allocation. */
-#include "access-edge/sip_msg.h"
+#include "common/sip/sip_msg.h"
 
 #include <errno.h>
 #include <strings.h>

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "access-edge/sip_msg.h"
-#include "access-edge/sip_proxy.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 
 static struct sip_msg m;
 static uint8_t out[8192];
