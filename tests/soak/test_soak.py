@@ -32,6 +32,8 @@ OUTAGE = 10.0        # seconds the Director stays dead
 RECOVERY = 5.0       # service back within this long after the restart
 TIMER_B = 32.0
 WARMUP = min(60.0, SECS / 4)  # RSS is compared after this (the first minute)
+# Under ASan (make soak SAN=1) its quarantine holds freed memory: RSS is shown, not asserted.
+ASAN = os.path.basename(os.path.normpath(BUILD)) == "build-san"
 CALLER_IP, CALLEE_IP = "127.0.0.31", "127.0.0.32"
 # sipp's socket buffers (bytes; default 64 KiB, as sipp has them): SOAK_SIPP_BUF.
 SIPP_BUF = ["-buff_size", os.environ["SOAK_SIPP_BUF"]] if os.environ.get("SOAK_SIPP_BUF") else []
@@ -168,7 +170,8 @@ class SipSoak(SoakTest):
         self.assertIsNotNone(first_ok, "no call succeeded after the restart")
         self.assertLessEqual(recovery, RECOVERY)
         self.assertTrue(restored, "the Director did not restore bob's registration")
-        self.assertTrue(rss_ok, f"RSS not flat: {lo}..{hi} KiB")
+        if not ASAN:
+            self.assertTrue(rss_ok, f"RSS not flat: {lo}..{hi} KiB")
 
 
 class TurnSoak(SoakTest):
