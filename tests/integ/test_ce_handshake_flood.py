@@ -7,13 +7,15 @@ import os
 import time
 
 from hsflood import p99, rounds
-from harness import SuiteTest
+from harness import BUILD, SuiteTest
 import test_ce_edge as ce
 
 # The goal is 50 ms (met in most rounds on this shared machine); the assertion allows
 # a shared, loaded 2-core machine its scheduling stalls. Handshakes run inline (before the
 # gate) raised the p99 by 600-1,600 ms.
-BOUND_MS = 250.0
+# Under ASan (build-san) a handshake flight, which the gate lets through whole, costs
+# several times more.
+BOUND_MS = 400.0 if os.path.basename(os.path.normpath(BUILD)) == "build-san" else 250.0
 
 def probe(c, secs):
     """Round-trip times (ms) of 64-byte messages sent every 20 ms (a lost echo counts 2000)."""

@@ -9,12 +9,14 @@ import ssl
 import time
 
 from hsflood import p99, rounds
-from harness import SuiteTest
+from harness import BUILD, SuiteTest
 import test_rp_proxy as rp
 
 # The goal is 50 ms (met in most rounds on this shared machine); the assertion allows
 # a shared, loaded 2-core machine its scheduling stalls.
-BOUND_MS = 250.0
+# Under ASan (build-san) a handshake flight, which the gate lets through whole, costs
+# several times more.
+BOUND_MS = 400.0 if os.path.basename(os.path.normpath(BUILD)) == "build-san" else 250.0
 
 def setUpModule():
     rp.setUpModule()
