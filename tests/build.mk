@@ -22,3 +22,11 @@ fuzz-run: fuzz
 	    echo "== $$n ($(SECS)s)"; \
 	    $$f -max_total_time=$(SECS) -print_final_stats=1 $$( [ -f $$dict ] && echo -dict=$$dict ) \
 	        $(BUILD)/fuzz/corpus/$$n tests/fuzz/corpus/$${n#fuzz_} 2>&1 | tail -3; done
+
+# make soak: SIP (sipp, 100 calls/s) and TURN (av-probe) soaks of SOAK_SECS each (default 600),
+# with the Director killed (kill -9) in the middle of each; not part of make test.
+SOAK_SECS ?= 600
+soak: all
+	$(Q)cd tests/soak && SOAK_SECS=$(SOAK_SECS) SUITE_BUILD=$(abspath $(BUILD)) \
+	    python3 -m unittest -v test_soak
+.PHONY: soak
