@@ -47,7 +47,16 @@ void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const
     if (n > 0 && sip_msg_scan(rm, rep, (size_t)n, true, AE_OUT_CAP) > 0) {
         struct ae_origin o = {.side = r->dest.side, .tp = r->dest.tp,
                               .conn = ae_conn_get(ae, r->dest.conn_id), .peer = &r->dest.addr};
-        ae_forward_response(ae, &o, rm);
+        struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+        if (t)
+            t->local_final = true;
+        struct ae_dest to = {0};
+        size_t len = 0;
+        ae_forward_response_to(ae, &o, rm, &to, &len);
+        /* The caller has our 100 and will not send its INVITE again: over UDP a lost answer
+         * is ours to repeat (RFC 3261 §17.2.1), until its ACK or Timer H. */
+        if (t && len && to.tp == AE_TP_UDP)
+            ae_retx_track_answer(ae, r->key, &to, ae->out, len);
     }
     free(rep);
     free(rm);

@@ -26,7 +26,7 @@ enum ae_gate ae_fwd_gate(enum ae_method method, const struct ae_txn *t, bool dra
             return AE_GATE_CANCEL_UNKNOWN;
         return t->final || t->cancelled ? AE_GATE_CANCEL_DONE : AE_GATE_CANCEL_FORWARD;
     case AE_M_ACK:
-        return AE_GATE_FORWARD_ACK;
+        return t && t->local_final ? AE_GATE_ABSORB_ACK : AE_GATE_FORWARD_ACK;
     default:
         return AE_GATE_FORWARD;
     }

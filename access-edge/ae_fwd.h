@@ -19,6 +19,7 @@ uint8_t ae_fwd_uri_transport(bool tcp, bool tls, uint16_t port, uint16_t *port_o
 enum ae_gate {
     AE_GATE_FORWARD = 0,    /* not INVITE/CANCEL/ACK: forward (track it as a non-INVITE) */
     AE_GATE_FORWARD_ACK,    /* ACK: forward, nothing to track */
+    AE_GATE_ABSORB_ACK,     /* the ACK of a final answer the edge made itself: ends here */
     AE_GATE_NEW_INVITE,     /* a new INVITE: add a transaction, answer 100, forward */
     AE_GATE_INVITE_RETRANS, /* a retransmitted INVITE: answer 100 again, nothing else */
     AE_GATE_DRAINING,       /* a new INVITE while draining: 503 */

@@ -196,6 +196,9 @@ void ae_director_down(struct ae *ae, size_t k, const char *why);
 void ae_director_alive(struct ae *ae, size_t k);
 void ae_on_health(uv_timer_t *t);
 void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
+/* The same, saying where it went: *sent and *sent_len (the bytes are in ae->out) once sent. */
+void ae_forward_response_to(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                            struct ae_dest *sent, size_t *sent_len);
 int ae_policy(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                      const struct sip_route *r, enum sip_source src);
 void ae_partner_account(struct ae *ae, struct ae_conn *c, int status);
@@ -211,6 +214,10 @@ void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sock
 void ae_on_accept(uv_stream_t *server, int status);
 int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
                       const char *server_name, struct ae_conn **out);
+/* The edge's own final answer to INVITE key, sent over UDP to d: sent again on Timer G until
+ * the ACK comes (ae_fwd_gate's ABSORB_ACK) or Timer H passes. */
+void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
+                          size_t n);
 void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
                        size_t n);
 void ae_unref(struct ae *ae);

@@ -83,6 +83,8 @@ static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_
 void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                       const struct sip_verdict *v, const char *extra)
 {
+    if (m->is_request && slice_eq_str(m->method, "ACK"))
+        return; /* never answered, and the ACK of our own refusal is no second refusal */
     ae_count_reject(ae, v->reason);
     if (ae_noise_ok(ae))
         LOGI(ae->log, o->peer, "sip: %d %s (%s)", v->status, v->phrase, v->text);
@@ -380,8 +382,7 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
                     uint64_t now, struct ae_dest *dest)
 {
     enum ae_method meth = method_of(m);
-    struct ae_txn *t =
-        meth == AE_M_INVITE || meth == AE_M_CANCEL ? ae_txn_find(ae->txns, h) : NULL;
+    struct ae_txn *t = meth != AE_M_OTHER ? ae_txn_find(ae->txns, h) : NULL;
     enum ae_gate g = ae_fwd_gate(meth, t, ae->draining);
     switch (g) {
     case AE_GATE_INVITE_RETRANS:
@@ -418,6 +419,10 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
         return 0;
     case AE_GATE_FORWARD_ACK:
         break;
+    case AE_GATE_ABSORB_ACK:
+        if (t)
+            t->acked = true; /* on_retx stops sending the answer */
+        return 1;
     }
     return 0;
 }
@@ -758,7 +763,8 @@ static int response_dest(struct ae *ae, const struct ae_origin *o, const struct 
     return hr < 0 ? -ENOENT : 0;
 }
 
-void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
+void ae_forward_response_to(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                            struct ae_dest *sent, size_t *sent_len)
 {
     uint64_t h;
     uint32_t cid;
@@ -806,6 +812,15 @@ void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct 
         return;
     }
     ae_send(ae, &dest, ae->out, (size_t)len);
+    if (sent) {
+        *sent = dest;
+        *sent_len = (size_t)len;
+    }
+}
+
+void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
+{
+    ae_forward_response_to(ae, o, m, NULL, NULL);
 }
 
 /* The per-source rate limit on requests from outside. Returns true when m was answered

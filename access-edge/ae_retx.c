@@ -28,8 +28,11 @@ enum ae_retx_step ae_retx_step(struct ae_retx *r, uint64_t now_ms)
         return AE_RETX_GIVE_UP;
     if (r->reliable || now_ms < r->next_ms)
         return AE_RETX_WAIT;
-    /* Timer A doubles with no T2 cap for INVITE: 0.5, 1, 2, 4, 8, 16 s. */
+    /* Timer A doubles with no T2 cap for INVITE: 0.5, 1, 2, 4, 8, 16 s; Timer G for a final
+     * answer stops at T2: 0.5, 1, 2, 4, 4, ... s. */
     r->interval_ms *= 2;
+    if (r->response && r->interval_ms > AE_RETX_T2_MS)
+        r->interval_ms = AE_RETX_T2_MS;
     r->next_ms = now_ms + r->interval_ms;
     return AE_RETX_SEND;
 }

@@ -18,7 +18,8 @@
 #include "common/util.h"
 
 #define AE_RETX_T1_MS 500u
-#define AE_RETX_TIMER_B_MS (64u * AE_RETX_T1_MS)
+#define AE_RETX_TIMER_B_MS (64u * AE_RETX_T1_MS) /* Timer H is the same 64*T1 */
+#define AE_RETX_T2_MS 4000u
 
 struct ae_retx {
     struct dlist link;
@@ -27,6 +28,8 @@ struct ae_retx {
     uint64_t started_ms, next_ms;
     uint32_t interval_ms;
     bool reliable; /* TCP/TLS: no retransmissions, only Timer B */
+    bool response; /* the edge's own final answer to the INVITE, sent again until its ACK
+                      (RFC 3261 §17.2.1: Timer G, capped at T2; Timer H gives up) */
     size_t len;
     uint8_t data[];
 };

@@ -56,7 +56,7 @@ static void on_retx(uv_timer_t *timer)
         next = e->next;
         struct ae_retx *r = container_of(e, struct ae_retx, link);
         const struct ae_txn *t = ae_txn_find(ae->txns, r->key);
-        bool waiting = t && !t->answered && !t->cancelled;
+        bool waiting = r->response ? t && !t->acked : t && !t->answered && !t->cancelled;
         enum ae_retx_step step = waiting ? ae_retx_step(r, now) : AE_RETX_GIVE_UP;
         if (step == AE_RETX_SEND) {
             metric_inc(ae->m_retx);
@@ -66,7 +66,7 @@ static void on_retx(uv_timer_t *timer)
         if (step == AE_RETX_WAIT)
             continue;
         dl_del(&r->link);
-        if (waiting) {
+        if (waiting && !r->response) {
             metric_inc(ae->m_retx_timeout);
             LOGI(ae->log, &r->dest.addr, "sip: no answer to a forwarded INVITE in %u s",
                  AE_RETX_TIMER_B_MS / 1000);
@@ -87,6 +87,18 @@ void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const u
     struct ae_retx *r = ae_retx_new(key, d, p, n, uv_now(ae->loop));
     if (!r)
         return; /* the sender's own timers are what is left */
+    if (dl_empty(&ae->retx) && !ae->stopping)
+        uv_timer_start(&ae->retx_timer, on_retx, 100, 100);
+    dl_add(ae->retx.prev, &r->link);
+}
+
+void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
+                          size_t n)
+{
+    struct ae_retx *r = ae_retx_new(key, d, p, n, uv_now(ae->loop));
+    if (!r)
+        return;
+    r->response = true;
     if (dl_empty(&ae->retx) && !ae->stopping)
         uv_timer_start(&ae->retx_timer, on_retx, 100, 100);
     dl_add(ae->retx.prev, &r->link);

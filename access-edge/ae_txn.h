@@ -29,6 +29,9 @@ struct ae_txn {
     bool cancelled;  /* a CANCEL was answered by us */
     bool answered;   /* the next hop sent a response (even 100): retransmissions stop */
     bool noninvite;  /* a non-INVITE awaiting its final answer (only drain looks at it) */
+    bool local_final; /* the edge answered it itself (next hop down or silent): the ACK ends
+                         it here, and the answer is sent again until then */
+    bool acked;
     struct ae_dest dest;
 };
 

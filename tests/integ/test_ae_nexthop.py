@@ -12,9 +12,10 @@ import threading
 import time
 
 from harness import SuiteTest, wait_for
-from siplab import DIR_IP, EXT_IP, USERS, Lab, StreamUA, UdpUA, parse_status
+from siplab import DIR_IP, EXT_IP, USERS, Lab, StreamUA, UdpUA, header, parse_status
 
 DOWN = 'access_edge_sip_rejected_total{reason="next_hop_down"}'
+DOWN_FINALS = DOWN  # the 503 for the INVITE in flight; its ACK is not counted again
 
 
 class DirectorDown(SuiteTest):
@@ -57,6 +58,22 @@ class DirectorDown(SuiteTest):
         self.assertIn(parse_status(r), (408, 503), r)
         self.assertLess(took, 32 + 2, "within Timer B")
         self.assertIn("Via: SIP/2.0/UDP 127.0.0.6", r)
+        # The caller has the edge's 100 and will not send its INVITE again: a lost answer is
+        # the edge's to repeat (Timer G) until the ACK (the soak lost 66 of a burst of 250).
+        again = u.recv(timeout=2)
+        self.assertEqual(again, r, "the answer sent again before any ACK")
+        to = header(r, "To")[0]
+        cseq = header(r, "CSeq")[0].split()[0]
+        via = header(r, "Via")[0]
+        u.send(f"ACK sip:bob@example.com SIP/2.0\r\nVia: {via}\r\n"
+               f"From: {header(r, 'From')[0]}\r\nTo: {to}\r\n"
+               f"Call-ID: {header(r, 'Call-ID')[0]}\r\nCSeq: {cseq} ACK\r\n"
+               "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n", (EXT_IP, lab.ext_port))
+        time.sleep(0.3)
+        while u.recv(timeout=0.1):
+            pass  # one may have crossed the ACK
+        self.assertIsNone(u.recv(timeout=5), "sent again after the ACK")
+        self.assertEqual(lab.edge_metric(DOWN_FINALS), 1)
 
     def test_backup_director_takes_over(self):
         lab = Lab(self, backup=True)

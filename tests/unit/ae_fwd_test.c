@@ -39,6 +39,10 @@ static void gate(void **st)
     assert_int_equal(ae_fwd_gate(AE_M_CANCEL, &done, false), AE_GATE_CANCEL_DONE);
     assert_int_equal(ae_fwd_gate(AE_M_CANCEL, &cancelled, false), AE_GATE_CANCEL_DONE);
     assert_int_equal(ae_fwd_gate(AE_M_ACK, NULL, true), AE_GATE_FORWARD_ACK);
+    assert_int_equal(ae_fwd_gate(AE_M_ACK, &done, false), AE_GATE_FORWARD_ACK);
+    /* The ACK of a final answer the edge made itself (its next hop down) ends at the edge. */
+    struct ae_txn ours = {.final = true, .local_final = true};
+    assert_int_equal(ae_fwd_gate(AE_M_ACK, &ours, false), AE_GATE_ABSORB_ACK);
     assert_int_equal(ae_fwd_gate(AE_M_OTHER, NULL, true), AE_GATE_FORWARD);
 }
 

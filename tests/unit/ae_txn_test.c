@@ -78,6 +78,32 @@ static void invite_retransmission_schedule(void **st)
     free(r);
 }
 
+/* The edge's own final answer goes again on Timer G (0.5, 1, 2, 4, 4, ... s: capped at T2)
+ * until its ACK, and Timer H (32 s) gives up. */
+static void own_final_answer_timer_g_schedule(void **st)
+{
+    struct ae_dest d = {.side = 0};
+    struct ae_retx *r = ae_retx_new(42, &d, "SIP/2.0 503", 11, 1000);
+    assert_non_null(r);
+    r->response = true;
+    uint64_t sent[16];
+    size_t n = 0;
+    uint64_t t;
+    for (t = 1000; t < 40000; t += 100) {
+        enum ae_retx_step s = ae_retx_step(r, t);
+        if (s == AE_RETX_GIVE_UP)
+            break;
+        if (s == AE_RETX_SEND && n < 16)
+            sent[n++] = t - 1000;
+    }
+    const uint64_t want[] = {500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500};
+    assert_int_equal(n, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(sent[i], want[i]);
+    assert_int_equal(t - 1000, 32000);
+    free(r);
+}
+
 /* Over TCP or TLS the edge never sends again (the transport does), but still gives up at
  * Timer B, so the caller gets an answer. */
 static void reliable_invite_only_waits_for_timer_b(void **st)
@@ -103,6 +129,7 @@ int main(void)
         cmocka_unit_test(expiry_and_linger),
         cmocka_unit_test(invite_retransmission_schedule),
         cmocka_unit_test(reliable_invite_only_waits_for_timer_b),
+        cmocka_unit_test(own_final_answer_timer_g_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
