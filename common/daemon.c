@@ -365,6 +365,7 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
     uv_timer_init(&d->loop, &d->trim_timer);
     d->trim_timer.data = d;
     d->trim = (struct memtrim){.min_free = TRIM_MIN_FREE, .every_ms = TRIM_EVERY_MS};
+    memtrim_init();
     uv_timer_start(&d->trim_timer, on_trim, TRIM_INTERVAL_MS, TRIM_INTERVAL_MS);
     uv_unref((uv_handle_t *)&d->trim_timer);
 

@@ -3,6 +3,11 @@
 
 #include <malloc.h>
 
+void memtrim_init(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+}
+
 size_t memtrim_free_bytes(void)
 {
     struct mallinfo2 mi = mallinfo2(); /* sums every arena */

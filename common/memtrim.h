@@ -16,6 +16,12 @@ struct memtrim {
     uint64_t every_ms;  /* a trim at most this often when the free total has not moved */
 };
 
+/* Once, at start: allocations of 1 MiB and more always get pages of their own (mmap), given
+ * back the moment they are freed. glibc otherwise raises that threshold after each large
+ * free, and a table rebuilt now and then (access-edge's transaction table is 21 MB) then
+ * comes from the heap and stays there. */
+void memtrim_init(void);
+
 /* Free bytes malloc holds in all arenas (av-edge's workers have arenas of their own). */
 size_t memtrim_free_bytes(void);
 
