@@ -18,8 +18,10 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   docker-compose python3-yaml systemd sipvicious varnish"
 # Lab clients (make lab-test, deploy/lab/clients/): real WebRTC and SIP clients nobody here wrote,
 # driven through the edges in the namespace lab. python3-aiortc: two WebRTC peers (aiortc, a third
-# TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3.
-LAB="python3-aiortc"
+# TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3. kamailio with its
+# TLS module: a federated partner's edge (also a benchmark); sip-tester and dnsmasq-base (also in
+# TEST): its users and the internet's DNS. baresip-core: a softphone without a GUI.
+LAB="python3-aiortc kamailio kamailio-tls-modules sip-tester dnsmasq-base baresip-core"
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
 
