@@ -20,8 +20,13 @@ TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
 # driven through the edges in the namespace lab. python3-aiortc: two WebRTC peers (aiortc, a third
 # TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3. kamailio with its
 # TLS module: a federated partner's edge (also a benchmark); sip-tester and dnsmasq-base (also in
-# TEST): its users and the internet's DNS. baresip-core: a softphone without a GUI.
-LAB="python3-aiortc kamailio kamailio-tls-modules sip-tester dnsmasq-base baresip-core"
+# TEST): its users and the internet's DNS. baresip-core: a softphone without a GUI. chromium,
+# nodejs and npm: headless browsers driven by playwright-core (npm, into build/lab-clients: make
+# lab-clients) with JsSIP.
+LAB="python3-aiortc kamailio kamailio-tls-modules sip-tester dnsmasq-base baresip-core
+  chromium nodejs"
+# Debian's npm is its own package; NodeSource's nodejs carries npm and conflicts with it.
+command -v npm >/dev/null || LAB="$LAB npm"
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream libssl-dev haproxy kamailio kamailio-tls-modules stunnel4"
 

@@ -245,7 +245,7 @@ class LabClients(lab.LabWithDaemons):
                 break
             time.sleep(0.1)
         with open(os.path.join(self.tmp, inst + ".log"), "a") as log:
-            p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), os.path.join(self.build, "bin", inst),
+            p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), os.path.join(self.build, "bin", re.sub(r"-\d+$", "", inst)),
                                   "-c", path], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         type(self).procs.append(p)
         self.started[inst] = (p.pid, host)
@@ -527,7 +527,6 @@ class LabClients(lab.LabWithDaemons):
                           "iceServers": [{"urls": uris, "username": c["username"], "credential": c["password"]}],
                           "jssip": os.path.join(NODE_DIR, "jssip.js")}
         opts["alice"]["call"] = "bob"
-        opts["bob"]["seconds"] = seconds - 2  # stops reading its counters before alice hangs up
         before = self.relayed_bytes()
         bob = self.browser("inet", opts["bob"])
         self.assertTrue(self.read_until(bob, "REGISTERED", timeout=40),
@@ -538,8 +537,12 @@ class LabClients(lab.LabWithDaemons):
             self.assertTrue(self.read_until(p, "END", timeout=90),
                             f"{who}'s browser did not finish:\n{p.seen[-3000:]}\n{self.log_tail('access-edge')}")
             p.wait(timeout=20)
-            results.append([json.loads(l.split(" ", 1)[1]) for l in p.seen.splitlines() if l.startswith("STATS ")])
+            # Samples of the call while it was up (one taken as it ended has no ICE pair left).
+            results.append([st for st in (json.loads(l.split(" ", 1)[1]) for l in p.seen.splitlines()
+                                          if l.startswith("STATS ")) if st["pair"] and st["pair"]["bytesSent"]])
         relayed = self.relayed_bytes() - before
+        ended = re.search(r"call ended: (.*)", bob.seen)
+        type(self).callee_end = ended[1] if ended else f"not ended:\n{self.log_tail('access-edge')}"
         for who, st in zip(("alice", "bob"), results):
             print(f"\n{who}'s browser, last getStats(): {json.dumps(st[-1])}", flush=True)
         print(f"the av-edges relayed {relayed:.0f} bytes", flush=True)
@@ -563,10 +566,56 @@ class LabClients(lab.LabWithDaemons):
         # selected pair, so DTLS, SRTP, RTCP and ICE checks all count.
         pair = a[-1]["pair"]["bytesSent"] + b[-1]["pair"]["bytesSent"]
         self.assertGreater(relayed, 1.6 * pair, f"relayed {relayed}, the browsers sent {pair}")
-        self.assertLess(relayed, 2.6 * pair, f"relayed {relayed}, the browsers sent {pair}")
+        self.assertLess(relayed, 2.8 * pair, f"relayed {relayed}, the browsers sent {pair}")
 
     def test_browsers_call_over_wss_with_relay_only_ice_over_udp(self):
         self.browser_ready()
         a, b, relayed = self.browser_call(lambda u: u.startswith("turn:") and u.endswith("transport=udp"))
         self.assert_browser_media(a, b, relayed)
         self.assertEqual(a[-1]["pair"]["relayProtocol"], "udp")
+
+    # access-edge bug, reported: when both parties are remote users (the INVITE crosses the edge
+    # out, through the Director, and out again), the caller's ACK and BYE along the route set get
+    # "403 Federation not allowed with <callee's .invalid Contact host>": the edge pops every one
+    # of its own Route entries, the one with the callee's flow token too, and routes on the
+    # Request-URI. The callee's JsSIP ends the call with "No ACK" 32 s later instead. Remove this
+    # mark once that is fixed.
+    @unittest.expectedFailure
+    def test_browsers_hang_up_reaches_the_callee(self):
+        end = getattr(type(self), "callee_end", None)
+        if end is None:
+            skip(self, "no browser call ran in this lab (see the tests above)")
+        self.assertEqual(end, "remote Terminated", "the callee's call did not end with the caller's BYE")
+
+    def test_browsers_call_over_turns_on_443_with_udp_blocked(self):
+        self.browser_ready()
+        # The av-edges serve TURN over TLS on 443 (turns:, what a firewall that lets only web
+        # traffic out passes) instead of TURN over TCP there.
+        for inst, ext in (("av-edge-1", "AV1_EXT"), ("av-edge-2", "AV2_EXT")):
+            if getattr(type(self), f"tls443_{inst}", False):
+                continue
+            addr = re.escape(PLAN[ext])
+            self.restart(inst, lambda text: (re.sub(r"(?m)^(\s*tls_listen:\s*\[)", r"\g<1>" + PLAN[ext] + ":443, ",
+                                                    re.sub(r"(?m)^\s*tcp_listen:\s*\[" + addr + r":443\].*\n", "", text)), 1))
+            setattr(type(self), f"tls443_{inst}", True)
+        # A firewall that lets only web traffic out: no UDP, TCP to 443 and 8443 (WSS) only. The
+        # home router applies it to the user behind the NAT, the internet host to its own traffic
+        # (bob's browser runs there).
+        block = ("table inet udpblock { chain %s { type filter hook %s priority -10; policy accept; "
+                 "meta l4proto udp drop; ct state new tcp dport != { 443, 8443 } drop; }; }")
+        for host, hook in (("homertr", "forward"), ("inet", "output")):
+            r = lab.sh("ip", "netns", "exec", self.ns(host), "nft", block % (hook, hook))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.addCleanup(lab.sh, "ip", "netns", "exec", self.ns(host), "nft", "delete", "table", "inet", "udpblock")
+        want = lambda u: u.startswith("turns:") and ":443?" in u
+        for _ in range(100):  # the restarted av-edges are back with the Director, listing turns: on 443
+            code, c = self.director_api("GET", "/credentials?user=probe&location=internet")
+            if code == 200 and sum(1 for u in c["uris"] if want(u)) == 2:
+                break
+            time.sleep(0.2)
+        # The browsers get every URI the Director lists; only turns: on 443 gets through.
+        a, b, relayed = self.browser_call(lambda u: True)
+        self.assert_browser_media(a, b, relayed)
+        for st in (a, b):
+            self.assertEqual(st[-1]["pair"]["relayProtocol"], "tls", st[-1]["pair"])
+            self.assertRegex(st[-1]["pair"]["url"], r"^turns:.*:443\b", st[-1]["pair"])

@@ -7,8 +7,9 @@
 //     "password": "...", "domain": "example.com", "iceServers": [{"urls": [...],
 //     "username": "...", "credential": "..."}], "call": "bob", "seconds": 8}'
 //
-// Without "call" it answers the first call. Lines: REGISTERED, CONFIRMED, STATS <json> (every
-// second while the call is up, "seconds" long), then END. Set CHROMIUM to another browser binary.
+// Without "call" it answers the first call and waits (10 s at most) for the caller to hang up.
+// Lines: REGISTERED, CONFIRMED, STATS <json> (every second, "seconds" long), CONSOLE call ended:
+// <who> <why>, END. Set CHROMIUM to another browser binary.
 const path = require('path');
 const {chromium} = require('playwright-core');
 
@@ -22,7 +23,9 @@ async function main() {
   });
   try {
     const page = await browser.newPage();
-    page.on('console', (m) => { if (m.type() === 'error') console.log('CONSOLE', m.text()); });
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.text().startsWith('call ')) console.log('CONSOLE', m.text());
+    });
     await page.goto('file://' + path.join(__dirname, 'call.html'));
     await page.addScriptTag({path: o.jssip || path.join(process.cwd(), 'jssip.js')});
     await page.evaluate((a) => start(a), {wss: o.wss, user: o.user, password: o.password, domain: o.domain,
@@ -38,7 +41,11 @@ async function main() {
       await page.waitForTimeout(1000);
       console.log('STATS ' + JSON.stringify(await page.evaluate(() => stats())));
     }
-    if (o.call) await page.evaluate(() => hangup());
+    if (o.call) {
+      await page.evaluate(() => hangup());
+    } else {  // the caller hangs up: wait for its BYE (the page logs "call ended: remote ...")
+      await page.waitForFunction(() => !confirmed(), null, {timeout: 10000, polling: 100}).catch(() => {});
+    }
     await page.waitForTimeout(500);
     console.log('END');
   } finally {
