@@ -173,6 +173,8 @@ class LabClients(lab.LabWithDaemons):
                           ("dnsmasq", "dnsmasq-base")):
             if not shutil.which(tool):
                 skip(self, f"{tool} is missing ({pkg}: deploy/install-deps.sh)")
+        if not os.path.exists("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so"):
+            skip(self, "Kamailio's TLS module is missing (kamailio-tls-modules: deploy/install-deps.sh)")
         self.need("director", "access-edge")
         cls = type(self)
         inet = PLAN["INET"]
@@ -334,25 +336,34 @@ class LabClients(lab.LabWithDaemons):
         self.assertIn("INVITE from <sip:carol@partner.example>", callee.seen)
         self.assertIn(PLAN["ACCESS_INT"], bye.split(), f"the BYE did not cross access-edge: {callee.seen}")
 
-    # access-edge bug, reported: an INVITE from inside to a partner it has no connection to yet
-    # gets an external Record-Route whose flow token names connection 0 (the token is made before
-    # ae_send dials the partner), so the BYE from inside along that route set gets 430 Flow
-    # Failed. The INVITE, 180, 200 and ACK do cross. Remove this mark once that is fixed.
-    @unittest.expectedFailure
     def test_inside_user_calls_kamailio_partner_user(self):
         partners = self.federation()
         _, _, ua = partners["partner.example"]
         _, _, _, inside_args = self.sip_parties()
-        # The internal user calls carol@partner.example; sipp answers behind Kamailio; BYE from inside.
+        # The internal user calls carol@partner.example; sipp answers behind Kamailio; BYE from
+        # inside (its answer is checked by the next test).
         uas = self.sipp("call_uas.xml", port=ua)
         caller = self.sipua("iuser", *inside_args, "--call", "carol@partner.example", timeout=30)
         self.assertTrue(self.read_until(caller, "IN CALL", timeout=20),
                         f"{caller.seen}\n{self.log_tail('access-edge')}\n{self.file_tail('kamailio-partner.example.log')}")
+        for want in ("INVITE 180", "INVITE 200", "ACK sent"):
+            self.assertIn(want, caller.seen)
         caller.stdin.write("bye\n")
         caller.stdin.flush()
-        self.assertTrue(self.read_until(caller, "BYE"), caller.seen)
-        self.assertIn("BYE 200", caller.seen, f"{caller.seen}\n{self.log_tail('access-edge')}")
-        self.finish(uas, "inside to partner call")
+        bye = self.read_until(caller, "BYE")
+        type(self).inside_bye = (bye, caller.seen + "\n" + self.log_tail("access-edge"))
+        uas.kill()
+
+    # access-edge bug, reported: an INVITE from inside to a partner the edge has no connection to
+    # yet gets an external Record-Route whose flow token names connection 0 (the token is made
+    # before ae_send dials the partner), so the BYE from inside along that route set gets 430
+    # Flow Failed. Remove this mark once that is fixed.
+    @unittest.expectedFailure
+    def test_inside_user_hangs_up_on_kamailio_partner_user(self):
+        bye = getattr(type(self), "inside_bye", None)
+        if bye is None:
+            skip(self, "the inside user's call to the partner did not run (see the test above)")
+        self.assertEqual(bye[0], "BYE 200", bye[1])
 
     def test_partner_not_on_the_allow_list_is_refused_as_kamailio_sees_it(self):
         partners = self.federation()
