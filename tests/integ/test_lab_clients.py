@@ -15,7 +15,8 @@ Root only, like every lab test.
   Kamailio sees it.
 - baresip (Debian baresip-core): the external user behind the NAT registers over TLS through
   access-edge, sends the internal user (another baresip, registered at the Director) a MESSAGE
-  and calls it; SRTP (SDES) with ICE through the av-edges; both ends count the RTP both ways.
+  and calls it; SRTP (SDES) relayed by the av-edges (baresip's TURN media mode: its ICE, libre
+  1.x, lost the call's audio one way in one run of three); both ends count the RTP both ways.
 - Headless Chromium (Debian chromium, driven by playwright-core from npm) with a page of ours
   using JsSIP: two browsers, one behind the NAT and one on the internet host, register over WSS
   through access-edge and call with fake camera and microphone and relay-only ICE, with the
@@ -406,7 +407,7 @@ class LabClients(lab.LabWithDaemons):
         self.assertTrue(m and lost, f"no call summary from {who}'s baresip:\n{text[-4000:]}")
         return int(m[1]), int(m[2]), int(lost[2])
 
-    def test_baresip_registers_over_tls_messages_and_calls_with_srtp_over_ice(self):
+    def test_baresip_registers_over_tls_messages_and_calls_with_srtp_through_av_edge(self):
         if not shutil.which("baresip"):
             skip(self, "baresip is missing (Debian baresip-core: deploy/install-deps.sh, lab group)")
         self.need("director", "access-edge", "av-edge-1", "av-edge-2")
@@ -427,16 +428,19 @@ class LabClients(lab.LabWithDaemons):
         bob = self.baresip("iuser", "bob", [
             "--aor", f"sip:bob@{PLAN['DIRECTOR']}", "--password", users["bob"], "--listen", f"{PLAN['IUSER']}:5060",
             "--turn", f"turn:{PLAN['AV2_INT']}:3478", "--turn-user", creds["intranet"]["username"],
-            "--turn-password", creds["intranet"]["password"]], seconds=40)
+            "--turn-password", creds["intranet"]["password"], "--medianat", "turn"], seconds=40)
         self.assertRegex(self.read_until(bob, f"bob@{PLAN['DIRECTOR']}: {{0/UDP", timeout=15), r"200 OK",
                          f"the internal baresip did not register:\n{bob.seen[-3000:]}")
         # The external user behind the NAT: TLS to access-edge's 443, relays on av-edge-1's
-        # outside; sends a MESSAGE, then calls; -t ends the call after about 12 s of it.
+        # outside; sends a MESSAGE, then calls; -t ends the call after about 14 s of it. Media in
+        # baresip's TURN mode (each side's relayed address in its SDP): with medianat=ice, libre
+        # 1.x's controlled agent fails its checks now and then and alice gets no audio.
         alice = self.baresip("user", "alice", [
             "--aor", "sip:alice@example.com", "--password", users["alice"], "--ca", ca,
             "--outbound", f"sip:{PLAN['ACCESS_EXT']}:443;transport=tls",
             "--turn", f"turn:{PLAN['AV1_EXT']}:3478", "--turn-user", creds["internet"]["username"],
-            "--turn-password", creds["internet"]["password"], "--contact", "sip:bob@example.com"],
+            "--turn-password", creds["internet"]["password"], "--medianat", "turn",
+            "--contact", "sip:bob@example.com"],
             commands=(">", "/message hello from baresip", "/dialcontact"), seconds=16)
         out, _ = alice.communicate(timeout=40)
         alice.seen += out
@@ -452,15 +456,6 @@ class LabClients(lab.LabWithDaemons):
         self.assertRegex(alice.seen, r"(?s)SIP/2.0 200 OK\r?\n.*CSeq: \d+ MESSAGE", "alice's MESSAGE got no 200")
         self.assertIn("Call established", alice.seen, alice.seen[-4000:])
         relayed = self.relayed_bytes() - before
-        for who, p in (("alice", alice), ("bob", bob)):
-            ice = [l.strip() for l in p.seen.replace("\r", "\n").splitlines() if "ice:" in l or "ICE" in l]
-            print(f"\n{who}'s ICE: " + "\n  ".join(ice), flush=True)
-        # alice (the caller) controls ICE: her checks must complete and she re-INVITEs with the
-        # pair chosen. bob's own checklist may still end "failed" (libre 1.x makes no
-        # peer-reflexive candidate for a check from alice's NAT mapping); he sends from his relay,
-        # and the counters below show the audio arrived both ways.
-        self.assertIn("connectivity check is complete", alice.seen, "alice's ICE did not complete")
-        self.assertNotIn("connectivity check failed", alice.seen, "alice's ICE failed")
         a_sent, a_got, a_lost = self.summary(alice, "alice")
         b_sent, b_got, b_lost = self.summary(bob, "bob")
         print(f"\nbaresip: alice sent {a_sent} got {a_got} lost {a_lost}; bob sent {b_sent} got {b_got} "

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes a baresip 1.0 (Debian baresip-core) configuration directory for a headless softphone:
 no sound card (a 440 Hz tone as the microphone, a WAV file as the speaker), SRTP (SDES) required,
-ICE with a TURN server, the call summary with RTP counters printed at hang-up, and one account.
+ICE with a TURN server (or --medianat turn: always relay; libre 1.x's ICE, as the callee, fails
+its checks now and then behind a NAT), the call summary with RTP counters printed at hang-up,
+and one account.
 Run baresip on it with SIP trace on to see every request:
 
   ./baresip_config.py --dir ~/.bs --aor sip:alice@example.com --password alice-secret \
