@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs every Debian package the suite needs to build, test and benchmark.
 # Idempotent: installs only what is missing. Usage: deploy/install-deps.sh [--check]
-# EDGE_DEPS_GROUPS picks the groups (default "build test bench check"); the container images' build
+# EDGE_DEPS_GROUPS picks the groups (default "build test lab bench check"); the container images' build
 # stage uses EDGE_DEPS_GROUPS=build, so `make` inside it installs nothing else.
 set -eu
 
@@ -18,6 +18,17 @@ BUILD="build-essential pkg-config clang libclang-rt-14-dev
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
   docker-compose python3-yaml systemd sipvicious varnish sslscan"
+# Lab clients (make lab-test, deploy/lab/clients/): real WebRTC and SIP clients nobody here wrote,
+# driven through the edges in the namespace lab. python3-aiortc: two WebRTC peers (aiortc, a third
+# TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3. kamailio with its
+# TLS module: a federated partner's edge (also a benchmark); sip-tester and dnsmasq-base (also in
+# TEST): its users and the internet's DNS. baresip-core: a softphone without a GUI. chromium,
+# nodejs and npm: headless browsers driven by playwright-core (npm, into build/lab-clients: make
+# lab-clients) with JsSIP.
+LAB="python3-aiortc kamailio kamailio-tls-modules sip-tester dnsmasq-base baresip-core
+  chromium nodejs"
+# Debian's npm is its own package; NodeSource's nodejs carries npm and conflicts with it.
+command -v npm >/dev/null || LAB="$LAB npm"
 # Benchmarks: the programs a user would pick instead, and load generators.
 BENCH="wrk nginx-light libnginx-mod-stream haproxy kamailio kamailio-tls-modules stunnel4"
 
@@ -35,15 +46,16 @@ RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 li
   libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1"
 
 PKGS=""
-for g in ${EDGE_DEPS_GROUPS:-build test bench check}; do
+for g in ${EDGE_DEPS_GROUPS:-build test lab bench check}; do
     case $g in
     build) PKGS="$PKGS $BUILD" ;;
     test) PKGS="$PKGS $TEST" ;;
+    lab) PKGS="$PKGS $LAB" ;;
     bench) PKGS="$PKGS $BENCH" ;;
     runtime) PKGS="$PKGS $RUNTIME" ;;
     compose) PKGS="$PKGS $COMPOSE" ;;
     check) PKGS="$PKGS $CHECK" ;;
-    *) echo "install-deps: unknown group '$g' (build, test, bench, runtime, compose, check)" >&2; exit 2 ;;
+    *) echo "install-deps: unknown group '$g' (build, test, lab, bench, runtime, compose, check)" >&2; exit 2 ;;
     esac
 done
 # One dpkg-query for all: the Makefile runs this on every build.

@@ -2,8 +2,8 @@
 """A minimal SIP user agent over UDP for the lab tests (not a general client): REGISTER with
 Digest authentication (RFC 8760 SHA-256 or MD5, qop=auth), then optionally one of:
 
-- send one MESSAGE (--send-to), or wait for one and answer 200 (--wait-message);
-- call (--call USER): INVITE through the proxy, ACK the 200 along the route set the proxies
+- send one MESSAGE (--send-to USER, or USER@DOMAIN for another domain's user), or wait for one and answer 200 (--wait-message);
+- call (--call USER or USER@DOMAIN): INVITE through the proxy, ACK the 200 along the route set the proxies
   recorded (loose routing, RFC 3261 §12.1.2, §16.12), wait for a line on stdin (the test runs
   the call's media meanwhile; EOF does too), then BYE along the same route set;
 - answer (--answer): wait for an INVITE, answer 180 then 200 (the Record-Route copied), then
@@ -113,9 +113,13 @@ class UA:
             self.sock.sendto(self.request(method, uri, to, extra + auth, body).encode(), dest)
         raise TimeoutError(f"{method}: no final answer")
 
+    def aor(self, user):
+        """sip:USER@our domain, or sip:USER as given when it names a domain (a partner's user)."""
+        return f"sip:{user}" if "@" in user else f"sip:{user}@{self.a.domain}"
+
     def call(self, callee):
         """INVITE, ACK along the recorded route set, wait for stdin, BYE."""
-        to = f"sip:{callee}@{self.a.domain}"
+        to = self.aor(callee)
         code = self.transact("INVITE", to, to, "Content-Type: application/sdp\r\n", self.sdp(1))
         print("INVITE", code, flush=True)
         if code != 200:
@@ -221,7 +225,7 @@ def main():
     aor = f"sip:{a.user}@{a.domain}"
     print("REGISTER", ua.transact("REGISTER", f"sip:{a.domain}", aor, "Expires: 300\r\n"), flush=True)
     if a.send_to:
-        to = f"sip:{a.send_to}@{a.domain}"
+        to = ua.aor(a.send_to)
         print("MESSAGE", ua.transact("MESSAGE", to, to, "Content-Type: text/plain\r\n", a.text), flush=True)
     if a.wait_message:
         print("GOT", ua.wait_message(), flush=True)
