@@ -102,7 +102,7 @@ include tests/build.mk
 all: $(BUILD)/libcommon.a $(DAEMONS)
 units: $(UNIT_TESTS)
 
-test: all units
+test: all units lab-clients
 	$(Q)python3 tests/run_tests.py --build $(BUILD)
 
 run: all

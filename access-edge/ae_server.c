@@ -389,8 +389,14 @@ static int make_contexts(struct ae *ae, const struct ae_config *cfg)
     int rc = 0;
     /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
     const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
-    if (ex->ntls || ex->nwss)
-        rc = make_tls(ae, &ex->certs, true, false, &ae->tls_ext);
+    if (ex->ntls || ex->nwss) {
+        /* Users' listeners (TLS, WSS) ask for no client certificate: users have none, and
+         * a certificate request makes browsers abandon the WebSocket handshake (headless
+         * Chromium did). Only the mutual-TLS listener names the partners' CA. */
+        struct tls_files_config users = ex->certs;
+        users.ca = NULL;
+        rc = make_tls(ae, &users, true, false, &ae->tls_ext);
+    }
     if (rc == 0 && ex->nmtls)
         rc = make_tls(ae, &ex->certs, true, true, &ae->tls_ext_mtls);
     if (rc == 0 && (in->ntls || in->nmtls))

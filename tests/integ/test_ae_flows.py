@@ -36,6 +36,18 @@ class EdgeFlows(SuiteTest):
     def test_edge_to_director_mutual_tls(self):
         self.message_to_stream_user(tls=True, edge_to_director="tls")
 
+    def test_user_listeners_ask_for_no_client_certificate(self):
+        # The TLS and WSS listeners for users sent a certificate request (they were built with
+        # the partners' CA), and headless Chromium abandoned the WebSocket handshake; only the
+        # mutual-TLS listener asks.
+        lab = Lab(self)
+        for port, asks in ((lab.ext_tls, False), (lab.ext_wss, False), (lab.ext_mtls, True)):
+            p = self.run_tool(["openssl", "s_client", "-connect", f"{EXT_IP}:{port}",
+                               "-tls1_2"], input=b"", timeout=15)
+            out = p.stdout.decode(errors="replace")
+            self.assertIn("Server certificate", out)
+            self.assertEqual("Acceptable client certificate CA names" in out, asks, out[-1500:])
+
     def test_crlf_keepalive_ping_gets_pong_rfc5626(self):
         lab = Lab(self)
         ua = StreamUA(EXT_IP, lab.ext_port)
