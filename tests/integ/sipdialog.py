@@ -101,6 +101,8 @@ class Phone:
     def contact(self):
         tpp = {"udp": "", "inside": "", "tcp": ";transport=tcp", "tls": ";transport=tls",
                "mtls": ";transport=tls", "wss": ";transport=ws"}[self.tp]
+        if self.tp == "wss":  # as browsers (JsSIP) do: a made-up host; only the flow reaches it
+            return f"<sip:{self.user}@df7jal23ls0d.invalid{tpp}>"
         return f"<sip:{self.user}@{self.ip}:{self.port}{tpp}>"
 
     def via(self, branch=None):
