@@ -353,9 +353,14 @@ static int dest_uri(struct ae *ae, const struct ae_origin *o, const struct sip_m
             (addr_eq(&c->peer, &dest->addr) || (c->has_alias && addr_eq(&c->alias, &dest->addr)))) {
             dest->conn_id = c->id;
             dest->tp = c->tp;
-            break;
+            return 0;
         }
     }
+    /* None: dial now, not at the send, so that the Record-Route flow token names the
+     * connection the dialog will use (it named connection 0, and the inside's BYE got 430). */
+    struct ae_conn *c;
+    if (ae_connect(ae, dest->side, dest->tp, &dest->addr, NULL, &c) == 0)
+        dest->conn_id = c->id;
     return 0;
 }
 

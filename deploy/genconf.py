@@ -6,7 +6,7 @@ given certificate directory, and a relay's `internal_networks` gains the lab's i
 Everything else is kept as written, so the derived configs follow the defaults as the roles
 change them.
 
-Usage: deploy/genconf.py --host HOST [--certs DIR] [--instance ID] DEFAULT_CONFIG > OUT
+Usage: deploy/genconf.py --host HOST [--certs DIR] [--instance ID] [--state DIR] DEFAULT_CONFIG > OUT
 HOST is a lab host: director, access, conf, av1, av2, av3, revproxy (the av number picks which
 av-edge's addresses 127.0.0.13/127.0.0.23 become)."""
 import argparse
@@ -51,7 +51,7 @@ def address_map(plan, host):
 ADDR = re.compile(r"(?<![\d.])127\.0\.0\.(\d{1,3})(:\d+)?(?![\d])")
 
 
-def rewrite(text, plan, host, certs=None, instance=None):
+def rewrite(text, plan, host, certs=None, instance=None, state=None):
     m = address_map(plan, host)
 
     def sub(mo):
@@ -73,8 +73,8 @@ def rewrite(text, plan, host, certs=None, instance=None):
                  lambda mo: f"{mo.group(1)}internal_networks:\n{mo.group(3)}- {lan}\n{mo.group(3)}- ", out)
     if certs:
         out = out.replace("build/certs/", certs.rstrip("/") + "/")
-        # Containers run with a read-only root: state goes to a volume at /var/lib/edge.
-        out = out.replace("build/director-registrations", "/var/lib/edge/director-registrations")
+    if state:  # where state files go (containers: a volume; the netns lab: its own folder)
+        out = out.replace("build/director-registrations", state.rstrip("/") + "/director-registrations")
     if instance:
         out, n = re.subn(r"(?m)^instance_id:.*$", f"instance_id: {instance}", out)
         if n == 0:
@@ -88,11 +88,12 @@ def main():
                     choices=["director", "access", "conf", "av1", "av2", "av3", "revproxy"])
     ap.add_argument("--certs")
     ap.add_argument("--instance")
+    ap.add_argument("--state", help="folder for state files (the Director's sip.store)")
     ap.add_argument("config")
     a = ap.parse_args()
     with open(a.config) as f:
         text = f.read()
-    sys.stdout.write(rewrite(text, load_plan(), a.host, a.certs, a.instance))
+    sys.stdout.write(rewrite(text, load_plan(), a.host, a.certs, a.instance, a.state))
 
 
 if __name__ == "__main__":

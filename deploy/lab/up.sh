@@ -195,7 +195,7 @@ start_role() {
         echo "lab: $inst skipped: no default config $default to derive the lab config from"
         return 0
     fi
-    python3 "$ROOT/deploy/genconf.py" --host "$host" --certs "$LABDIR/certs" --instance "$inst" \
+    python3 "$ROOT/deploy/genconf.py" --host "$host" --certs "$LABDIR/certs" --instance "$inst" --state "$LABDIR" \
         "$default" >"$conf"
     if ! "$bin" -c "$conf" --check >"$LABDIR/$inst.check" 2>&1; then
         echo "lab: $inst skipped: its lab config does not validate:"

@@ -355,11 +355,9 @@ class LabClients(lab.LabWithDaemons):
         type(self).inside_bye = (bye, caller.seen + "\n" + self.log_tail("access-edge"))
         uas.kill()
 
-    # access-edge bug, reported: an INVITE from inside to a partner the edge has no connection to
-    # yet gets an external Record-Route whose flow token names connection 0 (the token is made
-    # before ae_send dials the partner), so the BYE from inside along that route set gets 430
-    # Flow Failed. Remove this mark once that is fixed.
-    @unittest.expectedFailure
+    # An INVITE from inside to a partner the edge had no connection to yet got an external
+    # Record-Route whose flow token named connection 0 (the token was made before the edge
+    # dialed the partner), so the BYE from inside along that route set got 430 Flow Failed.
     def test_inside_user_hangs_up_on_kamailio_partner_user(self):
         bye = getattr(type(self), "inside_bye", None)
         if bye is None:
