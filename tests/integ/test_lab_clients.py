@@ -580,11 +580,9 @@ class LabClients(lab.LabWithDaemons):
 
     # access-edge bug, reported: when both parties are remote users (the INVITE crosses the edge
     # out, through the Director, and out again), the caller's ACK and BYE along the route set get
-    # "403 Federation not allowed with <callee's .invalid Contact host>": the edge pops every one
-    # of its own Route entries, the one with the callee's flow token too, and routes on the
-    # Request-URI. The callee's JsSIP ends the call with "No ACK" 32 s later instead. Remove this
-    # mark once that is fixed.
-    @unittest.expectedFailure
+    # The caller's ACK and BYE once got "403 Federation not allowed with <callee's .invalid
+    # Contact host>" (the edge routed on the Request-URI), and the callee's JsSIP ended the call
+    # with "No ACK" 32 s later instead.
     def test_browsers_hang_up_reaches_the_callee(self):
         end = getattr(type(self), "callee_end", None)
         if end is None:
