@@ -545,6 +545,18 @@ static bool is_own(struct registrar *rg, const osip_uri_t *u)
     return false;
 }
 
+/* Every Route entry names the Director itself (an inside client with the Director as its
+ * outbound proxy preloads one): nothing to forward along. */
+static bool routes_all_own(struct registrar *rg, osip_message_t *msg)
+{
+    for (int i = 0; i < osip_list_size(&msg->routes); i++) {
+        osip_route_t *rt = osip_list_get(&msg->routes, i);
+        if (!rt || !is_own(rg, rt->url))
+            return false;
+    }
+    return true;
+}
+
 static int uri_target(const osip_uri_t *u, struct addr *to, bool *stream)
 {
     if (!u || !u->host)
@@ -846,7 +858,7 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
     osip_message_get_max_forwards(msg, 0, &mf);
     if (mf && mf->hvalue && atoi(mf->hvalue) <= 0) {
         rg_reply(rg, o, m, 483, "Too Many Hops", NULL);
-    } else if (slice_eq_str(m->method, "REGISTER") && osip_list_size(&msg->routes) == 0 &&
+    } else if (slice_eq_str(m->method, "REGISTER") && routes_all_own(rg, msg) &&
                (has_domain((&rg->d->cfg->sip), msg->req_uri->host) || is_own(rg, msg->req_uri))) {
         do_register(rg, o, m, msg);
     } else if (is_own_ack(rg, m, msg)) {

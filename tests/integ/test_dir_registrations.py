@@ -44,3 +44,17 @@ class DirectorRestart(SuiteTest):
         out, _ = sender.communicate(timeout=20)
         self.assertNotEqual(sender.returncode, 0, "a removed binding came back")
         self.assertIsNone(ua.recv(timeout=0.5))
+
+
+class DirectorAsOutboundProxy(SuiteTest):
+    def test_register_with_a_route_to_the_director_itself_is_handled_there(self):
+        # baresip inside, with the Director as its outbound proxy, preloads a Route naming it:
+        # the Director took that for somewhere to forward to and answered 404.
+        from siplab import UdpUA
+        lab = Lab(self)
+        u = UdpUA(ip="127.0.0.9")
+        self.addCleanup(u.close)
+        u.request("REGISTER", "sip:example.com", (DIR_IP, lab.dir_sip),
+                  headers=f"Route: <sip:{DIR_IP}:{lab.dir_sip};lr>\r\nExpires: 60\r\n")
+        r = u.recv(timeout=3)
+        self.assertEqual(parse_status(r), 401, r)
