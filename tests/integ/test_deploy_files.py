@@ -325,7 +325,8 @@ class Compose(unittest.TestCase):
                     self.assertIn("Stub written by deploy/compose/genconfigs.sh", text)
                     continue
                 with open(src) as f:
-                    want = genconf.rewrite(f.read(), p, hosts[role], "/etc/edge/certs")
+                    want = genconf.rewrite(f.read(), p, hosts[role], "/etc/edge/certs",
+                                           state="/var/lib/edge")
                 self.assertEqual(text.split("\n", 1)[1], want,
                                  f"deploy/compose/config/{role}.yaml is out of date with {src}: "
                                  "run deploy/compose/genconfigs.sh")

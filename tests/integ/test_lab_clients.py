@@ -472,8 +472,21 @@ class LabClients(lab.LabWithDaemons):
         any (baresip) challenge is SHA-256: restart the Director offering MD5 alone, once."""
         if getattr(type(self), "md5_only", False):
             return
+        edge_log = os.path.join(self.tmp, "access-edge.log")
+        pos = os.path.getsize(edge_log) if os.path.exists(edge_log) else 0
         self.restart("director", lambda text: re.subn(r"(?m)^(\s*algorithms:\s*)\[[^]]*\]", r"\1[MD5]", text))
         type(self).md5_only = True
+        # access-edge answers 503 while it takes the Director for down: wait until it sees it
+        # answer again (or, after two health intervals, never took it for down).
+        t0 = time.time()
+        while time.time() - t0 < 15:
+            with open(edge_log, errors="replace") as f:
+                f.seek(pos)
+                tail = f.read()
+            down = tail.rfind("Director not answering: down")
+            if (down < 0 and time.time() - t0 > 2.5) or tail.rfind("Director answering: up") > down >= 0:
+                break
+            time.sleep(0.2)
         uris = []
         for _ in range(100):  # the av-edges come back to the new Director (ctl backoff)
             code, c = self.director_api("GET", "/credentials?user=probe&location=internet")
