@@ -306,10 +306,8 @@ static int av_reload(struct daemon *d, void *state, const void *new_cfg)
 {
     struct av_edge *e = state;
     const struct av_config *n = new_cfg, *o = e->cfg;
-    /* Sockets stay as they are: listeners, relay range and workers change on restart. */
-    if (n->workers != o->workers || n->relay.port_min != o->relay.port_min ||
-        n->relay.port_max != o->relay.port_max)
-        LOGW(daemon_logger(d), NULL, "workers and the relay port range take effect on restart only");
+    /* Sockets stay as they are: listeners, relay range and workers are restart-only keys
+     * (common/daemon.c refused a change to them before this is called). */
     struct av_runtime *rt;
     int rc = av_runtime_build(n, &rt);
     if (rc)

@@ -45,6 +45,10 @@ struct cfg_key {
     size_t count_offset;       /* CFG_LIST / *LIST */
     const char *const *choices; /* CFG_ENUM: NULL-terminated */
     const char *help;          /* one line, for --help and the README */
+    /* Only a restart applies this key (a listening address, a worker count): a reload
+     * that changes it is refused (cfg_restart_changed). For a section or list, any
+     * change within it. */
+    bool restart;
 };
 
 #define CFG_END {0}
@@ -63,6 +67,12 @@ int cfg_load(const char *path, const struct cfg_key *keys, size_t size, void **o
 int cfg_load_string(const char *name, const char *yaml, size_t len, const struct cfg_key *keys,
                     size_t size, void **out, struct cfg_err *err);
 void cfg_free(void *cfg);
+
+/* Reload check: 0 if every key marked .restart has the same value in old_cfg and new_cfg
+ * (both loaded with keys); otherwise -EBUSY and err names the first changed key at its
+ * file:line in new_cfg ("x.yaml:4:11: listen: can only change with a restart"). */
+int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct cfg_key *keys,
+                        struct cfg_err *err);
 
 /* Prints the key table as "name (type, default): help" lines, indented for sections. */
 void cfg_print_keys(const struct cfg_key *keys, int indent, void *file /* FILE* */);

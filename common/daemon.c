@@ -29,7 +29,7 @@ static const struct cfg_key log_keys[] = {
 };
 
 static const struct cfg_key admin_keys[] = {
-    {"listen", CFG_ADDR, 0, NULL, .min = 8080, .required = true,
+    {"listen", CFG_ADDR, 0, NULL, .min = 8080, .required = true, .restart = true,
      .help = "address of the /metrics and /healthz listener (internal side)"},
     CFG_END,
 };
@@ -247,6 +247,12 @@ static void on_hup(uv_signal_t *s, int signum)
     void *ncfg = NULL;
     if (load_config(d->ops, d->config_path, &ncfg, &err)) {
         LOGE(&d->log, NULL, "reload refused, keeping the running config: %s", err.msg);
+        metric_inc(d->m_reload_fail);
+        return;
+    }
+    if (cfg_restart_changed(d->cfg, ncfg, d->ops->keys, &err)) {
+        LOGE(&d->log, NULL, "reload refused, keeping the running config: %s", err.msg);
+        cfg_free(ncfg);
         metric_inc(d->m_reload_fail);
         return;
     }

@@ -1270,11 +1270,7 @@ fail:
 
 int ce_edge_reload(struct ce_edge *e, const struct ce_config *cfg)
 {
-    if (!addr_eq(&cfg->external.listen, &e->cfg->external.listen) ||
-        !addr_eq(&cfg->internal.listen, &e->cfg->internal.listen)) {
-        LOGE(e->log, NULL, "reload: listen addresses cannot change without a restart");
-        return -EINVAL;
-    }
+    /* Listen addresses are restart-only keys: common/daemon.c refused a change already. */
     char terr[256];
     struct tls_ctx *x = NULL, *i = NULL;
     if (make_tls(&x, &cfg->external.tls, false, cfg->external.handshake_timeout_ms, "conf-edge",

@@ -103,9 +103,6 @@ static int director_reload(struct daemon *dm, void *state, const void *new_cfg)
     int rc = director_tls_create(n, d->log, &tls);
     if (rc)
         return rc; /* keep the old config and certificates */
-    if (!addr_eq(&n->ctl.listen, &d->cfg->ctl.listen) ||
-        n->ctl.heartbeat_ms != d->cfg->ctl.heartbeat_ms)
-        LOGW(d->log, NULL, "director: ctl.listen and ctl.heartbeat take effect on restart only");
     ctl_server_set_tls(d->ctl, tls);
     tls_ctx_unref(d->ctl_tls);
     d->ctl_tls = tls;

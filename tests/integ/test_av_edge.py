@@ -11,7 +11,7 @@ import subprocess
 import time
 import unittest
 
-from harness import SuiteTest, free_port, wait_for, http_request
+from harness import SuiteTest, assert_restart_refused, edit_config, free_port, wait_for, http_request
 import avturn as T
 
 EXT = "127.0.0.113"   # external listener and relay address
@@ -368,6 +368,16 @@ class TestOperations(AvEdgeTest):
         user, pw = T.rest_credentials(SECRET, "erin")  # previous secret still accepted
         self.assertEqual(self.ext(user, pw).allocate().code, 0)
         self.assertEqual(a.refresh().code, 0)
+
+    def test_reload_changing_a_listener_is_refused(self):
+        """The sockets stay bound where they are: a reload that moves a listener is refused
+        with the key's position (it used to be accepted, and the edge then advertised an
+        address it did not listen on)."""
+        self.start_edge()
+        edit_config(self.edge, f"{EXT}:{self.ext_port}", f"{EXT}:{free_port(EXT)}")
+        assert_restart_refused(self.edge, "external.listen")
+        self.assertEqual(self.edge.metrics()['av_edge_config_reloads_total{result="refused"}'], 1)
+        self.assert_serving()
 
     def test_bad_config_is_refused_with_position(self):
         d = self.daemon("av-edge", "admin: { listen: 127.0.0.1:1 }\n"

@@ -11,7 +11,7 @@ import threading
 import time
 
 from confmock import ConfMock
-from harness import ROOT, SuiteTest, free_port, http_request, wait_for
+from harness import ROOT, SuiteTest, assert_restart_refused, edit_config, free_port, http_request, wait_for
 
 CERTS = os.path.join(ROOT, "build", "certs")
 SECRET = "lab-secret-1"
@@ -523,6 +523,14 @@ class ConfEdgeTest(SuiteTest):
         self.assertEqual(c.line(), "PSOM-EDGE/1 503 draining\r\n")
         self.edge.proc.wait(5)
         self.assertEqual(self.edge.proc.returncode, 0)
+
+    def test_reload_changing_a_listener_is_refused(self):
+        self.start_edge()
+        self.mock(mode="echo")
+        edit_config(self.edge, f"listen: {self.int}", f"listen: 127.0.0.1:{free_port()}")
+        assert_restart_refused(self.edge, "internal.listen")
+        c = Client(self.ext, key=mint("stay", "a"))
+        self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
 
     def test_sighup_applies_new_limits_to_new_clients(self):
         self.start_edge(extra="limits: {per_conference: 1}\n")

@@ -493,6 +493,14 @@ secrets:
         self.assertEqual(bad.proc.wait(5), 1)
         self.assertIn("UTF-8 without control characters", bad.log())
 
+    def test_reload_changing_the_listener_is_refused(self):
+        d = self.start_director()
+        a = self.probe("av-edge", "av1")
+        a.wait(lambda e: e["event"] == "secret", what="first relay secret")
+        harness.edit_config(d, f"127.0.0.1:{self.ctl_port}", f"127.0.0.1:{free_port()}")
+        harness.assert_restart_refused(d, "ctl.listen")
+        self.assertTrue(self.connected("av1"))
+
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()
         a = self.probe("av-edge", "av1")

@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from harness import ROOT, SuiteTest, free_port, http_request, rss_kib, wait_for
+from harness import ROOT, SuiteTest, assert_restart_refused, edit_config, free_port, http_request, rss_kib, wait_for
 from rp_upstream import Upstream
 
 CERTS = None
@@ -498,6 +498,12 @@ class RevproxyTest(SuiteTest):
         self.assertEqual(self.curl("/AutoUpdate/Ext/x")[1], 200)
         t.join()
         self.assertEqual(res["slow"][1], 200)
+
+    def test_reload_changing_a_listener_is_refused(self):
+        self.start()
+        edit_config(self.d, f"127.0.0.1:{self.https}, tls: true", f"127.0.0.1:{free_port()}, tls: true")
+        assert_restart_refused(self.d, "listeners")
+        self.assertEqual(self.curl("/ABS/ext/x")[1], 200)
 
     def test_reload_with_unusable_certificate_is_refused_and_old_config_serves(self):
         # The new config parses, but its certificate cannot be loaded: the reload is refused
