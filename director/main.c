@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/tls_files.h"
 #include "director/director.h"
 
 /* Modules beyond the hub: each adds one line here (see director/director.h). */
@@ -21,17 +22,10 @@ static const struct director_module director_modules[] = {
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,
                                struct tls_ctx **out)
 {
-    struct tls_cert_opts cert = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key};
-    struct tls_opts o = {
-        .server = true,
-        .certs = &cert,
-        .ncerts = 1,
-        .ca_file = cfg->tls.ca,
-        .verify_peer = true, /* mutual TLS: every edge shows a certificate our CA signed */
-        .session_tickets = true,
-    };
+    /* mutual TLS: every edge shows a certificate our CA signed */
+    struct tls_files_use u = {.server = true, .verify_peer = true};
     char err[256] = "";
-    int rc = tls_ctx_create(out, &o, err, sizeof err);
+    int rc = tls_files_ctx(out, &cfg->tls, &u, err, sizeof err);
     if (rc)
         LOGE(lg, NULL, "director: control-channel TLS: %s", err[0] ? err : strerror(-rc));
     return rc;

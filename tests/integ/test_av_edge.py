@@ -389,6 +389,69 @@ class TestOperations(AvEdgeTest):
         self.assertIn("port_min", p.stderr.decode() + p.stdout.decode())
 
 
+class TestCertificateRotation(AvEdgeTest):
+    def test_rotation_under_load_by_sighup_and_by_file_change(self):
+        """TURN over TLS under load while the certificate is renewed twice: by SIGHUP, then by
+        renaming new files over the old ones (no signal). New handshakes show the new serial,
+        a TLS connection held from before keeps its allocation, and no request fails."""
+        import ssl
+        from harness import ROOT
+        import rotation as R
+        cadir = os.path.join(ROOT, "build", "certs")
+        subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
+        crt, key = R.make_cert(self.tmp, "av-edge", 0x1001, cadir)
+        self.start_edge(tls=True, extra=f"tls: {{cert: {crt}, key: {key}}}\n")
+        self.assertEqual(R.peer_serial(EXT, self.tls_port), 0x1001)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def tls_client():
+            c = T.Client((EXT, self.tls_port), "alice", "wonder", tcp=True, timeout=10)
+            c.sock = ctx.wrap_socket(c.sock)
+            return c
+
+        held = tls_client()
+        self.addCleanup(held.close)
+        self.assertEqual(held.allocate(transport=T.TCP).code, 0)
+
+        def one():  # a new TLS connection and an authenticated Binding on it
+            c = tls_client()
+            try:
+                if c.request(T.BINDING, auth=False).code != 0:
+                    raise AssertionError("binding failed")
+            finally:
+                c.close()
+
+        load = R.Load(one, threads=2, max_s=90)
+        try:
+            time.sleep(0.5)
+            R.make_cert(self.tmp, "av-edge", 0x1002, cadir)
+            self.edge.signal(signal.SIGHUP)
+            wait_for(lambda: R.peer_serial(EXT, self.tls_port) == 0x1002, timeout=10,
+                     what="serial 0x1002 after SIGHUP")
+            self.assertEqual(held.refresh().code, 0)
+            # A renewal tool writes the key, then (a moment later) the certificate: the
+            # edge waits for a matching pair and then takes it without a signal.
+            R.make_cert(self.tmp, "av-edge", 0x1003, cadir, key_first_delay=0.3)
+            wait_for(lambda: R.peer_serial(EXT, self.tls_port) == 0x1003, timeout=15,
+                     what="serial 0x1003 after the files changed")
+            self.assertEqual(held.refresh().code, 0)
+            time.sleep(0.5)
+        finally:
+            ok, failed = load.stop()
+        self.assertEqual(failed, 0, load.errors)
+        self.assertGreater(ok, 10)
+        log = self.edge.log()
+        self.assertRegex(log, r"certificate .*av-edge.crt changed: subject CN=av-edge, serial 10:03, "
+                              r"notAfter \d{4}-\d\d-\d\dT")
+        m = self.edge.metrics()
+        na = [v for k, v in m.items() if k.startswith("av_edge_tls_certificate_not_after_seconds{")
+              and "av-edge.crt" in k]
+        self.assertEqual(len(na), 1, m.keys())
+        self.assertGreater(na[0], time.time() + 29 * 86400)
+
+
 class TestUserBandwidth(AvEdgeTest):
     def test_per_user_cap_holds_across_two_workers(self):
         """bandwidth_per_user is one budget for the user whatever worker each of its
