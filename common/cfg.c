@@ -754,6 +754,38 @@ static int restart_walk(const void *ncfg, const struct cfg_key *keys, const char
     return 0;
 }
 
+static const struct cfg_key *file_key(const struct cfg_key *keys, const char *name)
+{
+    for (const struct cfg_key *k = keys; k->name; k++)
+        if (k->type == CFG_FILE && !strcmp(k->name, name))
+            return k;
+    return NULL;
+}
+
+static void cert_walk(const char *base, const struct cfg_key *keys,
+                      void (*fn)(const char *cert, const char *key, void *arg), void *arg)
+{
+    const struct cfg_key *kc = file_key(keys, "cert"), *kk = file_key(keys, "key");
+    if (kc && kk && *(char *const *)(base + kc->offset))
+        fn(*(char *const *)(base + kc->offset), *(char *const *)(base + kk->offset), arg);
+    for (const struct cfg_key *k = keys; k->name; k++) {
+        if (k->type == CFG_SECTION) {
+            cert_walk(base + k->offset, k->sub, fn, arg);
+        } else if (k->type == CFG_LIST) {
+            size_t n = *(const size_t *)(base + k->count_offset);
+            const char *p = *(char *const *)(base + k->offset);
+            for (size_t i = 0; i < n; i++)
+                cert_walk(p + i * k->elem_size, k->sub, fn, arg);
+        }
+    }
+}
+
+void cfg_each_cert_pair(const void *cfg, const struct cfg_key *keys,
+                        void (*fn)(const char *cert, const char *key, void *arg), void *arg)
+{
+    cert_walk(cfg, keys, fn, arg);
+}
+
 int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct cfg_key *keys,
                         struct cfg_err *err)
 {

@@ -74,6 +74,11 @@ void cfg_free(void *cfg);
 int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct cfg_key *keys,
                         struct cfg_err *err);
 
+/* Calls fn for every certificate/key pair in cfg: each section or list element whose keys
+ * include the CFG_FILE keys "cert" and "key" and whose cert is set (key may be NULL). */
+void cfg_each_cert_pair(const void *cfg, const struct cfg_key *keys,
+                        void (*fn)(const char *cert, const char *key, void *arg), void *arg);
+
 /* Prints the key table as "name (type, default): help" lines, indented for sections. */
 void cfg_print_keys(const struct cfg_key *keys, int indent, void *file /* FILE* */);
 

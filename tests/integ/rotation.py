@@ -77,7 +77,7 @@ class Load:
                 with self.lock:
                     self.failed += 1
                     if len(self.errors) < 5:
-                        self.errors.append(repr(e))
+                        self.errors.append(f"{time.strftime('%H:%M:%S')}: {e!r}")
 
     def stop(self):
         self.stopping.set()
