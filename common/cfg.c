@@ -29,6 +29,7 @@ struct cfg_hdr {
     char *name;
     struct cfg_pos *pos;
     size_t npos, cappos;
+    long extra_refs; /* cfg_ref()s not yet matched by a cfg_free() */
     max_align_t data[];
 };
 
@@ -627,8 +628,20 @@ int cfg_load(const char *path, const struct cfg_key *keys, size_t size, void **o
 
 void cfg_free(void *cfg)
 {
+    if (!cfg)
+        return;
+    struct cfg_hdr *h = hdr_of(cfg);
+    if (__atomic_load_n(&h->extra_refs, __ATOMIC_ACQUIRE) > 0 &&
+        __atomic_sub_fetch(&h->extra_refs, 1, __ATOMIC_ACQ_REL) >= 0)
+        return;
+    hdr_free(h);
+}
+
+const void *cfg_ref(const void *cfg)
+{
     if (cfg)
-        hdr_free(hdr_of(cfg));
+        __atomic_add_fetch(&hdr_of(cfg)->extra_refs, 1, __ATOMIC_RELAXED);
+    return cfg;
 }
 
 static bool value_equal(const struct cfg_key *k, const char *a, const char *b);

@@ -66,7 +66,11 @@ int cfg_load(const char *path, const struct cfg_key *keys, size_t size, void **o
 /* Same from a string (tests, fuzzing); name is used in error messages. */
 int cfg_load_string(const char *name, const char *yaml, size_t len, const struct cfg_key *keys,
                     size_t size, void **out, struct cfg_err *err);
+/* A loaded config is one generation, reference counted: cfg_ref takes another reference
+ * (a role keeping the generation the daemon validated for as long as something uses it),
+ * cfg_free drops one and frees on the last. */
 void cfg_free(void *cfg);
+const void *cfg_ref(const void *cfg);
 
 /* Reload check: 0 if every key marked .restart has the same value in old_cfg and new_cfg
  * (both loaded with keys); otherwise -EBUSY and err names the first changed key at its
