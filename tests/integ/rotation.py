@@ -84,3 +84,42 @@ class Load:
         for t in self.ts:
             t.join(30)
         return self.ok, self.failed
+
+
+class FakeDirector:
+    """A mutual-TLS listener standing in for the Director: records the serial of the client
+    certificate each connecting edge shows, then closes (the edge reconnects)."""
+
+    def __init__(self, certdir, host="127.0.0.1"):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(os.path.join(certdir, "director.crt"),
+                                 os.path.join(certdir, "director.key"))
+        self.ctx.load_verify_locations(os.path.join(certdir, "ca.crt"))
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.sock = socket.socket()
+        self.sock.bind((host, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.addr = "%s:%d" % self.sock.getsockname()
+        self.serials = []
+        self.stopping = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                c.settimeout(5)
+                with self.ctx.wrap_socket(c, server_side=True) as t:
+                    self.serials.append(serial_of_der(t.getpeercert(binary_form=True)))
+            except (OSError, ssl.SSLError, subprocess.SubprocessError):
+                c.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.t.join(5)
+        self.sock.close()

@@ -456,6 +456,30 @@ class TestCertificateRotation(AvEdgeTest):
         self.assertGreater(na[0], time.time() + 29 * 86400)
 
 
+class TestControlChannelCertificate(AvEdgeTest):
+    def test_reload_renews_the_director_link_certificate(self):
+        """The control channel's client certificate is reloaded too: after a renewal (by
+        SIGHUP, then by the files alone) the next connection to the Director shows it."""
+        from harness import ROOT
+        import rotation as R
+        cadir = os.path.join(ROOT, "build", "certs")
+        subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
+        fake = R.FakeDirector(cadir)
+        self.addCleanup(fake.stop)
+        crt, key = R.make_cert(self.tmp, "av-edge", 0x6001, cadir)
+        self.start_edge(extra="").stop()
+        link = (f"director: {{enabled: true, address: {fake.addr}, server_name: director, "
+                f"tls: {{cert: {crt}, key: {key}, ca: {cadir}/ca.crt}}}}\n")
+        edit_config(self.edge, "director: { enabled: false }\n", link)
+        self.edge.start()
+        wait_for(lambda: 0x6001 in fake.serials, timeout=10, what="first link certificate")
+        R.make_cert(self.tmp, "av-edge", 0x6002, cadir)
+        self.edge.signal(signal.SIGHUP)
+        wait_for(lambda: 0x6002 in fake.serials, timeout=15, what="renewed link certificate")
+        R.make_cert(self.tmp, "av-edge", 0x6003, cadir, key_first_delay=0.3)
+        wait_for(lambda: 0x6003 in fake.serials, timeout=15, what="link certificate from files")
+
+
 class TestUserBandwidth(AvEdgeTest):
     def test_per_user_cap_holds_across_two_workers(self):
         """bandwidth_per_user is one budget for the user whatever worker each of its
