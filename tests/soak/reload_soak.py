@@ -7,7 +7,8 @@ the one after the first minute, or after the warm-up when shorter).
 
 Knobs (environment): SOAK_SECONDS per run (default 300), SOAK_IDLE idle connections
 (default 2000; av-edge holds SOAK_ALLOCS allocations, default 500), SOAK_RELOADS_PER_MIN
-(default 100), SOAK_EDGES (default "revproxy access-edge av-edge conf-edge"),
+(default 100), SOAK_EDGES (default "revproxy access-edge av-edge conf-edge"), SOAK_MODES (default
+"reload rotate"),
 SUITE_BUILD (default build). Prints one line per edge and run, then 'soak-reload: N passed,
 N failed'."""
 import os
@@ -32,6 +33,7 @@ IDLE = int(os.environ.get("SOAK_IDLE", "2000"))
 ALLOCS = int(os.environ.get("SOAK_ALLOCS", "500"))
 PER_MIN = float(os.environ.get("SOAK_RELOADS_PER_MIN", "100"))
 EDGES = os.environ.get("SOAK_EDGES", "revproxy access-edge av-edge conf-edge").split()
+MODES = os.environ.get("SOAK_MODES", "reload rotate").split()
 
 
 def raise_fd_limit():
@@ -296,7 +298,7 @@ def main():
     raise_fd_limit()
     passed = failed = 0
     for edge in EDGES:
-        for rotate in (False, True):
+        for rotate in [m == "rotate" for m in MODES]:
             if run(edge, rotate):
                 passed += 1
             else:
