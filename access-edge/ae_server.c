@@ -2287,11 +2287,12 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 
 int ae_reload(struct ae *ae, const struct ae_config *cfg)
 {
-    int rc = build_policy(ae, cfg);
+    /* New certificates for new handshakes (access-edge/ae_reload.c); first, as it changes
+     * nothing when it fails, while the policy points into cfg once built. */
+    int rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae));
     if (rc < 0)
         return rc;
-    /* New certificates for new handshakes (access-edge/ae_reload.c). */
-    if ((rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae))) < 0)
+    if ((rc = build_policy(ae, cfg)) < 0)
         return rc;
     ae->cfg = cfg;
     /* Directors added by the reload start down until they answer; metrics for indexes past

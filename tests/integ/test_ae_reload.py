@@ -21,6 +21,23 @@ class AccessEdgeReload(SuiteTest):
         self.addCleanup(ua.close)
         self.assertEqual(parse_status(ua.register(USERS["alice"])), 200)
 
+    def test_reload_with_a_key_that_does_not_match_is_refused(self):
+        """The new generation's certificates fail to load: the reload is refused whole (no
+        policy from it is kept) and the running certificate serves on."""
+        ensure_certs()
+        R.make_cert(self.tmp, "access-edge", 0x5101, CERTS)
+        lab = Lab(self, cert=os.path.relpath(os.path.join(self.tmp, "access-edge"), CERTS))
+        edit_config(lab.edge, "domains: [example.com]", "domains: [example.com, other.example]")
+        edit_config(lab.edge, f"key: {CERTS}/{os.path.relpath(self.tmp, CERTS)}/access-edge.key",
+                    f"key: {CERTS}/web.key")
+        lab.edge.signal(signal.SIGHUP)
+        lab.edge.wait_log("reload refused by access-edge")
+        self.assertIn("does not match", lab.edge.log())
+        self.assertEqual(R.peer_serial(EXT_IP, lab.ext_tls), 0x5101)
+        ua = StreamUA(EXT_IP, lab.ext_tls, tls=True)
+        self.addCleanup(ua.close)
+        self.assertEqual(parse_status(ua.register(USERS["alice"])), 200)
+
     def test_certificate_rotation_under_load_by_sighup_and_by_file_change(self):
         ensure_certs()
         R.make_cert(self.tmp, "access-edge", 0x5001, CERTS)
