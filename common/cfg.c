@@ -830,9 +830,9 @@ void cfg_print_keys(const struct cfg_key *keys, int indent, void *file)
             cfg_print_keys(k->sub, indent, f);
             continue;
         }
-        fprintf(f, "%*s%s (%s%s%s)%s%s\n", indent, "", k->name, type_name(k->type),
-                k->def ? ", default " : "", k->def ? k->def : "", k->help ? ": " : "",
-                k->help ? k->help : "");
+        fprintf(f, "%*s%s (%s%s%s%s)%s%s\n", indent, "", k->name, type_name(k->type),
+                k->def ? ", default " : "", k->def ? k->def : "",
+                k->restart ? ", restart only" : "", k->help ? ": " : "", k->help ? k->help : "");
         if (k->type == CFG_SECTION || k->type == CFG_LIST)
             cfg_print_keys(k->sub, indent + 2, f);
     }
