@@ -230,6 +230,34 @@ static void restart_only_change_is_named(void **st)
     cfg_free(d);
 }
 
+static void count_pair(const char *cert, const char *key, void *arg)
+{
+    char *out = arg;
+    snprintf(out + strlen(out), 256 - strlen(out), "%s+%s;", cert, key ? key : "-");
+}
+
+/* The certificate watcher finds every cert/key pair through the key table. */
+static void cert_pairs_are_found_by_the_key_table(void **st)
+{
+    (void)st;
+    struct test_cfg *c;
+    struct cfg_err err = {""};
+    char seen[256] = "";
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\n", &c, &err), 0);
+    cfg_each_cert_pair(c, keys, count_pair, seen);
+    assert_string_equal(seen, ""); /* no cert configured: nothing to watch */
+    cfg_free(c);
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\n"
+                          "external: {tls: {cert: /dev/null, key: /dev/zero}}\n", &c, &err), 0);
+    cfg_each_cert_pair(c, keys, count_pair, seen);
+    assert_string_equal(seen, "/dev/null+/dev/zero;");
+    /* a reference keeps the generation after the loader's owner lets go */
+    cfg_ref(c);
+    cfg_free(c);
+    assert_string_equal(c->ext.tls.cert, "/dev/null");
+    cfg_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +271,7 @@ int main(void)
         cmocka_unit_test(missing_file_is_reported),
         cmocka_unit_test(semantic_error_points_at_key),
         cmocka_unit_test(restart_only_change_is_named),
+        cmocka_unit_test(cert_pairs_are_found_by_the_key_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
