@@ -6,6 +6,7 @@
 #   make fuzz       libFuzzer targets (clang) into build/fuzz/
 #   make fuzz-run   run each fuzz target for SECS seconds (default 60)
 #   make bench      every benchmark (bench-tls, bench-av, bench-sip, ...)
+#   make soak-reload  reload soak: 100 reloads/min under TLS load with idle connections held
 #   make run        the whole suite on loopback with deploy/config/*.yaml
 #   SAN=1           AddressSanitizer + UndefinedBehaviorSanitizer (into build-san)
 #   DEBUG=1         -O0 -g
@@ -110,6 +111,12 @@ run: all
 
 bench: all $(BENCHES)
 
+# Reload soak (issue 14): each edge under TLS load with idle TLS connections held, 100
+# reloads a minute, then the same with a new certificate each time (SOAK_SECONDS=60 for a
+# first try; see tests/soak/reload_soak.py). The lead joins it into `make soak`.
+soak-reload: all
+	$(Q)tests/soak/reload_soak.sh $(BUILD)
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
@@ -157,7 +164,7 @@ check-scan:
 clean:
 	rm -rf build build-san build-scan build-openssl build-openssl-san
 
-.PHONY: all units test run bench format clean fuzz fuzz-run check check-format check-cppcheck \
-        check-scan $(BENCHES)
+.PHONY: all units test run bench soak-reload format clean fuzz fuzz-run check check-format \
+        check-cppcheck check-scan $(BENCHES)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

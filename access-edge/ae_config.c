@@ -7,17 +7,17 @@
 #define SIDE(f) offsetof(struct ae_side_config, f)
 
 static const struct cfg_key ext_keys[] = {
-    {"udp", CFG_ADDRLIST, SIDE(udp), NULL, .min = 5060, .count_offset = SIDE(nudp),
+    {"udp", CFG_ADDRLIST, SIDE(udp), NULL, .restart = true, .min = 5060, .count_offset = SIDE(nudp),
      .help = "SIP over UDP listeners (remote users)"},
-    {"tcp", CFG_ADDRLIST, SIDE(tcp), NULL, .min = 5060, .count_offset = SIDE(ntcp),
+    {"tcp", CFG_ADDRLIST, SIDE(tcp), NULL, .restart = true, .min = 5060, .count_offset = SIDE(ntcp),
      .help = "SIP over TCP listeners (remote users)"},
-    {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .min = 443, .count_offset = SIDE(ntls),
+    {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .restart = true, .min = 443, .count_offset = SIDE(ntls),
      .help = "SIP over TLS listeners for remote users (443, 5061)"},
-    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .min = 5061, .count_offset = SIDE(nmtls),
+    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(nmtls),
      .help = "SIP over mutual TLS listeners for federated partners"},
-    {"ws", CFG_ADDRLIST, SIDE(ws), NULL, .min = 80, .count_offset = SIDE(nws),
+    {"ws", CFG_ADDRLIST, SIDE(ws), NULL, .restart = true, .min = 80, .count_offset = SIDE(nws),
      .help = "SIP over WebSocket listeners (plain; labs or behind a TLS terminator)"},
-    {"wss", CFG_ADDRLIST, SIDE(wss), NULL, .min = 8443, .count_offset = SIDE(nwss),
+    {"wss", CFG_ADDRLIST, SIDE(wss), NULL, .restart = true, .min = 8443, .count_offset = SIDE(nwss),
      .help = "SIP over secure WebSocket listeners (RFC 7118) for browser clients"},
     {"certs", CFG_SECTION, SIDE(certs), .sub = tls_files_keys,
      .help = "the edge's external certificate; ca verifies partners"},
@@ -25,13 +25,13 @@ static const struct cfg_key ext_keys[] = {
 };
 
 static const struct cfg_key int_keys[] = {
-    {"udp", CFG_ADDRLIST, SIDE(udp), NULL, .min = 5060, .count_offset = SIDE(nudp),
+    {"udp", CFG_ADDRLIST, SIDE(udp), NULL, .restart = true, .min = 5060, .count_offset = SIDE(nudp),
      .help = "SIP over UDP listeners facing the Director"},
-    {"tcp", CFG_ADDRLIST, SIDE(tcp), NULL, .min = 5060, .count_offset = SIDE(ntcp),
+    {"tcp", CFG_ADDRLIST, SIDE(tcp), NULL, .restart = true, .min = 5060, .count_offset = SIDE(ntcp),
      .help = "SIP over TCP listeners facing the Director"},
-    {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .min = 5061, .count_offset = SIDE(ntls),
+    {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(ntls),
      .help = "SIP over TLS listeners facing the Director"},
-    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .min = 5061, .count_offset = SIDE(nmtls),
+    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(nmtls),
      .help = "SIP over mutual TLS listeners facing the Director"},
     {"certs", CFG_SECTION, SIDE(certs), .sub = tls_files_keys,
      .help = "the edge's internal certificate, key, and the CA of the Director"},

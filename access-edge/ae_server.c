@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "access-edge/ae_dns.h"
+#include "access-edge/ae_reload.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
 #include "common/sip/sip_msg.h"
@@ -193,25 +194,13 @@ static int build_policy(struct ae *ae, const struct ae_config *cfg)
     return 0;
 }
 
-static int make_tls(struct ae *ae, const struct tls_files_config *f, bool server, bool verify,
-                    struct tls_ctx **out)
-{
-    struct tls_cert_opts co = {f->cert, f->key};
-    struct tls_opts o = {
-        .server = server,
-        .certs = f->cert ? &co : NULL,
-        .ncerts = f->cert ? 1 : 0,
-        .self_signed_name = ae->cfg->fqdn,
-        .ca_file = f->ca,
-        .verify_peer = verify,
-        .session_tickets = true,
-    };
-    char err[256];
-    int rc = tls_ctx_create(out, &o, err, sizeof(err));
-    if (rc < 0)
-        LOGE(ae->log, NULL, "sip: TLS setup failed: %s", err);
-    return rc;
-}
+/* Where ae_tls_build puts each context. */
+#define ae_tls_slots(ae)                                                                           \
+    ((struct tls_ctx **const[AE_TLS_COUNT]){[AE_TLS_EXT] = &(ae)->tls_ext,                         \
+                                            [AE_TLS_EXT_MTLS] = &(ae)->tls_ext_mtls,               \
+                                            [AE_TLS_INT_SERVER] = &(ae)->tls_int_server,           \
+                                            [AE_TLS_INT_CLIENT] = &(ae)->tls_int_client,           \
+                                            [AE_TLS_EXT_CLIENT] = &(ae)->tls_ext_client})
 
 /* Drops one reference of the edge's handles and connections; the last frees it. */
 void ae_unref(struct ae *ae)
@@ -386,25 +375,8 @@ static void make_metrics(struct ae *ae, struct metrics *m)
 /* TLS contexts and the DNS resolver. */
 static int make_contexts(struct ae *ae, const struct ae_config *cfg)
 {
-    int rc = 0;
     /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
-    const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
-    if (ex->ntls || ex->nwss) {
-        /* Users' listeners (TLS, WSS) ask for no client certificate: users have none, and
-         * a certificate request makes browsers abandon the WebSocket handshake (headless
-         * Chromium did). Only the mutual-TLS listener names the partners' CA. */
-        struct tls_files_config users = ex->certs;
-        users.ca = NULL;
-        rc = make_tls(ae, &users, true, false, &ae->tls_ext);
-    }
-    if (rc == 0 && ex->nmtls)
-        rc = make_tls(ae, &ex->certs, true, true, &ae->tls_ext_mtls);
-    if (rc == 0 && (in->ntls || in->nmtls))
-        rc = make_tls(ae, &in->certs, true, in->nmtls > 0, &ae->tls_int_server);
-    if (rc == 0 && cfg->next_hop.transport == AE_TP_TLS)
-        rc = make_tls(ae, &in->certs, false, true, &ae->tls_int_client);
-    if (rc == 0 && ex->certs.cert && ex->certs.ca)
-        rc = make_tls(ae, &ex->certs, false, true, &ae->tls_ext_client);
+    int rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae));
     if (rc == 0 && (rc = ae_dns_create(ae->loop, cfg->federation.dns_servers, &ae->dns)) < 0)
         LOGE(ae->log, NULL, "sip: DNS resolver setup failed (dns_servers %s)",
              cfg->federation.dns_servers ? cfg->federation.dns_servers : "system");
@@ -507,8 +479,12 @@ int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *
 
 int ae_reload(struct ae *ae, const struct ae_config *cfg)
 {
-    int rc = build_policy(ae, cfg);
+    /* New certificates for new handshakes (access-edge/ae_reload.c); first, as it changes
+     * nothing when it fails, while the policy points into cfg once built. */
+    int rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae));
     if (rc < 0)
+        return rc;
+    if ((rc = build_policy(ae, cfg)) < 0)
         return rc;
     ae->cfg = cfg;
     /* Directors added by the reload start down until they answer; metrics for indexes past

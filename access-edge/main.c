@@ -61,6 +61,13 @@ static int ae_op_start(struct daemon *d, const void *cfgv, void **state)
 static int ae_op_reload(struct daemon *d, void *state, const void *cfg)
 {
     struct ae_main *s = state;
+    const struct ae_config *c = cfg;
+    char err[256];
+    int rc = ctl_client_reload_link(s->ctl, &c->director, err, sizeof err);
+    if (rc) {
+        LOGE(daemon_logger(d), NULL, "reload: director.tls: %s", err);
+        return rc;
+    }
     return ae_reload(s->ae, cfg);
 }
 

@@ -114,6 +114,9 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
 /* Publishes new runtime settings (thread-safe; applied on the worker's loop). */
 void av_worker_set_runtime(struct av_worker *w, const struct av_runtime *rt);
 void av_worker_set_logger(struct av_worker *w, const struct logger *log);
+/* New TLS handshakes use tls (referenced); connections keep theirs. Call on the worker's
+ * own loop (worker 0, the one with the stream listeners, runs on the daemon's). */
+void av_worker_set_tls(struct av_worker *w, struct tls_ctx *tls);
 /* Closes everything on the worker's loop; call from its thread (or via av_worker_stop_async). */
 void av_worker_close(struct av_worker *w);
 /* Asks a worker on another thread to close; its loop then runs dry. */

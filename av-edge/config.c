@@ -18,13 +18,13 @@ static const struct cfg_key user_keys[] = {
 };
 
 static const struct cfg_key external_keys[] = {
-    {.name = "listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, listen),
+    {.name = "listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, listen),
      .count_offset = offsetof(struct av_side_cfg, n_listen), .def = "127.0.0.13:3478",
      .min = 3478, .help = "STUN/TURN over UDP and TCP for external users"},
-    {.name = "tcp_listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, tcp_listen),
+    {.name = "tcp_listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, tcp_listen),
      .count_offset = offsetof(struct av_side_cfg, n_tcp_listen), .def = "127.0.0.13:443",
      .min = 443, .help = "TURN over TCP only (port 443 for clients behind strict firewalls)"},
-    {.name = "tls_listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, tls_listen),
+    {.name = "tls_listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, tls_listen),
      .count_offset = offsetof(struct av_side_cfg, n_tls_listen), .def = "127.0.0.13:5349",
      .min = 5349, .help = "TURN over TLS for external users"},
     {.name = "allow_peers", .type = CFG_CIDRLIST, .offset = offsetof(struct av_side_cfg, allow_peers),
@@ -35,25 +35,25 @@ static const struct cfg_key external_keys[] = {
 };
 
 static const struct cfg_key internal_keys[] = {
-    {.name = "listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, listen),
+    {.name = "listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, listen),
      .count_offset = offsetof(struct av_side_cfg, n_listen), .def = "127.0.0.23:3478",
      .min = 3478, .help = "STUN/TURN over UDP and TCP for internal users"},
-    {.name = "tcp_listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, tcp_listen),
+    {.name = "tcp_listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, tcp_listen),
      .count_offset = offsetof(struct av_side_cfg, n_tcp_listen), .min = 443,
      .help = "TURN over TCP only"},
-    {.name = "tls_listen", .type = CFG_ADDRLIST, .offset = offsetof(struct av_side_cfg, tls_listen),
+    {.name = "tls_listen", .type = CFG_ADDRLIST, .restart = true, .offset = offsetof(struct av_side_cfg, tls_listen),
      .count_offset = offsetof(struct av_side_cfg, n_tls_listen), .min = 5349,
      .help = "TURN over TLS for internal users"},
     CFG_END,
 };
 
 static const struct cfg_key relay_keys[] = {
-    {.name = "addresses", .type = CFG_ADDRLIST, .offset = OFF(relay.addresses) - OFF(relay),
+    {.name = "addresses", .type = CFG_ADDRLIST, .restart = true, .offset = OFF(relay.addresses) - OFF(relay),
      .count_offset = OFF(relay.n_addresses) - OFF(relay), .def = "127.0.0.13", .min = 1,
      .help = "relayed transport addresses (external side): one IPv4, optionally one IPv6"},
-    {.name = "port_min", .type = CFG_UINT, .offset = OFF(relay.port_min) - OFF(relay),
+    {.name = "port_min", .type = CFG_UINT, .restart = true, .offset = OFF(relay.port_min) - OFF(relay),
      .def = "50000", .min = 1024, .max = 65535, .help = "first relay port"},
-    {.name = "port_max", .type = CFG_UINT, .offset = OFF(relay.port_max) - OFF(relay),
+    {.name = "port_max", .type = CFG_UINT, .restart = true, .offset = OFF(relay.port_max) - OFF(relay),
      .def = "59999", .min = 1024, .max = 65535, .help = "last relay port"},
     {.name = "socket_buffer", .type = CFG_SIZE, .offset = OFF(relay.socket_buffer) - OFF(relay),
      .def = "4M", .min = 0, .max = 1LL << 30,
@@ -154,7 +154,7 @@ const struct cfg_key av_config_keys[] = {
      .help = "long-term credentials"},
     {.name = "limits", .type = CFG_SECTION, .offset = OFF(limits), .sub = limit_keys,
      .help = "lifetimes, quotas and bandwidth caps"},
-    {.name = "workers", .type = CFG_UINT, .offset = OFF(workers), .def = "1", .min = 1, .max = 64,
+    {.name = "workers", .type = CFG_UINT, .restart = true, .offset = OFF(workers), .def = "1", .min = 1, .max = 64,
      .help = "UDP worker threads, each with its own loop and SO_REUSEPORT sockets"},
     {.name = "software", .type = CFG_STR, .offset = OFF(software),
      .help = "SOFTWARE attribute in authenticated responses (none by default)"},

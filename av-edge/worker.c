@@ -943,6 +943,15 @@ void av_worker_set_runtime(struct av_worker *w, const struct av_runtime *rt)
     uv_async_send(&w->async);
 }
 
+void av_worker_set_tls(struct av_worker *w, struct tls_ctx *tls)
+{
+    if (!w->tls || !tls)
+        return; /* no TLS listener: nothing to swap */
+    tls_ctx_ref(tls);
+    tls_ctx_unref(w->tls);
+    w->tls = tls;
+}
+
 void av_worker_set_logger(struct av_worker *w, const struct logger *log)
 {
     __atomic_store_n(&w->pending_log, log, __ATOMIC_RELEASE);

@@ -29,6 +29,7 @@ struct cfg_hdr {
     char *name;
     struct cfg_pos *pos;
     size_t npos, cappos;
+    long extra_refs; /* cfg_ref()s not yet matched by a cfg_free() */
     max_align_t data[];
 };
 
@@ -627,8 +628,181 @@ int cfg_load(const char *path, const struct cfg_key *keys, size_t size, void **o
 
 void cfg_free(void *cfg)
 {
+    if (!cfg)
+        return;
+    struct cfg_hdr *h = hdr_of(cfg);
+    if (__atomic_load_n(&h->extra_refs, __ATOMIC_ACQUIRE) > 0 &&
+        __atomic_sub_fetch(&h->extra_refs, 1, __ATOMIC_ACQ_REL) >= 0)
+        return;
+    hdr_free(h);
+}
+
+const void *cfg_ref(const void *cfg)
+{
     if (cfg)
-        hdr_free(hdr_of(cfg));
+        __atomic_add_fetch(&hdr_of(cfg)->extra_refs, 1, __ATOMIC_RELAXED);
+    return cfg;
+}
+
+static bool value_equal(const struct cfg_key *k, const char *a, const char *b);
+
+static bool section_equal(const struct cfg_key *keys, const char *a, const char *b)
+{
+    for (const struct cfg_key *k = keys; k->name; k++)
+        if (!value_equal(k, a + k->offset, b + k->offset))
+            return false;
+    return true;
+}
+
+static bool str_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* a and b point at the field of key k in two configs; the list counts sit at the same
+ * distance from it (count_offset - offset). */
+static bool value_equal(const struct cfg_key *k, const char *a, const char *b)
+{
+    ptrdiff_t cd = (ptrdiff_t)k->count_offset - (ptrdiff_t)k->offset;
+    switch (k->type) {
+    case CFG_STR:
+    case CFG_FILE:
+        return str_equal(*(char *const *)a, *(char *const *)b);
+    case CFG_INT:
+        return *(const int64_t *)a == *(const int64_t *)b;
+    case CFG_UINT:
+        return *(const uint32_t *)a == *(const uint32_t *)b;
+    case CFG_PORT:
+        return *(const uint16_t *)a == *(const uint16_t *)b;
+    case CFG_BOOL:
+        return *(const bool *)a == *(const bool *)b;
+    case CFG_DURATION:
+    case CFG_SIZE:
+        return *(const uint64_t *)a == *(const uint64_t *)b;
+    case CFG_ENUM:
+        return *(const int *)a == *(const int *)b;
+    case CFG_ADDR:
+        return addr_eq((const struct addr *)a, (const struct addr *)b);
+    case CFG_CIDR: {
+        const struct cidr *x = (const void *)a, *y = (const void *)b;
+        return x->bits == y->bits && addr_host_eq(&x->base, &y->base);
+    }
+    case CFG_SECTION:
+        return section_equal(k->sub, a, b);
+    default:
+        break;
+    }
+    size_t n = *(const size_t *)(a + cd);
+    if (n != *(const size_t *)(b + cd))
+        return false;
+    const char *pa = *(char *const *)a, *pb = *(char *const *)b;
+    for (size_t i = 0; i < n; i++) {
+        bool eq = true;
+        switch (k->type) {
+        case CFG_LIST:
+            eq = section_equal(k->sub, pa + i * k->elem_size, pb + i * k->elem_size);
+            break;
+        case CFG_STRLIST:
+            eq = str_equal(((char *const *)(const void *)pa)[i], ((char *const *)(const void *)pb)[i]);
+            break;
+        case CFG_ADDRLIST:
+            eq = addr_eq((const struct addr *)(const void *)pa + i, (const struct addr *)(const void *)pb + i);
+            break;
+        case CFG_CIDRLIST: {
+            const struct cidr *x = (const struct cidr *)(const void *)pa + i,
+                              *y = (const struct cidr *)(const void *)pb + i;
+            eq = x->bits == y->bits && addr_host_eq(&x->base, &y->base);
+            break;
+        }
+        default:
+            break;
+        }
+        if (!eq)
+            return false;
+    }
+    return true;
+}
+
+static int restart_walk(const void *ncfg, const struct cfg_key *keys, const char *a, const char *b,
+                        const char *path, struct cfg_err *err)
+{
+    for (const struct cfg_key *k = keys; k->name; k++) {
+        char kpath[300];
+        snprintf(kpath, sizeof kpath, "%s%s%s", path, *path && *k->name ? "." : "", k->name);
+        const char *fa = a + k->offset, *fb = b + k->offset;
+        if (k->restart) {
+            if (!value_equal(k, fa, fb)) {
+                cfg_errorf(ncfg, err, kpath, "can only change with a restart");
+                return -EBUSY;
+            }
+            continue;
+        }
+        int rc = 0;
+        if (k->type == CFG_SECTION) {
+            rc = restart_walk(ncfg, k->sub, fa, fb, kpath, err);
+        } else if (k->type == CFG_LIST) {
+            ptrdiff_t cd = (ptrdiff_t)k->count_offset - (ptrdiff_t)k->offset;
+            size_t na = *(const size_t *)(fa + cd), nb = *(const size_t *)(fb + cd);
+            const char *pa = *(char *const *)fa, *pb = *(char *const *)fb;
+            for (size_t i = 0; i < na && i < nb && !rc; i++) {
+                char ipath[320];
+                snprintf(ipath, sizeof ipath, "%s[%zu]", kpath, i);
+                rc = restart_walk(ncfg, k->sub, pa + i * k->elem_size, pb + i * k->elem_size,
+                                  ipath, err);
+            }
+            /* an element added or removed changes its restart-only keys too */
+            if (!rc && na != nb) {
+                for (const struct cfg_key *s = k->sub; s->name; s++)
+                    if (s->restart) {
+                        cfg_errorf(ncfg, err, kpath,
+                                   "entries added or removed; '%s' can only change with a restart",
+                                   s->name);
+                        return -EBUSY;
+                    }
+            }
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static const struct cfg_key *file_key(const struct cfg_key *keys, const char *name)
+{
+    for (const struct cfg_key *k = keys; k->name; k++)
+        if (k->type == CFG_FILE && !strcmp(k->name, name))
+            return k;
+    return NULL;
+}
+
+static void cert_walk(const char *base, const struct cfg_key *keys,
+                      void (*fn)(const char *cert, const char *key, void *arg), void *arg)
+{
+    const struct cfg_key *kc = file_key(keys, "cert"), *kk = file_key(keys, "key");
+    if (kc && kk && *(char *const *)(base + kc->offset))
+        fn(*(char *const *)(base + kc->offset), *(char *const *)(base + kk->offset), arg);
+    for (const struct cfg_key *k = keys; k->name; k++) {
+        if (k->type == CFG_SECTION) {
+            cert_walk(base + k->offset, k->sub, fn, arg);
+        } else if (k->type == CFG_LIST) {
+            size_t n = *(const size_t *)(base + k->count_offset);
+            const char *p = *(char *const *)(base + k->offset);
+            for (size_t i = 0; i < n; i++)
+                cert_walk(p + i * k->elem_size, k->sub, fn, arg);
+        }
+    }
+}
+
+void cfg_each_cert_pair(const void *cfg, const struct cfg_key *keys,
+                        void (*fn)(const char *cert, const char *key, void *arg), void *arg)
+{
+    cert_walk(cfg, keys, fn, arg);
+}
+
+int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct cfg_key *keys,
+                        struct cfg_err *err)
+{
+    return restart_walk(new_cfg, keys, old_cfg, new_cfg, "", err);
 }
 
 void cfg_errorf(const void *cfg, struct cfg_err *err, const char *keypath, const char *fmt, ...)
@@ -656,9 +830,9 @@ void cfg_print_keys(const struct cfg_key *keys, int indent, void *file)
             cfg_print_keys(k->sub, indent, f);
             continue;
         }
-        fprintf(f, "%*s%s (%s%s%s)%s%s\n", indent, "", k->name, type_name(k->type),
-                k->def ? ", default " : "", k->def ? k->def : "", k->help ? ": " : "",
-                k->help ? k->help : "");
+        fprintf(f, "%*s%s (%s%s%s%s)%s%s\n", indent, "", k->name, type_name(k->type),
+                k->def ? ", default " : "", k->def ? k->def : "",
+                k->restart ? ", restart only" : "", k->help ? ": " : "", k->help ? k->help : "");
         if (k->type == CFG_SECTION || k->type == CFG_LIST)
             cfg_print_keys(k->sub, indent + 2, f);
     }

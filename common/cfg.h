@@ -45,6 +45,10 @@ struct cfg_key {
     size_t count_offset;       /* CFG_LIST / *LIST */
     const char *const *choices; /* CFG_ENUM: NULL-terminated */
     const char *help;          /* one line, for --help and the README */
+    /* Only a restart applies this key (a listening address, a worker count): a reload
+     * that changes it is refused (cfg_restart_changed). For a section or list, any
+     * change within it. */
+    bool restart;
 };
 
 #define CFG_END {0}
@@ -62,7 +66,22 @@ int cfg_load(const char *path, const struct cfg_key *keys, size_t size, void **o
 /* Same from a string (tests, fuzzing); name is used in error messages. */
 int cfg_load_string(const char *name, const char *yaml, size_t len, const struct cfg_key *keys,
                     size_t size, void **out, struct cfg_err *err);
+/* A loaded config is one generation, reference counted: cfg_ref takes another reference
+ * (a role keeping the generation the daemon validated for as long as something uses it),
+ * cfg_free drops one and frees on the last. */
 void cfg_free(void *cfg);
+const void *cfg_ref(const void *cfg);
+
+/* Reload check: 0 if every key marked .restart has the same value in old_cfg and new_cfg
+ * (both loaded with keys); otherwise -EBUSY and err names the first changed key at its
+ * file:line in new_cfg ("x.yaml:4:11: listen: can only change with a restart"). */
+int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct cfg_key *keys,
+                        struct cfg_err *err);
+
+/* Calls fn for every certificate/key pair in cfg: each section or list element whose keys
+ * include the CFG_FILE keys "cert" and "key" and whose cert is set (key may be NULL). */
+void cfg_each_cert_pair(const void *cfg, const struct cfg_key *keys,
+                        void (*fn)(const char *cert, const char *key, void *arg), void *arg);
 
 /* Prints the key table as "name (type, default): help" lines, indented for sections. */
 void cfg_print_keys(const struct cfg_key *keys, int indent, void *file /* FILE* */);

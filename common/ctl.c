@@ -490,6 +490,7 @@ ssize_t ctl_frame_encode(const struct ctl_msg *m, uint8_t *out, size_t cap)
 /* The fuzz target needs only the codec above; everything below binds it to libuv. */
 #include "common/daemon.h"
 #include "common/stream.h"
+#include "common/tls_files.h"
 
 /* Encodes m into a malloc'd frame; the caller frees *out. */
 static ssize_t frame_alloc(const struct ctl_msg *m, uint8_t **out)
@@ -943,11 +944,11 @@ int ctl_client_start(uv_loop_t *loop, const struct ctl_client_opts *o,
     if (tls) {
         tls_ctx_ref(tls);
     } else {
-        struct tls_cert_opts co = {.cert_file = o->cert_file, .key_file = o->key_file};
-        struct tls_opts to = {
-            .certs = &co, .ncerts = 1, .ca_file = o->ca_file, .verify_peer = true};
+        struct tls_files_config f = {(char *)o->cert_file, (char *)o->key_file,
+                                     (char *)o->ca_file};
         char err[256] = "";
-        int rc = tls_ctx_create(&tls, &to, err, sizeof err);
+        int rc = tls_files_ctx(&tls, &f, &(struct tls_files_use){.verify_peer = true}, err,
+                               sizeof err);
         if (rc) {
             LOGE(o->log, NULL, "ctl: client TLS: %s", err[0] ? err : strerror(-rc));
             return rc;
@@ -1064,6 +1065,21 @@ void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls)
     tls_ctx_ref(tls);
     tls_ctx_unref(c->o.tls);
     c->o.tls = tls;
+}
+
+int ctl_client_reload_link(struct ctl_client *c, const struct director_link_config *link,
+                           char *err, size_t errcap)
+{
+    if (!c || !link->enabled)
+        return 0;
+    struct tls_ctx *tls;
+    int rc = tls_files_ctx(&tls, &link->tls, &(struct tls_files_use){.verify_peer = true}, err,
+                           errcap);
+    if (rc)
+        return rc;
+    ctl_client_set_tls(c, tls);
+    tls_ctx_unref(tls);
+    return 0;
 }
 
 bool ctl_client_connected(const struct ctl_client *c)

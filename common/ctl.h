@@ -214,6 +214,11 @@ int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r);
 bool ctl_client_connected(const struct ctl_client *c);
 /* Uses tls from the next connection on (certificate reload on SIGHUP); referenced. */
 void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls);
+/* On reload: a new client context from the link's (new) certificate files, for the next
+ * connection (the one up keeps its own). 0 when c is NULL or the link disabled; a negative
+ * errno with err otherwise, and the old context stays. */
+int ctl_client_reload_link(struct ctl_client *c, const struct director_link_config *link,
+                           char *err, size_t errcap);
 /* Closes the connection and every handle; frees asynchronously. NULL is a no-op. */
 void ctl_client_stop(struct ctl_client *c);
 

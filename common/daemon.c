@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/admin.h"
+#include "common/certwatch.h"
 #include "common/memtrim.h"
 #ifndef SUITE_VERSION
 #include "common/tls.h"
@@ -29,7 +30,7 @@ static const struct cfg_key log_keys[] = {
 };
 
 static const struct cfg_key admin_keys[] = {
-    {"listen", CFG_ADDR, 0, NULL, .min = 8080, .required = true,
+    {"listen", CFG_ADDR, 0, NULL, .min = 8080, .required = true, .restart = true,
      .help = "address of the /metrics and /healthz listener (internal side)"},
     CFG_END,
 };
@@ -83,6 +84,7 @@ struct daemon {
     bool started; /* ops->start succeeded: only then does ops->stop run */
     bool draining, stopped;
     struct metric *m_reload_ok, *m_reload_fail, *m_trims;
+    struct certwatch *certs; /* reloads when a certificate file is renewed */
 };
 
 /* Free heap worth a trim (below this the walk over the heap costs more than it gives), how
@@ -173,6 +175,8 @@ static void daemon_finish(struct daemon *d)
         d->ops->stop(d, d->state);
     admin_stop(d->admin);
     d->admin = NULL;
+    certwatch_close(d->certs);
+    d->certs = NULL;
     uv_close((uv_handle_t *)&d->sig_hup, on_closed_noop);
     uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
     uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
@@ -239,14 +243,20 @@ static void on_term(uv_signal_t *s, int signum)
     drain_start(d, "SIGTERM", 0);
 }
 
-static void on_hup(uv_signal_t *s, int signum)
+/* SIGHUP and certificate renewals: validate the new generation, refuse changes to
+ * restart-only keys, hand it to the role, then keep it and free the old one. */
+static void daemon_reload(struct daemon *d)
 {
-    struct daemon *d = s->data;
-    (void)signum;
     struct cfg_err err;
     void *ncfg = NULL;
     if (load_config(d->ops, d->config_path, &ncfg, &err)) {
         LOGE(&d->log, NULL, "reload refused, keeping the running config: %s", err.msg);
+        metric_inc(d->m_reload_fail);
+        return;
+    }
+    if (cfg_restart_changed(d->cfg, ncfg, d->ops->keys, &err)) {
+        LOGE(&d->log, NULL, "reload refused, keeping the running config: %s", err.msg);
+        cfg_free(ncfg);
         metric_inc(d->m_reload_fail);
         return;
     }
@@ -262,7 +272,21 @@ static void on_hup(uv_signal_t *s, int signum)
     apply_log_config(d, ncfg);
     cfg_free(old);
     metric_inc(d->m_reload_ok);
+    certwatch_set(d->certs, d->cfg, d->ops->keys);
     LOGI(&d->log, NULL, "reloaded %s", d->config_path);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    daemon_reload(s->data);
+}
+
+static void on_cert_change(void *arg)
+{
+    struct daemon *d = arg;
+    if (!d->stopped && !d->draining)
+        daemon_reload(d);
 }
 
 static void metric_name_prefix(const char *name, char *out, size_t cap)
@@ -383,6 +407,8 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         uv_run(&d->loop, UV_RUN_DEFAULT);
         goto fail;
     }
+    if (certwatch_create(&d->loop, &d->log, d->metrics, on_cert_change, d, &d->certs) == 0)
+        certwatch_set(d->certs, d->cfg, ops->keys);
     char as[ADDR_STRLEN];
     LOGI(&d->log, NULL, "%s %s started (config %s, admin http://%s)", ops->name, SUITE_VERSION,
          path, addr_format(&base->admin.listen, as));

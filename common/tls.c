@@ -1273,6 +1273,45 @@ bool tls_conn_peer_verified(const struct tls_conn *c)
     return c && c->verified;
 }
 
+static void serial_hex(const unsigned char *p, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && o + 4 <= cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, i ? ":%02X" : "%02X", p[i]);
+}
+
+int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
+                     char *err, size_t errcap)
+{
+    mbedtls_x509_crt crt;
+    mbedtls_x509_crt_init(&crt);
+    int rc = load_crt(&crt, cert_file, false, err, errcap);
+    if (rc == 0 && key_file) {
+        mbedtls_pk_context pk;
+        mbedtls_pk_init(&pk);
+        rc = load_key(&pk, key_file, err, errcap);
+        if (rc == 0 && mbedtls_pk_check_pair(&crt.pk, &pk) != 0) {
+            tls_errf(err, errcap, "%s does not match the certificate in %s", key_file, cert_file);
+            rc = -EKEYREJECTED;
+        }
+        mbedtls_pk_free(&pk);
+    }
+    if (rc == 0) {
+        memset(info, 0, sizeof *info);
+        if (mbedtls_x509_dn_gets(info->subject, sizeof info->subject, &crt.subject) < 0)
+            info->subject[0] = '\0';
+        serial_hex(crt.serial.p, crt.serial.len, info->serial, sizeof info->serial);
+        struct tm tm = {.tm_year = crt.valid_to.year - 1900, .tm_mon = crt.valid_to.mon - 1,
+                        .tm_mday = crt.valid_to.day, .tm_hour = crt.valid_to.hour,
+                        .tm_min = crt.valid_to.min, .tm_sec = crt.valid_to.sec};
+        info->not_after = (int64_t)timegm(&tm);
+        fingerprint(&crt, info->fingerprint);
+    }
+    mbedtls_x509_crt_free(&crt);
+    return rc;
+}
+
 const char *tls_backend(void)
 {
     return "mbedTLS " MBEDTLS_VERSION_STRING;

@@ -123,6 +123,19 @@ const char *tls_conn_peer_fingerprint(const struct tls_conn *c);
  * Use it to match a partner's certificate to the SIP From domain. */
 bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
+/* What a certificate file says, for logs and expiry metrics (certificate reload). */
+struct tls_cert_info {
+    char subject[256];  /* "CN=edge,O=Example" */
+    char serial[100];   /* hex with colons, as openssl x509 -serial prints it but with ':' */
+    int64_t not_after;  /* Unix time (UTC) */
+    char fingerprint[96];
+};
+/* Reads the first certificate of cert_file into *info. With key_file, also checks that the
+ * private key there matches it (a pair half renewed, key written but not yet the cert, is
+ * -EKEYREJECTED). Returns 0, or a negative errno with err saying why. */
+int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
+                     char *err, size_t errcap);
+
 /* The backend built in and its library version: "mbedTLS 2.28.3", "OpenSSL 3.0.19". */
 const char *tls_backend(void);
 

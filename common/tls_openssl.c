@@ -1406,6 +1406,41 @@ bool tls_conn_peer_verified(const struct tls_conn *c)
     return c && c->verified;
 }
 
+int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
+                     char *err, size_t errcap)
+{
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    if (!chain)
+        return -ENOMEM;
+    EVP_PKEY *k = NULL;
+    int rc = load_certs(cert_file, false, chain, err, errcap);
+    X509 *x = rc == 0 ? sk_X509_value(chain, 0) : NULL;
+    if (rc == 0 && key_file) {
+        rc = load_key(&k, key_file, err, errcap);
+        if (rc == 0 && X509_check_private_key(x, k) != 1) {
+            tls_errf(err, errcap, "%s does not match the certificate in %s", key_file, cert_file);
+            rc = -EKEYREJECTED;
+        }
+        ERR_clear_error();
+    }
+    if (rc == 0) {
+        memset(info, 0, sizeof *info);
+        dn_string(X509_get_subject_name(x), info->subject, sizeof info->subject);
+        const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
+        size_t o = 0;
+        for (int i = 0; i < sn->length && o + 4 <= sizeof info->serial; i++)
+            o += (size_t)snprintf(info->serial + o, sizeof info->serial - o, i ? ":%02X" : "%02X",
+                                  sn->data[i]);
+        struct tm tm;
+        if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+            info->not_after = (int64_t)timegm(&tm);
+        fingerprint(x, info->fingerprint);
+    }
+    EVP_PKEY_free(k);
+    sk_X509_pop_free(chain, X509_free);
+    return rc;
+}
+
 const char *tls_backend(void)
 {
     return "OpenSSL " OPENSSL_VERSION_STR;

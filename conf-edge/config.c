@@ -8,7 +8,7 @@
 #define SUB(s, f) (offsetof(struct ce_config, s.f) - offsetof(struct ce_config, s))
 
 static const struct cfg_key external_keys[] = {
-    {"listen", CFG_ADDR, SUB(external, listen), "127.0.0.12:443", .min = 443,
+    {"listen", CFG_ADDR, SUB(external, listen), "127.0.0.12:443", .min = 443, .restart = true,
      .help = "TLS listener for meeting participants"},
     {"tls", CFG_SECTION, SUB(external, tls), .sub = tls_files_keys,
      .help = "server certificate (none: self-signed, labs only)"},
@@ -18,7 +18,7 @@ static const struct cfg_key external_keys[] = {
 };
 
 static const struct cfg_key internal_keys[] = {
-    {"listen", CFG_ADDR, SUB(internal, listen), "127.0.0.22:8057", .min = 8057,
+    {"listen", CFG_ADDR, SUB(internal, listen), "127.0.0.22:8057", .min = 8057, .restart = true,
      .help = "mutual-TLS listener the conferencing servers dial into"},
     {"tls", CFG_SECTION, SUB(internal, tls), .sub = tls_files_keys,
      .help = "this edge's certificate and the CA that signs conferencing servers"},

@@ -22,6 +22,7 @@
 
 #include "common/stream.h"
 #include "common/tls.h"
+#include "common/tls_files.h"
 #include "common/token.h"
 #include "conf-edge/admit.h"
 #include "common/map.h"
@@ -141,18 +142,11 @@ static void set_err(char *err, size_t cap, const char *what, const char *detail)
 static int make_tls(struct tls_ctx **out, const struct tls_files_config *f, bool verify,
                     uint64_t hs_ms, const char *self_name, char *err, size_t errcap)
 {
-    struct tls_cert_opts cert = {f->cert, f->key};
-    struct tls_opts o = {
-        .server = true,
-        .certs = f->cert ? &cert : NULL,
-        .ncerts = f->cert ? 1 : 0,
-        .self_signed_name = self_name,
-        .ca_file = f->ca,
-        .verify_peer = verify,
-        .handshake_timeout_ms = (uint32_t)hs_ms,
-        .session_tickets = true,
-    };
-    return tls_ctx_create(out, &o, err, errcap);
+    struct tls_files_use u = {.server = true,
+                              .verify_peer = verify,
+                              .self_signed_name = self_name,
+                              .handshake_timeout_ms = (uint32_t)hs_ms};
+    return tls_files_ctx(out, f, &u, err, errcap);
 }
 
 static size_t addr_key(const struct addr *a, uint8_t out[16])
@@ -1272,11 +1266,7 @@ fail:
 
 int ce_edge_reload(struct ce_edge *e, const struct ce_config *cfg)
 {
-    if (!addr_eq(&cfg->external.listen, &e->cfg->external.listen) ||
-        !addr_eq(&cfg->internal.listen, &e->cfg->internal.listen)) {
-        LOGE(e->log, NULL, "reload: listen addresses cannot change without a restart");
-        return -EINVAL;
-    }
+    /* Listen addresses are restart-only keys: common/daemon.c refused a change already. */
     char terr[256];
     struct tls_ctx *x = NULL, *i = NULL;
     if (make_tls(&x, &cfg->external.tls, false, cfg->external.handshake_timeout_ms, "conf-edge",

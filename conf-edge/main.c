@@ -61,23 +61,15 @@ static int start_ctl(struct ce_main *m, const struct ce_config *cfg)
 {
     static const struct ctl_client_cbs cbs = {
         .on_secret = on_ctl_secret, .on_revoke = on_ctl_revoke, .on_drain = on_ctl_drain};
-    struct ctl_client_opts o = {
-        .director = cfg->director.address,
-        .director_name = cfg->director.server_name,
-        .cert_file = cfg->director.tls.cert,
-        .key_file = cfg->director.tls.key,
-        .ca_file = cfg->director.tls.ca,
-        .report_interval_ms = (uint32_t)cfg->director.report_interval_ms,
-        .log = daemon_logger(m->d),
-        .hello = {.role = CTL_ROLE_CONF_EDGE},
-    };
-    snprintf(o.hello.version, sizeof o.hello.version, "%s", daemon_version());
-    snprintf(o.hello.instance_id, sizeof o.hello.instance_id, "%s",
+    struct ctl_hello h = {.role = CTL_ROLE_CONF_EDGE};
+    snprintf(h.version, sizeof h.version, "%s", daemon_version());
+    snprintf(h.instance_id, sizeof h.instance_id, "%s",
              cfg->base.instance_id ? cfg->base.instance_id : "conf-edge");
-    addr_format(&cfg->external.listen, o.hello.external_addrs[o.hello.n_external++]);
-    addr_format(&cfg->internal.listen, o.hello.internal_addrs[o.hello.n_internal++]);
-    int rc = ctl_client_start(daemon_loop(m->d), &o, &cbs, m, &m->ctl);
-    if (rc == 0)
+    addr_format(&cfg->external.listen, h.external_addrs[h.n_external++]);
+    addr_format(&cfg->internal.listen, h.internal_addrs[h.n_internal++]);
+    int rc = ctl_client_start_link(daemon_loop(m->d), &cfg->director, &h, daemon_logger(m->d),
+                                   daemon_metrics(m->d), &cbs, m, &m->ctl);
+    if (rc == 0 && m->ctl)
         ctl_client_set_report_source(m->ctl, fill_report, m);
     return rc;
 }
@@ -175,6 +167,13 @@ static int ce_start(struct daemon *d, const void *cfgp, void **state)
 static int ce_reload(struct daemon *d, void *state, const void *cfg)
 {
     struct ce_main *m = state;
+    const struct ce_config *c = cfg;
+    char err[256];
+    int rc = ctl_client_reload_link(m->ctl, &c->director, err, sizeof err);
+    if (rc) {
+        LOGE(daemon_logger(d), NULL, "reload: director.tls: %s", err);
+        return rc;
+    }
     return ce_edge_reload(m->edge, cfg);
 }
 

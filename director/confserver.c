@@ -14,6 +14,7 @@
 #include "common/stream.h"
 #include "common/map.h"
 #include "common/mux.h"
+#include "common/tls_files.h"
 #include "director/director.h"
 
 #define CS_BACKOFF_MIN_MS 100
@@ -406,17 +407,9 @@ int confserver_start(struct director *d)
         return -ENOMEM;
     cs->d = d;
     dl_init(&cs->streams);
-    struct tls_cert_opts cert = {cc->tls.cert, cc->tls.key};
-    struct tls_opts o = {
-        .server = false,
-        .certs = &cert,
-        .ncerts = 1,
-        .ca_file = cc->tls.ca,
-        .verify_peer = true,
-        .session_tickets = true,
-    };
     char err[256] = "";
-    int rc = tls_ctx_create(&cs->tls, &o, err, sizeof err);
+    int rc = tls_files_ctx(&cs->tls, &cc->tls, &(struct tls_files_use){.verify_peer = true}, err,
+                           sizeof err);
     if (rc) {
         LOGE(d->log, NULL, "confserver: TLS: %s", err);
         free(cs);

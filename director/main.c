@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/tls_files.h"
 #include "director/director.h"
 
 /* Modules beyond the hub: each adds one line here (see director/director.h). */
@@ -21,17 +22,10 @@ static const struct director_module director_modules[] = {
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,
                                struct tls_ctx **out)
 {
-    struct tls_cert_opts cert = {.cert_file = cfg->tls.cert, .key_file = cfg->tls.key};
-    struct tls_opts o = {
-        .server = true,
-        .certs = &cert,
-        .ncerts = 1,
-        .ca_file = cfg->tls.ca,
-        .verify_peer = true, /* mutual TLS: every edge shows a certificate our CA signed */
-        .session_tickets = true,
-    };
+    /* mutual TLS: every edge shows a certificate our CA signed */
+    struct tls_files_use u = {.server = true, .verify_peer = true};
     char err[256] = "";
-    int rc = tls_ctx_create(out, &o, err, sizeof err);
+    int rc = tls_files_ctx(out, &cfg->tls, &u, err, sizeof err);
     if (rc)
         LOGE(lg, NULL, "director: control-channel TLS: %s", err[0] ? err : strerror(-rc));
     return rc;
@@ -103,9 +97,6 @@ static int director_reload(struct daemon *dm, void *state, const void *new_cfg)
     int rc = director_tls_create(n, d->log, &tls);
     if (rc)
         return rc; /* keep the old config and certificates */
-    if (!addr_eq(&n->ctl.listen, &d->cfg->ctl.listen) ||
-        n->ctl.heartbeat_ms != d->cfg->ctl.heartbeat_ms)
-        LOGW(d->log, NULL, "director: ctl.listen and ctl.heartbeat take effect on restart only");
     ctl_server_set_tls(d->ctl, tls);
     tls_ctx_unref(d->ctl_tls);
     d->ctl_tls = tls;

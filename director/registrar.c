@@ -110,7 +110,6 @@ struct registrar {
     size_t nudp;
     struct rg_listener lst[RG_LST_MAX];
     size_t nlst;
-    struct tls_ctx *tls;
     struct rg_conn *conns[RG_CONNS];
     uint32_t next_id;
     struct rg_binding *bindings;
@@ -958,7 +957,9 @@ static void on_accept(uv_stream_t *server, int status)
             break;
         }
     }
-    struct stream_opts so = {.tls = l->tls ? rg->tls : NULL, .handshake_timeout_ms = 10000};
+    /* The Director's mutual-TLS context, rebuilt on every reload: new handshakes get the
+     * renewed certificate, established connections keep theirs. */
+    struct stream_opts so = {.tls = l->tls ? rg->d->ctl_tls : NULL, .handshake_timeout_ms = 10000};
     if (!c || slot == RG_CONNS || buf_init(&c->rb, 128 * 1024) < 0) {
         free(c);
         uv_tcp_t *t = malloc(sizeof(*t));
@@ -984,7 +985,6 @@ static void on_accept(uv_stream_t *server, int status)
 static void rg_unref(struct registrar *rg)
 {
     if (--rg->open_handles == 0) {
-        tls_ctx_unref(rg->tls);
         da_destroy(rg->da);
         regstore_close(rg->store);
         free(rg->bindings);
@@ -1099,16 +1099,6 @@ int registrar_start(struct director *d)
         rc = da_create(&rg->da);
     if (rc == 0 && c->store && *c->store)
         rc = restore_bindings(rg, c->store);
-    if (rc == 0 && c->nmtls) {
-        struct tls_cert_opts co = {d->cfg->tls.cert, d->cfg->tls.key};
-        struct tls_opts to = {.server = true, .certs = &co, .ncerts = 1,
-                              .ca_file = d->cfg->tls.ca, .verify_peer = true,
-                              .session_tickets = true};
-        char err[256];
-        rc = tls_ctx_create(&rg->tls, &to, err, sizeof(err));
-        if (rc < 0)
-            LOGE(d->log, NULL, "sip: TLS: %s", err);
-    }
     d->registrar = rg;
     make_metrics(rg, d);
     if (rc == 0)

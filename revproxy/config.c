@@ -101,7 +101,7 @@ const struct cfg_key rp_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {"listeners", CFG_LIST, C(listeners), .sub = listener_keys,
      .elem_size = sizeof(struct rp_listener), .count_offset = C(nlisteners), .required = true,
-     .help = "external listeners"},
+     .restart = true, .help = "external listeners"},
     {"tls", CFG_SECTION, C(tls), .sub = tls_keys, .help = "server certificates"},
     {"upstreams", CFG_LIST, C(upstreams), .sub = upstream_keys,
      .elem_size = sizeof(struct rp_upstream), .count_offset = C(nupstreams), .required = true,

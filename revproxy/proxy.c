@@ -1718,26 +1718,15 @@ static int open_access_log(struct rp_server *srv, const struct rp_config *cfg)
     return 0;
 }
 
-static int load_own(struct rp_server *srv, struct rp_config **out)
+/* A reference on the generation the daemon validated: routes and pools keep theirs for as
+ * long as a request uses them (the daemon drops its own after a reload). */
+static struct rp_config *gen_cfg_ref(const struct rp_config *cfg)
 {
-    struct cfg_err err;
-    void *c = NULL;
-    int rc = cfg_load(daemon_config_path(srv->d), rp_config_keys, sizeof(struct rp_config), &c, &err);
-    if (rc == 0 && (rc = rp_config_validate(c, &err)) != 0) {
-        cfg_free(c);
-        c = NULL;
-    }
-    if (rc) {
-        LOGE(srv->log, NULL, "%s", err.msg);
-        return rc;
-    }
-    *out = c;
-    return 0;
+    return (struct rp_config *)cfg_ref(cfg);
 }
 
 int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_server **out)
 {
-    (void)cfg;
     struct rp_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return -ENOMEM;
@@ -1757,16 +1746,8 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
         free(srv);
         return rc;
     }
-    rc = load_own(srv, &own);
-    if (rc == 0)
-        rc = load_own(srv, &lcfg);
-    if (rc) {
-        cfg_free(own);
-        buf_fini(&srv->out);
-        stream_gate_destroy(srv->hs_gate);
-        free(srv);
-        return rc;
-    }
+    own = gen_cfg_ref(cfg);
+    lcfg = gen_cfg_ref(cfg);
     srv->listen_cfg = lcfg;
     char err[256] = "";
     rc = gen_create(srv, own, &srv->gen, err, sizeof err);
@@ -1823,14 +1804,10 @@ fail:
 
 int rp_server_reload(struct rp_server *srv, const struct rp_config *cfg)
 {
-    (void)cfg;
-    struct rp_config *own = NULL;
-    int rc = load_own(srv, &own);
-    if (rc)
-        return rc;
+    struct rp_config *own = gen_cfg_ref(cfg);
     char err[256] = "";
     struct rp_gen *g;
-    rc = gen_create(srv, own, &g, err, sizeof err);
+    int rc = gen_create(srv, own, &g, err, sizeof err);
     if (rc) {
         LOGE(srv->log, NULL, "reload refused: %s", err);
         cfg_free(own);

@@ -193,6 +193,28 @@ class Daemon:
         self.stop()
 
 
+def edit_config(d, old, new):
+    """Rewrites d's config file with old replaced by new (which must occur)."""
+    with open(d.config) as f:
+        text = f.read()
+    assert old in text, f"{old!r} not in {d.config}"
+    with open(d.config, "w") as f:
+        f.write(text.replace(old, new))
+
+
+def assert_restart_refused(d, key, timeout=5.0):
+    """SIGHUP after a change to a restart-only key: refused the same way by every daemon,
+    naming the key at its file:line:col; returns the log line."""
+    import re
+    d.signal(signal.SIGHUP)
+    pat = re.compile(r"reload refused, keeping the running config: " + re.escape(d.config) +
+                     r":\d+:\d+: " + re.escape(key) + r": can only change with a restart")
+    wait_for(lambda: pat.search(d.log()) or "reloaded" in d.log(), timeout,
+             what=f"{d.name} refusing a change to {key}")
+    assert "reloaded" not in d.log(), f"{d.name} accepted a change to {key}:\n{d.log()[-2000:]}"
+    return pat.search(d.log()).group(0)
+
+
 class SuiteTest(unittest.TestCase):
     """Base class: a temp dir per test and daemons stopped at the end."""
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 import unittest
 
-from harness import SuiteTest, free_port, wait_for, http_request
+from harness import SuiteTest, assert_restart_refused, edit_config, free_port, wait_for, http_request
 import avturn as T
 
 EXT = "127.0.0.113"   # external listener and relay address
@@ -369,6 +369,16 @@ class TestOperations(AvEdgeTest):
         self.assertEqual(self.ext(user, pw).allocate().code, 0)
         self.assertEqual(a.refresh().code, 0)
 
+    def test_reload_changing_a_listener_is_refused(self):
+        """The sockets stay bound where they are: a reload that moves a listener is refused
+        with the key's position (it used to be accepted, and the edge then advertised an
+        address it did not listen on)."""
+        self.start_edge()
+        edit_config(self.edge, f"{EXT}:{self.ext_port}", f"{EXT}:{free_port(EXT)}")
+        assert_restart_refused(self.edge, "external.listen")
+        self.assertEqual(self.edge.metrics()['av_edge_config_reloads_total{result="refused"}'], 1)
+        self.assert_serving()
+
     def test_bad_config_is_refused_with_position(self):
         d = self.daemon("av-edge", "admin: { listen: 127.0.0.1:1 }\n"
                         "relay: { port_min: 60000, port_max: 50000 }\n"
@@ -377,6 +387,97 @@ class TestOperations(AvEdgeTest):
                             "--check", "-c", d.config], capture_output=True, timeout=10)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("port_min", p.stderr.decode() + p.stdout.decode())
+
+
+class TestCertificateRotation(AvEdgeTest):
+    def test_rotation_under_load_by_sighup_and_by_file_change(self):
+        """TURN over TLS under load while the certificate is renewed twice: by SIGHUP, then by
+        renaming new files over the old ones (no signal). New handshakes show the new serial,
+        a TLS connection held from before keeps its allocation, and no request fails."""
+        import ssl
+        from harness import ROOT
+        import rotation as R
+        cadir = os.path.join(ROOT, "build", "certs")
+        subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
+        crt, key = R.make_cert(self.tmp, "av-edge", 0x1001, cadir)
+        # All the load comes from 127.0.0.1: no per-source limit on its challenges.
+        self.start_edge(tls=True, auth="  unauth_rate: 0\n",
+                        extra=f"tls: {{cert: {crt}, key: {key}}}\n")
+        self.assertEqual(R.peer_serial(EXT, self.tls_port), 0x1001)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def tls_client():
+            c = T.Client((EXT, self.tls_port), "alice", "wonder", tcp=True, timeout=10)
+            c.sock = ctx.wrap_socket(c.sock)
+            return c
+
+        held = tls_client()
+        self.addCleanup(held.close)
+        self.assertEqual(held.allocate(transport=T.TCP).code, 0)
+
+        def one():  # a new TLS connection, an allocation on it and its release
+            c = tls_client()
+            try:
+                for what, m in (("allocate", lambda: c.allocate(transport=T.TCP)),
+                                ("release", lambda: c.refresh(0))):
+                    if m().code != 0:
+                        raise AssertionError(f"{what} failed")
+            finally:
+                c.close()
+
+        load = R.Load(one, threads=2, max_s=90)
+        try:
+            time.sleep(0.5)
+            R.make_cert(self.tmp, "av-edge", 0x1002, cadir)
+            self.edge.signal(signal.SIGHUP)
+            wait_for(lambda: R.peer_serial(EXT, self.tls_port) == 0x1002, timeout=10,
+                     what="serial 0x1002 after SIGHUP")
+            self.assertEqual(held.refresh().code, 0)
+            # A renewal tool writes the key, then (a moment later) the certificate: the
+            # edge waits for a matching pair and then takes it without a signal.
+            R.make_cert(self.tmp, "av-edge", 0x1003, cadir, key_first_delay=0.3)
+            wait_for(lambda: R.peer_serial(EXT, self.tls_port) == 0x1003, timeout=15,
+                     what="serial 0x1003 after the files changed")
+            self.assertEqual(held.refresh().code, 0)
+            time.sleep(0.5)
+        finally:
+            ok, failed = load.stop()
+        self.assertEqual(failed, 0, "\n".join(load.errors))
+        self.assertGreater(ok, 10)
+        log = self.edge.log()
+        self.assertRegex(log, r"certificate .*av-edge.crt changed: subject CN=av-edge, serial 10:03, "
+                              r"notAfter \d{4}-\d\d-\d\dT")
+        m = self.edge.metrics()
+        na = [v for k, v in m.items() if k.startswith("av_edge_tls_certificate_not_after_seconds{")
+              and "av-edge.crt" in k]
+        self.assertEqual(len(na), 1, m.keys())
+        self.assertGreater(na[0], time.time() + 29 * 86400)
+
+
+class TestControlChannelCertificate(AvEdgeTest):
+    def test_reload_renews_the_director_link_certificate(self):
+        """The control channel's client certificate is reloaded too: after a renewal (by
+        SIGHUP, then by the files alone) the next connection to the Director shows it."""
+        from harness import ROOT
+        import rotation as R
+        cadir = os.path.join(ROOT, "build", "certs")
+        subprocess.run(["deploy/certs.sh", "build/certs"], cwd=ROOT, check=True, capture_output=True)
+        fake = R.FakeDirector(cadir)
+        self.addCleanup(fake.stop)
+        crt, key = R.make_cert(self.tmp, "av-edge", 0x6001, cadir)
+        self.start_edge(extra="").stop()
+        link = (f"director: {{enabled: true, address: {fake.addr}, server_name: director, "
+                f"tls: {{cert: {crt}, key: {key}, ca: {cadir}/ca.crt}}}}\n")
+        edit_config(self.edge, "director: { enabled: false }\n", link)
+        self.edge.start()
+        wait_for(lambda: 0x6001 in fake.serials, timeout=10, what="first link certificate")
+        R.make_cert(self.tmp, "av-edge", 0x6002, cadir)
+        self.edge.signal(signal.SIGHUP)
+        wait_for(lambda: 0x6002 in fake.serials, timeout=15, what="renewed link certificate")
+        R.make_cert(self.tmp, "av-edge", 0x6003, cadir, key_first_delay=0.3)
+        wait_for(lambda: 0x6003 in fake.serials, timeout=15, what="link certificate from files")
 
 
 class TestUserBandwidth(AvEdgeTest):

@@ -11,7 +11,7 @@ import threading
 import time
 
 from confmock import ConfMock
-from harness import ROOT, SuiteTest, free_port, http_request, wait_for
+from harness import ROOT, SuiteTest, assert_restart_refused, edit_config, free_port, http_request, wait_for
 
 CERTS = os.path.join(ROOT, "build", "certs")
 SECRET = "lab-secret-1"
@@ -523,6 +523,60 @@ class ConfEdgeTest(SuiteTest):
         self.assertEqual(c.line(), "PSOM-EDGE/1 503 draining\r\n")
         self.edge.proc.wait(5)
         self.assertEqual(self.edge.proc.returncode, 0)
+
+    def test_reload_changing_a_listener_is_refused(self):
+        self.start_edge()
+        self.mock(mode="echo")
+        edit_config(self.edge, f"listen: {self.int}", f"listen: 127.0.0.1:{free_port()}")
+        assert_restart_refused(self.edge, "internal.listen")
+        c = Client(self.ext, key=mint("stay", "a"))
+        self.assertEqual(c.line(), "PSOM-EDGE/1 200 admitted\r\n")
+
+    def test_certificate_rotation_under_load_by_sighup_and_by_file_change(self):
+        """Participants keep joining while the external certificate is renewed by SIGHUP,
+        then by new files renamed into place: new handshakes show the new serial, a
+        participant joined before keeps relaying, and no join fails."""
+        import rotation as R
+        host, port = self.ext.rsplit(":", 1)
+        crt, key = R.make_cert(self.tmp, "conf-edge", 0x2001, CERTS)
+        cfg = edge_config(self.ext, self.int, self.admin).replace(
+            f"tls: {{cert: {CERTS}/conf-edge.crt, key: {CERTS}/conf-edge.key}}",
+            f"tls: {{cert: {crt}, key: {key}}}", 1)
+        self.edge = self.daemon("conf-edge", cfg, admin=self.admin)
+        self.mock(mode="echo")
+        self.assertEqual(R.peer_serial(host, int(port)), 0x2001)
+        held = Client(self.ext, key=mint("rot", "held"))
+        self.assertEqual(held.line(), "PSOM-EDGE/1 200 admitted\r\n")
+        n = [0]
+
+        def one():
+            n[0] += 1
+            c = Client(self.ext, key=mint("rot", f"u{n[0]}-{time.time_ns()}"))
+            try:
+                line = c.line(timeout=10)
+                if line != "PSOM-EDGE/1 200 admitted\r\n":
+                    raise AssertionError(line)
+            finally:
+                c.close()
+
+        load = R.Load(one, threads=2, max_s=90)
+        try:
+            time.sleep(0.5)
+            R.make_cert(self.tmp, "conf-edge", 0x2002, CERTS)
+            self.edge.signal(__import__("signal").SIGHUP)
+            wait_for(lambda: R.peer_serial(host, int(port)) == 0x2002, timeout=10,
+                     what="serial 0x2002 after SIGHUP")
+            R.make_cert(self.tmp, "conf-edge", 0x2003, CERTS, key_first_delay=0.3)
+            wait_for(lambda: R.peer_serial(host, int(port)) == 0x2003, timeout=15,
+                     what="serial 0x2003 after the files changed")
+            time.sleep(0.5)
+        finally:
+            ok, failed = load.stop()
+        self.assertEqual(failed, 0, load.errors)
+        self.assertGreater(ok, 5)
+        held.send(b"still here\n")
+        self.assertEqual(held.read_exact(11), b"still here\n")
+        self.assertRegex(self.edge.log(), r"certificate .*conf-edge.crt changed: subject CN=conf-edge, serial 20:03")
 
     def test_sighup_applies_new_limits_to_new_clients(self):
         self.start_edge(extra="limits: {per_conference: 1}\n")

@@ -493,6 +493,53 @@ secrets:
         self.assertEqual(bad.proc.wait(5), 1)
         self.assertIn("UTF-8 without control characters", bad.log())
 
+    def test_certificate_rotation_under_load_by_sighup_and_by_file_change(self):
+        """Edges keep connecting while the Director's certificate is renewed by SIGHUP, then by
+        new files renamed into place: new handshakes show the new serial, a connected edge
+        stays connected, and no handshake fails."""
+        import rotation as R
+        crt, key = R.make_cert(self.tmp, "director", 0x4001, self.certs)
+        cfg = self.director_config().replace(f"cert: {self.certs}/director.crt",
+                                             f"cert: {crt}").replace(
+            f"key: {self.certs}/director.key", f"key: {key}")
+        d = self.daemon("director", cfg, admin=self.admin)
+        a = self.probe("av-edge", "av1")
+        a.wait(lambda e: e["event"] == "secret", what="first relay secret")
+
+        def serial():
+            s = self.mtls_socket()
+            try:
+                return R.serial_of_der(s.getpeercert(binary_form=True))
+            finally:
+                s.close()
+
+        self.assertEqual(serial(), 0x4001)
+        load = R.Load(serial, threads=2, max_s=90)
+        try:
+            time.sleep(0.5)
+            R.make_cert(self.tmp, "director", 0x4002, self.certs)
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: serial() == 0x4002, timeout=10, what="serial 0x4002 after SIGHUP")
+            R.make_cert(self.tmp, "director", 0x4003, self.certs, key_first_delay=0.3)
+            wait_for(lambda: serial() == 0x4003, timeout=15,
+                     what="serial 0x4003 after the files changed")
+            time.sleep(0.5)
+        finally:
+            ok, failed = load.stop()
+        self.assertEqual(failed, 0, load.errors)
+        self.assertGreater(ok, 5)
+        self.assertTrue(self.connected("av1"))
+        self.assertEqual(a.all("disconnected"), [])
+        self.assertRegex(d.log(), r"certificate .*director.crt changed: subject CN=director, serial 40:03")
+
+    def test_reload_changing_the_listener_is_refused(self):
+        d = self.start_director()
+        a = self.probe("av-edge", "av1")
+        a.wait(lambda e: e["event"] == "secret", what="first relay secret")
+        harness.edit_config(d, f"127.0.0.1:{self.ctl_port}", f"127.0.0.1:{free_port()}")
+        harness.assert_restart_refused(d, "ctl.listen")
+        self.assertTrue(self.connected("av1"))
+
     def test_sighup_applies_a_new_rotation_interval_and_refuses_a_bad_one(self):
         d = self.start_director()
         a = self.probe("av-edge", "av1")

@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from harness import ROOT, SuiteTest, free_port, http_request, rss_kib, wait_for
+from harness import ROOT, SuiteTest, assert_restart_refused, edit_config, free_port, http_request, rss_kib, wait_for
 from rp_upstream import Upstream
 
 CERTS = None
@@ -498,6 +498,72 @@ class RevproxyTest(SuiteTest):
         self.assertEqual(self.curl("/AutoUpdate/Ext/x")[1], 200)
         t.join()
         self.assertEqual(res["slow"][1], 200)
+
+    def test_certificate_rotation_under_load_by_sighup_and_by_file_change(self):
+        """HTTPS requests on new connections keep flowing while the certificate is renewed by
+        SIGHUP, then by new files renamed into place: new handshakes show the new serial, a
+        keep-alive connection opened before keeps working, and no request fails."""
+        import rotation as R
+        crt, key = R.make_cert(self.tmp, "revproxy", 0x3001, CERTS)
+        self.start(start=False)
+        edit_config(self.d, f"{CERTS}/revproxy.crt, key: {CERTS}/revproxy.key",
+                    f"{crt}, key: {key}")
+        self.d.start()
+        self.assertEqual(R.peer_serial("127.0.0.1", self.https, "revproxy"), 0x3001)
+        held = self.tls_sock()
+        self.addCleanup(held.close)
+        req = b"GET /ABS/ext/x HTTP/1.1\r\nHost: revproxy\r\n\r\n"
+
+        def ask(s):
+            s.sendall(req)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                d = s.recv(65536)
+                if not d:
+                    raise ConnectionError("closed")
+                head += d
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise AssertionError(head[:80])
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < n:
+                body += s.recv(65536)
+
+        ask(held)
+
+        def one():
+            s = self.tls_sock()
+            try:
+                s.settimeout(10)
+                ask(s)
+            finally:
+                s.close()
+
+        load = R.Load(one, threads=2, max_s=90)
+        try:
+            time.sleep(0.5)
+            R.make_cert(self.tmp, "revproxy", 0x3002, CERTS)
+            self.d.signal(signal.SIGHUP)
+            wait_for(lambda: R.peer_serial("127.0.0.1", self.https, "revproxy") == 0x3002,
+                     timeout=10, what="serial 0x3002 after SIGHUP")
+            ask(held)
+            R.make_cert(self.tmp, "revproxy", 0x3003, CERTS, key_first_delay=0.3)
+            wait_for(lambda: R.peer_serial("127.0.0.1", self.https, "revproxy") == 0x3003,
+                     timeout=15, what="serial 0x3003 after the files changed")
+            ask(held)
+            time.sleep(0.5)
+        finally:
+            ok, failed = load.stop()
+        self.assertEqual(failed, 0, load.errors)
+        self.assertGreater(ok, 5)
+        self.assertRegex(self.d.log(), r"certificate .*revproxy.crt changed: subject CN=revproxy, serial 30:03")
+        self.assertIn(f'revproxy_tls_certificate_not_after_seconds{{file="{crt}"}}', self.d.metrics())
+
+    def test_reload_changing_a_listener_is_refused(self):
+        self.start()
+        edit_config(self.d, f"127.0.0.1:{self.https}, tls: true", f"127.0.0.1:{free_port()}, tls: true")
+        assert_restart_refused(self.d, "listeners")
+        self.assertEqual(self.curl("/ABS/ext/x")[1], 200)
 
     def test_reload_with_unusable_certificate_is_refused_and_old_config_serves(self):
         # The new config parses, but its certificate cannot be loaded: the reload is refused

@@ -45,7 +45,7 @@ static const struct cfg_key route_keys[] = {
 
 #define EXT(f) (offsetof(struct test_cfg, ext.f) - offsetof(struct test_cfg, ext))
 static const struct cfg_key ext_keys[] = {
-    {"listen", CFG_ADDR, EXT(listen), "127.0.0.1:5061"},
+    {"listen", CFG_ADDR, EXT(listen), "127.0.0.1:5061", .restart = true},
     {"tls", CFG_SECTION, EXT(tls), .sub = tls_files_keys},
     CFG_END,
 };
@@ -60,7 +60,7 @@ static const struct cfg_key keys[] = {
     {"external", CFG_SECTION, offsetof(struct test_cfg, ext), .sub = ext_keys},
     {"routes", CFG_LIST, offsetof(struct test_cfg, routes), .sub = route_keys,
      .elem_size = sizeof(struct route), .count_offset = offsetof(struct test_cfg, nroutes)},
-    {"domains", CFG_STRLIST, offsetof(struct test_cfg, domains), "example.com",
+    {"domains", CFG_STRLIST, offsetof(struct test_cfg, domains), "example.com", .restart = true,
      .count_offset = offsetof(struct test_cfg, ndomains)},
     {"internal", CFG_CIDRLIST, offsetof(struct test_cfg, internal), "10.0.0.0/8, 192.168.0.0/16",
      .count_offset = offsetof(struct test_cfg, ninternal)},
@@ -203,6 +203,61 @@ static void semantic_error_points_at_key(void **st)
     cfg_free(c);
 }
 
+/* A reload that changes a restart-only key is refused at the key's position; others pass. */
+static void restart_only_change_is_named(void **st)
+{
+    (void)st;
+    struct test_cfg *a, *b, *c, *d;
+    struct cfg_err err = {""};
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nexternal: {listen: 127.0.0.1:5061}\n", &a, &err), 0);
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nname: other\nflag: true\n"
+                          "external:\n  listen: 127.0.0.1:5061\n  tls: {cert: /dev/null}\n", &b, &err), 0);
+    assert_int_equal(cfg_restart_changed(a, b, keys, &err), 0);
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nexternal:\n  listen: 127.0.0.1:5062\n", &c, &err), 0);
+    assert_int_equal(cfg_restart_changed(a, c, keys, &err), -EBUSY);
+    assert_string_equal(err.msg, "t.yaml:3:11: external.listen: can only change with a restart");
+    /* the shared admin.listen and a list are restart-only too; a default counts as a value */
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8081}\n", &d, &err), 0);
+    assert_int_equal(cfg_restart_changed(a, d, keys, &err), -EBUSY);
+    assert_string_equal(err.msg, "t.yaml:1:17: admin.listen: can only change with a restart");
+    cfg_free(d);
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\ndomains: [example.com, b.example]\n", &d, &err), 0);
+    assert_int_equal(cfg_restart_changed(a, d, keys, &err), -EBUSY);
+    assert_string_equal(err.msg, "t.yaml:2:10: domains: can only change with a restart");
+    cfg_free(a);
+    cfg_free(b);
+    cfg_free(c);
+    cfg_free(d);
+}
+
+static void count_pair(const char *cert, const char *key, void *arg)
+{
+    char *out = arg;
+    snprintf(out + strlen(out), 256 - strlen(out), "%s+%s;", cert, key ? key : "-");
+}
+
+/* The certificate watcher finds every cert/key pair through the key table. */
+static void cert_pairs_are_found_by_the_key_table(void **st)
+{
+    (void)st;
+    struct test_cfg *c;
+    struct cfg_err err = {""};
+    char seen[256] = "";
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\n", &c, &err), 0);
+    cfg_each_cert_pair(c, keys, count_pair, seen);
+    assert_string_equal(seen, ""); /* no cert configured: nothing to watch */
+    cfg_free(c);
+    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\n"
+                          "external: {tls: {cert: /dev/null, key: /dev/zero}}\n", &c, &err), 0);
+    cfg_each_cert_pair(c, keys, count_pair, seen);
+    assert_string_equal(seen, "/dev/null+/dev/zero;");
+    /* a reference keeps the generation after the loader's owner lets go */
+    cfg_ref(c);
+    cfg_free(c);
+    assert_string_equal(c->ext.tls.cert, "/dev/null");
+    cfg_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -215,6 +270,8 @@ int main(void)
         cmocka_unit_test(required_and_typed_errors),
         cmocka_unit_test(missing_file_is_reported),
         cmocka_unit_test(semantic_error_points_at_key),
+        cmocka_unit_test(restart_only_change_is_named),
+        cmocka_unit_test(cert_pairs_are_found_by_the_key_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -662,6 +662,44 @@ static void test_ctx_errors_are_clear(void **state)
     assert_non_null(strstr(err, "TLS-NOPE"));
 }
 
+/* Certificate reload reads subject, serial and notAfter, and refuses a half-renewed pair. */
+static void test_cert_inspect(void **state)
+{
+    (void)state;
+    char err[256];
+    struct tls_cert_info ci;
+    assert_int_equal(tls_cert_inspect(CERTS "/director.crt", CERTS "/director.key", &ci, err,
+                                      sizeof err), 0);
+    assert_non_null(strstr(ci.subject, "CN=director"));
+    assert_true(strlen(ci.serial) >= 2);
+    assert_true(ci.not_after > 1600000000);
+    /* the same serial and date as openssl prints */
+    char cmd[512], want[160] = "";
+    snprintf(cmd, sizeof cmd,
+             "openssl x509 -noout -serial -in " CERTS "/director.crt | cut -d= -f2 | "
+             "sed 's/../&:/g; s/:$//'");
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_non_null(fgets(want, sizeof want, p));
+    pclose(p);
+    want[strcspn(want, "\n")] = '\0';
+    assert_string_equal(ci.serial, want);
+    snprintf(cmd, sizeof cmd,
+             "date -d \"$(openssl x509 -noout -enddate -in " CERTS "/director.crt | cut -d= -f2)\" +%%s");
+    p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_non_null(fgets(want, sizeof want, p));
+    pclose(p);
+    assert_int_equal(ci.not_after, strtoll(want, NULL, 10));
+
+    assert_int_equal(tls_cert_inspect(CERTS "/director.crt", NULL, &ci, err, sizeof err), 0);
+    assert_int_equal(
+        tls_cert_inspect(CERTS "/director.crt", CERTS "/web.key", &ci, err, sizeof err),
+        -EKEYREJECTED);
+    assert_non_null(strstr(err, "does not match"));
+    assert_int_equal(tls_cert_inspect("/nonexistent.crt", NULL, &ci, err, sizeof err), -ENOENT);
+}
+
 /* Upstream clients trust the system CA bundle, as a file or as a directory. */
 static void test_ca_bundle_file_or_directory(void **state)
 {
@@ -1019,6 +1057,7 @@ int main(void)
         cmocka_unit_test(test_peek_sni),
         cmocka_unit_test(test_ctx_shared_by_threads),
         cmocka_unit_test(test_idle_connection_memory),
+        cmocka_unit_test(test_cert_inspect),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
