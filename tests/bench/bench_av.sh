@@ -39,15 +39,18 @@ while True:
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 gen() { flock /tmp/bench.lock timeout $((SECS + 60)) taskset -c 1 "$BIN/turnload" "$@"; }
 
+# The STUN point measures the cost of answering: turnload sends each 20-byte Binding once, and
+# by default (strict_amplification) a source's first ones go unanswered until what it sent
+# covers the answer, as coturn's do not.
 start_av() {
     PORT=$(free_port); IP=127.0.0.13
     cat > "$TMP/av.yaml" <<YAML
-admin: { listen: 127.0.0.1:$(free_port) }
+admin: { listen: $IP:$(free_port) }  # not on 127.0.0.1: the peers' address, and every address the edge listens on is a denied peer
 log: { level: warn }
 external: { listen: [$IP:$PORT], tcp_listen: [], tls_listen: [], allow_peers: [127.0.0.1/32] }
 internal: { listen: [] }
 relay: { addresses: [$IP], port_min: 30001, port_max: 40000 }
-auth: { realm: $REALM, secret: $SECRET, unauth_rate: 0 }
+auth: { realm: $REALM, secret: $SECRET, unauth_rate: 0, strict_amplification: false }
 limits: { user_quota: 0, total_quota: 0, allocations_per_credential: 0, packets_per_second: 10000000 }
 director: { enabled: false }
 YAML
