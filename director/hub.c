@@ -413,47 +413,13 @@ static void reply_error(struct admin_reply *reply, int status, const char *msg)
     reply_json(reply, status, &j);
 }
 
-/* Finds name=value in a query string (or form body) and percent-decodes it into out.
- * Returns 1 if found, 0 if absent, -EINVAL if the value does not fit or is malformed. */
-static int query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap)
-{
-    size_t nlen = strlen(name);
-    const char *end = q + qlen;
-    while (q && q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *pe = amp ? amp : end;
-        if ((size_t)(pe - q) > nlen && memcmp(q, name, nlen) == 0 && q[nlen] == '=') {
-            size_t n = 0;
-            for (const char *v = q + nlen + 1; v < pe; v++) {
-                int c = (unsigned char)*v;
-                if (c == '+') {
-                    c = ' ';
-                } else if (c == '%') {
-                    unsigned x;
-                    if (pe - v < 3 || sscanf(v + 1, "%2x", &x) != 1)
-                        return -EINVAL;
-                    c = (int)x;
-                    v += 2;
-                }
-                if (c == 0 || n + 1 >= cap)
-                    return -EINVAL;
-                out[n++] = (char)c;
-            }
-            out[n] = '\0';
-            return 1;
-        }
-        q = amp ? amp + 1 : end;
-    }
-    return 0;
-}
-
 /* Looks a parameter up in the query string, then in a form-encoded body. */
 static int param_get(const char *query, const char *body, size_t body_len, const char *name,
                      char *out, size_t cap)
 {
-    int rc = query_get(query, query ? strlen(query) : 0, name, out, cap);
+    int rc = admin_query_get(query, query ? strlen(query) : 0, name, out, cap);
     if (rc == 0 && body && body_len)
-        rc = query_get(body, body_len, name, out, cap);
+        rc = admin_query_get(body, body_len, name, out, cap);
     return rc;
 }
 
@@ -462,7 +428,7 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
     struct hub *h = d->hub;
     char role_s[32];
     enum ctl_role role = CTL_ROLE_UNKNOWN;
-    int rc = query_get(query, strlen(query), "role", role_s, sizeof role_s);
+    int rc = admin_query_get(query, strlen(query), "role", role_s, sizeof role_s);
     if (rc < 0 || (rc == 1 && ctl_role_parse(role_s, &role) < 0)) {
         reply_error(reply, 400, "unknown role");
         return;

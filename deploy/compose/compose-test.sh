@@ -51,24 +51,6 @@ step() {
 
 [ "$(id -u)" -eq 0 ] || { echo "compose-test: needs root (dockerd, debootstrap, ip netns)" >&2; exit 2; }
 
-# The Debian mirror this machine is configured with: the first bookworm (not -security) source of
-# /etc/apt/sources.list or sources.list.d (one-line or deb822 format).
-debian_mirror() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -r "$f" ] || continue
-        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { u = $i; s = $(i + 1); break }
-             if (s == "bookworm" && u ~ /\/debian\/?$/) { sub(/\/$/, "", u); print u; exit } }' "$f"
-    done
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -r "$f" ] || continue
-        awk 'BEGIN { RS = ""; FS = "\n" }
-             { u = ""; s = ""; for (i = 1; i <= NF; i++) { if ($i ~ /^URIs:/) u = $i; if ($i ~ /^Suites:/) s = $i }
-               sub(/^URIs: */, "", u); split(u, us, " ")
-               if (s ~ /(^|[ :])bookworm( |$)/ && us[1] ~ /\/debian\/?$/) { sub(/\/$/, "", us[1]); print us[1]; exit } }' "$f"
-    done
-}
-
 # Processes whose command line names our state folder (the engine, its containerd and shims).
 state_pids() {
     local p
@@ -213,7 +195,7 @@ install() {
 
 build_images() {
     local mirror
-    mirror=$(debian_mirror | head -1)
+    mirror=$(deploy/docker/debian-mirror.sh || true)
     [ -n "$mirror" ] || die "no bookworm Debian source in /etc/apt/sources.list{,.d} to build the base images from"
     say "Debian mirror from the apt sources: $mirror"
     engine host

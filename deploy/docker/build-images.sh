@@ -8,7 +8,8 @@
 #
 # Usage: deploy/docker/build-images.sh [IMAGE...]   (default: every deploy/docker/*.Dockerfile)
 # Environment:
-#   MIRROR        Debian mirror for debootstrap (default: http://deb.debian.org/debian)
+#   MIRROR        Debian mirror for debootstrap (default: the machine's own, from its apt
+#                 sources: deploy/docker/debian-mirror.sh)
 #   TAG           image tag (default 0.1): edge-suite/<image>:$TAG
 #   TLS           TLS backend of the daemon images: mbedtls (default) or openssl
 #   REBUILD_BASE  1: make the base images again even if they exist
@@ -20,7 +21,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+MIRROR=${MIRROR:-$("$HERE/debian-mirror.sh" || true)}
+[ -n "$MIRROR" ] || { echo "build-images: no bookworm source in the apt sources: set MIRROR" >&2; exit 2; }
 TAG=${TAG:-0.1}
 TLS=${TLS:-mbedtls}
 # BuildKit (for the per-Dockerfile .dockerignore files): a client with buildx, or Debian's

@@ -259,7 +259,7 @@ class FramingTest(rp.SuiteTest):
                 self.assertEqual(codes, [400], out[:200])
                 self.assertNotIn(b"Location", out)
         # absolute-form: its authority is the host that counts
-        for target, host, want in (("http://evil.example/x", "revproxy", None),
+        for target, host, want in (("http://evil.example.com/x", "revproxy", None),
                                    ("http://revproxy/x", "evil.example", b"https://revproxy/x")):
             with self.subTest(target):
                 raw = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
