@@ -5,7 +5,7 @@
 #include <string.h>
 
 struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *data, size_t len,
-                            uint64_t now_ms)
+                            bool response, uint64_t now_ms)
 {
     struct ae_retx *r = malloc(sizeof(*r) + len);
     if (!r)
@@ -17,6 +17,7 @@ struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *d
     r->interval_ms = AE_RETX_T1_MS;
     r->next_ms = now_ms + AE_RETX_T1_MS;
     r->reliable = d->tp != 0; /* anything but UDP */
+    r->response = response;
     r->len = len;
     memcpy(r->data, data, len);
     return r;

@@ -36,9 +36,10 @@ struct ae_retx {
 
 enum ae_retx_step { AE_RETX_WAIT, AE_RETX_SEND, AE_RETX_GIVE_UP };
 
-/* A copy of the forwarded bytes, first retransmission due T1 after now; NULL if no memory. */
+/* A copy of the forwarded bytes (a request, or with response the edge's own final answer),
+ * first retransmission due T1 after now; NULL if no memory. */
 struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *data, size_t len,
-                            uint64_t now_ms);
+                            bool response, uint64_t now_ms);
 /* What is due at now: SEND (and the interval doubles; never when reliable), WAIT, or
  * GIVE_UP once Timer B has passed with no response. */
 enum ae_retx_step ae_retx_step(struct ae_retx *r, uint64_t now_ms);

@@ -13,8 +13,6 @@
 #include "access-edge/ae_reload.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
@@ -24,6 +22,8 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 
 /* ---- lifecycle ---- */
@@ -82,10 +82,9 @@ static void on_retx(uv_timer_t *timer)
         uv_timer_stop(timer);
 }
 
-void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
-                       size_t n)
+void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p, size_t n)
 {
-    struct ae_retx *r = ae_retx_new(key, d, p, n, uv_now(ae->loop));
+    struct ae_retx *r = ae_retx_new(key, d, p, n, false, uv_now(ae->loop));
     if (!r)
         return; /* the sender's own timers are what is left */
     if (dl_empty(&ae->retx) && !ae->stopping)
@@ -96,10 +95,9 @@ void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const u
 void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
                           size_t n)
 {
-    struct ae_retx *r = ae_retx_new(key, d, p, n, uv_now(ae->loop));
+    struct ae_retx *r = ae_retx_new(key, d, p, n, true, uv_now(ae->loop));
     if (!r)
         return;
-    r->response = true;
     if (dl_empty(&ae->retx) && !ae->stopping)
         uv_timer_start(&ae->retx_timer, on_retx, 100, 100);
     dl_add(ae->retx.prev, &r->link);
@@ -334,20 +332,22 @@ static void make_metrics(struct ae *ae, struct metrics *m)
 {
     static const char *const side_l[2] = {"side=\"external\"", "side=\"internal\""};
     for (int s = 0; s < 2; s++) {
-        ae->m_in[s] = metrics_counter(m, "sip_messages_in_total", "SIP messages received",
-                                      side_l[s]);
-        ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent",
-                                       side_l[s]);
+        ae->m_in[s] =
+            metrics_counter(m, "sip_messages_in_total", "SIP messages received", side_l[s]);
+        ae->m_out[s] = metrics_counter(m, "sip_messages_out_total", "SIP messages sent", side_l[s]);
     }
     ae->m_silent = metrics_counter(m, "sip_rate_limited_silent_total",
                                    "over-limit UDP requests dropped without a 503 (beyond "
-                                   "limits.reject_rate)", NULL);
+                                   "limits.reject_rate)",
+                                   NULL);
     ae->m_slow = metrics_counter(m, "sip_slow_messages_total",
                                  "stream connections closed: a message took longer than "
-                                 "limits.message_timeout", NULL);
+                                 "limits.message_timeout",
+                                 NULL);
     ae->m_unparseable = metrics_counter(m, "sip_unparseable_total",
                                         "messages dropped (UDP) or connections closed because "
-                                        "they did not parse", NULL);
+                                        "they did not parse",
+                                        NULL);
     ae->m_dropped = metrics_counter(m, "sip_dropped_total",
                                     "messages dropped (stray responses, full queues)", NULL);
     ae->m_conns = metrics_gauge(m, "sip_connections", "open TCP/TLS connections", NULL);
@@ -355,20 +355,22 @@ static void make_metrics(struct ae *ae, struct metrics *m)
                                   "discovered partners put on the watch list", NULL);
     ae->m_txns = metrics_gauge(m, "sip_transactions",
                                "transactions in flight (INVITE, and non-INVITE awaiting their "
-                               "final answer)", NULL);
-    ae->m_retx = metrics_counter(m, "sip_invite_retransmissions_total",
-                                 "INVITEs sent again over UDP for want of an answer (Timer A)",
-                                 NULL);
+                               "final answer)",
+                               NULL);
+    ae->m_retx =
+        metrics_counter(m, "sip_invite_retransmissions_total",
+                        "INVITEs sent again over UDP for want of an answer (Timer A)", NULL);
     ae->m_retx_timeout = metrics_counter(m, "sip_invite_timeouts_total",
                                          "forwarded UDP INVITEs never answered (Timer B)", NULL);
     ae->m_route_stripped = metrics_counter(m, "sip_routes_stripped_total",
                                            "Route entries from outside removed because they were "
-                                           "not the edge's own (route_policy: strip)", NULL);
+                                           "not the edge's own (route_policy: strip)",
+                                           NULL);
     for (size_t i = 0; ae_reject_reasons[i]; i++) {
         char l[64];
         snprintf(l, sizeof(l), "reason=\"%s\"", ae_reject_reasons[i]);
-        ae->m_reject[i] = metrics_counter(m, "sip_rejected_total",
-                                          "messages refused by the edge, by reason", l);
+        ae->m_reject[i] =
+            metrics_counter(m, "sip_rejected_total", "messages refused by the edge, by reason", l);
     }
 }
 

@@ -3,6 +3,7 @@
 Every daemon runs in the foreground with a YAML config written to a temp dir; its stderr
 is kept in a file so a test can assert on log lines, and sanitizer reports fail the test.
 """
+import collections
 import http.client
 import json
 import os
@@ -41,16 +42,23 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+_recent_ports = collections.deque(maxlen=4000)
+
+
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
     """A port free for both TCP and UDP on host right now.
 
     Ports come from below the kernel's ephemeral range: a port the kernel handed out
     (bind to 0) can be taken again at once by any outgoing connection, before the daemon
-    under test binds it."""
+    under test binds it. A port handed out lately is not handed out again: a test asks
+    for several before its daemon binds any, and two draws of the same port made the
+    daemon fail with "address already in use"."""
     lo, _ = _ephemeral_range()
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(200):
         port = random.randrange(max(1024, lo - 22000), lo - 200)
+        if port in _recent_ports:
+            continue
         ok = True
         for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             t = socket.socket(fam, k)
@@ -63,6 +71,7 @@ def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
             if not ok:
                 break
         if ok:
+            _recent_ports.append(port)
             return port
     raise RuntimeError("no free port")
 

@@ -1,9 +1,9 @@
 /* INVITE transaction table: find/add/delete, capacity bound (503 upstream), expiry. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
 
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
@@ -56,10 +56,11 @@ static void expiry_and_linger(void **st)
 static void invite_retransmission_schedule(void **st)
 {
     struct ae_dest d = {.side = 1};
-    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, 1000);
+    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, false, 1000);
     assert_non_null(r);
     assert_int_equal(r->len, 6);
     assert_memory_equal(r->data, "INVITE", 6);
+    assert_false(r->response);
     uint64_t sent[8];
     size_t n = 0;
     uint64_t t;
@@ -83,9 +84,9 @@ static void invite_retransmission_schedule(void **st)
 static void own_final_answer_timer_g_schedule(void **st)
 {
     struct ae_dest d = {.side = 0};
-    struct ae_retx *r = ae_retx_new(42, &d, "SIP/2.0 503", 11, 1000);
+    struct ae_retx *r = ae_retx_new(42, &d, "SIP/2.0 503", 11, true, 1000);
     assert_non_null(r);
-    r->response = true;
+    assert_true(r->response);
     uint64_t sent[16];
     size_t n = 0;
     uint64_t t;
@@ -104,12 +105,31 @@ static void own_final_answer_timer_g_schedule(void **st)
     free(r);
 }
 
+/* A forwarded INVITE's entry is never taken for the edge's own answer, whatever the memory
+ * it lands in held (the flag was left unset, and an INVITE answered 200 went on being sent
+ * while its entry waited for an ACK that never comes to the edge). */
+static void invite_entry_is_not_an_answer_on_reused_memory(void **st)
+{
+    size_t size = sizeof(struct ae_retx) + 6;
+    for (int i = 0; i < 8; i++) {
+        uint8_t *junk = malloc(size);
+        assert_non_null(junk);
+        memset(junk, 0xa5, size);
+        free(junk);
+        struct ae_dest d = {.side = 1};
+        struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, false, 1000);
+        assert_non_null(r);
+        assert_false(r->response);
+        free(r);
+    }
+}
+
 /* Over TCP or TLS the edge never sends again (the transport does), but still gives up at
  * Timer B, so the caller gets an answer. */
 static void reliable_invite_only_waits_for_timer_b(void **st)
 {
     struct ae_dest d = {.side = 1, .tp = 2};
-    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, 1000);
+    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, false, 1000);
     assert_non_null(r);
     uint64_t t;
     for (t = 1000; t < 40000; t += 100) {
@@ -130,6 +150,7 @@ int main(void)
         cmocka_unit_test(invite_retransmission_schedule),
         cmocka_unit_test(reliable_invite_only_waits_for_timer_b),
         cmocka_unit_test(own_final_answer_timer_g_schedule),
+        cmocka_unit_test(invite_entry_is_not_an_answer_on_reused_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
