@@ -1,9 +1,10 @@
 /* INVITE transaction table: find/add/delete, capacity bound (503 upstream), expiry. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cmocka.h>
 
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
