@@ -24,6 +24,10 @@
 #define SLOT 2048
 #define TXQ 256
 #define STREAM_BUF (64 * 1024 + 1024)
+/* Plain UDP relay sockets kept bound, per address family, for the next allocation: an
+ * allocation then costs no socket, bind, poll set-up and close (about ten system calls and
+ * most of the kernel time of an Allocate/Refresh(0) cycle). */
+#define IDLE_RELAYS 64
 
 struct av_udp_listener {
     uv_poll_t poll;
@@ -44,8 +48,12 @@ struct av_tcp_listener {
 struct av_relay_sock {
     uv_poll_t poll;
     int fd;
-    struct av_alloc *a; /* NULL while only reserved */
+    struct av_alloc *a; /* NULL while only reserved, or idle (what arrives is dropped) */
     struct av_worker *w;
+    struct addr bound;
+    bool plain;   /* UDP, no DONT-FRAGMENT, not from a reservation: fit for reuse */
+    bool polling; /* uv_poll_start done */
+    struct av_relay_sock *next_idle;
 };
 
 struct av_sconn {
@@ -90,6 +98,8 @@ struct av_worker {
     size_t n_tcp;
     struct tls_ctx *tls;
     struct av_sconn *conns;
+    struct av_relay_sock *idle[2]; /* per family (IDLE_RELAYS) */
+    unsigned n_idle[2];
 
     uv_check_t check;
     uv_timer_t tick;
@@ -219,6 +229,17 @@ static void tx_flush(struct av_worker *w)
         }
     }
     w->n_tx = 0;
+}
+
+/* Datagrams queued on fd leave before it closes. */
+static void tx_flush_fd(struct av_worker *w, int fd)
+{
+    for (size_t i = 0; i < w->n_tx; i++) {
+        if (w->tx[i].fd == fd) {
+            tx_flush(w);
+            return;
+        }
+    }
 }
 
 static void tx_enqueue(struct av_worker *w, int fd, const struct addr *to, const uint8_t *p,
@@ -353,7 +374,42 @@ static void relay_closed(uv_handle_t *h)
 static void relay_sock_close(struct av_relay_sock *rs)
 {
     rs->a = NULL;
+    tx_flush_fd(rs->w, rs->fd);
     uv_close((uv_handle_t *)&rs->poll, relay_closed);
+}
+
+/* An allocation's UDP relay socket is done with: kept for the next one when fit, else closed. */
+static void relay_sock_release(struct av_worker *w, struct av_relay_sock *rs)
+{
+    int fi = addr_family(&rs->bound) == AF_INET6;
+    if (!rs->plain || w->closing || w->n_idle[fi] >= IDLE_RELAYS) {
+        relay_sock_close(rs);
+        return;
+    }
+    rs->a = NULL;
+    rs->next_idle = w->idle[fi];
+    w->idle[fi] = rs;
+    w->n_idle[fi]++;
+}
+
+static struct av_relay_sock *relay_sock_reuse(struct av_worker *w, int fi)
+{
+    struct av_relay_sock *rs = w->idle[fi];
+    if (rs) {
+        w->idle[fi] = rs->next_idle;
+        w->n_idle[fi]--;
+        rs->next_idle = NULL;
+    }
+    return rs;
+}
+
+static void relay_idle_close_all(struct av_worker *w)
+{
+    for (int fi = 0; fi < 2; fi++) {
+        struct av_relay_sock *rs;
+        while ((rs = relay_sock_reuse(w, fi)))
+            relay_sock_close(rs);
+    }
 }
 
 /* A relay socket on port: UDP, or for RFC 6062 a listening TCP socket. */
@@ -446,6 +502,8 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
         int rc = relay_sock_new(w, (int)((intptr_t)reserved_in - 1), &rs);
         if (rc)
             return rc;
+    } else if (!tcp && !even && !reserve_out && !df && (rs = relay_sock_reuse(w, fi))) {
+        /* bound and polled already */
     } else {
         if (!w->relay_addr[fi].u.sa.sa_family)
             return -EAFNOSUPPORT;
@@ -486,29 +544,34 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
         }
         if (reserve_out)
             *reserve_out = (void *)(intptr_t)(fd2 + 1);
+        rs->plain = !df;
     }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    getsockname(rs->fd, (struct sockaddr *)&ss, &sl);
-    addr_from_sockaddr(&a->relay[fi].addr, (struct sockaddr *)&ss);
+    if (!addr_family(&rs->bound)) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        getsockname(rs->fd, (struct sockaddr *)&ss, &sl);
+        addr_from_sockaddr(&rs->bound, (struct sockaddr *)&ss);
+    }
+    a->relay[fi].addr = rs->bound;
     a->relay[fi].handle = rs;
     rs->a = a;
-    uv_poll_start(&rs->poll, UV_READABLE, on_relay_readable);
+    if (!rs->polling) {
+        uv_poll_start(&rs->poll, UV_READABLE, on_relay_readable);
+        rs->polling = true;
+    }
     return 0;
 }
 
 static void io_close(void *arg, struct av_alloc *a)
 {
     struct av_worker *w = arg;
-    /* Queued datagrams from this allocation leave before its sockets close. */
-    tx_flush(w);
     for (int i = 0; i < 2; i++) {
         if (!a->relay[i].handle)
             continue;
         if (a->relay_transport == AV_TRANSPORT_TCP)
             av_tcp_port_close(a->relay[i].handle); /* and its peer connections */
         else
-            relay_sock_close(a->relay[i].handle);
+            relay_sock_release(w, a->relay[i].handle);
         a->relay[i].handle = NULL;
     }
     /* A TCP/TLS client's connection outlives its allocation (the Refresh answer is still to
@@ -744,6 +807,7 @@ static void worker_close_all(struct av_worker *w)
     fold_stats(w);
     /* Allocations go first (their relay sockets close through io_close). */
     av_alloc_clear(av_turn_table(w->turn));
+    relay_idle_close_all(w);
     for (struct av_sconn *c = w->conns; c; c = c->next)
         stream_close(c->s, -ECANCELED, "shutting down");
     for (size_t i = 0; i < w->n_udp; i++) {

@@ -290,6 +290,44 @@ class TestErrorCodes(AvEdgeTest):
         self.assert_serving()
 
 
+class TestRelayReuse(AvEdgeTest):
+    def test_a_released_relay_port_carries_nothing_of_its_last_allocation(self):
+        """A released allocation's UDP relay socket is kept for the next allocation (it saves
+        the socket set-up and tear-down of every Allocate): the port's next owner gets
+        nothing the last owner's peer sent, in the gap or after, until it permits that peer
+        itself."""
+        self.start_edge(allow_loopback=True)
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        self.addCleanup(peer.close)
+        first = self.ext()
+        self.assertEqual(first.allocate().code, 0)
+        self.assertEqual(first.permit("127.0.0.1").code, 0)
+        peer.sendto(b"to-first", first.relay)
+        self.assertEqual(first.recv_data(), ("data", peer.getsockname(), b"to-first"))
+        old = first.relay
+        self.assertEqual(first.refresh(0).code, 0)
+        peer.sendto(b"in-the-gap", old)
+        time.sleep(0.2)
+        # The next allocation on the same worker takes the port (two workers: try a few).
+        second = None
+        for _ in range(8):
+            c = self.ext("bob", "builder", timeout=0.5)
+            self.assertEqual(c.allocate().code, 0)
+            if c.relay == old:
+                second = c
+                break
+        self.assertIsNotNone(second, f"no new allocation got the released relay port {old}")
+        peer.sendto(b"unpermitted", old)
+        with self.assertRaises(socket.timeout):
+            second.recv_data()
+        self.assertEqual(second.permit("127.0.0.1").code, 0)
+        peer.sendto(b"to-second", old)
+        self.assertEqual(second.recv_data(), ("data", peer.getsockname(), b"to-second"))
+        self.assertEqual(second.refresh(0).code, 0)
+        self.assert_serving()
+
+
 class TestEnterpriseFlow(AvEdgeTest):
     def test_internal_user_admits_external_party_both_ways(self):
         """An internal user's allocation with a permission for the external party relays both
