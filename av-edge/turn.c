@@ -9,6 +9,7 @@
 
 #include "common/crypto.h"
 #include "common/ratelimit.h"
+#include "common/util.h"
 
 #define NONCE_RAW 12
 #define NONCE_LEN 16 /* base64url of NONCE_RAW */
@@ -27,6 +28,19 @@ struct av_turn {
     uint64_t rnd; /* xorshift state for Data indication transaction ids */
     uint64_t rev_gen; /* sh->rev_gen last enforced */
     struct av_credit *credit; /* AV_CREDIT_SLOTS, made on first use */
+    struct av_keycache *keys; /* AV_KEYCACHE_SLOTS, made on first use */
+};
+
+/* Keys derived from TURN REST credentials (an HMAC-SHA1, base64 and MD5 per request
+ * otherwise): a credential's Refresh, permissions and channels after its Allocate cost one
+ * look-up. Filled only after the key checked out; tagged with the keyring generation and
+ * which of its secrets, so a rotation misses; a reload (the realm) clears it. */
+#define AV_KEYCACHE_SLOTS 256
+struct av_keycache {
+    uint64_t gen; /* kr_gen + 1 when filled; 0 = empty */
+    int which;
+    uint8_t key[16];
+    char user[AV_USERNAME_MAX];
 };
 
 /* Amplification guard: bytes a UDP source sent us that we have not answered (dropped
@@ -464,12 +478,15 @@ void av_turn_destroy(struct av_turn *t)
     av_alloc_table_destroy(t->tab);
     ratelimit_destroy(t->unauth);
     free(t->credit);
+    free(t->keys);
     free(t);
 }
 
 void av_turn_set_cfg(struct av_turn *t, const struct av_turn_cfg *cfg)
 {
     t->cfg = cfg;
+    if (t->keys)
+        memset(t->keys, 0, AV_KEYCACHE_SLOTS * sizeof(*t->keys));
 }
 
 void av_turn_set_logger(struct av_turn *t, const struct logger *log)
@@ -739,6 +756,40 @@ static void refresh_keyring(struct av_turn *t)
     pthread_mutex_unlock(&t->sh->mu);
 }
 
+static struct av_keycache *keycache_slot(struct av_turn *t, const char *user)
+{
+    if (!t->keys && !(t->keys = calloc(AV_KEYCACHE_SLOTS, sizeof(*t->keys))))
+        return NULL;
+    return &t->keys[fnv1a(FNV1A_INIT, user, strlen(user)) % AV_KEYCACHE_SLOTS];
+}
+
+/* The long-term key of REST username user under secret `which` of the keyring: 0, or -1. */
+static int rest_key(struct av_turn *t, int which, const char *user, uint8_t key[16])
+{
+    struct av_keycache *e = keycache_slot(t, user);
+    if (e && e->gen == t->kr_gen + 1 && e->which == which && strcmp(e->user, user) == 0) {
+        memcpy(key, e->key, 16);
+        return 0;
+    }
+    const struct token_key *tk = which ? &t->kr.prev : &t->kr.cur;
+    char pass[64];
+    if (turn_rest_password(tk->secret, tk->secret_len, user, pass, sizeof(pass)))
+        return -1;
+    stun_key_long_term(slice_str(user), slice_str(t->cfg->realm), slice_str(pass), key);
+    return 0;
+}
+
+static void rest_key_keep(struct av_turn *t, int which, const char *user, const uint8_t key[16])
+{
+    struct av_keycache *e = keycache_slot(t, user);
+    if (!e)
+        return;
+    e->gen = t->kr_gen + 1;
+    e->which = which;
+    memcpy(e->key, key, 16);
+    snprintf(e->user, sizeof(e->user), "%s", user);
+}
+
 static bool check_key(struct req *r, const uint8_t key[16])
 {
     int rc = r->m->mi256_off ? stun_msg_check_integrity_sha256(r->m, key, 16)
@@ -790,7 +841,6 @@ static int authenticate(struct req *r)
         return auth_fail(r, AV_AUTH_STALE_NONCE, 438);
     r->sha256 = m->mi256_off != 0;
 
-    struct slice us = slice_make(r->user, u->len), rs = slice_str(t->cfg->realm);
     for (size_t i = 0; i < t->cfg->n_users; i++) {
         if (strcmp(t->cfg->users[i].name, r->user) == 0) {
             if (check_key(r, t->cfg->users[i].key))
@@ -811,13 +861,13 @@ static int authenticate(struct req *r)
             if (!tk->secret_len || (tk->not_after && tk->not_after < r->in->now_s))
                 continue;
             any = true;
-            char pass[64];
             uint8_t key[16];
-            if (turn_rest_password(tk->secret, tk->secret_len, r->user, pass, sizeof(pass)))
+            if (rest_key(t, k, r->user, key))
                 continue;
-            stun_key_long_term(us, rs, slice_str(pass), key);
-            if (check_key(r, key))
+            if (check_key(r, key)) {
+                rest_key_keep(t, k, r->user, key);
                 goto ok;
+            }
         }
         return auth_fail(r, any ? AV_AUTH_BAD_INTEGRITY : AV_AUTH_UNKNOWN_USER, 401);
     }

@@ -675,6 +675,23 @@ static void even_port_and_reservation_token(void **st)
     assert_int_equal(f->io.reserved, 0);
 }
 
+/* A key kept from an earlier request is never used once the realm changed (a reload): the
+ * client's key under the old realm stops verifying, as it would without the cache. */
+static void rest_key_cache_follows_a_realm_change(void **st)
+{
+    struct fx *f = *st;
+    challenge(f);
+    use_rest(f, NOW_S + 600, "carol", "secret1");
+    assert_int_equal(allocate(f), 0);
+    assert_int_equal(permit(f, "192.0.2.1:1"), 0); /* from the kept key */
+    struct av_turn_cfg changed = f->cfg;
+    changed.realm = "other";
+    av_turn_set_cfg(f->t, &changed);
+    assert_int_equal(permit(f, "192.0.2.2:1"), 401);
+    av_turn_set_cfg(f->t, &f->cfg);
+    assert_int_equal(permit(f, "192.0.2.3:1"), 0);
+}
+
 static void rest_credentials_rotate_and_expire(void **st)
 {
     struct fx *f = *st;
@@ -1172,6 +1189,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(error_508_port_range_exhausted, setup, teardown),
         cmocka_unit_test_setup_teardown(even_port_and_reservation_token, setup, teardown),
         cmocka_unit_test_setup_teardown(rest_credentials_rotate_and_expire, setup, teardown),
+        cmocka_unit_test_setup_teardown(rest_key_cache_follows_a_realm_change, setup, teardown),
         cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup, teardown),
         cmocka_unit_test_setup_teardown(unauthenticated_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(bandwidth_cap_per_allocation, setup, teardown),
