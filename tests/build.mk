@@ -24,9 +24,12 @@ fuzz-run: fuzz
 	        $(BUILD)/fuzz/corpus/$$n tests/fuzz/corpus/$${n#fuzz_} 2>&1 | tail -3; done
 
 # make soak: SIP (sipp, 100 calls/s) and TURN (av-probe) soaks of SOAK_SECS each (default 600),
-# with the Director killed (kill -9) in the middle of each; not part of make test.
+# with the Director killed (kill -9) in the middle of each, then the reload soak (soak-reload:
+# each edge under TLS load, 100 reloads a minute; SOAK_SECONDS per edge, default 300); not
+# part of make test.
 SOAK_SECS ?= 600
 soak: all
 	$(Q)cd tests/soak && SOAK_SECS=$(SOAK_SECS) SUITE_BUILD=$(abspath $(BUILD)) \
 	    python3 -m unittest -v test_soak
+	$(Q)$(MAKE) --no-print-directory soak-reload
 .PHONY: soak
