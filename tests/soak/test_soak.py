@@ -204,7 +204,9 @@ external: {{ listen: [{ext}:{ext_port}], tcp_listen: [], tls_listen: [] }}
 internal: {{ listen: [{int_}:{int_port}] }}
 relay: {{ addresses: [{ext}], port_min: {base}, port_max: {base + 99} }}
 auth: {{ realm: edge.lab }}
-limits: {{ permission_lifetime: {life}s, channel_lifetime: {2 * life}s }}
+# av-probe's 20 streams are 40 allocations on one credential (a client has one or two).
+limits: {{ permission_lifetime: {life}s, channel_lifetime: {2 * life}s,
+          allocations_per_credential: 100 }}
 director:
   address: 127.0.0.1:{ctl}
   server_name: director
