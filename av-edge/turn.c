@@ -809,6 +809,44 @@ static int auth_fail(struct req *r, enum av_auth_fail why, int code)
     return 1;
 }
 
+/* The request's MESSAGE-INTEGRITY under the user's key: a static user's, or a TURN REST
+ * credential's under the current or previous secret. 0 (r->key set), or why not. */
+static int check_credential(struct req *r, size_t ulen, enum av_auth_fail *why)
+{
+    struct av_turn *t = r->t;
+    *why = AV_AUTH_UNKNOWN_USER;
+    for (size_t i = 0; i < t->cfg->n_users; i++) {
+        if (strcmp(t->cfg->users[i].name, r->user) == 0) {
+            *why = AV_AUTH_BAD_INTEGRITY;
+            return check_key(r, t->cfg->users[i].key) ? 0 : -1;
+        }
+    }
+    int64_t expiry;
+    if (turn_rest_expiry(r->user, ulen, &expiry) != 0)
+        return -1;
+    *why = AV_AUTH_EXPIRED;
+    if (expiry < r->in->now_s)
+        return -1;
+    r->expiry = expiry;
+    refresh_keyring(t);
+    const struct token_key *keys[2] = {&t->kr.cur, &t->kr.prev};
+    *why = AV_AUTH_UNKNOWN_USER; /* no secret to check it with */
+    for (int k = 0; k < 2; k++) {
+        const struct token_key *tk = keys[k];
+        if (!tk->secret_len || (tk->not_after && tk->not_after < r->in->now_s))
+            continue;
+        *why = AV_AUTH_BAD_INTEGRITY;
+        uint8_t key[16];
+        if (rest_key(t, k, r->user, key))
+            continue;
+        if (check_key(r, key)) {
+            rest_key_keep(t, k, r->user, key);
+            return 0;
+        }
+    }
+    return -1;
+}
+
 /* 0 when the request is authenticated (r->key, r->user set); 1 when an error reply was
  * produced; negative to drop it (rate limit). */
 static int authenticate(struct req *r)
@@ -841,38 +879,9 @@ static int authenticate(struct req *r)
         return auth_fail(r, AV_AUTH_STALE_NONCE, 438);
     r->sha256 = m->mi256_off != 0;
 
-    for (size_t i = 0; i < t->cfg->n_users; i++) {
-        if (strcmp(t->cfg->users[i].name, r->user) == 0) {
-            if (check_key(r, t->cfg->users[i].key))
-                goto ok;
-            return auth_fail(r, AV_AUTH_BAD_INTEGRITY, 401);
-        }
-    }
-    int64_t expiry;
-    if (turn_rest_expiry(r->user, u->len, &expiry) == 0) {
-        if (expiry < r->in->now_s)
-            return auth_fail(r, AV_AUTH_EXPIRED, 401);
-        r->expiry = expiry;
-        refresh_keyring(t);
-        const struct token_key *keys[2] = {&t->kr.cur, &t->kr.prev};
-        bool any = false;
-        for (int k = 0; k < 2; k++) {
-            const struct token_key *tk = keys[k];
-            if (!tk->secret_len || (tk->not_after && tk->not_after < r->in->now_s))
-                continue;
-            any = true;
-            uint8_t key[16];
-            if (rest_key(t, k, r->user, key))
-                continue;
-            if (check_key(r, key)) {
-                rest_key_keep(t, k, r->user, key);
-                goto ok;
-            }
-        }
-        return auth_fail(r, any ? AV_AUTH_BAD_INTEGRITY : AV_AUTH_UNKNOWN_USER, 401);
-    }
-    return auth_fail(r, AV_AUTH_UNKNOWN_USER, 401);
-ok:
+    enum av_auth_fail why;
+    if (check_credential(r, u->len, &why))
+        return auth_fail(r, why, 401);
     r->authed = true;
     /* A revoked user's credentials, old and new, are refused until it is reinstated (403
      * Forbidden, integrity-protected: the credential itself was good). */
@@ -961,102 +970,129 @@ static int redirect(struct req *r, const struct addr *to)
     return 0;
 }
 
-static int do_allocate(struct req *r)
-{
-    struct av_turn *t = r->t;
-    const struct av_turn_cfg *c = t->cfg;
-    const struct stun_msg *m = r->m;
-    const struct av_turn_in *in = r->in;
-
-    struct av_alloc *a = av_alloc_find(t->tab, in->client, in->listener, in->transport);
-    if (a) {
-        if (memcmp(a->tid, m->tid, STUN_TID_LEN) == 0 && strcmp(a->user->name, r->user) == 0) {
-            alloc_success(r, a, 0, 0); /* a retransmission */
-            return 0;
-        }
-        log_refusal(r, NULL, 437, "allocation exists for this 5-tuple", NULL, 0);
-        return reply_error(r, 437);
-    }
-    const struct stun_attr *rt = stun_msg_find(m, STUN_A_REQUESTED_TRANSPORT);
+/* What an Allocate asks for, its attributes checked. */
+struct alloc_ask {
     uint8_t proto;
-    if (!rt || stun_attr_u8(m, rt, &proto))
-        return reply_error(r, 400);
+    bool tcp, dual, df;
+    int family;
+    int addr_err; /* for the ADDITIONAL-ADDRESS-FAMILY part: 440 when no IPv6 relay */
+    const struct stun_attr *tok, *ev;
+};
+
+/* An Allocate on a 5-tuple that has one: the same transaction again gets its answer, any
+ * other 437. */
+static int allocate_again(struct req *r, struct av_alloc *a)
+{
+    if (memcmp(a->tid, r->m->tid, STUN_TID_LEN) == 0 && strcmp(a->user->name, r->user) == 0) {
+        alloc_success(r, a, 0, 0); /* a retransmission */
+        return 0;
+    }
+    log_refusal(r, NULL, 437, "allocation exists for this 5-tuple", NULL, 0);
+    return reply_error(r, 437);
+}
+
+/* REQUESTED-FAMILY and ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2): 0, or the error code. */
+static int allocate_family(struct req *r, struct alloc_ask *k, const struct stun_attr *raf,
+                           const struct stun_attr *aaf)
+{
+    const struct av_turn_cfg *c = r->t->cfg;
+    uint8_t f;
+    if (raf) {
+        if (stun_attr_u8(r->m, raf, &f) || (f != 1 && f != 2))
+            return 440;
+        k->family = f == 2 ? AF_INET6 : AF_INET;
+    }
+    if (aaf) {
+        if (stun_attr_u8(r->m, aaf, &f) || f != 2)
+            return 400;
+        k->dual = c->have_v6;
+        k->addr_err = c->have_v6 ? 0 : 440;
+    }
+    if ((k->family == AF_INET && !c->have_v4) || (k->family == AF_INET6 && !c->have_v6)) {
+        log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
+        return 440;
+    }
+    return 0;
+}
+
+/* Transport, options and family (RFC 8656 §7.2, RFC 6062 §5.1): 0, or the error code. */
+static int allocate_ask(struct req *r, struct alloc_ask *k)
+{
+    const struct stun_msg *m = r->m;
+    const struct stun_attr *rt = stun_msg_find(m, STUN_A_REQUESTED_TRANSPORT);
+    *k = (struct alloc_ask){.family = AF_INET};
+    if (!rt || stun_attr_u8(m, rt, &k->proto))
+        return 400;
     /* A TCP relay (RFC 6062) needs a TCP or TLS control connection to announce peers on:
      * asking for one over UDP is a bad request (RFC 6062 §5.1), not an unsupported protocol. */
-    bool tcp = proto == AV_TRANSPORT_TCP && c->tcp_relay;
-    if (tcp && in->transport != AV_TRANSPORT_TCP) {
+    k->tcp = k->proto == AV_TRANSPORT_TCP && r->t->cfg->tcp_relay;
+    if (k->tcp && r->in->transport != AV_TRANSPORT_TCP) {
         log_refusal(r, NULL, 400, "TCP relay asked over UDP", NULL, 0);
-        return reply_error(r, 400);
+        return 400;
     }
-    if (proto != AV_TRANSPORT_UDP && !tcp) {
+    if (k->proto != AV_TRANSPORT_UDP && !k->tcp) {
         log_refusal(r, NULL, 442, "unsupported relay transport", NULL, 0);
-        return reply_error(r, 442);
+        return 442;
     }
     const struct stun_attr *raf = stun_msg_find(m, STUN_A_REQUESTED_ADDRESS_FAMILY);
     const struct stun_attr *aaf = stun_msg_find(m, STUN_A_ADDITIONAL_ADDRESS_FAMILY);
-    const struct stun_attr *tok = stun_msg_find(m, STUN_A_RESERVATION_TOKEN);
-    const struct stun_attr *ev = stun_msg_find(m, STUN_A_EVEN_PORT);
-    bool df = stun_msg_find(m, STUN_A_DONT_FRAGMENT) != NULL;
+    k->tok = stun_msg_find(m, STUN_A_RESERVATION_TOKEN);
+    k->ev = stun_msg_find(m, STUN_A_EVEN_PORT);
+    k->df = stun_msg_find(m, STUN_A_DONT_FRAGMENT) != NULL;
     /* RFC 6062 5.1: these only mean something for UDP relays. */
-    if (tcp && (tok || ev || df))
-        return reply_error(r, 400);
-    if ((tok && (ev || raf || aaf)) || (raf && aaf) || (tok && tok->len != 8) ||
-        (ev && ev->len < 1))
-        return reply_error(r, 400);
-    int family = AF_INET;
-    if (raf) {
-        uint8_t f;
-        if (stun_attr_u8(m, raf, &f) || (f != 1 && f != 2))
-            return reply_error(r, 440);
-        family = f == 2 ? AF_INET6 : AF_INET;
+    if (k->tcp && (k->tok || k->ev || k->df))
+        return 400;
+    if ((k->tok && (k->ev || raf || aaf)) || (raf && aaf) || (k->tok && k->tok->len != 8) ||
+        (k->ev && k->ev->len < 1))
+        return 400;
+    return allocate_family(r, k, raf, aaf);
+}
+
+/* A draining edge takes no new allocations (existing ones keep being served). RFC 8656 has
+ * no "shutting down" code: 486 is the per-user quota, 403 would tell the client its
+ * credentials are not welcome anywhere; 508 Insufficient Capacity says this server cannot
+ * take it now, so the client tries the next relay it was given. The Allocate is redirected
+ * to the least-loaded healthy peer the Director told us about (RFC 8489 300 Try Alternate),
+ * over the same transport; TLS clients would need ALTERNATE-DOMAIN too, so they and edges
+ * without a peer get 508. Returns 508, or -1 when redirected. */
+static int allocate_elsewhere(struct req *r)
+{
+    struct av_turn *t = r->t;
+    struct addr alt = {0};
+    if (!r->in->secure) {
+        pthread_mutex_lock(&t->sh->mu);
+        alt = t->sh->alt.a[r->in->side != AV_SIDE_EXTERNAL][r->in->transport == AV_TRANSPORT_TCP];
+        pthread_mutex_unlock(&t->sh->mu);
     }
-    bool dual = false;
-    int addr_err = 0;
-    if (aaf) {
-        uint8_t f;
-        if (stun_attr_u8(m, aaf, &f) || f != 2)
-            return reply_error(r, 400);
-        if (c->have_v6)
-            dual = true;
-        else
-            addr_err = 440;
+    if (addr_family(&alt)) {
+        redirect(r, &alt);
+        return -1;
     }
-    if ((family == AF_INET && !c->have_v4) || (family == AF_INET6 && !c->have_v6)) {
-        log_refusal(r, NULL, 440, "address family not configured", NULL, 0);
-        return reply_error(r, 440);
-    }
-    /* A draining edge takes no new allocations (existing ones keep being served). RFC
-     * 8656 has no "shutting down" code: 486 is the per-user quota, 403 would tell the
-     * client its credentials are not welcome anywhere; 508 Insufficient Capacity says
-     * this server cannot take it now, so the client tries the next relay it was given. */
-    if (__atomic_load_n(&t->sh->draining, __ATOMIC_RELAXED)) {
-        /* Redirected to the least-loaded healthy peer the Director told us about (RFC
-         * 8489 300 Try Alternate), over the same transport; TLS clients would need
-         * ALTERNATE-DOMAIN too, so they and edges without a peer get 508. */
-        struct addr alt = {0};
-        if (!in->secure) {
-            pthread_mutex_lock(&t->sh->mu);
-            alt = t->sh->alt.a[in->side != AV_SIDE_EXTERNAL][in->transport == AV_TRANSPORT_TCP];
-            pthread_mutex_unlock(&t->sh->mu);
-        }
-        if (addr_family(&alt))
-            return redirect(r, &alt);
-        log_refusal(r, NULL, 508, "draining: no new allocations", NULL, 0);
-        return reply_error(r, 508);
-    }
+    log_refusal(r, NULL, 508, "draining: no new allocations", NULL, 0);
+    return 508;
+}
+
+/* Draining and the quotas: 0 with the credential's count taken (*counted), the error code
+ * to answer, or -1 when answered already. */
+static int allocate_admit(struct req *r, struct av_user_count **counted)
+{
+    struct av_turn *t = r->t;
+    const struct av_turn_cfg *c = t->cfg;
+    if (__atomic_load_n(&t->sh->draining, __ATOMIC_RELAXED))
+        return allocate_elsewhere(r);
     if (c->total_quota &&
         __atomic_load_n(&t->sh->allocs, __ATOMIC_RELAXED) >= (int64_t)c->total_quota) {
         t->st.quota_total++;
         log_refusal(r, NULL, 508, "total allocation quota reached", NULL, 0);
-        return reply_error(r, 508);
+        return 508;
     }
     /* Counted across workers, per credential (a leaked one opens a few, not hundreds) and
      * per user; given back when the allocation goes (hook_free). */
-    struct av_user_count *counted = av_shared_user_take(t->sh, r->user, c->cred_quota);
-    if (!counted) {
+    *counted = av_shared_user_take(t->sh, r->user, c->cred_quota);
+    if (!*counted) {
         t->st.quota_cred++;
         log_refusal(r, NULL, 486, "allocations per credential reached", NULL, 0);
-        return reply_error(r, 486);
+        return 486;
     }
     char idk[AV_USERNAME_MAX];
     id_key(r->user, idk);
@@ -1064,26 +1100,101 @@ static int do_allocate(struct req *r)
         av_shared_user_give(t->sh, r->user);
         t->st.quota_user++;
         log_refusal(r, NULL, 486, "per-user allocation quota reached", NULL, 0);
-        return reply_error(r, 486);
+        return 486;
     }
-    void *reserved = NULL;
-    if (tok) {
-        const uint8_t *v = m->buf + tok->off;
-        uint64_t token = 0;
-        for (int i = 0; i < 8; i++)
-            token = token << 8 | v[i];
-        reserved = resv_take(t->sh, token, in->now_ms);
-        if (!reserved) {
-            quota_give(t, r->user);
-            log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
-            return reply_error(r, 508);
-        }
-    }
+    return 0;
+}
+
+/* The port a RESERVATION-TOKEN holds (*reserved), if the Allocate has one: 0, or 508 with
+ * the quota given back. */
+static int allocate_reserved(struct req *r, const struct alloc_ask *k, void **reserved)
+{
+    *reserved = NULL;
+    if (!k->tok)
+        return 0;
+    const uint8_t *v = r->m->buf + k->tok->off;
+    uint64_t token = 0;
+    for (int i = 0; i < 8; i++)
+        token = token << 8 | v[i];
+    *reserved = resv_take(r->t->sh, token, r->in->now_ms);
+    if (*reserved)
+        return 0;
+    quota_give(r->t, r->user);
+    log_refusal(r, NULL, 508, "unknown or expired reservation token", NULL, 0);
+    return 508;
+}
+
+static void allocate_init(struct req *r, struct av_alloc *a, const struct alloc_ask *k,
+                          struct av_user_count *counted)
+{
+    const struct av_turn_cfg *c = r->t->cfg;
+    const struct av_turn_in *in = r->in;
     bool zero;
-    uint32_t life = desired_lifetime(c, m, &zero);
+    uint32_t life = desired_lifetime(c, r->m, &zero);
     if (zero)
         life = c->default_lifetime_s;
+    a->side = in->side;
+    a->relay_transport = k->proto;
+    a->conn = in->conn;
+    a->lifetime_s = life;
+    a->expires_ms = in->now_ms + (uint64_t)life * 1000;
+    memcpy(a->key, r->key, 16);
+    memcpy(a->tid, r->m->tid, STUN_TID_LEN);
+    a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
+                               in->now_ms};
+    a->peers = peers_bucket(c, in->now_ms);
+    a->pkt_tokens = c->pps_per_alloc ? c->pps_per_alloc : UINT32_MAX;
+    a->pkt_refill_ms = in->now_ms;
+    a->user->shared = counted;
+}
 
+/* The relay sockets: the asked family (or the reserved port), an EVEN-PORT reservation of
+ * the next port when R is set, and the IPv6 one of a dual allocation (its failure is only
+ * reported, as ADDRESS-ERROR-CODE). 0, or 508 with the allocation gone. */
+static int allocate_open(struct req *r, struct av_alloc *a, struct alloc_ask *k, void *reserved)
+{
+    struct av_turn *t = r->t;
+    bool reserve = k->ev && (r->m->buf[k->ev->off] & 0x80);
+    void *resv_out = NULL;
+    int rc = t->io.open(t->io.arg, a, reserved ? AF_INET : k->family, k->ev != NULL, k->df,
+                        reserve ? &resv_out : NULL, reserved);
+    if (rc) {
+        av_alloc_remove(t->tab, a);
+        log_refusal(r, NULL, 508, "no relay port available", NULL, 0);
+        return 508;
+    }
+    if (reserve && resv_out) {
+        uint64_t token;
+        crypto_random(&token, sizeof(token));
+        if (!token)
+            token = 1;
+        if (resv_add(t->sh, token, resv_out, r->in->now_ms + RESERVATION_MS, &t->io) == 0)
+            a->token = token;
+        else if (t->io.release)
+            t->io.release(t->io.arg, resv_out);
+    }
+    if (k->dual && t->io.open(t->io.arg, a, AF_INET6, false, k->df, NULL, NULL))
+        k->addr_err = 508;
+    return 0;
+}
+
+static int do_allocate(struct req *r)
+{
+    struct av_turn *t = r->t;
+    const struct av_turn_in *in = r->in;
+    struct av_alloc *a = av_alloc_find(t->tab, in->client, in->listener, in->transport);
+    if (a)
+        return allocate_again(r, a);
+    struct alloc_ask k;
+    struct av_user_count *counted = NULL;
+    void *reserved = NULL;
+    int code = allocate_ask(r, &k);
+    if (!code)
+        code = allocate_admit(r, &counted);
+    if (!code)
+        code = allocate_reserved(r, &k, &reserved);
+    if (code)
+        return code < 0 ? 0 : reply_error(r, code);
     a = av_alloc_add(t->tab, in->client, in->listener, in->transport, r->user);
     if (!a) {
         quota_give(t, r->user);
@@ -1092,49 +1203,16 @@ static int do_allocate(struct req *r)
         return reply_error(r, 508);
     }
     __atomic_add_fetch(&t->sh->allocs, 1, __ATOMIC_RELAXED);
-    a->side = in->side;
-    a->relay_transport = proto;
-    a->conn = in->conn;
-    a->lifetime_s = life;
-    a->expires_ms = in->now_ms + (uint64_t)life * 1000;
-    memcpy(a->key, r->key, 16);
-    memcpy(a->tid, m->tid, STUN_TID_LEN);
-    a->bw = (struct av_bucket){c->bps_per_alloc, c->bps_per_alloc, (double)c->bps_per_alloc,
-                               in->now_ms};
-    a->peers = peers_bucket(c, in->now_ms);
-    a->pkt_tokens = c->pps_per_alloc ? c->pps_per_alloc : UINT32_MAX;
-    a->pkt_refill_ms = in->now_ms;
-    a->user->shared = counted;
-
-    bool reserve = ev && (m->buf[ev->off] & 0x80);
-    void *resv_out = NULL;
-    int rc = t->io.open(t->io.arg, a, reserved ? AF_INET : family, ev != NULL, df,
-                        reserve ? &resv_out : NULL, reserved);
-    if (rc) {
-        av_alloc_remove(t->tab, a);
-        log_refusal(r, NULL, 508, "no relay port available", NULL, 0);
-        return reply_error(r, 508);
-    }
-    if (reserve && resv_out) {
-        uint64_t token;
-        crypto_random(&token, sizeof(token));
-        if (!token)
-            token = 1;
-        if (resv_add(t->sh, token, resv_out, in->now_ms + RESERVATION_MS, &t->io) == 0)
-            a->token = token;
-        else if (t->io.release)
-            t->io.release(t->io.arg, resv_out);
-    }
-    int err_family = AF_INET6;
-    if (dual && t->io.open(t->io.arg, a, AF_INET6, false, df, NULL, NULL))
-        addr_err = 508;
+    allocate_init(r, a, &k, counted);
+    if ((code = allocate_open(r, a, &k, reserved)))
+        return reply_error(r, code);
     t->st.allocs_ok++;
     char ra[ADDR_STRLEN];
     LOGI(t->log, in->client, "allocation for %s on the %s side: %s relay %s, lifetime %us", r->user,
-         in->side == AV_SIDE_EXTERNAL ? "external" : "internal", tcp ? "TCP" : "UDP",
+         in->side == AV_SIDE_EXTERNAL ? "external" : "internal", k.tcp ? "TCP" : "UDP",
          addr_format(a->relay[0].addr.u.sa.sa_family ? &a->relay[0].addr : &a->relay[1].addr, ra),
-         life);
-    alloc_success(r, a, err_family, addr_err);
+         a->lifetime_s);
+    alloc_success(r, a, AF_INET6, k.addr_err);
     return 0;
 }
 
