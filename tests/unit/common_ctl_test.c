@@ -1,4 +1,4 @@
-/* Unit tests for the control-channel frame codec (common/ctl.c): round trips, the wire
+/* Unit tests for the control-channel frame codec (common/ctl_codec.c): round trips, the wire
  * format, and what happens to truncated, oversized and garbage frames. */
 #include <errno.h>
 #include <setjmp.h>
