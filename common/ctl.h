@@ -1,5 +1,7 @@
 /* Control channel: length-prefixed protobuf frames over mutual TLS between each edge and
- * the Director. Only ctl.c sees the generated protobuf code; daemons use these C types.
+ * the Director. Only ctl_codec.c sees the generated protobuf code; daemons use these C
+ * types. The codec is ctl_codec.c, the client ctl_client.c, the server ctl_server.c, and
+ * what both ends do with a connection's bytes ctl_framer.c (shared parts: ctl_int.h).
  *
  * Client (edges): connects, sends Hello, receives Welcome and updates, sends periodic
  * Reports, answers heartbeats, and reconnects with exponential backoff and jitter,
@@ -217,8 +219,8 @@ void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls);
 /* On reload: a new client context from the link's (new) certificate files, for the next
  * connection (the one up keeps its own). 0 when c is NULL or the link disabled; a negative
  * errno with err otherwise, and the old context stays. */
-int ctl_client_reload_link(struct ctl_client *c, const struct director_link_config *link,
-                           char *err, size_t errcap);
+int ctl_client_reload_link(struct ctl_client *c, const struct director_link_config *link, char *err,
+                           size_t errcap);
 /* Closes the connection and every handle; frees asynchronously. NULL is a no-op. */
 void ctl_client_stop(struct ctl_client *c);
 

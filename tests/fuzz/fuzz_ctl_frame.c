@@ -1,4 +1,4 @@
-// fuzz-sources: common/ctl.c common/util.c build/gen/proto/control.pb-c.c
+// fuzz-sources: common/ctl_codec.c common/util.c build/gen/proto/control.pb-c.c
 /* Fuzzes the control-channel frame decoder: whatever decodes must re-encode to a frame
  * that decodes to the same message, and splitting a buffer into frames must terminate. */
 #include <assert.h>
