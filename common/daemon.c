@@ -297,23 +297,23 @@ static void metric_name_prefix(const char *name, char *out, size_t cap)
     out[i] = '\0';
 }
 
-int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
+/* Options: -1 to go on (path and check set), else the exit status. */
+static int parse_args(int argc, char **argv, const struct daemon_ops *ops, const char **path,
+                      bool *check)
 {
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *path = ops->default_config;
-    bool check = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
-            path = optarg;
+            *path = optarg;
             break;
         case 'k':
-            check = true;
+            *check = true;
             break;
         case 'V':
             printf("%s %s (TLS: %s)\n", ops->name, SUITE_VERSION, tls_backend());
@@ -330,40 +330,28 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
         fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", ops->name, argv[optind]);
         return 2;
     }
+    return -1;
+}
 
-    struct cfg_err err;
-    void *cfg = NULL;
-    if (load_config(ops, path, &cfg, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return 1;
-    }
-    if (check) {
-        char warn[8][256];
-        size_t nw = ops->warnings ? ops->warnings(cfg, warn, 8) : 0;
-        for (size_t i = 0; i < nw; i++)
-            fprintf(stderr, "%s: warning: %s\n", path, warn[i]);
-        printf("%s: ok\n", path);
-        cfg_free(cfg);
-        return 0;
-    }
+/* --check: the configuration loaded; its warnings, then ok. */
+static int check_only(const struct daemon_ops *ops, const char *path, void *cfg)
+{
+    char warn[8][256];
+    size_t nw = ops->warnings ? ops->warnings(cfg, warn, 8) : 0;
+    for (size_t i = 0; i < nw; i++)
+        fprintf(stderr, "%s: warning: %s\n", path, warn[i]);
+    printf("%s: ok\n", path);
+    cfg_free(cfg);
+    return 0;
+}
 
-    signal(SIGPIPE, SIG_IGN);
-    struct daemon *d = calloc(1, sizeof *d);
-    if (!d) {
-        cfg_free(cfg);
-        return 1;
-    }
-    d->ops = ops;
-    d->config_path = path;
-    d->cfg = cfg;
-    log_init(&d->log, ops->name);
-    apply_log_config(d, cfg);
-    uv_loop_init(&d->loop);
+static int make_metrics(struct daemon *d)
+{
     char prefix[64];
-    metric_name_prefix(ops->name, prefix, sizeof prefix);
+    metric_name_prefix(d->ops->name, prefix, sizeof prefix);
     int rc = metrics_create(&d->metrics, prefix);
     if (rc)
-        goto fail;
+        return rc;
     d->m_reload_ok = metrics_counter(d->metrics, "config_reloads_total",
                                      "Configuration reloads by result", "result=\"ok\"");
     d->m_reload_fail = metrics_counter(d->metrics, "config_reloads_total",
@@ -373,11 +361,12 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
     metric_set(metrics_gauge(d->metrics, "start_time_seconds", "Unix time the process started",
                              NULL),
                time_wall_s());
+    return 0;
+}
 
-    const struct daemon_config *base = cfg;
-    rc = admin_start(&d->loop, &base->admin.listen, d->metrics, &d->log, &d->admin);
-    if (rc)
-        goto fail;
+/* Signals (SIGHUP reloads, SIGTERM/SIGINT drain), the drain timer and the heap trimmer. */
+static void start_handles(struct daemon *d)
+{
     uv_signal_init(&d->loop, &d->sig_hup);
     uv_signal_init(&d->loop, &d->sig_term);
     uv_signal_init(&d->loop, &d->sig_int);
@@ -392,30 +381,73 @@ int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
     memtrim_init();
     uv_timer_start(&d->trim_timer, on_trim, TRIM_INTERVAL_MS, TRIM_INTERVAL_MS);
     uv_unref((uv_handle_t *)&d->trim_timer);
+}
 
+/* The role starts and the loop runs until stopped: 0, or the failed start's error. */
+static int run_role(struct daemon *d)
+{
+    const struct daemon_ops *ops = d->ops;
     if (ops->warnings) {
         char warn[8][256];
         size_t nw = ops->warnings(d->cfg, warn, 8);
         for (size_t i = 0; i < nw; i++)
             LOGW(&d->log, NULL, "config: %s", warn[i]);
     }
-    rc = ops->start(d, d->cfg, &d->state);
+    int rc = ops->start(d, d->cfg, &d->state);
     d->started = rc == 0; /* a failed start unwinds itself; stop is not called */
     if (rc) {
         LOGE(&d->log, NULL, "start failed: %s", strerror(-rc));
         daemon_finish(d);
         uv_run(&d->loop, UV_RUN_DEFAULT);
-        goto fail;
+        return rc;
     }
     if (certwatch_create(&d->loop, &d->log, d->metrics, on_cert_change, d, &d->certs) == 0)
         certwatch_set(d->certs, d->cfg, ops->keys);
+    const struct daemon_config *base = d->cfg;
     char as[ADDR_STRLEN];
     LOGI(&d->log, NULL, "%s %s started (config %s, admin http://%s)", ops->name, SUITE_VERSION,
-         path, addr_format(&base->admin.listen, as));
+         d->config_path, addr_format(&base->admin.listen, as));
     uv_run(&d->loop, UV_RUN_DEFAULT);
     LOGI(&d->log, NULL, "stopped");
-    rc = 0;
-fail:
+    return 0;
+}
+
+int daemon_main(int argc, char **argv, const struct daemon_ops *ops)
+{
+    const char *path = ops->default_config;
+    bool check = false;
+    int rc = parse_args(argc, argv, ops, &path, &check);
+    if (rc >= 0)
+        return rc;
+    struct cfg_err err;
+    void *cfg = NULL;
+    if (load_config(ops, path, &cfg, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (check)
+        return check_only(ops, path, cfg);
+
+    signal(SIGPIPE, SIG_IGN);
+    struct daemon *d = calloc(1, sizeof *d);
+    if (!d) {
+        cfg_free(cfg);
+        return 1;
+    }
+    d->ops = ops;
+    d->config_path = path;
+    d->cfg = cfg;
+    log_init(&d->log, ops->name);
+    apply_log_config(d, cfg);
+    uv_loop_init(&d->loop);
+    const struct daemon_config *base = cfg;
+    rc = make_metrics(d);
+    if (!rc)
+        rc = admin_start(&d->loop, &base->admin.listen, d->metrics, &d->log, &d->admin);
+    if (!rc) {
+        start_handles(d);
+        rc = run_role(d);
+    }
     if (d->admin) {
         admin_stop(d->admin);
         uv_run(&d->loop, UV_RUN_DEFAULT);
