@@ -195,52 +195,108 @@ static int parse_bool(const char *s, bool *out)
 }
 
 /* Converts scalar text for key k into the field at p. Returns 0 or -EINVAL with why. */
+/* An integer key (int, uint, port) within its bounds. */
+static int set_int(const struct cfg_key *k, void *p, const char *s, char *why, size_t wcap)
+{
+    int64_t iv, lo = k->min, hi = k->max;
+    if (k->type == CFG_PORT) {
+        lo = k->min ? k->min : 1;
+        hi = k->max ? k->max : 65535;
+    } else if (k->type == CFG_UINT && hi == 0) {
+        hi = UINT32_MAX;
+    } else if (k->type == CFG_INT && lo == 0 && hi == 0) {
+        lo = INT64_MIN;
+        hi = INT64_MAX;
+    }
+    if (parse_int(s, &iv)) {
+        snprintf(why, wcap, "'%s' is not an integer", s);
+        return -EINVAL;
+    }
+    if (iv < lo || iv > hi) {
+        snprintf(why, wcap, "%s %" PRId64 " out of range (%" PRId64 "..%" PRId64 ")",
+                 k->type == CFG_PORT ? "port" : "value", iv, lo, hi);
+        return -EINVAL;
+    }
+    if (k->type == CFG_INT)
+        *(int64_t *)p = iv;
+    else if (k->type == CFG_UINT)
+        *(uint32_t *)p = (uint32_t)iv;
+    else
+        *(uint16_t *)p = (uint16_t)iv;
+    return 0;
+}
+
+/* A duration (ms) or a size (bytes) with its unit, within its bounds. */
+static int set_scaled(const struct cfg_key *k, void *p, const char *s, char *why, size_t wcap)
+{
+    uint64_t uv;
+    bool dur = k->type == CFG_DURATION;
+    if (parse_scaled(s, &uv, dur)) {
+        snprintf(why, wcap, dur ? "'%s' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
+                                : "'%s' is not a size (e.g. 512, 64k, 16M, 1G)",
+                 s);
+        return -EINVAL;
+    }
+    if ((k->min && uv < (uint64_t)k->min) || (k->max && uv > (uint64_t)k->max)) {
+        snprintf(why, wcap, "'%s' out of range (%" PRId64 "..%" PRId64 " %s)", s, k->min, k->max,
+                 dur ? "ms" : "bytes");
+        return -EINVAL;
+    }
+    *(uint64_t *)p = uv;
+    return 0;
+}
+
+/* An address (k->min is the default port; 0 means one must be given) or a network. */
+static int set_net(const struct cfg_key *k, void *p, const char *s, char *why, size_t wcap)
+{
+    if (k->type == CFG_CIDR) {
+        if (!cidr_parse(p, s))
+            return 0;
+        snprintf(why, wcap, "'%s' is not a network (e.g. 10.0.0.0/8)", s);
+        return -EINVAL;
+    }
+    if (addr_parse(p, s, (uint16_t)k->min)) {
+        snprintf(why, wcap, "'%s' is not an address (ip:port or [ipv6]:port)", s);
+        return -EINVAL;
+    }
+    if (addr_port(p) == 0 && k->min == 0 && !strchr(s, ':')) {
+        snprintf(why, wcap, "'%s' needs a port", s);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int set_enum(const struct cfg_key *k, void *p, const char *s, char *why, size_t wcap)
+{
+    for (int i = 0; k->choices && k->choices[i]; i++) {
+        if (!strcmp(s, k->choices[i])) {
+            *(int *)p = i;
+            return 0;
+        }
+    }
+    size_t n = (size_t)snprintf(why, wcap, "'%s' is not one of:", s);
+    for (int i = 0; k->choices && k->choices[i] && n < wcap; i++)
+        n += (size_t)snprintf(why + n, wcap - n, " %s", k->choices[i]);
+    return -EINVAL;
+}
+
 static int set_scalar(struct loader *L, const struct cfg_key *k, void *p, const char *s, char *why,
                       size_t wcap)
 {
-    int64_t iv;
-    uint64_t uv;
     switch (k->type) {
-    case CFG_STR:
-        *(char **)p = arena_strdup(L->hdr, s);
-        return *(char **)p ? 0 : -ENOMEM;
     case CFG_FILE:
         if (access(s, R_OK) != 0) {
             snprintf(why, wcap, "cannot read '%s': %s", s, strerror(errno));
             return -EINVAL;
         }
+        /* fall through */
+    case CFG_STR:
         *(char **)p = arena_strdup(L->hdr, s);
         return *(char **)p ? 0 : -ENOMEM;
     case CFG_INT:
     case CFG_UINT:
-    case CFG_PORT: {
-        int64_t lo = k->min, hi = k->max;
-        if (k->type == CFG_PORT) {
-            lo = k->min ? k->min : 1;
-            hi = k->max ? k->max : 65535;
-        } else if (k->type == CFG_UINT && hi == 0) {
-            hi = UINT32_MAX;
-        } else if (k->type == CFG_INT && lo == 0 && hi == 0) {
-            lo = INT64_MIN;
-            hi = INT64_MAX;
-        }
-        if (parse_int(s, &iv)) {
-            snprintf(why, wcap, "'%s' is not an integer", s);
-            return -EINVAL;
-        }
-        if (iv < lo || iv > hi) {
-            snprintf(why, wcap, "%s %" PRId64 " out of range (%" PRId64 "..%" PRId64 ")",
-                     k->type == CFG_PORT ? "port" : "value", iv, lo, hi);
-            return -EINVAL;
-        }
-        if (k->type == CFG_INT)
-            *(int64_t *)p = iv;
-        else if (k->type == CFG_UINT)
-            *(uint32_t *)p = (uint32_t)iv;
-        else
-            *(uint16_t *)p = (uint16_t)iv;
-        return 0;
-    }
+    case CFG_PORT:
+        return set_int(k, p, s, why, wcap);
     case CFG_BOOL:
         if (parse_bool(s, (bool *)p)) {
             snprintf(why, wcap, "'%s' is not a boolean (true/false)", s);
@@ -248,50 +304,13 @@ static int set_scalar(struct loader *L, const struct cfg_key *k, void *p, const 
         }
         return 0;
     case CFG_DURATION:
-    case CFG_SIZE: {
-        bool dur = k->type == CFG_DURATION;
-        if (parse_scaled(s, &uv, dur)) {
-            snprintf(why, wcap, dur ? "'%s' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
-                                    : "'%s' is not a size (e.g. 512, 64k, 16M, 1G)",
-                     s);
-            return -EINVAL;
-        }
-        if ((k->min && uv < (uint64_t)k->min) || (k->max && uv > (uint64_t)k->max)) {
-            snprintf(why, wcap, "'%s' out of range (%" PRId64 "..%" PRId64 " %s)", s, k->min,
-                     k->max, dur ? "ms" : "bytes");
-            return -EINVAL;
-        }
-        *(uint64_t *)p = uv;
-        return 0;
-    }
+    case CFG_SIZE:
+        return set_scaled(k, p, s, why, wcap);
     case CFG_ADDR:
-        if (addr_parse(p, s, (uint16_t)k->min)) {
-            snprintf(why, wcap, "'%s' is not an address (ip:port or [ipv6]:port)", s);
-            return -EINVAL;
-        }
-        if (addr_port(p) == 0 && k->min == 0 && !strchr(s, ':')) {
-            snprintf(why, wcap, "'%s' needs a port", s);
-            return -EINVAL;
-        }
-        return 0;
     case CFG_CIDR:
-        if (cidr_parse(p, s)) {
-            snprintf(why, wcap, "'%s' is not a network (e.g. 10.0.0.0/8)", s);
-            return -EINVAL;
-        }
-        return 0;
+        return set_net(k, p, s, why, wcap);
     case CFG_ENUM:
-        for (int i = 0; k->choices && k->choices[i]; i++)
-            if (!strcmp(s, k->choices[i])) {
-                *(int *)p = i;
-                return 0;
-            }
-        {
-            size_t n = (size_t)snprintf(why, wcap, "'%s' is not one of:", s);
-            for (int i = 0; k->choices && k->choices[i] && n < wcap; i++)
-                n += (size_t)snprintf(why + n, wcap - n, " %s", k->choices[i]);
-        }
-        return -EINVAL;
+        return set_enum(k, p, s, why, wcap);
     default:
         snprintf(why, wcap, "expected a %s", type_name(k->type));
         return -EINVAL;
