@@ -77,6 +77,21 @@ static bool is_uri_char(uint8_t c)
     return c > 0x20 && c < 0x7f && c != '<' && c != '>' && c != '"';
 }
 
+/* "SIP/" 1*DIGIT "." 1*DIGIT: another version, answered 505 (RFC 3261 §21.5.6). */
+static bool other_version(const uint8_t *v, size_t vl)
+{
+    size_t k = 4, d1, d2;
+    if (vl <= 4 || strncasecmp((const char *)v, "SIP/", 4) != 0)
+        return false;
+    for (d1 = k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
+        ;
+    if (k == d1 || k >= vl || v[k] != '.')
+        return false;
+    for (d2 = ++k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
+        ;
+    return k == vl && k > d2;
+}
+
 static int parse_start_line(struct sip_msg *m, const uint8_t *p, size_t n)
 {
     static const char ver[] = "SIP/2.0";
@@ -112,21 +127,7 @@ static int parse_start_line(struct sip_msg *m, const uint8_t *p, size_t n)
     size_t vl = n - i - 1;
     if (vl == 7 && strncasecmp((const char *)v, ver, 7) == 0)
         return 0;
-    /* "SIP/" 1*DIGIT "." 1*DIGIT: another version, answered 505 (RFC 3261 §21.5.6). */
-    size_t k = 4, d1, d2;
-    if (vl > 4 && strncasecmp((const char *)v, "SIP/", 4) == 0) {
-        for (d1 = k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
-            ;
-        if (k > d1 && k < vl && v[k] == '.') {
-            for (d2 = ++k; k < vl && v[k] >= '0' && v[k] <= '9'; k++)
-                ;
-            if (k == vl && k > d2) {
-                m->defect = SIP_DEFECT_VERSION;
-                return 0;
-            }
-        }
-    }
-    m->defect = SIP_DEFECT_START_LINE;
+    m->defect = other_version(v, vl) ? SIP_DEFECT_VERSION : SIP_DEFECT_START_LINE;
     return 0;
 }
 
@@ -144,8 +145,7 @@ static int parse_content_length(struct slice v, long *out)
     return 0;
 }
 
-ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool datagram,
-                     size_t max_hdr_bytes)
+static void msg_reset(struct sip_msg *m, const uint8_t *data)
 {
     m->buf = data;
     m->len = 0;
@@ -161,78 +161,88 @@ ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool da
     m->body_len = 0;
     memset(m->count, 0, sizeof(m->count));
     memset(m->first, 0xff, sizeof(m->first));
+}
 
-    /* Find the end of the header section first, so that a stream knows whether to wait. */
-    size_t scan_len = len;
-    if (scan_len > max_hdr_bytes && max_hdr_bytes)
-        scan_len = max_hdr_bytes;
-    size_t e = find_crlf(data, 0, scan_len);
-    if (e == scan_len)
-        return (!datagram && len < max_hdr_bytes) ? -EAGAIN : (datagram ? -EBADMSG : -EMSGSIZE);
-    if (parse_start_line(m, data, e) < 0)
+/* The header section did not end within what was given: a stream waits for more, unless it
+ * is already over the limit; a datagram is all there is. */
+static ssize_t incomplete(size_t len, bool datagram, size_t max_hdr_bytes)
+{
+    if (datagram)
         return -EBADMSG;
-    m->start_end = (uint32_t)(e + 2);
+    return len < max_hdr_bytes ? -EAGAIN : -EMSGSIZE;
+}
 
-    size_t i = m->start_end;
-    for (;;) {
-        e = find_crlf(data, i, scan_len);
-        if (e == scan_len)
-            return (!datagram && len < max_hdr_bytes) ? -EAGAIN
-                                                      : (datagram ? -EBADMSG : -EMSGSIZE);
-        if (e == i) { /* the empty line */
-            i = e + 2;
-            break;
-        }
-        /* A header line plus its continuation lines (RFC 3261 §7.3.1 folding). */
-        size_t line_end = e + 2;
-        while (line_end < scan_len && (data[line_end] == ' ' || data[line_end] == '\t')) {
-            e = find_crlf(data, line_end, scan_len);
-            if (e == scan_len)
-                return (!datagram && len < max_hdr_bytes) ? -EAGAIN
-                                                          : (datagram ? -EBADMSG : -EMSGSIZE);
-            line_end = e + 2;
-        }
-        size_t ll = line_end - 2 - i;
-        if (ll > m->max_line)
-            m->max_line = (uint32_t)ll;
-        size_t c = i;
-        while (c < e && is_token_char(data[c]))
-            c++;
-        size_t name_len = c - i;
-        while (c < e && (data[c] == ' ' || data[c] == '\t'))
-            c++;
-        if (name_len == 0 || c >= line_end - 2 || data[c] != ':')
-            return -EBADMSG;
-        c++;
-        size_t vend = line_end - 2;
-        while (c < vend && (data[c] == ' ' || data[c] == '\t' || data[c] == '\r' || data[c] == '\n'))
-            c++;
-        while (vend > c && (data[vend - 1] == ' ' || data[vend - 1] == '\t'))
-            vend--;
-        enum sip_hdr_id id = hdr_lookup(data + i, name_len);
-        if (m->nhdr < SIP_MSG_MAX_HEADERS) {
-            struct sip_hdr *h = &m->hdr[m->nhdr];
-            h->id = (uint8_t)id;
-            h->line_off = (uint32_t)i;
-            h->line_end = (uint32_t)line_end;
-            h->name_len = (uint32_t)name_len;
-            h->val_off = (uint32_t)c;
-            h->val_len = (uint32_t)(vend - c);
-            if (m->first[id] < 0)
-                m->first[id] = (int16_t)m->nhdr;
-            m->nhdr++;
-        } else {
-            m->too_many_headers = true;
-        }
-        if (m->count[id] < UINT16_MAX)
-            m->count[id]++;
-        if (id == SIP_H_CONTENT_LENGTH && m->count[id] == 1 &&
-            parse_content_length(slice_make(data + c, vend - c), &m->content_length) < 0) {
-            m->content_length = -1;
-            m->defect = SIP_DEFECT_LENGTH;
-        }
-        i = line_end;
+/* Indexes one header: name i..i+name_len, value c..vend, the line up to line_end. */
+static void add_header(struct sip_msg *m, const uint8_t *data, size_t i, size_t name_len,
+                       size_t c, size_t vend, size_t line_end)
+{
+    enum sip_hdr_id id = hdr_lookup(data + i, name_len);
+    if (m->nhdr < SIP_MSG_MAX_HEADERS) {
+        struct sip_hdr *h = &m->hdr[m->nhdr];
+        h->id = (uint8_t)id;
+        h->line_off = (uint32_t)i;
+        h->line_end = (uint32_t)line_end;
+        h->name_len = (uint32_t)name_len;
+        h->val_off = (uint32_t)c;
+        h->val_len = (uint32_t)(vend - c);
+        if (m->first[id] < 0)
+            m->first[id] = (int16_t)m->nhdr;
+        m->nhdr++;
+    } else {
+        m->too_many_headers = true;
     }
+    if (m->count[id] < UINT16_MAX)
+        m->count[id]++;
+    if (id == SIP_H_CONTENT_LENGTH && m->count[id] == 1 &&
+        parse_content_length(slice_make(data + c, vend - c), &m->content_length) < 0) {
+        m->content_length = -1;
+        m->defect = SIP_DEFECT_LENGTH;
+    }
+}
+
+/* The header line at i with its continuation lines (RFC 3261 §7.3.1 folding): the offset
+ * after it, 0 when i is the empty line that ends the section, -EAGAIN when the line does not
+ * end within scan_len, -EBADMSG when it is no header. */
+static ssize_t scan_header(struct sip_msg *m, const uint8_t *data, size_t i, size_t scan_len)
+{
+    size_t e = find_crlf(data, i, scan_len);
+    if (e == scan_len)
+        return -EAGAIN;
+    if (e == i)
+        return 0;
+    size_t line_end = e + 2;
+    while (line_end < scan_len && (data[line_end] == ' ' || data[line_end] == '\t')) {
+        e = find_crlf(data, line_end, scan_len);
+        if (e == scan_len)
+            return -EAGAIN;
+        line_end = e + 2;
+    }
+    size_t ll = line_end - 2 - i;
+    if (ll > m->max_line)
+        m->max_line = (uint32_t)ll;
+    size_t c = i;
+    while (c < e && is_token_char(data[c]))
+        c++;
+    size_t name_len = c - i;
+    while (c < e && (data[c] == ' ' || data[c] == '\t'))
+        c++;
+    if (name_len == 0 || c >= line_end - 2 || data[c] != ':')
+        return -EBADMSG;
+    c++;
+    size_t vend = line_end - 2;
+    while (c < vend && (data[c] == ' ' || data[c] == '\t' || data[c] == '\r' || data[c] == '\n'))
+        c++;
+    while (vend > c && (data[vend - 1] == ' ' || data[vend - 1] == '\t'))
+        vend--;
+    add_header(m, data, i, name_len, c, vend, line_end);
+    return (ssize_t)line_end;
+}
+
+/* The body after the header section ending at i: the message's length, or -EAGAIN,
+ * -EMSGSIZE, -EBADMSG on a stream. */
+static ssize_t frame_body(struct sip_msg *m, size_t len, size_t i, bool datagram,
+                          size_t max_hdr_bytes)
+{
     m->hdr_end = (uint32_t)i;
     if (datagram) {
         /* RFC 3261 §18.3: bytes past the body that Content-Length gives are discarded. */
@@ -254,6 +264,36 @@ ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool da
     m->body_len = (uint32_t)m->content_length;
     m->len = i + (size_t)m->content_length;
     return (ssize_t)m->len;
+}
+
+ssize_t sip_msg_scan(struct sip_msg *m, const uint8_t *data, size_t len, bool datagram,
+                     size_t max_hdr_bytes)
+{
+    msg_reset(m, data);
+    /* Find the end of the header section first, so that a stream knows whether to wait. */
+    size_t scan_len = len;
+    if (scan_len > max_hdr_bytes && max_hdr_bytes)
+        scan_len = max_hdr_bytes;
+    size_t e = find_crlf(data, 0, scan_len);
+    if (e == scan_len)
+        return incomplete(len, datagram, max_hdr_bytes);
+    if (parse_start_line(m, data, e) < 0)
+        return -EBADMSG;
+    m->start_end = (uint32_t)(e + 2);
+    size_t i = m->start_end;
+    for (;;) {
+        ssize_t r = scan_header(m, data, i, scan_len);
+        if (r == -EAGAIN)
+            return incomplete(len, datagram, max_hdr_bytes);
+        if (r < 0)
+            return r;
+        if (r == 0) { /* the empty line */
+            i += 2;
+            break;
+        }
+        i = (size_t)r;
+    }
+    return frame_body(m, len, i, datagram, max_hdr_bytes);
 }
 
 const struct sip_hdr *sip_msg_find(const struct sip_msg *m, enum sip_hdr_id id)
