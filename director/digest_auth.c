@@ -282,6 +282,31 @@ static void known_add(struct da_slot *sl, const struct da_request *r)
 
 /* ---- the check ---- */
 
+/* The answer names this user and realm, with qop=auth (without nc a captured answer could be
+ * replayed for the nonce's life), a cnonce, a uri and a response. */
+static bool well_formed(const struct da_creds *c, const struct da_request *r, const char *realm)
+{
+    return c && c->username && r->user && strcmp(c->username, r->user) == 0 && c->realm &&
+           strcmp(c->realm, realm) == 0 && c->qop && strcasecmp(c->qop, "auth") == 0 &&
+           c->cnonce && *c->cnonce && c->uri && c->response;
+}
+
+/* The guess budget b (burst, per_hour) has no guess left: THROTTLED with its Retry-After. */
+static bool throttled(struct da_bucket *b, uint32_t burst, uint32_t per_hour, uint64_t now_ms,
+                      struct da_verdict *v)
+{
+    bucket_refill(b, burst, per_hour, now_ms);
+    if (b->milli >= 1000)
+        return false;
+    v->result = DA_THROTTLED;
+    uint64_t need = 1000 - b->milli;
+    v->retry_after_s =
+        per_hour ? (uint32_t)((need * HOUR_MS / ((uint64_t)per_hour * 1000) + 999) / 1000) : 3600;
+    if (!v->retry_after_s)
+        v->retry_after_s = 1;
+    return true;
+}
+
 void da_check(struct da_state *s, const struct da_limits *lim, const char *realm,
               const struct da_request *r, struct da_verdict *v)
 {
@@ -291,30 +316,17 @@ void da_check(struct da_state *s, const struct da_limits *lim, const char *realm
     uint64_t issued;
     uint8_t tag[12];
     uint32_t nc;
-    /* Nothing below compares with the password, so none of it counts as a guess. qop=auth
-     * is required: without nc a captured answer could be replayed for the nonce's life. */
-    if (!c || !c->username || !r->user || strcmp(c->username, r->user) != 0 || !c->realm ||
-        strcmp(c->realm, realm) != 0 || !c->qop || strcasecmp(c->qop, "auth") != 0 || !c->cnonce ||
-        !*c->cnonce || !c->uri || !c->response || !nc_parse(c->nc, &nc) ||
+    /* Nothing before the digest compares with the password, so none of it counts as a guess. */
+    if (!well_formed(c, r, realm) || !nc_parse(c->nc, &nc) ||
         !nonce_parse(s, c->nonce, &issued, tag))
         return;
     struct da_slot *sl = slot_of(s, r->user);
     struct da_known *kn = known_find(sl, r);
     struct da_bucket *b = kn ? &sl->known : &sl->unknown;
-    uint32_t burst = kn ? lim->known_burst : lim->guess_burst;
-    uint32_t per_hour = kn ? lim->known_per_hour : lim->guesses_per_hour;
     v->known_address = kn != NULL;
-    bucket_refill(b, burst, per_hour, r->now_ms);
-    if (b->milli < 1000) {
-        v->result = DA_THROTTLED;
-        uint64_t need = 1000 - b->milli;
-        v->retry_after_s =
-            per_hour ? (uint32_t)((need * HOUR_MS / ((uint64_t)per_hour * 1000) + 999) / 1000)
-                     : 3600;
-        if (!v->retry_after_s)
-            v->retry_after_s = 1;
+    if (throttled(b, kn ? lim->known_burst : lim->guess_burst,
+                  kn ? lim->known_per_hour : lim->guesses_per_hour, r->now_ms, v))
         return;
-    }
     /* An unknown user is checked against a password no answer can match, the same way. */
     char want[65];
     if (da_digest(c->algorithm && *c->algorithm ? c->algorithm : "MD5", r->user, realm,
