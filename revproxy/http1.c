@@ -447,6 +447,168 @@ static ssize_t feed_head(struct http_reader *r, const uint8_t *p, size_t len, un
     return (ssize_t)used;
 }
 
+/* What one byte of chunked framing did (or a negative errno, r->why set). */
+enum { CK_ON, CK_STOP, CK_END };
+
+static int ck_bad(struct http_reader *r, const char *why)
+{
+    r->why = why;
+    return -EBADMSG;
+}
+
+static int bad_size(struct http_reader *r)
+{
+    return ck_bad(r, "bad chunk size line");
+}
+
+/* A byte of a chunk-size's digits, or what ends them. */
+static int chunk_size_digit(struct http_reader *r, uint8_t c)
+{
+    int d = c >= '0' && c <= '9'                          ? c - '0'
+            : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10
+                                                         : -1;
+    if (++r->ck_line > CHUNK_LINE_MAX)
+        return bad_size(r);
+    if (d >= 0) {
+        if (r->ck_left || d)
+            r->ck_digits++;
+        if (r->ck_digits > CHUNK_DIGITS_MAX)
+            return bad_size(r);
+        r->ck_left = r->ck_left * 16 + (uint64_t)d;
+        return CK_ON;
+    }
+    if (r->ck_line == 1)
+        return bad_size(r); /* no digits */
+    if (c == '\r')
+        r->ck = CK_SIZE_LF;
+    else if (c == ';')
+        r->ck = CK_EXT;
+    else if (c == ' ' || c == '\t')
+        r->ck = CK_SIZE_WS;
+    else
+        return bad_size(r);
+    return CK_ON;
+}
+
+/* A chunk-size line's end: the chunk's data, or the last chunk's trailer section. */
+static int chunk_size_lf(struct http_reader *r, uint8_t c)
+{
+    if (c != '\n')
+        return bad_size(r);
+    r->ck_line = r->ck_digits = 0;
+    if (r->ck_left == 0) {
+        r->ck = CK_TR_START; /* last-chunk: the trailer section follows */
+        return CK_ON;
+    }
+    if (r->ck_left > r->max_body - r->body_bytes || r->body_bytes > r->max_body) {
+        r->why = "chunk over the body limit";
+        return -EFBIG;
+    }
+    r->ck = CK_DATA;
+    return CK_ON;
+}
+
+/* A byte of a chunk-size line after its digits, or of the CRLF after chunk data. */
+static int chunk_line_byte(struct http_reader *r, uint8_t c)
+{
+    switch (r->ck) {
+    case CK_SIZE:
+        return chunk_size_digit(r, c);
+    case CK_SIZE_WS:
+        if (++r->ck_line > CHUNK_LINE_MAX)
+            return bad_size(r);
+        if (c == ';')
+            r->ck = CK_EXT;
+        else if (c == '\r')
+            r->ck = CK_SIZE_LF;
+        else if (c != ' ' && c != '\t')
+            return bad_size(r);
+        return CK_ON;
+    case CK_EXT:
+        if (++r->ck_line > CHUNK_LINE_MAX)
+            return bad_size(r);
+        if (c == '\r')
+            r->ck = CK_SIZE_LF;
+        else if (!is_field_char(c))
+            return bad_size(r);
+        return CK_ON;
+    case CK_SIZE_LF:
+        return chunk_size_lf(r, c);
+    case CK_DATA_CR:
+        if (c != '\r')
+            return ck_bad(r, "chunk data not followed by CRLF");
+        r->ck = CK_DATA_LF;
+        return CK_ON;
+    default: /* CK_DATA_LF */
+        if (c != '\n')
+            return ck_bad(r, "chunk data not followed by CRLF");
+        r->ck = CK_SIZE;
+        return CK_ON;
+    }
+}
+
+/* A byte of the trailer section. drop: this call drops what it reads (field lines), so it
+ * stops before the final CRLF, which the next call forwards; a forwarding call stops
+ * before a field line. */
+static int chunk_trailer_byte(struct http_reader *r, uint8_t c, bool drop, unsigned *ev)
+{
+    switch (r->ck) {
+    case CK_TR_START:
+        if (c == '\r') {
+            if (drop)
+                return CK_STOP;
+            r->ck = CK_END_LF;
+            return CK_ON;
+        }
+        if (!drop)
+            return CK_STOP;
+        if (!is_tchar(c))
+            return ck_bad(r, "bad trailer section"); /* obs-fold, bare LF, or no name */
+        r->ck = CK_TR_NAME;
+        return CK_ON;
+    case CK_TR_NAME:
+        if (c == ':')
+            r->ck = CK_TR_VALUE;
+        else if (!is_tchar(c))
+            return ck_bad(r, "bad trailer section");
+        return CK_ON;
+    case CK_TR_VALUE:
+        if (c == '\r')
+            r->ck = CK_TR_LF;
+        else if (!is_field_char(c))
+            return ck_bad(r, "bad trailer section");
+        return CK_ON;
+    case CK_TR_LF:
+        if (c != '\n')
+            return ck_bad(r, "bad trailer section");
+        r->ck = CK_TR_START;
+        return CK_ON;
+    default: /* CK_END_LF */
+        if (c != '\n')
+            return ck_bad(r, "bad trailer section");
+        r->state = ST_DONE;
+        *ev |= HTTP_EV_DONE;
+        return CK_END;
+    }
+}
+
+static bool chunk_in_trailer(const struct http_reader *r)
+{
+    return r->ck == CK_TR_START || r->ck == CK_TR_NAME || r->ck == CK_TR_VALUE ||
+           r->ck == CK_TR_LF || r->ck == CK_END_LF;
+}
+
+/* Chunk data: as much of the chunk as there is. */
+static size_t chunk_data(struct http_reader *r, size_t avail)
+{
+    size_t k = avail < r->ck_left ? avail : (size_t)r->ck_left;
+    r->ck_left -= k;
+    r->body_bytes += k;
+    if (!r->ck_left)
+        r->ck = CK_DATA_CR;
+    return k;
+}
+
 /* One step of a chunked request body (see CK_*). Consumes at least one byte; a call
  * either forwards all its bytes or drops all of them (trailer field lines, *ev gets
  * HTTP_EV_DROP), so it stops where one turns into the other. */
@@ -456,141 +618,27 @@ static ssize_t feed_chunked(struct http_reader *r, const uint8_t *p, size_t len,
                 (r->ck == CK_TR_START && p[0] != '\r');
     size_t i = 0;
     while (i < len) {
-        uint8_t c = p[i];
-        switch (r->ck) {
-        case CK_SIZE: {
-            int d = c >= '0' && c <= '9' ? c - '0'
-                    : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (d >= 0) {
-                if (r->ck_left || d)
-                    r->ck_digits++;
-                if (r->ck_digits > CHUNK_DIGITS_MAX)
-                    goto bad_size;
-                r->ck_left = r->ck_left * 16 + (uint64_t)d;
-                break;
-            }
-            if (r->ck_line == 1)
-                goto bad_size; /* no digits */
-            if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (c == ';')
-                r->ck = CK_EXT;
-            else if (c == ' ' || c == '\t')
-                r->ck = CK_SIZE_WS;
-            else
-                goto bad_size;
-            break;
-        }
-        case CK_SIZE_WS:
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (c == ';')
-                r->ck = CK_EXT;
-            else if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (c != ' ' && c != '\t')
-                goto bad_size;
-            break;
-        case CK_EXT:
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (!is_field_char(c))
-                goto bad_size;
-            break;
-        case CK_SIZE_LF:
-            if (c != '\n')
-                goto bad_size;
-            r->ck_line = r->ck_digits = 0;
-            if (r->ck_left == 0) {
-                r->ck = CK_TR_START; /* last-chunk: the trailer section follows */
-                break;
-            }
-            if (r->ck_left > r->max_body - r->body_bytes || r->body_bytes > r->max_body) {
-                r->why = "chunk over the body limit";
-                return -EFBIG;
-            }
-            r->ck = CK_DATA;
-            break;
-        case CK_DATA: {
-            size_t k = len - i < r->ck_left ? len - i : (size_t)r->ck_left;
-            r->ck_left -= k;
-            r->body_bytes += k;
-            i += k;
-            if (!r->ck_left)
-                r->ck = CK_DATA_CR;
+        if (r->ck == CK_DATA) {
+            i += chunk_data(r, len - i);
             continue;
         }
-        case CK_DATA_CR:
-            if (c != '\r')
-                goto bad_data;
-            r->ck = CK_DATA_LF;
+        int st = chunk_in_trailer(r) ? chunk_trailer_byte(r, p[i], drop, ev)
+                                     : chunk_line_byte(r, p[i]);
+        if (st < 0)
+            return st;
+        if (st == CK_STOP)
             break;
-        case CK_DATA_LF:
-            if (c != '\n')
-                goto bad_data;
-            r->ck = CK_SIZE;
-            break;
-        case CK_TR_START:
-            if (c == '\r') {
-                if (drop)
-                    goto out; /* the final CRLF is forwarded, by the next call */
-                r->ck = CK_END_LF;
-                break;
-            }
-            if (!drop)
-                goto out;
-            if (!is_tchar(c))
-                goto bad_trailer; /* obs-fold, bare LF, or no name */
-            r->ck = CK_TR_NAME;
-            break;
-        case CK_TR_NAME:
-            if (c == ':')
-                r->ck = CK_TR_VALUE;
-            else if (!is_tchar(c))
-                goto bad_trailer;
-            break;
-        case CK_TR_VALUE:
-            if (c == '\r')
-                r->ck = CK_TR_LF;
-            else if (!is_field_char(c))
-                goto bad_trailer;
-            break;
-        case CK_TR_LF:
-            if (c != '\n')
-                goto bad_trailer;
-            r->ck = CK_TR_START;
-            break;
-        case CK_END_LF:
-            if (c != '\n')
-                goto bad_trailer;
-            r->state = ST_DONE;
-            *ev |= HTTP_EV_DONE;
-            i++;
-            goto out;
-        }
         i++;
+        if (st == CK_END)
+            break;
         if (drop && ++r->ck_trailer > r->head_cap) {
             r->why = "trailer section too large";
             return -EMSGSIZE;
         }
     }
-out:
     if (drop)
         *ev |= HTTP_EV_DROP;
     return (ssize_t)i;
-bad_size:
-    r->why = "bad chunk size line";
-    return -EBADMSG;
-bad_data:
-    r->why = "chunk data not followed by CRLF";
-    return -EBADMSG;
-bad_trailer:
-    r->why = "bad trailer section";
-    return -EBADMSG;
 }
 
 ssize_t http_reader_feed(struct http_reader *r, const uint8_t *p, size_t len, unsigned *ev)
