@@ -35,9 +35,14 @@ bool http_is_hop_by_hop(struct slice name, struct slice connection)
     static const struct {
         const char *s;
         size_t len;
-    } hop[] = {{"connection", 10}, {"keep-alive", 10},         {"proxy-connection", 16},
-               {"te", 2},          {"trailer", 7},            {"upgrade", 7},
-               {"proxy-authorization", 19}, {"proxy-authenticate", 18}};
+    } hop[] = {{"connection", 10},
+               {"keep-alive", 10},
+               {"proxy-connection", 16},
+               {"te", 2},
+               {"trailer", 7},
+               {"upgrade", 7},
+               {"proxy-authorization", 19},
+               {"proxy-authenticate", 18}};
     for (size_t i = 0; i < ARRAY_SIZE(hop); i++)
         if (name.len == hop[i].len && strncasecmp((const char *)name.p, hop[i].s, name.len) == 0)
             return true;
@@ -76,10 +81,11 @@ static bool name_is(struct slice n, const char *lower, size_t len)
 bool http_is_forwarding(struct slice n)
 {
     static const char *const names[] = {
-        "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "client-ip",
-        "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip",
-        "fastly-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-host",
-        "x-original-host", "x-original-url", "x-rewrite-url", "x-proxyuser-ip",
+        "forwarded",        "forwarded-for",    "x-forwarded",      "x-real-ip",
+        "client-ip",        "true-client-ip",   "x-client-ip",      "x-cluster-client-ip",
+        "cf-connecting-ip", "fastly-client-ip", "x-originating-ip", "x-remote-ip",
+        "x-remote-addr",    "x-host",           "x-original-host",  "x-original-url",
+        "x-rewrite-url",    "x-proxyuser-ip",
     };
     if (n.len > 12 && name_is(slice_make(n.p, 12), "x-forwarded-", 12))
         return true;
@@ -113,8 +119,8 @@ static int put_framing(struct buf *out, const struct http_head *h)
     if (h->content_length == HTTP_NO_LENGTH)
         return 0;
     char cl[40];
-    int k = snprintf(cl, sizeof cl, "Content-Length: %llu\r\n",
-                     (unsigned long long)h->content_length);
+    int k =
+        snprintf(cl, sizeof cl, "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
     return put(out, cl, (size_t)k);
 }
 
@@ -271,9 +277,8 @@ ssize_t http_location_rewrite(struct slice v, const struct http_back *b, char *o
     struct slice np = pl ? slice_make(p2, (size_t)pl) : path;
     int n;
     if (absolute)
-        n = snprintf(out, cap, "%s://%.*s%.*s", b->tls ? "https" : "http",
-                     (int)b->client_host.len, (const char *)b->client_host.p, (int)np.len,
-                     (const char *)np.p);
+        n = snprintf(out, cap, "%s://%.*s%.*s", b->tls ? "https" : "http", (int)b->client_host.len,
+                     (const char *)b->client_host.p, (int)np.len, (const char *)np.p);
     else
         n = snprintf(out, cap, "%.*s", (int)np.len, (const char *)np.p);
     if (n <= 0 || (size_t)n >= cap)
@@ -323,28 +328,50 @@ int http_response_build(const struct http_head *h, const struct http_back *b, st
 const char *http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 301: return "Moved Permanently";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 301:
+        return "Moved Permanently";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 

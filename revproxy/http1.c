@@ -13,11 +13,11 @@ enum { ST_IDLE, ST_HEAD, ST_BODY, ST_DONE };
  * 7.1, CRLF only), skipping chunk data by count, and with the trailer section told apart
  * so the proxy can drop it. */
 enum {
-    CK_SIZE,     /* chunk-size digits */
-    CK_SIZE_WS,  /* BWS after the digits: only ';' or CR may follow */
-    CK_EXT,      /* chunk-ext up to CR */
-    CK_SIZE_LF,  /* CR of the size line seen */
-    CK_DATA,     /* chunk data: left bytes */
+    CK_SIZE,    /* chunk-size digits */
+    CK_SIZE_WS, /* BWS after the digits: only ';' or CR may follow */
+    CK_EXT,     /* chunk-ext up to CR */
+    CK_SIZE_LF, /* CR of the size line seen */
+    CK_DATA,    /* chunk data: left bytes */
     CK_DATA_CR,
     CK_DATA_LF,
     CK_TR_START, /* start of a trailer line, or of the final CRLF */
@@ -27,8 +27,8 @@ enum {
     CK_END_LF,   /* CR of the final empty line seen */
 };
 
-#define CHUNK_LINE_MAX 4096   /* a chunk-size line with its extensions */
-#define CHUNK_DIGITS_MAX 15   /* significant hex digits: sizes below 2^60 */
+#define CHUNK_LINE_MAX 4096 /* a chunk-size line with its extensions */
+#define CHUNK_DIGITS_MAX 15 /* significant hex digits: sizes below 2^60 */
 
 struct http_reader {
     http_parser hp;
@@ -38,16 +38,16 @@ struct http_reader {
     bool paused_done;
     bool field_open; /* the last header callback was a field (name) */
     bool too_many;
-    bool fold_sp;    /* an obs-fold ended the value so far: one SP before more text */
+    bool fold_sp;               /* an obs-fold ended the value so far: one SP before more text */
     const uint8_t *val_raw_end; /* where the last value fragment ended in the raw bytes */
-    int ck;          /* CK_* while framing a chunked request body */
+    int ck;                     /* CK_* while framing a chunked request body */
     uint64_t ck_left;
     uint32_t ck_line, ck_digits;
     size_t ck_trailer;
     const char *why; /* our own reason for a refusal (else http-parser's) */
     int refuse;      /* -errno for a refusal found in a callback */
     int state;
-    uint8_t *head;   /* head bytes of the current message */
+    uint8_t *head; /* head bytes of the current message */
     size_t head_cap, head_used;
     uint64_t body_bytes, max_body;
     struct http_head h;
@@ -84,17 +84,15 @@ static int on_status(http_parser *hp, const char *p, size_t len)
 /* tchar (RFC 9110 5.6.2): a table, as names are checked byte by byte */
 static const uint8_t tchar_tab[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 static inline bool is_tchar(uint8_t c)
@@ -271,8 +269,8 @@ static int on_headers_complete(http_parser *hp)
         r->ck_left = 0;
         r->ck_trailer = 0;
     }
-    bool skip = r->no_body || (!r->request && (h->status / 100 == 1 || h->status == 204 ||
-                                               h->status == 304));
+    bool skip = r->no_body ||
+                (!r->request && (h->status / 100 == 1 || h->status == 204 || h->status == 304));
     if (skip)
         h->has_body = false;
     else if (h->chunked)
@@ -464,9 +462,9 @@ static int bad_size(struct http_reader *r)
 /* A byte of a chunk-size's digits, or what ends them. */
 static int chunk_size_digit(struct http_reader *r, uint8_t c)
 {
-    int d = c >= '0' && c <= '9'                          ? c - '0'
+    int d = c >= '0' && c <= '9'                     ? c - '0'
             : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10
-                                                         : -1;
+                                                     : -1;
     if (++r->ck_line > CHUNK_LINE_MAX)
         return bad_size(r);
     if (d >= 0) {
@@ -622,8 +620,8 @@ static ssize_t feed_chunked(struct http_reader *r, const uint8_t *p, size_t len,
             i += chunk_data(r, len - i);
             continue;
         }
-        int st = chunk_in_trailer(r) ? chunk_trailer_byte(r, p[i], drop, ev)
-                                     : chunk_line_byte(r, p[i]);
+        int st =
+            chunk_in_trailer(r) ? chunk_trailer_byte(r, p[i], drop, ev) : chunk_line_byte(r, p[i]);
         if (st < 0)
             return st;
         if (st == CK_STOP)

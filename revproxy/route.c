@@ -64,9 +64,9 @@ static bool path_safe(struct slice path)
         s = e + 1;
     }
     for (const uint8_t *c = path.p; c + 2 < pe; c++)
-        if (c[0] == '%' && ((c[1] == '0' && c[2] == '0') ||
-                            (c[1] == '2' && (c[2] == 'f' || c[2] == 'F')) ||
-                            (c[1] == '5' && (c[2] == 'c' || c[2] == 'C'))))
+        if (c[0] == '%' &&
+            ((c[1] == '0' && c[2] == '0') || (c[1] == '2' && (c[2] == 'f' || c[2] == 'F')) ||
+             (c[1] == '5' && (c[2] == 'c' || c[2] == 'C'))))
             return false;
     return true;
 }
@@ -151,8 +151,8 @@ int rp_route_match(const struct rp_route *routes, size_t n, struct slice host, s
     return best;
 }
 
-ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query,
-                         char *out, size_t cap)
+ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query, char *out,
+                         size_t cap)
 {
     size_t pl = strlen(r->prefix);
     const char *head = r->rewrite ? r->rewrite : r->prefix;
@@ -181,8 +181,8 @@ ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *ou
     if (!r->rewrite || !prefix_matches(r->rewrite, path))
         return 0;
     size_t rl = strlen(r->rewrite);
-    int n = snprintf(out, cap, "%s%.*s", r->prefix, (int)(path.len - rl),
-                     (const char *)path.p + rl);
+    int n =
+        snprintf(out, cap, "%s%.*s", r->prefix, (int)(path.len - rl), (const char *)path.p + rl);
     if (n < 0 || (size_t)n >= cap)
         return -ENOSPC;
     return n;
