@@ -1,8 +1,8 @@
 /* What the pieces of the reverse proxy share: the server, its config generations and
  * upstream pools (gen.c), upstream connections (upstream.c), client connections (client.c),
  * the exchange between them (exchange.c), the one-direction pipe helper (pipe.c) and the
- * listeners and lifecycle (server.c). Not for use outside revproxy/proxy*.c and friends;
- * main.c sees only revproxy/proxy.h. */
+ * listeners and lifecycle (server.c). Only those six include it; main.c sees
+ * revproxy/proxy.h. */
 #ifndef RP_PROXY_INT_H
 #define RP_PROXY_INT_H
 
