@@ -1,1 +1,0 @@
-#define SUITE_VERSION "0.1.0+g31fd280"
