@@ -35,9 +35,14 @@ bool http_is_hop_by_hop(struct slice name, struct slice connection)
     static const struct {
         const char *s;
         size_t len;
-    } hop[] = {{"connection", 10}, {"keep-alive", 10},         {"proxy-connection", 16},
-               {"te", 2},          {"trailer", 7},            {"upgrade", 7},
-               {"proxy-authorization", 19}, {"proxy-authenticate", 18}};
+    } hop[] = {{"connection", 10},
+               {"keep-alive", 10},
+               {"proxy-connection", 16},
+               {"te", 2},
+               {"trailer", 7},
+               {"upgrade", 7},
+               {"proxy-authorization", 19},
+               {"proxy-authenticate", 18}};
     for (size_t i = 0; i < ARRAY_SIZE(hop); i++)
         if (name.len == hop[i].len && strncasecmp((const char *)name.p, hop[i].s, name.len) == 0)
             return true;
@@ -76,10 +81,11 @@ static bool name_is(struct slice n, const char *lower, size_t len)
 bool http_is_forwarding(struct slice n)
 {
     static const char *const names[] = {
-        "forwarded", "forwarded-for", "x-forwarded", "x-real-ip", "client-ip",
-        "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip",
-        "fastly-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-host",
-        "x-original-host", "x-original-url", "x-rewrite-url", "x-proxyuser-ip",
+        "forwarded",        "forwarded-for",    "x-forwarded",      "x-real-ip",
+        "client-ip",        "true-client-ip",   "x-client-ip",      "x-cluster-client-ip",
+        "cf-connecting-ip", "fastly-client-ip", "x-originating-ip", "x-remote-ip",
+        "x-remote-addr",    "x-host",           "x-original-host",  "x-original-url",
+        "x-rewrite-url",    "x-proxyuser-ip",
     };
     if (n.len > 12 && name_is(slice_make(n.p, 12), "x-forwarded-", 12))
         return true;
@@ -89,14 +95,9 @@ bool http_is_forwarding(struct slice n)
     return false;
 }
 
-int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out)
+/* The request line and Host: the route's host, else the client's, else the upstream's name. */
+static int put_request_line(struct buf *out, const struct http_head *h, const struct http_fwd *f)
 {
-    char ipbuf[ADDR_STRLEN];
-    const char *ip = f->client_ip ? f->client_ip : addr_format_host(f->client, ipbuf);
-    bool v6 = addr_family(f->client) == AF_INET6;
-    struct slice conn = connection_of(h);
-    struct slice prev_xff = SLICE_NULL, prev_fwd = SLICE_NULL;
-    bool have_proto = false, have_host = false;
     int rc = put_slice(out, h->method_name);
     rc = rc ? rc : put(out, " ", 1);
     rc = rc ? rc : puts_(out, f->target);
@@ -107,61 +108,100 @@ int http_request_build(const struct http_head *h, const struct http_fwd *f, stru
         rc = put_slice(out, f->host);
     else if (!rc && f->fallback_host)
         rc = puts_(out, f->fallback_host);
-    rc = rc ? rc : put(out, "\r\n", 2);
-    bool framed = false;
+    return rc ? rc : put(out, "\r\n", 2);
+}
+
+/* The reader checked the framing; what goes upstream is ours, once. */
+static int put_framing(struct buf *out, const struct http_head *h)
+{
+    if (h->chunked)
+        return puts_(out, "Transfer-Encoding: chunked\r\n");
+    if (h->content_length == HTTP_NO_LENGTH)
+        return 0;
+    char cl[40];
+    int k =
+        snprintf(cl, sizeof cl, "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
+    return put(out, cl, (size_t)k);
+}
+
+/* What a trusted proxy before us already said, extended rather than repeated. */
+struct fwd_seen {
+    struct slice xff, fwd;
+    bool proto, host;
+    bool framed;
+};
+
+/* A client's own forwarding headers are not believed (USERS.md: only from trusted
+ * proxies); a trusted proxy's are extended. Spellings with '_' are nobody's own: dropped.
+ * True when header n goes on as it is. */
+static bool forwarding_keep(const struct http_fwd *f, struct slice n, struct slice v,
+                            struct fwd_seen *seen)
+{
+    if (!f->trusted || memchr(n.p, '_', n.len))
+        return false;
+    if (slice_caseeq_str(n, "x-forwarded-for")) {
+        seen->xff = v;
+        return false;
+    }
+    if (slice_caseeq_str(n, "forwarded")) {
+        seen->fwd = v;
+        return false;
+    }
+    seen->proto |= slice_caseeq_str(n, "x-forwarded-proto");
+    seen->host |= slice_caseeq_str(n, "x-forwarded-host");
+    return true;
+}
+
+/* The client's header fields, less hop-by-hop ones and Host, framing rebuilt. */
+static int put_fields(struct buf *out, const struct http_head *h, const struct http_fwd *f,
+                      struct fwd_seen *seen)
+{
+    struct slice conn = connection_of(h);
+    int rc = 0;
     for (size_t i = 0; i < h->nhdr && !rc; i++) {
         struct slice n = h->hdr[i].name;
         if (slice_caseeq_str(n, "host") || http_is_hop_by_hop(n, conn))
             continue;
         if (slice_caseeq_str(n, "content-length") || slice_caseeq_str(n, "transfer-encoding")) {
-            /* the reader checked the framing; what goes upstream is ours, once */
-            if (framed)
-                continue;
-            framed = true;
-            if (h->chunked) {
-                rc = puts_(out, "Transfer-Encoding: chunked\r\n");
-            } else if (h->content_length != HTTP_NO_LENGTH) {
-                char cl[40];
-                int k = snprintf(cl, sizeof cl, "Content-Length: %llu\r\n",
-                                 (unsigned long long)h->content_length);
-                rc = put(out, cl, (size_t)k);
-            }
+            if (!seen->framed)
+                rc = put_framing(out, h);
+            seen->framed = true;
             continue;
         }
-        if (http_is_forwarding(n)) {
-            /* A client's own forwarding headers are not believed (USERS.md: only from
-             * trusted proxies); a trusted proxy's are extended. Spellings with '_' are
-             * nobody's own: dropped. */
-            if (!f->trusted || memchr(n.p, '_', n.len))
-                continue;
-            if (slice_caseeq_str(n, "x-forwarded-for")) {
-                prev_xff = h->hdr[i].value;
-                continue;
-            }
-            if (slice_caseeq_str(n, "forwarded")) {
-                prev_fwd = h->hdr[i].value;
-                continue;
-            }
-            have_proto |= slice_caseeq_str(n, "x-forwarded-proto");
-            have_host |= slice_caseeq_str(n, "x-forwarded-host");
-        }
+        if (http_is_forwarding(n) && !forwarding_keep(f, n, h->hdr[i].value, seen))
+            continue;
         rc = put_header(out, n, h->hdr[i].value);
     }
-    rc = rc ? rc : puts_(out, "X-Forwarded-For: ");
-    if (!rc && prev_xff.len) {
-        rc = put_slice(out, prev_xff);
+    return rc;
+}
+
+/* X-Forwarded-For/-Proto/-Host (the last two unless a trusted proxy set them). */
+static int put_x_forwarded(struct buf *out, const struct http_fwd *f, const char *ip,
+                           const struct fwd_seen *seen)
+{
+    int rc = puts_(out, "X-Forwarded-For: ");
+    if (!rc && seen->xff.len) {
+        rc = put_slice(out, seen->xff);
         rc = rc ? rc : put(out, ", ", 2);
     }
     rc = rc ? rc : puts_(out, ip);
-    if (!rc && !have_proto)
+    if (!rc && !seen->proto)
         rc = puts_(out, f->tls ? "\r\nX-Forwarded-Proto: https" : "\r\nX-Forwarded-Proto: http");
-    if (!rc && !have_host && f->host.len) {
+    if (!rc && !seen->host && f->host.len) {
         rc = puts_(out, "\r\nX-Forwarded-Host: ");
         rc = rc ? rc : put_slice(out, f->host);
     }
-    rc = rc ? rc : puts_(out, "\r\nForwarded: ");
-    if (!rc && prev_fwd.len) {
-        rc = put_slice(out, prev_fwd);
+    return rc;
+}
+
+/* Forwarded (RFC 7239), without its line end. */
+static int put_forwarded(struct buf *out, const struct http_fwd *f, const char *ip,
+                         const struct fwd_seen *seen)
+{
+    bool v6 = addr_family(f->client) == AF_INET6;
+    int rc = puts_(out, "\r\nForwarded: ");
+    if (!rc && seen->fwd.len) {
+        rc = put_slice(out, seen->fwd);
         rc = rc ? rc : put(out, ", ", 2);
     }
     /* RFC 7239 section 6: an IPv6 node is quoted and bracketed. */
@@ -169,17 +209,25 @@ int http_request_build(const struct http_head *h, const struct http_fwd *f, stru
     rc = rc ? rc : puts_(out, ip);
     rc = rc ? rc : puts_(out, v6 ? "]\";proto=" : ";proto=");
     rc = rc ? rc : puts_(out, f->tls ? "https" : "http");
-    if (!rc && f->host.len) {
-        bool quote_ok = true;
-        for (size_t i = 0; i < f->host.len; i++)
-            if (f->host.p[i] == '"' || f->host.p[i] == '\\' || f->host.p[i] < 0x20)
-                quote_ok = false;
-        if (quote_ok) {
-            rc = puts_(out, ";host=\"");
-            rc = rc ? rc : put_slice(out, f->host);
-            rc = rc ? rc : put(out, "\"", 1);
-        }
-    }
+    if (rc || !f->host.len)
+        return rc;
+    for (size_t i = 0; i < f->host.len; i++)
+        if (f->host.p[i] == '"' || f->host.p[i] == '\\' || f->host.p[i] < 0x20)
+            return 0;
+    rc = puts_(out, ";host=\"");
+    rc = rc ? rc : put_slice(out, f->host);
+    return rc ? rc : put(out, "\"", 1);
+}
+
+int http_request_build(const struct http_head *h, const struct http_fwd *f, struct buf *out)
+{
+    char ipbuf[ADDR_STRLEN];
+    const char *ip = f->client_ip ? f->client_ip : addr_format_host(f->client, ipbuf);
+    struct fwd_seen seen = {SLICE_NULL, SLICE_NULL, false, false, false};
+    int rc = put_request_line(out, h, f);
+    rc = rc ? rc : put_fields(out, h, f, &seen);
+    rc = rc ? rc : put_x_forwarded(out, f, ip, &seen);
+    rc = rc ? rc : put_forwarded(out, f, ip, &seen);
     if (!rc && f->upgrade) {
         rc = puts_(out, "\r\nConnection: upgrade\r\nUpgrade: ");
         rc = rc ? rc : put_slice(out, http_head_get(h, "upgrade"));
@@ -229,9 +277,8 @@ ssize_t http_location_rewrite(struct slice v, const struct http_back *b, char *o
     struct slice np = pl ? slice_make(p2, (size_t)pl) : path;
     int n;
     if (absolute)
-        n = snprintf(out, cap, "%s://%.*s%.*s", b->tls ? "https" : "http",
-                     (int)b->client_host.len, (const char *)b->client_host.p, (int)np.len,
-                     (const char *)np.p);
+        n = snprintf(out, cap, "%s://%.*s%.*s", b->tls ? "https" : "http", (int)b->client_host.len,
+                     (const char *)b->client_host.p, (int)np.len, (const char *)np.p);
     else
         n = snprintf(out, cap, "%.*s", (int)np.len, (const char *)np.p);
     if (n <= 0 || (size_t)n >= cap)
@@ -281,28 +328,50 @@ int http_response_build(const struct http_head *h, const struct http_back *b, st
 const char *http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 301: return "Moved Permanently";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 301:
+        return "Moved Permanently";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 

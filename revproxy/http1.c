@@ -13,11 +13,11 @@ enum { ST_IDLE, ST_HEAD, ST_BODY, ST_DONE };
  * 7.1, CRLF only), skipping chunk data by count, and with the trailer section told apart
  * so the proxy can drop it. */
 enum {
-    CK_SIZE,     /* chunk-size digits */
-    CK_SIZE_WS,  /* BWS after the digits: only ';' or CR may follow */
-    CK_EXT,      /* chunk-ext up to CR */
-    CK_SIZE_LF,  /* CR of the size line seen */
-    CK_DATA,     /* chunk data: left bytes */
+    CK_SIZE,    /* chunk-size digits */
+    CK_SIZE_WS, /* BWS after the digits: only ';' or CR may follow */
+    CK_EXT,     /* chunk-ext up to CR */
+    CK_SIZE_LF, /* CR of the size line seen */
+    CK_DATA,    /* chunk data: left bytes */
     CK_DATA_CR,
     CK_DATA_LF,
     CK_TR_START, /* start of a trailer line, or of the final CRLF */
@@ -27,8 +27,8 @@ enum {
     CK_END_LF,   /* CR of the final empty line seen */
 };
 
-#define CHUNK_LINE_MAX 4096   /* a chunk-size line with its extensions */
-#define CHUNK_DIGITS_MAX 15   /* significant hex digits: sizes below 2^60 */
+#define CHUNK_LINE_MAX 4096 /* a chunk-size line with its extensions */
+#define CHUNK_DIGITS_MAX 15 /* significant hex digits: sizes below 2^60 */
 
 struct http_reader {
     http_parser hp;
@@ -38,16 +38,16 @@ struct http_reader {
     bool paused_done;
     bool field_open; /* the last header callback was a field (name) */
     bool too_many;
-    bool fold_sp;    /* an obs-fold ended the value so far: one SP before more text */
+    bool fold_sp;               /* an obs-fold ended the value so far: one SP before more text */
     const uint8_t *val_raw_end; /* where the last value fragment ended in the raw bytes */
-    int ck;          /* CK_* while framing a chunked request body */
+    int ck;                     /* CK_* while framing a chunked request body */
     uint64_t ck_left;
     uint32_t ck_line, ck_digits;
     size_t ck_trailer;
     const char *why; /* our own reason for a refusal (else http-parser's) */
     int refuse;      /* -errno for a refusal found in a callback */
     int state;
-    uint8_t *head;   /* head bytes of the current message */
+    uint8_t *head; /* head bytes of the current message */
     size_t head_cap, head_used;
     uint64_t body_bytes, max_body;
     struct http_head h;
@@ -84,17 +84,15 @@ static int on_status(http_parser *hp, const char *p, size_t len)
 /* tchar (RFC 9110 5.6.2): a table, as names are checked byte by byte */
 static const uint8_t tchar_tab[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 static inline bool is_tchar(uint8_t c)
@@ -271,8 +269,8 @@ static int on_headers_complete(http_parser *hp)
         r->ck_left = 0;
         r->ck_trailer = 0;
     }
-    bool skip = r->no_body || (!r->request && (h->status / 100 == 1 || h->status == 204 ||
-                                               h->status == 304));
+    bool skip = r->no_body ||
+                (!r->request && (h->status / 100 == 1 || h->status == 204 || h->status == 304));
     if (skip)
         h->has_body = false;
     else if (h->chunked)
@@ -447,6 +445,168 @@ static ssize_t feed_head(struct http_reader *r, const uint8_t *p, size_t len, un
     return (ssize_t)used;
 }
 
+/* What one byte of chunked framing did (or a negative errno, r->why set). */
+enum { CK_ON, CK_STOP, CK_END };
+
+static int ck_bad(struct http_reader *r, const char *why)
+{
+    r->why = why;
+    return -EBADMSG;
+}
+
+static int bad_size(struct http_reader *r)
+{
+    return ck_bad(r, "bad chunk size line");
+}
+
+/* A byte of a chunk-size's digits, or what ends them. */
+static int chunk_size_digit(struct http_reader *r, uint8_t c)
+{
+    int d = c >= '0' && c <= '9'                     ? c - '0'
+            : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10
+                                                     : -1;
+    if (++r->ck_line > CHUNK_LINE_MAX)
+        return bad_size(r);
+    if (d >= 0) {
+        if (r->ck_left || d)
+            r->ck_digits++;
+        if (r->ck_digits > CHUNK_DIGITS_MAX)
+            return bad_size(r);
+        r->ck_left = r->ck_left * 16 + (uint64_t)d;
+        return CK_ON;
+    }
+    if (r->ck_line == 1)
+        return bad_size(r); /* no digits */
+    if (c == '\r')
+        r->ck = CK_SIZE_LF;
+    else if (c == ';')
+        r->ck = CK_EXT;
+    else if (c == ' ' || c == '\t')
+        r->ck = CK_SIZE_WS;
+    else
+        return bad_size(r);
+    return CK_ON;
+}
+
+/* A chunk-size line's end: the chunk's data, or the last chunk's trailer section. */
+static int chunk_size_lf(struct http_reader *r, uint8_t c)
+{
+    if (c != '\n')
+        return bad_size(r);
+    r->ck_line = r->ck_digits = 0;
+    if (r->ck_left == 0) {
+        r->ck = CK_TR_START; /* last-chunk: the trailer section follows */
+        return CK_ON;
+    }
+    if (r->ck_left > r->max_body - r->body_bytes || r->body_bytes > r->max_body) {
+        r->why = "chunk over the body limit";
+        return -EFBIG;
+    }
+    r->ck = CK_DATA;
+    return CK_ON;
+}
+
+/* A byte of a chunk-size line after its digits, or of the CRLF after chunk data. */
+static int chunk_line_byte(struct http_reader *r, uint8_t c)
+{
+    switch (r->ck) {
+    case CK_SIZE:
+        return chunk_size_digit(r, c);
+    case CK_SIZE_WS:
+        if (++r->ck_line > CHUNK_LINE_MAX)
+            return bad_size(r);
+        if (c == ';')
+            r->ck = CK_EXT;
+        else if (c == '\r')
+            r->ck = CK_SIZE_LF;
+        else if (c != ' ' && c != '\t')
+            return bad_size(r);
+        return CK_ON;
+    case CK_EXT:
+        if (++r->ck_line > CHUNK_LINE_MAX)
+            return bad_size(r);
+        if (c == '\r')
+            r->ck = CK_SIZE_LF;
+        else if (!is_field_char(c))
+            return bad_size(r);
+        return CK_ON;
+    case CK_SIZE_LF:
+        return chunk_size_lf(r, c);
+    case CK_DATA_CR:
+        if (c != '\r')
+            return ck_bad(r, "chunk data not followed by CRLF");
+        r->ck = CK_DATA_LF;
+        return CK_ON;
+    default: /* CK_DATA_LF */
+        if (c != '\n')
+            return ck_bad(r, "chunk data not followed by CRLF");
+        r->ck = CK_SIZE;
+        return CK_ON;
+    }
+}
+
+/* A byte of the trailer section. drop: this call drops what it reads (field lines), so it
+ * stops before the final CRLF, which the next call forwards; a forwarding call stops
+ * before a field line. */
+static int chunk_trailer_byte(struct http_reader *r, uint8_t c, bool drop, unsigned *ev)
+{
+    switch (r->ck) {
+    case CK_TR_START:
+        if (c == '\r') {
+            if (drop)
+                return CK_STOP;
+            r->ck = CK_END_LF;
+            return CK_ON;
+        }
+        if (!drop)
+            return CK_STOP;
+        if (!is_tchar(c))
+            return ck_bad(r, "bad trailer section"); /* obs-fold, bare LF, or no name */
+        r->ck = CK_TR_NAME;
+        return CK_ON;
+    case CK_TR_NAME:
+        if (c == ':')
+            r->ck = CK_TR_VALUE;
+        else if (!is_tchar(c))
+            return ck_bad(r, "bad trailer section");
+        return CK_ON;
+    case CK_TR_VALUE:
+        if (c == '\r')
+            r->ck = CK_TR_LF;
+        else if (!is_field_char(c))
+            return ck_bad(r, "bad trailer section");
+        return CK_ON;
+    case CK_TR_LF:
+        if (c != '\n')
+            return ck_bad(r, "bad trailer section");
+        r->ck = CK_TR_START;
+        return CK_ON;
+    default: /* CK_END_LF */
+        if (c != '\n')
+            return ck_bad(r, "bad trailer section");
+        r->state = ST_DONE;
+        *ev |= HTTP_EV_DONE;
+        return CK_END;
+    }
+}
+
+static bool chunk_in_trailer(const struct http_reader *r)
+{
+    return r->ck == CK_TR_START || r->ck == CK_TR_NAME || r->ck == CK_TR_VALUE ||
+           r->ck == CK_TR_LF || r->ck == CK_END_LF;
+}
+
+/* Chunk data: as much of the chunk as there is. */
+static size_t chunk_data(struct http_reader *r, size_t avail)
+{
+    size_t k = avail < r->ck_left ? avail : (size_t)r->ck_left;
+    r->ck_left -= k;
+    r->body_bytes += k;
+    if (!r->ck_left)
+        r->ck = CK_DATA_CR;
+    return k;
+}
+
 /* One step of a chunked request body (see CK_*). Consumes at least one byte; a call
  * either forwards all its bytes or drops all of them (trailer field lines, *ev gets
  * HTTP_EV_DROP), so it stops where one turns into the other. */
@@ -456,141 +616,27 @@ static ssize_t feed_chunked(struct http_reader *r, const uint8_t *p, size_t len,
                 (r->ck == CK_TR_START && p[0] != '\r');
     size_t i = 0;
     while (i < len) {
-        uint8_t c = p[i];
-        switch (r->ck) {
-        case CK_SIZE: {
-            int d = c >= '0' && c <= '9' ? c - '0'
-                    : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (d >= 0) {
-                if (r->ck_left || d)
-                    r->ck_digits++;
-                if (r->ck_digits > CHUNK_DIGITS_MAX)
-                    goto bad_size;
-                r->ck_left = r->ck_left * 16 + (uint64_t)d;
-                break;
-            }
-            if (r->ck_line == 1)
-                goto bad_size; /* no digits */
-            if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (c == ';')
-                r->ck = CK_EXT;
-            else if (c == ' ' || c == '\t')
-                r->ck = CK_SIZE_WS;
-            else
-                goto bad_size;
-            break;
-        }
-        case CK_SIZE_WS:
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (c == ';')
-                r->ck = CK_EXT;
-            else if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (c != ' ' && c != '\t')
-                goto bad_size;
-            break;
-        case CK_EXT:
-            if (++r->ck_line > CHUNK_LINE_MAX)
-                goto bad_size;
-            if (c == '\r')
-                r->ck = CK_SIZE_LF;
-            else if (!is_field_char(c))
-                goto bad_size;
-            break;
-        case CK_SIZE_LF:
-            if (c != '\n')
-                goto bad_size;
-            r->ck_line = r->ck_digits = 0;
-            if (r->ck_left == 0) {
-                r->ck = CK_TR_START; /* last-chunk: the trailer section follows */
-                break;
-            }
-            if (r->ck_left > r->max_body - r->body_bytes || r->body_bytes > r->max_body) {
-                r->why = "chunk over the body limit";
-                return -EFBIG;
-            }
-            r->ck = CK_DATA;
-            break;
-        case CK_DATA: {
-            size_t k = len - i < r->ck_left ? len - i : (size_t)r->ck_left;
-            r->ck_left -= k;
-            r->body_bytes += k;
-            i += k;
-            if (!r->ck_left)
-                r->ck = CK_DATA_CR;
+        if (r->ck == CK_DATA) {
+            i += chunk_data(r, len - i);
             continue;
         }
-        case CK_DATA_CR:
-            if (c != '\r')
-                goto bad_data;
-            r->ck = CK_DATA_LF;
+        int st =
+            chunk_in_trailer(r) ? chunk_trailer_byte(r, p[i], drop, ev) : chunk_line_byte(r, p[i]);
+        if (st < 0)
+            return st;
+        if (st == CK_STOP)
             break;
-        case CK_DATA_LF:
-            if (c != '\n')
-                goto bad_data;
-            r->ck = CK_SIZE;
-            break;
-        case CK_TR_START:
-            if (c == '\r') {
-                if (drop)
-                    goto out; /* the final CRLF is forwarded, by the next call */
-                r->ck = CK_END_LF;
-                break;
-            }
-            if (!drop)
-                goto out;
-            if (!is_tchar(c))
-                goto bad_trailer; /* obs-fold, bare LF, or no name */
-            r->ck = CK_TR_NAME;
-            break;
-        case CK_TR_NAME:
-            if (c == ':')
-                r->ck = CK_TR_VALUE;
-            else if (!is_tchar(c))
-                goto bad_trailer;
-            break;
-        case CK_TR_VALUE:
-            if (c == '\r')
-                r->ck = CK_TR_LF;
-            else if (!is_field_char(c))
-                goto bad_trailer;
-            break;
-        case CK_TR_LF:
-            if (c != '\n')
-                goto bad_trailer;
-            r->ck = CK_TR_START;
-            break;
-        case CK_END_LF:
-            if (c != '\n')
-                goto bad_trailer;
-            r->state = ST_DONE;
-            *ev |= HTTP_EV_DONE;
-            i++;
-            goto out;
-        }
         i++;
+        if (st == CK_END)
+            break;
         if (drop && ++r->ck_trailer > r->head_cap) {
             r->why = "trailer section too large";
             return -EMSGSIZE;
         }
     }
-out:
     if (drop)
         *ev |= HTTP_EV_DROP;
     return (ssize_t)i;
-bad_size:
-    r->why = "bad chunk size line";
-    return -EBADMSG;
-bad_data:
-    r->why = "chunk data not followed by CRLF";
-    return -EBADMSG;
-bad_trailer:
-    r->why = "bad trailer section";
-    return -EBADMSG;
 }
 
 ssize_t http_reader_feed(struct http_reader *r, const uint8_t *p, size_t len, unsigned *ev)

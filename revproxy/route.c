@@ -25,6 +25,52 @@ static bool is_dot_segment(const uint8_t *p, size_t n)
     return dots == 1 || dots == 2;
 }
 
+/* absolute-form (RFC 9112 3.2.2): the authority goes to t->host. Returns where the path
+ * starts, end when the target is complete (no path: "/"), or NULL when refused. */
+static const uint8_t *target_absolute(struct slice url, struct rp_target *t)
+{
+    const uint8_t *p = url.p, *end = url.p + url.len;
+    size_t skip;
+    if (url.len > 7 && strncasecmp((const char *)p, "http://", 7) == 0)
+        skip = 7;
+    else if (url.len > 8 && strncasecmp((const char *)p, "https://", 8) == 0)
+        skip = 8;
+    else
+        return NULL; /* "*", authority-form, other schemes */
+    const uint8_t *h = p + skip, *q = h;
+    while (q < end && *q != '/' && *q != '?')
+        q++;
+    if (q == h)
+        return NULL;
+    t->host = slice_make(h, (size_t)(q - h));
+    if (q == end || *q == '?') {
+        t->path = slice_str("/");
+        t->query = slice_make(q, (size_t)(end - q));
+        return end;
+    }
+    return q;
+}
+
+/* Segment checks: no "." or ".." (also %2e-encoded), no encoded '/', '\' or NUL. */
+static bool path_safe(struct slice path)
+{
+    const uint8_t *s = path.p + 1, *pe = path.p + path.len;
+    while (s <= pe) {
+        const uint8_t *e = s;
+        while (e < pe && *e != '/')
+            e++;
+        if (is_dot_segment(s, (size_t)(e - s)))
+            return false;
+        s = e + 1;
+    }
+    for (const uint8_t *c = path.p; c + 2 < pe; c++)
+        if (c[0] == '%' &&
+            ((c[1] == '0' && c[2] == '0') || (c[1] == '2' && (c[2] == 'f' || c[2] == 'F')) ||
+             (c[1] == '5' && (c[2] == 'c' || c[2] == 'C'))))
+            return false;
+    return true;
+}
+
 int rp_target_parse(struct slice url, struct rp_target *t)
 {
     *t = (struct rp_target){SLICE_NULL, SLICE_NULL, SLICE_NULL};
@@ -32,25 +78,11 @@ int rp_target_parse(struct slice url, struct rp_target *t)
     if (url.len == 0)
         return -EBADMSG;
     if (p[0] != '/') {
-        size_t skip;
-        if (url.len > 7 && strncasecmp((const char *)p, "http://", 7) == 0)
-            skip = 7;
-        else if (url.len > 8 && strncasecmp((const char *)p, "https://", 8) == 0)
-            skip = 8;
-        else
-            return -EBADMSG; /* "*", authority-form, other schemes */
-        const uint8_t *h = p + skip, *q = h;
-        while (q < end && *q != '/' && *q != '?')
-            q++;
-        if (q == h)
+        p = target_absolute(url, t);
+        if (!p)
             return -EBADMSG;
-        t->host = slice_make(h, (size_t)(q - h));
-        p = q;
-        if (p == end || *p == '?') {
-            t->path = slice_str("/");
-            t->query = slice_make(p, (size_t)(end - p));
+        if (p == end)
             return 0;
-        }
     }
     const uint8_t *q = p;
     while (q < end && *q != '?' && *q != '#')
@@ -60,22 +92,7 @@ int rp_target_parse(struct slice url, struct rp_target *t)
     while (f < end && *f != '#')
         f++;
     t->query = slice_make(q, (size_t)(f - q));
-    /* Segment checks: no "." or ".." (also %2e-encoded), no encoded '/' or NUL. */
-    const uint8_t *s = t->path.p + 1, *pe = t->path.p + t->path.len;
-    while (s <= pe) {
-        const uint8_t *e = s;
-        while (e < pe && *e != '/')
-            e++;
-        if (is_dot_segment(s, (size_t)(e - s)))
-            return -EBADMSG;
-        s = e + 1;
-    }
-    for (const uint8_t *c = t->path.p; c + 2 < pe; c++)
-        if (c[0] == '%' && ((c[1] == '0' && c[2] == '0') ||
-                            (c[1] == '2' && (c[2] == 'f' || c[2] == 'F')) ||
-                            (c[1] == '5' && (c[2] == 'c' || c[2] == 'C'))))
-            return -EBADMSG;
-    return 0;
+    return path_safe(t->path) ? 0 : -EBADMSG;
 }
 
 struct slice rp_host_strip_port(struct slice host)
@@ -134,8 +151,8 @@ int rp_route_match(const struct rp_route *routes, size_t n, struct slice host, s
     return best;
 }
 
-ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query,
-                         char *out, size_t cap)
+ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query, char *out,
+                         size_t cap)
 {
     size_t pl = strlen(r->prefix);
     const char *head = r->rewrite ? r->rewrite : r->prefix;
@@ -164,8 +181,8 @@ ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *ou
     if (!r->rewrite || !prefix_matches(r->rewrite, path))
         return 0;
     size_t rl = strlen(r->rewrite);
-    int n = snprintf(out, cap, "%s%.*s", r->prefix, (int)(path.len - rl),
-                     (const char *)path.p + rl);
+    int n =
+        snprintf(out, cap, "%s%.*s", r->prefix, (int)(path.len - rl), (const char *)path.p + rl);
     if (n < 0 || (size_t)n >= cap)
         return -ENOSPC;
     return n;

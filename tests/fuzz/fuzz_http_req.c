@@ -1,7 +1,7 @@
 // fuzz-sources: revproxy/http1.c revproxy/route.c revproxy/headers.c common/util.c common/addr.c
 /* Request head + routing path of the reverse proxy: the input is split into feeds at the
  * positions its first byte picks, parsed as pipelined requests, each head routed,
- * rewritten and rebuilt as the upstream request, the way proxy.c does it. */
+ * rewritten and rebuilt as the upstream request, the way revproxy/exchange.c does it. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
