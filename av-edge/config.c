@@ -259,6 +259,67 @@ static char *strdup_ok(const char *s, bool *ok)
     return d;
 }
 
+/* The addresses the edge is reached at, denied as peers, into own; returns how many. */
+static size_t own_addresses(const struct av_config *c, struct addr *own)
+{
+    size_t k = 0;
+    const struct av_side_cfg *sides[2] = {&c->external, &c->internal};
+    for (size_t i = 0; i < c->relay.n_addresses; i++)
+        own[k++] = c->relay.addresses[i];
+    for (int s = 0; s < 2; s++) {
+        for (size_t i = 0; i < sides[s]->n_listen; i++)
+            own[k++] = sides[s]->listen[i];
+        for (size_t i = 0; i < sides[s]->n_tls_listen; i++)
+            own[k++] = sides[s]->tls_listen[i];
+        for (size_t i = 0; i < sides[s]->n_tcp_listen; i++)
+            own[k++] = sides[s]->tcp_listen[i];
+    }
+    /* Every address the edge listens on is a denied peer, the admin listener's and the
+     * control channel's (the Director it talks to) included, not only the TURN ones. */
+    if (addr_family(&c->base.admin.listen) && !addr_is_any(&c->base.admin.listen))
+        own[k++] = c->base.admin.listen;
+    if (c->director.enabled && !addr_is_any(&c->director.address))
+        own[k++] = c->director.address;
+    return k;
+}
+
+/* The TURN view of c, pointing into rt's copies; n_own addresses in rt->own. */
+static void turn_cfg_fill(const struct av_config *c, struct av_runtime *rt, size_t n_own)
+{
+    struct av_turn_cfg *t = &rt->turn;
+    t->realm = rt->realm;
+    t->software = rt->software;
+    t->default_lifetime_s = (uint32_t)(c->limits.default_lifetime_ms / 1000);
+    t->max_lifetime_s = (uint32_t)(c->limits.max_lifetime_ms / 1000);
+    t->perm_lifetime_s = (uint32_t)(c->limits.permission_lifetime_ms / 1000);
+    t->chan_lifetime_s = (uint32_t)(c->limits.channel_lifetime_ms / 1000);
+    t->nonce_lifetime_s = (uint32_t)(c->auth.nonce_lifetime_ms / 1000);
+    t->user_quota = c->limits.user_quota;
+    t->total_quota = c->limits.total_quota;
+    t->max_perms = c->limits.max_permissions;
+    t->cred_quota = c->limits.cred_quota;
+    t->new_peers_per_s = c->limits.new_peers_per_s;
+    t->pps_per_alloc = c->limits.pps_per_alloc;
+    t->bps_per_alloc = c->limits.bandwidth_per_allocation;
+    t->bps_per_user = c->limits.bandwidth_per_user;
+    t->internal_nets = rt->internal_nets;
+    t->n_internal_nets = c->n_internal_networks;
+    t->allow_peers = rt->allow_peers;
+    t->n_allow_peers = c->external.n_allow_peers;
+    t->own = rt->own;
+    t->n_own = n_own;
+    t->users = rt->users;
+    t->n_users = c->auth.n_users;
+    t->tcp_relay = c->relay.tcp; /* RFC 6062, for clients on TCP/TLS control connections */
+    t->strict_amplification = c->auth.strict_amplification;
+    for (size_t i = 0; i < c->relay.n_addresses; i++) {
+        if (addr_family(&c->relay.addresses[i]) == AF_INET6)
+            t->have_v6 = true;
+        else
+            t->have_v4 = true;
+    }
+}
+
 int av_runtime_build(const struct av_config *c, struct av_runtime **out)
 {
     /* Everything is copied: the config is freed after a reload while workers on other
@@ -281,24 +342,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
         av_runtime_free(rt);
         return -ENOMEM;
     }
-    size_t k = 0;
-    const struct av_side_cfg *sides[2] = {&c->external, &c->internal};
-    for (size_t i = 0; i < c->relay.n_addresses; i++)
-        rt->own[k++] = c->relay.addresses[i];
-    for (int s = 0; s < 2; s++) {
-        for (size_t i = 0; i < sides[s]->n_listen; i++)
-            rt->own[k++] = sides[s]->listen[i];
-        for (size_t i = 0; i < sides[s]->n_tls_listen; i++)
-            rt->own[k++] = sides[s]->tls_listen[i];
-        for (size_t i = 0; i < sides[s]->n_tcp_listen; i++)
-            rt->own[k++] = sides[s]->tcp_listen[i];
-    }
-    /* Every address the edge listens on is a denied peer, the admin listener's and the
-     * control channel's (the Director it talks to) included, not only the TURN ones. */
-    if (addr_family(&c->base.admin.listen) && !addr_is_any(&c->base.admin.listen))
-        rt->own[k++] = c->base.admin.listen;
-    if (c->director.enabled && !addr_is_any(&c->director.address))
-        rt->own[k++] = c->director.address;
+    size_t k = own_addresses(c, rt->own);
     for (size_t i = 0; i < c->auth.n_users; i++) {
         rt->users[i].name = strdup_ok(c->auth.users[i].name, &ok);
         stun_key_long_term(slice_str(c->auth.users[i].name), slice_str(rt->realm),
@@ -308,38 +352,7 @@ int av_runtime_build(const struct av_config *c, struct av_runtime **out)
         av_runtime_free(rt);
         return -ENOMEM;
     }
-    struct av_turn_cfg *t = &rt->turn;
-    t->realm = rt->realm;
-    t->software = rt->software;
-    t->default_lifetime_s = (uint32_t)(c->limits.default_lifetime_ms / 1000);
-    t->max_lifetime_s = (uint32_t)(c->limits.max_lifetime_ms / 1000);
-    t->perm_lifetime_s = (uint32_t)(c->limits.permission_lifetime_ms / 1000);
-    t->chan_lifetime_s = (uint32_t)(c->limits.channel_lifetime_ms / 1000);
-    t->nonce_lifetime_s = (uint32_t)(c->auth.nonce_lifetime_ms / 1000);
-    t->user_quota = c->limits.user_quota;
-    t->total_quota = c->limits.total_quota;
-    t->max_perms = c->limits.max_permissions;
-    t->cred_quota = c->limits.cred_quota;
-    t->new_peers_per_s = c->limits.new_peers_per_s;
-    t->pps_per_alloc = c->limits.pps_per_alloc;
-    t->bps_per_alloc = c->limits.bandwidth_per_allocation;
-    t->bps_per_user = c->limits.bandwidth_per_user;
-    t->internal_nets = rt->internal_nets;
-    t->n_internal_nets = c->n_internal_networks;
-    t->allow_peers = rt->allow_peers;
-    t->n_allow_peers = c->external.n_allow_peers;
-    t->own = rt->own;
-    t->n_own = k;
-    t->users = rt->users;
-    t->n_users = c->auth.n_users;
-    t->tcp_relay = c->relay.tcp; /* RFC 6062, for clients on TCP/TLS control connections */
-    t->strict_amplification = c->auth.strict_amplification;
-    for (size_t i = 0; i < c->relay.n_addresses; i++) {
-        if (addr_family(&c->relay.addresses[i]) == AF_INET6)
-            t->have_v6 = true;
-        else
-            t->have_v4 = true;
-    }
+    turn_cfg_fill(c, rt, k);
     *out = rt;
     return 0;
 }
