@@ -27,10 +27,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,8 +65,8 @@ struct client {
     struct addr server, relay, mapped;
     char user[128], pass[64], realm[128], nonce[128];
     uint8_t key[16];
-    uint32_t lifetime;     /* allocation lifetime the server granted (s) */
-    bool has_peer;         /* permission and channel for peer (the internal user) */
+    uint32_t lifetime; /* allocation lifetime the server granted (s) */
+    bool has_peer;     /* permission and channel for peer (the internal user) */
     struct addr peer;
     double due[JOB_COUNT]; /* when each refresh is due (monotonic s) */
     enum job job;          /* in flight */
@@ -288,8 +288,9 @@ static const char *const job_name[JOB_COUNT] = {"", "allocation", "permission", 
 /* The next refresh of a job at half its lifetime: a lost answer or two still leave time. */
 static void job_schedule(struct client *c, enum job j, double now, const struct opts *o)
 {
-    double life = j == JOB_ALLOCATION ? (double)c->lifetime
-                  : j == JOB_PERMISSION ? o->perm_lifetime : o->chan_lifetime;
+    double life = j == JOB_ALLOCATION   ? (double)c->lifetime
+                  : j == JOB_PERMISSION ? o->perm_lifetime
+                                        : o->chan_lifetime;
     c->due[j] = now + life / 2.0;
 }
 
@@ -298,10 +299,17 @@ static void job_send(struct client *c)
     crypto_random(c->job_tid, sizeof(c->job_tid));
     c->job_sent = now_s();
     switch (c->job) {
-    case JOB_ALLOCATION: send_request(c, STUN_REFRESH, NULL, 0, c->lifetime, c->job_tid); break;
-    case JOB_PERMISSION: send_request(c, STUN_CREATE_PERMISSION, &c->peer, 0, -1, c->job_tid); break;
-    case JOB_CHANNEL: send_request(c, STUN_CHANNEL_BIND, &c->peer, CHANNEL, -1, c->job_tid); break;
-    default: break;
+    case JOB_ALLOCATION:
+        send_request(c, STUN_REFRESH, NULL, 0, c->lifetime, c->job_tid);
+        break;
+    case JOB_PERMISSION:
+        send_request(c, STUN_CREATE_PERMISSION, &c->peer, 0, -1, c->job_tid);
+        break;
+    case JOB_CHANNEL:
+        send_request(c, STUN_CHANNEL_BIND, &c->peer, CHANNEL, -1, c->job_tid);
+        break;
+    default:
+        break;
     }
 }
 
@@ -378,7 +386,8 @@ static void srtp_pair(struct dir *d, uint32_t ssrc)
     p.window_size = 1024;
     p.ssrc.type = ssrc_specific;
     p.ssrc.value = ssrc;
-    if (srtp_create(&d->tx, &p) != srtp_err_status_ok || srtp_create(&d->rx, &p) != srtp_err_status_ok)
+    if (srtp_create(&d->tx, &p) != srtp_err_status_ok ||
+        srtp_create(&d->rx, &p) != srtp_err_status_ok)
         die("srtp_create failed");
     d->ssrc = ssrc;
 }
@@ -451,31 +460,69 @@ static void usage(void)
 /* The command line into o; usage() (exit 2) on anything missing or out of range. */
 static void parse_opts(int argc, char **argv, struct opts *o)
 {
-    static const struct option lo[] = {
-        {"external", 1, 0, 'e'}, {"internal", 1, 0, 'i'}, {"secret", 1, 0, 's'},
-        {"user", 1, 0, 'u'},     {"password", 1, 0, 'p'}, {"streams", 1, 0, 'n'},
-        {"rate", 1, 0, 'r'},     {"seconds", 1, 0, 't'},  {"size", 1, 0, 'z'},
-        {"help", 0, 0, 'h'},     {"external-user", 1, 0, 'U'}, {"external-password", 1, 0, 'P'},
-        {"external-netns", 1, 0, 'N'}, {"permission-lifetime", 1, 0, 'L'},
-        {"channel-lifetime", 1, 0, 'C'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {{"external", 1, 0, 'e'},
+                                       {"internal", 1, 0, 'i'},
+                                       {"secret", 1, 0, 's'},
+                                       {"user", 1, 0, 'u'},
+                                       {"password", 1, 0, 'p'},
+                                       {"streams", 1, 0, 'n'},
+                                       {"rate", 1, 0, 'r'},
+                                       {"seconds", 1, 0, 't'},
+                                       {"size", 1, 0, 'z'},
+                                       {"help", 0, 0, 'h'},
+                                       {"external-user", 1, 0, 'U'},
+                                       {"external-password", 1, 0, 'P'},
+                                       {"external-netns", 1, 0, 'N'},
+                                       {"permission-lifetime", 1, 0, 'L'},
+                                       {"channel-lifetime", 1, 0, 'C'},
+                                       {0, 0, 0, 0}};
     bool have_ext = false, have_in = false;
     for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
         switch (c) {
-        case 'e': have_ext = addr_parse(&o->ext, optarg, 3478) == 0; break;
-        case 'i': have_in = addr_parse(&o->in, optarg, 3478) == 0; break;
-        case 's': o->secret = optarg; break;
-        case 'u': o->user = optarg; break;
-        case 'p': o->password = optarg; break;
-        case 'n': o->streams = atoi(optarg); break;
-        case 'r': o->rate = atoi(optarg); break;
-        case 't': o->seconds = atof(optarg); break;
-        case 'z': o->size = atoi(optarg); break;
-        case 'U': o->ext_user = optarg; break;
-        case 'P': o->ext_password = optarg; break;
-        case 'N': o->ext_netns = optarg; break;
-        case 'L': o->perm_lifetime = atof(optarg); break;
-        case 'C': o->chan_lifetime = atof(optarg); break;
-        default: usage();
+        case 'e':
+            have_ext = addr_parse(&o->ext, optarg, 3478) == 0;
+            break;
+        case 'i':
+            have_in = addr_parse(&o->in, optarg, 3478) == 0;
+            break;
+        case 's':
+            o->secret = optarg;
+            break;
+        case 'u':
+            o->user = optarg;
+            break;
+        case 'p':
+            o->password = optarg;
+            break;
+        case 'n':
+            o->streams = atoi(optarg);
+            break;
+        case 'r':
+            o->rate = atoi(optarg);
+            break;
+        case 't':
+            o->seconds = atof(optarg);
+            break;
+        case 'z':
+            o->size = atoi(optarg);
+            break;
+        case 'U':
+            o->ext_user = optarg;
+            break;
+        case 'P':
+            o->ext_password = optarg;
+            break;
+        case 'N':
+            o->ext_netns = optarg;
+            break;
+        case 'L':
+            o->perm_lifetime = atof(optarg);
+            break;
+        case 'C':
+            o->chan_lifetime = atof(optarg);
+            break;
+        default:
+            usage();
         }
     }
     if (!have_ext || !have_in || (!o->secret && (!o->user || !o->password)))
@@ -507,8 +554,8 @@ static void stream_setup(struct stream *s, int i, const struct opts *o)
     code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, -1, 1.0, 4, resp,
                     sizeof(resp), &m);
     if (!code)
-        code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, -1, 1.0, 4,
-                        resp, sizeof(resp), &m);
+        code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, -1, 1.0, 4, resp,
+                        sizeof(resp), &m);
     if (code)
         fprintf(stderr, "av-probe: permission for the external user failed: %d\n", code), exit(2);
     s->in.has_peer = true;
@@ -651,7 +698,11 @@ static int report(struct stream *st, const struct opts *o)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.streams = 1, .rate = 50, .seconds = 5, .size = 160, .perm_lifetime = 300,
+    struct opts o = {.streams = 1,
+                     .rate = 50,
+                     .seconds = 5,
+                     .size = 160,
+                     .perm_lifetime = 300,
                      .chan_lifetime = 600};
     parse_opts(argc, argv, &o);
     if (srtp_init() != srtp_err_status_ok)

@@ -427,24 +427,42 @@ ssize_t stun_build_finish(struct stun_builder *b)
 const char *stun_reason(int code)
 {
     switch (code) {
-    case 300: return "Try Alternate";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 405: return "Mobility Forbidden";
-    case 420: return "Unknown Attribute";
-    case 437: return "Allocation Mismatch";
-    case 438: return "Stale Nonce";
-    case 440: return "Address Family not Supported";
-    case 441: return "Wrong Credentials";
-    case 442: return "Unsupported Transport Protocol";
-    case 443: return "Peer Address Family Mismatch";
-    case 446: return "Connection Already Exists";
-    case 447: return "Connection Timeout or Failure";
-    case 486: return "Allocation Quota Reached";
-    case 500: return "Server Error";
-    case 508: return "Insufficient Capacity";
-    default: return "Error";
+    case 300:
+        return "Try Alternate";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 405:
+        return "Mobility Forbidden";
+    case 420:
+        return "Unknown Attribute";
+    case 437:
+        return "Allocation Mismatch";
+    case 438:
+        return "Stale Nonce";
+    case 440:
+        return "Address Family not Supported";
+    case 441:
+        return "Wrong Credentials";
+    case 442:
+        return "Unsupported Transport Protocol";
+    case 443:
+        return "Peer Address Family Mismatch";
+    case 446:
+        return "Connection Already Exists";
+    case 447:
+        return "Connection Timeout or Failure";
+    case 486:
+        return "Allocation Quota Reached";
+    case 500:
+        return "Server Error";
+    case 508:
+        return "Insufficient Capacity";
+    default:
+        return "Error";
     }
 }
 

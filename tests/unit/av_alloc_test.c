@@ -5,9 +5,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cmocka.h>
+
 #include <stdio.h>
 #include <string.h>
-#include <cmocka.h>
 
 #include "av-edge/alloc.h"
 
