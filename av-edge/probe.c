@@ -457,27 +457,43 @@ static void usage(void)
     exit(2);
 }
 
+/* av-probe's options: see usage(). */
+static const struct option long_opts[] = {{"external", 1, 0, 'e'},
+                                          {"internal", 1, 0, 'i'},
+                                          {"secret", 1, 0, 's'},
+                                          {"user", 1, 0, 'u'},
+                                          {"password", 1, 0, 'p'},
+                                          {"streams", 1, 0, 'n'},
+                                          {"rate", 1, 0, 'r'},
+                                          {"seconds", 1, 0, 't'},
+                                          {"size", 1, 0, 'z'},
+                                          {"help", 0, 0, 'h'},
+                                          {"external-user", 1, 0, 'U'},
+                                          {"external-password", 1, 0, 'P'},
+                                          {"external-netns", 1, 0, 'N'},
+                                          {"permission-lifetime", 1, 0, 'L'},
+                                          {"channel-lifetime", 1, 0, 'C'},
+                                          {0, 0, 0, 0}};
+
+/* The options are all there and in range, and the external user's credentials come in
+ * pairs. */
+static bool opts_valid(const struct opts *o)
+{
+    if (!o->secret && (!o->user || !o->password))
+        return false;
+    if (o->streams < 1 || o->streams > 500 || o->rate < 1 || o->rate > 1000 || o->seconds <= 0 ||
+        o->seconds > 3600 || o->size < 16 || o->size > 1200)
+        return false;
+    if (!o->ext_user != !o->ext_password || o->perm_lifetime < 1 || o->chan_lifetime < 1)
+        return false;
+    return true;
+}
+
 /* The command line into o; usage() (exit 2) on anything missing or out of range. */
 static void parse_opts(int argc, char **argv, struct opts *o)
 {
-    static const struct option lo[] = {{"external", 1, 0, 'e'},
-                                       {"internal", 1, 0, 'i'},
-                                       {"secret", 1, 0, 's'},
-                                       {"user", 1, 0, 'u'},
-                                       {"password", 1, 0, 'p'},
-                                       {"streams", 1, 0, 'n'},
-                                       {"rate", 1, 0, 'r'},
-                                       {"seconds", 1, 0, 't'},
-                                       {"size", 1, 0, 'z'},
-                                       {"help", 0, 0, 'h'},
-                                       {"external-user", 1, 0, 'U'},
-                                       {"external-password", 1, 0, 'P'},
-                                       {"external-netns", 1, 0, 'N'},
-                                       {"permission-lifetime", 1, 0, 'L'},
-                                       {"channel-lifetime", 1, 0, 'C'},
-                                       {0, 0, 0, 0}};
     bool have_ext = false, have_in = false;
-    for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", long_opts, NULL)) != -1;) {
         switch (c) {
         case 'e':
             have_ext = addr_parse(&o->ext, optarg, 3478) == 0;
@@ -525,12 +541,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
             usage();
         }
     }
-    if (!have_ext || !have_in || (!o->secret && (!o->user || !o->password)))
-        usage();
-    if (o->streams < 1 || o->streams > 500 || o->rate < 1 || o->rate > 1000 || o->seconds <= 0 ||
-        o->seconds > 3600 || o->size < 16 || o->size > 1200)
-        usage();
-    if (!o->ext_user != !o->ext_password || o->perm_lifetime < 1 || o->chan_lifetime < 1)
+    if (!have_ext || !have_in || !opts_valid(o))
         usage();
 }
 
