@@ -3,8 +3,8 @@
 #include "av-edge/alloc.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -487,9 +487,17 @@ void av_alloc_foreach(struct av_alloc_table *t, void (*fn)(struct av_alloc *a, v
 
 void av_alloc_clear(struct av_alloc_table *t)
 {
-    for (size_t i = 0; i <= t->allocs.mask; i++)
-        while (t->allocs.b[i])
-            av_alloc_remove(t, container_of(t->allocs.b[i], struct av_alloc, node));
+    /* By the saved next node: the on_free hook removes no other allocation, and the chain's
+     * head is not read again once its allocation is freed (the analyzer cannot tell that
+     * av_alloc_remove unlinked it from this very bucket). */
+    for (size_t i = 0; i <= t->allocs.mask; i++) {
+        struct av_hnode *n = t->allocs.b[i];
+        while (n) {
+            struct av_hnode *next = n->next;
+            av_alloc_remove(t, container_of(n, struct av_alloc, node));
+            n = next;
+        }
+    }
     while (t->resv_list) {
         struct av_resv *r = t->resv_list;
         void *h = r->handle;

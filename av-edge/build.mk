@@ -1,8 +1,12 @@
 # av-edge/: the STUN/TURN media relay, its unit tests, the load generator and av-probe.
-AV_SRCS := $(filter-out av-edge/main.c av-edge/probe.c,$(wildcard av-edge/*.c))
+# The daemon's wiring (main.c and the modules its start/stop sequence calls) is linked into
+# the daemon only; the relay's modules (AV_OBJS) into the unit tests too.
+AV_DAEMON_SRCS := av-edge/main.c av-edge/edge.c av-edge/threads.c av-edge/director_link.c \
+                  av-edge/drain.c
+AV_SRCS := $(filter-out $(AV_DAEMON_SRCS) av-edge/probe.c,$(wildcard av-edge/*.c))
 AV_OBJS := $(AV_SRCS:%.c=$(OBJ)/%.o)
-$(OBJ)/av-edge/main.o: $(BUILD)/gen/version.h
-$(eval $(call daemon,av-edge,$(AV_OBJS) $(OBJ)/av-edge/main.o))
+$(OBJ)/av-edge/director_link.o: $(BUILD)/gen/version.h
+$(eval $(call daemon,av-edge,$(AV_OBJS) $(AV_DAEMON_SRCS:%.c=$(OBJ)/%.o)))
 $(foreach t,$(patsubst tests/unit/%.c,%,$(wildcard tests/unit/av_*_test.c)),$(eval $(call unit_test,$(t),$(AV_OBJS))))
 
 # turnload: our batching TURN load generator (tests/bench/turnload.c), used by bench-av.

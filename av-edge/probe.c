@@ -27,10 +27,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,8 +65,8 @@ struct client {
     struct addr server, relay, mapped;
     char user[128], pass[64], realm[128], nonce[128];
     uint8_t key[16];
-    uint32_t lifetime;     /* allocation lifetime the server granted (s) */
-    bool has_peer;         /* permission and channel for peer (the internal user) */
+    uint32_t lifetime; /* allocation lifetime the server granted (s) */
+    bool has_peer;     /* permission and channel for peer (the internal user) */
     struct addr peer;
     double due[JOB_COUNT]; /* when each refresh is due (monotonic s) */
     enum job job;          /* in flight */
@@ -288,8 +288,9 @@ static const char *const job_name[JOB_COUNT] = {"", "allocation", "permission", 
 /* The next refresh of a job at half its lifetime: a lost answer or two still leave time. */
 static void job_schedule(struct client *c, enum job j, double now, const struct opts *o)
 {
-    double life = j == JOB_ALLOCATION ? (double)c->lifetime
-                  : j == JOB_PERMISSION ? o->perm_lifetime : o->chan_lifetime;
+    double life = j == JOB_ALLOCATION   ? (double)c->lifetime
+                  : j == JOB_PERMISSION ? o->perm_lifetime
+                                        : o->chan_lifetime;
     c->due[j] = now + life / 2.0;
 }
 
@@ -298,10 +299,17 @@ static void job_send(struct client *c)
     crypto_random(c->job_tid, sizeof(c->job_tid));
     c->job_sent = now_s();
     switch (c->job) {
-    case JOB_ALLOCATION: send_request(c, STUN_REFRESH, NULL, 0, c->lifetime, c->job_tid); break;
-    case JOB_PERMISSION: send_request(c, STUN_CREATE_PERMISSION, &c->peer, 0, -1, c->job_tid); break;
-    case JOB_CHANNEL: send_request(c, STUN_CHANNEL_BIND, &c->peer, CHANNEL, -1, c->job_tid); break;
-    default: break;
+    case JOB_ALLOCATION:
+        send_request(c, STUN_REFRESH, NULL, 0, c->lifetime, c->job_tid);
+        break;
+    case JOB_PERMISSION:
+        send_request(c, STUN_CREATE_PERMISSION, &c->peer, 0, -1, c->job_tid);
+        break;
+    case JOB_CHANNEL:
+        send_request(c, STUN_CHANNEL_BIND, &c->peer, CHANNEL, -1, c->job_tid);
+        break;
+    default:
+        break;
     }
 }
 
@@ -378,7 +386,8 @@ static void srtp_pair(struct dir *d, uint32_t ssrc)
     p.window_size = 1024;
     p.ssrc.type = ssrc_specific;
     p.ssrc.value = ssrc;
-    if (srtp_create(&d->tx, &p) != srtp_err_status_ok || srtp_create(&d->rx, &p) != srtp_err_status_ok)
+    if (srtp_create(&d->tx, &p) != srtp_err_status_ok ||
+        srtp_create(&d->rx, &p) != srtp_err_status_ok)
         die("srtp_create failed");
     d->ssrc = ssrc;
 }
@@ -448,152 +457,227 @@ static void usage(void)
     exit(2);
 }
 
-int main(int argc, char **argv)
+/* av-probe's options: see usage(). */
+static const struct option long_opts[] = {{"external", 1, 0, 'e'},
+                                          {"internal", 1, 0, 'i'},
+                                          {"secret", 1, 0, 's'},
+                                          {"user", 1, 0, 'u'},
+                                          {"password", 1, 0, 'p'},
+                                          {"streams", 1, 0, 'n'},
+                                          {"rate", 1, 0, 'r'},
+                                          {"seconds", 1, 0, 't'},
+                                          {"size", 1, 0, 'z'},
+                                          {"help", 0, 0, 'h'},
+                                          {"external-user", 1, 0, 'U'},
+                                          {"external-password", 1, 0, 'P'},
+                                          {"external-netns", 1, 0, 'N'},
+                                          {"permission-lifetime", 1, 0, 'L'},
+                                          {"channel-lifetime", 1, 0, 'C'},
+                                          {0, 0, 0, 0}};
+
+/* The options are all there and in range, and the external user's credentials come in
+ * pairs. */
+static bool opts_valid(const struct opts *o)
 {
-    struct opts o = {.streams = 1, .rate = 50, .seconds = 5, .size = 160, .perm_lifetime = 300,
-                     .chan_lifetime = 600};
-    static const struct option lo[] = {
-        {"external", 1, 0, 'e'}, {"internal", 1, 0, 'i'}, {"secret", 1, 0, 's'},
-        {"user", 1, 0, 'u'},     {"password", 1, 0, 'p'}, {"streams", 1, 0, 'n'},
-        {"rate", 1, 0, 'r'},     {"seconds", 1, 0, 't'},  {"size", 1, 0, 'z'},
-        {"help", 0, 0, 'h'},     {"external-user", 1, 0, 'U'}, {"external-password", 1, 0, 'P'},
-        {"external-netns", 1, 0, 'N'}, {"permission-lifetime", 1, 0, 'L'},
-        {"channel-lifetime", 1, 0, 'C'}, {0, 0, 0, 0}};
+    if (!o->secret && (!o->user || !o->password))
+        return false;
+    if (o->streams < 1 || o->streams > 500 || o->rate < 1 || o->rate > 1000 || o->seconds <= 0 ||
+        o->seconds > 3600 || o->size < 16 || o->size > 1200)
+        return false;
+    if (!o->ext_user != !o->ext_password || o->perm_lifetime < 1 || o->chan_lifetime < 1)
+        return false;
+    return true;
+}
+
+/* The command line into o; usage() (exit 2) on anything missing or out of range. */
+static void parse_opts(int argc, char **argv, struct opts *o)
+{
     bool have_ext = false, have_in = false;
-    for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", lo, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "e:i:s:u:p:n:r:t:z:h", long_opts, NULL)) != -1;) {
         switch (c) {
-        case 'e': have_ext = addr_parse(&o.ext, optarg, 3478) == 0; break;
-        case 'i': have_in = addr_parse(&o.in, optarg, 3478) == 0; break;
-        case 's': o.secret = optarg; break;
-        case 'u': o.user = optarg; break;
-        case 'p': o.password = optarg; break;
-        case 'n': o.streams = atoi(optarg); break;
-        case 'r': o.rate = atoi(optarg); break;
-        case 't': o.seconds = atof(optarg); break;
-        case 'z': o.size = atoi(optarg); break;
-        case 'U': o.ext_user = optarg; break;
-        case 'P': o.ext_password = optarg; break;
-        case 'N': o.ext_netns = optarg; break;
-        case 'L': o.perm_lifetime = atof(optarg); break;
-        case 'C': o.chan_lifetime = atof(optarg); break;
-        default: usage();
+        case 'e':
+            have_ext = addr_parse(&o->ext, optarg, 3478) == 0;
+            break;
+        case 'i':
+            have_in = addr_parse(&o->in, optarg, 3478) == 0;
+            break;
+        case 's':
+            o->secret = optarg;
+            break;
+        case 'u':
+            o->user = optarg;
+            break;
+        case 'p':
+            o->password = optarg;
+            break;
+        case 'n':
+            o->streams = atoi(optarg);
+            break;
+        case 'r':
+            o->rate = atoi(optarg);
+            break;
+        case 't':
+            o->seconds = atof(optarg);
+            break;
+        case 'z':
+            o->size = atoi(optarg);
+            break;
+        case 'U':
+            o->ext_user = optarg;
+            break;
+        case 'P':
+            o->ext_password = optarg;
+            break;
+        case 'N':
+            o->ext_netns = optarg;
+            break;
+        case 'L':
+            o->perm_lifetime = atof(optarg);
+            break;
+        case 'C':
+            o->chan_lifetime = atof(optarg);
+            break;
+        default:
+            usage();
         }
     }
-    if (!have_ext || !have_in || (!o.secret && (!o.user || !o.password)) || o.streams < 1 ||
-        o.streams > 500 || o.rate < 1 || o.rate > 1000 || o.seconds <= 0 || o.seconds > 3600 ||
-        o.size < 16 || o.size > 1200 || !o.ext_user != !o.ext_password || o.perm_lifetime < 1 ||
-        o.chan_lifetime < 1)
+    if (!have_ext || !have_in || !opts_valid(o))
         usage();
-    if (srtp_init() != srtp_err_status_ok)
-        die("srtp_init failed");
+}
 
-    struct stream *st = calloc((size_t)o.streams, sizeof(*st));
-    char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
-    for (int i = 0; i < o.streams; i++) {
-        struct stream *s = &st[i];
-        if (client_open(&s->in, &o.in, &o, 2 * i, false) ||
-            client_open(&s->ext, &o.ext, &o, 2 * i + 1, true))
-            die(o.ext_netns ? "socket failed (is the --external-netns namespace there?)"
-                            : "socket failed");
-        int code = client_allocate(&s->in);
-        if (code)
-            fprintf(stderr, "av-probe: internal Allocate failed: %d\n", code), exit(2);
-        code = client_allocate(&s->ext);
-        if (code)
-            fprintf(stderr, "av-probe: external Allocate failed: %d\n", code), exit(2);
-        /* The internal user admits the external user's address. */
-        uint8_t resp[1500];
-        struct stun_msg m;
-        code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, -1, 1.0, 4, resp,
+/* Stream i's two allocations, the internal user's permission and channel for the external
+ * user's address, and its SRTP sessions; exits 2 on any failure. */
+static void stream_setup(struct stream *s, int i, const struct opts *o)
+{
+    if (client_open(&s->in, &o->in, o, 2 * i, false) ||
+        client_open(&s->ext, &o->ext, o, 2 * i + 1, true))
+        die(o->ext_netns ? "socket failed (is the --external-netns namespace there?)"
+                         : "socket failed");
+    int code = client_allocate(&s->in);
+    if (code)
+        fprintf(stderr, "av-probe: internal Allocate failed: %d\n", code), exit(2);
+    code = client_allocate(&s->ext);
+    if (code)
+        fprintf(stderr, "av-probe: external Allocate failed: %d\n", code), exit(2);
+    /* The internal user admits the external user's address. */
+    uint8_t resp[1500];
+    struct stun_msg m;
+    code = transact(&s->in, STUN_CREATE_PERMISSION, &s->ext.mapped, 0, -1, 1.0, 4, resp,
+                    sizeof(resp), &m);
+    if (!code)
+        code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, -1, 1.0, 4, resp,
                         sizeof(resp), &m);
-        if (!code)
-            code = transact(&s->in, STUN_CHANNEL_BIND, &s->ext.mapped, CHANNEL, -1, 1.0, 4,
-                            resp, sizeof(resp), &m);
-        if (code)
-            fprintf(stderr, "av-probe: permission for the external user failed: %d\n", code), exit(2);
-        s->in.has_peer = true;
-        s->in.peer = s->ext.mapped;
-        job_schedule(&s->in, JOB_PERMISSION, now_s(), &o);
-        job_schedule(&s->in, JOB_CHANNEL, now_s(), &o);
-        srtp_pair(&s->out_in, 0x10000000u + (uint32_t)i);
-        srtp_pair(&s->in_out, 0x20000000u + (uint32_t)i);
-        if (i == 0)
-            printf("stream 0: internal relay %s, external relay %s (media: external host <-> "
-                   "internal relay)\n",
-                   addr_format(&s->in.relay, a1), addr_format(&s->ext.relay, a2));
+    if (code)
+        fprintf(stderr, "av-probe: permission for the external user failed: %d\n", code), exit(2);
+    s->in.has_peer = true;
+    s->in.peer = s->ext.mapped;
+    job_schedule(&s->in, JOB_PERMISSION, now_s(), o);
+    job_schedule(&s->in, JOB_CHANNEL, now_s(), o);
+    srtp_pair(&s->out_in, 0x10000000u + (uint32_t)i);
+    srtp_pair(&s->in_out, 0x20000000u + (uint32_t)i);
+    if (i == 0) {
+        char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
+        printf("stream 0: internal relay %s, external relay %s (media: external host <-> "
+               "internal relay)\n",
+               addr_format(&s->in.relay, a1), addr_format(&s->ext.relay, a2));
     }
+}
 
-    struct pollfd *pf = calloc((size_t)o.streams * 2, sizeof(*pf));
-    for (int i = 0; i < o.streams; i++) {
+/* One packet each way on every stream. */
+static void media_send(struct stream *st, const struct opts *o, uint8_t *buf)
+{
+    for (int i = 0; i < o->streams; i++) {
+        struct stream *s = &st[i];
+        /* external host -> internal user's relay */
+        int n = rtp_next(&s->out_in, buf, o->size);
+        sendto(s->ext.fd, buf, (size_t)n, 0, &s->in.relay.u.sa, addr_len(&s->in.relay));
+        /* internal user -> ChannelData -> relay -> external host */
+        n = rtp_next(&s->in_out, buf + 4, o->size);
+        stun_chandata_header(buf, CHANNEL, (size_t)n);
+        sendto(s->in.fd, buf, (size_t)n + 4, 0, &s->in.server.u.sa, addr_len(&s->in.server));
+    }
+}
+
+/* Every packet sent has arrived (or failed authentication, which counts as in). */
+static bool media_all_in(const struct stream *st, const struct opts *o)
+{
+    uint64_t sent = 0, got = 0;
+    for (int i = 0; i < o->streams; i++)
+        sent += st[i].out_in.sent + st[i].in_out.sent,
+            got += st[i].out_in.received + st[i].in_out.received + st[i].out_in.auth_fail +
+                   st[i].in_out.auth_fail;
+    return got >= sent;
+}
+
+/* Reads what socket i of stream s holds: even i is the external host's, odd the internal
+ * user's. */
+static void media_receive(struct stream *s, int i, int fd, const struct opts *o, uint8_t *buf,
+                          size_t cap)
+{
+    ssize_t r;
+    while ((r = recv(fd, buf, cap, MSG_DONTWAIT)) > 0) {
+        /* The first two bits tell STUN (00) from RTP (10) and ChannelData (01). */
+        if ((buf[0] & 0xC0) == 0) {
+            client_answer(i % 2 == 0 ? &s->ext : &s->in, buf, (size_t)r, o);
+        } else if (i % 2 == 0) {
+            rtp_received(&s->in_out, buf, (int)r, o->rate);
+        } else if (stun_is_chandata(buf, (size_t)r)) {
+            uint16_t ch;
+            struct slice d;
+            if (stun_chandata_parse(buf, (size_t)r, false, &ch, &d) > 0)
+                rtp_received(&s->out_in, (uint8_t *)d.p, (int)d.len, o->rate);
+        } else {
+            s->out_in.bad++;
+        }
+    }
+}
+
+/* Media both ways at o->rate for o->seconds, with the refreshes in between, then up to 3 s
+ * more for stragglers. */
+static void media_run(struct stream *st, const struct opts *o)
+{
+    struct pollfd *pf = calloc((size_t)o->streams * 2, sizeof(*pf));
+    if (!pf)
+        die("out of memory");
+    for (int i = 0; i < o->streams; i++) {
         pf[2 * i] = (struct pollfd){st[i].ext.fd, POLLIN, 0};
         pf[2 * i + 1] = (struct pollfd){st[i].in.fd, POLLIN, 0};
     }
-    double t0 = now_s(), interval = 1.0 / o.rate, end = t0 + o.seconds;
+    double t0 = now_s(), interval = 1.0 / o->rate, end = t0 + o->seconds;
     /* Ticks are counted, not summed in floating point (150 additions of 0.02 can stay
      * short of the end and send a 151st). */
-    long ticks = lround(o.rate * o.seconds), tick = 0;
+    long ticks = lround(o->rate * o->seconds), tick = 0;
     uint8_t buf[2048];
     for (;;) {
         double t = now_s();
-        for (int i = 0; i < o.streams; i++) {
+        for (int i = 0; i < o->streams; i++) {
             client_tick(&st[i].in, t);
             client_tick(&st[i].ext, t);
         }
         /* Catch up on ticks a slow iteration missed, so each stream sends exactly
          * rate x seconds packets. */
-        while (tick < ticks && t >= t0 + (double)tick * interval) {
-            for (int i = 0; i < o.streams; i++) {
-                struct stream *s = &st[i];
-                /* external host -> internal user's relay */
-                int n = rtp_next(&s->out_in, buf, o.size);
-                sendto(s->ext.fd, buf, (size_t)n, 0, &s->in.relay.u.sa, addr_len(&s->in.relay));
-                /* internal user -> ChannelData -> relay -> external host */
-                n = rtp_next(&s->in_out, buf + 4, o.size);
-                stun_chandata_header(buf, CHANNEL, (size_t)n);
-                sendto(s->in.fd, buf, (size_t)n + 4, 0, &s->in.server.u.sa, addr_len(&s->in.server));
-            }
-            tick++;
-        }
+        for (; tick < ticks && t >= t0 + (double)tick * interval; tick++)
+            media_send(st, o, buf);
         /* After the last send, wait for stragglers (up to 3 s) until everything is in. */
-        if (t >= end) {
-            uint64_t sent = 0, got = 0;
-            for (int i = 0; i < o.streams; i++)
-                sent += st[i].out_in.sent + st[i].in_out.sent,
-                    got += st[i].out_in.received + st[i].in_out.received + st[i].out_in.auth_fail +
-                           st[i].in_out.auth_fail;
-            if (got >= sent || t >= end + 3.0)
-                break;
-        }
+        if (t >= end && (media_all_in(st, o) || t >= end + 3.0))
+            break;
         int wait_ms = tick < ticks ? (int)((t0 + (double)tick * interval - now_s()) * 1000) : 50;
-        if (poll(pf, (nfds_t)o.streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
+        if (poll(pf, (nfds_t)o->streams * 2, wait_ms < 0 ? 0 : wait_ms) <= 0)
             continue;
-        for (int i = 0; i < o.streams * 2; i++) {
-            if (!(pf[i].revents & POLLIN))
-                continue;
-            struct stream *s = &st[i / 2];
-            ssize_t r;
-            while ((r = recv(pf[i].fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
-                /* The first two bits tell STUN (00) from RTP (10) and ChannelData (01). */
-                if ((buf[0] & 0xC0) == 0) {
-                    client_answer(i % 2 == 0 ? &s->ext : &s->in, buf, (size_t)r, &o);
-                } else if (i % 2 == 0) {
-                    rtp_received(&s->in_out, buf, (int)r, o.rate);
-                } else if (stun_is_chandata(buf, (size_t)r)) {
-                    uint16_t ch;
-                    struct slice d;
-                    if (stun_chandata_parse(buf, (size_t)r, false, &ch, &d) > 0)
-                        rtp_received(&s->out_in, (uint8_t *)d.p, (int)d.len, o.rate);
-                } else {
-                    s->out_in.bad++;
-                }
-            }
-        }
+        for (int i = 0; i < o->streams * 2; i++)
+            if (pf[i].revents & POLLIN)
+                media_receive(&st[i / 2], i, pf[i].fd, o, buf, sizeof(buf));
     }
+    free(pf);
+}
 
+/* Releases the allocations, frees the SRTP sessions and prints the totals; the exit status. */
+static int report(struct stream *st, const struct opts *o)
+{
     uint64_t sent = 0, got = 0, auth = 0, bad = 0, refreshes = 0, refresh_failures = 0;
     int released = 0;
     double lat = 0, lat_max = 0, jit = 0;
-    for (int i = 0; i < o.streams; i++) {
+    for (int i = 0; i < o->streams; i++) {
         struct dir *ds[2] = {&st[i].out_in, &st[i].in_out};
         for (int k = 0; k < 2; k++) {
             sent += ds[k]->sent;
@@ -616,12 +700,32 @@ int main(int argc, char **argv)
     printf("streams=%d rate=%d secs=%.1f sent=%llu received=%llu loss_pct=%.3f auth_failures=%llu "
            "malformed=%llu jitter_ms=%.3f added_latency_ms_avg=%.3f added_latency_ms_max=%.3f "
            "refreshes=%llu refresh_failures=%llu released=%d/%d\n",
-           o.streams, o.rate, o.seconds, (unsigned long long)sent, (unsigned long long)got, loss,
-           (unsigned long long)auth, (unsigned long long)bad, jit / (2.0 * o.streams),
+           o->streams, o->rate, o->seconds, (unsigned long long)sent, (unsigned long long)got, loss,
+           (unsigned long long)auth, (unsigned long long)bad, jit / (2.0 * o->streams),
            got ? 1000.0 * lat / (double)got : 0, 1000.0 * lat_max, (unsigned long long)refreshes,
-           (unsigned long long)refresh_failures, released, 2 * o.streams);
-    free(pf);
+           (unsigned long long)refresh_failures, released, 2 * o->streams);
+    return (sent == got && auth == 0 && bad == 0) ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.streams = 1,
+                     .rate = 50,
+                     .seconds = 5,
+                     .size = 160,
+                     .perm_lifetime = 300,
+                     .chan_lifetime = 600};
+    parse_opts(argc, argv, &o);
+    if (srtp_init() != srtp_err_status_ok)
+        die("srtp_init failed");
+    struct stream *st = calloc((size_t)o.streams, sizeof(*st));
+    if (!st)
+        die("out of memory");
+    for (int i = 0; i < o.streams; i++)
+        stream_setup(&st[i], i, &o);
+    media_run(st, &o);
+    int status = report(st, &o);
     free(st);
     srtp_shutdown();
-    return (sent == got && auth == 0 && bad == 0) ? 0 : 1;
+    return status;
 }

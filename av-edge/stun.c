@@ -62,6 +62,39 @@ static bool known_required(uint16_t t)
     }
 }
 
+/* Indexes attribute at (value length al, header at off): 1 when indexed, 0 when ignored
+ * (after the integrity attributes), -EBADMSG when out of place or malformed. */
+static int attr_index(struct stun_msg *m, uint16_t at, uint16_t al, size_t off)
+{
+    if (m->fp_off)
+        return -EBADMSG; /* FINGERPRINT must be last */
+    bool after_mi = m->mi_off != 0 || m->mi256_off != 0;
+    if (at == STUN_A_FINGERPRINT) {
+        if (al != 4)
+            return -EBADMSG;
+        m->fp_off = (uint16_t)off;
+    } else if (at == STUN_A_MESSAGE_INTEGRITY && !after_mi) {
+        if (al != SHA1_LEN)
+            return -EBADMSG;
+        m->mi_off = (uint16_t)off;
+    } else if (at == STUN_A_MESSAGE_INTEGRITY_SHA256 && !m->mi256_off) {
+        if (al < 16 || al > 32 || (al & 3))
+            return -EBADMSG;
+        m->mi256_off = (uint16_t)off;
+    } else if (after_mi) {
+        /* Anything else after the integrity attributes is ignored. */
+        return 0;
+    }
+    if (at < 0x8000 && !known_required(at)) {
+        if (m->n_unknown < STUN_MAX_UNKNOWN)
+            m->unknown[m->n_unknown++] = at;
+    }
+    if (m->n_attrs >= STUN_MAX_ATTRS)
+        return -EBADMSG;
+    m->attrs[m->n_attrs++] = (struct stun_attr){at, al, (uint16_t)(off + 4)};
+    return 1;
+}
+
 ssize_t stun_msg_parse(struct stun_msg *m, const uint8_t *p, size_t len)
 {
     if (len < STUN_HDR_LEN)
@@ -91,33 +124,9 @@ ssize_t stun_msg_parse(struct stun_msg *m, const uint8_t *p, size_t len)
         size_t padded = ((size_t)al + 3) & ~(size_t)3;
         if (end - off - 4 < padded)
             return -EBADMSG;
-        if (m->fp_off)
-            return -EBADMSG; /* FINGERPRINT must be last */
-        bool after_mi = m->mi_off != 0 || m->mi256_off != 0;
-        if (at == STUN_A_FINGERPRINT) {
-            if (al != 4)
-                return -EBADMSG;
-            m->fp_off = (uint16_t)off;
-        } else if (at == STUN_A_MESSAGE_INTEGRITY && !after_mi) {
-            if (al != SHA1_LEN)
-                return -EBADMSG;
-            m->mi_off = (uint16_t)off;
-        } else if (at == STUN_A_MESSAGE_INTEGRITY_SHA256 && !m->mi256_off) {
-            if (al < 16 || al > 32 || (al & 3))
-                return -EBADMSG;
-            m->mi256_off = (uint16_t)off;
-        } else if (after_mi) {
-            /* Anything else after the integrity attributes is ignored. */
-            off += 4 + padded;
-            continue;
-        }
-        if (at < 0x8000 && !known_required(at)) {
-            if (m->n_unknown < STUN_MAX_UNKNOWN)
-                m->unknown[m->n_unknown++] = at;
-        }
-        if (m->n_attrs >= STUN_MAX_ATTRS)
-            return -EBADMSG;
-        m->attrs[m->n_attrs++] = (struct stun_attr){at, al, (uint16_t)(off + 4)};
+        int rc = attr_index(m, at, al, off);
+        if (rc < 0)
+            return rc;
         off += 4 + padded;
     }
     return (ssize_t)m->len;
@@ -418,24 +427,42 @@ ssize_t stun_build_finish(struct stun_builder *b)
 const char *stun_reason(int code)
 {
     switch (code) {
-    case 300: return "Try Alternate";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 405: return "Mobility Forbidden";
-    case 420: return "Unknown Attribute";
-    case 437: return "Allocation Mismatch";
-    case 438: return "Stale Nonce";
-    case 440: return "Address Family not Supported";
-    case 441: return "Wrong Credentials";
-    case 442: return "Unsupported Transport Protocol";
-    case 443: return "Peer Address Family Mismatch";
-    case 446: return "Connection Already Exists";
-    case 447: return "Connection Timeout or Failure";
-    case 486: return "Allocation Quota Reached";
-    case 500: return "Server Error";
-    case 508: return "Insufficient Capacity";
-    default: return "Error";
+    case 300:
+        return "Try Alternate";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 405:
+        return "Mobility Forbidden";
+    case 420:
+        return "Unknown Attribute";
+    case 437:
+        return "Allocation Mismatch";
+    case 438:
+        return "Stale Nonce";
+    case 440:
+        return "Address Family not Supported";
+    case 441:
+        return "Wrong Credentials";
+    case 442:
+        return "Unsupported Transport Protocol";
+    case 443:
+        return "Peer Address Family Mismatch";
+    case 446:
+        return "Connection Already Exists";
+    case 447:
+        return "Connection Timeout or Failure";
+    case 486:
+        return "Allocation Quota Reached";
+    case 500:
+        return "Server Error";
+    case 508:
+        return "Insufficient Capacity";
+    default:
+        return "Error";
     }
 }
 
