@@ -366,7 +366,8 @@ static void relay_closed(uv_handle_t *h)
 {
     struct av_relay_sock *rs = container_of((uv_poll_t *)h, struct av_relay_sock, poll);
     struct av_worker *w = rs->w;
-    close(rs->fd);
+    if (rs->fd >= 0)
+        close(rs->fd);
     free(rs);
     worker_unref(w);
 }
@@ -401,6 +402,23 @@ static struct av_relay_sock *relay_sock_reuse(struct av_worker *w, int fi)
         rs->next_idle = NULL;
     }
     return rs;
+}
+
+/* The port range ran out while idle sockets hold ports of it: they go now (closed at once,
+ * not at the loop's close phase, so their ports can be bound again). Returns how many. */
+static unsigned relay_idle_drop(struct av_worker *w, int fi)
+{
+    unsigned n = 0;
+    struct av_relay_sock *rs;
+    while ((rs = relay_sock_reuse(w, fi))) {
+        tx_flush_fd(w, rs->fd);
+        uv_poll_stop(&rs->poll);
+        close(rs->fd);
+        rs->fd = -1;
+        uv_close((uv_handle_t *)&rs->poll, relay_closed);
+        n++;
+    }
+    return n;
 }
 
 static void relay_idle_close_all(struct av_worker *w)
@@ -489,6 +507,34 @@ static int tcp_port_open(struct av_worker *w, struct av_alloc *a, int fi, int fd
     return 0;
 }
 
+/* A free port of this worker's slice, bound (*fd), and with reserve its successor too
+ * (*fd2): 0, or -EADDRNOTAVAIL when the slice has none. */
+static int relay_port_find(struct av_worker *w, int fi, bool even, bool reserve, bool df, bool tcp,
+                           int *fd, int *fd2)
+{
+    uint32_t n = worker_port_count(w);
+    *fd = *fd2 = -1;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t j = (w->port_cursor + k) % n;
+        uint32_t port = worker_port(w, j);
+        if (((even || reserve) && (port & 1)) || port > w->port_max)
+            continue;
+        if (relay_bind(w, fi, (uint16_t)port, df, tcp, fd) < 0) {
+            *fd = -1;
+            continue;
+        }
+        if (reserve && (port + 1 > w->port_max ||
+                        relay_bind(w, fi, (uint16_t)(port + 1), df, false, fd2) < 0)) {
+            close(*fd);
+            *fd = *fd2 = -1;
+            continue;
+        }
+        w->port_cursor = (j + 1) % n;
+        return 0;
+    }
+    return -EADDRNOTAVAIL;
+}
+
 static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df,
                    void **reserve_out, void *reserved_in)
 {
@@ -507,35 +553,15 @@ static int io_open(void *arg, struct av_alloc *a, int family, bool even, bool df
     } else {
         if (!w->relay_addr[fi].u.sa.sa_family)
             return -EAFNOSUPPORT;
-        uint32_t n = worker_port_count(w);
         int fd = -1, fd2 = -1;
-        uint32_t port = 0;
-        for (uint32_t k = 0; k < n && fd < 0; k++) {
-            uint32_t j = (w->port_cursor + k) % n;
-            port = worker_port(w, j);
-            if ((even || reserve_out) && (port & 1))
-                continue;
-            if (port > w->port_max)
-                continue;
-            if (relay_bind(w, fi, (uint16_t)port, df, tcp, &fd) < 0) {
-                fd = -1;
-                continue;
-            }
-            if (reserve_out) {
-                if (port + 1 > w->port_max ||
-                    relay_bind(w, fi, (uint16_t)(port + 1), df, false, &fd2) < 0) {
-                    close(fd);
-                    fd = -1;
-                    continue;
-                }
-            }
-            w->port_cursor = (j + 1) % n;
-        }
-        if (fd < 0)
-            return -EADDRNOTAVAIL;
+        int rc = relay_port_find(w, fi, even, reserve_out != NULL, df, tcp, &fd, &fd2);
+        if (rc && relay_idle_drop(w, fi)) /* idle sockets held the ports: look again */
+            rc = relay_port_find(w, fi, even, reserve_out != NULL, df, tcp, &fd, &fd2);
+        if (rc)
+            return rc;
         if (tcp)
             return tcp_port_open(w, a, fi, fd);
-        int rc = relay_sock_new(w, fd, &rs);
+        rc = relay_sock_new(w, fd, &rs);
         if (rc) {
             close(fd);
             if (fd2 >= 0)

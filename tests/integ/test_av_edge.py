@@ -327,6 +327,21 @@ class TestRelayReuse(AvEdgeTest):
         self.assertEqual(second.refresh(0).code, 0)
         self.assert_serving()
 
+    def test_kept_relay_sockets_give_their_ports_back_when_the_range_runs_out(self):
+        """Released sockets kept for reuse hold ports of the range; an allocation that cannot
+        take one (DONT-FRAGMENT sets its own socket option) still gets a port when they
+        hold all that is left."""
+        self.start_edge(limits="  user_quota: 500\n  allocations_per_credential: 500\n")
+        size = self.relay_range[1] - self.relay_range[0] + 1
+        plain = [self.ext(timeout=1.0) for _ in range(size)]
+        for c in plain:
+            self.assertEqual(c.allocate().code, 0)
+        for c in plain:
+            self.assertEqual(c.refresh(0).code, 0)
+        for i in range(size):
+            c = self.ext(timeout=1.0)
+            self.assertEqual(c.allocate([(T.A_DF, b"")]).code, 0, f"DONT-FRAGMENT allocation {i}")
+
 
 class TestEnterpriseFlow(AvEdgeTest):
     def test_internal_user_admits_external_party_both_ways(self):
