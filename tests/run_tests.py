@@ -22,6 +22,8 @@ def run_units(build, pattern):
         path = os.path.join(tdir, name)
         if not os.access(path, os.X_OK) or (pattern and pattern not in name):
             continue
+        if not os.path.exists(os.path.join(ROOT, "tests", "unit", name + ".c")):
+            continue  # left in the build from a test that has moved or gone
         t0 = time.time()
         try:
             p = subprocess.run([path], capture_output=True, text=True, timeout=300, cwd=ROOT)
