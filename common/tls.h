@@ -125,9 +125,9 @@ bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
 /* What a certificate file says, for logs and expiry metrics (certificate reload). */
 struct tls_cert_info {
-    char subject[256];  /* "CN=edge,O=Example" */
-    char serial[100];   /* hex with colons, as openssl x509 -serial prints it but with ':' */
-    int64_t not_after;  /* Unix time (UTC) */
+    char subject[256]; /* "CN=edge,O=Example" */
+    char serial[100];  /* hex with colons, as openssl x509 -serial prints it but with ':' */
+    int64_t not_after; /* Unix time (UTC) */
     char fingerprint[96];
 };
 /* Reads the first certificate of cert_file into *info. With key_file, also checks that the

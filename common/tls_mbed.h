@@ -84,14 +84,13 @@ struct tls_ctx {
     char session_name[256];
 };
 
-
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
     struct byteq in;    /* ciphertext fed, not yet consumed by mbedTLS */
     struct byteq out;   /* ciphertext produced, not yet taken by the caller */
     struct byteq early; /* plaintext written before the handshake finished */
-    bool done;       /* handshake finished */
+    bool done;          /* handshake finished */
     bool resumed;
     bool failed;
     bool verified;

@@ -39,8 +39,8 @@ bool tls_mbed_crt_matches(const mbedtls_x509_crt *crt, const char *name, size_t 
     if (has_dns)
         return false; /* RFC 6125 6.4.4: the CN is only a fallback */
     const mbedtls_x509_buf *cn = tls_mbed_crt_cn(crt);
-    return cn && cert_name_match((const char *)cn->p, cn->len, name, len,
-                                CERT_NAME_WILDCARD_FIRST_LABEL);
+    return cn &&
+           cert_name_match((const char *)cn->p, cn->len, name, len, CERT_NAME_WILDCARD_FIRST_LABEL);
 }
 
 /* Loads a PEM (or DER) certificate file. A CA bundle (bundle = true) may also be a
@@ -70,7 +70,7 @@ int tls_mbed_load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char
         return 0;
     if (rc > 0 || (rc < 0 && crt->raw.p == NULL && n <= 1))
         tls_errf(err, cap, "%s: not a valid certificate (%s)", path,
-             rc > 0 ? "some certificates failed to parse" : "empty file");
+                 rc > 0 ? "some certificates failed to parse" : "empty file");
     else
         tls_errf(err, cap, "%s: not a valid certificate (%s)", path, tls_mbed_str(rc, e, sizeof e));
     return -EINVAL;
@@ -252,9 +252,12 @@ int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cer
         if (mbedtls_x509_dn_gets(info->subject, sizeof info->subject, &crt.subject) < 0)
             info->subject[0] = '\0';
         serial_hex(crt.serial.p, crt.serial.len, info->serial, sizeof info->serial);
-        struct tm tm = {.tm_year = crt.valid_to.year - 1900, .tm_mon = crt.valid_to.mon - 1,
-                        .tm_mday = crt.valid_to.day, .tm_hour = crt.valid_to.hour,
-                        .tm_min = crt.valid_to.min, .tm_sec = crt.valid_to.sec};
+        struct tm tm = {.tm_year = crt.valid_to.year - 1900,
+                        .tm_mon = crt.valid_to.mon - 1,
+                        .tm_mday = crt.valid_to.day,
+                        .tm_hour = crt.valid_to.hour,
+                        .tm_min = crt.valid_to.min,
+                        .tm_sec = crt.valid_to.sec};
         info->not_after = (int64_t)timegm(&tm);
         tls_mbed_fingerprint(&crt, info->fingerprint);
     }

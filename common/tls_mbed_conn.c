@@ -594,4 +594,3 @@ bool tls_conn_peer_verified(const struct tls_conn *c)
 {
     return c && c->verified;
 }
-

@@ -335,8 +335,8 @@ static int ctx_sessions(struct tls_ctx *c, const struct tls_opts *o, char *err, 
     }
     /* Also with one certificate: it records the name the client asked for. */
     mbedtls_ssl_conf_sni(&c->conf, on_sni, c);
-    mbedtls_ssl_cache_set_max_entries(
-        &c->cache, o->session_cache_size ? (int)o->session_cache_size : TLS_CACHE_DEFAULT);
+    mbedtls_ssl_cache_set_max_entries(&c->cache, o->session_cache_size ? (int)o->session_cache_size
+                                                                       : TLS_CACHE_DEFAULT);
     mbedtls_ssl_cache_set_timeout(&c->cache, TLS_CACHE_TIMEOUT_S);
     mbedtls_ssl_conf_session_cache(&c->conf, &c->cache, mbedtls_ssl_cache_get,
                                    mbedtls_ssl_cache_set);

@@ -82,7 +82,6 @@ struct tls_conn {
     char cipher[64];
 };
 
-
 /* ---- tls_openssl_cert.c ---- */
 
 /* The first OpenSSL error queued, as text, into out (the queue is cleared); returns out. */

@@ -310,7 +310,8 @@ int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err,
     BN_free(bn);
     if (!ok) {
         char e[128];
-        tls_errf(err, cap, "cannot generate a self-signed certificate: %s", tls_ossl_str(e, sizeof e));
+        tls_errf(err, cap, "cannot generate a self-signed certificate: %s",
+                 tls_ossl_str(e, sizeof e));
         EVP_PKEY_free(k);
         X509_free(x);
         return -EIO;
@@ -323,7 +324,7 @@ int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err,
 /* "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256:TLS-AES-128-GCM-SHA256" (mbedTLS/IANA names, '-'
  * or '_') into OpenSSL's TLS 1.2 cipher list and TLS 1.3 suite list. */
 int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size_t i, char *err,
-                     size_t cap)
+                       size_t cap)
 {
     if (!co->cert_file || !co->key_file) {
         tls_errf(err, cap,
@@ -386,4 +387,3 @@ int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cer
     sk_X509_pop_free(chain, X509_free);
     return rc;
 }
-
