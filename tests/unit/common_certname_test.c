@@ -1,12 +1,13 @@
 /* The one certificate-name matcher (common/certname.h): RFC 6125 wildcards, RFC 4343 case,
  * domain suffixes, and the SAN-before-CN rule. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <cmocka.h> /* after the headers it needs */
 
 #include "common/certname.h"
 
