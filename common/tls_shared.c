@@ -72,9 +72,13 @@ const char *tls_alert_name(unsigned a)
 
 int tls_read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap)
 {
+    *out = NULL;
+    *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        int e = errno ? errno : EIO; /* never 0: the callers read *out on 0 */
+        int e = errno; /* read once; never 0: the callers read *out on 0 */
+        if (e == 0)
+            e = EIO;
         tls_errf(err, cap, "cannot read %s: %s", path, strerror(e));
         return -e;
     }

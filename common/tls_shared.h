@@ -30,7 +30,8 @@ struct tls_peer {
 void tls_errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* RFC 8446 6 alert names ("handshake_failure"), "unknown alert" otherwise. */
 const char *tls_alert_name(unsigned alert);
-/* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. */
+/* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. On failure (a
+ * negative errno, never 0) *out is NULL and *len 0. */
 int tls_read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap);
 /* "AB:CD:..." of a 32-byte hash into out (96 bytes). */
 void tls_hex_fingerprint(const uint8_t h[32], char *out);
