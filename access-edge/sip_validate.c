@@ -8,6 +8,7 @@
 
 #include <osipparser2/osip_parser.h>
 
+#include "common/certname.h"
 #include "common/sip/sip_osip.h"
 
 struct sip_parsed {
@@ -78,21 +79,14 @@ bool sip_policy_is_own(const struct sip_policy *p, const char *host, uint16_t po
 
 bool sip_cert_matches_domain(const char *const *names, size_t n, const char *domain)
 {
+    /* common/certname.h's domain suffix: the domain itself or a host inside it, labels
+     * aligned; never a bare top-level label (every certificate would be "inside" it), never
+     * a wildcard name (no host). */
     size_t dl = strlen(domain);
-    /* A bare top-level label never counts: every certificate would be "inside" it. */
-    if (dl == 0 || !strchr(domain, '.'))
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        const char *c = names[i];
-        if (!c)
-            continue;
-        size_t cl = strlen(c);
-        if (cl == dl && strcasecmp(c, domain) == 0)
+    for (size_t i = 0; i < n; i++)
+        if (names[i] &&
+            cert_name_match(domain, dl, names[i], strlen(names[i]), CERT_NAME_DOMAIN_SUFFIX))
             return true;
-        if (cl > dl + 1 && c[cl - dl - 1] == '.' && strcasecmp(c + cl - dl, domain) == 0 &&
-            c[0] != '*')
-            return true;
-    }
     return false;
 }
 

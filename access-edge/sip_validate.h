@@ -88,7 +88,8 @@ bool sip_policy_is_own(const struct sip_policy *policy, const char *host, uint16
 /* Is domain one of ours (case-insensitive)? */
 bool sip_policy_has_domain(const struct sip_policy *policy, const char *domain, size_t len);
 /* Does a verified certificate naming `names` vouch for SIP domain `domain`? Exact match, or
- * a name that is a host inside the domain ("sip.partner.example" for "partner.example"). */
+ * a name that is a host inside the domain ("sip.partner.example" for "partner.example"),
+ * case-insensitive; CERT_NAME_DOMAIN_SUFFIX of common/certname.h. */
 bool sip_cert_matches_domain(const char *const *names, size_t n, const char *domain);
 /* Is the method allowed from this source? */
 bool sip_method_allowed(enum sip_source src, struct slice method);

@@ -1,6 +1,6 @@
 /* TLS on byte buffers. Two backends behind this interface, chosen at build time: mbedTLS
- * 2.28 (common/tls.c, the default: TLS 1.2) and OpenSSL 3 (common/tls_openssl.c, make
- * TLS=openssl: TLS 1.3 and 1.2, 0-RTT off); no library type leaves those files.
+ * 2.28 (common/tls_mbed_*.c, the default: TLS 1.2) and OpenSSL 3 (common/tls_openssl_*.c,
+ * make TLS=openssl: TLS 1.3 and 1.2, 0-RTT off); no library type leaves those files.
  *
  * A tls_ctx holds certificates, the CA bundle, ALPN list, session cache and ticket keys;
  * it is built from options once and replaced whole on reload (connections keep the ctx
@@ -26,10 +26,10 @@ struct tls_cert_opts {
 struct tls_opts {
     bool server;
     /* Certificates: the first is the default; others are picked by SNI against their DNS
-     * SANs (CN if none; "*.x" wildcards), the default answering unknown names. With none on
-     * a server, a self-signed ECDSA P-256 certificate for self_signed_name ("localhost" if
-     * NULL) is generated at start: log tls_ctx_fingerprint(). A client uses certs[0] as its
-     * certificate for mutual TLS. */
+     * SANs (CN if none; "*.x.y" wildcards: certname.h), the default answering unknown
+     * names. With none on a server, a self-signed ECDSA P-256 certificate for
+     * self_signed_name ("localhost" if NULL) is generated at start: log
+     * tls_ctx_fingerprint(). A client uses certs[0] as its certificate for mutual TLS. */
     const struct tls_cert_opts *certs;
     size_t ncerts;
     const char *self_signed_name;
@@ -125,9 +125,9 @@ bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name);
 
 /* What a certificate file says, for logs and expiry metrics (certificate reload). */
 struct tls_cert_info {
-    char subject[256];  /* "CN=edge,O=Example" */
-    char serial[100];   /* hex with colons, as openssl x509 -serial prints it but with ':' */
-    int64_t not_after;  /* Unix time (UTC) */
+    char subject[256]; /* "CN=edge,O=Example" */
+    char serial[100];  /* hex with colons, as openssl x509 -serial prints it but with ':' */
+    int64_t not_after; /* Unix time (UTC) */
     char fingerprint[96];
 };
 /* Reads the first certificate of cert_file into *info. With key_file, also checks that the

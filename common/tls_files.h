@@ -5,11 +5,11 @@
 #ifndef COMMON_TLS_FILES_H
 #define COMMON_TLS_FILES_H
 
+#include "common/daemon.h"
+#include "common/tls.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "common/daemon.h"
-#include "common/tls.h"
 
 /* How the endpoint uses the files. */
 struct tls_files_use {

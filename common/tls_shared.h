@@ -1,6 +1,6 @@
-/* Parts of common/tls that do not depend on the TLS library: both backends (tls.c for
- * mbedTLS, tls_openssl.c for OpenSSL) use them, and the ClientHello sniffing of tls.h
- * lives with them. Not for use outside common/tls*.c. */
+/* Parts of common/tls that do not depend on the TLS library: both backends (tls_mbed_*.c
+ * for mbedTLS, tls_openssl_*.c for OpenSSL) use them; the ClientHello sniffing of tls.h is
+ * in tls_sniff.c, host name matching in certname.h. Not for use outside common/tls*.c. */
 #ifndef COMMON_TLS_SHARED_H
 #define COMMON_TLS_SHARED_H
 
@@ -30,15 +30,15 @@ struct tls_peer {
 void tls_errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* RFC 8446 6 alert names ("handshake_failure"), "unknown alert" otherwise. */
 const char *tls_alert_name(unsigned alert);
-/* Case-insensitive host name match; a "*.example.com" pattern matches one leftmost label. */
-bool tls_name_match(const char *pattern, size_t plen, const char *name, size_t nlen);
-/* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. */
+/* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. On failure (a
+ * negative errno, never 0) *out is NULL and *len 0. */
 int tls_read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap);
 /* "AB:CD:..." of a 32-byte hash into out (96 bytes). */
 void tls_hex_fingerprint(const uint8_t h[32], char *out);
 /* Checks a self_signed_name: a plain host name or IP literal. */
 int tls_check_self_signed_name(const char *name, char *err, size_t cap);
-/* The names of a peer certificate say name (DNS SANs, the CN only when there is none). */
+/* The names of a peer certificate say name (DNS SANs, the CN only when there is none;
+ * RFC 6125 wildcards in the first label: cert_names_match). */
 bool tls_peer_has_name(const struct tls_peer *p, const char *name);
 
 #endif

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/certname.h"
 #include "common/stream.h"
 #include "common/tls.h"
 #include "common/tls_files.h"
@@ -920,6 +921,9 @@ static void link_on_close(struct stream *st, int err, const char *why, void *arg
     link_free_if_done(l);
 }
 
+/* Is the server's certificate one of internal.allowed_names? Its CN or any DNS SAN, as the
+ * README documents, compared without regard to case (certificate names are DNS names:
+ * RFC 4343). */
 static bool name_allowed(const struct ce_config *c, struct tls_conn *t)
 {
     if (c->internal.n_allowed_names == 0)
@@ -927,13 +931,14 @@ static bool name_allowed(const struct ce_config *c, struct tls_conn *t)
     const char *cn = tls_conn_peer_cn(t);
     for (size_t i = 0; i < c->internal.n_allowed_names; i++) {
         const char *want = c->internal.allowed_names[i];
-        if (cn && !strcmp(cn, want))
+        size_t wl = strlen(want);
+        if (cn && cert_name_match(want, wl, cn, strlen(cn), CERT_NAME_EXACT))
             return true;
         for (size_t j = 0; j < 64; j++) {
             const char *san = tls_conn_peer_san(t, j);
             if (!san)
                 break;
-            if (!strcmp(san, want))
+            if (cert_name_match(want, wl, san, strlen(san), CERT_NAME_EXACT))
                 return true;
         }
     }

@@ -5,8 +5,9 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(shell pkg-conf
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 # Each fuzz target lists the sources it needs on its first line: "// fuzz-sources: a.c b.c".
-# common/tls.c there means the TLS backend: with TLS=openssl, common/tls_openssl.c.
-FUZZ_TLS := $(if $(filter openssl,$(TLS)),common/tls_openssl.c,common/tls.c)
+# common/tls.c there means the TLS backend's files: common/tls_mbed_*.c, with TLS=openssl
+# common/tls_openssl_*.c (common/build.mk lists them).
+FUZZ_TLS := $(if $(filter openssl,$(TLS)),$(TLS_OPENSSL_SRCS),$(TLS_MBED_SRCS))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(PROTO_SRC) $(wildcard common/*.c common/sip/*.c) $(wildcard */*.c)
 	@mkdir -p $(dir $@)
 	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) $< $$(sed -n '1s,^// fuzz-sources:,,p' $< | sed 's,common/tls\.c,$(FUZZ_TLS),') \

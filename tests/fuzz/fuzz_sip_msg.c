@@ -1,4 +1,4 @@
-// fuzz-sources: access-edge/sip_validate.c common/sip/sip_osip.c common/sip/sip_msg.c common/sip/sip_proxy.c access-edge/sip_ws.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
+// fuzz-sources: access-edge/sip_validate.c common/certname.c common/sip/sip_osip.c common/sip/sip_msg.c common/sip/sip_proxy.c access-edge/sip_ws.c access-edge/sip_topo.c common/util.c common/addr.c common/crypto.c -lmbedcrypto
 /* Fuzzes the access edge's message path: framing, osip2 parse, validation, the route
  * decision, the splicing of the forwarded request/response, for each source type, and the
  * topology-hiding tokens an outsider sends back (Request-URI, Route, Record-Route). */

@@ -1,4 +1,4 @@
-// fuzz-sources: common/tls.c common/tls_shared.c common/util.c
+// fuzz-sources: common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/util.c
 /* Fuzzes the ClientHello peek (tls_peek_sni, tls_looks_like_client_hello) and a server
  * tls_conn fed the same bytes as its first flight (SNI, ALPN, ticket and cache lookups).
  * An input starting with 0xff is instead fed to an established server connection after a

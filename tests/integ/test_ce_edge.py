@@ -43,7 +43,7 @@ def mint(conf, user, exp_in=300, role="attendee", jti=None, kid=KID, secret=SECR
     return f"{head}.{b64u(mac)}"
 
 
-def edge_config(ext, internal, admin, extra=""):
+def edge_config(ext, internal, admin, extra="", allowed="[confserver, director]"):
     return f"""instance_id: ce-test
 log: {{level: debug}}
 admin: {{listen: {admin}}}
@@ -55,7 +55,7 @@ external:
 internal:
   listen: {internal}
   tls: {{cert: {CERTS}/conf-edge.crt, key: {CERTS}/conf-edge.key, ca: {CERTS}/ca.crt}}
-  allowed_names: [confserver, director]
+  allowed_names: {allowed}
   ping_interval: 1s
 preamble_timeout: 2s
 server_wait: 5s
@@ -174,8 +174,8 @@ class ConfEdgeTest(SuiteTest):
             m.stop()
         super().tearDown()
 
-    def start_edge(self, extra=""):
-        self.edge = self.daemon("conf-edge", edge_config(self.ext, self.int, self.admin, extra),
+    def start_edge(self, extra="", **kw):
+        self.edge = self.daemon("conf-edge", edge_config(self.ext, self.int, self.admin, extra, **kw),
                                 admin=self.admin)
         return self.edge
 
@@ -380,6 +380,19 @@ class ConfEdgeTest(SuiteTest):
             m2.start(timeout=2)
         m2.stop()
         self.assertEqual(self.edge.metrics().get("conf_edge_servers"), 0)
+
+    def test_allowed_names_ignore_case(self):
+        # Certificate names are DNS names: compared without regard to case (RFC 4343), so an
+        # allowed name written "ConfServer" admits the server whose certificate says
+        # "confserver"; a name that differs by more than case still does not.
+        self.start_edge(allowed="[ConfServer]")
+        self.mock(mode="echo")
+        self.assertEqual(self.edge.metrics().get("conf_edge_servers"), 1)
+        m2 = ConfMock(self.int, CERTS, cert_name="av-edge")
+        with self.assertRaises(Exception):
+            m2.start(timeout=2)
+        m2.stop()
+        self.assertEqual(self.edge.metrics().get("conf_edge_servers"), 1)
 
     def test_per_conference_cap_answers_429(self):
         self.start_edge(extra="limits: {per_conference: 2}\n")

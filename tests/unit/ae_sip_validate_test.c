@@ -248,6 +248,20 @@ static void partner_from_domain_must_match_certificate(void **st)
     assert_false(sip_cert_matches_domain(names, 1, "rtner.example"));
 }
 
+/* The certificate names are matched by common/certname.h's domain-suffix rule: a wildcard
+ * or malformed name is no host inside the domain, and case does not matter. */
+static void partner_certificate_names_that_are_no_hosts_vouch_for_nothing(void **st)
+{
+    (void)st;
+    static const char *const hosts[] = {"SIP.Partner.Example"};
+    assert_true(sip_cert_matches_domain(hosts, 1, "partner.example"));
+    assert_true(sip_cert_matches_domain(hosts, 1, "sip.partner.EXAMPLE"));
+    static const char *const odd[] = {"a.*.partner.example", "x..partner.example",
+                                      "*.partner.example", NULL};
+    assert_false(sip_cert_matches_domain(odd, 4, "partner.example"));
+    assert_false(sip_cert_matches_domain(odd, 4, "*.partner.example"));
+}
+
 static void internal_request_routes_by_flow_or_uri(void **st)
 {
     const char *t = "MESSAGE sip:alice@192.0.2.1:5062 SIP/2.0\r\n"
@@ -489,6 +503,7 @@ int main(void)
         cmocka_unit_test(own_via_from_outside_is_482),
         cmocka_unit_test(foreign_domain_from_outside_is_403),
         cmocka_unit_test(partner_from_domain_must_match_certificate),
+        cmocka_unit_test(partner_certificate_names_that_are_no_hosts_vouch_for_nothing),
         cmocka_unit_test(internal_request_routes_by_flow_or_uri),
         cmocka_unit_test(unparseable_is_dropped),
         cmocka_unit_test(datagram_discards_bytes_after_the_body),

@@ -1,0 +1,483 @@
+/* Connections for the OpenSSL backend (tls_openssl.h): the handshake and records on the
+ * conn's byte queues through a custom BIO, errors in words, the peer's names. */
+#include "common/tls_openssl.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- errors ---- */
+
+static void set_err(struct tls_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(struct tls_conn *c, const char *fmt, ...)
+{
+    if (!c->err && !(c->err = malloc(TLS_ERR_LEN)))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, TLS_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+/* The OpenSSL error queue's oldest entry as text (and clears the queue). */
+static void describe_verify(struct tls_conn *c, long vr)
+{
+    const char *issuer = c->vinfo ? c->vinfo : "?";
+    const char *subject = c->vinfo ? c->vinfo + strlen(c->vinfo) + 1 : "?";
+    switch (vr) {
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+    case X509_V_ERR_CERT_REJECTED:
+        set_err(c, "peer certificate not trusted (issuer: %s, subject: %s)", issuer, subject);
+        break;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        set_err(c, "peer certificate name mismatch (subject: %s)", subject);
+        break;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        set_err(c, "peer certificate expired (subject: %s)", subject);
+        break;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        set_err(c, "peer certificate not yet valid (subject: %s)", subject);
+        break;
+    default:
+        set_err(c, "peer certificate rejected (subject: %s): %s", subject,
+                X509_verify_cert_error_string(vr));
+        break;
+    }
+}
+
+/* Maps a failed SSL call to an errno and a sentence in c->err (same sentences as tls.c). */
+static int conn_fail(struct tls_conn *c, int sslerr)
+{
+    int ret = -EPROTO;
+    c->failed = true;
+    unsigned long e = ERR_peek_error();
+    int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
+    char buf[128];
+    if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+        unsigned a = (unsigned)(reason - SSL_AD_REASON_OFFSET);
+        set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
+        ret = -ECONNRESET;
+    } else {
+        switch (reason) {
+        case SSL_R_CERTIFICATE_VERIFY_FAILED:
+            describe_verify(c, SSL_get_verify_result(c->ssl));
+            break;
+        case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+            set_err(c, "peer sent no certificate (mutual TLS required)");
+            break;
+        case SSL_R_NO_SHARED_CIPHER:
+            set_err(c, "no common cipher suite (peer offers no ECDHE AEAD suite we accept)");
+            break;
+        case SSL_R_NO_SUITABLE_KEY_SHARE:
+        case SSL_R_NO_SHARED_GROUPS:
+            set_err(c, "no common ECDHE group");
+            break;
+        case SSL_R_UNSUPPORTED_PROTOCOL:
+        case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+            set_err(c, "peer does not speak TLS 1.2 or later");
+            break;
+        case SSL_R_HTTP_REQUEST:
+        case SSL_R_HTTPS_PROXY_REQUEST:
+        case SSL_R_WRONG_VERSION_NUMBER:
+        case SSL_R_PACKET_LENGTH_TOO_LONG:
+        case SSL_R_RECORD_LENGTH_MISMATCH:
+            set_err(c, "not TLS: invalid record header");
+            break;
+        case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
+        case SSL_R_DECRYPTION_FAILED:
+            set_err(c, "record authentication failed (bad MAC)");
+            break;
+        case SSL_R_NO_APPLICATION_PROTOCOL:
+            set_err(c, "no common application protocol (ALPN)");
+            break;
+        case ERR_R_MALLOC_FAILURE:
+            set_err(c, "out of memory");
+            ret = -ENOMEM;
+            break;
+        default:
+            if (e)
+                set_err(c, "TLS error: %s", tls_ossl_str(buf, sizeof buf));
+            else if (sslerr == SSL_ERROR_SYSCALL)
+                set_err(c, "TLS error: unexpected end of input");
+            else
+                set_err(c, "TLS error: %d", sslerr);
+            break;
+        }
+    }
+    ERR_clear_error();
+    return ret;
+}
+
+/* ---- BIO on the byte queues ---- */
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0)
+        return 0;
+    if (byteq_append(&c->out, data, (size_t)len, 0) < 0)
+        return -1;
+    return len;
+}
+
+static int bio_read(BIO *b, char *data, int len)
+{
+    struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    size_t n = byteq_len(&c->in);
+    if (n == 0) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    if (len <= 0)
+        return 0;
+    if (n > (size_t)len)
+        n = (size_t)len;
+    memcpy(data, c->in.data + c->in.rd, n);
+    byteq_consume(&c->in, n);
+    return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+    case BIO_CTRL_DUP:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "edge byteq");
+    if (m && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) &&
+        BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create))
+        bio_method = m;
+}
+
+BIO_METHOD *tls_ossl_bio_method(void)
+{
+    pthread_once(&bio_once, bio_method_init);
+    return bio_method;
+}
+
+/* ---- connection ---- */
+
+int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name)
+{
+    if (!out || !ctx)
+        return -EINVAL;
+    struct tls_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    ERR_clear_error();
+    c->ssl = SSL_new(ctx->ssl);
+    BIO *bio = c->ssl ? BIO_new(tls_ossl_bio_method()) : NULL;
+    if (!bio) {
+        SSL_free(c->ssl);
+        free(c);
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    BIO_set_data(bio, c);
+    SSL_set_bio(c->ssl, bio, bio); /* one reference, for both directions */
+    SSL_set_app_data(c->ssl, c);
+    c->ctx = ctx;
+    tls_ctx_ref(ctx);
+    if (ctx->server) {
+        SSL_set_accept_state(c->ssl);
+        *out = c;
+        return 0;
+    }
+    SSL_set_connect_state(c->ssl);
+    if (server_name && *server_name) {
+        uint8_t ip[16];
+        size_t iplen = 0;
+        if (inet_pton(AF_INET, server_name, ip) == 1)
+            iplen = 4;
+        else if (inet_pton(AF_INET6, server_name, ip) == 1)
+            iplen = 16;
+        bool ok = (c->name = strdup(server_name)) != NULL;
+        if (ok && iplen) /* RFC 6066 3: no IP literals in SNI; checked against iPAddress */
+            ok = X509_VERIFY_PARAM_set1_ip(SSL_get0_param(c->ssl), ip, iplen) == 1;
+        else if (ok)
+            ok = SSL_set_tlsext_host_name(c->ssl, server_name) == 1 &&
+                 SSL_set1_host(c->ssl, server_name) == 1;
+        if (!ok) {
+            tls_conn_destroy(c);
+            return -EINVAL;
+        }
+        SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        pthread_mutex_lock(&ctx->lock);
+        if (ctx->session && strcmp(ctx->session_name, server_name) == 0)
+            SSL_set_session(c->ssl, ctx->session);
+        pthread_mutex_unlock(&ctx->lock);
+    }
+    /* The client speaks first: put the ClientHello in the outgoing buffer now. */
+    int rc = SSL_do_handshake(c->ssl);
+    int e = SSL_get_error(c->ssl, rc);
+    if (rc != 1 && e != SSL_ERROR_WANT_READ) {
+        conn_fail(c, e);
+        tls_conn_destroy(c);
+        return -EPROTO;
+    }
+    *out = c;
+    return 0;
+}
+
+void tls_conn_destroy(struct tls_conn *c)
+{
+    if (!c)
+        return;
+    /* A connection that ends without close_notify is not a bad session: OpenSSL would
+     * take its session out of the cache (and make the client's saved copy unusable). */
+    if (c->done && !c->failed)
+        SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
+    SSL_free(c->ssl); /* frees the BIO */
+    byteq_free(&c->in);
+    byteq_free(&c->out);
+    if (c->early.data)
+        OPENSSL_cleanse(c->early.data, c->early.cap);
+    byteq_free(&c->early);
+    free(c->name);
+    free(c->sni);
+    free(c->err);
+    free(c->vinfo);
+    free(c->peer);
+    tls_ctx_unref(c->ctx);
+    free(c);
+}
+
+int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+    if (!c || (!data && len))
+        return -EINVAL;
+    return byteq_append(&c->in, data, len, TLS_IN_CAP);
+}
+
+static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        size_t w = 0;
+        ERR_clear_error();
+        int rc = SSL_write_ex(c->ssl, data + off, len - off, &w);
+        if (rc != 1) {
+            int e = SSL_get_error(c->ssl, rc);
+            if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+                continue; /* cannot happen with our BIO, which always accepts */
+            return conn_fail(c, e);
+        }
+        off += w;
+    }
+    return (ssize_t)len;
+}
+
+static void handshake_finished(struct tls_conn *c)
+{
+    c->done = true;
+    c->resumed = SSL_session_reused(c->ssl) == 1;
+    free(c->vinfo);
+    c->vinfo = NULL;
+    X509 *p = SSL_get0_peer_certificate(c->ssl);
+    if (p)
+        c->peer = tls_ossl_peer_names(p);
+    c->verified = p != NULL && SSL_get_verify_mode(c->ssl) != SSL_VERIFY_NONE &&
+                  SSL_get_verify_result(c->ssl) == X509_V_OK;
+    const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+    const char *std = ci ? SSL_CIPHER_standard_name(ci) : NULL;
+    snprintf(c->cipher, sizeof c->cipher, "%s", std ? std : "?");
+    for (char *q = c->cipher; *q; q++)
+        if (*q == '_')
+            *q = '-';
+}
+
+static int conn_handshake(struct tls_conn *c)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc != 1) {
+        int e = SSL_get_error(c->ssl, rc);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return -EAGAIN;
+        return conn_fail(c, e);
+    }
+    handshake_finished(c);
+    if (byteq_len(&c->early)) {
+        ssize_t w = write_records(c, c->early.data + c->early.rd, byteq_len(&c->early));
+        OPENSSL_cleanse(c->early.data, c->early.cap);
+        byteq_free(&c->early);
+        if (w < 0)
+            return (int)w;
+    }
+    return 0;
+}
+
+ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
+{
+    if (!c || (!out && cap))
+        return -EINVAL;
+    if (c->failed)
+        return -EPROTO;
+    if (!c->done) {
+        int rc = conn_handshake(c);
+        if (rc)
+            return rc;
+    }
+    if (cap == 0)
+        return -EAGAIN;
+    size_t got = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(c->ssl, out, cap, &got);
+    if (rc == 1)
+        return (ssize_t)got;
+    int e = SSL_get_error(c->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return -EAGAIN;
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    return conn_fail(c, e);
+}
+
+ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+    if (!c || (!data && len))
+        return -EINVAL;
+    if (c->failed)
+        return -EPROTO;
+    if (len == 0)
+        return 0;
+    if (!c->done) {
+        int rc = byteq_append(&c->early, data, len, 0);
+        return rc ? rc : (ssize_t)len;
+    }
+    return write_records(c, data, len);
+}
+
+void tls_conn_close_notify(struct tls_conn *c)
+{
+    if (c && c->done && !c->failed) {
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+        ERR_clear_error();
+    }
+}
+
+size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
+{
+    if (!c || byteq_len(&c->out) == 0) {
+        if (p)
+            *p = NULL;
+        return 0;
+    }
+    if (p)
+        *p = c->out.data + c->out.rd;
+    return byteq_len(&c->out);
+}
+
+void tls_conn_consume(struct tls_conn *c, size_t n)
+{
+    if (c)
+        byteq_consume(&c->out, n);
+}
+
+bool tls_conn_handshake_done(const struct tls_conn *c)
+{
+    return c && c->done;
+}
+
+bool tls_conn_resumed(const struct tls_conn *c)
+{
+    return c && c->done && c->resumed;
+}
+
+const char *tls_conn_error(const struct tls_conn *c)
+{
+    if (!c || (!c->err && !c->failed))
+        return NULL;
+    return c->err ? c->err : "out of memory";
+}
+
+const char *tls_conn_sni(const struct tls_conn *c)
+{
+    return c ? c->sni : NULL;
+}
+
+const char *tls_conn_alpn(const struct tls_conn *c)
+{
+    if (!c || !c->done || !c->ctx->alpn)
+        return NULL;
+    const unsigned char *p;
+    unsigned int n;
+    SSL_get0_alpn_selected(c->ssl, &p, &n);
+    /* The protocol is one of ours: hand out our NUL-terminated copy. */
+    for (size_t i = 0; p && c->ctx->alpn[i]; i++)
+        if (strlen(c->ctx->alpn[i]) == n && memcmp(c->ctx->alpn[i], p, n) == 0)
+            return c->ctx->alpn[i];
+    return NULL;
+}
+
+const char *tls_conn_cipher(const struct tls_conn *c)
+{
+    return c && c->done ? c->cipher : NULL;
+}
+
+const char *tls_conn_version(const struct tls_conn *c)
+{
+    return c && c->done ? SSL_get_version(c->ssl) : NULL;
+}
+
+const char *tls_conn_peer_cn(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->cn : NULL;
+}
+
+const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
+{
+    return c && c->peer && i < c->peer->nsans ? c->peer->sans[i] : NULL;
+}
+
+const char *tls_conn_peer_subject(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->subject : NULL;
+}
+
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
+{
+    return c && c->peer ? c->peer->fingerprint : NULL;
+}
+
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
+{
+    return c && c->verified && tls_peer_has_name(c->peer, name);
+}
+
+bool tls_conn_peer_verified(const struct tls_conn *c)
+{
+    return c && c->verified;
+}
