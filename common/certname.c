@@ -72,6 +72,15 @@ static bool match_suffix(const char *p, size_t plen, const char *n, size_t nlen)
     return nlen > plen + 1 && n[nlen - plen - 1] == '.' && same(n + nlen - plen, p, plen);
 }
 
+static bool match_leading(const char *p, size_t plen, const char *n, size_t nlen)
+{
+    if (labels(p, plen, false) == 0 || labels(n, nlen, false) == 0)
+        return false;
+    if (plen == nlen)
+        return same(p, n, nlen);
+    return plen > nlen + 1 && p[nlen] == '.' && same(p, n, nlen);
+}
+
 bool cert_name_match(const char *pattern, size_t plen, const char *name, size_t nlen,
                      enum cert_name_mode mode)
 {
@@ -84,6 +93,8 @@ bool cert_name_match(const char *pattern, size_t plen, const char *name, size_t 
         return match_wildcard(pattern, plen, name, nlen);
     case CERT_NAME_DOMAIN_SUFFIX:
         return match_suffix(pattern, plen, name, nlen);
+    case CERT_NAME_LEADING_LABELS:
+        return match_leading(pattern, plen, name, nlen);
     }
     return false;
 }

@@ -23,6 +23,10 @@ enum cert_name_mode {
      * "evilpartner.example"); labels aligned, no empty labels, no '*' on either side (a
      * wildcard name is no host). */
     CERT_NAME_DOMAIN_SUFFIX,
+    /* name is the pattern's leading labels, whole: "av-edge" is named by "av-edge" and
+     * "av-edge.lab.example", not by "av-edge2.lab.example" (a role named in an edge's
+     * certificate, for the control channel); no empty labels, no '*' on either side. */
+    CERT_NAME_LEADING_LABELS,
 };
 
 bool cert_name_match(const char *pattern, size_t plen, const char *name, size_t nlen,

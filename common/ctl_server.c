@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/certname.h"
 #include "common/ctl_int.h"
 #include "common/stream.h"
 
@@ -552,8 +553,8 @@ const char *ctl_peer_cert_name(const struct ctl_peer *p)
 
 static bool name_matches(const char *have, const char *want)
 {
-    size_t n = strlen(want);
-    return have && strncasecmp(have, want, n) == 0 && (have[n] == '\0' || have[n] == '.');
+    return have &&
+           cert_name_match(have, strlen(have), want, strlen(want), CERT_NAME_LEADING_LABELS);
 }
 
 bool ctl_peer_cert_names(const struct ctl_peer *p, const char *name)

@@ -82,6 +82,23 @@ static void domain_suffix_is_label_aligned(void **st)
     assert_false(m("", "x.example", d));
 }
 
+/* The control channel's role check: the wanted role is the certificate name's leading
+ * labels, whole (it was a prefix compare that stopped at '.'). */
+static void leading_labels_are_whole_labels(void **st)
+{
+    (void)st;
+    const enum cert_name_mode mode = CERT_NAME_LEADING_LABELS;
+    assert_true(m("av-edge", "av-edge", mode));
+    assert_true(m("AV-Edge.lab.example", "av-edge", mode));
+    assert_true(m("av-edge.lab.example", "av-edge.lab", mode));
+    assert_false(m("av-edge2.lab.example", "av-edge", mode));
+    assert_false(m("av-edge", "av-edge.lab", mode));
+    assert_false(m("av-edge..lab", "av-edge", mode));
+    assert_false(m("*.lab.example", "av-edge", mode));
+    assert_false(m("av-edge.lab", "", mode));
+    assert_false(m("", "av-edge", mode));
+}
+
 static void san_list_before_cn(void **st)
 {
     (void)st;
@@ -110,6 +127,7 @@ int main(void)
         cmocka_unit_test(wildcard_is_one_whole_leftmost_label),
         cmocka_unit_test(domain_suffix_is_label_aligned),
         cmocka_unit_test(san_list_before_cn),
+        cmocka_unit_test(leading_labels_are_whole_labels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
