@@ -1,4 +1,4 @@
-// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/metrics.c common/log.c common/memtrim.c -lyaml
+// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/metrics.c common/log.c common/memtrim.c common/certwatch.c common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/crypto.c -lyaml
 /* Fuzzes the YAML config loader with a key table that uses every value type. */
 #include <stddef.h>
 #include <stdint.h>
