@@ -109,7 +109,7 @@ int main(int argc, char **argv)
         static char buf[65536];
         memset(buf, 'u', sizeof buf);
         bool up = !strcmp(argv[4], "up");
-        double t0 = now(), t1 = t0;
+        double t0 = now(), t1;
         unsigned long long bytes = 0;
         while ((t1 = now()) - t0 < secs) {
             int r = up ? SSL_write(s, buf, 16384) : SSL_read(s, buf, sizeof buf);
@@ -132,7 +132,7 @@ int main(int argc, char **argv)
         sess = SSL_get1_session(s);
         finish(s);
     }
-    double t0 = now(), t1 = t0;
+    double t0 = now(), t1;
     unsigned long n = 0, reused = 0;
     while ((t1 = now()) - t0 < secs) {
         SSL *s = handshake(c, host, port, sess);
