@@ -5,8 +5,8 @@
 
 #include <uv.h>
 
-#include "common/cfg.h"
 #include "common/admin.h"
+#include "common/cfg.h"
 #include "common/daemon.h"
 
 /* One side's listeners. Empty lists disable a transport. */
@@ -19,9 +19,9 @@ struct ae_side_config {
     size_t ntls;
     struct addr *mtls; /* mutual TLS (federation outside; the Director inside) */
     size_t nmtls;
-    struct addr *ws;   /* SIP over WebSocket, plain (labs, or behind a TLS terminator) */
+    struct addr *ws; /* SIP over WebSocket, plain (labs, or behind a TLS terminator) */
     size_t nws;
-    struct addr *wss;  /* SIP over secure WebSocket (RFC 7118), browser clients */
+    struct addr *wss; /* SIP over secure WebSocket (RFC 7118), browser clients */
     size_t nwss;
     struct tls_files_config certs;
 };
@@ -49,7 +49,7 @@ struct ae_limits_config {
     uint64_t idle_timeout_ms;
     uint64_t handshake_timeout_ms;
     uint64_t message_timeout_ms; /* a stream message begun must be complete this soon */
-    uint32_t rate;  /* requests per second per external address */
+    uint32_t rate;               /* requests per second per external address */
     uint32_t burst;
     uint32_t reject_rate; /* 503s per second to one over-limit UDP source; the rest dropped */
     uint32_t max_transactions;
@@ -71,10 +71,10 @@ struct ae_federation_config {
     char **block;
     size_t nblock;
     bool discovery;
-    uint32_t discovered_rate;  /* messages/s per discovered partner */
-    uint32_t suspicious_rate;  /* when its failure ratio is suspicious */
-    uint32_t max_contacts;     /* distinct users before the watch list */
-    char *dns_servers;         /* "127.0.0.1:5353" for c-ares, or NULL: system resolver */
+    uint32_t discovered_rate; /* messages/s per discovered partner */
+    uint32_t suspicious_rate; /* when its failure ratio is suspicious */
+    uint32_t max_contacts;    /* distinct users before the watch list */
+    char *dns_servers;        /* "127.0.0.1:5353" for c-ares, or NULL: system resolver */
 };
 
 struct ae_config {

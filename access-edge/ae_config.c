@@ -13,8 +13,8 @@ static const struct cfg_key ext_keys[] = {
      .help = "SIP over TCP listeners (remote users)"},
     {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .restart = true, .min = 443, .count_offset = SIDE(ntls),
      .help = "SIP over TLS listeners for remote users (443, 5061)"},
-    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(nmtls),
-     .help = "SIP over mutual TLS listeners for federated partners"},
+    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061,
+     .count_offset = SIDE(nmtls), .help = "SIP over mutual TLS listeners for federated partners"},
     {"ws", CFG_ADDRLIST, SIDE(ws), NULL, .restart = true, .min = 80, .count_offset = SIDE(nws),
      .help = "SIP over WebSocket listeners (plain; labs or behind a TLS terminator)"},
     {"wss", CFG_ADDRLIST, SIDE(wss), NULL, .restart = true, .min = 8443, .count_offset = SIDE(nwss),
@@ -31,8 +31,8 @@ static const struct cfg_key int_keys[] = {
      .help = "SIP over TCP listeners facing the Director"},
     {"tls", CFG_ADDRLIST, SIDE(tls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(ntls),
      .help = "SIP over TLS listeners facing the Director"},
-    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061, .count_offset = SIDE(nmtls),
-     .help = "SIP over mutual TLS listeners facing the Director"},
+    {"mtls", CFG_ADDRLIST, SIDE(mtls), NULL, .restart = true, .min = 5061,
+     .count_offset = SIDE(nmtls), .help = "SIP over mutual TLS listeners facing the Director"},
     {"certs", CFG_SECTION, SIDE(certs), .sub = tls_files_keys,
      .help = "the edge's internal certificate, key, and the CA of the Director"},
     CFG_END,
@@ -50,18 +50,18 @@ static const struct cfg_key next_hop_keys[] = {
     {"backups", CFG_ADDRLIST, offsetof(struct ae_next_hop_config, backups), NULL, .min = 5060,
      .count_offset = offsetof(struct ae_next_hop_config, nbackups),
      .help = "other Directors (same transport), used in order while the first is down"},
-    {"health_interval", CFG_DURATION, offsetof(struct ae_next_hop_config, health_interval_ms),
-     "1s", .min = 100, .max = 3600000,
+    {"health_interval", CFG_DURATION, offsetof(struct ae_next_hop_config, health_interval_ms), "1s",
+     .min = 100, .max = 3600000,
      .help = "OPTIONS to each Director this often; two unanswered intervals mark it down"},
     CFG_END,
 };
 
 #define LIM(f) offsetof(struct ae_limits_config, f)
 static const struct cfg_key limit_keys[] = {
-    {"max_client_message", CFG_SIZE, LIM(max_client_message), "64k", .min = 512,
-     .max = 1 << 20, .help = "largest message from a remote user (513 above)"},
-    {"max_server_message", CFG_SIZE, LIM(max_server_message), "64k", .min = 512,
-     .max = 1 << 20, .help = "largest message from a partner or the inside (513 above)"},
+    {"max_client_message", CFG_SIZE, LIM(max_client_message), "64k", .min = 512, .max = 1 << 20,
+     .help = "largest message from a remote user (513 above)"},
+    {"max_server_message", CFG_SIZE, LIM(max_server_message), "64k", .min = 512, .max = 1 << 20,
+     .help = "largest message from a partner or the inside (513 above)"},
     {"max_headers", CFG_UINT, LIM(max_headers), "64", .min = 8, .max = 256,
      .help = "header lines per message (400 above)"},
     {"max_line", CFG_UINT, LIM(max_line), "1024", .min = 128, .max = 65536,
@@ -74,8 +74,7 @@ static const struct cfg_key limit_keys[] = {
      .help = "close a connection silent this long (CRLF keep-alives count)"},
     {"handshake_timeout", CFG_DURATION, LIM(handshake_timeout_ms), "10s", .min = 100,
      .help = "TLS handshake deadline"},
-    {"message_timeout", CFG_DURATION, LIM(message_timeout_ms), "10s", .min = 100,
-     .max = 3600000,
+    {"message_timeout", CFG_DURATION, LIM(message_timeout_ms), "10s", .min = 100, .max = 3600000,
      .help = "a message begun on TCP/TLS/WS must be complete this soon (else closed)"},
     {"rate", CFG_UINT, LIM(rate), "200", .min = 1, .max = 10000000,
      .help = "requests per second per external address (503 with Retry-After above)"},
@@ -85,8 +84,9 @@ static const struct cfg_key limit_keys[] = {
      .help = "503s a second to one UDP source over the rate (burst twice that); the rest "
              "are dropped unanswered, so a spoofed source cannot use the edge as a reflector"},
     {"exempt", CFG_CIDRLIST, LIM(exempt), NULL, .count_offset = LIM(nexempt),
-     .help = "external addresses or prefixes spared the per-address rate and connection "
-             "limits (a PBX or carrier with many users behind one address); the totals still apply"},
+     .help =
+         "external addresses or prefixes spared the per-address rate and connection "
+         "limits (a PBX or carrier with many users behind one address); the totals still apply"},
     {"max_transactions", CFG_UINT, LIM(max_transactions), "65536", .min = 16, .max = 4000000,
      .help = "INVITE transactions in flight (503 above)"},
     /* On by default: a loop this late cannot answer before a UDP client's first
@@ -94,7 +94,8 @@ static const struct cfg_key limit_keys[] = {
      * progress. Two ticks in a row must be late, so a one-off scheduling stall is not it. */
     {"overload_lag", CFG_DURATION, LIM(overload_lag_ms), "300ms", .min = 0, .max = 60000,
      .help = "when the event loop runs this late twice in a row (20 ms ticks), new "
-             "INVITE/REGISTER/SUBSCRIBE get 503 for 0.5 s (connections, in-dialog requests and responses still flow); 0 turns it off"},
+             "INVITE/REGISTER/SUBSCRIBE get 503 for 0.5 s (connections, in-dialog requests and "
+             "responses still flow); 0 turns it off"},
     CFG_END,
 };
 
@@ -171,7 +172,8 @@ int ae_config_validate(const void *cfg, struct cfg_err *err)
         return -EINVAL;
     }
     if (c->external.nudp + c->external.ntcp + c->external.ntls + c->external.nmtls +
-            c->external.nws + c->external.nwss == 0) {
+            c->external.nws + c->external.nwss ==
+        0) {
         cfg_errorf(cfg, err, "external", "no external listener");
         return -EINVAL;
     }

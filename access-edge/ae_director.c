@@ -12,8 +12,6 @@
 #include "access-edge/ae_dns.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
@@ -23,6 +21,8 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 
 struct addr ae_director_addr(const struct ae_config *cfg, size_t k)
@@ -36,7 +36,7 @@ struct addr ae_director_addr(const struct ae_config *cfg, size_t k)
  * next hop had: a response made from the copy that went out (our Via on top) takes the
  * ordinary response path, back the way the INVITE came, hidden as it should be. */
 void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
-                           const char *extra)
+                       const char *extra)
 {
     struct sip_msg *rm = malloc(sizeof(*rm));
     size_t cap = r->len + 512;
@@ -45,8 +45,10 @@ void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const
     if (rm && rep && sip_msg_scan(&ae->msg, r->data, r->len, true, AE_OUT_CAP) > 0)
         n = sip_reply_make(&ae->msg, status, phrase, NULL, slice_str(extra), rep, cap);
     if (n > 0 && sip_msg_scan(rm, rep, (size_t)n, true, AE_OUT_CAP) > 0) {
-        struct ae_origin o = {.side = r->dest.side, .tp = r->dest.tp,
-                              .conn = ae_conn_get(ae, r->dest.conn_id), .peer = &r->dest.addr};
+        struct ae_origin o = {.side = r->dest.side,
+                              .tp = r->dest.tp,
+                              .conn = ae_conn_get(ae, r->dest.conn_id),
+                              .peer = &r->dest.addr};
         struct ae_txn *t = ae_txn_find(ae->txns, r->key);
         if (t)
             t->local_final = true;
@@ -124,8 +126,10 @@ void ae_on_health(uv_timer_t *t)
             ae->dirs[k].last_ok = now;
         }
         metric_set(ae->m_dir_up[k], ae->dirs[k].up);
-        struct ae_dest d = {.side = AE_INT, .tp = (uint8_t)cfg->next_hop.transport,
-                            .addr = ae_director_addr(cfg, k), .conn_id = ae->dirs[k].conn};
+        struct ae_dest d = {.side = AE_INT,
+                            .tp = (uint8_t)cfg->next_hop.transport,
+                            .addr = ae_director_addr(cfg, k),
+                            .conn_id = ae->dirs[k].conn};
         const struct addr *via = ae_side_addr(ae, AE_INT, d.tp);
         if (!via)
             continue;

@@ -65,7 +65,8 @@ static void rearm(struct ae_dns *d)
 {
     struct timeval tv, *tvp = ares_timeout(d->ch, NULL, &tv);
     if (tvp)
-        uv_timer_start(&d->timer, on_timer, (uint64_t)tvp->tv_sec * 1000 + tvp->tv_usec / 1000 + 1, 0);
+        uv_timer_start(&d->timer, on_timer, (uint64_t)tvp->tv_sec * 1000 + tvp->tv_usec / 1000 + 1,
+                       0);
     else
         uv_timer_stop(&d->timer);
 }
@@ -222,13 +223,18 @@ void ae_dns_target_failed(struct ae_dns *d, const struct addr *to, uint64_t hold
 static int map_status(int st)
 {
     switch (st) {
-    case ARES_SUCCESS: return 0;
+    case ARES_SUCCESS:
+        return 0;
     case ARES_ENODATA:
-    case ARES_ENOTFOUND: return -ENOENT;
-    case ARES_ETIMEOUT: return -ETIMEDOUT;
+    case ARES_ENOTFOUND:
+        return -ENOENT;
+    case ARES_ETIMEOUT:
+        return -ETIMEDOUT;
     case ARES_ECANCELLED:
-    case ARES_EDESTRUCTION: return -ECANCELED;
-    default: return -EIO;
+    case ARES_EDESTRUCTION:
+        return -ECANCELED;
+    default:
+        return -EIO;
     }
 }
 

@@ -10,7 +10,8 @@
 
 struct ae_dns;
 
-/* status 0 and the partner edge's address (the first SRV target found, and its name), or a negative errno
+/* status 0 and the partner edge's address (the first SRV target found, and its name), or a negative
+ * errno
  * (-ENOENT: no such record, -ETIMEDOUT, -EIO). */
 typedef void (*ae_dns_cb)(int status, const struct addr *to, const char *target, void *arg);
 

@@ -115,16 +115,16 @@ struct ae {
     uint32_t next_id;
 #define AE_DIRECTORS_MAX 8
     struct {
-        uint32_t conn;      /* stream connection to it, 0 if none */
-        uint64_t last_ok;   /* when it last answered anything (ms) */
-        uint64_t down_ms;   /* when it was marked down */
-        bool probed;        /* it has answered a health OPTIONS: silence to them counts */
+        uint32_t conn;    /* stream connection to it, 0 if none */
+        uint64_t last_ok; /* when it last answered anything (ms) */
+        uint64_t down_ms; /* when it was marked down */
+        bool probed;      /* it has answered a health OPTIONS: silence to them counts */
         bool up;
     } dirs[AE_DIRECTORS_MAX];
     size_t ndirs;
     uv_timer_t health;
-    uv_timer_t lag;          /* fires every 20 ms; lateness measures saturation */
-    uint64_t lag_expected;   /* uv_hrtime ns when it should fire */
+    uv_timer_t lag;            /* fires every 20 ms; lateness measures saturation */
+    uint64_t lag_expected;     /* uv_hrtime ns when it should fire */
     uint64_t overloaded_until; /* ms (loop clock) */
     struct log_limit fd_log;   /* connections refused at the open-file limit */
     unsigned late_ticks;       /* consecutive lag ticks at least overload_lag late */
@@ -136,7 +136,7 @@ struct ae {
     struct dlist retx;     /* struct ae_retx, forwarded over UDP */
     struct ratelimit *rl;
     struct ratelimit *reject_rl; /* 503s to over-limit UDP sources (reflection bound) */
-    struct ratelimit *fed_rl; /* per discovered partner domain */
+    struct ratelimit *fed_rl;    /* per discovered partner domain */
     struct ae_partner *partners;
     size_t npartners;
     struct admin *admin;
@@ -151,7 +151,7 @@ struct ae {
     struct metric *m_in[2], *m_out[2], *m_unparseable, *m_dropped, *m_conns, *m_txns;
     struct metric *m_retx, *m_retx_timeout;
     struct metric *m_route_stripped;
-    struct metric *m_slow; /* connections closed for a message slower than message_timeout */
+    struct metric *m_slow;   /* connections closed for a message slower than message_timeout */
     struct metric *m_silent; /* over-limit UDP requests dropped without a 503 */
     /* Log lines about bad input are bounded (AE_NOISE_LINES a second); the rest are counted
      * and summed up in one line. */
@@ -167,8 +167,8 @@ struct ae {
 /* Where a message came from. */
 struct ae_origin {
     uint8_t side, tp;
-    struct ae_udp *udp;    /* UDP: the socket it arrived on */
-    struct ae_conn *conn;  /* stream: its connection */
+    struct ae_udp *udp;   /* UDP: the socket it arrived on */
+    struct ae_conn *conn; /* stream: its connection */
     const struct addr *peer;
 };
 
@@ -184,12 +184,12 @@ const char *ae_tp_name(uint8_t tp);
 void ae_noise_flush(struct ae *ae, uint64_t now);
 bool ae_noise_ok(struct ae *ae);
 void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                      const struct sip_verdict *v, const char *extra);
+               const struct sip_verdict *v, const char *extra);
 int ae_federation_target(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                                const char *domain, struct addr *to);
+                         const char *domain, struct addr *to);
 struct addr ae_director_addr(const struct ae_config *cfg, size_t k);
 void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
-                           const char *extra);
+                       const char *extra);
 bool ae_dest_is_director(const struct ae *ae, const struct ae_dest *d, size_t k);
 void ae_director_down(struct ae *ae, size_t k, const char *why);
 /* Director k answered something: up again if it was down, said once. */
@@ -200,26 +200,25 @@ void ae_forward_response(struct ae *ae, const struct ae_origin *o, const struct 
 void ae_forward_response_to(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                             struct ae_dest *sent, size_t *sent_len);
 int ae_policy(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                     const struct sip_route *r, enum sip_source src);
+              const struct sip_route *r, enum sip_source src);
 void ae_partner_account(struct ae *ae, struct ae_conn *c, int status);
 void ae_on_admin_watchlist(const char *method, const char *path, const char *query,
-                               const char *body, size_t body_len, struct admin_reply *reply,
-                               void *arg);
+                           const char *body, size_t body_len, struct admin_reply *reply, void *arg);
 char *ae_watchlist_render(const struct ae_partner *partners, size_t np, size_t *len);
 bool ae_exempt(const struct ae *ae, const struct addr *peer);
 int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
 void ae_on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
 void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sockaddr *from,
-                        unsigned flags);
+                    unsigned flags);
 void ae_on_accept(uv_stream_t *server, int status);
 int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
-                      const char *server_name, struct ae_conn **out);
+               const char *server_name, struct ae_conn **out);
 /* The edge's own final answer to INVITE key, sent over UDP to d: sent again on Timer G until
  * the ACK comes (ae_fwd_gate's ABSORB_ACK) or Timer H passes. */
 void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
                           size_t n);
 void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
-                       size_t n);
+                   size_t n);
 void ae_unref(struct ae *ae);
 void ae_check_drained(struct ae *ae);
 

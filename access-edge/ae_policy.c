@@ -13,8 +13,6 @@
 #include "access-edge/ae_dns.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
@@ -24,6 +22,8 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 
 /* A request parked while DNS finds its partner; replayed from the bytes when it answers. */
@@ -59,7 +59,7 @@ static void on_partner_found(int status, const struct addr *to, const char *targ
 /* Federation target for domain: 0 with *to set (cached), 1 if the request was answered or
  * parked for a DNS lookup. */
 int ae_federation_target(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                                const char *domain, struct addr *to)
+                         const char *domain, struct addr *to)
 {
     const struct ae_federation_config *fc = &ae->cfg->federation;
     bool allowed = false;
@@ -139,7 +139,7 @@ static uint64_t ruri_hash(const struct sip_msg *m)
 /* Federation policy on a validated request: Block list, watch list, discovered-partner
  * rate. Returns 0 to go on, 1 when the request was answered. */
 int ae_policy(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                     const struct sip_route *r, enum sip_source src)
+              const struct sip_route *r, enum sip_source src)
 {
     const struct ae_federation_config *fc = &ae->cfg->federation;
     const char *peer_domain = o->side == AE_EXT ? r->from_domain : r->ruri_domain;
@@ -249,8 +249,7 @@ char *ae_watchlist_render(const struct ae_partner *partners, size_t np, size_t *
 }
 
 void ae_on_admin_watchlist(const char *method, const char *path, const char *query,
-                           const char *body, size_t body_len, struct admin_reply *reply,
-                           void *arg)
+                           const char *body, size_t body_len, struct admin_reply *reply, void *arg)
 {
     struct ae *ae = arg;
     size_t n;

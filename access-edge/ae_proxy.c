@@ -1,8 +1,8 @@
 /* The access edge's proxy core (RFC 3261 §16): validates, marks and forwards each message,
  * requests and responses, with topology hiding. Every message is parsed once and forwarded
  * by splicing its bytes. */
-#include "access-edge/ae_int.h"
 #include "access-edge/ae_fwd.h"
+#include "access-edge/ae_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -14,8 +14,6 @@
 #include "access-edge/ae_dns.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
@@ -25,6 +23,8 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 
 /* ---- log lines about bad input ---- */
@@ -52,8 +52,8 @@ bool ae_noise_ok(struct ae *ae)
 
 /* ---- replies ---- */
 
-static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                     int status, const char *phrase, const char *warning, const char *extra)
+static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m, int status,
+                     const char *phrase, const char *warning, const char *extra)
 {
     if (!m->is_request || slice_eq_str(m->method, "ACK"))
         return; /* never answer an ACK or a response */
@@ -70,8 +70,8 @@ static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_
         snprintf(lines + n, sizeof(lines) - n, "%s", extra);
     char tag[24];
     snprintf(tag, sizeof(tag), "ae%08x", (unsigned)(sip_branch_hash(ae->salt, m) & 0xffffffffu));
-    ssize_t len = sip_reply_make_src(m, o->peer, status, phrase, tag, slice_str(lines), ae->out,
-                                     AE_OUT_CAP);
+    ssize_t len =
+        sip_reply_make_src(m, o->peer, status, phrase, tag, slice_str(lines), ae->out, AE_OUT_CAP);
     if (len < 0)
         return;
     if (o->conn)
@@ -81,7 +81,7 @@ static void ae_reply(struct ae *ae, const struct ae_origin *o, const struct sip_
 }
 
 void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
-                      const struct sip_verdict *v, const char *extra)
+               const struct sip_verdict *v, const char *extra)
 {
     if (m->is_request && slice_eq_str(m->method, "ACK"))
         return; /* never answered, and the ACK of our own refusal is no second refusal */
@@ -108,7 +108,9 @@ static void fmt_uri_host(const struct addr *a, uint8_t tp, char *out, size_t cap
     char h[ADDR_STRLEN];
     addr_format(a, h);
     snprintf(out, cap, "%s;lr%s%s", h,
-             tp == AE_TP_TCP ? ";transport=tcp" : tp == AE_TP_TLS ? ";transport=tls" : "",
+             tp == AE_TP_TCP   ? ";transport=tcp"
+             : tp == AE_TP_TLS ? ";transport=tls"
+                               : "",
              ob ? ";ob" : "");
 }
 
@@ -175,7 +177,9 @@ static void topo_init(struct ae *ae, uint64_t nonce, uint8_t tp, struct sip_topo
     const struct addr *a = ae_side_addr(ae, AE_EXT, tp);
     char h[ADDR_STRLEN];
     snprintf(ext, cap, "%s%s", a ? addr_format(a, h) : ae->cfg->fqdn,
-             tp == AE_TP_TCP ? ";transport=tcp" : tp == AE_TP_TLS ? ";transport=tls" : "");
+             tp == AE_TP_TCP   ? ";transport=tcp"
+             : tp == AE_TP_TLS ? ";transport=tls"
+                               : "");
     *t = (struct sip_topo){ae->flow_key, nonce, slice_str(ext)};
 }
 
@@ -183,8 +187,8 @@ static void topo_init(struct ae *ae, uint64_t nonce, uint8_t tp, struct sip_topo
  * internal entry and the inside's own Record-Routes sealed (sip_topo.h). Returns the new
  * length of ins (cap when it does not fit). */
 static size_t hidden_record_route(const struct sip_topo *t, const struct sip_msg *m,
-                                  const char *tok, const char *ext_u, const char *int_u,
-                                  char *ins, size_t n, size_t cap)
+                                  const char *tok, const char *ext_u, const char *int_u, char *ins,
+                                  size_t n, size_t cap)
 {
     char own_int[300], sealed[4096];
     snprintf(own_int, sizeof(own_int), "<sip:%s%s%s>", tok, *tok ? "@" : "", int_u);
@@ -254,8 +258,8 @@ static int ext_routes(struct ae *ae, const struct ae_origin *o, const struct sip
         reject_tampered(ae, o, m);
         return 1;
     }
-    ssize_t kl = sip_route_write_kept(&plan, routes + *routes_len,
-                                      routes_cap - (size_t)*routes_len);
+    ssize_t kl =
+        sip_route_write_kept(&plan, routes + *routes_len, routes_cap - (size_t)*routes_len);
     if (kl < 0) {
         struct sip_verdict tl = {513, "Message Too Large", "too_large", "Route too long"};
         ae_reject(ae, o, m, &tl, NULL);
@@ -366,7 +370,7 @@ static int dest_uri(struct ae *ae, const struct ae_origin *o, const struct sip_m
 
 static enum ae_method method_of(const struct sip_msg *m)
 {
-    return method_is(m, "INVITE") ? AE_M_INVITE
+    return method_is(m, "INVITE")   ? AE_M_INVITE
            : method_is(m, "CANCEL") ? AE_M_CANCEL
            : method_is(m, "ACK")    ? AE_M_ACK
                                     : AE_M_OTHER;
@@ -602,13 +606,18 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     uint64_t h = sip_branch_hash(ae->salt, m);
     if (txn_gate(ae, o, m, h, uv_now(ae->loop), &dest) != 0)
         return;
-    struct fwd_ctx x = {.ae = ae, .o = o, .m = m, .r = r, .dest = &dest,
-                        .dc = ae_conn_get(ae, dest.conn_id), .from_ext = o->side == AE_EXT};
+    struct fwd_ctx x = {.ae = ae,
+                        .o = o,
+                        .m = m,
+                        .r = r,
+                        .dest = &dest,
+                        .dc = ae_conn_get(ae, dest.conn_id),
+                        .from_ext = o->side == AE_EXT};
     x.hide = ae->cfg->topology_hiding && o->side != AE_EXT && dest.side == AE_EXT;
     char ins[8192];
-    ssize_t n = build_ins(&x, h, o->conn ? o->conn->id : 0,
-                          slice_make(routes, routes_len > 0 ? (size_t)routes_len : 0), ins,
-                          sizeof(ins));
+    ssize_t n =
+        build_ins(&x, h, o->conn ? o->conn->id : 0,
+                  slice_make(routes, routes_len > 0 ? (size_t)routes_len : 0), ins, sizeof(ins));
     if (n == -EADDRNOTAVAIL)
         return;
     if (n == -E2BIG) {
@@ -624,7 +633,8 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
     struct sip_fwd_opts fo = {.insert = slice_make(ins, n > 0 ? (size_t)n : 0),
                               .pop_routes = o->side == AE_EXT ? 0 : r->pop,
                               .src = x.hide ? NULL : o->peer,
-                              .drop = SIP_HDR_BIT(SIP_H_TRUST) | routes_drop | (x.hide ? hidden : 0),
+                              .drop =
+                                  SIP_HDR_BIT(SIP_H_TRUST) | routes_drop | (x.hide ? hidden : 0),
                               .ruri = slice_make(ruri, ruri_len > 0 ? (size_t)ruri_len : 0)};
     ssize_t len = n < 0 ? n : sip_fwd_request(m, &fo, ae->out, AE_OUT_CAP);
     if (len < 0) {
@@ -653,9 +663,8 @@ static ssize_t topo_response(struct ae *ae, const struct ae_origin *o, const str
                              uint64_t h, uint32_t cid, char *out, size_t cap)
 {
     if (o->side == AE_EXT) {
-        ssize_t n = m->count[SIP_H_RECORD_ROUTE]
-                        ? sip_topo_open_response_rr(ae->flow_key, m, out, cap)
-                        : 0;
+        ssize_t n =
+            m->count[SIP_H_RECORD_ROUTE] ? sip_topo_open_response_rr(ae->flow_key, m, out, cap) : 0;
         return n == -ENOSPC ? -EACCES : n;
     }
     if (!ae->cfg->topology_hiding)
@@ -840,8 +849,7 @@ static bool rate_limited(struct ae *ae, const struct ae_origin *o, const struct 
     if (!ratelimit_take(ae->rl, key, klen, 1, uv_now(ae->loop), &retry)) {
         char ra[40];
         snprintf(ra, sizeof(ra), "Retry-After: %u\r\n", retry ? retry : 1);
-        struct sip_verdict v = {503, "Service Unavailable", "rate_limited",
-                                "Rate limit exceeded"};
+        struct sip_verdict v = {503, "Service Unavailable", "rate_limited", "Rate limit exceeded"};
         ae_count_reject(ae, v.reason);
         /* A UDP source may be spoofed, and a 503 is larger than most requests: answer
          * only a few a second per source (limits.reject_rate), drop the rest. */
@@ -914,8 +922,8 @@ static void refused(struct ae *ae, const struct ae_origin *o, const struct sip_m
 int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
 {
     metric_inc(ae->m_in[o->side]);
-    enum sip_source src = o->conn ? o->conn->src : (o->side == AE_EXT ? SIP_SRC_REMOTE_USER
-                                                                       : SIP_SRC_INTERNAL);
+    enum sip_source src =
+        o->conn ? o->conn->src : (o->side == AE_EXT ? SIP_SRC_REMOTE_USER : SIP_SRC_INTERNAL);
     if (rate_limited(ae, o, m))
         return 0;
     learn_alias(o, m);

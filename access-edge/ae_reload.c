@@ -21,9 +21,11 @@ int ae_tls_build(const struct ae_config *cfg, const struct logger *log,
     } want[AE_TLS_COUNT] = {
         [AE_TLS_EXT] = {ex->ntls || ex->nwss, &users, {.server = true}},
         [AE_TLS_EXT_MTLS] = {ex->nmtls > 0, &ex->certs, {.server = true, .verify_peer = true}},
-        [AE_TLS_INT_SERVER] = {in->ntls || in->nmtls, &in->certs,
+        [AE_TLS_INT_SERVER] = {in->ntls || in->nmtls,
+                               &in->certs,
                                {.server = true, .verify_peer = in->nmtls > 0}},
-        [AE_TLS_INT_CLIENT] = {cfg->next_hop.transport == AE_TP_TLS, &in->certs,
+        [AE_TLS_INT_CLIENT] = {cfg->next_hop.transport == AE_TP_TLS,
+                               &in->certs,
                                {.verify_peer = true}},
         [AE_TLS_EXT_CLIENT] = {ex->certs.cert && ex->certs.ca, &ex->certs, {.verify_peer = true}},
     };

@@ -12,8 +12,6 @@
 #include "access-edge/ae_dns.h"
 #include "access-edge/ae_retx.h"
 #include "access-edge/ae_txn.h"
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
@@ -23,15 +21,40 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 
 /* Metric labels for each rejection reason (fixed set: bounded cardinality). */
 const char *const ae_reject_reasons[] = {
-    "too_large", "too_many_headers", "line_too_long", "missing_header", "duplicate_header",
-    "content_length", "method", "cseq", "max_forwards", "uri_scheme", "relay", "from_domain",
-    "loop", "no_target", "rate_limited", "overload", "no_flow", "blocked", "unroutable",
-    "watchlist", "tampered", "route", "fd_limit", "malformed", "version", "extension",
-    "next_hop_down", NULL,
+    "too_large",
+    "too_many_headers",
+    "line_too_long",
+    "missing_header",
+    "duplicate_header",
+    "content_length",
+    "method",
+    "cseq",
+    "max_forwards",
+    "uri_scheme",
+    "relay",
+    "from_domain",
+    "loop",
+    "no_target",
+    "rate_limited",
+    "overload",
+    "no_flow",
+    "blocked",
+    "unroutable",
+    "watchlist",
+    "tampered",
+    "route",
+    "fd_limit",
+    "malformed",
+    "version",
+    "extension",
+    "next_hop_down",
+    NULL,
 };
 _Static_assert(ARRAY_SIZE(ae_reject_reasons) == AE_REJECT_REASONS, "AE_REJECT_REASONS");
 
@@ -223,7 +246,7 @@ void ae_on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 }
 
 void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sockaddr *from,
-                        unsigned flags)
+                    unsigned flags)
 {
     struct ae_udp *u = h->data;
     struct ae *ae = u->ae;
@@ -240,8 +263,8 @@ void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sock
         k++;
     if (k == len)
         return;
-    size_t cap = u->side == AE_EXT ? ae->cfg->limits.max_client_message
-                                   : ae->cfg->limits.max_server_message;
+    size_t cap =
+        u->side == AE_EXT ? ae->cfg->limits.max_client_message : ae->cfg->limits.max_server_message;
     ssize_t r = sip_msg_scan(&ae->msg, p + k, len - k, true, cap);
     struct ae_origin o = {u->side, AE_TP_UDP, u, NULL, &peer};
     if (r < 0) {
@@ -492,8 +515,10 @@ static void on_conn_close(struct stream *s, int err, const char *why, void *arg)
     struct ae_conn *c = arg;
     struct ae *ae = c->ae;
     if (c->outbound && c->side == AE_EXT && !c->open && err && ae->dns) {
-        LOGW(ae->log, &c->peer, "sip: partner edge unreachable (%s): its domains use their "
-             "next SRV target for %d s", why ? why : strerror(-err), AE_PARTNER_HOLD_MS / 1000);
+        LOGW(ae->log, &c->peer,
+             "sip: partner edge unreachable (%s): its domains use their "
+             "next SRV target for %d s",
+             why ? why : strerror(-err), AE_PARTNER_HOLD_MS / 1000);
         ae_dns_target_failed(ae->dns, &c->peer, AE_PARTNER_HOLD_MS);
     }
     LOGD(ae->log, &c->peer, "sip: connection closed (%s)", why ? why : "");
@@ -507,8 +532,8 @@ static struct ae_conn *conn_new(struct ae *ae, uint8_t side, uint8_t tp, bool mt
     struct ae_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    size_t cap = side == AE_EXT ? ae->cfg->limits.max_client_message
-                                : ae->cfg->limits.max_server_message;
+    size_t cap =
+        side == AE_EXT ? ae->cfg->limits.max_client_message : ae->cfg->limits.max_server_message;
     if (buf_init(&c->rb, cap + 4096) < 0) {
         free(c);
         return NULL;
@@ -548,10 +573,9 @@ void ae_on_accept(uv_stream_t *server, int status)
         return;
     struct ae_conn *c = ae->draining ? NULL : conn_new(ae, l->side, l->tp, l->mtls);
     struct stream_opts so = {
-        .tls = l->tp == AE_TP_TLS
-                   ? (l->side == AE_EXT ? (l->mtls ? ae->tls_ext_mtls : ae->tls_ext)
-                                        : ae->tls_int_server)
-                   : NULL,
+        .tls = l->tp == AE_TP_TLS ? (l->side == AE_EXT ? (l->mtls ? ae->tls_ext_mtls : ae->tls_ext)
+                                                       : ae->tls_int_server)
+                                  : NULL,
         .write_cap = 256 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
         .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
@@ -589,7 +613,7 @@ void ae_on_accept(uv_stream_t *server, int status)
 }
 
 int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
-                      const char *server_name, struct ae_conn **out)
+               const char *server_name, struct ae_conn **out)
 {
     struct ae_conn *c = conn_new(ae, side, tp, tp == AE_TP_TLS);
     if (!c)

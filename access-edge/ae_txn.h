@@ -23,12 +23,12 @@ struct ae_dest {
 
 struct ae_txn {
     uint64_t key;
-    uint64_t t_ms;   /* created, then time of the final response */
-    uint8_t state;   /* internal: 0 empty, 1 used, 2 deleted */
-    bool final;      /* a final response went upstream */
-    bool cancelled;  /* a CANCEL was answered by us */
-    bool answered;   /* the next hop sent a response (even 100): retransmissions stop */
-    bool noninvite;  /* a non-INVITE awaiting its final answer (only drain looks at it) */
+    uint64_t t_ms;    /* created, then time of the final response */
+    uint8_t state;    /* internal: 0 empty, 1 used, 2 deleted */
+    bool final;       /* a final response went upstream */
+    bool cancelled;   /* a CANCEL was answered by us */
+    bool answered;    /* the next hop sent a response (even 100): retransmissions stop */
+    bool noninvite;   /* a non-INVITE awaiting its final answer (only drain looks at it) */
     bool local_final; /* the edge answered it itself (next hop down or silent): the ACK ends
                          it here, and the answer is sent again until then */
     bool acked;
@@ -46,8 +46,7 @@ void ae_txn_del(struct ae_txn_table *t, struct ae_txn *x);
 /* Removes transactions older than max_ms, or final for longer than linger_ms, and non-INVITE
  * ones older than Timer F. Returns how many went. */
 #define AE_TXN_TIMER_F_MS 32000u
-size_t ae_txn_expire(struct ae_txn_table *t, uint64_t now_ms, uint64_t max_ms,
-                     uint64_t linger_ms);
+size_t ae_txn_expire(struct ae_txn_table *t, uint64_t now_ms, uint64_t max_ms, uint64_t linger_ms);
 size_t ae_txn_count(const struct ae_txn_table *t);
 
 #endif

@@ -29,8 +29,8 @@ static int ae_op_start(struct daemon *d, const void *cfgv, void **state)
     struct ae_main *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    int rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d),
-                      &s->ae);
+    int rc =
+        ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d), &s->ae);
     if (rc < 0) {
         free(s);
         return rc;

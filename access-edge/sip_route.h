@@ -28,9 +28,9 @@ typedef enum sip_route_side (*sip_route_side_cb)(struct slice entry, void *arg);
 #define SIP_ROUTE_KEEP_MAX 8
 
 struct sip_route_plan {
-    unsigned pop;     /* entries at the top for this hop, removed */
-    bool hop_signed;  /* one of them is signed: the request follows a route set we recorded */
-    unsigned nkeep;   /* entries kept (signed ones of ours), in order */
+    unsigned pop;    /* entries at the top for this hop, removed */
+    bool hop_signed; /* one of them is signed: the request follows a route set we recorded */
+    unsigned nkeep;  /* entries kept (signed ones of ours), in order */
     struct slice keep[SIP_ROUTE_KEEP_MAX];
     unsigned foreign; /* entries removed that were not this hop's (foreign or unsigned) */
 };

@@ -18,18 +18,22 @@ struct sip_parsed {
 const char *sip_source_name(enum sip_source s)
 {
     switch (s) {
-    case SIP_SRC_INTERNAL: return "AuthorizedServer";
-    case SIP_SRC_REMOTE_USER: return "InternetUser";
-    case SIP_SRC_PARTNER: return "DirectPartner";
-    case SIP_SRC_DISCOVERED: return "AutoFederation";
+    case SIP_SRC_INTERNAL:
+        return "AuthorizedServer";
+    case SIP_SRC_REMOTE_USER:
+        return "InternetUser";
+    case SIP_SRC_PARTNER:
+        return "DirectPartner";
+    case SIP_SRC_DISCOVERED:
+        return "AutoFederation";
     }
     return "InternetUser";
 }
 
 /* PROTOCOLS.md §1.3: the full set for remote users, federation without REGISTER/SERVICE. */
 static const char *const methods_remote[] = {
-    "REGISTER", "SUBSCRIBE", "NOTIFY", "BENOTIFY", "SERVICE", "INVITE", "ACK", "BYE",
-    "CANCEL", "MESSAGE", "INFO", "OPTIONS", "REFER", "PRACK", "UPDATE", "PUBLISH", NULL,
+    "REGISTER", "SUBSCRIBE", "NOTIFY",  "BENOTIFY", "SERVICE", "INVITE", "ACK",     "BYE", "CANCEL",
+    "MESSAGE",  "INFO",      "OPTIONS", "REFER",    "PRACK",   "UPDATE", "PUBLISH", NULL,
 };
 
 bool sip_method_allowed(enum sip_source src, struct slice method)
@@ -121,8 +125,8 @@ static bool via_protocols_ok(const struct sip_msg *m)
         struct slice v = sip_hdr_value(m, &m->hdr[i]);
         while (v.len) {
             size_t k = 0;
-            while (k < v.len && (v.p[k] == ' ' || v.p[k] == '\t' || v.p[k] == '\r' ||
-                                 v.p[k] == '\n'))
+            while (k < v.len &&
+                   (v.p[k] == ' ' || v.p[k] == '\t' || v.p[k] == '\r' || v.p[k] == '\n'))
                 k++;
             size_t t = k;
             while (t < v.len && v.p[t] != '/' && v.p[t] != ' ' && v.p[t] != '\t' &&
@@ -148,8 +152,7 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
         return reject(v, 513, "Message Too Large", "too_large", "Message larger than ",
                       peer->src == SIP_SRC_REMOTE_USER ? "the client limit" : "the server limit");
     if (m->too_many_headers || (p->max_headers && m->nhdr > p->max_headers))
-        return reject(v, 400, "Bad Request", "too_many_headers", "Too many header fields",
-                      NULL);
+        return reject(v, 400, "Bad Request", "too_many_headers", "Too many header fields", NULL);
     if (p->max_line && m->max_line > p->max_line)
         return reject(v, 400, "Bad Request", "line_too_long", "Header line too long", NULL);
     static const enum sip_hdr_id single[] = {SIP_H_FROM, SIP_H_TO, SIP_H_CALL_ID, SIP_H_CSEQ,
@@ -165,15 +168,15 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
         if (m->count[id] == 0 && id == SIP_H_MAX_FORWARDS)
             continue;
         if (m->count[id] == 0)
-            return reject(v, 400, "Bad Request", "missing_header", "Missing header: ",
-                          sip_hdr_name(id));
+            return reject(v, 400, "Bad Request", "missing_header",
+                          "Missing header: ", sip_hdr_name(id));
         if (m->count[id] > 1)
-            return reject(v, 400, "Bad Request", "duplicate_header", "Duplicate header: ",
-                          sip_hdr_name(id));
+            return reject(v, 400, "Bad Request", "duplicate_header",
+                          "Duplicate header: ", sip_hdr_name(id));
     }
     if (m->count[SIP_H_CONTENT_LENGTH] > 1)
-        return reject(v, 400, "Bad Request", "duplicate_header", "Duplicate header: ",
-                      "Content-Length");
+        return reject(v, 400, "Bad Request", "duplicate_header",
+                      "Duplicate header: ", "Content-Length");
     /* RFC 3261 §8.1.1.5: a CSeq number is below 2^31 (RFC 4475 §3.1.2.4, §3.1.2.5). */
     struct slice cv = sip_hdr_value(m, sip_msg_find(m, SIP_H_CSEQ));
     uint64_t seq = 0;
@@ -296,8 +299,8 @@ static int parse(const struct sip_msg *m, struct sip_verdict *v, osip_message_t 
     if (osip_message_init(&msg) != 0)
         return -ENOMEM;
     int prc = sip_osip_parse(msg, m);
-    if (prc != 0 || !msg->cseq || !msg->cseq->method || !msg->call_id || !msg->from ||
-        !msg->to || osip_list_size(&msg->vias) == 0) {
+    if (prc != 0 || !msg->cseq || !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
+        osip_list_size(&msg->vias) == 0) {
         osip_message_free(msg);
         /* A request that frames and has every mandatory header but does not parse is
          * answered (RFC 3261 §21.4.1); a response is dropped (§18.1.2). */
@@ -370,8 +373,8 @@ static int route_external(const struct sip_policy *p, const struct sip_peer *pee
 
 /* From the inside: our own Route entries name the flow; then the next Route or the
  * Request-URI decide (RFC 3261 §16.5, §16.12). */
-static int route_internal(const struct sip_policy *p, osip_message_t *msg,
-                          struct sip_verdict *v, struct sip_route *r)
+static int route_internal(const struct sip_policy *p, osip_message_t *msg, struct sip_verdict *v,
+                          struct sip_route *r)
 {
     if (r->flow.len) {
         r->kind = SIP_ROUTE_FLOW;
@@ -390,9 +393,8 @@ static int route_internal(const struct sip_policy *p, osip_message_t *msg,
 
 /* Everything after the parse: the loop check, then for requests the request line and
  * where the request goes. */
-static int decide(const struct sip_policy *p, const struct sip_peer *peer,
-                  const struct sip_msg *m, osip_message_t *msg, struct sip_verdict *v,
-                  struct sip_route *r)
+static int decide(const struct sip_policy *p, const struct sip_peer *peer, const struct sip_msg *m,
+                  osip_message_t *msg, struct sip_verdict *v, struct sip_route *r)
 {
     bool external = peer->src != SIP_SRC_INTERNAL;
     int rc = m->is_request ? check_loop(p, external, msg, v) : 0;
@@ -408,9 +410,8 @@ static int decide(const struct sip_policy *p, const struct sip_peer *peer,
     return external ? route_external(p, peer, msg, v, r) : route_internal(p, msg, v, r);
 }
 
-int sip_validate(const struct sip_policy *p, const struct sip_peer *peer,
-                 const struct sip_msg *m, struct sip_verdict *v, struct sip_route *r,
-                 struct sip_parsed **parsed)
+int sip_validate(const struct sip_policy *p, const struct sip_peer *peer, const struct sip_msg *m,
+                 struct sip_verdict *v, struct sip_route *r, struct sip_parsed **parsed)
 {
     memset(v, 0, sizeof(*v));
     memset(r, 0, sizeof(*r));

@@ -11,25 +11,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/sip/sip_msg.h"
 #include "common/addr.h"
+#include "common/sip/sip_msg.h"
 
 /* Who sent the message, as the transport established it. */
 enum sip_source {
-    SIP_SRC_INTERNAL = 0,   /* the Director side (trusted) */
-    SIP_SRC_REMOTE_USER,    /* a client on the external side */
-    SIP_SRC_PARTNER,        /* a federated server on the Allow list (mutual TLS) */
-    SIP_SRC_DISCOVERED,     /* a federated server found by DNS (mutual TLS) */
+    SIP_SRC_INTERNAL = 0, /* the Director side (trusted) */
+    SIP_SRC_REMOTE_USER,  /* a client on the external side */
+    SIP_SRC_PARTNER,      /* a federated server on the Allow list (mutual TLS) */
+    SIP_SRC_DISCOVERED,   /* a federated server found by DNS (mutual TLS) */
 };
 const char *sip_source_name(enum sip_source s); /* "InternetUser", "DirectPartner", ... */
 
 struct sip_policy {
     const char *const *domains; /* SIP domains we serve; lower case */
     size_t ndomains;
-    const struct addr *own;     /* our listening addresses (both sides) */
+    const struct addr *own; /* our listening addresses (both sides) */
     size_t nown;
-    size_t max_client_msg;      /* bytes; remote users */
-    size_t max_server_msg;      /* bytes; partners and the inside */
+    size_t max_client_msg; /* bytes; remote users */
+    size_t max_server_msg; /* bytes; partners and the inside */
     unsigned max_headers;
     unsigned max_line;
 };
@@ -61,14 +61,14 @@ enum sip_route_kind {
 
 struct sip_route {
     enum sip_route_kind kind;
-    unsigned pop;           /* our own Route entries at the top, to remove */
-    struct slice flow;      /* user part of our Route entry (a flow token), if any */
-    bool in_dialog;         /* To tag present */
-    char from_domain[128];  /* host of the From URI (requests) */
-    char ruri_domain[128];  /* host of the Request-URI (requests) */
+    unsigned pop;          /* our own Route entries at the top, to remove */
+    struct slice flow;     /* user part of our Route entry (a flow token), if any */
+    bool in_dialog;        /* To tag present */
+    char from_domain[128]; /* host of the From URI (requests) */
+    char ruri_domain[128]; /* host of the Request-URI (requests) */
     char host[256];
-    uint16_t port;          /* 0 = default for the transport */
-    bool tcp, tls;          /* transport=tcp / sips or transport=tls */
+    uint16_t port; /* 0 = default for the transport */
+    bool tcp, tls; /* transport=tcp / sips or transport=tls */
 };
 
 struct sip_parsed; /* osip2 parse tree */

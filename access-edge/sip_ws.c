@@ -19,8 +19,8 @@ static const char *const ws_names[WS_NHDR] = {"Upgrade", "Connection", "Sec-WebS
 struct ws_head {
     char val[WS_NHDR][128];
     bool seen[WS_NHDR];
-    int cur;          /* the header whose value comes next, or -1 */
-    char field[64];   /* the field name being read */
+    int cur;        /* the header whose value comes next, or -1 */
+    char field[64]; /* the field name being read */
     size_t field_len;
     bool in_value, done;
 };

@@ -39,33 +39,33 @@ uint64_t av_bucket_charge(struct av_bucket *b, uint64_t now_ms, size_t bytes);
 
 /* One relayed transport address of an allocation (IPv4 and optionally IPv6). */
 struct av_relay {
-    struct addr addr;   /* family 0 = none */
-    void *handle;       /* the I/O layer's socket object */
+    struct addr addr; /* family 0 = none */
+    void *handle;     /* the I/O layer's socket object */
 };
 
 /* An allocation. The table owns it; the I/O layer reads the fields it needs on the relay path. */
 struct av_alloc {
-    struct av_hnode node; /* by 5-tuple */
-    struct addr client;   /* the client's address as seen by the server */
-    uint16_t listener;    /* the server side of the 5-tuple: index of the listening socket */
-    uint8_t transport;    /* AV_TRANSPORT_UDP / AV_TRANSPORT_TCP (client side) */
-    uint8_t side;         /* enum av_side */
+    struct av_hnode node;    /* by 5-tuple */
+    struct addr client;      /* the client's address as seen by the server */
+    uint16_t listener;       /* the server side of the 5-tuple: index of the listening socket */
+    uint8_t transport;       /* AV_TRANSPORT_UDP / AV_TRANSPORT_TCP (client side) */
+    uint8_t side;            /* enum av_side */
     uint8_t relay_transport; /* AV_TRANSPORT_UDP, or AV_TRANSPORT_TCP (RFC 6062) */
-    void *conn;           /* stream for TCP/TLS clients, NULL for UDP */
+    void *conn;              /* stream for TCP/TLS clients, NULL for UDP */
     uint64_t expires_ms;
     struct av_relay relay[2]; /* [0] IPv4, [1] IPv6 */
     struct av_user *user;
-    uint8_t key[16];      /* long-term key (MD5) the allocation was made with */
-    uint8_t tid[12];      /* Allocate transaction id, to answer retransmissions */
-    uint32_t lifetime_s;  /* granted in the Allocate response */
-    uint64_t token;       /* RESERVATION-TOKEN returned, 0 = none */
+    uint8_t key[16];     /* long-term key (MD5) the allocation was made with */
+    uint8_t tid[12];     /* Allocate transaction id, to answer retransmissions */
+    uint32_t lifetime_s; /* granted in the Allocate response */
+    uint64_t token;      /* RESERVATION-TOKEN returned, 0 = none */
     uint32_t n_perms, n_chans;
     uint32_t denied_logged; /* bit per denial reason already logged for this allocation */
     struct av_perm *perms;  /* list for sweeping and teardown */
     struct av_chan *chans;
     struct av_bucket bw;
-    struct av_bucket peers;   /* new_peers_per_second (in peers, not bytes) */
-    uint32_t pkt_tokens;      /* packets_per_second: packets left until the next refill */
+    struct av_bucket peers; /* new_peers_per_second (in peers, not bytes) */
+    uint32_t pkt_tokens;    /* packets_per_second: packets left until the next refill */
     uint64_t pkt_refill_ms;
     uint64_t pkts_in, pkts_out, bytes_in, bytes_out;
 };

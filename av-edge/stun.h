@@ -131,7 +131,8 @@ static inline struct slice stun_attr_value(const struct stun_msg *m, const struc
 int stun_attr_xaddr(const struct stun_msg *m, const struct stun_attr *a, struct addr *out);
 int stun_attr_addr(const struct stun_msg *m, const struct stun_attr *a, struct addr *out);
 int stun_attr_u32(const struct stun_msg *m, const struct stun_attr *a, uint32_t *out);
-int stun_attr_u8(const struct stun_msg *m, const struct stun_attr *a, uint8_t *out); /* first byte */
+int stun_attr_u8(const struct stun_msg *m, const struct stun_attr *a,
+                 uint8_t *out); /* first byte */
 int stun_attr_error(const struct stun_msg *m, const struct stun_attr *a, int *code,
                     struct slice *reason);
 

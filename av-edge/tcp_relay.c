@@ -39,14 +39,14 @@ struct av_tcp_relay {
 struct av_tcp_port {
     uv_tcp_t tcp;
     struct av_tcp_relay *r;
-    struct av_alloc *a;        /* NULL once the allocation is going */
+    struct av_alloc *a; /* NULL once the allocation is going */
     struct dlist conns; /* its peer connections (struct av_tcp_conn.link) */
     unsigned n_conns;
 };
 
 struct av_tcp_conn {
     struct av_tcp_relay *r;
-    struct av_tcp_port *port;        /* NULL once unlinked (closing, or the allocation went) */
+    struct av_tcp_port *port;    /* NULL once unlinked (closing, or the allocation went) */
     struct dlist link;           /* in port->conns */
     struct av_tcp_conn *next_id; /* in r->by_id while id != 0 */
     uint32_t id;
@@ -312,7 +312,8 @@ static void pipe_account(struct av_tcp_conn *c, int d, size_t n)
     else
         a->bytes_in += n;
     uint64_t now = uv_now(r->loop);
-    uint64_t w1 = av_bucket_charge(&a->bw, now, n), w2 = av_turn_user_charge(r->turn, a->user, now, n);
+    uint64_t w1 = av_bucket_charge(&a->bw, now, n),
+             w2 = av_turn_user_charge(r->turn, a->user, now, n);
     uint64_t wait = w1 > w2 ? w1 : w2;
     if (wait) {
         c->bw_wait = true;
@@ -378,8 +379,8 @@ static void peer_on_open(struct stream *s, void *arg)
     conn_up(c);
     char ps[ADDR_STRLEN];
     LOGI(r->log, a->conn ? stream_peer(a->conn) : NULL,
-         "TCP relay: connected to peer %s for user %s (connection %08x)",
-         addr_format(&c->peer, ps), a->user->name, c->id);
+         "TCP relay: connected to peer %s for user %s (connection %08x)", addr_format(&c->peer, ps),
+         a->user->name, c->id);
     ssize_t n = av_turn_connect_answer(r->turn, &c->req, 0, c->id, r->msg, sizeof(r->msg));
     if (n > 0 && a->conn)
         stream_write(a->conn, r->msg, (size_t)n);

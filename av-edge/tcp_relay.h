@@ -25,8 +25,8 @@ struct av_tcp_conn;  /* one peer connection */
 
 /* Per-worker counters, folded into /metrics by the worker. */
 struct av_tcp_stats {
-    int64_t active;                  /* peer connections alive, pending or bound */
-    uint64_t total, failed;          /* established; failed, refused or never bound */
+    int64_t active;         /* peer connections alive, pending or bound */
+    uint64_t total, failed; /* established; failed, refused or never bound */
     uint64_t bytes_to_peer, bytes_to_client;
 };
 

@@ -25,8 +25,8 @@ struct av_turn {
     uint64_t kr_gen;
     struct ratelimit *unauth;
     struct av_turn_stats st;
-    uint64_t rnd; /* xorshift state for Data indication transaction ids */
-    uint64_t rev_gen; /* sh->rev_gen last enforced */
+    uint64_t rnd;             /* xorshift state for Data indication transaction ids */
+    uint64_t rev_gen;         /* sh->rev_gen last enforced */
     struct av_credit *credit; /* AV_CREDIT_SLOTS, made on first use */
     struct av_keycache *keys; /* AV_KEYCACHE_SLOTS, made on first use */
 };
@@ -64,7 +64,7 @@ struct req {
     size_t len; /* of the request on the wire */
     struct av_turn_out *out;
     bool authed, sha256, fp;
-    bool proved; /* carried a nonce we made for its IP: it receives at its address */
+    bool proved;    /* carried a nonce we made for its IP: it receives at its address */
     int64_t expiry; /* of a TURN REST credential, 0 for a static user */
     uint8_t key[16];
     char user[AV_USERNAME_MAX];
@@ -84,16 +84,15 @@ static inline uint32_t rd32(const uint8_t *p)
 
 const char *av_auth_fail_name(enum av_auth_fail r)
 {
-    static const char *const n[] = {"missing", "bad_request", "stale_nonce", "unknown_user",
-                                    "expired", "bad_integrity", "wrong_credentials",
-                                    "revoked"};
+    static const char *const n[] = {"missing", "bad_request",   "stale_nonce",       "unknown_user",
+                                    "expired", "bad_integrity", "wrong_credentials", "revoked"};
     return (unsigned)r < ARRAY_SIZE(n) ? n[r] : "other";
 }
 
 const char *av_deny_name(enum av_deny d)
 {
-    static const char *const n[] = {"none", "internal_network", "own_address", "loopback",
-                                    "link_local", "multicast", "unspecified"};
+    static const char *const n[] = {"none",       "internal_network", "own_address", "loopback",
+                                    "link_local", "multicast",        "unspecified"};
     return (unsigned)d < ARRAY_SIZE(n) ? n[d] : "other";
 }
 
@@ -733,12 +732,13 @@ static void log_refusal(struct req *r, struct av_alloc *a, int code, const char 
     if (peer)
         addr_format(peer, ps);
     LOGW(r->t->log, r->in->client, "refused %s from user %s: %s (peer %s, error %d)",
-         r->m ? (r->m->method == STUN_ALLOCATE ? "Allocate"
+         r->m ? (r->m->method == STUN_ALLOCATE            ? "Allocate"
                  : r->m->method == STUN_CREATE_PERMISSION ? "CreatePermission"
-                 : r->m->method == STUN_CHANNEL_BIND ? "ChannelBind"
-                 : r->m->method == STUN_REFRESH ? "Refresh"
-                 : r->m->method == STUN_CONNECT ? "Connect"
-                 : r->m->method == STUN_CONNECTION_BIND ? "ConnectionBind" : "request")
+                 : r->m->method == STUN_CHANNEL_BIND      ? "ChannelBind"
+                 : r->m->method == STUN_REFRESH           ? "Refresh"
+                 : r->m->method == STUN_CONNECT           ? "Connect"
+                 : r->m->method == STUN_CONNECTION_BIND   ? "ConnectionBind"
+                                                          : "request")
               : "request",
          r->user[0] ? r->user : "-", why, ps, code);
 }
@@ -892,8 +892,7 @@ static int authenticate(struct req *r)
 
 /* ---- methods ---- */
 
-static uint32_t desired_lifetime(const struct av_turn_cfg *c, const struct stun_msg *m,
-                                 bool *zero)
+static uint32_t desired_lifetime(const struct av_turn_cfg *c, const struct stun_msg *m, bool *zero)
 {
     const struct stun_attr *l = stun_msg_find(m, STUN_A_LIFETIME);
     uint32_t v;
@@ -1219,8 +1218,7 @@ static int do_allocate(struct req *r)
 /* The allocation a later request refers to: 437 when none, 441 when another user's. */
 static struct av_alloc *owned_alloc(struct req *r)
 {
-    struct av_alloc *a =
-        av_alloc_find(r->t->tab, r->in->client, r->in->listener, r->in->transport);
+    struct av_alloc *a = av_alloc_find(r->t->tab, r->in->client, r->in->listener, r->in->transport);
     if (!a) {
         log_refusal(r, NULL, 437, "no allocation for this 5-tuple", NULL, 0);
         reply_error(r, 437);
@@ -1504,7 +1502,8 @@ static int relay_to_peer(struct av_turn *t, struct av_alloc *a, const struct add
     }
     if (!pkt_take(t, a, now_ms))
         return -ENOBUFS;
-    if (!av_bucket_take(&a->bw, now_ms, data.len) || !av_turn_user_take(t, a->user, now_ms, data.len)) {
+    if (!av_bucket_take(&a->bw, now_ms, data.len) ||
+        !av_turn_user_take(t, a->user, now_ms, data.len)) {
         t->st.dropped_bandwidth++;
         return -ENOBUFS;
     }
@@ -1530,8 +1529,8 @@ static int do_send(struct av_turn *t, const struct av_turn_in *in, const struct 
     return relay_to_peer(t, a, &peer, stun_attr_value(m, d), in->now_ms, out);
 }
 
-static int do_chandata(struct av_turn *t, const struct av_turn_in *in, const uint8_t *p,
-                       size_t len, struct av_turn_out *out)
+static int do_chandata(struct av_turn *t, const struct av_turn_in *in, const uint8_t *p, size_t len,
+                       struct av_turn_out *out)
 {
     uint16_t ch;
     struct slice data;
@@ -1547,8 +1546,7 @@ static int do_chandata(struct av_turn *t, const struct av_turn_in *in, const uin
 }
 
 int av_turn_peer_input(struct av_turn *t, struct av_alloc *a, const struct addr *peer,
-                       uint8_t *data, size_t len, bool stream, uint64_t now_ms,
-                       struct slice *frame)
+                       uint8_t *data, size_t len, bool stream, uint64_t now_ms, struct slice *frame)
 {
     if (!av_perm_find(t->tab, a, peer, now_ms)) {
         t->st.dropped_no_perm++;

@@ -31,9 +31,9 @@ struct av_turn_cfg {
     uint32_t default_lifetime_s, max_lifetime_s, perm_lifetime_s, chan_lifetime_s;
     uint32_t nonce_lifetime_s;
     uint32_t user_quota, total_quota, max_perms;
-    uint32_t cred_quota;        /* allocations per credential (username), 0 = unlimited */
-    uint32_t new_peers_per_s;   /* new permission peers per second per allocation, 0 = any */
-    uint32_t pps_per_alloc;     /* relayed packets per second per allocation, 0 = any */
+    uint32_t cred_quota;      /* allocations per credential (username), 0 = unlimited */
+    uint32_t new_peers_per_s; /* new permission peers per second per allocation, 0 = any */
+    uint32_t pps_per_alloc;   /* relayed packets per second per allocation, 0 = any */
     uint64_t bps_per_alloc, bps_per_user; /* bytes per second, 0 = unlimited */
     const struct cidr *internal_nets;
     size_t n_internal_nets;
@@ -43,8 +43,8 @@ struct av_turn_cfg {
     size_t n_own;
     const struct av_static_user *users;
     size_t n_users;
-    bool have_v4, have_v6; /* relay address families configured */
-    bool tcp_relay;        /* RFC 6062 allowed */
+    bool have_v4, have_v6;     /* relay address families configured */
+    bool tcp_relay;            /* RFC 6062 allowed */
     bool strict_amplification; /* UDP: drop unauthenticated answers larger than the request */
 };
 
@@ -66,10 +66,10 @@ struct av_revoked {
 };
 struct av_shared {
     pthread_mutex_t mu;
-    struct keyring kr;   /* under mu */
-    uint64_t kr_gen;     /* bumped under mu, read atomically */
-    int64_t allocs;      /* atomic */
-    int draining;        /* atomic: set once the edge drains; new allocations are refused */
+    struct keyring kr; /* under mu */
+    uint64_t kr_gen;   /* bumped under mu, read atomically */
+    int64_t allocs;    /* atomic */
+    int draining;      /* atomic: set once the edge drains; new allocations are refused */
     uint8_t nonce_key[20];
     /* Users across all workers (under mu): allocations for the per-user quota, and the
      * per-user bandwidth bucket that workers lease from. */

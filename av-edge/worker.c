@@ -7,9 +7,9 @@
  * leave in sendmmsg batches per socket from a uv_check handle, after all reads of the
  * iteration. Nothing on the packet path allocates or logs. */
 #include <errno.h>
-#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -145,8 +145,10 @@ static void tx_send_plain(struct av_worker *w, int fd, struct mmsghdr *m)
 {
     /* One merged message went wrong: send its datagrams one by one. */
     for (size_t i = 0; i < m->msg_hdr.msg_iovlen; i++) {
-        struct msghdr h = {.msg_name = m->msg_hdr.msg_name, .msg_namelen = m->msg_hdr.msg_namelen,
-                           .msg_iov = &m->msg_hdr.msg_iov[i], .msg_iovlen = 1};
+        struct msghdr h = {.msg_name = m->msg_hdr.msg_name,
+                           .msg_namelen = m->msg_hdr.msg_namelen,
+                           .msg_iov = &m->msg_hdr.msg_iov[i],
+                           .msg_iovlen = 1};
         if (sendmsg(fd, &h, MSG_DONTWAIT) < 0)
             w->tx_dropped++;
     }
@@ -435,7 +437,8 @@ static int relay_bind(struct av_worker *w, int fi, uint16_t port, bool df, bool 
 {
     struct addr a = w->relay_addr[fi];
     addr_set_port(&a, port);
-    int fd = socket(addr_family(&a), (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd =
+        socket(addr_family(&a), (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     if (tcp) {
@@ -668,8 +671,8 @@ static int sconn_on_data(struct stream *s, const uint8_t *data, size_t len, void
         if (b.len < (size_t)need)
             break;
         uint64_t now_ms = uv_now(w->loop);
-        struct av_turn_in in = {&c->peer, c->id, AV_TRANSPORT_TCP, c->side, s, now_ms, time(NULL),
-                                c->tls};
+        struct av_turn_in in = {&c->peer, c->id,  AV_TRANSPORT_TCP, c->side,
+                                s,        now_ms, time(NULL),       c->tls};
         struct av_turn_out out = {.reply = w->reply, .reply_cap = sizeof(w->reply)};
         av_turn_input(w->turn, &in, b.p, (size_t)need, &out);
         if (out.reply_len && stream_write(s, out.reply, out.reply_len) < 0)
@@ -733,10 +736,10 @@ static void on_tcp_connection(uv_stream_t *server, int status)
     c->id = l->id;
     c->side = l->side;
     c->tls = l->tls;
-    struct stream_opts o = {.tls = l->tls ? w->tls : NULL, .handshake_timeout_ms = 10000,
-                            .idle_timeout_ms = 0};
-    static const struct stream_cbs cbs = {.on_data = sconn_on_data, .on_drain = sconn_on_drain,
-                                          .on_close = sconn_on_close};
+    struct stream_opts o = {
+        .tls = l->tls ? w->tls : NULL, .handshake_timeout_ms = 10000, .idle_timeout_ms = 0};
+    static const struct stream_cbs cbs = {
+        .on_data = sconn_on_data, .on_drain = sconn_on_drain, .on_close = sconn_on_close};
     if (stream_accept(server, &o, &cbs, c, &c->s) < 0) {
         buf_fini(&c->in);
         free(c);
@@ -931,7 +934,8 @@ static int open_listeners(struct av_worker *w, const struct av_worker_opts *o)
         for (size_t i = 0; i < sc->n_listen; i++, id++) {
             int rc = udp_listen(w, &sc->listen[i], id, (uint8_t)s);
             if (!rc && o->streams)
-                rc = tcp_listen(w, &sc->listen[i], (uint16_t)(id + AV_MAX_LISTENERS), (uint8_t)s, false);
+                rc = tcp_listen(w, &sc->listen[i], (uint16_t)(id + AV_MAX_LISTENERS), (uint8_t)s,
+                                false);
             if (rc) {
                 LOGE(w->log, NULL, "cannot listen on %s: %s", addr_format(&sc->listen[i], as),
                      uv_strerror(rc));
@@ -939,18 +943,20 @@ static int open_listeners(struct av_worker *w, const struct av_worker_opts *o)
             }
         }
         for (size_t i = 0; o->streams && i < sc->n_tcp_listen; i++, id++) {
-            int rc = tcp_listen(w, &sc->tcp_listen[i], (uint16_t)(id + AV_MAX_LISTENERS), (uint8_t)s, false);
+            int rc = tcp_listen(w, &sc->tcp_listen[i], (uint16_t)(id + AV_MAX_LISTENERS),
+                                (uint8_t)s, false);
             if (rc) {
-                LOGE(w->log, NULL, "cannot listen on TCP %s: %s", addr_format(&sc->tcp_listen[i], as),
-                     uv_strerror(rc));
+                LOGE(w->log, NULL, "cannot listen on TCP %s: %s",
+                     addr_format(&sc->tcp_listen[i], as), uv_strerror(rc));
                 return rc;
             }
         }
         for (size_t i = 0; o->streams && w->tls && i < sc->n_tls_listen; i++, id++) {
-            int rc = tcp_listen(w, &sc->tls_listen[i], (uint16_t)(id + AV_MAX_LISTENERS), (uint8_t)s, true);
+            int rc = tcp_listen(w, &sc->tls_listen[i], (uint16_t)(id + AV_MAX_LISTENERS),
+                                (uint8_t)s, true);
             if (rc) {
-                LOGE(w->log, NULL, "cannot listen on TLS %s: %s", addr_format(&sc->tls_listen[i], as),
-                     uv_strerror(rc));
+                LOGE(w->log, NULL, "cannot listen on TLS %s: %s",
+                     addr_format(&sc->tls_listen[i], as), uv_strerror(rc));
                 return rc;
             }
         }
@@ -988,15 +994,20 @@ int av_worker_create(uv_loop_t *loop, const struct av_worker_opts *o, struct av_
         w->rx_iov[i] = (struct iovec){w->rx_buf[i] + AV_HEADROOM, SLOT - AV_HEADROOM - AV_TAILROOM};
         w->rx_msg[i].msg_hdr = (struct msghdr){.msg_name = &w->rx_addr[i].u,
                                                .msg_namelen = sizeof(w->rx_addr[i].u),
-                                               .msg_iov = &w->rx_iov[i], .msg_iovlen = 1};
+                                               .msg_iov = &w->rx_iov[i],
+                                               .msg_iovlen = 1};
     }
     for (int i = 0; i < TXQ; i++) {
         w->tx_iov[i].iov_base = w->tx_buf[i];
-        w->tx_msg[i].msg_hdr = (struct msghdr){.msg_name = &w->tx[i].to.u,
-                                               .msg_iov = &w->tx_iov[i], .msg_iovlen = 1};
+        w->tx_msg[i].msg_hdr =
+            (struct msghdr){.msg_name = &w->tx[i].to.u, .msg_iov = &w->tx_iov[i], .msg_iovlen = 1};
     }
-    struct av_relay_io io = {.open = io_open, .close = io_close, .release = io_release, .arg = w,
-                             .connect = io_connect, .conn_alloc = io_conn_alloc};
+    struct av_relay_io io = {.open = io_open,
+                             .close = io_close,
+                             .release = io_release,
+                             .arg = w,
+                             .connect = io_connect,
+                             .conn_alloc = io_conn_alloc};
     int rc = av_turn_create(&w->turn, &o->rt->turn, o->shared, &io, o->log);
     struct av_tcp_relay_hooks hooks = {worker_ref, worker_unref_cb, w};
     if (!rc) {

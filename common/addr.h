@@ -3,9 +3,9 @@
 #define COMMON_ADDR_H
 
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct addr {
     union {
@@ -28,8 +28,8 @@ int addr_family(const struct addr *a);
 const char *addr_format(const struct addr *a, char *out);
 /* Host part only, no port. */
 const char *addr_format_host(const struct addr *a, char *out);
-bool addr_eq(const struct addr *a, const struct addr *b);          /* host and port */
-bool addr_host_eq(const struct addr *a, const struct addr *b);     /* host only */
+bool addr_eq(const struct addr *a, const struct addr *b);      /* host and port */
+bool addr_host_eq(const struct addr *a, const struct addr *b); /* host only */
 /* The host's raw bytes (4 for IPv4, 16 for IPv6) and their count: a key for per-address
  * tables such as rate limits. */
 const void *addr_host_bytes(const struct addr *a, size_t *len);

@@ -86,28 +86,39 @@ static void on_written(uv_write_t *req, int status)
 static const char *reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Status";
     }
 }
 
 static void send_reply(struct admin_conn *c, struct admin_reply *r)
 {
     char head[256];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                      r->status, reason(r->status),
-                      r->content_type ? r->content_type : "text/plain; charset=utf-8",
-                      r->body_len, c->keep_alive ? "" : "Connection: close\r\n");
+    int hl =
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", r->status,
+                 reason(r->status), r->content_type ? r->content_type : "text/plain; charset=utf-8",
+                 r->body_len, c->keep_alive ? "" : "Connection: close\r\n");
     struct write_req *w = calloc(1, sizeof *w);
     char *data = malloc((size_t)hl + r->body_len);
     if (!w || !data) {
@@ -178,8 +189,7 @@ static void dispatch(struct admin_conn *c)
         const struct admin_route *best = NULL;
         for (size_t i = 0; i < a->nroutes; i++) {
             size_t pl = strlen(a->routes[i].prefix);
-            if (!strncmp(path, a->routes[i].prefix, pl) &&
-                (!best || pl > strlen(best->prefix)))
+            if (!strncmp(path, a->routes[i].prefix, pl) && (!best || pl > strlen(best->prefix)))
                 best = &a->routes[i];
         }
         if (best) {

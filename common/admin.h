@@ -3,10 +3,10 @@
 #ifndef COMMON_ADMIN_H
 #define COMMON_ADMIN_H
 
-#include <uv.h>
 #include "common/addr.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include <uv.h>
 
 struct admin;
 

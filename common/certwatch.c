@@ -11,9 +11,9 @@
 
 #define CW_MAX_PAIRS 32
 #define CW_MAX_DIRS 16
-#define CW_SETTLE_MS 200  /* a burst of renames settles before the files are read */
-#define CW_RETRY_MS 250   /* an inconsistent pair is looked at again this often ... */
-#define CW_RETRIES 40     /* ... for up to 10 s, then left until the next change */
+#define CW_SETTLE_MS 200 /* a burst of renames settles before the files are read */
+#define CW_RETRY_MS 250  /* an inconsistent pair is looked at again this often ... */
+#define CW_RETRIES 40    /* ... for up to 10 s, then left until the next change */
 
 struct cw_pair {
     char *cert, *key;
@@ -134,8 +134,9 @@ static bool watched_name(const struct certwatch *w, const char *dir, const char 
             size_t fl = strlen(f[j]);
             const char *base = strrchr(f[j], '/');
             base = base ? base + 1 : f[j];
-            bool same_dir = base == f[j] ? !strcmp(dir, ".")
-                                         : (size_t)(base - f[j]) - 1 == dl && !strncmp(f[j], dir, dl);
+            bool same_dir = base == f[j]
+                                ? !strcmp(dir, ".")
+                                : (size_t)(base - f[j]) - 1 == dl && !strncmp(f[j], dir, dl);
             if (same_dir && fl - (size_t)(base - f[j]) == nl && !strcmp(base, name))
                 return true;
         }
@@ -178,7 +179,8 @@ static void add_pair(const char *cert, const char *key, void *arg)
         return;
     for (size_t i = 0; i < w->npairs; i++)
         if (!strcmp(w->pairs[i].cert, cert) &&
-            ((!key && !w->pairs[i].key) || (key && w->pairs[i].key && !strcmp(key, w->pairs[i].key))))
+            ((!key && !w->pairs[i].key) ||
+             (key && w->pairs[i].key && !strcmp(key, w->pairs[i].key))))
             return;
     struct cw_pair *p = &w->pairs[w->npairs];
     p->cert = strdup(cert);

@@ -8,10 +8,10 @@
 #ifndef COMMON_CERTWATCH_H
 #define COMMON_CERTWATCH_H
 
-#include <uv.h>
 #include "common/cfg.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include <uv.h>
 
 struct certwatch;
 

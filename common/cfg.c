@@ -91,20 +91,30 @@ static int fail_at(struct loader *L, yaml_mark_t m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(L->err->msg, sizeof L->err->msg, "%s:%zu:%zu: %s", L->name, m.line + 1,
-             m.column + 1, msg);
+    snprintf(L->err->msg, sizeof L->err->msg, "%s:%zu:%zu: %s", L->name, m.line + 1, m.column + 1,
+             msg);
     return -EINVAL;
 }
 
 static const char *type_name(enum cfg_type t)
 {
     static const char *const names[] = {
-        [CFG_STR] = "string",         [CFG_INT] = "integer",      [CFG_UINT] = "integer",
-        [CFG_PORT] = "port",          [CFG_BOOL] = "boolean",     [CFG_DURATION] = "duration",
-        [CFG_SIZE] = "size",          [CFG_ADDR] = "address",     [CFG_CIDR] = "network",
-        [CFG_FILE] = "file",          [CFG_ENUM] = "choice",      [CFG_SECTION] = "section",
-        [CFG_LIST] = "list",          [CFG_STRLIST] = "list of strings",
-        [CFG_ADDRLIST] = "list of addresses", [CFG_CIDRLIST] = "list of networks",
+        [CFG_STR] = "string",
+        [CFG_INT] = "integer",
+        [CFG_UINT] = "integer",
+        [CFG_PORT] = "port",
+        [CFG_BOOL] = "boolean",
+        [CFG_DURATION] = "duration",
+        [CFG_SIZE] = "size",
+        [CFG_ADDR] = "address",
+        [CFG_CIDR] = "network",
+        [CFG_FILE] = "file",
+        [CFG_ENUM] = "choice",
+        [CFG_SECTION] = "section",
+        [CFG_LIST] = "list",
+        [CFG_STRLIST] = "list of strings",
+        [CFG_ADDRLIST] = "list of addresses",
+        [CFG_CIDRLIST] = "list of networks",
     };
     return names[t];
 }
@@ -180,7 +190,8 @@ static int parse_scaled(const char *s, uint64_t *out, bool duration)
 
 static int parse_bool(const char *s, bool *out)
 {
-    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                "off", "0"};
     for (size_t i = 0; i < 4; i++) {
         if (!strcasecmp(s, yes[i])) {
             *out = true;
@@ -232,8 +243,9 @@ static int set_scaled(const struct cfg_key *k, void *p, const char *s, char *why
     uint64_t uv;
     bool dur = k->type == CFG_DURATION;
     if (parse_scaled(s, &uv, dur)) {
-        snprintf(why, wcap, dur ? "'%s' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
-                                : "'%s' is not a size (e.g. 512, 64k, 16M, 1G)",
+        snprintf(why, wcap,
+                 dur ? "'%s' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
+                     : "'%s' is not a size (e.g. 512, 64k, 16M, 1G)",
                  s);
         return -EINVAL;
     }
@@ -320,8 +332,8 @@ static int set_scalar(struct loader *L, const struct cfg_key *k, void *p, const 
 static int apply_defaults(struct loader *L, const struct cfg_key *keys, char *base,
                           const bool *seen, yaml_mark_t where, const char *path);
 
-static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base,
-                        yaml_node_t *map, const char *path);
+static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base, yaml_node_t *map,
+                        const char *path);
 
 static size_t count_keys(const struct cfg_key *keys)
 {
@@ -353,7 +365,7 @@ static long key_index(const struct cfg_key *keys, const struct cfg_key *target)
 static int load_list_scalars(struct loader *L, const struct cfg_key *k, char *base,
                              yaml_node_t *node, const char *kpath)
 {
-    size_t esz = k->type == CFG_STRLIST ? sizeof(char *)
+    size_t esz = k->type == CFG_STRLIST    ? sizeof(char *)
                  : k->type == CFG_ADDRLIST ? sizeof(struct addr)
                                            : sizeof(struct cidr);
     yaml_node_item_t *items = NULL;
@@ -374,8 +386,8 @@ static int load_list_scalars(struct loader *L, const struct cfg_key *k, char *ba
     for (size_t i = 0; i < n; i++) {
         yaml_node_t *it = items ? yaml_document_get_node(L->doc, items[i]) : node;
         if (!it || it->type != YAML_SCALAR_NODE)
-            return fail_at(L, it ? it->start_mark : node->start_mark,
-                           "'%s[%zu]' must be a scalar", kpath, i);
+            return fail_at(L, it ? it->start_mark : node->start_mark, "'%s[%zu]' must be a scalar",
+                           kpath, i);
         char why[256];
         if (set_scalar(L, &ek, arr + i * esz, (const char *)it->data.scalar.value, why, sizeof why))
             return fail_at(L, it->start_mark, "%s[%zu]: %s", kpath, i, why);
@@ -429,16 +441,15 @@ static int load_value(struct loader *L, const struct cfg_key *k, char *field, ch
     default:
         if (v->type != YAML_SCALAR_NODE)
             return fail_at(L, v->start_mark, "'%s' must be a %s, not a %s", kpath,
-                           type_name(k->type),
-                           v->type == YAML_MAPPING_NODE ? "mapping" : "list");
+                           type_name(k->type), v->type == YAML_MAPPING_NODE ? "mapping" : "list");
         if (set_scalar(L, k, field, (const char *)v->data.scalar.value, why, sizeof why))
             return fail_at(L, v->start_mark, "%s: %s", kpath, why);
         return 0;
     }
 }
 
-static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base,
-                        yaml_node_t *map, const char *path)
+static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base, yaml_node_t *map,
+                        const char *path)
 {
     size_t nk = count_keys(keys);
     bool *seen = calloc(nk ? nk : 1, sizeof *seen);
@@ -459,8 +470,8 @@ static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base
         size_t off = 0;
         const struct cfg_key *k = find_key(keys, name, &off);
         if (!k) {
-            rc = fail_at(L, kn->start_mark, "unknown key '%s'%s%s", name, *path ? " in " : "",
-                         path);
+            rc =
+                fail_at(L, kn->start_mark, "unknown key '%s'%s%s", name, *path ? " in " : "", path);
             break;
         }
         long idx = key_index(keys, k);
@@ -487,8 +498,8 @@ static int apply_defaults(struct loader *L, const struct cfg_key *keys, char *ba
     long i = 0;
     for (const struct cfg_key *k = keys; k->name; k++) {
         if (k->name[0] == '\0' && k->type == CFG_SECTION) {
-            int rc = apply_defaults(L, k->sub, base + k->offset, seen ? seen + i : NULL, where,
-                                    path);
+            int rc =
+                apply_defaults(L, k->sub, base + k->offset, seen ? seen + i : NULL, where, path);
             if (rc)
                 return rc;
             i += (long)count_keys(k->sub);
@@ -515,7 +526,7 @@ static int apply_defaults(struct loader *L, const struct cfg_key *keys, char *ba
                 size_t n = 0;
                 for (char *s = tmp; s && *s; n++, s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL)
                     ;
-                size_t esz = k->type == CFG_STRLIST   ? sizeof(char *)
+                size_t esz = k->type == CFG_STRLIST    ? sizeof(char *)
                              : k->type == CFG_ADDRLIST ? sizeof(struct addr)
                                                        : sizeof(struct cidr);
                 char *arr = arena_alloc(L->hdr, (n ? n : 1) * esz);
@@ -722,10 +733,12 @@ static bool value_equal(const struct cfg_key *k, const char *a, const char *b)
             eq = section_equal(k->sub, pa + i * k->elem_size, pb + i * k->elem_size);
             break;
         case CFG_STRLIST:
-            eq = str_equal(((char *const *)(const void *)pa)[i], ((char *const *)(const void *)pb)[i]);
+            eq = str_equal(((char *const *)(const void *)pa)[i],
+                           ((char *const *)(const void *)pb)[i]);
             break;
         case CFG_ADDRLIST:
-            eq = addr_eq((const struct addr *)(const void *)pa + i, (const struct addr *)(const void *)pb + i);
+            eq = addr_eq((const struct addr *)(const void *)pa + i,
+                         (const struct addr *)(const void *)pb + i);
             break;
         case CFG_CIDRLIST: {
             const struct cidr *x = (const struct cidr *)(const void *)pa + i,
@@ -766,8 +779,8 @@ static int restart_walk(const void *ncfg, const struct cfg_key *keys, const char
             for (size_t i = 0; i < na && i < nb && !rc; i++) {
                 char ipath[320];
                 snprintf(ipath, sizeof ipath, "%s[%zu]", kpath, i);
-                rc = restart_walk(ncfg, k->sub, pa + i * k->elem_size, pb + i * k->elem_size,
-                                  ipath, err);
+                rc = restart_walk(ncfg, k->sub, pa + i * k->elem_size, pb + i * k->elem_size, ipath,
+                                  err);
             }
             /* an element added or removed changes its restart-only keys too */
             if (!rc && na != nb) {

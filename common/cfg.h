@@ -8,10 +8,10 @@
 #ifndef COMMON_CFG_H
 #define COMMON_CFG_H
 
+#include "common/addr.h"
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
-#include "common/addr.h"
 
 enum cfg_type {
     CFG_STR,      /* char *; NULL when absent and no default */
@@ -19,7 +19,8 @@ enum cfg_type {
     CFG_UINT,     /* uint32_t within [min, max] */
     CFG_PORT,     /* uint16_t, 1..65535 (0 allowed if min == 0) */
     CFG_BOOL,     /* bool: true/false/yes/no/on/off */
-    CFG_DURATION, /* uint64_t milliseconds: "30s", "500ms", "5m", "1h", or a bare number of seconds */
+    CFG_DURATION, /* uint64_t milliseconds: "30s", "500ms", "5m", "1h", or a bare number of seconds
+                   */
     CFG_SIZE,     /* uint64_t bytes: "64k", "16M", "1G" or a number */
     CFG_ADDR,     /* struct addr: "ip:port" or "[ip6]:port"; default_port from min */
     CFG_CIDR,     /* struct cidr */
@@ -37,21 +38,24 @@ struct cfg_key {
     const char *name;
     enum cfg_type type;
     size_t offset;
-    const char *def;     /* default as YAML scalar text; NULL = zero/absent */
-    int64_t min, max;    /* bounds for numbers; for CFG_ADDR, min is the default port */
+    const char *def;  /* default as YAML scalar text; NULL = zero/absent */
+    int64_t min, max; /* bounds for numbers; for CFG_ADDR, min is the default port */
     bool required;
-    const struct cfg_key *sub; /* CFG_SECTION / CFG_LIST: the element's keys, NULL-terminated */
-    size_t elem_size;          /* CFG_LIST */
-    size_t count_offset;       /* CFG_LIST / *LIST */
+    const struct cfg_key *sub;  /* CFG_SECTION / CFG_LIST: the element's keys, NULL-terminated */
+    size_t elem_size;           /* CFG_LIST */
+    size_t count_offset;        /* CFG_LIST / *LIST */
     const char *const *choices; /* CFG_ENUM: NULL-terminated */
-    const char *help;          /* one line, for --help and the README */
+    const char *help;           /* one line, for --help and the README */
     /* Only a restart applies this key (a listening address, a worker count): a reload
      * that changes it is refused (cfg_restart_changed). For a section or list, any
      * change within it. */
     bool restart;
 };
 
-#define CFG_END {0}
+#define CFG_END                                                                                    \
+    {                                                                                              \
+        0                                                                                          \
+    }
 
 /* Error text: "file:line:col: message" (line/col 1-based), or "file: message". */
 struct cfg_err {

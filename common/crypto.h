@@ -3,9 +3,9 @@
 #ifndef COMMON_CRYPTO_H
 #define COMMON_CRYPTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
 #include <sys/types.h>
 
 #define SHA1_LEN 20

@@ -22,10 +22,12 @@ static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL}
 static const char *const log_formats[] = {"text", "json", NULL};
 
 static const struct cfg_key log_keys[] = {
-    {"level", CFG_ENUM, offsetof(struct daemon_config, log.level) - offsetof(struct daemon_config, log),
-     "info", .choices = log_levels, .help = "error, warn, info or debug"},
-    {"format", CFG_ENUM, offsetof(struct daemon_config, log.format) - offsetof(struct daemon_config, log),
-     "text", .choices = log_formats, .help = "text or json (one JSON object per line)"},
+    {"level", CFG_ENUM,
+     offsetof(struct daemon_config, log.level) - offsetof(struct daemon_config, log), "info",
+     .choices = log_levels, .help = "error, warn, info or debug"},
+    {"format", CFG_ENUM,
+     offsetof(struct daemon_config, log.format) - offsetof(struct daemon_config, log), "text",
+     .choices = log_formats, .help = "text or json (one JSON object per line)"},
     CFG_END,
 };
 
@@ -47,7 +49,8 @@ const struct cfg_key daemon_config_keys[] = {
 };
 
 const struct cfg_key tls_files_keys[] = {
-    {"cert", CFG_FILE, offsetof(struct tls_files_config, cert), NULL, .help = "PEM certificate chain"},
+    {"cert", CFG_FILE, offsetof(struct tls_files_config, cert), NULL,
+     .help = "PEM certificate chain"},
     {"key", CFG_FILE, offsetof(struct tls_files_config, key), NULL, .help = "PEM private key"},
     {"ca", CFG_FILE, offsetof(struct tls_files_config, ca), NULL,
      .help = "PEM CA bundle to verify peers"},
@@ -125,17 +128,18 @@ bool daemon_draining(struct daemon *d)
 
 static void usage(const struct daemon_ops *ops, FILE *f)
 {
-    fprintf(f,
-            "usage: %s [-c FILE] [--check] [--version] [--help]\n"
-            "%s\n\n"
-            "  -c, --config FILE  YAML configuration (default %s)\n"
-            "      --check        validate the configuration and exit (0 ok, 1 with file:line:col)\n"
-            "      --version      print the version and exit\n"
-            "  -h, --help         this text\n\n"
-            "Runs in the foreground and logs to stderr. SIGHUP reloads the configuration and\n"
-            "certificates (a bad one is refused, the old one stays); SIGTERM drains and exits.\n\n"
-            "Configuration keys:\n",
-            ops->name, ops->summary, ops->default_config);
+    fprintf(
+        f,
+        "usage: %s [-c FILE] [--check] [--version] [--help]\n"
+        "%s\n\n"
+        "  -c, --config FILE  YAML configuration (default %s)\n"
+        "      --check        validate the configuration and exit (0 ok, 1 with file:line:col)\n"
+        "      --version      print the version and exit\n"
+        "  -h, --help         this text\n\n"
+        "Runs in the foreground and logs to stderr. SIGHUP reloads the configuration and\n"
+        "certificates (a bad one is refused, the old one stays); SIGTERM drains and exits.\n\n"
+        "Configuration keys:\n",
+        ops->name, ops->summary, ops->default_config);
     cfg_print_keys(ops->keys, 2, f);
 }
 
@@ -302,8 +306,10 @@ static int parse_args(int argc, char **argv, const struct daemon_ops *ops, const
                       bool *check)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
-        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'k'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -358,9 +364,9 @@ static int make_metrics(struct daemon *d)
                                        "Configuration reloads by result", "result=\"refused\"");
     d->m_trims = metrics_counter(d->metrics, "memory_trims_total",
                                  "Times freed heap was given back to the kernel", NULL);
-    metric_set(metrics_gauge(d->metrics, "start_time_seconds", "Unix time the process started",
-                             NULL),
-               time_wall_s());
+    metric_set(
+        metrics_gauge(d->metrics, "start_time_seconds", "Unix time the process started", NULL),
+        time_wall_s());
     return 0;
 }
 

@@ -4,21 +4,22 @@
 #ifndef COMMON_DAEMON_H
 #define COMMON_DAEMON_H
 
-#include <uv.h>
 #include "common/cfg.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include <uv.h>
 
 struct daemon;
 
 /* What a role supplies. The role's config struct must begin with struct daemon_config. */
 struct daemon_ops {
-    const char *name;          /* "av-edge" */
-    const char *summary;       /* one line for --help */
-    const char *default_config;/* "deploy/config/av-edge.yaml" */
-    const struct cfg_key *keys;/* must include DAEMON_CONFIG_KEYS */
+    const char *name;           /* "av-edge" */
+    const char *summary;        /* one line for --help */
+    const char *default_config; /* "deploy/config/av-edge.yaml" */
+    const struct cfg_key *keys; /* must include DAEMON_CONFIG_KEYS */
     size_t config_size;
-    /* Extra semantic checks after the key table passed (cross-field rules). 0 or -EINVAL with err. */
+    /* Extra semantic checks after the key table passed (cross-field rules). 0 or -EINVAL with err.
+     */
     int (*validate)(const void *cfg, struct cfg_err *err);
     /* Optional: advice on a valid config (a published lab secret, a key that is ignored),
      * printed by --check and logged at start. Fills up to max lines; returns how many. */
@@ -54,7 +55,9 @@ struct daemon_config {
 extern const struct cfg_key daemon_config_keys[];
 /* First entry of the role's key table: flattens the shared keys into the top level. */
 #define DAEMON_CONFIG_KEYS                                                                         \
-    {.name = "", .type = CFG_SECTION, .offset = 0, .sub = daemon_config_keys}
+    {                                                                                              \
+        .name = "", .type = CFG_SECTION, .offset = 0, .sub = daemon_config_keys                    \
+    }
 
 /* Certificate files of one TLS endpoint. YAML: { cert: x.crt, key: x.key, ca: ca.crt }.
  * With no cert on a server, a self-signed one is generated (labs). */
@@ -65,7 +68,8 @@ extern const struct cfg_key tls_files_keys[];
 
 /* The link every edge keeps to the Director. YAML section `director:`
  *   { enabled: true, address: 127.0.0.10:7400, server_name: director,
- *     tls: { cert: build/certs/av-edge.crt, key: ..., ca: build/certs/ca.crt }, report_interval: 1s } */
+ *     tls: { cert: build/certs/av-edge.crt, key: ..., ca: build/certs/ca.crt }, report_interval: 1s
+ * } */
 struct director_link_config {
     bool enabled;
     struct addr address;

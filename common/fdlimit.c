@@ -7,8 +7,7 @@
 size_t fdlimit_nofile(void)
 {
     struct rlimit r;
-    if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY ||
-        r.rlim_cur > SIZE_MAX)
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY || r.rlim_cur > SIZE_MAX)
         return SIZE_MAX;
     return (size_t)r.rlim_cur;
 }

@@ -61,8 +61,8 @@ void log_vemit(const struct logger *lg, enum log_level lvl, const struct addr *p
                      ts, level_names[lvl], lg->component, peer ? ",\"peer\":\"" : "", peer_s,
                      peer ? "\"" : "", esc);
     } else {
-        n = snprintf(line, sizeof line, "%s %-5s %s: %s%s%s\n", ts, level_names[lvl],
-                     lg->component, peer ? "[" : "", peer ? peer_s : "", peer ? "] " : "");
+        n = snprintf(line, sizeof line, "%s %-5s %s: %s%s%s\n", ts, level_names[lvl], lg->component,
+                     peer ? "[" : "", peer ? peer_s : "", peer ? "] " : "");
         if (n > 0 && (size_t)n < sizeof line) {
             /* Message after the prefix, newline-terminated, cut to fit. */
             n--;
@@ -81,8 +81,8 @@ void log_vemit(const struct logger *lg, enum log_level lvl, const struct addr *p
     (void)w;
 }
 
-void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
-              const char *fmt, ...)
+void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer, const char *fmt,
+              ...)
 {
     va_list ap;
     va_start(ap, fmt);

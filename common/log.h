@@ -2,10 +2,10 @@
 #ifndef COMMON_LOG_H
 #define COMMON_LOG_H
 
+#include "common/addr.h"
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include "common/addr.h"
 
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 enum log_format { LOG_TEXT, LOG_JSON };
@@ -23,8 +23,8 @@ struct logger {
 void log_init(struct logger *lg, const char *component);
 
 /* Writes one event. peer may be NULL. msg is printf-style. */
-void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
-              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void log_emit(const struct logger *lg, enum log_level lvl, const struct addr *peer, const char *fmt,
+              ...) __attribute__((format(printf, 4, 5)));
 void log_vemit(const struct logger *lg, enum log_level lvl, const struct addr *peer,
                const char *fmt, va_list ap);
 
@@ -41,7 +41,7 @@ struct log_limit {
     uint64_t next_ms;  /* when the current interval ends */
     uint64_t start_ms; /* when it began */
     uint64_t held;
-    unsigned used;     /* lines let through in this interval */
+    unsigned used; /* lines let through in this interval */
 };
 bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *held);
 /* The same with up to burst lines per interval; *held counts what the earlier intervals held

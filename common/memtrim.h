@@ -10,10 +10,10 @@
 #include <stdint.h>
 
 struct memtrim {
-    size_t min_free;    /* free bytes worth a walk over the heap */
-    size_t last_free;   /* free bytes just after the last trim */
-    uint64_t last_ms;   /* when it was */
-    uint64_t every_ms;  /* a trim at most this often when the free total has not moved */
+    size_t min_free;   /* free bytes worth a walk over the heap */
+    size_t last_free;  /* free bytes just after the last trim */
+    uint64_t last_ms;  /* when it was */
+    uint64_t every_ms; /* a trim at most this often when the free total has not moved */
 };
 
 /* Once, at start: allocations of 1 MiB and more always get pages of their own (mmap), given

@@ -2,8 +2,8 @@
 #include "common/metrics.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +46,8 @@ void metrics_destroy(struct metrics *m)
     free(m);
 }
 
-static struct metric *reg(struct metrics *m, const char *name, const char *help,
-                          const char *labels, bool gauge)
+static struct metric *reg(struct metrics *m, const char *name, const char *help, const char *labels,
+                          bool gauge)
 {
     if (!m)
         return NULL;

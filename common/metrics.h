@@ -6,8 +6,8 @@
 #ifndef COMMON_METRICS_H
 #define COMMON_METRICS_H
 
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct metrics;
 struct metric; /* one time series: a name plus one fixed label set */

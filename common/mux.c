@@ -25,7 +25,7 @@ static void put64(uint8_t *p, uint64_t v)
 
 const char *ce_mux_type_name(uint8_t type)
 {
-    static const char *const names[] = {"?", "HELLO", "OPEN", "DATA", "SHUT",
+    static const char *const names[] = {"?",     "HELLO",  "OPEN", "DATA", "SHUT",
                                         "CLOSE", "WINDOW", "PING", "PONG"};
     return type < ARRAY_SIZE(names) ? names[type] : "?";
 }
@@ -75,8 +75,7 @@ ssize_t ce_mux_decode(const uint8_t *p, size_t len, struct ce_mux_frame *f)
     return (ssize_t)(CE_MUX_HDR + plen);
 }
 
-void ce_mux_put_header(uint8_t out[CE_MUX_HDR], enum ce_mux_type type, uint32_t stream,
-                       size_t len)
+void ce_mux_put_header(uint8_t out[CE_MUX_HDR], enum ce_mux_type type, uint32_t stream, size_t len)
 {
     out[0] = (uint8_t)type;
     out[1] = 0;

@@ -10,10 +10,10 @@
 #ifndef CONF_EDGE_MUX_H
 #define CONF_EDGE_MUX_H
 
+#include "common/util.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include "common/util.h"
 
 #define CE_MUX_HDR 8
 #define CE_MUX_PAYLOAD_MAX 32768 /* decoders refuse more */
@@ -48,8 +48,7 @@ struct ce_mux_frame {
 ssize_t ce_mux_decode(const uint8_t *p, size_t len, struct ce_mux_frame *f);
 
 /* Writes the 8-byte header for a frame with a payload of len bytes. */
-void ce_mux_put_header(uint8_t out[CE_MUX_HDR], enum ce_mux_type type, uint32_t stream,
-                       size_t len);
+void ce_mux_put_header(uint8_t out[CE_MUX_HDR], enum ce_mux_type type, uint32_t stream, size_t len);
 /* Writes a whole frame into out: returns its length, -ENOSPC if cap is too small, or
  * -EMSGSIZE if len exceeds CE_MUX_PAYLOAD_MAX. */
 ssize_t ce_mux_encode(uint8_t *out, size_t cap, enum ce_mux_type type, uint32_t stream,

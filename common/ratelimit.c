@@ -20,10 +20,10 @@ struct bucket {
 struct ratelimit {
     double rate, burst;
     size_t max, n, nbuckets;
-    struct bucket *pool;      /* max entries */
-    struct bucket **table;    /* nbuckets chains */
-    struct bucket *lru_head;  /* most recent */
-    struct bucket *lru_tail;  /* least recent: evicted first */
+    struct bucket *pool;     /* max entries */
+    struct bucket **table;   /* nbuckets chains */
+    struct bucket *lru_head; /* most recent */
+    struct bucket *lru_tail; /* least recent: evicted first */
     struct bucket *free_list;
 };
 

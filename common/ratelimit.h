@@ -3,9 +3,9 @@
 #ifndef COMMON_RATELIMIT_H
 #define COMMON_RATELIMIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
 
 struct ratelimit;
 

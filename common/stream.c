@@ -37,8 +37,8 @@ struct stream {
     void *arg;
     size_t read_chunk, write_cap;
     uint32_t hs_timeout_ms, idle_timeout_ms;
-    uint8_t *rbuf; /* between alloc_cb and read_cb; kept while reads fill it */
-    size_t rsize;  /* size of the next read: grows up to read_chunk while reads fill it */
+    uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
+    size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
     struct byteq plain; /* plain TCP bytes not yet handed to libuv */
     struct stream_wreq *inflight;
     struct addr peer, local;
@@ -504,8 +504,10 @@ static void read_done(struct stream *s, ssize_t n)
     /* Bulk: the read took a good part of the buffer. A full one doubles the next; a reader
      * paused by backpressure keeps its size for when it resumes, but not the memory. */
     bool bulk = got >= s->rsize / 4 && got >= base;
-    size_t next = !bulk ? base : got < s->rsize ? s->rsize
-                          : s->rsize * 2 < s->read_chunk ? s->rsize * 2 : s->read_chunk;
+    size_t next = !bulk                          ? base
+                  : got < s->rsize               ? s->rsize
+                  : s->rsize * 2 < s->read_chunk ? s->rsize * 2
+                                                 : s->read_chunk;
     if (bulk && next == s->rsize && !s->closing && s->reading)
         return;
     free(s->rbuf);

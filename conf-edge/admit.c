@@ -86,8 +86,7 @@ int ce_revocations_add(struct ce_revocations *r, const char *jti, const char *us
     return 0;
 }
 
-bool ce_revocations_match(const struct ce_revocations *r, const struct token_claims *c,
-                          int64_t now)
+bool ce_revocations_match(const struct ce_revocations *r, const struct token_claims *c, int64_t now)
 {
     if (!r || !c)
         return false;

@@ -6,12 +6,12 @@
 #ifndef CONF_EDGE_ADMIT_H
 #define CONF_EDGE_ADMIT_H
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 #include "common/token.h"
 #include "common/util.h"
 #include "conf-edge/preamble.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct ce_revocations;
 

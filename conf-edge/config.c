@@ -50,12 +50,12 @@ static const struct cfg_key limits_keys[] = {
 };
 
 static const struct cfg_key buffer_keys[] = {
-    {"client_write", CFG_SIZE, SUB(buffers, client_write), "256k", .min = 16384,
-     .max = 64 << 20, .help = "bytes queued towards one client before reading from the server stops"},
+    {"client_write", CFG_SIZE, SUB(buffers, client_write), "256k", .min = 16384, .max = 64 << 20,
+     .help = "bytes queued towards one client before reading from the server stops"},
     {"window", CFG_SIZE, SUB(buffers, window), "256k", .min = 16384, .max = 64 << 20,
      .help = "per-stream flow-control window on the server link, each direction"},
-    {"server_write", CFG_SIZE, SUB(buffers, server_write), "1M", .min = 65536,
-     .max = 256 << 20, .help = "bytes queued towards one conferencing server"},
+    {"server_write", CFG_SIZE, SUB(buffers, server_write), "1M", .min = 65536, .max = 256 << 20,
+     .help = "bytes queued towards one conferencing server"},
     CFG_END,
 };
 
@@ -68,7 +68,8 @@ static const struct cfg_key key_keys[] = {
 
 const struct cfg_key ce_config_keys[] = {
     DAEMON_CONFIG_KEYS,
-    {"external", CFG_SECTION, OFF(external), .sub = external_keys, .help = "the participants' side"},
+    {"external", CFG_SECTION, OFF(external), .sub = external_keys,
+     .help = "the participants' side"},
     {"internal", CFG_SECTION, OFF(internal), .sub = internal_keys,
      .help = "the conferencing servers' side"},
     {"preamble_timeout", CFG_DURATION, OFF(preamble_timeout_ms), "5s", .min = 100, .max = 120000,
@@ -104,7 +105,8 @@ int ce_config_validate(const void *p, struct cfg_err *err)
         cfg_errorf(c, err, "conference_key", "conference_key needs both id and secret");
         return -EINVAL;
     }
-    if (c->director.enabled && (!c->director.tls.cert || !c->director.tls.key || !c->director.tls.ca)) {
+    if (c->director.enabled &&
+        (!c->director.tls.cert || !c->director.tls.key || !c->director.tls.ca)) {
         cfg_errorf(c, err, "director", "director.tls needs cert, key and ca (or enabled: false)");
         return -EINVAL;
     }

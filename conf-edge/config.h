@@ -3,9 +3,9 @@
 #ifndef CONF_EDGE_CONFIG_H
 #define CONF_EDGE_CONFIG_H
 
-#include <stdint.h>
 #include "common/cfg.h"
 #include "common/daemon.h"
+#include <stdint.h>
 
 struct ce_config {
     struct daemon_config base;

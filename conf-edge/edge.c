@@ -21,18 +21,18 @@
 #include <string.h>
 
 #include "common/certname.h"
+#include "common/map.h"
+#include "common/mux.h"
 #include "common/stream.h"
 #include "common/tls.h"
 #include "common/tls_files.h"
 #include "common/token.h"
 #include "conf-edge/admit.h"
-#include "common/map.h"
-#include "common/mux.h"
 #include "conf-edge/preamble.h"
 
 #define CE_UP_CAP (CE_PREAMBLE_MAX + 16384 + 1024) /* preamble plus one plaintext record */
 #define CE_CTLQ_CAP (256 * 1024)
-#define CE_LINGER_MS 2000 /* after our close_notify, how long the peer has to close */
+#define CE_LINGER_MS 2000          /* after our close_notify, how long the peer has to close */
 #define CE_DISCARD_MAX (64 * 1024) /* bytes read and dropped from an ending session */
 #define CE_LINK_IN_CAP (2 * CE_MUX_FRAME_MAX)
 /* Handshake CPU per loop turn (stream_gate): about one ECDHE+ECDSA flight, so established
@@ -51,23 +51,23 @@ struct ce_sess {
     struct addr peer;
     char peer_s[ADDR_STRLEN];
     bool counted_addr, counted_conf, counted_key, timer_closed, done;
-    uv_timer_t timer;                /* preamble timeout, server wait, linger */
-    struct dlist node;             /* edge->sessions */
-    struct dlist qnode;            /* edge->waiting or link->blocked */
+    uv_timer_t timer;   /* preamble timeout, server wait, linger */
+    struct dlist node;  /* edge->sessions */
+    struct dlist qnode; /* edge->waiting or link->blocked */
     struct token_claims claims;
-    struct ce_map_entry *conf;       /* edge->confs entry, once admitted */
-    struct ce_map_entry *key;        /* edge->key_sessions entry (its jti), once admitted */
-    struct ce_link *link;            /* once bound */
-    uint32_t id;                     /* stream id on link */
-    struct buf up;                   /* client bytes not yet sent to the server */
-    uint64_t up_credit;              /* bytes the server still accepts on this stream */
-    bool up_blocked;                 /* in link->blocked, waiting for the link to drain */
-    bool client_eof;                 /* client closed cleanly: SHUT after up drains */
-    struct buf down;                 /* server bytes the client's queue refused */
-    uint64_t down_owed;              /* bytes delivered, window not yet returned */
-    bool server_shut;                /* SHUT from the server: close_notify once down drains */
-    uint32_t discard_left;           /* ENDING: client bytes still read (and dropped) */
-    struct ce_sess *tmp_next;        /* a batch being closed (revocation, lost server) */
+    struct ce_map_entry *conf; /* edge->confs entry, once admitted */
+    struct ce_map_entry *key;  /* edge->key_sessions entry (its jti), once admitted */
+    struct ce_link *link;      /* once bound */
+    uint32_t id;               /* stream id on link */
+    struct buf up;             /* client bytes not yet sent to the server */
+    uint64_t up_credit;        /* bytes the server still accepts on this stream */
+    bool up_blocked;           /* in link->blocked, waiting for the link to drain */
+    bool client_eof;           /* client closed cleanly: SHUT after up drains */
+    struct buf down;           /* server bytes the client's queue refused */
+    uint64_t down_owed;        /* bytes delivered, window not yet returned */
+    bool server_shut;          /* SHUT from the server: close_notify once down drains */
+    uint32_t discard_left;     /* ENDING: client bytes still read (and dropped) */
+    struct ce_sess *tmp_next;  /* a batch being closed (revocation, lost server) */
 };
 
 struct ce_link {
@@ -76,15 +76,15 @@ struct ce_link {
     char name[128];
     char peer_s[ADDR_STRLEN];
     bool hello, dead;
-    uint64_t peer_window;            /* initial per-stream window the server grants */
-    struct buf in;                   /* frame reassembly */
-    struct buf ctlq;                 /* control frames the link's queue refused */
-    struct dlist blocked;          /* sessions with DATA waiting for on_drain */
-    struct ce_map *streams;          /* id -> session */
+    uint64_t peer_window;   /* initial per-stream window the server grants */
+    struct buf in;          /* frame reassembly */
+    struct buf ctlq;        /* control frames the link's queue refused */
+    struct dlist blocked;   /* sessions with DATA waiting for on_drain */
+    struct ce_map *streams; /* id -> session */
     uint32_t next_id;
-    uint64_t confs;                  /* conferences pinned here */
-    uint64_t last_rx_ms;             /* liveness: PONG or anything else */
-    struct dlist node;             /* edge->links */
+    uint64_t confs;      /* conferences pinned here */
+    uint64_t last_rx_ms; /* liveness: PONG or anything else */
+    struct dlist node;   /* edge->links */
 };
 
 struct ce_metrics {
@@ -110,8 +110,8 @@ struct ce_edge {
     void *drained_arg;
     struct keyring keys;
     struct ce_revocations *rev;
-    struct ce_map *addrs;  /* host -> connection count */
-    struct ce_map *confs;  /* conference id -> pinned link, admitted count */
+    struct ce_map *addrs;        /* host -> connection count */
+    struct ce_map *confs;        /* conference id -> pinned link, admitted count */
     struct ce_map *key_sessions; /* key id (jti) -> admitted sessions holding it */
     struct dlist sessions, waiting, links;
     uint64_t nsess, nrelay, nlinks_ready;
@@ -623,8 +623,10 @@ static int sess_take_key(struct ce_sess *s, struct slice key)
         if (!old)
             break;
         metric_inc(e->m.replaced_closed);
-        LOGI(e->log, &old->peer, "session replaced: its key (conference %s participant %s) "
-             "rejoined from %s", old->claims.conf, old->claims.user, s->peer_s);
+        LOGI(e->log, &old->peer,
+             "session replaced: its key (conference %s participant %s) "
+             "rejoined from %s",
+             old->claims.conf, old->claims.user, s->peer_s);
         if (old->state == S_WAITING)
             sess_refuse(old, CE_REPLY_KEY_IN_USE); /* still waiting for its answer line */
         else
@@ -796,8 +798,10 @@ static void sess_on_close(struct stream *cs, int err, const char *why, void *arg
     }
     if (err && err != -ETIMEDOUT)
         LOGD(e->log, &s->peer, "client connection failed: %s", why ? why : strerror(-err));
-    sess_end(s, err == -ETIMEDOUT ? "idle timeout" : err ? "client connection failed"
-                                                          : "client closed",
+    sess_end(s,
+             err == -ETIMEDOUT ? "idle timeout"
+             : err             ? "client connection failed"
+                               : "client closed",
              true);
 }
 
@@ -844,9 +848,9 @@ static void on_client(uv_stream_t *server, int status)
         if (a && a->count == 0)
             ce_map_remove(e->addrs, a);
         LOGW(e->log, &s->peer, "connection closed at accept: %s",
-             e->draining ? "draining" : a && a->count >= (int64_t)c->limits.per_address
-                                            ? "per-address cap reached"
-                                            : "client cap reached");
+             e->draining                                       ? "draining"
+             : a && a->count >= (int64_t)c->limits.per_address ? "per-address cap reached"
+                                                               : "client cap reached");
         sess_end(s, "cap reached", false);
         return;
     }
@@ -914,8 +918,8 @@ static void link_on_close(struct stream *st, int err, const char *why, void *arg
     struct ce_link *l = arg;
     struct ce_edge *e = l->edge;
     if (!l->hello && err)
-        LOGW(e->log, NULL, "conferencing server %s: connection failed before HELLO: %s",
-             l->peer_s, why ? why : "closed");
+        LOGW(e->log, NULL, "conferencing server %s: connection failed before HELLO: %s", l->peer_s,
+             why ? why : "closed");
     link_kill(l, why ? why : "closed");
     l->st = NULL;
     link_free_if_done(l);
@@ -954,15 +958,15 @@ static void link_on_open(struct stream *st, void *arg)
     snprintf(l->name, sizeof l->name, "%s", cn && *cn ? cn : l->peer_s);
     if (!t || !tls_conn_peer_verified(t) || !name_allowed(e->cfg, t)) {
         metric_inc(e->m.servers_refused);
-        LOGW(e->log, stream_peer(st), "conferencing server refused: certificate name '%s' not allowed",
-             cn ? cn : "");
+        LOGW(e->log, stream_peer(st),
+             "conferencing server refused: certificate name '%s' not allowed", cn ? cn : "");
         stream_close(st, -EACCES, "certificate name not allowed");
         return;
     }
     uint8_t f[CE_MUX_HDR + 8 + 1 + 64];
-    struct ce_mux_hello h = {CE_MUX_VERSION, (uint32_t)e->cfg->buffers.window,
-                             slice_str(e->cfg->base.instance_id ? e->cfg->base.instance_id
-                                                                : "conf-edge")};
+    struct ce_mux_hello h = {
+        CE_MUX_VERSION, (uint32_t)e->cfg->buffers.window,
+        slice_str(e->cfg->base.instance_id ? e->cfg->base.instance_id : "conf-edge")};
     if (h.name.len > 64)
         h.name.len = 64;
     ssize_t n = ce_mux_encode_hello(f, sizeof f, &h);
@@ -1121,39 +1125,44 @@ static void on_ping(uv_timer_t *t)
 static void init_metrics(struct ce_edge *e, struct metrics *m)
 {
     struct ce_metrics *x = &e->m;
-    x->accepted = metrics_counter(m, "clients_accepted_total", "Client TCP connections accepted", NULL);
-    x->admitted = metrics_counter(m, "clients_admitted_total", "Clients admitted with a valid key", NULL);
+    x->accepted =
+        metrics_counter(m, "clients_accepted_total", "Client TCP connections accepted", NULL);
+    x->admitted =
+        metrics_counter(m, "clients_admitted_total", "Clients admitted with a valid key", NULL);
     x->active = metrics_gauge(m, "clients", "Client connections open, in every state", NULL);
-    x->relaying = metrics_gauge(m, "clients_relaying", "Clients bound to a conferencing server", NULL);
+    x->relaying =
+        metrics_gauge(m, "clients_relaying", "Clients bound to a conferencing server", NULL);
     x->servers = metrics_gauge(m, "servers", "Conferencing servers connected", NULL);
-    x->servers_connected_total = metrics_counter(m, "servers_connected_total",
-                                                 "Conferencing server connections that said HELLO", NULL);
+    x->servers_connected_total = metrics_counter(
+        m, "servers_connected_total", "Conferencing server connections that said HELLO", NULL);
     x->servers_refused = metrics_counter(m, "servers_refused_total",
                                          "Internal connections refused (certificate name)", NULL);
     x->conferences = metrics_gauge(m, "conferences", "Conferences with admitted clients", NULL);
     x->bytes_up = metrics_counter(m, "bytes_total", "Relayed bytes", "direction=\"to_server\"");
     x->bytes_down = metrics_counter(m, "bytes_total", "Relayed bytes", "direction=\"to_client\"");
-    x->not_tls = metrics_counter(m, "clients_dropped_total", "Client connections dropped before admission",
-                                 "reason=\"not_tls\"");
-    x->handshake_failed = metrics_counter(m, "clients_dropped_total",
-                                          "Client connections dropped before admission",
-                                          "reason=\"handshake\"");
-    x->per_address = metrics_counter(m, "clients_dropped_total",
-                                     "Client connections dropped before admission", "reason=\"cap\"");
+    x->not_tls =
+        metrics_counter(m, "clients_dropped_total", "Client connections dropped before admission",
+                        "reason=\"not_tls\"");
+    x->handshake_failed =
+        metrics_counter(m, "clients_dropped_total", "Client connections dropped before admission",
+                        "reason=\"handshake\"");
+    x->per_address =
+        metrics_counter(m, "clients_dropped_total", "Client connections dropped before admission",
+                        "reason=\"cap\"");
     for (int r = 1; r < CE_REPLY_COUNT; r++) {
         char lbl[64];
         snprintf(lbl, sizeof lbl, "reason=\"%s\"", ce_reply_reason(r));
         x->refused[r] = metrics_counter(m, "clients_refused_total",
                                         "Clients refused with a one-line answer", lbl);
     }
-    x->revoked_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
-                                        "reason=\"revoked\"");
-    x->server_lost_closed = metrics_counter(m, "sessions_closed_total",
-                                            "Live sessions closed by the edge", "reason=\"server_lost\"");
+    x->revoked_closed = metrics_counter(m, "sessions_closed_total",
+                                        "Live sessions closed by the edge", "reason=\"revoked\"");
+    x->server_lost_closed = metrics_counter(
+        m, "sessions_closed_total", "Live sessions closed by the edge", "reason=\"server_lost\"");
     x->idle_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
                                      "reason=\"idle\"");
-    x->replaced_closed = metrics_counter(m, "sessions_closed_total", "Live sessions closed by the edge",
-                                         "reason=\"replaced\"");
+    x->replaced_closed = metrics_counter(m, "sessions_closed_total",
+                                         "Live sessions closed by the edge", "reason=\"replaced\"");
 }
 
 static void on_edge_handle_closed(uv_handle_t *h)
@@ -1234,10 +1243,12 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     if (cfg->conference_key.id)
         ce_edge_set_key(e, cfg->conference_key.id, cfg->conference_key.secret,
                         strlen(cfg->conference_key.secret), 0);
-    rc = edge_listen(e, &e->ext_listener, &cfg->external.listen, on_client, "external", err, errcap);
+    rc =
+        edge_listen(e, &e->ext_listener, &cfg->external.listen, on_client, "external", err, errcap);
     if (rc)
         goto fail;
-    rc = edge_listen(e, &e->int_listener, &cfg->internal.listen, on_server, "internal", err, errcap);
+    rc =
+        edge_listen(e, &e->int_listener, &cfg->internal.listen, on_server, "internal", err, errcap);
     if (rc) {
         e->stopping = true;
         uv_close((uv_handle_t *)&e->ext_listener, on_edge_handle_closed);
@@ -1247,9 +1258,11 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     uv_timer_init(loop, &e->ping);
     e->ping.data = e;
     e->handles_open++;
-    uv_timer_start(&e->ping, on_ping, cfg->internal.ping_interval_ms, cfg->internal.ping_interval_ms);
+    uv_timer_start(&e->ping, on_ping, cfg->internal.ping_interval_ms,
+                   cfg->internal.ping_interval_ms);
     char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
-    LOGI(log, NULL, "conf-edge: participants on %s (TLS%s), conferencing servers on %s (mutual TLS)",
+    LOGI(log, NULL,
+         "conf-edge: participants on %s (TLS%s), conferencing servers on %s (mutual TLS)",
          addr_format(&cfg->external.listen, a1), cfg->external.tls.cert ? "" : ", self-signed",
          addr_format(&cfg->internal.listen, a2));
     if (!cfg->external.tls.cert)
@@ -1290,7 +1303,8 @@ int ce_edge_reload(struct ce_edge *e, const struct ce_config *cfg)
     if (cfg->conference_key.id)
         ce_edge_set_key(e, cfg->conference_key.id, cfg->conference_key.secret,
                         strlen(cfg->conference_key.secret), 0);
-    uv_timer_start(&e->ping, on_ping, cfg->internal.ping_interval_ms, cfg->internal.ping_interval_ms);
+    uv_timer_start(&e->ping, on_ping, cfg->internal.ping_interval_ms,
+                   cfg->internal.ping_interval_ms);
     return 0;
 }
 

@@ -4,10 +4,10 @@
 #ifndef CONF_EDGE_EDGE_H
 #define CONF_EDGE_EDGE_H
 
-#include <uv.h>
 #include "common/log.h"
 #include "common/metrics.h"
 #include "conf-edge/config.h"
+#include <uv.h>
 
 struct ce_edge;
 

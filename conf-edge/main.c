@@ -6,9 +6,9 @@
 #include <string.h>
 
 #include "common/admin.h"
-#include "common/json.h"
 #include "common/ctl.h"
 #include "common/daemon.h"
+#include "common/json.h"
 #include "conf-edge/config.h"
 #include "conf-edge/edge.h"
 
@@ -80,8 +80,8 @@ static int health(char *why, size_t cap, void *arg)
     return m->edge ? ce_edge_health(m->edge, why, cap) : 0;
 }
 
-/* POST /revoke?jti=<key id> (or conference_key=)&user=<participant>[&until=<unix>]: as a Revoke from
- * the Director, for labs and operators on the internal admin listener. */
+/* POST /revoke?jti=<key id> (or conference_key=)&user=<participant>[&until=<unix>]: as a Revoke
+ * from the Director, for labs and operators on the internal admin listener. */
 static void on_revoke_route(const char *method, const char *path, const char *query,
                             const char *body, size_t body_len, struct admin_reply *r, void *arg)
 {
@@ -126,14 +126,15 @@ static void on_stats_route(const char *method, const char *path, const char *que
     struct ce_main *m = arg;
     struct ce_edge_stats st;
     ce_edge_get_stats(m->edge, &st);
-    admin_reply_printf(r, 200, "application/json",
-                       "{\"clients\": %llu, \"relaying\": %llu, \"servers\": %llu, "
-                       "\"conferences\": %llu, \"bytes_to_server\": %llu, \"bytes_to_client\": %llu, "
-                       "\"refused\": %llu}\n",
-                       (unsigned long long)st.clients, (unsigned long long)st.relaying,
-                       (unsigned long long)st.servers, (unsigned long long)st.conferences,
-                       (unsigned long long)st.bytes_up, (unsigned long long)st.bytes_down,
-                       (unsigned long long)st.refused);
+    admin_reply_printf(
+        r, 200, "application/json",
+        "{\"clients\": %llu, \"relaying\": %llu, \"servers\": %llu, "
+        "\"conferences\": %llu, \"bytes_to_server\": %llu, \"bytes_to_client\": %llu, "
+        "\"refused\": %llu}\n",
+        (unsigned long long)st.clients, (unsigned long long)st.relaying,
+        (unsigned long long)st.servers, (unsigned long long)st.conferences,
+        (unsigned long long)st.bytes_up, (unsigned long long)st.bytes_down,
+        (unsigned long long)st.refused);
 }
 
 static int ce_start(struct daemon *d, const void *cfgp, void **state)

@@ -9,10 +9,10 @@
 #ifndef CONF_EDGE_PREAMBLE_H
 #define CONF_EDGE_PREAMBLE_H
 
+#include "common/util.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include "common/util.h"
 
 #define CE_PREAMBLE_MAX 1024
 #define CE_PREAMBLE_MAGIC "PSOM-EDGE/"
@@ -32,19 +32,19 @@ ssize_t ce_preamble_parse(const uint8_t *p, size_t len, struct ce_preamble *out)
 
 /* Why the edge answers what it answers. */
 enum ce_reply {
-    CE_REPLY_ADMITTED = 0,   /* 200 admitted */
-    CE_REPLY_MALFORMED,      /* 400 malformed-preamble */
-    CE_REPLY_MISSING_KEY,    /* 401 missing-key */
-    CE_REPLY_INVALID_KEY,    /* 403 invalid-key: malformed token or bad signature */
-    CE_REPLY_UNKNOWN_KEY,    /* 403 unknown-key-id: foreign or rotated-out signing key */
-    CE_REPLY_EXPIRED_KEY,    /* 403 expired-key */
-    CE_REPLY_REVOKED_KEY,    /* 403 revoked-key */
-    CE_REPLY_TIMEOUT,        /* 408 preamble-timeout */
-    CE_REPLY_TOO_MANY,       /* 429 too-many-connections: per-address or per-conference cap */
-    CE_REPLY_KEY_IN_USE,     /* 429 key-in-use: the key has limits.per_key sessions (refuse policy) */
-    CE_REPLY_NO_SERVER,      /* 503 no-conferencing-server */
-    CE_REPLY_DRAINING,       /* 503 draining */
-    CE_REPLY_BAD_VERSION,    /* 505 unsupported-version */
+    CE_REPLY_ADMITTED = 0, /* 200 admitted */
+    CE_REPLY_MALFORMED,    /* 400 malformed-preamble */
+    CE_REPLY_MISSING_KEY,  /* 401 missing-key */
+    CE_REPLY_INVALID_KEY,  /* 403 invalid-key: malformed token or bad signature */
+    CE_REPLY_UNKNOWN_KEY,  /* 403 unknown-key-id: foreign or rotated-out signing key */
+    CE_REPLY_EXPIRED_KEY,  /* 403 expired-key */
+    CE_REPLY_REVOKED_KEY,  /* 403 revoked-key */
+    CE_REPLY_TIMEOUT,      /* 408 preamble-timeout */
+    CE_REPLY_TOO_MANY,     /* 429 too-many-connections: per-address or per-conference cap */
+    CE_REPLY_KEY_IN_USE,   /* 429 key-in-use: the key has limits.per_key sessions (refuse policy) */
+    CE_REPLY_NO_SERVER,    /* 503 no-conferencing-server */
+    CE_REPLY_DRAINING,     /* 503 draining */
+    CE_REPLY_BAD_VERSION,  /* 505 unsupported-version */
     CE_REPLY_COUNT
 };
 

@@ -11,9 +11,9 @@
 #include "common/admin.h"
 #include "common/crypto.h"
 #include "common/json.h"
-#include "common/stream.h"
 #include "common/map.h"
 #include "common/mux.h"
+#include "common/stream.h"
 #include "common/tls_files.h"
 #include "director/director.h"
 
@@ -27,9 +27,9 @@ struct cs_stream {
     struct cs_link *link;
     uint32_t id;
     char conf[TOKEN_FIELD_MAX], user[TOKEN_FIELD_MAX], client[ADDR_STRLEN], jti[40];
-    uint64_t credit;   /* bytes the edge still accepts on this stream */
-    uint64_t owed;     /* bytes taken from the edge, window not yet returned */
-    struct buf out;    /* bytes for this participant waiting for credit */
+    uint64_t credit; /* bytes the edge still accepts on this stream */
+    uint64_t owed;   /* bytes taken from the edge, window not yet returned */
+    struct buf out;  /* bytes for this participant waiting for credit */
     bool closed;
     struct dlist node; /* confserver->streams */
 };
@@ -296,7 +296,8 @@ static void link_on_close(struct stream *st, int err, const char *why, void *arg
         return;
     }
     if (l->hello)
-        LOGW(cs->d->log, NULL, "confserver: lost conf-edge %s: %s", l->edge_s, why ? why : "closed");
+        LOGW(cs->d->log, NULL, "confserver: lost conf-edge %s: %s", l->edge_s,
+             why ? why : "closed");
     else if (!l->failing_logged && !cs->stopping)
         LOGI(cs->d->log, NULL, "confserver: cannot reach conf-edge %s yet (%s); retrying",
              l->edge_s, why ? why : "closed");
@@ -339,7 +340,8 @@ static void link_connect(struct cs_link *l)
 
 /* POST /conference-keys?conf=ID&user=NAME[&role=attendee][&ttl=SECONDS]: a conference
  * session key signed with the current conference secret, as the lab's stand-in for the
- * MCU's addUser response. Answers {"key": ..., "conf": ..., "user": ..., "jti": ..., "exp": ...}. */
+ * MCU's addUser response. Answers {"key": ..., "conf": ..., "user": ..., "jti": ..., "exp": ...}.
+ */
 static void on_keys(const char *method, const char *path, const char *query, const char *body,
                     size_t body_len, struct admin_reply *r, void *arg)
 {
@@ -376,7 +378,8 @@ static void on_keys(const char *method, const char *path, const char *query, con
     ssize_t n = token_mint(&cs->d->conf_keys, &c, key, sizeof key);
     if (n < 0) {
         admin_reply_printf(r, 400, "application/json",
-                           "{\"error\":\"cannot mint: conf, user and role must be URL-safe without ';' or '='\"}\n");
+                           "{\"error\":\"cannot mint: conf, user and role must be URL-safe without "
+                           "';' or '='\"}\n");
         return;
     }
     metric_inc(cs->m_keys);
@@ -435,7 +438,8 @@ int confserver_start(struct director *d)
     }
     cs->m_keys = metrics_counter(d->metrics, "conference_keys_minted_total",
                                  "Conference session keys minted", NULL);
-    cs->m_streams = metrics_gauge(d->metrics, "confserver_participants", "Participants served", NULL);
+    cs->m_streams =
+        metrics_gauge(d->metrics, "confserver_participants", "Participants served", NULL);
     cs->m_relayed = metrics_counter(d->metrics, "confserver_relayed_bytes_total",
                                     "Bytes relayed between participants", NULL);
     cs->m_slow = metrics_counter(d->metrics, "confserver_slow_closed_total",

@@ -287,8 +287,8 @@ static void known_add(struct da_slot *sl, const struct da_request *r)
 static bool well_formed(const struct da_creds *c, const struct da_request *r, const char *realm)
 {
     return c && c->username && r->user && strcmp(c->username, r->user) == 0 && c->realm &&
-           strcmp(c->realm, realm) == 0 && c->qop && strcasecmp(c->qop, "auth") == 0 &&
-           c->cnonce && *c->cnonce && c->uri && c->response;
+           strcmp(c->realm, realm) == 0 && c->qop && strcasecmp(c->qop, "auth") == 0 && c->cnonce &&
+           *c->cnonce && c->uri && c->response;
 }
 
 /* The guess budget b (burst, per_hour) has no guess left: THROTTLED with its Retry-After. */

@@ -46,7 +46,7 @@ struct director_confserver_config {
     bool enabled;
     struct addr *edges; /* conf-edge internal listeners; none: 127.0.0.22:8057 */
     size_t n_edges;
-    char *edge_name;    /* name verified on the edges' certificates */
+    char *edge_name; /* name verified on the edges' certificates */
     struct tls_files_config tls;
     uint64_t key_ttl_ms; /* lifetime of a minted conference key */
     uint64_t window;     /* per-stream window granted to the edge */

@@ -32,8 +32,8 @@ struct hub_edge {
  * when the caller gave one). */
 struct hub_revoked {
     char user[CTL_USER_MAX];
-    int64_t until;       /* unix seconds; INT64_MAX: until reinstated */
-    int64_t edge_until;  /* what the edges were told (they forget it then) */
+    int64_t until;      /* unix seconds; INT64_MAX: until reinstated */
+    int64_t edge_until; /* what the edges were told (they forget it then) */
     int64_t revoked_at;
     /* Reinstated: credentials expiring by expiring_by were minted before the revocation
      * and stay refused; new ones are minted to expire after it. */
@@ -339,11 +339,11 @@ static void jb_strs(struct json_buf *j, const char (*v)[ADDR_STRLEN], size_t n)
 static void jb_report(struct json_buf *j, const struct ctl_report *r)
 {
     json_printf(j,
-              "{\"connections\":%" PRIu64 ",\"allocations\":%" PRIu64 ",\"bytes_in\":%" PRIu64
-              ",\"bytes_out\":%" PRIu64 ",\"errors\":%" PRIu64
-              ",\"load_permille\":%u,\"healthy\":%s,\"draining\":%s,\"notes\":[",
-              r->connections, r->allocations, r->bytes_in, r->bytes_out, r->errors,
-              r->load_permille, r->healthy ? "true" : "false", r->draining ? "true" : "false");
+                "{\"connections\":%" PRIu64 ",\"allocations\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+                ",\"bytes_out\":%" PRIu64 ",\"errors\":%" PRIu64
+                ",\"load_permille\":%u,\"healthy\":%s,\"draining\":%s,\"notes\":[",
+                r->connections, r->allocations, r->bytes_in, r->bytes_out, r->errors,
+                r->load_permille, r->healthy ? "true" : "false", r->draining ? "true" : "false");
     for (size_t i = 0; i < r->n_notes; i++) {
         if (i)
             json_printf(j, ",");
@@ -375,10 +375,10 @@ static void jb_edge(struct json_buf *j, const struct hub_edge *e, int64_t now_ms
         json_str(j, ctl_role_name(e->hello.subscribe[i]));
     }
     json_printf(j,
-              "],\"registered\":%.3f,\"last_seen\":%.3f,\"last_seen_ago_ms\":%" PRId64
-              ",\"reports\":%" PRIu64 ",\"report\":",
-              (double)e->registered_ms / 1000.0, (double)e->last_seen_ms / 1000.0,
-              now_ms - e->last_seen_ms, e->reports);
+                "],\"registered\":%.3f,\"last_seen\":%.3f,\"last_seen_ago_ms\":%" PRId64
+                ",\"reports\":%" PRIu64 ",\"report\":",
+                (double)e->registered_ms / 1000.0, (double)e->last_seen_ms / 1000.0,
+                now_ms - e->last_seen_ms, e->reports);
     if (e->has_report)
         jb_report(j, &e->report);
     else
@@ -457,10 +457,10 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
                 continue;
             /* Key ids and expiry only: the secrets themselves never leave over HTTP. */
             json_printf(&j, "%s{\"kind\":\"%s\",\"key_id\":", first ? "" : ",",
-                      ctl_secret_kind_name((enum ctl_secret_kind)k));
+                        ctl_secret_kind_name((enum ctl_secret_kind)k));
             json_str(&j, keys[i]->id);
             json_printf(&j, ",\"current\":%s,\"not_after\":%" PRId64 "}", i ? "false" : "true",
-                      keys[i]->not_after);
+                        keys[i]->not_after);
             first = false;
         }
     }
@@ -621,7 +621,8 @@ static void hub_post_reinstate(struct director *d, const char *query, const char
             sent++;
     LOGI(d->log, NULL,
          "hub: reinstated user %s (its credentials expiring by %" PRId64 " stay refused); "
-         "sent to %zu av-edge(s)", r.user, r.expiring_by, sent);
+         "sent to %zu av-edge(s)",
+         r.user, r.expiring_by, sent);
     struct json_buf j = {0};
     json_printf(&j, "{\"reinstated\":");
     json_str(&j, r.user);

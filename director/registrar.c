@@ -10,10 +10,10 @@
 
 #include <osipparser2/osip_parser.h>
 
+#include "common/crypto.h"
 #include "common/sip/sip_msg.h"
 #include "common/sip/sip_osip.h"
 #include "common/sip/sip_proxy.h"
-#include "common/crypto.h"
 #include "common/stream.h"
 #include "director/digest_auth.h"
 #include "director/director.h"
@@ -59,8 +59,8 @@ const struct cfg_key registrar_config_keys[] = {
              "without it they live in memory and a restart loses them"},
     {"max_expires", CFG_UINT, SC(max_expires_s), "3600", .min = 60, .max = 86400,
      .help = "longest registration granted, seconds"},
-    {"nonce_lifetime", CFG_DURATION, SC(nonce_lifetime_ms), "5m", .min = 1000,
-     .max = 3600 * 1000, .help = "how long a Digest nonce stays valid"},
+    {"nonce_lifetime", CFG_DURATION, SC(nonce_lifetime_ms), "5m", .min = 1000, .max = 3600 * 1000,
+     .help = "how long a Digest nonce stays valid"},
     {"authenticate_remote", CFG_BOOL, SC(authenticate_remote), "true",
      .help = "challenge (407) every out-of-dialog request the edge marks as from a remote "
              "user; federated partners the edge verified are not challenged"},
@@ -72,8 +72,8 @@ const struct cfg_key registrar_config_keys[] = {
     {"known_guess_burst", CFG_UINT, SC(known_guess_burst), "5", .min = 1, .max = 1000,
      .help = "the same, for addresses the user authenticated from in the last 30 days (so an "
              "attacker elsewhere cannot lock the user out)"},
-    {"known_guesses_per_hour", CFG_UINT, SC(known_guesses_per_hour), "25", .min = 1,
-     .max = 100000, .help = "refill of the known-address allowance, per user per hour"},
+    {"known_guesses_per_hour", CFG_UINT, SC(known_guesses_per_hour), "25", .min = 1, .max = 100000,
+     .help = "refill of the known-address allowance, per user per hour"},
     CFG_END,
 };
 
@@ -119,13 +119,13 @@ struct registrar {
     uint64_t salt;
     uint8_t tag_key[32];
     struct da_state *da;
-    struct regstore *store; /* NULL: bindings only in memory */
+    struct regstore *store;        /* NULL: bindings only in memory */
     struct log_limit throttle_log; /* "throttled" lines: one a second, the rest counted */
     int open_handles;
     bool stopping;
     struct metric *m_in, *m_options, *m_reg_ok, *m_challenge, *m_auth_fail, *m_fwd, *m_404;
-    struct metric *m_proxy_challenge, *m_proxy_auth_ok, *m_stale, *m_throttled,
-        *m_users_throttled, *m_absorbed;
+    struct metric *m_proxy_challenge, *m_proxy_auth_ok, *m_stale, *m_throttled, *m_users_throttled,
+        *m_absorbed;
     struct sip_msg msg;
     uint8_t out[RG_OUT_CAP];
     uint8_t rbuf[65536];
@@ -221,8 +221,8 @@ static void rg_reply(struct registrar *rg, const struct rg_origin *o, const stru
         return;
     char tag[18];
     own_tag(rg, m, tag);
-    ssize_t n = sip_reply_make(m, status, phrase, tag, slice_str(extra ? extra : ""), rg->out,
-                               RG_OUT_CAP);
+    ssize_t n =
+        sip_reply_make(m, status, phrase, tag, slice_str(extra ? extra : ""), rg->out, RG_OUT_CAP);
     if (n > 0)
         rg_send(rg, o->conn_id, o->peer, false, rg->out, (size_t)n);
 }
@@ -230,8 +230,8 @@ static void rg_reply(struct registrar *rg, const struct rg_origin *o, const stru
 /* ---- authentication (director/digest_auth.c does the checking) ---- */
 
 struct rg_creds {
-    char username[128], realm[128], nonce[128], uri[512], response[160], algorithm[32],
-        cnonce[160], qop[16], nc[16];
+    char username[128], realm[128], nonce[128], uri[512], response[160], algorithm[32], cnonce[160],
+        qop[16], nc[16];
     struct da_creds c;
 };
 
@@ -259,8 +259,8 @@ static const struct da_creds *creds_get(osip_message_t *msg, bool proxy, const c
         unquote(a->cnonce, rc->cnonce, sizeof(rc->cnonce));
         unquote(a->message_qop, rc->qop, sizeof(rc->qop));
         unquote(a->nonce_count, rc->nc, sizeof(rc->nc));
-        rc->c = (struct da_creds){rc->username, rc->realm, rc->nonce, rc->uri, rc->response,
-                                  rc->algorithm, rc->cnonce, rc->qop, rc->nc};
+        rc->c = (struct da_creds){rc->username,  rc->realm,  rc->nonce, rc->uri, rc->response,
+                                  rc->algorithm, rc->cnonce, rc->qop,   rc->nc};
         return &rc->c;
     }
     return NULL;
@@ -325,10 +325,13 @@ static bool authenticate(struct registrar *rg, const struct rg_origin *o, const 
     const void *hb = client_of(o, m, &client) ? addr_host_bytes(&client, &hl) : NULL;
     /* The digest-uri is not compared with the Request-URI: sipp, for one, answers with the
      * proxy's address there. Replay is stopped by the nonce-count instead. */
-    struct da_request r = {.method = msg->sip_method, .user = user,
+    struct da_request r = {.method = msg->sip_method,
+                           .user = user,
                            .password = u ? u->password : NULL,
                            .c = creds_get(msg, proxy, c->realm, &rc),
-                           .client = hb, .client_len = hb ? hl : 0, .now_ms = now};
+                           .client = hb,
+                           .client_len = hb ? hl : 0,
+                           .now_ms = now};
     struct da_limits lim = {c->nonce_lifetime_ms, (uint32_t)c->guess_burst,
                             (uint32_t)c->guesses_per_hour, (uint32_t)c->known_guess_burst,
                             (uint32_t)c->known_guesses_per_hour};
@@ -748,13 +751,14 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     }
     addr_format(local, hs);
     char via[256];
-    int vl = snprintf(via, sizeof(via), "Via: SIP/2.0/%s %s;branch=%s\r\n", oc ? "TLS" : "UDP",
-                      hs, br);
+    int vl =
+        snprintf(via, sizeof(via), "Via: SIP/2.0/%s %s;branch=%s\r\n", oc ? "TLS" : "UDP", hs, br);
     char all[1400];
     int al = snprintf(all, sizeof(all), "%.*s%s", vl, via, f.ins);
     if (al < 0 || (size_t)al >= sizeof(all))
         return;
-    struct sip_fwd_opts fo = {.insert = slice_make(all, (size_t)al), .pop_routes = pop,
+    struct sip_fwd_opts fo = {.insert = slice_make(all, (size_t)al),
+                              .pop_routes = pop,
                               .src = o->conn_id ? NULL : o->peer,
                               .ruri = slice_str(f.ruri)};
     ssize_t len = sip_fwd_request(m, &fo, rg->out, RG_OUT_CAP);
@@ -763,8 +767,7 @@ static void do_forward(struct registrar *rg, const struct rg_origin *o, const st
     if (strip_creds)
         len = (ssize_t)da_strip_credentials(rg->out, (size_t)len, c->realm);
     metric_inc(rg->m_fwd);
-    if (rg_send(rg, oc ? oc->id : 0, &f.to, f.stream, rg->out, (size_t)len) < 0 && !oc &&
-        f.stream)
+    if (rg_send(rg, oc ? oc->id : 0, &f.to, f.stream, rg->out, (size_t)len) < 0 && !oc && f.stream)
         rg_reply(rg, o, m, 503, "Service Unavailable", NULL);
 }
 
@@ -837,15 +840,14 @@ static void rg_handle(struct registrar *rg, const struct rg_origin *o, const str
     osip_message_t *msg = NULL;
     if (osip_message_init(&msg) != 0)
         return;
-    if (sip_osip_parse(msg, m) != 0 || !msg->req_uri ||
-        !msg->req_uri->host || !msg->to || !msg->cseq) {
+    if (sip_osip_parse(msg, m) != 0 || !msg->req_uri || !msg->req_uri->host || !msg->to ||
+        !msg->cseq) {
         metric_inc(rg->m_in);
         LOGI(rg->d->log, o->peer, "sip: unparseable request dropped");
         osip_message_free(msg);
         return;
     }
-    if (slice_eq_str(m->method, "OPTIONS") && is_own(rg, msg->req_uri) &&
-        !msg->req_uri->username) {
+    if (slice_eq_str(m->method, "OPTIONS") && is_own(rg, msg->req_uri) && !msg->req_uri->username) {
         /* A keep-alive probe for the Director itself (the edge's health check). */
         metric_inc(rg->m_options);
         rg_reply(rg, o, m, 200, "OK", NULL);
@@ -999,31 +1001,31 @@ static void on_closed(uv_handle_t *h)
 
 static void make_metrics(struct registrar *rg, struct director *d)
 {
-    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received",
-                               NULL);
+    rg->m_in = metrics_counter(d->metrics, "sip_messages_in_total", "SIP messages received", NULL);
     rg->m_options = metrics_counter(d->metrics, "sip_options_answered_total",
                                     "OPTIONS probes for the Director itself, answered 200", NULL);
-    rg->m_reg_ok = metrics_counter(d->metrics, "sip_registrations_total",
-                                   "successful REGISTERs", NULL);
-    rg->m_challenge = metrics_counter(d->metrics, "sip_challenges_total",
-                                      "401 challenges sent", NULL);
+    rg->m_reg_ok =
+        metrics_counter(d->metrics, "sip_registrations_total", "successful REGISTERs", NULL);
+    rg->m_challenge =
+        metrics_counter(d->metrics, "sip_challenges_total", "401 challenges sent", NULL);
     rg->m_auth_fail = metrics_counter(d->metrics, "sip_auth_failures_total",
                                       "Digest answers with a wrong password (REGISTER or 407), "
-                                      "or a remote From not of our domains", NULL);
+                                      "or a remote From not of our domains",
+                                      NULL);
     rg->m_proxy_challenge = metrics_counter(d->metrics, "sip_proxy_challenges_total",
                                             "407 challenges to remote users' requests", NULL);
-    rg->m_proxy_auth_ok = metrics_counter(d->metrics, "sip_proxy_authenticated_total",
-                                          "remote users' requests that passed the 407 challenge",
-                                          NULL);
-    rg->m_stale = metrics_counter(d->metrics, "sip_auth_stale_total",
-                                  "right answers on an expired or replayed nonce (stale=true)",
-                                  NULL);
+    rg->m_proxy_auth_ok =
+        metrics_counter(d->metrics, "sip_proxy_authenticated_total",
+                        "remote users' requests that passed the 407 challenge", NULL);
+    rg->m_stale =
+        metrics_counter(d->metrics, "sip_auth_stale_total",
+                        "right answers on an expired or replayed nonce (stale=true)", NULL);
     rg->m_throttled = metrics_counter(d->metrics, "sip_auth_throttled_total",
                                       "Digest answers refused unchecked (403): too many wrong "
-                                      "ones for that user lately", NULL);
+                                      "ones for that user lately",
+                                      NULL);
     rg->m_users_throttled = metrics_counter(d->metrics, "sip_auth_throttle_started_total",
-                                            "times a user name ran out of password guesses",
-                                            NULL);
+                                            "times a user name ran out of password guesses", NULL);
     rg->m_absorbed = metrics_counter(d->metrics, "sip_acks_absorbed_total",
                                      "ACKs of the Director's own non-2xx answers", NULL);
     rg->m_fwd = metrics_counter(d->metrics, "sip_forwarded_total", "requests proxied", NULL);
@@ -1031,8 +1033,7 @@ static void make_metrics(struct registrar *rg, struct director *d)
                                 "requests for users not registered", NULL);
 }
 
-static int listen_udp(struct registrar *rg, struct director *d,
-                      const struct director_sip_config *c)
+static int listen_udp(struct registrar *rg, struct director *d, const struct director_sip_config *c)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < c->nudp && rg->nudp < RG_UDP_MAX; i++) {
@@ -1088,7 +1089,7 @@ int registrar_start(struct director *d)
     if (!rg)
         return -ENOMEM;
     rg->d = d;
-    sip_osip_init(); /* osip2's header table, its traces kept out of the log */
+    sip_osip_init();      /* osip2's header table, its traces kept out of the log */
     rg->open_handles = 1; /* held until registrar_stop */
     rg->bindings = calloc(RG_BINDINGS, sizeof(*rg->bindings));
     int rc = rg->bindings ? 0 : -ENOMEM;

@@ -35,12 +35,12 @@ struct director_sip_config {
     size_t nalgorithms;
     struct director_sip_user *users;
     size_t nusers;
-    struct addr edge;  /* where requests for other domains go (the edge's internal side) */
-    char *store;       /* registrations kept across restarts (director/regstore.h), or NULL */
+    struct addr edge; /* where requests for other domains go (the edge's internal side) */
+    char *store;      /* registrations kept across restarts (director/regstore.h), or NULL */
     uint64_t max_expires_s;
     uint64_t nonce_lifetime_ms;
-    bool authenticate_remote; /* 407 for remote users' out-of-dialog requests */
-    uint32_t guess_burst, guesses_per_hour;             /* wrong answers per user (see */
+    bool authenticate_remote;               /* 407 for remote users' out-of-dialog requests */
+    uint32_t guess_burst, guesses_per_hour; /* wrong answers per user (see */
     uint32_t known_guess_burst, known_guesses_per_hour; /* director/digest_auth.h) */
 };
 

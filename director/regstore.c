@@ -59,8 +59,8 @@ static int format(const struct regstore_entry *e, char *out, size_t cap)
 {
     if (!clean(e->user) || !clean(e->contact) || !clean(e->path) || !*e->user)
         return -EINVAL;
-    int n = snprintf(out, cap, "B\t%" PRId64 "\t%s\t%s\t%s\n", e->expires_s, e->user,
-                     e->contact, *e->path ? e->path : "-");
+    int n = snprintf(out, cap, "B\t%" PRId64 "\t%s\t%s\t%s\n", e->expires_s, e->user, e->contact,
+                     *e->path ? e->path : "-");
     return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : n;
 }
 

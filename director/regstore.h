@@ -16,7 +16,7 @@
 
 struct regstore_entry {
     const char *user, *contact, *path; /* path "" for none */
-    int64_t expires_s;                  /* unix time; <= now means removed */
+    int64_t expires_s;                 /* unix time; <= now means removed */
 };
 
 struct regstore;

@@ -29,10 +29,10 @@ struct rp_upstream {
     char *name;
     struct addr *servers;
     size_t nservers;
-    bool tls;          /* HTTPS to the servers, verified against ca */
+    bool tls; /* HTTPS to the servers, verified against ca */
     char *ca;
-    char *server_name; /* name to verify and send as SNI (default: the address) */
-    uint32_t keepalive;/* idle connections kept per server */
+    char *server_name;  /* name to verify and send as SNI (default: the address) */
+    uint32_t keepalive; /* idle connections kept per server */
     uint64_t connect_timeout_ms, read_timeout_ms, idle_timeout_ms;
     uint32_t max_fails;
     uint64_t fail_timeout_ms;

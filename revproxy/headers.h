@@ -48,8 +48,7 @@ int http_response_build(const struct http_head *h, const struct http_back *b, st
 /* Rewrites one Location / Content-Location value into out (NUL-terminated): absolute URLs
  * on an internal host become scheme://client_host/..., and paths under the route's rewrite
  * go back under its prefix. Returns the length, or 0 when the value stays as it is. */
-ssize_t http_location_rewrite(struct slice value, const struct http_back *b, char *out,
-                              size_t cap);
+ssize_t http_location_rewrite(struct slice value, const struct http_back *b, char *out, size_t cap);
 
 /* True for headers that claim a client's address or the original request (X-Forwarded-*,
  * Forwarded, X-Real-IP, Client-IP, True-Client-IP, CF-Connecting-IP, ...), compared with

@@ -19,21 +19,21 @@ struct http_header {
 /* A parsed head. Slices point into the reader's head buffer and stay valid until the
  * next message starts (the next http_reader_feed after HTTP_EV_DONE). */
 struct http_head {
-    int method;              /* enum http_method; requests only */
+    int method; /* enum http_method; requests only */
     struct slice method_name;
-    struct slice url;        /* request target as sent */
-    int status;              /* responses only */
+    struct slice url; /* request target as sent */
+    int status;       /* responses only */
     struct slice reason;
     uint8_t major, minor;
     struct http_header hdr[HTTP_MAX_HEADERS];
     size_t nhdr;
     uint64_t content_length; /* HTTP_NO_LENGTH when absent */
     bool chunked;
-    bool keep_alive;         /* http-parser's view of Connection / version */
-    bool upgrade;            /* a complete Upgrade request, or a 101 response */
+    bool keep_alive; /* http-parser's view of Connection / version */
+    bool upgrade;    /* a complete Upgrade request, or a 101 response */
     bool expect_continue;
-    bool has_body;           /* chunked, Content-Length > 0, or read-until-close */
-    size_t head_len;         /* raw bytes of the head, CRLFCRLF included */
+    bool has_body;   /* chunked, Content-Length > 0, or read-until-close */
+    size_t head_len; /* raw bytes of the head, CRLFCRLF included */
 };
 
 enum http_ev {

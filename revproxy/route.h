@@ -4,23 +4,23 @@
 #define RP_ROUTE_H
 
 #include <stdbool.h>
-#include <stdint.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/util.h"
 
 /* One element of `routes:` in the YAML. */
 struct rp_route {
-    char *host;         /* client Host to match ("" or "*" = any, "*.example.com" = suffix) */
-    char *prefix;       /* path prefix, matched on a segment boundary, case-insensitively */
-    char *rewrite;      /* replaces prefix in the upstream path (NULL = unchanged) */
-    char *upstream;     /* pool name */
-    char *host_header;  /* Host sent upstream (NULL = the client's) */
-    uint64_t max_body;  /* request body limit in bytes (413 beyond) */
-    bool affinity;      /* one client connection <-> one upstream connection (NTLM) */
-    bool websocket;     /* pass Upgrade: websocket through */
+    char *host;               /* client Host to match ("" or "*" = any, "*.example.com" = suffix) */
+    char *prefix;             /* path prefix, matched on a segment boundary, case-insensitively */
+    char *rewrite;            /* replaces prefix in the upstream path (NULL = unchanged) */
+    char *upstream;           /* pool name */
+    char *host_header;        /* Host sent upstream (NULL = the client's) */
+    uint64_t max_body;        /* request body limit in bytes (413 beyond) */
+    bool affinity;            /* one client connection <-> one upstream connection (NTLM) */
+    bool websocket;           /* pass Upgrade: websocket through */
     uint64_t read_timeout_ms; /* 0 = the upstream's */
-    uint32_t rate, burst; /* requests per second per client address (0 = no limit), bucket */
+    uint32_t rate, burst;     /* requests per second per client address (0 = no limit), bucket */
 };
 
 /* The request target, split (from origin-form "/p?q" or absolute-form "http://h/p?q"). */
@@ -40,8 +40,8 @@ int rp_route_match(const struct rp_route *routes, size_t n, struct slice host, s
 
 /* Writes the upstream path+query for path under route r into out (NUL-terminated).
  * Returns the length or -ENOSPC. */
-ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query,
-                         char *out, size_t cap);
+ssize_t rp_route_rewrite(const struct rp_route *r, struct slice path, struct slice query, char *out,
+                         size_t cap);
 /* The reverse, for Location headers: an upstream path under r's rewrite goes back under
  * its prefix. Returns the length written, 0 if path is not under the rewrite, or -ENOSPC. */
 ssize_t rp_route_unrewrite(const struct rp_route *r, struct slice path, char *out, size_t cap);

@@ -35,13 +35,20 @@ static enum sip_hdr_id hdr_lookup(const uint8_t *p, size_t n)
 {
     if (n == 1) {
         switch (p[0] | 0x20) {
-        case 'v': return SIP_H_VIA;
-        case 'f': return SIP_H_FROM;
-        case 't': return SIP_H_TO;
-        case 'i': return SIP_H_CALL_ID;
-        case 'l': return SIP_H_CONTENT_LENGTH;
-        case 'm': return SIP_H_CONTACT;
-        default: return SIP_H_OTHER;
+        case 'v':
+            return SIP_H_VIA;
+        case 'f':
+            return SIP_H_FROM;
+        case 't':
+            return SIP_H_TO;
+        case 'i':
+            return SIP_H_CALL_ID;
+        case 'l':
+            return SIP_H_CONTENT_LENGTH;
+        case 'm':
+            return SIP_H_CONTACT;
+        default:
+            return SIP_H_OTHER;
         }
     }
     for (int id = SIP_H_VIA; id < SIP_H_COUNT; id++)
@@ -173,8 +180,8 @@ static ssize_t incomplete(size_t len, bool datagram, size_t max_hdr_bytes)
 }
 
 /* Indexes one header: name i..i+name_len, value c..vend, the line up to line_end. */
-static void add_header(struct sip_msg *m, const uint8_t *data, size_t i, size_t name_len,
-                       size_t c, size_t vend, size_t line_end)
+static void add_header(struct sip_msg *m, const uint8_t *data, size_t i, size_t name_len, size_t c,
+                       size_t vend, size_t line_end)
 {
     enum sip_hdr_id id = hdr_lookup(data + i, name_len);
     if (m->nhdr < SIP_MSG_MAX_HEADERS) {

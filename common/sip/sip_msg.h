@@ -59,7 +59,7 @@ enum sip_defect {
 /* The index of one message. Slices point into the caller's bytes. */
 struct sip_msg {
     const uint8_t *buf;
-    size_t len;         /* whole message: headers + body */
+    size_t len; /* whole message: headers + body */
     bool is_request;
     struct slice method; /* request: "INVITE" */
     struct slice ruri;   /* request: the Request-URI text */
@@ -67,8 +67,8 @@ struct sip_msg {
     uint32_t start_end;  /* one past the start line's CRLF */
     uint32_t hdr_end;    /* offset of the body (after the empty line) */
     uint32_t body_len;
-    long content_length; /* -1 when absent */
-    uint32_t max_line;   /* longest header line seen, without CRLF */
+    long content_length;   /* -1 when absent */
+    uint32_t max_line;     /* longest header line seen, without CRLF */
     bool too_many_headers; /* more lines than SIP_MSG_MAX_HEADERS (the rest are not indexed) */
     uint8_t defect;        /* enum sip_defect */
     uint16_t nhdr;
@@ -148,8 +148,8 @@ static inline ssize_t sip_out_done(const struct sip_out *o)
 struct sip_value_iter {
     const struct sip_msg *m;
     enum sip_hdr_id id;
-    uint16_t next_hdr;  /* the header line to read once rest is used up */
-    struct slice rest;  /* what is left of the current line's value */
+    uint16_t next_hdr; /* the header line to read once rest is used up */
+    struct slice rest; /* what is left of the current line's value */
 };
 void sip_values_begin(struct sip_value_iter *it, const struct sip_msg *m, enum sip_hdr_id id);
 /* The next value (trimmed), or false at the end. */

@@ -147,8 +147,9 @@ int sip_flow_decode(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice tok, struc
     char kind = body[0];
     unsigned conn = 0, port = 0;
     char iphex[33];
-    if ((kind != 't' && kind != 'u') || sscanf(body + 1, "%x.%32[0-9a-f].%x", &conn, iphex, &port) != 3 ||
-        port == 0 || port > 65535)
+    if ((kind != 't' && kind != 'u') ||
+        sscanf(body + 1, "%x.%32[0-9a-f].%x", &conn, iphex, &port) != 3 || port == 0 ||
+        port > 65535)
         return -EINVAL;
     size_t hl = strlen(iphex);
     uint8_t ip[16];
@@ -306,8 +307,8 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
     return sip_out_done(&w);
 }
 
-ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop,
-                         uint8_t *out, size_t cap)
+ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop, uint8_t *out,
+                         size_t cap)
 {
     struct sip_out w = sip_out_make(out, cap);
     sip_out_put(&w, m->buf, m->start_end);
@@ -336,34 +337,50 @@ ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t 
 static const char *default_phrase(int status)
 {
     switch (status) {
-    case 100: return "Trying";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 430: return "Flow Failed";
-    case 481: return "Call/Transaction Does Not Exist";
-    case 482: return "Loop Detected";
-    case 483: return "Too Many Hops";
-    case 487: return "Request Terminated";
-    case 500: return "Server Internal Error";
-    case 503: return "Service Unavailable";
-    case 513: return "Message Too Large";
-    default: return "Unknown";
+    case 100:
+        return "Trying";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 430:
+        return "Flow Failed";
+    case 481:
+        return "Call/Transaction Does Not Exist";
+    case 482:
+        return "Loop Detected";
+    case 483:
+        return "Too Many Hops";
+    case 487:
+        return "Request Terminated";
+    case 500:
+        return "Server Internal Error";
+    case 503:
+        return "Service Unavailable";
+    case 513:
+        return "Message Too Large";
+    default:
+        return "Unknown";
     }
 }
 
-ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
-                       const char *to_tag, struct slice extra, uint8_t *out, size_t cap)
+ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase, const char *to_tag,
+                       struct slice extra, uint8_t *out, size_t cap)
 {
     return sip_reply_make_src(m, NULL, status, phrase, to_tag, extra, out, cap);
 }
 
 ssize_t sip_reply_make_src(const struct sip_msg *m, const struct addr *src, int status,
-                           const char *phrase, const char *to_tag, struct slice extra,
-                           uint8_t *out, size_t cap)
+                           const char *phrase, const char *to_tag, struct slice extra, uint8_t *out,
+                           size_t cap)
 {
     struct sip_out w = sip_out_make(out, cap);
     bool first_via = true;
@@ -455,8 +472,7 @@ int sip_response_hop_at(const struct sip_msg *m, unsigned k, struct addr *to)
 
 /* ---- topology hiding seal ---- */
 
-static void keystream_xor(const uint8_t key[SIP_FLOW_KEY_LEN], uint64_t nonce, uint8_t *p,
-                          size_t n)
+static void keystream_xor(const uint8_t key[SIP_FLOW_KEY_LEN], uint64_t nonce, uint8_t *p, size_t n)
 {
     uint8_t blk[SHA256_LEN], in[1 + 8 + 4];
     in[0] = 'k';

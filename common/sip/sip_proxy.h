@@ -9,8 +9,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "common/sip/sip_msg.h"
 #include "common/addr.h"
+#include "common/sip/sip_msg.h"
 
 /* Branch IDs: "z9hG4bK" + 16 hex digits of a keyed hash of the incoming transaction (the
  * top Via's branch and sent-by), so retransmissions, the ACK of a non-2xx and a CANCEL map
@@ -27,7 +27,7 @@ bool sip_branch_parse(struct slice branch, uint64_t *h, uint32_t *conn_id);
 /* A flow (RFC 5626): how to reach a remote user again, carried in the user part of our
  * Path and Record-Route URIs, authenticated by a truncated HMAC so it cannot be forged. */
 struct sip_flow {
-    bool stream;      /* TCP/TLS connection conn_id; else UDP to addr */
+    bool stream; /* TCP/TLS connection conn_id; else UDP to addr */
     uint32_t conn_id;
     struct addr addr; /* the peer's address (UDP destination; for streams, a check) */
 };
@@ -39,14 +39,14 @@ int sip_flow_decode(const uint8_t key[SIP_FLOW_KEY_LEN], struct slice tok, struc
 
 /* What to change on a forwarded request. */
 struct sip_fwd_opts {
-    struct slice insert;      /* lines to put right after the start line (our Via first,
-                               * then Record-Route, Path, trust), each ending in CRLF */
-    unsigned pop_routes;      /* our own Route entries to remove from the top */
-    const struct addr *src;   /* non-NULL: add received (and rport if asked) to the top Via */
-    uint32_t drop;            /* SIP_HDR_BITs of received headers to leave out: the trust
-                               * marking; for topology hiding also Via, Record-Route, Contact,
-                               * whose replacements are in insert */
-    struct slice ruri;        /* non-empty: the new Request-URI (a registrar's retarget) */
+    struct slice insert;    /* lines to put right after the start line (our Via first,
+                             * then Record-Route, Path, trust), each ending in CRLF */
+    unsigned pop_routes;    /* our own Route entries to remove from the top */
+    const struct addr *src; /* non-NULL: add received (and rport if asked) to the top Via */
+    uint32_t drop;          /* SIP_HDR_BITs of received headers to leave out: the trust
+                             * marking; for topology hiding also Via, Record-Route, Contact,
+                             * whose replacements are in insert */
+    struct slice ruri;      /* non-empty: the new Request-URI (a registrar's retarget) */
 };
 
 /* Forwarded request into out; Max-Forwards is decremented. Returns the length or -ENOSPC. */
@@ -54,18 +54,18 @@ ssize_t sip_fwd_request(const struct sip_msg *m, const struct sip_fwd_opts *o, u
                         size_t cap);
 /* Forwarded response: our top Via value removed, `insert` added after the status line,
  * headers whose SIP_HDR_BIT is in drop left out. Returns the length or -ENOSPC. */
-ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop,
-                         uint8_t *out, size_t cap);
+ssize_t sip_fwd_response(const struct sip_msg *m, struct slice insert, uint32_t drop, uint8_t *out,
+                         size_t cap);
 /* The edge's own response to request m: Via/From/To/Call-ID/CSeq copied (a To tag added
  * for status > 100 if absent), then `extra` lines (Warning, Allow, ...), Content-Length 0. */
-ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase,
-                       const char *to_tag, struct slice extra, uint8_t *out, size_t cap);
+ssize_t sip_reply_make(const struct sip_msg *m, int status, const char *phrase, const char *to_tag,
+                       struct slice extra, uint8_t *out, size_t cap);
 /* The same for a request that came from src: its top Via gets received (and rport's value
  * when it asked for one), as on a forwarded request (RFC 3261 §18.2.1, RFC 3581 §4), so
  * the answer reads the same whether the edge or the next hop made it. */
 ssize_t sip_reply_make_src(const struct sip_msg *m, const struct addr *src, int status,
-                           const char *phrase, const char *to_tag, struct slice extra,
-                           uint8_t *out, size_t cap);
+                           const char *phrase, const char *to_tag, struct slice extra, uint8_t *out,
+                           size_t cap);
 
 /* Where a response goes: the sent-by of the Via value after ours, with received/rport
  * (RFC 3261 §18.2.2, RFC 3581). Returns 0 or -EINVAL (no second Via or a name, not an

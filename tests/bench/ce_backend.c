@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/stream.h"
-#include "common/tls.h"
 #include "common/map.h"
 #include "common/mux.h"
+#include "common/stream.h"
+#include "common/tls.h"
 
 static uint8_t block[CE_MUX_HDR + CE_MUX_DATA_MAX];
 

@@ -7,9 +7,9 @@
  * Prints one line: "bytes=N secs=S MBps=X" or "handshakes=N secs=S per_s=X resumed=R".
  * The cipher is pinned to ECDHE-ECDSA-CHACHA20-POLY1305 (TLS 1.2) on both proxies so
  * the comparison is like for like. */
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdbool.h>
@@ -80,7 +80,8 @@ static void finish(SSL *s)
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: tlsload bulk HOST PORT up|down SECS [KEY] | tlsload hs HOST PORT full|resumed SECS\n");
+        fprintf(stderr, "usage: tlsload bulk HOST PORT up|down SECS [KEY] | tlsload hs HOST PORT "
+                        "full|resumed SECS\n");
         return 2;
     }
     const char *host = argv[2];
@@ -117,8 +118,8 @@ int main(int argc, char **argv)
                 break;
             bytes += (unsigned)r;
         }
-        printf("bytes=%llu secs=%.2f MBps=%.1f cipher=%s\n", bytes, t1 - t0, bytes / 1e6 / (t1 - t0),
-               SSL_get_cipher(s));
+        printf("bytes=%llu secs=%.2f MBps=%.1f cipher=%s\n", bytes, t1 - t0,
+               bytes / 1e6 / (t1 - t0), SSL_get_cipher(s));
         int fd = SSL_get_fd(s);
         SSL_free(s);
         close(fd);

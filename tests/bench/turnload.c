@@ -11,8 +11,8 @@
  * With SERVER_PID set, the server's CPU time (utime+stime from /proc) is measured around
  * the loaded phase and per-CPU-second figures are printed. Every phase is bounded in time. */
 #include <arpa/inet.h>
-#include <netinet/udp.h>
 #include <errno.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -53,7 +53,8 @@ static double server_cpu(void)
     if (!p)
         return -1;
     unsigned long long ut = 0, st = 0;
-    /* after ") ": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    /* after ") ": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+     * stime */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
@@ -163,7 +164,8 @@ static int sess_take(struct sess *s, const uint8_t *p, ssize_t n)
     struct stun_msg m;
     if (n < 20 || stun_msg_parse(&m, p, (size_t)n) < 0)
         return -1;
-    const struct stun_attr *r = stun_msg_find(&m, STUN_A_REALM), *no = stun_msg_find(&m, STUN_A_NONCE);
+    const struct stun_attr *r = stun_msg_find(&m, STUN_A_REALM),
+                           *no = stun_msg_find(&m, STUN_A_NONCE);
     if (m.cls == STUN_ERROR && r && no) {
         snprintf(s->realm, sizeof(s->realm), "%.*s", r->len, (const char *)p + r->off);
         snprintf(s->nonce, sizeof(s->nonce), "%.*s", no->len, (const char *)p + no->off);
@@ -258,8 +260,8 @@ static int send_batch(int fd, struct mmsghdr *m, uint8_t *pkts, size_t seg, bool
             uint8_t b[CMSG_SPACE(sizeof(uint16_t))];
         } ctl = {0};
         struct iovec io = {pkts, seg * BATCH};
-        struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl.b,
-                            .msg_controllen = sizeof(ctl.b)};
+        struct msghdr mh = {
+            .msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b)};
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         cm->cmsg_level = SOL_UDP;
         cm->cmsg_type = UDP_SEGMENT;

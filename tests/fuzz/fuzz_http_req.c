@@ -13,8 +13,11 @@
 static struct rp_route routes[] = {
     {.prefix = "/ABS/ext", .rewrite = "/ABS/int", .upstream = "web", .max_body = 1 << 20},
     {.prefix = "/etc/place/null", .upstream = "web", .max_body = 1 << 20},
-    {.prefix = "/GroupExpansion/ext/service.asmx", .rewrite = "/GroupExpansion/int/service.asmx",
-     .upstream = "web", .host_header = "web.lab", .max_body = 1 << 20},
+    {.prefix = "/GroupExpansion/ext/service.asmx",
+     .rewrite = "/GroupExpansion/int/service.asmx",
+     .upstream = "web",
+     .host_header = "web.lab",
+     .max_body = 1 << 20},
     {.host = "*.example.com", .prefix = "/", .upstream = "web", .max_body = 100},
 };
 
@@ -44,8 +47,11 @@ static void on_head(struct http_reader *r)
         return;
     struct addr a;
     addr_parse(&a, "127.0.0.1:1234", 0);
-    struct http_fwd f = {.client = &a, .tls = true, .host = host,
-                         .host_header = routes[ri].host_header, .fallback_host = "web",
+    struct http_fwd f = {.client = &a,
+                         .tls = true,
+                         .host = host,
+                         .host_header = routes[ri].host_header,
+                         .fallback_host = "web",
                          .target = target,
                          .upgrade = h->upgrade};
     uint8_t mem[8192];
@@ -84,7 +90,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             if (ev & HTTP_EV_HEAD)
                 on_head(r);
-
         }
         http_reader_destroy(r);
     }

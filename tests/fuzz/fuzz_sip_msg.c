@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/sip/sip_msg.h"
-#include "common/sip/sip_proxy.h"
 #include "access-edge/sip_topo.h"
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
+#include "common/sip/sip_msg.h"
+#include "common/sip/sip_proxy.h"
 
 static bool any_own(struct slice entry, void *arg)
 {
@@ -41,8 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!buf)
         return 0;
     memcpy(buf, data + 1, size - 1);
-    struct sip_peer peer = {.src = (enum sip_source)(data[0] % 4), .addr = &src,
-                            .cert_names = names, .ncert_names = 1};
+    struct sip_peer peer = {
+        .src = (enum sip_source)(data[0] % 4), .addr = &src, .cert_names = names, .ncert_names = 1};
     bool datagram = data[0] & 0x10;
     if (data[0] & 0x20) {
         /* The WebSocket layer in front of the same path (RFC 7118). */
@@ -69,7 +69,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
         if (rc == 0 && m.is_request) {
             static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
-            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = r.pop, .src = &src, .drop = SIP_HDR_BIT(SIP_H_TRUST)};
+            struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1),
+                                     .pop_routes = r.pop,
+                                     .src = &src,
+                                     .drop = SIP_HDR_BIT(SIP_H_TRUST)};
             sip_fwd_request(&m, &o, out, sizeof(out));
             struct sip_flow f;
             sip_flow_decode(key, r.flow, &f);

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/sip/sip_msg.h"
 #include "access-edge/sip_route.h"
 #include "access-edge/sip_topo.h"
+#include "common/sip/sip_msg.h"
 
 static enum sip_route_side side(struct slice entry, void *arg)
 {

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "common/sip/sip_msg.h"
 #include "access-edge/sip_route.h"
+#include "common/sip/sip_msg.h"
 
 static const uint8_t key[SIP_FLOW_KEY_LEN] = {9, 8, 7, 6, 5, 4, 3, 2, 1};
 static struct sip_msg m;
@@ -103,8 +103,8 @@ static void hairpin_pops_only_this_legs_pair(void **st)
     assert_int_equal(p.foreign, 0);
     char want[1024];
     snprintf(want, sizeof(want),
-             "Route: <sip:%s@10.0.0.21;lr>, <sip:%s@198.51.100.1:5061;lr;transport=tls>\r\n",
-             tokB, tokB);
+             "Route: <sip:%s@10.0.0.21;lr>, <sip:%s@198.51.100.1:5061;lr;transport=tls>\r\n", tokB,
+             tokB);
     kept_line(&p, want);
 }
 
@@ -126,9 +126,10 @@ static void in_dialog_drops_foreign_and_unsigned_entries(void **st)
     assert_false(p.hop_signed);
     /* A forged token on our address is not ours. */
     char hdr[512];
-    snprintf(hdr, sizeof(hdr),
-             "Route: <sip:%s@198.51.100.1;lr>, <sip:10.0.0.21;lr>, <sip:forged.%s@10.0.0.21;lr>\r\n",
-             tokA, tokB);
+    snprintf(
+        hdr, sizeof(hdr),
+        "Route: <sip:%s@198.51.100.1;lr>, <sip:10.0.0.21;lr>, <sip:forged.%s@10.0.0.21;lr>\r\n",
+        tokA, tokB);
     p = plan("BYE sip:x@10.0.0.5 SIP/2.0", hdr, true);
     assert_int_equal(p.pop, 2);
     assert_int_equal(p.nkeep, 0);
@@ -160,8 +161,8 @@ static void decisions(void **st)
 {
     (void)st;
     struct sip_route_facts f = {.ruri_own = true};
-    struct sip_route_plan p = plan("OPTIONS sip:198.51.100.1:5060 SIP/2.0",
-                                   "Route: <sip:198.51.100.1;lr>\r\n", false);
+    struct sip_route_plan p =
+        plan("OPTIONS sip:198.51.100.1:5060 SIP/2.0", "Route: <sip:198.51.100.1;lr>\r\n", false);
     /* Item 10: a keep-alive for the edge itself. */
     assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_KEEPALIVE);
     f.ruri_own = false;
@@ -178,8 +179,8 @@ static void decisions(void **st)
              "Route: <sip:198.51.100.1;lr>, <sip:10.0.0.21;lr>\r\n", true);
     assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_RELAY);
     char hdr[512];
-    snprintf(hdr, sizeof(hdr), "Route: <sip:%s@198.51.100.1;lr>, <sip:%s@10.0.0.21;lr>\r\n",
-             tokA, tokA);
+    snprintf(hdr, sizeof(hdr), "Route: <sip:%s@198.51.100.1;lr>, <sip:%s@10.0.0.21;lr>\r\n", tokA,
+             tokA);
     p = plan("BYE sip:x@192.0.2.5:5062 SIP/2.0", hdr, true);
     assert_int_equal(sip_route_decide(&m, &f, &p), SIP_RA_FORWARD);
     /* Foreign entries: stripped, or refused under reject. */

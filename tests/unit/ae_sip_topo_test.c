@@ -9,12 +9,12 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "common/sip/sip_msg.h"
 #include "access-edge/sip_topo.h"
+#include "common/sip/sip_msg.h"
 
 static const uint8_t key[SIP_FLOW_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
-static const struct sip_topo topo = {key, 42, {(const uint8_t *)"198.51.100.1:5060;transport=tcp",
-                                               31}};
+static const struct sip_topo topo = {
+    key, 42, {(const uint8_t *)"198.51.100.1:5060;transport=tcp", 31}};
 static struct sip_msg m;
 static char text[8192], out[8192];
 
@@ -98,8 +98,8 @@ static void request_route_set_sealed_then_restored_as_route(void **st)
     scan("INVITE sip:b@example.com SIP/2.0",
          "Record-Route: <sip:dir1.inside;lr>\r\nRecord-Route: <sip:10.0.0.9;lr>\r\n");
     char tok[4096];
-    ssize_t n = sip_topo_seal_request_rr(&topo, slice_str("<sip:10.0.0.21:5060;lr>"), &m, tok,
-                                         sizeof(tok));
+    ssize_t n =
+        sip_topo_seal_request_rr(&topo, slice_str("<sip:10.0.0.21:5060;lr>"), &m, tok, sizeof(tok));
     assert_true(n > 0);
     assert_null(strstr(tok, "10.0.0"));
     /* The outside's BYE comes back through our external entry; the 200 coming back in gets

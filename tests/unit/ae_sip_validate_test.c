@@ -1,5 +1,6 @@
 /* SIP framing and validation: every rejection rule gives its exact status, reason and label. */
 #include <errno.h>
+#include <malloc.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,10 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <cmocka.h>
-#include <malloc.h>
 
-#include "common/sip/sip_msg.h"
 #include "access-edge/sip_validate.h"
+#include "common/sip/sip_msg.h"
 
 static const char *const domains[] = {"example.com"};
 static struct addr own[2];
@@ -32,13 +32,12 @@ static int setup(void **st)
     "Call-ID: a84b4c76e66710\r\n"                                                                  \
     "CSeq: 314159 INVITE\r\n"
 
-static const char invite[] = "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS
-                             "Max-Forwards: 70\r\n"
-                             "Contact: <sip:alice@192.0.2.1:5062>\r\n"
-                             "Content-Length: 4\r\n\r\nv=0\n";
+static const char invite[] =
+    "INVITE sip:bob@example.com SIP/2.0\r\n" BASE_HDRS "Max-Forwards: 70\r\n"
+    "Contact: <sip:alice@192.0.2.1:5062>\r\n"
+    "Content-Length: 4\r\n\r\nv=0\n";
 
-static int check(const char *text, enum sip_source src, struct sip_verdict *v,
-                 struct sip_route *r)
+static int check(const char *text, enum sip_source src, struct sip_verdict *v, struct sip_route *r)
 {
     struct sip_peer peer = {.src = src};
     return sip_check_bytes(&pol, &peer, (const uint8_t *)text, strlen(text), true, &msg, v, r);
@@ -192,9 +191,8 @@ static void method_allow_list_per_source(void **st)
     struct sip_route r;
     assert_int_equal(check(buf2, SIP_SRC_REMOTE_USER, &v, &r), 0);
     struct sip_peer peer = {.src = SIP_SRC_PARTNER};
-    assert_int_equal(sip_check_bytes(&pol, &peer, (const uint8_t *)buf2, strlen(buf2), true, &msg,
-                                     &v, &r),
-                     1);
+    assert_int_equal(
+        sip_check_bytes(&pol, &peer, (const uint8_t *)buf2, strlen(buf2), true, &msg, &v, &r), 1);
     assert_int_equal(v.status, 405);
     assert_string_equal(v.reason, "method");
     replace(buf, sizeof(buf), invite, "INVITE sip:", "FROBNICATE sip:");
@@ -225,7 +223,8 @@ static void own_via_from_outside_is_482(void **st)
 static void foreign_domain_from_outside_is_403(void **st)
 {
     char buf[2048];
-    replace(buf, sizeof(buf), invite, "INVITE sip:bob@example.com", "INVITE sip:bob@victim.example");
+    replace(buf, sizeof(buf), invite, "INVITE sip:bob@example.com",
+            "INVITE sip:bob@victim.example");
     expect(buf, SIP_SRC_REMOTE_USER, 403, "relay", "victim.example");
 }
 
@@ -264,11 +263,12 @@ static void partner_certificate_names_that_are_no_hosts_vouch_for_nothing(void *
 
 static void internal_request_routes_by_flow_or_uri(void **st)
 {
-    const char *t = "MESSAGE sip:alice@192.0.2.1:5062 SIP/2.0\r\n"
-                    "Route: <sip:tok123@127.0.0.21:5060;lr>\r\n"
-                    "Via: SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKd\r\n"
-                    "From: <sip:bob@example.com>;tag=9\r\nTo: <sip:alice@example.com>\r\n"
-                    "Call-ID: x\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
+    const char *t =
+        "MESSAGE sip:alice@192.0.2.1:5062 SIP/2.0\r\n"
+        "Route: <sip:tok123@127.0.0.21:5060;lr>\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKd\r\n"
+        "From: <sip:bob@example.com>;tag=9\r\nTo: <sip:alice@example.com>\r\n"
+        "Call-ID: x\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
     struct sip_peer peer = {.src = SIP_SRC_INTERNAL};
     struct sip_verdict v;
     struct sip_route r;
@@ -279,10 +279,11 @@ static void internal_request_routes_by_flow_or_uri(void **st)
     assert_int_equal(r.pop, 1);
     assert_true(slice_eq_str(r.flow, "tok123"));
     sip_parsed_free(sp);
-    const char *u = "MESSAGE sip:alice@192.0.2.1:5062;transport=tcp SIP/2.0\r\n"
-                    "Via: SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKd\r\n"
-                    "From: <sip:bob@example.com>;tag=9\r\nTo: <sip:alice@example.com>\r\n"
-                    "Call-ID: x\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
+    const char *u =
+        "MESSAGE sip:alice@192.0.2.1:5062;transport=tcp SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKd\r\n"
+        "From: <sip:bob@example.com>;tag=9\r\nTo: <sip:alice@example.com>\r\n"
+        "Call-ID: x\r\nCSeq: 2 MESSAGE\r\nMax-Forwards: 69\r\nContent-Length: 0\r\n\r\n";
     assert_int_equal(check(u, SIP_SRC_INTERNAL, &v, &r), 0);
     assert_int_equal(r.kind, SIP_ROUTE_URI);
     assert_string_equal(r.host, "192.0.2.1");

@@ -12,9 +12,10 @@
 
 static void rfc6455_accept_key(void **st)
 {
-    const char *req = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
-                      "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                      "Sec-WebSocket-Protocol: sip\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
+    const char *req =
+        "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+        "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Protocol: sip\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
     char out[512];
     size_t ol;
     bool ok;
@@ -22,17 +23,20 @@ static void rfc6455_accept_key(void **st)
     assert_int_equal(n, (ssize_t)strlen(req) - 4);
     assert_true(ok);
     assert_non_null(strstr(out, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-    assert_int_equal(sip_ws_handshake((const uint8_t *)req, 30, out, sizeof(out), &ol, &ok), -EAGAIN);
+    assert_int_equal(sip_ws_handshake((const uint8_t *)req, 30, out, sizeof(out), &ol, &ok),
+                     -EAGAIN);
 }
 
 static void no_sip_subprotocol_426(void **st)
 {
-    const char *req = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const char *req =
+        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     char out[512];
     size_t ol;
     bool ok = true;
-    assert_true(sip_ws_handshake((const uint8_t *)req, strlen(req), out, sizeof(out), &ol, &ok) > 0);
+    assert_true(sip_ws_handshake((const uint8_t *)req, strlen(req), out, sizeof(out), &ol, &ok) >
+                0);
     assert_false(ok);
     assert_memory_equal(out, "HTTP/1.1 426", 12);
 }

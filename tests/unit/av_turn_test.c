@@ -1,12 +1,12 @@
 /* TURN state machine and allocation table: every error code a client can see, the
  * relay paths, the enterprise peer rule, REST credentials with rotation, expiry. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <cmocka.h>
 
 #include "av-edge/turn.h"
@@ -109,11 +109,18 @@ static int setup(void **st)
     struct fx *f = calloc(1, sizeof(*f));
     assert_int_equal(av_shared_init(&f->sh), 0);
     assert_int_equal(av_shared_set_secret(&f->sh, "k1", "secret1", 7, 0), 0);
-    f->cfg = (struct av_turn_cfg){.realm = "lab", .software = "av-edge test",
-                                  .default_lifetime_s = 600, .max_lifetime_s = 3600,
-                                  .perm_lifetime_s = 300, .chan_lifetime_s = 600,
-                                  .nonce_lifetime_s = 600, .user_quota = 3, .total_quota = 5,
-                                  .max_perms = 8, .have_v4 = true, .tcp_relay = true};
+    f->cfg = (struct av_turn_cfg){.realm = "lab",
+                                  .software = "av-edge test",
+                                  .default_lifetime_s = 600,
+                                  .max_lifetime_s = 3600,
+                                  .perm_lifetime_s = 300,
+                                  .chan_lifetime_s = 600,
+                                  .nonce_lifetime_s = 600,
+                                  .user_quota = 3,
+                                  .total_quota = 5,
+                                  .max_perms = 8,
+                                  .have_v4 = true,
+                                  .tcp_relay = true};
     f->users[0].name = "alice";
     stun_key_long_term(slice_str("alice"), slice_str("lab"), slice_str("wonder"), f->users[0].key);
     f->cfg.users = f->users;
@@ -126,8 +133,12 @@ static int setup(void **st)
     f->cfg.own = f->own;
     f->cfg.n_own = 2;
     f->io = (struct fake_io){50000, 50009, 0, 0};
-    struct av_relay_io io = {.open = fake_open, .close = fake_close, .release = fake_release,
-                             .arg = &f->io, .connect = fake_connect, .conn_alloc = fake_conn_alloc};
+    struct av_relay_io io = {.open = fake_open,
+                             .close = fake_close,
+                             .release = fake_release,
+                             .arg = &f->io,
+                             .connect = fake_connect,
+                             .conn_alloc = fake_conn_alloc};
     assert_int_equal(av_turn_create(&f->t, &f->cfg, &f->sh, &io, NULL), 0);
     f->now_ms = 1000000;
     f->now_s = NOW_S;
@@ -181,7 +192,8 @@ static int feed(struct fx *f, const uint8_t *p, size_t len)
     if (n)
         snprintf(f->nonce, sizeof(f->nonce), "%.*s", n->len, (const char *)f->reply + n->off);
     int code = -1;
-    assert_int_equal(stun_attr_error(&f->resp, stun_msg_find(&f->resp, STUN_A_ERROR_CODE), &code, NULL), 0);
+    assert_int_equal(
+        stun_attr_error(&f->resp, stun_msg_find(&f->resp, STUN_A_ERROR_CODE), &code, NULL), 0);
     return code;
 }
 
@@ -259,7 +271,8 @@ static void binding_answers_mapped_address(void **st)
     struct fx *f = *st;
     assert_int_equal(request(f, STUN_BINDING, NULL, NULL, false), 0);
     struct addr a;
-    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_MAPPED_ADDRESS), &a), 0);
+    assert_int_equal(
+        stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_MAPPED_ADDRESS), &a), 0);
     assert_true(addr_eq(&a, &f->client));
     /* 420 for an unknown comprehension-required attribute, with UNKNOWN-ATTRIBUTES. */
     uint8_t buf[64];
@@ -302,7 +315,8 @@ static void allocate_static_user_and_relay(void **st)
     use_static(f, "alice", "wonder");
     assert_int_equal(allocate(f), 0);
     struct addr relay;
-    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &relay), 0);
+    assert_int_equal(
+        stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &relay), 0);
     assert_int_equal(addr_port(&relay), 50000);
     uint32_t life;
     assert_int_equal(stun_attr_u32(&f->resp, stun_msg_find(&f->resp, STUN_A_LIFETIME), &life), 0);
@@ -346,7 +360,8 @@ static void allocate_static_user_and_relay(void **st)
     struct addr peer;
     addr_parse(&peer, "192.0.2.50:7000", 0);
     struct slice frame;
-    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), 0);
+    assert_int_equal(
+        av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), 0);
     struct stun_msg m;
     assert_int_equal(stun_msg_parse(&m, frame.p, frame.len), (ssize_t)frame.len);
     assert_int_equal(m.method, STUN_DATA);
@@ -357,7 +372,8 @@ static void allocate_static_user_and_relay(void **st)
     assert_true(slice_eq_str(stun_attr_value(&m, stun_msg_find(&m, STUN_A_DATA)), "world"));
     /* From an unpermitted peer: dropped. */
     addr_parse(&peer, "192.0.2.99:7000", 0);
-    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), -EPERM);
+    assert_int_equal(
+        av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, false, f->now_ms, &frame), -EPERM);
 
     /* ChannelBind, then ChannelData both ways. */
     struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
@@ -367,7 +383,8 @@ static void allocate_static_user_and_relay(void **st)
     assert_ptr_equal(f->out.relay_alloc, a);
     assert_int_equal(f->out.relay_data.len, 3);
     addr_parse(&peer, "192.0.2.50:7000", 0);
-    assert_int_equal(av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, true, f->now_ms, &frame), 0);
+    assert_int_equal(
+        av_turn_peer_input(f->t, a, &peer, pkt + AV_HEADROOM, 5, true, f->now_ms, &frame), 0);
     assert_int_equal(frame.len, 12); /* 4 + 5, padded to 12 on a stream */
     assert_memory_equal(frame.p, "\x40\x01\x00\x05world\0\0\0", 12);
     cd[1] = 0x02; /* unbound channel: dropped */
@@ -501,7 +518,7 @@ static void error_440_442_families_and_transport(void **st)
     struct fx *f = *st;
     challenge(f);
     use_static(f, "alice", "wonder");
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)132, true), 442); /* SCTP */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)132, true), 442);  /* SCTP */
     assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)2, true), 440); /* no v6 relay */
     assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)7, true), 440);
     /* ADDITIONAL-ADDRESS-FAMILY without a v6 relay: IPv4 only, ADDRESS-ERROR-CODE 440. */
@@ -529,7 +546,8 @@ static void dual_stack_allocation(void **st)
     challenge(f);
     assert_int_equal(request(f, STUN_ALLOCATE, add_family, (void *)2, true), 0);
     struct addr r;
-    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(
+        stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
     assert_int_equal(addr_family(&r), AF_INET6);
 }
 
@@ -540,10 +558,10 @@ static void error_403_enterprise_rule(void **st)
     use_static(f, "alice", "wonder");
     f->side = AV_SIDE_EXTERNAL;
     assert_int_equal(allocate(f), 0);
-    static const char *const denied[] = {"127.0.0.1:80",   "10.1.2.3:5000",  "127.0.0.13:50001",
-                                         "203.0.113.13:1", "169.254.1.1:9",  "224.0.0.1:9",
-                                         "0.0.0.0:9",      "[::1]:9",        "[::ffff:127.0.0.1]:9",
-                                         "[ff02::1]:9",    "[fe80::1]:9",    "255.255.255.255:9"};
+    static const char *const denied[] = {"127.0.0.1:80",   "10.1.2.3:5000", "127.0.0.13:50001",
+                                         "203.0.113.13:1", "169.254.1.1:9", "224.0.0.1:9",
+                                         "0.0.0.0:9",      "[::1]:9",       "[::ffff:127.0.0.1]:9",
+                                         "[ff02::1]:9",    "[fe80::1]:9",   "255.255.255.255:9"};
     f->cfg.have_v6 = true;
     for (size_t i = 0; i < ARRAY_SIZE(denied); i++) {
         int code = permit(f, denied[i]);
@@ -649,7 +667,8 @@ static void even_port_and_reservation_token(void **st)
     use_static(f, "alice", "wonder");
     assert_int_equal(request(f, STUN_ALLOCATE, add_even_port, (void *)1, true), 0);
     struct addr r;
-    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(
+        stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
     assert_int_equal(addr_port(&r), 50002);
     const struct stun_attr *t = stun_msg_find(&f->resp, STUN_A_RESERVATION_TOKEN);
     assert_non_null(t);
@@ -661,7 +680,8 @@ static void even_port_and_reservation_token(void **st)
     assert_int_equal(request(f, STUN_ALLOCATE, add_token_and_even, token, true), 400);
     /* Another client redeems it and gets port + 1. */
     assert_int_equal(request(f, STUN_ALLOCATE, add_token, token, true), 0);
-    assert_int_equal(stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
+    assert_int_equal(
+        stun_attr_xaddr(&f->resp, stun_msg_find(&f->resp, STUN_A_XOR_RELAYED_ADDRESS), &r), 0);
     assert_int_equal(addr_port(&r), 50003);
     /* A token used twice (or unknown): 508. */
     f->client.u.in4.sin_port = htons(40002);
@@ -963,8 +983,12 @@ static void bandwidth_cap_per_user_across_workers(void **st)
     struct fx *f = *st;
     f->cfg.bps_per_user = 1000;
     struct av_turn *w1 = f->t, *w2;
-    struct av_relay_io io = {.open = fake_open, .close = fake_close, .release = fake_release,
-                             .arg = &f->io, .connect = fake_connect, .conn_alloc = fake_conn_alloc};
+    struct av_relay_io io = {.open = fake_open,
+                             .close = fake_close,
+                             .release = fake_release,
+                             .arg = &f->io,
+                             .connect = fake_connect,
+                             .conn_alloc = fake_conn_alloc};
     assert_int_equal(av_turn_create(&w2, &f->cfg, &f->sh, &io, NULL), 0);
     struct bind_arg ba = {0x4001, "192.0.2.50:7000"};
     struct av_turn *w[2] = {w1, w2};
@@ -980,7 +1004,8 @@ static void bandwidth_cap_per_user_across_workers(void **st)
     /* 400-byte packets, alternately through each worker: the shared second's 1000 bytes
      * let two through in all (a bucket per worker would have let two through each). */
     assert_int_equal(relay_alternately(f, w, client, 10), 2);
-    assert_int_equal(av_turn_stats(w1)->dropped_bandwidth + av_turn_stats(w2)->dropped_bandwidth, 8);
+    assert_int_equal(av_turn_stats(w1)->dropped_bandwidth + av_turn_stats(w2)->dropped_bandwidth,
+                     8);
     /* A second later the bucket has refilled once for both together: over the two
      * seconds, the burst and one second of rate (2000 bytes) went, five packets in all
      * (the 200 bytes worker 1 leased but could not use go out now, so three this time). */
@@ -1017,7 +1042,8 @@ static void tcp_allocate_needs_stream_client_and_no_udp_options(void **st)
     struct fx *f = *st;
     challenge(f);
     use_static(f, "alice", "wonder");
-    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 400); /* over UDP: RFC 6062 §5.1 */
+    assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true),
+                     400); /* over UDP: RFC 6062 §5.1 */
     f->transport = AV_TRANSPORT_TCP;
     f->cfg.tcp_relay = false;
     assert_int_equal(request(f, STUN_ALLOCATE, add_udp, (void *)6, true), 442); /* turned off */
@@ -1190,14 +1216,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(even_port_and_reservation_token, setup, teardown),
         cmocka_unit_test_setup_teardown(rest_credentials_rotate_and_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(rest_key_cache_follows_a_realm_change, setup, teardown),
-        cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup, teardown),
+        cmocka_unit_test_setup_teardown(expiry_of_permissions_channels_allocations, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(unauthenticated_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(bandwidth_cap_per_allocation, setup, teardown),
         cmocka_unit_test_setup_teardown(bandwidth_cap_per_user_across_workers, setup, teardown),
-        cmocka_unit_test_setup_teardown(tcp_allocate_needs_stream_client_and_no_udp_options, setup, teardown),
-        cmocka_unit_test_setup_teardown(connect_checks_permission_and_rule_then_answers_later, setup, teardown),
+        cmocka_unit_test_setup_teardown(tcp_allocate_needs_stream_client_and_no_udp_options, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(connect_checks_permission_and_rule_then_answers_later,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(connect_on_udp_allocation_is_400, setup, teardown),
-        cmocka_unit_test_setup_teardown(connection_bind_owner_only_on_a_new_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(connection_bind_owner_only_on_a_new_connection, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(connection_attempt_indication, setup, teardown),
         cmocka_unit_test(bucket_charge_pauses_streams_for_the_debt),
     };

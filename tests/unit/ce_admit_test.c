@@ -1,11 +1,11 @@
 /* Unit tests for conf-edge/admit.c: conference key checks and the revocation list. */
+#include <errno.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <cmocka.h>
 
 #include "conf-edge/admit.h"
 
@@ -94,7 +94,8 @@ static void test_revoked_by_jti_or_user(void **st)
     assert_int_equal(ce_revocations_add(rev, NULL, "alice", NOW + 60, NOW), 0);
     assert_int_equal(ce_admit_check(&kr, rev, slice_make(t, n), NOW, &c), CE_REPLY_REVOKED_KEY);
     /* Forgotten after `until`. */
-    assert_int_equal(ce_admit_check(&kr, rev, slice_make(t, n), NOW + 61, &c), CE_REPLY_EXPIRED_KEY);
+    assert_int_equal(ce_admit_check(&kr, rev, slice_make(t, n), NOW + 61, &c),
+                     CE_REPLY_EXPIRED_KEY);
     assert_false(ce_revocations_match(rev, &c, NOW + 61));
     assert_int_equal(ce_revocations_add(rev, NULL, NULL, 0, NOW), -EINVAL);
     ce_revocations_destroy(rev);

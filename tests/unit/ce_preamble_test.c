@@ -1,10 +1,10 @@
 /* Unit tests for conf-edge/preamble.c: the client preamble and the edge's answer lines. */
+#include <errno.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-#include <errno.h>
 #include <string.h>
+#include <cmocka.h>
 
 #include "conf-edge/preamble.h"
 

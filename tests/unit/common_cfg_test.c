@@ -1,11 +1,11 @@
 /* Config loader: typed values, defaults, lists, and errors that name file:line:col. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <errno.h>
 #include <cmocka.h>
 
 #include "common/cfg.h"
@@ -166,8 +166,9 @@ static void bad_indent_is_a_yaml_syntax_error_with_position(void **st)
 
 static void missing_certificate_file_is_named(void **st)
 {
-    expect_error("admin: {listen: 127.0.0.1:8080}\nexternal:\n  tls:\n    cert: /nonexistent/edge.crt\n",
-                 "t.yaml:4:11: external.tls.cert: cannot read '/nonexistent/edge.crt': No such file");
+    expect_error(
+        "admin: {listen: 127.0.0.1:8080}\nexternal:\n  tls:\n    cert: /nonexistent/edge.crt\n",
+        "t.yaml:4:11: external.tls.cert: cannot read '/nonexistent/edge.crt': No such file");
 }
 
 static void required_and_typed_errors(void **st)
@@ -175,10 +176,14 @@ static void required_and_typed_errors(void **st)
     expect_error("name: x\n", "missing required key 'admin.listen'");
     expect_error("admin: {listen: 127.0.0.1:8080}\nroutes:\n  - prefix: /a\n",
                  "t.yaml:3:5: missing required key 'routes[0].upstream'");
-    expect_error("admin: {listen: 127.0.0.1:8080}\ntimeout: soon\n", "t.yaml:2:10: timeout: 'soon' is not a duration");
-    expect_error("admin: {listen: 127.0.0.1:8080}\nmode: turbo\n", "'turbo' is not one of: fast safe");
-    expect_error("admin: {listen: 127.0.0.1:8080}\nname: a\nname: b\n", "t.yaml:3:1: key 'name' appears twice");
-    expect_error("admin: {listen: 127.0.0.1:8080}\nexternal: [1]\n", "'external' must be a mapping");
+    expect_error("admin: {listen: 127.0.0.1:8080}\ntimeout: soon\n",
+                 "t.yaml:2:10: timeout: 'soon' is not a duration");
+    expect_error("admin: {listen: 127.0.0.1:8080}\nmode: turbo\n",
+                 "'turbo' is not one of: fast safe");
+    expect_error("admin: {listen: 127.0.0.1:8080}\nname: a\nname: b\n",
+                 "t.yaml:3:1: key 'name' appears twice");
+    expect_error("admin: {listen: 127.0.0.1:8080}\nexternal: [1]\n",
+                 "'external' must be a mapping");
     expect_error("admin: {listen: 127.0.0.1:8080}\ninternal: [10.0.0.0/33]\n",
                  "internal[0]: '10.0.0.0/33' is not a network");
     expect_error("- a\n- b\n", "the top level must be a mapping");
@@ -209,11 +214,16 @@ static void restart_only_change_is_named(void **st)
     (void)st;
     struct test_cfg *a, *b, *c, *d;
     struct cfg_err err = {""};
-    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nexternal: {listen: 127.0.0.1:5061}\n", &a, &err), 0);
+    assert_int_equal(
+        load("admin: {listen: 127.0.0.1:8080}\nexternal: {listen: 127.0.0.1:5061}\n", &a, &err), 0);
     assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nname: other\nflag: true\n"
-                          "external:\n  listen: 127.0.0.1:5061\n  tls: {cert: /dev/null}\n", &b, &err), 0);
+                          "external:\n  listen: 127.0.0.1:5061\n  tls: {cert: /dev/null}\n",
+                          &b, &err),
+                     0);
     assert_int_equal(cfg_restart_changed(a, b, keys, &err), 0);
-    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\nexternal:\n  listen: 127.0.0.1:5062\n", &c, &err), 0);
+    assert_int_equal(
+        load("admin: {listen: 127.0.0.1:8080}\nexternal:\n  listen: 127.0.0.1:5062\n", &c, &err),
+        0);
     assert_int_equal(cfg_restart_changed(a, c, keys, &err), -EBUSY);
     assert_string_equal(err.msg, "t.yaml:3:11: external.listen: can only change with a restart");
     /* the shared admin.listen and a list are restart-only too; a default counts as a value */
@@ -221,7 +231,8 @@ static void restart_only_change_is_named(void **st)
     assert_int_equal(cfg_restart_changed(a, d, keys, &err), -EBUSY);
     assert_string_equal(err.msg, "t.yaml:1:17: admin.listen: can only change with a restart");
     cfg_free(d);
-    assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\ndomains: [example.com, b.example]\n", &d, &err), 0);
+    assert_int_equal(
+        load("admin: {listen: 127.0.0.1:8080}\ndomains: [example.com, b.example]\n", &d, &err), 0);
     assert_int_equal(cfg_restart_changed(a, d, keys, &err), -EBUSY);
     assert_string_equal(err.msg, "t.yaml:2:10: domains: can only change with a restart");
     cfg_free(a);
@@ -248,7 +259,9 @@ static void cert_pairs_are_found_by_the_key_table(void **st)
     assert_string_equal(seen, ""); /* no cert configured: nothing to watch */
     cfg_free(c);
     assert_int_equal(load("admin: {listen: 127.0.0.1:8080}\n"
-                          "external: {tls: {cert: /dev/null, key: /dev/zero}}\n", &c, &err), 0);
+                          "external: {tls: {cert: /dev/null, key: /dev/zero}}\n",
+                          &c, &err),
+                     0);
     cfg_each_cert_pair(c, keys, count_pair, seen);
     assert_string_equal(seen, "/dev/null+/dev/zero;");
     /* a reference keeps the generation after the loader's owner lets go */

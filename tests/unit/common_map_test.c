@@ -1,10 +1,10 @@
 /* Unit tests for common/map.c: the byte-keyed hash map and the intrusive list. */
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
 #include <stdio.h>
 #include <string.h>
+#include <cmocka.h>
 
 #include "common/map.h"
 

@@ -1,10 +1,10 @@
 /* Unit tests for common/mux.c: the edge <-> conferencing-server framing. */
+#include <errno.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
-#include <cmocka.h>
-#include <errno.h>
 #include <string.h>
+#include <cmocka.h>
 
 #include "common/mux.h"
 

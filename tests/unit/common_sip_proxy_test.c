@@ -35,8 +35,10 @@ static void forwarded_request_gets_via_pops_routes_strips_trust(void **st)
     struct addr src;
     addr_parse(&src, "198.51.100.7:40000", 0);
     static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
-    struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1), .pop_routes = 2,
-                             .src = &src, .drop = SIP_HDR_BIT(SIP_H_TRUST)};
+    struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1),
+                             .pop_routes = 2,
+                             .src = &src,
+                             .drop = SIP_HDR_BIT(SIP_H_TRUST)};
     ssize_t n = sip_fwd_request(&m, &o, out, sizeof(out));
     assert_true(n > 0);
     out[n] = 0;
@@ -73,11 +75,12 @@ static void forwarded_request_without_max_forwards_gets_one(void **st)
 
 static void forwarded_response_drops_our_via_and_routes_by_next(void **st)
 {
-    const char *r = "SIP/2.0 200 OK\r\n"
-                    "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bK0123456789abcdef.1f, "
-                    "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKabc;rport=40000;received=198.51.100.7\r\n"
-                    "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n"
-                    "Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    const char *r =
+        "SIP/2.0 200 OK\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bK0123456789abcdef.1f, "
+        "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKabc;rport=40000;received=198.51.100.7\r\n"
+        "From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n"
+        "Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
     scan(r);
     uint64_t h;
     uint32_t cid;

@@ -668,8 +668,8 @@ static void test_cert_inspect(void **state)
     (void)state;
     char err[256];
     struct tls_cert_info ci;
-    assert_int_equal(tls_cert_inspect(CERTS "/director.crt", CERTS "/director.key", &ci, err,
-                                      sizeof err), 0);
+    assert_int_equal(
+        tls_cert_inspect(CERTS "/director.crt", CERTS "/director.key", &ci, err, sizeof err), 0);
     assert_non_null(strstr(ci.subject, "CN=director"));
     assert_true(strlen(ci.serial) >= 2);
     assert_true(ci.not_after > 1600000000);
@@ -685,7 +685,8 @@ static void test_cert_inspect(void **state)
     want[strcspn(want, "\n")] = '\0';
     assert_string_equal(ci.serial, want);
     snprintf(cmd, sizeof cmd,
-             "date -d \"$(openssl x509 -noout -enddate -in " CERTS "/director.crt | cut -d= -f2)\" +%%s");
+             "date -d \"$(openssl x509 -noout -enddate -in " CERTS
+             "/director.crt | cut -d= -f2)\" +%%s");
     p = popen(cmd, "r");
     assert_non_null(p);
     assert_non_null(fgets(want, sizeof want, p));
@@ -987,7 +988,6 @@ static void test_ctx_shared_by_threads(void **state)
     tls_ctx_unref(s);
 }
 
-
 /* Heap held per idle server connection after a handshake (mutual TLS, the largest case) and
  * one small record: the record buffers must go back (mbedTLS ~2.3 KB, OpenSSL ~21 KB with
  * SSL_MODE_RELEASE_BUFFERS, ~54 KB without). Not under ASan, whose allocator mallinfo2 does
@@ -1010,8 +1010,8 @@ static void test_idle_connection_memory(void **state)
     for (int i = 0; i < N; i++) {
         pair_open(&p, c, s, "director");
         assert_true(tls_conn_handshake_done(p.srv.c));
-        assert_int_equal(tls_conn_write(p.cli.c, (const uint8_t *)"OPTIONS sip:x SIP/2.0\r\n\r\n", 25),
-                         25);
+        assert_int_equal(
+            tls_conn_write(p.cli.c, (const uint8_t *)"OPTIONS sip:x SIP/2.0\r\n\r\n", 25), 25);
         pump(&p);
         assert_int_equal(p.srv.len, 25);
         srv[i] = p.srv.c;

@@ -1,11 +1,11 @@
 /* Token module against fixed vectors computed independently (Python hmac/hashlib). */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <cmocka.h>
-#include <errno.h>
 
 #include "common/crypto.h"
 #include "common/token.h"
@@ -46,8 +46,8 @@ static struct keyring ring(void)
 static void token_mint_matches_known_vector(void **st)
 {
     struct keyring kr = ring();
-    struct token_claims c = {.conf = "c1", .user = "bob", .role = "attendee", .jti = "j1",
-                             .exp = 2000000000};
+    struct token_claims c = {
+        .conf = "c1", .user = "bob", .role = "attendee", .jti = "j1", .exp = 2000000000};
     char out[512];
     ssize_t n = token_mint(&kr, &c, out, sizeof out);
     assert_int_equal(n, (ssize_t)strlen(VECTOR));
@@ -107,8 +107,8 @@ static void token_verify_refuses_foreign_key_and_garbage(void **st)
     assert_int_equal(token_verify(&other, VECTOR, strlen(VECTOR), 1900000000, NULL),
                      TOKEN_UNKNOWN_KEY);
     struct keyring kr = ring();
-    const char *bad[] = {"", "v1.", "v2.k1.a.b", "v1.k1.abc", "v1.k1..x", "v1.k1.a.b.c",
-                         "garbage garbage garbage"};
+    const char *bad[] = {
+        "", "v1.", "v2.k1.a.b", "v1.k1.abc", "v1.k1..x", "v1.k1.a.b.c", "garbage garbage garbage"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         assert_int_equal(token_verify(&kr, bad[i], strlen(bad[i]), 0, NULL), TOKEN_MALFORMED);
 }

@@ -1,4 +1,5 @@
 /* Buffers, addresses, prefixes, metrics rendering, log lines and heap trimming. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -6,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -93,8 +93,10 @@ static void metrics_render_prometheus_text(void **st)
 {
     struct metrics *m;
     assert_int_equal(metrics_create(&m, "av_edge"), 0);
-    struct metric *a = metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"stale_nonce\"");
-    struct metric *b = metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"bad_mac\"");
+    struct metric *a =
+        metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"stale_nonce\"");
+    struct metric *b =
+        metrics_counter(m, "auth_failures_total", "Auth failures", "reason=\"bad_mac\"");
     struct metric *g = metrics_gauge(m, "allocations", "Live allocations", NULL);
     assert_ptr_equal(a, metrics_counter(m, "auth_failures_total", "x", "reason=\"stale_nonce\""));
     metric_inc(a);
@@ -102,14 +104,13 @@ static void metrics_render_prometheus_text(void **st)
     metric_set(g, 42);
     size_t len;
     char *text = metrics_render(m, &len);
-    assert_string_equal(text,
-                        "# HELP av_edge_auth_failures_total Auth failures\n"
-                        "# TYPE av_edge_auth_failures_total counter\n"
-                        "av_edge_auth_failures_total{reason=\"stale_nonce\"} 1\n"
-                        "av_edge_auth_failures_total{reason=\"bad_mac\"} 5\n"
-                        "# HELP av_edge_allocations Live allocations\n"
-                        "# TYPE av_edge_allocations gauge\n"
-                        "av_edge_allocations 42\n");
+    assert_string_equal(text, "# HELP av_edge_auth_failures_total Auth failures\n"
+                              "# TYPE av_edge_auth_failures_total counter\n"
+                              "av_edge_auth_failures_total{reason=\"stale_nonce\"} 1\n"
+                              "av_edge_auth_failures_total{reason=\"bad_mac\"} 5\n"
+                              "# HELP av_edge_allocations Live allocations\n"
+                              "# TYPE av_edge_allocations gauge\n"
+                              "av_edge_allocations 42\n");
     assert_int_equal(len, strlen(text));
     free(text);
     metrics_destroy(m);
@@ -136,7 +137,8 @@ static void log_lines_carry_peer_in_text_and_json(void **st)
     out[n] = '\0';
     assert_non_null(strstr(out, "warn  test: [198.18.0.5:4000] refused: stale \"nonce\"\n"));
     assert_null(strstr(out, "not shown"));
-    assert_non_null(strstr(out, "\"level\":\"info\",\"component\":\"test\",\"peer\":\"198.18.0.5:4000\",\"msg\":\"allocated 7\"}\n"));
+    assert_non_null(strstr(out, "\"level\":\"info\",\"component\":\"test\",\"peer\":\"198.18.0.5:"
+                                "4000\",\"msg\":\"allocated 7\"}\n"));
 }
 
 /* dl_add at head->prev appends; dl_del is safe on an unlinked or already removed link. */
@@ -161,13 +163,13 @@ static void dlist_appends_and_removes_idempotently(void **st)
 static void memtrim_waits_for_the_heap_to_move(void **st)
 {
     struct memtrim t = {.min_free = 4 << 20, .every_ms = 60000};
-    assert_false(memtrim_due(&t, 1 << 20, 1000));          /* too little free to bother */
-    assert_true(memtrim_due(&t, 40 << 20, 1000));          /* a burst freed 40 MB */
-    t.last_free = 40 << 20, t.last_ms = 1000;              /* trimmed: still free to malloc */
-    assert_false(memtrim_due(&t, 41 << 20, 2000));         /* not every tick after that */
-    assert_true(memtrim_due(&t, 90 << 20, 3000));          /* another burst */
-    assert_true(memtrim_due(&t, 30 << 20, 4000));          /* reused, then freed elsewhere */
-    assert_true(memtrim_due(&t, 41 << 20, 61000));         /* and once a minute regardless */
+    assert_false(memtrim_due(&t, 1 << 20, 1000));  /* too little free to bother */
+    assert_true(memtrim_due(&t, 40 << 20, 1000));  /* a burst freed 40 MB */
+    t.last_free = 40 << 20, t.last_ms = 1000;      /* trimmed: still free to malloc */
+    assert_false(memtrim_due(&t, 41 << 20, 2000)); /* not every tick after that */
+    assert_true(memtrim_due(&t, 90 << 20, 3000));  /* another burst */
+    assert_true(memtrim_due(&t, 30 << 20, 4000));  /* reused, then freed elsewhere */
+    assert_true(memtrim_due(&t, 41 << 20, 61000)); /* and once a minute regardless */
     assert_true(memtrim_tick(&(struct memtrim){.min_free = 0, .every_ms = 0}, 5));
 }
 

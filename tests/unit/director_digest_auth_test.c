@@ -296,13 +296,14 @@ static void own_proxy_authorization_stripped(void **st)
                "Proxy-Authorization: realm=\"example.com\"";
     size_t n = da_strip_credentials((uint8_t *)m, strlen(m), "example.com");
     m[n] = 0;
-    assert_string_equal(m, "MESSAGE sip:bob@example.com SIP/2.0\r\n"
-                           "Via: SIP/2.0/UDP 10.0.0.1\r\n"
-                           "proxy-authorization : Digest realm=\"other.example\", response=\"x\"\r\n"
-                           "To: <sip:bob@example.com>\r\n"
-                           "Content-Length: 41\r\n"
-                           "\r\n"
-                           "Proxy-Authorization: realm=\"example.com\"");
+    assert_string_equal(m,
+                        "MESSAGE sip:bob@example.com SIP/2.0\r\n"
+                        "Via: SIP/2.0/UDP 10.0.0.1\r\n"
+                        "proxy-authorization : Digest realm=\"other.example\", response=\"x\"\r\n"
+                        "To: <sip:bob@example.com>\r\n"
+                        "Content-Length: 41\r\n"
+                        "\r\n"
+                        "Proxy-Authorization: realm=\"example.com\"");
 }
 
 int main(void)

@@ -193,7 +193,7 @@ static void relays_come_least_loaded_first(void **state)
         {&h[0], 500, 10}, /* busiest */
         {&h[1], 100, 7},  /* same load as av-b, more allocations */
         {&h[2], 100, 3},
-        {&h[3], 0, 0},    /* idle */
+        {&h[3], 0, 0}, /* idle */
     };
     hub_relay_sort(v, 4);
     assert_string_equal(v[0].hello->instance_id, "av-d");

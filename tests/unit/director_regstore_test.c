@@ -1,5 +1,6 @@
 /* The Director's registration store: last line per user wins, expired and removed bindings
  * are dropped, a torn last line is skipped, a rewrite keeps exactly the live set. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -44,13 +44,16 @@ static void last_line_per_user_wins_and_expired_ones_go(void **st)
     assert_int_equal(regstore_load(path, 1000, collect, &seen, &bad), -ENOENT);
     assert_int_equal(regstore_open(path, &s), 0);
     assert_int_equal(regstore_append(s, &(struct regstore_entry){"alice", "sip:a@1", "", 2000}), 0);
-    assert_int_equal(regstore_append(s, &(struct regstore_entry){"bob", "sip:b@1", "<sip:e;lr>", 1500}), 0);
+    assert_int_equal(
+        regstore_append(s, &(struct regstore_entry){"bob", "sip:b@1", "<sip:e;lr>", 1500}), 0);
     assert_int_equal(regstore_append(s, &(struct regstore_entry){"alice", "sip:a@2", "", 3000}), 0);
     assert_int_equal(regstore_append(s, &(struct regstore_entry){"carol", "sip:c@1", "", 900}), 0);
     assert_int_equal(regstore_append(s, &(struct regstore_entry){"dave", "sip:d@1", "", 5000}), 0);
     assert_int_equal(regstore_append(s, &(struct regstore_entry){"dave", "sip:d@1", "", 0}), 0);
     /* A value with a newline would forge a line: refused, nothing written. */
-    assert_int_equal(regstore_append(s, &(struct regstore_entry){"eve", "sip:x\nB\t9\tmallory", "", 9000}), -EINVAL);
+    assert_int_equal(
+        regstore_append(s, &(struct regstore_entry){"eve", "sip:x\nB\t9\tmallory", "", 9000}),
+        -EINVAL);
     regstore_close(s);
     assert_int_equal(regstore_load(path, 1000, collect, &seen, &bad), 2);
     assert_string_equal(seen.text, "alice=sip:a@2||3000;bob=sip:b@1|<sip:e;lr>|1500;");
@@ -78,7 +81,8 @@ static void rewrite_keeps_exactly_the_live_set(void **st)
     struct regstore *s;
     assert_int_equal(regstore_open(path, &s), 0);
     for (int i = 0; i < 1100; i++)
-        assert_int_equal(regstore_append(s, &(struct regstore_entry){"alice", "sip:a@1", "", 2000 + i}), 0);
+        assert_int_equal(
+            regstore_append(s, &(struct regstore_entry){"alice", "sip:a@1", "", 2000 + i}), 0);
     assert_true(regstore_wants_compaction(s, 1));
     struct regstore_entry live[] = {{"alice", "sip:a@1", "", 4000}};
     assert_int_equal(regstore_rewrite(s, live, 1), 0);

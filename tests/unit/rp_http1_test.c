@@ -1,4 +1,6 @@
 /* revproxy/http1.c: heads, limits, framing, pipelining and refusals of non-HTTP input. */
+#include <errno.h>
+#include <http_parser.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -6,9 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <cmocka.h>
-#include <http_parser.h>
 
 #include "revproxy/http1.h"
 
@@ -156,7 +156,8 @@ static void body_over_limit_is_413(void **st)
     struct http_reader *r = req(4096);
     unsigned ev;
     http_reader_set_max_body(r, 4);
-    assert_int_equal(feed(r, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", &ev), -EFBIG);
+    assert_int_equal(feed(r, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", &ev),
+                     -EFBIG);
     http_reader_destroy(r);
     r = req(4096);
     http_reader_set_max_body(r, 4);
@@ -192,7 +193,8 @@ static void expect_continue_and_upgrade_flags(void **st)
     assert_true(http_reader_head(r)->expect_continue);
     http_reader_destroy(r);
     r = req(4096);
-    feed(r, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", &ev);
+    feed(r, "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+         &ev);
     assert_int_equal(ev, HTTP_EV_HEAD | HTTP_EV_DONE);
     assert_true(http_reader_head(r)->upgrade);
     http_reader_destroy(r);
@@ -234,7 +236,6 @@ static void list_tokens(void **st)
     assert_true(http_list_has(slice_str(" close "), "close"));
 }
 
-
 /* Feeds all of m in pieces of step bytes (as the reads may cut it); returns the first
  * error or the last feed's result, with the events of all feeds. */
 static ssize_t feed_steps(struct http_reader *r, const char *m, size_t step, unsigned *evs)
@@ -261,12 +262,9 @@ static void obs_fold_becomes_one_space_at_any_split(void **st)
     static const struct {
         const char *head, *want;
     } cases[] = {
-        {"X-Foo: a\r\n b\r\n", "a b"},
-        {"X-Foo: a \r\n\t b\r\n  c\r\n", "a b c"},
-        {"X-Foo:\r\n b\r\n", "b"},
-        {"X-Foo: abc\r\n def\r\n", "abc def"},
-        {"X-Foo: a\r\n \r\n b\r\n", "a b"},
-        {"X-Foo: a\n b\n", "a b"},
+        {"X-Foo: a\r\n b\r\n", "a b"},      {"X-Foo: a \r\n\t b\r\n  c\r\n", "a b c"},
+        {"X-Foo:\r\n b\r\n", "b"},          {"X-Foo: abc\r\n def\r\n", "abc def"},
+        {"X-Foo: a\r\n \r\n b\r\n", "a b"}, {"X-Foo: a\n b\n", "a b"},
     };
     for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
         char m[256];
@@ -319,9 +317,11 @@ static void head_refusals(void **st)
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", -EBADMSG},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", -EBADMSG},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-         "Transfer-Encoding: identity\r\n\r\n", -EBADMSG},
+         "Transfer-Encoding: identity\r\n\r\n",
+         -EBADMSG},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-         "Transfer-Encoding: chunked\r\n\r\n", -EBADMSG},
+         "Transfer-Encoding: chunked\r\n\r\n",
+         -EBADMSG},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", -EBADMSG},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", -EBADMSG},
         {"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", -EBADMSG},
@@ -344,8 +344,10 @@ static void transfer_encoding_accepted_forms(void **st)
     static const char *const tes[] = {"chunked", "Chunked", "\tchunked ", " chunked  "};
     for (size_t c = 0; c < ARRAY_SIZE(tes); c++) {
         char m[256];
-        snprintf(m, sizeof m, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:%s\r\n\r\n"
-                              "1\r\nx\r\n0\r\n\r\n", tes[c]);
+        snprintf(m, sizeof m,
+                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:%s\r\n\r\n"
+                 "1\r\nx\r\n0\r\n\r\n",
+                 tes[c]);
         struct http_reader *r = req(4096);
         unsigned ev;
         ssize_t rc = feed_steps(r, m, strlen(m), &ev);
@@ -404,8 +406,8 @@ static void chunked_framing_matrix(void **st)
             http_reader_set_max_body(r, 0x3ffff);
             ssize_t rc = feed_steps(r, cases[c].body, step, &ev);
             if (cases[c].err ? rc != cases[c].err : (rc < 0 || !(ev & HTTP_EV_DONE)))
-                fail_msg("case %zu ('%s') step %zu: %zd ev %u (%s)", c, cases[c].body, step,
-                         rc, ev, http_reader_error(r));
+                fail_msg("case %zu ('%s') step %zu: %zd ev %u (%s)", c, cases[c].body, step, rc, ev,
+                         http_reader_error(r));
             http_reader_destroy(r);
         }
     }

@@ -1,12 +1,12 @@
 /* revproxy/route.c and headers.c: the published routes, rewrites, target checks, and the
  * headers the proxy sends each way. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <cmocka.h>
 
 #include "revproxy/headers.h"
@@ -16,7 +16,8 @@
 static struct rp_route routes[] = {
     {.prefix = "/ABS/ext", .rewrite = "/ABS/int", .upstream = "web"},
     {.prefix = "/etc/place/null", .upstream = "web"},
-    {.prefix = "/GroupExpansion/ext/service.asmx", .rewrite = "/GroupExpansion/int/service.asmx",
+    {.prefix = "/GroupExpansion/ext/service.asmx",
+     .rewrite = "/GroupExpansion/int/service.asmx",
      .upstream = "web"},
     {.host = "meet.example.com", .prefix = "/", .upstream = "meet"},
     {.host = "*.example.org", .prefix = "/x/", .upstream = "org"},
@@ -56,8 +57,8 @@ static void rewrite_and_back(void **st)
     assert_true(n > 0);
     assert_string_equal(out, "/ABS/ext/y?q");
     assert_int_equal(rp_route_unrewrite(&routes[0], slice_str("/other"), out, sizeof out), 0);
-    assert_int_equal(rp_route_rewrite(&routes[0], slice_str("/ABS/ext/long"), slice_str(""), out, 8),
-                     -ENOSPC);
+    assert_int_equal(
+        rp_route_rewrite(&routes[0], slice_str("/ABS/ext/long"), slice_str(""), out, 8), -ENOSPC);
 }
 
 static void targets_checked(void **st)
@@ -71,8 +72,15 @@ static void targets_checked(void **st)
     assert_true(slice_eq_str(t.path, "/p"));
     assert_int_equal(rp_target_parse(slice_str("https://h?q"), &t), 0);
     assert_true(slice_eq_str(t.path, "/"));
-    static const char *bad[] = {"/ABS/ext/../../etc/passwd", "/ABS/ext/%2e%2E/x", "/a/./b",
-                                "/a/..", "/a%2fb", "/a%00", "*", "sip:bob@x", "example.com:443",
+    static const char *bad[] = {"/ABS/ext/../../etc/passwd",
+                                "/ABS/ext/%2e%2E/x",
+                                "/a/./b",
+                                "/a/..",
+                                "/a%2fb",
+                                "/a%00",
+                                "*",
+                                "sip:bob@x",
+                                "example.com:443",
                                 ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(rp_target_parse(slice_str(bad[i]), &t), -EBADMSG);
@@ -104,8 +112,11 @@ static void upstream_request_headers(void **st)
                                         "Authorization: NTLM abc\r\n\r\n");
     struct addr a;
     addr_parse(&a, "127.0.0.99:5555", 0);
-    struct http_fwd f = {.client = &a, .tls = true, .host = slice_str("edge.example.com"),
-                         .host_header = "web.lab", .target = "/ABS/int/x"};
+    struct http_fwd f = {.client = &a,
+                         .tls = true,
+                         .host = slice_str("edge.example.com"),
+                         .host_header = "web.lab",
+                         .target = "/ABS/int/x"};
     struct buf b;
     buf_init(&b, 4096);
     assert_int_equal(http_request_build(http_reader_head(r), &f, &b), 0);
@@ -119,7 +130,8 @@ static void upstream_request_headers(void **st)
     assert_non_null(strstr(s, "X-Forwarded-For: 127.0.0.99\r\n"));
     assert_non_null(strstr(s, "X-Forwarded-Proto: https\r\n"));
     assert_non_null(strstr(s, "X-Forwarded-Host: edge.example.com\r\n"));
-    assert_non_null(strstr(s, "Forwarded: for=127.0.0.99;proto=https;host=\"edge.example.com\"\r\n"));
+    assert_non_null(
+        strstr(s, "Forwarded: for=127.0.0.99;proto=https;host=\"edge.example.com\"\r\n"));
     assert_non_null(strstr(s, "Connection: keep-alive\r\n\r\n"));
     /* A trusted proxy's chain is extended; IPv6 is quoted (RFC 7239 section 6). */
     b.rd = b.wr = 0;
@@ -137,12 +149,15 @@ static void upstream_request_headers(void **st)
 
 static void response_location_rewritten(void **st)
 {
-    struct http_reader *r = parse(false, "HTTP/1.1 302 Found\r\nLocation: https://web.lab:443/ABS/int/y?z\r\n"
-                                         "Content-Location: /ABS/int/c\r\nConnection: close\r\n"
-                                         "Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n");
+    struct http_reader *r =
+        parse(false, "HTTP/1.1 302 Found\r\nLocation: https://web.lab:443/ABS/int/y?z\r\n"
+                     "Content-Location: /ABS/int/c\r\nConnection: close\r\n"
+                     "Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n");
     static const char *const internal[] = {"web.lab", NULL};
-    struct http_back bk = {.route = &routes[0], .client_host = slice_str("edge.example.com"),
-                           .tls = true, .internal = internal};
+    struct http_back bk = {.route = &routes[0],
+                           .client_host = slice_str("edge.example.com"),
+                           .tls = true,
+                           .internal = internal};
     struct buf b;
     buf_init(&b, 4096);
     assert_int_equal(http_response_build(http_reader_head(r), &bk, &b), 0);
@@ -155,9 +170,8 @@ static void response_location_rewritten(void **st)
     assert_int_equal(strcmp(s + strlen(s) - 4, "\r\n\r\n"), 0);
     /* An outside URL stays as it is. */
     char out[256];
-    assert_int_equal(http_location_rewrite(slice_str("https://login.example.net/x"), &bk, out,
-                                           sizeof out),
-                     0);
+    assert_int_equal(
+        http_location_rewrite(slice_str("https://login.example.net/x"), &bk, out, sizeof out), 0);
     buf_fini(&b);
     http_reader_destroy(r);
 }
@@ -177,7 +191,6 @@ static void simple_responses(void **st)
     assert_non_null(strstr(s, "Connection: close\r\n"));
     buf_fini(&b);
 }
-
 
 static void client_address_headers_dropped_unless_trusted(void **st)
 {
@@ -245,10 +258,11 @@ static void framing_and_host_are_the_proxys(void **st)
 
 static void hosts_and_redirect_names(void **st)
 {
-    static const char *const good[] = {"a", "a.b-c.example", "a:443", "127.0.0.1:80", "[::1]",
-                                       "[::1]:8443", "x_y~z"};
-    static const char *const bad[] = {"", "a b", "x evil.example", "a@b", "a/b", "a:b",
-                                      "[::1", "[]", "[zz]", ":80", "a\tb", "a,b", "a%2e"};
+    static const char *const good[] = {"a",     "a.b-c.example", "a:443", "127.0.0.1:80",
+                                       "[::1]", "[::1]:8443",    "x_y~z"};
+    static const char *const bad[] = {"",     "a b", "x evil.example", "a@b", "a/b",  "a:b",
+                                      "[::1", "[]",  "[zz]",           ":80", "a\tb", "a,b",
+                                      "a%2e"};
     for (size_t i = 0; i < ARRAY_SIZE(good); i++)
         if (!rp_host_valid(slice_str(good[i])))
             fail_msg("refused '%s'", good[i]);
@@ -258,23 +272,27 @@ static void hosts_and_redirect_names(void **st)
     assert_false(rp_host_valid(slice_make("a\0b", 3)));
     char *names[] = {"revproxy", "*.lab.example"};
     char out[64];
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("REVPROXY"), out,
-                                         sizeof out), 0);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("REVPROXY"), out, sizeof out), 0);
     assert_string_equal(out, "revproxy");
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("w.Lab.example"), out,
-                                         sizeof out), 0);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("w.Lab.example"), out, sizeof out), 0);
     assert_string_equal(out, "w.lab.example");
     /* route hosts count; "*" routes do not */
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("meet.example.com"),
-                                         out, sizeof out), 0);
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("a.example.org"),
-                                         out, sizeof out), 0);
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("lab.example"), out,
-                                         sizeof out), -ENOENT);
-    assert_int_equal(rp_server_name_pick(names, 2, routes, NR, slice_str("evil.example"), out,
-                                         sizeof out), -ENOENT);
-    assert_int_equal(rp_server_name_pick(NULL, 0, routes, 3, slice_str("evil.example"), out,
-                                         sizeof out), -ENOENT);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("meet.example.com"), out, sizeof out),
+        0);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("a.example.org"), out, sizeof out), 0);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("lab.example"), out, sizeof out),
+        -ENOENT);
+    assert_int_equal(
+        rp_server_name_pick(names, 2, routes, NR, slice_str("evil.example"), out, sizeof out),
+        -ENOENT);
+    assert_int_equal(
+        rp_server_name_pick(NULL, 0, routes, 3, slice_str("evil.example"), out, sizeof out),
+        -ENOENT);
 }
 
 int main(void)
