@@ -95,7 +95,8 @@ void rp_client_reply_with(struct rp_client *c, int status, const char *extra, co
     uint8_t tmp[1024];
     struct buf b = {tmp, sizeof tmp, 0, 0};
     http_simple_response(&b, status, extra, body, !keep, c->is_head);
-    stream_write(c->s, b.data, b.wr);
+    if (stream_write(c->s, b.data, b.wr) >= 0)
+        metric_add(c->srv->m.bytes_out, (double)b.wr);
     c->status = status;
     c->bytes_out = body && !c->is_head ? strlen(body) : 0;
     rp_count_status(c->srv, status);
@@ -267,7 +268,8 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
     uint8_t tmp[2048];
     struct buf b = {tmp, sizeof tmp, 0, 0};
     http_simple_response(&b, 301, extra, "Moved to HTTPS\n", true, c->is_head);
-    stream_write(c->s, b.data, b.wr);
+    if (stream_write(c->s, b.data, b.wr) >= 0)
+        metric_add(c->srv->m.bytes_out, (double)b.wr);
     c->status = 301;
     rp_count_status(c->srv, 301);
     rp_access_log(c);

@@ -36,11 +36,19 @@ static void arm_drain(struct stream *s)
         (void)stream_write(s, &none, RP_WCAP + 1);
 }
 
+static int sink_write(const struct rp_sink *k, const uint8_t *p, size_t n)
+{
+    int rc = stream_write(k->s, p, n);
+    if (rc >= 0 && k->sent)
+        metric_add(k->sent, (double)n);
+    return rc;
+}
+
 void rp_sink_flush(const struct rp_sink *k)
 {
     struct buf *o = k->stage;
     if (o && o->wr) {
-        stream_write(k->s, o->data, o->wr);
+        sink_write(k, o->data, o->wr);
         o->rd = o->wr = 0;
     }
 }
@@ -49,10 +57,10 @@ int rp_sink_put(const struct rp_sink *k, const uint8_t *p, size_t n)
 {
     struct buf *o = k->stage;
     if (!o)
-        return stream_write(k->s, p, n);
+        return sink_write(k, p, n);
     if (buf_room(o) < n) {
         rp_sink_flush(k);
-        stream_write(k->s, p, n); /* a closing client: its on_close ends the exchange */
+        sink_write(k, p, n); /* a closing client: its on_close ends the exchange */
         return 0;
     }
     memcpy(o->data + o->wr, p, n);
@@ -81,7 +89,7 @@ enum rp_flow rp_pipe_copy(const struct rp_sink *k, const uint8_t *p, size_t n, s
     if (room == 0)
         return RP_FLOW_FULL;
     size_t take = n < room ? n : room;
-    if (stream_write(k->s, p, take) < 0)
+    if (sink_write(k, p, take) < 0)
         return RP_FLOW_GONE;
     st->used = take;
     return RP_FLOW_MOVED;

@@ -179,7 +179,8 @@ bool rp_lazy_due(uv_timer_t *t, uint64_t *deadline, uv_timer_cb cb);
  * the body bytes read with it go out together. */
 struct rp_sink {
     struct stream *s;
-    struct buf *stage; /* NULL: bytes go straight to s */
+    struct buf *stage;   /* NULL: bytes go straight to s */
+    struct metric *sent; /* bytes written to s, or NULL */
 };
 
 void rp_sink_flush(const struct rp_sink *k);

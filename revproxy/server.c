@@ -121,6 +121,8 @@ static void register_metrics(struct rp_server *srv)
     srv->m.up_new = metrics_counter(m, "upstream_connections_total", "Upstream connections used",
                                     "kind=\"new\"");
     srv->m.bytes_in = metrics_counter(m, "client_bytes_received_total", "Bytes from clients", NULL);
+    srv->m.bytes_out = metrics_counter(m, "client_bytes_sent_total",
+                                       "Bytes to clients (relayed responses and our own)", NULL);
 }
 
 static void ctl_fill_report(struct ctl_report *r, void *arg)
@@ -128,6 +130,7 @@ static void ctl_fill_report(struct ctl_report *r, void *arg)
     struct rp_server *srv = arg;
     r->connections = srv->nclients;
     r->bytes_in = (uint64_t)metric_get(srv->m.bytes_in);
+    r->bytes_out = (uint64_t)metric_get(srv->m.bytes_out);
     r->errors = (uint64_t)(metric_get(srv->m.up_connect_fail) + metric_get(srv->m.up_timeout) +
                            metric_get(srv->m.up_reset));
     r->healthy = !srv->draining;

@@ -238,7 +238,7 @@ int rp_up_connect(struct rp_pool *p, struct rp_backend *be, bool probe, struct r
  * read is handled, so a head and the body bytes that came with it leave in one write. */
 static struct rp_sink client_sink(struct rp_client *c)
 {
-    return (struct rp_sink){c->s, &c->srv->out};
+    return (struct rp_sink){c->s, &c->srv->out, c->srv->m.bytes_out};
 }
 
 /* A final response head: on to the client as the route rewrites it. */
@@ -267,7 +267,7 @@ static void response_head_final(struct rp_client *c, struct rp_upconn *u, const 
     size_t mark = b->wr;
     if (http_response_build(h, &back, b) < 0) {
         b->wr = mark;
-        rp_sink_flush(&(struct rp_sink){c->s, b});
+        rp_sink_flush(&(struct rp_sink){c->s, b, c->srv->m.bytes_out});
         rp_client_upstream_failed(c, -EPROTO, "response head too large", false);
         return;
     }

@@ -117,6 +117,20 @@ class RevproxyTest(SuiteTest):
             self.assertIn("proto=https\n", body)
             self.assertIn("xff=127.0.0.1\n", body)
 
+    def test_bytes_to_clients_are_counted(self):
+        """client_bytes_sent_total counts what went to clients: a relayed response (head and
+        body) and the proxy's own answers (it was declared and never counted)."""
+        self.start()
+        before = self.d.metrics().get("revproxy_client_bytes_sent_total", 0)
+        rc, code, body = self.curl("/etc/place/null/meeting/abc.dat")
+        self.assertEqual((rc, code), (0, 200), body)
+        relayed = self.d.metrics().get("revproxy_client_bytes_sent_total", 0) - before
+        self.assertGreater(relayed, len(body.encode()), "head and body of the relayed answer")
+        rc, code, body404 = self.curl("/etc/passwd")
+        self.assertEqual(code, 404)
+        own = self.d.metrics().get("revproxy_client_bytes_sent_total", 0) - before - relayed
+        self.assertGreater(own, len(body404.encode()), "the proxy's own 404")
+
     def test_unknown_path_is_404(self):
         self.start()
         for path in ("/", "/etc/passwd", "/ABS/extra", "/owa/"):
