@@ -121,10 +121,7 @@ static uint64_t hash_chan_peer(const struct av_alloc *a, const struct addr *peer
 }
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (uint8_t)*s++) * 1099511628211ull;
-    return mix(h);
+    return mix(fnv1a(FNV1A_INIT, s, strlen(s)));
 }
 
 static void bucket_refill(struct av_bucket *b, uint64_t now_ms)

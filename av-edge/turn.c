@@ -115,10 +115,7 @@ struct av_user_count {
 
 static size_t user_bucket(const char *u)
 {
-    uint64_t h = 1469598103934665603ull;
-    while (*u)
-        h = (h ^ (uint8_t)*u++) * 1099511628211ull;
-    return (size_t)(h % AV_SHARED_USER_BUCKETS);
+    return (size_t)(fnv1a(FNV1A_INIT, u, strlen(u)) % AV_SHARED_USER_BUCKETS);
 }
 
 struct av_shared_resv {
@@ -610,11 +607,9 @@ static uint64_t credit_key(const struct addr *a)
 {
     size_t n;
     const uint8_t *ip = ip_bytes(a, &n);
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ ip[i]) * 1099511628211ull;
-    h = (h ^ addr_port(a)) * 1099511628211ull;
-    return h | 1; /* never 0 */
+    uint16_t port = addr_port(a);
+    const uint8_t pb[2] = {(uint8_t)(port >> 8), (uint8_t)port};
+    return fnv1a(fnv1a(FNV1A_INIT, ip, n), pb, 2) | 1; /* never 0 */
 }
 
 /* May an unauthenticated UDP answer of want bytes go to the source of a request of len

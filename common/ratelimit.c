@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
+
 #define RL_KEY_MAX 64
 
 struct bucket {
@@ -29,11 +31,7 @@ struct ratelimit {
 
 static uint64_t hash(const void *k, size_t n)
 {
-    const uint8_t *p = k;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 1099511628211ull;
-    return h;
+    return fnv1a(FNV1A_INIT, k, n);
 }
 
 int ratelimit_create(struct ratelimit **out, double rate, double burst, size_t max_keys)
