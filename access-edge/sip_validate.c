@@ -144,17 +144,10 @@ static bool via_protocols_ok(const struct sip_msg *m)
 }
 
 /* Checks that need only the raw index: sizes, header counts, mandatory headers, length. */
-static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
-                     const struct sip_msg *m, struct sip_verdict *v)
+/* The headers every message carries once (Via at least once; Max-Forwards may be absent:
+ * RFC 3261 §16.3 step 3, forwarding adds one, but never doubled), and one Content-Length. */
+static int check_counts(const struct sip_msg *m, struct sip_verdict *v)
 {
-    size_t cap = peer->src == SIP_SRC_REMOTE_USER ? p->max_client_msg : p->max_server_msg;
-    if (cap && m->len > cap)
-        return reject(v, 513, "Message Too Large", "too_large", "Message larger than ",
-                      peer->src == SIP_SRC_REMOTE_USER ? "the client limit" : "the server limit");
-    if (m->too_many_headers || (p->max_headers && m->nhdr > p->max_headers))
-        return reject(v, 400, "Bad Request", "too_many_headers", "Too many header fields", NULL);
-    if (p->max_line && m->max_line > p->max_line)
-        return reject(v, 400, "Bad Request", "line_too_long", "Header line too long", NULL);
     static const enum sip_hdr_id single[] = {SIP_H_FROM, SIP_H_TO, SIP_H_CALL_ID, SIP_H_CSEQ,
                                              SIP_H_MAX_FORWARDS};
     if (m->count[SIP_H_VIA] == 0)
@@ -163,8 +156,6 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
         return reject(v, 400, "Bad Request", "malformed", "Malformed Via", NULL);
     for (size_t i = 0; i < ARRAY_SIZE(single); i++) {
         enum sip_hdr_id id = single[i];
-        /* Max-Forwards may be absent (RFC 3261 §16.3 step 3; forwarding adds one), never
-         * doubled. */
         if (m->count[id] == 0 && id == SIP_H_MAX_FORWARDS)
             continue;
         if (m->count[id] == 0)
@@ -177,6 +168,23 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
     if (m->count[SIP_H_CONTENT_LENGTH] > 1)
         return reject(v, 400, "Bad Request", "duplicate_header",
                       "Duplicate header: ", "Content-Length");
+    return 0;
+}
+
+static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
+                     const struct sip_msg *m, struct sip_verdict *v)
+{
+    size_t cap = peer->src == SIP_SRC_REMOTE_USER ? p->max_client_msg : p->max_server_msg;
+    if (cap && m->len > cap)
+        return reject(v, 513, "Message Too Large", "too_large", "Message larger than ",
+                      peer->src == SIP_SRC_REMOTE_USER ? "the client limit" : "the server limit");
+    if (m->too_many_headers || (p->max_headers && m->nhdr > p->max_headers))
+        return reject(v, 400, "Bad Request", "too_many_headers", "Too many header fields", NULL);
+    if (p->max_line && m->max_line > p->max_line)
+        return reject(v, 400, "Bad Request", "line_too_long", "Header line too long", NULL);
+    int rc = check_counts(m, v);
+    if (rc)
+        return rc;
     /* RFC 3261 §8.1.1.5: a CSeq number is below 2^31 (RFC 4475 §3.1.2.4, §3.1.2.5). */
     struct slice cv = sip_hdr_value(m, sip_msg_find(m, SIP_H_CSEQ));
     uint64_t seq = 0;
@@ -188,8 +196,6 @@ static int check_raw(const struct sip_policy *p, const struct sip_peer *peer,
     if (m->content_length >= 0 && (size_t)m->content_length != m->body_len)
         return reject(v, 400, "Bad Request", "content_length",
                       "Content-Length does not match the body", NULL);
-    if (m->is_request && m->count[SIP_H_TRUST] && peer->src == SIP_SRC_INTERNAL)
-        return 0; /* the inside may carry our own marking back; it is stripped on the way out */
     return 0;
 }
 

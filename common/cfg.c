@@ -492,6 +492,58 @@ static int load_mapping(struct loader *L, const struct cfg_key *keys, char *base
 }
 
 /* Fills every key not seen with its default, recursing into absent sections. */
+/* A list key's default: its items comma-separated in k->def. */
+static int default_list(struct loader *L, const struct cfg_key *k, char *base, yaml_mark_t where,
+                        const char *kpath)
+{
+    char tmp[512], why[300];
+    snprintf(tmp, sizeof tmp, "%s", k->def);
+    size_t n = 0;
+    for (char *s = tmp; s && *s; n++, s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL)
+        ;
+    size_t esz = k->type == CFG_STRLIST    ? sizeof(char *)
+                 : k->type == CFG_ADDRLIST ? sizeof(struct addr)
+                                           : sizeof(struct cidr);
+    char *arr = arena_alloc(L->hdr, (n ? n : 1) * esz);
+    if (!arr)
+        return -ENOMEM;
+    struct cfg_key ek = *k;
+    ek.type = k->type == CFG_STRLIST ? CFG_STR : k->type == CFG_ADDRLIST ? CFG_ADDR : CFG_CIDR;
+    size_t j = 0;
+    for (char *save = NULL, *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        if (set_scalar(L, &ek, arr + j * esz, t, why, sizeof why))
+            return fail_at(L, where, "default of %s: %s", kpath, why);
+        j++;
+    }
+    *(void **)(base + k->offset) = arr;
+    *(size_t *)(base + k->count_offset) = j;
+    return 0;
+}
+
+/* The default of a key the file did not set. */
+static int default_one(struct loader *L, const struct cfg_key *k, char *base, yaml_mark_t where,
+                       const char *kpath)
+{
+    if (k->required)
+        return fail_at(L, where, "missing required key '%s'", kpath);
+    if (k->type == CFG_SECTION)
+        return apply_defaults(L, k->sub, base + k->offset, NULL, where, kpath);
+    if (!k->def || k->type == CFG_LIST)
+        return 0;
+    if (k->type == CFG_STRLIST || k->type == CFG_ADDRLIST || k->type == CFG_CIDRLIST)
+        return default_list(L, k, base, where, kpath);
+    char why[300];
+    if (set_scalar(L, k, base + k->offset, k->def, why, sizeof why) == 0)
+        return 0;
+    /* A default file that does not exist is only an error if the key matters: leave it NULL
+     * so the role can decide (e.g. generate a self-signed cert). */
+    if (k->type == CFG_FILE)
+        return 0;
+    return fail_at(L, where, "default of %s: %s", kpath, why);
+}
+
 static int apply_defaults(struct loader *L, const struct cfg_key *keys, char *base,
                           const bool *seen, yaml_mark_t where, const char *path)
 {
@@ -511,50 +563,9 @@ static int apply_defaults(struct loader *L, const struct cfg_key *keys, char *ba
             continue;
         char kpath[300];
         snprintf(kpath, sizeof kpath, "%s%s%s", path, *path ? "." : "", k->name);
-        if (k->required)
-            return fail_at(L, where, "missing required key '%s'", kpath);
-        if (k->type == CFG_SECTION) {
-            int rc = apply_defaults(L, k->sub, base + k->offset, NULL, where, kpath);
-            if (rc)
-                return rc;
-        } else if (k->def && k->type != CFG_LIST) {
-            char why[300];
-            if (k->type == CFG_STRLIST || k->type == CFG_ADDRLIST || k->type == CFG_CIDRLIST) {
-                /* Default lists are comma-separated. */
-                char tmp[512];
-                snprintf(tmp, sizeof tmp, "%s", k->def);
-                size_t n = 0;
-                for (char *s = tmp; s && *s; n++, s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL)
-                    ;
-                size_t esz = k->type == CFG_STRLIST    ? sizeof(char *)
-                             : k->type == CFG_ADDRLIST ? sizeof(struct addr)
-                                                       : sizeof(struct cidr);
-                char *arr = arena_alloc(L->hdr, (n ? n : 1) * esz);
-                if (!arr)
-                    return -ENOMEM;
-                struct cfg_key ek = *k;
-                ek.type = k->type == CFG_STRLIST    ? CFG_STR
-                          : k->type == CFG_ADDRLIST ? CFG_ADDR
-                                                    : CFG_CIDR;
-                size_t j = 0;
-                for (char *save = NULL, *t = strtok_r(tmp, ",", &save); t;
-                     t = strtok_r(NULL, ",", &save)) {
-                    while (*t == ' ')
-                        t++;
-                    if (set_scalar(L, &ek, arr + j * esz, t, why, sizeof why))
-                        return fail_at(L, where, "default of %s: %s", kpath, why);
-                    j++;
-                }
-                *(void **)(base + k->offset) = arr;
-                *(size_t *)(base + k->count_offset) = j;
-            } else if (set_scalar(L, k, base + k->offset, k->def, why, sizeof why)) {
-                /* A default file that does not exist is only an error if the key matters:
-                 * leave it NULL so the role can decide (e.g. generate a self-signed cert). */
-                if (k->type == CFG_FILE)
-                    continue;
-                return fail_at(L, where, "default of %s: %s", kpath, why);
-            }
-        }
+        int rc = default_one(L, k, base, where, kpath);
+        if (rc)
+            return rc;
     }
     return 0;
 }
