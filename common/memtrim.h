@@ -12,6 +12,7 @@
 struct memtrim {
     size_t min_free;   /* free bytes worth a walk over the heap */
     size_t last_free;  /* free bytes just after the last trim */
+    size_t last_rss;   /* resident bytes just after the last trim */
     uint64_t last_ms;  /* when it was */
     uint64_t every_ms; /* a trim at most this often when the free total has not moved */
 };
@@ -25,10 +26,16 @@ void memtrim_init(void);
 /* Free bytes malloc holds in all arenas (av-edge's workers have arenas of their own). */
 size_t memtrim_free_bytes(void);
 
-/* Whether a trim is due: free is what malloc holds now. Pure, for tests. Trimmed pages stay
- * free chunks to malloc, so the free total alone would ask for a trim every tick: trim when
- * it moved by min_free since the last trim, or, if it has not, every every_ms. */
-bool memtrim_due(const struct memtrim *t, size_t free, uint64_t now_ms);
+/* Resident bytes of this process (/proc/self/statm), 0 if unknown. */
+size_t memtrim_rss_bytes(void);
+
+/* Whether a trim is due: free is what malloc holds now, rss the resident size. Pure, for
+ * tests. Trimmed pages stay free chunks to malloc, so the free total alone would ask for a
+ * trim every tick: trim when it moved by min_free since the last trim, or when the process
+ * is min_free more resident than just after it (a second burst took the trimmed pages back
+ * into use and freed them again: the free total ends where the last trim left it), or, if
+ * neither, every every_ms. */
+bool memtrim_due(const struct memtrim *t, size_t free, size_t rss, uint64_t now_ms);
 
 /* Trims (malloc_trim) when due; returns true if it did. */
 bool memtrim_tick(struct memtrim *t, uint64_t now_ms);

@@ -163,14 +163,20 @@ static void dlist_appends_and_removes_idempotently(void **st)
 static void memtrim_waits_for_the_heap_to_move(void **st)
 {
     struct memtrim t = {.min_free = 4 << 20, .every_ms = 60000};
-    assert_false(memtrim_due(&t, 1 << 20, 1000));  /* too little free to bother */
-    assert_true(memtrim_due(&t, 40 << 20, 1000));  /* a burst freed 40 MB */
-    t.last_free = 40 << 20, t.last_ms = 1000;      /* trimmed: still free to malloc */
-    assert_false(memtrim_due(&t, 41 << 20, 2000)); /* not every tick after that */
-    assert_true(memtrim_due(&t, 90 << 20, 3000));  /* another burst */
-    assert_true(memtrim_due(&t, 30 << 20, 4000));  /* reused, then freed elsewhere */
-    assert_true(memtrim_due(&t, 41 << 20, 61000)); /* and once a minute regardless */
+    size_t rss = 20 << 20;
+    assert_false(memtrim_due(&t, 1 << 20, rss, 1000));          /* too little free to bother */
+    assert_true(memtrim_due(&t, 40 << 20, rss, 1000));          /* a burst freed 40 MB */
+    t.last_free = 40 << 20, t.last_rss = rss, t.last_ms = 1000; /* trimmed: still free to malloc */
+    assert_false(memtrim_due(&t, 41 << 20, rss, 2000));         /* not every tick after that */
+    assert_true(memtrim_due(&t, 90 << 20, rss, 3000));          /* another burst */
+    assert_true(memtrim_due(&t, 30 << 20, rss, 4000));          /* reused, then freed elsewhere */
+    assert_true(memtrim_due(&t, 41 << 20, rss, 61000));         /* and once a minute regardless */
+    /* A second burst took the trimmed pages back into use and freed them again: the free
+     * total is where the last trim left it, but 32 MB more are resident. */
+    assert_true(memtrim_due(&t, 40 << 20, rss + (32 << 20), 5000));
+    assert_false(memtrim_due(&t, 40 << 20, rss + (1 << 20), 5000));
     assert_true(memtrim_tick(&(struct memtrim){.min_free = 0, .every_ms = 0}, 5));
+    assert_true(memtrim_rss_bytes() > 0);
 }
 
 int main(void)
