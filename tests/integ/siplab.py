@@ -108,6 +108,15 @@ next_hop: {nh}
     def dir_metric(self, name):
         return self.director.metrics().get(name, 0.0)
 
+    def wait_director_probed(self):
+        """Until the Director answered the edge's first health check. A next hop that never
+        answered an OPTIONS is judged by its calls only (a PBX that ignores them), so a test
+        that stops the Director in the edge's first milliseconds would see it never marked
+        down."""
+        wait_for(lambda: self.dir_metric("director_sip_options_answered_total") >= 1, timeout=5,
+                 what="the Director's answer to the edge's first health check")
+        time.sleep(0.1)  # and the edge read it
+
     def edge_metric(self, name):
         return self.edge.metrics().get(name, 0.0)
 

@@ -204,6 +204,7 @@ class EdgeFlows(SuiteTest):
         lab = Lab(self, backup=True)
         wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="1"}') == 1,
                  timeout=5, what="backup Director seen up")
+        lab.wait_director_probed()
         lab.director.stop()
         wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="0"}') == 0,
                  timeout=5, what="first Director marked down")

@@ -23,11 +23,7 @@ class DirectorDown(SuiteTest):
         lab = Lab(self)
         u = UdpUA(ip="127.0.0.6")
         self.addCleanup(u.close)
-        # A next hop that never answered an OPTIONS is judged by its calls only (a PBX that
-        # ignores them): the Director must have answered the edge's first health check.
-        wait_for(lambda: lab.dir_metric("director_sip_options_answered_total") >= 1, timeout=5,
-                 what="the Director's answer to the first health check")
-        time.sleep(0.1)
+        lab.wait_director_probed()
         lab.director.kill()
         t0 = time.time()
         wait_for(lambda: "Director not answering: down" in lab.edge.log(), timeout=5,
@@ -53,6 +49,7 @@ class DirectorDown(SuiteTest):
         lab = Lab(self)
         u = UdpUA(ip="127.0.0.6")
         self.addCleanup(u.close)
+        lab.wait_director_probed()
         lab.director.signal(signal.SIGSTOP)  # the INVITE reaches it; nothing comes back
         self.addCleanup(lambda: lab.director.signal(signal.SIGCONT))
         t0 = time.time()
@@ -84,6 +81,7 @@ class DirectorDown(SuiteTest):
         lab = Lab(self, backup=True)
         wait_for(lambda: lab.edge_metric('access_edge_sip_director_up{director="1"}') == 1,
                  timeout=5, what="the backup seen up")
+        lab.wait_director_probed()
         lab.director.kill()
         wait_for(lambda: "Director not answering: down" in lab.edge.log(), timeout=5,
                  what="the edge to notice")
