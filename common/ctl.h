@@ -109,6 +109,61 @@ struct ctl_revoke {
     int64_t expiring_by;
 };
 
+/* ACME messages (proto/control.proto explains the exchange). */
+#define CTL_DNSNAME_MAX 256
+#define CTL_DNSNAMES_MAX 16
+#define CTL_TOKEN_MAX 128
+#define CTL_KEYAUTH_MAX 256
+#define CTL_CSR_MAX 4096
+#define CTL_CHAIN_MAX 16384
+
+struct ctl_cert_status {
+    char names[CTL_DNSNAMES_MAX][CTL_DNSNAME_MAX];
+    size_t n_names;
+    int64_t not_before, not_after;
+    char serial[100];
+    bool self_signed;
+    char error[CTL_NOTE_MAX];
+};
+
+struct ctl_csr_request {
+    char order_id[CTL_ID_MAX];
+    char names[CTL_DNSNAMES_MAX][CTL_DNSNAME_MAX];
+    size_t n_names;
+};
+
+struct ctl_csr {
+    char order_id[CTL_ID_MAX];
+    uint8_t der[CTL_CSR_MAX];
+    size_t der_len;
+    char error[CTL_NOTE_MAX];
+};
+
+struct ctl_cert_issued {
+    char order_id[CTL_ID_MAX];
+    char chain_pem[CTL_CHAIN_MAX];
+};
+
+enum ctl_challenge_kind {
+    CTL_CHALLENGE_UNKNOWN = 0,
+    CTL_CHALLENGE_HTTP_01 = 1,
+    CTL_CHALLENGE_TLS_ALPN_01 = 2,
+};
+
+struct ctl_challenge {
+    enum ctl_challenge_kind kind;
+    char name[CTL_DNSNAME_MAX];
+    char token[CTL_TOKEN_MAX];
+    char key_authorization[CTL_KEYAUTH_MAX];
+    bool remove;
+    int64_t expires;
+};
+
+struct ctl_challenge_ready {
+    char token[CTL_TOKEN_MAX];
+    char error[CTL_NOTE_MAX];
+};
+
 /* ---- frame codec (pure: no I/O; fuzzed) ---- */
 
 enum ctl_msg_type {
@@ -121,6 +176,12 @@ enum ctl_msg_type {
     CTL_MSG_PING,
     CTL_MSG_PONG,
     CTL_MSG_GOODBYE, /* Director -> edge: why it is about to close the connection */
+    CTL_MSG_CERT_STATUS,     /* edge -> Director */
+    CTL_MSG_CSR_REQUEST,     /* Director -> edge */
+    CTL_MSG_CSR,             /* edge -> Director */
+    CTL_MSG_CERT_ISSUED,     /* Director -> edge */
+    CTL_MSG_CHALLENGE,       /* Director -> edge */
+    CTL_MSG_CHALLENGE_READY, /* edge -> Director */
 };
 
 /* One decoded control message, a plain value (no pointers, nothing to free). */
@@ -135,6 +196,12 @@ struct ctl_msg {
         uint32_t drain_deadline_ms;
         uint64_t seq;              /* ping, pong */
         char reason[CTL_NOTE_MAX]; /* goodbye */
+        struct ctl_cert_status cert_status;
+        struct ctl_csr_request csr_request;
+        struct ctl_csr csr;
+        struct ctl_cert_issued cert_issued;
+        struct ctl_challenge challenge;
+        struct ctl_challenge_ready challenge_ready;
     } u;
 };
 
@@ -167,6 +234,15 @@ struct ctl_client_cbs {
     void (*on_revoke)(const struct ctl_revoke *r, void *arg);
     void (*on_drain)(uint32_t deadline_ms, void *arg);
 };
+
+/* ACME (common/acme_edge.c registers itself here, so no daemon handles these): on is
+ * called with a CTL_MSG_WELCOME message after each Welcome (send CertStatus then) and with
+ * every CTL_MSG_CSR_REQUEST, CTL_MSG_CERT_ISSUED and CTL_MSG_CHALLENGE received. */
+void ctl_client_set_acme_handler(struct ctl_client *c,
+                                 void (*on)(const struct ctl_msg *m, void *arg), void *arg);
+/* Sends any edge -> Director message (CertStatus, Csr, ChallengeReady); -ENOTCONN until
+ * the next Welcome. */
+int ctl_client_send(struct ctl_client *c, const struct ctl_msg *m);
 
 struct ctl_client_opts {
     struct addr director;
@@ -238,6 +314,8 @@ struct ctl_server_cbs {
     void (*on_report)(struct ctl_peer *p, const struct ctl_report *r, void *arg);
     /* p, which had said Hello, is gone; p is freed after this returns. */
     void (*on_gone)(struct ctl_peer *p, const char *why, void *arg);
+    /* ACME messages from p: CTL_MSG_CERT_STATUS, CTL_MSG_CSR, CTL_MSG_CHALLENGE_READY. */
+    void (*on_acme)(struct ctl_peer *p, const struct ctl_msg *m, void *arg);
 };
 
 struct ctl_server_opts {
@@ -280,6 +358,8 @@ int ctl_peer_send_revoke(struct ctl_peer *p, const struct ctl_revoke *r);
  * that has just subscribed and would otherwise wait a report interval to hear of it. */
 int ctl_peer_send_report(struct ctl_peer *p, const struct ctl_report *r);
 int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms);
+/* Any Director -> edge message (CsrRequest, CertIssued, Challenge); results as above. */
+int ctl_peer_send(struct ctl_peer *p, const struct ctl_msg *m);
 /* Says Goodbye with why and closes p; on_gone follows from the loop. */
 void ctl_peer_close(struct ctl_peer *p, const char *why);
 

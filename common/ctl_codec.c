@@ -486,6 +486,13 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
         x->env.msg_case = EDGECTL__ENVELOPE__MSG_GOODBYE;
         x->env.goodbye = &x->m.bye;
         return 0;
+    case CTL_MSG_CERT_STATUS: /* ACME messages: not encoded yet */
+    case CTL_MSG_CSR_REQUEST:
+    case CTL_MSG_CSR:
+    case CTL_MSG_CERT_ISSUED:
+    case CTL_MSG_CHALLENGE:
+    case CTL_MSG_CHALLENGE_READY:
+        break;
     }
     return -EINVAL;
 }

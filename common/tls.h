@@ -17,6 +17,7 @@
 
 struct tls_ctx;
 struct tls_conn;
+struct acme_challenges;
 
 struct tls_cert_opts {
     const char *cert_file; /* PEM chain */
@@ -54,6 +55,11 @@ struct tls_opts {
     /* ECDHE groups in preference order, ':'-separated ("x25519:secp256r1:secp384r1");
      * NULL = that default. */
     const char *groups;
+    /* Server: ACME TLS-ALPN-01 (RFC 8737). A ClientHello offering only "acme-tls/1" for a
+     * name with a challenge in this store gets the challenge certificate and that protocol,
+     * and the connection ends after the handshake (stream.c: the daemon never sees it);
+     * without such a challenge the handshake fails. Not owned; must outlive the ctx. */
+    struct acme_challenges *acme;
 };
 
 /* Builds a context with one reference; err gets a human message on failure (e.g. "cannot

@@ -20,6 +20,7 @@ struct tls_files_use {
     const char *self_signed_name;  /* server without f->cert: a self-signed one for this name */
     uint32_t handshake_timeout_ms; /* 0: stream.c's default */
     const char *const *alpn;       /* NULL-terminated, or NULL */
+    struct acme_challenges *acme;  /* server: TLS-ALPN-01 answers (tls_opts.acme), or NULL */
 };
 
 /* Builds a context (session tickets on) from f; err says why not. */
