@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make bench-conf: conf-edge against nginx `stream` with TLS termination, in one run, in
 # front of the same backend (tests/bench/ce_backend.c: plain TCP behind nginx; the mux over
-# mutual TLS behind conf-edge, as the design requires). Bulk throughput up and down
+# mutual TLS behind conf-edge, as the design requires). A second nginx point, "nginx_tls",
+# re-encrypts to its backend as conf-edge does (proxy_ssl to stunnel in front of the same
+# backend), so each proxy pays two ciphers per byte: the like-for-like comparison. Bulk throughput up and down
 # (MB/s and MB per proxy CPU-second) and full / resumed TLS 1.2 handshakes per second and
 # per proxy CPU-second, then the ratios; the TLS library's own ceiling (tls_bench) first.
 # Every timed point holds /tmp/bench.lock. Env: DUR (seconds per point, default 10);
@@ -27,6 +29,7 @@ trap cleanup EXIT
 trap "exit 1" INT TERM
 
 # Ports (loopback): backend 19100 sink / 19101 source; nginx 19443 sink / 19444 source;
+# nginx with proxy_ssl 19445 sink / 19446 source, through stunnel 19102 / 19103;
 # conf-edge external 19543, internal 19557, admin 19580.
 deploy/certs.sh "$WORK/certs" >/dev/null || exit 1
 C=$WORK/certs
@@ -50,8 +53,28 @@ stream {
     tcp_nodelay on;
     server { listen 127.0.0.1:19443 ssl backlog=4096; proxy_pass 127.0.0.1:19100; }
     server { listen 127.0.0.1:19444 ssl backlog=4096; proxy_pass 127.0.0.1:19101; }
+    server { listen 127.0.0.1:19445 ssl backlog=4096; proxy_pass 127.0.0.1:19102; proxy_ssl on; }
+    server { listen 127.0.0.1:19446 ssl backlog=4096; proxy_pass 127.0.0.1:19103; proxy_ssl on; }
 }
 EOF
+cat > "$WORK/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+output = $WORK/logs/stunnel.log
+[sink]
+accept = 127.0.0.1:19102
+connect = 127.0.0.1:19100
+cert = $C/conf-edge.crt
+key = $C/conf-edge.key
+[source]
+accept = 127.0.0.1:19103
+connect = 127.0.0.1:19101
+cert = $C/conf-edge.crt
+key = $C/conf-edge.key
+EOF
+stunnel4 "$WORK/stunnel.conf" 2>"$WORK/logs/stunnel.err" &
+STUNNEL=$!; PIDS+=($STUNNEL)
 nginx -c "$WORK/nginx.conf" -e "$WORK/logs/nginx.err" || { echo "bench-conf: nginx failed (libnginx-mod-stream?)"; exit 1; }
 sleep 0.5
 NGX=$(ps -o pid= --ppid "$(cat "$WORK/nginx.pid")" | tr -d ' ' | head -1)
@@ -79,7 +102,7 @@ sleep 0.5
     2>"$WORK/logs/backend-mux.log" &
 MUX_BE=$!; PIDS+=($MUX_BE)
 sleep 0.5
-kill -0 $EDGE $MUX_BE $NGX $TCP_BE || { echo "bench-conf: a process did not start; logs in $WORK/logs"; exit 1; }
+kill -0 $EDGE $MUX_BE $NGX $TCP_BE $STUNNEL || { echo "bench-conf: a process did not start; logs in $WORK/logs"; exit 1; }
 
 mint() { # conference -> a conference session key (common/token.h format)
     python3 - "$1" "$SECRET" <<'PY'
@@ -134,6 +157,8 @@ point nginx_up        "$NGX"  "$TCP_BE" "$T" bulk 127.0.0.1 19443 up "$DUR"
 point conf_edge_up    "$EDGE" "$MUX_BE" "$T" bulk 127.0.0.1 19543 up "$DUR" "$KSINK"
 point nginx_down      "$NGX"  "$TCP_BE" "$T" bulk 127.0.0.1 19444 down "$DUR"
 point conf_edge_down  "$EDGE" "$MUX_BE" "$T" bulk 127.0.0.1 19543 down "$DUR" "$KSOURCE"
+point nginx_tls_up    "$NGX"  "$STUNNEL" "$T" bulk 127.0.0.1 19445 up "$DUR"
+point nginx_tls_down  "$NGX"  "$STUNNEL" "$T" bulk 127.0.0.1 19446 down "$DUR"
 point nginx_hs_full   "$NGX"  "$TCP_BE" "$T" hs 127.0.0.1 19443 full "$DUR"
 point conf_edge_hs_full "$EDGE" "$MUX_BE" "$T" hs 127.0.0.1 19543 full "$DUR"
 point nginx_hs_resumed "$NGX" "$TCP_BE" "$T" hs 127.0.0.1 19443 resumed "$DUR"
@@ -143,7 +168,7 @@ ratio() { echo "$1 $2" | awk '{ if ($2 > 0 && $1 != "NA") printf "%.2f", $1/$2; 
 echo "# per proxy CPU-second (conf-edge / nginx = ratio); conf-edge pays two ciphers per byte (client TLS + mTLS link)"
 for t in up down; do
     c=$(per_cpu conf_edge_$t); n=$(per_cpu nginx_$t)
-    printf 'bulk %-4s MB/s conf-edge=%s nginx=%s | MB per proxy CPU-s conf-edge=%s nginx=%s ratio=%s | vs mbedTLS ceiling enc+dec %s (%s) decrypt-only %s (%s)\n' \
+    printf 'bulk %-4s MB/s conf-edge=%s nginx=%s | MB per proxy CPU-s conf-edge=%s nginx=%s ratio=%s | vs the TLS library ceiling enc+dec %s (%s) decrypt-only %s (%s)\n' \
         "$t" "$(field conf_edge_$t MBps)" "$(field nginx_$t MBps)" "$c" "$n" "$(ratio "$c" "$n")" \
         "$CEIL_ENCDEC" "$(ratio "$c" "$CEIL_ENCDEC")" "$CEIL_DEC" "$(ratio "$c" "$CEIL_DEC")"
 done
@@ -151,5 +176,11 @@ for t in full resumed; do
     c=$(per_cpu conf_edge_hs_$t); n=$(per_cpu nginx_hs_$t)
     printf 'handshakes %-7s per s conf-edge=%s nginx=%s | per proxy CPU-s conf-edge=%s nginx=%s ratio=%s\n' \
         "$t" "$(field conf_edge_hs_$t per_s)" "$(field nginx_hs_$t per_s)" "$c" "$n" "$(ratio "$c" "$n")"
+done
+echo "# like for like: nginx re-encrypting to its backend (proxy_ssl), two ciphers per byte as conf-edge"
+for t in up down; do
+    c=$(per_cpu conf_edge_$t); n=$(per_cpu nginx_tls_$t)
+    printf 'bulk %-4s two ciphers | MB/s conf-edge=%s nginx+proxy_ssl=%s | MB per proxy CPU-s conf-edge=%s nginx+proxy_ssl=%s ratio=%s\n' \
+        "$t" "$(field conf_edge_$t MBps)" "$(field nginx_tls_$t MBps)" "$c" "$n" "$(ratio "$c" "$n")"
 done
 echo "# resumed-handshake ceiling (server side, in-process): $CEIL_RES per CPU-second"
