@@ -14,12 +14,15 @@
 int pki_key_generate(char **key_pem, char *err, size_t errcap);
 
 /* A PKCS#10 request (DER) signed by key_pem: subject CN = names[0], a subjectAltName
- * extension with every name as dNSName. 1 <= n <= 16. */
+ * extension with every name as dNSName (iPAddress for an IP literal). 1 <= n <= 16, each
+ * a host name ("*." first label allowed) or IP literal. A CN holds 64 bytes at most
+ * (X.520): when names[0] is longer, the CN is the first name that fits, or there is none. */
 int pki_csr_create(const char *key_pem, const char *const *names, size_t n, uint8_t **der,
                    size_t *der_len, char *err, size_t errcap);
 
 /* A self-signed certificate (PEM) for key_pem naming `name` (CN and dNSName SAN), valid
- * from an hour ago for `days`: an edge's placeholder until its first ACME certificate. */
+ * from an hour ago for `days` (1 to 36500): an edge's placeholder until its first ACME
+ * certificate. A name over 64 bytes is in the SAN only, its first label the CN. */
 int pki_self_signed(const char *key_pem, const char *name, unsigned days, char **cert_pem,
                     char *err, size_t errcap);
 
