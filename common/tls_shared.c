@@ -160,7 +160,7 @@ static bool host_name_ok(const char *s)
                 return true;
             label = 0;
         } else if (*c == '*') {
-            if (c != s || (c[1] != '.' && c[1] != '\0'))
+            if (c != s || c[1] != '.')
                 return false;
             label++;
         } else if (isalnum((unsigned char)*c) || *c == '-' || *c == '_') {

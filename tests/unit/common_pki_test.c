@@ -201,7 +201,7 @@ static void csr_refuses_bad_input(void **st)
     char err[256], *key = new_key();
     const char *ok[17], *empty[] = {"a.lab.test", ""}, *nul[] = {"a.lab.test", NULL};
     const char *space[] = {"a b.lab.test"}, *comma[] = {"a.lab.test,O=Evil"};
-    const char *dots[] = {"a..lab.test"}, *mid[] = {"a.*.lab.test"};
+    const char *dots[] = {"a..lab.test"}, *mid[] = {"a.*.lab.test"}, *star[] = {"*"};
     const char *label64[] = {
         "a234567890123456789012345678901234567890123456789012345678901234.test"};
     for (int i = 0; i < 17; i++)
@@ -224,6 +224,7 @@ static void csr_refuses_bad_input(void **st)
         {key, dots, 1, "not a host name"},
         {key, mid, 1, "not a host name"},
         {key, label64, 1, "not a host name"},
+        {key, star, 1, "not a host name"},
         {"garbage", ok, 1, "not a valid private key"},
         {"", ok, 1, "not a valid private key"},
         {NULL, ok, 1, "no key"},
