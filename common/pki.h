@@ -35,10 +35,9 @@ int pki_alpn_challenge_cert(const char *name, const uint8_t digest[32], char **c
 /* JWS ES256 (RFC 7518 §3.4) with a P-256 key: the public key's affine coordinates, 32
  * bytes each, big-endian (base64url them for the JWK), and the signature of data as the
  * 64-byte r || s (not DER). */
-int pki_es256_public(const char *key_pem, uint8_t x[32], uint8_t y[32], char *err,
-                     size_t errcap);
-int pki_es256_sign(const char *key_pem, const void *data, size_t len, uint8_t sig[64],
-                   char *err, size_t errcap);
+int pki_es256_public(const char *key_pem, uint8_t x[32], uint8_t y[32], char *err, size_t errcap);
+int pki_es256_sign(const char *key_pem, const void *data, size_t len, uint8_t sig[64], char *err,
+                   size_t errcap);
 
 /* What the first certificate of a PEM chain says (tls_cert_info), with its notBefore and
  * whether it is self-signed (issuer == subject). With key_pem, -EKEYREJECTED unless the
