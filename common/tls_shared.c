@@ -4,6 +4,8 @@
 #include "common/certname.h"
 #include "common/tls.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -140,6 +142,64 @@ int tls_check_self_signed_name(const char *name, char *err, size_t cap)
         return -EINVAL;
     }
     return 0;
+}
+
+/* A host name: labels of 1 to 63 letters, digits, '-' and '_', the first may be "*"; or an
+ * IP literal. */
+static bool host_name_ok(const char *s)
+{
+    unsigned char ip[16];
+    if (inet_pton(AF_INET, s, ip) == 1 || inet_pton(AF_INET6, s, ip) == 1)
+        return true;
+    size_t label = 0;
+    for (const char *c = s;; c++) {
+        if (*c == '.' || *c == '\0') {
+            if (label == 0 || label > 63)
+                return false;
+            if (*c == '\0')
+                return true;
+            label = 0;
+        } else if (*c == '*') {
+            if (c != s || c[1] != '.')
+                return false;
+            label++;
+        } else if (isalnum((unsigned char)*c) || *c == '-' || *c == '_') {
+            label++;
+        } else {
+            return false;
+        }
+    }
+}
+
+int tls_check_cert_names(const char *const *names, size_t n, size_t max, char *err, size_t cap)
+{
+    if (!names || n == 0 || n > max) {
+        tls_errf(err, cap, "%zu names: a certificate names 1 to %zu", names ? n : 0, max);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!names[i] || names[i][0] == '\0') {
+            tls_errf(err, cap, "name %zu is empty", i);
+            return -EINVAL;
+        }
+        if (strlen(names[i]) > 253 || !host_name_ok(names[i])) {
+            tls_errf(err, cap, "\"%.64s\" is not a host name", names[i]);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+const char *tls_cert_cn(const char *const *names, size_t n, char *label)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) <= 64)
+            return names[i];
+    if (!label)
+        return NULL;
+    size_t l = strcspn(names[0], ".");
+    snprintf(label, 64, "%.*s", (int)(l < 63 ? l : 63), names[0]);
+    return label;
 }
 
 bool tls_peer_has_name(const struct tls_peer *p, const char *name)
