@@ -381,6 +381,108 @@ header_timeout: {header_timeout}
         # A reconnect (new Welcome) reports the installed certificate.
         self.assertIn("certificate", d.log())
 
+    # ---- access-edge, conf-edge, av-edge: the same issuance, and TLS-ALPN-01 ----
+
+    def edge_config(self, role, tls_port):
+        admin = f"127.0.0.1:{free_port()}"
+        common = (f"admin: {{listen: {admin}}}\nlog: {{level: info}}\n"
+                  f"{director_section(self.stub.port, role)}\n{self.acme_section()}\n")
+        if role == "access-edge":
+            body = f"""domains: [lab.test]
+fqdn: sip.lab.test
+external:
+  udp: [127.0.0.1:{free_port()}]
+  tls: [127.0.0.1:{tls_port}]
+internal:
+  udp: [127.0.0.1:{free_port()}]
+next_hop: {{address: 127.0.0.1:{free_port()}, transport: udp}}
+"""
+        elif role == "conf-edge":
+            body = f"""external:
+  listen: 127.0.0.1:{tls_port}
+internal:
+  listen: 127.0.0.1:{free_port()}
+  tls: {{cert: {CERTS}/conf-edge.crt, key: {CERTS}/conf-edge.key, ca: {CERTS}/ca.crt}}
+"""
+        else:
+            base = 20000 + 100 * (os.getpid() % 90)
+            body = f"""external:
+  listen: [127.0.0.1:{free_port()}]
+  tcp_listen: []
+  tls_listen: [127.0.0.1:{tls_port}]
+internal:
+  listen: [127.0.0.1:{free_port()}]
+relay: {{addresses: [127.0.0.1], port_min: {base}, port_max: {base + 99}}}
+auth: {{realm: lab.test}}
+"""
+        return admin, common + body
+
+    def alpn_challenge(self, port, name):
+        """Places a TLS-ALPN-01 challenge for name and checks what openssl s_client gets."""
+        token = "tok" + name.split(".")[0].replace("-", "")
+        ka = token + ".9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+        m = self.stub.send(f"challenge tls-alpn-01 {name} {token} {ka}")
+        ready = self.stub.wait(lambda e: e["event"] == "challenge_ready", after=m)
+        self.assertEqual((ready["token"], ready["error"]), (token, ""))
+        p = subprocess.run(f"openssl s_client -connect 127.0.0.1:{port} -servername {name} "
+                           f"-alpn acme-tls/1 </dev/null 2>/dev/null | openssl x509 -noout -text",
+                           shell=True, capture_output=True, text=True, timeout=20)
+        self.assertIn("1.3.6.1.5.5.7.1.31", p.stdout)  # acmeIdentifier
+        self.assertIn(f"DNS:{name}", p.stdout)
+        self.stub.send(f"remove tls-alpn-01 {name} {token}")
+
+    def issue_on(self, role, name):
+        tls_port = free_port()
+        admin, config = self.edge_config(role, tls_port)
+        d = self.daemon(role, config, admin=admin)
+        st = self.placeholder_status(role)
+        self.assertEqual(served_serial(tls_port, name), norm_serial(st["serial"]))
+        self.alpn_challenge(tls_port, name)
+        _, serial = self.issue(role, [name], "o-" + role)
+        wait_for(lambda: served_serial(tls_port, name) == serial, 15,
+                 what=f"{role}: new handshakes on the new serial")
+        prefix = role.replace("-", "_")
+        mx = d.metrics()
+        self.assertEqual(mx.get(f"{prefix}_acme_certificates_installed_total"), 1)
+        self.assertEqual(mx.get(f'{prefix}_acme_challenges_total{{kind="tls-alpn-01"}}'), 1)
+        return d
+
+    def test_check_reports_acme_mistakes_at_their_line(self):
+        """--check: acme without files, a directory that cannot be written, listeners that
+        name other files than acme's; and a good section passes without writing anything."""
+        admin, good = self.edge_config("conf-edge", free_port())
+        path = os.path.join(self.tmp, "check.yaml")
+
+        def check(text):
+            with open(path, "w") as f:
+                f.write(text)
+            p = subprocess.run([binary("conf-edge"), "--check", "-c", path], capture_output=True,
+                               text=True, timeout=20)
+            return p.returncode, (p.stdout + p.stderr).strip()
+        self.assertEqual(check(good), (0, f"{path}: ok"))
+        self.assertFalse(os.path.exists(self.cert))  # --check writes no placeholder
+        rc, out = check(good.replace(self.acme_section(), "acme: {enabled: true}"))
+        self.assertEqual(rc, 1)
+        self.assertRegex(out, rf"^{path}:\d+:\d+: acme.enabled: acme needs cert and key")
+        rc, out = check(good.replace(f"cert: {self.cert}", "cert: /nonexistent/edge.crt"))
+        self.assertRegex(out, rf"^{path}:\d+:\d+: acme.cert: cannot write in /nonexistent")
+        other = good.replace("external:\n", f"external:\n  tls: {{cert: {CERTS}/conf-edge.crt, "
+                                            f"key: {CERTS}/conf-edge.key}}\n")
+        rc, out = check(other)
+        self.assertEqual(rc, 1)
+        self.assertRegex(out, rf"^{path}:\d+:\d+: external.tls.cert: with acme enabled")
+
+    def test_access_edge_issuance_and_tls_alpn(self):
+        d = self.issue_on("access-edge", "sip.lab.test")
+        st = self.stub.wait(lambda e: e["event"] == "cert_status" and e["self_signed"])
+        self.assertEqual(st["names"], ["sip.lab.test"])  # the placeholder names fqdn
+
+    def test_conf_edge_issuance_and_tls_alpn(self):
+        self.issue_on("conf-edge", "conf.lab.test")
+
+    def test_av_edge_issuance_and_tls_alpn(self):
+        self.issue_on("av-edge", "av.lab.test")
+
 
 if __name__ == "__main__":
     unittest.main()
