@@ -181,8 +181,8 @@ ssize_t tls_peek_alpn(const uint8_t *p, size_t len, uint8_t *out, size_t cap)
         return n;
     const uint8_t *ext;
     size_t elen;
-    int rc = hello_ext(hs + 4, (size_t)n, 16 /* application_layer_protocol_negotiation */, &ext,
-                       &elen);
+    int rc =
+        hello_ext(hs + 4, (size_t)n, 16 /* application_layer_protocol_negotiation */, &ext, &elen);
     if (rc <= 0)
         return rc;
     if (tls_alpn_list_check(ext, elen) < 0)

@@ -1030,8 +1030,7 @@ static void test_idle_connection_memory(void **state)
             pair_open(&p, c, s, "director");
             assert_true(tls_conn_handshake_done(p.srv.c));
             assert_int_equal(
-                tls_conn_write(p.cli.c, (const uint8_t *)"OPTIONS sip:x SIP/2.0\r\n\r\n", 25),
-                25);
+                tls_conn_write(p.cli.c, (const uint8_t *)"OPTIONS sip:x SIP/2.0\r\n\r\n", 25), 25);
             pump(&p);
             assert_int_equal(p.srv.len, 25);
             srv[i] = p.srv.c;
@@ -1161,7 +1160,8 @@ static void test_acme_tls_alpn(void **state)
     } else {
         size_t dlen;
         uint8_t *der = read_all(CERTS "/acme-chal.lab.der", &dlen);
-        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a" "acme-tls/1";
+        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a"
+                              "acme-tls/1";
         assert_true(flight_has(ca, s, "CHAL.lab", der, dlen));
         assert_true(flight_has(ca, s, "chal.lab", ext, sizeof ext - 1));
         /* An ordinary client's flight has neither. */
@@ -1232,7 +1232,8 @@ static void test_acme_tls_alpn(void **state)
         assert_string_equal(tls_conn_peer_cn(p.cli.c), "chal.lab");
         pair_close(&p);
     } else {
-        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a" "acme-tls/1";
+        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a"
+                              "acme-tls/1";
         assert_true(flight_has(ca, s, "chal.lab", ext, sizeof ext - 1));
     }
     tls_ctx_unref(s);
@@ -1262,7 +1263,8 @@ static void test_peek_alpn(void **state)
     uint8_t out[64];
     assert_int_equal(tls_conn_create(&cc, c, "x.lab"), 0);
     size_t n = tls_conn_pending(cc, &p);
-    const uint8_t want[] = "\x00\x0e\x02h2\x0a" "acme-tls/1";
+    const uint8_t want[] = "\x00\x0e\x02h2\x0a"
+                           "acme-tls/1";
     assert_int_equal(tls_peek_alpn(p, n, out, sizeof out), 16);
     assert_memory_equal(out, want, 16);
     for (size_t i = 0; i < n; i++)
