@@ -1238,6 +1238,31 @@ static void test_acme_tls_alpn(void **state)
     }
     tls_ctx_unref(s);
 
+    /* A mutual-TLS ctx: the validating CA shows no client certificate and still passes. */
+    so.verify_peer = true;
+    so.ca_file = CERTS "/ca.crt";
+    s = ctx_new(&so);
+    if (openssl_backend()) {
+        pair_open(&p, ca, s, "chal.lab");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_string_equal(tls_conn_alpn(p.srv.c), "acme-tls/1");
+        pair_close(&p);
+    } else {
+        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a"
+                              "acme-tls/1";
+        assert_true(flight_has(ca, s, "chal.lab", ext, sizeof ext - 1));
+        /* No CertificateRequest: its body starts with the certificate types (rsa_sign,
+         * ecdsa_sign) and the signature algorithms (sha256 with rsa, with ecdsa, ...). */
+        const uint8_t cert_req[] = {0x02, 0x01, 0x40, 0x00, 0x08, 0x04, 0x01, 0x04, 0x03};
+        struct tls_ctx *plain_cli = acme_client(NULL);
+        assert_true(flight_has(plain_cli, s, "chal.lab", cert_req, sizeof cert_req));
+        assert_false(flight_has(ca, s, "chal.lab", cert_req, sizeof cert_req));
+        tls_ctx_unref(plain_cli);
+    }
+    tls_ctx_unref(s);
+    so.verify_peer = false;
+    so.ca_file = NULL;
+
     /* A ctx without a store refuses acme-tls/1 as any protocol it does not speak. */
     so.acme = NULL;
     so.alpn = sp;
