@@ -1,8 +1,9 @@
 /* Internal to the mbedTLS backend of common/tls.h (the default build; make TLS=openssl
- * builds common/tls_openssl_*.c instead): the types its three files share. tls_mbed_cert.c
- * loads, names and makes certificates, tls_mbed_ctx.c builds contexts, tls_mbed_conn.c runs
- * connections. The only files that include mbedTLS SSL headers; what does not depend on the
- * library is in tls_shared.c and tls_sniff.c. Not for use outside common/tls_mbed_*.c. */
+ * builds common/tls_openssl_*.c instead): the types its files share. tls_mbed_cert.c loads
+ * and names certificates, tls_mbed_pki.c makes keys, requests and certificates (pki.h),
+ * tls_mbed_ctx.c builds contexts, tls_mbed_conn.c runs connections. The only files that
+ * include mbedTLS SSL headers; what does not depend on the library is in tls_shared.c and
+ * tls_sniff.c. Not for use outside common/tls_mbed_*.c. */
 #ifndef COMMON_TLS_MBED_H
 #define COMMON_TLS_MBED_H
 
@@ -20,6 +21,7 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/sha256.h>
 #include <mbedtls/ssl.h>
@@ -107,6 +109,9 @@ struct tls_conn {
     char *err;             /* allocated on the first failure: most connections never have one */
 };
 
+/* id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31 (RFC 8737 3), DER without tag and length. */
+#define TLS_OID_ACME_ID "\x2b\x06\x01\x05\x05\x07\x01\x1f"
+
 #define SAN_DNS (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2)
 #define SAN_IP (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7)
 
@@ -118,13 +123,31 @@ const char *tls_mbed_str(int rc, char *out, size_t cap);
 const mbedtls_x509_buf *tls_mbed_crt_cn(const mbedtls_x509_crt *crt);
 /* Does crt name host name (DNS SANs, the CN only when there is none; RFC 6125 wildcards)? */
 bool tls_mbed_crt_matches(const mbedtls_x509_crt *crt, const char *name, size_t len);
+/* Parses PEM (NUL counted in n) or DER certificates; a CA bundle (bundle) is accepted if at
+ * least one parses, anything else if all do. Unlike mbedtls_x509_crt_parse, accepts the
+ * critical acmeIdentifier of TLS-ALPN-01 challenge certificates (not in bundles). what names the
+ * source in err ("/etc/x.pem: not a valid ..."). */
+int tls_mbed_parse_crt(mbedtls_x509_crt *crt, const unsigned char *b, size_t n, bool bundle,
+                       const char *what, char *err, size_t cap);
 /* Loads a PEM (or DER) certificate file; a CA bundle may be a directory. */
 int tls_mbed_load_crt(mbedtls_x509_crt *crt, const char *path, bool bundle, char *err, size_t cap);
+/* Parses an unencrypted private key, PEM (NUL counted in n) or DER. */
+int tls_mbed_parse_key(mbedtls_pk_context *pk, const unsigned char *b, size_t n, const char *what,
+                       char *err, size_t cap);
 int tls_mbed_load_key(mbedtls_pk_context *pk, const char *path, char *err, size_t cap);
 /* SHA-256 fingerprint of crt, hex with colons, into out (96 bytes). */
 void tls_mbed_fingerprint(const mbedtls_x509_crt *crt, char *out);
+
+/* ---- tls_mbed_pki.c (common/pki.h) ---- */
+
+struct pki_cert_info;
 /* An ECDSA P-256 key and a self-signed certificate for name (CN and SAN), drawn from drbg. */
 int tls_mbed_self_signed(mbedtls_ctr_drbg_context *drbg, struct tls_cert *out, const char *name,
                          char *err, size_t cap);
+/* pki_chain_inspect on buffers (PEM with the NUL counted, or DER), for tls_cert_inspect too:
+ * crt_what and key_what name them in err. key may be NULL. */
+int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
+                     const unsigned char *key, size_t key_len, const char *key_what,
+                     struct pki_cert_info *info, char *err, size_t cap);
 
 #endif

@@ -4,6 +4,8 @@
 #include "common/certname.h"
 #include "common/tls.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -138,6 +140,52 @@ int tls_check_self_signed_name(const char *name, char *err, size_t cap)
     if (nlen == 0 || nlen > 200 || strpbrk(name, ",=+\"\\<>;")) {
         tls_errf(err, cap, "self_signed_name \"%s\" is not a plain host name", name);
         return -EINVAL;
+    }
+    return 0;
+}
+
+/* A host name: labels of letters, digits, '-' and '_' (no empty label), the first may be
+ * "*"; or an IP literal. */
+static bool host_name_ok(const char *s)
+{
+    unsigned char ip[16];
+    if (inet_pton(AF_INET, s, ip) == 1 || inet_pton(AF_INET6, s, ip) == 1)
+        return true;
+    size_t label = 0;
+    for (const char *c = s;; c++) {
+        if (*c == '.' || *c == '\0') {
+            if (label == 0)
+                return false;
+            if (*c == '\0')
+                return true;
+            label = 0;
+        } else if (*c == '*') {
+            if (c != s || (c[1] != '.' && c[1] != '\0'))
+                return false;
+            label++;
+        } else if (isalnum((unsigned char)*c) || *c == '-' || *c == '_') {
+            label++;
+        } else {
+            return false;
+        }
+    }
+}
+
+int tls_check_cert_names(const char *const *names, size_t n, size_t max, char *err, size_t cap)
+{
+    if (!names || n == 0 || n > max) {
+        tls_errf(err, cap, "%zu names: a certificate names 1 to %zu", names ? n : 0, max);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!names[i] || names[i][0] == '\0') {
+            tls_errf(err, cap, "name %zu is empty", i);
+            return -EINVAL;
+        }
+        if (strlen(names[i]) > 253 || !host_name_ok(names[i])) {
+            tls_errf(err, cap, "\"%.64s\" is not a host name", names[i]);
+            return -EINVAL;
+        }
     }
     return 0;
 }
