@@ -32,6 +32,8 @@ struct ctl_client {
     void *arg;
     ctl_report_fill_cb fill;
     void *fill_arg;
+    void (*on_acme)(const struct ctl_msg *m, void *arg);
+    void *acme_arg;
 
     struct stream *st;
     enum client_state state;
@@ -85,6 +87,65 @@ static int client_send(struct ctl_client *c, const struct ctl_msg *m)
         client_close_stream(c, rc, "write failed");
     }
     return rc;
+}
+
+/* Sends a frame encoded beforehand, so a message that cannot be encoded (a bad string, too
+ * big) fails alone instead of closing the connection as a failed write does. */
+static int client_send_encoded(struct ctl_client *c, const struct ctl_msg *m)
+{
+    uint8_t *frame;
+    ssize_t n = ctl_frame_alloc(m, &frame);
+    if (n < 0)
+        return (int)n;
+    if (!c->st || c->closing_stream) {
+        free(frame);
+        return -ENOTCONN;
+    }
+    int rc = stream_write(c->st, frame, (size_t)n);
+    free(frame);
+    if (rc < 0) {
+        LOGW(c->o.log, &c->o.director, "ctl: cannot send to the Director (%s); reconnecting",
+             strerror(-rc));
+        client_close_stream(c, rc, "write failed");
+        return rc;
+    }
+    return 0;
+}
+
+/* An ACME message for an edge that does not manage its certificate through the Director:
+ * say so at once, so the Director does not wait for an answer that never comes. */
+static void client_refuse_acme(struct ctl_client *c, const struct ctl_msg *m)
+{
+    static const char why[] = "this edge has no acme section enabled";
+    struct ctl_msg *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    if (m->type == CTL_MSG_CSR_REQUEST) {
+        r->type = CTL_MSG_CSR;
+        snprintf(r->u.csr.order_id, sizeof r->u.csr.order_id, "%s", m->u.csr_request.order_id);
+        snprintf(r->u.csr.error, sizeof r->u.csr.error, "%s", why);
+    } else if (m->type == CTL_MSG_CHALLENGE && !m->u.challenge.remove) {
+        r->type = CTL_MSG_CHALLENGE_READY;
+        snprintf(r->u.challenge_ready.token, sizeof r->u.challenge_ready.token, "%s",
+                 m->u.challenge.token);
+        snprintf(r->u.challenge_ready.error, sizeof r->u.challenge_ready.error, "%s", why);
+    }
+    if (r->type)
+        client_send_encoded(c, r);
+    free(r);
+}
+
+static void client_on_acme(struct ctl_client *c, const struct ctl_msg *m)
+{
+    if (c->on_acme) {
+        c->on_acme(m, c->acme_arg);
+        return;
+    }
+    if (m->type == CTL_MSG_WELCOME)
+        return;
+    LOGD(c->o.log, &c->o.director, "ctl: ACME message type %d ignored: acme not enabled",
+         (int)m->type);
+    client_refuse_acme(c, m);
 }
 
 static void client_send_periodic_report(struct ctl_client *c)
@@ -192,6 +253,13 @@ static int client_on_frame(const struct ctl_msg *m, void *arg)
     switch (m->type) {
     case CTL_MSG_WELCOME:
         client_on_welcome(c, &m->u.welcome);
+        if (!c->stopping && !c->closing_stream)
+            client_on_acme(c, m);
+        return 0;
+    case CTL_MSG_CSR_REQUEST:
+    case CTL_MSG_CERT_ISSUED:
+    case CTL_MSG_CHALLENGE:
+        client_on_acme(c, m);
         return 0;
     case CTL_MSG_SECRET:
         if (c->cb.on_secret && m->u.secret.kind != CTL_SECRET_UNKNOWN)
@@ -486,6 +554,27 @@ int ctl_client_send_report(struct ctl_client *c, const struct ctl_report *r)
     if (rc == 0)
         metric_inc(c->m_reports);
     return rc;
+}
+
+void ctl_client_set_acme_handler(struct ctl_client *c,
+                                 void (*on)(const struct ctl_msg *m, void *arg), void *arg)
+{
+    if (!c)
+        return;
+    c->on_acme = on;
+    c->acme_arg = arg;
+}
+
+int ctl_client_send(struct ctl_client *c, const struct ctl_msg *m)
+{
+    if (!c || !m)
+        return -EINVAL;
+    if (m->type != CTL_MSG_CERT_STATUS && m->type != CTL_MSG_CSR &&
+        m->type != CTL_MSG_CHALLENGE_READY)
+        return -EINVAL;
+    if (c->state != CL_ESTABLISHED || c->stopping)
+        return -ENOTCONN;
+    return client_send_encoded(c, m);
 }
 
 void ctl_client_set_tls(struct ctl_client *c, struct tls_ctx *tls)

@@ -192,6 +192,94 @@ static int report_from_pb(struct ctl_report *r, const Edgectl__Report *pb)
     return 0;
 }
 
+/* ---- ACME messages ---- */
+
+/* A PEM chain: printable ASCII and line ends, nothing else (it is written to disk and
+ * parsed by the TLS backend; no NUL, no escape sequences). */
+static bool pem_text_ok(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p < 0x20 || *p > 0x7e) && *p != '\n' && *p != '\r')
+            return false;
+    return true;
+}
+
+static int names_from_pb(char (*out)[CTL_DNSNAME_MAX], size_t *n_out, char **in, size_t n)
+{
+    if (n > CTL_DNSNAMES_MAX)
+        return -EBADMSG;
+    for (size_t i = 0; i < n; i++)
+        if (copy_str(out[i], CTL_DNSNAME_MAX, in[i]))
+            return -EBADMSG;
+    *n_out = n;
+    return 0;
+}
+
+static int cert_status_from_pb(struct ctl_cert_status *c, const Edgectl__CertStatus *pb)
+{
+    if (names_from_pb(c->names, &c->n_names, pb->names, pb->n_names) ||
+        copy_str(c->serial, sizeof c->serial, pb->serial) ||
+        copy_str(c->error, sizeof c->error, pb->error))
+        return -EBADMSG;
+    c->not_before = pb->not_before;
+    c->not_after = pb->not_after;
+    c->self_signed = pb->self_signed;
+    return 0;
+}
+
+static int csr_request_from_pb(struct ctl_csr_request *r, const Edgectl__CsrRequest *pb)
+{
+    if (copy_str(r->order_id, sizeof r->order_id, pb->order_id) ||
+        names_from_pb(r->names, &r->n_names, pb->names, pb->n_names))
+        return -EBADMSG;
+    return 0;
+}
+
+static int csr_from_pb(struct ctl_csr *c, const Edgectl__Csr *pb)
+{
+    if (pb->der.len > sizeof c->der || copy_str(c->order_id, sizeof c->order_id, pb->order_id) ||
+        copy_str(c->error, sizeof c->error, pb->error))
+        return -EBADMSG;
+    if (pb->der.len)
+        memcpy(c->der, pb->der.data, pb->der.len);
+    c->der_len = pb->der.len;
+    return 0;
+}
+
+static int cert_issued_from_pb(struct ctl_cert_issued *c, const Edgectl__CertIssued *pb)
+{
+    size_t n = pb->chain_pem ? strlen(pb->chain_pem) : 0;
+    if (copy_str(c->order_id, sizeof c->order_id, pb->order_id) || n >= sizeof c->chain_pem ||
+        (n && !pem_text_ok(pb->chain_pem)))
+        return -EBADMSG;
+    memcpy(c->chain_pem, n ? pb->chain_pem : "", n);
+    c->chain_pem[n] = '\0';
+    return 0;
+}
+
+static int challenge_from_pb(struct ctl_challenge *c, const Edgectl__Challenge *pb)
+{
+    c->kind = (pb->kind == EDGECTL__CHALLENGE_KIND__CHALLENGE_HTTP_01 ||
+               pb->kind == EDGECTL__CHALLENGE_KIND__CHALLENGE_TLS_ALPN_01)
+                  ? (enum ctl_challenge_kind)pb->kind
+                  : CTL_CHALLENGE_UNKNOWN;
+    if (copy_str(c->name, sizeof c->name, pb->name) ||
+        copy_str(c->token, sizeof c->token, pb->token) ||
+        copy_str(c->key_authorization, sizeof c->key_authorization, pb->key_authorization))
+        return -EBADMSG;
+    c->remove = pb->remove;
+    c->expires = pb->expires;
+    return 0;
+}
+
+static int challenge_ready_from_pb(struct ctl_challenge_ready *c, const Edgectl__ChallengeReady *pb)
+{
+    if (copy_str(c->token, sizeof c->token, pb->token) ||
+        copy_str(c->error, sizeof c->error, pb->error))
+        return -EBADMSG;
+    return 0;
+}
+
 static int msg_from_pb(struct ctl_msg *m, const Edgectl__Envelope *env)
 {
     memset(m, 0, sizeof *m);
@@ -232,6 +320,24 @@ static int msg_from_pb(struct ctl_msg *m, const Edgectl__Envelope *env)
     case EDGECTL__ENVELOPE__MSG_GOODBYE:
         m->type = CTL_MSG_GOODBYE;
         return copy_str(m->u.reason, sizeof m->u.reason, env->goodbye->reason);
+    case EDGECTL__ENVELOPE__MSG_CERT_STATUS:
+        m->type = CTL_MSG_CERT_STATUS;
+        return cert_status_from_pb(&m->u.cert_status, env->cert_status);
+    case EDGECTL__ENVELOPE__MSG_CSR_REQUEST:
+        m->type = CTL_MSG_CSR_REQUEST;
+        return csr_request_from_pb(&m->u.csr_request, env->csr_request);
+    case EDGECTL__ENVELOPE__MSG_CSR:
+        m->type = CTL_MSG_CSR;
+        return csr_from_pb(&m->u.csr, env->csr);
+    case EDGECTL__ENVELOPE__MSG_CERT_ISSUED:
+        m->type = CTL_MSG_CERT_ISSUED;
+        return cert_issued_from_pb(&m->u.cert_issued, env->cert_issued);
+    case EDGECTL__ENVELOPE__MSG_CHALLENGE:
+        m->type = CTL_MSG_CHALLENGE;
+        return challenge_from_pb(&m->u.challenge, env->challenge);
+    case EDGECTL__ENVELOPE__MSG_CHALLENGE_READY:
+        m->type = CTL_MSG_CHALLENGE_READY;
+        return challenge_ready_from_pb(&m->u.challenge_ready, env->challenge_ready);
     default:
         return -EBADMSG; /* an empty Envelope or a message this build does not know */
     }
@@ -275,10 +381,17 @@ struct pb_scratch {
         Edgectl__Drain drain;
         Edgectl__Heartbeat hb;
         Edgectl__Goodbye bye;
+        Edgectl__CertStatus cert_status;
+        Edgectl__CsrRequest csr_request;
+        Edgectl__Csr csr;
+        Edgectl__CertIssued cert_issued;
+        Edgectl__Challenge challenge;
+        Edgectl__ChallengeReady challenge_ready;
     } m;
     Edgectl__Secret secrets[CTL_SECRETS_MAX];
     Edgectl__Secret *secret_ptrs[CTL_SECRETS_MAX];
     char *strs[3][CTL_ADDRS_MAX > CTL_NOTES_MAX ? CTL_ADDRS_MAX : CTL_NOTES_MAX];
+    char *names[CTL_DNSNAMES_MAX];
     Edgectl__Role roles[CTL_SUBSCRIBE_MAX];
 };
 
@@ -329,6 +442,40 @@ static bool report_strings_ok(const struct ctl_report *r)
     return addrs_ok(r->external_addrs, r->n_external) && addrs_ok(r->internal_addrs, r->n_internal);
 }
 
+static bool names_ok(const char (*a)[CTL_DNSNAME_MAX], size_t n)
+{
+    for (size_t i = 0; i < n && i < CTL_DNSNAMES_MAX; i++)
+        if (!FIELD_OK(a[i]))
+            return false;
+    return true;
+}
+
+static bool acme_strings_ok(const struct ctl_msg *m)
+{
+    switch (m->type) {
+    case CTL_MSG_CERT_STATUS: {
+        const struct ctl_cert_status *c = &m->u.cert_status;
+        return names_ok(c->names, c->n_names) && FIELD_OK(c->serial) && FIELD_OK(c->error);
+    }
+    case CTL_MSG_CSR_REQUEST:
+        return FIELD_OK(m->u.csr_request.order_id) &&
+               names_ok(m->u.csr_request.names, m->u.csr_request.n_names);
+    case CTL_MSG_CSR:
+        return FIELD_OK(m->u.csr.order_id) && FIELD_OK(m->u.csr.error);
+    case CTL_MSG_CERT_ISSUED:
+        return FIELD_OK(m->u.cert_issued.order_id) &&
+               memchr(m->u.cert_issued.chain_pem, 0, sizeof m->u.cert_issued.chain_pem) &&
+               pem_text_ok(m->u.cert_issued.chain_pem);
+    case CTL_MSG_CHALLENGE:
+        return FIELD_OK(m->u.challenge.name) && FIELD_OK(m->u.challenge.token) &&
+               FIELD_OK(m->u.challenge.key_authorization);
+    case CTL_MSG_CHALLENGE_READY:
+        return FIELD_OK(m->u.challenge_ready.token) && FIELD_OK(m->u.challenge_ready.error);
+    default:
+        return true;
+    }
+}
+
 /* Refuses what the peer would refuse to decode, so a bad note fails one send (-EINVAL)
  * instead of costing the whole connection. */
 bool ctl_msg_strings_ok(const struct ctl_msg *m)
@@ -347,7 +494,7 @@ bool ctl_msg_strings_ok(const struct ctl_msg *m)
     case CTL_MSG_GOODBYE:
         return FIELD_OK(m->u.reason);
     default:
-        return true;
+        return acme_strings_ok(m);
     }
 }
 
@@ -442,6 +589,94 @@ static void heartbeat_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
     }
 }
 
+static void names_to_pb(struct pb_scratch *x, const char (*names)[CTL_DNSNAME_MAX], size_t n,
+                        char ***out, size_t *n_out)
+{
+    for (size_t i = 0; i < n; i++)
+        x->names[i] = (char *)names[i];
+    *out = x->names;
+    *n_out = n;
+}
+
+/* ACME messages; counts are checked here, strings by ctl_msg_strings_ok. */
+static int acme_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
+{
+    switch (m->type) {
+    case CTL_MSG_CERT_STATUS: {
+        const struct ctl_cert_status *c = &m->u.cert_status;
+        Edgectl__CertStatus *pb = &x->m.cert_status;
+        if (c->n_names > CTL_DNSNAMES_MAX)
+            return -EINVAL;
+        edgectl__cert_status__init(pb);
+        names_to_pb(x, c->names, c->n_names, &pb->names, &pb->n_names);
+        pb->not_before = c->not_before;
+        pb->not_after = c->not_after;
+        pb->serial = (char *)c->serial;
+        pb->self_signed = c->self_signed;
+        pb->error = (char *)c->error;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CERT_STATUS;
+        x->env.cert_status = pb;
+        return 0;
+    }
+    case CTL_MSG_CSR_REQUEST: {
+        const struct ctl_csr_request *r = &m->u.csr_request;
+        Edgectl__CsrRequest *pb = &x->m.csr_request;
+        if (r->n_names > CTL_DNSNAMES_MAX)
+            return -EINVAL;
+        edgectl__csr_request__init(pb);
+        pb->order_id = (char *)r->order_id;
+        names_to_pb(x, r->names, r->n_names, &pb->names, &pb->n_names);
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CSR_REQUEST;
+        x->env.csr_request = pb;
+        return 0;
+    }
+    case CTL_MSG_CSR: {
+        const struct ctl_csr *c = &m->u.csr;
+        Edgectl__Csr *pb = &x->m.csr;
+        if (c->der_len > CTL_CSR_MAX)
+            return -EINVAL;
+        edgectl__csr__init(pb);
+        pb->order_id = (char *)c->order_id;
+        pb->der.data = (uint8_t *)c->der;
+        pb->der.len = c->der_len;
+        pb->error = (char *)c->error;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CSR;
+        x->env.csr = pb;
+        return 0;
+    }
+    case CTL_MSG_CERT_ISSUED:
+        edgectl__cert_issued__init(&x->m.cert_issued);
+        x->m.cert_issued.order_id = (char *)m->u.cert_issued.order_id;
+        x->m.cert_issued.chain_pem = (char *)m->u.cert_issued.chain_pem;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CERT_ISSUED;
+        x->env.cert_issued = &x->m.cert_issued;
+        return 0;
+    case CTL_MSG_CHALLENGE: {
+        const struct ctl_challenge *c = &m->u.challenge;
+        Edgectl__Challenge *pb = &x->m.challenge;
+        edgectl__challenge__init(pb);
+        pb->kind = (Edgectl__ChallengeKind)c->kind;
+        pb->name = (char *)c->name;
+        pb->token = (char *)c->token;
+        pb->key_authorization = (char *)c->key_authorization;
+        pb->remove = c->remove;
+        pb->expires = c->expires;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CHALLENGE;
+        x->env.challenge = pb;
+        return 0;
+    }
+    case CTL_MSG_CHALLENGE_READY:
+        edgectl__challenge_ready__init(&x->m.challenge_ready);
+        x->m.challenge_ready.token = (char *)m->u.challenge_ready.token;
+        x->m.challenge_ready.error = (char *)m->u.challenge_ready.error;
+        x->env.msg_case = EDGECTL__ENVELOPE__MSG_CHALLENGE_READY;
+        x->env.challenge_ready = &x->m.challenge_ready;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
 static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
 {
     if (!ctl_msg_strings_ok(m))
@@ -486,13 +721,13 @@ static int msg_to_pb(struct pb_scratch *x, const struct ctl_msg *m)
         x->env.msg_case = EDGECTL__ENVELOPE__MSG_GOODBYE;
         x->env.goodbye = &x->m.bye;
         return 0;
-    case CTL_MSG_CERT_STATUS: /* ACME messages: not encoded yet */
+    case CTL_MSG_CERT_STATUS:
     case CTL_MSG_CSR_REQUEST:
     case CTL_MSG_CSR:
     case CTL_MSG_CERT_ISSUED:
     case CTL_MSG_CHALLENGE:
     case CTL_MSG_CHALLENGE_READY:
-        break;
+        return acme_to_pb(x, m);
     }
     return -EINVAL;
 }

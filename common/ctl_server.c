@@ -250,6 +250,12 @@ static int peer_on_frame(const struct ctl_msg *m, void *arg)
     case CTL_MSG_REPORT:
         peer_on_report(p, &m->u.report);
         return 0;
+    case CTL_MSG_CERT_STATUS:
+    case CTL_MSG_CSR:
+    case CTL_MSG_CHALLENGE_READY:
+        if (s->cb.on_acme)
+            s->cb.on_acme(p, m, s->arg);
+        return 0;
     case CTL_MSG_PING: {
         struct ctl_msg pong = {.type = CTL_MSG_PONG, .u.seq = m->u.seq};
         peer_send(p, &pong);
@@ -624,6 +630,24 @@ int ctl_peer_send_drain(struct ctl_peer *p, uint32_t deadline_ms)
         return -EINVAL;
     struct ctl_msg m = {.type = CTL_MSG_DRAIN, .u.drain_deadline_ms = deadline_ms};
     return peer_send(p, &m);
+}
+
+int ctl_peer_send(struct ctl_peer *p, const struct ctl_msg *m)
+{
+    if (!p || !m)
+        return -EINVAL;
+    if (m->type != CTL_MSG_CSR_REQUEST && m->type != CTL_MSG_CERT_ISSUED &&
+        m->type != CTL_MSG_CHALLENGE)
+        return -EINVAL;
+    /* Encoded first: a message that cannot be (a bad string) fails alone and leaves the
+     * connection up, as a failed write would not. */
+    uint8_t *frame;
+    ssize_t n = ctl_frame_alloc(m, &frame);
+    if (n < 0)
+        return (int)n;
+    int rc = peer_send_frame(p, frame, (size_t)n);
+    free(frame);
+    return rc;
 }
 
 void ctl_peer_close(struct ctl_peer *p, const char *why)

@@ -41,6 +41,10 @@ struct world {
     struct addr addr;
     struct edge e[2];
     int hellos, gone, srv_reports;
+    /* ACME exchange: what each side received, in order */
+    enum ctl_msg_type srv_acme[8], edge_acme[8];
+    int n_srv_acme, n_edge_acme;
+    struct ctl_msg *last_srv_acme;
     int phase;
     bool timed_out;
 };
@@ -114,10 +118,14 @@ static const struct ctl_client_cbs edge_cbs = {
     .on_report = e_report,
 };
 
+static void on_srv_acme(struct ctl_peer *p, const struct ctl_msg *m, void *arg);
+
 static int server_start(struct world *w)
 {
-    static const struct ctl_server_cbs cbs = {
-        .on_hello = on_hello, .on_report = on_srv_report, .on_gone = on_gone};
+    static const struct ctl_server_cbs cbs = {.on_hello = on_hello,
+                                              .on_report = on_srv_report,
+                                              .on_gone = on_gone,
+                                              .on_acme = on_srv_acme};
     struct ctl_server_opts o = {.listen = w->addr,
                                 .tls = w->srv_tls,
                                 .heartbeat_ms = 100,
@@ -369,6 +377,124 @@ static void bad_options_are_refused(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- ACME plumbing: the edge's handler after Welcome, both directions of the exchange,
+ * and an edge without a handler answering for itself ---- */
+
+static void on_srv_acme(struct ctl_peer *p, const struct ctl_msg *m, void *arg)
+{
+    struct world *w = arg;
+    if (w->n_srv_acme < 8)
+        w->srv_acme[w->n_srv_acme++] = m->type;
+    if (!w->last_srv_acme)
+        w->last_srv_acme = malloc(sizeof *w->last_srv_acme);
+    *w->last_srv_acme = *m;
+    struct ctl_msg *r = calloc(1, sizeof *r);
+    if (m->type == CTL_MSG_CERT_STATUS) {
+        assert_string_equal(m->u.cert_status.names[0], "av.lab.test");
+        /* Director -> edge types only; an edge -> Director type is refused. */
+        r->type = CTL_MSG_CSR;
+        assert_int_equal(ctl_peer_send(p, r), -EINVAL);
+        /* A string the edge would refuse fails this send alone. */
+        r->type = CTL_MSG_CSR_REQUEST;
+        strcpy(r->u.csr_request.order_id, "o\n1");
+        assert_int_equal(ctl_peer_send(p, r), -EINVAL);
+        strcpy(r->u.csr_request.order_id, "o1");
+        strcpy(r->u.csr_request.names[0], "av.lab.test");
+        r->u.csr_request.n_names = 1;
+        assert_int_equal(ctl_peer_send(p, r), 0);
+    } else if (m->type == CTL_MSG_CSR && m->u.csr.der_len) {
+        assert_string_equal(m->u.csr.order_id, "o1");
+        r->type = CTL_MSG_CHALLENGE;
+        r->u.challenge.kind = CTL_CHALLENGE_HTTP_01;
+        strcpy(r->u.challenge.token, "tok");
+        assert_int_equal(ctl_peer_send(p, r), 0);
+    }
+    free(r);
+}
+
+static void edge_acme(const struct ctl_msg *m, void *arg)
+{
+    struct edge *e = arg;
+    struct world *w = e->w;
+    if (w->n_edge_acme < 8)
+        w->edge_acme[w->n_edge_acme++] = m->type;
+    struct ctl_msg *r = calloc(1, sizeof *r);
+    if (m->type == CTL_MSG_WELCOME) {
+        r->type = CTL_MSG_CSR_REQUEST; /* not an edge -> Director type */
+        assert_int_equal(ctl_client_send(e->c, r), -EINVAL);
+        r->type = CTL_MSG_CERT_STATUS;
+        strcpy(r->u.cert_status.names[0], "bad\x01");
+        r->u.cert_status.n_names = 1;
+        assert_int_equal(ctl_client_send(e->c, r), -EINVAL); /* and the connection stays */
+        strcpy(r->u.cert_status.names[0], "av.lab.test");
+        assert_int_equal(ctl_client_send(e->c, r), 0);
+    } else if (m->type == CTL_MSG_CSR_REQUEST) {
+        r->type = CTL_MSG_CSR;
+        strcpy(r->u.csr.order_id, m->u.csr_request.order_id);
+        r->u.csr.der_len = 3;
+        assert_int_equal(ctl_client_send(e->c, r), 0);
+    } else if (m->type == CTL_MSG_CHALLENGE) {
+        /* Unregister: the next message (acme_step's) is answered by the client itself. */
+        ctl_client_set_acme_handler(e->c, NULL, NULL);
+    }
+    free(r);
+}
+
+static void send_to_each(struct ctl_peer *p, void *arg)
+{
+    struct ctl_msg *m = arg;
+    assert_int_equal(ctl_peer_send(p, m), 0);
+}
+
+static void acme_step(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    if (w->phase == 0 && w->n_edge_acme == 3) {
+        /* The handler is gone: a CsrRequest is refused by the client with a Csr error. */
+        struct ctl_msg *m = calloc(1, sizeof *m);
+        m->type = CTL_MSG_CSR_REQUEST;
+        strcpy(m->u.csr_request.order_id, "o2");
+        ctl_server_foreach(w->srv, send_to_each, m);
+        free(m);
+        w->phase = 1;
+    } else if (w->phase == 1 && w->n_srv_acme == 3) {
+        w->phase = 2;
+        uv_stop(&w->loop);
+    }
+}
+
+static void acme_messages_flow_both_ways(void **state)
+{
+    (void)state;
+    struct world *w = malloc(sizeof *w);
+    world_init(w);
+    assert_int_equal(server_start(w), 0);
+    edge_start(w, 0, "a", false);
+    struct ctl_msg m = {.type = CTL_MSG_CHALLENGE_READY};
+    assert_int_equal(ctl_client_send(w->e[0].c, &m), -ENOTCONN); /* before Welcome */
+    ctl_client_set_acme_handler(w->e[0].c, edge_acme, &w->e[0]);
+    uv_timer_start(&w->step, acme_step, 10, 10);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_false(w->timed_out);
+    assert_int_equal(w->phase, 2);
+    assert_int_equal(w->n_edge_acme, 3);
+    assert_int_equal(w->edge_acme[0], CTL_MSG_WELCOME);
+    assert_int_equal(w->edge_acme[1], CTL_MSG_CSR_REQUEST);
+    assert_int_equal(w->edge_acme[2], CTL_MSG_CHALLENGE);
+    assert_int_equal(w->n_srv_acme, 3);
+    assert_int_equal(w->srv_acme[0], CTL_MSG_CERT_STATUS);
+    assert_int_equal(w->srv_acme[1], CTL_MSG_CSR);
+    assert_int_equal(w->srv_acme[2], CTL_MSG_CSR);
+    assert_string_equal(w->last_srv_acme->u.csr.order_id, "o2");
+    assert_int_equal(w->last_srv_acme->u.csr.der_len, 0);
+    assert_string_equal(w->last_srv_acme->u.csr.error, "this edge has no acme section enabled");
+    assert_int_equal(w->hellos, 1); /* one connection throughout: no send closed it */
+    assert_int_equal(w->e[0].disconnects, 0);
+    free(w->last_srv_acme);
+    world_fini(w);
+    free(w);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
@@ -378,6 +504,7 @@ int main(void)
         cmocka_unit_test(stop_while_connecting_frees_everything),
         cmocka_unit_test(starts_from_an_edge_director_section),
         cmocka_unit_test(bad_options_are_refused),
+        cmocka_unit_test(acme_messages_flow_both_ways),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }

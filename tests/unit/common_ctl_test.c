@@ -249,8 +249,8 @@ static void garbage_body_is_badmsg(void **state)
     /* A frame that decodes as an empty Envelope carries no message. */
     static const uint8_t empty[] = {0, 0, 0, 0};
     assert_int_equal(ctl_frame_decode(empty, sizeof empty, &m), -EBADMSG);
-    /* A field number this build does not know (Envelope field 15). */
-    static const uint8_t unknown[] = {0, 0, 0, 2, 0x78, 0x01};
+    /* A field number this build does not know (Envelope field 16). */
+    static const uint8_t unknown[] = {0, 0, 0, 3, 0x80, 0x01, 0x01};
     assert_int_equal(ctl_frame_decode(unknown, sizeof unknown, &m), -EBADMSG);
     /* A length that runs past the frame's end. */
     static const uint8_t cut[] = {0, 0, 0, 3, 0x0a, 0x10, 0x08};
@@ -377,6 +377,250 @@ static void alloc_frame_matches_encode_and_fails_cleanly(void **state)
     free(m);
 }
 
+/* ---- ACME messages ---- */
+
+static void acme_messages_round_trip(void **state)
+{
+    (void)state;
+    struct ctl_msg *in = calloc(1, sizeof *in), *out;
+
+    in->type = CTL_MSG_CERT_STATUS;
+    struct ctl_cert_status *cs = &in->u.cert_status;
+    strcpy(cs->names[0], "web.lab.test");
+    strcpy(cs->names[1], "www.lab.test");
+    cs->n_names = 2;
+    cs->not_before = 1700000000;
+    cs->not_after = 1707776000;
+    strcpy(cs->serial, "01:ab:CD");
+    cs->self_signed = true;
+    strcpy(cs->error, "the chain does not match the pending key");
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.cert_status, cs, sizeof *cs);
+    free(out);
+
+    memset(in, 0, sizeof *in);
+    in->type = CTL_MSG_CSR_REQUEST;
+    strcpy(in->u.csr_request.order_id, "order-7");
+    for (int i = 0; i < CTL_DNSNAMES_MAX; i++)
+        snprintf(in->u.csr_request.names[i], CTL_DNSNAME_MAX, "n%d.lab.test", i);
+    in->u.csr_request.n_names = CTL_DNSNAMES_MAX;
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.csr_request, &in->u.csr_request, sizeof in->u.csr_request);
+    free(out);
+
+    memset(in, 0, sizeof *in);
+    in->type = CTL_MSG_CSR;
+    strcpy(in->u.csr.order_id, "order-7");
+    for (size_t i = 0; i < CTL_CSR_MAX; i++)
+        in->u.csr.der[i] = (uint8_t)(i * 7);
+    in->u.csr.der_len = CTL_CSR_MAX;
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.csr, &in->u.csr, sizeof in->u.csr);
+    free(out);
+
+    memset(in, 0, sizeof *in);
+    in->type = CTL_MSG_CERT_ISSUED;
+    strcpy(in->u.cert_issued.order_id, "order-7");
+    /* The longest chain there is room for, line ends included. */
+    char *pem = in->u.cert_issued.chain_pem;
+    for (size_t i = 0; i < CTL_CHAIN_MAX - 1; i++)
+        pem[i] = i % 65 == 64 ? '\n' : (char)('A' + i % 26);
+    pem[CTL_CHAIN_MAX - 3] = '\r';
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.cert_issued, &in->u.cert_issued, sizeof in->u.cert_issued);
+    free(out);
+
+    memset(in, 0, sizeof *in);
+    in->type = CTL_MSG_CHALLENGE;
+    in->u.challenge.kind = CTL_CHALLENGE_TLS_ALPN_01;
+    strcpy(in->u.challenge.name, "conf.lab.test");
+    strcpy(in->u.challenge.token, "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA");
+    strcpy(in->u.challenge.key_authorization,
+           "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI");
+    in->u.challenge.remove = true;
+    in->u.challenge.expires = 1700003600;
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.challenge, &in->u.challenge, sizeof in->u.challenge);
+    free(out);
+
+    memset(in, 0, sizeof *in);
+    in->type = CTL_MSG_CHALLENGE_READY;
+    strcpy(in->u.challenge_ready.token, "tok");
+    strcpy(in->u.challenge_ready.error, "no such name here");
+    out = roundtrip(in);
+    assert_memory_equal(&out->u.challenge_ready, &in->u.challenge_ready,
+                        sizeof in->u.challenge_ready);
+    free(out);
+    free(in);
+}
+
+/* Appends a protobuf varint. */
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n] = (uint8_t)(v & 0x7f);
+        v >>= 7;
+        if (v)
+            p[n] |= 0x80;
+        n++;
+    } while (v);
+    return n;
+}
+
+/* A frame holding Envelope field env_field = a message with one length-delimited field
+ * inner_field, repeated `times`, each holding len bytes of fill (or of data when given). */
+static size_t make_frame(uint8_t *f, unsigned env_field, unsigned inner_field, size_t times,
+                         const void *data, size_t len, int fill)
+{
+    static uint8_t inner[CTL_FRAME_MAX];
+    size_t n = 0;
+    for (size_t t = 0; t < times; t++) {
+        n += put_varint(inner + n, inner_field << 3 | 2);
+        n += put_varint(inner + n, len);
+        if (data)
+            memcpy(inner + n, data, len);
+        else
+            memset(inner + n, fill, len);
+        n += len;
+    }
+    size_t k = 4;
+    k += put_varint(f + k, env_field << 3 | 2);
+    k += put_varint(f + k, n);
+    memcpy(f + k, inner, n);
+    k += n;
+    uint32_t body = (uint32_t)(k - 4);
+    f[0] = (uint8_t)(body >> 24), f[1] = (uint8_t)(body >> 16);
+    f[2] = (uint8_t)(body >> 8), f[3] = (uint8_t)body;
+    return k;
+}
+
+/* Each limit of ctl.h holds on the wire: exactly at the limit decodes, one past is
+ * -EBADMSG (strings keep a byte for the NUL). */
+static void acme_limits_are_enforced_when_decoding(void **state)
+{
+    (void)state;
+    static uint8_t f[CTL_FRAME_MAX];
+    struct ctl_msg *m = malloc(sizeof *m);
+    size_t n;
+    struct {
+        unsigned env, field;
+        size_t max; /* longest accepted */
+        enum ctl_msg_type type;
+    } strs[] = {
+        {10, 1, CTL_DNSNAME_MAX - 1, CTL_MSG_CERT_STATUS},  /* names[] */
+        {10, 4, 99, CTL_MSG_CERT_STATUS},                   /* serial */
+        {10, 6, CTL_NOTE_MAX - 1, CTL_MSG_CERT_STATUS},     /* error */
+        {11, 1, CTL_ID_MAX - 1, CTL_MSG_CSR_REQUEST},       /* order_id */
+        {11, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CSR_REQUEST},  /* names[] */
+        {12, 1, CTL_ID_MAX - 1, CTL_MSG_CSR},               /* order_id */
+        {12, 2, CTL_CSR_MAX, CTL_MSG_CSR},                  /* der (bytes: no NUL) */
+        {12, 3, CTL_NOTE_MAX - 1, CTL_MSG_CSR},             /* error */
+        {13, 1, CTL_ID_MAX - 1, CTL_MSG_CERT_ISSUED},       /* order_id */
+        {13, 2, CTL_CHAIN_MAX - 1, CTL_MSG_CERT_ISSUED},    /* chain_pem */
+        {14, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CHALLENGE},    /* name */
+        {14, 3, CTL_TOKEN_MAX - 1, CTL_MSG_CHALLENGE},      /* token */
+        {14, 4, CTL_KEYAUTH_MAX - 1, CTL_MSG_CHALLENGE},    /* key_authorization */
+        {15, 1, CTL_TOKEN_MAX - 1, CTL_MSG_CHALLENGE_READY}, /* token */
+        {15, 2, CTL_NOTE_MAX - 1, CTL_MSG_CHALLENGE_READY}, /* error */
+    };
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        n = make_frame(f, strs[i].env, strs[i].field, 1, NULL, strs[i].max, 'a');
+        assert_int_equal(ctl_frame_decode(f, n, m), (ssize_t)n);
+        assert_int_equal(m->type, strs[i].type);
+        n = make_frame(f, strs[i].env, strs[i].field, 1, NULL, strs[i].max + 1, 'a');
+        assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    }
+    /* Lists of names: CTL_DNSNAMES_MAX fit, one more does not. */
+    n = make_frame(f, 10, 1, CTL_DNSNAMES_MAX, NULL, 10, 'x');
+    assert_int_equal(ctl_frame_decode(f, n, m), (ssize_t)n);
+    assert_int_equal(m->u.cert_status.n_names, CTL_DNSNAMES_MAX);
+    n = make_frame(f, 10, 1, CTL_DNSNAMES_MAX + 1, NULL, 10, 'x');
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    n = make_frame(f, 11, 2, CTL_DNSNAMES_MAX + 1, NULL, 10, 'x');
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    free(m);
+}
+
+static void acme_text_is_checked_when_decoding(void **state)
+{
+    (void)state;
+    static uint8_t f[1024];
+    struct ctl_msg *m = malloc(sizeof *m);
+    size_t n;
+    /* A name, token or error with a control character does not decode ... */
+    n = make_frame(f, 11, 2, 1, "a.test\nx", 8, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    n = make_frame(f, 14, 3, 1, "t\x1b[1m", 5, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    n = make_frame(f, 15, 2, 1, "\xc3", 1, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    /* ... while a PEM chain has line ends, and only printable ASCII besides. */
+    static const char pem[] = "-----BEGIN CERTIFICATE-----\r\nMIIB\n-----END CERTIFICATE-----\n";
+    n = make_frame(f, 13, 2, 1, pem, sizeof pem - 1, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), (ssize_t)n);
+    assert_string_equal(m->u.cert_issued.chain_pem, pem);
+    n = make_frame(f, 13, 2, 1, "MIIB\tx\n", 7, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    n = make_frame(f, 13, 2, 1, "caf\xc3\xa9\n", 6, 0);
+    assert_int_equal(ctl_frame_decode(f, n, m), -EBADMSG);
+    /* An unknown challenge kind decodes as unknown (the edge answers it with an error). */
+    static const uint8_t kind9[] = {0, 0, 0, 4, 0x72, 0x02, 0x08, 0x09};
+    assert_int_equal(ctl_frame_decode(kind9, sizeof kind9, m), sizeof kind9);
+    assert_int_equal(m->type, CTL_MSG_CHALLENGE);
+    assert_int_equal(m->u.challenge.kind, CTL_CHALLENGE_UNKNOWN);
+    /* A message field sent with the wrong wire type is garbage. */
+    static const uint8_t wrong[] = {0, 0, 0, 2, 0x68, 0x01};
+    assert_int_equal(ctl_frame_decode(wrong, sizeof wrong, m), -EBADMSG);
+    free(m);
+}
+
+static void acme_encode_refuses_what_would_not_decode(void **state)
+{
+    (void)state;
+    static uint8_t out[CTL_FRAME_MAX + 4];
+    struct ctl_msg *m = calloc(1, sizeof *m);
+    m->type = CTL_MSG_CERT_STATUS;
+    m->u.cert_status.n_names = CTL_DNSNAMES_MAX + 1;
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    m->u.cert_status.n_names = 1;
+    strcpy(m->u.cert_status.names[0], "bad\nname");
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    strcpy(m->u.cert_status.names[0], "ok.test");
+    memset(m->u.cert_status.serial, '1', sizeof m->u.cert_status.serial); /* unterminated */
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+
+    memset(m, 0, sizeof *m);
+    m->type = CTL_MSG_CSR_REQUEST;
+    m->u.csr_request.n_names = CTL_DNSNAMES_MAX + 1;
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+
+    memset(m, 0, sizeof *m);
+    m->type = CTL_MSG_CSR;
+    m->u.csr.der_len = CTL_CSR_MAX + 1;
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+
+    memset(m, 0, sizeof *m);
+    m->type = CTL_MSG_CERT_ISSUED;
+    memset(m->u.cert_issued.chain_pem, 'A', sizeof m->u.cert_issued.chain_pem);
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    strcpy(m->u.cert_issued.chain_pem, "A\x01");
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+
+    memset(m, 0, sizeof *m);
+    m->type = CTL_MSG_CHALLENGE;
+    strcpy(m->u.challenge.key_authorization, "tok.\x7f");
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+
+    memset(m, 0, sizeof *m);
+    m->type = CTL_MSG_CHALLENGE_READY;
+    strcpy(m->u.challenge_ready.error, "tab\there");
+    assert_int_equal(ctl_frame_encode(m, out, sizeof out), -EINVAL);
+    strcpy(m->u.challenge_ready.error, "");
+    assert_true(ctl_frame_encode(m, out, sizeof out) > 0);
+    free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -396,6 +640,10 @@ int main(void)
         cmocka_unit_test(text_must_be_utf8_without_controls),
         cmocka_unit_test(bad_strings_fail_one_message_not_the_connection),
         cmocka_unit_test(alloc_frame_matches_encode_and_fails_cleanly),
+        cmocka_unit_test(acme_messages_round_trip),
+        cmocka_unit_test(acme_limits_are_enforced_when_decoding),
+        cmocka_unit_test(acme_text_is_checked_when_decoding),
+        cmocka_unit_test(acme_encode_refuses_what_would_not_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
