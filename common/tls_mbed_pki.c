@@ -449,10 +449,16 @@ static int64_t unix_time(const mbedtls_x509_time *t)
     return (int64_t)timegm(&tm);
 }
 
+/* The serial's magnitude as openssl x509 -serial prints it (tls.h): without the 00 byte DER
+ * puts before a first byte of 0x80 or more. */
 static void serial_hex(const unsigned char *p, size_t n, char *out, size_t cap)
 {
     size_t o = 0;
     out[0] = '\0';
+    while (n > 1 && p[0] == 0) {
+        p++;
+        n--;
+    }
     for (size_t i = 0; i < n && o + 4 <= cap; i++)
         o += (size_t)snprintf(out + o, cap - o, i ? ":%02X" : "%02X", p[i]);
 }

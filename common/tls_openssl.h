@@ -1,9 +1,10 @@
 /* Internal to the OpenSSL 3 backend of common/tls.h (make TLS=openssl; the default build
- * uses common/tls_mbed_*.c): the types its three files share. tls_openssl_cert.c loads,
- * names and makes certificates, tls_openssl_ctx.c builds contexts (and their callbacks),
- * tls_openssl_conn.c runs connections. TLS 1.3 and 1.2, TLS 1.3 0-RTT off, renegotiation
- * off. The only files that include OpenSSL headers; what does not depend on the library is
- * in tls_shared.c and tls_sniff.c. Not for use outside common/tls_openssl_*.c.
+ * uses common/tls_mbed_*.c): the types its files share. tls_openssl_cert.c loads and names
+ * certificates, tls_openssl_pki.c makes keys, requests and certificates (pki.h),
+ * tls_openssl_ctx.c builds contexts (and their callbacks), tls_openssl_conn.c runs
+ * connections. TLS 1.3 and 1.2, TLS 1.3 0-RTT off, renegotiation off. The only files that
+ * include OpenSSL headers; what does not depend on the library is in tls_shared.c and
+ * tls_sniff.c. Not for use outside common/tls_openssl_*.c.
  *
  * Memory: SSL_MODE_RELEASE_BUFFERS gives the record buffers back whenever a connection has
  * nothing buffered, and a custom BIO writes straight into the conn's byte queues (no
@@ -98,13 +99,30 @@ bool tls_ossl_cert_matches(const struct tls_cert *tc, const char *name, size_t l
 int tls_ossl_cert_names(struct tls_cert *tc);
 /* PEM callback that refuses encrypted keys. */
 int tls_ossl_no_password(char *buf, int size, int rw, void *u);
+/* The certificates of PEM text (NUL counted in n), up to the first that does not parse, or
+ * one DER certificate, pushed on out; at least one or -EINVAL. what names the source in err
+ * ("/etc/x.pem: not a valid ..."). */
+int tls_ossl_parse_certs(const unsigned char *b, size_t n, const char *what, STACK_OF(X509) * out,
+                         char *err, size_t cap);
+/* An unencrypted private key, PEM (NUL counted in n) or DER. */
+int tls_ossl_parse_key(const unsigned char *b, size_t n, const char *what, EVP_PKEY **out,
+                       char *err, size_t cap);
 /* The CA bundle (file or directory) into c's store. */
 int tls_ossl_load_ca(struct tls_ctx *c, const char *path, char *err, size_t cap);
 /* Certificate i of the options: chain, key (checked against each other), names. */
 int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size_t i, char *err,
                        size_t cap);
+
+/* ---- tls_openssl_pki.c (common/pki.h) ---- */
+
+struct pki_cert_info;
 /* An ECDSA P-256 key and a self-signed certificate for name (CN and SAN). */
 int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err, size_t cap);
+/* pki_chain_inspect on buffers (PEM with the NUL counted, or DER), for tls_cert_inspect too:
+ * crt_what and key_what name them in err. key may be NULL. */
+int tls_ossl_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
+                     const unsigned char *key, size_t key_len, const char *key_what,
+                     struct pki_cert_info *info, char *err, size_t cap);
 
 /* ---- tls_openssl_conn.c ---- */
 

@@ -1,9 +1,10 @@
 /* Certificates for the OpenSSL backend (tls_openssl.h): loading files, the names a
- * certificate carries, fingerprints, self-signed certificates, tls_cert_inspect. */
+ * certificate carries, fingerprints, tls_cert_inspect (tls_openssl_pki.c writes certificates
+ * and reads what they say). */
 #include "common/certname.h"
+#include "common/pki.h"
 #include "common/tls_openssl.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -158,16 +159,10 @@ int tls_ossl_no_password(char *buf, int size, int rw, void *u)
 
 /* ---- context ---- */
 
-/* Reads the certificates of a PEM (or DER) file. A CA bundle (bundle = true) may hold a few
- * certificates that do not parse: it is accepted if at least one loads. */
-static int load_certs(const char *path, bool bundle, STACK_OF(X509) * out, char *err, size_t cap)
+int tls_ossl_parse_certs(const unsigned char *b, size_t n, const char *what, STACK_OF(X509) * out,
+                         char *err, size_t cap)
 {
-    unsigned char *b;
-    size_t n;
-    int rc = tls_read_file(path, &b, &n, err, cap);
-    if (rc)
-        return rc;
-    BIO *bio = BIO_new_mem_buf(b, (int)(n - 1));
+    BIO *bio = n > 1 ? BIO_new_mem_buf(b, (int)(n - 1)) : NULL;
     int got = 0;
     X509 *x;
     while (bio && (x = PEM_read_bio_X509(bio, NULL, tls_ossl_no_password, NULL)) != NULL) {
@@ -186,15 +181,50 @@ static int load_certs(const char *path, bool bundle, STACK_OF(X509) * out, char 
                 got++;
         }
     }
-    free(b);
     if (got > 0) {
         ERR_clear_error();
         return 0;
     }
     char e[128];
-    tls_errf(err, cap, "%s: not a valid certificate (%s)", path,
+    tls_errf(err, cap, "%s: not a valid certificate (%s)", what,
              n <= 1 ? "empty file" : tls_ossl_str(e, sizeof e));
     return -EINVAL;
+}
+
+/* Reads the certificates of a PEM (or DER) file. A CA bundle (bundle = true) may hold a few
+ * certificates that do not parse: it is accepted if at least one loads. */
+static int load_certs(const char *path, bool bundle, STACK_OF(X509) * out, char *err, size_t cap)
+{
+    unsigned char *b;
+    size_t n;
+    int rc = tls_read_file(path, &b, &n, err, cap);
+    if (rc)
+        return rc;
+    (void)bundle; /* a bundle is read as a chain: up to its first bad certificate */
+    rc = tls_ossl_parse_certs(b, n, path, out, err, cap);
+    free(b);
+    return rc;
+}
+
+int tls_ossl_parse_key(const unsigned char *b, size_t n, const char *what, EVP_PKEY **out,
+                       char *err, size_t cap)
+{
+    BIO *bio = n > 1 ? BIO_new_mem_buf(b, (int)(n - 1)) : NULL;
+    EVP_PKEY *k = bio ? PEM_read_bio_PrivateKey(bio, NULL, tls_ossl_no_password, NULL) : NULL;
+    BIO_free(bio);
+    if (!k && n > 1) {
+        const unsigned char *p = b;
+        k = d2i_AutoPrivateKey(NULL, &p, (long)(n - 1));
+    }
+    if (!k) {
+        char e[128];
+        tls_errf(err, cap, "%s: not a valid private key (%s)", what,
+                 n <= 1 ? "empty" : tls_ossl_str(e, sizeof e));
+        return -EINVAL;
+    }
+    ERR_clear_error();
+    *out = k;
+    return 0;
 }
 
 static int load_key(EVP_PKEY **out, const char *path, char *err, size_t cap)
@@ -204,23 +234,10 @@ static int load_key(EVP_PKEY **out, const char *path, char *err, size_t cap)
     int rc = tls_read_file(path, &b, &n, err, cap);
     if (rc)
         return rc;
-    BIO *bio = BIO_new_mem_buf(b, (int)(n - 1));
-    EVP_PKEY *k = bio ? PEM_read_bio_PrivateKey(bio, NULL, tls_ossl_no_password, NULL) : NULL;
-    BIO_free(bio);
-    if (!k && n > 1) {
-        const unsigned char *p = b;
-        k = d2i_AutoPrivateKey(NULL, &p, (long)(n - 1));
-    }
+    rc = tls_ossl_parse_key(b, n, path, out, err, cap);
     OPENSSL_cleanse(b, n);
     free(b);
-    if (!k) {
-        char e[128];
-        tls_errf(err, cap, "%s: not a valid private key (%s)", path, tls_ossl_str(e, sizeof e));
-        return -EINVAL;
-    }
-    ERR_clear_error();
-    *out = k;
-    return 0;
+    return rc;
 }
 
 /* The CA bundle into the context's store (a file, or every file of a directory). A server
@@ -266,61 +283,6 @@ int tls_ossl_load_ca(struct tls_ctx *c, const char *path, char *err, size_t cap)
     return rc;
 }
 
-static int add_ext(X509 *x, int nid, const char *value)
-{
-    X509V3_CTX v;
-    X509V3_set_ctx_nodb(&v);
-    X509V3_set_ctx(&v, x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v, nid, value);
-    int ok = e && X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    return ok ? 0 : -1;
-}
-
-/* An ECDSA P-256 key and a self-signed certificate for name, valid for a year, with name as
- * CN and dNSName (iPAddress for an IP literal). */
-int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err, size_t cap)
-{
-    int rc = tls_check_self_signed_name(name, err, cap);
-    if (rc)
-        return rc;
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    BIGNUM *bn = NULL;
-    unsigned char rnd[16], ip[16];
-    char san[256];
-    bool isip = inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1;
-    snprintf(san, sizeof san, "%s:%s", isip ? "IP" : "DNS", name);
-    bool ok = k && x && RAND_bytes(rnd, sizeof rnd) == 1;
-    if (ok) {
-        rnd[0] = (unsigned char)((rnd[0] & 0x7f) | 0x01);
-        bn = BN_bin2bn(rnd, sizeof rnd, NULL);
-        X509_NAME *n = X509_get_subject_name(x);
-        ok = bn && X509_set_version(x, X509_VERSION_3) == 1 &&
-             BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL &&
-             X509_gmtime_adj(X509_getm_notBefore(x), -86400) != NULL &&
-             X509_gmtime_adj(X509_getm_notAfter(x), 365L * 86400) != NULL &&
-             X509_set_pubkey(x, k) == 1 &&
-             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
-                                        0) == 1 &&
-             X509_set_issuer_name(x, n) == 1 &&
-             add_ext(x, NID_basic_constraints, "CA:FALSE") == 0 &&
-             add_ext(x, NID_subject_alt_name, san) == 0 && X509_sign(x, k, EVP_sha256()) > 0;
-    }
-    BN_free(bn);
-    if (!ok) {
-        char e[128];
-        tls_errf(err, cap, "cannot generate a self-signed certificate: %s",
-                 tls_ossl_str(e, sizeof e));
-        EVP_PKEY_free(k);
-        X509_free(x);
-        return -EIO;
-    }
-    out->crt = x;
-    out->key = k;
-    return 0;
-}
-
 /* "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256:TLS-AES-128-GCM-SHA256" (mbedTLS/IANA names, '-'
  * or '_') into OpenSSL's TLS 1.2 cipher list and TLS 1.3 suite list. */
 int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size_t i, char *err,
@@ -356,34 +318,19 @@ int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size
 int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
                      char *err, size_t errcap)
 {
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    if (!chain)
-        return -ENOMEM;
-    EVP_PKEY *k = NULL;
-    int rc = load_certs(cert_file, false, chain, err, errcap);
-    X509 *x = rc == 0 ? sk_X509_value(chain, 0) : NULL;
-    if (rc == 0 && key_file) {
-        rc = load_key(&k, key_file, err, errcap);
-        if (rc == 0 && X509_check_private_key(x, k) != 1) {
-            tls_errf(err, errcap, "%s does not match the certificate in %s", key_file, cert_file);
-            rc = -EKEYREJECTED;
-        }
-        ERR_clear_error();
-    }
-    if (rc == 0) {
-        memset(info, 0, sizeof *info);
-        tls_ossl_dn_string(X509_get_subject_name(x), info->subject, sizeof info->subject);
-        const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
-        size_t o = 0;
-        for (int i = 0; i < sn->length && o + 4 <= sizeof info->serial; i++)
-            o += (size_t)snprintf(info->serial + o, sizeof info->serial - o, i ? ":%02X" : "%02X",
-                                  sn->data[i]);
-        struct tm tm;
-        if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
-            info->not_after = (int64_t)timegm(&tm);
-        tls_ossl_fingerprint(x, info->fingerprint);
-    }
-    EVP_PKEY_free(k);
-    sk_X509_pop_free(chain, X509_free);
+    unsigned char *c = NULL, *k = NULL;
+    size_t cn = 0, kn = 0;
+    struct pki_cert_info pi;
+    int rc = tls_read_file(cert_file, &c, &cn, err, errcap);
+    if (rc == 0 && key_file)
+        rc = tls_read_file(key_file, &k, &kn, err, errcap);
+    if (rc == 0)
+        rc = tls_ossl_inspect(c, cn, cert_file, k, kn, key_file, &pi, err, errcap);
+    if (rc == 0)
+        *info = pi.base;
+    free(c);
+    if (k)
+        OPENSSL_cleanse(k, kn);
+    free(k);
     return rc;
 }

@@ -505,7 +505,8 @@ static void chain_from_ca_matches_pending_key(void **st)
     assert_int_equal(pki_chain_inspect(chain, key, &ci, err, sizeof err), 0);
     assert_false(ci.self_signed);
     assert_string_equal(ci.base.subject, "CN=conf.lab.test");
-    assert_string_equal(ci.base.serial, "00:F1:E2");
+    /* as openssl x509 -serial prints it: no 00 sign byte before F1 (tls.h) */
+    assert_string_equal(ci.base.serial, "F1:E2");
     assert_int_equal(ci.n_names, 2);
     assert_string_equal(ci.names[0], "conf.lab.test");
     assert_string_equal(ci.names[1], "av.lab.test");
