@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/acme_challenges.h"
 #include "common/fdlimit.h"
 
 #define STREAM_READ_CHUNK 16384
@@ -17,6 +18,7 @@
 #define STREAM_TLS_READ_MAX 65536
 #define STREAM_WRITE_CAP (256 * 1024)
 #define STREAM_PLAIN_CHUNK 16384
+#define STREAM_ACME_WHY "ACME TLS-ALPN-01 challenge answered"
 
 /* One uv_write in flight: the bytes stay here until write_cb. */
 struct stream_wreq {
@@ -61,6 +63,7 @@ struct stream {
     bool accepted; /* server side: the first bytes must start a TLS ClientHello */
     bool seen_bytes;
     bool reading_now; /* inside on_read: rbuf is in use */
+    bool acme;        /* an ACME TLS-ALPN-01 validation: ends once its handshake is out */
     int close_err;
     char *close_why; /* allocated when closing */
 };
@@ -289,6 +292,10 @@ static void maybe_finish(struct stream *s)
     const uint8_t *p;
     if (out_pending(s, &p))
         return;
+    if (s->acme) { /* the handshake and close_notify are out */
+        stream_close(s, 0, STREAM_ACME_WHY);
+        return;
+    }
     if (s->want_shutdown && !s->shut_sent && s->opened) {
         s->shut_sent = true;
         uv_shutdown_t *req = malloc(sizeof *req);
@@ -444,11 +451,16 @@ static void open_now(struct stream *s)
         s->cb.on_open(s, s->arg);
 }
 
+static bool is_acme(const char *alpn)
+{
+    return alpn && strcmp(alpn, ACME_ALPN_PROTOCOL) == 0;
+}
+
 /* Runs the TLS engine over buffered input and delivers plaintext while the user reads. */
 static void stream_process(struct stream *s)
 {
     uint8_t pt[16384];
-    if (s->in_process)
+    if (s->in_process || s->acme)
         return;
     s->in_process = true;
     while (!s->closing) {
@@ -461,6 +473,14 @@ static void stream_process(struct stream *s)
         /* Paused: finish the handshake but leave data (TLS 1.3 sends it with the client's
          * Finished) in the TLS buffers until reading resumes. */
         ssize_t n = tls_conn_read(s->tls, pt, s->reading ? sizeof pt : 0);
+        if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened &&
+            is_acme(tls_conn_alpn(s->tls))) {
+            /* RFC 8737 3: the validation is the handshake itself. The user never sees the
+             * connection (no on_open, no data); on_close says why with err 0. */
+            s->acme = true;
+            tls_conn_close_notify(s->tls);
+            break; /* flushed below, then closed by maybe_finish */
+        }
         if (!was_done && tls_conn_handshake_done(s->tls) && !s->opened) {
             stream_flush(s); /* Finished goes out before any reply the user writes */
             open_now(s);
@@ -533,7 +553,9 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
         if (n == UV_EOF) {
             s->eof = true;
             uv_read_stop(h);
-            if (!s->opened) {
+            if (s->acme) {
+                stream_close(s, 0, STREAM_ACME_WHY);
+            } else if (!s->opened) {
                 stream_close(s, -ECONNRESET, "peer closed during the handshake");
             } else if (!s->tls && s->cb.on_eof) {
                 /* TCP half-close: the user answers, then shuts down or closes. */
@@ -570,6 +592,8 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
             goto out;
         }
     }
+    if (s->acme) /* whatever the validator sends after its handshake goes nowhere */
+        goto out;
     int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
     if (rc < 0) {
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");

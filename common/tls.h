@@ -156,5 +156,9 @@ bool tls_looks_like_client_hello(const uint8_t *p, size_t len);
  * -EAGAIN if more bytes are needed, -EBADMSG if p does not start with a ClientHello,
  * -ENOSPC if the name does not fit cap. */
 ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap);
+/* Copies the ALPN protocol_name_list of that ClientHello (RFC 7301 3.1: a 2-byte length,
+ * then names each with a 1-byte length) into out. Returns its length, 0 if the hello offers
+ * no ALPN, -EAGAIN, -EBADMSG (as tls_peek_sni; also a malformed list), -ENOSPC. */
+ssize_t tls_peek_alpn(const uint8_t *p, size_t len, uint8_t *out, size_t cap);
 
 #endif

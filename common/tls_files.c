@@ -15,6 +15,7 @@ int tls_files_ctx(struct tls_ctx **out, const struct tls_files_config *f,
         .alpn = u->alpn,
         .handshake_timeout_ms = u->handshake_timeout_ms,
         .session_tickets = true,
+        .acme = u->server ? u->acme : NULL,
     };
     return tls_ctx_create(out, &o, err, errcap);
 }

@@ -44,6 +44,18 @@
 #define TLS_CAN_SLEEP 1
 #else
 #define TLS_CAN_SLEEP 0
+/* ---- tls_mbed_acme.c ---- */
+
+/* Server ctx with a store: builds c->acme_conf (after c->conf), with these suites and groups. */
+int tls_mbed_acme_conf(struct tls_ctx *c, struct acme_challenges *store, const int *suites,
+                       const mbedtls_ecp_group_id *groups, char *err, size_t cap);
+void tls_mbed_acme_conf_free(struct tls_ctx *c);
+/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the whole hello
+ * is fed; then marks a challenge connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
+int tls_mbed_acme_hello(struct tls_conn *c);
+/* Frees a challenge connection's state (after mbedtls_ssl_free). */
+void tls_mbed_acme_free(struct tls_conn *c);
+
 #endif
 
 #define TLS_BUF_IN MBEDTLS_SSL_IN_BUFFER_LEN
@@ -53,9 +65,19 @@
 /* TLS_TICKET_LIFETIME_S (tls_shared.h): mbedTLS starts a new random ticket key every period
  * and keeps the previous one for another period (key lifetime = 2 x ticket lifetime). */
 
+struct acme_challenges;
+
 struct tls_cert {
     mbedtls_x509_crt crt;
     mbedtls_pk_context key;
+};
+
+/* A TLS-ALPN-01 challenge connection (RFC 8737): the challenge certificate it shows,
+ * allocated only for a ClientHello offering just "acme-tls/1". */
+struct tls_acme {
+    mbedtls_x509_crt crt;
+    mbedtls_pk_context key;
+    bool found; /* the store had a challenge for the name */
 };
 
 struct tls_ctx {
@@ -72,6 +94,11 @@ struct tls_ctx {
     bool has_ca;
     mbedtls_ssl_ticket_context ticket;
     mbedtls_ssl_cache_context cache;
+    /* Server with a challenge store (tls_opts.acme): the config a challenge connection
+     * switches to before its ClientHello is parsed (ALPN "acme-tls/1" only, no default
+     * certificate, no client certificate, no resumption, its own SNI callback). */
+    struct acme_challenges *acme;
+    mbedtls_ssl_config *acme_conf;
     const char **alpn;            /* owned, NULL-terminated, strings in the same block */
     int *suites;                  /* 0-terminated */
     mbedtls_ecp_group_id *groups; /* NONE-terminated */
@@ -100,9 +127,15 @@ struct tls_conn {
     bool pooled;    /* the record buffers are one block from the ctx pool */
     size_t in_used; /* bytes of in_buf written since it was taken: wiped on release */
     uint8_t ctr_in[8], ctr_out[8]; /* record sequence numbers while asleep */
-    bool ip_name; /* client: server_name is an IP literal, checked against IP SANs */
-    uint8_t ip[16];
-    size_t iplen;
+    bool ip_name;    /* client: server_name is an IP literal, checked against IP SANs */
+    bool hello_seen; /* server with a challenge store: the ClientHello's ALPN was looked at */
+    union {
+        struct { /* client */
+            uint8_t ip[16];
+            size_t iplen;
+        };
+        struct tls_acme *acme; /* server: a TLS-ALPN-01 challenge connection's state */
+    };
     char *sni;
     struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
     char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
@@ -149,5 +182,17 @@ int tls_mbed_self_signed(mbedtls_ctr_drbg_context *drbg, struct tls_cert *out, c
 int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
                      const unsigned char *key, size_t key_len, const char *key_what,
                      struct pki_cert_info *info, char *err, size_t cap);
+
+/* ---- tls_mbed_acme.c ---- */
+
+/* Server ctx with a store: builds c->acme_conf (after c->conf), with these suites and groups. */
+int tls_mbed_acme_conf(struct tls_ctx *c, struct acme_challenges *store, const int *suites,
+                       const mbedtls_ecp_group_id *groups, char *err, size_t cap);
+void tls_mbed_acme_conf_free(struct tls_ctx *c);
+/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the whole hello
+ * is fed; then marks a challenge connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
+int tls_mbed_acme_hello(struct tls_conn *c);
+/* Frees a challenge connection's state (after mbedtls_ssl_free). */
+void tls_mbed_acme_free(struct tls_conn *c);
 
 #endif

@@ -55,6 +55,10 @@ static int conn_fail(struct tls_conn *c, int rc)
     char buf[128];
     int ret = -EPROTO;
     c->failed = true;
+    if (c->ctx->server && c->acme && !c->acme->found && rc != MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE) {
+        set_err(c, "ACME TLS-ALPN-01: no challenge for %s", c->sni ? c->sni : "a hello without SNI");
+        return ret;
+    }
     switch (rc) {
     case MBEDTLS_ERR_X509_CERT_VERIFY_FAILED:
         describe_verify(c, mbedtls_ssl_get_verify_result(&c->ssl));
@@ -350,6 +354,7 @@ void tls_conn_destroy(struct tls_conn *c)
         conn_release_bufs(c);
 #endif
     mbedtls_ssl_free(&c->ssl);
+    tls_mbed_acme_free(c);
     byteq_free(&c->in);
     byteq_free(&c->out);
     if (c->early.data)
@@ -423,6 +428,15 @@ static void handshake_finished(struct tls_conn *c)
 /* Drives the handshake as far as the buffered input allows. */
 static int conn_handshake(struct tls_conn *c)
 {
+    if (c->ctx->acme_conf && !c->hello_seen) {
+        int rc = tls_mbed_acme_hello(c);
+        if (rc == -ENOMEM) {
+            c->failed = true;
+            set_err(c, "out of memory");
+        }
+        if (rc)
+            return rc;
+    }
     while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
         /* mbedTLS 2.28 has no getter for this; the flag lives until the handshake ends. */
         if (c->ssl.handshake && c->ssl.handshake->resume)

@@ -157,6 +157,7 @@ static void ctx_free(struct tls_ctx *c)
     if (c->server)
         mbedtls_ssl_cache_free(&c->cache);
     mbedtls_ssl_config_free(&c->conf);
+    tls_mbed_acme_conf_free(c);
     for (size_t i = 0; i < c->ncerts; i++) {
         mbedtls_x509_crt_free(&c->certs[i].crt);
         mbedtls_pk_free(&c->certs[i].key);
@@ -385,6 +386,9 @@ int tls_ctx_create(struct tls_ctx **out, const struct tls_opts *o, char *err, si
         rc = ctx_configure(c, o, err, errcap);
     if (rc == 0)
         rc = ctx_sessions(c, o, err, errcap);
+    if (rc == 0 && c->server && o->acme)
+        rc = tls_mbed_acme_conf(c, o->acme, c->suites ? c->suites : default_suites,
+                                c->groups ? c->groups : curves, err, errcap);
     if (rc) {
         ctx_free(c);
         return rc;

@@ -32,6 +32,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+struct acme_challenges;
+
 struct tls_cert {
     X509 *crt;
     STACK_OF(X509) * chain; /* the rest of the PEM file: intermediates */
@@ -54,6 +56,7 @@ struct tls_ctx {
     struct tls_cert *certs;
     size_t ncerts;
     const char **alpn; /* owned, NULL-terminated, strings in the same block */
+    struct acme_challenges *acme; /* server: TLS-ALPN-01 answers (tls_opts.acme), or NULL */
     unsigned char *alpn_wire;
     size_t alpn_wire_len;
     char fingerprint[3 * 32];
@@ -75,7 +78,9 @@ struct tls_conn {
     bool resumed;
     bool failed;
     bool verified;
-    char *name;            /* client: server_name as given (the saved session's key) */
+    bool acme;       /* server: a hello offering just "acme-tls/1" (TLS-ALPN-01) */
+    bool acme_found; /* ... and the store had its challenge certificate */
+    char *name;      /* client: server_name as given (the saved session's key) */
     char *sni;             /* server: name the client asked for */
     struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
     char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
@@ -123,6 +128,11 @@ int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err,
 int tls_ossl_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
                      const unsigned char *key, size_t key_len, const char *key_what,
                      struct pki_cert_info *info, char *err, size_t cap);
+
+/* ---- tls_openssl_acme.c ---- */
+
+/* ClientHello callback of a server ctx with a challenge store (arg: the ctx). */
+int tls_ossl_acme_hello(SSL *ssl, int *alert, void *arg);
 
 /* ---- tls_openssl_conn.c ---- */
 

@@ -1,5 +1,6 @@
 /* Connections for the OpenSSL backend (tls_openssl.h): the handshake and records on the
  * conn's byte queues through a custom BIO, errors in words, the peer's names. */
+#include "common/acme_challenges.h"
 #include "common/tls_openssl.h"
 
 #include <arpa/inet.h>
@@ -63,7 +64,9 @@ static int conn_fail(struct tls_conn *c, int sslerr)
     unsigned long e = ERR_peek_error();
     int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
     char buf[128];
-    if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+    if (c->acme && !c->acme_found) {
+        set_err(c, "ACME TLS-ALPN-01: no challenge for %s", c->sni ? c->sni : "a hello without SNI");
+    } else if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
         unsigned a = (unsigned)(reason - SSL_AD_REASON_OFFSET);
         set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
         ret = -ECONNRESET;
@@ -430,11 +433,15 @@ const char *tls_conn_sni(const struct tls_conn *c)
 
 const char *tls_conn_alpn(const struct tls_conn *c)
 {
-    if (!c || !c->done || !c->ctx->alpn)
+    if (!c || !c->done || (!c->ctx->alpn && !c->acme))
         return NULL;
     const unsigned char *p;
     unsigned int n;
     SSL_get0_alpn_selected(c->ssl, &p, &n);
+    if (c->acme)
+        return p && n == strlen(ACME_ALPN_PROTOCOL) && memcmp(p, ACME_ALPN_PROTOCOL, n) == 0
+                   ? ACME_ALPN_PROTOCOL
+                   : NULL;
     /* The protocol is one of ours: hand out our NUL-terminated copy. */
     for (size_t i = 0; p && c->ctx->alpn[i]; i++)
         if (strlen(c->ctx->alpn[i]) == n && memcmp(c->ctx->alpn[i], p, n) == 0)

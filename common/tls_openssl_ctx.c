@@ -30,6 +30,8 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     size_t len = strlen(name);
     if (len > 255)
         return SSL_TLSEXT_ERR_OK;
+    if (c->acme)
+        return SSL_TLSEXT_ERR_OK; /* the challenge certificate is in place */
     free(c->sni);
     c->sni = strdup(name);
     for (size_t i = 0; i < ctx->ncerts; i++) {
@@ -75,8 +77,15 @@ static int on_verify(int ok, X509_STORE_CTX *xs)
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)ssl;
     struct tls_ctx *ctx = arg;
+    struct tls_conn *c = SSL_get_app_data(ssl);
+    if (c && c->acme) { /* tls_ossl_acme_hello saw it is the only protocol offered */
+        *out = in + 1;
+        *outlen = in[0];
+        return SSL_TLSEXT_ERR_OK;
+    }
+    if (!ctx->alpn) /* only a store made us look: as without a callback */
+        return SSL_TLSEXT_ERR_NOACK;
     /* Our order of preference, as mbedTLS does. */
     for (size_t i = 0; ctx->alpn[i]; i++) {
         size_t l = strlen(ctx->alpn[i]);
@@ -441,6 +450,11 @@ static int ctx_verify_alpn(struct tls_ctx *c, const struct tls_opts *o, char *er
         mode = SSL_VERIFY_PEER;
     SSL_CTX_set_verify(c->ssl, mode, on_verify);
 
+    if (c->server && o->acme) {
+        c->acme = o->acme;
+        SSL_CTX_set_client_hello_cb(c->ssl, tls_ossl_acme_hello, c);
+        SSL_CTX_set_alpn_select_cb(c->ssl, on_alpn, c);
+    }
     if (!o->alpn || !o->alpn[0])
         return 0;
     int rc = copy_alpn(c, o->alpn);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Largest ciphertext a connection accepts ahead of the handshake/decryption: a few full
  * records (tls_conn_feed's -ENOSPC). */
@@ -44,5 +45,13 @@ int tls_check_cert_names(const char *const *names, size_t n, size_t max, char *e
 /* The names of a peer certificate say name (DNS SANs, the CN only when there is none;
  * RFC 6125 wildcards in the first label: cert_names_match). */
 bool tls_peer_has_name(const struct tls_peer *p, const char *name);
+
+/* ClientHello extensions (tls_sniff.c). The host name of a server_name extension body
+ * (RFC 6066 3), as tls_peek_sni returns it. */
+ssize_t tls_sni_ext_name(const uint8_t *ext, size_t len, char *name, size_t cap);
+/* An ALPN extension body (protocol_name_list): the number of names, or -EBADMSG. */
+int tls_alpn_list_check(const uint8_t *ext, size_t len);
+/* Does that list offer proto and nothing else (RFC 8737 3: an ACME server's hello)? */
+bool tls_alpn_only(const uint8_t *ext, size_t len, const char *proto);
 
 #endif

@@ -2,6 +2,7 @@
  * start of a ClientHello, and which host name does it ask for (routing before a certificate
  * is chosen, logs)? Both backends share it; fuzzed by tests/fuzz/fuzz_tls_sni.c. */
 #include "common/tls.h"
+#include "common/tls_shared.h"
 
 #include <errno.h>
 #include <string.h>
@@ -39,8 +40,38 @@ static uint32_t be(const uint8_t *p, size_t n)
     return v;
 }
 
-/* Walks the body of a ClientHello for the host_name in server_name (RFC 6066 3). */
-static ssize_t hello_sni(const uint8_t *b, size_t n, char *name, size_t cap)
+/* The host_name of a server_name extension body (RFC 6066 3). */
+ssize_t tls_sni_ext_name(const uint8_t *b, size_t n, char *name, size_t cap)
+{
+    if (!b || !name || cap == 0)
+        return -EINVAL;
+    name[0] = '\0';
+    if (n < 2 || be(b, 2) != n - 2)
+        return -EBADMSG;
+    for (size_t e = 2; e + 3 <= n;) {
+        size_t nl = be(b + e + 1, 2);
+        if (e + 3 + nl > n)
+            return -EBADMSG;
+        if (b[e] == 0) { /* host_name */
+            if (nl == 0 || nl > 255)
+                return -EBADMSG;
+            for (size_t i = 0; i < nl; i++)
+                if (b[e + 3 + i] <= 0x20 || b[e + 3 + i] >= 0x7f)
+                    return -EBADMSG;
+            if (nl >= cap)
+                return -ENOSPC;
+            memcpy(name, b + e + 3, nl);
+            name[nl] = '\0';
+            return (ssize_t)nl;
+        }
+        e += 3 + nl;
+    }
+    return 0;
+}
+
+/* Finds extension type in the body of a ClientHello: 1 with *ext and *elen set, 0 if the
+ * hello does not have it, -EBADMSG if the hello is malformed up to it. */
+static int hello_ext(const uint8_t *b, size_t n, unsigned type, const uint8_t **ext, size_t *elen)
 {
     size_t o = 2 + 32; /* client_version, random */
     if (n < o + 1)
@@ -60,46 +91,25 @@ static ssize_t hello_sni(const uint8_t *b, size_t n, char *name, size_t cap)
     if (end > n)
         return -EBADMSG;
     for (o += 2; o + 4 <= end;) {
-        size_t type = be(b + o, 2), len = be(b + o + 2, 2);
+        size_t t = be(b + o, 2), len = be(b + o + 2, 2);
         o += 4;
         if (o + len > end)
             return -EBADMSG;
-        if (type == 0) {
-            if (len < 2 || be(b + o, 2) != len - 2)
-                return -EBADMSG;
-            for (size_t e = o + 2; e + 3 <= o + len;) {
-                size_t nl = be(b + e + 1, 2);
-                if (e + 3 + nl > o + len)
-                    return -EBADMSG;
-                if (b[e] == 0) { /* host_name */
-                    if (nl == 0 || nl > 255)
-                        return -EBADMSG;
-                    for (size_t i = 0; i < nl; i++)
-                        if (b[e + 3 + i] <= 0x20 || b[e + 3 + i] >= 0x7f)
-                            return -EBADMSG;
-                    if (nl >= cap)
-                        return -ENOSPC;
-                    memcpy(name, b + e + 3, nl);
-                    name[nl] = '\0';
-                    return (ssize_t)nl;
-                }
-                e += 3 + nl;
-            }
-            return 0;
+        if (t == type) {
+            *ext = b + o;
+            *elen = len;
+            return 1;
         }
         o += len;
     }
     return o == end ? 0 : -EBADMSG;
 }
 
-ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
+/* Gathers the ClientHello at the start of p (it may span several handshake records) into
+ * hs (4 + 16384 bytes); its body length, -EAGAIN or -EBADMSG. */
+static ssize_t gather_hello(const uint8_t *p, size_t len, uint8_t *hs, size_t hscap)
 {
-    uint8_t hs[4 + 16384];
     size_t have = 0, need = 0, off = 0;
-    if (!p || !name || cap == 0)
-        return -EINVAL;
-    name[0] = '\0';
-    /* The ClientHello may span several handshake records; gather its bytes. */
     for (;;) {
         if (len - off < 5)
             return tls_looks_like_client_hello(p + off, len - off) || off ? -EAGAIN : -EBADMSG;
@@ -110,8 +120,8 @@ ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
         if (len - off < 5 + rl)
             return -EAGAIN;
         size_t take = rl;
-        if (have + take > sizeof hs)
-            take = sizeof hs - have;
+        if (have + take > hscap)
+            take = hscap - have;
         memcpy(hs + have, r + 5, take);
         have += take;
         off += 5 + rl;
@@ -119,10 +129,66 @@ ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
             if (hs[0] != 0x01)
                 return -EBADMSG;
             need = 4 + be(hs + 1, 3);
-            if (need > sizeof hs)
+            if (need > hscap)
                 return -EBADMSG;
         }
         if (need && have >= need)
-            return hello_sni(hs + 4, need - 4, name, cap);
+            return (ssize_t)(need - 4);
     }
+}
+
+#define HELLO_MAX (4 + 16384)
+
+ssize_t tls_peek_sni(const uint8_t *p, size_t len, char *name, size_t cap)
+{
+    uint8_t hs[HELLO_MAX];
+    if (!p || !name || cap == 0)
+        return -EINVAL;
+    name[0] = '\0';
+    ssize_t n = gather_hello(p, len, hs, sizeof hs);
+    if (n < 0)
+        return n;
+    const uint8_t *ext;
+    size_t elen;
+    int rc = hello_ext(hs + 4, (size_t)n, 0 /* server_name */, &ext, &elen);
+    return rc <= 0 ? rc : tls_sni_ext_name(ext, elen, name, cap);
+}
+
+int tls_alpn_list_check(const uint8_t *b, size_t n)
+{
+    if (!b || n < 2 || be(b, 2) != n - 2)
+        return -EBADMSG;
+    size_t k = 0;
+    for (size_t o = 2; o < n; o += 1 + (size_t)b[o], k++)
+        if (b[o] == 0 || o + 1 + b[o] > n) /* RFC 7301 3.1: no empty names */
+            return -EBADMSG;
+    return k ? (int)k : -EBADMSG;
+}
+
+bool tls_alpn_only(const uint8_t *b, size_t n, const char *proto)
+{
+    size_t l = proto ? strlen(proto) : 0;
+    return tls_alpn_list_check(b, n) == 1 && b[2] == l && l && memcmp(b + 3, proto, l) == 0;
+}
+
+ssize_t tls_peek_alpn(const uint8_t *p, size_t len, uint8_t *out, size_t cap)
+{
+    uint8_t hs[HELLO_MAX];
+    if (!p || (!out && cap))
+        return -EINVAL;
+    ssize_t n = gather_hello(p, len, hs, sizeof hs);
+    if (n < 0)
+        return n;
+    const uint8_t *ext;
+    size_t elen;
+    int rc = hello_ext(hs + 4, (size_t)n, 16 /* application_layer_protocol_negotiation */, &ext,
+                       &elen);
+    if (rc <= 0)
+        return rc;
+    if (tls_alpn_list_check(ext, elen) < 0)
+        return -EBADMSG;
+    if (elen > cap)
+        return -ENOSPC;
+    memcpy(out, ext, elen);
+    return (ssize_t)elen;
 }

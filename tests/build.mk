@@ -34,3 +34,11 @@ soak: all
 	    python3 -m unittest -v test_soak
 	$(Q)$(MAKE) --no-print-directory soak-reload
 .PHONY: soak
+
+# acme-alpn-serve: a TLS listener with an ACME challenge store filled from its command line,
+# for tests/integ/test_acme_alpn.py (the daemons' stores are filled by the Director only).
+$(BIN)/acme-alpn-serve: $(OBJ)/tests/tools/acme_alpn_serve.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD  $@")
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+all: $(BIN)/acme-alpn-serve

@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
+#include "common/acme_challenges.h"
 #include "common/tls.h"
 
 #define CERTS "build/test-certs"
@@ -1028,6 +1030,234 @@ static void test_idle_connection_memory(void **state)
     tls_ctx_unref(s);
 }
 
+/* ---- ACME TLS-ALPN-01 (RFC 8737) ---- */
+
+/* A challenge certificate for name as the CA would want it (the acmeIdentifier extension
+ * with a digest), made by the openssl CLI; *cert and *key are malloc'd PEMs. */
+static void challenge_pem(const char *name, char **cert, char **key)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=%s -addext subjectAltName=DNS:%s "
+             "-addext 1.3.6.1.5.5.7.1.31=critical,DER:0420%064d "
+             "-keyout " CERTS "/acme-%s.key -out " CERTS "/acme-%s.crt >/dev/null 2>&1 && "
+             "openssl x509 -in " CERTS "/acme-%s.crt -outform DER -out " CERTS "/acme-%s.der",
+             name, name, 7, name, name, name, name);
+    assert_int_equal(system(cmd), 0);
+    char path[256];
+    char **out[2] = {cert, key};
+    const char *ext[2] = {"crt", "key"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, CERTS "/acme-%s.%s", name, ext[i]);
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        *out[i] = calloc(1, 8192);
+        assert_non_null(*out[i]);
+        assert_true(fread(*out[i], 1, 8191, f) > 0);
+        fclose(f);
+    }
+}
+
+/* The server's first flight to a client's hello: in TLS 1.2 (mbedTLS) the ServerHello and
+ * Certificate are in clear. mbedTLS as a client cannot take a challenge certificate (it
+ * refuses the unknown critical acmeIdentifier extension), so the mbedTLS build checks what
+ * the server sent; the OpenSSL build's client takes it whole. */
+static bool flight_has(struct tls_ctx *cctx, struct tls_ctx *sctx, const char *name,
+                       const uint8_t *what, size_t wlen)
+{
+    struct tls_conn *cc, *sc;
+    const uint8_t *p;
+    uint8_t buf[256];
+    assert_int_equal(tls_conn_create(&cc, cctx, name), 0);
+    assert_int_equal(tls_conn_create(&sc, sctx, NULL), 0);
+    size_t n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_conn_feed(sc, p, n), 0);
+    assert_int_equal(tls_conn_read(sc, buf, sizeof buf), -EAGAIN);
+    n = tls_conn_pending(sc, &p);
+    bool found = n >= wlen && memmem(p, n, what, wlen) != NULL;
+    tls_conn_destroy(cc);
+    tls_conn_destroy(sc);
+    return found;
+}
+
+static uint8_t *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    uint8_t *b = malloc(8192);
+    assert_non_null(b);
+    *n = fread(b, 1, 8192, f);
+    fclose(f);
+    return b;
+}
+
+/* A client that trusts nothing (the ACME server checks the certificate itself). */
+static struct tls_ctx *acme_client(const char *const *alpn)
+{
+    struct tls_opts o = {.server = false, .alpn = alpn};
+    return ctx_new(&o);
+}
+
+static void test_acme_tls_alpn(void **state)
+{
+    (void)state;
+    struct acme_challenges *store;
+    assert_int_equal(acme_challenges_create(&store), 0);
+    char *cert, *key;
+    challenge_pem("chal.lab", &cert, &key);
+    assert_int_equal(acme_challenges_set_alpn(store, "chal.lab", cert, key, time(NULL) + 600), 0);
+    const char *sp[] = {"h2", "http/1.1", NULL};
+    struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
+    struct tls_opts so = {.server = true,
+                          .certs = &co,
+                          .ncerts = 1,
+                          .alpn = sp,
+                          .session_tickets = true,
+                          .acme = store};
+    struct tls_ctx *s = ctx_new(&so);
+    const char *acme[] = {"acme-tls/1", NULL};
+    struct tls_ctx *ca = acme_client(acme);
+    struct pair p;
+
+    /* The challenge certificate and the protocol for a name with a challenge. */
+    if (openssl_backend()) {
+        pair_open(&p, ca, s, "CHAL.lab");
+        assert_true(tls_conn_handshake_done(p.cli.c));
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_string_equal(tls_conn_alpn(p.srv.c), "acme-tls/1");
+        assert_string_equal(tls_conn_alpn(p.cli.c), "acme-tls/1");
+        assert_string_equal(tls_conn_peer_cn(p.cli.c), "chal.lab");
+        assert_string_equal(tls_conn_peer_san(p.cli.c, 0), "chal.lab");
+        assert_null(tls_conn_peer_san(p.cli.c, 1));
+        assert_string_equal(tls_conn_sni(p.srv.c), "CHAL.lab");
+        pair_close(&p);
+        /* Again (no resumption into the challenge: the certificate is what is checked). */
+        pair_open(&p, ca, s, "chal.lab");
+        assert_string_equal(tls_conn_peer_cn(p.cli.c), "chal.lab");
+        pair_close(&p);
+    } else {
+        size_t dlen;
+        uint8_t *der = read_all(CERTS "/acme-chal.lab.der", &dlen);
+        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a" "acme-tls/1";
+        assert_true(flight_has(ca, s, "CHAL.lab", der, dlen));
+        assert_true(flight_has(ca, s, "chal.lab", ext, sizeof ext - 1));
+        /* An ordinary client's flight has neither. */
+        struct tls_ctx *plain = acme_client(NULL);
+        assert_false(flight_has(plain, s, "chal.lab", der, dlen));
+        assert_false(flight_has(plain, s, "chal.lab", ext, sizeof ext - 1));
+        tls_ctx_unref(plain);
+        free(der);
+    }
+
+    /* A name without a challenge, or no name: the handshake fails. */
+    pair_open(&p, ca, s, "revproxy");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_false(tls_conn_handshake_done(p.cli.c));
+    assert_non_null(tls_conn_error(p.srv.c));
+    pair_close(&p);
+    pair_open(&p, ca, s, NULL);
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    pair_close(&p);
+    /* Removed, or expired: fails too. */
+    acme_challenges_set_alpn(store, "gone.lab", cert, key, time(NULL) - 1);
+    pair_open(&p, ca, s, "gone.lab");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    pair_close(&p);
+    acme_challenges_remove(store, "chal.lab");
+    pair_open(&p, ca, s, "chal.lab");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    pair_close(&p);
+    acme_challenges_set_alpn(store, "chal.lab", cert, key, time(NULL) + 600);
+    tls_ctx_unref(ca);
+
+    /* Ordinary clients on the same ctx: the normal certificate and their protocol, also
+     * for the challenge name and when they offer acme-tls/1 among others. */
+    const char *h2[] = {"h2", "http/1.1", NULL};
+    const char *mixed[] = {"acme-tls/1", "http/1.1", NULL};
+    const char *const *lists[] = {NULL, h2, mixed};
+    const char *want[] = {NULL, "h2", "http/1.1"};
+    for (int i = 0; i < 3; i++) {
+        struct tls_ctx *c = acme_client(lists[i]);
+        pair_open(&p, c, s, "chal.lab");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_string_equal(tls_conn_peer_cn(p.cli.c), "revproxy");
+        if (want[i])
+            assert_string_equal(tls_conn_alpn(p.srv.c), want[i]);
+        else
+            assert_null(tls_conn_alpn(p.srv.c));
+        pair_close(&p);
+        tls_ctx_unref(c);
+    }
+    tls_ctx_unref(s);
+
+    /* A ctx without ALPN of its own and with a store: ordinary clients offering some
+     * protocol still get through (with none), challenges are still answered. */
+    so.alpn = NULL;
+    s = ctx_new(&so);
+    struct tls_ctx *c = acme_client(h2);
+    pair_open(&p, c, s, "chal.lab");
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_null(tls_conn_alpn(p.srv.c));
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "revproxy");
+    pair_close(&p);
+    tls_ctx_unref(c);
+    ca = acme_client(acme);
+    if (openssl_backend()) {
+        pair_open(&p, ca, s, "chal.lab");
+        assert_true(tls_conn_handshake_done(p.srv.c));
+        assert_string_equal(tls_conn_alpn(p.srv.c), "acme-tls/1");
+        assert_string_equal(tls_conn_peer_cn(p.cli.c), "chal.lab");
+        pair_close(&p);
+    } else {
+        const uint8_t ext[] = "\x00\x10\x00\x0d\x00\x0b\x0a" "acme-tls/1";
+        assert_true(flight_has(ca, s, "chal.lab", ext, sizeof ext - 1));
+    }
+    tls_ctx_unref(s);
+
+    /* A ctx without a store refuses acme-tls/1 as any protocol it does not speak. */
+    so.acme = NULL;
+    so.alpn = sp;
+    s = ctx_new(&so);
+    pair_open(&p, ca, s, "chal.lab");
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    pair_close(&p);
+    tls_ctx_unref(s);
+    tls_ctx_unref(ca);
+    acme_challenges_free(store);
+    free(cert);
+    free(key);
+}
+
+/* The ALPN list of a ClientHello, read without TLS state. */
+static void test_peek_alpn(void **state)
+{
+    (void)state;
+    const char *cp[] = {"h2", "acme-tls/1", NULL};
+    struct tls_ctx *c = acme_client(cp);
+    struct tls_conn *cc;
+    const uint8_t *p;
+    uint8_t out[64];
+    assert_int_equal(tls_conn_create(&cc, c, "x.lab"), 0);
+    size_t n = tls_conn_pending(cc, &p);
+    const uint8_t want[] = "\x00\x0e\x02h2\x0a" "acme-tls/1";
+    assert_int_equal(tls_peek_alpn(p, n, out, sizeof out), 16);
+    assert_memory_equal(out, want, 16);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(tls_peek_alpn(p, i, out, sizeof out), -EAGAIN);
+    assert_int_equal(tls_peek_alpn(p, n, out, 15), -ENOSPC);
+    tls_conn_destroy(cc);
+    tls_ctx_unref(c);
+    c = acme_client(NULL);
+    assert_int_equal(tls_conn_create(&cc, c, "x.lab"), 0);
+    n = tls_conn_pending(cc, &p);
+    assert_int_equal(tls_peek_alpn(p, n, out, sizeof out), 0);
+    tls_conn_destroy(cc);
+    tls_ctx_unref(c);
+    const uint8_t http[] = "GET / HTTP/1.1\r\n\r\n";
+    assert_int_equal(tls_peek_alpn(http, sizeof http - 1, out, sizeof out), -EBADMSG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1058,6 +1288,8 @@ int main(void)
         cmocka_unit_test(test_ctx_shared_by_threads),
         cmocka_unit_test(test_idle_connection_memory),
         cmocka_unit_test(test_cert_inspect),
+        cmocka_unit_test(test_acme_tls_alpn),
+        cmocka_unit_test(test_peek_alpn),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
