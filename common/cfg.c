@@ -810,10 +810,12 @@ static int restart_walk(const void *ncfg, const struct cfg_key *keys, const char
     return 0;
 }
 
+/* A file key, or a string key naming a file that need not exist at load time (an `acme:`
+ * section's, written at start). */
 static const struct cfg_key *file_key(const struct cfg_key *keys, const char *name)
 {
     for (const struct cfg_key *k = keys; k->name; k++)
-        if (k->type == CFG_FILE && !strcmp(k->name, name))
+        if ((k->type == CFG_FILE || k->type == CFG_STR) && !strcmp(k->name, name))
             return k;
     return NULL;
 }
@@ -821,6 +823,9 @@ static const struct cfg_key *file_key(const struct cfg_key *keys, const char *na
 static void cert_walk(const char *base, const struct cfg_key *keys,
                       void (*fn)(const char *cert, const char *key, void *arg), void *arg)
 {
+    for (const struct cfg_key *k = keys; k->name; k++)
+        if (k->type == CFG_BOOL && !strcmp(k->name, "enabled") && !*(const bool *)(base + k->offset))
+            return; /* a section turned off uses no certificate */
     const struct cfg_key *kc = file_key(keys, "cert"), *kk = file_key(keys, "key");
     if (kc && kk && *(char *const *)(base + kc->offset))
         fn(*(char *const *)(base + kc->offset), *(char *const *)(base + kk->offset), arg);

@@ -83,7 +83,9 @@ int cfg_restart_changed(const void *old_cfg, const void *new_cfg, const struct c
                         struct cfg_err *err);
 
 /* Calls fn for every certificate/key pair in cfg: each section or list element whose keys
- * include the CFG_FILE keys "cert" and "key" and whose cert is set (key may be NULL). */
+ * include the keys "cert" and "key" (CFG_FILE, or CFG_STR for files written at start) and
+ * whose cert is set (key may be NULL). A section with a CFG_BOOL "enabled" that is false
+ * is skipped with everything in it. */
 void cfg_each_cert_pair(const void *cfg, const struct cfg_key *keys,
                         void (*fn)(const char *cert, const char *key, void *arg), void *arg);
 

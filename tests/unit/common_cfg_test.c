@@ -271,6 +271,65 @@ static void cert_pairs_are_found_by_the_key_table(void **st)
     cfg_free(c);
 }
 
+/* A section whose cert/key are strings (files written at start, as acme: has) is watched
+ * too; one with `enabled: false` is not, with everything in it. */
+struct files_cfg {
+    struct daemon_config base;
+    struct {
+        bool enabled;
+        char *cert, *key;
+    } acme;
+    struct {
+        bool enabled;
+        struct tls_files_config tls;
+    } link;
+};
+static const struct cfg_key acme_like_keys[] = {
+    {"enabled", CFG_BOOL, 0, "false"},
+    {"cert", CFG_STR, offsetof(struct files_cfg, acme.cert) - offsetof(struct files_cfg, acme)},
+    {"key", CFG_STR, offsetof(struct files_cfg, acme.key) - offsetof(struct files_cfg, acme)},
+    CFG_END,
+};
+static const struct cfg_key link_like_keys[] = {
+    {"enabled", CFG_BOOL, 0, "true"},
+    {"tls", CFG_SECTION, offsetof(struct files_cfg, link.tls) - offsetof(struct files_cfg, link),
+     .sub = tls_files_keys},
+    CFG_END,
+};
+static const struct cfg_key files_keys[] = {
+    DAEMON_CONFIG_KEYS,
+    {"acme", CFG_SECTION, offsetof(struct files_cfg, acme), .sub = acme_like_keys},
+    {"link", CFG_SECTION, offsetof(struct files_cfg, link), .sub = link_like_keys},
+    CFG_END,
+};
+
+static void disabled_sections_and_string_pairs(void **st)
+{
+    (void)st;
+    struct cfg_err err = {""};
+    void *c;
+    char seen[256] = "";
+    static const char on[] = "admin: {listen: 127.0.0.1:8080}\n"
+                             "acme: {enabled: true, cert: /nonexistent/a.crt, key: /x/a.key}\n"
+                             "link: {tls: {cert: /dev/null, key: /dev/zero}}\n";
+    assert_int_equal(cfg_load_string("t.yaml", on, strlen(on), files_keys,
+                                     sizeof(struct files_cfg), &c, &err),
+                     0);
+    cfg_each_cert_pair(c, files_keys, count_pair, seen);
+    assert_string_equal(seen, "/nonexistent/a.crt+/x/a.key;/dev/null+/dev/zero;");
+    cfg_free(c);
+    seen[0] = '\0';
+    static const char off[] = "admin: {listen: 127.0.0.1:8080}\n"
+                              "acme: {enabled: false, cert: /nonexistent/a.crt, key: /x/a.key}\n"
+                              "link: {enabled: false, tls: {cert: /dev/null, key: /dev/zero}}\n";
+    assert_int_equal(cfg_load_string("t.yaml", off, strlen(off), files_keys,
+                                     sizeof(struct files_cfg), &c, &err),
+                     0);
+    cfg_each_cert_pair(c, files_keys, count_pair, seen);
+    assert_string_equal(seen, "");
+    cfg_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +344,7 @@ int main(void)
         cmocka_unit_test(semantic_error_points_at_key),
         cmocka_unit_test(restart_only_change_is_named),
         cmocka_unit_test(cert_pairs_are_found_by_the_key_table),
+        cmocka_unit_test(disabled_sections_and_string_pairs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
