@@ -161,8 +161,7 @@ static void order_failed(struct acme *a, struct acme_edge *e, const char *step, 
     e->next_attempt_ms = time_mono_ms() + delay;
     e->next_attempt_wall = time_wall_s() + (int64_t)(delay + 999) / 1000;
     snprintf(e->last_error, sizeof e->last_error, "%s: %s", step, why);
-    e->job = NULL;
-    e->force = false;
+    e->job = NULL; /* a forced renewal stays forced until it succeeds */
     set_state(e, ST_BACKOFF);
     metric_inc(a->m_failed);
     update_backoff_gauge(a);
