@@ -41,4 +41,5 @@ $(BIN)/acme-alpn-serve: $(OBJ)/tests/tools/acme_alpn_serve.o $(BUILD)/libcommon.
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD  $@")
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(OBJ)/tests/tools/acme_alpn_serve.o: $(BUILD)/gen/version.h
 all: $(BIN)/acme-alpn-serve

@@ -1,6 +1,7 @@
-// fuzz-sources: common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/util.c
-/* Fuzzes the ClientHello peek (tls_peek_sni, tls_looks_like_client_hello) and a server
- * tls_conn fed the same bytes as its first flight (SNI, ALPN, ticket and cache lookups).
+// fuzz-sources: common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/util.c common/acme_challenges.c
+/* Fuzzes the ClientHello peek (tls_peek_sni, tls_peek_alpn, tls_looks_like_client_hello)
+ * and a server tls_conn fed the same bytes as its first flight (SNI, ALPN, ticket and cache
+ * lookups, and ACME TLS-ALPN-01: the server has a challenge for "fuzz.lab").
  * An input starting with 0xff is instead fed to an established server connection after a
  * real record (resumed handshake with an in-process client): the record layer and the
  * release and retake of idle record buffers. */
@@ -11,19 +12,49 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/acme_challenges.h"
 #include "common/tls.h"
+#include "common/tls_shared.h"
 
-/* Built once: a self-signed server with SNI, ALPN, tickets and a cache, like an edge. */
+/* A TLS-ALPN-01 challenge certificate for fuzz.lab (openssl req, valid 100 years). */
+static const char challenge_crt[] =
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBxjCCAW2gAwIBAgIUAJXESkLpg6rF9M/Z/YOLa4C1wHcwCgYIKoZIzj0EAwIw\n"
+    "EzERMA8GA1UEAwwIZnV6ei5sYWIwIBcNMjYxMjA3MTM0NTU0WhgPMjEyNjExMTMx\n"
+    "MzQ1NTRaMBMxETAPBgNVBAMMCGZ1enoubGFiMFkwEwYHKoZIzj0CAQYIKoZIzj0D\n"
+    "AQcDQgAEWMf7mAEsWfDQ8YREdlr4Jxrw3aJ1tjqivDTENrCf2AI53StY3/Icefvr\n"
+    "zCtcBKzLmxRi/U0BAozN0uZmF/vaSaOBnDCBmTAdBgNVHQ4EFgQUgt7iRe55X+Pk\n"
+    "frJQ/O6llKXHfiYwHwYDVR0jBBgwFoAUgt7iRe55X+PkfrJQ/O6llKXHfiYwDwYD\n"
+    "VR0TAQH/BAUwAwEB/zATBgNVHREEDDAKgghmdXp6LmxhYjAxBggrBgEFBQcBHwEB\n"
+    "/wQiBCAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAATAKBggqhkjOPQQD\n"
+    "AgNHADBEAiAcPngsRPiDaB4th2TW935opRSdUUbtaSQB8E7s+WEzuQIgXL7DiJnL\n"
+    "I/9oFrKyd8g479gu2aiK5pUVEa/wEfef6nY=\n"
+    "-----END CERTIFICATE-----\n";
+static const char challenge_key[] =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgnFteSh3WF9BpgaQm\n"
+    "qKiJn21LH3697IQ50x6JJteIhZuhRANCAARYx/uYASxZ8NDxhER2WvgnGvDdonW2\n"
+    "OqK8NMQ2sJ/YAjndK1jf8hx5++vMK1wErMubFGL9TQECjM3S5mYX+9pJ\n"
+    "-----END PRIVATE KEY-----\n";
+
+/* Built once: a self-signed server with SNI, ALPN, tickets, a cache and an ACME challenge
+ * store, like an edge. */
 static struct tls_ctx *server(void)
 {
     static struct tls_ctx *ctx;
+    static struct acme_challenges *store;
     if (!ctx) {
         static const char *alpn[] = {"h2", "http/1.1", "sip", NULL};
+        if (acme_challenges_create(&store) != 0 ||
+            acme_challenges_set_alpn(store, "fuzz.lab", challenge_crt, challenge_key,
+                                     INT64_MAX) != 0)
+            abort();
         struct tls_opts o = {.server = true,
                              .self_signed_name = "fuzz.lab",
                              .alpn = alpn,
                              .session_tickets = true,
-                             .session_cache_size = 64};
+                             .session_cache_size = 64,
+                             .acme = store};
         char err[256];
         if (tls_ctx_create(&ctx, &o, err, sizeof err) != 0)
             abort();
@@ -103,6 +134,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ssize_t sn = tls_peek_sni(copy, size, name, sizeof name);
     if (sn > 0 && strlen(name) != (size_t)sn)
         abort();
+    uint8_t alpn[1024];
+    ssize_t an = tls_peek_alpn(copy, size, alpn, sizeof alpn);
+    if (an > 0 && tls_alpn_list_check(alpn, (size_t)an) < 1)
+        abort();
+    if (an > 0)
+        (void)tls_alpn_only(alpn, (size_t)an, "acme-tls/1");
 
     struct tls_conn *c;
     if (tls_conn_create(&c, server(), NULL) != 0) {
