@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "common/admin.h"
+#include "common/acme_edge.h"
 #include "common/cfg.h"
 #include "common/daemon.h"
 
@@ -90,15 +91,18 @@ struct ae_config {
     struct ae_next_hop_config next_hop;
     struct ae_limits_config limits;
     struct ae_federation_config federation;
+    struct acme_edge_config acme;
 };
 
 extern const struct cfg_key ae_config_keys[];
 int ae_config_validate(const void *cfg, struct cfg_err *err);
 
 struct ae;
-/* Starts every listener of cfg on loop. */
+/* Starts every listener of cfg on loop; acme (the ACME challenges the external TLS
+ * listeners answer, or NULL) must outlive ae. */
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct admin *admin, struct ae **out);
+             struct metrics *m, struct admin *admin, struct acme_challenges *acme,
+             struct ae **out);
 /* Takes a new config for policy, limits and the next hop (listeners stay as they are). */
 int ae_reload(struct ae *ae, const struct ae_config *cfg);
 /* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction

@@ -140,6 +140,7 @@ const struct cfg_key ae_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {"director", CFG_SECTION, offsetof(struct ae_config, director), .sub = director_link_keys,
      .help = "control channel to the Director"},
+    ACME_EDGE_CONFIG_KEY(struct ae_config, acme),
     {"domains", CFG_STRLIST, offsetof(struct ae_config, domains), NULL,
      .count_offset = offsetof(struct ae_config, ndomains),
      .help = "SIP domains served inside (requests from outside for others get 403)"},
@@ -177,7 +178,8 @@ int ae_config_validate(const void *cfg, struct cfg_err *err)
         cfg_errorf(cfg, err, "external", "no external listener");
         return -EINVAL;
     }
-    if ((c->external.ntls || c->external.nmtls || c->external.nwss) && !c->external.certs.cert) {
+    if ((c->external.ntls || c->external.nmtls || c->external.nwss) && !c->external.certs.cert &&
+        !c->acme.enabled) {
         cfg_errorf(cfg, err, "external.certs.cert", "TLS listeners need a certificate");
         return -EINVAL;
     }
@@ -196,5 +198,6 @@ int ae_config_validate(const void *cfg, struct cfg_err *err)
         cfg_errorf(cfg, err, "internal.certs", "mutual TLS to the Director needs cert, key and ca");
         return -EINVAL;
     }
-    return 0;
+    return acme_edge_config_check(cfg, &c->acme, "external.certs.cert", c->external.certs.cert,
+                                  c->external.certs.key, err);
 }

@@ -6,28 +6,32 @@
 #include <string.h>
 
 int ae_tls_build(const struct ae_config *cfg, const struct logger *log,
-                 struct tls_ctx **const ctx[AE_TLS_COUNT])
+                 struct acme_challenges *acme, struct tls_ctx **const ctx[AE_TLS_COUNT])
 {
     const struct ae_side_config *ex = &cfg->external, *in = &cfg->internal;
+    struct tls_files_config ext;
+    acme_edge_tls_files(&cfg->acme, &ex->certs, &ext);
     /* Users' listeners (TLS, WSS) ask for no client certificate: users have none, and a
      * certificate request makes browsers abandon the WebSocket handshake (headless Chromium
      * did). Only the mutual-TLS listener names the partners' CA. */
-    struct tls_files_config users = ex->certs;
+    struct tls_files_config users = ext;
     users.ca = NULL;
     struct {
         bool needed;
         const struct tls_files_config *files;
         struct tls_files_use use;
     } want[AE_TLS_COUNT] = {
-        [AE_TLS_EXT] = {ex->ntls || ex->nwss, &users, {.server = true}},
-        [AE_TLS_EXT_MTLS] = {ex->nmtls > 0, &ex->certs, {.server = true, .verify_peer = true}},
+        [AE_TLS_EXT] = {ex->ntls || ex->nwss, &users, {.server = true, .acme = acme}},
+        [AE_TLS_EXT_MTLS] = {ex->nmtls > 0,
+                             &ext,
+                             {.server = true, .verify_peer = true, .acme = acme}},
         [AE_TLS_INT_SERVER] = {in->ntls || in->nmtls,
                                &in->certs,
                                {.server = true, .verify_peer = in->nmtls > 0}},
         [AE_TLS_INT_CLIENT] = {cfg->next_hop.transport == AE_TP_TLS,
                                &in->certs,
                                {.verify_peer = true}},
-        [AE_TLS_EXT_CLIENT] = {ex->certs.cert && ex->certs.ca, &ex->certs, {.verify_peer = true}},
+        [AE_TLS_EXT_CLIENT] = {ext.cert && ext.ca, &ext, {.verify_peer = true}},
     };
     struct tls_ctx *made[AE_TLS_COUNT] = {NULL};
     for (size_t i = 0; i < AE_TLS_COUNT; i++) {

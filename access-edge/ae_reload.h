@@ -19,8 +19,10 @@ enum ae_tls_role {
 };
 
 /* Builds every context cfg needs; on success drops those in ctx[] and puts the new ones
- * there (NULL where cfg needs none). On failure ctx[] is untouched and the reason logged. */
+ * there (NULL where cfg needs none). On failure ctx[] is untouched and the reason logged.
+ * The external server contexts answer ACME TLS-ALPN-01 from acme (or NULL); with acme:
+ * enabled, the external side's certificate is acme's. */
 int ae_tls_build(const struct ae_config *cfg, const struct logger *log,
-                 struct tls_ctx **const ctx[AE_TLS_COUNT]);
+                 struct acme_challenges *acme, struct tls_ctx **const ctx[AE_TLS_COUNT]);
 
 #endif

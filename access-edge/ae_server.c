@@ -378,7 +378,7 @@ static void make_metrics(struct ae *ae, struct metrics *m)
 static int make_contexts(struct ae *ae, const struct ae_config *cfg)
 {
     /* TLS contexts: server-auth for remote users, mutual for partners and the inside. */
-    int rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae));
+    int rc = ae_tls_build(cfg, ae->log, ae->acme, ae_tls_slots(ae));
     if (rc == 0 && (rc = ae_dns_create(ae->loop, cfg->federation.dns_servers, &ae->dns)) < 0)
         LOGE(ae->log, NULL, "sip: DNS resolver setup failed (dns_servers %s)",
              cfg->federation.dns_servers ? cfg->federation.dns_servers : "system");
@@ -449,11 +449,13 @@ static void start_timers(struct ae *ae, const struct ae_config *cfg, struct metr
 }
 
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct admin *admin, struct ae **out)
+             struct metrics *m, struct admin *admin, struct acme_challenges *acme,
+             struct ae **out)
 {
     struct ae *ae = calloc(1, sizeof(*ae));
     if (!ae)
         return -ENOMEM;
+    ae->acme = acme;
     ae->loop = loop;
     ae->cfg = cfg;
     ae->log = log;
@@ -483,7 +485,7 @@ int ae_reload(struct ae *ae, const struct ae_config *cfg)
 {
     /* New certificates for new handshakes (access-edge/ae_reload.c); first, as it changes
      * nothing when it fails, while the policy points into cfg once built. */
-    int rc = ae_tls_build(cfg, ae->log, ae_tls_slots(ae));
+    int rc = ae_tls_build(cfg, ae->log, ae->acme, ae_tls_slots(ae));
     if (rc < 0)
         return rc;
     if ((rc = build_policy(ae, cfg)) < 0)

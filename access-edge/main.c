@@ -13,6 +13,7 @@
 struct ae_main {
     struct ae *ae;
     struct ctl_client *ctl;
+    struct acme_edge *acme; /* acme: enabled: the external certificate from the Director */
 };
 
 static void ae_fill_report(struct ctl_report *r, void *arg)
@@ -29,9 +30,13 @@ static int ae_op_start(struct daemon *d, const void *cfgv, void **state)
     struct ae_main *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    int rc =
-        ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d), &s->ae);
+    int rc = acme_edge_create(daemon_logger(d), daemon_metrics(d), &cfg->acme, cfg->fqdn, NULL,
+                              &s->acme);
+    if (rc == 0)
+        rc = ae_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), daemon_admin(d),
+                      acme_edge_store(s->acme), &s->ae);
     if (rc < 0) {
+        acme_edge_free(s->acme);
         free(s);
         return rc;
     }
@@ -49,11 +54,13 @@ static int ae_op_start(struct daemon *d, const void *cfgv, void **state)
                                daemon_metrics(d), &cbs, s, &s->ctl);
     if (rc < 0) {
         ae_stop(s->ae);
+        acme_edge_free(s->acme);
         free(s);
         return rc;
     }
     if (s->ctl)
         ctl_client_set_report_source(s->ctl, ae_fill_report, s);
+    acme_edge_attach(s->acme, s->ctl);
     *state = s;
     return 0;
 }
@@ -87,6 +94,7 @@ static void ae_op_stop(struct daemon *d, void *state)
     struct ae_main *s = state;
     ctl_client_stop(s->ctl);
     ae_stop(s->ae);
+    acme_edge_free(s->acme); /* after the listeners: their contexts point at the store */
     free(s);
 }
 

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include "av-edge/turn.h"
+#include "common/acme_edge.h"
 #include "common/cfg.h"
 #include "common/daemon.h"
 #include "common/metrics.h"
@@ -61,6 +62,7 @@ struct av_config {
     char *software;
     struct tls_files_config tls;
     struct director_link_config director;
+    struct acme_edge_config acme;
 };
 
 extern const struct cfg_key av_config_keys[];

@@ -332,6 +332,7 @@ const struct cfg_key av_config_keys[] = {
      .offset = OFF(director),
      .sub = director_link_keys,
      .help = "control channel to the Director (relay secret, load reports)"},
+    ACME_EDGE_CONFIG_KEY(struct av_config, acme),
     CFG_END,
 };
 
@@ -381,7 +382,7 @@ int av_config_validate(const void *cfg, struct cfg_err *err)
                    "tls.cert and tls.key go together");
         return -EINVAL;
     }
-    return 0;
+    return acme_edge_config_check(cfg, &c->acme, "tls.cert", c->tls.cert, c->tls.key, err);
 }
 
 /* Secrets that anyone who reads the repository knows (the lab configs in deploy/). */

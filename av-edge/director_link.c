@@ -124,6 +124,7 @@ int av_director_start(struct av_edge *e)
                                    daemon_metrics(e->d), &cbs, e, &e->ctl);
     if (rc == 0 && e->ctl)
         ctl_client_set_report_source(e->ctl, fill_report, e);
+    acme_edge_attach(e->acme, e->ctl);
     return rc;
 }
 

@@ -35,6 +35,7 @@ void av_edge_free(struct av_edge *e)
     av_runtime_free(e->rt);
     av_shared_fini(&e->sh);
     tls_ctx_unref(e->tls);
+    acme_edge_free(e->acme);
     free(e->threads);
     free(e);
 }
@@ -56,8 +57,12 @@ int av_edge_tls_build(struct av_edge *e, const struct av_config *c, struct tls_c
     if (!c->external.n_tls_listen && !c->internal.n_tls_listen)
         return 0;
     char err[256] = "";
-    int rc = tls_files_ctx(out, &c->tls,
-                           &(struct tls_files_use){.server = true, .self_signed_name = "av-edge"},
+    struct tls_files_config files;
+    acme_edge_tls_files(&c->acme, &c->tls, &files);
+    int rc = tls_files_ctx(out, &files,
+                           &(struct tls_files_use){.server = true,
+                                                   .self_signed_name = "av-edge",
+                                                   .acme = acme_edge_store(e->acme)},
                            err, sizeof(err));
     if (rc)
         LOGE(daemon_logger(e->d), NULL, "TLS: %s", err[0] ? err : strerror(-rc));

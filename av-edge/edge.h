@@ -27,6 +27,7 @@ struct av_edge {
     struct av_thread *threads;
     unsigned n_threads;
     struct ctl_client *ctl;
+    struct acme_edge *acme; /* acme: enabled: the certificate from the Director */
     uv_timer_t *drain_poll; /* while draining: exits once no allocation is left */
     struct av_peers peers;  /* the other av-edges, from the reports the Director relays */
 };

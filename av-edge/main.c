@@ -24,7 +24,9 @@ static int av_start(struct daemon *d, const void *cfgp, void **state)
      * Director's secrets are the only ones (a lab secret is known to all). */
     if (c->auth.secret && !c->director.enabled)
         av_edge_set_config_secret(e, c->auth.secret);
-    rc = av_edge_tls_build(e, c, &e->tls);
+    rc = acme_edge_create(daemon_logger(d), daemon_metrics(d), &c->acme, NULL, NULL, &e->acme);
+    if (rc == 0)
+        rc = av_edge_tls_build(e, c, &e->tls);
     if (rc == 0) {
         av_metrics_register(&e->mx, daemon_metrics(d));
         rc = av_threads_start(e);

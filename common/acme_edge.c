@@ -40,6 +40,7 @@ struct acme_edge {
     const struct logger *log;
     char *cert, *key;
     struct acme_challenges *store;
+    bool own_store;
     struct ctl_client *ctl;
     /* The order whose CSR was sent: its key stays here until its CertIssued. */
     char pending_order[CTL_ID_MAX];
@@ -430,16 +431,17 @@ int acme_edge_create(const struct logger *log, struct metrics *metrics,
     *out = NULL;
     if (!a->enabled)
         return 0;
-    if (!a->cert || !a->key || !store)
+    if (!a->cert || !a->key)
         return -EINVAL;
     struct acme_edge *e = calloc(1, sizeof *e);
     if (!e)
         return -ENOMEM;
     e->log = log;
     e->store = store;
+    e->own_store = !store;
     e->cert = strdup(a->cert);
     e->key = strdup(a->key);
-    if (!e->cert || !e->key) {
+    if (!e->cert || !e->key || (!store && acme_challenges_create(&e->store))) {
         acme_edge_free(e);
         return -ENOMEM;
     }
@@ -471,12 +473,17 @@ int acme_edge_create(const struct logger *log, struct metrics *metrics,
     return 0;
 }
 
+struct acme_challenges *acme_edge_store(const struct acme_edge *e)
+{
+    return e ? e->store : NULL;
+}
+
 void acme_edge_free(struct acme_edge *e)
 {
     if (!e)
         return;
-    if (e->ctl)
-        ctl_client_set_acme_handler(e->ctl, NULL, NULL);
+    if (e->own_store)
+        acme_challenges_free(e->store);
     free_key(&e->pending_key);
     free(e->cert);
     free(e->key);

@@ -61,16 +61,20 @@ void acme_edge_tls_files(const struct acme_edge_config *a, const struct tls_file
 struct acme_edge;
 
 /* With a->enabled false: *out = NULL and 0. Otherwise writes the placeholder pair when
- * needed (for name, or "localhost" when NULL; logged), registers the metrics and keeps
- * store (not owned; must outlive the edge). Call before the listeners load the files.
- * Returns 0 or a negative errno (logged: the placeholder could not be written). */
+ * needed (for name, or "localhost" when NULL; logged) and registers the metrics. store is
+ * where challenges go (not owned; must outlive the edge), or NULL: the edge makes its own
+ * (acme_edge_store). Call before the listeners load the files. Returns 0 or a negative
+ * errno (logged: e.g. the placeholder could not be written). */
 int acme_edge_create(const struct logger *log, struct metrics *metrics,
                      const struct acme_edge_config *a, const char *name,
                      struct acme_challenges *store, struct acme_edge **out);
-/* Handles the ACME messages of ctl (which must outlive e, or e be freed first). NULL e or
- * ctl is a no-op. */
+/* The store for tls_files_use.acme / tls_opts.acme: NULL when e is NULL (acme off). */
+struct acme_challenges *acme_edge_store(const struct acme_edge *e);
+/* Handles the ACME messages of ctl. NULL e or ctl is a no-op. */
 void acme_edge_attach(struct acme_edge *e, struct ctl_client *ctl);
-/* Detaches from the client and frees; call before ctl_client_stop. NULL is a no-op. */
+/* Frees e (and the store it made). Call after ctl_client_stop of the client it is attached
+ * to (no callback runs after that) and after the TLS contexts using its store are closed.
+ * NULL is a no-op. */
 void acme_edge_free(struct acme_edge *e);
 
 /* For tests and the control handler: handles one message as received from the Director

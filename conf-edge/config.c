@@ -86,6 +86,7 @@ const struct cfg_key ce_config_keys[] = {
      .help = "revoked keys and users remembered at most"},
     {"director", CFG_SECTION, OFF(director), .sub = director_link_keys,
      .help = "control channel to the Director (secrets, revocations, reports)"},
+    ACME_EDGE_CONFIG_KEY(struct ce_config, acme),
     CFG_END,
 };
 
@@ -110,5 +111,6 @@ int ce_config_validate(const void *p, struct cfg_err *err)
         cfg_errorf(c, err, "director", "director.tls needs cert, key and ca (or enabled: false)");
         return -EINVAL;
     }
-    return 0;
+    return acme_edge_config_check(c, &c->acme, "external.tls.cert", c->external.tls.cert,
+                                  c->external.tls.key, err);
 }

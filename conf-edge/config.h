@@ -3,6 +3,7 @@
 #ifndef CONF_EDGE_CONFIG_H
 #define CONF_EDGE_CONFIG_H
 
+#include "common/acme_edge.h"
 #include "common/cfg.h"
 #include "common/daemon.h"
 #include <stdint.h>
@@ -43,6 +44,7 @@ struct ce_config {
     } conference_key; /* labs: a signing secret without the Director */
     uint32_t revocations_max;
     struct director_link_config director;
+    struct acme_edge_config acme;
 };
 
 /* limits.per_key_policy. REPLACE: the new connection wins and the key's oldest session

@@ -101,6 +101,7 @@ struct ce_edge {
     const struct ce_config *cfg;
     const struct logger *log;
     struct tls_ctx *ext_tls, *int_tls;
+    struct acme_challenges *acme; /* TLS-ALPN-01 answers on the participants' listener */
     struct stream_gate *hs_gate; /* participants' TLS handshakes take turns with relaying */
     uv_tcp_t ext_listener, int_listener;
     uv_timer_t ping;
@@ -141,13 +142,25 @@ static void set_err(char *err, size_t cap, const char *what, const char *detail)
 }
 
 static int make_tls(struct tls_ctx **out, const struct tls_files_config *f, bool verify,
-                    uint64_t hs_ms, const char *self_name, char *err, size_t errcap)
+                    uint64_t hs_ms, const char *self_name, struct acme_challenges *acme, char *err,
+                    size_t errcap)
 {
     struct tls_files_use u = {.server = true,
                               .verify_peer = verify,
                               .self_signed_name = self_name,
-                              .handshake_timeout_ms = (uint32_t)hs_ms};
+                              .handshake_timeout_ms = (uint32_t)hs_ms,
+                              .acme = acme};
     return tls_files_ctx(out, f, &u, err, errcap);
+}
+
+/* The participants' listener: its files (acme's when enabled) and the ACME challenges. */
+static int make_ext_tls(struct ce_edge *e, const struct ce_config *cfg, struct tls_ctx **out,
+                        char *err, size_t errcap)
+{
+    struct tls_files_config f;
+    acme_edge_tls_files(&cfg->acme, &cfg->external.tls, &f);
+    return make_tls(out, &f, false, cfg->external.handshake_timeout_ms, "conf-edge", e->acme, err,
+                    errcap);
 }
 
 static size_t addr_key(const struct addr *a, uint8_t out[16])
@@ -1202,7 +1215,8 @@ static int edge_listen(struct ce_edge *e, uv_tcp_t *h, const struct addr *a, uv_
 }
 
 int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct logger *log,
-                  struct metrics *m, struct ce_edge **out, char *err, size_t errcap)
+                  struct metrics *m, struct acme_challenges *acme, struct ce_edge **out, char *err,
+                  size_t errcap)
 {
     if (!loop || !cfg || !out)
         return -EINVAL;
@@ -1212,6 +1226,7 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     e->loop = loop;
     e->cfg = cfg;
     e->log = log;
+    e->acme = acme;
     dl_init(&e->sessions);
     dl_init(&e->waiting);
     dl_init(&e->links);
@@ -1228,14 +1243,13 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     if (rc)
         goto fail;
     char terr[256] = "";
-    rc = make_tls(&e->ext_tls, &cfg->external.tls, false, cfg->external.handshake_timeout_ms,
-                  "conf-edge", terr, sizeof terr);
+    rc = make_ext_tls(e, cfg, &e->ext_tls, terr, sizeof terr);
     if (rc) {
         set_err(err, errcap, "external.tls", terr);
         goto fail;
     }
     rc = make_tls(&e->int_tls, &cfg->internal.tls, true, cfg->internal.handshake_timeout_ms,
-                  "conf-edge", terr, sizeof terr);
+                  "conf-edge", NULL, terr, sizeof terr);
     if (rc) {
         set_err(err, errcap, "internal.tls", terr);
         goto fail;
@@ -1263,9 +1277,10 @@ int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct log
     char a1[ADDR_STRLEN], a2[ADDR_STRLEN];
     LOGI(log, NULL,
          "conf-edge: participants on %s (TLS%s), conferencing servers on %s (mutual TLS)",
-         addr_format(&cfg->external.listen, a1), cfg->external.tls.cert ? "" : ", self-signed",
+         addr_format(&cfg->external.listen, a1),
+         cfg->external.tls.cert || cfg->acme.enabled ? "" : ", self-signed",
          addr_format(&cfg->internal.listen, a2));
-    if (!cfg->external.tls.cert)
+    if (!cfg->external.tls.cert && !cfg->acme.enabled)
         LOGW(log, NULL, "external.tls has no certificate: self-signed, fingerprint %s",
              tls_ctx_fingerprint(e->ext_tls));
     *out = e;
@@ -1287,10 +1302,9 @@ int ce_edge_reload(struct ce_edge *e, const struct ce_config *cfg)
     /* Listen addresses are restart-only keys: common/daemon.c refused a change already. */
     char terr[256];
     struct tls_ctx *x = NULL, *i = NULL;
-    if (make_tls(&x, &cfg->external.tls, false, cfg->external.handshake_timeout_ms, "conf-edge",
-                 terr, sizeof terr) ||
+    if (make_ext_tls(e, cfg, &x, terr, sizeof terr) ||
         make_tls(&i, &cfg->internal.tls, true, cfg->internal.handshake_timeout_ms, "conf-edge",
-                 terr, sizeof terr)) {
+                 NULL, terr, sizeof terr)) {
         LOGE(e->log, NULL, "reload: %s", terr);
         tls_ctx_unref(x);
         return -EINVAL;

@@ -20,10 +20,12 @@ struct ce_edge_stats {
     uint64_t refused;
 };
 
-/* Binds both listeners and starts. cfg, log and m must outlive the edge (cfg until the
- * next ce_edge_reload). Returns 0 or a negative errno; err gets a message. */
+/* Binds both listeners and starts. cfg, log, m and acme (the ACME challenges the
+ * participants' listener answers, or NULL) must outlive the edge (cfg until the next
+ * ce_edge_reload). Returns 0 or a negative errno; err gets a message. */
 int ce_edge_start(uv_loop_t *loop, const struct ce_config *cfg, const struct logger *log,
-                  struct metrics *m, struct ce_edge **out, char *err, size_t errcap);
+                  struct metrics *m, struct acme_challenges *acme, struct ce_edge **out, char *err,
+                  size_t errcap);
 /* Takes a new config: new certificates, limits and timeouts apply to new connections.
  * -EINVAL (keeping the old one) if a listen address changed: that needs a restart. */
 int ce_edge_reload(struct ce_edge *e, const struct ce_config *cfg);

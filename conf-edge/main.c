@@ -16,6 +16,7 @@ struct ce_main {
     struct daemon *d;
     struct ce_edge *edge;
     struct ctl_client *ctl;
+    struct acme_edge *acme; /* acme: enabled: the participants' certificate from the Director */
 };
 
 /* ---- control channel: signing secrets in, revocations in, load reports out ---- */
@@ -145,19 +146,24 @@ static int ce_start(struct daemon *d, const void *cfgp, void **state)
         return -ENOMEM;
     m->d = d;
     char err[512] = "";
-    int rc = ce_edge_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d), &m->edge, err,
-                           sizeof err);
+    int rc = acme_edge_create(daemon_logger(d), daemon_metrics(d), &cfg->acme, NULL, NULL, &m->acme);
+    if (rc == 0)
+        rc = ce_edge_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d),
+                           acme_edge_store(m->acme), &m->edge, err, sizeof err);
     if (rc) {
         LOGE(daemon_logger(d), NULL, "%s", err[0] ? err : strerror(-rc));
+        acme_edge_free(m->acme);
         free(m);
         return rc;
     }
     if (cfg->director.enabled && (rc = start_ctl(m, cfg)) < 0) {
         LOGE(daemon_logger(d), NULL, "control channel: %s", strerror(-rc));
         ce_edge_stop(m->edge);
+        acme_edge_free(m->acme);
         free(m);
         return rc;
     }
+    acme_edge_attach(m->acme, m->ctl);
     admin_set_health(daemon_admin(d), health, m);
     admin_route(daemon_admin(d), "/revoke", on_revoke_route, m);
     admin_route(daemon_admin(d), "/stats", on_stats_route, m);
@@ -197,6 +203,7 @@ static void ce_stop(struct daemon *d, void *state)
         return;
     ctl_client_stop(m->ctl);
     ce_edge_stop(m->edge);
+    acme_edge_free(m->acme); /* after the listener: its contexts point at the store */
     free(m);
 }
 

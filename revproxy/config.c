@@ -11,7 +11,8 @@ static const struct cfg_key listener_keys[] = {
      .help = "ip:port to listen on (external side)"},
     {"tls", CFG_BOOL, L(tls), "false", .help = "HTTPS with the tls: certificates"},
     {"redirect", CFG_BOOL, L(redirect), "false",
-     .help = "answer every request with 301 to https:// (port 80)"},
+     .help = "answer every request with 301 to https:// (port 80); with acme enabled, "
+             "GET /.well-known/acme-challenge/<token> gets the key authorization (or 404)"},
     CFG_END,
 };
 #undef L
@@ -131,6 +132,7 @@ const struct cfg_key rp_config_keys[] = {
      .help = "off, combined or json"},
     {"director", CFG_SECTION, C(director), .sub = director_link_keys,
      .help = "control channel to the Director (Hello, load reports, Drain)"},
+    ACME_EDGE_CONFIG_KEY(struct rp_config, acme),
     CFG_END,
 };
 #undef C
@@ -179,5 +181,6 @@ int rp_config_validate(const void *cfgp, struct cfg_err *err)
                 return -EINVAL;
             }
     }
-    return 0;
+    /* tls.certs may list more certificates for SNI: acme's becomes the default (first). */
+    return acme_edge_config_check(c, &c->acme, NULL, NULL, NULL, err);
 }

@@ -2,6 +2,7 @@
 #ifndef RP_CONFIG_H
 #define RP_CONFIG_H
 
+#include "common/acme_edge.h"
 #include "common/cfg.h"
 #include "common/daemon.h"
 #include "revproxy/route.h"
@@ -9,7 +10,8 @@
 struct rp_listener {
     struct addr address;
     bool tls;      /* HTTPS (terminates TLS with the tls: certificates) */
-    bool redirect; /* answer everything with a redirect to https:// (port 80) */
+    bool redirect; /* answer everything with a redirect to https:// (port 80), except
+                    * ACME HTTP-01 challenges when acme: is enabled */
 };
 
 struct rp_cert {
@@ -65,6 +67,7 @@ struct rp_config {
         int format;
     } access_log;
     struct director_link_config director;
+    struct acme_edge_config acme;
 };
 
 extern const struct cfg_key rp_config_keys[];

@@ -10,6 +10,7 @@
 
 #include <http_parser.h>
 
+#include "common/acme_challenges.h"
 #include "common/metrics.h"
 #include "common/ratelimit.h"
 #include "revproxy/headers.h"
@@ -276,6 +277,38 @@ static void redirect_reply(struct rp_client *c, const struct http_head *h, struc
     rp_client_linger(c);
 }
 
+/* ACME HTTP-01 (RFC 8555 8.3) on the port-80 listener: GET or HEAD of
+ * /.well-known/acme-challenge/<token> answers the token's key authorization from the
+ * challenge store, or 404. False for any other request (it gets the redirect). */
+static bool acme_challenge_reply(struct rp_client *c, const struct http_head *h)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    struct acme_challenges *store = acme_edge_store(c->srv->acme);
+    struct rp_target t;
+    if (!store || (h->method != HTTP_GET && h->method != HTTP_HEAD) ||
+        rp_target_parse(h->url, &t) < 0 || t.path.len < sizeof prefix - 1 ||
+        memcmp(t.path.p, prefix, sizeof prefix - 1))
+        return false;
+    char token[CTL_TOKEN_MAX], ka[CTL_KEYAUTH_MAX + 1];
+    size_t n = t.path.len - (sizeof prefix - 1);
+    int rc = -ENOENT;
+    if (n > 0 && n < sizeof token) {
+        memcpy(token, (const char *)t.path.p + sizeof prefix - 1, n);
+        token[n] = '\0';
+        rc = acme_challenges_http(store, token, ka, sizeof ka); /* checks the token's form */
+    }
+    bool keep = !h->has_body && h->keep_alive;
+    if (rc < 0) {
+        metric_inc(c->srv->m.acme_unknown);
+        rp_client_reply(c, 404, "404 Not Found: no such challenge\n", keep);
+        return true;
+    }
+    metric_inc(c->srv->m.acme_served);
+    LOGI(c->srv->log, stream_peer(c->s), "acme: HTTP-01 challenge %s answered", token);
+    rp_client_reply(c, 200, ka, keep);
+    return true;
+}
+
 /* A route's rate, per client address: false (and 429 with Retry-After sent) when spent. */
 static bool client_within_rate(struct rp_client *c, struct ratelimit *rl)
 {
@@ -401,7 +434,8 @@ void rp_on_request_head(struct rp_client *c)
     slice_to_cstr(h->method_name, c->method, sizeof c->method);
     slice_to_cstr(h->url, c->path, sizeof c->path);
     if (c->lst->redirect) {
-        redirect_reply(c, h, h->url);
+        if (!acme_challenge_reply(c, h))
+            redirect_reply(c, h, h->url);
         return;
     }
     if (h->method == HTTP_CONNECT) {

@@ -74,10 +74,13 @@ static int gen_tls_create(struct rp_gen *g, const struct rp_config *cfg, char *e
         any_tls |= cfg->listeners[i].tls;
     if (!any_tls)
         return 0;
-    struct tls_cert_opts certs[16];
-    size_t n = cfg->tls.ncerts < 16 ? cfg->tls.ncerts : 16;
-    for (size_t i = 0; i < n; i++)
-        certs[i] = (struct tls_cert_opts){cfg->tls.certs[i].cert, cfg->tls.certs[i].key};
+    struct tls_cert_opts certs[17];
+    size_t n = 0;
+    if (cfg->acme.enabled) /* the Director's certificate is the default; the others by SNI */
+        certs[n++] = (struct tls_cert_opts){cfg->acme.cert, cfg->acme.key};
+    for (size_t i = 0; i < cfg->tls.ncerts && i < 16; i++)
+        if (!cfg->acme.enabled || strcmp(cfg->tls.certs[i].cert, cfg->acme.cert))
+            certs[n++] = (struct tls_cert_opts){cfg->tls.certs[i].cert, cfg->tls.certs[i].key};
     static const char *const alpn[] = {"http/1.1", NULL};
     struct tls_opts o = {
         .server = true,
@@ -88,6 +91,7 @@ static int gen_tls_create(struct rp_gen *g, const struct rp_config *cfg, char *e
         .handshake_timeout_ms = (uint32_t)cfg->tls.handshake_timeout_ms,
         .session_tickets = cfg->tls.session_tickets,
         .session_cache_size = cfg->tls.session_cache,
+        .acme = acme_edge_store(g->srv->acme),
     };
     return tls_ctx_create(&g->tls, &o, err, errcap);
 }

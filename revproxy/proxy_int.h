@@ -153,6 +153,7 @@ struct rp_server {
     int access_fd;
     int access_format;
     struct ctl_client *ctl;
+    struct acme_edge *acme;      /* acme: enabled: certificate and HTTP-01 from the Director */
     struct buf out;              /* response bytes collected during one upstream read */
     struct stream_gate *hs_gate; /* client TLS handshakes take turns */
     struct {
@@ -162,6 +163,7 @@ struct rp_server {
         struct metric *unknown_host;
         struct metric *up_connect_fail, *up_timeout, *up_reset, *up_reused, *up_new;
         struct metric *bytes_in, *bytes_out, *rate_limited, *fd_limit;
+        struct metric *acme_served, *acme_unknown;
     } m;
     struct log_limit fd_log; /* connections refused at the open-file limit */
 };

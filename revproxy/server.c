@@ -64,6 +64,7 @@ static void server_free(struct rp_server *srv)
     free(srv->lsn);
     buf_fini(&srv->out);
     cfg_free(srv->listen_cfg);
+    acme_edge_free(srv->acme); /* every client is gone, and the control channel */
     free(srv);
 }
 
@@ -123,6 +124,11 @@ static void register_metrics(struct rp_server *srv)
     srv->m.bytes_in = metrics_counter(m, "client_bytes_received_total", "Bytes from clients", NULL);
     srv->m.bytes_out = metrics_counter(m, "client_bytes_sent_total",
                                        "Bytes to clients (relayed responses and our own)", NULL);
+    static const char acme_help[] = "ACME HTTP-01 requests on the port-80 listener, by result";
+    srv->m.acme_served =
+        metrics_counter(m, "acme_http_requests_total", acme_help, "result=\"served\"");
+    srv->m.acme_unknown =
+        metrics_counter(m, "acme_http_requests_total", acme_help, "result=\"unknown_token\"");
 }
 
 static void ctl_fill_report(struct ctl_report *r, void *arg)
@@ -158,7 +164,17 @@ static int ctl_start(struct rp_server *srv, const struct rp_config *cfg)
                                    &cbs, srv, &srv->ctl);
     if (rc == 0 && srv->ctl)
         ctl_client_set_report_source(srv->ctl, ctl_fill_report, srv);
+    acme_edge_attach(srv->acme, srv->ctl);
     return rc;
+}
+
+/* The placeholder certificate's name: the first public name, else the self-signed one's. */
+static const char *acme_name(const struct rp_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nserver_names; i++)
+        if (cfg->server_names[i][0] != '*')
+            return cfg->server_names[i];
+    return cfg->tls.self_signed_name;
 }
 
 static int health_cb(char *why, size_t cap, void *arg)
@@ -262,13 +278,16 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     struct rp_config *lcfg = gen_cfg_ref(cfg);
     srv->listen_cfg = lcfg;
     char err[256] = "";
-    rc = rp_gen_create(srv, own, &srv->gen, err, sizeof err);
-    if (rc) {
+    rc = acme_edge_create(srv->log, daemon_metrics(d), &cfg->acme, acme_name(cfg), NULL,
+                          &srv->acme);
+    if (rc == 0 && (rc = rp_gen_create(srv, own, &srv->gen, err, sizeof err)) != 0)
         LOGE(srv->log, NULL, "cannot start: %s", err);
+    if (rc) {
         cfg_free(own);
         cfg_free(lcfg);
         buf_fini(&srv->out);
         stream_gate_destroy(srv->hs_gate);
+        acme_edge_free(srv->acme);
         free(srv);
         return rc;
     }

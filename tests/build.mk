@@ -35,6 +35,15 @@ soak: all
 	$(Q)$(MAKE) --no-print-directory soak-reload
 .PHONY: soak
 
+# acme-dirstub: a Director stand-in that speaks the ACME control messages (CsrRequest,
+# CertIssued, Challenge) on stdin commands, for the edges' ACME integration tests.
+$(BIN)/acme-dirstub: $(OBJ)/tests/tools/acme_dirstub.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD  $@")
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+$(OBJ)/tests/tools/acme_dirstub.o: $(BUILD)/gen/version.h
+all: $(BIN)/acme-dirstub
+
 # acme-alpn-serve: a TLS listener with an ACME challenge store filled from its command line,
 # for tests/integ/test_acme_alpn.py (the daemons' stores are filled by the Director only).
 $(BIN)/acme-alpn-serve: $(OBJ)/tests/tools/acme_alpn_serve.o $(BUILD)/libcommon.a
