@@ -144,10 +144,9 @@ acme:
 
         def acme(r):
             c, k = cls.files[r]
-            return f"acme: {{enabled: true, cert: {c}, key: {k}}}"
+            return f"acme: {{enabled: true, cert: {c}, key: {k}}}"  # the external listeners' files
 
         ae_int, ae_udp = free_port("127.0.0.21"), free_port("127.0.0.11", socket.SOCK_DGRAM)
-        c, k = cls.files["access-edge"]
         cls.daemons["access-edge"] = Daemon("access-edge", f"""instance_id: access-edge-acme
 admin: {{listen: {cls.admins['access-edge']}}}
 {link('access-edge', cls.ctl)}
@@ -157,38 +156,31 @@ fqdn: sip.lab.test
 external:
   udp: [127.0.0.11:{ae_udp}]
   tls: [127.0.0.11:{P}]
-  certs: {{cert: {c}, key: {k}, ca: {CERTS}/ca.crt}}
 internal:
   udp: [127.0.0.21:{ae_int}]
-  certs: {{cert: {CERTS}/access-edge.crt, key: {CERTS}/access-edge.key, ca: {CERTS}/ca.crt}}
 next_hop: {{address: 127.0.0.1:{free_port(kind=socket.SOCK_DGRAM)}, transport: udp}}
 """, t, admin=cls.admins["access-edge"])
-        c, k = cls.files["conf-edge"]
         cls.daemons["conf-edge"] = Daemon("conf-edge", f"""instance_id: conf-edge-acme
 admin: {{listen: {cls.admins['conf-edge']}}}
 {link('conf-edge', cls.ctl)}
 {acme('conf-edge')}
 external:
   listen: 127.0.0.12:{P}
-  tls: {{cert: {c}, key: {k}}}
 internal:
   listen: 127.0.0.22:{free_port('127.0.0.22')}
   tls: {{cert: {CERTS}/conf-edge.crt, key: {CERTS}/conf-edge.key, ca: {CERTS}/ca.crt}}
   allowed_names: [confserver]
 """, t, admin=cls.admins["conf-edge"])
-        c, k = cls.files["av-edge"]
         cls.av_udp = free_port("127.0.0.13", socket.SOCK_DGRAM)
         cls.daemons["av-edge"] = Daemon("av-edge", f"""instance_id: av-edge-acme
 admin: {{listen: {cls.admins['av-edge']}}}
 {link('av-edge', cls.ctl)}
 {acme('av-edge')}
 external: {{listen: [127.0.0.13:{cls.av_udp}], tcp_listen: [], tls_listen: [127.0.0.13:{P}]}}
-tls: {{cert: {c}, key: {k}}}
 internal: {{listen: [127.0.0.23:{free_port('127.0.0.23', socket.SOCK_DGRAM)}]}}
 relay: {{addresses: [127.0.0.13], port_min: 29300, port_max: 29349}}
 auth: {{realm: lab.test}}
 """, t, admin=cls.admins["av-edge"])
-        c, k = cls.files["revproxy"]
         cls.daemons["revproxy"] = Daemon("revproxy", f"""instance_id: revproxy-acme
 admin: {{listen: {cls.admins['revproxy']}}}
 {link('revproxy', cls.ctl)}
@@ -197,9 +189,6 @@ listeners:
   - {{address: 127.0.0.14:{P}, tls: true}}
   - {{address: 127.0.0.14:{cls.http_port}, redirect: true}}
 server_names: [web.lab.test]
-tls:
-  certs:
-    - {{cert: {c}, key: {k}}}
 upstreams:
   - {{name: web, servers: [127.0.0.1:{free_port()}], tls: false, connect_timeout: 1s}}
 routes:
