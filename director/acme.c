@@ -157,7 +157,8 @@ static void order_failed(struct acme *a, struct acme_edge *e, const char *step, 
     e->failed++;
     uint32_t rnd = 0;
     crypto_random(&rnd, sizeof rnd);
-    uint64_t delay = acme_sched_backoff_ms(e->failures, a->c->retry_min_ms, a->c->retry_max_ms, rnd);
+    uint64_t delay =
+        acme_sched_backoff_ms(e->failures, a->c->retry_min_ms, a->c->retry_max_ms, rnd);
     e->next_attempt_ms = time_mono_ms() + delay;
     e->next_attempt_wall = time_wall_s() + (int64_t)(delay + 999) / 1000;
     snprintf(e->last_error, sizeof e->last_error, "%s: %s", step, why);
@@ -301,7 +302,8 @@ static void on_done(struct acme_job *job, struct acme_job_result *r, void *arg)
     }
     set_state(e, ST_WAIT_INSTALL);
     LOGI(a->d->log, NULL,
-         "acme: %s: order %s: certificate issued (serial %s, not after %" PRId64 "); sent to the edge",
+         "acme: %s: order %s: certificate issued (serial %s, not after %" PRId64
+         "); sent to the edge",
          edge_label(e, lb, sizeof lb), e->order_id, info.base.serial, info.base.not_after);
 }
 
@@ -317,7 +319,8 @@ static void start_order(struct acme *a, struct acme_edge *e, const struct ctl_cs
     snprintf(req.account_url, sizeof req.account_url, "%s", a->account_url);
     for (size_t i = 0; i < ce->n_names && i < CTL_DNSNAMES_MAX; i++)
         snprintf(req.names[req.n_names++], sizeof req.names[0], "%s", ce->names[i]);
-    req.kind = ce->challenge == ACME_CHOICE_HTTP_01 ? CTL_CHALLENGE_HTTP_01 : CTL_CHALLENGE_TLS_ALPN_01;
+    req.kind =
+        ce->challenge == ACME_CHOICE_HTTP_01 ? CTL_CHALLENGE_HTTP_01 : CTL_CHALLENGE_TLS_ALPN_01;
     req.csr = csr->der;
     req.csr_len = csr->der_len;
     req.order_timeout_ms = (uint32_t)a->c->order_timeout_ms;
@@ -348,9 +351,8 @@ static void evaluate(struct acme *a, struct acme_edge *e)
     if (e->state == ST_BACKOFF && now < e->next_attempt_ms)
         return;
     const struct director_acme_cert *ce = &a->c->certificates[e->entry];
-    enum acme_need need =
-        acme_sched_need(&e->status, (const char *const *)ce->names, ce->n_names, NULL,
-                        time_wall_s(), NULL);
+    enum acme_need need = acme_sched_need(&e->status, (const char *const *)ce->names, ce->n_names,
+                                          NULL, time_wall_s(), NULL);
     if (need == ACME_NEED_NONE && !e->force) {
         if (e->state == ST_BACKOFF) { /* it got a good certificate some other way */
             set_state(e, ST_IDLE);
@@ -372,7 +374,8 @@ static void evaluate(struct acme *a, struct acme_edge *e)
     set_state(e, ST_WAIT_CSR);
     update_backoff_gauge(a);
     LOGI(a->d->log, NULL, "acme: %s: certificate needs replacing (%s%s); CsrRequest for order %s",
-         edge_label(e, lb, sizeof lb), e->force && need == ACME_NEED_NONE ? "forced" : acme_need_name(need),
+         edge_label(e, lb, sizeof lb),
+         e->force && need == ACME_NEED_NONE ? "forced" : acme_need_name(need),
          e->failures ? ", retry" : "", e->order_id);
 }
 
@@ -381,10 +384,10 @@ static void on_cert_status(struct acme *a, struct acme_edge *e, const struct ctl
     char lb[128];
     e->status = *st;
     e->has_status = true;
-    LOGI(a->d->log, NULL,
-         "acme: %s: serves %s%s (serial %s, not after %" PRId64 ")%s%s", edge_label(e, lb, sizeof lb),
-         st->n_names ? st->names[0] : "no certificate", st->self_signed ? " self-signed" : "",
-         st->serial, st->not_after, st->error[0] ? "; error: " : "", st->error);
+    LOGI(a->d->log, NULL, "acme: %s: serves %s%s (serial %s, not after %" PRId64 ")%s%s",
+         edge_label(e, lb, sizeof lb), st->n_names ? st->names[0] : "no certificate",
+         st->self_signed ? " self-signed" : "", st->serial, st->not_after,
+         st->error[0] ? "; error: " : "", st->error);
     if (e->entry >= 0 && a->m_not_after)
         metric_set(a->m_not_after[e->entry], st->not_after);
     if (e->state == ST_WAIT_INSTALL) {
@@ -560,9 +563,12 @@ static void jb_edge(struct acme *a, struct json_buf *j, const struct acme_edge *
         int64_t due = 0;
         enum acme_need need = acme_sched_need(&e->status, (const char *const *)ce->names,
                                               ce->n_names, NULL, time_wall_s(), &due);
-        json_printf(j, ",\"need\":\"%s\",\"renew_at\":%" PRId64 ",\"serial\":", acme_need_name(need), due);
+        json_printf(
+            j, ",\"need\":\"%s\",\"renew_at\":%" PRId64 ",\"serial\":", acme_need_name(need), due);
         json_str(j, e->status.serial);
-        json_printf(j, ",\"not_before\":%" PRId64 ",\"not_after\":%" PRId64 ",\"self_signed\":%s,\"serving\":[",
+        json_printf(j,
+                    ",\"not_before\":%" PRId64 ",\"not_after\":%" PRId64
+                    ",\"self_signed\":%s,\"serving\":[",
                     e->status.not_before, e->status.not_after,
                     e->status.self_signed ? "true" : "false");
         for (size_t i = 0; i < e->status.n_names; i++) {
@@ -591,7 +597,9 @@ static void get_status(struct acme *a, struct admin_reply *reply)
     json_printf(&j, ",\"account\":");
     json_str(&j, a->account_url);
     json_printf(&j, ",\"renewal_info\":%s,\"certificates\":[",
-                a->ari < 0 ? "null" : a->ari ? "true" : "false");
+                a->ari < 0 ? "null"
+                : a->ari   ? "true"
+                           : "false");
     bool first = true;
     for (size_t i = 0; i < ACME_EDGES_MAX; i++) {
         const struct acme_edge *e = &a->edges[i];
@@ -739,20 +747,24 @@ static int load_account_key(struct acme *a, char **out)
 
 static void register_metrics(struct acme *a, struct metrics *m)
 {
-    a->m_issued = metrics_counter(m, "acme_orders_total", "ACME orders by result", "result=\"issued\"");
-    a->m_failed = metrics_counter(m, "acme_orders_total", "ACME orders by result", "result=\"failed\"");
+    a->m_issued =
+        metrics_counter(m, "acme_orders_total", "ACME orders by result", "result=\"issued\"");
+    a->m_failed =
+        metrics_counter(m, "acme_orders_total", "ACME orders by result", "result=\"failed\"");
     a->m_backoff = metrics_gauge(m, "acme_edges_backing_off",
                                  "edges whose last order failed, waiting to retry", NULL);
     a->m_nonce_retries =
         metrics_counter(m, "acme_bad_nonce_retries_total", "requests retried after badNonce", NULL);
     a->m_bad = metrics_counter(m, "acme_unexpected_messages_total",
                                "ACME control messages out of turn (unknown order, token)", NULL);
-    a->m_not_after = calloc(a->c->n_certificates ? a->c->n_certificates : 1, sizeof *a->m_not_after);
+    a->m_not_after =
+        calloc(a->c->n_certificates ? a->c->n_certificates : 1, sizeof *a->m_not_after);
     for (size_t i = 0; a->m_not_after && i < a->c->n_certificates; i++) {
         char labels[128];
         snprintf(labels, sizeof labels, "edge=\"%s\"", a->c->certificates[i].edge);
-        a->m_not_after[i] = metrics_gauge(m, "acme_certificate_not_after_seconds",
-                                          "not_after of the certificate the edge serves (unix s)", labels);
+        a->m_not_after[i] =
+            metrics_gauge(m, "acme_certificate_not_after_seconds",
+                          "not_after of the certificate the edge serves (unix s)", labels);
     }
 }
 
@@ -790,7 +802,8 @@ int acme_start(struct director *d)
     a->last_check_ms = time_mono_ms();
     uv_timer_start(&a->tick, on_tick, TICK_MS, TICK_MS);
     d->acme = a;
-    LOGI(d->log, NULL, "acme: directory %s, %zu certificate(s), check every %llu ms, retry %llu..%llu ms",
+    LOGI(d->log, NULL,
+         "acme: directory %s, %zu certificate(s), check every %llu ms, retry %llu..%llu ms",
          c->directory, c->n_certificates, (unsigned long long)c->check_interval_ms,
          (unsigned long long)c->retry_min_ms, (unsigned long long)c->retry_max_ms);
     return 0;
@@ -838,8 +851,8 @@ static bool dns_name_ok(const char *s)
             label = 0;
             continue;
         }
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  (ch == '-' && label > 0);
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || (ch == '-' && label > 0);
         if (!ok || ++label > 63)
             return false;
     }
@@ -850,7 +863,8 @@ int acme_config_validate(const struct director_config *cfg, struct cfg_err *err)
 {
     const struct director_acme_config *c = &cfg->acme;
     if (c->retry_min_ms > c->retry_max_ms) {
-        cfg_errorf(cfg, err, "acme.retry_min", "retry_min (%llu ms) is longer than retry_max (%llu ms)",
+        cfg_errorf(cfg, err, "acme.retry_min",
+                   "retry_min (%llu ms) is longer than retry_max (%llu ms)",
                    (unsigned long long)c->retry_min_ms, (unsigned long long)c->retry_max_ms);
         return -EINVAL;
     }
@@ -876,8 +890,8 @@ int acme_config_validate(const struct director_config *cfg, struct cfg_err *err)
         }
         for (size_t k = 0; k < ce->n_names; k++)
             if (!dns_name_ok(ce->names[k])) {
-                cfg_errorf(cfg, err, path, "\"%s\" is not a DNS name a CA issues for (no wildcards)",
-                           ce->names[k]);
+                cfg_errorf(cfg, err, path,
+                           "\"%s\" is not a DNS name a CA issues for (no wildcards)", ce->names[k]);
                 return -EINVAL;
             }
     }
@@ -885,8 +899,9 @@ int acme_config_validate(const struct director_config *cfg, struct cfg_err *err)
         return 0;
     if (!c->directory || strncmp(c->directory, "https://", 8) != 0 ||
         strlen(c->directory) >= ACME_URL_MAX) {
-        cfg_errorf(cfg, err, c->directory ? "acme.directory" : "acme",
-                   "an enabled acme section needs directory: https://... (the CA's ACME directory)");
+        cfg_errorf(
+            cfg, err, c->directory ? "acme.directory" : "acme",
+            "an enabled acme section needs directory: https://... (the CA's ACME directory)");
         return -EINVAL;
     }
     if (!c->n_certificates) {

@@ -125,8 +125,8 @@ static void set_error(struct acme_job *o, const char *step, const char *fmt, ...
 
 /* GET (body NULL, head false), HEAD (head true) or POST of a JWS. 0 once an answer came
  * (any status), or a negative errno with the error set for step. */
-static int http(struct acme_job *o, const char *step, const char *url, const char *body,
-                bool head, const char *accept, struct http_resp *r)
+static int http(struct acme_job *o, const char *step, const char *url, const char *body, bool head,
+                const char *accept, struct http_resp *r)
 {
     memset(r, 0, sizeof *r);
     CURL *c = o->curl;
@@ -136,7 +136,8 @@ static int http(struct acme_job *o, const char *step, const char *url, const cha
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(o->req.http_timeout_ms ? o->req.http_timeout_ms : 10000));
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
+                     (long)(o->req.http_timeout_ms ? o->req.http_timeout_ms : 10000));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     if (o->req.ca_file[0])
         curl_easy_setopt(c, CURLOPT_CAINFO, o->req.ca_file);
@@ -162,7 +163,10 @@ static int http(struct acme_job *o, const char *step, const char *url, const cha
     CURLcode cc = curl_easy_perform(c);
     curl_slist_free_all(h);
     if (cc != CURLE_OK) {
-        set_error(o, step, "%s: %s", url, r->too_big ? "answer too large" : errbuf[0] ? errbuf : curl_easy_strerror(cc));
+        set_error(o, step, "%s: %s", url,
+                  r->too_big  ? "answer too large"
+                  : errbuf[0] ? errbuf
+                              : curl_easy_strerror(cc));
         resp_free(r);
         return cc == CURLE_ABORTED_BY_CALLBACK ? -ECANCELED : -EIO;
     }
@@ -417,7 +421,8 @@ static int place_and_wait(struct acme_job *o)
     if (cancel)
         return -ECANCELED;
     if (!placed)
-        LOGO(o, LOG_WARN, "acme: %s: challenges not confirmed in place within %u ms; asking the CA anyway",
+        LOGO(o, LOG_WARN,
+             "acme: %s: challenges not confirmed in place within %u ms; asking the CA anyway",
              o->req.label, wait);
     return 0;
 }
@@ -502,7 +507,8 @@ static int step_authorizations(struct acme_job *o, const struct acme_order *ord)
             if (!nap(o, delay))
                 return -ECANCELED;
         }
-        LOGO(o, LOG_INFO, "acme: %s: authorization %zu/%zu valid", o->req.label, i + 1, ord->n_authz);
+        LOGO(o, LOG_INFO, "acme: %s: authorization %zu/%zu valid", o->req.label, i + 1,
+             ord->n_authz);
     }
     return 0;
 }
@@ -572,7 +578,8 @@ static int step_finalize(struct acme_job *o, const char *order_url, struct acme_
 static int step_download(struct acme_job *o, const struct acme_order *ord)
 {
     struct http_resp r;
-    int rc = post(o, "download", ord->certificate, "", false, "application/pem-certificate-chain", &r);
+    int rc =
+        post(o, "download", ord->certificate, "", false, "application/pem-certificate-chain", &r);
     if (rc)
         return rc;
     if (r.status != 200) {
@@ -598,7 +605,8 @@ static int run_order(struct acme_job *o)
         set_error(o, "account", "account key: %s", err);
         return rc;
     }
-    if ((rc = acme_jwk(x, y, o->jwk, sizeof o->jwk)) || (rc = acme_jwk_thumbprint(o->jwk, o->thumb)))
+    if ((rc = acme_jwk(x, y, o->jwk, sizeof o->jwk)) ||
+        (rc = acme_jwk_thumbprint(o->jwk, o->thumb)))
         return rc;
     if ((rc = step_directory(o)))
         return rc;

@@ -13,9 +13,9 @@
 
 struct acme_job_req {
     char directory[ACME_URL_MAX];
-    char ca_file[512];  /* CA bundle for the CA's HTTPS; "" = the system's */
-    char contact[256];  /* "mailto:..." or "" */
-    char *account_key;  /* PEM (copied) */
+    char ca_file[512];              /* CA bundle for the CA's HTTPS; "" = the system's */
+    char contact[256];              /* "mailto:..." or "" */
+    char *account_key;              /* PEM (copied) */
     char account_url[ACME_URL_MAX]; /* the kid from an earlier order, or "" */
     char names[CTL_DNSNAMES_MAX][CTL_DNSNAME_MAX];
     size_t n_names;
@@ -37,12 +37,12 @@ struct acme_place {
 };
 
 struct acme_job_result {
-    int rc;               /* 0: chain_pem holds the certificate */
-    char step[32];        /* where it failed: "directory", "account", "order", ... */
+    int rc;        /* 0: chain_pem holds the certificate */
+    char step[32]; /* where it failed: "directory", "account", "order", ... */
     char error[256];
-    char *chain_pem;      /* malloc'd; the callee takes it (set to NULL) or it is freed */
+    char *chain_pem; /* malloc'd; the callee takes it (set to NULL) or it is freed */
     char account_url[ACME_URL_MAX];
-    bool ari;             /* the directory offers renewalInfo */
+    bool ari; /* the directory offers renewalInfo */
     uint64_t nonce_retries;
 };
 
@@ -57,8 +57,8 @@ struct acme_job_cbs {
 };
 
 /* Starts the worker; 0 or a negative errno. curl_global_init must have run. */
-int acme_job_start(uv_loop_t *loop, const struct acme_job_req *req,
-                     const struct acme_job_cbs *cb, void *arg, struct acme_job **out);
+int acme_job_start(uv_loop_t *loop, const struct acme_job_req *req, const struct acme_job_cbs *cb,
+                   void *arg, struct acme_job **out);
 /* The challenges handed to place are ready (ok) or could not all be placed (then the
  * worker tries anyway: the CA decides). Loop thread. */
 void acme_job_placed(struct acme_job *o);

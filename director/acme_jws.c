@@ -25,7 +25,8 @@ int acme_jwk(const uint8_t x[32], const uint8_t y[32], char *out, size_t cap)
     char xs[48], ys[48];
     if (base64url_encode(x, 32, xs, sizeof xs) < 0 || base64url_encode(y, 32, ys, sizeof ys) < 0)
         return -EINVAL;
-    int n = snprintf(out, cap, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", xs, ys);
+    int n =
+        snprintf(out, cap, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", xs, ys);
     return n < 0 || (size_t)n >= cap ? -ENOSPC : 0;
 }
 

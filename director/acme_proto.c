@@ -11,10 +11,14 @@
 #include "director/acme_proto.h"
 
 static const char *const status_names[] = {
-    [ACME_ST_UNKNOWN] = "unknown", [ACME_ST_PENDING] = "pending",
-    [ACME_ST_READY] = "ready",     [ACME_ST_PROCESSING] = "processing",
-    [ACME_ST_VALID] = "valid",     [ACME_ST_INVALID] = "invalid",
-    [ACME_ST_DEACTIVATED] = "deactivated", [ACME_ST_EXPIRED] = "expired",
+    [ACME_ST_UNKNOWN] = "unknown",
+    [ACME_ST_PENDING] = "pending",
+    [ACME_ST_READY] = "ready",
+    [ACME_ST_PROCESSING] = "processing",
+    [ACME_ST_VALID] = "valid",
+    [ACME_ST_INVALID] = "invalid",
+    [ACME_ST_DEACTIVATED] = "deactivated",
+    [ACME_ST_EXPIRED] = "expired",
     [ACME_ST_REVOKED] = "revoked",
 };
 
@@ -157,8 +161,7 @@ int acme_parse_account(const char *json, size_t len, struct acme_account *out, c
     return rc;
 }
 
-int acme_parse_order(const char *json, size_t len, struct acme_order *out, char *err,
-                     size_t errcap)
+int acme_parse_order(const char *json, size_t len, struct acme_order *out, char *err, size_t errcap)
 {
     memset(out, 0, sizeof *out);
     json_t *j = load_object(json, len, err, errcap);
@@ -183,8 +186,8 @@ int acme_parse_order(const char *json, size_t len, struct acme_order *out, char 
             char type[16];
             if (!json_is_object(v) ||
                 (rc = get_str(v, "type", true, type, sizeof type, err, errcap)) < 0 ||
-                (rc = get_str(v, "value", true, out->names[i], sizeof out->names[i], err,
-                              errcap)) < 0) {
+                (rc = get_str(v, "value", true, out->names[i], sizeof out->names[i], err, errcap)) <
+                    0) {
                 rc = rc < 0 ? rc : fail(err, errcap, "%s", "an identifier is not an object");
                 break;
             }
@@ -242,8 +245,7 @@ int acme_parse_challenge(const char *json, size_t len, struct acme_challenge *ou
     return rc;
 }
 
-int acme_parse_authz(const char *json, size_t len, struct acme_authz *out, char *err,
-                     size_t errcap)
+int acme_parse_authz(const char *json, size_t len, struct acme_authz *out, char *err, size_t errcap)
 {
     memset(out, 0, sizeof *out);
     json_t *j = load_object(json, len, err, errcap);
@@ -332,8 +334,8 @@ int acme_parse_renewal_info(const char *json, size_t len, struct acme_renewal_in
         rc = get_str(w, "start", true, a, sizeof a, err, errcap);
     if (rc == 0)
         rc = get_str(w, "end", true, b, sizeof b, err, errcap);
-    if (rc == 0 && (acme_parse_time(a, &out->start) || acme_parse_time(b, &out->end) ||
-                    out->end < out->start))
+    if (rc == 0 &&
+        (acme_parse_time(a, &out->start) || acme_parse_time(b, &out->end) || out->end < out->start))
         rc = fail(err, errcap, "%s", "a bad suggestedWindow");
     json_decref(j);
     return rc;

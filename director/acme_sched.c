@@ -18,9 +18,8 @@ static bool has_name(const struct ctl_cert_status *st, const char *name)
     return false;
 }
 
-enum acme_need acme_sched_need(const struct ctl_cert_status *st, const char *const *names,
-                               size_t n, const struct acme_renewal_info *ari, int64_t now,
-                               int64_t *due)
+enum acme_need acme_sched_need(const struct ctl_cert_status *st, const char *const *names, size_t n,
+                               const struct acme_renewal_info *ari, int64_t now, int64_t *due)
 {
     if (due)
         *due = 0;

@@ -22,9 +22,8 @@ const char *acme_need_name(enum acme_need n);
  * lifetime, or at the start of the CA's ARI window when ari is given (a window the CA
  * moved earlier, e.g. for a revocation, counts). *due (optional) gets when it is (or
  * was) due; 0 when it needs replacing for another reason. */
-enum acme_need acme_sched_need(const struct ctl_cert_status *st, const char *const *names,
-                               size_t n, const struct acme_renewal_info *ari, int64_t now,
-                               int64_t *due);
+enum acme_need acme_sched_need(const struct ctl_cert_status *st, const char *const *names, size_t n,
+                               const struct acme_renewal_info *ari, int64_t now, int64_t *due);
 
 /* Delay before attempt number failures + 1 after `failures` (>= 1) failed orders in a row:
  * min * 2^(failures-1), at most max, with jitter taking it down to no less than half of

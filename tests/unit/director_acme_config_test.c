@@ -97,8 +97,9 @@ static void expect_error(const char *extra, const char *needle)
 static void bad_sections_are_refused_where_they_are(void **state)
 {
     (void)state;
-    expect_error("acme:\n  enabled: true\n  certificates: [{edge: av-edge, names: [av.lab.test]}]\n",
-                 "needs directory");
+    expect_error(
+        "acme:\n  enabled: true\n  certificates: [{edge: av-edge, names: [av.lab.test]}]\n",
+        "needs directory");
     expect_error("acme:\n  enabled: true\n  directory: http://ca/dir\n"
                  "  certificates: [{edge: av-edge, names: [av.lab.test]}]\n",
                  "director.yaml:5:14: ");

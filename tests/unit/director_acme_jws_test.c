@@ -44,8 +44,8 @@ static void key_authorization_is_token_dot_thumbprint(void **state)
 {
     (void)state;
     char ka[256];
-    assert_int_equal(acme_key_authorization("tok-EN_1", "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U",
-                                            ka, sizeof ka),
+    assert_int_equal(acme_key_authorization(
+                         "tok-EN_1", "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U", ka, sizeof ka),
                      0);
     assert_string_equal(ka, "tok-EN_1.oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U");
     /* Tokens outside the base64url alphabet (a path, a dot) are refused. */
@@ -72,7 +72,7 @@ static void protected_header_has_jwk_or_kid(void **state)
     assert_string_equal(p, "{\"alg\":\"ES256\",\"kid\":\"https://ca/acct/1\",\"nonce\":\"abc\","
                            "\"url\":\"https://ca/order\"}");
     free(p);
-    assert_null(acme_jws_protected(jwk, "k", "n", "u")); /* both */
+    assert_null(acme_jws_protected(jwk, "k", "n", "u"));   /* both */
     assert_null(acme_jws_protected(NULL, NULL, "n", "u")); /* neither */
     assert_null(acme_jws_protected("not json", NULL, "n", "u"));
 }
@@ -173,11 +173,12 @@ static void flattened_jws_verifies_with_openssl(void **state)
     (void)state;
     snprintf(dir, sizeof dir, "/tmp/acme-jws-test-XXXXXX");
     assert_non_null(mkdtemp(dir));
-    assert_int_equal(sh("openssl ecparam -name prime256v1 -genkey -noout -out %s/key.pem && "
-                        "openssl ec -in %s/key.pem -pubout -out %s/pub.pem 2>/dev/null && "
-                        "openssl ec -in %s/key.pem -pubout -outform DER -out %s/pub.der 2>/dev/null",
-                        dir, dir, dir, dir, dir),
-                     0);
+    assert_int_equal(
+        sh("openssl ecparam -name prime256v1 -genkey -noout -out %s/key.pem && "
+           "openssl ec -in %s/key.pem -pubout -out %s/pub.pem 2>/dev/null && "
+           "openssl ec -in %s/key.pem -pubout -outform DER -out %s/pub.der 2>/dev/null",
+           dir, dir, dir, dir, dir),
+        0);
     uint8_t pub[128];
     size_t pn = read_file("pub.der", pub, sizeof pub);
     assert_true(pn > 65 && pub[pn - 65] == 0x04); /* uncompressed point at the end */

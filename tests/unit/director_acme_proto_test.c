@@ -19,10 +19,11 @@ static void directory_with_and_without_ari(void **state)
     (void)state;
     struct acme_directory d;
     char err[128];
-    const char *peb = "{\"keyChange\":\"https://ca/rollover\",\"meta\":{\"externalAccountRequired\":"
-                      "false,\"termsOfService\":\"data:text/plain,Do%20what%20thou%20wilt\"},"
-                      "\"newAccount\":\"https://ca/sign-me-up\",\"newNonce\":\"https://ca/nonce-plz\","
-                      "\"newOrder\":\"https://ca/order-plz\",\"revokeCert\":\"https://ca/revoke\"}";
+    const char *peb =
+        "{\"keyChange\":\"https://ca/rollover\",\"meta\":{\"externalAccountRequired\":"
+        "false,\"termsOfService\":\"data:text/plain,Do%20what%20thou%20wilt\"},"
+        "\"newAccount\":\"https://ca/sign-me-up\",\"newNonce\":\"https://ca/nonce-plz\","
+        "\"newOrder\":\"https://ca/order-plz\",\"revokeCert\":\"https://ca/revoke\"}";
     assert_int_equal(acme_parse_directory(P(peb), &d, err, sizeof err), 0);
     assert_string_equal(d.new_nonce, "https://ca/nonce-plz");
     assert_string_equal(d.new_account, "https://ca/sign-me-up");
@@ -33,19 +34,21 @@ static void directory_with_and_without_ari(void **state)
                      "\"renewalInfo\":\"https://ca/ari\"}";
     assert_int_equal(acme_parse_directory(P(le), &d, err, sizeof err), 0);
     assert_string_equal(d.renewal_info, "https://ca/ari");
-    assert_int_equal(acme_parse_directory(P("{\"newNonce\":\"n\",\"newAccount\":\"a\"}"), &d, err,
-                                          sizeof err),
-                     -EBADMSG);
+    assert_int_equal(
+        acme_parse_directory(P("{\"newNonce\":\"n\",\"newAccount\":\"a\"}"), &d, err, sizeof err),
+        -EBADMSG);
     assert_string_equal(err, "missing \"newOrder\"");
-    assert_int_equal(acme_parse_directory(P("{\"newNonce\":1,\"newAccount\":\"a\",\"newOrder\":\"o\"}"),
-                                          &d, err, sizeof err),
-                     -EBADMSG);
+    assert_int_equal(
+        acme_parse_directory(P("{\"newNonce\":1,\"newAccount\":\"a\",\"newOrder\":\"o\"}"), &d, err,
+                             sizeof err),
+        -EBADMSG);
     assert_int_equal(acme_parse_directory(P("[]"), &d, err, sizeof err), -EBADMSG);
-    assert_int_equal(acme_parse_directory(P("{\"newNonce\":\"a\",\"newNonce\":\"b\"}"), &d, err,
-                                          sizeof err),
-                     -EBADMSG); /* duplicate members */
+    assert_int_equal(
+        acme_parse_directory(P("{\"newNonce\":\"a\",\"newNonce\":\"b\"}"), &d, err, sizeof err),
+        -EBADMSG); /* duplicate members */
     char big[2000];
-    snprintf(big, sizeof big, "{\"newNonce\":\"%0600d\",\"newAccount\":\"a\",\"newOrder\":\"o\"}", 0);
+    snprintf(big, sizeof big, "{\"newNonce\":\"%0600d\",\"newAccount\":\"a\",\"newOrder\":\"o\"}",
+             0);
     assert_int_equal(acme_parse_directory(P(big), &d, err, sizeof err), -EBADMSG);
     assert_string_equal(err, "\"newNonce\" is too long");
 }
@@ -80,12 +83,14 @@ static void order_pending_then_valid(void **state)
     assert_true(o.has_error);
     assert_int_equal(o.error.status, 403);
     assert_string_equal(o.error.detail, "no");
-    assert_int_equal(acme_parse_order(P("{\"status\":\"weird\",\"identifiers\":[],\"finalize\":\"f\","
-                                        "\"authorizations\":[]}"),
-                                      &o, err, sizeof err),
-                     -EBADMSG);
+    assert_int_equal(
+        acme_parse_order(P("{\"status\":\"weird\",\"identifiers\":[],\"finalize\":\"f\","
+                           "\"authorizations\":[]}"),
+                         &o, err, sizeof err),
+        -EBADMSG);
     /* More authorizations than the limit. */
-    char many[4096] = "{\"status\":\"pending\",\"identifiers\":[],\"finalize\":\"f\",\"authorizations\":[";
+    char many[4096] =
+        "{\"status\":\"pending\",\"identifiers\":[],\"finalize\":\"f\",\"authorizations\":[";
     for (int i = 0; i < ACME_AUTHZ_MAX + 1; i++)
         strcat(many, i ? ",\"u\"" : "\"u\"");
     strcat(many, "]}");
@@ -122,9 +127,9 @@ static void authz_and_its_challenges(void **state)
     assert_true(c->has_error);
     assert_string_equal(c->error.detail, "refused");
     assert_null(acme_authz_challenge(&a, "tkauth-01"));
-    assert_int_equal(acme_parse_authz(P("{\"status\":\"valid\",\"challenges\":[]}"), &a, err,
-                                      sizeof err),
-                     -EBADMSG);
+    assert_int_equal(
+        acme_parse_authz(P("{\"status\":\"valid\",\"challenges\":[]}"), &a, err, sizeof err),
+        -EBADMSG);
     struct acme_challenge ch;
     assert_int_equal(acme_parse_challenge(P("{\"type\":\"http-01\",\"url\":\"u\",\"status\":"
                                             "\"processing\",\"token\":\"t\"}"),
@@ -147,9 +152,9 @@ static void problems_accounts_and_times(void **state)
     assert_int_equal(p.status, 400);
     assert_int_equal(acme_parse_problem(P("not json"), &p, err, sizeof err), -EBADMSG);
     struct acme_account acct;
-    assert_int_equal(acme_parse_account(P("{\"status\":\"valid\",\"orders\":\"x\"}"), &acct, err,
-                                        sizeof err),
-                     0);
+    assert_int_equal(
+        acme_parse_account(P("{\"status\":\"valid\",\"orders\":\"x\"}"), &acct, err, sizeof err),
+        0);
     assert_int_equal(acct.status, ACME_ST_VALID);
     int64_t t;
     assert_int_equal(acme_parse_time("2026-12-07T13:40:42Z", &t), 0);
