@@ -211,6 +211,7 @@ static bool is_problem(const struct http_resp *r, const char *type)
 static int post(struct acme_job *o, const char *step, const char *url, const char *payload,
                 bool with_jwk, const char *accept, struct http_resp *r)
 {
+    memset(r, 0, sizeof *r); /* callers free it whatever happened */
     for (int attempt = 0;; attempt++) {
         if (!o->nonce[0]) {
             struct http_resp nr;

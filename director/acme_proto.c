@@ -286,16 +286,31 @@ const struct acme_challenge *acme_authz_challenge(const struct acme_authz *a, co
 
 int acme_parse_time(const char *s, int64_t *out)
 {
-    struct tm tm = {0};
-    int n = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &n) != 6 ||
-        n != 19)
+    /* "YYYY-MM-DDTHH:MM:SS" exactly (sscanf would take signs and blanks too). */
+    static const char pat[] = "dddd-dd-ddTdd:dd:dd";
+    char b[sizeof pat];
+    size_t len = strnlen(s, 64);
+    if (len < sizeof pat - 1 || len >= 64)
         return -EINVAL;
+    memcpy(b, s, sizeof pat - 1);
+    b[sizeof pat - 1] = '\0';
+    for (size_t i = 0; i < sizeof pat - 1; i++)
+        if (pat[i] == 'd' ? !isdigit((unsigned char)b[i])
+                          : b[i] != pat[i] && !(i == 10 && b[i] == 't'))
+            return -EINVAL;
+#define NUM2(i) ((b[i] - '0') * 10 + (b[(i) + 1] - '0'))
+    struct tm tm = {0};
+    tm.tm_year = NUM2(0) * 100 + NUM2(2);
+    tm.tm_mon = NUM2(5);
+    tm.tm_mday = NUM2(8);
+    tm.tm_hour = NUM2(11);
+    tm.tm_min = NUM2(14);
+    tm.tm_sec = NUM2(17);
+#undef NUM2
     if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
         tm.tm_min > 59 || tm.tm_sec > 60)
         return -EINVAL;
-    const char *p = s + n;
+    const char *p = s + sizeof pat - 1;
     if (*p == '.') /* fractions of a second: dropped */
         for (p++; isdigit((unsigned char)*p); p++)
             ;
