@@ -403,3 +403,113 @@ routes:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FakeCA:
+    """An HTTPS server that answers like an ACME CA up to the order, then gives no nonce
+    (no Replay-Nonce on the order, none from newNonce the second time): a CA misbehaving or
+    going away mid-order. No signature is checked."""
+
+    def __init__(self, workdir):
+        import http.server
+        self.ca, crt, key = pebblelab.make_https_cert(workdir)
+        self.port = free_port()
+        base = f"https://127.0.0.1:{self.port}"
+        self.nonces = 0
+        self.paths = []
+        fake = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, body=None, headers=()):
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                fake.paths.append(("GET", self.path))
+                self.reply(200, {"newNonce": base + "/nonce", "newAccount": base + "/acct",
+                                 "newOrder": base + "/order"})
+
+            def do_HEAD(self):
+                fake.paths.append(("HEAD", self.path))
+                fake.nonces += 1
+                self.reply(200, None, [("Replay-Nonce", "n1")] if fake.nonces == 1 else [])
+
+            def do_POST(self):
+                fake.paths.append(("POST", self.path))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/acct":
+                    self.reply(201, {"status": "valid"},
+                               [("Location", base + "/acct/1"), ("Replay-Nonce", "n2")])
+                elif self.path == "/order":
+                    self.reply(201, {"status": "pending", "identifiers": [
+                        {"type": "dns", "value": "av.lab.test"}],
+                        "authorizations": [base + "/authz/1"], "finalize": base + "/fin/1"},
+                        [("Location", base + "/order/1")])
+                else:
+                    self.reply(500, {"type": "urn:ietf:params:acme:error:serverInternal"})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(crt, key)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class AcmeCaMisbehaving(harness.SuiteTest):
+    def test_ca_without_nonce_mid_order_fails_the_order_cleanly(self):
+        """A CA that stops giving nonces after the order was created: the order fails at the
+        authorization step with that reason, is retried with backoff, and the Director lives
+        on (it once freed an uninitialised answer there)."""
+        ca = FakeCA(self.tmp)
+        self.addCleanup(ca.stop)
+        ctl, dadmin = free_port(), f"127.0.0.1:{free_port()}"
+        d = self.daemon("director", f"""instance_id: director-acme-fake
+admin: {{listen: {dadmin}}}
+ctl: {{listen: 127.0.0.1:{ctl}, heartbeat: 500ms}}
+tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
+confserver: {{enabled: false}}
+acme:
+  enabled: true
+  directory: https://127.0.0.1:{ca.port}/dir
+  ca: {ca.ca}
+  account_key: {self.tmp}/acme-account.key
+  retry_min: 30s
+  retry_max: 60s
+  certificates: [{{edge: av-edge, names: [av.lab.test]}}]
+""", admin=dadmin)
+        aadmin = f"127.0.0.1:{free_port()}"
+        self.daemon("av-edge", f"""instance_id: av-edge-fake
+admin: {{listen: {aadmin}}}
+{link('av-edge', ctl)}
+acme: {{enabled: true, cert: {self.tmp}/av.crt, key: {self.tmp}/av.key}}
+external: {{listen: [127.0.0.1:{free_port()}], tcp_listen: [], tls_listen: [127.0.0.1:{free_port()}]}}
+internal: {{listen: [127.0.0.1:{free_port()}]}}
+relay: {{addresses: [127.0.0.1], port_min: 29350, port_max: 29399}}
+auth: {{realm: lab.test}}
+""", admin=aadmin)
+        st = wait_for(lambda: (lambda s: s if s.get("failures") else None)(
+            http_json(dadmin, "/acme")[1]["certificates"][0] if http_json(dadmin, "/acme")[1]
+            ["certificates"] else {}), timeout=15, what="the failed order")
+        self.assertEqual(st["state"], "backoff", st)
+        self.assertIn("authorization", st["last_error"], st)
+        self.assertIn("gave no Replay-Nonce", st["last_error"], st)
+        self.assertIn(("POST", "/order"), ca.paths)
+        d.alive()
+        self.assertEqual(http_request(dadmin, "/healthz")[0], 200)
+        m = d.metrics()
+        self.assertEqual(m.get('director_acme_orders_total{result="failed"}'), 1, m)
+        self.assertIn("failed at authorization", d.log())
