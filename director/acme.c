@@ -484,6 +484,10 @@ void acme_on_gone(struct director *d, struct ctl_peer *p)
         if (a->pending[i].peer != p)
             a->pending[w++] = a->pending[i];
     a->n_pending = w;
+    /* An order waiting only for this edge's confirmations need not wait for the timeout. */
+    for (size_t i = 0; i < ACME_EDGES_MAX; i++)
+        if (a->edges[i].used && a->edges[i].placing && !pending_any(a, &a->edges[i]))
+            placing_done(a, &a->edges[i], false);
     struct acme_edge *e = edge_by_peer(a, p);
     if (!e)
         return;

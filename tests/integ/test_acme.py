@@ -287,6 +287,11 @@ routes:
         self.assertGreaterEqual(m.get('director_acme_orders_total{result="issued"}', 0), 4, m)
         self.assertGreater(m.get('director_acme_certificate_not_after_seconds{edge="revproxy"}', 0),
                            time.time())
+        # The admin endpoint refuses what it cannot do.
+        self.assertEqual(http_request(self.dadmin, "/acme/renew?edge=nosuch", "POST")[0], 404)
+        self.assertEqual(http_request(self.dadmin, "/acme/renew", "POST")[0], 400)
+        self.assertEqual(http_request(self.dadmin, "/acme/renew?edge=av-edge")[0], 405)
+        self.assertEqual(http_json(self.dadmin, "/acme")[1]["waiting"], [])
         # Both challenge kinds were validated for real by pebble.
         log = self.pebble.logtext()
         self.assertNotIn("ALWAYS_VALID", log)
