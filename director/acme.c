@@ -16,6 +16,7 @@
 #include "common/crypto.h"
 #include "common/json.h"
 #include "common/pki.h"
+#include "director/acme_ari.h"
 #include "director/acme_client.h"
 #include "director/acme_sched.h"
 #include "director/director.h"
@@ -56,6 +57,15 @@ struct acme_edge {
     size_t n_places;
     uint64_t place_deadline_ms;
     bool placing;
+    /* ARI: the certID of the certificate the Director last issued to it (known only for
+     * those: the AuthorityKeyIdentifier comes from the chain), and the CA's window for it. */
+    char cert_id[ACME_CERT_ID_MAX];
+    char cert_id_serial[100];
+    bool has_ari;
+    struct acme_renewal_info ari;
+    uint64_t ari_next_ms;
+    struct acme_job *ari_job;
+    char ari_error[200];
 };
 
 struct acme_pending { /* a Challenge sent, its ChallengeReady awaited */
@@ -71,6 +81,7 @@ struct acme {
     char *account_key;
     char account_url[ACME_URL_MAX];
     int ari; /* -1 unknown, 0 no, 1 the directory offers renewalInfo */
+    char renewal_info[ACME_URL_MAX];
     struct acme_edge edges[ACME_EDGES_MAX];
     struct acme_pending pending[ACME_PENDING_MAX];
     size_t n_pending;
@@ -127,7 +138,7 @@ static struct acme_edge *edge_for(struct acme *a, struct ctl_peer *p)
     }
     if (!free_slot) /* reuse a disconnected idle one */
         for (size_t i = 0; i < ACME_EDGES_MAX && !free_slot; i++)
-            if (!a->edges[i].peer && !a->edges[i].job)
+            if (!a->edges[i].peer && !a->edges[i].job && !a->edges[i].ari_job)
                 free_slot = &a->edges[i];
     if (!free_slot)
         return NULL;
@@ -168,6 +179,12 @@ static void order_failed(struct acme *a, struct acme_edge *e, const char *step, 
     update_backoff_gauge(a);
     LOGW(a->d->log, NULL, "acme: %s: order %s failed at %s: %s; attempt %u failed, next in %.1f s",
          edge_label(e, lb, sizeof lb), e->order_id, step, why, e->failures, (double)delay / 1000.0);
+}
+
+/* The CA's renewal window for the certificate the edge serves, when known. */
+static const struct acme_renewal_info *edge_ari(const struct acme_edge *e)
+{
+    return e->has_ari && strcmp(e->cert_id_serial, e->status.serial) == 0 ? &e->ari : NULL;
 }
 
 /* ---- challenges on the edges ---- */
@@ -276,7 +293,10 @@ static void on_done(struct acme_job *job, struct acme_job_result *r, void *arg)
     remove_challenges(a, e);
     if (r->account_url[0])
         snprintf(a->account_url, sizeof a->account_url, "%s", r->account_url);
-    a->ari = r->ari;
+    if (strcmp(r->step, "directory") != 0) { /* the directory was read */
+        a->ari = r->ari;
+        snprintf(a->renewal_info, sizeof a->renewal_info, "%s", r->renewal_info);
+    }
     metric_add(a->m_nonce_retries, r->nonce_retries);
     if (r->rc) {
         order_failed(a, e, r->step[0] ? r->step : "order", r->error);
@@ -300,6 +320,16 @@ static void on_done(struct acme_job *job, struct acme_job_result *r, void *arg)
         order_failed(a, e, "install", "the control connection failed");
         return;
     }
+    /* ARI asks about a certificate by its issuer's key id and its serial. */
+    uint8_t aki[ACME_AKI_MAX];
+    size_t aki_len = 0;
+    e->has_ari = false;
+    e->ari_next_ms = 0;
+    if (acme_cert_aki(r->chain_pem, aki, &aki_len) == 0 &&
+        acme_ari_cert_id(aki, aki_len, info.base.serial, e->cert_id, sizeof e->cert_id) == 0)
+        snprintf(e->cert_id_serial, sizeof e->cert_id_serial, "%s", info.base.serial);
+    else
+        e->cert_id[0] = '\0';
     set_state(e, ST_WAIT_INSTALL);
     LOGI(a->d->log, NULL,
          "acme: %s: order %s: certificate issued (serial %s, not after %" PRId64
@@ -352,7 +382,7 @@ static void evaluate(struct acme *a, struct acme_edge *e)
         return;
     const struct director_acme_cert *ce = &a->c->certificates[e->entry];
     enum acme_need need = acme_sched_need(&e->status, (const char *const *)ce->names, ce->n_names,
-                                          NULL, time_wall_s(), NULL);
+                                          edge_ari(e), time_wall_s(), NULL);
     if (need == ACME_NEED_NONE && !e->force) {
         if (e->state == ST_BACKOFF) { /* it got a good certificate some other way */
             set_state(e, ST_IDLE);
@@ -496,6 +526,51 @@ void acme_on_gone(struct director *d, struct ctl_peer *p)
         set_state(e, ST_IDLE); /* asked again after its next CertStatus */
 }
 
+/* ---- ARI: the CA's renewal window for each certificate the Director issued ---- */
+
+static void on_ari_done(struct acme_job *job, struct acme_job_result *r, void *arg)
+{
+    struct acme_edge *e = arg;
+    struct acme *a = e->owner;
+    char lb[128];
+    e->ari_job = NULL;
+    uint64_t again = a->c->check_interval_ms;
+    if (r->retry_after > 0 && (uint64_t)r->retry_after * 1000 > again)
+        again = (uint64_t)r->retry_after * 1000;
+    e->ari_next_ms = time_mono_ms() + again;
+    if (r->rc) {
+        if (strcmp(e->ari_error, r->error) != 0) /* once per new reason, not every check */
+            LOGW(a->d->log, NULL, "acme: %s: renewalInfo for %s: %s", edge_label(e, lb, sizeof lb),
+                 e->cert_id, r->error);
+        snprintf(e->ari_error, sizeof e->ari_error, "%s", r->error);
+        return;
+    }
+    e->ari_error[0] = '\0';
+    if (!e->has_ari || e->ari.start != r->window.start || e->ari.end != r->window.end)
+        LOGI(a->d->log, NULL,
+             "acme: %s: the CA suggests renewing serial %s between %" PRId64 " and %" PRId64
+             " (ARI)",
+             edge_label(e, lb, sizeof lb), e->cert_id_serial, r->window.start, r->window.end);
+    e->ari = r->window;
+    e->has_ari = true;
+    evaluate(a, e);
+}
+
+static void start_ari(struct acme *a, struct acme_edge *e)
+{
+    struct acme_job_req req;
+    memset(&req, 0, sizeof req);
+    snprintf(req.ari_url, sizeof req.ari_url, "%s/%s", a->renewal_info, e->cert_id);
+    snprintf(req.ca_file, sizeof req.ca_file, "%s", a->c->ca ? a->c->ca : "");
+    edge_label(e, req.label, sizeof req.label);
+    req.log = a->d->log;
+    static const struct acme_job_cbs cbs = {.done = on_ari_done};
+    if (acme_job_start(a->d->loop, &req, &cbs, e, &e->ari_job)) {
+        e->ari_job = NULL;
+        e->ari_next_ms = time_mono_ms() + a->c->check_interval_ms;
+    }
+}
+
 /* ---- timer: challenge confirmations, CSR/install timeouts, backoff, periodic checks ---- */
 
 static void on_tick(uv_timer_t *t)
@@ -517,6 +592,9 @@ static void on_tick(uv_timer_t *t)
             order_failed(a, e, "install", "the edge did not confirm the new certificate");
         else if ((e->state == ST_BACKOFF && now >= e->next_attempt_ms) || check)
             evaluate(a, e);
+        if (e->state == ST_IDLE && e->peer && e->cert_id[0] && a->renewal_info[0] && !e->ari_job &&
+            now >= e->ari_next_ms)
+            start_ari(a, e);
     }
 }
 
@@ -566,7 +644,7 @@ static void jb_edge(struct acme *a, struct json_buf *j, const struct acme_edge *
     if (e->has_status) {
         int64_t due = 0;
         enum acme_need need = acme_sched_need(&e->status, (const char *const *)ce->names,
-                                              ce->n_names, NULL, time_wall_s(), &due);
+                                              ce->n_names, edge_ari(e), time_wall_s(), &due);
         json_printf(
             j, ",\"need\":\"%s\",\"renew_at\":%" PRId64 ",\"serial\":", acme_need_name(need), due);
         json_str(j, e->status.serial);
@@ -582,6 +660,13 @@ static void jb_edge(struct acme *a, struct json_buf *j, const struct acme_edge *
         json_printf(j, "],\"edge_error\":");
         json_str(j, e->status.error);
     }
+    json_printf(j, ",\"cert_id\":");
+    json_str(j, e->cert_id);
+    if (edge_ari(e))
+        json_printf(j, ",\"ari\":{\"start\":%" PRId64 ",\"end\":%" PRId64 "}", e->ari.start,
+                    e->ari.end);
+    else
+        json_printf(j, ",\"ari\":null");
     json_printf(j, ",\"failures\":%u,\"next_attempt\":", e->failures);
     if (e->state == ST_BACKOFF)
         json_printf(j, "%" PRId64, e->next_attempt_wall);
@@ -832,11 +917,12 @@ void acme_stop(struct director *d)
     if (!a)
         return;
     d->acme = NULL;
-    for (size_t i = 0; i < ACME_EDGES_MAX; i++)
-        if (a->edges[i].job) {
-            acme_job_cancel(a->edges[i].job);
-            a->edges[i].job = NULL;
-        }
+    for (size_t i = 0; i < ACME_EDGES_MAX; i++) {
+        acme_job_cancel(a->edges[i].job);
+        a->edges[i].job = NULL;
+        acme_job_cancel(a->edges[i].ari_job);
+        a->edges[i].ari_job = NULL;
+    }
     uv_close((uv_handle_t *)&a->tick, on_tick_closed);
 }
 

@@ -301,6 +301,7 @@ static int step_directory(struct acme_job *o)
         rc = -EBADMSG;
     }
     o->res.ari = o->dir.renewal_info[0] != '\0';
+    snprintf(o->res.renewal_info, sizeof o->res.renewal_info, "%s", o->dir.renewal_info);
     resp_free(&r);
     return rc;
 }
@@ -638,12 +639,34 @@ static int run_order(struct acme_job *o)
     return step_download(o, &ord);
 }
 
+/* ARI: the CA's suggested renewal window for one certificate (an unauthenticated GET). */
+static int run_ari(struct acme_job *o)
+{
+    struct http_resp r;
+    int rc = http(o, "renewal-info", o->req.ari_url, NULL, false, NULL, &r);
+    if (rc)
+        return rc;
+    char err[128];
+    int64_t s;
+    if (r.retry_after[0] && acme_parse_retry_after(r.retry_after, time_wall_s(), &s) == 0)
+        o->res.retry_after = s;
+    if (r.status != 200) {
+        rc = fail_answer(o, "renewal-info", o->req.ari_url, &r);
+    } else if (acme_parse_renewal_info(r.body ? r.body : "", r.len, &o->res.window, err,
+                                       sizeof err)) {
+        set_error(o, "renewal-info", "bad renewalInfo: %s", err);
+        rc = -EBADMSG;
+    }
+    resp_free(&r);
+    return rc;
+}
+
 static void *worker(void *arg)
 {
     struct acme_job *o = arg;
     o->deadline_ms = time_mono_ms() + (o->req.order_timeout_ms ? o->req.order_timeout_ms : 120000);
     o->curl = curl_easy_init();
-    int rc = o->curl ? run_order(o) : -ENOMEM;
+    int rc = !o->curl ? -ENOMEM : o->req.ari_url[0] ? run_ari(o) : run_order(o);
     if (rc && !o->res.error[0])
         set_error(o, o->res.step[0] ? o->res.step : "order", "%s", strerror(-rc));
     if (o->curl)
@@ -713,7 +736,7 @@ int acme_job_start(uv_loop_t *loop, const struct acme_job_req *req, const struct
     snprintf(o->res.account_url, sizeof o->res.account_url, "%s", req->account_url);
     o->cb = *cb;
     o->arg = arg;
-    if (!o->req.account_key || !csr) {
+    if ((req->account_key && !o->req.account_key) || !csr) {
         free(o->req.account_key);
         free(csr);
         free(o);

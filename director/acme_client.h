@@ -25,8 +25,11 @@ struct acme_job_req {
     uint32_t http_timeout_ms;  /* per request; 0 = 10 s */
     uint32_t order_timeout_ms; /* the whole order; 0 = 120 s */
     uint32_t place_timeout_ms; /* waiting for the loop to place challenges; 0 = 10 s */
-    char label[96];            /* the edge, for logs */
-    const struct logger *log;  /* must outlive the order; written from the worker thread */
+    /* Instead of an order: GET this renewalInfo URL (ARI, RFC 9773: the directory's
+     * renewalInfo "/" certID) into the result's window. */
+    char ari_url[ACME_URL_MAX + 200];
+    char label[96];           /* the edge, for logs */
+    const struct logger *log; /* must outlive the order; written from the worker thread */
 };
 
 struct acme_place {
@@ -42,7 +45,10 @@ struct acme_job_result {
     char error[256];
     char *chain_pem; /* malloc'd; the callee takes it (set to NULL) or it is freed */
     char account_url[ACME_URL_MAX];
-    bool ari; /* the directory offers renewalInfo */
+    bool ari;                        /* the directory offers renewalInfo ... */
+    char renewal_info[ACME_URL_MAX]; /* ... here */
+    struct acme_renewal_info window; /* ARI mode: the suggested window */
+    int64_t retry_after;             /* ARI mode: seconds until asking again (0: not said) */
     uint64_t nonce_retries;
 };
 

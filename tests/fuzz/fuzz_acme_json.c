@@ -1,13 +1,15 @@
-// fuzz-sources: director/acme_proto.c
+// fuzz-sources: director/acme_proto.c director/acme_ari.c common/crypto.c
 /* Fuzzes the Director's parsing of the ACME CA's JSON (director/acme_proto.c): the first
  * byte picks the document (directory, problem, account, order, authorization, challenge,
- * renewalInfo, Retry-After, RFC 3339 time), the rest is the body. Every parse must
+ * renewalInfo, Retry-After, RFC 3339 time, a certificate's DER for its AuthorityKeyIdentifier,
+ * a serial for the ARI certID), the rest is the body. Every parse must
  * return 0 or -EBADMSG/-EINVAL and leave NUL-terminated strings within their limits. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "director/acme_ari.h"
 #include "director/acme_proto.h"
 
 #define TERMINATED(a) (memchr((a), '\0', sizeof(a)) != NULL)
@@ -20,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = size - 1;
     char err[128];
     int rc = 0;
-    switch (data[0] % 9) {
+    switch (data[0] % 11) {
     case 0: {
         struct acme_directory d;
         rc = acme_parse_directory(p, n, &d, err, sizeof err);
@@ -71,14 +73,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         break;
     }
+    case 9: {
+        uint8_t aki[ACME_AKI_MAX];
+        size_t len = 0;
+        rc = acme_cert_aki_der(data + 1, n, aki, &len);
+        if (rc == 0 && (len == 0 || len > ACME_AKI_MAX))
+            abort();
+        if (rc == -ENOENT)
+            rc = 0;
+        break;
+    }
+    case 10: {
+        char s[256], id[ACME_CERT_ID_MAX];
+        size_t m = n < sizeof s - 1 ? n : sizeof s - 1;
+        memcpy(s, p, m);
+        s[m] = '\0';
+        static const uint8_t aki[4] = {1, 2, 3, 4};
+        rc = acme_ari_cert_id(aki, sizeof aki, s, id, sizeof id);
+        if (rc == 0 && !strchr(id, '.'))
+            abort();
+        if (rc == -ENOSPC)
+            rc = 0;
+        break;
+    }
     default: {
         char s[256];
         size_t m = n < sizeof s - 1 ? n : sizeof s - 1;
         memcpy(s, p, m);
         s[m] = '\0';
         int64_t v;
-        rc = data[0] % 9 == 7 ? acme_parse_retry_after(s, 1796650842, &v) : acme_parse_time(s, &v);
-        if (rc == 0 && data[0] % 9 == 7 && v < 0)
+        rc = data[0] % 11 == 7 ? acme_parse_retry_after(s, 1796650842, &v) : acme_parse_time(s, &v);
+        if (rc == 0 && data[0] % 11 == 7 && v < 0)
             abort();
         break;
     }

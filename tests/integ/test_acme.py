@@ -518,3 +518,163 @@ auth: {{realm: lab.test}}
         m = d.metrics()
         self.assertEqual(m.get('director_acme_orders_total{result="failed"}'), 1, m)
         self.assertIn("failed at authorization", d.log())
+
+
+class AriProxy:
+    """pebble 2.4 has no ARI: this HTTPS proxy in front of it adds renewalInfo to the
+    directory and answers renewalInfo/<certID> with the window the test sets (RFC 9773),
+    passing everything else to pebble (whose URLs then name the proxy: it builds them from
+    the Host header)."""
+
+    def __init__(self, pebble):
+        import http.server
+        import urllib.error
+        import urllib.request
+        self.port = free_port()
+        base = f"https://127.0.0.1:{self.port}"
+        now = int(time.time())
+        self.window = (now + 30 * 86400, now + 31 * 86400)
+        self.asked = []
+        proxy = self
+        ctx = ssl.create_default_context(cafile=pebble.ca)
+
+        def rfc3339(t):
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def send(self, status, headers, data):
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def forward(self):
+                if self.path.startswith("/renewal-info/"):
+                    proxy.asked.append(self.path.split("/", 2)[2])
+                    s, e = proxy.window
+                    body = json.dumps({"suggestedWindow": {"start": rfc3339(s), "end": rfc3339(e)}})
+                    return self.send(200, [("Content-Type", "application/json"),
+                                           ("Retry-After", "1")], body.encode())
+                n = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(n) if n else None
+                hdrs = {k: v for k, v in self.headers.items()
+                        if k.lower() in ("content-type", "accept")}
+                hdrs["Host"] = f"127.0.0.1:{proxy.port}"
+                req = urllib.request.Request(f"https://127.0.0.1:{pebble.port}{self.path}",
+                                             data=data, headers=hdrs, method=self.command)
+                try:
+                    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                        status, headers, body = r.status, r.getheaders(), r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, body = e.code, e.headers.items(), e.read()
+                if self.path == "/dir" and status == 200:
+                    d = json.loads(body)
+                    d["renewalInfo"] = base + "/renewal-info"
+                    body = json.dumps(d).encode()
+                self.send(status, headers, body)
+
+            do_GET = do_POST = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(os.path.join(pebble.workdir, "pebble-https.crt"),
+                             os.path.join(pebble.workdir, "pebble-https.key"))
+        self.server.socket = sctx.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def b64u(b):
+    import base64
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class AcmeAri(harness.SuiteTest):
+    def test_renewal_follows_the_ca_renewal_info_window(self):
+        """With renewalInfo in the directory the Director asks it about each certificate it
+        issued (certID = AKI keyIdentifier . serial, RFC 9773) and renews when the CA's
+        window has begun, long before two thirds of the lifetime."""
+        if not pebblelab.available():
+            self.skipTest("pebble is not installed (deploy/install-deps.sh, group test)")
+        addr, name = "127.0.0.13", "av.lab.test"
+        dns = dnsstub.DnsStub({name: addr}).start()
+        self.addCleanup(dns.stop)
+        tls_port = free_port(addr)
+        pebble = pebblelab.Pebble(self.tmp, dns.addr, free_port(), tls_port,
+                                  env={"PEBBLE_AUTHZREUSE": "0"}).start()
+        self.addCleanup(pebble.stop)
+        proxy = AriProxy(pebble)
+        self.addCleanup(proxy.stop)
+        ctl, dadmin = free_port(), f"127.0.0.1:{free_port()}"
+        d = self.daemon("director", f"""instance_id: director-acme-ari
+admin: {{listen: {dadmin}}}
+ctl: {{listen: 127.0.0.1:{ctl}, heartbeat: 500ms}}
+tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
+confserver: {{enabled: false}}
+acme:
+  enabled: true
+  directory: https://127.0.0.1:{proxy.port}/dir
+  ca: {pebble.ca}
+  account_key: {self.tmp}/acme-account.key
+  retry_min: 1s
+  retry_max: 3s
+  check_interval: 1s
+  certificates: [{{edge: av-edge, names: [{name}]}}]
+""", admin=dadmin)
+        aadmin = f"127.0.0.1:{free_port()}"
+        self.daemon("av-edge", f"""instance_id: av-edge-ari
+admin: {{listen: {aadmin}}}
+{link('av-edge', ctl)}
+acme: {{enabled: true, cert: {self.tmp}/av.crt, key: {self.tmp}/av.key}}
+external: {{listen: [{addr}:{free_port(addr, socket.SOCK_DGRAM)}], tcp_listen: [], tls_listen: [{addr}:{tls_port}]}}
+internal: {{listen: [127.0.0.23:{free_port('127.0.0.23', socket.SOCK_DGRAM)}]}}
+relay: {{addresses: [{addr}], port_min: 29400, port_max: 29449}}
+auth: {{realm: lab.test}}
+""", admin=aadmin)
+        root = os.path.join(self.tmp, "root.pem")
+        with open(root, "w") as f:
+            f.write(pebble.root_pem())
+
+        def served():
+            ctx = ssl.create_default_context(cafile=root)
+            with socket.create_connection((addr, tls_port), timeout=3) as s:
+                with ctx.wrap_socket(s, server_hostname=name) as t:
+                    return t.getpeercert(binary_form=True)
+        first = wait_for(lambda: served(), timeout=30, interval=0.5, what="the first certificate")
+        # The certID the Director must use, from the certificate with the openssl CLI.
+        out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial", "-ext",
+                              "authorityKeyIdentifier"], input=first, capture_output=True,
+                             check=True).stdout.decode()
+        serial = bytes.fromhex(re.search(r"serial=([0-9A-F]+)", out).group(1))
+        if serial[0] & 0x80:
+            serial = b"\0" + serial
+        aki = bytes.fromhex(re.search(r"([0-9A-F]{2}(:[0-9A-F]{2})+)", out.split("Identifier")[1])
+                            .group(1).replace(":", ""))
+        cert_id = f"{b64u(aki)}.{b64u(serial)}"
+        wait_for(lambda: cert_id in proxy.asked, timeout=10, what=f"GET renewal-info/{cert_id}")
+        st = wait_for(lambda: http_json(dadmin, "/acme")[1]["certificates"][0]["ari"], timeout=5,
+                      what="the window in GET /acme")
+        self.assertEqual(st["start"], proxy.window[0])
+        time.sleep(1.5)
+        self.assertEqual(served(), first)  # window in a month: nothing to do yet
+        # The CA moves the window to now (as for a revocation): renewed at once.
+        now = int(time.time())
+        proxy.window = (now - 60, now + 3600)
+        second = wait_for(lambda: (lambda c: c if c != first else None)(served()), timeout=30,
+                          interval=0.5, what="the renewal the ARI window asked for")
+        self.assertNotEqual(second, first)
+        self.assertIn("(ARI)", d.log())
+        self.assertIn("certificate needs replacing (renew)", d.log())
