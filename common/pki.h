@@ -14,12 +14,15 @@
 int pki_key_generate(char **key_pem, char *err, size_t errcap);
 
 /* A PKCS#10 request (DER) signed by key_pem: subject CN = names[0], a subjectAltName
- * extension with every name as dNSName. 1 <= n <= 16. */
+ * extension with every name as dNSName (iPAddress for an IP literal). 1 <= n <= 16, each
+ * a host name ("*." first label allowed) or IP literal. A CN holds 64 bytes at most
+ * (X.520): when names[0] is longer, the CN is the first name that fits, or there is none. */
 int pki_csr_create(const char *key_pem, const char *const *names, size_t n, uint8_t **der,
                    size_t *der_len, char *err, size_t errcap);
 
 /* A self-signed certificate (PEM) for key_pem naming `name` (CN and dNSName SAN), valid
- * from an hour ago for `days`: an edge's placeholder until its first ACME certificate. */
+ * from an hour ago for `days` (1 to 36500): an edge's placeholder until its first ACME
+ * certificate. A name over 64 bytes is in the SAN only, its first label the CN. */
 int pki_self_signed(const char *key_pem, const char *name, unsigned days, char **cert_pem,
                     char *err, size_t errcap);
 
@@ -32,10 +35,9 @@ int pki_alpn_challenge_cert(const char *name, const uint8_t digest[32], char **c
 /* JWS ES256 (RFC 7518 §3.4) with a P-256 key: the public key's affine coordinates, 32
  * bytes each, big-endian (base64url them for the JWK), and the signature of data as the
  * 64-byte r || s (not DER). */
-int pki_es256_public(const char *key_pem, uint8_t x[32], uint8_t y[32], char *err,
-                     size_t errcap);
-int pki_es256_sign(const char *key_pem, const void *data, size_t len, uint8_t sig[64],
-                   char *err, size_t errcap);
+int pki_es256_public(const char *key_pem, uint8_t x[32], uint8_t y[32], char *err, size_t errcap);
+int pki_es256_sign(const char *key_pem, const void *data, size_t len, uint8_t sig[64], char *err,
+                   size_t errcap);
 
 /* What the first certificate of a PEM chain says (tls_cert_info), with its notBefore and
  * whether it is self-signed (issuer == subject). With key_pem, -EKEYREJECTED unless the

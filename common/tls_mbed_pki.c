@@ -130,12 +130,12 @@ static int self_signed_fields(mbedtls_x509write_cert *w, mbedtls_pk_context *key
                               time_t not_before, time_t not_after, const uint8_t *digest,
                               mbedtls_ctr_drbg_context *drbg)
 {
-    char subj[300], nb[16], na[16];
+    char subj[80], label[64], nb[16], na[16];
     unsigned char san[300], *s = NULL;
     mbedtls_mpi serial;
     x509_time(not_before, nb);
     x509_time(not_after, na);
-    snprintf(subj, sizeof subj, "CN=%s", name);
+    snprintf(subj, sizeof subj, "CN=%s", tls_cert_cn(&name, 1, label));
 
     mbedtls_x509write_crt_set_version(w, MBEDTLS_X509_CRT_VERSION_3);
     mbedtls_x509write_crt_set_md_alg(w, MBEDTLS_MD_SHA256);
@@ -268,7 +268,7 @@ int pki_csr_create(const char *key_pem, const char *const *names, size_t n, uint
     struct rng r;
     mbedtls_pk_context pk;
     mbedtls_x509write_csr w;
-    char subj[300];
+    char subj[80];
     unsigned char *buf = malloc(CRT_BUF), *san = NULL;
     mbedtls_pk_init(&pk);
     mbedtls_x509write_csr_init(&w);
@@ -279,10 +279,11 @@ int pki_csr_create(const char *key_pem, const char *const *names, size_t n, uint
         rc = -ENOMEM;
         goto out;
     }
-    snprintf(subj, sizeof subj, "CN=%s", names[0]);
+    const char *cn = tls_cert_cn(names, n, NULL);
     mbedtls_x509write_csr_set_key(&w, &pk);
     mbedtls_x509write_csr_set_md_alg(&w, MBEDTLS_MD_SHA256);
-    int len = mbedtls_x509write_csr_set_subject_name(&w, subj);
+    snprintf(subj, sizeof subj, "CN=%s", cn ? cn : "");
+    int len = cn ? mbedtls_x509write_csr_set_subject_name(&w, subj) : 0; /* else an empty one */
     if (len == 0)
         len = san_der(names, n, buf, CRT_BUF, &san);
     if (len > 0)

@@ -107,6 +107,8 @@ static X509 *self_signed_x509(EVP_PKEY *k, const char *name, long from_s, long t
     GENERAL_NAMES *san = san_names(&name, 1);
     BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
     unsigned char rnd[16];
+    char label[64];
+    const char *cn = tls_cert_cn(&name, 1, label);
     time_t now = time(NULL); /* one clock reading for both dates */
     bool ok = x && san && bc && RAND_bytes(rnd, sizeof rnd) == 1;
     if (ok) {
@@ -118,7 +120,7 @@ static X509 *self_signed_x509(EVP_PKEY *k, const char *name, long from_s, long t
              X509_time_adj(X509_getm_notBefore(x), from_s, &now) != NULL &&
              X509_time_adj(X509_getm_notAfter(x), to_s, &now) != NULL &&
              X509_set_pubkey(x, k) == 1 &&
-             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1,
+             X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
                                         0) == 1 &&
              X509_set_issuer_name(x, n) == 1 &&
              X509_add1_ext_i2d(x, NID_basic_constraints, bc, 0, X509V3_ADD_DEFAULT) == 1 &&
@@ -217,9 +219,10 @@ int pki_csr_create(const char *key_pem, const char *const *names, size_t n, uint
     X509_REQ *req = X509_REQ_new();
     GENERAL_NAMES *san = san_names(names, n);
     STACK_OF(X509_EXTENSION) *exts = NULL;
+    const char *cn = tls_cert_cn(names, n, NULL); /* NULL: an empty subject */
     bool ok = req && san && X509_REQ_set_version(req, 0 /* v1 */) == 1 &&
-              X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
-                                         (const unsigned char *)names[0], -1, -1, 0) == 1 &&
+              (!cn || X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_ASC,
+                                                 (const unsigned char *)cn, -1, -1, 0) == 1) &&
               X509_REQ_set_pubkey(req, k) == 1 &&
               X509V3_add1_i2d(&exts, NID_subject_alt_name, san, 0, X509V3_ADD_DEFAULT) == 1 &&
               X509_REQ_add_extensions(req, exts) == 1 && X509_REQ_sign(req, k, EVP_sha256()) > 0;

@@ -144,8 +144,8 @@ int tls_check_self_signed_name(const char *name, char *err, size_t cap)
     return 0;
 }
 
-/* A host name: labels of letters, digits, '-' and '_' (no empty label), the first may be
- * "*"; or an IP literal. */
+/* A host name: labels of 1 to 63 letters, digits, '-' and '_', the first may be "*"; or an
+ * IP literal. */
 static bool host_name_ok(const char *s)
 {
     unsigned char ip[16];
@@ -154,13 +154,13 @@ static bool host_name_ok(const char *s)
     size_t label = 0;
     for (const char *c = s;; c++) {
         if (*c == '.' || *c == '\0') {
-            if (label == 0)
+            if (label == 0 || label > 63)
                 return false;
             if (*c == '\0')
                 return true;
             label = 0;
         } else if (*c == '*') {
-            if (c != s || (c[1] != '.' && c[1] != '\0'))
+            if (c != s || c[1] != '.')
                 return false;
             label++;
         } else if (isalnum((unsigned char)*c) || *c == '-' || *c == '_') {
@@ -188,6 +188,18 @@ int tls_check_cert_names(const char *const *names, size_t n, size_t max, char *e
         }
     }
     return 0;
+}
+
+const char *tls_cert_cn(const char *const *names, size_t n, char *label)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(names[i]) <= 64)
+            return names[i];
+    if (!label)
+        return NULL;
+    size_t l = strcspn(names[0], ".");
+    snprintf(label, 64, "%.*s", (int)(l < 63 ? l : 63), names[0]);
+    return label;
 }
 
 bool tls_peer_has_name(const struct tls_peer *p, const char *name)

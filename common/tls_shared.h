@@ -39,9 +39,14 @@ void tls_hex_fingerprint(const uint8_t h[32], char *out);
 /* Checks a self_signed_name: a plain host name or IP literal. */
 int tls_check_self_signed_name(const char *name, char *err, size_t cap);
 /* Checks the names a certificate or request is to carry: 1 <= n <= max, each a host name
- * (letters, digits, '-', '_'; "*" as the whole first label) or an IP literal, at most 253
- * bytes. */
+ * (labels of 1 to 63 letters, digits, '-', '_'; "*" as the whole first label) or an IP
+ * literal, at most 253 bytes. */
 int tls_check_cert_names(const char *const *names, size_t n, size_t max, char *err, size_t cap);
+/* The subject CN for a request or certificate of names (checked: tls_check_cert_names):
+ * the first name that fits X.520's 64 bytes; when none does, NULL for a request (no CN: CAs
+ * want a CN that is one of the names, if any) or, with label (64 bytes) for a certificate,
+ * which needs a subject, the first label of names[0] copied there. */
+const char *tls_cert_cn(const char *const *names, size_t n, char *label);
 /* The names of a peer certificate say name (DNS SANs, the CN only when there is none;
  * RFC 6125 wildcards in the first label: cert_names_match). */
 bool tls_peer_has_name(const struct tls_peer *p, const char *name);

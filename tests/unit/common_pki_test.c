@@ -147,13 +147,63 @@ static void csr_verifies_and_names_every_san(void **st)
     free(key);
 }
 
+/* X.520 bounds a CN to 64 bytes, a DNS name may have 253: a longer first name goes in the
+ * SAN only, and the CN is the first name that fits (none: no CN, which CAs accept). A
+ * certificate needs a subject: a long name's first label stands in. */
+static void long_names_go_in_the_san(void **st)
+{
+    (void)st;
+    char err[256] = "", out[8192], *key = new_key(), *cert = NULL, lng[120], lng2[120];
+    snprintf(lng, sizeof lng, "%s.%s.lab.test",
+             "label-of-fifty-bytes-0123456789-0123456789-0123456", "another-label-of-forty-bytes");
+    snprintf(lng2, sizeof lng2, "x%s", lng);
+    assert_true(strlen(lng) > 64);
+    const char *names[] = {lng, "short.lab.test"}, *two_long[] = {lng, lng2};
+    uint8_t *der = NULL;
+    size_t len = 0;
+    assert_int_equal(pki_csr_create(key, names, 2, &der, &len, err, sizeof err), 0);
+    put("long.der", der, len);
+    free(der);
+    assert_int_equal(
+        run(out, sizeof out, "openssl req -inform DER -in long.der -verify -noout -text"), 0);
+    assert_non_null(strstr(out, "verify OK"));
+    assert_non_null(strstr(out, "Subject: CN = short.lab.test\n"));
+    assert_non_null(strstr(out, lng));
+    assert_int_equal(pki_csr_create(key, two_long, 2, &der, &len, err, sizeof err), 0);
+    put("long2.der", der, len);
+    free(der);
+    assert_int_equal(
+        run(out, sizeof out, "openssl req -inform DER -in long2.der -verify -noout -text"), 0);
+    assert_non_null(strstr(out, "verify OK"));
+    assert_null(strstr(out, "CN ="));
+    assert_int_equal(count(out, "DNS:"), 2);
+
+    assert_int_equal(pki_self_signed(key, lng, 3, &cert, err, sizeof err), 0);
+    struct pki_cert_info ci;
+    assert_int_equal(pki_chain_inspect(cert, key, &ci, err, sizeof err), 0);
+    assert_string_equal(ci.base.subject, "CN=label-of-fifty-bytes-0123456789-0123456789-0123456");
+    assert_int_equal(ci.n_names, 1);
+    assert_string_equal(ci.names[0], lng);
+    free(cert);
+    char *ck = NULL;
+    uint8_t digest[32] = {1};
+    assert_int_equal(pki_alpn_challenge_cert(lng, digest, &cert, &ck, err, sizeof err), 0);
+    assert_int_equal(pki_chain_inspect(cert, ck, &ci, err, sizeof err), 0);
+    assert_string_equal(ci.names[0], lng);
+    free(cert);
+    free(ck);
+    free(key);
+}
+
 static void csr_refuses_bad_input(void **st)
 {
     (void)st;
     char err[256], *key = new_key();
     const char *ok[17], *empty[] = {"a.lab.test", ""}, *nul[] = {"a.lab.test", NULL};
     const char *space[] = {"a b.lab.test"}, *comma[] = {"a.lab.test,O=Evil"};
-    const char *dots[] = {"a..lab.test"}, *mid[] = {"a.*.lab.test"};
+    const char *dots[] = {"a..lab.test"}, *mid[] = {"a.*.lab.test"}, *star[] = {"*"};
+    const char *label64[] = {
+        "a234567890123456789012345678901234567890123456789012345678901234.test"};
     for (int i = 0; i < 17; i++)
         ok[i] = "x.lab.test";
     uint8_t *der = NULL;
@@ -173,6 +223,8 @@ static void csr_refuses_bad_input(void **st)
         {key, comma, 1, "not a host name"},
         {key, dots, 1, "not a host name"},
         {key, mid, 1, "not a host name"},
+        {key, label64, 1, "not a host name"},
+        {key, star, 1, "not a host name"},
         {"garbage", ok, 1, "not a valid private key"},
         {"", ok, 1, "not a valid private key"},
         {NULL, ok, 1, "no key"},
@@ -567,6 +619,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(key_is_p256),
         cmocka_unit_test(csr_verifies_and_names_every_san),
+        cmocka_unit_test(long_names_go_in_the_san),
         cmocka_unit_test(csr_refuses_bad_input),
         cmocka_unit_test(alpn_challenge_cert_carries_digest),
         cmocka_unit_test(es256_signature_verifies),
