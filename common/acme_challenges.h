@@ -20,8 +20,8 @@ void acme_challenges_free(struct acme_challenges *s); /* NULL is a no-op */
 
 /* HTTP-01. token: base64url, at most 128 bytes; key_authz at most 256. -EINVAL otherwise,
  * -ENOSPC past 64 entries. Replaces an entry with the same token. expires: unix seconds. */
-int acme_challenges_set_http(struct acme_challenges *s, const char *token,
-                             const char *key_authz, int64_t expires);
+int acme_challenges_set_http(struct acme_challenges *s, const char *token, const char *key_authz,
+                             int64_t expires);
 /* Copies the key authorization for token into out: its length, or -ENOENT (unknown or
  * expired), -ENOSPC if cap is too small. */
 int acme_challenges_http(struct acme_challenges *s, const char *token, char *out, size_t cap);

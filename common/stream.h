@@ -8,7 +8,11 @@
  * write into an empty queue is always taken, however large. With TLS the queue counts
  * ciphertext, and writes before the handshake finishes wait in the TLS layer.
  * The peer's end of stream (FIN, or TLS close_notify) closes the stream with err 0 once
- * the write queue has drained. */
+ * the write queue has drained.
+ * ACME TLS-ALPN-01 (RFC 8737): a TLS stream whose handshake negotiated "acme-tls/1" (a
+ * CA validating a challenge, tls_opts.acme) never opens: no on_open, no on_data; its last
+ * flight and close_notify go out and on_close gets err 0 and "ACME TLS-ALPN-01 challenge
+ * answered". This holds for every server TLS path (stream_accept, stream_start_tls). */
 #ifndef COMMON_STREAM_H
 #define COMMON_STREAM_H
 

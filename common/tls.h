@@ -58,7 +58,9 @@ struct tls_opts {
     /* Server: ACME TLS-ALPN-01 (RFC 8737). A ClientHello offering only "acme-tls/1" for a
      * name with a challenge in this store gets the challenge certificate and that protocol,
      * and the connection ends after the handshake (stream.c: the daemon never sees it);
-     * without such a challenge the handshake fails. Not owned; must outlive the ctx. */
+     * without such a challenge the handshake fails. A hello offering other protocols too
+     * is an ordinary client; ordinary clients see no difference. Not owned; must outlive
+     * the ctx. */
     struct acme_challenges *acme;
 };
 

@@ -35,9 +35,9 @@ static int parse_challenge_crt(mbedtls_x509_crt *crt, const char *pem)
     mbedtls_pem_context ctx;
     size_t used;
     mbedtls_pem_init(&ctx);
-    int rc = mbedtls_pem_read_buffer(&ctx, "-----BEGIN CERTIFICATE-----",
-                                     "-----END CERTIFICATE-----", (const unsigned char *)pem, NULL,
-                                     0, &used);
+    int rc =
+        mbedtls_pem_read_buffer(&ctx, "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----",
+                                (const unsigned char *)pem, NULL, 0, &used);
     if (rc == 0)
         rc = mbedtls_x509_crt_parse_der_with_ext_cb(crt, ctx.buf, ctx.buflen, 1, accept_acme_id,
                                                     NULL);

@@ -56,7 +56,8 @@ static int conn_fail(struct tls_conn *c, int rc)
     int ret = -EPROTO;
     c->failed = true;
     if (c->ctx->server && c->acme && !c->acme->found && rc != MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE) {
-        set_err(c, "ACME TLS-ALPN-01: no challenge for %s", c->sni ? c->sni : "a hello without SNI");
+        set_err(c, "ACME TLS-ALPN-01: no challenge for %s",
+                c->sni ? c->sni : "a hello without SNI");
         return ret;
     }
     switch (rc) {

@@ -55,7 +55,7 @@ struct tls_ctx {
     SSL_CTX *ssl;
     struct tls_cert *certs;
     size_t ncerts;
-    const char **alpn; /* owned, NULL-terminated, strings in the same block */
+    const char **alpn;            /* owned, NULL-terminated, strings in the same block */
     struct acme_challenges *acme; /* server: TLS-ALPN-01 answers (tls_opts.acme), or NULL */
     unsigned char *alpn_wire;
     size_t alpn_wire_len;
@@ -78,9 +78,9 @@ struct tls_conn {
     bool resumed;
     bool failed;
     bool verified;
-    bool acme;       /* server: a hello offering just "acme-tls/1" (TLS-ALPN-01) */
-    bool acme_found; /* ... and the store had its challenge certificate */
-    char *name;      /* client: server_name as given (the saved session's key) */
+    bool acme;             /* server: a hello offering just "acme-tls/1" (TLS-ALPN-01) */
+    bool acme_found;       /* ... and the store had its challenge certificate */
+    char *name;            /* client: server_name as given (the saved session's key) */
     char *sni;             /* server: name the client asked for */
     struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
     char *vinfo;           /* issuer and subject of the peer certificate during the handshake */

@@ -34,8 +34,9 @@ int tls_ossl_acme_hello(SSL *ssl, int *alert, void *arg)
     struct tls_conn *c = SSL_get_app_data(ssl);
     const unsigned char *ext;
     size_t len;
-    if (!c || !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation,
-                                         &ext, &len) ||
+    if (!c ||
+        !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
+                                   &len) ||
         !tls_alpn_only(ext, len, ACME_ALPN_PROTOCOL))
         return SSL_CLIENT_HELLO_SUCCESS; /* an ordinary client */
     c->acme = true;
@@ -48,8 +49,8 @@ int tls_ossl_acme_hello(SSL *ssl, int *alert, void *arg)
     free(c->sni);
     c->sni = strdup(name);
     char *cert = NULL, *key = NULL;
-    bool ok = acme_challenges_alpn(ctx->acme, name, &cert, &key) == 0 &&
-              use_challenge(ssl, cert, key);
+    bool ok =
+        acme_challenges_alpn(ctx->acme, name, &cert, &key) == 0 && use_challenge(ssl, cert, key);
     if (key)
         OPENSSL_cleanse(key, strlen(key));
     free(key);

@@ -65,7 +65,8 @@ static int conn_fail(struct tls_conn *c, int sslerr)
     int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
     char buf[128];
     if (c->acme && !c->acme_found) {
-        set_err(c, "ACME TLS-ALPN-01: no challenge for %s", c->sni ? c->sni : "a hello without SNI");
+        set_err(c, "ACME TLS-ALPN-01: no challenge for %s",
+                c->sni ? c->sni : "a hello without SNI");
     } else if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
         unsigned a = (unsigned)(reason - SSL_AD_REASON_OFFSET);
         set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));

@@ -1,6 +1,7 @@
 /* Contexts for the OpenSSL backend (tls_openssl.h): options to an SSL_CTX with its
  * certificates, CA, suites, groups, ALPN, session cache and rotating ticket keys, and the
  * callbacks it installs; reference counts. */
+#include "common/acme_challenges.h"
 #include "common/tls_openssl.h"
 
 #include <errno.h>
@@ -80,6 +81,9 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     struct tls_ctx *ctx = arg;
     struct tls_conn *c = SSL_get_app_data(ssl);
     if (c && c->acme) { /* tls_ossl_acme_hello saw it is the only protocol offered */
+        size_t l = strlen(ACME_ALPN_PROTOCOL);
+        if (inlen != 1 + l || in[0] != l || memcmp(in + 1, ACME_ALPN_PROTOCOL, l) != 0)
+            return SSL_TLSEXT_ERR_ALERT_FATAL; /* a second hello (after HRR) that changed it */
         *out = in + 1;
         *outlen = in[0];
         return SSL_TLSEXT_ERR_OK;

@@ -174,15 +174,15 @@ bool tls_alpn_only(const uint8_t *b, size_t n, const char *proto)
 ssize_t tls_peek_alpn(const uint8_t *p, size_t len, uint8_t *out, size_t cap)
 {
     uint8_t hs[HELLO_MAX];
-    if (!p || (!out && cap))
+    if (!p || !out)
         return -EINVAL;
     ssize_t n = gather_hello(p, len, hs, sizeof hs);
     if (n < 0)
         return n;
     const uint8_t *ext;
     size_t elen;
-    int rc = hello_ext(hs + 4, (size_t)n, 16 /* application_layer_protocol_negotiation */, &ext,
-                       &elen);
+    int rc =
+        hello_ext(hs + 4, (size_t)n, 16 /* application_layer_protocol_negotiation */, &ext, &elen);
     if (rc <= 0)
         return rc;
     if (tls_alpn_list_check(ext, elen) < 0)

@@ -46,8 +46,8 @@ static struct tls_ctx *server(void)
     if (!ctx) {
         static const char *alpn[] = {"h2", "http/1.1", "sip", NULL};
         if (acme_challenges_create(&store) != 0 ||
-            acme_challenges_set_alpn(store, "fuzz.lab", challenge_crt, challenge_key,
-                                     INT64_MAX) != 0)
+            acme_challenges_set_alpn(store, "fuzz.lab", challenge_crt, challenge_key, INT64_MAX) !=
+                0)
             abort();
         struct tls_opts o = {.server = true,
                              .self_signed_name = "fuzz.lab",

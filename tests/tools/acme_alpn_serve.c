@@ -122,8 +122,8 @@ static int add_challenge(struct acme_challenges *st, char *spec)
     *cert++ = '\0';
     *key++ = '\0';
     char *cp = read_file(cert), *kp = read_file(key);
-    int rc = cp && kp ? acme_challenges_set_alpn(st, spec, cp, kp, (int64_t)time(NULL) + 3600)
-                      : -ENOENT;
+    int rc =
+        cp && kp ? acme_challenges_set_alpn(st, spec, cp, kp, (int64_t)time(NULL) + 3600) : -ENOENT;
     free(cp);
     free(kp);
     return rc;
@@ -132,10 +132,10 @@ static int add_challenge(struct acme_challenges *st, char *spec)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"listen", required_argument, NULL, 'l'}, {"cert", required_argument, NULL, 'c'},
-        {"key", required_argument, NULL, 'k'},    {"alpn", required_argument, NULL, 'a'},
+        {"listen", required_argument, NULL, 'l'},    {"cert", required_argument, NULL, 'c'},
+        {"key", required_argument, NULL, 'k'},       {"alpn", required_argument, NULL, 'a'},
         {"challenge", required_argument, NULL, 'x'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},         {NULL, 0, NULL, 0}};
     const char *listen = NULL;
     struct tls_files_config files = {0};
     const char *alpn[9] = {NULL};
@@ -183,8 +183,7 @@ int main(int argc, char **argv)
     }
     struct srv v = {.loop = uv_default_loop()};
     char err[256];
-    struct tls_files_use use = {
-        .server = true, .alpn = nalpn ? alpn : NULL, .acme = store};
+    struct tls_files_use use = {.server = true, .alpn = nalpn ? alpn : NULL, .acme = store};
     if (tls_files_ctx(&v.tls, &files, &use, err, sizeof err) != 0) {
         fprintf(stderr, "TLS: %s\n", err);
         return 1;
