@@ -5,8 +5,8 @@
 
 #include <uv.h>
 
-#include "common/admin.h"
 #include "common/acme_edge.h"
+#include "common/admin.h"
 #include "common/cfg.h"
 #include "common/daemon.h"
 
@@ -101,8 +101,7 @@ struct ae;
 /* Starts every listener of cfg on loop; acme (the ACME challenges the external TLS
  * listeners answer, or NULL) must outlive ae. */
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct admin *admin, struct acme_challenges *acme,
-             struct ae **out);
+             struct metrics *m, struct admin *admin, struct acme_challenges *acme, struct ae **out);
 /* Takes a new config for policy, limits and the next hop (listeners stay as they are). */
 int ae_reload(struct ae *ae, const struct ae_config *cfg);
 /* Stops accepting new connections and INVITEs; calls done(arg) once no INVITE transaction

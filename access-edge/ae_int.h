@@ -108,7 +108,7 @@ struct ae {
     size_t nlst;
     struct tls_ctx *tls_ext, *tls_ext_mtls, *tls_int_server, *tls_int_client, *tls_ext_client;
     struct acme_challenges *acme; /* TLS-ALPN-01 answers on the external TLS listeners */
-    struct stream_gate *hs_gate; /* accepted TLS handshakes take turns with SIP work */
+    struct stream_gate *hs_gate;  /* accepted TLS handshakes take turns with SIP work */
     struct ae_dns *dns;
 
     struct ae_conn **conns; /* by id & (conn_cap - 1) */

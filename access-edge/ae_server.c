@@ -449,8 +449,7 @@ static void start_timers(struct ae *ae, const struct ae_config *cfg, struct metr
 }
 
 int ae_start(uv_loop_t *loop, const struct ae_config *cfg, const struct logger *log,
-             struct metrics *m, struct admin *admin, struct acme_challenges *acme,
-             struct ae **out)
+             struct metrics *m, struct admin *admin, struct acme_challenges *acme, struct ae **out)
 {
     struct ae *ae = calloc(1, sizeof(*ae));
     if (!ae)

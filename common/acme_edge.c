@@ -48,8 +48,8 @@ struct acme_edge {
     size_t n_pending;
     char *pending_key;
     struct active active[ACTIVE_MAX];
-    struct metric *m_csr_ok, *m_csr_fail, *m_installed, *m_install_fail, *m_chal_http,
-        *m_chal_alpn, *m_chal_fail, *m_active;
+    struct metric *m_csr_ok, *m_csr_fail, *m_installed, *m_install_fail, *m_chal_http, *m_chal_alpn,
+        *m_chal_fail, *m_active;
 };
 
 /* ---- config ---- */
@@ -88,8 +88,8 @@ int acme_edge_config_check(const void *cfg, const struct acme_edge_config *a,
     }
     if (check_dir(cfg, "acme.cert", a->cert, err) || check_dir(cfg, "acme.key", a->key, err))
         return -EINVAL;
-    if (listener_cert && (strcmp(listener_cert, a->cert) ||
-                          (listener_key && strcmp(listener_key, a->key)))) {
+    if (listener_cert &&
+        (strcmp(listener_cert, a->cert) || (listener_key && strcmp(listener_key, a->key)))) {
         cfg_errorf(cfg, err, listener_cert_path,
                    "with acme enabled the listeners serve acme.cert and acme.key: leave this "
                    "out or name the same files");
@@ -297,9 +297,9 @@ static void on_cert_issued(struct acme_edge *e, const struct ctl_cert_issued *c,
         snprintf(err, sizeof err, "no certificate request pending for order %s", c->order_id);
         rc = -ENOENT;
     }
-    if (rc == 0 && (rc = pki_chain_inspect(c->chain_pem, e->pending_key, &info, err, sizeof err)))
-        ;
-    else if (rc == 0)
+    if (rc == 0)
+        rc = pki_chain_inspect(c->chain_pem, e->pending_key, &info, err, sizeof err);
+    if (rc == 0)
         rc = acme_issued_check(&info, e->pending_names, e->n_pending, (int64_t)time(NULL), err,
                                sizeof err);
     if (rc == 0)

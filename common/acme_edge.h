@@ -42,8 +42,9 @@ extern const struct cfg_key acme_edge_keys[];
 /* The entry for a role's key table: ACME_EDGE_CONFIG_KEY(struct av_config, acme). */
 #define ACME_EDGE_CONFIG_KEY(type, field)                                                          \
     {                                                                                              \
-        "acme", CFG_SECTION, offsetof(type, field), .sub = acme_edge_keys, .restart = true,        \
-        .help = "certificate of the external TLS listeners obtained by the Director (ACME)"        \
+        "acme", CFG_SECTION, offsetof(type, field),                                                \
+            .sub = acme_edge_keys, .restart = true,                                                \
+            .help = "certificate of the external TLS listeners obtained by the Director (ACME)"    \
     }
 
 /* For the role's validate: with acme enabled, cert and key are set and their directories

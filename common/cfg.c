@@ -824,7 +824,8 @@ static void cert_walk(const char *base, const struct cfg_key *keys,
                       void (*fn)(const char *cert, const char *key, void *arg), void *arg)
 {
     for (const struct cfg_key *k = keys; k->name; k++)
-        if (k->type == CFG_BOOL && !strcmp(k->name, "enabled") && !*(const bool *)(base + k->offset))
+        if (k->type == CFG_BOOL && !strcmp(k->name, "enabled") &&
+            !*(const bool *)(base + k->offset))
             return; /* a section turned off uses no certificate */
     const struct cfg_key *kc = file_key(keys, "cert"), *kk = file_key(keys, "key");
     if (kc && kk && *(char *const *)(base + kc->offset))

@@ -102,7 +102,7 @@ struct ce_edge {
     const struct logger *log;
     struct tls_ctx *ext_tls, *int_tls;
     struct acme_challenges *acme; /* TLS-ALPN-01 answers on the participants' listener */
-    struct stream_gate *hs_gate; /* participants' TLS handshakes take turns with relaying */
+    struct stream_gate *hs_gate;  /* participants' TLS handshakes take turns with relaying */
     uv_tcp_t ext_listener, int_listener;
     uv_timer_t ping;
     int handles_open;

@@ -146,7 +146,8 @@ static int ce_start(struct daemon *d, const void *cfgp, void **state)
         return -ENOMEM;
     m->d = d;
     char err[512] = "";
-    int rc = acme_edge_create(daemon_logger(d), daemon_metrics(d), &cfg->acme, NULL, NULL, &m->acme);
+    int rc =
+        acme_edge_create(daemon_logger(d), daemon_metrics(d), &cfg->acme, NULL, NULL, &m->acme);
     if (rc == 0)
         rc = ce_edge_start(daemon_loop(d), cfg, daemon_logger(d), daemon_metrics(d),
                            acme_edge_store(m->acme), &m->edge, err, sizeof err);

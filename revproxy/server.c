@@ -278,8 +278,8 @@ int rp_server_start(struct daemon *d, const struct rp_config *cfg, struct rp_ser
     struct rp_config *lcfg = gen_cfg_ref(cfg);
     srv->listen_cfg = lcfg;
     char err[256] = "";
-    rc = acme_edge_create(srv->log, daemon_metrics(d), &cfg->acme, acme_name(cfg), NULL,
-                          &srv->acme);
+    rc =
+        acme_edge_create(srv->log, daemon_metrics(d), &cfg->acme, acme_name(cfg), NULL, &srv->acme);
     if (rc == 0 && (rc = rp_gen_create(srv, own, &srv->gen, err, sizeof err)) != 0)
         LOGE(srv->log, NULL, "cannot start: %s", err);
     if (rc) {

@@ -251,6 +251,9 @@ header_timeout: {header_timeout}
         code, h, body = self.get80(path)
         self.assertEqual((code, body), (200, ka))
         self.assertTrue(h["content-type"].startswith("text/plain"), h)
+        p = self.run_tool(["curl", "-sS", "--max-time", "10",
+                           f"http://127.0.0.1:{self.redir}{path}"], timeout=20)
+        self.assertEqual(p.stdout.decode(), ka)
         code, h, body = self.get80(path, method="HEAD")
         self.assertEqual((code, body, h["content-length"]), (200, "", str(len(ka))))
         # Whatever Host the CA sends (it is the name being validated).
@@ -270,7 +273,7 @@ header_timeout: {header_timeout}
         self.stub.send(f"remove http-01 web.lab.test {token}")
         wait_for(lambda: self.get80(path)[0] == 404, 5, what="the challenge removed")
         mx = d.metrics()
-        self.assertEqual(mx.get('revproxy_acme_http_requests_total{result="served"}'), 3)
+        self.assertEqual(mx.get('revproxy_acme_http_requests_total{result="served"}'), 4)
         self.assertGreaterEqual(mx.get('revproxy_acme_http_requests_total{result="unknown_token"}'), 4)
         self.assertEqual(mx.get('revproxy_acme_challenges_total{kind="http-01"}'), 1)
         self.assertEqual(mx.get("revproxy_acme_challenges_active"), 0)
@@ -378,8 +381,10 @@ header_timeout: {header_timeout}
         self.assertEqual(mx.get("revproxy_acme_certificates_installed_total"), 1)
         self.assertEqual(mx.get("revproxy_acme_install_failures_total"), 1)
         self.assertEqual(mx.get('revproxy_acme_csr_total{result="ok"}'), 1)
-        # A reconnect (new Welcome) reports the installed certificate.
-        self.assertIn("certificate", d.log())
+        # certwatch reloaded once the pair was whole, never on half of it.
+        log = d.log()
+        self.assertIn("certificate " + self.cert + " changed", log)
+        self.assertNotIn("reload refused", log)
 
     # ---- access-edge, conf-edge, av-edge: the same issuance, and TLS-ALPN-01 ----
 

@@ -164,8 +164,7 @@ static void placeholder_request_install(void **state)
 {
     struct fixture *f = *state;
     struct acme_edge_config a = {.enabled = true, .cert = f->cert, .key = f->key};
-    assert_int_equal(acme_edge_create(&f->log, f->metrics, &a, "web.lab.test", f->store, &f->e),
-                     0);
+    assert_int_equal(acme_edge_create(&f->log, f->metrics, &a, "web.lab.test", f->store, &f->e), 0);
     /* The placeholder: a self-signed pair for the daemon's name, the key private. */
     struct stat st;
     assert_int_equal(stat(f->key, &st), 0);
@@ -306,8 +305,8 @@ static void a_broken_pair_is_replaced_at_start(void **state)
     assert_null(f->e);
 }
 
-static struct ctl_msg *challenge(struct fixture *f, enum ctl_challenge_kind kind,
-                                 const char *name, const char *token, bool remove)
+static struct ctl_msg *challenge(struct fixture *f, enum ctl_challenge_kind kind, const char *name,
+                                 const char *token, bool remove)
 {
     struct ctl_msg *m = calloc(1, sizeof *m);
     m->type = CTL_MSG_CHALLENGE;
@@ -387,7 +386,7 @@ static void config_checks(void **state)
         struct daemon_config base;
         struct acme_edge_config acme;
         struct tls_files_config tls;
-    } *c;
+    } * c;
     static const struct cfg_key tkeys[] = {
         DAEMON_CONFIG_KEYS,
         {"acme", CFG_SECTION, 0, .sub = acme_edge_keys},
@@ -425,8 +424,8 @@ static void config_checks(void **state)
              f->cert, f->key, f->dir, f->dir);
     assert_int_equal(
         cfg_load_string("t.yaml", yaml, strlen(yaml), keys, sizeof *c, (void **)&c, &err), 0);
-    assert_int_equal(
-        acme_edge_config_check(c, &c->acme, "tls.cert", c->tls.cert, c->tls.key, &err), -EINVAL);
+    assert_int_equal(acme_edge_config_check(c, &c->acme, "tls.cert", c->tls.cert, c->tls.key, &err),
+                     -EINVAL);
     assert_non_null(strstr(err.msg, "t.yaml:3:13: tls.cert: with acme enabled"));
     assert_int_equal(acme_edge_config_check(c, &c->acme, "tls.cert", f->cert, f->key, &err), 0);
     struct tls_files_config out;

@@ -24,7 +24,7 @@ static void dns_names(void **state)
     assert_true(acme_dns_name_ok("*.lab.test"));
     assert_true(acme_dns_name_ok("a-1.B2.example"));
     assert_false(acme_dns_name_ok(""));
-    assert_false(acme_dns_name_ok("localhost")); /* one label */
+    assert_false(acme_dns_name_ok("localhost"));     /* one label */
     assert_false(acme_dns_name_ok("web.lab.test.")); /* trailing dot */
     assert_false(acme_dns_name_ok(".lab.test"));
     assert_false(acme_dns_name_ok("a..test"));
@@ -38,7 +38,7 @@ static void dns_names(void **state)
     char label[80];
     memset(label, 'a', 64);
     strcpy(label + 64, ".test");
-    assert_false(acme_dns_name_ok(label)); /* a 64-byte label */
+    assert_false(acme_dns_name_ok(label));    /* a 64-byte label */
     assert_true(acme_dns_name_ok(label + 1)); /* a 63-byte label */
     char longname[300];
     for (int i = 0; i < 127; i++)

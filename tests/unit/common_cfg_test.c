@@ -312,9 +312,9 @@ static void disabled_sections_and_string_pairs(void **st)
     static const char on[] = "admin: {listen: 127.0.0.1:8080}\n"
                              "acme: {enabled: true, cert: /nonexistent/a.crt, key: /x/a.key}\n"
                              "link: {tls: {cert: /dev/null, key: /dev/zero}}\n";
-    assert_int_equal(cfg_load_string("t.yaml", on, strlen(on), files_keys,
-                                     sizeof(struct files_cfg), &c, &err),
-                     0);
+    assert_int_equal(
+        cfg_load_string("t.yaml", on, strlen(on), files_keys, sizeof(struct files_cfg), &c, &err),
+        0);
     cfg_each_cert_pair(c, files_keys, count_pair, seen);
     assert_string_equal(seen, "/nonexistent/a.crt+/x/a.key;/dev/null+/dev/zero;");
     cfg_free(c);
@@ -322,9 +322,9 @@ static void disabled_sections_and_string_pairs(void **st)
     static const char off[] = "admin: {listen: 127.0.0.1:8080}\n"
                               "acme: {enabled: false, cert: /nonexistent/a.crt, key: /x/a.key}\n"
                               "link: {enabled: false, tls: {cert: /dev/null, key: /dev/zero}}\n";
-    assert_int_equal(cfg_load_string("t.yaml", off, strlen(off), files_keys,
-                                     sizeof(struct files_cfg), &c, &err),
-                     0);
+    assert_int_equal(
+        cfg_load_string("t.yaml", off, strlen(off), files_keys, sizeof(struct files_cfg), &c, &err),
+        0);
     cfg_each_cert_pair(c, files_keys, count_pair, seen);
     assert_string_equal(seen, "");
     cfg_free(c);

@@ -435,8 +435,9 @@ static void acme_messages_round_trip(void **state)
     in->u.challenge.kind = CTL_CHALLENGE_TLS_ALPN_01;
     strcpy(in->u.challenge.name, "conf.lab.test");
     strcpy(in->u.challenge.token, "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA");
-    strcpy(in->u.challenge.key_authorization,
-           "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI");
+    strcpy(
+        in->u.challenge.key_authorization,
+        "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI");
     in->u.challenge.remove = true;
     in->u.challenge.expires = 1700003600;
     out = roundtrip(in);
@@ -508,21 +509,21 @@ static void acme_limits_are_enforced_when_decoding(void **state)
         size_t max; /* longest accepted */
         enum ctl_msg_type type;
     } strs[] = {
-        {10, 1, CTL_DNSNAME_MAX - 1, CTL_MSG_CERT_STATUS},  /* names[] */
-        {10, 4, 99, CTL_MSG_CERT_STATUS},                   /* serial */
-        {10, 6, CTL_NOTE_MAX - 1, CTL_MSG_CERT_STATUS},     /* error */
-        {11, 1, CTL_ID_MAX - 1, CTL_MSG_CSR_REQUEST},       /* order_id */
-        {11, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CSR_REQUEST},  /* names[] */
-        {12, 1, CTL_ID_MAX - 1, CTL_MSG_CSR},               /* order_id */
-        {12, 2, CTL_CSR_MAX, CTL_MSG_CSR},                  /* der (bytes: no NUL) */
-        {12, 3, CTL_NOTE_MAX - 1, CTL_MSG_CSR},             /* error */
-        {13, 1, CTL_ID_MAX - 1, CTL_MSG_CERT_ISSUED},       /* order_id */
-        {13, 2, CTL_CHAIN_MAX - 1, CTL_MSG_CERT_ISSUED},    /* chain_pem */
-        {14, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CHALLENGE},    /* name */
-        {14, 3, CTL_TOKEN_MAX - 1, CTL_MSG_CHALLENGE},      /* token */
-        {14, 4, CTL_KEYAUTH_MAX - 1, CTL_MSG_CHALLENGE},    /* key_authorization */
+        {10, 1, CTL_DNSNAME_MAX - 1, CTL_MSG_CERT_STATUS},   /* names[] */
+        {10, 4, 99, CTL_MSG_CERT_STATUS},                    /* serial */
+        {10, 6, CTL_NOTE_MAX - 1, CTL_MSG_CERT_STATUS},      /* error */
+        {11, 1, CTL_ID_MAX - 1, CTL_MSG_CSR_REQUEST},        /* order_id */
+        {11, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CSR_REQUEST},   /* names[] */
+        {12, 1, CTL_ID_MAX - 1, CTL_MSG_CSR},                /* order_id */
+        {12, 2, CTL_CSR_MAX, CTL_MSG_CSR},                   /* der (bytes: no NUL) */
+        {12, 3, CTL_NOTE_MAX - 1, CTL_MSG_CSR},              /* error */
+        {13, 1, CTL_ID_MAX - 1, CTL_MSG_CERT_ISSUED},        /* order_id */
+        {13, 2, CTL_CHAIN_MAX - 1, CTL_MSG_CERT_ISSUED},     /* chain_pem */
+        {14, 2, CTL_DNSNAME_MAX - 1, CTL_MSG_CHALLENGE},     /* name */
+        {14, 3, CTL_TOKEN_MAX - 1, CTL_MSG_CHALLENGE},       /* token */
+        {14, 4, CTL_KEYAUTH_MAX - 1, CTL_MSG_CHALLENGE},     /* key_authorization */
         {15, 1, CTL_TOKEN_MAX - 1, CTL_MSG_CHALLENGE_READY}, /* token */
-        {15, 2, CTL_NOTE_MAX - 1, CTL_MSG_CHALLENGE_READY}, /* error */
+        {15, 2, CTL_NOTE_MAX - 1, CTL_MSG_CHALLENGE_READY},  /* error */
     };
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         n = make_frame(f, strs[i].env, strs[i].field, 1, NULL, strs[i].max, 'a');
