@@ -75,6 +75,9 @@ def rewrite(text, plan, host, certs=None, instance=None, state=None):
         out = out.replace("build/certs/", certs.rstrip("/") + "/")
     if state:  # where state files go (containers: a volume; the netns lab: its own folder)
         out = out.replace("build/director-registrations", state.rstrip("/") + "/director-registrations")
+        # ACME: the Director's account key and each edge's certificate pair, written at run time.
+        out = out.replace("build/acme-account.key", state.rstrip("/") + "/acme-account.key")
+        out = out.replace("build/acme/", state.rstrip("/") + "/acme/")
     if instance:
         out, n = re.subn(r"(?m)^instance_id:.*$", f"instance_id: {instance}", out)
         if n == 0:

@@ -10,14 +10,16 @@ set -eu
 BUILD="build-essential pkg-config clang libclang-rt-14-dev
   libuv1-dev libmbedtls-dev libssl-dev libsrtp2-dev libosip2-dev libyaml-dev
   libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libc-ares-dev
-  libhttp-parser-dev"
+  libhttp-parser-dev libcurl4-openssl-dev libjansson-dev"
+# libcurl4-openssl-dev and libjansson-dev: the Director's ACME client (HTTPS to the CA, its JSON).
 # Integration tests: real clients nobody here wrote; docker-compose (validates the compose
 # file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests;
 # sipvicious (svwar, svcrack) and varnish (varnishtest) for the attacker-side tests; sslscan
-# for the TLS scan of every listener (protocols, suites, forward secrecy, renegotiation).
+# for the TLS scan of every listener (protocols, suites, forward secrecy, renegotiation); pebble
+# (Let's Encrypt's test ACME CA) for the ACME tests (tests/integ/test_acme.py).
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
-  docker-compose python3-yaml systemd sipvicious varnish sslscan"
+  docker-compose python3-yaml systemd sipvicious varnish sslscan pebble"
 # Lab clients (make lab-test, deploy/lab/clients/): real WebRTC and SIP clients nobody here wrote,
 # driven through the edges in the namespace lab. python3-aiortc: two WebRTC peers (aiortc, a third
 # TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3. kamailio with its
@@ -43,7 +45,7 @@ COMPOSE="docker.io docker-compose debootstrap iptables"
 # Runtime: the shared libraries the daemons link (what the -dev packages above pull in); the
 # container images' slim stage installs exactly these.
 RUNTIME="libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 libprotobuf-c1
-  libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1"
+  libosip2-15 libhttp-parser2.9 libc-ares2 libsrtp2-1 libcurl4 libjansson4"
 
 PKGS=""
 for g in ${EDGE_DEPS_GROUPS:-build test lab bench check}; do

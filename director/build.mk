@@ -12,3 +12,11 @@ $(BIN)/ctl-probe: $(OBJ)/tests/tools/ctl_probe.o $(BUILD)/libcommon.a
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 $(OBJ)/tests/tools/ctl_probe.o: $(BUILD)/gen/version.h
 all: $(BIN)/ctl-probe
+
+# The ACME client (director/acme_*.c) speaks HTTPS to the CA with libcurl and reads its JSON
+# with jansson: linked into the Director (and its unit tests) only, not into the edges.
+DIR_ACME_CFLAGS := $(shell pkg-config --cflags libcurl jansson)
+DIR_ACME_LIBS := $(shell pkg-config --libs libcurl jansson)
+$(OBJ)/director/%.o $(OBJ)/tests/unit/director_%.o: CFLAGS += $(DIR_ACME_CFLAGS)
+$(BIN)/director $(BUILD)/tests/director_%: LDLIBS += $(DIR_ACME_LIBS)
+$(BUILD)/fuzz/fuzz_acme_json: LDLIBS += $(DIR_ACME_LIBS)

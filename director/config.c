@@ -162,6 +162,101 @@ static const struct cfg_key credentials_keys[] = {
     CFG_END,
 };
 
+static const char *const acme_challenges[] = {"tls-alpn-01", "http-01", NULL};
+
+#define AC_OFF(f) offsetof(struct director_acme_cert, f)
+static const struct cfg_key acme_cert_keys[] = {
+    {.name = "edge",
+     .type = CFG_STR,
+     .offset = AC_OFF(edge),
+     .required = true,
+     .help = "the edge: a role (access-edge, conf-edge, av-edge, revproxy: each of them) or "
+             "an instance id"},
+    {.name = "names",
+     .type = CFG_STRLIST,
+     .offset = AC_OFF(names),
+     .count_offset = AC_OFF(n_names),
+     .required = true,
+     .help = "DNS names of its certificate (1 to 16; the first is the subject CN)"},
+    {.name = "challenge",
+     .type = CFG_ENUM,
+     .offset = AC_OFF(challenge),
+     .def = "tls-alpn-01",
+     .choices = acme_challenges,
+     .help = "tls-alpn-01 (the edge's own TLS listeners answer) or http-01 (revproxy's plain "
+             "HTTP listener answers, port 80)"},
+    CFG_END,
+};
+
+#define ACME_OFF(f) offsetof(struct director_acme_config, f)
+static const struct cfg_key acme_keys[] = {
+    {.name = "enabled",
+     .type = CFG_BOOL,
+     .offset = ACME_OFF(enabled),
+     .def = "false",
+     .help = "obtain and renew the edges' certificates from an ACME CA"},
+    {.name = "directory",
+     .type = CFG_STR,
+     .offset = ACME_OFF(directory),
+     .help = "the CA's ACME directory URL (https://...)"},
+    {.name = "ca",
+     .type = CFG_FILE,
+     .offset = ACME_OFF(ca),
+     .help = "CA bundle trusted for the ACME server's HTTPS (default: the system's)"},
+    {.name = "contact",
+     .type = CFG_STR,
+     .offset = ACME_OFF(contact),
+     .help = "account contact, mailto:... (optional)"},
+    {.name = "account_key",
+     .type = CFG_STR,
+     .offset = ACME_OFF(account_key),
+     .def = "build/acme-account.key",
+     .help = "the ACME account's private key (PEM); created (P-256, mode 0600) if missing"},
+    {.name = "retry_min",
+     .type = CFG_DURATION,
+     .offset = ACME_OFF(retry_min_ms),
+     .def = "1m",
+     .min = 100,
+     .max = 24LL * 3600 * 1000,
+     .help = "first delay after a failed order; doubles (with jitter) up to retry_max"},
+    {.name = "retry_max",
+     .type = CFG_DURATION,
+     .offset = ACME_OFF(retry_max_ms),
+     .def = "6h",
+     .min = 100,
+     .max = 7LL * 24 * 3600 * 1000,
+     .help = "longest delay between attempts"},
+    {.name = "check_interval",
+     .type = CFG_DURATION,
+     .offset = ACME_OFF(check_interval_ms),
+     .def = "1h",
+     .min = 100,
+     .max = 24LL * 3600 * 1000,
+     .help = "how often every edge's certificate is checked for renewal"},
+    {.name = "challenge_timeout",
+     .type = CFG_DURATION,
+     .offset = ACME_OFF(challenge_timeout_ms),
+     .def = "5s",
+     .min = 100,
+     .max = 60000,
+     .help = "how long to wait for the edges to confirm a challenge before asking the CA anyway"},
+    {.name = "order_timeout",
+     .type = CFG_DURATION,
+     .offset = ACME_OFF(order_timeout_ms),
+     .def = "2m",
+     .min = 1000,
+     .max = 3600000,
+     .help = "an order not done by then fails (and is retried with backoff)"},
+    {.name = "certificates",
+     .type = CFG_LIST,
+     .offset = ACME_OFF(certificates),
+     .count_offset = ACME_OFF(n_certificates),
+     .elem_size = sizeof(struct director_acme_cert),
+     .sub = acme_cert_keys,
+     .help = "which edge gets a certificate for which names, by which challenge"},
+    CFG_END,
+};
+
 const struct cfg_key director_config_keys[] = {
     DAEMON_CONFIG_KEYS,
     {.name = "ctl",
@@ -194,6 +289,12 @@ const struct cfg_key director_config_keys[] = {
      .offset = offsetof(struct director_config, credentials),
      .sub = credentials_keys,
      .help = "the TURN credential endpoint (GET /credentials)"},
+    {.name = "acme",
+     .type = CFG_SECTION,
+     .offset = offsetof(struct director_config, acme),
+     .sub = acme_keys,
+     .restart = true,
+     .help = "ACME (RFC 8555): the edges' public certificates from a CA such as Let's Encrypt"},
     CFG_END,
 };
 
@@ -209,5 +310,5 @@ int director_config_validate(const void *cfg, struct cfg_err *err)
                    (unsigned long long)c->secrets.rotate_interval_ms);
         return -EINVAL;
     }
-    return 0;
+    return acme_config_validate(c, err);
 }

@@ -53,6 +53,26 @@ struct director_confserver_config {
     uint64_t max_buffer; /* bytes queued for one participant before it is closed as slow */
 };
 
+/* ACME (director/acme.c): the edges' certificates from an ACME CA. */
+enum acme_challenge_choice { ACME_CHOICE_TLS_ALPN_01 = 0, ACME_CHOICE_HTTP_01 = 1 };
+struct director_acme_cert {
+    char *edge; /* a role name (every edge of that role) or an instance id */
+    char **names;
+    size_t n_names;
+    int challenge; /* enum acme_challenge_choice */
+};
+struct director_acme_config {
+    bool enabled;
+    char *directory;   /* the CA's directory URL (https://) */
+    char *ca;          /* CA bundle trusted for the CA's HTTPS; none: the system's */
+    char *contact;     /* "mailto:..." for the account, or none */
+    char *account_key; /* PEM file; created (P-256, mode 0600) when missing */
+    uint64_t retry_min_ms, retry_max_ms, check_interval_ms;
+    uint64_t challenge_timeout_ms, order_timeout_ms;
+    struct director_acme_cert *certificates;
+    size_t n_certificates;
+};
+
 /* The whole configuration; read-only once loaded (a reload builds a new one). */
 struct director_config {
     struct daemon_config base; /* instance-id, log, admin listener, drain timeout */
@@ -62,6 +82,7 @@ struct director_config {
     struct director_credentials_config credentials;
     struct director_sip_config sip; /* registrar.c */
     struct director_confserver_config confserver;
+    struct director_acme_config acme;
 };
 
 /* Key table for cfg_load (director/config.c). */
@@ -73,6 +94,7 @@ struct hub;
 struct registrar;   /* director/registrar.c (SIP), later */
 struct credentials; /* director/credentials.c (TURN credential endpoint), later */
 struct confserver;  /* director/confserver.c (conferencing server stub), later */
+struct acme;        /* director/acme.c */
 
 struct director {
     struct daemon *daemon;
@@ -93,6 +115,7 @@ struct director {
     struct registrar *registrar;
     struct credentials *credentials;
     struct confserver *confserver;
+    struct acme *acme;
 };
 
 /* ---- hub.c: registry of edges, secret issuance, admin endpoints ---- */
@@ -135,6 +158,18 @@ size_t hub_relays(struct director *d, struct hub_relay *out, size_t max);
  * backoff). 0 when disabled. */
 int confserver_start(struct director *d);
 void confserver_stop(struct director *d);
+
+/* ---- acme.c: the edges' certificates from an ACME CA (RFC 8555) ---- */
+
+/* Loads or creates the account key and registers GET /acme and POST /acme/renew; 0 when
+ * disabled. */
+int acme_start(struct director *d);
+void acme_stop(struct director *d);
+/* From the hub's control server: CertStatus, Csr, ChallengeReady from p; p gone. */
+void acme_on_ctl(struct director *d, struct ctl_peer *p, const struct ctl_msg *m);
+void acme_on_gone(struct director *d, struct ctl_peer *p);
+/* Checks the acme section (called by director_config_validate). */
+int acme_config_validate(const struct director_config *c, struct cfg_err *err);
 
 /* ---- credentials.c: GET /credentials (TURN REST credentials for a user) ---- */
 int credentials_start(struct director *d);

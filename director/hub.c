@@ -218,6 +218,7 @@ static void hub_on_report(struct ctl_peer *p, const struct ctl_report *r, void *
 static void hub_on_gone(struct ctl_peer *p, const char *why, void *arg)
 {
     struct director *d = arg;
+    acme_on_gone(d, p);
     struct hub_edge *e = hub_find_peer(d->hub, p);
     if (!e)
         return; /* replaced by a newer connection of the same edge */
@@ -225,6 +226,12 @@ static void hub_on_gone(struct ctl_peer *p, const char *why, void *arg)
     e->last_seen_ms = wall_ms();
     snprintf(e->gone_why, sizeof e->gone_why, "%s", why ? why : "");
     hub_update_gauges(d->hub);
+}
+
+/* ACME messages belong to director/acme.c (a no-op while it is disabled). */
+static void hub_on_acme(struct ctl_peer *p, const struct ctl_msg *m, void *arg)
+{
+    acme_on_ctl(arg, p, m);
 }
 
 /* ---- relays for users, least loaded first ---- */
@@ -756,6 +763,7 @@ int hub_start(struct director *d)
         .on_hello = hub_on_hello,
         .on_report = hub_on_report,
         .on_gone = hub_on_gone,
+        .on_acme = hub_on_acme,
     };
     struct hub *h = calloc(1, sizeof *h);
     if (!h)

@@ -17,6 +17,7 @@ static const struct director_module director_modules[] = {
     {"registrar", registrar_start, registrar_stop},
     {"confserver", confserver_start, confserver_stop},
     {"credentials", credentials_start, credentials_stop},
+    {"acme", acme_start, acme_stop},
 };
 
 static int director_tls_create(const struct director_config *cfg, const struct logger *lg,
