@@ -175,7 +175,7 @@ enum ctl_msg_type {
     CTL_MSG_DRAIN,
     CTL_MSG_PING,
     CTL_MSG_PONG,
-    CTL_MSG_GOODBYE, /* Director -> edge: why it is about to close the connection */
+    CTL_MSG_GOODBYE,         /* Director -> edge: why it is about to close the connection */
     CTL_MSG_CERT_STATUS,     /* edge -> Director */
     CTL_MSG_CSR_REQUEST,     /* Director -> edge */
     CTL_MSG_CSR,             /* edge -> Director */
