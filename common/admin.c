@@ -1,5 +1,6 @@
 /* Admin HTTP listener: /metrics, /healthz and JSON routes registered by the daemon. */
 #include "common/admin.h"
+#include "common/json.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -394,4 +395,27 @@ int admin_query_get(const char *q, size_t qlen, const char *name, char *out, siz
         q = amp ? amp + 1 : end;
     }
     return 0;
+}
+
+void admin_reply_json(struct admin_reply *r, int status, struct json_buf *j)
+{
+    if (j->oom) {
+        free(j->p);
+        admin_reply_printf(r, 500, "application/json", "{\"error\":\"out of memory\"}\n");
+        return;
+    }
+    json_printf(j, "\n");
+    r->status = status;
+    r->content_type = "application/json";
+    r->body = j->p;
+    r->body_len = j->len;
+}
+
+void admin_reply_json_error(struct admin_reply *r, int status, const char *msg)
+{
+    struct json_buf j = {0};
+    json_printf(&j, "{\"error\":");
+    json_str(&j, msg);
+    json_printf(&j, "}");
+    admin_reply_json(r, status, &j);
 }

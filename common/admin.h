@@ -36,6 +36,12 @@ void admin_stop(struct admin *a); /* closes the listener and connections; frees 
 void admin_reply_printf(struct admin_reply *r, int status, const char *ctype, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* JSON answers built with common/json.h: takes j's buffer as the body (a 500 instead when j
+ * ran out of memory), ending it with a newline; the error form is {"error": msg}. */
+struct json_buf;
+void admin_reply_json(struct admin_reply *r, int status, struct json_buf *j);
+void admin_reply_json_error(struct admin_reply *r, int status, const char *msg);
+
 /* Finds name=value in a query string or form body "a=1&b=2" of qlen bytes and percent-decodes
  * it ('+' is a space) into out. Returns 1 if found, 0 if absent, -EINVAL if the value does
  * not fit in cap, is malformed or decodes to a NUL. The one query parser for every daemon. */

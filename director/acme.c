@@ -600,29 +600,6 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- admin: GET /acme, POST /acme/renew?edge=X ---- */
 
-static void reply_json(struct admin_reply *reply, int status, struct json_buf *j)
-{
-    if (j->oom) {
-        free(j->p);
-        admin_reply_printf(reply, 500, "application/json", "{\"error\":\"out of memory\"}\n");
-        return;
-    }
-    json_printf(j, "\n");
-    reply->status = status;
-    reply->content_type = "application/json";
-    reply->body = j->p;
-    reply->body_len = j->len;
-}
-
-static void reply_error(struct admin_reply *reply, int status, const char *msg)
-{
-    struct json_buf j = {0};
-    json_printf(&j, "{\"error\":");
-    json_str(&j, msg);
-    json_printf(&j, "}");
-    reply_json(reply, status, &j);
-}
-
 static void jb_edge(struct acme *a, struct json_buf *j, const struct acme_edge *e)
 {
     const struct director_acme_cert *ce = &a->c->certificates[e->entry];
@@ -712,7 +689,7 @@ static void get_status(struct acme *a, struct admin_reply *reply)
         json_str(&j, a->c->certificates[k].edge);
     }
     json_printf(&j, "]}");
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 static void post_renew(struct acme *a, const char *query, const char *body, size_t body_len,
@@ -723,7 +700,7 @@ static void post_renew(struct acme *a, const char *query, const char *body, size
     if (rc == 0 && body && body_len)
         rc = admin_query_get(body, body_len, "edge", which, sizeof which);
     if (rc != 1 || !which[0]) {
-        reply_error(reply, 400, "need edge=ROLE|INSTANCE");
+        admin_reply_json_error(reply, 400, "need edge=ROLE|INSTANCE");
         return;
     }
     struct json_buf j = {0};
@@ -751,10 +728,10 @@ static void post_renew(struct acme *a, const char *query, const char *body, size
          which, n, busy);
     if (!n && !busy) {
         free(j.p);
-        reply_error(reply, 404, "no connected edge with an ACME certificate matches");
+        admin_reply_json_error(reply, 404, "no connected edge with an ACME certificate matches");
         return;
     }
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 static void acme_admin(const char *method, const char *path, const char *query, const char *body,
@@ -765,15 +742,15 @@ static void acme_admin(const char *method, const char *path, const char *query, 
     query = query ? query : "";
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
     if (!a)
-        reply_error(reply, 503, "stopping");
+        admin_reply_json_error(reply, 503, "stopping");
     else if (strcmp(path, "/acme") == 0 && get)
         get_status(a, reply);
     else if (strcmp(path, "/acme/renew") == 0 && post)
         post_renew(a, query, body, body_len, reply);
     else if (strcmp(path, "/acme") == 0 || strcmp(path, "/acme/renew") == 0)
-        reply_error(reply, 405, "method not allowed");
+        admin_reply_json_error(reply, 405, "method not allowed");
     else
-        reply_error(reply, 404, "not found");
+        admin_reply_json_error(reply, 404, "not found");
 }
 
 /* ---- account key ---- */

@@ -397,29 +397,6 @@ static void jb_edge(struct json_buf *j, const struct hub_edge *e, int64_t now_ms
     json_printf(j, "}");
 }
 
-static void reply_json(struct admin_reply *reply, int status, struct json_buf *j)
-{
-    if (j->oom) {
-        free(j->p);
-        admin_reply_printf(reply, 500, "application/json", "{\"error\":\"out of memory\"}\n");
-        return;
-    }
-    json_printf(j, "\n");
-    reply->status = status;
-    reply->content_type = "application/json";
-    reply->body = j->p;
-    reply->body_len = j->len;
-}
-
-static void reply_error(struct admin_reply *reply, int status, const char *msg)
-{
-    struct json_buf j = {0};
-    json_printf(&j, "{\"error\":");
-    json_str(&j, msg);
-    json_printf(&j, "}");
-    reply_json(reply, status, &j);
-}
-
 /* Looks a parameter up in the query string, then in a form-encoded body. */
 static int param_get(const char *query, const char *body, size_t body_len, const char *name,
                      char *out, size_t cap)
@@ -437,7 +414,7 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
     enum ctl_role role = CTL_ROLE_UNKNOWN;
     int rc = admin_query_get(query, strlen(query), "role", role_s, sizeof role_s);
     if (rc < 0 || (rc == 1 && ctl_role_parse(role_s, &role) < 0)) {
-        reply_error(reply, 400, "unknown role");
+        admin_reply_json_error(reply, 400, "unknown role");
         return;
     }
     int64_t now = wall_ms();
@@ -472,7 +449,7 @@ static void hub_get_edges(struct director *d, const char *query, struct admin_re
         }
     }
     json_printf(&j, "]}");
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 /* ---- revoked users ---- */
@@ -568,21 +545,21 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
     int b = param_get(query, body, body_len, "user", r.user, sizeof r.user);
     int c = param_get(query, body, body_len, "until", until_s, sizeof until_s);
     if (a < 0 || b < 0 || c < 0 || (a == 0 && b == 0)) {
-        reply_error(reply, 400,
-                    "need conference_key=ID and/or user=NAME (and optionally until=UNIX)");
+        admin_reply_json_error(
+            reply, 400, "need conference_key=ID and/or user=NAME (and optionally until=UNIX)");
         return;
     }
     char *end = NULL;
     r.until = c == 1 ? strtoll(until_s, &end, 10) : 0;
     if (c == 1 && (!end || *end || r.until < 0)) {
-        reply_error(reply, 400, "until must be unix seconds");
+        admin_reply_json_error(reply, 400, "until must be unix seconds");
         return;
     }
     if (!r.until) /* by default, as long as any key that could have signed it lives */
         r.until = time_wall_s() + (int64_t)(d->cfg->secrets.lifetime_ms / 1000);
     struct hub *h = d->hub;
     if (b == 1 && hub_revoked_add(h, r.user, c == 1 ? r.until : INT64_MAX, r.until) < 0) {
-        reply_error(reply, 503, "too many revoked users");
+        admin_reply_json_error(reply, 503, "too many revoked users");
         return;
     }
     size_t sent = 0;
@@ -594,7 +571,7 @@ static void hub_post_revoke(struct director *d, const char *query, const char *b
          b ? r.user : "", r.until, sent);
     struct json_buf j = {0};
     json_printf(&j, "{\"sent\":%zu,\"until\":%" PRId64 "}", sent, r.until);
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 /* POST /reinstate?user=X: credentials are issued to X again, and the av-edges lift the
@@ -605,13 +582,13 @@ static void hub_post_reinstate(struct director *d, const char *query, const char
     struct ctl_revoke r;
     memset(&r, 0, sizeof r);
     if (param_get(query, body, body_len, "user", r.user, sizeof r.user) != 1 || !r.user[0]) {
-        reply_error(reply, 400, "need user=NAME");
+        admin_reply_json_error(reply, 400, "need user=NAME");
         return;
     }
     struct hub *h = d->hub;
     struct hub_revoked *v = hub_revoked_find(h, r.user);
     if (!v || v->lifted) {
-        reply_error(reply, 404, "user is not revoked");
+        admin_reply_json_error(reply, 404, "user is not revoked");
         return;
     }
     /* Credentials minted before the revocation expire by then: they were capped at max_ttl
@@ -634,7 +611,7 @@ static void hub_post_reinstate(struct director *d, const char *query, const char
     json_printf(&j, "{\"reinstated\":");
     json_str(&j, r.user);
     json_printf(&j, ",\"sent\":%zu}", sent);
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 static void hub_post_drain(struct director *d, const char *query, const char *body, size_t body_len,
@@ -646,25 +623,26 @@ static void hub_post_drain(struct director *d, const char *query, const char *bo
     int b = param_get(query, body, body_len, "role", role_s, sizeof role_s);
     int c = param_get(query, body, body_len, "deadline_ms", dl, sizeof dl);
     if (a != 1 || b < 0 || c < 0 || (b == 1 && ctl_role_parse(role_s, &role) < 0)) {
-        reply_error(reply, 400, "need instance=ID (optionally role=ROLE, deadline_ms=N)");
+        admin_reply_json_error(reply, 400,
+                               "need instance=ID (optionally role=ROLE, deadline_ms=N)");
         return;
     }
     char *end = NULL;
     unsigned long deadline = c == 1 ? strtoul(dl, &end, 10) : d->cfg->base.drain_timeout_ms;
     if (c == 1 && (!end || *end || deadline > UINT32_MAX)) {
-        reply_error(reply, 400, "deadline_ms must be a number of milliseconds");
+        admin_reply_json_error(reply, 400, "deadline_ms must be a number of milliseconds");
         return;
     }
     if (!deadline)
         deadline = 30000;
     struct hub_edge *e = hub_find(d->hub, role, inst);
     if (!e || !e->peer) {
-        reply_error(reply, 404, "no such connected edge");
+        admin_reply_json_error(reply, 404, "no such connected edge");
         return;
     }
     int rc = ctl_peer_send_drain(e->peer, (uint32_t)deadline);
     if (rc < 0) {
-        reply_error(reply, 502, "the edge's control connection failed");
+        admin_reply_json_error(reply, 502, "the edge's control connection failed");
         return;
     }
     LOGI(d->log, NULL, "hub: asked %s/%s to drain within %lu ms", ctl_role_name(e->hello.role),
@@ -673,7 +651,7 @@ static void hub_post_drain(struct director *d, const char *query, const char *bo
     json_printf(&j, "{\"drained\":");
     json_str(&j, inst);
     json_printf(&j, ",\"deadline_ms\":%lu}", deadline);
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 static void hub_post_rotate(struct director *d, const char *query, const char *body,
@@ -684,7 +662,7 @@ static void hub_post_rotate(struct director *d, const char *query, const char *b
     bool relay = k != 1 || strcmp(kind_s, "relay") == 0;
     bool conf = k != 1 || strcmp(kind_s, "conference") == 0;
     if (k < 0 || (!relay && !conf)) {
-        reply_error(reply, 400, "kind must be relay or conference");
+        admin_reply_json_error(reply, 400, "kind must be relay or conference");
         return;
     }
     int rc = 0;
@@ -693,7 +671,7 @@ static void hub_post_rotate(struct director *d, const char *query, const char *b
     if (conf && rc == 0)
         rc = hub_rotate(d, CTL_SECRET_CONFERENCE);
     if (rc) {
-        reply_error(reply, 500, "rotation failed");
+        admin_reply_json_error(reply, 500, "rotation failed");
         return;
     }
     struct json_buf j = {0};
@@ -709,7 +687,7 @@ static void hub_post_rotate(struct director *d, const char *query, const char *b
         json_printf(&j, "}");
     }
     json_printf(&j, "]}");
-    reply_json(reply, 200, &j);
+    admin_reply_json(reply, 200, &j);
 }
 
 static void hub_admin(const char *method, const char *path, const char *query, const char *body,
@@ -719,7 +697,7 @@ static void hub_admin(const char *method, const char *path, const char *query, c
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
     query = query ? query : "";
     if (!d->hub)
-        reply_error(reply, 503, "stopping");
+        admin_reply_json_error(reply, 503, "stopping");
     else if (strcmp(path, "/edges") == 0 && get)
         hub_get_edges(d, query, reply);
     else if (strcmp(path, "/revoke") == 0 && post)
@@ -732,9 +710,9 @@ static void hub_admin(const char *method, const char *path, const char *query, c
         hub_post_rotate(d, query, body, body_len, reply);
     else if (!strcmp(path, "/edges") || !strcmp(path, "/revoke") || !strcmp(path, "/drain") ||
              !strcmp(path, "/rotate") || !strcmp(path, "/reinstate"))
-        reply_error(reply, 405, "method not allowed");
+        admin_reply_json_error(reply, 405, "method not allowed");
     else
-        reply_error(reply, 404, "not found");
+        admin_reply_json_error(reply, 404, "not found");
 }
 
 /* ---- lifecycle ---- */
