@@ -492,6 +492,10 @@ routes:
         for c in held:
             self.addCleanup(c.close)
         self.assertTrue(all(c.der == ssl.PEM_cert_to_DER_cert(old["conf-edge"]) for c in held))
+        addr, name, _ = EDGES["av-edge"]
+        av_held = ssl.create_default_context(cafile=root).wrap_socket(
+            socket.create_connection((addr, self.tls_port), timeout=5), server_hostname=name)
+        self.addCleanup(av_held.close)
         sip_old = self.stunnel("old", old["access-edge"])
         sip = self.sipp_uac(sip_old, calls=2400, rate=40, tag="during")  # <= 60 s
         web = self.wrk(60, 20, "during")
@@ -505,7 +509,7 @@ routes:
             from one to the other; bounded in count and time."""
             deadline = time.time() + 90
             i = 0
-            while not stop.is_set() and time.time() < deadline and i < 500:
+            while not stop.is_set() and time.time() < deadline and i < 1500:
                 i += 1
                 a = b = None
                 try:
@@ -526,14 +530,15 @@ routes:
                 time.sleep(0.05)
 
         def turn_clients():
-            """Back-to-back uclient runs (3 s each) until the renewal is done, then one more
-            that starts after it."""
+            """Back-to-back uclient runs (5 s each) until the renewal is done, then one more
+            (2 s) that starts after it."""
             deadline = time.time() + 90
             while time.time() < deadline:
                 last = renewed.is_set()
                 t0 = time.time()
-                p = self.uclient(cred, peer_port, 150, 3, root)
-                turn_runs.append((t0, time.time(), last, p))
+                n = 100 if last else 250
+                p = self.uclient(cred, peer_port, n, 3, root)
+                turn_runs.append((t0, time.time(), last, p, n))
                 if last:
                     break
 
@@ -565,51 +570,65 @@ routes:
             renewed.set()
             for th in threads:
                 th.join(120)
-        # sipp: every MESSAGE answered 200, those sent on the connection opened before the
-        # renewal (pinned to the old certificate) and on one opened after (pinned to the new).
-        created, ok, failed = self.sipp_result(sip, "sipp during the renewal")
-        self.assertEqual(failed, 0)
-        self.assertEqual(ok, created)
-        self.assertGreaterEqual(ok, 80, "sipp: MESSAGEs across the renewal")
-        created2, ok2, failed2 = self.sipp_result(sip2, "sipp after the renewal")
-        self.assertEqual((created2, ok2, failed2), (100, 100, 0))
-        # A new connection through the stunnel pinned to the old certificate is refused now
-        # (stunnel closes it after the failed verification): the pins are real.
-        with socket.create_connection(("127.0.0.1", sip_old), timeout=10) as s:
-            try:
-                self.assertEqual(s.recv(1), b"", "the old certificate after the renewal")
-            except ConnectionResetError:
-                pass
-        # wrk: 20 keep-alive connections across the renewal, 5 new ones after it.
-        n_web = self.wrk_result(web, "wrk during the renewal")
-        self.assertGreaterEqual(n_web, 200, "wrk: requests across the renewal")
-        n_web2 = self.wrk_result(web2, "wrk after the renewal")
-        self.assertGreater(n_web2, 10)
-        # turnutils_uclient: every run 0 lost, one started before the renewal, one after it.
-        self.assertTrue(turn_runs, "no uclient run")
-        sent = [self.uclient_check(p, 150, 3, f"uclient run {i}")
-                for i, (_, _, _, p) in enumerate(turn_runs)]
-        self.assertLess(turn_runs[0][0], t_renew)
-        self.assertTrue(turn_runs[-1][2] and turn_runs[-1][0] >= t_new, "a uclient run after")
-        # Conference participants: the pairs all exchanged; each new handshake got the old
-        # certificate until the first got the new one, and only the new one from then on.
-        self.assertEqual(conf_load["fail"], [], "conference participants")
-        self.assertGreater(conf_load["ok"], 5)
-        ce_old, ce_new = (ssl.PEM_cert_to_DER_cert(x[r]) for x, r in ((old, "conf-edge"),
-                                                                       (new, "conf-edge")))
-        seq = conf_load["certs"]
-        self.assertEqual(set(seq), {ce_old, ce_new}, "conference handshakes: old then new")
-        first_new = seq.index(ce_new)
-        self.assertNotIn(ce_old, seq[first_new:], "an old certificate after the new one")
-        # The participants admitted before the renewal talk with those who joined after it.
-        for c in joined:
-            self.assertEqual(c.der, ce_new)
-        for i, c in enumerate(held + joined):
-            c.send(b"from %d\n" % i)
-            for o in held + joined:
-                if o is not c:
-                    self.assertEqual(o.read_exact(len(b"from %d\n" % i), timeout=10),
-                                     b"from %d\n" % i)
+        # Each client's verdict in a subTest of its own: a renewal that drops connections
+        # shows at once which clients saw it.
+        got = {}
+        with self.subTest("sipp over TLS (stunnel) to access-edge"):
+            # Every MESSAGE answered 200, on the connection opened before the renewal (pinned
+            # to the old certificate) and on one opened after it (pinned to the new one).
+            created, got["sip"], failed = self.sipp_result(sip, "sipp during the renewal")
+            self.assertEqual((got["sip"], failed), (created, 0), "sipp during the renewal")
+            self.assertGreaterEqual(got["sip"], 80, "sipp: MESSAGEs across the renewal")
+            got["sip2"] = self.sipp_result(sip2, "sipp after the renewal")
+            self.assertEqual(got["sip2"], (100, 100, 0), "sipp after the renewal")
+            # A new connection through the stunnel pinned to the old certificate is refused
+            # now (stunnel closes it after the failed verification): the pins are real.
+            with socket.create_connection(("127.0.0.1", sip_old), timeout=10) as s:
+                try:
+                    self.assertEqual(s.recv(1), b"", "the old certificate after the renewal")
+                except ConnectionResetError:
+                    pass
+        with self.subTest("wrk over HTTPS to revproxy"):
+            # 20 keep-alive connections across the renewal, 5 new ones after it.
+            got["web"] = self.wrk_result(web, "wrk during the renewal")
+            self.assertGreaterEqual(got["web"], 200, "wrk: requests across the renewal")
+            got["web2"] = self.wrk_result(web2, "wrk after the renewal")
+            self.assertGreater(got["web2"], 10)
+        with self.subTest("turnutils_uclient over TLS to av-edge"):
+            # Every run 0 lost, one started before the renewal, one after it.
+            self.assertTrue(turn_runs, "no uclient run")
+            got["turn"] = sum(self.uclient_check(p, n, 3, f"uclient run {i}")
+                              for i, (_, _, _, p, n) in enumerate(turn_runs))
+            self.assertLess(turn_runs[0][0], t_renew)
+            self.assertTrue(turn_runs[-1][2] and turn_runs[-1][0] >= t_new, "a run after")
+            got["spanned"] = any(t0 < t_renew and t1 > t_new for t0, t1, _, _, _ in turn_runs)
+            # A TLS connection opened before the renewal still answers a Binding.
+            txid = os.urandom(12)
+            av_held.sendall(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + txid)
+            resp = av_held.recv(512)
+            self.assertEqual(resp[:2], b"\x01\x01", resp)  # Binding success
+            self.assertEqual(resp[8:20], txid)
+            self.assertEqual(av_held.getpeercert(binary_form=True),
+                             ssl.PEM_cert_to_DER_cert(old["av-edge"]))
+        with self.subTest("conference participants on conf-edge"):
+            # The pairs all exchanged; each new handshake got the old certificate until the
+            # first got the new one, and only the new one from then on.
+            self.assertEqual(conf_load["fail"], [], "conference participants")
+            self.assertGreater(conf_load["ok"], 5)
+            ce_old, ce_new = (ssl.PEM_cert_to_DER_cert(x["conf-edge"]) for x in (old, new))
+            seq = conf_load["certs"]
+            self.assertEqual(set(seq), {ce_old, ce_new}, "conference handshakes: old then new")
+            first_new = seq.index(ce_new)
+            self.assertNotIn(ce_old, seq[first_new:], "an old certificate after the new one")
+            # The participants admitted before the renewal talk with those who joined after.
+            for c in joined:
+                self.assertEqual(c.der, ce_new)
+            for i, c in enumerate(held + joined):
+                c.send(b"from %d\n" % i)
+                for o in held + joined:
+                    if o is not c:
+                        self.assertEqual(o.read_exact(len(b"from %d\n" % i), timeout=10),
+                                         b"from %d\n" % i)
         # Every new handshake now shows the new serial.
         for r in EDGES:
             self.assertNotEqual(after[r], before[r], r)
@@ -617,10 +636,12 @@ routes:
             for _ in range(5):
                 self.assertEqual(self.leaf(r, root), new[r], r)
         type(self).serials = after
-        print(f"\nrenewal under load ({t_new - t_renew:.1f} s): sipp MESSAGEs {ok} + {ok2} after, "
-              f"wrk requests {n_web} + {n_web2} after, uclient runs {len(turn_runs)} "
-              f"(packets sent {sum(sent)}, 0 lost), conference pairs {conf_load['ok']} "
-              f"(+{len(held)} held, {len(joined)} joined after); failed 0", flush=True)
+        print(f"\nrenewal under load ({t_new - t_renew:.1f} s): sipp MESSAGEs {got.get('sip')} "
+              f"then (created, ok, failed) {got.get('sip2')} after; wrk requests {got.get('web')} "
+              f"+ {got.get('web2')} after; uclient runs {len(turn_runs)}, packets sent "
+              f"{got.get('turn')}, one spanned the swap: {got.get('spanned')}; conference pairs "
+              f"{conf_load['ok']} (failed {len(conf_load['fail'])}), {len(held)} held, "
+              f"{len(joined)} joined after", flush=True)
 
     def test_3_failing_ca_keeps_old_certificates_and_retries(self):
         before = self.ensure_issued()
