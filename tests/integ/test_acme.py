@@ -209,7 +209,7 @@ listeners:
   - {{address: 127.0.0.14:{cls.http_port}, redirect: true}}
 server_names: [web.lab.test]
 upstreams:
-  - {{name: web, servers: [{cls.web.addr}], tls: false, connect_timeout: 1s}}
+  - {{name: web, servers: [{cls.web.addr}], tls: false, connect_timeout: 5s}}
 routes:
   - {{prefix: /, upstream: web}}
 """, t, admin=cls.admins["revproxy"])
@@ -229,9 +229,12 @@ routes:
         return body
 
     def root_file(self):
+        """pebble's root (of this pebble run) in a file; replaced whole (rename), as the
+        renewal test's clients read it while the test polls."""
         path = os.path.join(self.tmp, "pebble-root.pem")
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:
             f.write(self.pebble.root_pem())
+        os.replace(path + ".new", path)
         return path
 
     def served(self, role, cafile=None):
