@@ -372,6 +372,17 @@ routes:
         p.stat = stat
         return p
 
+    def sipp_counts(self, p):
+        """(created, successful, failed) in sipp's last statistics row (-fd 1: every second)."""
+        try:
+            with open(p.stat) as f:
+                rows = list(csv.reader(f, delimiter=";"))
+            h, last = rows[0], rows[-1]
+            return tuple(int(last[h.index(k)]) for k in
+                         ("TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)"))
+        except (OSError, IndexError, ValueError):
+            return (0, 0, 0)
+
     def sipp_result(self, p, what):
         """(created, successful, failed) from sipp's last statistics row."""
         try:
@@ -379,11 +390,7 @@ routes:
         except subprocess.TimeoutExpired:
             p.kill()
             self.fail(f"{what}: sipp did not finish")
-        with open(p.stat) as f:
-            rows = list(csv.reader(f, delimiter=";"))
-        h, last = rows[0], rows[-1]
-        got = tuple(int(last[h.index(k)]) for k in
-                    ("TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)"))
+        got = self.sipp_counts(p)
         self.assertEqual(p.returncode, 0, f"{what}: sipp exit {p.returncode}, {got}")
         return got
 
@@ -550,7 +557,12 @@ routes:
         for th in threads:
             th.start()
         try:
-            time.sleep(2.0)  # every client under way on the old certificates
+            # Every client under way on the old certificates (on a loaded machine they may
+            # take a while to start).
+            time.sleep(1.0)
+            wait_for(lambda: conf_load["ok"] >= 2 and len(self.web.requests) >= 20 and
+                     self.sipp_counts(sip)[1] >= 20, timeout=30,
+                     what="sipp, wrk, uclient and the conference pairs under way")
             t_renew = time.time()
             for r in EDGES:
                 self.renew(r)
