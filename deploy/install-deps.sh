@@ -16,10 +16,11 @@ BUILD="build-essential pkg-config clang libclang-rt-14-dev
 # file, needs no engine), python3-yaml and systemd (systemd-analyze verify) for the deploy tests;
 # sipvicious (svwar, svcrack) and varnish (varnishtest) for the attacker-side tests; sslscan
 # for the TLS scan of every listener (protocols, suites, forward secrecy, renegotiation); pebble
-# (Let's Encrypt's test ACME CA) for the ACME tests (tests/integ/test_acme.py).
+# (Let's Encrypt's test ACME CA) for the ACME tests (tests/integ/test_acme.py), whose renewal
+# under load also runs wrk over HTTPS and sipp through stunnel4 (sipp has no TLS; both also in BENCH).
 TEST="python3 openssl gnutls-bin curl sip-tester coturn stun-client
   dnsmasq-base iproute2 nftables procps
-  docker-compose python3-yaml systemd sipvicious varnish sslscan pebble"
+  docker-compose python3-yaml systemd sipvicious varnish sslscan pebble wrk stunnel4"
 # Lab clients (make lab-test, deploy/lab/clients/): real WebRTC and SIP clients nobody here wrote,
 # driven through the edges in the namespace lab. python3-aiortc: two WebRTC peers (aiortc, a third
 # TURN client) relay-only through av-edge; it is Debian's, for /usr/bin/python3. kamailio with its

@@ -15,10 +15,12 @@ revproxy's plain-HTTP listener is on 127.0.0.14:httpPort.
 One lab for the class (pebble, the stub, the Director, four edges), the tests in order:
 first issuance, renewal under TLS load, and a CA that is down for a while.
 """
+import csv
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -30,9 +32,15 @@ import unittest
 import dnsstub
 import harness
 import pebblelab
+import rp_upstream
 from harness import ROOT, Daemon, free_port, http_json, http_request, wait_for
+from siplab import SCEN as SIP, udp_port_taken as udp_taken
+from test_ce_edge import Client as ConfClient
 
 CERTS = os.path.join(ROOT, "build", "certs")
+STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
+# turnutils_peer's address: not 127.0.0.1, where av-edge's admin listener is (a denied peer).
+TURN_PEER = "127.0.0.31"
 EDGES = {  # role: (lab address, name, challenge)
     "access-edge": ("127.0.0.11", "sip.lab.test", "tls-alpn-01"),
     "conf-edge": ("127.0.0.12", "conf.lab.test", "tls-alpn-01"),
@@ -99,6 +107,8 @@ class AcmeLab(unittest.TestCase):
             cls.pebble.stop()
         if getattr(cls, "dns", None):
             cls.dns.stop()
+        if getattr(cls, "web", None):
+            cls.web.stop()
         if os.environ.get("ACME_TEST_KEEP"):
             print("acme test files kept in", cls.tmp)
         else:
@@ -118,12 +128,20 @@ class AcmeLab(unittest.TestCase):
         cls.dadmin = f"127.0.0.1:{free_port()}"
         certs = "\n".join(f"    - {{edge: {r}, names: [{n}], challenge: {c}}}"
                           for r, (_, n, c) in EDGES.items())
+        # The renewal test's clients: the conferencing server behind conf-edge (the Director's,
+        # which mints the conference keys), the SIP UAS behind access-edge (sipp, started by
+        # that test), the web server behind revproxy.
+        cls.ce_int = free_port("127.0.0.22")
+        cls.sip_uas = free_port("127.0.0.1", socket.SOCK_DGRAM)
+        cls.web = rp_upstream.Upstream()
         cls.daemons["director"] = Daemon("director", f"""instance_id: director-acme
 log: {{level: debug}}
 admin: {{listen: {cls.dadmin}}}
 ctl: {{listen: 127.0.0.1:{cls.ctl}, heartbeat: 500ms}}
 tls: {{cert: {CERTS}/director.crt, key: {CERTS}/director.key, ca: {CERTS}/ca.crt}}
-confserver: {{enabled: false}}
+confserver:
+  edges: [127.0.0.22:{cls.ce_int}]
+  tls: {{cert: {CERTS}/confserver.crt, key: {CERTS}/confserver.key, ca: {CERTS}/ca.crt}}
 acme:
   enabled: true
   directory: {cls.pebble.directory}
@@ -151,14 +169,14 @@ acme:
 admin: {{listen: {cls.admins['access-edge']}}}
 {link('access-edge', cls.ctl)}
 {acme('access-edge')}
-domains: [lab.test]
+domains: [lab.test, example.com]  # tests/integ/sip/message_uac.xml sends to example.com
 fqdn: sip.lab.test
 external:
   udp: [127.0.0.11:{ae_udp}]
   tls: [127.0.0.11:{P}]
 internal:
   udp: [127.0.0.21:{ae_int}]
-next_hop: {{address: 127.0.0.1:{free_port(kind=socket.SOCK_DGRAM)}, transport: udp}}
+next_hop: {{address: 127.0.0.1:{cls.sip_uas}, transport: udp}}
 """, t, admin=cls.admins["access-edge"])
         cls.daemons["conf-edge"] = Daemon("conf-edge", f"""instance_id: conf-edge-acme
 admin: {{listen: {cls.admins['conf-edge']}}}
@@ -167,7 +185,7 @@ admin: {{listen: {cls.admins['conf-edge']}}}
 external:
   listen: 127.0.0.12:{P}
 internal:
-  listen: 127.0.0.22:{free_port('127.0.0.22')}
+  listen: 127.0.0.22:{cls.ce_int}
   tls: {{cert: {CERTS}/conf-edge.crt, key: {CERTS}/conf-edge.key, ca: {CERTS}/ca.crt}}
   allowed_names: [confserver]
 """, t, admin=cls.admins["conf-edge"])
@@ -176,7 +194,8 @@ internal:
 admin: {{listen: {cls.admins['av-edge']}}}
 {link('av-edge', cls.ctl)}
 {acme('av-edge')}
-external: {{listen: [127.0.0.13:{cls.av_udp}], tcp_listen: [], tls_listen: [127.0.0.13:{P}]}}
+external: {{listen: [127.0.0.13:{cls.av_udp}], tcp_listen: [], tls_listen: [127.0.0.13:{P}],
+           allow_peers: [{TURN_PEER}/32]}}  # turnutils_peer, for the renewal test
 internal: {{listen: [127.0.0.23:{free_port('127.0.0.23', socket.SOCK_DGRAM)}]}}
 relay: {{addresses: [127.0.0.13], port_min: 29300, port_max: 29349}}
 auth: {{realm: lab.test}}
@@ -190,7 +209,7 @@ listeners:
   - {{address: 127.0.0.14:{cls.http_port}, redirect: true}}
 server_names: [web.lab.test]
 upstreams:
-  - {{name: web, servers: [127.0.0.1:{free_port()}], tls: false, connect_timeout: 1s}}
+  - {{name: web, servers: [{cls.web.addr}], tls: false, connect_timeout: 5s}}
 routes:
   - {{prefix: /, upstream: web}}
 """, t, admin=cls.admins["revproxy"])
@@ -210,9 +229,12 @@ routes:
         return body
 
     def root_file(self):
+        """pebble's root (of this pebble run) in a file; replaced whole (rename), as the
+        renewal test's clients read it while the test polls."""
         path = os.path.join(self.tmp, "pebble-root.pem")
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:
             f.write(self.pebble.root_pem())
+        os.replace(path + ".new", path)
         return path
 
     def served(self, role, cafile=None):
@@ -299,76 +321,342 @@ routes:
         self.assertIn("http-01 challenge for web.lab.test", dlog)
         self.assertIn("tls-alpn-01 challenge for sip.lab.test", dlog)
 
+    # ---- the renewal test's clients (real ones: sipp, wrk, turnutils_uclient, conference
+    # participants), each bounded in count and time ----
+
+    def leaf(self, role, root):
+        """The certificate (PEM) a new handshake with the edge gets, verified for its name."""
+        addr, name, _ = EDGES[role]
+        ctx = ssl.create_default_context(cafile=root)
+        with socket.create_connection((addr, self.tls_port), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname=name) as t:
+                return ssl.DER_cert_to_PEM_cert(t.getpeercert(binary_form=True))
+
+    def stunnel(self, tag, pinned_pem):
+        """sipp as Debian packages it has no TLS: a local stunnel turns its TCP into TLS to
+        access-edge, accepting only pinned_pem (verifyPeer: the peer's certificate must be the
+        one in CAfile), so the SIP that crosses it rode a handshake with that certificate.
+        Returns the local port."""
+        addr, name, _ = EDGES["access-edge"]
+        pin = os.path.join(self.tmp, f"stunnel-{tag}.pem")
+        with open(pin, "w") as f:
+            f.write(pinned_pem)
+        port = free_port()
+        conf = os.path.join(self.tmp, f"stunnel-{tag}.conf")
+        with open(conf, "w") as f:
+            f.write(f"foreground = yes\npid =\n[sip]\nclient = yes\naccept = 127.0.0.1:{port}\n"
+                    f"connect = {addr}:{self.tls_port}\nsni = {name}\nCAfile = {pin}\n"
+                    f"verifyPeer = yes\n")
+        log = open(os.path.join(self.tmp, f"stunnel-{tag}.log"), "wb")
+        p = subprocess.Popen([STUNNEL, conf], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.addCleanup(lambda: (p.terminate(), p.wait()))
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), 0.5).close() or True,
+                 what="stunnel")
+        return port
+
+    def sipp_uac(self, port, calls, rate, tag):
+        """sipp sending `calls` MESSAGEs at `rate`/s over one TCP connection (-t t1) to the
+        stunnel on port; the UAS behind access-edge answers them."""
+        lport = free_port("127.0.0.2")
+        stat = os.path.join(self.tmp, f"sipp-{tag}.csv")
+        out = open(os.path.join(self.tmp, f"sipp-{tag}.out"), "wb")
+        p = subprocess.Popen(
+            ["sipp", f"127.0.0.1:{port}", "-sf", os.path.join(SIP, "message_uac.xml"), "-s", "bob",
+             "-key", "caller", "alice", "-i", "127.0.0.2", "-p", str(lport), "-t", "t1",
+             "-r", str(rate), "-m", str(calls), "-l", "100", "-nostdin", "-timeout", "90s",
+             "-recv_timeout", "8000", "-trace_stat", "-stf", stat, "-fd", "1"],
+            cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        p.stat = stat
+        return p
+
+    def sipp_counts(self, p):
+        """(created, successful, failed) in sipp's last statistics row (-fd 1: every second)."""
+        try:
+            with open(p.stat) as f:
+                rows = list(csv.reader(f, delimiter=";"))
+            h, last = rows[0], rows[-1]
+            return tuple(int(last[h.index(k)]) for k in
+                         ("TotalCallCreated", "SuccessfulCall(C)", "FailedCall(C)"))
+        except (OSError, IndexError, ValueError):
+            return (0, 0, 0)
+
+    def sipp_result(self, p, what):
+        """(created, successful, failed) from sipp's last statistics row."""
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            self.fail(f"{what}: sipp did not finish")
+        got = self.sipp_counts(p)
+        self.assertEqual(p.returncode, 0, f"{what}: sipp exit {p.returncode}, {got}")
+        return got
+
+    def wrk(self, secs, conns, tag):
+        """wrk over HTTPS to revproxy: `conns` keep-alive connections, each sending a request
+        every 100 ms (a Lua delay: a load, not a flood, on a shared 2-core machine)."""
+        _, name, _ = EDGES["revproxy"]
+        lua = os.path.join(self.tmp, "wrk-pace.lua")
+        with open(lua, "w") as f:
+            f.write("function delay()\n  return 100\nend\n")
+        out = open(os.path.join(self.tmp, f"wrk-{tag}.out"), "wb")
+        p = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "10s",
+                              "-s", lua, "-H", f"Host: {name}",
+                              f"https://{EDGES['revproxy'][0]}:{self.tls_port}/acme-load"],
+                             stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        p.out = out.name
+        return p
+
+    def wrk_result(self, p, what):
+        """wrk's own count of requests; asserts no socket error and no non-2xx/3xx answer."""
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            self.fail(f"{what}: wrk did not finish")
+        with open(p.out) as f:
+            text = f.read()
+        self.assertEqual(p.returncode, 0, f"{what}:\n{text}")
+        m = re.search(r"(\d+) requests in", text)
+        self.assertIsNotNone(m, f"{what}:\n{text}")
+        self.assertNotIn("Socket errors", text, what)
+        self.assertNotIn("Non-2xx or 3xx responses", text, what)
+        return int(m.group(1))
+
+    def uclient(self, cred, peer_port, n, m, root):
+        """coturn's turnutils_uclient over TLS (-t -S, the chain verified against root: -E):
+        m clients, each relaying n packets (one per 20 ms) to turnutils_peer and back."""
+        argv = ["turnutils_uclient", "-t", "-S", "-E", root, "-u", cred["username"], "-w",
+                cred["password"], "-e", TURN_PEER, "-r", str(peer_port), "-p", str(self.tls_port),
+                "-n", str(n), "-m", str(m), "-l", "172", EDGES["av-edge"][0]]
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired as e:  # it waits forever for what it never gets
+            return subprocess.CompletedProcess(argv, -1, (e.stdout or b"") + b"\n(timed out)",
+                                               e.stderr or b"")
+
+    def uclient_check(self, p, n, m, what):
+        out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+        # What test_av_edge.TestStockClients accepts for TLS: no margin, 0 lost.
+        self.assertIn("Total lost packets 0 (0.000000%)", out, f"{what}:\n{out[-2000:]}")
+        sent = [int(x) for x in re.findall(r"tot_send_msgs=(\d+)", out)]
+        self.assertTrue(sent and max(sent) >= n * m, f"{what}:\n{out[-1000:]}")
+        return max(sent)
+
+    def conf_key(self, conf, user):
+        st, j = http_json(self.dadmin, f"/conference-keys?conf={conf}&user={user}", method="POST")
+        self.assertEqual(st, 200, j)
+        return j["key"]
+
+    def participant(self, conf, user, root):
+        """A conference participant (test_ce_edge.Client) with a key the Director minted,
+        the edge's chain verified for conf.lab.test; admitted."""
+        addr, name, _ = EDGES["conf-edge"]
+        c = ConfClient(f"{addr}:{self.tls_port}", key=self.conf_key(conf, user), cafile=root,
+                       server_name=name)
+        c.der = c.sock.getpeercert(binary_form=True)
+        line = c.line(timeout=10)
+        if line != "PSOM-EDGE/1 200 admitted\r\n":
+            c.close()
+            raise AssertionError(f"{user} in {conf}: {line!r}")
+        return c
+
     def test_2_renewal_under_tls_load(self):
+        """Every edge renews (POST /acme/renew) while real clients load it: sipp over TLS
+        (through stunnel), wrk over HTTPS, turnutils_uclient over TLS, conference participants.
+        None fails; the connections opened before the renewal keep working on the old
+        certificate; new ones get the new certificate."""
+        for tool in ("sipp", "wrk", "turnutils_uclient", "turnutils_peer"):
+            if not shutil.which(tool):
+                self.skipTest(f"{tool} is not installed (deploy/install-deps.sh, group test)")
+        if not STUNNEL:
+            self.skipTest("stunnel is not installed (deploy/install-deps.sh, group test)")
         before = self.ensure_issued()
         root = self.root_file()
+        old = {r: self.leaf(r, root) for r in EDGES}
+        # The servers behind the edges: a sipp UAS behind access-edge, turnutils_peer for
+        # av-edge's relay, the Director's conferencing server (and the web server, from setUpClass).
+        uas = subprocess.Popen(["sipp", "-sf", os.path.join(SIP, "message_uas.xml"), "-i",
+                                "127.0.0.1", "-p", str(self.sip_uas), "-t", "u1", "-nostdin"],
+                               cwd=self.tmp, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: (uas.kill(), uas.wait()))
+        peer_port = free_port(TURN_PEER, socket.SOCK_DGRAM)
+        peer = subprocess.Popen(["turnutils_peer", "-L", TURN_PEER, "-p", str(peer_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (peer.kill(), peer.wait()))
+        ce = self.daemons["conf-edge"]
+        wait_for(lambda: ce.metrics().get("conf_edge_servers") == 1, timeout=15,
+                 what="the Director's conferencing server on conf-edge")
+        ce.wait_log("conference-key signing secret", timeout=10)
+        cred = http_json(self.dadmin, "/credentials?user=acme-load")[1]
+        wait_for(lambda: udp_taken("127.0.0.1", self.sip_uas) and
+                 udp_taken(TURN_PEER, peer_port), what="the sipp UAS and turnutils_peer")
+
+        # Established before the renewal, on the old certificates.
+        held = [self.participant("held", f"p{i}", root) for i in range(4)]
+        for c in held:
+            self.addCleanup(c.close)
+        self.assertTrue(all(c.der == ssl.PEM_cert_to_DER_cert(old["conf-edge"]) for c in held))
+        addr, name, _ = EDGES["av-edge"]
+        av_held = ssl.create_default_context(cafile=root).wrap_socket(
+            socket.create_connection((addr, self.tls_port), timeout=5), server_hostname=name)
+        self.addCleanup(av_held.close)
+        sip_old = self.stunnel("old", old["access-edge"])
+        sip = self.sipp_uac(sip_old, calls=2400, rate=40, tag="during")  # <= 60 s
+        web = self.wrk(60, 20, "during")
+        renewed = threading.Event()
         stop = threading.Event()
-        results = {r: {"ok": 0, "fail": [], "serials": set()} for r in EDGES}
+        conf_load = {"ok": 0, "fail": [], "certs": []}
+        turn_runs = []
 
-        def load(role):
-            addr, name, _ = EDGES[role]
-            ctx = ssl.create_default_context(cafile=root)
-            deadline = time.time() + 40
-            n = 0
-            while not stop.is_set() and time.time() < deadline and n < 2000:
-                n += 1
+        def conference_clients():
+            """Pairs of new participants, each pair in a conference of its own, one line
+            from one to the other; bounded in count and time."""
+            deadline = time.time() + 90
+            i = 0
+            while not stop.is_set() and time.time() < deadline and i < 1500:
+                i += 1
+                a = b = None
                 try:
-                    with socket.create_connection((addr, self.tls_port), timeout=5) as s:
-                        with ctx.wrap_socket(s, server_hostname=name) as tls:
-                            der = tls.getpeercert(binary_form=True)
-                            if role == "revproxy":  # and a request on it
-                                tls.sendall(b"GET /x HTTP/1.1\r\nHost: web.lab.test\r\n\r\n")
-                                if not tls.recv(64).startswith(b"HTTP/1.1 "):
-                                    raise AssertionError("no HTTP answer")
-                    results[role]["serials"].add(ssl.DER_cert_to_PEM_cert(der))
-                    results[role]["ok"] += 1
+                    a = self.participant(f"load{i}", "a", root)
+                    b = self.participant(f"load{i}", "b", root)
+                    conf_load["certs"] += [a.der, b.der]
+                    a.send(b"slide %d\n" % i)
+                    got = b.read_exact(len(b"slide %d\n" % i), timeout=10)
+                    if got != b"slide %d\n" % i:
+                        raise AssertionError(f"pair {i}: {got!r}")
+                    conf_load["ok"] += 1
                 except Exception as e:  # every failure counts
-                    results[role]["fail"].append(repr(e))
-                time.sleep(0.01)
+                    conf_load["fail"].append(repr(e))
+                finally:
+                    for c in (a, b):
+                        if c:
+                            c.close()
+                time.sleep(0.05)
 
-        # Established before the renewal; they must keep working after it.
-        held = {}
-        for r in ("revproxy", "av-edge"):
-            addr, name, _ = EDGES[r]
-            s = ssl.create_default_context(cafile=root).wrap_socket(
-                socket.create_connection((addr, self.tls_port), timeout=5), server_hostname=name)
-            held[r] = s
-        threads = [threading.Thread(target=load, args=(r,)) for r in EDGES]
+        def turn_clients():
+            """Back-to-back uclient runs (5 s each) until the renewal is done, then one more
+            (2 s) that starts after it."""
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                last = renewed.is_set()
+                t0 = time.time()
+                n = 100 if last else 250
+                p = self.uclient(cred, peer_port, n, 3, root)
+                turn_runs.append((t0, time.time(), last, p, n))
+                if last:
+                    break
+
+        threads = [threading.Thread(target=conference_clients),
+                   threading.Thread(target=turn_clients)]
         for th in threads:
             th.start()
         try:
+            # Every client under way on the old certificates (on a loaded machine they may
+            # take a while to start).
             time.sleep(1.0)
+            wait_for(lambda: conf_load["ok"] >= 2 and len(self.web.requests) >= 20 and
+                     self.sipp_counts(sip)[1] >= 20, timeout=30,
+                     what="sipp, wrk, uclient and the conference pairs under way")
+            t_renew = time.time()
             for r in EDGES:
                 self.renew(r)
-            after = self.wait_all_issued(timeout=45, not_serials=before)
-            time.sleep(1.0)  # new handshakes for a moment after the swap
+            after = self.wait_all_issued(timeout=60, not_serials=before)
+            t_new = time.time()
+            renewed.set()
+            time.sleep(1.0)  # the load goes on a moment on the new certificates
+            sip.send_signal(signal.SIGUSR1)  # sipp: no new calls, finish those under way
+            web.send_signal(signal.SIGINT)  # wrk: stop and report
+            new = {r: self.leaf(r, root) for r in EDGES}
+            # New connections after the renewal, by the same clients.
+            sip_new = self.stunnel("new", new["access-edge"])
+            sip2 = self.sipp_uac(sip_new, calls=100, rate=50, tag="after")
+            web2 = self.wrk(2, 5, "after")
+            joined = [self.participant("held", f"n{i}", root) for i in range(2)]
+            for c in joined:
+                self.addCleanup(c.close)
         finally:
             stop.set()
+            renewed.set()
             for th in threads:
-                th.join(10)
-        try:
-            for r in EDGES:
-                self.assertNotEqual(after[r], before[r], r)
-                self.assertEqual(results[r]["fail"], [], f"{r}: failed handshakes/requests")
-                self.assertGreater(results[r]["ok"], 5, r)
-                # New handshakes showed the new certificate (and before it the old one).
-                self.assertGreaterEqual(len(results[r]["serials"]), 2, r)
-            # The connections opened before the renewal still work.
-            rp = held["revproxy"]
-            rp.sendall(b"GET /y HTTP/1.1\r\nHost: web.lab.test\r\n\r\n")
-            self.assertTrue(rp.recv(64).startswith(b"HTTP/1.1 "))
-            av = held["av-edge"]
+                th.join(120)
+        # Each client's verdict in a subTest of its own: a renewal that drops connections
+        # shows at once which clients saw it.
+        got = {}
+        with self.subTest("sipp over TLS (stunnel) to access-edge"):
+            # Every MESSAGE answered 200, on the connection opened before the renewal (pinned
+            # to the old certificate) and on one opened after it (pinned to the new one).
+            created, got["sip"], failed = self.sipp_result(sip, "sipp during the renewal")
+            self.assertEqual((got["sip"], failed), (created, 0), "sipp during the renewal")
+            self.assertGreaterEqual(got["sip"], 80, "sipp: MESSAGEs across the renewal")
+            got["sip2"] = self.sipp_result(sip2, "sipp after the renewal")
+            self.assertEqual(got["sip2"], (100, 100, 0), "sipp after the renewal")
+            # A new connection through the stunnel pinned to the old certificate is refused
+            # now (stunnel closes it after the failed verification): the pins are real.
+            with socket.create_connection(("127.0.0.1", sip_old), timeout=10) as s:
+                try:
+                    self.assertEqual(s.recv(1), b"", "the old certificate after the renewal")
+                except ConnectionResetError:
+                    pass
+        with self.subTest("wrk over HTTPS to revproxy"):
+            # 20 keep-alive connections across the renewal, 5 new ones after it.
+            got["web"] = self.wrk_result(web, "wrk during the renewal")
+            self.assertGreaterEqual(got["web"], 100, "wrk: requests across the renewal")
+            got["web2"] = self.wrk_result(web2, "wrk after the renewal")
+            self.assertGreater(got["web2"], 10)
+        with self.subTest("turnutils_uclient over TLS to av-edge"):
+            # Every run 0 lost, one started before the renewal, one after it.
+            self.assertTrue(turn_runs, "no uclient run")
+            got["turn"] = sum(self.uclient_check(p, n, 3, f"uclient run {i}")
+                              for i, (_, _, _, p, n) in enumerate(turn_runs))
+            self.assertLess(turn_runs[0][0], t_renew)
+            self.assertTrue(turn_runs[-1][2] and turn_runs[-1][0] >= t_new, "a run after")
+            got["spanned"] = any(t0 < t_renew and t1 > t_new for t0, t1, _, _, _ in turn_runs)
+            # A TLS connection opened before the renewal still answers a Binding.
             txid = os.urandom(12)
-            av.sendall(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + txid)  # STUN Binding over TLS
-            resp = av.recv(512)
+            av_held.sendall(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + txid)
+            resp = av_held.recv(512)
             self.assertEqual(resp[:2], b"\x01\x01", resp)  # Binding success
             self.assertEqual(resp[8:20], txid)
-        finally:
-            for s in held.values():
-                s.close()
+            self.assertEqual(av_held.getpeercert(binary_form=True),
+                             ssl.PEM_cert_to_DER_cert(old["av-edge"]))
+        with self.subTest("conference participants on conf-edge"):
+            # The pairs all exchanged; each new handshake got the old certificate until the
+            # first got the new one, and only the new one from then on.
+            self.assertEqual(conf_load["fail"], [], "conference participants")
+            self.assertGreater(conf_load["ok"], 5)
+            ce_old, ce_new = (ssl.PEM_cert_to_DER_cert(x["conf-edge"]) for x in (old, new))
+            seq = conf_load["certs"]
+            self.assertEqual(set(seq), {ce_old, ce_new}, "conference handshakes: old then new")
+            first_new = seq.index(ce_new)
+            self.assertNotIn(ce_old, seq[first_new:], "an old certificate after the new one")
+            # The participants admitted before the renewal talk with those who joined after.
+            for c in joined:
+                self.assertEqual(c.der, ce_new)
+            for i, c in enumerate(held + joined):
+                c.send(b"from %d\n" % i)
+                for o in held + joined:
+                    if o is not c:
+                        self.assertEqual(o.read_exact(len(b"from %d\n" % i), timeout=10),
+                                         b"from %d\n" % i)
+        # Every new handshake now shows the new serial.
+        for r in EDGES:
+            self.assertNotEqual(after[r], before[r], r)
+            self.assertNotEqual(new[r], old[r], r)
+            for _ in range(5):
+                self.assertEqual(self.leaf(r, root), new[r], r)
         type(self).serials = after
-        print(f"\nrenewal under load: handshakes ok "
-              f"{ {r: v['ok'] for r, v in results.items()} }, failed 0", flush=True)
+        print(f"\nrenewal under load ({t_new - t_renew:.1f} s): sipp MESSAGEs {got.get('sip')} "
+              f"then (created, ok, failed) {got.get('sip2')} after; wrk requests {got.get('web')} "
+              f"+ {got.get('web2')} after; uclient runs {len(turn_runs)}, packets sent "
+              f"{got.get('turn')}, one spanned the swap: {got.get('spanned')}; conference pairs "
+              f"{conf_load['ok']} (failed {len(conf_load['fail'])}), {len(held)} held, "
+              f"{len(joined)} joined after", flush=True)
 
     def test_3_failing_ca_keeps_old_certificates_and_retries(self):
         before = self.ensure_issued()

@@ -65,16 +65,18 @@ director: {{enabled: false}}
 
 
 class Client:
-    """A participant over Python ssl."""
+    """A participant over Python ssl. cafile/server_name: verify the edge against another CA,
+    for that name (test_acme: pebble's certificates)."""
 
-    def __init__(self, addr, key=None, preamble=None, verify=True):
+    def __init__(self, addr, key=None, preamble=None, verify=True, cafile=None, server_name=None):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(f"{CERTS}/ca.crt")
-        ctx.check_hostname = False
+        ctx.load_verify_locations(cafile or f"{CERTS}/ca.crt")
+        ctx.check_hostname = server_name is not None
         if not verify:
             ctx.verify_mode = ssl.CERT_NONE
         host, port = addr.rsplit(":", 1)
-        self.sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5))
+        self.sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5),
+                                    server_hostname=server_name)
         self.buf = b""
         if preamble is not None:
             self.sock.sendall(preamble)
