@@ -60,7 +60,8 @@ static const struct cfg_key upstream_keys[] = {
     {"max_fails", CFG_UINT, U(max_fails), "1", .min = 0, .max = 1000,
      .help = "failed connects before a server is skipped (0 = never)"},
     {"fail_timeout", CFG_DURATION, U(fail_timeout_ms), "10s", .min = 0, .max = 3600000,
-     .help = "how long a failed server is skipped"},
+     .help = "how long a failed server is skipped (with every server skipped, the first to come "
+             "back is tried)"},
     {"health_path", CFG_STR, U(health_path), NULL,
      .help = "active check: GET this path; 2xx-4xx is healthy (unset = passive only)"},
     {"health_interval", CFG_DURATION, U(health_interval_ms), "5s", .min = 100, .max = 3600000,

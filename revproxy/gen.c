@@ -190,18 +190,26 @@ fail:
 
 /* ---- pools ---- */
 
-/* Round robin over servers not marked down; with all down, the least recently failed. */
+/* Round robin over servers not marked down. With every server skipped after failed
+ * connects, the one whose skip ends first is tried anyway (a lone server is never left
+ * out, as in nginx): answering 502 without trying would turn one lost connect into
+ * fail_timeout of errors. Only servers an active health check failed stay out. */
 static struct rp_backend *pool_pick(struct rp_pool *p)
 {
     uint64_t now = time_mono_ms();
+    struct rp_backend *soonest = NULL;
     for (size_t i = 0; i < p->nbe; i++) {
         struct rp_backend *be = &p->be[(p->rr + i) % p->nbe];
-        if (be->down_until <= now && !be->check_down) {
+        if (be->check_down)
+            continue;
+        if (be->down_until <= now) {
             p->rr = (p->rr + i + 1) % p->nbe;
             return be;
         }
+        if (!soonest || be->down_until < soonest->down_until)
+            soonest = be;
     }
-    return NULL;
+    return soonest;
 }
 
 int rp_pool_get(struct rp_pool *p, struct rp_upconn **out)

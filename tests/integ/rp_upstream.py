@@ -146,8 +146,8 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 class Upstream:
-    def __init__(self, host="127.0.0.1", tls=False, certdir=None, name="web"):
-        self.srv = Server((host, 0), Handler)
+    def __init__(self, host="127.0.0.1", tls=False, certdir=None, name="web", port=0):
+        self.srv = Server((host, port), Handler)
         self.srv.requests = []
         self.srv.internal_name = name
         if tls:

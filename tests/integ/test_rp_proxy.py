@@ -405,6 +405,19 @@ class RevproxyTest(SuiteTest):
         self.assertEqual(code, 502)
         self.assertIn("Bad Gateway", body)
 
+    def test_only_server_back_is_used_at_once(self):
+        # A pool's only server is never skipped for fail_timeout after a failed connect
+        # (nginx ignores max_fails for a lone server): the request after it comes back is
+        # served, not answered 502 for the next 10 s.
+        port = free_port()
+        self.start(up=f"127.0.0.1:{port}")
+        rc, code, body = self.curl("/ABS/ext/x")
+        self.assertEqual(code, 502)
+        self.up = Upstream(tls=True, certdir=CERTS, port=port)
+        self.addCleanup(self.up.stop)
+        rc, code, body = self.curl("/ABS/ext/x")
+        self.assertEqual(code, 200, body)
+
     def test_upstream_slow_is_504(self):
         self.start(rt="1s")
         t0 = time.time()
