@@ -297,8 +297,12 @@ static void on_cert_issued(struct acme_edge *e, const struct ctl_cert_issued *c,
         snprintf(err, sizeof err, "no certificate request pending for order %s", c->order_id);
         rc = -ENOENT;
     }
+    if (rc == 0 && (rc = acme_chain_shape(c->chain_pem, err, sizeof err)) > 0)
+        rc = 0;
     if (rc == 0)
         rc = pki_chain_inspect(c->chain_pem, e->pending_key, &info, err, sizeof err);
+    if (rc == 0) /* a chain clients cannot follow would be an outage once installed */
+        rc = pki_chain_check(c->chain_pem, err, sizeof err);
     if (rc == 0)
         rc = acme_issued_check(&info, e->pending_names, e->n_pending, (int64_t)time(NULL), err,
                                sizeof err);

@@ -85,6 +85,45 @@ int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_
     return 0;
 }
 
+int acme_chain_shape(const char *pem, char *err, size_t errcap)
+{
+    static const char begin[] = "-----BEGIN CERTIFICATE-----", end[] = "-----END CERTIFICATE-----";
+    int n = 0;
+    const char *p = pem;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (!*p)
+            break;
+        if (strncmp(p, begin, sizeof begin - 1) != 0) {
+            snprintf(err, errcap, "the chain has %s outside its CERTIFICATE blocks",
+                     strncmp(p, "-----BEGIN ", 11) == 0 ? "another PEM block" : "text");
+            return -EINVAL;
+        }
+        const char *e = strstr(p + sizeof begin - 1, end);
+        if (!e) {
+            snprintf(err, errcap, "the chain has a certificate block without its end line");
+            return -EINVAL;
+        }
+        for (const char *q = p + sizeof begin - 1; q < e; q++)
+            if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n",
+                        *q)) {
+                snprintf(err, errcap, "the chain has a certificate block that is not base64");
+                return -EINVAL;
+            }
+        if (++n > ACME_CHAIN_MAX) {
+            snprintf(err, errcap, "the chain has more than %d certificates", ACME_CHAIN_MAX);
+            return -EINVAL;
+        }
+        p = e + sizeof end - 1;
+    }
+    if (n == 0) {
+        snprintf(err, errcap, "the chain has no certificate");
+        return -EINVAL;
+    }
+    return n;
+}
+
 void acme_status_fill(const struct pki_cert_info *info, struct ctl_cert_status *st)
 {
     memset(st, 0, sizeof *st);
