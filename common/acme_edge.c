@@ -472,6 +472,13 @@ int acme_edge_create(const struct logger *log, struct metrics *metrics,
             metrics_counter(metrics, "acme_challenges_total", chal_help, "kind=\"error\"");
         e->m_active = metrics_gauge(metrics, "acme_challenges_active",
                                     "ACME challenges this edge answers now", NULL);
+        static const char hello_help[] =
+            "TLS hellos offering just acme-tls/1, by whether their name has a challenge";
+        acme_challenges_count_alpn(
+            e->store,
+            metrics_counter(metrics, "acme_tls_alpn_hellos_total", hello_help, "result=\"served\""),
+            metrics_counter(metrics, "acme_tls_alpn_hellos_total", hello_help,
+                            "result=\"unknown_name\""));
     }
     *out = e;
     return 0;
