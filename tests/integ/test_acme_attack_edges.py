@@ -3,11 +3,14 @@ challenge placed over the control channel (acme-dirstub as the Director), a clie
 just acme-tls/1 gets the challenge certificate and its connection ends after the handshake,
 whatever it sends next (a conference preamble, SIP, a TURN request, HTTP): none of it reaches
 the daemon, nothing is answered. Ordinary clients (no ALPN, other protocols, acme-tls/1 among
-others) never get the challenge certificate. Run once per backend (--build build-openssl)."""
+others) never get the challenge certificate. An ordinary session offered with acme-tls/1 is
+not resumed, and a challenge connection leaves none to resume. Run once per backend (--build build-openssl)."""
 import os
 import socket
 import ssl
 import struct
+import subprocess
+import time
 import unittest
 
 from harness import wait_for
@@ -58,6 +61,22 @@ def answer_after(s, data):
     return out
 
 
+def s_client(port, name, alpn, sess_in=None, sess_out=None):
+    """openssl s_client's report of one handshake (sessions across ALPN lists, which Python's
+    ssl cannot offer: its sessions belong to one context, and ALPN is the context's)."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+            "-alpn", alpn]
+    if sess_in:
+        argv += ["-sess_in", sess_in]
+    if sess_out:
+        argv += ["-sess_out", sess_out]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    time.sleep(0.3)  # TLS 1.3 tickets come after the handshake
+    out, _ = p.communicate(b"", timeout=20)
+    return out.decode(errors="replace")
+
+
 STUN_BINDING = struct.pack(">HHI", 1, 0, 0x2112A442) + os.urandom(12)
 FIRST_BYTES = {
     "conf-edge": b"PSOM-EDGE/1 JOIN key=abc\r\n",
@@ -86,6 +105,20 @@ class EdgesAlpnAttack(tae.AcmeEdgeTest):
         self.assertIn(OID, der)
         self.assertEqual(alpn, "acme-tls/1")
         self.assertEqual(answer_after(s, FIRST_BYTES[role]), b"", role)
+        # Resumption: an ordinary client's session offered with acme-tls/1 is not resumed
+        # (the CA checks the certificate, which a resumed handshake does not show), and a
+        # challenge connection leaves no session an ordinary client could resume.
+        ordinary = os.path.join(self.tmp, f"{role}.sess")
+        chal = os.path.join(self.tmp, f"{role}-acme.sess")
+        out = s_client(port, name, "h2,http/1.1", sess_out=ordinary)
+        # (the edge does resume ordinary sessions: else this part would prove nothing)
+        self.assertIn("Reused,", s_client(port, name, "h2,http/1.1", sess_in=ordinary), role)
+        out = s_client(port, name, "acme-tls/1", sess_in=ordinary, sess_out=chal)
+        self.assertIn("New,", out, role)
+        self.assertIn("ALPN protocol: acme-tls/1", out)
+        if os.path.exists(chal):
+            out = s_client(port, name, "h2,http/1.1", sess_in=chal)
+            self.assertNotIn("Reused,", out, role)
         # Case does not matter for the name; another name, or none, fails.
         der, _, s = handshake(port, name.upper(), ["acme-tls/1"])
         s.close()
@@ -108,7 +141,7 @@ class EdgesAlpnAttack(tae.AcmeEdgeTest):
         # a flood of them shows; so do hellos for names without a challenge.
         prefix = role.replace("-", "_")
         mx = self.d_.metrics()
-        self.assertEqual(mx.get(f'{prefix}_acme_tls_alpn_hellos_total{{result="served"}}'), 2)
+        self.assertEqual(mx.get(f'{prefix}_acme_tls_alpn_hellos_total{{result="served"}}'), 3)
         self.assertEqual(mx.get(f'{prefix}_acme_tls_alpn_hellos_total{{result="unknown_name"}}'),
                          2)  # the name before its challenge, and other.lab.test
 
