@@ -74,6 +74,18 @@ int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_
             return -EINVAL;
         }
     }
+    /* and nothing else: the CA signs our CSR's names, so another name means a certificate
+     * made for something else (a wrong order, a confused or hostile Director) */
+    for (size_t j = 0; j < info->n_names && j < 16; j++) {
+        bool asked = false;
+        for (size_t i = 0; i < n && !asked; i++)
+            asked = !strcasecmp(names[i], info->names[j]);
+        if (!asked) {
+            snprintf(err, errcap, "the certificate names %s, which was not requested",
+                     info->names[j]);
+            return -EINVAL;
+        }
+    }
     if (now >= info->base.not_after) {
         snprintf(err, errcap, "the certificate has expired");
         return -EINVAL;

@@ -22,8 +22,8 @@ int acme_names_check(const char (*names)[CTL_DNSNAME_MAX], size_t n, char *err, 
 
 /* Whether an issued certificate (its first certificate inspected into info, already checked
  * against the pending key) answers a request for names at time now: every name requested
- * is one of its dNSNames (case-insensitive), it is not self-signed, and now is within
- * [not_before - 1 h, not_after) (an hour of clock skew allowed). 0, or -EINVAL with err. */
+ * is one of its dNSNames and it has no other (case-insensitive), it is not self-signed, and now is
+ * within [not_before - 1 h, not_after) (an hour of clock skew allowed). 0, or -EINVAL with err. */
 int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_DNSNAME_MAX],
                       size_t n, int64_t now, char *err, size_t errcap);
 

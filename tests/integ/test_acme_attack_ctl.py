@@ -118,6 +118,8 @@ class AcmeChainAttackTest(SuiteTest):
             ("over-long chain", pem(good) + pem(self.ca) * 9, "certificates"),
             ("names not requested", pem(self.leaf(der, ["evil.lab.test"])) + pem(self.ca),
              "does not name"),
+            ("a name not requested besides the one requested",
+             pem(self.leaf(der, [NAME, "evil.lab.test"])) + pem(self.ca), "not requested"),
             ("expired", pem(self.leaf(der, [NAME], days=(-10, -1))) + pem(self.ca), "expired"),
             ("not yet valid", pem(self.leaf(der, [NAME], days=(2, 9))) + pem(self.ca),
              "not valid yet"),

@@ -106,6 +106,12 @@ static void an_issued_certificate_must_answer_the_request(void **state)
     i.self_signed = true;
     assert_int_equal(acme_issued_check(&i, names, 2, 1500000, err, sizeof err), -EINVAL);
     assert_string_equal(err, "the certificate is self-signed");
+    /* a name that was not asked for: not this request's certificate */
+    i = issued();
+    strcpy(i.names[2], "evil.example");
+    i.n_names = 3;
+    assert_int_equal(acme_issued_check(&i, names, 2, 1500000, err, sizeof err), -EINVAL);
+    assert_string_equal(err, "the certificate names evil.example, which was not requested");
 }
 
 static void status_from_a_certificate(void **state)
