@@ -118,6 +118,10 @@ class AcmeHelloAttack(unittest.TestCase):
         """A hello trickled as ~11,000 one-byte records over ~2 s: the edge's CPU for
         the whole connection stays that of a few handshakes (it was ~0.3 s, quadratic in the
         records, when every read re-scanned every record so far)."""
+        if not self.is_mbedtls():
+            # OpenSSL has no peek: it reassembles the hello itself, a read per record, the
+            # same for any hello (~0.1 s for these 11,000 records, linear), ACME or not.
+            self.skipTest("the peek is the mbedTLS backend's")
         hs = client_hello(pad=11000)
         recs = records(hs[:4], 4) + records(hs[4:], 1)
         c0 = cpu_seconds(self.proc.pid)
