@@ -354,6 +354,10 @@ static void on_challenge(struct acme_edge *e, const struct ctl_challenge *c, sen
         rc = acme_dns_name_ok(c->name) ? 0 : -EINVAL;
         if (rc)
             snprintf(err, sizeof err, "not a DNS name");
+        if (rc == 0 && c->name[0] == '*') {
+            rc = -EINVAL;
+            snprintf(err, sizeof err, "TLS-ALPN-01 does not validate a wildcard name (RFC 8737 3)");
+        }
         if (rc == 0)
             rc = pki_alpn_challenge_cert(c->name, digest, &cert, &key, err, sizeof err);
         if (rc == 0 && (rc = acme_challenges_set_alpn(e->store, c->name, cert, key, expires)))
