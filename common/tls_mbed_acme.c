@@ -126,6 +126,10 @@ int tls_mbed_acme_hello(struct tls_conn *c)
     if (len < 5)
         return -EAGAIN;
     size_t first = 5 + ((size_t)p[3] << 8 | p[4]);
+    if (first > 5 + 16384) { /* longer than a record may be: mbedTLS refuses it at once */
+        c->hello_seen = true;
+        return 0;
+    }
     if (len < first)
         return -EAGAIN; /* mbedTLS reads nothing before the hello's record is here */
     ssize_t n = tls_peek_alpn(p, first, list, sizeof list);

@@ -1277,6 +1277,28 @@ static void test_acme_tls_alpn(void **state)
     free(key);
 }
 
+/* A ClientHello record longer than TLS allows, to a ctx with a challenge store: refused at
+ * its header, not waited for (mbedTLS's peek would wait for the whole record otherwise). */
+static void test_acme_oversized_hello_record(void **state)
+{
+    (void)state;
+    struct acme_challenges *store;
+    assert_int_equal(acme_challenges_create(&store), 0);
+    struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
+    struct tls_opts so = {.server = true, .certs = &co, .ncerts = 1, .acme = store};
+    struct tls_ctx *s = ctx_new(&so);
+    struct tls_conn *sc;
+    assert_int_equal(tls_conn_create(&sc, s, NULL), 0);
+    const uint8_t head[] = {0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0xff, 0xfb};
+    assert_int_equal(tls_conn_feed(sc, head, sizeof head), 0);
+    uint8_t buf[64];
+    ssize_t r = tls_conn_read(sc, buf, sizeof buf);
+    assert_true(r < 0 && r != -EAGAIN);
+    tls_conn_destroy(sc);
+    tls_ctx_unref(s);
+    acme_challenges_free(store);
+}
+
 /* OpenSSL's, resolved only in the OpenSSL build (the client's SSL is the first member of its
  * struct tls_conn there): lets a client drop its ALPN between its two hellos. */
 int SSL_set_alpn_protos(void *ssl, const unsigned char *protos, unsigned int len)
@@ -1398,6 +1420,7 @@ int main(void)
         cmocka_unit_test(test_cert_inspect),
         cmocka_unit_test(test_acme_tls_alpn),
         cmocka_unit_test(test_acme_hrr_changes_hello),
+        cmocka_unit_test(test_acme_oversized_hello_record),
         cmocka_unit_test(test_peek_alpn),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
