@@ -2,6 +2,7 @@
  * At most 64 entries (an order has a handful of names; the Director removes what it is
  * done with, and what it forgets expires), so a linear scan is the whole lookup. */
 #include "common/acme_challenges.h"
+#include "common/metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -30,6 +31,8 @@ struct entry {
 struct acme_challenges {
     pthread_mutex_t lock;
     struct entry e[ACME_MAX_ENTRIES];
+    struct metric *alpn_served, *alpn_unknown; /* answered challenges are no failed
+                                                  handshakes and no sessions: counted here */
 };
 
 int acme_challenges_create(struct acme_challenges **out)
@@ -222,6 +225,7 @@ int acme_challenges_alpn(struct acme_challenges *s, const char *name, char **cer
         rc = a && b ? 0 : -ENOMEM;
     }
     pthread_mutex_unlock(&s->lock);
+    metric_inc(rc == -ENOENT ? s->alpn_unknown : s->alpn_served);
     if (rc) {
         free(a);
         wipe_free(b);
@@ -230,6 +234,15 @@ int acme_challenges_alpn(struct acme_challenges *s, const char *name, char **cer
     *cert_pem = a;
     *key_pem = b;
     return 0;
+}
+
+void acme_challenges_count_alpn(struct acme_challenges *s, struct metric *served,
+                                struct metric *unknown)
+{
+    if (s) {
+        s->alpn_served = served;
+        s->alpn_unknown = unknown;
+    }
 }
 
 void acme_challenges_remove(struct acme_challenges *s, const char *token_or_name)

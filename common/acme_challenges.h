@@ -14,6 +14,7 @@
 #define ACME_ALPN_PROTOCOL "acme-tls/1"
 
 struct acme_challenges;
+struct metric;
 
 int acme_challenges_create(struct acme_challenges **out);
 void acme_challenges_free(struct acme_challenges *s); /* NULL is a no-op */
@@ -33,6 +34,11 @@ int acme_challenges_set_alpn(struct acme_challenges *s, const char *name, const 
 /* malloc'd copies of the PEMs for name, or -ENOENT. */
 int acme_challenges_alpn(struct acme_challenges *s, const char *name, char **cert_pem,
                          char **key_pem);
+
+/* Counters acme_challenges_alpn increments (NULL: none): a challenge hello whose name has a
+ * challenge, and one whose name has none. Set once, before any TLS context uses the store. */
+void acme_challenges_count_alpn(struct acme_challenges *s, struct metric *served,
+                                struct metric *unknown);
 
 /* Removes the HTTP-01 entry with this token or the TLS-ALPN-01 entry with this name. */
 void acme_challenges_remove(struct acme_challenges *s, const char *token_or_name);

@@ -297,8 +297,12 @@ static void on_cert_issued(struct acme_edge *e, const struct ctl_cert_issued *c,
         snprintf(err, sizeof err, "no certificate request pending for order %s", c->order_id);
         rc = -ENOENT;
     }
+    if (rc == 0 && (rc = acme_chain_shape(c->chain_pem, err, sizeof err)) > 0)
+        rc = 0;
     if (rc == 0)
         rc = pki_chain_inspect(c->chain_pem, e->pending_key, &info, err, sizeof err);
+    if (rc == 0) /* a chain clients cannot follow would be an outage once installed */
+        rc = pki_chain_check(c->chain_pem, err, sizeof err);
     if (rc == 0)
         rc = acme_issued_check(&info, e->pending_names, e->n_pending, (int64_t)time(NULL), err,
                                sizeof err);
@@ -350,6 +354,10 @@ static void on_challenge(struct acme_edge *e, const struct ctl_challenge *c, sen
         rc = acme_dns_name_ok(c->name) ? 0 : -EINVAL;
         if (rc)
             snprintf(err, sizeof err, "not a DNS name");
+        if (rc == 0 && c->name[0] == '*') {
+            rc = -EINVAL;
+            snprintf(err, sizeof err, "TLS-ALPN-01 does not validate a wildcard name (RFC 8737 3)");
+        }
         if (rc == 0)
             rc = pki_alpn_challenge_cert(c->name, digest, &cert, &key, err, sizeof err);
         if (rc == 0 && (rc = acme_challenges_set_alpn(e->store, c->name, cert, key, expires)))
@@ -468,6 +476,13 @@ int acme_edge_create(const struct logger *log, struct metrics *metrics,
             metrics_counter(metrics, "acme_challenges_total", chal_help, "kind=\"error\"");
         e->m_active = metrics_gauge(metrics, "acme_challenges_active",
                                     "ACME challenges this edge answers now", NULL);
+        static const char hello_help[] =
+            "TLS hellos offering just acme-tls/1, by whether their name has a challenge";
+        acme_challenges_count_alpn(
+            e->store,
+            metrics_counter(metrics, "acme_tls_alpn_hellos_total", hello_help, "result=\"served\""),
+            metrics_counter(metrics, "acme_tls_alpn_hellos_total", hello_help,
+                            "result=\"unknown_name\""));
     }
     *out = e;
     return 0;

@@ -74,6 +74,18 @@ int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_
             return -EINVAL;
         }
     }
+    /* and nothing else: the CA signs our CSR's names, so another name means a certificate
+     * made for something else (a wrong order, a confused or hostile Director) */
+    for (size_t j = 0; j < info->n_names && j < 16; j++) {
+        bool asked = false;
+        for (size_t i = 0; i < n && !asked; i++)
+            asked = !strcasecmp(names[i], info->names[j]);
+        if (!asked) {
+            snprintf(err, errcap, "the certificate names %s, which was not requested",
+                     info->names[j]);
+            return -EINVAL;
+        }
+    }
     if (now >= info->base.not_after) {
         snprintf(err, errcap, "the certificate has expired");
         return -EINVAL;
@@ -83,6 +95,45 @@ int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_
         return -EINVAL;
     }
     return 0;
+}
+
+int acme_chain_shape(const char *pem, char *err, size_t errcap)
+{
+    static const char begin[] = "-----BEGIN CERTIFICATE-----", end[] = "-----END CERTIFICATE-----";
+    int n = 0;
+    const char *p = pem;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (!*p)
+            break;
+        if (strncmp(p, begin, sizeof begin - 1) != 0) {
+            snprintf(err, errcap, "the chain has %s outside its CERTIFICATE blocks",
+                     strncmp(p, "-----BEGIN ", 11) == 0 ? "another PEM block" : "text");
+            return -EINVAL;
+        }
+        const char *e = strstr(p + sizeof begin - 1, end);
+        if (!e) {
+            snprintf(err, errcap, "the chain has a certificate block without its end line");
+            return -EINVAL;
+        }
+        for (const char *q = p + sizeof begin - 1; q < e; q++)
+            if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n",
+                        *q)) {
+                snprintf(err, errcap, "the chain has a certificate block that is not base64");
+                return -EINVAL;
+            }
+        if (++n > ACME_CHAIN_MAX) {
+            snprintf(err, errcap, "the chain has more than %d certificates", ACME_CHAIN_MAX);
+            return -EINVAL;
+        }
+        p = e + sizeof end - 1;
+    }
+    if (n == 0) {
+        snprintf(err, errcap, "the chain has no certificate");
+        return -EINVAL;
+    }
+    return n;
 }
 
 void acme_status_fill(const struct pki_cert_info *info, struct ctl_cert_status *st)

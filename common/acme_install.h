@@ -22,10 +22,20 @@ int acme_names_check(const char (*names)[CTL_DNSNAME_MAX], size_t n, char *err, 
 
 /* Whether an issued certificate (its first certificate inspected into info, already checked
  * against the pending key) answers a request for names at time now: every name requested
- * is one of its dNSNames (case-insensitive), it is not self-signed, and now is within
- * [not_before - 1 h, not_after) (an hour of clock skew allowed). 0, or -EINVAL with err. */
+ * is one of its dNSNames and it has no other (case-insensitive), it is not self-signed, and now is
+ * within [not_before - 1 h, not_after) (an hour of clock skew allowed). 0, or -EINVAL with err. */
 int acme_issued_check(const struct pki_cert_info *info, const char (*names)[CTL_DNSNAME_MAX],
                       size_t n, int64_t now, char *err, size_t errcap);
+
+/* At most this many certificates in an issued chain (the leaf and its intermediates; real
+ * ACME CAs send 2 or 3). */
+#define ACME_CHAIN_MAX 5
+
+/* Whether an issued chain has the shape RFC 8555 9.1 gives application/pem-certificate-chain:
+ * nothing but "CERTIFICATE" PEM blocks, whitespace between them (no explanatory text, no
+ * other block: a key would land in a world-readable file), 1..ACME_CHAIN_MAX of them. The
+ * number of certificates, or -EINVAL with err. Pure: the blocks' content is pki's job. */
+int acme_chain_shape(const char *pem, char *err, size_t errcap);
 
 /* The CertStatus for a certificate inspected into info (error left empty). */
 void acme_status_fill(const struct pki_cert_info *info, struct ctl_cert_status *st);

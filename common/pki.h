@@ -52,4 +52,11 @@ struct pki_cert_info {
 int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cert_info *info,
                       char *err, size_t errcap);
 
+/* Whether a PEM chain is a path a client can follow: every certificate parses, and each is
+ * issued by the one after it (issuer == next subject, the next is a CA, and its key
+ * verifies the signature). The last one need not be a root. 0, or -EINVAL with err naming
+ * the first certificate that fails (1 = the leaf). Shape (PEM blocks only, how many) is
+ * acme_chain_shape's job (common/acme_install.h). */
+int pki_chain_check(const char *chain_pem, char *err, size_t errcap);
+
 #endif

@@ -50,8 +50,9 @@
 int tls_mbed_acme_conf(struct tls_ctx *c, struct acme_challenges *store, const int *suites,
                        const mbedtls_ecp_group_id *groups, char *err, size_t cap);
 void tls_mbed_acme_conf_free(struct tls_ctx *c);
-/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the whole hello
- * is fed; then marks a challenge connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
+/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the hello's first
+ * record is fed (mbedTLS refuses a hello that does not fit in it); then marks a challenge
+ * connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
 int tls_mbed_acme_hello(struct tls_conn *c);
 /* Frees a challenge connection's state (after mbedtls_ssl_free). */
 void tls_mbed_acme_free(struct tls_conn *c);
@@ -189,8 +190,9 @@ int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_w
 int tls_mbed_acme_conf(struct tls_ctx *c, struct acme_challenges *store, const int *suites,
                        const mbedtls_ecp_group_id *groups, char *err, size_t cap);
 void tls_mbed_acme_conf_free(struct tls_ctx *c);
-/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the whole hello
- * is fed; then marks a challenge connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
+/* Before a server conn of such a ctx reads its ClientHello: -EAGAIN until the hello's first
+ * record is fed (mbedTLS refuses a hello that does not fit in it); then marks a challenge
+ * connection (c->acme, c->ssl.conf). 0, or -ENOMEM. */
 int tls_mbed_acme_hello(struct tls_conn *c);
 /* Frees a challenge connection's state (after mbedtls_ssl_free). */
 void tls_mbed_acme_free(struct tls_conn *c);

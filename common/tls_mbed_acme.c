@@ -118,12 +118,25 @@ void tls_mbed_acme_conf_free(struct tls_ctx *c)
 int tls_mbed_acme_hello(struct tls_conn *c)
 {
     uint8_t list[512];
-    ssize_t n = tls_peek_alpn(c->in.data + c->in.rd, byteq_len(&c->in), list, sizeof list);
-    if (n == -EAGAIN)
-        return -EAGAIN; /* mbedTLS reads nothing before the whole hello is here */
+    const uint8_t *p = c->in.data + c->in.rd;
+    size_t len = byteq_len(&c->in);
+    /* mbedTLS 2.28 refuses a ClientHello that is not whole in its first record, so only that
+     * record is looked at: waiting for (and re-scanning, at each read) a hello trickled in
+     * thousands of tiny records would cost quadratic CPU for a hello doomed anyway. */
+    if (len < 5)
+        return -EAGAIN;
+    size_t first = 5 + ((size_t)p[3] << 8 | p[4]);
+    if (first > 5 + 16384) { /* longer than a record may be: mbedTLS refuses it at once */
+        c->hello_seen = true;
+        return 0;
+    }
+    if (len < first)
+        return -EAGAIN; /* mbedTLS reads nothing before the hello's record is here */
+    ssize_t n = tls_peek_alpn(p, first, list, sizeof list);
     c->hello_seen = true;
     /* RFC 8737 3: the ACME server offers "acme-tls/1" alone. Anything else (no ALPN, other
-     * protocols as well, a malformed hello that mbedTLS will refuse) is an ordinary client. */
+     * protocols as well, a malformed or fragmented hello that mbedTLS will refuse) is an
+     * ordinary client. */
     if (n <= 0 || !tls_alpn_only(list, (size_t)n, ACME_ALPN_PROTOCOL))
         return 0;
     struct tls_acme *a = calloc(1, sizeof *a);

@@ -528,3 +528,41 @@ int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cer
                             "the certificate chain", (const unsigned char *)key_pem,
                             key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }
+
+/* Whether child's signature verifies with parent's key (what mbedTLS's own path check does). */
+static bool mbed_signed_by(const mbedtls_x509_crt *child, const mbedtls_x509_crt *parent)
+{
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(child->sig_md);
+    unsigned char hash[MBEDTLS_MD_MAX_SIZE];
+    if (!md || mbedtls_md(md, child->tbs.p, child->tbs.len, hash) != 0)
+        return false;
+    return mbedtls_pk_verify_ext(child->sig_pk, child->sig_opts, (mbedtls_pk_context *)&parent->pk,
+                                 child->sig_md, hash, mbedtls_md_get_size(md), child->sig.p,
+                                 child->sig.len) == 0;
+}
+
+int pki_chain_check(const char *chain_pem, char *err, size_t errcap)
+{
+    if (!chain_pem) {
+        tls_errf(err, errcap, "no certificate");
+        return -EINVAL;
+    }
+    mbedtls_x509_crt c;
+    mbedtls_x509_crt_init(&c);
+    int rc = tls_mbed_parse_crt(&c, (const unsigned char *)chain_pem, strlen(chain_pem) + 1, false,
+                                "the certificate chain", err, errcap);
+    int i = 1;
+    for (const mbedtls_x509_crt *x = &c; rc == 0 && x->next && x->next->raw.p; x = x->next, i++) {
+        const mbedtls_x509_crt *up = x->next;
+        if (x->issuer_raw.len != up->subject_raw.len ||
+            memcmp(x->issuer_raw.p, up->subject_raw.p, up->subject_raw.len) != 0 ||
+            !up->ca_istrue || !mbed_signed_by(x, up)) {
+            tls_errf(err, errcap,
+                     "the certificate chain: certificate %d does not sign certificate %d", i + 1,
+                     i);
+            rc = -EINVAL;
+        }
+    }
+    mbedtls_x509_crt_free(&c);
+    return rc;
+}

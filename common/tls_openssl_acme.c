@@ -34,10 +34,19 @@ int tls_ossl_acme_hello(SSL *ssl, int *alert, void *arg)
     struct tls_conn *c = SSL_get_app_data(ssl);
     const unsigned char *ext;
     size_t len;
-    if (!c ||
-        !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext,
-                                   &len) ||
-        !tls_alpn_only(ext, len, ACME_ALPN_PROTOCOL))
+    bool acme = c &&
+                SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation,
+                                          &ext, &len) &&
+                tls_alpn_only(ext, len, ACME_ALPN_PROTOCOL);
+    if (c && c->acme && !acme) {
+        /* A second hello (after HelloRetryRequest) that no longer offers just acme-tls/1:
+         * the first one's challenge set-up (its certificate, no client certificate asked
+         * for) must not become an ordinary connection. on_alpn cannot catch it when the
+         * second hello has no ALPN at all. */
+        *alert = SSL_AD_ILLEGAL_PARAMETER;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    if (!acme)
         return SSL_CLIENT_HELLO_SUCCESS; /* an ordinary client */
     c->acme = true;
     char name[256];

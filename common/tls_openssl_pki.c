@@ -433,3 +433,48 @@ int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cer
                             "the certificate chain", (const unsigned char *)key_pem,
                             key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }
+
+int pki_chain_check(const char *chain_pem, char *err, size_t errcap)
+{
+    if (!chain_pem) {
+        tls_errf(err, errcap, "no certificate");
+        return -EINVAL;
+    }
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    if (!chain)
+        return -ENOMEM;
+    /* Strict, unlike tls_ossl_parse_certs (which ends a chain quietly at a block that does
+     * not parse): every block must be a certificate, the end of input the only stop. */
+    int rc = 0;
+    BIO *bio = BIO_new_mem_buf(chain_pem, -1);
+    X509 *x;
+    ERR_clear_error();
+    while (bio && (x = PEM_read_bio_X509(bio, NULL, tls_ossl_no_password, NULL)) != NULL)
+        if (!sk_X509_push(chain, x)) {
+            X509_free(x);
+            rc = -ENOMEM;
+        }
+    unsigned long e = ERR_peek_last_error();
+    if (rc == 0 && (!bio || sk_X509_num(chain) == 0 || ERR_GET_LIB(e) != ERR_LIB_PEM ||
+                    ERR_GET_REASON(e) != PEM_R_NO_START_LINE)) {
+        char es[128];
+        tls_errf(err, errcap, "the certificate chain: certificate %d is not valid (%s)",
+                 sk_X509_num(chain) + 1, tls_ossl_str(es, sizeof es));
+        rc = -EINVAL;
+    }
+    BIO_free(bio);
+    for (int i = 0; rc == 0 && i + 1 < sk_X509_num(chain); i++) {
+        X509 *leaf = sk_X509_value(chain, i), *up = sk_X509_value(chain, i + 1);
+        /* X509_check_issued: names, key identifiers and the issuer's keyCertSign */
+        if (X509_check_issued(up, leaf) != X509_V_OK || X509_check_ca(up) == 0 ||
+            X509_verify(leaf, X509_get0_pubkey(up)) != 1) {
+            tls_errf(err, errcap,
+                     "the certificate chain: certificate %d does not sign certificate %d", i + 2,
+                     i + 1);
+            rc = -EINVAL;
+        }
+    }
+    ERR_clear_error();
+    sk_X509_pop_free(chain, X509_free);
+    return rc;
+}

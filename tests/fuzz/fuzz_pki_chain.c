@@ -1,7 +1,8 @@
-// fuzz-sources: common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/util.c
+// fuzz-sources: common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/util.c common/acme_challenges.c common/acme_install.c common/ctl_codec.c build/gen/proto/control.pb-c.c
 /* Fuzzes what common/pki.h reads: a certificate chain as the edge gets it in CertIssued
  * (pki_chain_inspect, the code of tls_cert_inspect too: PEM blocks, DER, the acmeIdentifier
- * callback of the mbedTLS backend), with or without a key to match; and names as a
+ * callback of the mbedTLS backend), with or without a key to match, its shape
+ * (acme_chain_shape) and its signatures (pki_chain_check); and names as a
  * CsrRequest brings them (tls_check_cert_names, pki_csr_create). Input: a mode byte (0: chain,
  * 1: chain and a key it cannot match, 2: names one a line), then the bytes. */
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/acme_install.h"
 #include "common/pki.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -37,6 +39,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (rc > 0 || err[0] == '\0') {
             abort();
         }
+        err[0] = '\0';
+        rc = acme_chain_shape(s, err, sizeof err);
+        if (rc == 0 || rc > ACME_CHAIN_MAX || (rc < 0 && (rc != -EINVAL || err[0] == '\0')))
+            abort();
+        err[0] = '\0';
+        rc = pki_chain_check(s, err, sizeof err);
+        if (rc > 0 || (rc < 0 && err[0] == '\0'))
+            abort();
     } else {
         const char *names[20];
         size_t n = 0;

@@ -162,23 +162,28 @@ int main(int argc, char **argv)
         case 'x':
             if (add_challenge(store, optarg) != 0) {
                 fprintf(stderr, "bad --challenge %s\n", optarg);
+                acme_challenges_free(store);
                 return 2;
             }
             break;
         case 'h':
             usage(stdout);
+            acme_challenges_free(store); /* LeakSanitizer's exit would lose stdout */
             return 0;
         case 'V':
             printf("acme-alpn-serve %s (TLS: %s)\n", SUITE_VERSION, tls_backend());
+            acme_challenges_free(store);
             return 0;
         default:
             usage(stderr);
+            acme_challenges_free(store);
             return 2;
         }
     }
     struct addr a;
     if (!listen || addr_parse(&a, listen, 0) != 0) {
         usage(stderr);
+        acme_challenges_free(store);
         return 2;
     }
     struct srv v = {.loop = uv_default_loop()};

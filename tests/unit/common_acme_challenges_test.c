@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "common/acme_challenges.h"
+#include "common/metrics.h"
 
 #define CERT "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 #define KEY "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n"
@@ -81,6 +82,33 @@ static void test_alpn_set_get_replace_remove(void **st)
     assert_int_equal(acme_challenges_alpn(s, "conf", &c, &k), -ENOENT);
     assert_int_equal(acme_challenges_http(s, "conf", out, sizeof out), -ENOENT);
     acme_challenges_free(s);
+}
+
+/* Challenge hellos are counted: served (the name has a challenge) or unknown_name. */
+static void test_alpn_lookups_counted(void **st)
+{
+    (void)st;
+    struct acme_challenges *s;
+    struct metrics *m;
+    assert_int_equal(acme_challenges_create(&s), 0);
+    assert_int_equal(metrics_create(&m, "t"), 0);
+    struct metric *served = metrics_counter(m, "h", "h", "result=\"served\""),
+                  *unknown = metrics_counter(m, "h", "h", "result=\"unknown_name\"");
+    char *c = NULL, *k = NULL;
+    assert_int_equal(acme_challenges_alpn(s, "a.lab", &c, &k), -ENOENT); /* not counted yet */
+    acme_challenges_count_alpn(s, served, unknown);
+    assert_int_equal(acme_challenges_set_alpn(s, "a.lab", "-----BEGIN CERTIFICATE-----\n",
+                                              "-----BEGIN PRIVATE KEY-----\n", time(NULL) + 60),
+                     0);
+    assert_int_equal(acme_challenges_alpn(s, "A.lab", &c, &k), 0);
+    free(c);
+    free(k);
+    assert_int_equal(acme_challenges_alpn(s, "b.lab", &c, &k), -ENOENT);
+    assert_int_equal(acme_challenges_alpn(s, "c.lab", &c, &k), -ENOENT);
+    assert_int_equal(metric_get(served), 1);
+    assert_int_equal(metric_get(unknown), 2);
+    acme_challenges_free(s);
+    metrics_destroy(m);
 }
 
 static void test_expiry(void **st)
@@ -278,6 +306,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_set_get_replace_remove),
         cmocka_unit_test(test_alpn_set_get_replace_remove),
+        cmocka_unit_test(test_alpn_lookups_counted),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_bad_input),

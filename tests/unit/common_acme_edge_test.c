@@ -376,7 +376,12 @@ static void challenges_go_into_the_store(void **state)
     r = challenge(f, CTL_CHALLENGE_HTTP_01, "web.lab.test", "bad token!", false);
     assert_string_not_equal(r->u.challenge_ready.error, "");
     free(r);
-    assert_int_equal(metric(f, "t_acme_challenges_total{kind=\"error\"} "), 3);
+    /* RFC 8737 3: TLS-ALPN-01 cannot validate a wildcard; said so, and no key made for it */
+    r = challenge(f, CTL_CHALLENGE_TLS_ALPN_01, "*.lab.test", "tokE", false);
+    assert_string_equal(r->u.challenge_ready.error,
+                        "TLS-ALPN-01 does not validate a wildcard name (RFC 8737 3)");
+    free(r);
+    assert_int_equal(metric(f, "t_acme_challenges_total{kind=\"error\"} "), 4);
 }
 
 static void config_checks(void **state)

@@ -106,6 +106,12 @@ static void an_issued_certificate_must_answer_the_request(void **state)
     i.self_signed = true;
     assert_int_equal(acme_issued_check(&i, names, 2, 1500000, err, sizeof err), -EINVAL);
     assert_string_equal(err, "the certificate is self-signed");
+    /* a name that was not asked for: not this request's certificate */
+    i = issued();
+    strcpy(i.names[2], "evil.example");
+    i.n_names = 3;
+    assert_int_equal(acme_issued_check(&i, names, 2, 1500000, err, sizeof err), -EINVAL);
+    assert_string_equal(err, "the certificate names evil.example, which was not requested");
 }
 
 static void status_from_a_certificate(void **state)
@@ -186,6 +192,47 @@ static void files_are_replaced_whole(void **state)
     rmdir(dir);
 }
 
+/* acme_chain_shape: CERTIFICATE blocks and whitespace only (RFC 8555 9.1), 1..ACME_CHAIN_MAX. */
+static void chain_shape(void **state)
+{
+    (void)state;
+    char err[128], big[4096] = "";
+    const char *c = "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n";
+    char two[256];
+    snprintf(two, sizeof two, "%s\r\n%s", c, c);
+    assert_int_equal(acme_chain_shape(c, err, sizeof err), 1);
+    assert_int_equal(acme_chain_shape(two, err, sizeof err), 2);
+    for (int i = 0; i < ACME_CHAIN_MAX; i++)
+        strcat(big, c);
+    assert_int_equal(acme_chain_shape(big, err, sizeof err), ACME_CHAIN_MAX);
+    strcat(big, c);
+    assert_int_equal(acme_chain_shape(big, err, sizeof err), -EINVAL);
+    assert_string_equal(err, "the chain has more than 5 certificates");
+    struct {
+        const char *pem, *err;
+    } bad[] = {
+        {"", "the chain has no certificate"},
+        {" \n\t", "the chain has no certificate"},
+        {"junk\n-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n",
+         "the chain has text outside its CERTIFICATE blocks"},
+        {"-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\njunk",
+         "the chain has text outside its CERTIFICATE blocks"},
+        {"-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n"
+         "-----BEGIN PRIVATE KEY-----\nQUJD\n-----END PRIVATE KEY-----\n",
+         "the chain has another PEM block outside its CERTIFICATE blocks"},
+        {"-----BEGIN CERTIFICATE-----\nQUJD\n",
+         "the chain has a certificate block without its end line"},
+        {"-----BEGIN CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nQUJD\n-----END "
+         "CERTIFICATE-----\n",
+         "the chain has a certificate block that is not base64"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(acme_chain_shape(bad[i].pem, err, sizeof err), -EINVAL);
+        assert_string_equal(err, bad[i].err);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +241,7 @@ int main(void)
         cmocka_unit_test(an_issued_certificate_must_answer_the_request),
         cmocka_unit_test(status_from_a_certificate),
         cmocka_unit_test(files_are_replaced_whole),
+        cmocka_unit_test(chain_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

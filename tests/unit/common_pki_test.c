@@ -582,6 +582,55 @@ static void chain_from_ca_matches_pending_key(void **st)
     free(other);
 }
 
+/* pki_chain_check: a chain clients can follow (each certificate signed by the next, which is
+ * a CA) passes; an unrelated CA after the leaf, a leaf after its CA, or a non-CA issuer fail. */
+static void chain_check_follows_signatures(void **st)
+{
+    (void)st;
+    char err[256] = "", out[8192], chain[8192];
+    char *key = new_key();
+    const char *names[] = {"conf.lab.test"};
+    uint8_t *der = NULL;
+    size_t len = 0;
+    assert_int_equal(pki_csr_create(key, names, 1, &der, &len, err, sizeof err), 0);
+    put("cc.csr", der, len);
+    free(der);
+    assert_int_equal(
+        run(out, sizeof out,
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout cca.key "
+            "-out cca.crt -subj /CN=cc-ca -days 2 && "
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ccb.key "
+            "-out ccb.crt -subj /CN=cc-other -days 2 && "
+            "openssl x509 -req -inform DER -in cc.csr -CA cca.crt -CAkey cca.key "
+            "-set_serial 7 -days 2 -out ccleaf.crt && "
+            "openssl req -x509 -key ccb.key -out ccnotca.crt -subj /CN=cc-ca -days 2 "
+            "-addext basicConstraints=critical,CA:FALSE"),
+        0);
+    assert_int_equal(run(chain, sizeof chain, "cat ccleaf.crt cca.crt"), 0);
+    assert_int_equal(pki_chain_check(chain, err, sizeof err), 0);
+    assert_int_equal(run(chain, sizeof chain, "cat ccleaf.crt"), 0);
+    assert_int_equal(pki_chain_check(chain, err, sizeof err), 0); /* the leaf alone */
+    assert_int_equal(run(chain, sizeof chain, "cat ccleaf.crt cca.crt cca.crt"), 0);
+    assert_int_equal(pki_chain_check(chain, err, sizeof err), 0); /* a root signs itself */
+    const char *bad[] = {"cat ccleaf.crt ccb.crt", "cat cca.crt ccleaf.crt",
+                         "cat ccleaf.crt ccnotca.crt"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(run(chain, sizeof chain, bad[i]), 0);
+        assert_int_equal(pki_chain_check(chain, err, sizeof err), -EINVAL);
+        assert_non_null(strstr(err, "certificate 2 does not sign certificate 1"));
+    }
+    /* a block that does not parse after a good leaf (OpenSSL's reader would stop there) */
+    assert_int_equal(run(chain, sizeof chain,
+                         "cat ccleaf.crt; printf -- '-----BEGIN CERTIFICATE-----\\nQUJDRA==\\n"
+                         "-----END CERTIFICATE-----\\n'"),
+                     0);
+    assert_int_equal(pki_chain_check(chain, err, sizeof err), -EINVAL);
+    assert_int_equal(pki_chain_check("garbage", err, sizeof err), -EINVAL);
+    assert_int_equal(pki_chain_check(NULL, err, sizeof err), -EINVAL);
+    free(key);
+}
+
 static void inspect_refuses_garbage(void **st)
 {
     (void)st;
@@ -626,6 +675,7 @@ int main(void)
         cmocka_unit_test(es256_refuses_other_keys),
         cmocka_unit_test(self_signed_placeholder_inspects),
         cmocka_unit_test(chain_from_ca_matches_pending_key),
+        cmocka_unit_test(chain_check_follows_signatures),
         cmocka_unit_test(inspect_refuses_garbage),
     };
     return cmocka_run_group_tests(tests, dir_setup, dir_teardown);

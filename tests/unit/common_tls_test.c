@@ -1277,6 +1277,87 @@ static void test_acme_tls_alpn(void **state)
     free(key);
 }
 
+/* A ClientHello record longer than TLS allows, to a ctx with a challenge store: refused at
+ * its header, not waited for (mbedTLS's peek would wait for the whole record otherwise). */
+static void test_acme_oversized_hello_record(void **state)
+{
+    (void)state;
+    struct acme_challenges *store;
+    assert_int_equal(acme_challenges_create(&store), 0);
+    struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
+    struct tls_opts so = {.server = true, .certs = &co, .ncerts = 1, .acme = store};
+    struct tls_ctx *s = ctx_new(&so);
+    struct tls_conn *sc;
+    assert_int_equal(tls_conn_create(&sc, s, NULL), 0);
+    const uint8_t head[] = {0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00, 0xff, 0xfb};
+    assert_int_equal(tls_conn_feed(sc, head, sizeof head), 0);
+    uint8_t buf[64];
+    ssize_t r = tls_conn_read(sc, buf, sizeof buf);
+    assert_true(r < 0 && r != -EAGAIN);
+    tls_conn_destroy(sc);
+    tls_ctx_unref(s);
+    acme_challenges_free(store);
+}
+
+/* OpenSSL's, resolved only in the OpenSSL build (the client's SSL is the first member of its
+ * struct tls_conn there): lets a client drop its ALPN between its two hellos. */
+int SSL_set_alpn_protos(void *ssl, const unsigned char *protos, unsigned int len)
+    __attribute__((weak));
+
+/* TLS 1.3 HelloRetryRequest: a first hello offering just acme-tls/1 for a name with a
+ * challenge, a second hello (after HRR) offering no ALPN at all. The second hello must not
+ * make an ordinary connection out of the challenge set-up (challenge certificate, no client
+ * certificate asked for on a mutual-TLS ctx): the handshake fails. */
+static void test_acme_hrr_changes_hello(void **state)
+{
+    (void)state;
+    if (!openssl_backend() || !SSL_set_alpn_protos)
+        skip(); /* mbedTLS 2.28 servers speak TLS 1.2: no HelloRetryRequest */
+    struct acme_challenges *store;
+    assert_int_equal(acme_challenges_create(&store), 0);
+    char *cert, *key;
+    challenge_pem("chal.lab", &cert, &key);
+    assert_int_equal(acme_challenges_set_alpn(store, "chal.lab", cert, key, time(NULL) + 600), 0);
+    struct tls_cert_opts co = {CERTS "/revproxy.crt", CERTS "/revproxy.key"};
+    struct tls_opts so = {.server = true,
+                          .certs = &co,
+                          .ncerts = 1,
+                          .ca_file = CERTS "/ca.crt",
+                          .verify_peer = true,
+                          .groups = "secp256r1",
+                          .acme = store};
+    struct tls_ctx *s = ctx_new(&so);
+    const char *acme[] = {"acme-tls/1", NULL};
+    /* a key share for P-384 only: the server, P-256 only, answers HelloRetryRequest */
+    struct tls_opts co_ = {.server = false, .alpn = acme, .groups = "secp384r1:secp256r1"};
+    struct tls_ctx *c = ctx_new(&co_);
+    struct pair p;
+    memset(&p, 0, sizeof p);
+    p.cli.last = p.srv.last = -EAGAIN;
+    assert_int_equal(tls_conn_create(&p.cli.c, c, "chal.lab"), 0);
+    assert_int_equal(tls_conn_create(&p.srv.c, s, NULL), 0);
+    assert_true(step(&p.cli, &p.srv)); /* ClientHello 1 */
+    const uint8_t *hrr;
+    size_t n = tls_conn_pending(p.srv.c, &hrr);
+    assert_true(n > 0 && hrr[0] == 0x16); /* the HelloRetryRequest, a handshake record */
+    assert_int_equal(SSL_set_alpn_protos(*(void **)p.cli.c, NULL, 0), 0);
+    pump(&p); /* ClientHello 2 without ALPN, and what follows */
+    assert_false(tls_conn_handshake_done(p.srv.c));
+    assert_non_null(tls_conn_error(p.srv.c));
+    pair_close(&p);
+    /* The same HelloRetryRequest with acme-tls/1 in both hellos: the challenge is answered. */
+    pair_open(&p, c, s, "chal.lab");
+    assert_true(tls_conn_handshake_done(p.srv.c));
+    assert_string_equal(tls_conn_alpn(p.srv.c), "acme-tls/1");
+    assert_string_equal(tls_conn_peer_cn(p.cli.c), "chal.lab");
+    pair_close(&p);
+    tls_ctx_unref(c);
+    tls_ctx_unref(s);
+    acme_challenges_free(store);
+    free(cert);
+    free(key);
+}
+
 /* The ALPN list of a ClientHello, read without TLS state. */
 static void test_peek_alpn(void **state)
 {
@@ -1338,6 +1419,8 @@ int main(void)
         cmocka_unit_test(test_idle_connection_memory),
         cmocka_unit_test(test_cert_inspect),
         cmocka_unit_test(test_acme_tls_alpn),
+        cmocka_unit_test(test_acme_hrr_changes_hello),
+        cmocka_unit_test(test_acme_oversized_hello_record),
         cmocka_unit_test(test_peek_alpn),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
