@@ -27,7 +27,7 @@ LABEL org.edge-suite.tls-backend="$TLS"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libuv1 libmbedtls14 libmbedx509-1 libmbedcrypto7 libssl3 libyaml-0-2 libprotobuf-c1 \
-      libosip2-15 libhttp-parser2.9 libc-ares2 \
+      libosip2-15 libhttp-parser2.9 libc-ares2 libcurl4 libjansson4 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin edge \

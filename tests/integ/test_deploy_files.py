@@ -25,6 +25,7 @@ LAB_LAN = ipaddress.ip_network("198.18.0.0/15")
 
 sys.path.insert(0, DEPLOY)
 import genconf  # noqa: E402  (deploy/genconf.py)
+import harness  # noqa: E402
 
 
 def dockerfile_stages(path):
@@ -96,6 +97,30 @@ class Dockerfiles(unittest.TestCase):
                 hc = [i for i in run if i.startswith("HEALTHCHECK")]
                 self.assertTrue(hc and "edge-healthcheck" in hc[0] and f"/etc/edge/{role}.yaml" in hc[0])
                 self.assertIn(f'ENTRYPOINT ["/usr/local/bin/{role}", "-c", "/etc/edge/{role}.yaml"]', run)
+
+    def test_each_image_installs_every_library_its_daemon_links(self):
+        # Each shared library the built daemon needs directly (readelf NEEDED, found through
+        # ldd) belongs to a Debian package its image's runtime stage installs (the Director's
+        # image once lacked libcurl4 after ACME; only compose-test noticed).
+        if not which("ldd") or not which("dpkg-query") or not which("readelf"):
+            self.skipTest("ldd, readelf or dpkg-query missing")
+        for role in ROLES:
+            binary = os.path.join(harness.BUILD, "bin", role)
+            installed = set(apt_installs(
+                dockerfile_stages(os.path.join(DOCKER_DIR, role + ".Dockerfile"))[1][1]))
+            needed = re.findall(r"\(NEEDED\).*\[(\S+)\]", subprocess.run(
+                ["readelf", "-d", binary], capture_output=True, text=True, check=True).stdout)
+            paths = dict(re.findall(r"^\s*(\S+) => (/\S+)", subprocess.run(
+                ["ldd", binary], capture_output=True, text=True, check=True).stdout, re.M))
+            for soname in needed:
+                r = subprocess.run(["dpkg-query", "-S", os.path.realpath(paths[soname])],
+                                   capture_output=True, text=True)
+                pkg = r.stdout.split(":")[0].strip()
+                if pkg in ("libc6", ""):
+                    continue  # in every Debian image (or not from a package: says nothing)
+                with self.subTest(role=role, library=soname):
+                    self.assertIn(pkg, installed, f"{role} links {soname} from {pkg}; "
+                                  f"{role}.Dockerfile's runtime stage does not install it")
 
     def test_runtime_group_is_what_the_dev_packages_pull_in(self):
         # The RUNTIME names must be the Debian 12 packages behind the -dev packages we build with.
