@@ -178,12 +178,6 @@ struct pki_cert_info;
 /* An ECDSA P-256 key and a self-signed certificate for name (CN and SAN), drawn from drbg. */
 int tls_mbed_self_signed(mbedtls_ctr_drbg_context *drbg, struct tls_cert *out, const char *name,
                          char *err, size_t cap);
-/* pki_chain_inspect on buffers (PEM with the NUL counted, or DER), for tls_cert_inspect too:
- * crt_what and key_what name them in err. key may be NULL. */
-int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
-                     const unsigned char *key, size_t key_len, const char *key_what,
-                     struct pki_cert_info *info, char *err, size_t cap);
-
 /* ---- tls_mbed_acme.c ---- */
 
 /* Server ctx with a store: builds c->acme_conf (after c->conf), with these suites and groups. */

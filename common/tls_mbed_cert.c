@@ -156,23 +156,3 @@ void tls_mbed_fingerprint(const mbedtls_x509_crt *crt, char *out)
     mbedtls_sha256_ret(crt->raw.p, crt->raw.len, h, 0);
     tls_hex_fingerprint(h, out);
 }
-
-int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
-                     char *err, size_t errcap)
-{
-    unsigned char *c = NULL, *k = NULL;
-    size_t cn = 0, kn = 0;
-    struct pki_cert_info pi;
-    int rc = tls_read_file(cert_file, &c, &cn, err, errcap);
-    if (rc == 0 && key_file)
-        rc = tls_read_file(key_file, &k, &kn, err, errcap);
-    if (rc == 0)
-        rc = tls_mbed_inspect(c, cn, cert_file, k, kn, key_file, &pi, err, errcap);
-    if (rc == 0)
-        *info = pi.base;
-    free(c);
-    if (k)
-        mbedtls_platform_zeroize(k, kn);
-    free(k);
-    return rc;
-}

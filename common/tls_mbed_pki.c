@@ -494,9 +494,9 @@ static void crt_info(const mbedtls_x509_crt *crt, struct pki_cert_info *info)
         add_name(info, cn->p, cn->len);
 }
 
-int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
-                     const unsigned char *key, size_t key_len, const char *key_what,
-                     struct pki_cert_info *info, char *err, size_t cap)
+int tls_backend_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
+                        const unsigned char *key, size_t key_len, const char *key_what,
+                        struct pki_cert_info *info, char *err, size_t cap)
 {
     mbedtls_x509_crt c;
     mbedtls_x509_crt_init(&c);
@@ -515,18 +515,6 @@ int tls_mbed_inspect(const unsigned char *crt, size_t crt_len, const char *crt_w
         crt_info(&c, info);
     mbedtls_x509_crt_free(&c);
     return rc;
-}
-
-int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cert_info *info,
-                      char *err, size_t errcap)
-{
-    if (!chain_pem || !info) {
-        tls_errf(err, errcap, "no certificate");
-        return -EINVAL;
-    }
-    return tls_mbed_inspect((const unsigned char *)chain_pem, strlen(chain_pem) + 1,
-                            "the certificate chain", (const unsigned char *)key_pem,
-                            key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }
 
 /* Whether child's signature verifies with parent's key (what mbedTLS's own path check does). */

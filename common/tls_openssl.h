@@ -123,12 +123,6 @@ int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size
 struct pki_cert_info;
 /* An ECDSA P-256 key and a self-signed certificate for name (CN and SAN). */
 int tls_ossl_make_self_signed(struct tls_cert *out, const char *name, char *err, size_t cap);
-/* pki_chain_inspect on buffers (PEM with the NUL counted, or DER), for tls_cert_inspect too:
- * crt_what and key_what name them in err. key may be NULL. */
-int tls_ossl_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
-                     const unsigned char *key, size_t key_len, const char *key_what,
-                     struct pki_cert_info *info, char *err, size_t cap);
-
 /* ---- tls_openssl_acme.c ---- */
 
 /* ClientHello callback of a server ctx with a challenge store (arg: the ctx). */

@@ -314,23 +314,3 @@ int tls_ossl_load_cert(struct tls_cert *tc, const struct tls_cert_opts *co, size
     }
     return 0;
 }
-
-int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
-                     char *err, size_t errcap)
-{
-    unsigned char *c = NULL, *k = NULL;
-    size_t cn = 0, kn = 0;
-    struct pki_cert_info pi;
-    int rc = tls_read_file(cert_file, &c, &cn, err, errcap);
-    if (rc == 0 && key_file)
-        rc = tls_read_file(key_file, &k, &kn, err, errcap);
-    if (rc == 0)
-        rc = tls_ossl_inspect(c, cn, cert_file, k, kn, key_file, &pi, err, errcap);
-    if (rc == 0)
-        *info = pi.base;
-    free(c);
-    if (k)
-        OPENSSL_cleanse(k, kn);
-    free(k);
-    return rc;
-}

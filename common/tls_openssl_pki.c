@@ -395,9 +395,9 @@ static int crt_info(const X509 *x, struct pki_cert_info *info)
     return 0;
 }
 
-int tls_ossl_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
-                     const unsigned char *key, size_t key_len, const char *key_what,
-                     struct pki_cert_info *info, char *err, size_t cap)
+int tls_backend_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
+                        const unsigned char *key, size_t key_len, const char *key_what,
+                        struct pki_cert_info *info, char *err, size_t cap)
 {
     STACK_OF(X509) *chain = sk_X509_new_null();
     if (!chain)
@@ -420,18 +420,6 @@ int tls_ossl_inspect(const unsigned char *crt, size_t crt_len, const char *crt_w
     EVP_PKEY_free(k);
     sk_X509_pop_free(chain, X509_free);
     return rc;
-}
-
-int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cert_info *info,
-                      char *err, size_t errcap)
-{
-    if (!chain_pem || !info) {
-        tls_errf(err, errcap, "no certificate");
-        return -EINVAL;
-    }
-    return tls_ossl_inspect((const unsigned char *)chain_pem, strlen(chain_pem) + 1,
-                            "the certificate chain", (const unsigned char *)key_pem,
-                            key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }
 
 int pki_chain_check(const char *chain_pem, char *err, size_t errcap)

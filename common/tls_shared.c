@@ -2,6 +2,7 @@
  * reading, fingerprints, the peer's names. */
 #include "common/tls_shared.h"
 #include "common/certname.h"
+#include "common/pki.h"
 #include "common/tls.h"
 
 #include <arpa/inet.h>
@@ -205,4 +206,36 @@ const char *tls_cert_cn(const char *const *names, size_t n, char *label)
 bool tls_peer_has_name(const struct tls_peer *p, const char *name)
 {
     return p && cert_names_match(p->cn, p->sans, p->nsans, name, CERT_NAME_WILDCARD_FIRST_LABEL);
+}
+
+int tls_cert_inspect(const char *cert_file, const char *key_file, struct tls_cert_info *info,
+                     char *err, size_t errcap)
+{
+    unsigned char *c = NULL, *k = NULL;
+    size_t cn = 0, kn = 0;
+    struct pki_cert_info pi;
+    int rc = tls_read_file(cert_file, &c, &cn, err, errcap);
+    if (rc == 0 && key_file)
+        rc = tls_read_file(key_file, &k, &kn, err, errcap);
+    if (rc == 0)
+        rc = tls_backend_inspect(c, cn, cert_file, k, kn, key_file, &pi, err, errcap);
+    if (rc == 0)
+        *info = pi.base;
+    free(c);
+    if (k)
+        explicit_bzero(k, kn);
+    free(k);
+    return rc;
+}
+
+int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cert_info *info,
+                      char *err, size_t errcap)
+{
+    if (!chain_pem || !info) {
+        tls_errf(err, errcap, "no certificate");
+        return -EINVAL;
+    }
+    return tls_backend_inspect((const unsigned char *)chain_pem, strlen(chain_pem) + 1,
+                               "the certificate chain", (const unsigned char *)key_pem,
+                               key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }

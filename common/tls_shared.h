@@ -34,6 +34,13 @@ const char *tls_alert_name(unsigned alert);
 /* Reads a whole file (up to 16 MiB) NUL-terminated; *len counts the NUL. On failure (a
  * negative errno, never 0) *out is NULL and *len 0. */
 int tls_read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t cap);
+/* What a certificate (and, with key, whether the key matches it) says, on buffers (PEM with
+ * the NUL counted, or DER): each backend's one implementation (tls_*_pki.c), behind
+ * pki_chain_inspect and tls_cert_inspect. crt_what and key_what name them in err. */
+struct pki_cert_info;
+int tls_backend_inspect(const unsigned char *crt, size_t crt_len, const char *crt_what,
+                        const unsigned char *key, size_t key_len, const char *key_what,
+                        struct pki_cert_info *info, char *err, size_t cap);
 /* "AB:CD:..." of a 32-byte hash into out (96 bytes). */
 void tls_hex_fingerprint(const uint8_t h[32], char *out);
 /* Checks a self_signed_name: a plain host name or IP literal. */

@@ -1,4 +1,4 @@
-// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/metrics.c common/log.c common/memtrim.c common/certwatch.c common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/crypto.c -lyaml
+// fuzz-sources: common/cfg.c common/addr.c common/util.c common/daemon.c common/admin.c common/json.c common/metrics.c common/log.c common/memtrim.c common/certwatch.c common/tls.c common/tls_shared.c common/tls_sniff.c common/certname.c common/crypto.c common/acme_challenges.c common/ctl_codec.c build/gen/proto/control.pb-c.c -lyaml -lprotobuf-c
 /* Fuzzes the YAML config loader with a key table that uses every value type. */
 #include <stddef.h>
 #include <stdint.h>
