@@ -251,8 +251,13 @@ static void on_kick(uv_timer_t *t)
         stream_close(s, -ETIMEDOUT, s->tls ? "TLS handshake timeout" : "connect timeout");
         return;
     }
-    if (s->reading)
-        stream_process(s);
+    if (!s->reading)
+        return;
+    stream_process(s);
+    /* Resumed TLS reading: the socket is read again only now that what the pause left in
+     * the TLS input buffer is delivered, so a large read cannot overflow it. */
+    if (s->reading && !s->closing && !s->eof && s->connected && start_reading(s) < 0)
+        stream_close(s, -EIO, "cannot read");
 }
 
 static void touch(struct stream *s)
@@ -638,15 +643,15 @@ void stream_read_start(struct stream *s)
     if (!s || s->closing || s->reading)
         return;
     s->reading = true;
-    /* Before connect completes there is no socket to read yet: on_connect starts it. */
-    if (s->connected && !s->eof && start_reading(s) < 0) {
-        stream_close(s, -EIO, "cannot read");
+    /* Plaintext may be waiting in the TLS buffers: deliver it from the loop, not from
+     * inside the caller; the kick reads the socket again once they are drained. */
+    if (s->tls && s->opened) {
+        uv_timer_start(&s->kick, on_kick, 0, 0);
         return;
     }
-    /* Plaintext may be waiting in the TLS buffers: deliver it from the loop, not from
-     * inside the caller. */
-    if (s->tls && s->opened)
-        uv_timer_start(&s->kick, on_kick, 0, 0);
+    /* Before connect completes there is no socket to read yet: on_connect starts it. */
+    if (s->connected && !s->eof && start_reading(s) < 0)
+        stream_close(s, -EIO, "cannot read");
 }
 
 /* ---- setup ---- */
