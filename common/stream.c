@@ -74,6 +74,7 @@ struct stream {
 
 static void stream_process(struct stream *s);
 static void stream_flush(struct stream *s);
+static void send_sealed(struct stream *s);
 
 /* ---- handshake gate ---- */
 
@@ -367,9 +368,9 @@ static void on_write(uv_write_t *req, int status)
 /* Sends what is pending: straight to the socket if it takes it, the rest in one uv_write.
  * While a write is in flight, new ciphertext collects in the TLS buffer and goes out as
  * one batch when it completes. */
-static void stream_flush(struct stream *s)
+static void send_sealed(struct stream *s)
 {
-    if (s->closing || seal_batch(s, false) < 0 || s->inflight || !s->connected)
+    if (s->closing || s->inflight || !s->connected)
         return;
     const uint8_t *p;
     size_t n = out_pending(s, &p);
@@ -412,6 +413,13 @@ static void stream_flush(struct stream *s)
     touch(s);
 }
 
+/* Seals the whole batch (write_batch), then sends. */
+static void stream_flush(struct stream *s)
+{
+    if (!s->closing && seal_batch(s, false) == 0)
+        send_sealed(s);
+}
+
 size_t stream_queued(const struct stream *s)
 {
     if (!s)
@@ -440,13 +448,13 @@ int stream_write(struct stream *s, const void *data, size_t len)
             return -ENOMEM;
         if (byteq_append(&s->batch, data, len, 0) < 0)
             return -ENOMEM;
-        if (byteq_len(&s->batch) < s->write_batch) {
-            if (!uv_is_active((uv_handle_t *)&s->kick))
-                uv_timer_start(&s->kick, on_kick, 0, 0);
-            return 0;
-        }
-        if (seal_batch(s, true) < 0)
+        if (byteq_len(&s->batch) >= s->write_batch && seal_batch(s, true) < 0)
             return -EPIPE;
+        /* The rest of a record waits for more, at most until the end of this turn. */
+        if (byteq_len(&s->batch) && !uv_is_active((uv_handle_t *)&s->kick))
+            uv_timer_start(&s->kick, on_kick, 0, 0);
+        send_sealed(s);
+        return 0;
     } else if (s->tls) {
         ssize_t w = tls_conn_write(s->tls, data, len);
         if (w < 0) {

@@ -1043,15 +1043,15 @@ static int bulk_srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg
     return 0;
 }
 
-static void test_tls_bulk_large_reads_with_pauses(void **state)
+static void tls_bulk(size_t write_batch)
 {
-    (void)state;
     struct world w;
     world_init(&w);
     bulk_sent = 0;
     w.scbs.on_data = bulk_srv_data;
     w.sopts.read_chunk = 64 * 1024;
     w.copts.write_cap = 256 * 1024;
+    w.copts.write_batch = write_batch;
     w.ccbs.on_open = bulk_cli_open;
     w.ccbs.on_drain = bulk_cli_drain;
     w.sopts.tls = mk_ctx(true);
@@ -1074,6 +1074,20 @@ static void test_tls_bulk_large_reads_with_pauses(void **state)
     assert_int_equal(w.cli_closed, 1);
 }
 
+static void test_tls_bulk_large_reads_with_pauses(void **state)
+{
+    (void)state;
+    tls_bulk(0);
+}
+
+/* The same through write_batch: writes of 40,000 bytes gathered and sealed in whole records
+ * (the batch's tail at the end of each turn, and before close_notify on shutdown). */
+static void test_tls_bulk_batched_writes(void **state)
+{
+    (void)state;
+    tls_bulk(64 * 1024);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
@@ -1085,6 +1099,7 @@ int main(void)
         cmocka_unit_test(test_backpressure_plain),
         cmocka_unit_test(test_backpressure_tls),
         cmocka_unit_test(test_tls_bulk_large_reads_with_pauses),
+        cmocka_unit_test(test_tls_bulk_batched_writes),
         cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_many_tls_streams_echo),
