@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -981,12 +982,12 @@ static void test_listen_reuseport_and_errors(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
-/* Bulk TLS with 64 KiB reads while the reader pauses after every delivery and resumes just
+/* Bulk TLS (16 MiB) with 64 KiB reads while the reader pauses after every delivery and resumes just
  * before the loop polls (uv_prepare): what a pause leaves in the TLS input buffer must be
  * delivered before the next socket read adds to it (a 64 KiB read on top of it overflowed
  * the buffer and closed the stream). Every byte arrives, once, in order, under the
  * writer's backpressure. */
-#define BULK_TOTAL (4u << 20)
+#define BULK_TOTAL (16u << 20) /* past what the loopback socket buffers take (tcp_wmem: 4 MiB) */
 static uv_prepare_t bulk_prep;
 static size_t bulk_sent;
 
@@ -1057,6 +1058,12 @@ static void tls_bulk(size_t write_batch)
     w.sopts.tls = mk_ctx(true);
     w.copts.tls = mk_ctx(false);
     w.copts.server_name = "director";
+    /* A small receive buffer (inherited by the accepted socket) so the writer meets its
+     * write_cap whatever the loopback's buffer autotuning would allow. */
+    uv_os_fd_t lfd;
+    int rcvbuf = 64 * 1024;
+    assert_int_equal(uv_fileno((uv_handle_t *)&w.listener, &lfd), 0);
+    assert_int_equal(setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
     uv_prepare_init(&w.loop, &bulk_prep);
     bulk_prep.data = &w;
     uv_unref((uv_handle_t *)&bulk_prep);
