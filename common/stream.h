@@ -89,7 +89,8 @@ int stream_write(struct stream *s, const void *data, size_t len);
 /* Bytes queued for the socket (ciphertext with TLS), in flight or waiting. */
 size_t stream_queued(const struct stream *s);
 /* Backpressure: stop delivering on_data (and reading the socket) until read_start.
- * Plaintext already decrypted waits and is delivered from the loop after read_start. */
+ * Plaintext already decrypted waits and is delivered from the loop after read_start; with
+ * TLS the socket is read again only once that is done (the TLS input buffer stays bounded). */
 void stream_read_stop(struct stream *s);
 void stream_read_start(struct stream *s);
 /* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */
