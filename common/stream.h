@@ -47,14 +47,14 @@ struct stream_opts {
     const char *server_name;       /* client: SNI and name to verify */
     size_t read_chunk;             /* bytes per read (default 16 KiB) */
     size_t write_cap;              /* queued bytes before -ENOBUFS (default 256 KiB) */
+    uint32_t handshake_timeout_ms; /* 0 = none */
+    uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
+    struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
     /* TLS, 0 = off: writes gather up to this many plaintext bytes and are sealed in whole
      * records when that much is there, else at the end of the loop turn (a zero timer) or
      * when the write in flight completes: bulk relays send full records in large writes,
      * not a record, a syscall and a wakeup per stream_write. Counted by stream_queued. */
     size_t write_batch;
-    uint32_t handshake_timeout_ms; /* 0 = none */
-    uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
-    struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
 };
 
 /* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few
