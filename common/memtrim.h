@@ -21,6 +21,7 @@ struct memtrim {
  * back the moment they are freed. glibc otherwise raises that threshold after each large
  * free, and a table rebuilt now and then (access-edge's transaction table is 21 MB) then
  * comes from the heap and stays there. */
+/* The heap's top is given back on free only past 1 MiB (memtrim_tick does the rest). */
 void memtrim_init(void);
 
 /* Free bytes malloc holds in all arenas (av-edge's workers have arenas of their own). */

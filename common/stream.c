@@ -18,6 +18,7 @@
 #define STREAM_TLS_READ_MAX 65536
 #define STREAM_WRITE_CAP (256 * 1024)
 #define STREAM_PLAIN_CHUNK 16384
+#define STREAM_TLS_RECORD 16384 /* the most plaintext one TLS record carries */
 #define STREAM_ACME_WHY "ACME TLS-ALPN-01 challenge answered"
 
 /* One uv_write in flight: the bytes stay here until write_cb. */
@@ -38,10 +39,12 @@ struct stream {
     struct stream_cbs cb;
     void *arg;
     size_t read_chunk, write_cap;
+    size_t write_batch; /* TLS: plaintext gathered before it is sealed (0 = seal each write) */
     uint32_t hs_timeout_ms, idle_timeout_ms;
     uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
     size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
     struct byteq plain; /* plain TCP bytes not yet handed to libuv */
+    struct byteq batch; /* TLS with write_batch: plaintext not yet sealed into records */
     struct stream_wreq *inflight;
     struct addr peer, local;
     struct stream_gate *gate;
@@ -64,12 +67,14 @@ struct stream {
     bool seen_bytes;
     bool reading_now; /* inside on_read: rbuf is in use */
     bool acme;        /* an ACME TLS-ALPN-01 validation: ends once its handshake is out */
+    bool resume;      /* the kick resumes reading (else it only seals and sends the batch) */
     int close_err;
     char *close_why; /* allocated when closing */
 };
 
 static void stream_process(struct stream *s);
 static void stream_flush(struct stream *s);
+static void send_sealed(struct stream *s);
 
 /* ---- handshake gate ---- */
 
@@ -194,6 +199,24 @@ static void out_consume(struct stream *s, size_t n)
         byteq_consume(&s->plain, n);
 }
 
+/* Encrypts the gathered plaintext (write_batch); with whole_records, only a multiple of the
+ * largest record, so a batch cut at its threshold does not end in a tiny record. */
+static int seal_batch(struct stream *s, bool whole_records)
+{
+    size_t n = byteq_len(&s->batch);
+    if (whole_records)
+        n -= n % STREAM_TLS_RECORD;
+    if (!s->tls || n == 0)
+        return 0;
+    ssize_t w = tls_conn_write(s->tls, s->batch.data + s->batch.rd, n);
+    byteq_consume(&s->batch, n);
+    if (w < 0) {
+        stream_close(s, (int)w, tls_conn_error(s->tls));
+        return (int)w;
+    }
+    return 0;
+}
+
 /* ---- close ---- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -205,6 +228,7 @@ static void on_handle_closed(uv_handle_t *h)
         s->cb.on_close(s, s->close_err, s->close_why, s->arg);
     tls_conn_destroy(s->tls);
     byteq_free(&s->plain);
+    byteq_free(&s->batch);
     free(s->rbuf);
     free(s->close_why);
     free(s);
@@ -220,8 +244,11 @@ void stream_close(struct stream *s, int err, const char *why)
     if (why || err)
         s->close_why = strdup(why ? why : uv_strerror(err));
     /* A clean close of an established TLS stream says so (close_notify). */
-    if (s->tls && s->opened && err == 0)
+    if (s->tls && s->opened && err == 0) {
+        if (byteq_len(&s->batch)) /* before close_notify; seal_batch would close */
+            tls_conn_write(s->tls, s->batch.data + s->batch.rd, byteq_len(&s->batch));
         tls_conn_close_notify(s->tls);
+    }
     /* A TLS alert explaining a failure is worth one non-blocking attempt. */
     if (s->tls && !s->inflight && s->connected) {
         const uint8_t *p;
@@ -251,8 +278,17 @@ static void on_kick(uv_timer_t *t)
         stream_close(s, -ETIMEDOUT, s->tls ? "TLS handshake timeout" : "connect timeout");
         return;
     }
-    if (s->reading)
-        stream_process(s);
+    /* A batch waiting for the end of the turn goes out now (stream_process flushes too). */
+    if (!s->reading || !s->resume) {
+        stream_flush(s);
+        return;
+    }
+    s->resume = false;
+    stream_process(s);
+    /* Resumed TLS reading: the socket is read again only now that what the pause left in
+     * the TLS input buffer is delivered, so a large read cannot overflow it. */
+    if (s->reading && !s->closing && !s->eof && s->connected && start_reading(s) < 0)
+        stream_close(s, -EIO, "cannot read");
 }
 
 static void touch(struct stream *s)
@@ -290,7 +326,7 @@ static void maybe_finish(struct stream *s)
     if (s->closing || s->inflight)
         return;
     const uint8_t *p;
-    if (out_pending(s, &p))
+    if (out_pending(s, &p) || byteq_len(&s->batch))
         return;
     if (s->acme) { /* the handshake and close_notify are out */
         stream_close(s, 0, STREAM_ACME_WHY);
@@ -332,7 +368,7 @@ static void on_write(uv_write_t *req, int status)
 /* Sends what is pending: straight to the socket if it takes it, the rest in one uv_write.
  * While a write is in flight, new ciphertext collects in the TLS buffer and goes out as
  * one batch when it completes. */
-static void stream_flush(struct stream *s)
+static void send_sealed(struct stream *s)
 {
     if (s->closing || s->inflight || !s->connected)
         return;
@@ -377,12 +413,19 @@ static void stream_flush(struct stream *s)
     touch(s);
 }
 
+/* Seals the whole batch (write_batch), then sends. */
+static void stream_flush(struct stream *s)
+{
+    if (!s->closing && seal_batch(s, false) == 0)
+        send_sealed(s);
+}
+
 size_t stream_queued(const struct stream *s)
 {
     if (!s)
         return 0;
     const uint8_t *p;
-    return (s->inflight ? s->inflight->len : 0) + out_pending(s, &p);
+    return (s->inflight ? s->inflight->len : 0) + out_pending(s, &p) + byteq_len(&s->batch);
 }
 
 int stream_write(struct stream *s, const void *data, size_t len)
@@ -398,7 +441,21 @@ int stream_write(struct stream *s, const void *data, size_t len)
         s->want_drain = true;
         return -ENOBUFS;
     }
-    if (s->tls) {
+    if (s->tls && s->write_batch && s->opened) {
+        /* Gathered, then sealed in whole records: once a batch's worth is here, or at the
+         * end of this loop turn (the kick), or when the write in flight completes. */
+        if (!s->batch.data && byteq_reserve(&s->batch, s->write_batch + STREAM_TLS_RECORD, 0))
+            return -ENOMEM;
+        if (byteq_append(&s->batch, data, len, 0) < 0)
+            return -ENOMEM;
+        if (byteq_len(&s->batch) >= s->write_batch && seal_batch(s, true) < 0)
+            return -EPIPE;
+        /* The rest of a record waits for more, at most until the end of this turn. */
+        if (byteq_len(&s->batch) && !uv_is_active((uv_handle_t *)&s->kick))
+            uv_timer_start(&s->kick, on_kick, 0, 0);
+        send_sealed(s);
+        return 0;
+    } else if (s->tls) {
         ssize_t w = tls_conn_write(s->tls, data, len);
         if (w < 0) {
             stream_close(s, (int)w, tls_conn_error(s->tls));
@@ -434,6 +491,8 @@ void stream_shutdown(struct stream *s)
     if (!s || s->closing || s->want_shutdown)
         return;
     s->want_shutdown = true;
+    if (s->tls && seal_batch(s, false) < 0)
+        return;
     if (s->tls)
         tls_conn_close_notify(s->tls);
     stream_flush(s);
@@ -638,15 +697,16 @@ void stream_read_start(struct stream *s)
     if (!s || s->closing || s->reading)
         return;
     s->reading = true;
-    /* Before connect completes there is no socket to read yet: on_connect starts it. */
-    if (s->connected && !s->eof && start_reading(s) < 0) {
-        stream_close(s, -EIO, "cannot read");
+    /* Plaintext may be waiting in the TLS buffers: deliver it from the loop, not from
+     * inside the caller; the kick reads the socket again once they are drained. */
+    if (s->tls && s->opened) {
+        s->resume = true;
+        uv_timer_start(&s->kick, on_kick, 0, 0);
         return;
     }
-    /* Plaintext may be waiting in the TLS buffers: deliver it from the loop, not from
-     * inside the caller. */
-    if (s->tls && s->opened)
-        uv_timer_start(&s->kick, on_kick, 0, 0);
+    /* Before connect completes there is no socket to read yet: on_connect starts it. */
+    if (s->connected && !s->eof && start_reading(s) < 0)
+        stream_close(s, -EIO, "cannot read");
 }
 
 /* ---- setup ---- */
@@ -668,6 +728,7 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
         s->read_chunk = STREAM_TLS_READ_MAX;
     s->rsize = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
+    s->write_batch = o && o->tls ? o->write_batch : 0;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
     s->gate = o && o->tls ? o->gate : NULL;

@@ -50,6 +50,11 @@ struct stream_opts {
     uint32_t handshake_timeout_ms; /* 0 = none */
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
     struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
+    /* TLS, 0 = off: writes gather up to this many plaintext bytes and are sealed in whole
+     * records when that much is there, else at the end of the loop turn (a zero timer) or
+     * when the write in flight completes: bulk relays send full records in large writes,
+     * not a record, a syscall and a wakeup per stream_write. Counted by stream_queued. */
+    size_t write_batch;
 };
 
 /* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few
@@ -84,7 +89,8 @@ int stream_write(struct stream *s, const void *data, size_t len);
 /* Bytes queued for the socket (ciphertext with TLS), in flight or waiting. */
 size_t stream_queued(const struct stream *s);
 /* Backpressure: stop delivering on_data (and reading the socket) until read_start.
- * Plaintext already decrypted waits and is delivered from the loop after read_start. */
+ * Plaintext already decrypted waits and is delivered from the loop after read_start; with
+ * TLS the socket is read again only once that is done (the TLS input buffer stays bounded). */
 void stream_read_stop(struct stream *s);
 void stream_read_start(struct stream *s);
 /* Half-close: flush, then shutdown(SHUT_WR) (TLS: close_notify first). */

@@ -129,6 +129,32 @@ int byteq_append(struct byteq *q, const void *p, size_t len, size_t max)
     return 0;
 }
 
+int byteq_reserve(struct byteq *q, size_t len, size_t max)
+{
+    if (q->cap - q->wr >= len)
+        return 0;
+    size_t have = q->wr - q->rd;
+    if (q->rd && q->cap - have >= len) {
+        memmove(q->data, q->data + q->rd, have);
+        q->wr = have;
+        q->rd = 0;
+        return 0;
+    }
+    if (max && have + len > max)
+        return -ENOSPC;
+    uint8_t *n = malloc(have + len);
+    if (!n)
+        return -ENOMEM;
+    if (have)
+        memcpy(n, q->data + q->rd, have);
+    free(q->data);
+    q->data = n;
+    q->cap = have + len;
+    q->rd = 0;
+    q->wr = have;
+    return 0;
+}
+
 void byteq_consume(struct byteq *q, size_t n)
 {
     if (n > byteq_len(q))

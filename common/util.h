@@ -74,6 +74,11 @@ static inline size_t byteq_len(const struct byteq *q)
 void byteq_free(struct byteq *q);
 /* Appends len bytes, growing by doubling; -ENOSPC if that would pass max (0: no limit). */
 int byteq_append(struct byteq *q, const void *p, size_t len, size_t max);
+/* Makes room for len more bytes in one allocation of just the size needed (no doubling),
+ * for a caller that knows how much a batch will take: no realloc chain, and no allocation
+ * twice the batch (which glibc serves by mmap from 128 KiB, page faults and all). -ENOSPC
+ * past max (0: no limit), -ENOMEM. */
+int byteq_reserve(struct byteq *q, size_t len, size_t max);
 /* Drops up to n bytes from the front; frees the memory when nothing is left. */
 void byteq_consume(struct byteq *q, size_t n);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -981,6 +982,119 @@ static void test_listen_reuseport_and_errors(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Bulk TLS (16 MiB) with 64 KiB reads while the reader pauses after every delivery and resumes just
+ * before the loop polls (uv_prepare): what a pause leaves in the TLS input buffer must be
+ * delivered before the next socket read adds to it (a 64 KiB read on top of it overflowed
+ * the buffer and closed the stream). Every byte arrives, once, in order, under the
+ * writer's backpressure. */
+#define BULK_TOTAL (16u << 20) /* past what the loopback socket buffers take (tcp_wmem: 4 MiB) */
+static uv_prepare_t bulk_prep;
+static size_t bulk_sent;
+
+static uint8_t bulk_byte(size_t i)
+{
+    return (uint8_t)(i * 131u + (i >> 13));
+}
+
+static void bulk_send(struct stream *s)
+{
+    static uint8_t chunk[40000]; /* not a record multiple: writes straddle records */
+    while (bulk_sent < BULK_TOTAL) {
+        size_t n = BULK_TOTAL - bulk_sent < sizeof chunk ? BULK_TOTAL - bulk_sent : sizeof chunk;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = bulk_byte(bulk_sent + i);
+        int rc = stream_write(s, chunk, n);
+        if (rc == -ENOBUFS)
+            return; /* on_drain goes on */
+        assert_int_equal(rc, 0);
+        bulk_sent += n;
+    }
+    stream_shutdown(s);
+}
+
+static void bulk_cli_open(struct stream *s, void *arg)
+{
+    ((struct world *)arg)->cli_open++;
+    bulk_send(s);
+}
+
+static void bulk_cli_drain(struct stream *s, void *arg)
+{
+    ((struct world *)arg)->drains++;
+    bulk_send(s);
+}
+
+static void bulk_resume(uv_prepare_t *h)
+{
+    struct world *w = h->data;
+    uv_prepare_stop(h);
+    if (w->srv)
+        stream_read_start(w->srv);
+}
+
+static int bulk_srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != bulk_byte(w->srv_got + i))
+            fail_msg("byte %zu out of order", w->srv_got + i);
+    w->srv_got += n;
+    stream_read_stop(s);
+    uv_prepare_start(&bulk_prep, bulk_resume);
+    return 0;
+}
+
+static void tls_bulk(size_t write_batch)
+{
+    struct world w;
+    world_init(&w);
+    bulk_sent = 0;
+    w.scbs.on_data = bulk_srv_data;
+    w.sopts.read_chunk = 64 * 1024;
+    w.copts.write_cap = 256 * 1024;
+    w.copts.write_batch = write_batch;
+    w.ccbs.on_open = bulk_cli_open;
+    w.ccbs.on_drain = bulk_cli_drain;
+    w.sopts.tls = mk_ctx(true);
+    w.copts.tls = mk_ctx(false);
+    w.copts.server_name = "director";
+    /* A small receive buffer (inherited by the accepted socket) so the writer meets its
+     * write_cap whatever the loopback's buffer autotuning would allow. */
+    uv_os_fd_t lfd;
+    int rcvbuf = 64 * 1024;
+    assert_int_equal(uv_fileno((uv_handle_t *)&w.listener, &lfd), 0);
+    assert_int_equal(setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    uv_prepare_init(&w.loop, &bulk_prep);
+    bulk_prep.data = &w;
+    uv_unref((uv_handle_t *)&bulk_prep);
+    assert_int_equal(stream_connect(&w.loop, &w.addr, NULL, &w.copts, &w.ccbs, &w, &w.cli), 0);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&bulk_prep, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_string_equal(w.srv_why, "peer closed");
+    assert_true(w.drains > 0); /* the writer did meet backpressure */
+    assert_int_equal(w.srv_err, 0);
+    assert_int_equal(w.srv_got, BULK_TOTAL);
+    assert_int_equal(w.cli_closed, 1);
+}
+
+static void test_tls_bulk_large_reads_with_pauses(void **state)
+{
+    (void)state;
+    tls_bulk(0);
+}
+
+/* The same through write_batch: writes of 40,000 bytes gathered and sealed in whole records
+ * (the batch's tail at the end of each turn, and before close_notify on shutdown). */
+static void test_tls_bulk_batched_writes(void **state)
+{
+    (void)state;
+    tls_bulk(64 * 1024);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
@@ -991,6 +1105,8 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_backpressure_plain),
         cmocka_unit_test(test_backpressure_tls),
+        cmocka_unit_test(test_tls_bulk_large_reads_with_pauses),
+        cmocka_unit_test(test_tls_bulk_batched_writes),
         cmocka_unit_test(test_read_stop_before_handshake),
         cmocka_unit_test(test_start_tls_after_sniffing),
         cmocka_unit_test(test_many_tls_streams_echo),

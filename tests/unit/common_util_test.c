@@ -179,10 +179,38 @@ static void memtrim_waits_for_the_heap_to_move(void **st)
     assert_true(memtrim_rss_bytes() > 0);
 }
 
+/* byteq_reserve: one allocation of just the room asked for (appends then fit without
+ * moving), compacting first when the consumed front makes room; capped by max; and the
+ * queue still frees its memory when it empties. */
+static void byteq_reserve_allocates_once(void **state)
+{
+    (void)state;
+    struct byteq q = {0};
+    assert_int_equal(byteq_reserve(&q, 70000, 0), 0);
+    assert_int_equal(q.cap, 70000);
+    uint8_t *at = q.data;
+    static uint8_t chunk[17500];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(byteq_append(&q, chunk, sizeof chunk, 0), 0);
+    assert_ptr_equal(q.data, at); /* no realloc on the way */
+    byteq_consume(&q, 60000);
+    assert_int_equal(byteq_reserve(&q, 50000, 0), 0); /* 10,000 kept + 50,000 fit: compacted */
+    assert_ptr_equal(q.data, at);
+    assert_int_equal(q.rd, 0);
+    assert_int_equal(byteq_len(&q), 10000);
+    assert_int_equal(byteq_reserve(&q, 100000, 50000), -ENOSPC);
+    assert_int_equal(byteq_reserve(&q, 100000, 0), 0);
+    assert_int_equal(q.cap, 110000);
+    assert_int_equal(byteq_len(&q), 10000);
+    byteq_consume(&q, 10000);
+    assert_null(q.data);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(buf_is_capped_and_compacts),
+        cmocka_unit_test(byteq_reserve_allocates_once),
         cmocka_unit_test(dlist_appends_and_removes_idempotently),
         cmocka_unit_test(addr_parse_and_format),
         cmocka_unit_test(cidr_matches_v4_v6_and_mapped),
