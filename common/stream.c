@@ -39,7 +39,7 @@ struct stream {
     struct stream_cbs cb;
     void *arg;
     size_t read_chunk, write_cap;
-    size_t write_batch; /* TLS: plaintext gathered before it is sealed (0 = seal each write) */
+    size_t write_batch; /* writes gathered up to this, or to the end of the turn (0 = off) */
     uint32_t hs_timeout_ms, idle_timeout_ms;
     uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
     size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
@@ -249,8 +249,9 @@ void stream_close(struct stream *s, int err, const char *why)
             tls_conn_write(s->tls, s->batch.data + s->batch.rd, byteq_len(&s->batch));
         tls_conn_close_notify(s->tls);
     }
-    /* A TLS alert explaining a failure is worth one non-blocking attempt. */
-    if (s->tls && !s->inflight && s->connected) {
+    /* A TLS alert explaining a failure is worth one non-blocking attempt; so are writes
+     * gathered for the end of this turn (write_batch), which would have been out by now. */
+    if ((s->tls || s->write_batch) && !s->inflight && s->connected) {
         const uint8_t *p;
         size_t n = tls_conn_pending(s->tls, &p);
         if (n && uv_is_writable((uv_stream_t *)&s->tcp)) {
@@ -463,8 +464,10 @@ int stream_write(struct stream *s, const void *data, size_t len)
         }
     } else {
         /* Plain TCP with nothing queued: hand the bytes to the socket first, so the common
-         * case costs one write(2) and no copy or allocation (the proxy's hot path). */
-        if (q == 0 && s->connected) {
+         * case costs one write(2) and no copy or allocation (the proxy's hot path). With
+         * write_batch the bytes gather instead and leave together at the end of the turn. */
+        bool gather = s->write_batch && s->opened;
+        if (q == 0 && s->connected && !gather) {
             uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
             int w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
             if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
@@ -481,6 +484,11 @@ int stream_write(struct stream *s, const void *data, size_t len)
         }
         if (byteq_append(&s->plain, data, len, 0) < 0)
             return -ENOMEM;
+        if (gather && byteq_len(&s->plain) < s->write_batch) {
+            if (!uv_is_active((uv_handle_t *)&s->kick))
+                uv_timer_start(&s->kick, on_kick, 0, 0);
+            return 0;
+        }
     }
     stream_flush(s);
     return 0;
@@ -728,7 +736,7 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
         s->read_chunk = STREAM_TLS_READ_MAX;
     s->rsize = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     s->write_cap = o && o->write_cap ? o->write_cap : STREAM_WRITE_CAP;
-    s->write_batch = o && o->tls ? o->write_batch : 0;
+    s->write_batch = o ? o->write_batch : 0;
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
     s->gate = o && o->tls ? o->gate : NULL;

@@ -50,10 +50,12 @@ struct stream_opts {
     uint32_t handshake_timeout_ms; /* 0 = none */
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
     struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
-    /* TLS, 0 = off: writes gather up to this many plaintext bytes and are sealed in whole
-     * records when that much is there, else at the end of the loop turn (a zero timer) or
-     * when the write in flight completes: bulk relays send full records in large writes,
-     * not a record, a syscall and a wakeup per stream_write. Counted by stream_queued. */
+    /* 0 = off. Writes gather up to this many bytes, else until the end of the loop turn (a
+     * zero timer, which runs before the loop next polls, so nothing waits on I/O) or until
+     * the write in flight completes. With TLS the plaintext gathers and is sealed in whole
+     * records. A bulk relay sends full records in large writes, and a proxy answering many
+     * messages per wakeup one write per turn, not a record, a syscall and a wakeup per
+     * stream_write. Counted by stream_queued; stream_close tries once to send them. */
     size_t write_batch;
 };
 
