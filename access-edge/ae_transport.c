@@ -580,6 +580,7 @@ void ae_on_accept(uv_stream_t *server, int status)
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
         .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
         .gate = ae->hs_gate,
+        .coalesce = true, /* a burst of requests or relayed responses: one write per turn */
     };
     if (!c) {
         /* Over the connection cap (or draining): accept and drop, so the backlog empties. */
@@ -628,6 +629,7 @@ int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
         .server_name = server_name,
         .write_cap = 4 * 1024 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
+        .coalesce = true,
     };
     if (tp == AE_TP_TLS && !so.tls) {
         conn_free(c);

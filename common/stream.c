@@ -33,6 +33,7 @@ struct stream {
     /* Before on_open: handshake/connect timeout. After: a zero-delay kick that resumes
      * delivery of plaintext left in the TLS buffers when reading was stopped. */
     uv_timer_t kick;
+    uv_idle_t flusher; /* coalesce: active while writes wait for the end of the turn */
     uv_loop_t *loop;
     struct tls_conn *tls;
     struct stream_cbs cb;
@@ -64,6 +65,7 @@ struct stream {
     bool seen_bytes;
     bool reading_now; /* inside on_read: rbuf is in use */
     bool acme;        /* an ACME TLS-ALPN-01 validation: ends once its handshake is out */
+    bool coalesce;    /* stream_opts.coalesce */
     int close_err;
     char *close_why; /* allocated when closing */
 };
@@ -222,8 +224,9 @@ void stream_close(struct stream *s, int err, const char *why)
     /* A clean close of an established TLS stream says so (close_notify). */
     if (s->tls && s->opened && err == 0)
         tls_conn_close_notify(s->tls);
-    /* A TLS alert explaining a failure is worth one non-blocking attempt. */
-    if (s->tls && !s->inflight && s->connected) {
+    /* A TLS alert explaining a failure is worth one non-blocking attempt; so are writes
+     * still waiting for the end of the turn (coalesce), which would have been out by now. */
+    if ((s->tls || s->coalesce) && !s->inflight && s->connected) {
         const uint8_t *p;
         size_t n = tls_conn_pending(s->tls, &p);
         if (n && uv_is_writable((uv_stream_t *)&s->tcp)) {
@@ -234,6 +237,7 @@ void stream_close(struct stream *s, int err, const char *why)
     uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&s->idle, on_handle_closed);
     uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+    uv_close((uv_handle_t *)&s->flusher, on_handle_closed);
 }
 
 /* ---- timers ---- */
@@ -377,6 +381,24 @@ static void stream_flush(struct stream *s)
     touch(s);
 }
 
+/* End of the loop turn (idle runs after the timers and before the loop polls, and the
+ * callbacks of a poll are followed by the next turn's idle): the turn's writes go out. */
+static void on_flusher(uv_idle_t *h)
+{
+    struct stream *s = h->data;
+    uv_idle_stop(h);
+    stream_flush(s);
+}
+
+/* Coalescing streams flush at the end of the turn; the others now. */
+static void flush_soon(struct stream *s)
+{
+    if (s->coalesce && !s->closing)
+        uv_idle_start(&s->flusher, on_flusher);
+    else
+        stream_flush(s);
+}
+
 size_t stream_queued(const struct stream *s)
 {
     if (!s)
@@ -407,7 +429,7 @@ int stream_write(struct stream *s, const void *data, size_t len)
     } else {
         /* Plain TCP with nothing queued: hand the bytes to the socket first, so the common
          * case costs one write(2) and no copy or allocation (the proxy's hot path). */
-        if (q == 0 && s->connected) {
+        if (q == 0 && s->connected && !s->coalesce) {
             uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
             int w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
             if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
@@ -425,7 +447,7 @@ int stream_write(struct stream *s, const void *data, size_t len)
         if (byteq_append(&s->plain, data, len, 0) < 0)
             return -ENOMEM;
     }
-    stream_flush(s);
+    flush_soon(s);
     return 0;
 }
 
@@ -507,7 +529,7 @@ static void stream_process(struct stream *s)
     }
     s->in_process = false;
     if (!s->closing) {
-        stream_flush(s);
+        flush_soon(s);
         maybe_finish(s);
     }
 }
@@ -671,6 +693,7 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
     s->gate = o && o->tls ? o->gate : NULL;
+    s->coalesce = o && o->coalesce;
     s->reading = true;
     if (o && o->tls) {
         int rc = tls_conn_create(&s->tls, o->tls, server_name);
@@ -684,8 +707,9 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     uv_tcp_init(loop, &s->tcp);
     uv_timer_init(loop, &s->idle);
     uv_timer_init(loop, &s->kick);
-    s->tcp.data = s->idle.data = s->kick.data = s;
-    s->open_handles = 3;
+    uv_idle_init(loop, &s->flusher);
+    s->tcp.data = s->idle.data = s->kick.data = s->flusher.data = s;
+    s->open_handles = 4;
     *out = s;
     return 0;
 }

@@ -50,6 +50,11 @@ struct stream_opts {
     uint32_t handshake_timeout_ms; /* 0 = none */
     uint32_t idle_timeout_ms;      /* 0 = none; reset by any read or write */
     struct stream_gate *gate;      /* TLS: handshakes take turns through it (NULL = inline) */
+    /* Writes wait for the end of the loop turn and leave together: one socket write (and
+     * with TLS one flush of its records) per turn instead of one per stream_write. They go
+     * before the loop next polls, so nothing waits on I/O. For a proxy answering many
+     * messages per wakeup; off = each write goes to the socket at once. */
+    bool coalesce;
 };
 
 /* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few

@@ -981,6 +981,100 @@ static void test_listen_reuseport_and_errors(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Coalescing (stream_opts.coalesce): every write of a loop turn waits and leaves with the
+ * others once the turn's callbacks are done; many messages arrive whole and in order, both
+ * when written from a stream's own callback and from a timer (which runs before the loop
+ * polls: the flush must not wait for the next I/O). */
+#define CO_MSGS 300
+#define CO_LEN 12 /* "msg 00000\r\n" + '\0' written as CO_LEN-1 bytes */
+
+static uv_timer_t co_timer;
+
+static void co_write_batch(struct world *w, struct stream *s, int first)
+{
+    char m[CO_LEN];
+    for (int i = first; i < first + CO_MSGS / 2; i++) {
+        snprintf(m, sizeof m, "msg %05d\r\n", i);
+        assert_int_equal(stream_write(s, m, CO_LEN - 1), 0);
+    }
+    /* Held for the end of the turn, not written one by one. */
+    assert_int_equal(stream_queued(s) > 0, 1);
+    w->written += (size_t)(CO_MSGS / 2) * (CO_LEN - 1);
+}
+
+static void co_on_timer(uv_timer_t *t)
+{
+    struct world *w = t->data;
+    if (w->srv)
+        co_write_batch(w, w->srv, CO_MSGS / 2);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static int co_srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    (void)p;
+    w->srv_got += n;
+    if (w->srv_got == 5) {
+        co_write_batch(w, s, 0);
+        uv_timer_init(&w->loop, &co_timer);
+        co_timer.data = w;
+        uv_timer_start(&co_timer, co_on_timer, 20, 0);
+    }
+    return 0;
+}
+
+static int co_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    assert_true(w->got_len + n <= sizeof w->got);
+    memcpy(w->got + w->got_len, p, n);
+    w->got_len += n;
+    if (w->got_len == (size_t)CO_MSGS * (CO_LEN - 1))
+        stream_close(s, 0, "done");
+    return 0;
+}
+
+static void coalesce(bool tls)
+{
+    struct world w;
+    world_init(&w);
+    w.sopts.coalesce = true;
+    if (tls) {
+        w.sopts.tls = mk_ctx(true);
+        w.copts.tls = mk_ctx(false);
+        w.copts.server_name = "director";
+    }
+    w.scbs.on_data = co_srv_data;
+    w.ccbs.on_data = co_cli_data;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.got_len, (size_t)CO_MSGS * (CO_LEN - 1));
+    for (int i = 0; i < CO_MSGS; i++) {
+        char m[CO_LEN];
+        snprintf(m, sizeof m, "msg %05d\r\n", i);
+        assert_memory_equal(w.got + (size_t)i * (CO_LEN - 1), m, CO_LEN - 1);
+    }
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.cli_err, 0);
+    assert_string_equal(w.cli_why, "done");
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, 0);
+}
+
+static void test_coalesce_plain_order_and_completeness(void **state)
+{
+    (void)state;
+    coalesce(false);
+}
+
+static void test_coalesce_tls_order_and_completeness(void **state)
+{
+    (void)state;
+    coalesce(true);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as daemon_main does: a peer's close must not kill us */
@@ -1009,6 +1103,8 @@ int main(void)
         cmocka_unit_test(test_handshake_timeout_from_tls_opts),
         cmocka_unit_test(test_close_is_idempotent),
         cmocka_unit_test(test_listen_reuseport_and_errors),
+        cmocka_unit_test(test_coalesce_plain_order_and_completeness),
+        cmocka_unit_test(test_coalesce_tls_order_and_completeness),
     };
     return cmocka_run_group_tests(tests, certs_setup, NULL);
 }
