@@ -7,7 +7,8 @@
  * uv_idle flush that runs before the loop next polls (so nothing waits on I/O). A full
  * socket buffer keeps the rest queued and waits for the socket to be writable; past
  * AE_UDPQ_MSGS or AE_UDPQ_BYTES a datagram is dropped and counted (sip_dropped_total), as
- * a lost datagram is on the wire (SIP over UDP retransmits). */
+ * a lost datagram is on the wire (SIP over UDP retransmits). A datagram the kernel refuses
+ * at the flush (e.g. no route) is dropped and counted: the sender no longer hears of it. */
 #include "access-edge/ae_int.h"
 
 #include <errno.h>
@@ -113,6 +114,11 @@ int ae_udp_send(struct ae_udp *u, const struct addr *to, const uint8_t *p, size_
 {
     if (u->closed)
         return -EPIPE;
+    /* The one failure known before the kernel sees the datagram: the caller still hears it
+     * (a flow over the other family gets its 430). An IPv6 socket is dual-stack: it takes
+     * IPv4 destinations. */
+    if (addr_family(to) == AF_INET6 && addr_family(&u->local) == AF_INET)
+        return -EAFNOSUPPORT;
     if (u->nq == AE_UDPQ_MSGS || u->qused + n > AE_UDPQ_BYTES)
         udp_flush(u); /* a large burst: what is queued goes now */
     if (n > AE_UDPQ_BYTES || u->nq == AE_UDPQ_MSGS || u->qused + n > AE_UDPQ_BYTES) {
