@@ -185,6 +185,7 @@ struct ae {
     struct sip_msg msg2; /* a message the edge built, when it must read it back */
     uint8_t out[AE_OUT_CAP];
     uint8_t mmsg[AE_MMSG_BUF];
+    uint8_t rscratch[16384]; /* every stream read goes here (stream_opts.read_scratch) */
     struct mmsghdr rx_msg[AE_UDP_RX_BATCH];
     struct iovec rx_iov[AE_UDP_RX_BATCH];
     struct sockaddr_storage rx_from[AE_UDP_RX_BATCH];

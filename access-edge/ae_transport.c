@@ -535,6 +535,8 @@ void ae_on_accept(uv_stream_t *server, int status)
         .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
         .gate = ae->hs_gate,
         .coalesce = true, /* a burst of requests or relayed responses: one write per turn */
+        .read_scratch = ae->rscratch,
+        .read_scratch_len = sizeof(ae->rscratch),
     };
     if (!c) {
         /* Over the connection cap (or draining): accept and drop, so the backlog empties. */
@@ -584,6 +586,8 @@ int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
         .write_cap = 4 * 1024 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
         .coalesce = true,
+        .read_scratch = ae->rscratch,
+        .read_scratch_len = sizeof(ae->rscratch),
     };
     if (tp == AE_TP_TLS && !so.tls) {
         conn_free(c);

@@ -40,7 +40,9 @@ struct stream {
     void *arg;
     size_t read_chunk, write_cap;
     uint32_t hs_timeout_ms, idle_timeout_ms;
-    uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
+    uint8_t *rbuf;    /* between alloc_cb and read_cb; kept while reads fill it */
+    uint8_t *scratch; /* stream_opts.read_scratch: reads go there, rbuf stays NULL */
+    size_t scratch_len;
     size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
     struct byteq plain; /* plain TCP bytes not yet handed to libuv */
     struct stream_wreq *inflight;
@@ -541,6 +543,8 @@ static void stream_process(struct stream *s)
  * syscalls and wakeups than needed. */
 static void read_done(struct stream *s, ssize_t n)
 {
+    if (s->scratch)
+        return;
     size_t base = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     size_t got = n > 0 ? (size_t)n : 0;
     /* Bulk: the read took a good part of the buffer. A full one doubles the next; a reader
@@ -560,6 +564,10 @@ static void read_done(struct stream *s, ssize_t n)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     struct stream *s = h->data;
+    if (s->scratch) {
+        *out = uv_buf_init((char *)s->scratch, (unsigned)s->scratch_len);
+        return;
+    }
     if (!s->rbuf)
         s->rbuf = malloc(s->rsize);
     *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->rsize : 0);
@@ -596,7 +604,7 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     touch(s);
     if (!s->tls) {
         s->in_read = true;
-        int rc = s->cb.on_data ? s->cb.on_data(s, s->rbuf, (size_t)n, s->arg) : 0;
+        int rc = s->cb.on_data ? s->cb.on_data(s, (const uint8_t *)b->base, (size_t)n, s->arg) : 0;
         s->in_read = false;
         if (rc < 0)
             stream_close(s, rc, "closed by handler");
@@ -609,14 +617,14 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
      * would wait for a whole record header or report a bad ClientHello. */
     if (s->accepted && !s->seen_bytes) {
         s->seen_bytes = true;
-        if (!tls_looks_like_client_hello(s->rbuf, (size_t)n)) {
+        if (!tls_looks_like_client_hello((const uint8_t *)b->base, (size_t)n)) {
             stream_close(s, -EPROTO, "not TLS: the first bytes are not a ClientHello");
             goto out;
         }
     }
     if (s->acme) /* whatever the validator sends after its handshake goes nowhere */
         goto out;
-    int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
+    int rc = tls_conn_feed(s->tls, (const uint8_t *)b->base, (size_t)n);
     if (rc < 0) {
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");
         goto out;
@@ -694,6 +702,10 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
     s->gate = o && o->tls ? o->gate : NULL;
     s->coalesce = o && o->coalesce;
+    if (o && o->read_scratch && o->read_scratch_len) {
+        s->scratch = o->read_scratch;
+        s->scratch_len = o->read_scratch_len;
+    }
     s->reading = true;
     if (o && o->tls) {
         int rc = tls_conn_create(&s->tls, o->tls, server_name);

@@ -55,6 +55,13 @@ struct stream_opts {
      * before the loop next polls, so nothing waits on I/O. For a proxy answering many
      * messages per wakeup; off = each write goes to the socket at once. */
     bool coalesce;
+    /* Optional: the caller's buffer every read of its streams on this loop goes into (reads
+     * run one at a time, and on_data's data is only valid during the call). Saves each
+     * stream a read buffer of its own, and the malloc and free of one per read of a stream
+     * that is not moving bulk data (a 16 KiB malloc also makes glibc consolidate its fast
+     * bins each time). Must outlive the streams. read_scratch_len bytes are read at most. */
+    uint8_t *read_scratch;
+    size_t read_scratch_len;
 };
 
 /* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few
