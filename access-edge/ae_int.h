@@ -7,6 +7,7 @@
 
 #include "access-edge/ae.h"
 
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "access-edge/ae_dns.h"
@@ -33,12 +34,35 @@ enum { AE_EXT = 0, AE_INT = 1 };
 #define AE_NAMES_MAX 6
 #define AE_OUT_CAP (1024 * 1024 + 8192)
 #define AE_MMSG_BUF (16 * 65536)
+/* SIP streams gather a turn's writes (stream_opts.write_batch) up to this before sending. */
+#define AE_WRITE_BATCH (16 * 1024)
+
+/* UDP (ae_udp.c): received in batches of AE_UDP_RX_BATCH (64 KiB slots of ae->mmsg), at most
+ * AE_UDP_RX_ROUNDS batches per readiness; sent through a per-socket queue flushed once a turn. */
+#define AE_UDP_RX_BATCH 16
+#define AE_UDP_RX_ROUNDS 4
+#define AE_UDPQ_MSGS 256
+#define AE_UDPQ_BYTES (1024 * 1024)
+
+struct ae_udp_out {
+    struct addr to;
+    size_t off, len; /* in qbuf */
+};
 
 struct ae_udp {
-    uv_udp_t h;
+    uv_poll_t poll;
+    uv_idle_t flush; /* active while datagrams wait for the end of the turn */
+    int fd;
     struct ae *ae;
     uint8_t side;
+    bool want_write; /* the queue waits for the socket to take more */
+    bool closed;
     struct addr local;
+    struct ae_udp_out q[AE_UDPQ_MSGS];
+    struct mmsghdr mh[AE_UDPQ_MSGS];
+    struct iovec iov[AE_UDPQ_MSGS];
+    size_t nq, qused;
+    uint8_t *qbuf; /* AE_UDPQ_BYTES */
 };
 
 struct ae_listener {
@@ -163,6 +187,10 @@ struct ae {
     struct sip_msg msg2; /* a message the edge built, when it must read it back */
     uint8_t out[AE_OUT_CAP];
     uint8_t mmsg[AE_MMSG_BUF];
+    uint8_t rscratch[16384]; /* every stream read goes here (stream_opts.read_scratch) */
+    struct mmsghdr rx_msg[AE_UDP_RX_BATCH];
+    struct iovec rx_iov[AE_UDP_RX_BATCH];
+    struct sockaddr_storage rx_from[AE_UDP_RX_BATCH];
 };
 
 /* Where a message came from. */
@@ -208,9 +236,12 @@ void ae_on_admin_watchlist(const char *method, const char *path, const char *que
 char *ae_watchlist_render(const struct ae_partner *partners, size_t np, size_t *len);
 bool ae_exempt(const struct ae *ae, const struct addr *peer);
 int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m);
-void ae_on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
-void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sockaddr *from,
-                    unsigned flags);
+/* A datagram arrived on u (ae_transport.c). */
+void ae_udp_input(struct ae_udp *u, const struct sockaddr *from, const uint8_t *p, size_t len);
+/* Binds a UDP socket on a and starts reading (ae_udp.c). */
+int ae_udp_open(struct ae *ae, struct ae_udp *u, uint8_t side, const struct addr *a);
+/* Sends what is queued, then closes u's two handles with cb and their data set to data. */
+void ae_udp_close(struct ae_udp *u, uv_close_cb cb, void *data);
 void ae_on_accept(uv_stream_t *server, int status);
 int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
                const char *server_name, struct ae_conn **out);

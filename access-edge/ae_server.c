@@ -239,23 +239,10 @@ static int listen_udp(struct ae *ae, uint8_t side, const struct addr *a)
 {
     if (ae->nudp >= AE_UDP_MAX)
         return -ENOSPC;
-    struct ae_udp *u = &ae->udp[ae->nudp];
-    u->ae = ae;
-    u->side = side;
-    u->local = *a;
-    int rc = uv_udp_init_ex(ae->loop, &u->h, (unsigned)addr_family(a) | UV_UDP_RECVMMSG);
-    if (rc < 0)
-        return rc;
-    ae->nudp++;
-    ae->open_handles++;
-    u->h.data = u;
-    rc = uv_udp_bind(&u->h, &a->u.sa, UV_UDP_REUSEADDR);
+    int rc = ae_udp_open(ae, &ae->udp[ae->nudp], side, a);
     if (rc == 0) {
-        int sz = 4 * 1024 * 1024;
-        uv_recv_buffer_size((uv_handle_t *)&u->h, &sz);
-        sz = 4 * 1024 * 1024;
-        uv_send_buffer_size((uv_handle_t *)&u->h, &sz);
-        rc = uv_udp_recv_start(&u->h, ae_on_udp_alloc, ae_on_udp_recv);
+        ae->nudp++;
+        ae->open_handles += 2;
     }
     return rc;
 }
@@ -538,10 +525,8 @@ void ae_stop(struct ae *ae)
             stream_close(ae->conns[i]->s, 0, "shutdown");
     stream_gate_destroy(ae->hs_gate); /* every accepted stream is closed */
     ae->hs_gate = NULL;
-    for (size_t i = 0; i < ae->nudp; i++) {
-        uv_udp_recv_stop(&ae->udp[i].h);
-        close_handle(ae, (uv_handle_t *)&ae->udp[i].h);
-    }
+    for (size_t i = 0; i < ae->nudp; i++)
+        ae_udp_close(&ae->udp[i], on_handle_closed, ae);
     for (size_t i = 0; i < ae->nlst; i++)
         close_handle(ae, (uv_handle_t *)&ae->lst[i].h);
     uv_timer_stop(&ae->sweep);

@@ -124,17 +124,6 @@ static size_t conns_from(struct ae *ae, const struct addr *a)
 
 /* ---- sending ---- */
 
-struct udp_send_req {
-    uv_udp_send_t req;
-    size_t len;
-    uint8_t data[];
-};
-
-static void on_udp_sent(uv_udp_send_t *req, int status)
-{
-    free(container_of(req, struct udp_send_req, req));
-}
-
 static struct ae_udp *udp_for(struct ae *ae, uint8_t side, int family)
 {
     struct ae_udp *any = NULL;
@@ -147,27 +136,6 @@ static struct ae_udp *udp_for(struct ae *ae, uint8_t side, int family)
             any = &ae->udp[i];
     }
     return any;
-}
-
-int ae_udp_send(struct ae_udp *u, const struct addr *to, const uint8_t *p, size_t n)
-{
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    int rc = uv_udp_try_send(&u->h, &b, 1, &to->u.sa);
-    if (rc >= 0)
-        return 0;
-    if (rc != UV_EAGAIN && rc != UV_ENOSYS)
-        return rc;
-    /* The socket buffer is full: queue a copy. */
-    struct udp_send_req *r = malloc(sizeof(*r) + n);
-    if (!r)
-        return -ENOMEM;
-    memcpy(r->data, p, n);
-    r->len = n;
-    b = uv_buf_init((char *)r->data, (unsigned)n);
-    rc = uv_udp_send(&r->req, &u->h, &b, 1, &to->u.sa, on_udp_sent);
-    if (rc < 0)
-        free(r);
-    return rc;
 }
 
 int ae_conn_send(struct ae_conn *c, const uint8_t *p, size_t n)
@@ -237,26 +205,12 @@ const char *ae_tp_name(uint8_t tp)
 
 /* ---- UDP ---- */
 
-void ae_on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+void ae_udp_input(struct ae_udp *u, const struct sockaddr *from, const uint8_t *p, size_t len)
 {
-    struct ae_udp *u = h->data;
-    /* One static buffer: recvmmsg fills it in 64 KiB slots, each processed before the next
-     * read (libuv calls back synchronously for every slot). */
-    *b = uv_buf_init((char *)u->ae->mmsg, sizeof(u->ae->mmsg));
-}
-
-void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sockaddr *from,
-                    unsigned flags)
-{
-    struct ae_udp *u = h->data;
     struct ae *ae = u->ae;
-    if (n <= 0 || !from)
-        return;
     struct addr peer;
     if (addr_from_sockaddr(&peer, from) < 0)
         return;
-    const uint8_t *p = (const uint8_t *)b->base;
-    size_t len = (size_t)n;
     /* A keep-alive (RFC 5626 §4.4.1 uses STUN on UDP; CRLF is common): ignore it. */
     size_t k = 0;
     while (k < len && (p[k] == '\r' || p[k] == '\n'))
@@ -270,7 +224,7 @@ void ae_on_udp_recv(uv_udp_t *h, ssize_t n, const uv_buf_t *b, const struct sock
     if (r < 0) {
         metric_inc(ae->m_unparseable);
         if (ae_noise_ok(ae))
-            LOGI(ae->log, &peer, "sip: unparseable datagram (%zd bytes) dropped", n);
+            LOGI(ae->log, &peer, "sip: unparseable datagram (%zu bytes) dropped", len);
         return;
     }
     ae_handle(ae, &o, &ae->msg);
@@ -580,6 +534,10 @@ void ae_on_accept(uv_stream_t *server, int status)
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
         .idle_timeout_ms = (uint32_t)ae->cfg->limits.idle_timeout_ms,
         .gate = ae->hs_gate,
+        /* A burst of requests or relayed responses: one write (one TLS record) per turn. */
+        .write_batch = AE_WRITE_BATCH,
+        .read_scratch = ae->rscratch,
+        .read_scratch_len = sizeof(ae->rscratch),
     };
     if (!c) {
         /* Over the connection cap (or draining): accept and drop, so the backlog empties. */
@@ -628,6 +586,9 @@ int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
         .server_name = server_name,
         .write_cap = 4 * 1024 * 1024,
         .handshake_timeout_ms = (uint32_t)ae->cfg->limits.handshake_timeout_ms,
+        .write_batch = AE_WRITE_BATCH,
+        .read_scratch = ae->rscratch,
+        .read_scratch_len = sizeof(ae->rscratch),
     };
     if (tp == AE_TP_TLS && !so.tls) {
         conn_free(c);

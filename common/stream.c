@@ -42,6 +42,8 @@ struct stream {
     size_t write_batch; /* writes gathered up to this, or to the end of the turn (0 = off) */
     uint32_t hs_timeout_ms, idle_timeout_ms;
     uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
+    uint8_t *scratch;   /* stream_opts.read_scratch: reads go there, rbuf stays NULL */
+    size_t scratch_len;
     size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
     struct byteq plain; /* plain TCP bytes not yet handed to libuv */
     struct byteq batch; /* TLS with write_batch: plaintext not yet sealed into records */
@@ -445,7 +447,10 @@ int stream_write(struct stream *s, const void *data, size_t len)
     if (s->tls && s->write_batch && s->opened) {
         /* Gathered, then sealed in whole records: once a batch's worth is here, or at the
          * end of this loop turn (the kick), or when the write in flight completes. */
-        if (!s->batch.data && byteq_reserve(&s->batch, s->write_batch + STREAM_TLS_RECORD, 0))
+        /* Bulk: room for the whole batch at once, not a doubling per record; small
+         * messages (SIP) let the queue grow as usual. */
+        if (!s->batch.data && len >= STREAM_TLS_RECORD &&
+            byteq_reserve(&s->batch, s->write_batch + STREAM_TLS_RECORD, 0))
             return -ENOMEM;
         if (byteq_append(&s->batch, data, len, 0) < 0)
             return -ENOMEM;
@@ -586,6 +591,8 @@ static void stream_process(struct stream *s)
  * syscalls and wakeups than needed. */
 static void read_done(struct stream *s, ssize_t n)
 {
+    if (s->scratch)
+        return;
     size_t base = s->read_chunk < STREAM_READ_CHUNK ? s->read_chunk : STREAM_READ_CHUNK;
     size_t got = n > 0 ? (size_t)n : 0;
     /* Bulk: the read took a good part of the buffer. A full one doubles the next; a reader
@@ -605,6 +612,10 @@ static void read_done(struct stream *s, ssize_t n)
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out)
 {
     struct stream *s = h->data;
+    if (s->scratch) {
+        *out = uv_buf_init((char *)s->scratch, (unsigned)s->scratch_len);
+        return;
+    }
     if (!s->rbuf)
         s->rbuf = malloc(s->rsize);
     *out = uv_buf_init((char *)s->rbuf, s->rbuf ? (unsigned)s->rsize : 0);
@@ -641,7 +652,7 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
     touch(s);
     if (!s->tls) {
         s->in_read = true;
-        int rc = s->cb.on_data ? s->cb.on_data(s, s->rbuf, (size_t)n, s->arg) : 0;
+        int rc = s->cb.on_data ? s->cb.on_data(s, (const uint8_t *)b->base, (size_t)n, s->arg) : 0;
         s->in_read = false;
         if (rc < 0)
             stream_close(s, rc, "closed by handler");
@@ -654,14 +665,14 @@ static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b)
      * would wait for a whole record header or report a bad ClientHello. */
     if (s->accepted && !s->seen_bytes) {
         s->seen_bytes = true;
-        if (!tls_looks_like_client_hello(s->rbuf, (size_t)n)) {
+        if (!tls_looks_like_client_hello((const uint8_t *)b->base, (size_t)n)) {
             stream_close(s, -EPROTO, "not TLS: the first bytes are not a ClientHello");
             goto out;
         }
     }
     if (s->acme) /* whatever the validator sends after its handshake goes nowhere */
         goto out;
-    int rc = tls_conn_feed(s->tls, s->rbuf, (size_t)n);
+    int rc = tls_conn_feed(s->tls, (const uint8_t *)b->base, (size_t)n);
     if (rc < 0) {
         stream_close(s, -ENOBUFS, "TLS input buffer overflow");
         goto out;
@@ -740,6 +751,10 @@ static int stream_new(uv_loop_t *loop, const struct stream_opts *o, const struct
     s->hs_timeout_ms = o ? o->handshake_timeout_ms : 0;
     s->idle_timeout_ms = o ? o->idle_timeout_ms : 0;
     s->gate = o && o->tls ? o->gate : NULL;
+    if (o && o->read_scratch && o->read_scratch_len) {
+        s->scratch = o->read_scratch;
+        s->scratch_len = o->read_scratch_len;
+    }
     s->reading = true;
     if (o && o->tls) {
         int rc = tls_conn_create(&s->tls, o->tls, server_name);

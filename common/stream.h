@@ -57,6 +57,13 @@ struct stream_opts {
      * messages per wakeup one write per turn, not a record, a syscall and a wakeup per
      * stream_write. Counted by stream_queued; stream_close tries once to send them. */
     size_t write_batch;
+    /* Optional: the caller's buffer every read of its streams on this loop goes into (reads
+     * run one at a time, and on_data's data is only valid during the call). Saves each
+     * stream a read buffer of its own, and the malloc and free of one per read of a stream
+     * that is not moving bulk data (a 16 KiB malloc also makes glibc consolidate its fast
+     * bins each time). Must outlive the streams. read_scratch_len bytes are read at most. */
+    uint8_t *read_scratch;
+    size_t read_scratch_len;
 };
 
 /* A handshake gate spreads TLS handshake work over loop turns. A full handshake costs a few
