@@ -17,8 +17,8 @@
 # workers). At 500/s both sides hold the rate with 0 failed even under shared load.
 # The TLS point also runs our edge as built with OpenSSL (OSSL_BUILD, default build-openssl:
 # `make bench-sip` builds it), as target edge-openssl, beside the mbedTLS one and Kamailio.
-# Each timed run holds /tmp/bench.lock. CPU is utime+stime from /proc/<pid>/stat (Kamailio:
-# the main process and its children).
+# Each timed run holds /tmp/bench.lock. CPU is the run time in /proc/<pid>/task/*/schedstat
+# (ns) of every thread (Kamailio: the main process and its children).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-build}
@@ -92,9 +92,6 @@ kill -0 $EPID 2>/dev/null || { echo "access-edge did not start"; tail -5 "$OUT/e
     { echo "access-edge (OpenSSL) did not start"; tail -5 "$OUT/edge-openssl.log"; exit 1; }
 kill -0 $KPID 2>/dev/null || { echo "kamailio did not start"; tail -5 "$OUT/kamailio.log"; exit 1; }
 
-ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
-  x=$(awk '{sub(/^.*\) /,""); print $12+$13}' /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
-
 udp_bound() { ss -Hlun "( sport = :$2 )" 2>/dev/null | grep -q "$1:$2"; }
 uas() { # $1 scenario(uas|msg) $2 addr
   local ip=${2%:*} port=${2#*:} i log
@@ -119,14 +116,16 @@ run() { # $1 target $2 point $3 proxy addr $4 proxy pid
   [ "$2" = tls-calls ] && { tp=t1; rate=$TLS_CALL_RATE; }
   flock /tmp/bench.lock bash -c '
     D=$1; PID=$2; RATE=$3; DUR=$4; SF=$5; TARGET=$6; TP=$7
-    ticks() { local s=0 x c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
-      x=$(awk "{sub(/^.*\\) /,\"\"); print \$12+\$13}" /proc/$c/stat 2>/dev/null); s=$(( s + ${x:-0} )); done; echo $s; }
-    k0=$(ticks $PID); t0=$(date +%s.%N)
+    # CPU time in ns of every thread of the process and its children (schedstat: exact,
+    # where utime+stime count 10 ms ticks, too coarse for a point that uses under a second).
+    cpu_ns() { local c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
+      cat /proc/$c/task/*/schedstat 2>/dev/null; done | awk "{s += \$1} END {printf \"%.0f\", s}"; }
+    k0=$(cpu_ns $PID); t0=$(date +%s.%N)
     cd "$D" && sipp "$TARGET" -sf "$SF" -s director -t "$TP" -i 127.0.0.2 -p 25091 \
       -r "$RATE" -m $(( RATE * DUR )) -l 20000 -timeout $(( DUR * 3 ))s -recv_timeout 10000 \
       -nostdin -default_behaviors all,-abortunexp -trace_err -trace_stat -stf "$D/stat.csv" -fd 1 \
       > /dev/null 2>&1 < /dev/null
-    t1=$(date +%s.%N); k1=$(ticks $PID)
+    t1=$(date +%s.%N); k1=$(cpu_ns $PID)
     echo "$k0 $k1 $t0 $t1" > "$D/cpu"
   ' _ "$D" "$4" "$rate" "$DUR" "$HERE/$sf" "$3" "$tp"
 }
@@ -168,7 +167,7 @@ for p in points.split():
         done = next(r for r in rows[1:] if int(g('TotalCallCreated', r)) == created)
         el = max(ep(g('CurrentTime', done)) - ep(g('StartTime', done)), 1e-3)
         k0, k1, t0, t1 = open(d + "/cpu").read().split()
-        cpu = (int(k1) - int(k0)) / os.sysconf('SC_CLK_TCK')
+        cpu = (int(k1) - int(k0)) / 1e9
         fail = 100.0 * (created - ok) / max(created, 1)
         res[(t, p)] = (ok / el, fail, cpu, ok / cpu if cpu else float('inf'))
         print(f"{t:12s} {p:9s} target={target(p):.0f}/s achieved={ok / el:7.0f}/s "
