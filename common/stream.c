@@ -41,8 +41,8 @@ struct stream {
     size_t read_chunk, write_cap;
     size_t write_batch; /* writes gathered up to this, or to the end of the turn (0 = off) */
     uint32_t hs_timeout_ms, idle_timeout_ms;
-    uint8_t *rbuf;      /* between alloc_cb and read_cb; kept while reads fill it */
-    uint8_t *scratch;   /* stream_opts.read_scratch: reads go there, rbuf stays NULL */
+    uint8_t *rbuf;    /* between alloc_cb and read_cb; kept while reads fill it */
+    uint8_t *scratch; /* stream_opts.read_scratch: reads go there, rbuf stays NULL */
     size_t scratch_len;
     size_t rsize;       /* size of the next read: grows up to read_chunk while reads fill it */
     struct byteq plain; /* plain TCP bytes not yet handed to libuv */

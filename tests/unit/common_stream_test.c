@@ -1095,10 +1095,10 @@ static void test_tls_bulk_batched_writes(void **state)
     tls_bulk(64 * 1024);
 }
 
-/* Gathered writes (stream_opts.write_batch) of small messages: every write of a loop turn waits and leaves with the
- * others once the turn's callbacks are done; many messages arrive whole and in order, both
- * when written from a stream's own callback and from a timer (which runs before the loop
- * polls: the flush must not wait for the next I/O). */
+/* Gathered writes (stream_opts.write_batch) of small messages: every write of a loop turn waits and
+ * leaves with the others once the turn's callbacks are done; many messages arrive whole and in
+ * order, both when written from a stream's own callback and from a timer (which runs before the
+ * loop polls: the flush must not wait for the next I/O). */
 #define CO_MSGS 300
 #define CO_LEN 12 /* "msg 00000\r\n" + '\0' written as CO_LEN-1 bytes */
 
