@@ -116,22 +116,22 @@ PY
 KSINK=$(mint sink)
 KSOURCE=$(mint source)
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+CPU_SH=$ROOT/tests/bench/cpu.sh
 # point NAME PROXY_PID BACKEND_PID CMD... : runs under the lock; prints
 # "NAME <tool output> proxy_cpu_s=.. backend_cpu_s=.." and keeps it in $WORK/NAME.txt
 point() {
     local name=$1 px=$2 be=$3; shift 3
     local script='
-        px=$1 be=$2 hz=$3 out=$4; shift 4
-        p0=$(awk "{print \$14+\$15}" /proc/$px/stat); b0=$(awk "{print \$14+\$15}" /proc/$be/stat)
+        px=$1 be=$2 cpu_sh=$3 out=$4; shift 4
+        . "$cpu_sh"
+        p0=$(cpu_ns $px); b0=$(cpu_ns $be)
         r=$(timeout 60 "$@" 2>&1 | tail -1)
-        p1=$(awk "{print \$14+\$15}" /proc/$px/stat); b1=$(awk "{print \$14+\$15}" /proc/$be/stat)
-        echo "$r proxy_cpu_s=$(echo "($p1-$p0)/$hz" | bc -l | xargs printf %.2f) backend_cpu_s=$(echo "($b1-$b0)/$hz" | bc -l | xargs printf %.2f)" > "$out"
+        p1=$(cpu_ns $px); b1=$(cpu_ns $be)
+        echo "$r proxy_cpu_s=$(echo "($p1-$p0)/1000000000" | bc -l | xargs printf %.2f) backend_cpu_s=$(echo "($b1-$b0)/1000000000" | bc -l | xargs printf %.2f)" > "$out"
     '
-    if ! flock "${FLOCK_ARGS[@]}" "$LOCK" bash -c "$script" _ "$px" "$be" "$HZ" "$WORK/$name.txt" "$@"; then
+    if ! flock "${FLOCK_ARGS[@]}" "$LOCK" bash -c "$script" _ "$px" "$be" "$CPU_SH" "$WORK/$name.txt" "$@"; then
         echo "# $name: $LOCK not free after ${LOCK_WAIT}s: measured without it" >&2
-        bash -c "$script" _ "$px" "$be" "$HZ" "$WORK/$name.txt" "$@"
+        bash -c "$script" _ "$px" "$be" "$CPU_SH" "$WORK/$name.txt" "$@"
         sed -i 's/$/ unlocked=1/' "$WORK/$name.txt"
     fi
     printf '%-22s %s\n' "$name" "$(cat "$WORK/$name.txt")"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # make bench-http: wrk through revproxy and through nginx (one worker each) to the same
-# backend nginx, in one run. Prints requests/s, requests per proxy CPU-second (utime+stime
-# from /proc/PID/stat), p50/p99 for 1 KiB keep-alive over HTTP and HTTPS, HTTPS with
+# backend nginx, in one run. Prints requests/s, requests per proxy CPU-second (cpu_ns,
+# tests/bench/cpu.sh), p50/p99 for 1 KiB keep-alive over HTTP and HTTPS, HTTPS with
 # Connection: close (wrk resumes sessions), full handshakes (openssl s_time -new, no
 # resumption), and MiB/s for a 4 MiB file over HTTP and HTTPS; then both sides and the ratio,
 # the cipher suite each side negotiated, and the mbedTLS ceiling for revproxy's suite.
@@ -43,8 +43,7 @@ NX_PID=$(ps -o pid= --ppid "$(cat "$WORK/run/nginx-proxy.pid")" | tr -d ' ' | he
 kill -0 $RP_PID || { cat "$WORK/logs/revproxy.log"; exit 1; }
 echo "# revproxy pid=$RP_PID, nginx $(nginx -v 2>&1 | cut -d/ -f2) worker pid=$NX_PID, DUR=${DUR}s (1 KiB keep-alive: ${KA_DUR}s), $(nproc) CPUs, WORK=$WORK"
 
-ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-HZ=$(getconf CLK_TCK)
+. "$ROOT/tests/bench/cpu.sh"
 # to_ms "3.58ms" | "850.00us" | "1.02s" -> milliseconds
 to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v+0}
   else if (v ~ /s$/) {sub(/s/,"",v); print v*1000} else print "nan" }'; }
@@ -53,10 +52,10 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR==0) print 
 point() {
   local name=$1 pid=$2; shift 2
   local out="$WORK/logs/$name.txt" c0 c1
-  c0=$(ticks $pid)
+  c0=$(cpu_ns $pid)
   flock $LOCK "$@" > "$out" 2>&1
-  c1=$(ticks $pid)
-  R_CPU=$(echo "($c1 - $c0) / $HZ" | bc -l)
+  c1=$(cpu_ns $pid)
+  R_CPU=$(echo "($c1 - $c0) / 1000000000" | bc -l)
   if grep -q '^Requests/sec' "$out"; then
     R_RPS=$(awk '/^Requests\/sec:/{print $2}' "$out"); R_N=$(awk '/requests in/{print $1}' "$out")
     R_P50=$(to_ms "$(awk '$1=="50%"{print $2}' "$out")"); R_P99=$(to_ms "$(awk '$1=="99%"{print $2}' "$out")")

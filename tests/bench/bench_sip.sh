@@ -17,8 +17,8 @@
 # workers). At 500/s both sides hold the rate with 0 failed even under shared load.
 # The TLS point also runs our edge as built with OpenSSL (OSSL_BUILD, default build-openssl:
 # `make bench-sip` builds it), as target edge-openssl, beside the mbedTLS one and Kamailio.
-# Each timed run holds /tmp/bench.lock. CPU is the run time in /proc/<pid>/task/*/schedstat
-# (ns) of every thread (Kamailio: the main process and its children).
+# Each timed run holds /tmp/bench.lock. CPU is cpu_ns (tests/bench/cpu.sh: every thread's
+# run time in ns; Kamailio: the main process and its children).
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-build}
@@ -115,11 +115,8 @@ run() { # $1 target $2 point $3 proxy addr $4 proxy pid
   if [ "$2" = messages ]; then rate=$MSG_RATE; sf=msg_uac.xml; else rate=$CALL_RATE; sf=uac.xml; fi
   [ "$2" = tls-calls ] && { tp=t1; rate=$TLS_CALL_RATE; }
   flock /tmp/bench.lock bash -c '
-    D=$1; PID=$2; RATE=$3; DUR=$4; SF=$5; TARGET=$6; TP=$7
-    # CPU time in ns of every thread of the process and its children (schedstat: exact,
-    # where utime+stime count 10 ms ticks, too coarse for a point that uses under a second).
-    cpu_ns() { local c; for c in "$1" $(ps --ppid "$1" -o pid= 2>/dev/null); do
-      cat /proc/$c/task/*/schedstat 2>/dev/null; done | awk "{s += \$1} END {printf \"%.0f\", s}"; }
+    D=$1; PID=$2; RATE=$3; DUR=$4; SF=$5; TARGET=$6; TP=$7  # $8: cpu.sh
+    . "$8"
     k0=$(cpu_ns $PID); t0=$(date +%s.%N)
     cd "$D" && sipp "$TARGET" -sf "$SF" -s director -t "$TP" -i 127.0.0.2 -p 25091 \
       -r "$RATE" -m $(( RATE * DUR )) -l 20000 -timeout $(( DUR * 3 ))s -recv_timeout 10000 \
@@ -127,7 +124,7 @@ run() { # $1 target $2 point $3 proxy addr $4 proxy pid
       > /dev/null 2>&1 < /dev/null
     t1=$(date +%s.%N); k1=$(cpu_ns $PID)
     echo "$k0 $k1 $t0 $t1" > "$D/cpu"
-  ' _ "$D" "$4" "$rate" "$DUR" "$HERE/$sf" "$3" "$tp"
+  ' _ "$D" "$4" "$rate" "$DUR" "$HERE/$sf" "$3" "$tp" "$ROOT/tests/bench/cpu.sh"
 }
 
 for point in $POINTS; do
