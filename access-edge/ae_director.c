@@ -32,36 +32,56 @@ struct addr ae_director_addr(const struct ae_config *cfg, size_t k)
 
 /* Health checks use branches no real transaction has: this prefix XOR the Director index. */
 
-/* Answers the caller of an INVITE the edge forwarded and heard nothing back about, as if the
- * next hop had: a response made from the copy that went out (our Via on top) takes the
- * ordinary response path, back the way the INVITE came, hidden as it should be. */
-void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
-                       const char *extra)
+/* Answers the caller of an INVITE the edge forwarded, as if the next hop had: a response
+ * made from the copy that went out (our Via on top) takes the ordinary response path, back
+ * the way the INVITE came, hidden as it should be. What was sent, and where, in *to and
+ * *len (0: nothing). */
+static void answer_from_copy(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
+                             const char *extra, struct ae_dest *to, size_t *len)
 {
     struct sip_msg *rm = malloc(sizeof(*rm));
     size_t cap = r->len + 512;
     uint8_t *rep = malloc(cap);
     ssize_t n = -1;
+    *len = 0;
     if (rm && rep && sip_msg_scan(&ae->msg, r->data, r->len, true, AE_OUT_CAP) > 0)
         n = sip_reply_make(&ae->msg, status, phrase, NULL, slice_str(extra), rep, cap);
     if (n > 0 && sip_msg_scan(rm, rep, (size_t)n, true, AE_OUT_CAP) > 0) {
         struct ae_origin o = {.side = r->dest.side,
                               .tp = r->dest.tp,
                               .conn = ae_conn_get(ae, r->dest.conn_id),
-                              .peer = &r->dest.addr};
-        struct ae_txn *t = ae_txn_find(ae->txns, r->key);
-        if (t)
-            t->local_final = true;
-        struct ae_dest to = {0};
-        size_t len = 0;
-        ae_forward_response_to(ae, &o, rm, &to, &len);
-        /* The caller has our 100 and will not send its INVITE again: over UDP a lost answer
-         * is ours to repeat (RFC 3261 §17.2.1), until its ACK or Timer H. */
-        if (t && len && to.tp == AE_TP_UDP)
-            ae_retx_track_answer(ae, r->key, &to, ae->out, len);
+                              .peer = &r->dest.addr,
+                              .own = true};
+        ae_forward_response_to(ae, &o, rm, to, len);
     }
     free(rep);
     free(rm);
+}
+
+/* The answer for an INVITE the edge forwarded and heard nothing back about. */
+void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
+                       const char *extra)
+{
+    struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+    if (t)
+        t->local_final = true;
+    struct ae_dest to = {0};
+    size_t len = 0;
+    answer_from_copy(ae, r, status, phrase, extra, &to, &len);
+    /* The caller will not send its INVITE again (it has a 100): over UDP a lost answer is
+     * ours to repeat (RFC 3261 §17.2.1), until its ACK or Timer H. */
+    if (t && len && to.tp == AE_TP_UDP)
+        ae_retx_track_answer(ae, r->key, &to, ae->out, len);
+}
+
+/* The caller's deferred 100 Trying (ae_retx.h): no answer came within the delay. */
+void ae_trying_forwarded(struct ae *ae, const struct ae_retx *r, struct ae_txn *t)
+{
+    struct ae_dest to = {0};
+    size_t len = 0;
+    answer_from_copy(ae, r, 100, "Trying", NULL, &to, &len);
+    if (t)
+        t->caller_answered = true;
 }
 
 bool ae_dest_is_director(const struct ae *ae, const struct ae_dest *d, size_t k)

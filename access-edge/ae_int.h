@@ -22,6 +22,7 @@
 #include "common/metrics.h"
 #include "common/ratelimit.h"
 #include "common/sip/sip_msg.h"
+#include "common/sip/sip_osip.h"
 #include "common/sip/sip_proxy.h"
 #include "common/stream.h"
 #include "common/tls.h"
@@ -34,6 +35,8 @@ enum { AE_EXT = 0, AE_INT = 1 };
 #define AE_NAMES_MAX 6
 #define AE_OUT_CAP (1024 * 1024 + 8192)
 #define AE_MMSG_BUF (16 * 65536)
+/* The osip2 parse tree of one message: a few KB for an ordinary one; larger trees spill. */
+#define AE_OSIP_ARENA 65536
 /* SIP streams gather a turn's writes (stream_opts.write_batch) up to this before sending. */
 #define AE_WRITE_BATCH (16 * 1024)
 
@@ -187,7 +190,8 @@ struct ae {
     struct sip_msg msg2; /* a message the edge built, when it must read it back */
     uint8_t out[AE_OUT_CAP];
     uint8_t mmsg[AE_MMSG_BUF];
-    uint8_t rscratch[16384]; /* every stream read goes here (stream_opts.read_scratch) */
+    uint8_t rscratch[16384];          /* every stream read goes here (stream_opts.read_scratch) */
+    struct sip_osip_arena osip_arena; /* the parse tree of the message in hand */
     struct mmsghdr rx_msg[AE_UDP_RX_BATCH];
     struct iovec rx_iov[AE_UDP_RX_BATCH];
     struct sockaddr_storage rx_from[AE_UDP_RX_BATCH];
@@ -199,6 +203,7 @@ struct ae_origin {
     struct ae_udp *udp;   /* UDP: the socket it arrived on */
     struct ae_conn *conn; /* stream: its connection */
     const struct addr *peer;
+    bool own; /* an answer the edge made itself, as if from this next hop (ae_director.c) */
 };
 
 #define AE_HEALTH_MAGIC 0x4ea1700000000000ULL
@@ -217,6 +222,7 @@ void ae_reject(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m
 int ae_federation_target(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                          const char *domain, struct addr *to);
 struct addr ae_director_addr(const struct ae_config *cfg, size_t k);
+void ae_trying_forwarded(struct ae *ae, const struct ae_retx *r, struct ae_txn *t);
 void ae_fail_forwarded(struct ae *ae, const struct ae_retx *r, int status, const char *phrase,
                        const char *extra);
 bool ae_dest_is_director(const struct ae *ae, const struct ae_dest *d, size_t k);
@@ -249,7 +255,9 @@ int ae_connect(struct ae *ae, uint8_t side, uint8_t tp, const struct addr *to,
  * the ACK comes (ae_fwd_gate's ABSORB_ACK) or Timer H passes. */
 void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
                           size_t n);
-void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
+/* A forwarded INVITE, kept for Timer A/B and its caller's deferred 100 (ae_retx.h). False
+ * when it could not be kept (no memory): then nothing is deferred. */
+bool ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
                    size_t n);
 void ae_unref(struct ae *ae);
 void ae_check_drained(struct ae *ae);

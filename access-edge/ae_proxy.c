@@ -396,6 +396,7 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
     switch (g) {
     case AE_GATE_INVITE_RETRANS:
         ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
+        t->caller_answered = true;
         return 1;
     case AE_GATE_DRAINING:
         answer(ae, o, m, 503, "Service Unavailable", "overload", "Draining", "Retry-After: 30\r\n");
@@ -407,8 +408,7 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
                    "Retry-After: 2\r\n");
             return 1;
         }
-        t->dest = *dest;
-        ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
+        t->dest = *dest; /* its 100 Trying is deferred: fwd_send */
         return 0;
     case AE_GATE_CANCEL_UNKNOWN:
         answer(ae, o, m, 481, "Call/Transaction Does Not Exist", "no_target", "No matching INVITE",
@@ -575,13 +575,20 @@ static ssize_t build_ins(struct fwd_ctx *x, uint64_t h, uint32_t cid, struct sli
     return ae_fwd_build_ins(&in, ins, cap);
 }
 
-/* Sends the spliced request to dest, tracking an INVITE for retransmission and Timer B. */
+/* Sends the spliced request to dest, tracking an INVITE for retransmission, Timer B and its
+ * deferred 100 Trying; one that cannot be tracked has its 100 now. */
 static void fwd_send(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                      const struct sip_route *r, struct ae_dest *dest, uint64_t h, size_t len)
 {
     int rc = ae_send(ae, dest, ae->out, len);
-    if (method_is(m, "INVITE") && (rc >= 0 || rc == -ENOBUFS))
-        ae_retx_track(ae, h, dest, ae->out, len);
+    if (method_is(m, "INVITE") &&
+        !((rc >= 0 || rc == -ENOBUFS) && ae_retx_track(ae, h, dest, ae->out, len))) {
+        struct ae_txn *t = ae_txn_find(ae->txns, h);
+        if (t && !t->caller_answered) {
+            t->caller_answered = true;
+            ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
+        }
+    }
     if (rc < 0 && rc != -ENOBUFS) {
         LOGD(ae->log, &dest->addr, "sip: send failed: %s", uv_strerror(rc));
         if (r->kind == SIP_ROUTE_FLOW || rc == -ENOTCONN)
@@ -589,9 +596,25 @@ static void fwd_send(struct ae *ae, const struct ae_origin *o, const struct sip_
     }
 }
 
+/* The ACK of a final answer the edge made itself ends here, before any next hop is chosen:
+ * that next hop is down, most likely, which is why the edge answered. */
+static bool absorb_ack(struct ae *ae, const struct sip_msg *m, uint64_t h)
+{
+    if (method_of(m) != AE_M_ACK)
+        return false;
+    struct ae_txn *t = ae_txn_find(ae->txns, h);
+    if (ae_fwd_gate(AE_M_ACK, t, ae->draining) != AE_GATE_ABSORB_ACK)
+        return false;
+    t->acked = true; /* on_retx stops sending the answer */
+    return true;
+}
+
 static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
                                const struct sip_route *r)
 {
+    uint64_t h = sip_branch_hash(ae->salt, m);
+    if (absorb_ack(ae, m, h))
+        return;
     char ruri[1024], routes[4096];
     ssize_t ruri_len = 0, routes_len = 0;
     if (o->side == AE_EXT && ext_routes(ae, o, m, r, ruri, sizeof(ruri), &ruri_len, routes,
@@ -603,7 +626,6 @@ static void ae_forward_request(struct ae *ae, const struct ae_origin *o, const s
                                                : dest_uri(ae, o, m, r, &dest);
     if (picked != 0)
         return; /* answered, or parked until DNS answers */
-    uint64_t h = sip_branch_hash(ae->salt, m);
     if (txn_gate(ae, o, m, h, uv_now(ae->loop), &dest) != 0)
         return;
     struct fwd_ctx x = {.ae = ae,
@@ -709,7 +731,8 @@ static bool health_answer(struct ae *ae, const struct ae_origin *o, const struct
 {
     if ((h & ~0xffULL) != AE_HEALTH_MAGIC || cid != 0 ||
         !slice_eq_str(sip_cseq_method(m), "OPTIONS")) {
-        for (size_t k = 0; o->side == AE_INT && k < ae->ndirs; k++) {
+        /* The edge's own answers, made as if from the Director, prove nothing. */
+        for (size_t k = 0; o->side == AE_INT && !o->own && k < ae->ndirs; k++) {
             struct addr a = ae_director_addr(ae->cfg, k);
             if (addr_eq(o->peer, &a))
                 ae_director_alive(ae, k);
@@ -725,15 +748,18 @@ static bool health_answer(struct ae *ae, const struct ae_origin *o, const struct
 }
 
 /* What the response means for its transaction. Returns true when it goes no further. */
-static bool response_txn(struct ae *ae, const struct sip_msg *m, uint64_t h)
+static bool response_txn(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m,
+                         uint64_t h)
 {
     struct slice cm = sip_cseq_method(m);
     struct ae_txn *t = ae_txn_find(ae->txns, h);
     if (slice_eq_str(cm, "INVITE")) {
-        if (t)
+        if (t && !o->own)
             t->answered = true; /* the INVITE got there: no more retransmissions */
-        if (m->status == 100)
-            return true; /* hop by hop: we sent our own */
+        if (m->status == 100 && !o->own)
+            return true; /* hop by hop: ours is our own (deferred: ae_retx.h) */
+        if (t)
+            t->caller_answered = true;
         if (t && m->status >= 200 && !t->final) {
             t->final = true;
             t->t_ms = uv_now(ae->loop);
@@ -783,7 +809,7 @@ void ae_forward_response_to(struct ae *ae, const struct ae_origin *o, const stru
     uint64_t h;
     uint32_t cid;
     if (!response_is_ours(ae, o, m, &h, &cid) || health_answer(ae, o, m, h, cid) ||
-        response_txn(ae, m, h))
+        response_txn(ae, o, m, h))
         return;
     const struct sip_hdr *vh = sip_msg_find(m, SIP_H_VIA);
     /* Topology hiding: the Vias we sealed into ours come back in the order they were. */
@@ -934,7 +960,7 @@ int ae_handle(struct ae *ae, const struct ae_origin *o, const struct sip_msg *m)
     struct sip_verdict v;
     struct sip_route r;
     struct sip_parsed *sp = NULL;
-    int rc = sip_validate(&ae->policy, &peer, m, &v, &r, &sp);
+    int rc = sip_validate(&ae->policy, &peer, m, &ae->osip_arena, &v, &r, &sp);
     if (rc < 0) {
         metric_inc(ae->m_unparseable);
         if (ae_noise_ok(ae))

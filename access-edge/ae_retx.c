@@ -18,6 +18,7 @@ struct ae_retx *ae_retx_new(uint64_t key, const struct ae_dest *d, const void *d
     r->next_ms = now_ms + AE_RETX_T1_MS;
     r->reliable = d->tp != 0; /* anything but UDP */
     r->response = response;
+    r->trying_ms = response ? 0 : now_ms + AE_RETX_TRYING_MS;
     r->len = len;
     memcpy(r->data, data, len);
     return r;
@@ -36,4 +37,16 @@ enum ae_retx_step ae_retx_step(struct ae_retx *r, uint64_t now_ms)
         r->interval_ms = AE_RETX_T2_MS;
     r->next_ms = now_ms + r->interval_ms;
     return AE_RETX_SEND;
+}
+
+bool ae_retx_trying_due(struct ae_retx *r, bool answered, uint64_t now_ms)
+{
+    if (!r->trying_ms || answered) {
+        r->trying_ms = 0;
+        return false;
+    }
+    if (now_ms < r->trying_ms)
+        return false;
+    r->trying_ms = 0;
+    return true;
 }

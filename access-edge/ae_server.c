@@ -47,7 +47,8 @@ static void on_lag(uv_timer_t *t)
     ae->lag_expected = now + 20 * 1000000ULL;
 }
 
-/* Timer A for INVITEs forwarded over UDP (ae_retx.h): each waits for its first answer. */
+/* Timer A for INVITEs forwarded over UDP (ae_retx.h): each waits for its first answer.
+ * Their callers' deferred 100 Trying go from here too. */
 static void on_retx(uv_timer_t *timer)
 {
     struct ae *ae = timer->data;
@@ -56,9 +57,13 @@ static void on_retx(uv_timer_t *timer)
     for (; e != &ae->retx; e = next) {
         next = e->next;
         struct ae_retx *r = container_of(e, struct ae_retx, link);
-        const struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+        struct ae_txn *t = ae_txn_find(ae->txns, r->key);
+        if (ae_retx_trying_due(r, !t || t->caller_answered, now))
+            ae_trying_forwarded(ae, r, t);
         bool waiting = r->response ? t && !t->acked : t && !t->answered && !t->cancelled;
         enum ae_retx_step step = waiting ? ae_retx_step(r, now) : AE_RETX_GIVE_UP;
+        if (step == AE_RETX_GIVE_UP && !waiting && r->trying_ms)
+            continue; /* kept until its 100 is sent or answered for */
         if (step == AE_RETX_SEND) {
             metric_inc(ae->m_retx);
             (void)ae_send(ae, &r->dest, r->data, r->len);
@@ -82,14 +87,15 @@ static void on_retx(uv_timer_t *timer)
         uv_timer_stop(timer);
 }
 
-void ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p, size_t n)
+bool ae_retx_track(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p, size_t n)
 {
     struct ae_retx *r = ae_retx_new(key, d, p, n, false, uv_now(ae->loop));
     if (!r)
-        return; /* the sender's own timers are what is left */
+        return false; /* the sender's own timers are what is left */
     if (dl_empty(&ae->retx) && !ae->stopping)
         uv_timer_start(&ae->retx_timer, on_retx, 100, 100);
     dl_add(ae->retx.prev, &r->link);
+    return true;
 }
 
 void ae_retx_track_answer(struct ae *ae, uint64_t key, const struct ae_dest *d, const uint8_t *p,
@@ -211,6 +217,7 @@ void ae_unref(struct ae *ae)
         tls_ctx_unref(ae->tls_int_client);
         tls_ctx_unref(ae->tls_ext_client);
         ae_txn_table_destroy(ae->txns);
+        sip_osip_arena_free(&ae->osip_arena);
         ratelimit_destroy(ae->rl);
         ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);
@@ -285,6 +292,8 @@ static int make_tables(struct ae *ae, const struct ae_config *cfg)
     if (rc == 0)
         rc = ae_txn_table_create(&ae->txns, cfg->limits.max_transactions);
     if (rc == 0)
+        rc = sip_osip_arena_init(&ae->osip_arena, AE_OSIP_ARENA);
+    if (rc == 0)
         rc = stream_gate_create(loop, AE_HS_BUDGET_US, &ae->hs_gate);
     if (rc == 0)
         rc = ratelimit_create(&ae->rl, cfg->limits.rate, cfg->limits.burst, 65536);
@@ -303,6 +312,7 @@ static int make_tables(struct ae *ae, const struct ae_config *cfg)
     if (rc < 0) {
         stream_gate_destroy(ae->hs_gate);
         ae_txn_table_destroy(ae->txns);
+        sip_osip_arena_free(&ae->osip_arena);
         ratelimit_destroy(ae->rl);
         ratelimit_destroy(ae->reject_rl);
         ratelimit_destroy(ae->fed_rl);

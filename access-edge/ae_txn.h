@@ -32,6 +32,8 @@ struct ae_txn {
     bool local_final; /* the edge answered it itself (next hop down or silent): the ACK ends
                          it here, and the answer is sent again until then */
     bool acked;
+    bool caller_answered; /* INVITE: the caller has had a response (a forwarded one, or our
+                             100 Trying), so no deferred 100 of ours is due (ae_retx.h) */
     struct ae_dest dest;
 };
 

@@ -13,6 +13,8 @@
 
 struct sip_parsed {
     osip_message_t *msg;
+    struct sip_osip_arena *arena; /* NULL: the tree is on the heap */
+    struct sip_osip_mark mark;    /* in arena: where the tree begins */
 };
 
 const char *sip_source_name(enum sip_source s)
@@ -297,17 +299,37 @@ static int check_framing(const struct sip_msg *m, struct sip_verdict *v)
     return 0;
 }
 
-/* osip2's parse of m into *out, with the headers every message needs. */
-static int parse(const struct sip_msg *m, struct sip_verdict *v, osip_message_t **out)
+/* Drops a tree parse() made. */
+static void tree_free(struct sip_osip_arena *arena, const struct sip_osip_mark *mark,
+                      osip_message_t *msg)
+{
+    if (arena)
+        sip_osip_arena_drop(arena, mark);
+    else
+        osip_message_free(msg);
+}
+
+/* osip2's parse of m into *out (in arena, from mark, when there is one), with the headers
+ * every message needs. */
+static int parse(const struct sip_msg *m, struct sip_osip_arena *arena,
+                 const struct sip_osip_mark *mark, struct sip_verdict *v, osip_message_t **out)
 {
     sip_osip_init();
     osip_message_t *msg = NULL;
-    if (osip_message_init(&msg) != 0)
-        return -ENOMEM;
-    int prc = sip_osip_parse(msg, m);
+    int prc;
+    if (arena) {
+        prc = sip_osip_parse_in(arena, m, &msg);
+        if (prc == -ENOMEM)
+            return prc;
+    } else {
+        if (osip_message_init(&msg) != 0)
+            return -ENOMEM;
+        prc = sip_osip_parse(msg, m);
+    }
     if (prc != 0 || !msg->cseq || !msg->cseq->method || !msg->call_id || !msg->from || !msg->to ||
         osip_list_size(&msg->vias) == 0) {
-        osip_message_free(msg);
+        if (msg)
+            tree_free(arena, mark, msg);
         /* A request that frames and has every mandatory header but does not parse is
          * answered (RFC 3261 §21.4.1); a response is dropped (§18.1.2). */
         if (m->is_request)
@@ -417,7 +439,8 @@ static int decide(const struct sip_policy *p, const struct sip_peer *peer, const
 }
 
 int sip_validate(const struct sip_policy *p, const struct sip_peer *peer, const struct sip_msg *m,
-                 struct sip_verdict *v, struct sip_route *r, struct sip_parsed **parsed)
+                 struct sip_osip_arena *arena, struct sip_verdict *v, struct sip_route *r,
+                 struct sip_parsed **parsed)
 {
     memset(v, 0, sizeof(*v));
     memset(r, 0, sizeof(*r));
@@ -432,33 +455,37 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer, const 
         if (rc)
             return rc;
     }
+    struct sip_osip_mark mark = arena ? sip_osip_arena_mark(arena) : (struct sip_osip_mark){0};
     osip_message_t *msg = NULL;
-    rc = parse(m, v, &msg);
+    rc = parse(m, arena, &mark, v, &msg);
     if (rc)
         return rc;
     osip_generic_param_t *tag = NULL;
     osip_to_get_tag(msg->to, &tag);
     r->in_dialog = tag != NULL;
     rc = decide(p, peer, m, msg, v, r);
-    if (rc == 0 && parsed) {
-        struct sip_parsed *sp = malloc(sizeof(*sp));
-        if (!sp) {
-            osip_message_free(msg);
-            return -ENOMEM;
-        }
-        sp->msg = msg;
+    struct sip_parsed *sp = NULL;
+    if (rc == 0 && parsed)
+        sp = arena ? sip_osip_arena_alloc(arena, sizeof(*sp)) : malloc(sizeof(*sp));
+    if (sp) {
+        *sp = (struct sip_parsed){msg, arena, mark};
         *parsed = sp; /* the flow slice points into the parse tree, which the caller now owns */
-    } else {
-        osip_message_free(msg);
-        r->flow = SLICE_NULL;
+        return rc;
     }
-    return rc;
+    tree_free(arena, &mark, msg);
+    r->flow = SLICE_NULL;
+    return rc == 0 && parsed ? -ENOMEM : rc;
 }
 
 void sip_parsed_free(struct sip_parsed *p)
 {
     if (!p)
         return;
+    if (p->arena) {
+        struct sip_osip_mark mark = p->mark; /* p itself is in the arena */
+        sip_osip_arena_drop(p->arena, &mark);
+        return;
+    }
     osip_message_free(p->msg);
     free(p);
 }
@@ -471,7 +498,7 @@ int sip_check_bytes(const struct sip_policy *policy, const struct sip_peer *peer
     if (n < 0)
         return (int)n;
     struct sip_parsed *sp = NULL;
-    int rc = sip_validate(policy, peer, scratch, v, route, &sp);
+    int rc = sip_validate(policy, peer, scratch, NULL, v, route, &sp);
     sip_parsed_free(sp);
     return rc;
 }

@@ -71,16 +71,18 @@ struct sip_route {
     bool tcp, tls; /* transport=tcp / sips or transport=tls */
 };
 
-struct sip_parsed; /* osip2 parse tree */
+struct sip_parsed;     /* osip2 parse tree */
+struct sip_osip_arena; /* common/sip/sip_osip.h */
 
 /* Validates m (already framed) from peer under policy. Returns 0 and fills *route when the
  * message may be forwarded (responses: route->kind NONE), 1 with *v set when it must be
  * answered with v->status (requests) or dropped (responses), or -EBADMSG when osip2 cannot
  * parse it (drop it / close the connection). On 0 the caller owns *parsed (may be NULL'd by
- * passing parsed = NULL). */
+ * passing parsed = NULL). The parse tree is made in arena (sip_osip.h) when it is not NULL:
+ * then parsed trees are freed newest first. */
 int sip_validate(const struct sip_policy *policy, const struct sip_peer *peer,
-                 const struct sip_msg *m, struct sip_verdict *v, struct sip_route *route,
-                 struct sip_parsed **parsed);
+                 const struct sip_msg *m, struct sip_osip_arena *arena, struct sip_verdict *v,
+                 struct sip_route *route, struct sip_parsed **parsed);
 void sip_parsed_free(struct sip_parsed *p);
 
 /* Is host:port (port 0 = 5060) one of policy->own? */

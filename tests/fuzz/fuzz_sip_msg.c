@@ -12,6 +12,7 @@
 #include "access-edge/sip_validate.h"
 #include "access-edge/sip_ws.h"
 #include "common/sip/sip_msg.h"
+#include "common/sip/sip_osip.h"
 #include "common/sip/sip_proxy.h"
 
 static bool any_own(struct slice entry, void *arg)
@@ -66,7 +67,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct sip_verdict v;
         struct sip_route r;
         struct sip_parsed *sp = NULL;
-        int rc = sip_validate(&pol, &peer, &m, &v, &r, &sp);
+        /* Half the inputs parse into an arena, as the edge does, half onto the heap. */
+        static struct sip_osip_arena arena;
+        if (!arena.buf && sip_osip_arena_init(&arena, 4096) < 0)
+            return 0;
+        int rc = sip_validate(&pol, &peer, &m, (size & 1) ? &arena : NULL, &v, &r, &sp);
         if (rc == 0 && m.is_request) {
             static const char ins[] = "Via: SIP/2.0/UDP 127.0.0.21:5060;branch=z9hG4bKx.0\r\n";
             struct sip_fwd_opts o = {.insert = slice_make(ins, sizeof(ins) - 1),

@@ -50,6 +50,7 @@ class DirectorDown(SuiteTest):
         u = UdpUA(ip="127.0.0.6")
         self.addCleanup(u.close)
         lab.wait_director_probed()
+        ups = lab.edge.log().count("Director answering: up")
         lab.director.signal(signal.SIGSTOP)  # the INVITE reaches it; nothing comes back
         self.addCleanup(lambda: lab.director.signal(signal.SIGCONT))
         t0 = time.time()
@@ -76,6 +77,9 @@ class DirectorDown(SuiteTest):
             pass  # one may have crossed the ACK
         self.assertIsNone(u.recv(timeout=5), "sent again after the ACK")
         self.assertEqual(lab.edge_metric(DOWN_FINALS), 1)
+        # The edge's own answer, made as if from the Director, is no sign of it.
+        self.assertEqual(lab.edge.log().count("Director answering: up"), ups,
+                         "the stopped Director was said to be up")
 
     def test_backup_director_takes_over(self):
         lab = Lab(self, backup=True)

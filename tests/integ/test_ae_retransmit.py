@@ -1,6 +1,7 @@
 """INVITEs the access edge forwards over UDP are its own to repeat (RFC 3261 §17.1.1.2): its
 100 Trying stops the caller's retransmissions, so an INVITE lost on the way to the Director
-must go again from the edge (Timer A), and only until the next hop answers."""
+must go again from the edge (Timer A), and only until the next hop answers. That 100 goes
+only when the next hop has not answered within 200 ms (RFC 3261 §17.2.1)."""
 import socket
 import time
 
@@ -112,3 +113,27 @@ next_hop: {{address: {FAKE_DIR_IP}:{self.fd.port}, transport: udp}}
         self.fd.answer(first[0], first[2], 180, "Ringing")
         r = self.ua.recv(timeout=2.0, skip_provisional=False)
         self.assertEqual(parse_status(r), 180, r)
+
+    def test_100_trying_waits_for_a_silent_next_hop_then_comes_within_200_ms(self):
+        t0 = time.time()
+        self.invite()
+        waited = time.time() - t0
+        self.assertGreaterEqual(waited, 0.08, "the 100 did not wait for the next hop's answer")
+        self.assertLess(waited, 0.45, "the 100 came later than 200 ms and a margin")
+        self.assertIsNotNone(self.fd.recv_invite(3.0), "the INVITE never reached the next hop")
+
+    def test_quick_answer_goes_to_the_caller_with_no_100_of_the_edge(self):
+        self.ua.request("INVITE", "sip:bob@example.com", (EXT_IP, self.ext_port),
+                        headers="Content-Type: application/sdp\r\n", body="v=0\r\n")
+        first = self.fd.recv_invite(3.0)
+        self.assertIsNotNone(first, "the INVITE never reached the next hop")
+        self.fd.answer(first[0], first[2], 180, "Ringing")
+        r = self.ua.recv(timeout=2.0, skip_provisional=False)
+        self.assertIsNotNone(r, "the caller never got the 180")
+        self.assertEqual(parse_status(r), 180, r)
+        self.assertIsNone(self.ua.recv(timeout=0.6, skip_provisional=False),
+                          "a 100 Trying after the next hop's 180")
+        self.fd.answer(first[0], first[2], 200, "OK")
+        ok = self.ua.recv(timeout=2.0, skip_provisional=False)
+        self.assertIsNotNone(ok, "the caller never got the 200 OK")
+        self.assertEqual(parse_status(ok), 200, ok)

@@ -11,6 +11,7 @@
 
 #include "access-edge/sip_validate.h"
 #include "common/sip/sip_msg.h"
+#include "common/sip/sip_osip.h"
 
 static const char *const domains[] = {"example.com"};
 static struct addr own[2];
@@ -274,11 +275,18 @@ static void internal_request_routes_by_flow_or_uri(void **st)
     struct sip_route r;
     struct sip_parsed *sp = NULL;
     assert_true(sip_msg_scan(&msg, (const uint8_t *)t, strlen(t), true, 65536) > 0);
-    assert_int_equal(sip_validate(&pol, &peer, &msg, &v, &r, &sp), 0);
+    /* Parsed in an arena, as the edge does: the flow slice points into the tree, and the
+     * tree's whole arena is free again once the caller is done. */
+    struct sip_osip_arena arena;
+    assert_int_equal(sip_osip_arena_init(&arena, 65536), 0);
+    assert_int_equal(sip_validate(&pol, &peer, &msg, &arena, &v, &r, &sp), 0);
     assert_int_equal(r.kind, SIP_ROUTE_FLOW);
     assert_int_equal(r.pop, 1);
     assert_true(slice_eq_str(r.flow, "tok123"));
+    assert_true(arena.used > 0);
     sip_parsed_free(sp);
+    assert_int_equal(arena.used, 0);
+    sip_osip_arena_free(&arena);
     const char *u =
         "MESSAGE sip:alice@192.0.2.1:5062;transport=tcp SIP/2.0\r\n"
         "Via: SIP/2.0/UDP 127.0.0.10;branch=z9hG4bKd\r\n"

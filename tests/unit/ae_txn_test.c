@@ -80,6 +80,34 @@ static void invite_retransmission_schedule(void **st)
     free(r);
 }
 
+/* The caller's 100 Trying waits AE_RETX_TRYING_MS (RFC 3261 §17.2.1: none is needed when an
+ * answer comes within 200 ms), is due once, and never when the caller was answered first. */
+static void deferred_trying_due_once_unless_answered(void **st)
+{
+    struct ae_dest d = {.side = 1};
+    struct ae_retx *r = ae_retx_new(42, &d, "INVITE", 6, false, 1000);
+    assert_non_null(r);
+    assert_false(ae_retx_trying_due(r, false, 1000));
+    assert_false(ae_retx_trying_due(r, false, 1000 + AE_RETX_TRYING_MS - 1));
+    assert_true(ae_retx_trying_due(r, false, 1000 + AE_RETX_TRYING_MS));
+    assert_int_equal(r->trying_ms, 0);
+    assert_false(ae_retx_trying_due(r, false, 1000 + 2 * AE_RETX_TRYING_MS));
+    free(r);
+
+    r = ae_retx_new(43, &d, "INVITE", 6, false, 1000);
+    assert_non_null(r);
+    assert_false(ae_retx_trying_due(r, true, 1000 + AE_RETX_TRYING_MS));
+    assert_int_equal(r->trying_ms, 0); /* answered: nothing pending any more */
+    assert_false(ae_retx_trying_due(r, false, 1000 + 2 * AE_RETX_TRYING_MS));
+    free(r);
+
+    /* The edge's own final answer has no 100 of its own. */
+    r = ae_retx_new(44, &d, "SIP/2.0 503", 11, true, 1000);
+    assert_non_null(r);
+    assert_false(ae_retx_trying_due(r, false, 1000 + AE_RETX_TRYING_MS));
+    free(r);
+}
+
 /* The edge's own final answer goes again on Timer G (0.5, 1, 2, 4, 4, ... s: capped at T2)
  * until its ACK, and Timer H (32 s) gives up. */
 static void own_final_answer_timer_g_schedule(void **st)
@@ -149,6 +177,7 @@ int main(void)
         cmocka_unit_test(add_find_delete),
         cmocka_unit_test(expiry_and_linger),
         cmocka_unit_test(invite_retransmission_schedule),
+        cmocka_unit_test(deferred_trying_due_once_unless_answered),
         cmocka_unit_test(reliable_invite_only_waits_for_timer_b),
         cmocka_unit_test(own_final_answer_timer_g_schedule),
         cmocka_unit_test(invite_entry_is_not_an_answer_on_reused_memory),
