@@ -74,8 +74,8 @@ static void large_tree_spills_and_the_spills_go_with_it(void **st)
     struct sip_osip_arena a;
     assert_int_equal(sip_osip_arena_init(&a, 512), 0);
     char big[16384];
-    size_t n = (size_t)snprintf(big, sizeof(big), "%.*s", (int)(strstr(invite, "Content-Length") - invite),
-                                invite);
+    size_t n = (size_t)snprintf(big, sizeof(big), "%.*s",
+                                (int)(strstr(invite, "Content-Length") - invite), invite);
     for (int i = 0; i < 60; i++)
         n += (size_t)snprintf(big + n, sizeof(big) - n, "X-Extra-%d: value number %d\r\n", i, i);
     n += (size_t)snprintf(big + n, sizeof(big) - n, "Content-Length: 0\r\n\r\n");
