@@ -27,7 +27,7 @@ static void trace_discard(const char *file, int line, osip_trace_level_t level, 
 /* ---- the arena behind osip2's allocator hooks ---- */
 
 struct sip_osip_spill {
-    struct sip_osip_spill *prev, *next;
+    struct dlist link;
     size_t size;
     uint64_t seq;
     max_align_t data[];
@@ -49,29 +49,24 @@ static void *spill_alloc(struct sip_osip_arena *a, size_t n)
     struct sip_osip_spill *s = malloc(sizeof(*s) + n);
     if (!s)
         return NULL;
-    *s = (struct sip_osip_spill){.next = a->spills, .size = n, .seq = a->spill_seq++};
-    if (a->spills)
-        a->spills->prev = s;
-    a->spills = s;
+    *s = (struct sip_osip_spill){.size = n, .seq = a->spill_seq++};
+    dl_add(&a->spills, &s->link);
     return s->data;
 }
 
-static struct sip_osip_spill *spill_find(const struct sip_osip_arena *a, const void *p)
+static struct sip_osip_spill *spill_find(struct sip_osip_arena *a, const void *p)
 {
-    for (struct sip_osip_spill *s = a->spills; s; s = s->next)
+    for (struct dlist *e = a->spills.next; e != &a->spills; e = e->next) {
+        struct sip_osip_spill *s = container_of(e, struct sip_osip_spill, link);
         if ((const void *)s->data == p)
             return s;
+    }
     return NULL;
 }
 
-static void spill_unlink(struct sip_osip_arena *a, struct sip_osip_spill *s)
+static void spill_free(struct sip_osip_spill *s)
 {
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        a->spills = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    dl_del(&s->link);
     free(s);
 }
 
@@ -104,7 +99,7 @@ static void hook_free(void *p)
         return; /* goes with its tree */
     struct sip_osip_spill *s = spill_find(a, p);
     if (s)
-        spill_unlink(a, s);
+        spill_free(s);
     else
         free(p); /* allocated before the parse began */
 }
@@ -128,7 +123,7 @@ static void *hook_realloc(void *p, size_t n)
     if (q) {
         memcpy(q, p, old < n ? old : n);
         if (s)
-            spill_unlink(a, s);
+            spill_free(s);
     }
     return q;
 }
@@ -136,6 +131,7 @@ static void *hook_realloc(void *p, size_t n)
 int sip_osip_arena_init(struct sip_osip_arena *a, size_t cap)
 {
     *a = (struct sip_osip_arena){.buf = malloc(cap), .cap = cap};
+    dl_init(&a->spills);
     return a->buf ? 0 : -ENOMEM;
 }
 
@@ -145,6 +141,7 @@ void sip_osip_arena_free(struct sip_osip_arena *a)
     sip_osip_arena_drop(a, &start);
     free(a->buf);
     *a = (struct sip_osip_arena){0};
+    dl_init(&a->spills);
 }
 
 struct sip_osip_mark sip_osip_arena_mark(const struct sip_osip_arena *a)
@@ -154,13 +151,12 @@ struct sip_osip_mark sip_osip_arena_mark(const struct sip_osip_arena *a)
 
 void sip_osip_arena_drop(struct sip_osip_arena *a, const struct sip_osip_mark *mark)
 {
-    while (a->spills && a->spills->seq >= mark->spill_seq) {
-        struct sip_osip_spill *s = a->spills;
-        a->spills = s->next;
-        free(s);
+    while (!dl_empty(&a->spills)) {
+        struct sip_osip_spill *s = container_of(a->spills.next, struct sip_osip_spill, link);
+        if (s->seq < mark->spill_seq)
+            break;
+        spill_free(s);
     }
-    if (a->spills)
-        a->spills->prev = NULL;
     if (mark->used < a->used)
         a->used = mark->used;
 }

@@ -11,6 +11,7 @@
 #include <osipparser2/osip_message.h>
 
 #include "common/sip/sip_msg.h"
+#include "common/util.h"
 
 /* Idempotent and thread-safe; call before the first osip2 parse. */
 void sip_osip_init(void);
@@ -26,11 +27,10 @@ int sip_osip_parse(osip_message_t *msg, const struct sip_msg *m);
  * Parsed into an arena, a tree costs no malloc, and is dropped whole. Its trees are only
  * read, never changed (a change would allocate outside it), and are dropped newest first.
  * What the buffer has no room for spills to the heap, and goes with its tree. */
-struct sip_osip_spill;
 struct sip_osip_arena {
     uint8_t *buf;
     size_t cap, used;
-    struct sip_osip_spill *spills; /* newest first */
+    struct dlist spills; /* struct sip_osip_spill, newest first; the arena stays put */
     uint64_t spill_seq;
 };
 /* Where a tree begins: sip_osip_arena_drop() frees everything allocated since. */
