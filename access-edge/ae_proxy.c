@@ -396,7 +396,8 @@ static int txn_gate(struct ae *ae, const struct ae_origin *o, const struct sip_m
     switch (g) {
     case AE_GATE_INVITE_RETRANS:
         ae_reply(ae, o, m, 100, "Trying", NULL, NULL);
-        t->caller_answered = true;
+        if (t) /* always: only a known INVITE is a retransmission */
+            t->caller_answered = true;
         return 1;
     case AE_GATE_DRAINING:
         answer(ae, o, m, 503, "Service Unavailable", "overload", "Draining", "Retry-After: 30\r\n");
