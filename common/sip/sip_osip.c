@@ -151,8 +151,10 @@ struct sip_osip_mark sip_osip_arena_mark(const struct sip_osip_arena *a)
 
 void sip_osip_arena_drop(struct sip_osip_arena *a, const struct sip_osip_mark *mark)
 {
-    while (!dl_empty(&a->spills)) {
-        struct sip_osip_spill *s = container_of(a->spills.next, struct sip_osip_spill, link);
+    /* Next taken before each free (the analyzer cannot follow dl_del's relinking). */
+    for (struct dlist *e = a->spills.next, *nx; e != &a->spills; e = nx) {
+        nx = e->next;
+        struct sip_osip_spill *s = container_of(e, struct sip_osip_spill, link);
         if (s->seq < mark->spill_seq)
             break;
         spill_free(s);
