@@ -117,13 +117,7 @@ struct tls_ctx {
 struct tls_conn {
     mbedtls_ssl_context ssl; /* first: the SNI callback finds the conn from it */
     struct tls_ctx *ctx;
-    struct byteq in;    /* ciphertext fed, not yet consumed by mbedTLS */
-    struct byteq out;   /* ciphertext produced, not yet taken by the caller */
-    struct byteq early; /* plaintext written before the handshake finished */
-    bool done;          /* handshake finished */
-    bool resumed;
-    bool failed;
-    bool verified;
+    struct tls_conn_base b;
     bool asleep;    /* record buffers given back while idle */
     bool pooled;    /* the record buffers are one block from the ctx pool */
     size_t in_used; /* bytes of in_buf written since it was taken: wiped on release */
@@ -137,10 +131,6 @@ struct tls_conn {
         };
         struct tls_acme *acme; /* server: a TLS-ALPN-01 challenge connection's state */
     };
-    char *sni;
-    struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
-    char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
-    char *err;             /* allocated on the first failure: most connections never have one */
 };
 
 /* id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31 (RFC 8737 3), DER without tag and length. */

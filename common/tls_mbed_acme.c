@@ -53,11 +53,11 @@ static int on_sni_acme(void *arg, mbedtls_ssl_context *ssl, const unsigned char 
     struct tls_conn *c = (struct tls_conn *)ssl; /* ssl is the first member */
     if (!c->acme || len == 0 || len > 255 || memchr(name, 0, len))
         return -1;
-    free(c->sni);
-    if (!(c->sni = strndup((const char *)name, len)))
+    free(c->b.sni);
+    if (!(c->b.sni = strndup((const char *)name, len)))
         return -1;
     char *cert = NULL, *key = NULL;
-    if (acme_challenges_alpn(ctx->acme, c->sni, &cert, &key) != 0)
+    if (acme_challenges_alpn(ctx->acme, c->b.sni, &cert, &key) != 0)
         return -1;
     struct tls_acme *a = c->acme;
     int rc = parse_challenge_crt(&a->crt, cert);
@@ -118,8 +118,8 @@ void tls_mbed_acme_conf_free(struct tls_ctx *c)
 int tls_mbed_acme_hello(struct tls_conn *c)
 {
     uint8_t list[512];
-    const uint8_t *p = c->in.data + c->in.rd;
-    size_t len = byteq_len(&c->in);
+    const uint8_t *p = c->b.in.data + c->b.in.rd;
+    size_t len = byteq_len(&c->b.in);
     /* mbedTLS 2.28 refuses a ClientHello that is not whole in its first record, so only that
      * record is looked at: waiting for (and re-scanning, at each read) a hello trickled in
      * thousands of tiny records would cost quadratic CPU for a hello doomed anyway. */

@@ -11,33 +11,28 @@
 
 /* ---- errors ---- */
 
-static void set_err(struct tls_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(struct tls_conn *c, const char *fmt, ...)
+struct tls_conn_base *tls_conn_base(const struct tls_conn *c)
 {
-    if (!c->err && !(c->err = malloc(TLS_ERR_LEN)))
-        return; /* tls_conn_error then says "out of memory" */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->err, TLS_ERR_LEN, fmt, ap);
-    va_end(ap);
+    return c ? (struct tls_conn_base *)&c->b : NULL;
 }
 
 /* Describes a failed certificate verification in one line. */
 static void describe_verify(struct tls_conn *c, uint32_t flags)
 {
     /* mbedTLS drops a rejected peer certificate, so on_verify kept its names. */
-    const char *issuer = c->vinfo ? c->vinfo : "?";
-    const char *subject = c->vinfo ? c->vinfo + strlen(c->vinfo) + 1 : "?";
-    if (!c->vinfo)
-        set_err(c, "peer sent no certificate");
+    const char *issuer = c->b.vinfo ? c->b.vinfo : "?";
+    const char *subject = c->b.vinfo ? c->b.vinfo + strlen(c->b.vinfo) + 1 : "?";
+    if (!c->b.vinfo)
+        tls_conn_set_err(&c->b, "peer sent no certificate");
     else if (flags & (MBEDTLS_X509_BADCERT_NOT_TRUSTED | MBEDTLS_X509_BADCERT_MISSING))
-        set_err(c, "peer certificate not trusted (issuer: %s, subject: %s)", issuer, subject);
+        tls_conn_set_err(&c->b, "peer certificate not trusted (issuer: %s, subject: %s)", issuer,
+                         subject);
     else if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH)
-        set_err(c, "peer certificate name mismatch (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate name mismatch (subject: %s)", subject);
     else if (flags & MBEDTLS_X509_BADCERT_EXPIRED)
-        set_err(c, "peer certificate expired (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate expired (subject: %s)", subject);
     else if (flags & MBEDTLS_X509_BADCERT_FUTURE)
-        set_err(c, "peer certificate not yet valid (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate not yet valid (subject: %s)", subject);
     else {
         char info[160];
         if (mbedtls_x509_crt_verify_info(info, sizeof info, "", flags) < 0)
@@ -45,19 +40,19 @@ static void describe_verify(struct tls_conn *c, uint32_t flags)
         size_t n = strlen(info);
         while (n && info[n - 1] == '\n')
             info[--n] = '\0';
-        set_err(c, "peer certificate rejected (subject: %s): %s", subject, info);
+        tls_conn_set_err(&c->b, "peer certificate rejected (subject: %s): %s", subject, info);
     }
 }
 
-/* Maps an mbedTLS failure to an errno and a sentence in c->err. */
+/* Maps an mbedTLS failure to an errno and a sentence in c->b.err. */
 static int conn_fail(struct tls_conn *c, int rc)
 {
     char buf[128];
     int ret = -EPROTO;
-    c->failed = true;
+    c->b.failed = true;
     if (c->ctx->server && c->acme && !c->acme->found && rc != MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE) {
-        set_err(c, "ACME TLS-ALPN-01: no challenge for %s",
-                c->sni ? c->sni : "a hello without SNI");
+        tls_conn_set_err(&c->b, "ACME TLS-ALPN-01: no challenge for %s",
+                         c->b.sni ? c->b.sni : "a hello without SNI");
         return ret;
     }
     switch (rc) {
@@ -65,39 +60,40 @@ static int conn_fail(struct tls_conn *c, int rc)
         describe_verify(c, mbedtls_ssl_get_verify_result(&c->ssl));
         break;
     case MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE:
-        set_err(c, "peer sent no certificate (mutual TLS required)");
+        tls_conn_set_err(&c->b, "peer sent no certificate (mutual TLS required)");
         break;
     case MBEDTLS_ERR_SSL_PEER_VERIFY_FAILED:
-        set_err(c, "peer certificate rejected");
+        tls_conn_set_err(&c->b, "peer certificate rejected");
         break;
     case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: {
         unsigned a = c->ssl.in_msg ? c->ssl.in_msg[1] : 0;
-        set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
+        tls_conn_set_err(&c->b, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
         ret = -ECONNRESET;
         break;
     }
     case MBEDTLS_ERR_SSL_NO_CIPHER_CHOSEN:
     case MBEDTLS_ERR_SSL_NO_USABLE_CIPHERSUITE:
-        set_err(c, "no common cipher suite (peer offers no ECDHE AEAD suite we accept)");
+        tls_conn_set_err(&c->b,
+                         "no common cipher suite (peer offers no ECDHE AEAD suite we accept)");
         break;
     case MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION:
-        set_err(c, "peer does not speak TLS 1.2 or later");
+        tls_conn_set_err(&c->b, "peer does not speak TLS 1.2 or later");
         break;
     case MBEDTLS_ERR_SSL_INVALID_RECORD:
-        set_err(c, "not TLS: invalid record header");
+        tls_conn_set_err(&c->b, "not TLS: invalid record header");
         break;
     case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
-        set_err(c, "bad ClientHello");
+        tls_conn_set_err(&c->b, "bad ClientHello");
         break;
     case MBEDTLS_ERR_SSL_INVALID_MAC:
-        set_err(c, "record authentication failed (bad MAC)");
+        tls_conn_set_err(&c->b, "record authentication failed (bad MAC)");
         break;
     case MBEDTLS_ERR_SSL_ALLOC_FAILED:
-        set_err(c, "out of memory");
+        tls_conn_set_err(&c->b, "out of memory");
         ret = -ENOMEM;
         break;
     default:
-        set_err(c, "TLS error: %s", tls_mbed_str(rc, buf, sizeof buf));
+        tls_conn_set_err(&c->b, "TLS error: %s", tls_mbed_str(rc, buf, sizeof buf));
         break;
     }
     return ret;
@@ -108,7 +104,7 @@ static int conn_fail(struct tls_conn *c, int rc)
 static int bio_send(void *p, const unsigned char *data, size_t len)
 {
     struct tls_conn *c = p;
-    if (byteq_append(&c->out, data, len, 0) < 0)
+    if (byteq_append(&c->b.out, data, len, 0) < 0)
         return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     return (int)len;
 }
@@ -116,18 +112,18 @@ static int bio_send(void *p, const unsigned char *data, size_t len)
 static int bio_recv(void *p, unsigned char *data, size_t len)
 {
     struct tls_conn *c = p;
-    size_t n = byteq_len(&c->in);
+    size_t n = byteq_len(&c->b.in);
     if (n == 0)
         return MBEDTLS_ERR_SSL_WANT_READ;
     if (n > len)
         n = len;
-    memcpy(data, c->in.data + c->in.rd, n);
+    memcpy(data, c->b.in.data + c->b.in.rd, n);
     if (c->ssl.in_buf && data >= c->ssl.in_buf) {
         size_t end = (size_t)(data - c->ssl.in_buf) + n;
         if (end > c->in_used)
             c->in_used = end;
     }
-    byteq_consume(&c->in, n);
+    byteq_consume(&c->b.in, n);
     return (int)n;
 }
 
@@ -156,11 +152,11 @@ static int on_verify(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flag
     if (mbedtls_x509_dn_gets(subject, sizeof subject, &crt->subject) < 0)
         strcpy(subject, "?");
     size_t li = strlen(issuer) + 1, ls = strlen(subject) + 1;
-    free(c->vinfo);
-    c->vinfo = malloc(li + ls);
-    if (c->vinfo) {
-        memcpy(c->vinfo, issuer, li);
-        memcpy(c->vinfo + li, subject, ls);
+    free(c->b.vinfo);
+    c->b.vinfo = malloc(li + ls);
+    if (c->b.vinfo) {
+        memcpy(c->b.vinfo, issuer, li);
+        memcpy(c->b.vinfo + li, subject, ls);
     }
     return 0;
 }
@@ -200,7 +196,7 @@ static void conn_sleep(struct tls_conn *c)
 {
 #if TLS_CAN_SLEEP
     mbedtls_ssl_context *s = &c->ssl;
-    if (!c->done || c->failed || c->asleep || s->in_left || s->in_msglen || s->in_offt ||
+    if (!c->b.done || c->b.failed || c->asleep || s->in_left || s->in_msglen || s->in_offt ||
         s->in_hslen || s->out_left || s->keep_current_message || !s->in_buf || !s->out_buf)
         return;
     memcpy(c->ctr_in, s->in_ctr, 8);
@@ -229,7 +225,7 @@ static int conn_wake(struct tls_conn *c)
     pthread_mutex_unlock(&ctx->lock);
     /* The content before use does not matter to mbedTLS. */
     if (!blk && !(blk = malloc(TLS_BUF_PAIR))) {
-        set_err(c, "out of memory");
+        tls_conn_set_err(&c->b, "out of memory");
         return -ENOMEM;
     }
     s->in_buf = blk;
@@ -249,8 +245,8 @@ static int conn_wake(struct tls_conn *c)
 
 static void conn_free_peer(struct tls_conn *c)
 {
-    free(c->peer);
-    c->peer = NULL;
+    free(c->b.peer);
+    c->b.peer = NULL;
 }
 
 /* Copies the names of the peer certificate so the API can hand out C strings after the
@@ -293,7 +289,7 @@ static void conn_take_peer(struct tls_conn *c)
         }
     pe->sans[pe->nsans] = NULL;
     tls_mbed_fingerprint(p, pe->fingerprint);
-    c->peer = pe;
+    c->b.peer = pe;
 }
 
 int tls_conn_create(struct tls_conn **out, struct tls_ctx *ctx, const char *server_name)
@@ -356,14 +352,14 @@ void tls_conn_destroy(struct tls_conn *c)
 #endif
     mbedtls_ssl_free(&c->ssl);
     tls_mbed_acme_free(c);
-    byteq_free(&c->in);
-    byteq_free(&c->out);
-    if (c->early.data)
-        mbedtls_platform_zeroize(c->early.data, c->early.cap);
-    byteq_free(&c->early);
-    free(c->sni);
-    free(c->err);
-    free(c->vinfo);
+    byteq_free(&c->b.in);
+    byteq_free(&c->b.out);
+    if (c->b.early.data)
+        mbedtls_platform_zeroize(c->b.early.data, c->b.early.cap);
+    byteq_free(&c->b.early);
+    free(c->b.sni);
+    free(c->b.err);
+    free(c->b.vinfo);
     conn_free_peer(c);
     tls_ctx_unref(c->ctx);
     free(c);
@@ -373,7 +369,7 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c || (!data && len))
         return -EINVAL;
-    return byteq_append(&c->in, data, len, TLS_IN_CAP);
+    return byteq_append(&c->b.in, data, len, TLS_IN_CAP);
 }
 
 static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len)
@@ -393,13 +389,13 @@ static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len
 
 static void handshake_finished(struct tls_conn *c)
 {
-    c->done = true;
-    free(c->vinfo);
-    c->vinfo = NULL;
+    c->b.done = true;
+    free(c->b.vinfo);
+    c->b.vinfo = NULL;
     conn_take_peer(c);
-    c->verified = mbedtls_ssl_get_peer_cert(&c->ssl) != NULL &&
-                  c->ssl.conf->authmode != MBEDTLS_SSL_VERIFY_NONE &&
-                  mbedtls_ssl_get_verify_result(&c->ssl) == 0;
+    c->b.verified = mbedtls_ssl_get_peer_cert(&c->ssl) != NULL &&
+                    c->ssl.conf->authmode != MBEDTLS_SSL_VERIFY_NONE &&
+                    mbedtls_ssl_get_verify_result(&c->ssl) == 0;
     struct tls_ctx *ctx = c->ctx;
     const char *host = c->ssl.hostname;
     if (!ctx->server) {
@@ -432,8 +428,8 @@ static int conn_handshake(struct tls_conn *c)
     if (c->ctx->acme_conf && !c->hello_seen) {
         int rc = tls_mbed_acme_hello(c);
         if (rc == -ENOMEM) {
-            c->failed = true;
-            set_err(c, "out of memory");
+            c->b.failed = true;
+            tls_conn_set_err(&c->b, "out of memory");
         }
         if (rc)
             return rc;
@@ -441,20 +437,20 @@ static int conn_handshake(struct tls_conn *c)
     while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
         /* mbedTLS 2.28 has no getter for this; the flag lives until the handshake ends. */
         if (c->ssl.handshake && c->ssl.handshake->resume)
-            c->resumed = true;
+            c->b.resumed = true;
         int rc = mbedtls_ssl_handshake_step(&c->ssl);
         if (c->ssl.handshake && c->ssl.handshake->resume)
-            c->resumed = true;
+            c->b.resumed = true;
         if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
             return -EAGAIN;
         if (rc)
             return conn_fail(c, rc);
     }
     handshake_finished(c);
-    if (byteq_len(&c->early)) {
-        ssize_t w = write_records(c, c->early.data + c->early.rd, byteq_len(&c->early));
-        mbedtls_platform_zeroize(c->early.data, c->early.cap);
-        byteq_free(&c->early);
+    if (byteq_len(&c->b.early)) {
+        ssize_t w = write_records(c, c->b.early.data + c->b.early.rd, byteq_len(&c->b.early));
+        mbedtls_platform_zeroize(c->b.early.data, c->b.early.cap);
+        byteq_free(&c->b.early);
         if (w < 0)
             return (int)w;
     }
@@ -465,16 +461,16 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
 {
     if (!c || (!out && cap))
         return -EINVAL;
-    if (c->failed)
+    if (c->b.failed)
         return -EPROTO;
     if (c->asleep) {
-        if (byteq_len(&c->in) == 0 || cap == 0)
+        if (byteq_len(&c->b.in) == 0 || cap == 0)
             return -EAGAIN;
         int rc = conn_wake(c);
         if (rc)
             return rc;
     }
-    if (!c->done) {
+    if (!c->b.done) {
         int rc = conn_handshake(c);
         if (rc)
             return rc;
@@ -501,12 +497,12 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c || (!data && len))
         return -EINVAL;
-    if (c->failed)
+    if (c->b.failed)
         return -EPROTO;
     if (len == 0)
         return 0;
-    if (!c->done) {
-        int rc = byteq_append(&c->early, data, len, 0);
+    if (!c->b.done) {
+        int rc = byteq_append(&c->b.early, data, len, 0);
         return rc ? rc : (ssize_t)len;
     }
     int rc = conn_wake(c);
@@ -519,93 +515,23 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
 
 void tls_conn_close_notify(struct tls_conn *c)
 {
-    if (c && c->done && !c->failed && conn_wake(c) == 0) {
+    if (c && c->b.done && !c->b.failed && conn_wake(c) == 0) {
         mbedtls_ssl_close_notify(&c->ssl);
         conn_sleep(c);
     }
 }
 
-size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
-{
-    if (!c || byteq_len(&c->out) == 0) {
-        if (p)
-            *p = NULL;
-        return 0;
-    }
-    if (p)
-        *p = c->out.data + c->out.rd;
-    return byteq_len(&c->out);
-}
-
-void tls_conn_consume(struct tls_conn *c, size_t n)
-{
-    if (c)
-        byteq_consume(&c->out, n);
-}
-
-bool tls_conn_handshake_done(const struct tls_conn *c)
-{
-    return c && c->done;
-}
-
-bool tls_conn_resumed(const struct tls_conn *c)
-{
-    return c && c->done && c->resumed;
-}
-
-const char *tls_conn_error(const struct tls_conn *c)
-{
-    if (!c || (!c->err && !c->failed))
-        return NULL;
-    return c->err ? c->err : "out of memory";
-}
-
-const char *tls_conn_sni(const struct tls_conn *c)
-{
-    return c ? c->sni : NULL;
-}
-
 const char *tls_conn_alpn(const struct tls_conn *c)
 {
-    return c && c->done ? mbedtls_ssl_get_alpn_protocol(&c->ssl) : NULL;
+    return c && c->b.done ? mbedtls_ssl_get_alpn_protocol(&c->ssl) : NULL;
 }
 
 const char *tls_conn_cipher(const struct tls_conn *c)
 {
-    return c && c->done ? mbedtls_ssl_get_ciphersuite(&c->ssl) : NULL;
+    return c && c->b.done ? mbedtls_ssl_get_ciphersuite(&c->ssl) : NULL;
 }
 
 const char *tls_conn_version(const struct tls_conn *c)
 {
-    return c && c->done ? mbedtls_ssl_get_version(&c->ssl) : NULL;
-}
-
-const char *tls_conn_peer_cn(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->cn : NULL;
-}
-
-const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
-{
-    return c && c->peer && i < c->peer->nsans ? c->peer->sans[i] : NULL;
-}
-
-const char *tls_conn_peer_subject(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->subject : NULL;
-}
-
-const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->fingerprint : NULL;
-}
-
-bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
-{
-    return c && c->verified && tls_peer_has_name(c->peer, name);
-}
-
-bool tls_conn_peer_verified(const struct tls_conn *c)
-{
-    return c && c->verified;
+    return c && c->b.done ? mbedtls_ssl_get_version(&c->ssl) : NULL;
 }

@@ -14,8 +14,8 @@ static int on_sni(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
     struct tls_conn *c = (struct tls_conn *)ssl; /* ssl is the first member */
     if (len == 0 || len > 255 || memchr(name, 0, len))
         return 0;
-    free(c->sni);
-    c->sni = strndup((const char *)name, len);
+    free(c->b.sni);
+    c->b.sni = strndup((const char *)name, len);
     for (size_t i = 0; i < ctx->ncerts; i++) {
         if (tls_mbed_crt_matches(&ctx->certs[i].crt, (const char *)name, len))
             return mbedtls_ssl_set_hs_own_cert(ssl, &ctx->certs[i].crt, &ctx->certs[i].key);

@@ -71,20 +71,10 @@ struct tls_ctx {
 struct tls_conn {
     SSL *ssl;
     struct tls_ctx *ctx;
-    struct byteq in;    /* ciphertext fed, not yet read by OpenSSL */
-    struct byteq out;   /* ciphertext produced, not yet taken by the caller */
-    struct byteq early; /* plaintext written before the handshake finished */
-    bool done;
-    bool resumed;
-    bool failed;
-    bool verified;
-    bool acme;             /* server: a hello offering just "acme-tls/1" (TLS-ALPN-01) */
-    bool acme_found;       /* ... and the store had its challenge certificate */
-    char *name;            /* client: server_name as given (the saved session's key) */
-    char *sni;             /* server: name the client asked for */
-    struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
-    char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
-    char *err;             /* allocated on the first failure */
+    struct tls_conn_base b;
+    bool acme;       /* server: a hello offering just "acme-tls/1" (TLS-ALPN-01) */
+    bool acme_found; /* ... and the store had its challenge certificate */
+    char *name;      /* client: server_name as given (the saved session's key) */
     char cipher[64];
 };
 

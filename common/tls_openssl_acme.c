@@ -55,8 +55,8 @@ int tls_ossl_acme_hello(SSL *ssl, int *alert, void *arg)
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_CLIENT_HELLO_ERROR;
     }
-    free(c->sni);
-    c->sni = strdup(name);
+    free(c->b.sni);
+    c->b.sni = strdup(name);
     char *cert = NULL, *key = NULL;
     bool ok =
         acme_challenges_alpn(ctx->acme, name, &cert, &key) == 0 && use_challenge(ssl, cert, key);

@@ -16,22 +16,16 @@
 
 /* ---- errors ---- */
 
-static void set_err(struct tls_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(struct tls_conn *c, const char *fmt, ...)
+struct tls_conn_base *tls_conn_base(const struct tls_conn *c)
 {
-    if (!c->err && !(c->err = malloc(TLS_ERR_LEN)))
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->err, TLS_ERR_LEN, fmt, ap);
-    va_end(ap);
+    return c ? (struct tls_conn_base *)&c->b : NULL;
 }
 
 /* The OpenSSL error queue's oldest entry as text (and clears the queue). */
 static void describe_verify(struct tls_conn *c, long vr)
 {
-    const char *issuer = c->vinfo ? c->vinfo : "?";
-    const char *subject = c->vinfo ? c->vinfo + strlen(c->vinfo) + 1 : "?";
+    const char *issuer = c->b.vinfo ? c->b.vinfo : "?";
+    const char *subject = c->b.vinfo ? c->b.vinfo + strlen(c->b.vinfo) + 1 : "?";
     switch (vr) {
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
@@ -41,39 +35,40 @@ static void describe_verify(struct tls_conn *c, long vr)
     case X509_V_ERR_CERT_UNTRUSTED:
     case X509_V_ERR_CERT_SIGNATURE_FAILURE:
     case X509_V_ERR_CERT_REJECTED:
-        set_err(c, "peer certificate not trusted (issuer: %s, subject: %s)", issuer, subject);
+        tls_conn_set_err(&c->b, "peer certificate not trusted (issuer: %s, subject: %s)", issuer,
+                         subject);
         break;
     case X509_V_ERR_HOSTNAME_MISMATCH:
     case X509_V_ERR_IP_ADDRESS_MISMATCH:
-        set_err(c, "peer certificate name mismatch (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate name mismatch (subject: %s)", subject);
         break;
     case X509_V_ERR_CERT_HAS_EXPIRED:
-        set_err(c, "peer certificate expired (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate expired (subject: %s)", subject);
         break;
     case X509_V_ERR_CERT_NOT_YET_VALID:
-        set_err(c, "peer certificate not yet valid (subject: %s)", subject);
+        tls_conn_set_err(&c->b, "peer certificate not yet valid (subject: %s)", subject);
         break;
     default:
-        set_err(c, "peer certificate rejected (subject: %s): %s", subject,
-                X509_verify_cert_error_string(vr));
+        tls_conn_set_err(&c->b, "peer certificate rejected (subject: %s): %s", subject,
+                         X509_verify_cert_error_string(vr));
         break;
     }
 }
 
-/* Maps a failed SSL call to an errno and a sentence in c->err (same sentences as tls.c). */
+/* Maps a failed SSL call to an errno and a sentence in c->b.err (same sentences as tls.c). */
 static int conn_fail(struct tls_conn *c, int sslerr)
 {
     int ret = -EPROTO;
-    c->failed = true;
+    c->b.failed = true;
     unsigned long e = ERR_peek_error();
     int reason = e && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
     char buf[128];
     if (c->acme && !c->acme_found) {
-        set_err(c, "ACME TLS-ALPN-01: no challenge for %s",
-                c->sni ? c->sni : "a hello without SNI");
+        tls_conn_set_err(&c->b, "ACME TLS-ALPN-01: no challenge for %s",
+                         c->b.sni ? c->b.sni : "a hello without SNI");
     } else if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
         unsigned a = (unsigned)(reason - SSL_AD_REASON_OFFSET);
-        set_err(c, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
+        tls_conn_set_err(&c->b, "peer sent fatal alert %u (%s)", a, tls_alert_name(a));
         ret = -ECONNRESET;
     } else {
         switch (reason) {
@@ -81,44 +76,45 @@ static int conn_fail(struct tls_conn *c, int sslerr)
             describe_verify(c, SSL_get_verify_result(c->ssl));
             break;
         case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
-            set_err(c, "peer sent no certificate (mutual TLS required)");
+            tls_conn_set_err(&c->b, "peer sent no certificate (mutual TLS required)");
             break;
         case SSL_R_NO_SHARED_CIPHER:
-            set_err(c, "no common cipher suite (peer offers no ECDHE AEAD suite we accept)");
+            tls_conn_set_err(&c->b,
+                             "no common cipher suite (peer offers no ECDHE AEAD suite we accept)");
             break;
         case SSL_R_NO_SUITABLE_KEY_SHARE:
         case SSL_R_NO_SHARED_GROUPS:
-            set_err(c, "no common ECDHE group");
+            tls_conn_set_err(&c->b, "no common ECDHE group");
             break;
         case SSL_R_UNSUPPORTED_PROTOCOL:
         case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
-            set_err(c, "peer does not speak TLS 1.2 or later");
+            tls_conn_set_err(&c->b, "peer does not speak TLS 1.2 or later");
             break;
         case SSL_R_HTTP_REQUEST:
         case SSL_R_HTTPS_PROXY_REQUEST:
         case SSL_R_WRONG_VERSION_NUMBER:
         case SSL_R_PACKET_LENGTH_TOO_LONG:
         case SSL_R_RECORD_LENGTH_MISMATCH:
-            set_err(c, "not TLS: invalid record header");
+            tls_conn_set_err(&c->b, "not TLS: invalid record header");
             break;
         case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC:
         case SSL_R_DECRYPTION_FAILED:
-            set_err(c, "record authentication failed (bad MAC)");
+            tls_conn_set_err(&c->b, "record authentication failed (bad MAC)");
             break;
         case SSL_R_NO_APPLICATION_PROTOCOL:
-            set_err(c, "no common application protocol (ALPN)");
+            tls_conn_set_err(&c->b, "no common application protocol (ALPN)");
             break;
         case ERR_R_MALLOC_FAILURE:
-            set_err(c, "out of memory");
+            tls_conn_set_err(&c->b, "out of memory");
             ret = -ENOMEM;
             break;
         default:
             if (e)
-                set_err(c, "TLS error: %s", tls_ossl_str(buf, sizeof buf));
+                tls_conn_set_err(&c->b, "TLS error: %s", tls_ossl_str(buf, sizeof buf));
             else if (sslerr == SSL_ERROR_SYSCALL)
-                set_err(c, "TLS error: unexpected end of input");
+                tls_conn_set_err(&c->b, "TLS error: unexpected end of input");
             else
-                set_err(c, "TLS error: %d", sslerr);
+                tls_conn_set_err(&c->b, "TLS error: %d", sslerr);
             break;
         }
     }
@@ -134,7 +130,7 @@ static int bio_write(BIO *b, const char *data, int len)
     BIO_clear_retry_flags(b);
     if (len <= 0)
         return 0;
-    if (byteq_append(&c->out, data, (size_t)len, 0) < 0)
+    if (byteq_append(&c->b.out, data, (size_t)len, 0) < 0)
         return -1;
     return len;
 }
@@ -143,7 +139,7 @@ static int bio_read(BIO *b, char *data, int len)
 {
     struct tls_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    size_t n = byteq_len(&c->in);
+    size_t n = byteq_len(&c->b.in);
     if (n == 0) {
         BIO_set_retry_read(b);
         return -1;
@@ -152,8 +148,8 @@ static int bio_read(BIO *b, char *data, int len)
         return 0;
     if (n > (size_t)len)
         n = (size_t)len;
-    memcpy(data, c->in.data + c->in.rd, n);
-    byteq_consume(&c->in, n);
+    memcpy(data, c->b.in.data + c->b.in.rd, n);
+    byteq_consume(&c->b.in, n);
     return (int)n;
 }
 
@@ -264,19 +260,19 @@ void tls_conn_destroy(struct tls_conn *c)
         return;
     /* A connection that ends without close_notify is not a bad session: OpenSSL would
      * take its session out of the cache (and make the client's saved copy unusable). */
-    if (c->done && !c->failed)
+    if (c->b.done && !c->b.failed)
         SSL_set_shutdown(c->ssl, SSL_get_shutdown(c->ssl) | SSL_SENT_SHUTDOWN);
     SSL_free(c->ssl); /* frees the BIO */
-    byteq_free(&c->in);
-    byteq_free(&c->out);
-    if (c->early.data)
-        OPENSSL_cleanse(c->early.data, c->early.cap);
-    byteq_free(&c->early);
+    byteq_free(&c->b.in);
+    byteq_free(&c->b.out);
+    if (c->b.early.data)
+        OPENSSL_cleanse(c->b.early.data, c->b.early.cap);
+    byteq_free(&c->b.early);
     free(c->name);
-    free(c->sni);
-    free(c->err);
-    free(c->vinfo);
-    free(c->peer);
+    free(c->b.sni);
+    free(c->b.err);
+    free(c->b.vinfo);
+    free(c->b.peer);
     tls_ctx_unref(c->ctx);
     free(c);
 }
@@ -285,14 +281,14 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c || (!data && len))
         return -EINVAL;
-    return byteq_append(&c->in, data, len, TLS_IN_CAP);
+    return byteq_append(&c->b.in, data, len, TLS_IN_CAP);
 }
 
 static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     /* Room for all the records at once: the queue grows by doubling, which for a batch of
      * four full records means a realloc chain ending in 128 KiB (glibc: mmap, page faults). */
-    if (byteq_reserve(&c->out, len + (len / 16384 + 1) * TLS_RECORD_SLACK, 0) < 0)
+    if (byteq_reserve(&c->b.out, len + (len / 16384 + 1) * TLS_RECORD_SLACK, 0) < 0)
         return -ENOMEM;
     size_t off = 0;
     while (off < len) {
@@ -312,15 +308,15 @@ static ssize_t write_records(struct tls_conn *c, const uint8_t *data, size_t len
 
 static void handshake_finished(struct tls_conn *c)
 {
-    c->done = true;
-    c->resumed = SSL_session_reused(c->ssl) == 1;
-    free(c->vinfo);
-    c->vinfo = NULL;
+    c->b.done = true;
+    c->b.resumed = SSL_session_reused(c->ssl) == 1;
+    free(c->b.vinfo);
+    c->b.vinfo = NULL;
     X509 *p = SSL_get0_peer_certificate(c->ssl);
     if (p)
-        c->peer = tls_ossl_peer_names(p);
-    c->verified = p != NULL && SSL_get_verify_mode(c->ssl) != SSL_VERIFY_NONE &&
-                  SSL_get_verify_result(c->ssl) == X509_V_OK;
+        c->b.peer = tls_ossl_peer_names(p);
+    c->b.verified = p != NULL && SSL_get_verify_mode(c->ssl) != SSL_VERIFY_NONE &&
+                    SSL_get_verify_result(c->ssl) == X509_V_OK;
     const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
     const char *std = ci ? SSL_CIPHER_standard_name(ci) : NULL;
     snprintf(c->cipher, sizeof c->cipher, "%s", std ? std : "?");
@@ -340,10 +336,10 @@ static int conn_handshake(struct tls_conn *c)
         return conn_fail(c, e);
     }
     handshake_finished(c);
-    if (byteq_len(&c->early)) {
-        ssize_t w = write_records(c, c->early.data + c->early.rd, byteq_len(&c->early));
-        OPENSSL_cleanse(c->early.data, c->early.cap);
-        byteq_free(&c->early);
+    if (byteq_len(&c->b.early)) {
+        ssize_t w = write_records(c, c->b.early.data + c->b.early.rd, byteq_len(&c->b.early));
+        OPENSSL_cleanse(c->b.early.data, c->b.early.cap);
+        byteq_free(&c->b.early);
         if (w < 0)
             return (int)w;
     }
@@ -354,9 +350,9 @@ ssize_t tls_conn_read(struct tls_conn *c, uint8_t *out, size_t cap)
 {
     if (!c || (!out && cap))
         return -EINVAL;
-    if (c->failed)
+    if (c->b.failed)
         return -EPROTO;
-    if (!c->done) {
+    if (!c->b.done) {
         int rc = conn_handshake(c);
         if (rc)
             return rc;
@@ -380,12 +376,12 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
 {
     if (!c || (!data && len))
         return -EINVAL;
-    if (c->failed)
+    if (c->b.failed)
         return -EPROTO;
     if (len == 0)
         return 0;
-    if (!c->done) {
-        int rc = byteq_append(&c->early, data, len, 0);
+    if (!c->b.done) {
+        int rc = byteq_append(&c->b.early, data, len, 0);
         return rc ? rc : (ssize_t)len;
     }
     return write_records(c, data, len);
@@ -393,56 +389,16 @@ ssize_t tls_conn_write(struct tls_conn *c, const uint8_t *data, size_t len)
 
 void tls_conn_close_notify(struct tls_conn *c)
 {
-    if (c && c->done && !c->failed) {
+    if (c && c->b.done && !c->b.failed) {
         ERR_clear_error();
         SSL_shutdown(c->ssl);
         ERR_clear_error();
     }
 }
 
-size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
-{
-    if (!c || byteq_len(&c->out) == 0) {
-        if (p)
-            *p = NULL;
-        return 0;
-    }
-    if (p)
-        *p = c->out.data + c->out.rd;
-    return byteq_len(&c->out);
-}
-
-void tls_conn_consume(struct tls_conn *c, size_t n)
-{
-    if (c)
-        byteq_consume(&c->out, n);
-}
-
-bool tls_conn_handshake_done(const struct tls_conn *c)
-{
-    return c && c->done;
-}
-
-bool tls_conn_resumed(const struct tls_conn *c)
-{
-    return c && c->done && c->resumed;
-}
-
-const char *tls_conn_error(const struct tls_conn *c)
-{
-    if (!c || (!c->err && !c->failed))
-        return NULL;
-    return c->err ? c->err : "out of memory";
-}
-
-const char *tls_conn_sni(const struct tls_conn *c)
-{
-    return c ? c->sni : NULL;
-}
-
 const char *tls_conn_alpn(const struct tls_conn *c)
 {
-    if (!c || !c->done || (!c->ctx->alpn && !c->acme))
+    if (!c || !c->b.done || (!c->ctx->alpn && !c->acme))
         return NULL;
     const unsigned char *p;
     unsigned int n;
@@ -460,40 +416,10 @@ const char *tls_conn_alpn(const struct tls_conn *c)
 
 const char *tls_conn_cipher(const struct tls_conn *c)
 {
-    return c && c->done ? c->cipher : NULL;
+    return c && c->b.done ? c->cipher : NULL;
 }
 
 const char *tls_conn_version(const struct tls_conn *c)
 {
-    return c && c->done ? SSL_get_version(c->ssl) : NULL;
-}
-
-const char *tls_conn_peer_cn(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->cn : NULL;
-}
-
-const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
-{
-    return c && c->peer && i < c->peer->nsans ? c->peer->sans[i] : NULL;
-}
-
-const char *tls_conn_peer_subject(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->subject : NULL;
-}
-
-const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
-{
-    return c && c->peer ? c->peer->fingerprint : NULL;
-}
-
-bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
-{
-    return c && c->verified && tls_peer_has_name(c->peer, name);
-}
-
-bool tls_conn_peer_verified(const struct tls_conn *c)
-{
-    return c && c->verified;
+    return c && c->b.done ? SSL_get_version(c->ssl) : NULL;
 }

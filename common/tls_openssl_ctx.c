@@ -33,8 +33,8 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
         return SSL_TLSEXT_ERR_OK;
     if (c->acme)
         return SSL_TLSEXT_ERR_OK; /* the challenge certificate is in place */
-    free(c->sni);
-    c->sni = strdup(name);
+    free(c->b.sni);
+    c->b.sni = strdup(name);
     for (size_t i = 0; i < ctx->ncerts; i++) {
         if (!tls_ossl_cert_matches(&ctx->certs[i], name, len))
             continue;
@@ -61,15 +61,15 @@ static int on_verify(int ok, X509_STORE_CTX *xs)
     if (!c)
         return ok;
     X509 *leaf = X509_STORE_CTX_get0_cert(xs);
-    if (!c->vinfo && leaf) {
+    if (!c->b.vinfo && leaf) {
         char issuer[128], subject[128];
         tls_ossl_dn_string(X509_get_issuer_name(leaf), issuer, sizeof issuer);
         tls_ossl_dn_string(X509_get_subject_name(leaf), subject, sizeof subject);
         size_t li = strlen(issuer) + 1, ls = strlen(subject) + 1;
-        c->vinfo = malloc(li + ls);
-        if (c->vinfo) {
-            memcpy(c->vinfo, issuer, li);
-            memcpy(c->vinfo + li, subject, ls);
+        c->b.vinfo = malloc(li + ls);
+        if (c->b.vinfo) {
+            memcpy(c->b.vinfo, issuer, li);
+            memcpy(c->b.vinfo + li, subject, ls);
         }
     }
     return c->ctx->verify_peer ? ok : 1;

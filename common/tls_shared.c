@@ -239,3 +239,99 @@ int pki_chain_inspect(const char *chain_pem, const char *key_pem, struct pki_cer
                                "the certificate chain", (const unsigned char *)key_pem,
                                key_pem ? strlen(key_pem) + 1 : 0, "the key", info, err, errcap);
 }
+
+/* ---- what either backend's connection says (struct tls_conn_base) ---- */
+
+void tls_conn_set_err(struct tls_conn_base *b, const char *fmt, ...)
+{
+    if (!b->err && !(b->err = malloc(TLS_ERR_LEN)))
+        return; /* tls_conn_error then says "out of memory" */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->err, TLS_ERR_LEN, fmt, ap);
+    va_end(ap);
+}
+
+size_t tls_conn_pending(const struct tls_conn *c, const uint8_t **p)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    size_t n = b ? byteq_len(&b->out) : 0;
+    if (p)
+        *p = n ? b->out.data + b->out.rd : NULL;
+    return n;
+}
+
+void tls_conn_consume(struct tls_conn *c, size_t n)
+{
+    struct tls_conn_base *b = tls_conn_base(c);
+    if (b)
+        byteq_consume(&b->out, n);
+}
+
+bool tls_conn_handshake_done(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b && b->done;
+}
+
+bool tls_conn_resumed(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b && b->done && b->resumed;
+}
+
+const char *tls_conn_error(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    if (!b || (!b->err && !b->failed))
+        return NULL;
+    return b->err ? b->err : "out of memory";
+}
+
+const char *tls_conn_sni(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b ? b->sni : NULL;
+}
+
+static const struct tls_peer *peer_of(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b ? b->peer : NULL;
+}
+
+const char *tls_conn_peer_cn(const struct tls_conn *c)
+{
+    const struct tls_peer *p = peer_of(c);
+    return p ? p->cn : NULL;
+}
+
+const char *tls_conn_peer_san(const struct tls_conn *c, size_t i)
+{
+    const struct tls_peer *p = peer_of(c);
+    return p && i < p->nsans ? p->sans[i] : NULL;
+}
+
+const char *tls_conn_peer_subject(const struct tls_conn *c)
+{
+    const struct tls_peer *p = peer_of(c);
+    return p ? p->subject : NULL;
+}
+
+const char *tls_conn_peer_fingerprint(const struct tls_conn *c)
+{
+    const struct tls_peer *p = peer_of(c);
+    return p ? p->fingerprint : NULL;
+}
+
+bool tls_conn_peer_has_name(const struct tls_conn *c, const char *name)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b && b->verified && tls_peer_has_name(b->peer, name);
+}
+
+bool tls_conn_peer_verified(const struct tls_conn *c)
+{
+    const struct tls_conn_base *b = tls_conn_base(c);
+    return b && b->verified;
+}

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/util.h"
+
 /* Largest ciphertext a connection accepts ahead of the handshake/decryption: a few full
  * records (tls_conn_feed's -ENOSPC). */
 #define TLS_IN_CAP (4 * (16384 + 2048))
@@ -26,6 +28,30 @@ struct tls_peer {
     size_t nsans;
     const char *sans[]; /* nsans DNS names, then NULL */
 };
+
+/* What a connection holds in either backend: its records on byte queues, what the
+ * handshake found, its error. Each backend's struct tls_conn has it as member b, and says
+ * where (tls_conn_base); the accessors of tls.h that read only these are tls_shared.c's. */
+struct tls_conn_base {
+    struct byteq in;    /* ciphertext fed, not yet taken by the library */
+    struct byteq out;   /* ciphertext produced, not yet taken by the caller */
+    struct byteq early; /* plaintext written before the handshake finished */
+    bool done;          /* handshake finished */
+    bool resumed;
+    bool failed;
+    bool verified;
+    char *sni;             /* server: the name the client asked for */
+    struct tls_peer *peer; /* names of the peer certificate, copied at handshake end */
+    char *vinfo;           /* issuer and subject of the peer certificate during the handshake */
+    char *err;             /* allocated on the first failure: most connections never have one */
+};
+struct tls_conn;
+/* c's base, NULL for NULL (each backend's one line; like strchr, const in, not out). */
+struct tls_conn_base *tls_conn_base(const struct tls_conn *c);
+/* The connection's error in words (b->err allocated on first use; without memory
+ * tls_conn_error says "out of memory"). */
+void tls_conn_set_err(struct tls_conn_base *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* snprintf into err (when err and cap are set). */
 void tls_errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
