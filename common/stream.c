@@ -245,17 +245,20 @@ void stream_close(struct stream *s, int err, const char *why)
     s->close_err = err;
     if (why || err)
         s->close_why = strdup(why ? why : uv_strerror(err));
-    /* A clean close of an established TLS stream says so (close_notify). */
-    if (s->tls && s->opened && err == 0) {
-        if (byteq_len(&s->batch)) /* before close_notify; seal_batch would close */
+    /* Writes gathered for the end of this turn (write_batch) would have been out by now,
+     * whatever the close's reason (a refusal, then the close): sealed here (seal_batch would
+     * close). A clean close of an established TLS stream says so (close_notify). */
+    if (s->tls && s->opened) {
+        if (byteq_len(&s->batch))
             tls_conn_write(s->tls, s->batch.data + s->batch.rd, byteq_len(&s->batch));
-        tls_conn_close_notify(s->tls);
+        if (err == 0)
+            tls_conn_close_notify(s->tls);
     }
-    /* A TLS alert explaining a failure is worth one non-blocking attempt; so are writes
-     * gathered for the end of this turn (write_batch), which would have been out by now. */
+    /* Those writes, and a TLS alert explaining a failure, are worth one non-blocking
+     * attempt. */
     if ((s->tls || s->write_batch) && !s->inflight && s->connected) {
         const uint8_t *p;
-        size_t n = tls_conn_pending(s->tls, &p);
+        size_t n = out_pending(s, &p);
         if (n && uv_is_writable((uv_stream_t *)&s->tcp)) {
             uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
             uv_try_write((uv_stream_t *)&s->tcp, &b, 1);

@@ -1189,6 +1189,66 @@ static void test_write_batch_tls_order_and_completeness(void **state)
     small_batches(true);
 }
 
+/* A stream closed with an error in the turn it wrote (a refusal, then the close) still sends
+ * what it wrote: gathered writes are sealed and sent, not dropped, plain and TLS alike. */
+static const char refusal[] = "SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+
+static int ec_srv_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    (void)p;
+    w->srv_got += n;
+    if (w->srv_got == 5) {
+        assert_int_equal(stream_write(s, refusal, sizeof(refusal) - 1), 0);
+        stream_close(s, -EPROTO, "refused");
+    }
+    return 0;
+}
+
+static int ec_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
+{
+    struct world *w = arg;
+    (void)s;
+    assert_true(w->got_len + n <= sizeof w->got);
+    memcpy(w->got + w->got_len, p, n);
+    w->got_len += n;
+    return 0;
+}
+
+static void error_close_after_write(bool tls)
+{
+    struct world w;
+    world_init(&w);
+    w.sopts.write_batch = 65536;
+    if (tls) {
+        w.sopts.tls = mk_ctx(true);
+        w.copts.tls = mk_ctx(false);
+        w.copts.server_name = "director";
+    }
+    w.scbs.on_data = ec_srv_data;
+    w.ccbs.on_data = ec_cli_data;
+    world_run(&w);
+    tls_ctx_unref(w.sopts.tls);
+    tls_ctx_unref(w.copts.tls);
+    assert_int_equal(w.srv_closed, 1);
+    assert_int_equal(w.srv_err, -EPROTO);
+    assert_int_equal(w.cli_closed, 1);
+    assert_int_equal(w.got_len, sizeof(refusal) - 1);
+    assert_memory_equal(w.got, refusal, sizeof(refusal) - 1);
+}
+
+static void test_write_batch_plain_error_close_sends_writes(void **state)
+{
+    (void)state;
+    error_close_after_write(false);
+}
+
+static void test_write_batch_tls_error_close_sends_writes(void **state)
+{
+    (void)state;
+    error_close_after_write(true);
+}
+
 /* stream_opts.read_scratch: every read of the server's stream lands in the caller's buffer
  * (no buffer of its own per read), plain and TLS, and the bytes are intact. */
 static uint8_t scratch_buf[16384];
@@ -1278,6 +1338,8 @@ int main(void)
         cmocka_unit_test(test_listen_reuseport_and_errors),
         cmocka_unit_test(test_write_batch_plain_order_and_completeness),
         cmocka_unit_test(test_write_batch_tls_order_and_completeness),
+        cmocka_unit_test(test_write_batch_plain_error_close_sends_writes),
+        cmocka_unit_test(test_write_batch_tls_error_close_sends_writes),
         cmocka_unit_test(test_read_scratch_plain),
         cmocka_unit_test(test_read_scratch_tls),
     };
