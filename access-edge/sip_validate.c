@@ -455,6 +455,14 @@ int sip_validate(const struct sip_policy *p, const struct sip_peer *peer, const 
         if (rc)
             return rc;
     }
+    if (!m->is_request && peer->src == SIP_SRC_INTERNAL) {
+        /* The Director's answers go out on the raw index alone: framing, size, the
+         * mandatory headers, Via and CSeq are checked above, and forwarding a response reads
+         * nothing else. osip2's deep parse is for what comes from outside. */
+        if (parsed)
+            *parsed = NULL;
+        return 0;
+    }
     struct sip_osip_mark mark = arena ? sip_osip_arena_mark(arena) : (struct sip_osip_mark){0};
     osip_message_t *msg = NULL;
     rc = parse(m, arena, &mark, v, &msg);

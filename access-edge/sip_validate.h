@@ -78,8 +78,9 @@ struct sip_osip_arena; /* common/sip/sip_osip.h */
  * message may be forwarded (responses: route->kind NONE), 1 with *v set when it must be
  * answered with v->status (requests) or dropped (responses), or -EBADMSG when osip2 cannot
  * parse it (drop it / close the connection). On 0 the caller owns *parsed (may be NULL'd by
- * passing parsed = NULL). The parse tree is made in arena (sip_osip.h) when it is not NULL:
- * then parsed trees are freed newest first. */
+ * passing parsed = NULL; NULL for a response from the inside, which osip2 does not parse:
+ * only the checks on the raw index apply to it). The parse tree is made in arena (sip_osip.h) when
+ * it is not NULL: then parsed trees are freed newest first. */
 int sip_validate(const struct sip_policy *policy, const struct sip_peer *peer,
                  const struct sip_msg *m, struct sip_osip_arena *arena, struct sip_verdict *v,
                  struct sip_route *route, struct sip_parsed **parsed);

@@ -383,6 +383,41 @@ static void malformed_request_lines_are_answered(void **st)
                      -EBADMSG);
 }
 
+/* A response from the inside (the Director's answer) is checked on the raw index only:
+ * one osip2 would refuse goes on from there, and is dropped from outside; one missing a
+ * mandatory header, or with a status out of range, is dropped from either side. */
+static void inside_responses_are_checked_on_the_raw_index(void **st)
+{
+    struct sip_verdict v;
+    struct sip_route r;
+    const char *odd = "SIP/2.0 200 OK\r\n"
+                      "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK776asdhds;rport\r\n"
+                      "From: Alice <sip:alice@example.com;tag=1928301774\r\n"
+                      "To: Bob <sip:bob@example.com>;tag=9\r\nCall-ID: a84b4c76e66710\r\n"
+                      "CSeq: 314159 INVITE\r\nContent-Length: 0\r\n\r\n";
+    assert_int_equal(check(odd, SIP_SRC_REMOTE_USER, &v, &r), -EBADMSG);
+    assert_int_equal(check(odd, SIP_SRC_PARTNER, &v, &r), -EBADMSG);
+    assert_int_equal(check(odd, SIP_SRC_INTERNAL, &v, &r), 0);
+    const char *no_to = "SIP/2.0 200 OK\r\n"
+                        "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK776asdhds;rport\r\n"
+                        "From: Alice <sip:alice@example.com>;tag=1928301774\r\n"
+                        "Call-ID: a84b4c76e66710\r\nCSeq: 314159 INVITE\r\n"
+                        "Content-Length: 0\r\n\r\n";
+    assert_int_equal(check(no_to, SIP_SRC_INTERNAL, &v, &r), 1);
+    assert_string_equal(v.reason, "missing_header");
+    assert_int_equal(check("SIP/2.0 4294967301 x\r\n" BASE_HDRS "Content-Length: 0\r\n\r\n",
+                           SIP_SRC_INTERNAL, &v, &r),
+                     -EBADMSG);
+    /* Requests from the inside are parsed as before. */
+    assert_int_equal(check("OPTIONS sip:bob@192.0.2.9 SIP/2.0\r\n"
+                           "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK776asdhds\r\n"
+                           "From: Alice <sip:alice@example.com;tag=1\r\n"
+                           "To: Bob <sip:bob@example.com>\r\nCall-ID: a\r\n"
+                           "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                           SIP_SRC_INTERNAL, &v, &r),
+                     1);
+}
+
 static void request_uri_scheme_and_headers(void **st)
 {
     char b[1024];
@@ -522,6 +557,7 @@ int main(void)
         cmocka_unit_test(proxy_require_is_420_with_unsupported),
         cmocka_unit_test(cseq_range_and_method),
         cmocka_unit_test(content_length_faults),
+        cmocka_unit_test(inside_responses_are_checked_on_the_raw_index),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
