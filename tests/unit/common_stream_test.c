@@ -1149,21 +1149,30 @@ static int co_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
     return 0;
 }
 
+/* A client and a server whose writes gather (write_batch), over TLS or plain TCP, with these
+ * data callbacks, run to the end. */
+static void run_batched(struct world *w, bool tls,
+                        int (*on_srv)(struct stream *, const uint8_t *, size_t, void *),
+                        int (*on_cli)(struct stream *, const uint8_t *, size_t, void *))
+{
+    world_init(w);
+    w->sopts.write_batch = 65536;
+    if (tls) {
+        w->sopts.tls = mk_ctx(true);
+        w->copts.tls = mk_ctx(false);
+        w->copts.server_name = "director";
+    }
+    w->scbs.on_data = on_srv;
+    w->ccbs.on_data = on_cli;
+    world_run(w);
+    tls_ctx_unref(w->sopts.tls);
+    tls_ctx_unref(w->copts.tls);
+}
+
 static void small_batches(bool tls)
 {
     struct world w;
-    world_init(&w);
-    w.sopts.write_batch = 65536;
-    if (tls) {
-        w.sopts.tls = mk_ctx(true);
-        w.copts.tls = mk_ctx(false);
-        w.copts.server_name = "director";
-    }
-    w.scbs.on_data = co_srv_data;
-    w.ccbs.on_data = co_cli_data;
-    world_run(&w);
-    tls_ctx_unref(w.sopts.tls);
-    tls_ctx_unref(w.copts.tls);
+    run_batched(&w, tls, co_srv_data, co_cli_data);
     assert_int_equal(w.got_len, (size_t)CO_MSGS * (CO_LEN - 1));
     for (int i = 0; i < CO_MSGS; i++) {
         char m[CO_LEN];
@@ -1218,18 +1227,7 @@ static int ec_cli_data(struct stream *s, const uint8_t *p, size_t n, void *arg)
 static void error_close_after_write(bool tls)
 {
     struct world w;
-    world_init(&w);
-    w.sopts.write_batch = 65536;
-    if (tls) {
-        w.sopts.tls = mk_ctx(true);
-        w.copts.tls = mk_ctx(false);
-        w.copts.server_name = "director";
-    }
-    w.scbs.on_data = ec_srv_data;
-    w.ccbs.on_data = ec_cli_data;
-    world_run(&w);
-    tls_ctx_unref(w.sopts.tls);
-    tls_ctx_unref(w.copts.tls);
+    run_batched(&w, tls, ec_srv_data, ec_cli_data);
     assert_int_equal(w.srv_closed, 1);
     assert_int_equal(w.srv_err, -EPROTO);
     assert_int_equal(w.cli_closed, 1);
